@@ -1,0 +1,63 @@
+/* config.h — the merged configuration: core defaults ← the script's `config`
+ * table ← command-line overrides (--listen, --redis, --set KEY=VALUE).
+ *
+ * The merged table lives in the script's Lua state (it is `host.config`);
+ * sh_config is the C view of the core keys, read once per script generation. */
+#ifndef SH_CONFIG_H
+#define SH_CONFIG_H
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+typedef struct sh_config {
+    char listen_host[256];         /* from `listen` */
+    int listen_port;
+    char *redis;                   /* `redis` URL */
+    char *web_root;                /* resolved directory, or NULL: no static files */
+    int log_level;                 /* enum sh_log_level */
+    size_t max_head_bytes;         /* request head limit → 431 */
+    size_t max_body_bytes;         /* plain-HTTP request body limit → 413 */
+    size_t max_connections;        /* open sockets (HTTP and WebSocket) → 503 */
+    size_t max_message_bytes;      /* WebSocket message limit → 1009 */
+    size_t max_send_buffer;        /* unsent bytes per connection → 1008 */
+    uint64_t handshake_timeout_ms; /* complete request head within → dropped */
+    uint64_t keepalive_timeout_ms; /* idle plain-HTTP keep-alive connection → closed */
+    uint64_t ping_interval_ms;     /* server ping period (0: never) */
+    uint64_t ping_timeout_ms;      /* pong deadline → dropped */
+    uint64_t close_timeout_ms;     /* wait for the peer's close frame → dropped */
+    uint64_t shutdown_grace_ms;    /* SIGTERM: wait this long for connections */
+    uint64_t lua_max_instructions; /* per hook run between yields → 1011 */
+    int reuseport;                 /* SO_REUSEPORT on the listener */
+    char **allowed_origins;        /* NULL-terminated; NULL: any origin */
+} sh_config;
+
+/* The type a key's value has, which decides how --set parses it. */
+enum sh_ctype { SH_CT_STRING, SH_CT_NUMBER, SH_CT_BOOLEAN, SH_CT_LIST };
+
+/* Build the merged config table at the top of L's stack from the policy's
+ * `config` table (at index policy_cfg, or 0 when the script has none) and
+ * the --set overrides ("KEY=VALUE", nsets of them). Core keys not given take
+ * their defaults. Returns 0 and leaves the table on the stack, or -1 with a
+ * one-line reason in err (nothing pushed). */
+int sh_config_merge(lua_State *L, int policy_cfg, const char *const *sets, size_t nsets,
+                    char *err, size_t errsz);
+
+/* Apply one "KEY=VALUE" to the table at index t: the value is typed by the
+ * key's current value (number, boolean, list or string); unknown keys are an
+ * error. Returns 0 or -1 with err set. */
+int sh_config_apply_set(lua_State *L, int t, const char *kv, char *err, size_t errsz);
+
+/* Read and validate the core keys of the merged table at index t into cfg.
+ * Returns 0, or -1 with err naming the key and the problem. On success cfg
+ * owns heap strings: release with sh_config_free(). */
+int sh_config_read(lua_State *L, int t, sh_config *cfg, char *err, size_t errsz);
+
+void sh_config_free(sh_config *cfg);
+
+/* Print the merged table at index t as "key = value" lines, sorted. */
+void sh_config_print(lua_State *L, int t, FILE *out);
+
+#endif

@@ -1,0 +1,1413 @@
+/* http_client.c — see http_client.h.
+ *
+ * Objects and who owns what:
+ *   client  — the pool: a list of hosts, every live call and every live connection. It owns one
+ *             handle of its own (`own`) so that sh_http_client_close() finishes asynchronously; it is
+ *             freed when its last handle (own, call timers, connection handles) has closed.
+ *   host    — one "name:port": its idle sockets, its FIFO of waiting calls and a count of attached
+ *             sockets (resolving, connecting, busy or idle). Freed as soon as it has neither.
+ *   call    — one request. Its uv_timer is the total deadline and, once the outcome is known, the
+ *             zero-delay timer that delivers it: so the user callback always runs from a fresh loop
+ *             callback, never from inside an API function, a llhttp callback or the middle of a pool
+ *             update. Freed in the timer's close callback.
+ *   conn    — one socket: a uv_tcp (reading for as long as it lives, so an idle socket notices the
+ *             peer's close) and a uv_timer (connect timeout, then idle timeout). Freed when both
+ *             handles have closed. A socket being connected belongs to the call that opened it.
+ *
+ * The llhttp callbacks only copy bytes into the call and set flags; every decision is taken after
+ * llhttp_execute() returns (on_message_complete pauses the parser).
+ */
+#include "http_client.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <llhttp.h>
+
+#include "log.h"
+
+#define DEFAULT_TIMEOUT_MS 30000
+#define DEFAULT_CONNECT_TIMEOUT_MS 5000
+#define DEFAULT_MAX_CONNS 8
+#define DEFAULT_IDLE_TIMEOUT_MS 30000
+#define DEFAULT_MAX_RESPONSE ((size_t)16 << 20)
+#define READ_BUF_SIZE 65536
+#define MAX_METHOD_LEN 32
+#define MAX_HOST_LEN 255
+
+typedef struct sh_http_conn sh_http_conn;
+typedef struct sh_http_host sh_http_host;
+
+/* A growable byte buffer. */
+typedef struct {
+    char *p;    /* NULL until the first append */
+    size_t len; /* bytes used */
+    size_t cap; /* bytes allocated */
+} sh_buf;
+
+/* The serialized request, shared by its call (kept for a retry) and a pending write. */
+typedef struct {
+    unsigned refs; /* holders: the call, and the connection while a write is pending */
+    size_t len;    /* bytes in data */
+    char data[];   /* request head followed by the body */
+} sh_http_blob;
+
+/* A response header as offsets into the call's header buffer (which moves as it grows). */
+typedef struct {
+    size_t name_off, name_len;
+    size_t value_off, value_len;
+} sh_hdr_ref;
+
+/* A getaddrinfo request; outlives its connection when the connection closes first. */
+typedef struct {
+    uv_getaddrinfo_t req; /* req.data unused */
+    sh_http_conn *conn;   /* NULL once the connection gave up on it */
+} sh_http_resolve;
+
+enum call_state {
+    CALL_QUEUED,     /* in its host's wait queue */
+    CALL_ACTIVE,     /* bound to a connection (resolving, connecting or exchanging) */
+    CALL_DONE,       /* outcome known, delivery timer armed */
+    CALL_DELIVERING, /* inside the user callback */
+    CALL_GONE,       /* timer closing; freed in its close callback */
+};
+
+enum conn_state {
+    CONN_RESOLVING,  /* getaddrinfo pending */
+    CONN_CONNECTING, /* uv_tcp_connect pending */
+    CONN_BUSY,       /* request sent or being sent, response being read */
+    CONN_IDLE,       /* in the host's idle list */
+    CONN_CLOSING,    /* detached from host and call; handles closing */
+};
+
+struct sh_http_client {
+    uv_loop_t *loop;            /* the loop everything runs on */
+    sh_http_client_opts opts;   /* with defaults applied */
+    uv_timer_t own;             /* never started: keeps close asynchronous */
+    size_t nhandles;            /* handles initialised and not yet closed */
+    int closing;                /* sh_http_client_close() was called */
+    void (*done)(void *);       /* close completion */
+    void *done_arg;             /* its argument */
+    sh_http_host *hosts;        /* every host with sockets or waiters */
+    sh_http_call *calls;        /* every call whose timer is open */
+    sh_http_conn *conns;        /* every connection not yet freed */
+    size_t inflight;            /* calls queued or active */
+    char rbuf[READ_BUF_SIZE];   /* read buffer: each read is consumed before the next */
+};
+
+struct sh_http_host {
+    sh_http_host *next;           /* in client->hosts */
+    sh_http_client *client;       /* owner */
+    char *name;                   /* lowercased, without IPv6 brackets, NUL-terminated */
+    unsigned port;                /* TCP port */
+    int literal;                  /* name is an IP address: addr is filled, no resolution */
+    struct sockaddr_storage addr; /* when literal */
+    size_t nconns;                /* attached sockets: resolving, connecting, busy, idle */
+    sh_http_conn *idle;           /* idle sockets, most recently used first */
+    sh_http_call *qhead, *qtail;  /* waiting calls, FIFO */
+    int pumping;                  /* inside host_pump(): no re-entry, no free */
+};
+
+struct sh_http_call {
+    sh_http_client *client;       /* owner */
+    sh_http_call *prev, *next;    /* in client->calls */
+    sh_http_call *qprev, *qnext;  /* in host wait queue when CALL_QUEUED */
+    sh_http_host *host;           /* while queued or active */
+    sh_http_conn *conn;           /* while active */
+    uv_timer_t timer;             /* total deadline, then delivery */
+    enum call_state state;        /* see enum */
+    sh_http_cb cb;                /* user callback */
+    void *arg;                    /* its argument */
+    int err;                      /* outcome once CALL_DONE */
+    sh_http_blob *req;            /* serialized request */
+    uint64_t connect_timeout_ms;  /* for a socket opened for this call */
+    int is_head;                  /* HEAD: response has no body */
+    int no_reuse;                 /* caller asked for Connection: close */
+    int retried;                  /* already retried once on a fresh socket */
+    int want_fresh;               /* the next socket must be a new one */
+    /* response being parsed */
+    int status;                   /* status code of the final response */
+    int interim;                  /* current message is a 1xx, to be dropped */
+    int headers_done;             /* final headers seen: further header callbacks are trailers */
+    int in_field;                 /* a header name is being received */
+    sh_buf hbuf;                  /* header names and values */
+    sh_hdr_ref *hdrs;             /* headers, offsets into hbuf */
+    size_t nhdrs, hcap;           /* used and allocated entries of hdrs */
+    sh_buf body;                  /* response body */
+    size_t resp_bytes;            /* accounted toward max_response_bytes */
+};
+
+struct sh_http_conn {
+    sh_http_client *client;       /* owner */
+    sh_http_conn *prev, *next;    /* in client->conns */
+    sh_http_conn *inext;          /* in host->idle when CONN_IDLE */
+    sh_http_host *host;           /* NULL once closing */
+    sh_http_call *call;           /* while resolving, connecting or busy */
+    enum conn_state state;        /* see enum */
+    uv_tcp_t tcp;                 /* the socket */
+    uv_timer_t timer;             /* connect timeout, then idle timeout */
+    int handles;                  /* of tcp and timer, not yet closed */
+    int tcp_open;                 /* tcp initialised and uv_close not yet called */
+    int reconnect;                /* tcp closing to try the next resolved address */
+    uv_connect_t creq;            /* pending connect */
+    uv_write_t wreq;              /* pending write */
+    sh_http_blob *wblob;          /* the blob being written, a reference */
+    sh_http_resolve *resolve;     /* pending resolution */
+    struct addrinfo *ai;          /* resolution result, until connected */
+    struct addrinfo *ai_next;     /* next address to try */
+    int last_err;                 /* last libuv connect error */
+    llhttp_t parser;              /* response parser for the current call */
+    int reused;                   /* has completed a response before */
+    size_t rx_bytes;              /* bytes received for the current call */
+    int msg_done;                 /* parser saw the end of the final response */
+    int keep_alive;               /* and it allows reuse */
+    int too_large;                /* a parser callback hit max_response_bytes */
+    int nomem;                    /* a parser callback ran out of memory */
+};
+
+static void host_pump(sh_http_host *h);
+static void conn_close(sh_http_conn *conn);
+static void conn_send(sh_http_conn *conn);
+static void conn_connect(sh_http_conn *conn, const struct sockaddr *addr);
+static void conn_connect_next(sh_http_conn *conn);
+static void conn_resolve(sh_http_conn *conn);
+static void conn_io_failed(sh_http_conn *conn, int uverr);
+static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf);
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void conn_tcp_closed(uv_handle_t *handle);
+static void call_finish(sh_http_call *call, int err);
+
+/* ---- small helpers ---------------------------------------------------------------------- */
+
+/* Appends n bytes to b. Returns 0 or SH_HTTP_ENOMEM (b unchanged). */
+static int buf_append(sh_buf *b, const char *data, size_t n)
+{
+    if (b->cap - b->len < n) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap - b->len < n) {
+            if (cap > SIZE_MAX / 2)
+                return SH_HTTP_ENOMEM;
+            cap *= 2;
+        }
+        char *p = realloc(b->p, cap);
+        if (!p)
+            return SH_HTTP_ENOMEM;
+        b->p = p;
+        b->cap = cap;
+    }
+    if (n)
+        memcpy(b->p + b->len, data, n);
+    b->len += n;
+    return 0;
+}
+
+/* Appends a NUL-terminated string. */
+static int buf_puts(sh_buf *b, const char *s) { return buf_append(b, s, strlen(s)); }
+
+/* Frees b's memory and empties it. */
+static void buf_free(sh_buf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+/* Drops one reference; frees on the last. Accepts NULL. */
+static void blob_unref(sh_http_blob *b)
+{
+    if (b && --b->refs == 0)
+        free(b);
+}
+
+/* 1 when c may appear in an HTTP token (method, header name). */
+static int is_tchar(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/* 1 when s[0..n) is a non-empty token. */
+static int is_token(const char *s, size_t n)
+{
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!is_tchar((unsigned char)s[i]))
+            return 0;
+    return 1;
+}
+
+/* 1 when s[0..n) may be a header value: no CR, LF or NUL (they would split the request). */
+static int is_header_value(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
+            return 0;
+    return 1;
+}
+
+/* 1 when header h is named name (case-insensitive). */
+static int hdr_is(const sh_http_hdr *h, const char *name)
+{
+    size_t n = strlen(name);
+    return h->name_len == n && strncasecmp(h->name, name, n) == 0;
+}
+
+/* Contract in http_client.h. */
+const char *sh_http_strerror(int err)
+{
+    switch (err) {
+    case 0: return "ok";
+    case SH_HTTP_EINVAL: return "invalid argument";
+    case SH_HTTP_EUNSUPPORTED: return "unsupported";
+    case SH_HTTP_ENOMEM: return "out of memory";
+    case SH_HTTP_EREFUSED: return "refused";
+    case SH_HTTP_ETIMEDOUT: return "timeout";
+    case SH_HTTP_EBADRESPONSE: return "bad response";
+    case SH_HTTP_ECLOSED: return "closed";
+    case SH_HTTP_ERESOLVE: return "resolve failed";
+    case SH_HTTP_ETOOLARGE: return "too large";
+    default: return "unknown error";
+    }
+}
+
+/* ---- URL and request serialisation ------------------------------------------------------ */
+
+/* A parsed URL; pointers into the caller's string. */
+typedef struct {
+    const char *host; /* without brackets */
+    size_t host_len;
+    int ipv6;         /* host was [bracketed] */
+    unsigned port;
+    const char *path; /* from the first '/' or '?', up to '#' or the end; may be empty */
+    size_t path_len;
+} sh_url;
+
+/* Parses http://host[:port][/path][?query][#fragment] into *u. Returns 0, SH_HTTP_EUNSUPPORTED
+ * for another scheme or user info, SH_HTTP_EINVAL for anything malformed. */
+static int url_parse(const char *url, sh_url *u)
+{
+    const char *p = strstr(url, "://");
+    if (!p || p == url)
+        return SH_HTTP_EINVAL;
+    for (const char *s = url; s < p; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '+' || *s == '-' || *s == '.'))
+            return SH_HTTP_EINVAL;
+    if (p - url != 4 || strncasecmp(url, "http", 4) != 0)
+        return SH_HTTP_EUNSUPPORTED; /* https, ws, ftp... */
+    const char *auth = p + 3;
+    const char *end = auth + strcspn(auth, "/?#");
+    if (memchr(auth, '@', (size_t)(end - auth)))
+        return SH_HTTP_EUNSUPPORTED; /* user info */
+    const char *hend, *q;
+    memset(u, 0, sizeof *u);
+    if (*auth == '[') {
+        hend = memchr(auth, ']', (size_t)(end - auth));
+        if (!hend)
+            return SH_HTTP_EINVAL;
+        u->host = auth + 1;
+        u->ipv6 = 1;
+        q = hend + 1;
+        if (q != end && *q != ':')
+            return SH_HTTP_EINVAL;
+    } else {
+        hend = memchr(auth, ':', (size_t)(end - auth));
+        if (!hend)
+            hend = end;
+        u->host = auth;
+        q = hend;
+    }
+    u->host_len = (size_t)(hend - u->host);
+    if (u->host_len == 0 || u->host_len > MAX_HOST_LEN)
+        return SH_HTTP_EINVAL;
+    for (size_t i = 0; i < u->host_len; i++) {
+        unsigned char c = (unsigned char)u->host[i];
+        int ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                 c == '-' || c == '.' || c == '_' || (u->ipv6 && (c == ':' || c == '%'));
+        if (!ok)
+            return SH_HTTP_EINVAL;
+    }
+    u->port = 80;
+    if (q != end) { /* ":port", possibly empty (RFC 3986: default port) */
+        q++;
+        if (q != end) {
+            unsigned long port = 0;
+            for (; q < end; q++) {
+                if (*q < '0' || *q > '9')
+                    return SH_HTTP_EINVAL;
+                port = port * 10 + (unsigned long)(*q - '0');
+                if (port > 65535)
+                    return SH_HTTP_EINVAL;
+            }
+            if (port == 0)
+                return SH_HTTP_EINVAL;
+            u->port = (unsigned)port;
+        }
+    }
+    u->path = end;
+    u->path_len = strcspn(end, "#");
+    for (size_t i = 0; i < u->path_len; i++) {
+        unsigned char c = (unsigned char)u->path[i];
+        if (c < 0x20 || c == 0x7f)
+            return SH_HTTP_EINVAL; /* control bytes would let the URL rewrite the request */
+    }
+    return 0;
+}
+
+/* Appends the request target: path+query, "/" when empty, spaces and non-ASCII bytes
+ * percent-encoded. */
+static int put_target(sh_buf *b, const sh_url *u)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    int rc = 0;
+    if (u->path_len == 0 || u->path[0] == '?')
+        rc = buf_append(b, "/", 1);
+    for (size_t i = 0; i < u->path_len && rc == 0; i++) {
+        unsigned char c = (unsigned char)u->path[i];
+        if (c == ' ' || c >= 0x80) {
+            char esc[3] = {'%', hex[c >> 4], hex[c & 15]};
+            rc = buf_append(b, esc, 3);
+        } else {
+            rc = buf_append(b, (const char *)&c, 1);
+        }
+    }
+    return rc;
+}
+
+/* Serialises the request of o (already validated) into a new blob with one reference.
+ * Returns 0 or SH_HTTP_ENOMEM. Sets *no_reuse when the caller sent Connection: close. */
+static int request_build(const sh_http_opts *o, const char *method, const sh_url *u,
+                         sh_http_blob **out, int *no_reuse)
+{
+    sh_buf b = {0};
+    int has_host = 0, has_len = 0, has_conn = 0, rc = 0;
+    char num[64];
+    *no_reuse = 0;
+    for (size_t i = 0; i < o->nheaders; i++) {
+        const sh_http_hdr *h = &o->headers[i];
+        has_host |= hdr_is(h, "host");
+        has_len |= hdr_is(h, "content-length") || hdr_is(h, "transfer-encoding");
+        if (hdr_is(h, "connection")) {
+            has_conn = 1;
+            for (size_t k = 0; k + 5 <= h->value_len; k++)
+                if (strncasecmp(h->value + k, "close", 5) == 0)
+                    *no_reuse = 1;
+        }
+    }
+    rc |= buf_puts(&b, method);
+    rc |= buf_append(&b, " ", 1);
+    rc |= put_target(&b, u);
+    rc |= buf_puts(&b, " HTTP/1.1\r\n");
+    if (!has_host) {
+        rc |= buf_puts(&b, "Host: ");
+        if (u->ipv6)
+            rc |= buf_append(&b, "[", 1);
+        rc |= buf_append(&b, u->host, u->host_len);
+        if (u->ipv6)
+            rc |= buf_append(&b, "]", 1);
+        if (u->port != 80) {
+            snprintf(num, sizeof num, ":%u", u->port);
+            rc |= buf_puts(&b, num);
+        }
+        rc |= buf_puts(&b, "\r\n");
+    }
+    for (size_t i = 0; i < o->nheaders; i++) {
+        const sh_http_hdr *h = &o->headers[i];
+        rc |= buf_append(&b, h->name, h->name_len);
+        rc |= buf_append(&b, ": ", 2);
+        rc |= buf_append(&b, h->value, h->value_len);
+        rc |= buf_append(&b, "\r\n", 2);
+    }
+    int wants_len = o->body_len > 0 || strcmp(method, "POST") == 0 ||
+                    strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0;
+    if (!has_len && wants_len) {
+        snprintf(num, sizeof num, "Content-Length: %zu\r\n", o->body_len);
+        rc |= buf_puts(&b, num);
+    }
+    if (!has_conn)
+        rc |= buf_puts(&b, "Connection: keep-alive\r\n");
+    rc |= buf_append(&b, "\r\n", 2);
+    sh_http_blob *blob = NULL;
+    if (rc == 0 && b.len <= SIZE_MAX - sizeof *blob - o->body_len)
+        blob = malloc(sizeof *blob + b.len + o->body_len);
+    if (!blob) {
+        buf_free(&b);
+        return SH_HTTP_ENOMEM;
+    }
+    blob->refs = 1;
+    blob->len = b.len + o->body_len;
+    memcpy(blob->data, b.p, b.len);
+    if (o->body_len)
+        memcpy(blob->data + b.len, o->body, o->body_len);
+    buf_free(&b);
+    *out = blob;
+    return 0;
+}
+
+/* Checks o's method and headers. Returns 0 or SH_HTTP_EINVAL. */
+static int opts_check(const sh_http_opts *o, const char *method)
+{
+    if (!is_token(method, strlen(method)) || strlen(method) > MAX_METHOD_LEN)
+        return SH_HTTP_EINVAL;
+    if (o->body_len > 0 && !o->body)
+        return SH_HTTP_EINVAL;
+    if (o->nheaders > 0 && !o->headers)
+        return SH_HTTP_EINVAL;
+    for (size_t i = 0; i < o->nheaders; i++) {
+        const sh_http_hdr *h = &o->headers[i];
+        if (!h->name || !is_token(h->name, h->name_len) || (h->value_len && !h->value) ||
+            !is_header_value(h->value, h->value_len))
+            return SH_HTTP_EINVAL;
+    }
+    return 0;
+}
+
+/* ---- client handle accounting ----------------------------------------------------------- */
+
+/* Called once per closed handle of this client; the last one after close frees it. */
+static void client_handle_closed(sh_http_client *c)
+{
+    assert(c->nhandles > 0);
+    if (--c->nhandles > 0)
+        return;
+    assert(c->closing);
+    while (c->hosts) { /* normally none left: each is freed when emptied */
+        sh_http_host *h = c->hosts;
+        c->hosts = h->next;
+        free(h->name);
+        free(h);
+    }
+    if (c->done)
+        c->done(c->done_arg);
+    free(c);
+}
+
+/* Close callback of the client's own handle. */
+static void client_own_closed(uv_handle_t *handle)
+{
+    client_handle_closed(handle->data);
+}
+
+/* ---- hosts -------------------------------------------------------------------------------- */
+
+/* Finds the host for u, creating it when missing. Returns NULL when out of memory. */
+static sh_http_host *host_get(sh_http_client *c, const sh_url *u)
+{
+    char name[MAX_HOST_LEN + 1];
+    for (size_t i = 0; i < u->host_len; i++) {
+        char ch = u->host[i];
+        name[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
+    }
+    name[u->host_len] = '\0';
+    for (sh_http_host *h = c->hosts; h; h = h->next)
+        if (h->port == u->port && strcmp(h->name, name) == 0)
+            return h;
+    sh_http_host *h = calloc(1, sizeof *h);
+    if (!h || !(h->name = strdup(name))) {
+        free(h);
+        return NULL;
+    }
+    h->client = c;
+    h->port = u->port;
+    if (u->ipv6)
+        h->literal = uv_ip6_addr(name, (int)u->port, (struct sockaddr_in6 *)&h->addr) == 0;
+    else
+        h->literal = uv_ip4_addr(name, (int)u->port, (struct sockaddr_in *)&h->addr) == 0;
+    h->next = c->hosts;
+    c->hosts = h;
+    return h;
+}
+
+/* Frees h when it has no socket and no waiter (and is not being pumped). */
+static void host_maybe_free(sh_http_host *h)
+{
+    if (h->pumping || h->nconns > 0 || h->qhead)
+        return;
+    sh_http_client *c = h->client;
+    for (sh_http_host **pp = &c->hosts; *pp; pp = &(*pp)->next) {
+        if (*pp == h) {
+            *pp = h->next;
+            break;
+        }
+    }
+    free(h->name);
+    free(h);
+}
+
+/* Appends call to h's wait queue (at the head for a retry) and marks it queued. */
+static void queue_push(sh_http_host *h, sh_http_call *call, int at_head)
+{
+    call->host = h;
+    call->state = CALL_QUEUED;
+    if (at_head) {
+        call->qprev = NULL;
+        call->qnext = h->qhead;
+        if (h->qhead)
+            h->qhead->qprev = call;
+        else
+            h->qtail = call;
+        h->qhead = call;
+    } else {
+        call->qnext = NULL;
+        call->qprev = h->qtail;
+        if (h->qtail)
+            h->qtail->qnext = call;
+        else
+            h->qhead = call;
+        h->qtail = call;
+    }
+}
+
+/* Unlinks call from h's wait queue. */
+static void queue_remove(sh_http_host *h, sh_http_call *call)
+{
+    if (call->qprev)
+        call->qprev->qnext = call->qnext;
+    else
+        h->qhead = call->qnext;
+    if (call->qnext)
+        call->qnext->qprev = call->qprev;
+    else
+        h->qtail = call->qprev;
+    call->qprev = call->qnext = NULL;
+}
+
+/* Removes conn from h's idle list. */
+static void idle_remove(sh_http_host *h, sh_http_conn *conn)
+{
+    for (sh_http_conn **pp = &h->idle; *pp; pp = &(*pp)->inext) {
+        if (*pp == conn) {
+            *pp = conn->inext;
+            break;
+        }
+    }
+    conn->inext = NULL;
+}
+
+/* ---- connections --------------------------------------------------------------------------- */
+
+/* Frees conn once both its handles have closed. */
+static void conn_handle_closed(sh_http_conn *conn)
+{
+    assert(conn->handles > 0);
+    if (--conn->handles > 0)
+        return;
+    sh_http_client *c = conn->client;
+    if (conn->prev)
+        conn->prev->next = conn->next;
+    else
+        c->conns = conn->next;
+    if (conn->next)
+        conn->next->prev = conn->prev;
+    uv_freeaddrinfo(conn->ai);
+    blob_unref(conn->wblob);
+    free(conn);
+}
+
+/* Close callback of a connection's timer. */
+static void conn_timer_closed(uv_handle_t *handle)
+{
+    sh_http_conn *conn = handle->data;
+    sh_http_client *c = conn->client;
+    conn_handle_closed(conn);
+    client_handle_closed(c);
+}
+
+/* Fails conn's call (if any) with err, which closes conn; or just closes conn. */
+static void conn_fail(sh_http_conn *conn, int err)
+{
+    if (conn->call)
+        call_finish(conn->call, err); /* detaches and closes conn */
+    else
+        conn_close(conn);
+}
+
+/* Binds call to conn and starts the exchange on an already connected socket. */
+static void conn_assign(sh_http_conn *conn, sh_http_call *call)
+{
+    uv_timer_stop(&conn->timer);
+    conn->state = CONN_BUSY;
+    conn->call = call;
+    call->conn = conn;
+    call->state = CALL_ACTIVE;
+    sh_debug(NULL, "http: reusing connection to %s:%u", conn->host->name, conn->host->port);
+    conn_send(conn);
+}
+
+/* The connection timer: connect timeout while connecting, idle timeout while pooled. */
+static void conn_timer_cb(uv_timer_t *t)
+{
+    sh_http_conn *conn = t->data;
+    if (conn->state == CONN_IDLE) {
+        sh_debug(NULL, "http: idle connection to %s:%u timed out", conn->host->name,
+                 conn->host->port);
+        conn_close(conn);
+    } else if (conn->state == CONN_RESOLVING || conn->state == CONN_CONNECTING) {
+        sh_debug(NULL, "http: connect to %s:%u timed out", conn->host->name, conn->host->port);
+        conn_fail(conn, SH_HTTP_ETIMEDOUT);
+    }
+}
+
+/* Opens a new socket for call on h (a slot is free). Any failure is reported through the call. */
+static void conn_open(sh_http_host *h, sh_http_call *call)
+{
+    sh_http_client *c = h->client;
+    sh_http_conn *conn = calloc(1, sizeof *conn);
+    if (!conn) {
+        call->state = CALL_ACTIVE;
+        call->host = h;
+        call_finish(call, SH_HTTP_ENOMEM);
+        return;
+    }
+    conn->client = c;
+    if (uv_tcp_init(c->loop, &conn->tcp) < 0) { /* only for a bad address family */
+        free(conn);
+        call->state = CALL_ACTIVE;
+        call->host = h;
+        call_finish(call, SH_HTTP_ENOMEM);
+        return;
+    }
+    uv_timer_init(c->loop, &conn->timer);
+    conn->tcp.data = conn->timer.data = conn->creq.data = conn->wreq.data = conn;
+    conn->handles = 2;
+    conn->tcp_open = 1;
+    c->nhandles += 2;
+    conn->next = c->conns;
+    if (c->conns)
+        c->conns->prev = conn;
+    c->conns = conn;
+    conn->host = h;
+    h->nconns++;
+    conn->call = call;
+    call->conn = conn;
+    call->host = h;
+    call->state = CALL_ACTIVE;
+    call->want_fresh = 0;
+    uv_timer_start(&conn->timer, conn_timer_cb, call->connect_timeout_ms, 0);
+    sh_debug(NULL, "http: opening connection to %s:%u", h->name, h->port);
+    if (h->literal)
+        conn_connect(conn, (const struct sockaddr *)&h->addr);
+    else
+        conn_resolve(conn);
+}
+
+/* Maps a libuv connect error to ours. */
+static int connect_err(int uverr)
+{
+    return uverr == UV_ETIMEDOUT ? SH_HTTP_ETIMEDOUT : SH_HTTP_EREFUSED;
+}
+
+/* A connect attempt failed with uverr: try the next resolved address on a new socket, or fail. */
+static void conn_connect_failed(sh_http_conn *conn, int uverr)
+{
+    conn->last_err = uverr;
+    if (conn->ai_next) {
+        /* the failed socket keeps its family and state: close it, reopen in conn_tcp_closed */
+        conn->reconnect = 1;
+        conn->tcp_open = 0;
+        uv_close((uv_handle_t *)&conn->tcp, conn_tcp_closed);
+        return;
+    }
+    sh_debug(NULL, "http: connect to %s:%u failed: %s", conn->host->name, conn->host->port,
+             uv_strerror(uverr));
+    conn_fail(conn, connect_err(uverr));
+}
+
+/* Connected (or not): start reading for good, then send the call's request. */
+static void connect_cb(uv_connect_t *req, int status)
+{
+    sh_http_conn *conn = req->data;
+    if (status == UV_ECANCELED || conn->state != CONN_CONNECTING)
+        return; /* closed meanwhile */
+    if (status < 0) {
+        conn_connect_failed(conn, status);
+        return;
+    }
+    uv_freeaddrinfo(conn->ai);
+    conn->ai = conn->ai_next = NULL;
+    uv_timer_stop(&conn->timer);
+    uv_tcp_nodelay(&conn->tcp, 1);
+    conn->state = CONN_BUSY;
+    /* read for the socket's whole life: an idle socket must notice the peer closing it */
+    int rc = uv_read_start((uv_stream_t *)&conn->tcp, alloc_cb, read_cb);
+    if (rc < 0) {
+        conn_io_failed(conn, rc);
+        return;
+    }
+    conn_send(conn);
+}
+
+/* Starts connecting conn's socket to addr. Failures go through conn_connect_failed(). */
+static void conn_connect(sh_http_conn *conn, const struct sockaddr *addr)
+{
+    conn->state = CONN_CONNECTING;
+    int rc = uv_tcp_connect(&conn->creq, &conn->tcp, addr, connect_cb);
+    if (rc < 0)
+        conn_connect_failed(conn, rc);
+}
+
+/* Connects to the next usable resolved address, or fails the call. */
+static void conn_connect_next(sh_http_conn *conn)
+{
+    while (conn->ai_next) {
+        struct addrinfo *a = conn->ai_next;
+        conn->ai_next = a->ai_next;
+        if (a->ai_family == AF_INET || a->ai_family == AF_INET6) {
+            conn_connect(conn, a->ai_addr);
+            return;
+        }
+    }
+    conn_fail(conn, conn->last_err ? connect_err(conn->last_err) : SH_HTTP_ERESOLVE);
+}
+
+/* Close callback of the socket: either reopen it for the next address, or account for it. */
+static void conn_tcp_closed(uv_handle_t *handle)
+{
+    sh_http_conn *conn = handle->data;
+    sh_http_client *c = conn->client;
+    if (conn->reconnect && conn->state != CONN_CLOSING) {
+        conn->reconnect = 0;
+        if (uv_tcp_init(c->loop, &conn->tcp) == 0) {
+            conn->tcp.data = conn;
+            conn->tcp_open = 1;
+            conn_connect_next(conn);
+            return;
+        }
+        conn_handle_closed(conn); /* the timer is still open: conn survives */
+        client_handle_closed(c);
+        conn_fail(conn, connect_err(conn->last_err));
+        return;
+    }
+    conn_handle_closed(conn);
+    client_handle_closed(c);
+}
+
+/* Resolution done: connect to the first address, or fail the call. Frees the request. */
+static void resolve_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    sh_http_resolve *r = (sh_http_resolve *)req;
+    sh_http_conn *conn = r->conn;
+    free(r);
+    if (!conn) { /* the connection gave up on us */
+        uv_freeaddrinfo(res);
+        return;
+    }
+    conn->resolve = NULL;
+    if (status < 0) {
+        uv_freeaddrinfo(res);
+        sh_debug(NULL, "http: resolving %s failed: %s", conn->host->name, uv_strerror(status));
+        conn_fail(conn, SH_HTTP_ERESOLVE);
+        return;
+    }
+    conn->ai = conn->ai_next = res;
+    conn->last_err = 0;
+    conn_connect_next(conn);
+}
+
+/* Starts resolving conn's host name. Failures go through the call. */
+static void conn_resolve(sh_http_conn *conn)
+{
+    sh_http_resolve *r = calloc(1, sizeof *r);
+    if (!r) {
+        conn_fail(conn, SH_HTTP_ENOMEM);
+        return;
+    }
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    char port[16];
+    snprintf(port, sizeof port, "%u", conn->host->port);
+    r->conn = conn;
+    conn->resolve = r;
+    conn->state = CONN_RESOLVING;
+    int rc = uv_getaddrinfo(conn->client->loop, &r->req, resolve_cb, conn->host->name, port,
+                            &hints);
+    if (rc < 0) {
+        conn->resolve = NULL;
+        free(r);
+        conn_fail(conn, SH_HTTP_ERESOLVE);
+    }
+}
+
+/* Detaches conn from its host (freeing the slot for a waiter) and closes its handles. conn must
+ * have no call. Idempotent. May free conn's host. */
+static void conn_close(sh_http_conn *conn)
+{
+    if (conn->state == CONN_CLOSING)
+        return;
+    assert(!conn->call);
+    sh_http_host *h = conn->host;
+    if (conn->state == CONN_IDLE)
+        idle_remove(h, conn);
+    conn->state = CONN_CLOSING;
+    conn->host = NULL;
+    if (conn->resolve) {
+        conn->resolve->conn = NULL; /* its callback frees it */
+        uv_cancel((uv_req_t *)&conn->resolve->req);
+        conn->resolve = NULL;
+    }
+    uv_timer_stop(&conn->timer);
+    uv_close((uv_handle_t *)&conn->timer, conn_timer_closed);
+    if (conn->tcp_open) {
+        conn->tcp_open = 0;
+        uv_close((uv_handle_t *)&conn->tcp, conn_tcp_closed);
+    }
+    h->nconns--;
+    host_pump(h);
+}
+
+/* An established socket failed (read or write error, or EOF before any response byte). A call on
+ * a reused socket that has received nothing is retried once on a fresh socket: the peer most
+ * likely closed the idle socket as we sent. Otherwise the call fails with "closed". */
+static void conn_io_failed(sh_http_conn *conn, int uverr)
+{
+    sh_http_call *call = conn->call;
+    sh_http_host *h = conn->host;
+    if (!call) {
+        conn_close(conn);
+        return;
+    }
+    if (conn->reused && conn->rx_bytes == 0 && !call->retried && !conn->client->closing) {
+        sh_debug(NULL, "http: reused connection to %s:%u failed (%s), retrying on a new one",
+                 h->name, h->port, uv_strerror(uverr));
+        call->retried = 1;
+        call->want_fresh = 1;
+        call->conn = NULL;
+        conn->call = NULL;
+        queue_push(h, call, 1);
+        conn_close(conn); /* frees a slot: host_pump() opens the fresh socket */
+        return;
+    }
+    sh_debug(NULL, "http: connection to %s:%u failed: %s", h->name, h->port,
+             uverr == UV_EOF ? "closed by peer" : uv_strerror(uverr));
+    conn_fail(conn, SH_HTTP_ECLOSED);
+}
+
+/* The request is written (or not): drop the blob reference; a failure fails the socket. */
+static void write_cb(uv_write_t *req, int status)
+{
+    sh_http_conn *conn = req->data;
+    blob_unref(conn->wblob);
+    conn->wblob = NULL;
+    if (status == UV_ECANCELED || conn->state != CONN_BUSY)
+        return;
+    if (status < 0)
+        conn_io_failed(conn, status);
+}
+
+/* Every read lands in the client's buffer, consumed by read_cb before the next read. */
+static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
+{
+    sh_http_conn *conn = handle->data;
+    (void)suggested;
+    buf->base = conn->client->rbuf;
+    buf->len = sizeof conn->client->rbuf;
+}
+
+/* ---- response parsing (llhttp callbacks: copy and flag, never free or decide) ------------- */
+
+/* The call whose response parser p is. */
+static sh_http_call *parser_call(llhttp_t *p) { return ((sh_http_conn *)p->data)->call; }
+
+/* Accounts n more response bytes; -1 (parse error, too_large set) over the limit. */
+static int account(llhttp_t *p, size_t n)
+{
+    sh_http_conn *conn = p->data;
+    sh_http_call *call = conn->call;
+    if (n > conn->client->opts.max_response_bytes - call->resp_bytes) {
+        conn->too_large = 1;
+        return -1;
+    }
+    call->resp_bytes += n;
+    return 0;
+}
+
+/* Flags an allocation failure; returns -1 (parse error). */
+static int nomem(llhttp_t *p)
+{
+    ((sh_http_conn *)p->data)->nomem = 1;
+    return -1;
+}
+
+/* A piece of a header name: a new header starts after the previous name completed. */
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    sh_http_call *call = parser_call(p);
+    if (call->headers_done)
+        return 0; /* trailers: dropped */
+    if (!call->in_field) {
+        if (account(p, sizeof(sh_hdr_ref)) < 0)
+            return -1;
+        if (call->nhdrs == call->hcap) {
+            size_t cap = call->hcap ? call->hcap * 2 : 16;
+            sh_hdr_ref *h = realloc(call->hdrs, cap * sizeof *h);
+            if (!h)
+                return nomem(p);
+            call->hdrs = h;
+            call->hcap = cap;
+        }
+        sh_hdr_ref *r = &call->hdrs[call->nhdrs++];
+        r->name_off = call->hbuf.len;
+        r->name_len = r->value_off = r->value_len = 0;
+        call->in_field = 1;
+    }
+    if (account(p, len) < 0)
+        return -1;
+    if (buf_append(&call->hbuf, at, len) < 0)
+        return nomem(p);
+    call->hdrs[call->nhdrs - 1].name_len += len;
+    return 0;
+}
+
+/* The header name is complete: the next name piece starts a new header. */
+static int on_header_field_complete(llhttp_t *p)
+{
+    parser_call(p)->in_field = 0;
+    return 0;
+}
+
+/* A piece of the current header's value. */
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    sh_http_call *call = parser_call(p);
+    if (call->headers_done || call->nhdrs == 0)
+        return 0;
+    sh_hdr_ref *r = &call->hdrs[call->nhdrs - 1];
+    if (r->value_len == 0)
+        r->value_off = call->hbuf.len;
+    if (account(p, len) < 0)
+        return -1;
+    if (buf_append(&call->hbuf, at, len) < 0)
+        return nomem(p);
+    r->value_len += len;
+    return 0;
+}
+
+/* Returns 1 (no body) for HEAD, 1xx, 204 and 304, which llhttp cannot all know by itself. */
+static int on_headers_complete(llhttp_t *p)
+{
+    sh_http_call *call = parser_call(p);
+    int status = llhttp_get_status_code(p);
+    if (status / 100 == 1 && status != 101) {
+        call->interim = 1;
+        return 1;
+    }
+    call->status = status;
+    call->headers_done = 1;
+    return (call->is_head || status == 204 || status == 304) ? 1 : 0;
+}
+
+/* A piece of the body (already de-chunked). */
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    sh_http_call *call = parser_call(p);
+    if (account(p, len) < 0)
+        return -1;
+    if (buf_append(&call->body, at, len) < 0)
+        return nomem(p);
+    return 0;
+}
+
+/* The end of a message: a 1xx is forgotten, a final response pauses the parser. */
+static int on_message_complete(llhttp_t *p)
+{
+    sh_http_conn *conn = p->data;
+    sh_http_call *call = conn->call;
+    if (call->interim) {
+        call->interim = 0;
+        call->nhdrs = 0;
+        call->hbuf.len = 0;
+        call->in_field = 0;
+        return 0;
+    }
+    conn->msg_done = 1;
+    conn->keep_alive = llhttp_should_keep_alive(p);
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t parser_settings = {
+    .on_header_field = on_header_field,
+    .on_header_field_complete = on_header_field_complete,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* ---- the exchange --------------------------------------------------------------------------- */
+
+/* Clears the response state of call, for a first attempt or a retry. */
+static void call_reset_response(sh_http_call *call)
+{
+    call->status = 0;
+    call->interim = call->headers_done = call->in_field = 0;
+    call->hbuf.len = 0;
+    call->nhdrs = 0;
+    call->body.len = 0;
+    call->resp_bytes = 0;
+}
+
+/* Sends conn's call's request on conn (connected, busy). Failures go through conn_io_failed(). */
+static void conn_send(sh_http_conn *conn)
+{
+    sh_http_call *call = conn->call;
+    assert(call && conn->state == CONN_BUSY && !conn->wblob);
+    llhttp_init(&conn->parser, HTTP_RESPONSE, &parser_settings);
+    conn->parser.data = conn;
+    conn->rx_bytes = 0;
+    conn->msg_done = conn->keep_alive = conn->too_large = conn->nomem = 0;
+    call_reset_response(call);
+    conn->wblob = call->req;
+    call->req->refs++;
+    uv_buf_t buf;
+    buf.base = call->req->data;
+    buf.len = call->req->len;
+    int rc = uv_write(&conn->wreq, (uv_stream_t *)&conn->tcp, &buf, 1, write_cb);
+    if (rc < 0) {
+        blob_unref(conn->wblob);
+        conn->wblob = NULL;
+        conn_io_failed(conn, rc);
+    }
+}
+
+/* conn's call has its final response: hand the call its outcome, then pool or close conn. */
+static void conn_complete(sh_http_conn *conn)
+{
+    sh_http_call *call = conn->call;
+    sh_http_client *c = conn->client;
+    int reuse = conn->keep_alive && !conn->wblob && !call->no_reuse && call->status != 101 &&
+                !c->closing;
+    conn->call = NULL;
+    call->conn = NULL;
+    call_finish(call, 0);
+    conn->reused = 1;
+    if (!reuse) {
+        conn_close(conn);
+        return;
+    }
+    sh_http_host *h = conn->host;
+    conn->state = CONN_IDLE;
+    conn->inext = h->idle;
+    h->idle = conn;
+    uv_timer_start(&conn->timer, conn_timer_cb, c->opts.idle_timeout_ms, 0);
+    host_pump(h); /* a waiter takes it at once */
+}
+
+/* After llhttp_execute() returned err on data[0..n): complete, fail, or wait for more. */
+static void conn_parsed(sh_http_conn *conn, llhttp_errno_t err, const char *data, size_t n)
+{
+    if (conn->msg_done) {
+        const char *pos = llhttp_get_error_pos(&conn->parser);
+        if (err != HPE_PAUSED || (pos && pos < data + n))
+            conn->keep_alive = 0; /* bytes after the response: the socket is not clean */
+        conn_complete(conn);
+        return;
+    }
+    if (err == HPE_OK)
+        return;
+    if (conn->too_large) {
+        sh_debug(NULL, "http: response from %s:%u over %zu bytes", conn->host->name,
+                 conn->host->port, conn->client->opts.max_response_bytes);
+        conn_fail(conn, SH_HTTP_ETOOLARGE);
+        return;
+    }
+    sh_debug(NULL, "http: bad response from %s:%u: %s (%s)", conn->host->name, conn->host->port,
+             llhttp_errno_name(err), llhttp_get_error_reason(&conn->parser));
+    conn_fail(conn, conn->nomem ? SH_HTTP_ENOMEM : SH_HTTP_EBADRESPONSE);
+}
+
+/* The peer ended the stream (EOF) or it broke (nread < 0) while conn was busy. */
+static void conn_read_end(sh_http_conn *conn, ssize_t nread)
+{
+    if (nread == UV_EOF && conn->rx_bytes > 0) {
+        llhttp_errno_t err = llhttp_finish(&conn->parser); /* completes a read-until-close body */
+        if (conn->msg_done) {
+            conn->keep_alive = 0;
+            conn_complete(conn);
+            return;
+        }
+        sh_debug(NULL, "http: %s:%u closed mid-response (%s)", conn->host->name,
+                 conn->host->port, llhttp_errno_name(err));
+        conn_fail(conn, SH_HTTP_ECLOSED);
+        return;
+    }
+    conn_io_failed(conn, (int)nread);
+}
+
+/* Bytes, EOF or an error on a socket: feed the parser when busy, drop the socket when idle. */
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    sh_http_conn *conn = stream->data;
+    if (nread == 0 || conn->state == CONN_CLOSING)
+        return;
+    if (conn->state != CONN_BUSY || !conn->call) {
+        /* idle: the peer closed it, or sent bytes nobody asked for; either way it is done */
+        sh_debug(NULL, "http: idle connection to %s:%u %s", conn->host->name, conn->host->port,
+                 nread < 0 ? "closed by peer" : "got unsolicited bytes");
+        conn_close(conn);
+        return;
+    }
+    if (nread < 0) {
+        conn_read_end(conn, nread);
+        return;
+    }
+    conn->rx_bytes += (size_t)nread;
+    llhttp_errno_t err = llhttp_execute(&conn->parser, buf->base, (size_t)nread);
+    conn_parsed(conn, err, buf->base, (size_t)nread);
+}
+
+/* ---- the pool --------------------------------------------------------------------------------- */
+
+/* Gives waiting calls of h an idle socket or a new one while slots are free; then frees h if it
+ * is empty. Callers must not use h afterwards. Does nothing re-entrantly or while closing. */
+static void host_pump(sh_http_host *h)
+{
+    sh_http_client *c = h->client;
+    if (h->pumping)
+        return;
+    h->pumping = 1;
+    sh_http_call *call;
+    while (!c->closing && (call = h->qhead) != NULL) {
+        if (h->idle && !call->want_fresh) {
+            sh_http_conn *conn = h->idle;
+            h->idle = conn->inext;
+            conn->inext = NULL;
+            queue_remove(h, call);
+            conn_assign(conn, call);
+        } else if (h->nconns < c->opts.max_conns_per_host) {
+            queue_remove(h, call);
+            conn_open(h, call);
+        } else if (h->idle) {
+            conn_close(h->idle); /* make room for a fresh socket (host_pump re-entry is a no-op) */
+        } else {
+            break;
+        }
+    }
+    h->pumping = 0;
+    host_maybe_free(h);
+}
+
+/* ---- calls ------------------------------------------------------------------------------------- */
+
+/* Close callback of a call's timer: the call is freed here and only here. */
+static void call_timer_closed(uv_handle_t *handle)
+{
+    sh_http_call *call = handle->data;
+    sh_http_client *c = call->client;
+    if (call->prev)
+        call->prev->next = call->next;
+    else
+        c->calls = call->next;
+    if (call->next)
+        call->next->prev = call->prev;
+    blob_unref(call->req);
+    buf_free(&call->hbuf);
+    buf_free(&call->body);
+    free(call->hdrs);
+    free(call);
+    client_handle_closed(c);
+}
+
+/* Takes a queued or active call out of the pool: out of its host's queue, or off its socket,
+ * which is closed (a socket whose response completed was detached by conn_complete). */
+static void call_unbind(sh_http_call *call)
+{
+    sh_http_host *h = call->host;
+    assert(call->state == CALL_QUEUED || call->state == CALL_ACTIVE);
+    call->client->inflight--;
+    call->host = NULL;
+    if (call->state == CALL_QUEUED) {
+        queue_remove(h, call);
+        host_maybe_free(h);
+    } else if (call->conn) {
+        sh_http_conn *conn = call->conn;
+        call->conn = NULL;
+        conn->call = NULL;
+        conn_close(conn);
+    }
+}
+
+/* Builds the response view and runs the user callback. */
+static void call_deliver_cb(uv_timer_t *t)
+{
+    sh_http_call *call = t->data;
+    sh_http_response res;
+    sh_http_hdr *hdrs = NULL;
+    int err = call->err;
+    call->state = CALL_DELIVERING;
+    if (err == 0) {
+        if (call->nhdrs && !(hdrs = malloc(call->nhdrs * sizeof *hdrs)))
+            err = SH_HTTP_ENOMEM;
+        else if (buf_append(&call->body, "", 1) < 0) /* a NUL after the body, not counted */
+            err = SH_HTTP_ENOMEM;
+    }
+    if (err == 0) {
+        for (size_t i = 0; i < call->nhdrs; i++) {
+            const sh_hdr_ref *r = &call->hdrs[i];
+            hdrs[i].name = call->hbuf.p + r->name_off;
+            hdrs[i].name_len = r->name_len;
+            hdrs[i].value = r->value_len ? call->hbuf.p + r->value_off : "";
+            hdrs[i].value_len = r->value_len;
+        }
+        res.status = call->status;
+        res.headers = hdrs;
+        res.nheaders = call->nhdrs;
+        res.body = call->body.p;
+        res.body_len = call->body.len - 1;
+    }
+    call->cb(call->arg, err, err ? sh_http_strerror(err) : NULL, err ? NULL : &res);
+    free(hdrs);
+    call->state = CALL_GONE;
+    uv_close((uv_handle_t *)&call->timer, call_timer_closed);
+}
+
+/* Records the outcome of a queued or active call and arms its delivery on the next loop turn. */
+static void call_finish(sh_http_call *call, int err)
+{
+    call_unbind(call);
+    call->state = CALL_DONE;
+    call->err = err;
+    uv_timer_stop(&call->timer);
+    uv_timer_start(&call->timer, call_deliver_cb, 0, 0);
+}
+
+/* The total deadline passed. */
+static void call_timer_cb(uv_timer_t *t)
+{
+    sh_http_call *call = t->data;
+    if (call->state != CALL_QUEUED && call->state != CALL_ACTIVE)
+        return;
+    sh_debug(NULL, "http: request %s", call->state == CALL_QUEUED
+                                            ? "timed out waiting for a connection"
+                                            : "timed out");
+    call_finish(call, SH_HTTP_ETIMEDOUT);
+}
+
+/* ---- public API ------------------------------------------------------------------------------- */
+
+/* Contract in http_client.h. */
+sh_http_client *sh_http_client_new(uv_loop_t *loop, const sh_http_client_opts *opts)
+{
+    assert(loop);
+    sh_http_client *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->loop = loop;
+    if (opts)
+        c->opts = *opts;
+    if (!c->opts.max_conns_per_host)
+        c->opts.max_conns_per_host = DEFAULT_MAX_CONNS;
+    if (!c->opts.idle_timeout_ms)
+        c->opts.idle_timeout_ms = DEFAULT_IDLE_TIMEOUT_MS;
+    if (!c->opts.max_response_bytes)
+        c->opts.max_response_bytes = DEFAULT_MAX_RESPONSE;
+    uv_timer_init(loop, &c->own);
+    c->own.data = c;
+    c->nhandles = 1;
+    return c;
+}
+
+/* Contract in http_client.h. */
+int sh_http_request(sh_http_client *c, const sh_http_opts *o, sh_http_cb cb, void *arg,
+                    sh_http_call **out)
+{
+    if (!c || !o || !o->url || !cb)
+        return SH_HTTP_EINVAL;
+    if (c->closing)
+        return SH_HTTP_ECLOSED;
+    const char *method = o->method ? o->method : "GET";
+    sh_url u;
+    int rc = url_parse(o->url, &u);
+    if (rc == 0)
+        rc = opts_check(o, method);
+    if (rc < 0)
+        return rc;
+    sh_http_call *call = calloc(1, sizeof *call);
+    if (!call)
+        return SH_HTTP_ENOMEM;
+    sh_http_host *h = NULL;
+    if ((rc = request_build(o, method, &u, &call->req, &call->no_reuse)) < 0 ||
+        !(h = host_get(c, &u))) {
+        blob_unref(call->req);
+        free(call);
+        return rc < 0 ? rc : SH_HTTP_ENOMEM;
+    }
+    /* from here on nothing fails synchronously: every outcome goes through cb */
+    call->client = c;
+    call->cb = cb;
+    call->arg = arg;
+    call->is_head = strcmp(method, "HEAD") == 0;
+    call->connect_timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms
+                                                     : DEFAULT_CONNECT_TIMEOUT_MS;
+    uv_timer_init(c->loop, &call->timer);
+    call->timer.data = call;
+    c->nhandles++;
+    call->next = c->calls;
+    if (c->calls)
+        c->calls->prev = call;
+    c->calls = call;
+    c->inflight++;
+    uv_timer_start(&call->timer, call_timer_cb, o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS,
+                   0);
+    queue_push(h, call, 0);
+    if (out)
+        *out = call;
+    host_pump(h);
+    return 0;
+}
+
+/* Contract in http_client.h. */
+void sh_http_call_cancel(sh_http_call *call)
+{
+    if (!call)
+        return;
+    switch (call->state) {
+    case CALL_QUEUED:
+    case CALL_ACTIVE:
+        call_unbind(call);
+        break;
+    case CALL_DONE:
+        break;
+    case CALL_DELIVERING: /* its own callback: it is finishing anyway */
+    case CALL_GONE:
+        return;
+    }
+    call->state = CALL_GONE;
+    uv_timer_stop(&call->timer);
+    uv_close((uv_handle_t *)&call->timer, call_timer_closed);
+}
+
+/* Contract in http_client.h. */
+void sh_http_client_close(sh_http_client *c, void (*done)(void *), void *arg)
+{
+    assert(c && !c->closing);
+    c->closing = 1;
+    c->done = done;
+    c->done_arg = arg;
+    for (sh_http_call *call = c->calls; call; call = call->next)
+        if (call->state == CALL_QUEUED || call->state == CALL_ACTIVE)
+            call_finish(call, SH_HTTP_ECLOSED); /* stays in c->calls until its timer closes */
+    for (sh_http_conn *conn = c->conns; conn; conn = conn->next)
+        conn_close(conn); /* idle ones; the others are closing already */
+    uv_close((uv_handle_t *)&c->own, client_own_closed);
+}
+
+/* Contract in http_client.h. */
+void sh_http_client_stats_get(const sh_http_client *c, sh_http_client_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    for (const sh_http_host *h = c->hosts; h; h = h->next) {
+        out->conns += h->nconns;
+        for (const sh_http_conn *conn = h->idle; conn; conn = conn->inext)
+            out->idle++;
+        for (const sh_http_call *call = h->qhead; call; call = call->qnext)
+            out->queued++;
+    }
+    out->inflight = c->inflight;
+}

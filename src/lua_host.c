@@ -1,0 +1,429 @@
+/* lua_host.c — generations and tasks; see lua_host.h. */
+#include "lua_host.h"
+
+#include <assert.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua-cjson.h>
+#include <lualib.h>
+
+#include "conn.h"
+#include "log.h"
+#include "server.h"
+
+int luaopen_cjson_safe(lua_State *L); /* in liblua5.4-cjson, not in its header */
+
+#define POOL_MAX 256
+#define LOAD_BUDGET 100000000 /* instructions for running the script's main chunk */
+
+static const char *const hook_names[SH_HOOK_COUNT] = {
+    "on_handshake", "on_open", "on_message", "on_binary", "on_publish", "on_close",
+};
+
+const char *sh_hook_name(enum sh_hook h) { return hook_names[h]; }
+
+/* ------------------------------------------------------------------ budget */
+
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    luaL_error(L, "instruction budget exceeded (lua_max_instructions)");
+}
+
+static void arm_budget(lua_State *co, uint64_t max)
+{
+    lua_sethook(co, budget_hook, LUA_MASKCOUNT, max > INT_MAX ? INT_MAX : (int)max);
+}
+
+/* --------------------------------------------------------------- loading */
+
+static int msgh_traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    luaL_traceback(L, L, msg ? msg : luaL_tolstring(L, 1, NULL), 1);
+    return 1;
+}
+
+/* Store the policy's field `name` as a registry ref if it is a function. */
+static int take_hook(lua_State *L, int policy, const char *name, int *ref, char *err,
+                     size_t errsz)
+{
+    lua_getfield(L, policy, name);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        *ref = LUA_NOREF;
+        return 0;
+    }
+    if (!lua_isfunction(L, -1)) {
+        snprintf(err, errsz, "%s must be a function, got %s", name, luaL_typename(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+/* Check `routes`: keys "METHOD /path", values functions. */
+static int take_routes(lua_State *L, int policy, int *ref, char *err, size_t errsz)
+{
+    *ref = LUA_NOREF;
+    lua_getfield(L, policy, "routes");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (!lua_istable(L, -1)) {
+        snprintf(err, errsz, "routes must be a table");
+        lua_pop(L, 1);
+        return -1;
+    }
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        if (!k || !strchr(k, ' ') || k[strcspn(k, " ") + 1] != '/' || !lua_isfunction(L, -1)) {
+            snprintf(err, errsz, "routes: each key must be \"METHOD /path\" and each value a function");
+            lua_pop(L, 3);
+            return -1;
+        }
+        lua_pop(L, 1);
+    }
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+static void open_libs(lua_State *L, sh_gen *g)
+{
+    luaL_openlibs(L);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, luaopen_cjson);
+    lua_setfield(L, -2, "cjson");
+    lua_pushcfunction(L, luaopen_cjson_safe);
+    lua_setfield(L, -2, "cjson.safe");
+    lua_pop(L, 1);
+    sh_lua_api_open(L, g);
+}
+
+/* Run the script's main chunk; leaves its table on the stack. */
+static int run_script(lua_State *L, const char *script, char *err, size_t errsz)
+{
+    lua_pushcfunction(L, msgh_traceback);
+    int base = lua_gettop(L);
+    if (luaL_loadfilex(L, script, "t") != LUA_OK) {
+        snprintf(err, errsz, "%s", lua_tostring(L, -1));
+        lua_settop(L, base - 1);
+        return -1;
+    }
+    arm_budget(L, LOAD_BUDGET);
+    int rc = lua_pcall(L, 0, 1, base);
+    lua_sethook(L, NULL, 0, 0);
+    if (rc != LUA_OK) {
+        snprintf(err, errsz, "%s: %s", script, lua_tostring(L, -1));
+        lua_settop(L, base - 1);
+        return -1;
+    }
+    if (!lua_istable(L, -1)) {
+        snprintf(err, errsz, "%s: the script must return a table (got %s)", script,
+                 luaL_typename(L, -1));
+        lua_settop(L, base - 1);
+        return -1;
+    }
+    lua_remove(L, base);
+    return 0;
+}
+
+/* Resolve hooks, routes and config from the policy table at the top. */
+static int take_policy(sh_gen *g, const char *const *sets, size_t nsets, char *err, size_t errsz)
+{
+    lua_State *L = g->L;
+    int policy = lua_gettop(L);
+    for (int h = 0; h < SH_HOOK_COUNT; h++)
+        if (take_hook(L, policy, hook_names[h], &g->hook_ref[h], err, errsz) != 0)
+            return -1;
+    if (take_routes(L, policy, &g->routes_ref, err, errsz) != 0)
+        return -1;
+    lua_getfield(L, policy, "config");
+    int pc = 0;
+    if (lua_istable(L, -1))
+        pc = lua_gettop(L);
+    else if (!lua_isnil(L, -1)) {
+        snprintf(err, errsz, "config must be a table");
+        return -1;
+    }
+    if (sh_config_merge(L, pc, sets, nsets, err, errsz) != 0)
+        return -1;
+    if (sh_config_read(L, -1, &g->cfg, err, errsz) != 0)
+        return -1;
+    /* host.config = merged table */
+    lua_getfield(L, LUA_REGISTRYINDEX, "statushost.module");
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "config");
+    lua_settop(L, policy - 1);
+    return 0;
+}
+
+int sh_gen_load(sh_server *srv, const char *script, const char *const *sets, size_t nsets,
+                sh_gen **out, char *err, size_t errsz)
+{
+    sh_gen *g = calloc(1, sizeof *g);
+    g->srv = srv;
+    g->refs = 1;
+    g->id = srv ? ++srv->next_gen_id : 1;
+    g->routes_ref = LUA_NOREF;
+    for (int h = 0; h < SH_HOOK_COUNT; h++)
+        g->hook_ref[h] = LUA_NOREF;
+    g->L = luaL_newstate();
+    if (!g->L) {
+        snprintf(err, errsz, "out of memory");
+        free(g);
+        return -1;
+    }
+    *(sh_task **)lua_getextraspace(g->L) = NULL;
+    open_libs(g->L, g);
+    lua_newtable(g->L);
+    g->pool_ref = luaL_ref(g->L, LUA_REGISTRYINDEX);
+    g->pool = calloc(POOL_MAX, sizeof *g->pool);
+    if (run_script(g->L, script, err, errsz) != 0 || take_policy(g, sets, nsets, err, errsz) != 0) {
+        lua_close(g->L);
+        sh_config_free(&g->cfg);
+        free(g->pool);
+        free(g);
+        return -1;
+    }
+    if (srv) {
+        g->next_gen = srv->gens;
+        if (srv->gens)
+            srv->gens->prev_gen = g;
+        srv->gens = g;
+    }
+    *out = g;
+    return 0;
+}
+
+void sh_gen_ref(sh_gen *g) { g->refs++; }
+
+void sh_gen_unref(sh_gen *g)
+{
+    if (!g || --g->refs > 0)
+        return;
+    assert(g->tasks == NULL);
+    if (g->srv) {
+        if (g->prev_gen)
+            g->prev_gen->next_gen = g->next_gen;
+        else
+            g->srv->gens = g->next_gen;
+        if (g->next_gen)
+            g->next_gen->prev_gen = g->prev_gen;
+    }
+    lua_close(g->L);
+    sh_config_free(&g->cfg);
+    free(g->pool);
+    free(g);
+}
+
+int sh_gen_has_hook(const sh_gen *g, enum sh_hook h) { return g->hook_ref[h] != LUA_NOREF; }
+
+void sh_gen_shutdown(sh_gen *g)
+{
+    g->closing = 1;
+    /* waking may end tasks (unlinking them); restart the scan each time */
+    for (;;) {
+        sh_task *t = g->tasks;
+        while (t && !t->cancel)
+            t = t->gen_next;
+        if (!t)
+            break;
+        sh_task_abort(t, "closed");
+    }
+}
+
+/* ----------------------------------------------------------------- tasks */
+
+static lua_State *thread_take(sh_gen *g)
+{
+    if (g->npool > 0)
+        return g->pool[--g->npool];
+    lua_State *L = g->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->pool_ref);
+    lua_State *co = lua_newthread(L);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -3); /* anchor: pool[co] = true */
+    lua_pop(L, 1);
+    return co;
+}
+
+static void thread_release(sh_gen *g, lua_State *co, int reusable)
+{
+    if (reusable && g->npool < POOL_MAX && lua_status(co) == LUA_OK) {
+        lua_settop(co, 0);
+        g->pool[g->npool++] = co;
+        return;
+    }
+    lua_State *L = g->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->pool_ref);
+    lua_pushthread(co);
+    lua_xmove(co, L, 1);
+    lua_pushnil(L);
+    lua_rawset(L, -3); /* unanchor; the collector frees it */
+    lua_pop(L, 1);
+}
+
+sh_task *sh_task_new(sh_gen *g, sh_conn *conn, const char *what)
+{
+    sh_task *t = calloc(1, sizeof *t);
+    t->gen = g;
+    t->what = what;
+    t->co = thread_take(g);
+    *(sh_task **)lua_getextraspace(t->co) = t;
+    sh_gen_ref(g);
+    t->gen_next = g->tasks;
+    if (g->tasks)
+        g->tasks->gen_prev = t;
+    g->tasks = t;
+    if (conn) {
+        t->conn = conn;
+        t->conn_next = conn->tasks;
+        if (conn->tasks)
+            conn->tasks->conn_prev = t;
+        conn->tasks = t;
+    }
+    if (g->srv)
+        g->srv->metrics.lua_tasks_current++;
+    return t;
+}
+
+static void conn_unlink(sh_task *t)
+{
+    if (!t->conn)
+        return;
+    if (t->conn_prev)
+        t->conn_prev->conn_next = t->conn_next;
+    else
+        t->conn->tasks = t->conn_next;
+    if (t->conn_next)
+        t->conn_next->conn_prev = t->conn_prev;
+    t->conn_prev = t->conn_next = NULL;
+    t->conn = NULL;
+}
+
+void sh_task_push_hook(sh_task *t, enum sh_hook h)
+{
+    lua_rawgeti(t->co, LUA_REGISTRYINDEX, t->gen->hook_ref[h]);
+}
+
+static void task_finish(sh_task *t, int status, int nres)
+{
+    sh_gen *g = t->gen;
+    if (t->done)
+        t->done(t, status, nres, t->done_arg);
+    conn_unlink(t);
+    if (t->gen_prev)
+        t->gen_prev->gen_next = t->gen_next;
+    else
+        g->tasks = t->gen_next;
+    if (t->gen_next)
+        t->gen_next->gen_prev = t->gen_prev;
+    *(sh_task **)lua_getextraspace(t->co) = NULL;
+    thread_release(g, t->co, status == LUA_OK);
+    if (g->srv)
+        g->srv->metrics.lua_tasks_current--;
+    free(t);
+    sh_gen_unref(g);
+}
+
+/* Log a failed run with its traceback and fail the owning connection. */
+static void task_error(sh_task *t, const char *msg)
+{
+    lua_State *L = t->gen->L;
+    luaL_traceback(L, t->co, msg, 0);
+    sh_error(t->conn ? t->conn->id : NULL, "lua error in %s: %s", t->what, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    if (t->gen->srv)
+        t->gen->srv->metrics.lua_errors++;
+    if (t->conn)
+        sh_conn_lua_failed(t->conn);
+}
+
+/* Resume t with nargs values on its stack and handle the outcome. */
+static void task_run(sh_task *t, int nargs)
+{
+    lua_State *co = t->co;
+    arm_budget(co, t->gen->cfg.lua_max_instructions);
+    int nres = 0;
+    int st = lua_resume(co, t->gen->L, nargs, &nres);
+    if (st == LUA_YIELD) {
+        if (t->cancel)
+            return; /* suspended in a host call; its completion wakes us */
+        lua_pop(co, nres);
+        task_error(t, "coroutine.yield() outside a host call (use host.sleep or a coroutine of your own)");
+        task_finish(t, LUA_ERRRUN, 0);
+        return;
+    }
+    if (st != LUA_OK) {
+        const char *msg = lua_tostring(co, -1);
+        task_error(t, msg ? msg : luaL_typename(co, -1));
+        nres = 0;
+    }
+    task_finish(t, st, nres);
+}
+
+void sh_task_start(sh_task *t, int nargs, sh_task_done_fn done, void *arg)
+{
+    t->done = done;
+    t->done_arg = arg;
+    task_run(t, nargs);
+}
+
+sh_task *sh_task_current(lua_State *L)
+{
+    sh_task *t = *(sh_task **)lua_getextraspace(L);
+    return t && t->co == L ? t : NULL;
+}
+
+int sh_task_suspend(lua_State *L, sh_task_cancel_fn cancel, void *op)
+{
+    sh_task *t = sh_task_current(L);
+    if (!t)
+        return luaL_error(L, "this call waits, so it must run in a hook's coroutine "
+                             "(not in a coroutine of your own)");
+    assert(cancel != NULL);
+    t->cancel = cancel;
+    t->op = op;
+    return lua_yield(L, 0);
+}
+
+int sh_task_doomed(const sh_task *t)
+{
+    return t->gen->closing || t->orphaned;
+}
+
+void sh_task_wake(sh_task *t, int nres)
+{
+    assert(t->cancel != NULL);
+    t->cancel = NULL;
+    t->op = NULL;
+    task_run(t, nres);
+}
+
+void sh_task_abort(sh_task *t, const char *reason)
+{
+    assert(t->cancel != NULL);
+    t->cancel(t, t->op);
+    lua_pushnil(t->co);
+    lua_pushstring(t->co, reason);
+    sh_task_wake(t, 2);
+}
+
+void sh_tasks_release_conn(sh_conn *c)
+{
+    while (c->tasks) {
+        sh_task *t = c->tasks;
+        conn_unlink(t);
+        t->orphaned = 1;
+        if (t->cancel)
+            sh_task_abort(t, "closed");
+    }
+}

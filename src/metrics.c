@@ -1,0 +1,116 @@
+/* metrics.c — see metrics.h. */
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const double sh_dispatch_bounds[SH_DISPATCH_BUCKETS] = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30,
+};
+
+void sh_metrics_observe_dispatch(sh_metrics *m, double seconds)
+{
+    for (int i = 0; i < SH_DISPATCH_BUCKETS; i++)
+        if (seconds <= sh_dispatch_bounds[i]) {
+            m->dispatch_buckets[i]++;
+            break;
+        }
+    m->dispatch_count++;
+    m->dispatch_sum += seconds;
+}
+
+int sh_metrics_inc(sh_metrics *m, const char *name, uint64_t by)
+{
+    struct { const char *name; uint64_t *v; } named[] = {
+        {"jobs_started", &m->jobs_started},
+        {"jobs_completed", &m->jobs_completed},
+        {"jobs_timed_out", &m->jobs_timed_out},
+        {"jobs_failed", &m->jobs_failed},
+    };
+    for (size_t i = 0; i < sizeof named / sizeof named[0]; i++)
+        if (strcmp(named[i].name, name) == 0) {
+            *named[i].v += by;
+            return 0;
+        }
+    return -1;
+}
+
+/* A growable text buffer for rendering. */
+struct text {
+    char *p;
+    size_t len, cap;
+};
+
+static void put(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(struct text *t, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->p + t->len, t->cap - t->len, fmt, ap);
+        va_end(ap);
+        if (n >= 0 && (size_t)n < t->cap - t->len) {
+            t->len += (size_t)n;
+            return;
+        }
+        t->cap = t->cap * 2 + (size_t)(n > 0 ? n : 0);
+        t->p = realloc(t->p, t->cap);
+    }
+}
+
+static void counter(struct text *t, const char *name, const char *help, const char *type,
+                    uint64_t v)
+{
+    put(t, "# HELP statushost_%s %s\n# TYPE statushost_%s %s\nstatushost_%s %llu\n", name,
+        help, name, type, name, (unsigned long long)v);
+}
+
+char *sh_metrics_render(const sh_metrics *m, int redis_up, size_t *len)
+{
+    struct text t = {malloc(4096), 0, 4096};
+    counter(&t, "connections_current", "Open sockets (HTTP and WebSocket).", "gauge",
+            m->connections_current);
+    counter(&t, "websockets_current", "Open WebSocket connections.", "gauge",
+            m->websockets_current);
+    counter(&t, "connections_total", "Accepted sockets.", "counter", m->connections_total);
+    counter(&t, "websockets_total", "Completed WebSocket upgrades.", "counter",
+            m->websockets_total);
+    counter(&t, "rejected_total", "Connections refused at the handshake.", "counter",
+            m->rejected_total);
+    counter(&t, "http_requests_total", "Plain HTTP requests answered.", "counter",
+            m->http_requests_total);
+    counter(&t, "messages_in_total", "WebSocket messages received.", "counter", m->messages_in);
+    counter(&t, "messages_out_total", "WebSocket messages sent.", "counter", m->messages_out);
+    counter(&t, "bytes_in_total", "Bytes read from sockets.", "counter", m->bytes_in);
+    counter(&t, "bytes_out_total", "Bytes written to sockets.", "counter", m->bytes_out);
+    counter(&t, "jobs_started_total", "Jobs started by the policy.", "counter", m->jobs_started);
+    counter(&t, "jobs_completed_total", "Jobs completed.", "counter", m->jobs_completed);
+    counter(&t, "jobs_timed_out_total", "Jobs that timed out.", "counter", m->jobs_timed_out);
+    counter(&t, "jobs_failed_total", "Jobs that failed (dispatch or Redis).", "counter",
+            m->jobs_failed);
+    counter(&t, "redis_reconnects_total", "Redis reconnections.", "counter",
+            m->redis_reconnects);
+    counter(&t, "redis_up", "1 when both Redis connections are ready.", "gauge",
+            (uint64_t)redis_up);
+    counter(&t, "slow_consumer_closes_total", "Connections closed 1008 for a full send buffer.",
+            "counter", m->slow_consumer_closes);
+    counter(&t, "lua_errors_total", "Errors and runaway hooks in Lua.", "counter", m->lua_errors);
+    counter(&t, "lua_tasks_current", "Hook coroutines alive.", "gauge", m->lua_tasks_current);
+    counter(&t, "reloads_total", "Script reloads (SIGHUP) that succeeded.", "counter", m->reloads);
+    put(&t, "# HELP statushost_dispatch_seconds Time from dispatch to the remote's answer.\n"
+            "# TYPE statushost_dispatch_seconds histogram\n");
+    uint64_t cum = 0;
+    for (int i = 0; i < SH_DISPATCH_BUCKETS; i++) {
+        cum += m->dispatch_buckets[i];
+        put(&t, "statushost_dispatch_seconds_bucket{le=\"%g\"} %llu\n", sh_dispatch_bounds[i],
+            (unsigned long long)cum);
+    }
+    put(&t, "statushost_dispatch_seconds_bucket{le=\"+Inf\"} %llu\n",
+        (unsigned long long)m->dispatch_count);
+    put(&t, "statushost_dispatch_seconds_sum %.6f\n", m->dispatch_sum);
+    put(&t, "statushost_dispatch_seconds_count %llu\n", (unsigned long long)m->dispatch_count);
+    *len = t.len;
+    return t.p;
+}

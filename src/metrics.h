@@ -1,0 +1,43 @@
+/* metrics.h — process counters, rendered as Prometheus text on GET /metrics. */
+#ifndef SH_METRICS_H
+#define SH_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SH_DISPATCH_BUCKETS 12
+
+typedef struct sh_metrics {
+    uint64_t connections_current;   /* open sockets (HTTP + WebSocket) */
+    uint64_t websockets_current;    /* upgraded connections */
+    uint64_t connections_total;     /* accepted sockets */
+    uint64_t websockets_total;      /* completed upgrades */
+    uint64_t rejected_total;        /* refused before or at the upgrade */
+    uint64_t http_requests_total;   /* plain HTTP requests answered */
+    uint64_t messages_in, messages_out;
+    uint64_t bytes_in, bytes_out;   /* socket bytes */
+    uint64_t jobs_started, jobs_completed, jobs_timed_out, jobs_failed;
+    uint64_t dispatch_buckets[SH_DISPATCH_BUCKETS]; /* cumulative at render time */
+    uint64_t dispatch_count;
+    double dispatch_sum;            /* seconds */
+    uint64_t redis_reconnects;      /* copied from the bus at render time */
+    uint64_t slow_consumer_closes;
+    uint64_t lua_errors;
+    uint64_t lua_tasks_current;     /* suspended or running hook coroutines */
+    uint64_t reloads;
+} sh_metrics;
+
+/* Bucket upper bounds in seconds, for dispatch latency. */
+extern const double sh_dispatch_bounds[SH_DISPATCH_BUCKETS];
+
+/* Count one dispatch that took `seconds`. */
+void sh_metrics_observe_dispatch(sh_metrics *m, double seconds);
+
+/* Increment a policy-owned counter by name ("jobs_started", "jobs_completed",
+ * "jobs_timed_out", "jobs_failed"). Returns 0, or -1 for an unknown name. */
+int sh_metrics_inc(sh_metrics *m, const char *name, uint64_t by);
+
+/* Render into buf (malloc'd, *len set). redis_up is the bus state. */
+char *sh_metrics_render(const sh_metrics *m, int redis_up, size_t *len);
+
+#endif

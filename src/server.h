@@ -1,0 +1,76 @@
+/* server.h — the one top-level object: loop, listener, limits, registries.
+ *
+ * Ownership: the server owns the listener, the signal handles, the list of
+ * connections, the Redis bus, the HTTP client and the current script
+ * generation. Connections hold a reference to the generation they were
+ * opened with (see lua_host.h), so a reload (SIGHUP) gives new connections a
+ * new policy while live ones finish on theirs. */
+#ifndef SH_SERVER_H
+#define SH_SERVER_H
+
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "config.h"
+#include "metrics.h"
+
+struct sh_conn;
+struct sh_gen;
+struct sh_redis_bus;
+struct sh_http_client;
+
+/* What main() hands the server: the script and the command-line overrides. */
+typedef struct sh_options {
+    const char *script;       /* path of the policy script */
+    const char **sets;        /* "KEY=VALUE" overrides, including --listen/--redis */
+    size_t nsets;
+} sh_options;
+
+typedef struct sh_server {
+    uv_loop_t *loop;
+    uv_tcp_t listener;             /* accepting while !stopping */
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_timer_t grace_timer;        /* shutdown deadline */
+    sh_options opts;
+    struct sh_gen *gen;            /* current generation: new connections get it */
+    struct sh_gen *gens;           /* every live generation (current and old) */
+    unsigned next_gen_id;
+    struct sh_conn *conns;         /* every open connection (doubly linked) */
+    size_t nconns;
+    struct sh_redis_bus *bus;      /* one command + one subscriber connection */
+    struct sh_http_client *http;   /* outbound HTTP with keep-alive pool */
+    sh_metrics metrics;
+    char instance[17];             /* 64 random bits, hex: this process */
+    uint64_t conn_seq;             /* connection counter within the process */
+    int stopping;                  /* SIGTERM/SIGINT seen */
+    int listening;
+    int finished;                  /* everything is closing; the loop is about to end */
+    char *read_buf;                /* shared read buffer (one loop, one reader at a time) */
+    int read_buf_busy;
+    int exit_code;
+} sh_server;
+
+#define SH_READ_BUF_SIZE (64 * 1024)
+
+/* Load the script, bind the listener, connect Redis. Returns 0, or -1 after
+ * logging a one-line reason (the caller exits 2). */
+int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts);
+
+/* Stop accepting, close every WebSocket with 1001, and tear down once they
+ * have gone or the grace period ended. */
+void sh_server_shutdown(sh_server *s);
+
+/* Release what remains after uv_run returned. */
+void sh_server_free(sh_server *s);
+
+/* SIGHUP: load the script again as a new generation. */
+void sh_server_reload(sh_server *s);
+
+/* Called by a connection when it is freed (removes it from the list). */
+void sh_server_conn_gone(sh_server *s, struct sh_conn *c);
+
+/* 1 when the Redis bus is up. */
+int sh_server_redis_up(const sh_server *s);
+
+#endif

@@ -1,0 +1,1069 @@
+/* test_http_client.c — sh_http_client against a small scripted HTTP server in the same loop.
+ *
+ * The server (uv_tcp on 127.0.0.1, ephemeral port) reads one request at a time and answers by
+ * path: /hello, /chunked, /eof, /silent, /garbage, /midbody, /echo, /drop2, /big, /204, /304,
+ * /100, /slow, /extra, /bye. It counts accepted, current, peak and closed connections. Tests run
+ * the loop until the callbacks they await have been counted; a watchdog aborts a stuck test.
+ *
+ *   gcc -g -Wall -Wextra -fsanitize=address,undefined -Isrc -I/usr/share/include/llhttp \
+ *       src/http_client.c src/log.c /usr/share/llhttp/\*.c tests/unit/test_http_client.c -luv \
+ *       -o /tmp/test_http_client && /tmp/test_http_client
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "http_client.h"
+#include "log.h"
+
+static int failures;
+static const char *current_test;
+
+#define CHECK(cond)                                                                          \
+    do {                                                                                     \
+        if (!(cond)) {                                                                       \
+            fprintf(stderr, "FAIL %s:%d [%s]: %s\n", __FILE__, __LINE__, current_test, #cond); \
+            failures++;                                                                      \
+        }                                                                                    \
+    } while (0)
+
+/* ---- the scripted server ------------------------------------------------------------------ */
+
+typedef struct srv srv;
+
+typedef struct sconn {
+    uv_tcp_t tcp;        /* accepted socket */
+    uv_timer_t delay;    /* for /slow */
+    srv *s;              /* owner */
+    char in[65536];      /* bytes not yet consumed */
+    size_t inlen;
+    int nreq;            /* requests seen on this connection */
+    int closing;         /* uv_close called */
+    int handles;         /* open handles */
+} sconn;
+
+struct srv {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    int port;
+    int accepted;        /* connections accepted */
+    int current;         /* open now */
+    int peak;            /* most open at once */
+    int closed;          /* closed (by either side) */
+    int requests;        /* complete requests read */
+    char last[8192];     /* last request, NUL-terminated */
+    int listener_closed;
+};
+
+typedef struct {
+    uv_write_t req;
+    char *data;
+    sconn *sc;
+    int close_after;     /* close the connection once written */
+} swrite;
+
+static void sconn_handle_closed(uv_handle_t *h)
+{
+    sconn *sc = h->data;
+    if (--sc->handles == 0) {
+        sc->s->current--;
+        sc->s->closed++;
+        free(sc);
+    }
+}
+
+static void sconn_close(sconn *sc)
+{
+    if (sc->closing)
+        return;
+    sc->closing = 1;
+    uv_close((uv_handle_t *)&sc->tcp, sconn_handle_closed);
+    uv_close((uv_handle_t *)&sc->delay, sconn_handle_closed);
+}
+
+static void swrite_cb(uv_write_t *req, int status)
+{
+    swrite *w = (swrite *)req;
+    (void)status;
+    if (w->close_after)
+        sconn_close(w->sc);
+    free(w->data);
+    free(w);
+}
+
+/* Writes n bytes of data; closes the connection after them when close_after. */
+static void swrite_n(sconn *sc, const char *data, size_t n, int close_after)
+{
+    if (sc->closing)
+        return;
+    swrite *w = calloc(1, sizeof *w);
+    w->data = malloc(n ? n : 1);
+    memcpy(w->data, data, n);
+    w->sc = sc;
+    w->close_after = close_after;
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+    if (uv_write(&w->req, (uv_stream_t *)&sc->tcp, &b, 1, swrite_cb) < 0) {
+        free(w->data);
+        free(w);
+        sconn_close(sc);
+    }
+}
+
+static void swrite_s(sconn *sc, const char *s, int close_after)
+{
+    swrite_n(sc, s, strlen(s), close_after);
+}
+
+#define HELLO "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Test: a\r\n\r\nhello"
+
+static void slow_cb(uv_timer_t *t)
+{
+    swrite_s(t->data, HELLO, 0);
+}
+
+/* Answers one complete request (head + body of len bytes) by its path. */
+static void srv_answer(sconn *sc, const char *req, size_t len)
+{
+    srv *s = sc->s;
+    char method[16] = "", path[256] = "";
+    sscanf(req, "%15s %255s", method, path);
+    sc->nreq++;
+    s->requests++;
+    size_t n = len < sizeof s->last - 1 ? len : sizeof s->last - 1;
+    memcpy(s->last, req, n);
+    s->last[n] = '\0';
+    int head = strcmp(method, "HEAD") == 0;
+    if (strncmp(path, "/hello", 6) == 0) {
+        swrite_s(sc, head ? "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" : HELLO, 0);
+    } else if (strcmp(path, "/bye") == 0) { /* advertises keep-alive, then closes anyway */
+        swrite_s(sc, HELLO, 1);
+    } else if (strcmp(path, "/chunked") == 0) {
+        swrite_s(sc, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", 0);
+        swrite_s(sc, "lo\r\n6\r\n world\r\n", 0);
+        swrite_s(sc, "0\r\nX-Trailer: t\r\n\r\n", 0);
+    } else if (strcmp(path, "/eof") == 0) {
+        swrite_s(sc, "HTTP/1.0 200 OK\r\nX-Test: b\r\n\r\nuntil close", 1);
+    } else if (strcmp(path, "/silent") == 0) {
+        /* never answers */
+    } else if (strcmp(path, "/garbage") == 0) {
+        swrite_s(sc, "SSH-2.0-OpenSSH_9.2\r\nnonsense\r\n\r\n", 0);
+    } else if (strcmp(path, "/midbody") == 0) {
+        swrite_s(sc, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", 1);
+    } else if (strncmp(path, "/echo", 5) == 0) {
+        char head_buf[128];
+        snprintf(head_buf, sizeof head_buf, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", len);
+        swrite_s(sc, head_buf, 0);
+        swrite_n(sc, req, len, 0);
+    } else if (strcmp(path, "/drop2") == 0) {
+        if (sc->nreq >= 2)
+            sconn_close(sc); /* as if it timed the idle socket out just as the request came */
+        else
+            swrite_s(sc, HELLO, 0);
+    } else if (strcmp(path, "/big") == 0) {
+        size_t body = 100000;
+        char *buf = malloc(body + 100);
+        int h = snprintf(buf, 100, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", body);
+        memset(buf + h, 'x', body);
+        swrite_n(sc, buf, (size_t)h + body, 0);
+        free(buf);
+    } else if (strcmp(path, "/204") == 0) {
+        swrite_s(sc, "HTTP/1.1 204 No Content\r\n\r\n", 0);
+    } else if (strcmp(path, "/304") == 0) { /* a Content-Length but, as always for 304, no body */
+        swrite_s(sc, "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", 0);
+    } else if (strcmp(path, "/100") == 0) {
+        swrite_s(sc, "HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n" HELLO, 0);
+    } else if (strcmp(path, "/slow") == 0) {
+        uv_timer_start(&sc->delay, slow_cb, 5, 0);
+    } else if (strcmp(path, "/extra") == 0) { /* a response followed by bytes nobody asked for */
+        swrite_s(sc, HELLO "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0);
+    } else {
+        swrite_s(sc, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", 0);
+    }
+}
+
+/* Consumes every complete request in sc->in. */
+static void srv_parse(sconn *sc)
+{
+    for (;;) {
+        sc->in[sc->inlen] = '\0';
+        char *end = strstr(sc->in, "\r\n\r\n");
+        if (!end)
+            return;
+        size_t head = (size_t)(end - sc->in) + 4, body = 0;
+        for (char *p = sc->in; p < end; p++) {
+            if (strncasecmp(p, "\r\ncontent-length:", 17) == 0) {
+                body = strtoul(p + 17, NULL, 10);
+                break;
+            }
+        }
+        if (sc->inlen < head + body)
+            return;
+        srv_answer(sc, sc->in, head + body);
+        if (sc->closing)
+            return;
+        memmove(sc->in, sc->in + head + body, sc->inlen - head - body);
+        sc->inlen -= head + body;
+    }
+}
+
+static void salloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    sconn *sc = h->data;
+    (void)suggested;
+    buf->base = sc->in + sc->inlen;
+    buf->len = sizeof sc->in - 1 - sc->inlen;
+}
+
+static void sread_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    sconn *sc = stream->data;
+    (void)buf;
+    if (nread < 0) {
+        sconn_close(sc);
+        return;
+    }
+    sc->inlen += (size_t)nread;
+    srv_parse(sc);
+}
+
+static void srv_accept_cb(uv_stream_t *listener, int status)
+{
+    srv *s = listener->data;
+    if (status < 0)
+        return;
+    sconn *sc = calloc(1, sizeof *sc);
+    sc->s = s;
+    uv_tcp_init(s->loop, &sc->tcp);
+    uv_timer_init(s->loop, &sc->delay);
+    sc->tcp.data = sc->delay.data = sc;
+    sc->handles = 2;
+    s->current++;
+    if (uv_accept(listener, (uv_stream_t *)&sc->tcp) < 0) {
+        sconn_close(sc);
+        return;
+    }
+    s->accepted++;
+    if (s->current > s->peak)
+        s->peak = s->current;
+    uv_read_start((uv_stream_t *)&sc->tcp, salloc_cb, sread_cb);
+}
+
+/* Starts a server on addr ("127.0.0.1" or "::1"). Returns 0 or a libuv error. */
+static int srv_start(srv *s, uv_loop_t *loop, const char *addr)
+{
+    struct sockaddr_storage ss;
+    memset(s, 0, sizeof *s);
+    s->loop = loop;
+    if (strchr(addr, ':'))
+        uv_ip6_addr(addr, 0, (struct sockaddr_in6 *)&ss);
+    else
+        uv_ip4_addr(addr, 0, (struct sockaddr_in *)&ss);
+    uv_tcp_init(loop, &s->listener);
+    s->listener.data = s;
+    int rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&s->listener, 256, srv_accept_cb);
+    int len = sizeof ss;
+    if (rc == 0)
+        rc = uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len);
+    if (rc == 0)
+        s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port); /* same offset for in6 */
+    return rc;
+}
+
+static void srv_listener_closed(uv_handle_t *h)
+{
+    ((srv *)h->data)->listener_closed = 1;
+}
+
+/* Closes the listener; accepted connections close when the client closes them. */
+static void srv_stop(srv *s)
+{
+    uv_close((uv_handle_t *)&s->listener, srv_listener_closed);
+}
+
+/* ---- test harness -------------------------------------------------------------------------- */
+
+typedef struct {
+    int called;          /* callback count */
+    int err;
+    char errstr[32];
+    int status;
+    char body[512];
+    size_t body_len;
+    char x_test[32];     /* value of X-Test, "" when absent */
+    int has_trailer;     /* X-Trailer present among headers */
+    int has_interim;     /* X-Interim present among headers */
+    int order;           /* global sequence number at callback time */
+} result;
+
+static int in_request; /* set while inside sh_http_request: a callback then is a bug */
+static int sequence;
+
+static void on_result(void *arg, int err, const char *errstr, const sh_http_response *res)
+{
+    result *r = arg;
+    CHECK(!in_request);
+    r->called++;
+    r->err = err;
+    r->order = ++sequence;
+    snprintf(r->errstr, sizeof r->errstr, "%s", errstr ? errstr : "");
+    if (err == 0) {
+        CHECK(res != NULL);
+        CHECK(errstr == NULL);
+        CHECK(res->body[res->body_len] == '\0');
+        r->status = res->status;
+        r->body_len = res->body_len;
+        snprintf(r->body, sizeof r->body, "%.*s", (int)res->body_len, res->body);
+        r->x_test[0] = '\0';
+        for (size_t i = 0; i < res->nheaders; i++) {
+            const sh_http_hdr *h = &res->headers[i];
+            if (h->name_len == 6 && strncasecmp(h->name, "X-Test", 6) == 0)
+                snprintf(r->x_test, sizeof r->x_test, "%.*s", (int)h->value_len, h->value);
+            if (h->name_len == 9 && strncasecmp(h->name, "X-Trailer", 9) == 0)
+                r->has_trailer = 1;
+            if (h->name_len == 9 && strncasecmp(h->name, "X-Interim", 9) == 0)
+                r->has_interim = 1;
+        }
+    } else {
+        CHECK(res == NULL);
+        CHECK(strcmp(errstr, sh_http_strerror(err)) == 0);
+    }
+}
+
+typedef struct {
+    uv_loop_t loop;
+    uv_timer_t watchdog;
+    srv s;
+    sh_http_client *c;
+    int client_done;
+    int done_order;      /* sequence number when done ran */
+} env;
+
+static void watchdog_cb(uv_timer_t *t)
+{
+    (void)t;
+    fprintf(stderr, "FAIL [%s]: watchdog: the test did not finish in time\n", current_test);
+    abort();
+}
+
+static void env_init(env *e, const sh_http_client_opts *opts)
+{
+    memset(e, 0, sizeof *e);
+    CHECK(uv_loop_init(&e->loop) == 0);
+    uv_timer_init(&e->loop, &e->watchdog);
+    uv_timer_start(&e->watchdog, watchdog_cb, 20000, 0);
+    uv_unref((uv_handle_t *)&e->watchdog);
+    CHECK(srv_start(&e->s, &e->loop, "127.0.0.1") == 0);
+    e->c = sh_http_client_new(&e->loop, opts);
+    CHECK(e->c != NULL);
+}
+
+/* Runs the loop until cond holds; fails if the loop runs out of work first. */
+#define RUN_UNTIL(e, cond)                                                          \
+    do {                                                                            \
+        while (!(cond)) {                                                           \
+            if (uv_run(&(e)->loop, UV_RUN_ONCE) == 0 && !(cond)) {                  \
+                CHECK(!"loop ran out of work before: " #cond);                      \
+                break;                                                              \
+            }                                                                       \
+        }                                                                           \
+    } while (0)
+
+static void client_done_cb(void *arg)
+{
+    ((env *)arg)->client_done++;
+    ((env *)arg)->done_order = ++sequence;
+}
+
+static void env_close_client(env *e)
+{
+    sh_http_client_close(e->c, client_done_cb, e);
+    RUN_UNTIL(e, e->client_done == 1);
+    e->c = NULL;
+}
+
+/* Closes client (unless closed) and server, drains the loop, checks nothing is left open. */
+static void env_fini(env *e)
+{
+    if (e->c)
+        env_close_client(e);
+    srv_stop(&e->s);
+    RUN_UNTIL(e, e->s.listener_closed && e->s.current == 0);
+    uv_close((uv_handle_t *)&e->watchdog, NULL);
+    CHECK(uv_run(&e->loop, UV_RUN_DEFAULT) == 0);
+    CHECK(e->client_done == 1);
+    CHECK(uv_loop_close(&e->loop) == 0);
+}
+
+/* Starts a request on path of the test server. Returns sh_http_request's result. */
+static int req(env *e, const char *method, const char *path, uint64_t timeout_ms, result *r,
+               sh_http_call **out)
+{
+    char url[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", e->s.port, path);
+    sh_http_opts o = {.method = method, .url = url, .timeout_ms = timeout_ms};
+    in_request = 1;
+    int rc = sh_http_request(e->c, &o, on_result, r, out);
+    in_request = 0;
+    return rc;
+}
+
+static sh_http_client_stats stats(env *e)
+{
+    sh_http_client_stats st;
+    sh_http_client_stats_get(e->c, &st);
+    return st;
+}
+
+/* ---- tests ---------------------------------------------------------------------------------- */
+
+static void test_content_length(void)
+{
+    env e;
+    result r = {0};
+    env_init(&e, NULL);
+    CHECK(req(&e, NULL, "/hello?a=1", 0, &r, NULL) == 0);
+    CHECK(r.called == 0);
+    RUN_UNTIL(&e, r.called);
+    CHECK(r.called == 1);
+    CHECK(r.err == 0);
+    CHECK(r.status == 200);
+    CHECK(strcmp(r.body, "hello") == 0 && r.body_len == 5);
+    CHECK(strcmp(r.x_test, "a") == 0);
+    char want[64];
+    snprintf(want, sizeof want, "GET /hello?a=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n", e.s.port);
+    CHECK(strncmp(e.s.last, want, strlen(want)) == 0);
+    CHECK(strstr(e.s.last, "Content-Length") == NULL);
+    CHECK(stats(&e).idle == 1 && stats(&e).inflight == 0);
+    env_fini(&e);
+}
+
+static void test_chunked(void)
+{
+    env e;
+    result r = {0};
+    env_init(&e, NULL);
+    CHECK(req(&e, "GET", "/chunked", 0, &r, NULL) == 0);
+    RUN_UNTIL(&e, r.called);
+    CHECK(r.err == 0 && r.status == 200);
+    CHECK(strcmp(r.body, "hello world") == 0);
+    CHECK(!r.has_trailer);
+    CHECK(stats(&e).idle == 1); /* a complete chunked response leaves a reusable socket */
+    env_fini(&e);
+}
+
+/* Second request started from the first one's callback; third one afterwards. */
+typedef struct {
+    env *e;
+    result first, second, third;
+} chain;
+
+static void on_first(void *arg, int err, const char *errstr, const sh_http_response *res)
+{
+    chain *ch = arg;
+    on_result(&ch->first, err, errstr, res);
+    CHECK(req(ch->e, "GET", "/chunked", 0, &ch->second, NULL) == 0);
+}
+
+static void test_keepalive_reuse(void)
+{
+    env e;
+    chain ch = {.e = &e};
+    env_init(&e, NULL);
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hello", e.s.port);
+    sh_http_opts o = {.url = url};
+    CHECK(sh_http_request(e.c, &o, on_first, &ch, NULL) == 0);
+    RUN_UNTIL(&e, ch.second.called);
+    CHECK(ch.first.err == 0 && strcmp(ch.first.body, "hello") == 0);
+    CHECK(ch.second.err == 0 && strcmp(ch.second.body, "hello world") == 0);
+    CHECK(req(&e, "GET", "/hello", 0, &ch.third, NULL) == 0);
+    RUN_UNTIL(&e, ch.third.called);
+    CHECK(ch.third.err == 0);
+    CHECK(e.s.accepted == 1);
+    CHECK(e.s.requests == 3);
+    env_fini(&e);
+}
+
+static void test_read_until_close(void)
+{
+    env e;
+    result r = {0}, r2 = {0};
+    env_init(&e, NULL);
+    CHECK(req(&e, "GET", "/eof", 0, &r, NULL) == 0);
+    RUN_UNTIL(&e, r.called);
+    CHECK(r.err == 0 && r.status == 200);
+    CHECK(strcmp(r.body, "until close") == 0);
+    CHECK(strcmp(r.x_test, "b") == 0);
+    CHECK(stats(&e).conns == 0);
+    CHECK(req(&e, "GET", "/hello", 0, &r2, NULL) == 0);
+    RUN_UNTIL(&e, r2.called);
+    CHECK(r2.err == 0 && e.s.accepted == 2);
+    env_fini(&e);
+}
+
+static void test_no_body_responses(void)
+{
+    env e;
+    result r[4] = {{0}};
+    env_init(&e, NULL);
+    CHECK(req(&e, "HEAD", "/hello", 0, &r[0], NULL) == 0);
+    RUN_UNTIL(&e, r[0].called);
+    CHECK(req(&e, "GET", "/204", 0, &r[1], NULL) == 0);
+    RUN_UNTIL(&e, r[1].called);
+    CHECK(req(&e, "GET", "/304", 0, &r[2], NULL) == 0);
+    RUN_UNTIL(&e, r[2].called);
+    CHECK(req(&e, "GET", "/100", 0, &r[3], NULL) == 0);
+    RUN_UNTIL(&e, r[3].called);
+    CHECK(r[0].err == 0 && r[0].status == 200 && r[0].body_len == 0);
+    CHECK(r[1].err == 0 && r[1].status == 204 && r[1].body_len == 0);
+    CHECK(r[2].err == 0 && r[2].status == 304 && r[2].body_len == 0);
+    CHECK(r[3].err == 0 && r[3].status == 200 && strcmp(r[3].body, "hello") == 0);
+    CHECK(!r[3].has_interim && strcmp(r[3].x_test, "a") == 0);
+    CHECK(e.s.accepted == 1); /* no response was mistaken for having a body */
+    env_fini(&e);
+}
+
+static void test_post_echo(void)
+{
+    env e;
+    result r = {0}, r2 = {0};
+    env_init(&e, NULL);
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/echo?x=1#frag", e.s.port);
+    sh_http_hdr hdrs[] = {{"X-A", 3, "1", 1}, {"Content-Type", 12, "application/json", 16}};
+    sh_http_opts o = {.method = "POST", .url = url, .headers = hdrs, .nheaders = 2,
+                      .body = "{\"a\":1}", .body_len = 7};
+    CHECK(sh_http_request(e.c, &o, on_result, &r, NULL) == 0);
+    RUN_UNTIL(&e, r.called);
+    CHECK(r.err == 0 && r.status == 200);
+    CHECK(strncmp(r.body, "POST /echo?x=1 HTTP/1.1\r\n", 25) == 0);
+    CHECK(strstr(r.body, "\r\nContent-Length: 7\r\n") != NULL);
+    CHECK(strstr(r.body, "\r\nX-A: 1\r\n") != NULL);
+    CHECK(strstr(r.body, "\r\nContent-Type: application/json\r\n") != NULL);
+    CHECK(strstr(r.body, "\r\n\r\n{\"a\":1}") != NULL);
+    /* caller's Host wins; a query-only URL gets "/"; an empty POST says Content-Length: 0 */
+    snprintf(url, sizeof url, "http://127.0.0.1:%d?q=2", e.s.port);
+    sh_http_hdr host[] = {{"host", 4, "example.test", 12}};
+    sh_http_opts o2 = {.method = "POST", .url = url, .headers = host, .nheaders = 1};
+    CHECK(sh_http_request(e.c, &o2, on_result, &r2, NULL) == 0);
+    RUN_UNTIL(&e, r2.called);
+    CHECK(r2.status == 404);
+    CHECK(strncmp(e.s.last, "POST /?q=2 HTTP/1.1\r\n", 21) == 0);
+    CHECK(strstr(e.s.last, "\r\nhost: example.test\r\n") != NULL);
+    CHECK(strstr(e.s.last, "\r\nHost:") == NULL);
+    CHECK(strstr(e.s.last, "\r\nContent-Length: 0\r\n") != NULL);
+    env_fini(&e);
+}
+
+static void test_refused(void)
+{
+    env e;
+    result r = {0};
+    env_init(&e, NULL);
+    /* a port that was just free: bind, read it, close */
+    uv_tcp_t t;
+    struct sockaddr_in sin;
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    uv_ip4_addr("127.0.0.1", 0, &sin);
+    uv_tcp_init(&e.loop, &t);
+    CHECK(uv_tcp_bind(&t, (struct sockaddr *)&sin, 0) == 0);
+    CHECK(uv_tcp_getsockname(&t, (struct sockaddr *)&ss, &len) == 0);
+    int port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    uv_close((uv_handle_t *)&t, NULL);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
+    sh_http_opts o = {.url = url};
+    in_request = 1;
+    CHECK(sh_http_request(e.c, &o, on_result, &r, NULL) == 0);
+    in_request = 0;
+    RUN_UNTIL(&e, r.called);
+    CHECK(r.err == SH_HTTP_EREFUSED && strcmp(r.errstr, "refused") == 0);
+    CHECK(stats(&e).conns == 0);
+    env_fini(&e);
+}
+
+static void test_timeout(void)
+{
+    env e;
+    result r = {0};
+    env_init(&e, NULL);
+    uint64_t t0 = uv_now(&e.loop);
+    CHECK(req(&e, "GET", "/silent", 100, &r, NULL) == 0);
+    RUN_UNTIL(&e, r.called);
+    CHECK(r.err == SH_HTTP_ETIMEDOUT && strcmp(r.errstr, "timeout") == 0);
+    CHECK(uv_now(&e.loop) - t0 >= 100);
+    RUN_UNTIL(&e, e.s.closed == 1); /* the socket is closed, not pooled */
+    CHECK(stats(&e).conns == 0);
+    env_fini(&e);
+}
+
+/* A call waiting for a socket (max 1 per host, held by a silent request) still times out. */
+static void test_queue_timeout(void)
+{
+    env e;
+    result a = {0}, b = {0};
+    sh_http_call *ca = NULL;
+    sh_http_client_opts opts = {.max_conns_per_host = 1};
+    env_init(&e, &opts);
+    CHECK(req(&e, "GET", "/silent", 10000, &a, &ca) == 0);
+    CHECK(req(&e, "GET", "/hello", 100, &b, NULL) == 0);
+    CHECK(stats(&e).queued == 1);
+    RUN_UNTIL(&e, b.called);
+    CHECK(b.err == SH_HTTP_ETIMEDOUT);
+    CHECK(a.called == 0);
+    CHECK(e.s.accepted == 1 && e.s.requests == 1);
+    sh_http_call_cancel(ca);
+    RUN_UNTIL(&e, e.s.closed == 1);
+    CHECK(a.called == 0);
+    env_fini(&e);
+    CHECK(a.called == 0);
+}
+
+static void test_bad_response(void)
+{
+    env e;
+    result r = {0};
+    env_init(&e, NULL);
+    CHECK(req(&e, "GET", "/garbage", 0, &r, NULL) == 0);
+    RUN_UNTIL(&e, r.called);
+    CHECK(r.err == SH_HTTP_EBADRESPONSE && strcmp(r.errstr, "bad response") == 0);
+    RUN_UNTIL(&e, e.s.closed == 1);
+    env_fini(&e);
+}
+
+static void test_closed_mid_body(void)
+{
+    env e;
+    result r = {0};
+    env_init(&e, NULL);
+    CHECK(req(&e, "GET", "/midbody", 0, &r, NULL) == 0);
+    RUN_UNTIL(&e, r.called);
+    CHECK(r.err == SH_HTTP_ECLOSED && strcmp(r.errstr, "closed") == 0);
+    env_fini(&e);
+}
+
+static void test_too_large(void)
+{
+    env e;
+    result r = {0}, r2 = {0};
+    sh_http_client_opts opts = {.max_response_bytes = 1024};
+    env_init(&e, &opts);
+    CHECK(req(&e, "GET", "/big", 0, &r, NULL) == 0);
+    RUN_UNTIL(&e, r.called);
+    CHECK(r.err == SH_HTTP_ETOOLARGE && strcmp(r.errstr, "too large") == 0);
+    CHECK(req(&e, "GET", "/hello", 0, &r2, NULL) == 0); /* small ones still pass */
+    RUN_UNTIL(&e, r2.called);
+    CHECK(r2.err == 0);
+    env_fini(&e);
+}
+
+static void test_cancel(void)
+{
+    env e;
+    result r1 = {0}, r2 = {0}, r3 = {0};
+    sh_http_call *c1 = NULL, *c2 = NULL, *c3 = NULL;
+    env_init(&e, NULL);
+    /* while connecting */
+    CHECK(req(&e, "GET", "/hello", 0, &r1, &c1) == 0);
+    CHECK(c1 != NULL);
+    sh_http_call_cancel(c1);
+    sh_http_call_cancel(NULL);
+    /* while waiting for the response */
+    CHECK(req(&e, "GET", "/silent", 0, &r2, &c2) == 0);
+    RUN_UNTIL(&e, e.s.requests >= 1 && strstr(e.s.last, "/silent"));
+    int closed = e.s.closed;
+    sh_http_call_cancel(c2);
+    RUN_UNTIL(&e, e.s.closed == closed + 1); /* its socket is closed, not pooled */
+    /* a third one completes normally after the others */
+    CHECK(req(&e, "GET", "/hello", 0, &r3, &c3) == 0);
+    RUN_UNTIL(&e, r3.called);
+    CHECK(r3.err == 0);
+    CHECK(r1.called == 0 && r2.called == 0);
+    env_fini(&e);
+    CHECK(r1.called == 0 && r2.called == 0 && r3.called == 1);
+}
+
+/* A stale keep-alive socket: the server drops the second request on a connection without a byte
+ * of answer; the client retries once on a fresh connection. */
+static void test_retry_on_stale_socket(void)
+{
+    env e;
+    result r1 = {0}, r2 = {0};
+    env_init(&e, NULL);
+    CHECK(req(&e, "GET", "/drop2", 0, &r1, NULL) == 0);
+    RUN_UNTIL(&e, r1.called);
+    CHECK(r1.err == 0);
+    CHECK(req(&e, "GET", "/drop2", 0, &r2, NULL) == 0);
+    RUN_UNTIL(&e, r2.called);
+    CHECK(r2.err == 0 && strcmp(r2.body, "hello") == 0);
+    CHECK(e.s.accepted == 2 && e.s.requests == 3);
+    env_fini(&e);
+}
+
+/* The peer closes an idle socket: the pool notices (it keeps reading) and drops it. */
+static void test_idle_peer_close(void)
+{
+    env e;
+    result r1 = {0}, r2 = {0};
+    env_init(&e, NULL);
+    CHECK(req(&e, "GET", "/bye", 0, &r1, NULL) == 0);
+    RUN_UNTIL(&e, r1.called);
+    CHECK(r1.err == 0);
+    RUN_UNTIL(&e, stats(&e).conns == 0);
+    CHECK(req(&e, "GET", "/hello", 0, &r2, NULL) == 0);
+    RUN_UNTIL(&e, r2.called);
+    CHECK(r2.err == 0 && e.s.accepted == 2 && e.s.requests == 2);
+    env_fini(&e);
+}
+
+/* Bytes after a complete response: the response counts, the socket is not reused. */
+static void test_extra_bytes(void)
+{
+    env e;
+    result r1 = {0}, r2 = {0};
+    env_init(&e, NULL);
+    CHECK(req(&e, "GET", "/extra", 0, &r1, NULL) == 0);
+    RUN_UNTIL(&e, r1.called);
+    CHECK(r1.err == 0 && strcmp(r1.body, "hello") == 0);
+    CHECK(req(&e, "GET", "/hello", 0, &r2, NULL) == 0);
+    RUN_UNTIL(&e, r2.called);
+    CHECK(r2.err == 0 && e.s.accepted == 2);
+    env_fini(&e);
+}
+
+static void test_idle_timeout(void)
+{
+    env e;
+    result r = {0};
+    sh_http_client_opts opts = {.idle_timeout_ms = 50};
+    env_init(&e, &opts);
+    CHECK(req(&e, "GET", "/hello", 0, &r, NULL) == 0);
+    RUN_UNTIL(&e, r.called);
+    CHECK(stats(&e).idle == 1);
+    RUN_UNTIL(&e, e.s.closed == 1);
+    CHECK(stats(&e).conns == 0);
+    env_fini(&e);
+}
+
+static void test_concurrency(void)
+{
+    enum { N = 100 };
+    env e;
+    static result r[N];
+    memset(r, 0, sizeof r);
+    sh_http_client_opts opts = {.max_conns_per_host = 8};
+    env_init(&e, &opts);
+    for (int i = 0; i < N; i++)
+        CHECK(req(&e, "GET", "/slow", 0, &r[i], NULL) == 0);
+    CHECK(stats(&e).conns == 8 && stats(&e).queued == N - 8 && stats(&e).inflight == N);
+    int done = 0;
+    while (done < N) {
+        if (uv_run(&e.loop, UV_RUN_ONCE) == 0)
+            break;
+        done = 0;
+        for (int i = 0; i < N; i++)
+            done += r[i].called;
+        CHECK(stats(&e).conns <= 8);
+    }
+    CHECK(done == N);
+    int ok = 0, in_order = 1;
+    for (int i = 0; i < N; i++) {
+        ok += r[i].called == 1 && r[i].err == 0 && strcmp(r[i].body, "hello") == 0;
+        if (i > 0 && r[i].order < r[i - 1].order)
+            in_order = 0;
+    }
+    CHECK(ok == N);
+    CHECK(in_order); /* the per-host queue is FIFO */
+    CHECK(e.s.peak <= 8);
+    CHECK(e.s.accepted == 8);
+    CHECK(e.s.requests == N);
+    CHECK(stats(&e).idle == 8 && stats(&e).queued == 0);
+    env_fini(&e);
+}
+
+/* close with calls in flight: every callback gets "closed", then done runs, once. */
+static void test_client_close_inflight(void)
+{
+    env e;
+    result idle = {0}, r[3] = {{0}}, late = {0};
+    env_init(&e, NULL);
+    CHECK(req(&e, "GET", "/hello", 0, &idle, NULL) == 0);
+    RUN_UNTIL(&e, idle.called);
+    CHECK(req(&e, "GET", "/silent", 0, &r[0], NULL) == 0);
+    CHECK(req(&e, "GET", "/silent", 0, &r[1], NULL) == 0);
+    CHECK(req(&e, "GET", "/silent", 0, &r[2], NULL) == 0);
+    RUN_UNTIL(&e, e.s.requests == 4);
+    sh_http_client_close(e.c, client_done_cb, &e);
+    CHECK(r[0].called == 0); /* not synchronously */
+    CHECK(req(&e, "GET", "/hello", 0, &late, NULL) == SH_HTTP_ECLOSED);
+    RUN_UNTIL(&e, e.client_done == 1);
+    for (int i = 0; i < 3; i++)
+        CHECK(r[i].called == 1 && r[i].err == SH_HTTP_ECLOSED && strcmp(r[i].errstr, "closed") == 0);
+    CHECK(late.called == 0);
+    for (int i = 0; i < 3; i++)
+        CHECK(r[i].order < e.done_order); /* callbacks before done */
+    e.c = NULL;
+    RUN_UNTIL(&e, e.s.current == 0); /* idle and busy sockets all closed */
+    env_fini(&e);
+}
+
+/* Cancelling from callbacks: A's callback cancels B (whose outcome is known but not yet
+ * delivered), cancels A itself (a no-op), and cancels C (waiting for its response). */
+typedef struct {
+    env *e;
+    result a, b, c;
+    sh_http_call *ca, *cb, *cc;
+} cancel_ctx;
+
+static void on_cancel_others(void *arg, int err, const char *errstr, const sh_http_response *res)
+{
+    cancel_ctx *x = arg;
+    on_result(&x->a, err, errstr, res);
+    CHECK(stats(x->e).inflight == 1); /* B has its outcome already, C is still waiting */
+    sh_http_call_cancel(x->ca);
+    sh_http_call_cancel(x->cb);
+    sh_http_call_cancel(x->cc);
+}
+
+static void test_cancel_from_callback(void)
+{
+    env e;
+    cancel_ctx x;
+    memset(&x, 0, sizeof x);
+    x.e = &e;
+    env_init(&e, NULL);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/silent", e.s.port);
+    sh_http_opts o = {.url = url, .timeout_ms = 50};
+    sh_http_opts oc = {.url = url, .timeout_ms = 10000};
+    CHECK(sh_http_request(e.c, &o, on_cancel_others, &x, &x.ca) == 0);
+    CHECK(sh_http_request(e.c, &o, on_result, &x.b, &x.cb) == 0);
+    CHECK(sh_http_request(e.c, &oc, on_result, &x.c, &x.cc) == 0);
+    RUN_UNTIL(&e, x.a.called);
+    CHECK(x.a.err == SH_HTTP_ETIMEDOUT);
+    RUN_UNTIL(&e, e.s.closed == 3 && stats(&e).inflight == 0);
+    CHECK(x.b.called == 0 && x.c.called == 0);
+    env_fini(&e);
+    CHECK(x.a.called == 1 && x.b.called == 0 && x.c.called == 0);
+}
+
+/* sh_http_client_close from inside a callback, with another call in flight. */
+typedef struct {
+    env *e;
+    result a, b;
+} close_ctx;
+
+static void on_close_client(void *arg, int err, const char *errstr, const sh_http_response *res)
+{
+    close_ctx *x = arg;
+    on_result(&x->a, err, errstr, res);
+    sh_http_client_close(x->e->c, client_done_cb, x->e);
+}
+
+static void test_close_from_callback(void)
+{
+    env e;
+    close_ctx x;
+    memset(&x, 0, sizeof x);
+    x.e = &e;
+    env_init(&e, NULL);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hello", e.s.port);
+    sh_http_opts o = {.url = url};
+    CHECK(req(&e, "GET", "/silent", 0, &x.b, NULL) == 0);
+    CHECK(sh_http_request(e.c, &o, on_close_client, &x, NULL) == 0);
+    RUN_UNTIL(&e, e.client_done == 1);
+    CHECK(x.a.called == 1 && x.a.err == 0);
+    CHECK(x.b.called == 1 && x.b.err == SH_HTTP_ECLOSED);
+    CHECK(x.b.order < e.done_order);
+    e.c = NULL;
+    RUN_UNTIL(&e, e.s.current == 0);
+    env_fini(&e);
+}
+
+/* A listener whose accept queue is full never completes a handshake: connect timeout. */
+static void test_connect_timeout(void)
+{
+    env e;
+    result r = {0};
+    env_init(&e, NULL);
+    int lfd = socket(AF_INET, SOCK_STREAM, 0), fill[4];
+    struct sockaddr_in sin;
+    socklen_t slen = sizeof sin;
+    uv_ip4_addr("127.0.0.1", 0, &sin);
+    CHECK(bind(lfd, (struct sockaddr *)&sin, sizeof sin) == 0 && listen(lfd, 0) == 0);
+    CHECK(getsockname(lfd, (struct sockaddr *)&sin, &slen) == 0);
+    for (int i = 0; i < 4; i++) { /* fill the queue; never accepted */
+        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        (void)!connect(fill[i], (struct sockaddr *)&sin, sizeof sin);
+    }
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/", ntohs(sin.sin_port));
+    sh_http_opts o = {.url = url, .connect_timeout_ms = 100, .timeout_ms = 5000};
+    uint64_t t0 = uv_now(&e.loop);
+    CHECK(sh_http_request(e.c, &o, on_result, &r, NULL) == 0);
+    RUN_UNTIL(&e, r.called);
+    CHECK(r.err == SH_HTTP_ETIMEDOUT);
+    CHECK(uv_now(&e.loop) - t0 < 4000); /* the connect timeout, not the total one */
+    for (int i = 0; i < 4; i++)
+        close(fill[i]);
+    close(lfd);
+    env_fini(&e);
+}
+
+static void test_bad_args(void)
+{
+    env e;
+    result r = {0};
+    env_init(&e, NULL);
+    static const struct {
+        const char *url;
+        int want;
+    } cases[] = {
+        {"https://127.0.0.1/", SH_HTTP_EUNSUPPORTED},
+        {"HTTPS://example.com/", SH_HTTP_EUNSUPPORTED},
+        {"ftp://example.com/", SH_HTTP_EUNSUPPORTED},
+        {"http://user:pw@example.com/", SH_HTTP_EUNSUPPORTED},
+        {"example.com/path", SH_HTTP_EINVAL},
+        {"http:///path", SH_HTTP_EINVAL},
+        {"http://exa mple.com/", SH_HTTP_EINVAL},
+        {"http://example.com:70000/", SH_HTTP_EINVAL},
+        {"http://example.com:0/", SH_HTTP_EINVAL},
+        {"http://example.com:8x/", SH_HTTP_EINVAL},
+        {"http://[::1/", SH_HTTP_EINVAL},
+        {"http://example.com/a\r\nX: y", SH_HTTP_EINVAL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        sh_http_opts o = {.url = cases[i].url};
+        int rc = sh_http_request(e.c, &o, on_result, &r, NULL);
+        if (rc != cases[i].want)
+            fprintf(stderr, "  url %s: got %d\n", cases[i].url, rc);
+        CHECK(rc == cases[i].want);
+    }
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/", e.s.port);
+    sh_http_hdr bad_value[] = {{"X-A", 3, "1\r\nX-B: 2", 10}};
+    sh_http_hdr bad_name[] = {{"X A", 3, "1", 1}};
+    sh_http_opts o1 = {.url = url, .headers = bad_value, .nheaders = 1};
+    sh_http_opts o2 = {.url = url, .headers = bad_name, .nheaders = 1};
+    sh_http_opts o3 = {.url = url, .method = "GE T"};
+    sh_http_opts o4 = {.url = url, .body_len = 3};
+    CHECK(sh_http_request(e.c, &o1, on_result, &r, NULL) == SH_HTTP_EINVAL);
+    CHECK(sh_http_request(e.c, &o2, on_result, &r, NULL) == SH_HTTP_EINVAL);
+    CHECK(sh_http_request(e.c, &o3, on_result, &r, NULL) == SH_HTTP_EINVAL);
+    CHECK(sh_http_request(e.c, &o4, on_result, &r, NULL) == SH_HTTP_EINVAL);
+    CHECK(sh_http_request(e.c, NULL, on_result, &r, NULL) == SH_HTTP_EINVAL);
+    CHECK(strcmp(sh_http_strerror(SH_HTTP_EUNSUPPORTED), "unsupported") == 0);
+    CHECK(strcmp(sh_http_strerror(SH_HTTP_ERESOLVE), "resolve failed") == 0);
+    CHECK(strcmp(sh_http_strerror(12345), "unknown error") == 0);
+    CHECK(stats(&e).inflight == 0 && stats(&e).conns == 0);
+    env_fini(&e);
+    CHECK(r.called == 0);
+}
+
+static void test_resolve(void)
+{
+    env e;
+    result r = {0}, bad = {0};
+    env_init(&e, NULL);
+    char url[64];
+    snprintf(url, sizeof url, "http://LocalHost:%d/hello", e.s.port);
+    sh_http_opts o = {.url = url};
+    in_request = 1;
+    CHECK(sh_http_request(e.c, &o, on_result, &r, NULL) == 0);
+    in_request = 0;
+    RUN_UNTIL(&e, r.called);
+    CHECK(r.err == 0 && strcmp(r.body, "hello") == 0);
+    char want[64];
+    snprintf(want, sizeof want, "\r\nHost: LocalHost:%d\r\n", e.s.port);
+    CHECK(strstr(e.s.last, want) != NULL);
+    sh_http_opts o2 = {.url = "http://no-such-host.invalid/"};
+    CHECK(sh_http_request(e.c, &o2, on_result, &bad, NULL) == 0);
+    RUN_UNTIL(&e, bad.called);
+    CHECK(bad.err == SH_HTTP_ERESOLVE && strcmp(bad.errstr, "resolve failed") == 0);
+    env_fini(&e);
+}
+
+/* IPv6 literal, when the machine has ::1 (otherwise the case is reported and passed over). */
+static void test_ipv6_literal(void)
+{
+    uv_loop_t loop;
+    srv s;
+    result r = {0};
+    uv_loop_init(&loop);
+    if (srv_start(&s, &loop, "::1") != 0) {
+        fprintf(stderr, "  (no ::1 here: IPv6 literal not exercised)\n");
+        srv_stop(&s);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        uv_loop_close(&loop);
+        return;
+    }
+    sh_http_client *c = sh_http_client_new(&loop, NULL);
+    char url[64];
+    snprintf(url, sizeof url, "http://[::1]:%d/hello", s.port);
+    sh_http_opts o = {.url = url};
+    CHECK(sh_http_request(c, &o, on_result, &r, NULL) == 0);
+    while (!r.called && uv_run(&loop, UV_RUN_ONCE))
+        ;
+    CHECK(r.err == 0 && strcmp(r.body, "hello") == 0);
+    char want[64];
+    snprintf(want, sizeof want, "\r\nHost: [::1]:%d\r\n", s.port);
+    CHECK(strstr(s.last, want) != NULL);
+    sh_http_client_close(c, NULL, NULL);
+    srv_stop(&s);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(s.current == 0);
+    CHECK(uv_loop_close(&loop) == 0);
+}
+
+int main(void)
+{
+    static const struct {
+        const char *name;
+        void (*fn)(void);
+    } tests[] = {
+        {"content_length", test_content_length},
+        {"chunked", test_chunked},
+        {"keepalive_reuse", test_keepalive_reuse},
+        {"read_until_close", test_read_until_close},
+        {"no_body_responses", test_no_body_responses},
+        {"post_echo", test_post_echo},
+        {"refused", test_refused},
+        {"timeout", test_timeout},
+        {"queue_timeout", test_queue_timeout},
+        {"bad_response", test_bad_response},
+        {"closed_mid_body", test_closed_mid_body},
+        {"too_large", test_too_large},
+        {"cancel", test_cancel},
+        {"retry_on_stale_socket", test_retry_on_stale_socket},
+        {"idle_peer_close", test_idle_peer_close},
+        {"extra_bytes", test_extra_bytes},
+        {"idle_timeout", test_idle_timeout},
+        {"concurrency", test_concurrency},
+        {"client_close_inflight", test_client_close_inflight},
+        {"cancel_from_callback", test_cancel_from_callback},
+        {"close_from_callback", test_close_from_callback},
+        {"connect_timeout", test_connect_timeout},
+        {"bad_args", test_bad_args},
+        {"resolve", test_resolve},
+        {"ipv6_literal", test_ipv6_literal},
+    };
+    sh_log_set_level(getenv("SH_TEST_DEBUG") ? SH_LOG_DEBUG : SH_LOG_ERROR);
+    size_t n = sizeof tests / sizeof tests[0];
+    for (size_t i = 0; i < n; i++) {
+        int before = failures;
+        current_test = tests[i].name;
+        tests[i].fn();
+        printf("%s %s\n", failures == before ? "ok  " : "FAIL", tests[i].name);
+    }
+    printf("%zu tests, %d failed checks\n", n, failures);
+    return failures ? 1 : 0;
+}

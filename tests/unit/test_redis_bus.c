@@ -1,0 +1,602 @@
+/* test_redis_bus.c — the Redis bus against a real redis-server.
+ *
+ * Starts /usr/bin/redis-server on a free port (found by binding port 0; or
+ * argv[1] / $SH_TEST_REDIS_PORT), runs the bus on a libuv loop and counts
+ * callbacks. Waits are "run the loop until a condition holds", bounded by a
+ * failsafe timer; nothing sleeps. The server is killed (-9) and restarted on
+ * the same port to exercise reconnects, and SIGSTOPped to hold replies back
+ * deterministically.
+ *
+ * Build (from the repository root):
+ *   gcc -g -Wall -Wextra -fsanitize=address,undefined -Isrc src/redis_bus.c src/log.c \
+ *       tests/unit/test_redis_bus.c -lhiredis -luv -o /tmp/test_redis_bus
+ * Exit 0 when every check passed. $SH_TEST_LOG=debug|info|warn|error sets the
+ * bus's log level (default warn). */
+#include "redis_bus.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define WAIT_MS 10000
+
+static uv_loop_t loop;
+static pid_t redis_pid = -1;
+static int redis_port;
+static int checks;
+
+/* Kill the server we started (if any) and reap it. */
+static void redis_kill(void)
+{
+    if (redis_pid <= 0) return;
+    kill(redis_pid, SIGKILL);
+    waitpid(redis_pid, NULL, 0);
+    redis_pid = -1;
+}
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        checks++;                                                                     \
+        if (!(cond)) {                                                                \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);  \
+            redis_kill();                                                             \
+            exit(1);                                                                  \
+        }                                                                             \
+    } while (0)
+
+/* ---- redis-server ------------------------------------------------------- */
+
+/* A TCP port nobody listens on right now (bind port 0, read it back). */
+static int free_port(void)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
+        perror("free_port");
+        exit(1);
+    }
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+/* Start redis-server on redis_port in the foreground of a child process; it
+ * dies with us. Readiness is observed through the bus, not awaited here. */
+static void redis_start(void)
+{
+    char port[16];
+    snprintf(port, sizeof port, "%d", redis_port);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        exit(1);
+    }
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0) {
+            dup2(null, 1);
+            dup2(null, 2);
+        }
+        execl("/usr/bin/redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1",
+              "--save", "", "--appendonly", "no", "--daemonize", "no", (char *)NULL);
+        _exit(127);
+    }
+    redis_pid = pid;
+}
+
+/* ---- waiting ------------------------------------------------------------- */
+
+static uv_timer_t failsafe;
+static int timed_out;
+
+static void failsafe_cb(uv_timer_t *t)
+{
+    (void)t;
+    timed_out = 1;
+}
+
+/* Run the loop until pred(ctx) holds; 0, or -1 after WAIT_MS. */
+static int await_pred(int (*pred)(void *), void *ctx)
+{
+    timed_out = 0;
+    uv_timer_start(&failsafe, failsafe_cb, WAIT_MS, 0);
+    while (!pred(ctx) && !timed_out) uv_run(&loop, UV_RUN_ONCE);
+    uv_timer_stop(&failsafe);
+    return pred(ctx) ? 0 : -1;
+}
+
+/* Run the loop until *counter >= target; 0, or -1 after WAIT_MS. */
+static int await_count(int *counter, int target)
+{
+    timed_out = 0;
+    uv_timer_start(&failsafe, failsafe_cb, WAIT_MS, 0);
+    while (*counter < target && !timed_out) uv_run(&loop, UV_RUN_ONCE);
+    uv_timer_stop(&failsafe);
+    return *counter >= target ? 0 : -1;
+}
+
+/* ---- state callback ------------------------------------------------------- */
+
+struct state_rec {
+    int ups;   /* on_state(1) calls */
+    int downs; /* on_state(0) calls */
+    int last;  /* last value */
+};
+
+static void on_state(void *arg, int up)
+{
+    struct state_rec *st = arg;
+    if (up) st->ups++; else st->downs++;
+    st->last = up;
+}
+
+/* ---- commands ----------------------------------------------------------- */
+
+struct box {
+    int done;            /* callback count */
+    int type;            /* reply type, -1 when reply was NULL */
+    long long integer;   /* integer reply, or element[1] of a 2-array */
+    char str[16384];     /* string / status / error reply bytes */
+    size_t len;          /* their length */
+    char err[32];        /* errstr when the reply was NULL */
+};
+
+static void box_cb(void *arg, const redisReply *r, const char *errstr)
+{
+    struct box *bx = arg;
+    bx->done++;
+    if (!r) {
+        bx->type = -1;
+        snprintf(bx->err, sizeof bx->err, "%s", errstr ? errstr : "(null)");
+        return;
+    }
+    bx->type = r->type;
+    bx->integer = r->integer;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[1]->type == REDIS_REPLY_INTEGER)
+        bx->integer = r->element[1]->integer;
+    if (r->str) {
+        bx->len = r->len < sizeof bx->str - 1 ? r->len : sizeof bx->str - 1;
+        memcpy(bx->str, r->str, bx->len);
+        bx->str[bx->len] = '\0';
+    }
+}
+
+/* Run one command to completion; the reply lands in *bx. */
+static void run(sh_redis_bus *b, struct box *bx, int argc, const char **argv, const size_t *lens)
+{
+    memset(bx, 0, sizeof *bx);
+    int rc = sh_redis_command(b, argc, argv, lens, box_cb, bx, NULL);
+    if (rc != 0) fprintf(stderr, "command %s: %s\n", argv[0], sh_redis_strerror(rc));
+    CHECK(rc == 0);
+    CHECK(await_count(&bx->done, 1) == 0);
+    CHECK(bx->done == 1);
+}
+
+/* PUBSUB NUMSUB <channel> → the count. */
+static long long numsub(sh_redis_bus *b, const char *ch)
+{
+    static struct box bx;
+    run(b, &bx, 3, (const char *[]){"PUBSUB", "NUMSUB", ch}, NULL);
+    CHECK(bx.type == REDIS_REPLY_ARRAY);
+    return bx.integer;
+}
+
+/* PUBLISH channel payload[0..len) → receivers. */
+static long long publish(sh_redis_bus *b, const char *ch, const char *payload, size_t len)
+{
+    static struct box bx;
+    run(b, &bx, 3, (const char *[]){"PUBLISH", ch, payload},
+        (const size_t[]){7, strlen(ch), len});
+    CHECK(bx.type == REDIS_REPLY_INTEGER);
+    return bx.integer;
+}
+
+/* CLIENT LIST has exactly `n` connections, and ours are named <name>-cmd/-sub. */
+static void check_client_list(sh_redis_bus *b, const char *name, int n)
+{
+    static struct box bx;
+    char want[128];
+    run(b, &bx, 2, (const char *[]){"CLIENT", "LIST"}, NULL);
+    CHECK(bx.type == REDIS_REPLY_STRING);
+    int lines = 0;
+    for (const char *p = bx.str; *p; p++)
+        if (*p == '\n') lines++;
+    if (lines != n) fprintf(stderr, "CLIENT LIST:\n%s", bx.str);
+    CHECK(lines == n);
+    snprintf(want, sizeof want, " name=%s-cmd ", name);
+    CHECK(strstr(bx.str, want) != NULL);
+    snprintf(want, sizeof want, " name=%s-sub ", name);
+    CHECK(strstr(bx.str, want) != NULL);
+}
+
+/* ---- subscriptions --------------------------------------------------------- */
+
+struct subrec;
+typedef void (*sub_action)(struct subrec *r);
+
+struct subrec {
+    int id;               /* for the delivery order log */
+    sh_redis_bus *bus;    /* for actions that subscribe */
+    sh_redis_sub *sub;    /* the handle */
+    int confirms;         /* on_confirm calls */
+    int confirm_err;      /* last err */
+    int msgs;             /* on_msg calls */
+    char chan[64];        /* last channel */
+    char last[256];       /* last payload */
+    size_t last_len;
+    sub_action action;    /* run inside on_msg, once */
+};
+
+static int order[256];
+static int norder;
+
+static void rec_msg(void *arg, const char *ch, size_t chlen, const char *p, size_t n)
+{
+    struct subrec *r = arg;
+    r->msgs++;
+    snprintf(r->chan, sizeof r->chan, "%.*s", (int)chlen, ch);
+    r->last_len = n < sizeof r->last ? n : sizeof r->last;
+    memcpy(r->last, p, r->last_len);
+    if (norder < 256) order[norder++] = r->id;
+    if (r->action) {
+        sub_action a = r->action;
+        r->action = NULL;
+        a(r);
+    }
+}
+
+static void rec_confirm(void *arg, int err)
+{
+    struct subrec *r = arg;
+    r->confirms++;
+    r->confirm_err = err;
+}
+
+/* Subscribe r to ch; returns sh_redis_subscribe's result. */
+static int sub(sh_redis_bus *b, struct subrec *r, int id, const char *ch)
+{
+    memset(r, 0, sizeof *r);
+    r->id = id;
+    r->bus = b;
+    return sh_redis_subscribe(b, ch, strlen(ch), rec_msg, rec_confirm, r, &r->sub);
+}
+
+static int pred_no_channels(void *b) { return sh_redis_bus_channels(b) == 0; }
+
+/* ---- tests ---------------------------------------------------------------- */
+
+static void test_parse_url(void)
+{
+    sh_redis_addr a;
+    CHECK(sh_redis_parse_url("redis://127.0.0.1:6379", &a) == 0);
+    CHECK(!a.is_unix && strcmp(a.host, "127.0.0.1") == 0 && a.port == 6379 && a.db == -1);
+    CHECK(a.password[0] == '\0' && a.user[0] == '\0');
+    CHECK(sh_redis_parse_url("redis://:p%40ss:w@h.example:7000/5", &a) == 0);
+    CHECK(strcmp(a.password, "p@ss:w") == 0 && a.user[0] == '\0');
+    CHECK(strcmp(a.host, "h.example") == 0 && a.port == 7000 && a.db == 5);
+    CHECK(sh_redis_parse_url("redis://alice:secret@localhost", &a) == 0);
+    CHECK(strcmp(a.user, "alice") == 0 && strcmp(a.password, "secret") == 0 && a.port == 6379);
+    CHECK(sh_redis_parse_url("redis://secret@localhost/", &a) == 0);
+    CHECK(strcmp(a.password, "secret") == 0 && a.db == -1);
+    CHECK(sh_redis_parse_url("redis://[::1]:6380/0", &a) == 0);
+    CHECK(strcmp(a.host, "::1") == 0 && a.port == 6380 && a.db == 0);
+    CHECK(sh_redis_parse_url("unix:///run/redis/redis.sock", &a) == 0);
+    CHECK(a.is_unix && strcmp(a.path, "/run/redis/redis.sock") == 0);
+    const char *bad[] = {NULL, "", "http://x:1", "redis://", "redis://:1", "redis://h:0",
+                         "redis://h:65536", "redis://h:12x", "redis://h:1/x", "redis://h:1/1/2",
+                         "redis://h:", "redis://:%zz@h", "redis://:%00@h", "redis://[::1",
+                         "redis://[::1]x", "unix://", "unix://relative", "redis://a b:1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int rc = sh_redis_parse_url(bad[i], &a);
+        if (rc != SH_REDIS_EBADURL) fprintf(stderr, "accepted bad URL %s\n", bad[i] ? bad[i] : "NULL");
+        CHECK(rc == SH_REDIS_EBADURL);
+    }
+    CHECK(strcmp(sh_redis_strerror(SH_REDIS_EUNAVAILABLE), "unavailable") == 0);
+}
+
+static void test_new_errors(void)
+{
+    sh_redis_bus *b = NULL;
+    sh_redis_opts o = {.url = "redis://nope"};
+    o.url = "redis//x";
+    CHECK(sh_redis_bus_new(&loop, &o, &b) == SH_REDIS_EBADURL && b == NULL);
+    o.url = NULL;
+    CHECK(sh_redis_bus_new(&loop, &o, &b) == SH_REDIS_EINVAL);
+    o.url = "redis://127.0.0.1:1";
+    o.client_name = "has space";
+    CHECK(sh_redis_bus_new(&loop, &o, &b) == SH_REDIS_EINVAL && b == NULL);
+}
+
+static void test_commands(sh_redis_bus *b)
+{
+    static struct box bx, cancelled, after;
+    const char val[] = "v\0a\xffl";
+    run(b, &bx, 3, (const char *[]){"SET", "k1", val}, (const size_t[]){3, 2, sizeof val});
+    CHECK(bx.type == REDIS_REPLY_STATUS && strcmp(bx.str, "OK") == 0);
+    run(b, &bx, 2, (const char *[]){"GET", "k1"}, NULL);
+    CHECK(bx.type == REDIS_REPLY_STRING && bx.len == sizeof val && memcmp(bx.str, val, sizeof val) == 0);
+    /* an error reply is a reply, not a failure */
+    run(b, &bx, 2, (const char *[]){"INCR", "k1"}, NULL);
+    CHECK(bx.type == REDIS_REPLY_ERROR && bx.err[0] == '\0');
+    /* the bus owns the subscribe family */
+    CHECK(sh_redis_command(b, 2, (const char *[]){"subscribe", "x"}, NULL, box_cb, &bx, NULL) == SH_REDIS_EINVAL);
+    CHECK(sh_redis_command(b, 0, NULL, NULL, box_cb, &bx, NULL) == SH_REDIS_EINVAL);
+    /* cancel: the reply comes (before the next one) and is dropped */
+    sh_redis_cmd *c = NULL;
+    memset(&cancelled, 0, sizeof cancelled);
+    CHECK(sh_redis_command(b, 2, (const char *[]){"GET", "k1"}, NULL, box_cb, &cancelled, &c) == 0);
+    CHECK(c != NULL);
+    sh_redis_cmd_cancel(c);
+    run(b, &after, 1, (const char *[]){"PING"}, NULL);
+    CHECK(after.type == REDIS_REPLY_STATUS && strcmp(after.str, "PONG") == 0);
+    CHECK(cancelled.done == 0);
+}
+
+static struct subrec A, B, C, D, S1, S2;
+
+/* C's action: leave, and add D to the same channel from inside delivery. */
+static void act_c(struct subrec *r)
+{
+    sh_redis_unsubscribe(r->sub);
+    r->sub = NULL;
+    CHECK(sub(r->bus, &D, 4, "ch1") == 1); /* already confirmed: fast path */
+}
+
+/* A's action: drop B, which comes later in this very delivery. */
+static void act_a(struct subrec *r)
+{
+    (void)r;
+    sh_redis_unsubscribe(B.sub);
+    B.sub = NULL;
+}
+
+static void test_pubsub(sh_redis_bus *b)
+{
+    const char payload[] = "{\"id\":\"1\",\"status\":\"\xe5\xb7\xb2\xe5\xae\x8c\xe6\x88\x90\"}\0tail";
+    CHECK(sub(b, &A, 1, "ch1") == 0);
+    CHECK(A.confirms == 0); /* never synchronously */
+    CHECK(await_count(&A.confirms, 1) == 0 && A.confirm_err == 0);
+    CHECK(publish(b, "ch1", payload, sizeof payload) == 1);
+    CHECK(await_count(&A.msgs, 1) == 0);
+    CHECK(A.last_len == sizeof payload && memcmp(A.last, payload, sizeof payload) == 0);
+    CHECK(strcmp(A.chan, "ch1") == 0);
+
+    /* second sub, same channel: no second SUBSCRIBE, both get messages */
+    CHECK(sub(b, &B, 2, "ch1") == 1);
+    CHECK(numsub(b, "ch1") == 1);
+    norder = 0;
+    CHECK(publish(b, "ch1", "two", 3) == 1);
+    CHECK(await_count(&B.msgs, 1) == 0);
+    CHECK(A.msgs == 2 && norder == 2 && order[0] == 1 && order[1] == 2);
+    CHECK(B.confirms == 0 && memcmp(B.last, "two", 3) == 0);
+
+    /* C unsubscribes itself and subscribes D during delivery: D misses it */
+    CHECK(sub(b, &C, 3, "ch1") == 1);
+    C.action = act_c;
+    norder = 0;
+    CHECK(publish(b, "ch1", "three", 5) == 1);
+    CHECK(await_count(&C.msgs, 1) == 0);
+    CHECK(norder == 3 && order[0] == 1 && order[1] == 2 && order[2] == 3 && D.msgs == 0);
+    norder = 0;
+    CHECK(publish(b, "ch1", "four", 4) == 1);
+    CHECK(await_count(&D.msgs, 1) == 0);
+    CHECK(norder == 3 && order[0] == 1 && order[1] == 2 && order[2] == 4 && C.msgs == 1);
+
+    /* A drops B (later in the same delivery): B does not get it */
+    A.action = act_a;
+    norder = 0;
+    CHECK(publish(b, "ch1", "five", 4) == 1);
+    CHECK(await_count(&D.msgs, 2) == 0);
+    CHECK(norder == 2 && order[0] == 1 && order[1] == 4 && B.msgs == 3);
+
+    /* last subs leave → UNSUBSCRIBE → NUMSUB 0 */
+    sh_redis_unsubscribe(A.sub);
+    CHECK(sh_redis_bus_channels(b) == 1);
+    sh_redis_unsubscribe(D.sub);
+    CHECK(await_pred(pred_no_channels, b) == 0);
+    CHECK(numsub(b, "ch1") == 0);
+
+    /* SUBSCRIBE, UNSUBSCRIBE, SUBSCRIBE in flight: only the last confirms */
+    CHECK(sub(b, &S1, 5, "ch2") == 0);
+    sh_redis_unsubscribe(S1.sub);
+    CHECK(sub(b, &S2, 6, "ch2") == 0);
+    CHECK(await_count(&S2.confirms, 1) == 0 && S2.confirm_err == 0);
+    CHECK(S1.confirms == 0);
+    CHECK(numsub(b, "ch2") == 1);
+    CHECK(publish(b, "ch2", "x", 1) == 1);
+    CHECK(await_count(&S2.msgs, 1) == 0 && S1.msgs == 0);
+    CHECK(sh_redis_bus_channels(b) == 1); /* S2 stays for the reconnect test */
+}
+
+struct errstat { sh_redis_bus *b; int want; };
+
+/* INFO errorstats shows at least want WRONGPASS errors. */
+static int pred_wrongpass(void *x)
+{
+    struct errstat *e = x;
+    static struct box bx;
+    run(e->b, &bx, 2, (const char *[]){"INFO", "errorstats"}, NULL);
+    const char *p = strstr(bx.str, "errorstat_WRONGPASS:count=");
+    return p && atoi(p + strlen("errorstat_WRONGPASS:count=")) >= e->want;
+}
+
+static void closed_cb(void *arg) { (*(int *)arg)++; }
+
+static void test_auth_and_unreachable(sh_redis_bus *b)
+{
+    static struct box bx;
+    char url[160], name[64];
+    struct state_rec st2 = {0}, st3 = {0}, st4 = {0}, st5 = {0}, st6 = {0};
+    sh_redis_bus *b2, *b3, *b4, *b5, *b6;
+    int closed = 0;
+
+    run(b, &bx, 4, (const char *[]){"CONFIG", "SET", "requirepass", "s3cr:et"}, NULL);
+    CHECK(bx.type == REDIS_REPLY_STATUS);
+
+    snprintf(url, sizeof url, "redis://default:s3cr%%3Aet@127.0.0.1:%d/3", redis_port);
+    snprintf(name, sizeof name, "shtest2-%d", (int)getpid());
+    sh_redis_opts o = {.url = url, .client_name = name, .backoff_min_ms = 10,
+                       .backoff_max_ms = 100, .on_state = on_state, .state_arg = &st2};
+    CHECK(sh_redis_bus_new(&loop, &o, &b2) == 0);
+    snprintf(url, sizeof url, "redis://:s3cr%%3Aet@127.0.0.1:%d", redis_port);
+    o.client_name = "shtest3";
+    o.state_arg = &st3;
+    CHECK(sh_redis_bus_new(&loop, &o, &b3) == 0);
+    snprintf(url, sizeof url, "redis://:wrong@127.0.0.1:%d", redis_port);
+    o.client_name = "shtest4";
+    o.state_arg = &st4;
+    CHECK(sh_redis_bus_new(&loop, &o, &b4) == 0);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", free_port()); /* nobody there */
+    o.client_name = "shtest5";
+    o.state_arg = &st5;
+    CHECK(sh_redis_bus_new(&loop, &o, &b5) == 0);
+    o.url = "unix:///nonexistent/redis.sock";
+    o.client_name = "shtest6";
+    o.state_arg = &st6;
+    CHECK(sh_redis_bus_new(&loop, &o, &b6) == 0);
+
+    CHECK(await_count(&st2.ups, 1) == 0);
+    CHECK(await_count(&st3.ups, 1) == 0);
+    run(b2, &bx, 2, (const char *[]){"CLIENT", "INFO"}, NULL);
+    snprintf(url, sizeof url, " name=%s-cmd ", name);
+    CHECK(strstr(bx.str, url) != NULL && strstr(bx.str, " db=3 ") != NULL);
+    /* b4's handshakes are refused again and again (retries), it never comes up */
+    struct errstat e = {b, 6};
+    CHECK(await_pred(pred_wrongpass, &e) == 0);
+    CHECK(st4.ups == 0 && !sh_redis_bus_up(b4));
+    CHECK(st5.ups == 0 && st6.ups == 0 && !sh_redis_bus_up(b5) && !sh_redis_bus_up(b6));
+    static struct box bx5;
+    CHECK(sh_redis_command(b5, 1, (const char *[]){"PING"}, NULL, box_cb, &bx5, NULL) == SH_REDIS_EUNAVAILABLE);
+
+    sh_redis_bus_close(b2, closed_cb, &closed);
+    sh_redis_bus_close(b3, closed_cb, &closed);
+    sh_redis_bus_close(b4, closed_cb, &closed);
+    sh_redis_bus_close(b5, closed_cb, &closed);
+    sh_redis_bus_close(b6, closed_cb, &closed);
+    CHECK(closed == 0); /* never synchronously */
+    CHECK(await_count(&closed, 5) == 0);
+    CHECK(st2.downs == 0 && st3.downs == 0 && bx5.done == 0);
+
+    run(b, &bx, 4, (const char *[]){"CONFIG", "SET", "requirepass", ""}, NULL);
+    CHECK(bx.type == REDIS_REPLY_STATUS);
+}
+
+static struct subrec E, F;
+
+static void test_kill_restart(sh_redis_bus *b, struct state_rec *st, const char *name)
+{
+    static struct box pending, bx;
+    /* hold the server so that a command and a subscription stay pending */
+    CHECK(kill(redis_pid, SIGSTOP) == 0);
+    memset(&pending, 0, sizeof pending);
+    CHECK(sh_redis_command(b, 2, (const char *[]){"GET", "k1"}, NULL, box_cb, &pending, NULL) == 0);
+    CHECK(sub(b, &E, 7, "ch3") == 0);
+    /* let hiredis write both (a fresh socket is writable at once), so the
+     * stopped server dies with unread input: the kernel answers with RST,
+     * which libuv reports as a poll error (the adapter quirk) */
+    uv_run(&loop, UV_RUN_NOWAIT);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    redis_kill();
+
+    CHECK(await_count(&st->downs, 1) == 0);
+    CHECK(await_count(&pending.done, 1) == 0);
+    CHECK(pending.type == -1 && strcmp(pending.err, "closed") == 0);
+    CHECK(await_count(&E.confirms, 1) == 0 && E.confirm_err == SH_REDIS_EUNAVAILABLE);
+    CHECK(!sh_redis_bus_up(b) && st->last == 0);
+    CHECK(sh_redis_command(b, 1, (const char *[]){"PING"}, NULL, box_cb, &bx, NULL) == SH_REDIS_EUNAVAILABLE);
+    CHECK(sub(b, &F, 8, "ch4") == SH_REDIS_EUNAVAILABLE && F.sub == NULL);
+    CHECK(sh_redis_bus_channels(b) == 1); /* ch2 (S2) survives; ch3 is gone */
+
+    redis_start(); /* same port */
+    CHECK(await_count(&st->ups, 2) == 0);
+    CHECK(sh_redis_bus_up(b) && sh_redis_bus_reconnects(b) == 1);
+    CHECK(numsub(b, "ch2") == 1);
+    CHECK(publish(b, "ch2", "after-restart", 13) == 1);
+    CHECK(await_count(&S2.msgs, 2) == 0);
+    CHECK(S2.last_len == 13 && memcmp(S2.last, "after-restart", 13) == 0);
+    CHECK(S2.confirms == 1 && E.msgs == 0);
+    check_client_list(b, name, 2);
+}
+
+static struct subrec G;
+
+static void test_close_pending(sh_redis_bus *b, struct state_rec *st)
+{
+    static struct box pending, cancelled;
+    int closed = 0, ups = st->ups, downs = st->downs;
+    CHECK(kill(redis_pid, SIGSTOP) == 0);
+    memset(&pending, 0, sizeof pending);
+    memset(&cancelled, 0, sizeof cancelled);
+    CHECK(sh_redis_command(b, 2, (const char *[]){"GET", "k1"}, NULL, box_cb, &pending, NULL) == 0);
+    sh_redis_cmd *c;
+    CHECK(sh_redis_command(b, 1, (const char *[]){"PING"}, NULL, box_cb, &cancelled, &c) == 0);
+    sh_redis_cmd_cancel(c);
+    CHECK(sub(b, &G, 9, "ch5") == 0);
+    sh_redis_bus_close(b, closed_cb, &closed);
+    CHECK(sh_redis_command(b, 1, (const char *[]){"PING"}, NULL, box_cb, &cancelled, NULL) == SH_REDIS_ECLOSED);
+    CHECK(await_count(&closed, 1) == 0);
+    CHECK(closed == 1);
+    CHECK(pending.done == 1 && pending.type == -1 && strcmp(pending.err, "closed") == 0);
+    CHECK(cancelled.done == 0);
+    CHECK(G.confirms == 1 && G.confirm_err == SH_REDIS_ECLOSED);
+    CHECK(st->ups == ups && st->downs == downs); /* no on_state after close */
+    sh_redis_unsubscribe(S2.sub); /* orphaned live sub: still ours to release */
+    redis_kill();
+}
+
+int main(int argc, char **argv)
+{
+    const char *lvl = getenv("SH_TEST_LOG");
+    sh_log_set_level(lvl && sh_log_parse_level(lvl) >= 0 ? (enum sh_log_level)sh_log_parse_level(lvl)
+                                                        : SH_LOG_WARN);
+    const char *port = argc > 1 ? argv[1] : getenv("SH_TEST_REDIS_PORT");
+    redis_port = port ? atoi(port) : free_port();
+    if (access("/usr/bin/redis-server", X_OK) != 0) {
+        fprintf(stderr, "test_redis_bus: /usr/bin/redis-server is required (apt-get install redis-server)\n");
+        return 1;
+    }
+
+    test_parse_url();
+    CHECK(uv_loop_init(&loop) == 0);
+    uv_timer_init(&loop, &failsafe);
+    test_new_errors();
+
+    /* the bus starts before the server: it must retry until it is there */
+    char url[64], name[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", redis_port);
+    snprintf(name, sizeof name, "shtest-%d", (int)getpid());
+    struct state_rec st = {0};
+    sh_redis_opts o = {.url = url, .client_name = name, .backoff_min_ms = 10,
+                       .backoff_max_ms = 100, .on_state = on_state, .state_arg = &st};
+    sh_redis_bus *b = NULL;
+    CHECK(sh_redis_bus_new(&loop, &o, &b) == 0 && b != NULL);
+    CHECK(!sh_redis_bus_up(b));
+    redis_start();
+    CHECK(await_count(&st.ups, 1) == 0);
+    CHECK(sh_redis_bus_up(b) && sh_redis_bus_reconnects(b) == 0 && st.downs == 0);
+
+    check_client_list(b, name, 2);
+    test_commands(b);
+    test_pubsub(b);
+    test_auth_and_unreachable(b);
+    test_kill_restart(b, &st, name);
+    test_close_pending(b, &st);
+
+    uv_close((uv_handle_t *)&failsafe, NULL);
+    CHECK(uv_run(&loop, UV_RUN_DEFAULT) == 0);
+    CHECK(uv_loop_close(&loop) == 0);
+    printf("test_redis_bus: %d checks passed (redis on port %d)\n", checks, redis_port);
+    return 0;
+}
