@@ -209,9 +209,9 @@ static int log_at(lua_State *L, enum sh_log_level level)
 {
     if (!sh_log_enabled(level))
         return 0;
+    int n = lua_gettop(L); /* before luaL_buffinit, which pushes a placeholder */
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    int n = lua_gettop(L);
     for (int i = 1; i <= n; i++) {
         if (i > 1)
             luaL_addchar(&b, ' ');
@@ -337,6 +337,8 @@ void sh_lua_api_open(lua_State *L, sh_gen *g)
     lua_pushlightuserdata(L, g);
     luaL_setfuncs(L, metric_funcs, 1);
     lua_setfield(L, m, "metrics");
+    lua_newtable(L); /* filled with the merged config once the script returns */
+    lua_setfield(L, m, "config");
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, m, "null"); /* the same value as cjson.null */
     lua_pushstring(L, SH_VERSION);

@@ -157,10 +157,17 @@ static int take_policy(sh_gen *g, const char *const *sets, size_t nsets, char *e
         return -1;
     if (sh_config_read(L, -1, &g->cfg, err, errsz) != 0)
         return -1;
-    /* host.config = merged table */
+    /* fill host.config in place: the script may have kept a reference to it
+     * while its main chunk ran (it is empty until now) */
+    int merged = lua_gettop(L);
     lua_getfield(L, LUA_REGISTRYINDEX, "statushost.module");
-    lua_pushvalue(L, -2);
-    lua_setfield(L, -2, "config");
+    lua_getfield(L, -1, "config");
+    lua_pushnil(L);
+    while (lua_next(L, merged)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, -4);
+    }
     lua_settop(L, policy - 1);
     return 0;
 }

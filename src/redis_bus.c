@@ -148,11 +148,13 @@ struct sh_redis_bus {
     uint64_t reconnects;             /* down→up transitions after the first up */
     int closing;                     /* sh_redis_bus_close was called */
     uv_timer_t close_timer;          /* runs the asynchronous part of close */
+    int close_turn;                  /* turns of bus_close_cb already run */
     int handles_open;                /* uv handles not yet closed */
     void (*done)(void *);            /* close completion, may be NULL */
     void *done_arg;                  /* passed to done */
 };
 
+/* Forward declarations (contracts at the definitions). */
 static void conn_connect(struct conn *c);
 static void conn_timer_cb(uv_timer_t *t);
 static void sub_reply_cb(redisAsyncContext *ac, void *r, void *privdata);
@@ -351,9 +353,11 @@ static void sweep(sh_redis_bus *b)
     }
 }
 
-/* Enter / leave a section where user callbacks run over the registry. */
+/* Enter a section where user callbacks run over the registry: from here on
+ * nothing is freed until the matching busy_leave. */
 static void busy_enter(sh_redis_bus *b) { b->busy++; }
 
+/* Leave such a section; the outermost leave sweeps what was deferred. */
 static void busy_leave(sh_redis_bus *b)
 {
     assert(b->busy > 0);
@@ -474,6 +478,7 @@ static void registry_reset(sh_redis_bus *b, int err)
 
 /* ---- connections -------------------------------------------------------- */
 
+/* "command" or "subscriber", for logs. */
 static const char *role_name(const struct conn *c)
 {
     return c->role == ROLE_CMD ? "command" : "subscriber";
@@ -498,7 +503,8 @@ static void bus_update(sh_redis_bus *b)
         b->ever_up = 1;
         sh_info(NULL, "redis: bus up (%s, %u channels)", b->desc, HASH_COUNT(b->chans));
     } else {
-        sh_warn(NULL, "redis: bus down (%s); new jobs get \"unavailable\" until it is back", b->desc);
+        sh_warn(NULL, "redis: bus down (%s); commands and new subscriptions refused until it is back",
+                b->desc);
     }
     if (b->on_state && !b->closing) {
         busy_enter(b);
@@ -674,7 +680,9 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct conn *c = ac->data;
     if (c->ac != ac) return;
-    conn_lost(c, c->hs_failed ? "handshake refused" : status == REDIS_OK ? "disconnected" : ac_reason(ac));
+    const char *why = c->hs_failed ? "handshake refused"
+                      : status == REDIS_OK ? "disconnected" : ac_reason(ac);
+    conn_lost(c, why);
 }
 
 /* Every reply on the subscriber connection in subscribed mode. */
@@ -736,10 +744,35 @@ static void ev_apply(redisLibuvEvents *p)
         uv_poll_stop(&p->handle);
 }
 
-static void ev_add_read(void *pd) { redisLibuvEvents *p = pd; p->events |= UV_READABLE; ev_apply(p); }
-static void ev_del_read(void *pd) { redisLibuvEvents *p = pd; p->events &= ~UV_READABLE; ev_apply(p); }
-static void ev_add_write(void *pd) { redisLibuvEvents *p = pd; p->events |= UV_WRITABLE; ev_apply(p); }
-static void ev_del_write(void *pd) { redisLibuvEvents *p = pd; p->events &= ~UV_WRITABLE; ev_apply(p); }
+/* hiredis' event hooks (ac->ev.addRead & co.), as in adapters/libuv.h but
+ * bound to ev_poll_cb. pd is the adapter's redisLibuvEvents. */
+static void ev_add_read(void *pd)
+{
+    redisLibuvEvents *p = pd;
+    p->events |= UV_READABLE;
+    ev_apply(p);
+}
+
+static void ev_del_read(void *pd)
+{
+    redisLibuvEvents *p = pd;
+    p->events &= ~UV_READABLE;
+    ev_apply(p);
+}
+
+static void ev_add_write(void *pd)
+{
+    redisLibuvEvents *p = pd;
+    p->events |= UV_WRITABLE;
+    ev_apply(p);
+}
+
+static void ev_del_write(void *pd)
+{
+    redisLibuvEvents *p = pd;
+    p->events &= ~UV_WRITABLE;
+    ev_apply(p);
+}
 
 /* c's timer: the next attempt while idle, the watchdog otherwise. */
 static void conn_timer_cb(uv_timer_t *t)
@@ -1045,14 +1078,23 @@ static void registry_orphan_all(sh_redis_bus *b)
 }
 
 /* The asynchronous part of sh_redis_bus_close, run from the loop (outside
- * any hiredis callback). */
+ * any hiredis callback), in two turns: first free both contexts (answering
+ * their waiters) and settle the registry; then, one loop iteration later, when
+ * the adapter's poll handles have finished closing, close our own timers so
+ * that done() runs only once nothing of the bus is left. */
 static void bus_close_cb(uv_timer_t *t)
 {
     sh_redis_bus *b = t->data;
-    conn_shutdown(&b->cmd);
-    conn_shutdown(&b->sub);
-    registry_reset(b, SH_REDIS_ECLOSED);
-    registry_orphan_all(b);
+    if (b->close_turn++ == 0) {
+        conn_shutdown(&b->cmd);
+        conn_shutdown(&b->sub);
+        registry_reset(b, SH_REDIS_ECLOSED);
+        registry_orphan_all(b);
+        uv_timer_start(&b->close_timer, bus_close_cb, 0, 0);
+        return;
+    }
+    uv_timer_stop(&b->cmd.timer);
+    uv_timer_stop(&b->sub.timer);
     b->cmd.timer.data = b;
     b->sub.timer.data = b;
     uv_close((uv_handle_t *)&b->cmd.timer, bus_handle_closed);

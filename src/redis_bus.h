@@ -158,7 +158,7 @@ void sh_redis_unsubscribe(sh_redis_sub *s);
  * more; then done(arg) is called once, from the loop, after both hiredis
  * contexts are freed and the bus's own handles are closed. The bus pointer is
  * invalid after done() returns. Safe to call from any callback. done may be
- * NULL. */
+ * NULL. A second call (while closing) is ignored. */
 void sh_redis_bus_close(sh_redis_bus *b, void (*done)(void *), void *arg);
 
 /* A static message for any SH_REDIS_E* code (and 0). */

@@ -47,7 +47,7 @@
 #include <wslay/wslay.h>
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#define HBUF_CAP 4096        /* HTTP response head (+ any early frame bytes) */
+#define HBUF_CAP 2048        /* HTTP response head (+ any early frame bytes) */
 #define MBUF_CAP 2048        /* one update message; longer ones are truncated for parsing */
 #define HS_TIMEOUT_MS 10000  /* connect + upgrade */
 #define LINGER_MS 2000       /* after our close reply: wait for the server's FIN */
@@ -89,15 +89,13 @@ typedef struct client {
     wslay_event_context_ptr ws;
 
     /* handshake */
-    char req[1024];
+    char req[1536];
     size_t req_len, req_off;
     char accept[32];
     char hbuf[HBUF_CAP];
     size_t hlen, hoff; /* after the head: hoff..hlen are early frame bytes */
 
     /* job */
-    char *batch;
-    size_t batch_len;
     uint8_t *seen;
     uint32_t unique;
     int batch_sent, recorded, failed, abort_silent, eof, last_failed;
@@ -129,7 +127,7 @@ static struct {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     char host_hdr[300];
-    char path[2048];
+    char path[700];
 
     uv_loop_t loop;
     uv_timer_t t_duration, t_drain;
@@ -138,7 +136,8 @@ static struct {
     unsigned active;
     int finished;
     client_t *clients;
-    size_t batch_cap;
+    char *batch; /* one build buffer: wslay copies the message when it is queued */
+    size_t batch_cap, batch_len;
 
     uint64_t t_start, t_end;
 
@@ -641,7 +640,7 @@ static void build_batch(client_t *c) {
 
     static const char A[] = "{\"id\":\"";
     static const char B[] = "\",\"status\":\"" STATUS_SENT "\"}";
-    char *p = c->batch;
+    char *p = G.batch;
     *p++ = '[';
     for (uint32_t i = 0; i < G.tasks; i++) {
         if (i) *p++ = ',';
@@ -651,7 +650,7 @@ static void build_batch(client_t *c) {
         memcpy(p, B, sizeof B - 1); p += sizeof B - 1;
     }
     *p++ = ']';
-    c->batch_len = (size_t)(p - c->batch);
+    G.batch_len = (size_t)(p - G.batch);
 }
 
 static void open_ws(client_t *c) {
@@ -665,7 +664,7 @@ static void open_ws(client_t *c) {
     wslay_event_config_set_no_buffering(c->ws, 1);
     wslay_event_config_set_max_recv_msg_length(c->ws, MAX_RECV_MSG);
     build_batch(c);
-    struct wslay_event_msg m = { WSLAY_TEXT_FRAME, (const uint8_t *)c->batch, c->batch_len };
+    struct wslay_event_msg m = { WSLAY_TEXT_FRAME, (const uint8_t *)G.batch, G.batch_len };
     if (wslay_event_queue_msg(c->ws, &m) != 0) {
         fail(c, "wslay queue failed");
         teardown(c);
@@ -1196,7 +1195,8 @@ int main(int argc, char **argv) {
     /* batch: '[' + T * ('{"id":"' c<u32>-<u32>-<u32> '","status":"进行中"}' ',') + ']' */
     G.batch_cap = 2 + (size_t)G.tasks * (7 + 1 + 3 * 10 + 2 + 12 + 9 + 2 + 1);
     G.clients = calloc(G.conns, sizeof *G.clients);
-    if (!G.clients) { fprintf(stderr, "sh_loadgen: out of memory\n"); return 1; }
+    G.batch = malloc(G.batch_cap);
+    if (!G.clients || !G.batch) { fprintf(stderr, "sh_loadgen: out of memory\n"); return 1; }
     if (uv_loop_init(&G.loop) != 0) { fprintf(stderr, "sh_loadgen: uv_loop_init failed\n"); return 1; }
 
     uv_timer_init(&G.loop, &G.t_duration);
@@ -1211,9 +1211,8 @@ int main(int argc, char **argv) {
         c->idx = i;
         c->fd = -1;
         c->st = C_IDLE;
-        c->batch = malloc(G.batch_cap);
         c->seen = malloc(G.tasks);
-        if (!c->batch || !c->seen) { fprintf(stderr, "sh_loadgen: out of memory\n"); return 1; }
+        if (!c->seen) { fprintf(stderr, "sh_loadgen: out of memory\n"); return 1; }
         uv_timer_init(&G.loop, &c->timer);
         c->timer.data = c;
     }
@@ -1231,11 +1230,9 @@ int main(int argc, char **argv) {
 
     report();
 
-    for (unsigned i = 0; i < G.conns; i++) {
-        free(G.clients[i].batch);
-        free(G.clients[i].seen);
-    }
+    for (unsigned i = 0; i < G.conns; i++) free(G.clients[i].seen);
     free(G.clients);
+    free(G.batch);
     fflush(stdout);
     return (G.failed == 0 && G.expected == G.unique && G.completed > 0) ? 0 : 1;
 }

@@ -101,6 +101,7 @@ static void redis_start(void)
 static uv_timer_t failsafe;
 static int timed_out;
 
+/* The failsafe fired: the awaited condition did not come in time. */
 static void failsafe_cb(uv_timer_t *t)
 {
     (void)t;
@@ -135,6 +136,7 @@ struct state_rec {
     int last;  /* last value */
 };
 
+/* on_state: count transitions into the state_rec at arg. */
 static void on_state(void *arg, int up)
 {
     struct state_rec *st = arg;
@@ -153,6 +155,7 @@ struct box {
     char err[32];        /* errstr when the reply was NULL */
 };
 
+/* Reply callback: copy what the checks need into the box at arg. */
 static void box_cb(void *arg, const redisReply *r, const char *errstr)
 {
     struct box *bx = arg;
@@ -203,6 +206,15 @@ static long long publish(sh_redis_bus *b, const char *ch, const char *payload, s
     return bx.integer;
 }
 
+/* How many SUBSCRIBE commands the server has executed (INFO commandstats). */
+static int subscribe_calls(sh_redis_bus *b)
+{
+    static struct box bx;
+    run(b, &bx, 2, (const char *[]){"INFO", "commandstats"}, NULL);
+    const char *p = strstr(bx.str, "cmdstat_subscribe:calls=");
+    return p ? atoi(p + strlen("cmdstat_subscribe:calls=")) : 0;
+}
+
 /* CLIENT LIST has exactly `n` connections, and ours are named <name>-cmd/-sub. */
 static void check_client_list(sh_redis_bus *b, const char *name, int n)
 {
@@ -242,6 +254,7 @@ struct subrec {
 static int order[256];
 static int norder;
 
+/* on_msg: record the message and the delivery order; run the action once. */
 static void rec_msg(void *arg, const char *ch, size_t chlen, const char *p, size_t n)
 {
     struct subrec *r = arg;
@@ -257,6 +270,7 @@ static void rec_msg(void *arg, const char *ch, size_t chlen, const char *p, size
     }
 }
 
+/* on_confirm: count and keep err. */
 static void rec_confirm(void *arg, int err)
 {
     struct subrec *r = arg;
@@ -273,6 +287,7 @@ static int sub(sh_redis_bus *b, struct subrec *r, int id, const char *ch)
     return sh_redis_subscribe(b, ch, strlen(ch), rec_msg, rec_confirm, r, &r->sub);
 }
 
+/* The bus has no channel left (every UNSUBSCRIBE confirmed). */
 static int pred_no_channels(void *b) { return sh_redis_bus_channels(b) == 0; }
 
 /* ---- tests ---------------------------------------------------------------- */
@@ -306,6 +321,7 @@ static void test_parse_url(void)
     CHECK(strcmp(sh_redis_strerror(SH_REDIS_EUNAVAILABLE), "unavailable") == 0);
 }
 
+/* sh_redis_bus_new refuses bad arguments synchronously. */
 static void test_new_errors(void)
 {
     sh_redis_bus *b = NULL;
@@ -319,6 +335,7 @@ static void test_new_errors(void)
     CHECK(sh_redis_bus_new(&loop, &o, &b) == SH_REDIS_EINVAL && b == NULL);
 }
 
+/* Round trips, error replies, reserved commands, cancel. */
 static void test_commands(sh_redis_bus *b)
 {
     static struct box bx, cancelled, after;
@@ -362,6 +379,7 @@ static void act_a(struct subrec *r)
     B.sub = NULL;
 }
 
+/* Subscribe/confirm/publish, sharing, changes during delivery, UNSUBSCRIBE. */
 static void test_pubsub(sh_redis_bus *b)
 {
     const char payload[] = "{\"id\":\"1\",\"status\":\"\xe5\xb7\xb2\xe5\xae\x8c\xe6\x88\x90\"}\0tail";
@@ -376,6 +394,7 @@ static void test_pubsub(sh_redis_bus *b)
     /* second sub, same channel: no second SUBSCRIBE, both get messages */
     CHECK(sub(b, &B, 2, "ch1") == 1);
     CHECK(numsub(b, "ch1") == 1);
+    CHECK(subscribe_calls(b) == 1); /* one SUBSCRIBE on the server, for two subs */
     norder = 0;
     CHECK(publish(b, "ch1", "two", 3) == 1);
     CHECK(await_count(&B.msgs, 1) == 0);
@@ -432,8 +451,11 @@ static int pred_wrongpass(void *x)
     return p && atoi(p + strlen("errorstat_WRONGPASS:count=")) >= e->want;
 }
 
+/* sh_redis_bus_close completion: count. */
 static void closed_cb(void *arg) { (*(int *)arg)++; }
 
+/* AUTH (user:password and :password), SELECT, a refused password, an absent
+ * server, an absent unix socket; closing buses that never came up. */
 static void test_auth_and_unreachable(sh_redis_bus *b)
 {
     static struct box bx;
@@ -495,6 +517,8 @@ static void test_auth_and_unreachable(sh_redis_bus *b)
 
 static struct subrec E, F;
 
+/* kill -9 with a command and a subscription pending, then restart on the same
+ * port: down, "closed", failed confirm, unavailable, up, re-subscribed. */
 static void test_kill_restart(sh_redis_bus *b, struct state_rec *st, const char *name)
 {
     static struct box pending, bx;
@@ -532,6 +556,15 @@ static void test_kill_restart(sh_redis_bus *b, struct state_rec *st, const char 
 
 static struct subrec G;
 
+/* uv_walk callback: count handles. */
+static void count_handle(uv_handle_t *h, void *arg)
+{
+    (void)h;
+    (*(int *)arg)++;
+}
+
+/* Close with a pending command, a cancelled one, a pending subscription and a
+ * live sub: every waiter answered, nothing left on the loop. */
 static void test_close_pending(sh_redis_bus *b, struct state_rec *st)
 {
     static struct box pending, cancelled;
@@ -548,6 +581,9 @@ static void test_close_pending(sh_redis_bus *b, struct state_rec *st)
     CHECK(sh_redis_command(b, 1, (const char *[]){"PING"}, NULL, box_cb, &cancelled, NULL) == SH_REDIS_ECLOSED);
     CHECK(await_count(&closed, 1) == 0);
     CHECK(closed == 1);
+    int handles = 0;
+    uv_walk(&loop, count_handle, &handles);
+    CHECK(handles == 1); /* only our failsafe timer: nothing of the bus is left */
     CHECK(pending.done == 1 && pending.type == -1 && strcmp(pending.err, "closed") == 0);
     CHECK(cancelled.done == 0);
     CHECK(G.confirms == 1 && G.confirm_err == SH_REDIS_ECLOSED);
@@ -556,6 +592,7 @@ static void test_close_pending(sh_redis_bus *b, struct state_rec *st)
     redis_kill();
 }
 
+/* argv[1] or $SH_TEST_REDIS_PORT: the port for redis-server (default: a free one). */
 int main(int argc, char **argv)
 {
     const char *lvl = getenv("SH_TEST_LOG");

@@ -1,0 +1,104 @@
+-- examples/remote_worker.lua — the seed's RemoteController, on statushost itself.
+--
+--   build/statushost --listen 127.0.0.1:9101 examples/remote_worker.lua
+--
+-- POST /remote/message with {"data":[{"id":…,"status":…},…],"fid":"…"} (JSON, or the
+-- seed's form encoding data[0][id]=…&fid=…). Every tick_ms each remaining task completes
+-- with probability complete_probability, and {"id":…,"status":"已完成"} is published on
+-- ws:fid:<fid>. Like the seed, the answer comes only when every task is done.
+-- With --set immediate=true every task completes at once (for benchmarks).
+
+local host = require "statushost"
+local json = require "cjson.safe"
+
+local config = {
+  listen = "127.0.0.1:9101",
+  tick_ms = 500,
+  complete_probability = 0.2,
+  immediate = false,
+  channel_prefix = "ws:fid:",
+  done_status = "已完成",
+}
+local cfg = host.config
+
+local function url_decode(s)
+  s = s:gsub("+", " ")
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- The seed's client posts PHP-style form fields: data[0][id]=1&data[0][status]=x&fid=7
+local function parse_form(body)
+  local out = {}
+  for pair in body:gmatch("[^&]+") do
+    local k, v = pair:match("^([^=]*)=?(.*)$")
+    k, v = url_decode(k), url_decode(v)
+    local node, key = out, k:match("^[^%[]+")
+    if key then
+      for sub in k:gmatch("%[([^%]]*)%]") do
+        node[key] = node[key] or {}
+        node = node[key]
+        key = tonumber(sub) and math.tointeger(tonumber(sub)) + 1 or sub
+      end
+      node[key] = v
+    end
+  end
+  return out
+end
+
+local function parse(req)
+  local ctype = (req.headers["content-type"] or ""):lower()
+  local body
+  if ctype:find("application/x-www-form-urlencoded", 1, true) then
+    body = parse_form(req.body)
+  else
+    body = json.decode(req.body)
+  end
+  if type(body) ~= "table" or type(body.data) ~= "table" or body.fid == nil then
+    return nil
+  end
+  return body.data, tostring(body.fid)
+end
+
+local function publish(channel, task)
+  local payload = '{"id":' .. json.encode(task.id) .. ',"status":' .. json.encode(cfg.done_status) .. '}'
+  local n, err = host.redis.call("PUBLISH", channel, payload)
+  if not n then host.log.warn("publish failed:", err) end
+end
+
+local ok_body = '{"status":0,"msg":"success","data":null}'
+local json_type = { ["Content-Type"] = "application/json" }
+
+return {
+  config = config,
+  routes = {
+    ["POST /remote/message"] = function(req)
+      local data, fid = parse(req)
+      if not data then
+        return 400, '{"status":1,"msg":"expected {\\"data\\":[…],\\"fid\\":…}","data":null}', json_type
+      end
+      local channel = cfg.channel_prefix .. fid
+      local remaining = {}
+      for _, task in ipairs(data) do
+        if type(task) == "table" and task.id ~= nil then remaining[#remaining + 1] = task end
+      end
+      host.log.info("job for", channel, #remaining, "tasks")
+      if cfg.immediate then
+        for _, task in ipairs(remaining) do publish(channel, task) end
+        return 200, ok_body, json_type
+      end
+      while #remaining > 0 do
+        if not host.sleep(cfg.tick_ms) then return 503, "shutting down" end
+        local left = {}
+        for _, task in ipairs(remaining) do
+          if math.random() < cfg.complete_probability then
+            publish(channel, task)
+          else
+            left[#left + 1] = task
+          end
+        end
+        remaining = left
+      end
+      return 200, ok_body, json_type
+    end,
+  },
+}
