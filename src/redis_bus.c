@@ -503,8 +503,8 @@ static void bus_update(sh_redis_bus *b)
         b->ever_up = 1;
         sh_info(NULL, "redis: bus up (%s, %u channels)", b->desc, HASH_COUNT(b->chans));
     } else {
-        sh_warn(NULL, "redis: bus down (%s); commands and new subscriptions refused until it is back",
-                b->desc);
+        sh_warn(NULL, "redis: bus down (%s); commands and new subscriptions are refused until "
+                "it is back", b->desc);
     }
     if (b->on_state && !b->closing) {
         busy_enter(b);
@@ -869,13 +869,15 @@ int sh_redis_bus_new(uv_loop_t *loop, const sh_redis_opts *o, sh_redis_bus **out
     b->addr = addr;
     if (addr.is_unix)
         snprintf(b->desc, sizeof b->desc, "unix:%s", addr.path);
+    else if (strchr(addr.host, ':'))
+        snprintf(b->desc, sizeof b->desc, "[%s]:%d", addr.host, addr.port);
     else
-        snprintf(b->desc, sizeof b->desc, strchr(addr.host, ':') ? "[%s]:%d" : "%s:%d",
-                 addr.host, addr.port);
+        snprintf(b->desc, sizeof b->desc, "%s:%d", addr.host, addr.port);
     b->backoff_min_ms = o->backoff_min_ms ? o->backoff_min_ms : DEFAULT_BACKOFF_MIN_MS;
     b->backoff_max_ms = o->backoff_max_ms ? o->backoff_max_ms : DEFAULT_BACKOFF_MAX_MS;
     if (b->backoff_max_ms < b->backoff_min_ms) b->backoff_max_ms = b->backoff_min_ms;
-    b->connect_timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
+    b->connect_timeout_ms =
+        o->connect_timeout_ms ? o->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
     b->on_state = o->on_state;
     b->state_arg = o->state_arg;
     conn_init(b, &b->cmd, ROLE_CMD);

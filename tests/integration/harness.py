@@ -183,6 +183,8 @@ class Statushost:
     def __init__(self, script, redis=None, sets=(), args=(), env=None,
                  port=0, wrapper=(), cwd=None, expect_ready=True):
         self.script = script if os.path.isabs(script) else os.path.join(ROOT, script)
+        if not wrapper and os.environ.get("SH_WRAPPER"):
+            wrapper = os.environ["SH_WRAPPER"].split()  # e.g. valgrind (tests/run.sh --valgrind)
         cmd = list(wrapper) + [BIN, "--listen", "127.0.0.1:%d" % port]
         if redis is not None:
             cmd += ["--redis", redis if isinstance(redis, str) else redis.url]
