@@ -89,7 +89,14 @@ static void on_frame_start(wslay_event_context_ptr ctx,
         c->msg_opcode = arg->opcode;
         c->msg.len = 0;
         sh_utf8_init(&c->utf8);
-    } else if (arg->opcode == WSLAY_CONNECTION_CLOSE) {
+    }
+    if (arg->opcode < 8 && c->msg.len + arg->payload_length > c->gen->cfg.max_message_bytes) {
+        /* wslay counts only the frame when it does not buffer: the message
+         * total is checked here, before any byte of the frame is read */
+        fail(c, 1009, "message over max_message_bytes");
+        return;
+    }
+    if (arg->opcode == WSLAY_CONNECTION_CLOSE) {
         c->ctrl.len = 0;
         if (arg->payload_length == 1)
             fail(c, 1002, "close frame with a 1-byte payload");
@@ -139,6 +146,11 @@ static void close_frame_end(sh_conn *c)
         memcpy(c->close_reason, c->ctrl.p + 2, n);
         c->close_reason[n] = '\0';
     }
+    if (code >= 1012 && code <= 1014) {
+        /* registered with IANA after RFC 6455 (service restart, try again
+         * later, bad gateway); wslay would answer 1002, so echo it first */
+        wslay_event_queue_close(c->ws, code, NULL, 0);
+    }
 }
 
 static void on_frame_end(wslay_event_context_ptr ctx, void *user)
@@ -172,7 +184,13 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
                    void *user)
 {
     sh_conn *c = user;
-    (void)ctx;
+    if (arg->opcode == WSLAY_PING) {
+        /* wslay has just queued the pong: put it in the output now, ahead of
+         * anything later input produces (a close queued by wslay jumps ahead
+         * of queued control frames and would swallow it) */
+        wslay_event_send(ctx);
+        return;
+    }
     if (arg->opcode == WSLAY_PONG && c->ping_outstanding) {
         c->ping_outstanding = 0;
         if (c->gen->cfg.ping_interval_ms && !c->close_wait)
@@ -337,6 +355,8 @@ int sh_conn_send(sh_conn *c, const char *data, size_t len, int binary)
         sh_conn_ws_close(c, 1008, "slow consumer");
         return -1;
     }
+    if (wslay_event_want_write(c->ws))
+        wslay_event_send(c->ws); /* control frames queued earlier (a pong) go first */
     put_frame(c, binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME, data, len);
     c->srv->metrics.messages_out++;
     if (!c->in_wslay)

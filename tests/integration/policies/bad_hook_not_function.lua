@@ -1,0 +1,4 @@
+-- on_message is a string
+return {
+  on_message = "conn:send(text)",
+}

@@ -1,0 +1,2 @@
+-- returns a string, not the policy table
+return "policy"

@@ -1,0 +1,3 @@
+-- fails while loading
+local x = nil
+return { on_message = x.field }

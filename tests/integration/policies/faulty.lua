@@ -1,0 +1,20 @@
+-- faulty.lua — echoes text, except:
+--   "boom"  raises a Lua error (→ 1011, traceback in the log)
+--   "loop"  never returns (→ over lua_max_instructions → 1011)
+local host = require "statushost"
+
+local function explode(what)
+  error("boom requested by the client: " .. what)
+end
+
+return {
+  on_message = function(conn, text)
+    if text == "boom" then
+      explode(text)
+    elseif text == "loop" then
+      host.log.info("faulty: entering an endless loop")
+      while true do end
+    end
+    conn:send(text)
+  end,
+}

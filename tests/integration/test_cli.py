@@ -1,0 +1,250 @@
+"""The command line (SPEC §3): --version, --help, --check, and the rule for bad
+input: a one-line error on stderr naming the problem, exit status 2.
+
+    python3 tests/integration/test_cli.py [test_name ...]
+"""
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import BIN, ROOT, Suite, free_port  # noqa: E402
+
+suite = Suite("cli")
+POL = os.path.join(ROOT, "tests", "integration", "policies")
+ECHO = os.path.join(ROOT, "examples", "echo.lua")
+# when a bad invocation wrongly starts a server, it must not collide with
+# anything: a free port, and a Redis address where nothing listens
+SAFE = ["--listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:%d" % free_port()]
+
+
+def run(*args, timeout=10):
+    """→ (exit status, stdout text, stderr text). A process still running
+    after timeout is killed and reported as such."""
+    try:
+        p = subprocess.run([BIN] + list(args), stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError("statushost %s did not exit within %ss (stderr so far: %r)" % (
+            " ".join(args), timeout, e.stderr))
+    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+
+
+def expect_usage_error(args, *words):
+    """Exit 2, nothing on stdout, exactly one line on stderr that contains
+    every one of words."""
+    rc, out, err = run(*args)
+    what = "statushost %s" % " ".join(args)
+    assert rc == 2, "%s: exit %s, want 2 (stderr %r)" % (what, rc, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, "%s: want exactly one line on stderr, got %d:\n%s" % (
+        what, len(lines), err)
+    for w in words:
+        assert w in lines[0], "%s: stderr %r does not name %r" % (what, lines[0], w)
+    assert out == "", "%s: unexpected stdout %r" % (what, out)
+    return lines[0]
+
+
+# ------------------------------------------------------------ info flags
+
+@suite.test
+def version_exits_0():
+    rc, out, err = run("--version")
+    assert rc == 0, (rc, err)
+    assert out.startswith("statushost "), out
+    assert len(out.splitlines()) == 1, out
+    version = out.split()[1]
+    assert version[0].isdigit(), out
+
+
+@suite.test
+def help_exits_0():
+    rc, out, err = run("--help")
+    assert rc == 0, (rc, err)
+    for flag in ("--listen", "--redis", "--set", "--check", "--version", "--help"):
+        assert flag in out, "--help does not mention %s:\n%s" % (flag, out)
+    assert "SCRIPT" in out, out
+
+
+@suite.test
+def help_wins_over_a_missing_script():
+    rc, out, _ = run("--help", "--bogus")
+    assert rc == 0 and "--listen" in out, (rc, out)
+
+
+# ------------------------------------------------------------ bad flags
+
+@suite.test
+def unknown_flag():
+    expect_usage_error(["--bogus", ECHO], "--bogus")
+
+
+@suite.test
+def flag_missing_its_value():
+    expect_usage_error([ECHO, "--listen"], "--listen")
+    expect_usage_error([ECHO, "--set"], "--set")
+
+
+@suite.test
+def set_without_equals():
+    expect_usage_error(SAFE + ["--set", "max_connections", ECHO], "max_connections")
+
+
+@suite.test
+def missing_script():
+    line = expect_usage_error(["--listen", "127.0.0.1:0"])
+    assert "script" in line, line
+
+
+@suite.test
+def nonexistent_script():
+    path = os.path.join(POL, "no_such_policy.lua")
+    expect_usage_error(SAFE + [path], "no_such_policy.lua")
+
+
+@suite.test
+def two_scripts():
+    expect_usage_error(SAFE + [ECHO, ECHO], "echo.lua")
+
+
+# ------------------------------------------------------------ broken scripts
+# Each is checked as a server start (the ordinary use) and with --check.
+
+def both_modes(args, *words):
+    """expect_usage_error as a server start and with --check; both are tried
+    and every failure is reported."""
+    problems = []
+    for mode in (SAFE + args, ["--check"] + args):
+        try:
+            expect_usage_error(mode, *words)
+        except AssertionError as e:
+            problems.append(str(e))
+    assert not problems, "\n".join(problems)
+
+
+def broken_script(name, *words):
+    both_modes([os.path.join(POL, name)], *words)
+
+
+@suite.test
+def script_with_syntax_error():
+    broken_script("bad_syntax_error.lua", "bad_syntax_error.lua:3", "expected")
+
+
+@suite.test
+def script_failing_while_loading():
+    broken_script("bad_runtime_error.lua", "bad_runtime_error.lua:3", "nil value")
+
+
+@suite.test
+def script_returning_a_non_table():
+    broken_script("bad_not_a_table.lua", "table", "string")
+
+
+@suite.test
+def hook_that_is_not_a_function():
+    broken_script("bad_hook_not_function.lua", "on_message", "function")
+
+
+@suite.test
+def config_key_of_the_wrong_type():
+    broken_script("bad_config_mismatch.lua", "max_connections", "number")
+
+
+# ------------------------------------------------------------ bad --set
+
+@suite.test
+def set_unknown_key():
+    both_modes(["--set", "no_such_key=1", ECHO], "no_such_key")
+
+
+@suite.test
+def set_bad_number():
+    both_modes(["--set", "max_connections=lots", ECHO], "max_connections")
+
+
+@suite.test
+def set_bad_boolean():
+    both_modes(["--set", "reuseport=maybe", ECHO], "reuseport")
+
+
+@suite.test
+def set_value_out_of_range():
+    both_modes(["--set", "max_head_bytes=10", ECHO], "max_head_bytes")
+
+
+@suite.test
+def bad_listen_address():
+    expect_usage_error(["--listen", "nohost", "--redis", SAFE[3], ECHO], "nohost")
+    expect_usage_error(["--check", "--listen", "nohost", ECHO], "nohost")
+
+
+@suite.test
+def bad_redis_url():
+    expect_usage_error(["--check", "--redis", "http://127.0.0.1:6379", ECHO], "redis")
+
+
+# ------------------------------------------------------------ --check
+
+def config_lines(out):
+    """'  key = value' lines of the config section → dict."""
+    cfg = {}
+    in_cfg = False
+    for line in out.splitlines():
+        if line.strip() == "config:":
+            in_cfg = True
+            continue
+        if in_cfg and " = " in line:
+            k, _, v = line.strip().partition(" = ")
+            cfg[k] = v
+    return cfg
+
+
+@suite.test
+def check_echo_prints_hooks_and_config():
+    rc, out, err = run("--check", ECHO)
+    assert rc == 0, (rc, err)
+    assert "ok" in out.splitlines()[0], out
+    hooks = [l for l in out.splitlines() if "hooks:" in l]
+    assert hooks, out
+    for h in ("on_open", "on_message", "on_binary"):
+        assert h in hooks[0], "hook %s missing from %r" % (h, hooks[0])
+    for h in ("on_handshake", "on_publish", "on_close"):
+        assert h not in hooks[0], "echo.lua has no %s: %r" % (h, hooks[0])
+    cfg = config_lines(out)
+    assert cfg.get("listen") == "127.0.0.1:9999", cfg
+    assert cfg.get("max_connections") == "10000", cfg
+    assert cfg.get("max_message_bytes") == "1048576", cfg
+    assert cfg.get("max_head_bytes") == "8192", cfg
+    assert cfg.get("handshake_timeout_ms") == "10000", cfg
+    assert cfg.get("redis") == "redis://127.0.0.1:6379", cfg
+    assert "allowed_origins" in cfg and "reuseport" in cfg, cfg
+
+
+@suite.test
+def check_shows_overrides():
+    rc, out, err = run("--check", "--set", "max_connections=3",
+                       "--set", "allowed_origins=https://a.example, https://b.example",
+                       "--set", "reuseport=yes", "--listen", "127.0.0.1:7777",
+                       "--redis", "redis://127.0.0.1:6380", ECHO)
+    assert rc == 0, (rc, err)
+    cfg = config_lines(out)
+    assert cfg.get("max_connections") == "3", cfg
+    assert cfg.get("listen") == "127.0.0.1:7777", cfg
+    assert cfg.get("redis") == "redis://127.0.0.1:6380", cfg
+    assert cfg.get("reuseport") == "true", cfg
+    origins = cfg.get("allowed_origins", "")
+    assert "https://a.example" in origins and "https://b.example" in origins, cfg
+    assert " https://b" not in origins, "list items are trimmed: %r" % origins
+
+
+@suite.test
+def check_policy_without_binary_hook():
+    rc, out, err = run("--check", os.path.join(POL, "handshake_auth.lua"))
+    assert rc == 0, (rc, err)
+    hooks = [l for l in out.splitlines() if "hooks:" in l][0]
+    assert "on_handshake" in hooks and "on_message" in hooks and "on_binary" not in hooks, hooks
+
+
+if __name__ == "__main__":
+    suite.run()

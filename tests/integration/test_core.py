@@ -1,0 +1,694 @@
+"""The core host on the real binary (SPEC §4, §6, §7): WebSocket echo, limits
+and close codes, the handshake answers, static files, /healthz and /metrics,
+Lua faults, host.sleep / host.timer, 1,000 connections, SIGTERM and SIGHUP.
+
+    python3 tests/integration/test_core.py [test_name ...]
+    SH_VERBOSE=1 ... shows the server's log
+
+Every wait is on an event (a frame, a log line, a TCP close); wait_until polls
+only /metrics and /proc. Limits are set small so the file runs in seconds.
+"""
+import os
+import random
+import shutil
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (OP_BIN, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,  # noqa: E402
+                     ROOT, Redis, Statushost, Suite, WsClient, WsClosed, free_port,
+                     http_get, raw_exchange, wait_until)
+
+suite = Suite("core")
+POL = os.path.join(ROOT, "tests", "integration", "policies")
+ECHO = "examples/echo.lua"
+# a Redis address where nothing listens: tests that need no Redis
+NO_REDIS = "redis://127.0.0.1:%d" % free_port()
+
+
+def host(script=ECHO, sets=(), redis=NO_REDIS, **kw):
+    return Statushost(script, redis=redis, sets=list(sets), **kw)
+
+
+def pol(name):
+    return os.path.join(POL, name)
+
+
+def ws(sh, **kw):
+    kw.setdefault("timeout", 5)
+    c = WsClient(sh.port, **kw)
+    assert c.status == 101, "handshake answered %s" % c.status
+    return c
+
+
+def expect_close(c, want, what=""):
+    """The next message is a close with code want; then the server ends TCP."""
+    try:
+        code, reason = c.expect_close()
+    except WsClosed as e:
+        raise AssertionError("%s: TCP closed without a close frame (want %d): %s" % (
+            what, want, e))
+    except socket.timeout:
+        raise AssertionError("%s: no close frame within %ss (want %d)" % (
+            what, c.sock.gettimeout(), want))
+    assert code == want, "%s: close code %s %r, want %d" % (what, code, reason, want)
+    c.wait_tcp_close()
+    return reason
+
+
+def echo_ok(c, text):
+    c.send_text(text)
+    got = c.recv()
+    assert got == (OP_TEXT, text.encode()), "echo of %r: got %r" % (text[:40], got)
+
+
+def status_of(resp):
+    """Status code of a raw HTTP response (bytes), or None."""
+    if not resp.startswith(b"HTTP/1."):
+        return None
+    return int(resp.split(b" ", 2)[1])
+
+
+def headers_of(resp):
+    head = resp.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+    return {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in head)}
+
+
+def get_raw(port, target, extra=b""):
+    req = b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + \
+        extra + b"\r\n"
+    return raw_exchange(port, req, timeout=5)
+
+
+def upgrade_request(port, headers):
+    h = {"Host": "127.0.0.1:%d" % port, "Upgrade": "websocket", "Connection": "Upgrade",
+         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+    h.update(headers)
+    return ("GET / HTTP/1.1\r\n" + "".join("%s: %s\r\n" % kv for kv in h.items()
+                                           if kv[1] is not None) + "\r\n").encode()
+
+
+# ================================================================ messages
+
+@suite.test
+def text_echo_at_max_message_bytes():
+    with host(sets=["max_message_bytes=65536"]) as sh:
+        c = ws(sh)
+        rnd = random.Random(1)
+        text = "".join(rnd.choice("abcdefghij") for _ in range(65536))
+        echo_ok(c, text)
+        # a fragmented message of exactly the limit passes too
+        for i in range(0, 65536, 16384):
+            c.send(OP_TEXT if i == 0 else OP_CONT, text[i:i + 16384], fin=i + 16384 >= 65536)
+        assert c.recv() == (OP_TEXT, text.encode())
+        c.send_text(text + "x")
+        expect_close(c, 1009, "one byte over max_message_bytes")
+
+        c = ws(sh)  # over the limit only when the fragments are added up
+        c.send(OP_TEXT, "a" * 40000, fin=False)
+        c.send(OP_CONT, "b" * 30000, fin=True)
+        expect_close(c, 1009, "fragments adding up to 70000 > 65536")
+
+        c = ws(sh)  # a binary message over the limit
+        c.send(OP_BIN, b"\x00" * 65537)
+        expect_close(c, 1009, "binary one byte over max_message_bytes")
+
+
+@suite.test
+def fragmented_echo_with_interleaved_ping():
+    with host() as sh:
+        c = ws(sh)
+        text = "héllo wörld ✓ ünïcödé " * 40
+        data = text.encode()
+        # 40 fragments cut at arbitrary byte offsets (UTF-8 sequences split
+        # across fragments are fine); a ping after the 20th; all in one write
+        cuts = sorted(random.Random(2).sample(range(1, len(data)), 39))
+        parts = [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
+        wire = b""
+        for i, p in enumerate(parts):
+            wire += WsClient.frame(OP_TEXT if i == 0 else OP_CONT, p, fin=i == len(parts) - 1)
+            if i == 19:
+                wire += WsClient.frame(OP_PING, b"mid-message ping")
+        c.send_raw(wire)
+        fin, rsv, op, payload = c.recv_frame()
+        assert (op, payload) == (OP_PONG, b"mid-message ping"), \
+            "first frame after the interleaved ping should be its pong, got opcode %d %r" % (
+                op, payload[:60])
+        assert c.recv() == (OP_TEXT, data)
+
+        # the same, one fragment per write, awaiting the pong before going on
+        c.send(OP_TEXT, "abc", fin=False)
+        c.send(OP_PING, "p2")
+        assert c.recv_frame()[2:] == (OP_PONG, b"p2")
+        c.send(OP_CONT, "def", fin=False)
+        c.send(OP_CONT, "", fin=False)  # an empty fragment
+        c.send(OP_CONT, "ghi", fin=True)
+        assert c.recv() == (OP_TEXT, b"abcdefghi")
+
+
+@suite.test
+def ping_answered_with_identical_pong():
+    with host() as sh:
+        c = ws(sh)
+        for payload in (b"", b"hello", bytes(range(125)), b"\xff\xfe\x00 not utf-8"):
+            c.send(OP_PING, payload)
+            fin, rsv, op, got = c.recv_frame()
+            assert (fin, rsv, op, got) == (True, 0, OP_PONG, payload), (fin, rsv, op, got)
+        echo_ok(c, "still open")
+        # an unsolicited pong is ignored
+        c.send(OP_PONG, b"unsolicited")
+        echo_ok(c, "after pong")
+
+
+@suite.test
+def protocol_violations_close_1002():
+    cases = [
+        ("unmasked client frame", WsClient.frame(OP_TEXT, "hi", mask=False)),
+        ("RSV1 bit", WsClient.frame(OP_TEXT, "hi", rsv=4)),
+        ("RSV3 bit", WsClient.frame(OP_TEXT, "hi", rsv=1)),
+        ("reserved data opcode 3", WsClient.frame(3, "hi")),
+        ("reserved control opcode 0xB", WsClient.frame(0xB, "hi")),
+        ("fragmented ping", WsClient.frame(OP_PING, "hi", fin=False)),
+        ("control frame over 125 bytes", WsClient.frame(OP_PING, b"x" * 126)),
+        ("continuation without a start", WsClient.frame(OP_CONT, "hi")),
+        ("new text frame inside a fragmented message",
+         WsClient.frame(OP_TEXT, "a", fin=False) + WsClient.frame(OP_TEXT, "b")),
+        ("close frame with a 1-byte payload", WsClient.frame(OP_CLOSE, b"\x03")),
+    ]
+    problems = []
+    with host() as sh:
+        for what, wire in cases:
+            c = ws(sh)
+            c.send_raw(wire)
+            try:
+                expect_close(c, 1002, what)
+            except AssertionError as e:
+                problems.append(str(e))
+            finally:
+                c.shutdown()
+        # the process is unaffected
+        echo_ok(ws(sh), "alive")
+    assert not problems, "\n".join(problems)
+
+
+@suite.test
+def invalid_utf8_closes_1007():
+    with host() as sh:
+        c = ws(sh)
+        c.send(OP_TEXT, b"ok \xff\xfe")
+        expect_close(c, 1007, "invalid byte in a single-frame text")
+
+        c = ws(sh)
+        c.send(OP_TEXT, b"abc\xe2\x82")
+        expect_close(c, 1007, "text message ending inside a UTF-8 sequence")
+
+        # mid-message: the close arrives while the message is incomplete; the
+        # final fragment is never sent
+        c = ws(sh)
+        c.send(OP_TEXT, b"abc", fin=False)
+        c.send(OP_CONT, b"\xc3\x28 rest", fin=False)
+        expect_close(c, 1007, "invalid UTF-8 in the second of three fragments")
+
+        c = ws(sh)  # a surrogate (CESU-8) is not UTF-8
+        c.send(OP_TEXT, b"\xed\xa0\x80")
+        expect_close(c, 1007, "encoded surrogate")
+        echo_ok(ws(sh), "ünïcödé ✓ 𝄞")
+
+
+@suite.test
+def binary_without_on_binary_closes_1003():
+    with host(pol("echo_text.lua")) as sh:
+        c = ws(sh)
+        echo_ok(c, "text is fine")
+        c.send(OP_BIN, b"\x01\x02\x03")
+        expect_close(c, 1003, "binary to a policy without on_binary")
+    with host() as sh:  # echo.lua has on_binary: binary comes back
+        c = ws(sh)
+        c.send(OP_BIN, b"\x00\x01\xff")
+        assert c.recv() == (OP_BIN, b"\x00\x01\xff")
+
+
+@suite.test
+def client_close_is_answered_1000():
+    with host() as sh:
+        c = ws(sh)
+        echo_ok(c, "before close")
+        mark = sh.mark()
+        c.close(1000, b"bye")
+        op, payload = c.recv()
+        assert op == OP_CLOSE, (op, payload)
+        assert struct.unpack("!H", payload[:2])[0] == 1000, payload
+        assert c.wait_tcp_close()
+        sh.wait_log(r"websocket closed 1000 bye", start=mark)
+
+        c = ws(sh)  # a close without a status code is answered too
+        c.close(None)
+        op, payload = c.recv()
+        assert op == OP_CLOSE, (op, payload)
+        assert c.wait_tcp_close()
+
+
+# ================================================================ handshake
+
+@suite.test
+def handshake_missing_key_400():
+    with host() as sh:
+        c = WsClient(sh.port, connect=False, timeout=5)
+        assert c.handshake(headers={"Sec-WebSocket-Key": None}) == 400, c.status
+        assert c.wait_tcp_close()
+        c = WsClient(sh.port, connect=False, timeout=5)
+        assert c.handshake(headers={"Sec-WebSocket-Key": "too-short"}) == 400, c.status
+
+
+@suite.test
+def handshake_version_8_426():
+    with host() as sh:
+        c = WsClient(sh.port, connect=False, timeout=5)
+        assert c.handshake(headers={"Sec-WebSocket-Version": "8"}) == 426, c.status
+        assert c.response_headers.get("sec-websocket-version") == "13", c.response_headers
+        assert c.wait_tcp_close()
+
+
+@suite.test
+def handshake_origin_not_allowed_403():
+    with host(sets=["allowed_origins=https://a.example,https://b.example"]) as sh:
+        c = WsClient(sh.port, connect=False, timeout=5)
+        assert c.handshake(headers={"Origin": "https://evil.example"}) == 403, c.status
+        assert c.wait_tcp_close()
+        for origin in ("https://a.example", "https://b.example"):
+            c = ws(sh, headers={"Origin": origin})
+            echo_ok(c, "from " + origin)
+
+
+@suite.test
+def head_over_max_head_bytes_431():
+    with host() as sh:  # the default, 8 KiB
+        resp = get_raw(sh.port, b"/", b"X-Big: " + b"a" * 9000 + b"\r\n")
+        assert status_of(resp) == 431, resp[:200]
+        resp = raw_exchange(sh.port, upgrade_request(sh.port, {"X-Big": "b" * 9000}), timeout=5)
+        assert status_of(resp) == 431, resp[:200]
+        # just under the limit is fine
+        echo_ok(ws(sh, headers={"X-Pad": "c" * 7000}), "padded handshake")
+
+
+@suite.test
+def incomplete_head_dropped_after_handshake_timeout():
+    with host(sets=["handshake_timeout_ms=500"]) as sh:
+        mark = sh.mark()
+        with socket.create_connection(("127.0.0.1", sh.port), timeout=5) as s:
+            t0 = time.monotonic()
+            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
+            try:
+                data = s.recv(4096)
+            except ConnectionResetError:
+                data = b""
+            except socket.timeout:
+                raise AssertionError("still connected 5 s after a partial head "
+                                     "(handshake_timeout_ms=500)")
+            elapsed = time.monotonic() - t0
+        assert data == b"", "expected the connection dropped, got %r" % data[:200]
+        assert 0.4 <= elapsed < 3, "dropped after %.2fs, want about 0.5s" % elapsed
+        sh.wait_log(r"no complete request head within 500ms", start=mark)
+        echo_ok(ws(sh), "others still served")
+
+
+@suite.test
+def max_connections_503():
+    with host(sets=["max_connections=3"]) as sh:
+        held = [ws(sh) for _ in range(3)]
+        c = WsClient(sh.port, connect=False, timeout=5)
+        assert c.handshake() == 503, c.status
+        assert c.wait_tcp_close()
+        status, _, _ = http_get(sh.port, "/healthz")
+        assert status == 503, "plain HTTP at max_connections: %s" % status
+        for h in held:
+            echo_ok(h, "held")
+        held[0].close()
+        held[0].expect_close(reply=False)
+        held[0].wait_tcp_close()
+        held[0].shutdown()
+
+        def try_open():  # the slot frees once the server has seen the EOF
+            c = WsClient(sh.port, connect=False, timeout=5)
+            if c.handshake() == 101:
+                return c
+            c.shutdown()
+            return None
+        c = wait_until(try_open, timeout=5, what="a slot after one of 3 closed")
+        echo_ok(c, "in the freed slot")
+
+
+# ================================================================ plain HTTP
+
+@suite.test
+def static_files_and_traversal():
+    tmp = tempfile.mkdtemp(prefix="sh-web-")
+    try:
+        web = os.path.join(tmp, "web")
+        os.makedirs(os.path.join(web, "a"))
+        files = {
+            "index.html": b"<!doctype html><title>INDEX-MARK</title>\n",
+            "style.css": b"body { color: red } /* CSS-MARK */\n",
+            "app.js": b"console.log('JS-MARK');\n",
+            "a/page.html": b"<p>PAGE-MARK</p>\n",
+            ".hidden": b"SECRET-HIDDEN\n",
+        }
+        for name, body in files.items():
+            with open(os.path.join(web, name), "wb") as f:
+                f.write(body)
+        with open(os.path.join(tmp, "x"), "wb") as f:  # outside the root
+            f.write(b"SECRET-OUTSIDE\n")
+        with host(sets=["web_root=" + web]) as sh:
+            want = [("/", "text/html", b"INDEX-MARK"),
+                    ("/index.html", "text/html", b"INDEX-MARK"),
+                    ("/style.css", "text/css", b"CSS-MARK"),
+                    ("/app.js", "javascript", b"JS-MARK"),
+                    ("/a/page.html", "text/html", b"PAGE-MARK")]
+            for path, ctype, mark in want:
+                status, headers, body = http_get(sh.port, path)
+                assert status == 200, (path, status)
+                assert mark in body, (path, body)
+                assert ctype in headers.get("content-type", ""), (path, headers)
+            status, _, body = http_get(sh.port, "/missing.html")
+            assert status == 404, status
+            problems = []
+            for target in (b"/../x", b"/%2e%2e/x", b"/%2E%2E/x", b"/a/../../x",
+                           b"/a/%2e%2e/%2e%2e/x", b"/%2e%2e%2fx", b"/..%2fx", b"/a%2f..%2f..%2fx",
+                           b"/..%5cx", b"//etc/passwd", b"/..//..//..//etc/passwd",
+                           b"/%2fetc%2fpasswd", b"/.hidden", b"/%2ehidden", b"/a/../.hidden",
+                           b"/a/./../.hidden"):
+                resp = get_raw(sh.port, target)
+                if b"SECRET" in resp or b"root:" in resp:
+                    problems.append("%s SERVED A FILE OUTSIDE THE ROOT: %r" % (
+                        target.decode(), resp[:300]))
+                elif status_of(resp) != 404:
+                    problems.append("%s: status %s, want 404 (%r)" % (
+                        target.decode(), status_of(resp), resp[:120]))
+            assert not problems, "\n".join(problems)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@suite.test
+def healthz_with_and_without_redis():
+    with Redis() as redis, host(redis=redis) as sh:
+        sh.wait_log(r"redis up")
+        status, headers, body = http_get(sh.port, "/healthz")
+        assert status == 200, (status, body)
+        assert body.strip() == b"ok", body
+    with host(redis=NO_REDIS) as sh:
+        status, _, body = http_get(sh.port, "/healthz")
+        assert status == 503, (status, body)
+
+
+@suite.test
+def metrics_prometheus_text_and_counters_move():
+    with host() as sh:
+        status, headers, body = http_get(sh.port, "/metrics")
+        assert status == 200, status
+        assert headers.get("content-type", "").startswith("text/plain"), headers
+        text = body.decode()
+        assert "# TYPE statushost_connections_current gauge" in text, text[:400]
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, val = line.rpartition(" ")
+                float(val)  # every sample line ends in a number
+                assert name.startswith("statushost_"), line
+        m0 = sh.metrics()
+        for name in ("connections_current", "connections_total", "messages_in_total",
+                     "messages_out_total", "bytes_in_total", "bytes_out_total",
+                     "jobs_started_total", "jobs_completed_total", "jobs_timed_out_total",
+                     "jobs_failed_total", "redis_reconnects_total",
+                     "slow_consumer_closes_total", "lua_errors_total",
+                     'dispatch_seconds_bucket{le="+Inf"}', "dispatch_seconds_sum",
+                     "dispatch_seconds_count"):
+            assert "statushost_" + name in m0, "missing statushost_%s" % name
+        c = ws(sh)
+        for t in ("one", "two", "three"):
+            echo_ok(c, t)
+        m1 = sh.metrics()
+        assert m1["statushost_messages_in_total"] >= m0["statushost_messages_in_total"] + 3, m1
+        assert m1["statushost_messages_out_total"] >= m0["statushost_messages_out_total"] + 3, m1
+        assert m1["statushost_bytes_in_total"] > m0["statushost_bytes_in_total"], m1
+        assert m1["statushost_bytes_out_total"] > m0["statushost_bytes_out_total"], m1
+        assert m1["statushost_connections_total"] >= m0["statushost_connections_total"] + 2, m1
+        # the WebSocket and this /metrics request
+        assert m1["statushost_connections_current"] >= 2, m1
+        if "statushost_websockets_current" in m1:
+            assert m1["statushost_websockets_current"] == 1, m1
+
+
+# ================================================================ Lua faults
+
+@suite.test
+def lua_error_closes_only_that_connection_1011():
+    with host(pol("faulty.lua")) as sh:
+        a, b = ws(sh), ws(sh)
+        echo_ok(a, "hello")
+        mark = sh.mark()
+        a.send_text("boom")
+        expect_close(a, 1011, "error() in on_message")
+        sh.wait_log(r"lua error in on_message.*boom requested by the client.*stack traceback",
+                    start=mark)
+        echo_ok(b, "the other connection keeps echoing")
+        echo_ok(ws(sh), "and new ones open")
+        assert sh.metrics()["statushost_lua_errors_total"] >= 1
+
+
+@suite.test
+def endless_loop_closes_only_that_connection_1011():
+    with host(pol("faulty.lua"), sets=["lua_max_instructions=100000"]) as sh:
+        a, b = ws(sh), ws(sh)
+        mark = sh.mark()
+        t0 = time.monotonic()
+        a.send_text("loop")
+        expect_close(a, 1011, "while true do end in on_message")
+        assert time.monotonic() - t0 < 3
+        sh.wait_log(r"lua error in on_message.*instruction budget", start=mark)
+        echo_ok(b, "unaffected")
+        echo_ok(ws(sh), "new connection unaffected")
+
+
+@suite.test
+def on_handshake_refuses_401_before_upgrade():
+    with host(pol("handshake_auth.lua")) as sh:
+        for path in ("/", "/?token=bad"):
+            c = WsClient(sh.port, connect=False, timeout=5)
+            assert c.handshake(path) == 401, (path, c.status)
+            assert "upgrade" not in c.response_headers, c.response_headers
+            assert "sec-websocket-accept" not in c.response_headers, c.response_headers
+            assert c.wait_tcp_close()
+        c = ws(sh, path="/?token=good")
+        echo_ok(c, "authorised")
+
+
+# ================================================================ waits
+
+@suite.test
+def sleep_then_send_and_disconnect_during_sleep():
+    with host(pol("waits.lua")) as sh:
+        a = ws(sh)
+        a.send_text("x")
+        op, payload = a.recv()
+        assert op == OP_TEXT, (op, payload)
+        word, text, ok, waited = payload.decode().split(":")
+        assert (word, text, ok) == ("slept", "x", "true"), payload
+        assert int(waited) >= 45, "host.sleep(50) returned after %s ms" % waited
+
+        # a client that leaves during a long sleep: its task ends at once
+        b = ws(sh)
+        mark = sh.mark()
+        b.send_text("long")
+        sh.wait_log(r"waits: sleeping long", start=mark)
+        b.shutdown()
+        sh.wait_log(r"waits: long sleep ended: nil closed", start=mark, timeout=5)
+
+        # and one that leaves during the 50 ms sleep
+        c = ws(sh)
+        c.send_text("y")
+        c.shutdown()
+        wait_until(lambda: sh.metrics()["statushost_lua_tasks_current"] == 0, timeout=5,
+                   what="lua_tasks_current back to 0")
+        echo_ok_prefix = a
+        echo_ok_prefix.send_text("z")
+        assert echo_ok_prefix.recv()[1].startswith(b"slept:z:true:")
+
+
+@suite.test
+def timer_and_cancel():
+    with host(pol("waits.lua")) as sh:
+        c = ws(sh)
+        c.send_text("timers")
+        assert c.recv() == (OP_TEXT, b"cancel:true,false")
+        # timer A (40 ms) was cancelled: the next message is B's (80 ms)
+        assert c.recv() == (OP_TEXT, b"B")
+        c.send_text("x")  # nothing else arrived in between
+        assert c.recv()[1].startswith(b"slept:x:true:")
+        wait_until(lambda: sh.metrics()["statushost_lua_tasks_current"] == 0, timeout=5,
+                   what="lua_tasks_current back to 0")
+
+
+# ================================================================ load
+
+@suite.test
+def thousand_connections_release_everything():
+    n = 1000
+    with Redis() as redis, host(redis=redis) as sh:
+        sh.wait_log(r"redis up")
+        fds0, rss0 = sh.fd_count(), sh.rss_kb()
+        clients = []
+        for i in range(n):
+            clients.append(WsClient(sh.port, timeout=10))
+            assert clients[-1].status == 101, (i, clients[-1].status)
+        m = sh.metrics()
+        assert m["statushost_connections_current"] >= n, m["statushost_connections_current"]
+        rss_peak = sh.rss_kb()
+        for i, c in enumerate(clients):
+            c.send_text("msg %d" % i)
+        for i, c in enumerate(clients):
+            assert c.recv() == (OP_TEXT, b"msg %d" % i), i
+        for c in clients:
+            c.close(1000)
+        for c in clients:
+            op, payload = c.recv()
+            assert op == OP_CLOSE and payload[:2] == b"\x03\xe8", (op, payload)
+            c.wait_tcp_close()
+            c.shutdown()
+
+        def drained():
+            m = sh.metrics()
+            # this /metrics request is the one connection left
+            return (m["statushost_connections_current"] == 1 and
+                    m["statushost_lua_tasks_current"] == 0)
+        wait_until(drained, timeout=10, what="connections_current 1 (this request), tasks 0")
+        last = []
+
+        def fds_back():
+            last[:] = [sh.fd_count()]
+            return last[0] == fds0
+        try:
+            wait_until(fds_back, timeout=5, what="fd count back to the baseline")
+        except AssertionError:
+            raise AssertionError("fds: %d before, %d after 1000 connections" % (fds0, last[0]))
+        rss1 = sh.rss_kb()
+        print("     fds %d -> %d; RSS %d kB before, %d kB with %d open, %d kB after" % (
+            fds0, sh.fd_count(), rss0, rss_peak, n, rss1), flush=True)
+        assert rss1 < rss0 + 64 * 1024, "RSS grew from %d to %d kB" % (rss0, rss1)
+        echo_ok(ws(sh), "still serving")
+
+
+# ================================================================ signals
+
+@suite.test
+def sigterm_closes_1001_and_exits_0():
+    sh = host(sets=["shutdown_grace_ms=3000"])
+    try:
+        a, b = ws(sh), ws(sh)
+        echo_ok(a, "before SIGTERM")
+        sh.signal(signal.SIGTERM)
+        sh.wait_log(r"shutting down")
+        expect_close(a, 1001, "SIGTERM")
+        expect_close(b, 1001, "SIGTERM")
+        rc = sh.wait_exit(10)
+        assert rc == 0, "exit status %s after SIGTERM:\n%s" % (rc, sh.log_text())
+        try:
+            socket.create_connection(("127.0.0.1", sh.port), timeout=2).close()
+            raise AssertionError("still accepting after exit")
+        except ConnectionRefusedError:
+            pass
+    finally:
+        sh.stop()
+
+
+@suite.test
+def sigterm_with_a_client_that_never_answers_exits_0():
+    sh = host(sets=["shutdown_grace_ms=500"])
+    try:
+        a = ws(sh)
+        sh.signal(signal.SIGTERM)
+        op, payload = a.recv()  # the 1001, which this client does not answer
+        assert op == OP_CLOSE and payload[:2] == struct.pack("!H", 1001), (op, payload)
+        t0 = time.monotonic()
+        rc = sh.wait_exit(10)
+        assert rc == 0, rc
+        assert time.monotonic() - t0 < 5, "exit took %.1fs with a 500 ms grace" % (
+            time.monotonic() - t0)
+    finally:
+        sh.stop()
+
+
+def versioned_script(tmp, version):
+    with open(pol("versioned.lua")) as f:
+        src = f.read().replace("VERSION", version)
+    path = os.path.join(tmp, "policy.lua")
+    with open(path + ".new", "w") as f:
+        f.write(src)
+    os.replace(path + ".new", path)
+    return path
+
+
+@suite.test
+def sighup_reload_new_connections_get_new_policy():
+    tmp = tempfile.mkdtemp(prefix="sh-reload-")
+    try:
+        script = versioned_script(tmp, "v1")
+        with host(script) as sh:
+            old = ws(sh)
+            old.send_text("a")
+            assert old.recv() == (OP_TEXT, b"v1:a")
+            versioned_script(tmp, "v2")
+            mark = sh.mark()
+            sh.signal(signal.SIGHUP)
+            sh.wait_log(r"reloaded", start=mark)
+            new = ws(sh)
+            new.send_text("b")
+            assert new.recv() == (OP_TEXT, b"v2:b")
+            old.send_text("c")
+            assert old.recv() == (OP_TEXT, b"v1:c"), "a live connection keeps its policy"
+            m = sh.metrics()
+            if "statushost_reloads_total" in m:
+                assert m["statushost_reloads_total"] == 1, m
+            old.close()
+            assert old.recv()[0] == OP_CLOSE
+            new.send_text("d")
+            assert new.recv() == (OP_TEXT, b"v2:d")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@suite.test
+def sighup_broken_script_keeps_old_policy():
+    tmp = tempfile.mkdtemp(prefix="sh-reload-")
+    try:
+        script = versioned_script(tmp, "v1")
+        with host(script) as sh:
+            live = ws(sh)
+            with open(script, "w") as f:
+                f.write("return {\n  on_message = function(conn, text)\n")  # unfinished
+            mark = sh.mark()
+            sh.signal(signal.SIGHUP)
+            sh.wait_log(r"reload failed.*policy\.lua", start=mark)
+            live.send_text("a")
+            assert live.recv() == (OP_TEXT, b"v1:a")
+            fresh = ws(sh)
+            fresh.send_text("b")
+            assert fresh.recv() == (OP_TEXT, b"v1:b"), "new connections keep the old policy"
+            # a script that loads but is invalid fails the same way
+            with open(script, "w") as f:
+                f.write("return { on_message = 42 }\n")
+            mark = sh.mark()
+            sh.signal(signal.SIGHUP)
+            sh.wait_log(r"reload failed.*on_message", start=mark)
+            fresh2 = ws(sh)
+            fresh2.send_text("c")
+            assert fresh2.recv() == (OP_TEXT, b"v1:c")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    suite.run()

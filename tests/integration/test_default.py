@@ -1,0 +1,594 @@
+#!/usr/bin/env python3
+"""scripts/default.lua end to end (SPEC §1, §5): real redis-server, a real remote
+worker (examples/remote_worker.lua or tests/integration/workers/test_worker.lua, both
+running on statushost), real statushost running the default policy.
+
+    python3 tests/integration/test_default.py [test_name ...]
+"""
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (Redis, Statushost, WsClient, WsClosed, Suite, http_get,  # noqa: E402
+                     free_port, wait_until, _resp_encode, _resp_read, OP_TEXT, OP_CLOSE)
+
+S = Suite("test_default")
+POLICY = "scripts/default.lua"
+SEED_WORKER = "examples/remote_worker.lua"
+TEST_WORKER = "tests/integration/workers/test_worker.lua"
+DONE = "已完成"
+
+_redis = None
+
+
+def redis():
+    """One redis-server for the whole file (every statushost has its own channels)."""
+    global _redis
+    if _redis is None:
+        _redis = Redis()
+    return _redis
+
+
+def worker(script=SEED_WORKER, *sets):
+    return Statushost(script, redis=redis(), sets=list(sets))
+
+
+def remote_url(port):
+    return "remote_url=http://127.0.0.1:%d/remote/message" % port
+
+
+def server(remote_port, *sets, redis_url=None):
+    return Statushost(POLICY, redis=redis_url or redis(), sets=[remote_url(remote_port)] + list(sets))
+
+
+def batch(n, base=10000, numeric=False):
+    return [{"id": (base + i) if numeric else str(base + i), "status": "进行中"} for i in range(n)]
+
+
+def done_payload(task_id):
+    """The worker's exact format (json.encode of the id, then the done status)."""
+    return ('{"id":%s,"status":"%s"}' % (json.dumps(task_id), DONE)).encode()
+
+
+def conn_id(sh, mark):
+    """The connection id (fid) of the next WebSocket opened after mark."""
+    return sh.wait_log(r"\[([0-9a-f]+)\] websocket open from", start=mark).group(1)
+
+
+def numsub(channel):
+    r = redis().cmd("PUBSUB", "NUMSUB", channel)
+    return int(r[1])
+
+
+def expect_error(ws, code):
+    msg = ws.recv_json()
+    assert isinstance(msg, dict) and msg.get("error") == code, "want error %s, got %r" % (code, msg)
+    assert isinstance(msg.get("message"), str), msg
+    return msg
+
+
+def run_job(port, tasks, timeout=20):
+    """One client, one job to completion → (frames, close code). Asserts the close."""
+    ws = WsClient(port, timeout=timeout)
+    try:
+        ws.send_json(tasks)
+        frames = []
+        while True:
+            op, payload = ws.recv()
+            if op == OP_CLOSE:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                try:
+                    ws.send(OP_CLOSE, payload[:2])
+                except OSError:
+                    pass
+                return frames, code
+            assert op == OP_TEXT, (op, payload)
+            frames.append(payload)
+    finally:
+        ws.shutdown()
+
+
+def check_complete(tasks, frames, code):
+    """Every task got exactly one done update, then 1000."""
+    assert code == 1000, "close %s after %d frames: %r" % (code, len(frames), frames[-3:])
+    ids = []
+    for f in frames:
+        m = json.loads(f)
+        assert "error" not in m, m
+        ids.append(m["id"])
+    want = sorted(str(t["id"]) for t in tasks)
+    assert sorted(str(i) for i in ids) == want, "ids %r != %r" % (sorted(ids), want)
+
+
+class PSubscriber:
+    """PSUBSCRIBE ws:fid:* on its own connection; collects (channel, payload bytes)."""
+
+    def __init__(self, port, pattern="ws:fid:*"):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.f = self.sock.makefile("rb")
+        self.sock.sendall(_resp_encode(("PSUBSCRIBE", pattern)))
+        _resp_read(self.f)  # confirmation
+        self.msgs = []
+        self.cv = threading.Condition()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        try:
+            while True:
+                m = _resp_read(self.f)
+                if m and m[0] == "pmessage":
+                    p = m[3] if isinstance(m[3], bytes) else m[3].encode()
+                    with self.cv:
+                        self.msgs.append((m[2], p))
+                        self.cv.notify_all()
+        except (OSError, ValueError):
+            pass
+
+    def wait_for(self, channel, n, timeout=10):
+        deadline = time.monotonic() + timeout
+        with self.cv:
+            while True:
+                got = [p for c, p in self.msgs if c == channel]
+                if len(got) >= n:
+                    return got
+                left = deadline - time.monotonic()
+                assert left > 0, "only %d of %d messages on %s" % (len(got), n, channel)
+                self.cv.wait(left)
+
+    def close(self):
+        self.sock.close()
+
+
+# ---------------------------------------------------------------- the job
+
+@S.test
+def ten_tasks_verbatim_then_1000():
+    """10 tasks: exactly 10 update frames, each byte-for-byte what the worker published
+    on ws:fid:<fid>, in publish order, then close 1000."""
+    sub = PSubscriber(redis().port)
+    with worker(SEED_WORKER, "tick_ms=30", "complete_probability=0.3") as w, \
+            server(w.port) as sh:
+        mark = sh.mark()
+        tasks = batch(10, base=12340)
+        frames, code = run_job(sh.port, tasks)
+        fid = conn_id(sh, mark)
+        channel = "ws:fid:" + fid
+        w.wait_log(r"job for %s 10 tasks" % channel)
+        published = sub.wait_for(channel, 10)
+        assert len(frames) == 10, "%d frames: %r" % (len(frames), frames)
+        assert frames == published, "frames %r != published %r" % (frames, published)
+        assert sorted(frames) == sorted(done_payload(t["id"]) for t in tasks), frames
+        assert code == 1000, code
+        wait_until(lambda: numsub(channel) == 0, 2, what="NUMSUB %s = 0" % channel)
+    sub.close()
+
+
+@S.test
+def numeric_ids_with_seed_worker():
+    """ids as JSON numbers: the worker echoes them as numbers and they match."""
+    with worker(SEED_WORKER, "tick_ms=20", "complete_probability=0.5") as w, server(w.port) as sh:
+        tasks = batch(10, base=54320, numeric=True)
+        frames, code = run_job(sh.port, tasks)
+        check_complete(tasks, frames, code)
+        assert sorted(frames) == sorted(done_payload(t["id"]) for t in tasks), frames
+
+
+@S.test
+def numeric_and_string_ids_match_foreign_updates_dropped():
+    """An update matches its task whether the id is a number or a string; an update for
+    an id outside the job (or not a JSON object) is dropped, never forwarded."""
+    with worker(TEST_WORKER, "mode=partial", "complete_count=0", "tick_ms=200") as w, \
+            server(w.port) as sh:
+        mark = sh.mark()
+        ws = WsClient(sh.port)
+        ws.send_json([{"id": 12345, "status": "进行中"}, {"id": "23456", "status": "进行中"},
+                      {"id": 777}])
+        fid = conn_id(sh, mark)
+        channel = "ws:fid:" + fid
+        w.wait_log(r"job for %s 3 tasks" % channel)
+        r = redis()
+        foreign = [b'{"id":"99999","status":"' + DONE.encode() + b'"}',
+                   b'{"id":99999,"status":"' + DONE.encode() + b'"}',
+                   b'not json at all', b'[1,2,3]', b'{"status":"' + DONE.encode() + b'"}',
+                   b'"12345"', b'{"id":true,"status":"x"}']
+        for p in foreign:
+            assert r.cmd("PUBLISH", channel, p) == 1
+        mine = [b'{"id":"12345","status":"' + DONE.encode() + b'"}',   # number in job, string here
+                b'{"id":23456,"status":"' + DONE.encode() + b'"}',     # string in job, number here
+                b'{"id":777.0,"status":"' + DONE.encode() + b'"}']     # integral float
+        for p in mine:
+            r.cmd("PUBLISH", channel, p)
+        got = []
+        while True:
+            op, payload = ws.recv()
+            if op == OP_CLOSE:
+                break
+            got.append(payload)
+        assert got == mine, "forwarded %r" % got
+        assert int.from_bytes(payload[:2], "big") == 1000, payload
+        ws.shutdown()
+        sh.wait_log(r"dropped an update", start=mark)
+
+
+@S.test
+def non_done_status_is_forwarded_but_not_counted():
+    """An update with a status outside done_statuses is forwarded and does not finish
+    the task; a later done update does."""
+    with worker(TEST_WORKER, "mode=partial", "complete_count=0") as w, server(w.port) as sh:
+        mark = sh.mark()
+        ws = WsClient(sh.port)
+        ws.send_json([{"id": "a1"}, {"id": "a2"}])
+        channel = "ws:fid:" + conn_id(sh, mark)
+        w.wait_log(r"job for %s 2 tasks" % channel)
+        r = redis()
+        seq = [b'{"id":"a1","status":"\xe8\xbf\x9b\xe8\xa1\x8c\xe4\xb8\xad"}',  # 进行中
+               b'{"id":"a1","status":"done"}', b'{"id":"a1","status":"done"}',
+               b'{"id":"a2","status":"completed"}']
+        for p in seq:
+            r.cmd("PUBLISH", channel, p)
+        got = []
+        while True:
+            op, payload = ws.recv()
+            if op == OP_CLOSE:
+                break
+            got.append(payload)
+        assert got == seq, got
+        assert int.from_bytes(payload[:2], "big") == 1000
+        ws.shutdown()
+
+
+# ---------------------------------------------------------------- load
+
+def _pool(nthreads, fn):
+    errors = []
+
+    def run(i):
+        try:
+            fn(i)
+        except Exception as e:  # noqa: BLE001
+            errors.append("client %d: %r" % (i, e))
+
+    ts = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(nthreads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    return errors
+
+
+@S.test
+def thousand_jobs_worker_publishes_before_answering():
+    """immediate mode: the worker publishes every update before it answers the POST.
+    1,000 jobs (50 concurrent clients x 20 jobs), no update lost."""
+    with worker(SEED_WORKER, "immediate=true") as w, server(w.port) as sh:
+        t0 = time.monotonic()
+        lost = []
+
+        def client(i):
+            for j in range(20):
+                tasks = batch(5, base=(i * 20 + j) * 10 + 100000)
+                frames, code = run_job(sh.port, tasks)
+                try:
+                    check_complete(tasks, frames, code)
+                except AssertionError as e:
+                    lost.append(str(e))
+        errors = _pool(50, client)
+        assert not errors, errors[:5]
+        assert not lost, "%d jobs lost updates, e.g. %s" % (len(lost), lost[:3])
+        m = sh.metrics()
+        assert m["statushost_jobs_started_total"] == 1000, m["statushost_jobs_started_total"]
+        assert m["statushost_jobs_completed_total"] == 1000, m["statushost_jobs_completed_total"]
+        print("     1000 jobs in %.1fs" % (time.monotonic() - t0))
+
+
+def _clients_of(instance):
+    lines = redis().cmd("CLIENT", "LIST").splitlines()
+    names = [dict(kv.split("=", 1) for kv in l.split() if "=" in kv).get("name", "") for l in lines]
+    return sorted(n for n in names if n.startswith("statushost-%s" % instance)), len(lines)
+
+
+@S.test
+def five_hundred_concurrent_jobs_two_redis_connections():
+    """500 concurrent jobs, seed-like worker at 20 ms ticks: all complete, and Redis
+    sees exactly two connections from the statushost server (-cmd and -sub) throughout."""
+    with worker(SEED_WORKER, "tick_ms=20", "complete_probability=0.25") as w, server(w.port) as sh:
+        inst = sh.wait_log(r"\(instance ([0-9a-f]+)\)").group(1)
+        winst = w.wait_log(r"\(instance ([0-9a-f]+)\)").group(1)
+        n = 500
+        connected = threading.Barrier(n + 1, timeout=60)
+        go = threading.Event()
+        first_frame = threading.Semaphore(0)
+        results = [None] * n
+
+        def client(i):
+            ws = WsClient(sh.port, timeout=60)
+            try:
+                connected.wait()
+                go.wait(60)
+                tasks = batch(10, base=1000000 + i * 100)
+                ws.send_json(tasks)
+                frames = []
+                while True:
+                    op, payload = ws.recv()
+                    if op == OP_CLOSE:
+                        code = int.from_bytes(payload[:2], "big")
+                        ws.send(OP_CLOSE, payload[:2])
+                        break
+                    if not frames:
+                        first_frame.release()
+                    frames.append(payload)
+                check_complete(tasks, frames, code)
+                results[i] = True
+            finally:
+                ws.shutdown()
+
+        errors = []
+        threads = []
+        for i in range(n):
+            def run(i=i):
+                try:
+                    client(i)
+                except Exception as e:  # noqa: BLE001
+                    errors.append("client %d: %r" % (i, e))
+            t = threading.Thread(target=run, daemon=True)
+            t.start()
+            threads.append(t)
+        connected.wait()
+        # all 500 WebSockets open
+        mine, total = _clients_of(inst)
+        assert mine == ["statushost-%s-cmd" % inst, "statushost-%s-sub" % inst], mine
+        assert sh.metrics()["statushost_websockets_current"] == n
+        go.set()
+        # mid-run: jobs live (first frames arriving), still two connections
+        for _ in range(n // 2):
+            assert first_frame.acquire(timeout=60), "first frames not arriving"
+        mine, total_mid = _clients_of(inst)
+        assert mine == ["statushost-%s-cmd" % inst, "statushost-%s-sub" % inst], mine
+        wmine, _ = _clients_of(winst)
+        assert len(wmine) == 2, wmine
+        live = redis().cmd("PUBSUB", "CHANNELS", "ws:fid:%s*" % inst)
+        assert total_mid <= total + 1, (total, total_mid)  # no growth with the WebSocket count
+        for t in threads:
+            t.join(120)
+        assert not errors, "%d clients failed, e.g. %s" % (len(errors), errors[:3])
+        assert all(results), results.count(None)
+        m = sh.metrics()
+        assert m["statushost_jobs_completed_total"] == n, m["statushost_jobs_completed_total"]
+        print("     %d channels live mid-run; %d Redis clients in all" % (len(live), total_mid))
+
+
+# ---------------------------------------------------------------- errors (SPEC §5 table)
+
+INVALID = [
+    ("not JSON", "{\"id\":"),
+    ("not JSON (text)", "hello"),
+    ("a string", "\"[{\\\"id\\\":\\\"1\\\"}]\""),
+    ("a number", "42"),
+    ("null", "null"),
+    ("empty array", "[]"),
+    ("object, not array", "{\"id\":\"1\",\"status\":\"x\"}"),
+    ("object with index keys", "{\"1\":{\"id\":\"1\"}}"),
+    ("array of non-objects", "[1,2,3]"),
+    ("array of strings", "[\"12345\"]"),
+    ("id missing", "[{\"status\":\"进行中\"}]"),
+    ("id empty string", "[{\"id\":\"\"}]"),
+    ("id boolean", "[{\"id\":true}]"),
+    ("id null", "[{\"id\":null}]"),
+    ("id nested object", "[{\"id\":{\"a\":1}}]"),
+    ("id nested array", "[{\"id\":[1]}]"),
+    ("one bad id among good", "[{\"id\":\"1\"},{\"id\":\"2\"},{\"id\":false}]"),
+    ("duplicate string ids", "[{\"id\":\"1\"},{\"id\":\"2\"},{\"id\":\"1\"}]"),
+    ("duplicate numeric ids", "[{\"id\":7},{\"id\":7}]"),
+    ("duplicate number and string", "[{\"id\":7},{\"id\":\"7\"}]"),
+    ("too many tasks (6 > max_tasks 5)", json.dumps(batch(6))),
+]
+
+
+@S.test
+def invalid_messages_stay_open_then_valid_batch_completes():
+    """Every invalid_message row: error frame, connection stays open; then a valid batch
+    (exactly max_tasks) on the same connection completes with 1000."""
+    with worker(SEED_WORKER, "tick_ms=20", "complete_probability=0.5") as w, \
+            server(w.port, "max_tasks=5") as sh:
+        ws = WsClient(sh.port)
+        for what, text in INVALID:
+            ws.send_text(text)
+            try:
+                expect_error(ws, "invalid_message")
+            except (AssertionError, WsClosed) as e:
+                raise AssertionError("%s (%r): %s" % (what, text, e))
+        m = sh.metrics()
+        assert m["statushost_jobs_started_total"] == 0, m
+        tasks = batch(5)
+        ws.send_json(tasks)
+        frames = []
+        while True:
+            op, payload = ws.recv()
+            if op == OP_CLOSE:
+                break
+            frames.append(payload)
+        check_complete(tasks, frames, int.from_bytes(payload[:2], "big"))
+        ws.shutdown()
+
+
+@S.test
+def busy_while_a_job_runs():
+    """A batch (valid or not) while a job runs → busy, stays open; the job still completes."""
+    with worker(TEST_WORKER, "mode=partial", "complete_count=0") as w, server(w.port) as sh:
+        mark = sh.mark()
+        ws = WsClient(sh.port)
+        tasks = batch(3)
+        ws.send_json(tasks)
+        channel = "ws:fid:" + conn_id(sh, mark)
+        w.wait_log(r"job for %s 3 tasks" % channel)
+        ws.send_json(batch(2, base=50000))
+        expect_error(ws, "busy")
+        ws.send_json(tasks)
+        expect_error(ws, "busy")
+        ws.send_text("[]")
+        expect_error(ws, "busy")
+        for t in tasks:
+            redis().cmd("PUBLISH", channel, done_payload(t["id"]))
+        frames = [ws.recv_text().encode() for _ in tasks]
+        assert frames == [done_payload(t["id"]) for t in tasks], frames
+        code, _ = ws.expect_close()
+        assert code == 1000, code
+        ws.shutdown()
+
+
+@S.test
+def redis_unavailable_1013():
+    """Redis port with nothing listening → unavailable, close 1013; /healthz 503."""
+    dead = "redis://127.0.0.1:%d" % free_port()
+    with Statushost(POLICY, redis=dead, sets=[remote_url(free_port())]) as sh:
+        assert http_get(sh.port, "/healthz")[0] == 503
+        ws = WsClient(sh.port)
+        ws.send_json(batch(3))
+        expect_error(ws, "unavailable")
+        code, _ = ws.expect_close()
+        assert code == 1013, code
+        ws.shutdown()
+        m = sh.metrics()
+        assert m["statushost_jobs_failed_total"] == 1, m["statushost_jobs_failed_total"]
+        assert m["statushost_jobs_started_total"] == 0, m["statushost_jobs_started_total"]
+
+
+def _dispatch_failed(sh, tasks=None):
+    mark = sh.mark()
+    ws = WsClient(sh.port)
+    ws.send_json(tasks or batch(4))
+    channel = "ws:fid:" + conn_id(sh, mark)
+    msg = expect_error(ws, "dispatch_failed")
+    code, _ = ws.expect_close()
+    assert code == 1011, code
+    ws.shutdown()
+    wait_until(lambda: numsub(channel) == 0, 1, what="NUMSUB %s = 0" % channel)
+    return msg
+
+
+@S.test
+def remote_refused_1011():
+    """remote_url to a closed port → dispatch_failed, close 1011."""
+    with server(free_port()) as sh:
+        _dispatch_failed(sh)
+        m = sh.metrics()
+        assert m["statushost_jobs_started_total"] == 1, m
+        assert m["statushost_jobs_failed_total"] == 1, m
+        assert m["statushost_dispatch_seconds_count"] == 0, m
+
+
+@S.test
+def remote_500_1011():
+    """remote answering 500 → dispatch_failed, close 1011; the dispatch is observed."""
+    with worker(TEST_WORKER, "mode=status", "status=500") as w, server(w.port) as sh:
+        msg = _dispatch_failed(sh)
+        assert "500" in msg["message"], msg
+        w.wait_log(r"job for ws:fid:")
+        m = sh.metrics()
+        assert m["statushost_jobs_failed_total"] == 1, m
+        assert m["statushost_dispatch_seconds_count"] == 1, m
+
+
+@S.test
+def remote_500_with_retries_1011():
+    """dispatch_retries=2 against a 500 remote: three POSTs, then dispatch_failed + 1011."""
+    with worker(TEST_WORKER, "mode=status", "status=503") as w, \
+            server(w.port, "dispatch_retries=2") as sh:
+        _dispatch_failed(sh)
+        assert sh.metrics()["statushost_dispatch_seconds_count"] == 3
+        wait_until(lambda: w.log_text().count("job for ws:fid:") == 3, 2, what="3 POSTs")
+
+
+@S.test
+def remote_404_1011():
+    """any non-2xx (here 404) → dispatch_failed, close 1011."""
+    with worker(TEST_WORKER, "mode=status", "status=404") as w, server(w.port) as sh:
+        _dispatch_failed(sh)
+
+
+@S.test
+def remote_never_answers_timeout_4408():
+    """A remote that completes 3 of 7 tasks and never answers, job_timeout_ms=1500 →
+    the 3 updates, then {"error":"timeout","pending":[the other 4]}, close 4408."""
+    with worker(TEST_WORKER, "mode=partial", "complete_count=3", "tick_ms=100") as w, \
+            server(w.port, "job_timeout_ms=1500") as sh:
+        mark = sh.mark()
+        ws = WsClient(sh.port)
+        tasks = [{"id": "t1"}, {"id": 202}, {"id": "t3"}, {"id": "t4"}, {"id": 505},
+                 {"id": "t6"}, {"id": "t7"}]
+        t0 = time.monotonic()
+        ws.send_json(tasks)
+        channel = "ws:fid:" + conn_id(sh, mark)
+        frames = [ws.recv_text().encode() for _ in range(3)]
+        assert frames == [done_payload(t["id"]) for t in tasks[:3]], frames
+        msg = expect_error(ws, "timeout")
+        elapsed = time.monotonic() - t0
+        assert 1.3 <= elapsed <= 4, elapsed
+        assert msg.get("pending") == ["t4", "505", "t6", "t7"] or \
+            msg.get("pending") == ["t4", 505, "t6", "t7"], msg
+        code, _ = ws.expect_close()
+        assert code == 4408, code
+        ws.shutdown()
+        wait_until(lambda: numsub(channel) == 0, 1, what="NUMSUB %s = 0" % channel)
+        m = sh.metrics()
+        assert m["statushost_jobs_timed_out_total"] == 1, m
+        assert m["statushost_jobs_started_total"] == 1, m
+        # the pending POST is released with the connection: the worker sees it closed
+        w.wait_log(r"post cancelled for %s" % channel, timeout=5)
+
+
+# ---------------------------------------------------------------- metrics
+
+@S.test
+def metrics_count_jobs():
+    """/metrics after completed, failed (500), refused and timed-out jobs."""
+    def get(sh):
+        return sh.metrics()
+    with worker(SEED_WORKER, "immediate=true") as ok_w, server(ok_w.port) as ok_sh, \
+            worker(TEST_WORKER, "mode=status", "status=500") as bad_w, server(bad_w.port) as bad_sh, \
+            worker(TEST_WORKER, "mode=partial", "complete_count=1") as slow_w, \
+            server(slow_w.port, "job_timeout_ms=700") as slow_sh:
+        before = get(ok_sh)
+        for k in range(3):
+            tasks = batch(4, base=70000 + k * 10)
+            check_complete(tasks, *run_job(ok_sh.port, tasks))
+        m = get(ok_sh)
+        assert m["statushost_jobs_started_total"] - before["statushost_jobs_started_total"] == 3
+        assert m["statushost_jobs_completed_total"] == 3, m
+        assert m["statushost_jobs_failed_total"] == 0 and m["statushost_jobs_timed_out_total"] == 0
+        assert m["statushost_messages_in_total"] == 3, m
+        assert m["statushost_messages_out_total"] == 12, m
+
+        before = get(bad_sh)
+        _dispatch_failed(bad_sh)
+        _dispatch_failed(bad_sh)
+        m = get(bad_sh)
+        assert m["statushost_jobs_started_total"] == 2, m
+        assert m["statushost_jobs_failed_total"] == 2, m
+        assert m["statushost_jobs_completed_total"] == 0, m
+        assert m["statushost_dispatch_seconds_count"] - before["statushost_dispatch_seconds_count"] == 2
+        assert m['statushost_dispatch_seconds_bucket{le="+Inf"}'] == 2, m
+        assert m["statushost_dispatch_seconds_sum"] >= 0
+
+        frames, code = run_job(slow_sh.port, batch(3))
+        assert code == 4408, code
+        assert json.loads(frames[-1])["error"] == "timeout", frames
+        m = get(slow_sh)
+        assert m["statushost_jobs_started_total"] == 1, m
+        assert m["statushost_jobs_timed_out_total"] == 1, m
+        assert m["statushost_jobs_failed_total"] == 0, m
+        assert m["statushost_lua_errors_total"] == 0, m
+        wait_until(lambda: get(slow_sh)["statushost_lua_tasks_current"] == 0, 1,
+                   what="lua_tasks_current 0")
+
+
+if __name__ == "__main__":
+    try:
+        S.run()
+    finally:
+        if _redis:
+            _redis.stop()
