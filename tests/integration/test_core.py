@@ -31,7 +31,13 @@ NO_REDIS = "redis://127.0.0.1:%d" % free_port()
 
 
 def host(script=ECHO, sets=(), redis=NO_REDIS, **kw):
-    return Statushost(script, redis=redis, sets=list(sets), **kw)
+    """statushost on a free port. Clients a test leaves open would hold the
+    shutdown at the end of its `with` block for the whole grace period: keep
+    that short unless the test sets it."""
+    sets = list(sets)
+    if not any(s.startswith("shutdown_grace_ms=") for s in sets):
+        sets.append("shutdown_grace_ms=300")
+    return Statushost(script, redis=redis, sets=sets, **kw)
 
 
 def pol(name):

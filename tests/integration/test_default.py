@@ -33,16 +33,23 @@ def redis():
     return _redis
 
 
+def ready(sh):
+    """Await the Redis bus: "listening on" comes before Redis is connected, and a job
+    sent in between is (rightly) answered unavailable."""
+    sh.wait_log(r"redis up")
+    return sh
+
+
 def worker(script=SEED_WORKER, *sets):
-    return Statushost(script, redis=redis(), sets=list(sets))
+    return ready(Statushost(script, redis=redis(), sets=list(sets)))
 
 
 def remote_url(port):
     return "remote_url=http://127.0.0.1:%d/remote/message" % port
 
 
-def server(remote_port, *sets, redis_url=None):
-    return Statushost(POLICY, redis=redis_url or redis(), sets=[remote_url(remote_port)] + list(sets))
+def server(remote_port, *sets):
+    return ready(Statushost(POLICY, redis=redis(), sets=[remote_url(remote_port)] + list(sets)))
 
 
 def batch(n, base=10000, numeric=False):
@@ -140,6 +147,10 @@ class PSubscriber:
                 self.cv.wait(left)
 
     def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
 
 
