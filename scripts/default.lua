@@ -76,7 +76,7 @@ local function dispatch(conn, job)
     if res then host.metrics.observe_dispatch(host.now() - started) end
     if res and res.status >= 200 and res.status < 300 then return true end
     why = res and ("remote answered " .. res.status) or err
-    if err == "closed" or (res and res.status < 500) or err == "timeout" then break end
+    if not conn:is_open() or (res and res.status < 500) or err == "timeout" then break end
   end
   return nil, why
 end
@@ -155,15 +155,15 @@ return {
     conn.state.job = job
     job.channel = cfg.channel_prefix .. conn.id
     -- subscribe first, and wait for Redis to confirm: no update can be lost
-    local ok, err = conn:subscribe(job.channel)
+    local ok = conn:subscribe(job.channel)
     if not ok then
-      if err ~= "closed" then finish(conn, job, "unavailable", "redis unavailable") end
+      if conn:is_open() then finish(conn, job, "unavailable", "redis unavailable") end
       return
     end
     host.metrics.inc("jobs_started")
     job.timer = host.timer(cfg.job_timeout_ms, function() finish(conn, job, "timeout") end)
     local sent, failure = dispatch(conn, job)
-    if not sent and not job.finished and failure ~= "closed" then
+    if not sent and not job.finished and conn:is_open() then
       finish(conn, job, "dispatch_failed", failure)
     end
   end,

@@ -16,6 +16,7 @@
 
 #include "log.h"
 #include "lua_host.h"
+#include "redis_bus.h"
 #include "lua_api.h"
 #include "server.h"
 #include "static_files.h"
@@ -322,6 +323,8 @@ static void serve_builtin(sh_conn *c, const sh_request *r, int keep, int head_on
     }
     size_t len;
     sh_metrics m = c->srv->metrics;
+    if (c->srv->bus)
+        m.redis_reconnects = sh_redis_bus_reconnects(c->srv->bus);
     char *text = sh_metrics_render(&m, sh_server_redis_up(c->srv), &len);
     sh_conn_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL, keep,
                     head_only);
@@ -597,8 +600,9 @@ void sh_conn_close(sh_conn *c)
 
 int sh_conn_open(const sh_conn *c)
 {
-    return c->phase == SH_PHASE_WS && c->ws && !c->failed &&
-           !wslay_event_get_close_sent(c->ws) && wslay_event_get_write_enabled(c->ws);
+    return c->phase == SH_PHASE_WS && c->ws && !c->failed && !c->close_queued &&
+           !wslay_event_get_close_received(c->ws) && !wslay_event_get_close_sent(c->ws) &&
+           wslay_event_get_write_enabled(c->ws);
 }
 
 void sh_conn_lua_failed(sh_conn *c)

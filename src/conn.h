@@ -86,6 +86,7 @@ typedef struct sh_conn {
     uint8_t frame_fin;
     sh_buf ctrl;                 /* close frame payload being received */
     int failed;                  /* a protocol failure was queued: ignore further input */
+    int close_queued;            /* our close frame is queued: send no more data */
     uint16_t fix_empty_close;    /* status to put into wslay's status-less close */
     uint16_t close_code;         /* for on_close: received, else sent, else 1006 */
     char close_reason[124];

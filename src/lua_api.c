@@ -202,7 +202,7 @@ static const luaL_Reg conn_methods[] = {
 static const char *current_conn_id(lua_State *L)
 {
     sh_task *t = sh_task_current(L);
-    return t && t->conn ? t->conn->id : NULL;
+    return t && t->log_id[0] ? t->log_id : NULL;
 }
 
 static int log_at(lua_State *L, enum sh_log_level level)
@@ -525,6 +525,7 @@ void sh_api_conn_closing(sh_conn *c, int was_ws)
     sh_task *t = hook_task(c, SH_HOOK_CLOSE, NULL);
     if (!t)
         return;
+    snprintf(t->log_id, sizeof t->log_id, "%s", c->id);
     lua_pushinteger(t->co, c->close_code ? c->close_code : 1006);
     lua_pushstring(t->co, c->close_reason);
     sh_task_start(t, 3, NULL, NULL);

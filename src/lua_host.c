@@ -31,6 +31,9 @@ const char *sh_hook_name(enum sh_hook h) { return hook_names[h]; }
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
+    /* from now on every instruction raises, so a pcall that swallows the
+     * error cannot keep the hook running: the first unprotected frame dies */
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
     luaL_error(L, "instruction budget exceeded (lua_max_instructions)");
 }
 
@@ -291,6 +294,7 @@ sh_task *sh_task_new(sh_gen *g, sh_conn *conn, const char *what)
         g->tasks->gen_prev = t;
     g->tasks = t;
     if (conn) {
+        snprintf(t->log_id, sizeof t->log_id, "%s", conn->id);
         t->conn = conn;
         t->conn_next = conn->tasks;
         if (conn->tasks)
@@ -346,7 +350,7 @@ static void task_error(sh_task *t, const char *msg)
 {
     lua_State *L = t->gen->L;
     luaL_traceback(L, t->co, msg, 0);
-    sh_error(t->conn ? t->conn->id : NULL, "lua error in %s: %s", t->what, lua_tostring(L, -1));
+    sh_error(t->log_id[0] ? t->log_id : NULL, "lua error in %s: %s", t->what, lua_tostring(L, -1));
     lua_pop(L, 1);
     if (t->gen->srv)
         t->gen->srv->metrics.lua_errors++;

@@ -72,6 +72,7 @@ struct sh_task {
     void *done_arg;
     const char *what;              /* hook name for logs */
     int orphaned;                  /* its connection died: new waits fail */
+    char log_id[25];               /* connection id for log lines ("" when none) */
 };
 
 /* Load the script as a new generation: run it, take its table, merge config

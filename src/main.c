@@ -38,6 +38,19 @@ static const char usage[] =
     "\n"
     "signals: SIGTERM/SIGINT close gracefully (1001), SIGHUP reloads the script.\n";
 
+/* Print "statushost: msg" as one line: tracebacks fold into it. */
+static void print_error(const char *msg)
+{
+    fputs("statushost: ", stderr);
+    for (const char *p = msg; *p; p++) {
+        if (*p == '\n')
+            fputs(" | ", stderr);
+        else if (*p != '\t' && *p != '\r')
+            fputc(*p, stderr);
+    }
+    fputc('\n', stderr);
+}
+
 static void die(const char *fmt, const char *arg)
 {
     fprintf(stderr, "statushost: ");
@@ -52,7 +65,7 @@ static int check(const sh_options *o)
     char err[512];
     sh_gen *g;
     if (sh_gen_load(NULL, o->script, o->sets, o->nsets, &g, err, sizeof err) != 0) {
-        fprintf(stderr, "statushost: %s\n", err);
+        print_error(err);
         return 2;
     }
     sh_redis_addr addr;
@@ -153,8 +166,10 @@ int main(int argc, char **argv)
         raise_fd_limit();
         uv_loop_t *loop = uv_default_loop();
         sh_server s;
-        if (sh_server_start(&s, loop, &o) != 0) {
-            fprintf(stderr, "statushost: could not start (see the error above)\n");
+        char err[1024];
+        if (sh_server_start(&s, loop, &o, err, sizeof err) != 0) {
+            print_error(err);
+            sh_server_abort(&s);
             rc = 2;
         } else {
             uv_run(loop, UV_RUN_DEFAULT);

@@ -145,6 +145,7 @@ struct sh_redis_bus {
     unsigned busy;                   /* depth of user callbacks over the registry */
     int up;                          /* both connections ready */
     int ever_up;                     /* has been up at least once */
+    int first_down_reported;         /* on_state(0) sent for a failed first attempt */
     uint64_t reconnects;             /* down→up transitions after the first up */
     int closing;                     /* sh_redis_bus_close was called */
     uv_timer_t close_timer;          /* runs the asynchronous part of close */
@@ -519,6 +520,13 @@ static void conn_schedule_retry(struct conn *c)
     sh_redis_bus *b = c->bus;
     if (b->closing) return;
     uv_timer_start(&c->timer, conn_timer_cb, c->backoff_ms, 0);
+    if (!b->ever_up && !b->first_down_reported && b->on_state) {
+        /* the first attempt failed: say so once, so the owner knows where it stands */
+        b->first_down_reported = 1;
+        busy_enter(b);
+        b->on_state(b->state_arg, 0);
+        busy_leave(b);
+    }
     c->backoff_ms = c->backoff_ms * 2 > b->backoff_max_ms ? b->backoff_max_ms : c->backoff_ms * 2;
 }
 

@@ -66,7 +66,8 @@ typedef struct {
     uint64_t backoff_max_ms; /* cap of the doubling delay; 0 → 5000 */
     uint64_t connect_timeout_ms; /* connect + handshake must finish within this; 0 → 5000 */
     void (*on_state)(void *arg, int up); /* bus became available (1) or unavailable (0);
-                                            never called after sh_redis_bus_close() */
+                                            also (0) once when the very first attempt
+                                            fails; never called after sh_redis_bus_close() */
     void *state_arg;         /* passed to on_state */
 } sh_redis_opts;
 

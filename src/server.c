@@ -28,13 +28,36 @@ static void on_connection(uv_stream_t *l, int status)
     }
     if (s->stopping)
         return;
+    if (!s->accepting) {
+        /* not yet: libuv pauses the listener until uv_accept is called */
+        s->accept_pending = 1;
+        return;
+    }
     sh_conn_accept(s);
 }
 
 static void on_listener_closed(uv_handle_t *h) { (void)h; }
 
-/* Bind host:port (SO_REUSEPORT when asked) and listen; logs the address. */
-static int listen_on(sh_server *s, const sh_config *cfg)
+static void start_listening(sh_server *s)
+{
+    if (s->accepting || s->stopping || !s->listening)
+        return;
+    s->accepting = 1;
+    uv_timer_stop(&s->startup_timer);
+    sh_info(NULL, "listening on %s", s->listen_name);
+    if (s->accept_pending) {
+        s->accept_pending = 0;
+        sh_conn_accept(s); /* the one libuv held back; it resumes the listener */
+    }
+}
+
+static void on_startup_wait(uv_timer_t *h)
+{
+    start_listening(h->data);
+}
+
+/* Bind host:port (SO_REUSEPORT when asked); logs the address once accepting. */
+static int listen_on(sh_server *s, const sh_config *cfg, char *err, size_t errsz)
 {
     struct sockaddr_storage ss;
     int family = strchr(cfg->listen_host, ':') ? AF_INET6 : AF_INET;
@@ -43,12 +66,13 @@ static int listen_on(sh_server *s, const sh_config *cfg)
                  : uv_ip4_addr(strcmp(cfg->listen_host, "localhost") ? cfg->listen_host : "127.0.0.1",
                                cfg->listen_port, (struct sockaddr_in *)&ss);
     if (rc != 0) {
-        sh_error(NULL, "listen %s:%d: not a numeric address", cfg->listen_host, cfg->listen_port);
+        snprintf(err, errsz, "listen %s:%d: not a numeric address", cfg->listen_host,
+                 cfg->listen_port);
         return -1;
     }
     uv_tcp_init_ex(s->loop, &s->listener, (unsigned)family);
     s->listener.data = s;
-    s->listening = 1;
+    s->listening = 1; /* the handle exists: closed by finish() or sh_server_abort() */
     if (cfg->reuseport) {
         uv_os_fd_t fd;
         int one = 1;
@@ -57,7 +81,8 @@ static int listen_on(sh_server *s, const sh_config *cfg)
     }
     if ((rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0)) != 0 ||
         (rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection)) != 0) {
-        sh_error(NULL, "listen %s:%d: %s", cfg->listen_host, cfg->listen_port, uv_strerror(rc));
+        snprintf(err, errsz, "listen %s:%d: %s", cfg->listen_host, cfg->listen_port,
+                 uv_strerror(rc));
         return -1;
     }
     struct sockaddr_storage bound;
@@ -65,20 +90,23 @@ static int listen_on(sh_server *s, const sh_config *cfg)
     uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &len);
     int port = ntohs(family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
                                         : ((struct sockaddr_in *)&bound)->sin_port);
-    sh_info(NULL, "listening on %s%s%s:%d", family == AF_INET6 ? "[" : "", cfg->listen_host,
-            family == AF_INET6 ? "]" : "", port);
+    snprintf(s->listen_name, sizeof s->listen_name, "%s%s%s:%d", family == AF_INET6 ? "[" : "",
+             cfg->listen_host, family == AF_INET6 ? "]" : "", port);
     return 0;
 }
 
 /* ------------------------------------------------------------ redis */
 
+static void start_listening(sh_server *s);
+
 static void on_redis_state(void *arg, int up)
 {
-    (void)arg;
+    sh_server *s = arg;
     if (up)
         sh_info(NULL, "redis up");
     else
         sh_warn(NULL, "redis unavailable: reconnecting");
+    start_listening(s);
 }
 
 int sh_server_redis_up(const sh_server *s)
@@ -125,32 +153,40 @@ static void make_instance_id(sh_server *s)
         snprintf(s->instance + 2 * i, 3, "%02x", r[i]);
 }
 
-int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts)
+int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char *err,
+                    size_t errsz)
 {
-    char err[512];
     memset(s, 0, sizeof *s);
     s->loop = loop;
     s->opts = *opts;
     make_instance_id(s);
-    if (sh_gen_load(s, opts->script, opts->sets, opts->nsets, &s->gen, err, sizeof err) != 0) {
-        sh_error(NULL, "%s", err);
+    if (sh_gen_load(s, opts->script, opts->sets, opts->nsets, &s->gen, err, errsz) != 0)
         return -1;
-    }
     sh_log_set_level((enum sh_log_level)s->gen->cfg.log_level);
     s->read_buf = malloc(SH_READ_BUF_SIZE);
+    sh_redis_addr addr;
+    if (sh_redis_parse_url(s->gen->cfg.redis, &addr) != 0) {
+        snprintf(err, errsz, "redis \"%s\": not a redis:// or unix:// URL", s->gen->cfg.redis);
+        return -1;
+    }
+    if (listen_on(s, &s->gen->cfg, err, errsz) != 0)
+        return -1;
     char name[64];
     snprintf(name, sizeof name, "statushost-%s", s->instance);
     sh_redis_opts ro = {.url = s->gen->cfg.redis, .client_name = name,
                         .on_state = on_redis_state, .state_arg = s};
     int rc = sh_redis_bus_new(loop, &ro, &s->bus);
     if (rc != 0) {
-        sh_error(NULL, "redis %s: %s", s->gen->cfg.redis, sh_redis_strerror(rc));
+        snprintf(err, errsz, "redis \"%s\": %s", s->gen->cfg.redis, sh_redis_strerror(rc));
         return -1;
     }
     sh_http_client_opts ho = {.max_conns_per_host = 1024};
     s->http = sh_http_client_new(loop, &ho);
-    if (listen_on(s, &s->gen->cfg) != 0)
-        return -1;
+    /* accept once Redis has answered its first attempt (up or refused), so a
+     * job arriving at start-up does not race the bus; at most startup_wait */
+    uv_timer_init(loop, &s->startup_timer);
+    s->startup_timer.data = s;
+    uv_timer_start(&s->startup_timer, on_startup_wait, 3000, 0);
     start_signal(s, &s->sig_term, SIGTERM);
     start_signal(s, &s->sig_int, SIGINT);
     start_signal(s, &s->sig_hup, SIGHUP);
@@ -230,6 +266,7 @@ static void finish(sh_server *s)
     }
     uv_timer_stop(&s->grace_timer);
     uv_close((uv_handle_t *)&s->grace_timer, closed_noop);
+    uv_close((uv_handle_t *)&s->startup_timer, closed_noop);
     uv_close((uv_handle_t *)&s->sig_term, closed_noop);
     uv_close((uv_handle_t *)&s->sig_int, closed_noop);
     uv_close((uv_handle_t *)&s->sig_hup, closed_noop);
@@ -270,6 +307,20 @@ void sh_server_conn_gone(sh_server *s, sh_conn *c)
     s->nconns--;
     if (s->stopping && s->nconns == 0 && !s->finished)
         finish(s);
+}
+
+void sh_server_abort(sh_server *s)
+{
+    if (s->listening)
+        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+    s->listening = 0;
+    if (s->bus)
+        sh_redis_bus_close(s->bus, NULL, NULL);
+    s->bus = NULL;
+    if (s->http)
+        sh_http_client_close(s->http, NULL, NULL);
+    s->http = NULL;
+    uv_run(s->loop, UV_RUN_DEFAULT);
 }
 
 void sh_server_free(sh_server *s)

@@ -32,6 +32,10 @@ typedef struct sh_server {
     uv_tcp_t listener;             /* accepting while !stopping */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t grace_timer;        /* shutdown deadline */
+    uv_timer_t startup_timer;      /* accept after this even if Redis has not answered */
+    int accepting;                 /* connections are accepted (Redis answered) */
+    int accept_pending;            /* a connection waits for uv_accept */
+    char listen_name[300];         /* "host:port" actually bound */
     sh_options opts;
     struct sh_gen *gen;            /* current generation: new connections get it */
     struct sh_gen *gens;           /* every live generation (current and old) */
@@ -53,13 +57,17 @@ typedef struct sh_server {
 
 #define SH_READ_BUF_SIZE (64 * 1024)
 
-/* Load the script, bind the listener, connect Redis. Returns 0, or -1 after
- * logging a one-line reason (the caller exits 2). */
-int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts);
+/* Load the script, bind the listener, connect Redis. Returns 0, or -1 with
+ * the reason in err (the caller prints it and exits 2). */
+int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char *err,
+                    size_t errsz);
 
 /* Stop accepting, close every WebSocket with 1001, and tear down once they
  * have gone or the grace period ended. */
 void sh_server_shutdown(sh_server *s);
+
+/* sh_server_start failed: close what it opened and drain the loop. */
+void sh_server_abort(sh_server *s);
 
 /* Release what remains after uv_run returned. */
 void sh_server_free(sh_server *s);

@@ -28,6 +28,25 @@
 
 /* ------------------------------------------------------------ callbacks */
 
+/* The peer does not read: more than max_send_buffer bytes wait to be
+ * written. Drop them, close 1008, and stop reading (its input could only add
+ * more output, e.g. pongs). A single message may take the queue past the
+ * limit; the next one then finds it over. Returns 1 when it closed. */
+static int slow_consumer(sh_conn *c)
+{
+    size_t pending = c->out.len + c->inflight.len;
+    if (pending <= c->gen->cfg.max_send_buffer)
+        return 0;
+    c->srv->metrics.slow_consumer_closes++;
+    sh_warn(c->id, "slow consumer: %zu bytes unsent (max_send_buffer %zu): closing 1008", pending,
+            c->gen->cfg.max_send_buffer);
+    c->out.len = 0; /* unsent frames are dropped; out never holds a partial frame */
+    sh_conn_ws_close(c, 1008, "slow consumer");
+    wslay_event_shutdown_read(c->ws);
+    c->failed = 1;
+    return 1;
+}
+
 static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
                        void *user)
 {
@@ -69,6 +88,7 @@ static void fail(sh_conn *c, uint16_t code, const char *why)
     if (c->failed)
         return;
     c->failed = 1;
+    c->close_queued = 1;
     sh_info(c->id, "closing %u: %s", code, why);
     wslay_event_queue_close(c->ws, code, NULL, 0);
     wslay_event_shutdown_read(c->ws);
@@ -132,8 +152,11 @@ static void on_frame_chunk(wslay_event_context_ptr ctx,
 /* A close frame arrived whole: check its reason, remember code and reason. */
 static void close_frame_end(sh_conn *c)
 {
-    if (c->ctrl.len < 2)
+    if (c->ctrl.len < 2) {
+        if (!c->close_code)
+            c->close_code = 1005; /* RFC 6455 §7.1.5: no status code was present */
         return;
+    }
     if (!sh_utf8_valid((const uint8_t *)c->ctrl.p + 2, c->ctrl.len - 2)) {
         fail(c, 1007, "invalid UTF-8 in a close reason");
         return;
@@ -189,6 +212,7 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
          * anything later input produces (a close queued by wslay jumps ahead
          * of queued control frames and would swallow it) */
         wslay_event_send(ctx);
+        slow_consumer(c);
         return;
     }
     if (arg->opcode == WSLAY_PONG && c->ping_outstanding) {
@@ -347,14 +371,8 @@ int sh_conn_send(sh_conn *c, const char *data, size_t len, int binary)
 {
     if (!sh_conn_open(c))
         return -1;
-    if (c->out.len + c->inflight.len + len > c->gen->cfg.max_send_buffer) {
-        c->srv->metrics.slow_consumer_closes++;
-        sh_warn(c->id, "slow consumer: %zu bytes unsent (max_send_buffer %zu): closing 1008",
-                c->out.len + c->inflight.len + len, c->gen->cfg.max_send_buffer);
-        c->out.len = 0; /* unsent frames are dropped; out never holds a partial frame */
-        sh_conn_ws_close(c, 1008, "slow consumer");
+    if (slow_consumer(c))
         return -1;
-    }
     if (wslay_event_want_write(c->ws))
         wslay_event_send(c->ws); /* control frames queued earlier (a pong) go first */
     put_frame(c, binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME, data, len);
@@ -371,6 +389,7 @@ void sh_conn_ws_close(sh_conn *c, uint16_t code, const char *reason)
     size_t rl = reason ? strlen(reason) : 0;
     if (rl > 123)
         rl = 123;
+    c->close_queued = 1;
     if (wslay_event_queue_close(c->ws, code, (const uint8_t *)reason, rl) == 0 && !c->close_code) {
         c->close_code = code;
         memcpy(c->close_reason, reason ? reason : "", rl);

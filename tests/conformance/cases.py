@@ -324,6 +324,7 @@ def fail_fast(parts, one_frame):
                 if not closed():
                     raise CaseFail("no fail-fast, and no failure after the whole invalid message "
                                    "either | %s" % c.wire())
+                c.pump(ctx.timeout)
                 raise CaseFail("NON-STRICT: the server failed the connection only after the "
                                "message completed, not on the invalid part (%s) | %s"
                                % (c.close_desc(), c.wire()))
@@ -532,10 +533,14 @@ def big_case(opcode, size, pattern, frag=None, chop=None):
             frames = message_frames(opcode, payload, frag)
             if size > ctx.max_message_bytes:
                 t = c.send_background(frames, chop=chop)
-                c.pump(ctx.big_timeout, stop=lambda: c.close_frame is not None)
-                c.pump(ctx.timeout)
+                c.pump(ctx.big_timeout, stop=lambda: c.close_frame is not None or c.events)
+                c.pump(ctx.timeout, stop=lambda: c.events)
                 t.join(1)
-                verdict(c, [], False, [TOO_BIG], False, ctx)
+                try:
+                    verdict(c, [], False, [TOO_BIG], False, ctx)
+                except CaseFail as e:
+                    raise CaseFail("message of %d octets > max_message_bytes=%d: %s"
+                                   % (size, ctx.max_message_bytes, e))
                 return "over max_message_bytes=%d: refused" % ctx.max_message_bytes
             t0 = time.monotonic()
             data = b"".join(frames)
@@ -544,7 +549,10 @@ def big_case(opcode, size, pattern, frag=None, chop=None):
             dt = time.monotonic() - t0
             t.join(1)
             if not c.events:
-                raise CaseFail("no echo within %ss (%s) | %s" % (ctx.big_timeout, c.close_desc(), c.wire()))
+                if c.close_frame is None:
+                    raise CaseFail("no echo within %ss | %s" % (ctx.big_timeout, c.wire()))
+                c.pump(ctx.timeout)
+                raise CaseFail("no echo: the server closed instead (%s) | %s" % (c.close_desc(), c.wire()))
             e = c.events[0]
             if e[0] != "message" or e[2] != (opcode == OP_BIN) or e[1] != payload:
                 raise CaseFail("echo differs: got %s, sent %s %s | %s" % (
@@ -647,6 +655,7 @@ def case_oversize_frame(opcode):
         must close with 1009 without waiting for the payload (we send 4 KiB
         of it, then wait)."""
         c = ctx.connect()
+        c.reply_close = False  # we are inside a frame: a close frame cannot follow yet
         try:
             n = ctx.max_message_bytes + 1
             c.send_raw(frame(opcode, b"*" * 4096, length=n))
@@ -668,8 +677,8 @@ def case_oversize_fragments(ctx):
         t = c.send_background([frame(OP_TEXT, b"*" * first, fin=False),
                                frame(OP_CONT, b"*" * 32, fin=False),
                                frame(OP_CONT, b"*" * 32, fin=True)])
-        c.pump(ctx.big_timeout, stop=lambda: c.close_frame is not None)
-        c.pump(ctx.timeout)
+        c.pump(ctx.big_timeout, stop=lambda: c.close_frame is not None or c.events)
+        c.pump(ctx.timeout, stop=lambda: c.events)
         t.join(1)
         return verdict(c, [], False, [TOO_BIG], False, ctx)
     finally:

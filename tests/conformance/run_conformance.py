@@ -56,6 +56,8 @@ def run_case(case, ctx):
         return True, note, time.monotonic() - t0
     except CaseFail as e:
         return False, str(e), time.monotonic() - t0
+    except OSError as e:  # connection refused/reset outside the verdict: the server is gone?
+        return False, "%s: %s" % (type(e).__name__, e), time.monotonic() - t0
     except Exception as e:  # noqa: BLE001 - a broken case is a failure too
         return False, "%s: %s\n%s" % (type(e).__name__, e, traceback.format_exc()), time.monotonic() - t0
 
@@ -71,6 +73,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the server's reaction")
     ap.add_argument("--settle", type=float, default=1.0, help="Autobahn's in-case waits (5.19, 6.4.x)")
     ap.add_argument("--big-timeout", type=float, default=20.0, help="per-message wait in section 9")
+    ap.add_argument("--budget9", type=float, default=90.0,
+                    help="seconds section 9 may take in all; cases not started by then fail")
     ap.add_argument("--max-message-bytes", type=int, default=None,
                     help="the server's max_message_bytes (default: what we start it with, "
                          "16777216 for echo / 1048576 for default; with --url: 1048576)")
@@ -155,8 +159,12 @@ def main():
         report(order[printed])
         printed += 1
     pool.shutdown(wait=True)
+    t9 = time.monotonic()
     for c in serial:
-        work(c)
+        if time.monotonic() - t9 > args.budget9:
+            results[c.id] = (False, "not run: section 9 exceeded its %gs budget" % args.budget9, 0.0)
+        else:
+            work(c)
         report(c)
 
     # summary

@@ -112,6 +112,9 @@ class Conn:
         self._frag_op = None
         self._frag = []
         self._lock = threading.Lock()
+        self._bg_active = False       # a send_background thread is writing
+        self._deferred_close = None   # close reply to send once it is done
+        self.reply_close = True       # answer the server's close frame (Autobahn does)
         self._handshake(path, headers or {})
 
     # ------------------------------------------------------------ handshake
@@ -190,11 +193,22 @@ class Conn:
 
     def send_background(self, chunks, chop=None, sync=False):
         """Send a list of byte strings from a thread (for payloads so large
-        that the server may close before it has read them all)."""
+        that the server may close before it has read them all). A close
+        reply to the server's close frame is queued behind them, as a
+        transport's write queue would (never inside a frame)."""
+        self._bg_active = True
+
         def run():
-            for c in chunks:
-                if not self.send_raw(c, chop, sync):
-                    break
+            try:
+                for c in chunks:
+                    if not self.send_raw(c, chop, sync):
+                        break
+            finally:
+                with self._lock:
+                    self._bg_active = False
+                    deferred, self._deferred_close = self._deferred_close, None
+                if deferred is not None:
+                    self.send_frame(OP_CLOSE, deferred)
         t = threading.Thread(target=run, daemon=True)
         t.start()
         return t
@@ -315,13 +329,18 @@ class Conn:
                 except UnicodeDecodeError:
                     self._violate("server's close reason is not valid UTF-8: %s" % short(reason))
             self.close_frame = (code, reason, payload)
+            echo = payload[:2] if code is not None else b""  # as Autobahn does: echo the code
             with self._lock:
                 if self.server_closed_first is None:
                     self.server_closed_first = True
-                reply = self.sent_close is None
+                reply = self.sent_close is None and self.reply_close
+                if reply:
+                    self.sent_close = echo
+                    if self._bg_active:
+                        self._deferred_close = echo
+                        reply = False
             if reply:
-                # as Autobahn does: echo the status code back
-                self.send_close(raw=payload[:2] if code is not None else b"")
+                self.send_frame(OP_CLOSE, echo)
         else:
             self._violate("server sent a frame with reserved opcode %d" % op)
 
@@ -390,6 +409,7 @@ def expect(c, ok, by_me, codes, clean, ctx, non_strict=None, close_sent=False,
 def verdict(c, ok, by_me, codes, clean, ctx, non_strict=None, strict_codes=None,
             allow_empty_close=False, events_override=None):
     evs = c.events if events_override is None else events_override
+    want = "/".join(map(str, codes))
     if c.violations:
         raise CaseFail("server violated RFC 6455: %s | %s" % ("; ".join(c.violations), c.wire()))
     if evs != ok:
@@ -399,40 +419,38 @@ def verdict(c, ok, by_me, codes, clean, ctx, non_strict=None, strict_codes=None,
         raise CaseFail("got %s, expected %s | %s"
                        % (describe_events(evs), describe_events(ok), c.wire()))
     if c.tcp is None and not by_me and c.close_frame is None:
-        raise CaseFail("server did not fail the connection (expected close %s) | %s"
-                       % ("/".join(map(str, codes)), c.wire()))
-    if c.tcp is None:
-        raise CaseFail("server did not close the TCP connection (%s; %s) | %s"
-                       % (c.close_desc(), "we sent close %s" % short(c.sent_close)
-                          if c.sent_close is not None else "we sent no close", c.wire()))
+        raise CaseFail("server did not fail the connection (expected close %s) | %s" % (want, c.wire()))
     # who started the close (Autobahn: closedByMe must match)
     if by_me and c.server_closed_first:
         raise CaseFail("the server started the close (%s), expected the client to | %s"
                        % (c.close_desc(), c.wire()))
-    if by_me and c.server_closed_first is None:
-        raise CaseFail("the server dropped the TCP connection before the client closed | %s"
-                       % c.wire())
     if not by_me and not c.server_closed_first and c.sent_close is not None:
         raise CaseFail("the server did not fail the connection; the client had to close | %s"
+                       % c.wire())
+    code = c.close_frame[0] if c.close_frame is not None else None
+    if c.close_frame is not None:
+        if code is not None and code not in codes:
+            raise CaseFail("WRONG CODE: expected close %s, got %s | %s" % (want, c.close_desc(), c.wire()))
+        if ctx.strict_close:
+            sw = "/".join(map(str, strict_codes or codes))
+            if code is None and not allow_empty_close:
+                raise CaseFail("expected close %s, got a close frame without status code (strict) | %s"
+                               % (sw, c.wire()))
+            if code is not None and code not in (strict_codes or codes):
+                raise CaseFail("expected close %s, got %s (strict) | %s" % (sw, c.close_desc(), c.wire()))
+    if c.tcp is None:
+        raise CaseFail("server did not close the TCP connection (%s; %s) | %s"
+                       % (c.close_desc(), "we sent close %s" % short(c.sent_close)
+                          if c.sent_close is not None else "we sent no close", c.wire()))
+    if by_me and c.server_closed_first is None:
+        raise CaseFail("the server dropped the TCP connection before the client closed | %s"
                        % c.wire())
     if c.close_frame is None:
         if clean:
             raise CaseFail("UNCLEAN: TCP closed without a close frame (expected close %s) | %s"
-                           % ("/".join(map(str, codes)), c.wire()))
+                           % (want, c.wire()))
         if ctx.strict_close:
             raise CaseFail("expected close %s, got a TCP drop without close frame (strict) | %s"
                            % ("/".join(map(str, strict_codes or codes)), c.wire()))
         return "tcp dropped without close frame"
-    code = c.close_frame[0]
-    if code is not None and code not in codes:
-        raise CaseFail("WRONG CODE: expected close %s, got %s | %s"
-                       % ("/".join(map(str, codes)), c.close_desc(), c.wire()))
-    if ctx.strict_close:
-        want = strict_codes or codes
-        if code is None and not allow_empty_close:
-            raise CaseFail("expected close %s, got a close frame without status code (strict) | %s"
-                           % ("/".join(map(str, want)), c.wire()))
-        if code is not None and code not in want:
-            raise CaseFail("expected close %s, got %s (strict) | %s"
-                           % ("/".join(map(str, want)), c.close_desc(), c.wire()))
     return None

@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (OP_BIN, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,  # noqa: E402
                      ROOT, Redis, Statushost, Suite, WsClient, WsClosed, free_port,
-                     http_get, raw_exchange, wait_until)
+                     http_get, http_request, raw_exchange, wait_until)
 
 suite = Suite("core")
 POL = os.path.join(ROOT, "tests", "integration", "policies")
@@ -63,6 +63,7 @@ def expect_close(c, want, what=""):
             what, c.sock.gettimeout(), want))
     assert code == want, "%s: close code %s %r, want %d" % (what, code, reason, want)
     c.wait_tcp_close()
+    c.shutdown()
     return reason
 
 
@@ -77,11 +78,6 @@ def status_of(resp):
     if not resp.startswith(b"HTTP/1."):
         return None
     return int(resp.split(b" ", 2)[1])
-
-
-def headers_of(resp):
-    head = resp.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
-    return {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in head)}
 
 
 def get_raw(port, target, extra=b""):
@@ -184,7 +180,8 @@ def protocol_violations_close_1002():
         ("new text frame inside a fragmented message",
          WsClient.frame(OP_TEXT, "a", fin=False) + WsClient.frame(OP_TEXT, "b")),
         ("close frame with a 1-byte payload", WsClient.frame(OP_CLOSE, b"\x03")),
-    ]
+    ] + [("close code %d" % code, WsClient.frame(OP_CLOSE, struct.pack("!H", code)))
+         for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535)]
     problems = []
     with host() as sh:
         for what, wire in cases:
@@ -219,6 +216,10 @@ def invalid_utf8_closes_1007():
         c.send(OP_CONT, b"\xc3\x28 rest", fin=False)
         expect_close(c, 1007, "invalid UTF-8 in the second of three fragments")
 
+        c = ws(sh)
+        c.send(OP_CLOSE, b"\x03\xe8bad \xff reason")
+        expect_close(c, 1007, "invalid UTF-8 in a close reason")
+
         c = ws(sh)  # a surrogate (CESU-8) is not UTF-8
         c.send(OP_TEXT, b"\xed\xa0\x80")
         expect_close(c, 1007, "encoded surrogate")
@@ -240,7 +241,7 @@ def binary_without_on_binary_closes_1003():
 
 @suite.test
 def client_close_is_answered_1000():
-    with host() as sh:
+    with host(pol("lifecycle.lua")) as sh:
         c = ws(sh)
         echo_ok(c, "before close")
         mark = sh.mark()
@@ -249,13 +250,78 @@ def client_close_is_answered_1000():
         assert op == OP_CLOSE, (op, payload)
         assert struct.unpack("!H", payload[:2])[0] == 1000, payload
         assert c.wait_tcp_close()
-        sh.wait_log(r"websocket closed 1000 bye", start=mark)
+        c.shutdown()
+        sh.wait_log(r"lifecycle: on_close \w+ code=1000 reason=\[bye\]", start=mark)
 
+
+@suite.test
+def status_less_close_is_answered_and_reported_1005():
+    with host(pol("lifecycle.lua")) as sh:
         c = ws(sh)  # a close without a status code is answered too
+        mark = sh.mark()
         c.close(None)
         op, payload = c.recv()
         assert op == OP_CLOSE, (op, payload)
+        assert payload[:2] in (b"", b"\x03\xe8"), payload
         assert c.wait_tcp_close()
+        c.shutdown()
+        # RFC 6455 7.1.5: a close frame without a status code is reported as
+        # 1005; 1006 means the connection ended without any close frame
+        m = sh.wait_log(r"lifecycle: on_close \w+ code=(\d+)", start=mark)
+        assert m.group(1) == "1005", "on_close after a status-less close frame got code %s, " \
+            "want 1005" % m.group(1)
+
+
+@suite.test
+def on_close_gets_the_clients_code_or_1006():
+    with host(pol("lifecycle.lua")) as sh:
+        # the client vanishes without a close frame: 1006
+        c = ws(sh)
+        echo_ok(c, "x")
+        mark = sh.mark()
+        c.shutdown()
+        sh.wait_log(r"lifecycle: on_close \w+ code=1006", start=mark)
+
+        # the client's own code and reason reach on_close
+        c = ws(sh)
+        mark = sh.mark()
+        c.close(4321, "ünï".encode())
+        op, payload = c.recv()
+        assert op == OP_CLOSE and payload[:2] == struct.pack("!H", 4321), (op, payload)
+        c.wait_tcp_close()
+        c.shutdown()
+        sh.wait_log(r"lifecycle: on_close \w+ code=4321 reason=\[ünï\]", start=mark)
+
+
+@suite.test
+def policy_close_then_nothing_more_is_sent():
+    with host(pol("lifecycle.lua")) as sh:
+        c = ws(sh)
+        mark = sh.mark()
+        c.send_text("close:4001:asked to")
+        # every frame until the server ends TCP; the policy's conn:send came
+        # after its conn:close, so nothing but the close may arrive
+        frames = []
+        try:
+            while True:
+                fin, rsv, op, payload = c.recv_frame()
+                frames.append((op, payload))
+                if op == OP_CLOSE:
+                    c.send(OP_CLOSE, payload[:2])
+        except WsClosed:
+            pass
+        c.shutdown()
+        sh.wait_log(r"lifecycle: on_close \w+ code=4001 reason=\[asked to\]", start=mark)
+        assert " lifecycle: conn:close -> true nil" in sh.log_text()
+        problems = []
+        if not frames or frames[0] != (OP_CLOSE, b"\x0f\xa1asked to"):
+            problems.append("first frame %r, want the close 4001 'asked to'" % (frames[:1],))
+        if len(frames) > 1:
+            problems.append("data frames after the server's close frame: %r" % frames[1:])
+        m = sh.wait_log(r"lifecycle: send after close -> (.*)", start=mark)
+        if m.group(1) != "nil closed":
+            problems.append("conn:send after conn:close returned %s, want nil closed" % m.group(1))
+        assert not problems, "; ".join(problems)
 
 
 # ================================================================ handshake
@@ -329,6 +395,7 @@ def max_connections_503():
         c = WsClient(sh.port, connect=False, timeout=5)
         assert c.handshake() == 503, c.status
         assert c.wait_tcp_close()
+        c.shutdown()  # a refused socket holds its slot until it is gone
         status, _, _ = http_get(sh.port, "/healthz")
         assert status == 503, "plain HTTP at max_connections: %s" % status
         for h in held:
@@ -480,6 +547,28 @@ def endless_loop_closes_only_that_connection_1011():
 
 
 @suite.test
+def endless_loop_that_catches_errors_still_ends_1011():
+    # while true do pcall(function() while true do end end) end: the budget
+    # error is caught by the pcall; the hook must still be stopped
+    with host(pol("faulty.lua"), sets=["lua_max_instructions=100000"]) as sh:
+        try:
+            a, b = ws(sh), ws(sh)
+            a.send_text("loop_pcall")
+            expect_close(a, 1011, "pcall-wrapped endless loop in on_message")
+            echo_ok(b, "unaffected")
+        except (AssertionError, OSError) as e:
+            hung = False
+            try:
+                http_request(sh.port, "GET", "/healthz", timeout=2)
+            except OSError:
+                hung = True
+            sh.proc.kill()  # a blocked loop cannot answer SIGTERM
+            sh.wait_exit(10)
+            raise AssertionError("%s%s" % (e, "; the event loop is blocked: /healthz "
+                                           "gets no answer either" if hung else ""))
+
+
+@suite.test
 def on_handshake_refuses_401_before_upgrade():
     with host(pol("handshake_auth.lua")) as sh:
         for path in ("/", "/?token=bad"):
@@ -519,9 +608,8 @@ def sleep_then_send_and_disconnect_during_sleep():
         c.shutdown()
         wait_until(lambda: sh.metrics()["statushost_lua_tasks_current"] == 0, timeout=5,
                    what="lua_tasks_current back to 0")
-        echo_ok_prefix = a
-        echo_ok_prefix.send_text("z")
-        assert echo_ok_prefix.recv()[1].startswith(b"slept:z:true:")
+        a.send_text("z")  # the first connection is unaffected
+        assert a.recv()[1].startswith(b"slept:z:true:")
 
 
 @suite.test

@@ -252,6 +252,57 @@ def non_done_status_is_forwarded_but_not_counted():
         ws.shutdown()
 
 
+@S.test
+def keep_open_next_batch_and_channel_prefix():
+    """close_when_done=false: the connection stays open after a job and a second batch
+    on it completes too; channel_prefix is honoured (worker and server agree on it)."""
+    with worker(SEED_WORKER, "tick_ms=20", "complete_probability=0.5",
+                "channel_prefix=jobs:") as w, \
+            server(w.port, "close_when_done=false", "channel_prefix=jobs:") as sh:
+        mark = sh.mark()
+        ws = WsClient(sh.port)
+        fid = None
+        for k in range(2):
+            tasks = batch(4, base=80000 + 10 * k)
+            wmark = w.mark()
+            ws.send_json(tasks)
+            if fid is None:
+                fid = conn_id(sh, mark)
+            w.wait_log(r"job for jobs:%s 4 tasks" % fid, start=wmark)
+            frames = [ws.recv_text().encode() for _ in tasks]
+            assert sorted(frames) == sorted(done_payload(t["id"]) for t in tasks), frames
+        ws.send_text("[]")            # still open, still validating
+        expect_error(ws, "invalid_message")
+        ws.close(1000)
+        op, payload = ws.recv()
+        assert op == OP_CLOSE, (op, payload)
+        ws.shutdown()
+        m = sh.metrics()
+        assert m["statushost_jobs_completed_total"] == 2, m
+
+
+@S.test
+def fid_unique_and_channel_safe():
+    """fids: distinct across connections and processes, >= 64 bits of hex, channel-safe."""
+    import re
+    seen = set()
+    with worker(TEST_WORKER, "mode=status", "status=500") as w:
+        for _ in range(2):
+            with server(w.port) as sh:
+                for _ in range(3):
+                    mark = sh.mark()
+                    ws = WsClient(sh.port)
+                    ws.send_json(batch(1))
+                    fid = conn_id(sh, mark)
+                    expect_error(ws, "dispatch_failed")
+                    ws.expect_close()
+                    ws.shutdown()
+                    assert re.fullmatch(r"[A-Za-z0-9_.-]{16,}", fid), fid
+                    assert fid not in seen, fid
+                    seen.add(fid)
+    assert len(seen) == 6
+
+
 # ---------------------------------------------------------------- load
 
 def _pool(nthreads, fn):

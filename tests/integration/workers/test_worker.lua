@@ -42,7 +42,7 @@ local function hold(channel, started, each_tick)
     if each_tick then each_tick() end
     if not host.sleep(cfg.tick_ms) then
       host.log.info("post cancelled for", channel)
-      return nil
+      return 503, "cancelled" -- nobody is listening any more
     end
   end
   return 504, "held too long"

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""make_corpus.py — write the seed corpora of the fuzz targets.
+
+    python3 tests/fuzz/make_corpus.py        (rewrites tests/fuzz/corpus/{http,ws}/)
+
+corpus/http/NAME: byte 0 is fuzz_http's chunking seed (0: one feed), then
+the bytes a client sends.
+
+corpus/ws/NAME: byte 0 configures the connection (bit 0 on_binary, bit 1
+on_open greets, bit 2 ping timer, bit 3 stalled socket, bits 4-5
+max_message_bytes 64K/125/1M/16, bits 6-7 max_send_buffer 1M/64/300/4096),
+byte 1 seeds the cutting into reads, byte 2 seeds the events between reads
+(bit 7: the first read arrives with the upgrade request); then client
+frames, masked. See fuzz_ws.c.
+"""
+import os
+import shutil
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3
+
+
+def write(kind, name, data):
+    d = os.path.join(HERE, "corpus", kind)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+# ------------------------------------------------------------------ http
+
+def upgrade(path="/ws", extra=""):
+    return ("GET %s HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n"
+            "Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+            "Sec-WebSocket-Version: 13\r\nOrigin: http://example.com\r\n%s\r\n"
+            % (path, KEY, extra))
+
+
+def http_corpus():
+    c = {}
+    c["upgrade"] = (0, upgrade() + "\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58")
+    c["upgrade_split"] = (3, upgrade("/chat?room=1"))
+    c["upgrade_bad_key"] = (0, upgrade().replace(KEY, "c2hvcnQ="))
+    c["upgrade_v8"] = (1, upgrade().replace("Version: 13", "Version: 8"))
+    c["upgrade_lists"] = (2, "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\nUpgrade: WebSocket\r\n"
+                             "Connection: close\r\nConnection: UPGRADE\r\n"
+                             "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % KEY)
+    c["upgrade_body"] = (0, upgrade(extra="Content-Length: 3\r\n") + "abc")
+    c["pipelined"] = (2, "GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+                         "HEAD /index.html HTTP/1.1\r\nHost: a\r\n\r\n"
+                         "GET /docs/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    c["keepalive_10"] = (1, "GET /a.css HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+                            "GET /b.js HTTP/1.0\r\n\r\n")
+    c["chunked_post"] = (2, "POST /api HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+                            "GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    c["cl_post"] = (0, "POST /p?q=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world"
+                       "GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+    c["cl_too_big"] = (0, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 70000\r\n\r\nxx")
+    c["big_head"] = (3, "GET / HTTP/1.1\r\nHost: a\r\n" +
+                     "".join("X-Pad-%03d: %s\r\n" % (i, "v" * 80) for i in range(92)) + "\r\n")
+    c["cl_te"] = (0, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    c["cl_twice"] = (0, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx")
+    c["te_gzip"] = (0, "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n")
+    c["te_http10"] = (0, "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    c["absolute_form"] = (1, "GET http://example.com:8080/a%20b/c.html?x=1&y=%41#frag HTTP/1.1\r\n"
+                             "Host: example.com:8080\r\n\r\n")
+    c["absolute_noslash"] = (0, "GET http://example.com?x HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    c["version_2"] = (0, "GET / HTTP/2.0\r\nHost: a\r\n\r\n")
+    c["version_12"] = (0, "GET / HTTP/1.2\r\nHost: a\r\n\r\n")
+    c["version_09"] = (0, "GET /\r\n\r\n")
+    c["h2_preface"] = (0, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    c["no_host"] = (0, "GET / HTTP/1.1\r\n\r\n")
+    c["two_hosts"] = (0, "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n")
+    c["space_in_name"] = (0, "GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n")
+    c["obs_fold"] = (1, "GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n  two\r\n\tthree\r\n\r\n")
+    c["traversal"] = (2, "GET /../etc/passwd HTTP/1.1\r\nHost: a\r\n\r\n"
+                         "GET /%2e%2e/%2E%2e%2fsecret HTTP/1.1\r\nHost: a\r\n\r\n"
+                         "GET //a//b/./c/ HTTP/1.1\r\nHost: a\r\n\r\n"
+                         "GET /.git/config HTTP/1.1\r\nHost: a\r\n\r\n"
+                         "GET /a%5cb%00c HTTP/1.1\r\nHost: a\r\n\r\n"
+                         "GET /img/logo.PNG?v=2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    c["bad_escape"] = (0, "GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n")
+    c["connect"] = (0, "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+    c["options_star"] = (0, "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+    c["lf_only"] = (1, "GET /x.json HTTP/1.1\nHost: a\n\n")
+    for name, (seed, text) in c.items():
+        write("http", name, bytes([seed]) + text.encode("latin-1"))
+
+
+# ------------------------------------------------------------------ ws
+
+MASK = b"\x37\xfa\x21\x3d"
+
+
+def frame(op, payload=b"", fin=True, rsv=0, masked=True, length=None, ext=None):
+    """A client frame. length/ext override the length encoding (for
+    malformed headers): ext None = shortest, 16 or 64 forces that form."""
+    if isinstance(payload, str):
+        payload = payload.encode()
+    n = len(payload) if length is None else length
+    b0 = (0x80 if fin else 0) | (rsv << 4) | op
+    mbit = 0x80 if masked else 0
+    if ext is None:
+        ext = 0 if n < 126 else 16 if n < 65536 else 64
+    if ext == 0:
+        head = bytes([b0, mbit | n])
+    elif ext == 16:
+        head = bytes([b0, mbit | 126]) + struct.pack(">H", n)
+    else:
+        head = bytes([b0, mbit | 127]) + struct.pack(">Q", n)
+    if not masked:
+        return head + payload
+    return head + MASK + bytes(c ^ MASK[i % 4] for i, c in enumerate(payload))
+
+
+def close(code=None, reason=b""):
+    if code is None:
+        return frame(8)
+    return frame(8, struct.pack(">H", code) + reason)
+
+
+def cfg(binary=0, greet=0, ping=0, stall=0, msg=0, send=0):
+    return binary | greet << 1 | ping << 2 | stall << 3 | msg << 4 | send << 6
+
+
+def ws_corpus():
+    c = {}
+    hi = frame(1, "hello")
+    c["text"] = (cfg(), 0, 0, hi + close(1000))
+    c["text_cut"] = (cfg(greet=1), 1, 0, hi + frame(1, "second") + close(1000, b"done"))
+    c["binary"] = (cfg(binary=1), 2, 0, frame(2, bytes(range(40))) + close(1000))
+    c["binary_no_hook"] = (cfg(), 0, 0, frame(2, b"\x00\x01"))
+    c["fragmented"] = (cfg(), 3, 0, frame(1, "Hel", fin=False) + frame(9, "ping")
+                       + frame(0, "lo ", fin=False) + frame(0, "world") + close(1000))
+    c["fragmented_binary"] = (cfg(binary=1), 1, 0, frame(2, b"\xff\xfe", fin=False)
+                              + frame(0, b"\x00") + close(1001))
+    c["ping_pong"] = (cfg(ping=1), 2, 0x21, frame(9, "p") + frame(10, "statushost") + frame(9)
+                      + hi + close(1000))
+    c["close_empty"] = (cfg(), 0, 0, close())
+    c["close_1byte"] = (cfg(), 0, 0, frame(8, b"\x03"))
+    c["close_1005"] = (cfg(), 0, 0, close(1005))
+    c["close_1004"] = (cfg(), 1, 0, close(1004, b"x"))
+    c["close_1012"] = (cfg(), 0, 0, close(1012, b"restart"))
+    c["close_1014"] = (cfg(), 2, 0, close(1014))
+    c["close_3000_utf8"] = (cfg(), 1, 0, close(3000, "caf\u00e9 \u2603 \U0001f600".encode()))
+    c["close_4999"] = (cfg(), 0, 0, close(4999, b"app"))
+    c["close_5000"] = (cfg(), 0, 0, close(5000))
+    c["close_bad_utf8"] = (cfg(), 0, 0, close(1000, b"\xce\xba\xe1\xbd\xb9\xed\xa0\x80"))
+    c["close_long_reason"] = (cfg(), 3, 0, close(1000, b"r" * 123))
+    c["after_close"] = (cfg(), 0, 0, close(1000) + hi)
+    c["bad_utf8"] = (cfg(), 0, 0, frame(1, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5"
+                                          b"\xed\xa0\x80\x65\x64\x69\x74\x65\x64"))
+    c["bad_utf8_frag"] = (cfg(), 1, 0, frame(1, b"\xce\xba\xe1", fin=False) + frame(0, b"\xbd")
+                          + frame(0, b"\xb9\xf4\x90\x80\x80"))
+    c["utf8_split_ok"] = (cfg(), 1, 0, frame(1, b"\xe2\x82", fin=False) + frame(0, b"\xac\xf0\x9f", fin=False)
+                          + frame(0, b"\x98\x80") + close(1000))
+    c["utf8_truncated"] = (cfg(), 0, 0, frame(1, b"ok\xe2\x82"))
+    c["len16_nonminimal"] = (cfg(), 0, 0, frame(1, "short", ext=16))
+    c["len64_nonminimal"] = (cfg(), 0, 0, frame(1, "short", ext=64))
+    c["len64_highbit"] = (cfg(), 0, 0, frame(1, "", length=1 << 63, ext=64))
+    c["len16"] = (cfg(), 2, 0, frame(1, "x" * 200) + close(1000))
+    c["len64_huge"] = (cfg(), 0, 0, frame(2, b"abcd", length=70000, ext=64))
+    c["too_big"] = (cfg(msg=3), 0, 0, frame(1, "0123456789abcdefXYZ"))
+    c["too_big_frag"] = (cfg(msg=3), 1, 0, frame(1, "0123456789", fin=False) + frame(0, "abcdefXYZ"))
+    c["too_big_125"] = (cfg(msg=1), 0, 0, frame(1, "y" * 126))
+    c["rsv1"] = (cfg(), 0, 0, frame(1, "compressed?", rsv=4))
+    c["rsv3"] = (cfg(), 0, 0, frame(9, "", rsv=7))
+    c["opcode3"] = (cfg(), 0, 0, frame(3, "reserved"))
+    c["opcode11"] = (cfg(), 0, 0, frame(11, "reserved"))
+    c["unmasked"] = (cfg(), 0, 0, frame(1, "plain", masked=False))
+    c["ping_too_long"] = (cfg(), 0, 0, frame(9, "p" * 126))
+    c["ping_fragmented"] = (cfg(), 0, 0, frame(9, "p", fin=False))
+    c["cont_first"] = (cfg(), 0, 0, frame(0, "orphan"))
+    c["text_in_text"] = (cfg(), 0, 0, frame(1, "a", fin=False) + frame(1, "b"))
+    c["hook_close_then_send"] = (cfg(), 0, 0, frame(1, "close me") + frame(1, "more"))
+    c["hook_send_then_close"] = (cfg(), 1, 0, frame(1, "Close after") + frame(1, "more"))
+    c["hook_error"] = (cfg(), 0, 0, frame(1, "error") + frame(9, "late ping"))
+    c["slow_consumer"] = (cfg(send=1), 1, 0, frame(1, "big " * 8) + frame(1, "b" * 30) * 3
+                          + frame(9, "p"))
+    c["stalled"] = (cfg(stall=1, send=2), 2, 0x35, frame(1, "b" * 100) * 4 + frame(9, "x")
+                    + close(1000))
+    c["timer_events"] = (cfg(ping=1, greet=1), 1, 0x90, hi * 6 + frame(10, "statushost")
+                         + hi * 6 + close(1000))
+    c["server_close_first"] = (cfg(), 1, 0x4d, hi * 10 + close(1000))
+    c["leftover"] = (cfg(), 2, 0x80, hi + frame(9, "x") + close(1000))
+    for name, (b0, split, act, data) in c.items():
+        write("ws", name, bytes([b0, split, act]) + data)
+
+
+if __name__ == "__main__":
+    for kind in ("http", "ws"):
+        shutil.rmtree(os.path.join(HERE, "corpus", kind), ignore_errors=True)
+    http_corpus()
+    ws_corpus()
