@@ -88,7 +88,7 @@ static void start_reading(sh_conn *c)
     }
 }
 
-static void stop_reading(sh_conn *c)
+void sh_conn_stop_reading(sh_conn *c)
 {
     if (c->reading) {
         uv_read_stop((uv_stream_t *)&c->tcp);
@@ -446,7 +446,7 @@ static void handle_upgrade(sh_conn *c, sh_request *r)
     }
     c->phase = SH_PHASE_HANDSHAKE;
     c->busy = 1;
-    stop_reading(c);
+    sh_conn_stop_reading(c);
     uv_timer_stop(&c->timer);
     sh_api_handshake(c, r); /* calls sh_conn_handshake_result, now or later */
 }
@@ -580,7 +580,7 @@ void sh_conn_close(sh_conn *c)
         return;
     int was_ws = c->phase == SH_PHASE_WS;
     c->phase = SH_PHASE_CLOSED;
-    stop_reading(c);
+    sh_conn_stop_reading(c);
     uv_timer_stop(&c->timer);
     if (c->hp_live) {
         sh_http_parser_free(&c->hp);

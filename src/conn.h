@@ -144,6 +144,7 @@ int sh_ws_finished(sh_conn *c);
 void sh_ws_on_timer(sh_conn *c);
 void sh_ws_free(sh_conn *c);
 void sh_conn_arm_timer(sh_conn *c, uint64_t ms);
+void sh_conn_stop_reading(sh_conn *c);
 uint64_t sh_now_ms(void);
 
 #endif

@@ -263,8 +263,9 @@ static void pump(sh_conn *c)
 {
     if (wslay_event_want_write(c->ws))
         wslay_event_send(c->ws);
-    if (wslay_event_get_close_sent(c->ws) && wslay_event_get_read_enabled(c->ws) && !c->close_wait) {
-        /* we started the close: wait for the peer's answer, not forever */
+    if ((c->close_queued || wslay_event_get_close_sent(c->ws)) && !c->close_wait) {
+        /* our close is on its way: the peer gets close_timeout_ms to answer
+         * it (and to read what is queued), then the connection is dropped */
         c->close_wait = 1;
         sh_conn_arm_timer(c, c->gen->cfg.close_timeout_ms);
     }
@@ -277,8 +278,12 @@ void sh_ws_on_read(sh_conn *c, const char *data, size_t len)
         sh_conn_close(c);
         return;
     }
-    if (!wslay_event_want_read(c->ws))
-        return; /* after a close: input is ignored */
+    if (!wslay_event_want_read(c->ws)) {
+        /* after a close or a failure input is not wanted: stop reading it
+         * (the linger phase reads again, for the peer's EOF) */
+        sh_conn_stop_reading(c);
+        return;
+    }
     c->in = (const uint8_t *)data;
     c->in_len = len;
     c->in_wslay++;
@@ -301,6 +306,8 @@ void sh_ws_on_read(sh_conn *c, const char *data, size_t len)
         sh_conn_close(c);
         return;
     }
+    if (!wslay_event_want_read(c->ws))
+        sh_conn_stop_reading(c);
     pump(c);
 }
 

@@ -1,10 +1,10 @@
 /* fuzz_http.c — libFuzzer target for the request head and the handshake:
  * src/http_parse.c (over llhttp) and src/static_files.c.
  *
- * Input: byte 0 is the chunking seed, the rest is what a client sends on one
- * connection. The bytes are parsed twice on fresh parsers (limits 8192 and
- * 65536, as the server's defaults allow): once in a single feed, once cut
- * into pieces whose sizes come from the seed. Both runs loop over pipelined
+ * Input: byte 0 is the chunking seed (bits 0-6; bit 7 selects small limits,
+ * 256 and 1024, instead of 8192 and 65536), the rest is what a client sends
+ * on one connection. The bytes are parsed twice on fresh parsers: once in a
+ * single feed, once cut into pieces whose sizes come from the seed. Both runs loop over pipelined
  * requests the way conn.c does (reset after each, stop at an upgrade, at a
  * request without keep-alive, or at an error), and every complete request
  * goes through sh_ws_handshake_check, sh_request_header, sh_ws_accept_key
@@ -40,6 +40,8 @@
 
 #define MAX_HEAD 8192
 #define MAX_BODY 65536
+
+static size_t max_body; /* of the run in progress */
 
 #define CHECK(cond, ...)                                                                   \
     do {                                                                                   \
@@ -213,7 +215,7 @@ static void check_request(sh_http_parser *hp, sh_request *r, transcript *t)
     CHECK(r->target && r->path && r->query, "NULL string");
     CHECK(r->http_minor == 0 || r->http_minor == 1, "HTTP/1.%d", r->http_minor);
     CHECK(r->body != NULL && r->body[r->body_len] == '\0', "body not terminated");
-    CHECK(r->body_len <= MAX_BODY, "body of %zu bytes", r->body_len);
+    CHECK(r->body_len <= max_body, "body of %zu bytes", r->body_len);
     CHECK(strlen(r->target) > 0, "empty target");
     CHECK(strchr(r->query, '#') == NULL, "fragment in the query");
 
@@ -306,8 +308,10 @@ static size_t piece_len(uint8_t seed, uint64_t *rng, size_t left)
     return n < left ? n : left;
 }
 
-/* Parse data[0..len) cut by seed; record what happened in t. */
-static void run(const char *data, size_t len, uint8_t seed, transcript *t)
+/* Parse data[0..len) cut by seed; record what happened in t. small: the
+ * limits are 256 and 1024 bytes instead, so that 413 on a chunked body and
+ * 431 on trailers are within reach of inputs of a few KiB. */
+static void run(const char *data, size_t len, uint8_t seed, int small, transcript *t)
 {
     sh_http_parser hp;
     uint64_t rng = seed;
@@ -315,7 +319,8 @@ static void run(const char *data, size_t len, uint8_t seed, transcript *t)
     int done = 0;
     unsigned zero_progress = 0;
 
-    CHECK(sh_http_parser_init(&hp, MAX_HEAD, MAX_BODY) == 0, "init failed");
+    max_body = small ? 1024 : MAX_BODY;
+    CHECK(sh_http_parser_init(&hp, small ? 256 : MAX_HEAD, max_body) == 0, "init failed");
     CHECK(sh_http_parser_request(&hp) == NULL, "request before any byte");
     while (!done && pos < len) {
         size_t n = piece_len(seed, &rng, len - pos);
@@ -385,17 +390,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    uint8_t seed = data[0];
+    uint8_t seed = data[0] & 0x7f;
+    int small = data[0] >> 7;
     /* a private copy, exactly sized, so ASan sees any read past the end */
     char *bytes = malloc(size - 1 ? size - 1 : 1);
     memcpy(bytes, data + 1, size - 1);
 
     transcript whole = {0}, cut = {0};
-    run(bytes, size - 1, 0, &whole);
+    run(bytes, size - 1, 0, small, &whole);
     if (getenv("SH_FUZZ_VERBOSE")) /* what a reproducer does, for humans */
         fprintf(stderr, "--- one feed:\n%s", whole.p ? whole.p : "");
     if (seed != 0) {
-        run(bytes, size - 1, seed, &cut);
+        run(bytes, size - 1, seed, small, &cut);
         if (whole.len != cut.len || memcmp(whole.p, cut.p, whole.len) != 0) {
             fprintf(stderr, "fuzz_http: the result depends on how the input is cut "
                             "(seed %u)\n--- one feed:\n%s\n--- cut:\n%s\n",

@@ -24,6 +24,7 @@
  *   'C' conn:send(msg) then conn:close(1000, "bye")
  *   'e' the hook raises: sh_conn_lua_failed (close 1011)
  *   'b' conn:send(msg) three times (reaches max_send_buffer sooner)
+ *   'B' conn:send of 70000 bytes (the 64-bit length form)
  *   'n' nothing
  *
  * Invariants (a violation aborts):
@@ -242,8 +243,19 @@ int sh_gen_has_hook(const sh_gen *g, enum sh_hook h)
 /* A copy of conn.c's. */
 int sh_conn_open(const sh_conn *c)
 {
-    return c->phase == SH_PHASE_WS && c->ws && !c->failed &&
-           !wslay_event_get_close_sent(c->ws) && wslay_event_get_write_enabled(c->ws);
+    return c->phase == SH_PHASE_WS && c->ws && !c->failed && !c->close_queued &&
+           !wslay_event_get_close_received(c->ws) && !wslay_event_get_close_sent(c->ws) &&
+           wslay_event_get_write_enabled(c->ws);
+}
+
+/* conn.c's: no more reads are delivered until the linger phase. */
+void sh_conn_stop_reading(sh_conn *c) { c->reading = 0; }
+
+/* conn.c's start_reading. */
+static void start_reading(sh_conn *c)
+{
+    if (c->phase != SH_PHASE_CLOSED)
+        c->reading = 1;
 }
 
 /* conn.c's sh_conn_close, minus libuv and Lua. */
@@ -271,6 +283,7 @@ static void linger(sh_conn *c)
         return;
     c->lingering = 1;
     c->close_after_write = 0;
+    start_reading(c);
     W.timer_armed = 1;
     W.timer_ms = 2000;
 }
@@ -382,6 +395,12 @@ void sh_api_message(sh_conn *c, const char *data, size_t len, int binary)
         for (int i = 0; i < 3; i++)
             policy_send(c, data, len, binary);
         break;
+    case 'B': { /* a reply over 64 KiB: the 64-bit length form */
+        static char big[70000];
+        memset(big, 'B', sizeof big);
+        policy_send(c, big, sizeof big, binary);
+        break;
+    }
     case 'n':
         break;
     default:
@@ -412,7 +431,9 @@ static size_t piece_len(uint8_t seed, uint64_t *rng, size_t left)
  * past it or after the read). */
 static void feed(sh_conn *c, const uint8_t *p, size_t n)
 {
-    if (c->lingering) /* conn.c's on_read discards input while lingering */
+    /* libuv delivers nothing while not reading; conn.c's on_read discards
+     * input while lingering */
+    if (!c->reading || c->lingering)
         return;
     char *copy = malloc(n ? n : 1);
     memcpy(copy, p, n);
@@ -503,6 +524,7 @@ static void run(const uint8_t *data, size_t n, fz_config cfg, uint8_t split, uin
     }
     CHECK(sh_ws_start(c, lo, lolen) == 0, "sh_ws_start failed");
     free(lo);
+    start_reading(c); /* as accept_upgrade does after sh_ws_start */
     CHECK(W.opens == 1, "on_open ran %d times", W.opens);
     CHECK(srv.metrics.websockets_current == 1, "websockets_current %llu",
           (unsigned long long)srv.metrics.websockets_current);

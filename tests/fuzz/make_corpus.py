@@ -3,8 +3,9 @@
 
     python3 tests/fuzz/make_corpus.py        (rewrites tests/fuzz/corpus/{http,ws}/)
 
-corpus/http/NAME: byte 0 is fuzz_http's chunking seed (0: one feed), then
-the bytes a client sends.
+corpus/http/NAME: byte 0 is fuzz_http's chunking seed (bits 0-6, 0: one
+feed; bit 7: limits 256/1024 instead of 8192/65536), then the bytes a
+client sends.
 
 corpus/ws/NAME: byte 0 configures the connection (bit 0 on_binary, bit 1
 on_open greets, bit 2 ping timer, bit 3 stalled socket, bits 4-5
@@ -85,6 +86,11 @@ def http_corpus():
     c["bad_escape"] = (0, "GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n")
     c["connect"] = (0, "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
     c["options_star"] = (0, "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+    c["small_chunked_413"] = (0x82, "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                   + "200\r\n" + "z" * 512 + "\r\n" + "300\r\n" + "z" * 768 + "\r\n0\r\n\r\n")
+    c["small_trailers"] = (0x81, "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                "1\r\nz\r\n0\r\n" + "".join("T%02d: %s\r\n" % (i, "t" * 20) for i in range(12))
+                                + "\r\n")
     c["lf_only"] = (1, "GET /x.json HTTP/1.1\nHost: a\n\n")
     for name, (seed, text) in c.items():
         write("http", name, bytes([seed]) + text.encode("latin-1"))
@@ -178,6 +184,7 @@ def ws_corpus():
     c["hook_close_then_send"] = (cfg(), 0, 0, frame(1, "close me") + frame(1, "more"))
     c["hook_send_then_close"] = (cfg(), 1, 0, frame(1, "Close after") + frame(1, "more"))
     c["hook_error"] = (cfg(), 0, 0, frame(1, "error") + frame(9, "late ping"))
+    c["hook_big_reply"] = (cfg(), 0, 0, frame(1, "Big reply") + close(1000))
     c["slow_consumer"] = (cfg(send=1), 1, 0, frame(1, "big " * 8) + frame(1, "b" * 30) * 3
                           + frame(9, "p"))
     c["stalled"] = (cfg(stall=1, send=2), 2, 0x35, frame(1, "b" * 100) * 4 + frame(9, "x")

@@ -256,8 +256,7 @@ def remote_dies_mid_job_dispatch_failed():
             server(r, w.port, "job_timeout_ms=30000") as sh:
         ws, ch = start_job(sh, w, batch(3), timeout=8)
         assert json.loads(ws.recv_text())["id"] == "10000"
-        w.proc.kill()
-        w.proc.wait()
+        w.kill()
         try:
             msg = ws.recv_json()
         except socket.timeout:
