@@ -112,12 +112,22 @@ static void raise_fd_limit(void)
     }
 }
 
+/* "listen=..." / "redis=..." strings made from --listen / --redis, freed at exit */
+static char *owned[64];
+static size_t nowned;
+
+static void free_owned(void)
+{
+    for (size_t i = 0; i < nowned; i++)
+        free(owned[i]);
+    nowned = 0;
+}
+
 int main(int argc, char **argv)
 {
     sh_options o = {0};
-    const char **sets = calloc((size_t)argc + 1, sizeof *sets);
-    char **owned = calloc((size_t)argc + 1, sizeof *owned);
-    size_t nowned = 0;
+    const char *sets[argc + 1];
+    atexit(free_owned);
     int do_check = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -132,6 +142,8 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--listen") || !strcmp(a, "--redis")) {
             if (i + 1 >= argc)
                 die("%s needs a value", a);
+            if (nowned == sizeof owned / sizeof owned[0])
+                die("too many %s flags", a);
             size_t n = strlen(argv[i + 1]) + 16;
             char *kv = malloc(n);
             snprintf(kv, n, "%s=%s", a + 2, argv[++i]);
@@ -179,9 +191,5 @@ int main(int argc, char **argv)
         sh_server_free(&s);
         uv_loop_close(loop);
     }
-    for (size_t i = 0; i < nowned; i++)
-        free(owned[i]);
-    free(owned);
-    free(sets);
     return rc;
 }
