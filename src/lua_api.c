@@ -7,6 +7,10 @@
 #include <sys/time.h>
 
 #include <lauxlib.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 
 #include "log.h"
 #include "metrics.h"
@@ -239,10 +243,12 @@ static int l_now(lua_State *L)
 
 /* host.spawn(fn, ...) → true: run fn(...) in a new task, now, until its
  * first wait; it belongs to the running task's connection, if any. */
-static int l_spawn(lua_State *L)
+static int spawn(lua_State *L, int detached)
 {
     sh_gen *g = SH_GEN(L);
     luaL_checktype(L, 1, LUA_TFUNCTION);
+    if (!g->srv)
+        return luaL_error(L, "tasks cannot start while the script loads (start them from a hook)");
     sh_task *cur = sh_task_current(L);
     if (cur && sh_task_doomed(cur)) {
         lua_pushnil(L);
@@ -250,10 +256,61 @@ static int l_spawn(lua_State *L)
         return 2;
     }
     int n = lua_gettop(L);
-    sh_task *t = sh_task_new(g, cur ? cur->conn : NULL, "spawned function");
+    sh_task *t = sh_task_new(g, cur && !detached ? cur->conn : NULL,
+                             detached ? "detached function" : "spawned function");
+    if (cur && cur->log_id[0])
+        snprintf(t->log_id, sizeof t->log_id, "%s", cur->log_id);
     lua_xmove(L, t->co, n);
     sh_task_start(t, n - 1, NULL, NULL);
     lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_spawn(lua_State *L) { return spawn(L, 0); }
+
+/* host.detach(fn, ...) → true: like spawn, but the task belongs to no
+ * connection: it, and the timers it creates, outlive the caller's. */
+static int l_detach(lua_State *L) { return spawn(L, 1); }
+
+/* host.hmac_sha256(key, message) → lowercase hex */
+static int l_hmac_sha256(lua_State *L)
+{
+    size_t kl, ml;
+    const char *key = luaL_checklstring(L, 1, &kl);
+    const char *msg = luaL_checklstring(L, 2, &ml);
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (!HMAC(EVP_sha256(), key, (int)kl, (const unsigned char *)msg, ml, mac, &n))
+        return luaL_error(L, "hmac_sha256: libcrypto failed");
+    char hex[2 * EVP_MAX_MD_SIZE + 1];
+    for (unsigned int i = 0; i < n; i++)
+        snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+    lua_pushlstring(L, hex, 2 * (size_t)n);
+    return 1;
+}
+
+/* host.random_hex(nbytes) → 2*nbytes hex characters from the CSPRNG */
+static int l_random_hex(lua_State *L)
+{
+    lua_Integer n = luaL_optinteger(L, 1, 16);
+    luaL_argcheck(L, n >= 1 && n <= 256, 1, "1..256 bytes");
+    unsigned char r[256];
+    if (RAND_bytes(r, (int)n) != 1)
+        return luaL_error(L, "random_hex: libcrypto failed");
+    char hex[513];
+    for (lua_Integer i = 0; i < n; i++)
+        snprintf(hex + 2 * i, 3, "%02x", r[i]);
+    lua_pushlstring(L, hex, 2 * (size_t)n);
+    return 1;
+}
+
+/* host.secure_compare(a, b) → boolean, in time independent of where they differ */
+static int l_secure_compare(lua_State *L)
+{
+    size_t al, bl;
+    const char *a = luaL_checklstring(L, 1, &al);
+    const char *b = luaL_checklstring(L, 2, &bl);
+    lua_pushboolean(L, al == bl && CRYPTO_memcmp(a, b, al) == 0);
     return 1;
 }
 
@@ -293,6 +350,10 @@ static int l_redis_up(lua_State *L)
 static const luaL_Reg host_funcs[] = {
     {"now", l_now},
     {"spawn", l_spawn},
+    {"detach", l_detach},
+    {"hmac_sha256", l_hmac_sha256},
+    {"random_hex", l_random_hex},
+    {"secure_compare", l_secure_compare},
     {"redis_up", l_redis_up},
     {NULL, NULL},
 };

@@ -47,6 +47,7 @@ typedef struct sh_gen {
     int conn_mt_ref;             /* metatable for conn userdata */
     sh_task *tasks;              /* live tasks (doubly linked) */
     struct sh_timer *timers;     /* host.timer handles not owned by a connection */
+    struct gsub *subs;           /* host.subscribe subscriptions (lua_io.c) */
     lua_State **pool;            /* idle threads, anchored in pool_ref table */
     int npool;
     int pool_ref;                /* registry table: thread → true (anchors) */

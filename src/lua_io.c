@@ -152,6 +152,8 @@ static int l_timer(lua_State *L)
     lua_Number ms = luaL_checknumber(L, 1);
     luaL_argcheck(L, ms >= 0 && ms < 1e12, 1, "must be a number of milliseconds");
     luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (!g->srv)
+        return luaL_error(L, "timers cannot start while the script loads (start them from a hook)");
     sh_task *cur = sh_task_current(L);
     if (cur && sh_task_doomed(cur))
         return fail(L, "closed");
@@ -412,6 +414,148 @@ int sh_io_unsubscribe(lua_State *L)
     return 1;
 }
 
+/* ------------------------------------------------------ host.subscribe */
+
+#define GSUB_MT "statushost.subscription"
+
+/* A subscription of the process, not of a connection (host.subscribe). */
+typedef struct gsub {
+    sh_gen *gen;
+    sh_redis_sub *sub;
+    struct gsub *next, *prev;     /* in gen->subs */
+    int fn_ref;                   /* the callback */
+    int ud_ref;                   /* the handle, anchored while confirming */
+    struct gsub_ud *ud;
+    sh_task *waiter;              /* task suspended until Redis confirms */
+    size_t len;
+    char channel[];
+} gsub;
+
+typedef struct gsub_ud {
+    gsub *s; /* NULL once unsubscribed */
+} gsub_ud;
+
+static void gsub_free(gsub *s)
+{
+    sh_gen *g = s->gen;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        g->subs = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    sh_redis_unsubscribe(s->sub);
+    if (s->ud)
+        s->ud->s = NULL;
+    luaL_unref(g->L, LUA_REGISTRYINDEX, s->fn_ref);
+    luaL_unref(g->L, LUA_REGISTRYINDEX, s->ud_ref);
+    free(s);
+    sh_gen_unref(g); /* a subscription keeps its generation alive */
+}
+
+static void gsub_message(void *arg, const char *channel, size_t channel_len, const char *payload,
+                         size_t payload_len)
+{
+    gsub *s = arg;
+    sh_task *t = sh_task_new(s->gen, NULL, "subscription callback");
+    lua_rawgeti(t->co, LUA_REGISTRYINDEX, s->fn_ref);
+    lua_pushlstring(t->co, channel, channel_len);
+    lua_pushlstring(t->co, payload, payload_len);
+    sh_task_start(t, 2, NULL, NULL);
+}
+
+static void gsub_confirmed(void *arg, int err)
+{
+    gsub *s = arg;
+    sh_task *t = s->waiter;
+    s->waiter = NULL;
+    if (err < 0) {
+        s->sub = NULL; /* the bus released it */
+        gsub_free(s);
+        lua_pushnil(t->co);
+        lua_pushstring(t->co, "unavailable");
+        sh_task_wake(t, 2);
+        return;
+    }
+    lua_rawgeti(t->co, LUA_REGISTRYINDEX, s->ud_ref);
+    luaL_unref(s->gen->L, LUA_REGISTRYINDEX, s->ud_ref);
+    s->ud_ref = LUA_NOREF;
+    sh_task_wake(t, 1);
+}
+
+static void gsub_cancel(sh_task *t, void *op)
+{
+    (void)t;
+    gsub *s = op;
+    s->waiter = NULL;
+    gsub_free(s);
+}
+
+/* host.subscribe(channel, fn) → handle once Redis confirmed | nil, err.
+ * fn(channel, payload) runs in a task of its own for every message, whatever
+ * connection exists; handle:unsubscribe() ends it. */
+static int l_subscribe(lua_State *L)
+{
+    sh_gen *g = SH_GEN(L);
+    size_t len;
+    const char *ch = luaL_checklstring(L, 1, &len);
+    luaL_argcheck(L, len > 0 && len <= 512, 1, "channel must be 1..512 bytes");
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    sh_task *t = need_task(L);
+    if (sh_task_doomed(t))
+        return fail(L, "closed");
+    if (!g->srv->bus || !sh_redis_bus_up(g->srv->bus))
+        return fail(L, "unavailable");
+    gsub *s = calloc(1, sizeof *s + len + 1);
+    s->gen = g;
+    s->len = len;
+    memcpy(s->channel, ch, len);
+    lua_pushvalue(L, 2);
+    s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    gsub_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+    u->s = s;
+    s->ud = u;
+    luaL_setmetatable(L, GSUB_MT);
+    int rc = sh_redis_subscribe(g->srv->bus, ch, len, gsub_message, gsub_confirmed, s, &s->sub);
+    if (rc < 0) {
+        u->s = NULL;
+        luaL_unref(L, LUA_REGISTRYINDEX, s->fn_ref);
+        free(s);
+        return fail(L, rc == SH_REDIS_EUNAVAILABLE ? "unavailable" : sh_redis_strerror(rc));
+    }
+    sh_gen_ref(g);
+    s->next = g->subs;
+    if (g->subs)
+        g->subs->prev = s;
+    g->subs = s;
+    if (rc == 1) {
+        s->ud_ref = LUA_NOREF;
+        return 1; /* the handle on the stack */
+    }
+    s->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    s->waiter = t;
+    return sh_task_suspend(L, gsub_cancel, s);
+}
+
+/* handle:unsubscribe() → true when it was subscribed */
+static int gsub_unsubscribe(lua_State *L)
+{
+    gsub_ud *u = luaL_checkudata(L, 1, GSUB_MT);
+    int was = u->s != NULL;
+    if (u->s)
+        gsub_free(u->s);
+    lua_pushboolean(L, was);
+    return 1;
+}
+
+static int gsub_gc(lua_State *L)
+{
+    gsub_ud *u = luaL_checkudata(L, 1, GSUB_MT);
+    if (u->s)
+        u->s->ud = NULL; /* the subscription lives on; only the handle is gone */
+    return 0;
+}
+
 /* ------------------------------------------------------------ http */
 
 static void http_done(void *arg, int err, const char *errstr, const sh_http_response *res)
@@ -501,6 +645,15 @@ static int l_http_request(lua_State *L)
 
 void sh_io_register(lua_State *L, int m)
 {
+    luaL_newmetatable(L, GSUB_MT);
+    lua_pushcfunction(L, gsub_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_newtable(L);
+    lua_pushcfunction(L, gsub_unsubscribe);
+    lua_setfield(L, -2, "unsubscribe");
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+
     luaL_newmetatable(L, TIMER_MT);
     lua_pushcfunction(L, timer_gc);
     lua_setfield(L, -2, "__gc");
@@ -515,7 +668,8 @@ void sh_io_register(lua_State *L, int m)
     void *gen = lua_touserdata(L, -1);
     lua_pop(L, 2);
 
-    static const luaL_Reg top[] = {{"sleep", l_sleep}, {"timer", l_timer}, {NULL, NULL}};
+    static const luaL_Reg top[] = {
+        {"sleep", l_sleep}, {"timer", l_timer}, {"subscribe", l_subscribe}, {NULL, NULL}};
     lua_pushlightuserdata(L, gen);
     luaL_setfuncs(L, top, 1);
     lua_newtable(L);
@@ -540,4 +694,11 @@ void sh_io_conn_closing(sh_conn *c)
 void sh_io_gen_shutdown(sh_gen *g)
 {
     timers_release_all(&g->timers);
+    while (g->subs) {
+        gsub *s = g->subs;
+        if (s->waiter)
+            sh_task_abort(s->waiter, "closed"); /* frees s */
+        else
+            gsub_free(s);
+    }
 }
