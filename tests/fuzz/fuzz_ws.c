@@ -33,7 +33,8 @@
  *   the shortest length encoding, control payloads <= 125 bytes, text
  *   payloads valid UTF-8, close payloads empty or a sendable code plus a
  *   UTF-8 reason; at most one close frame and nothing after it; out holds
- *   whole frames between reads;
+ *   whole frames between reads; every pong carries the payload of one of
+ *   the client's pings, in the order they were sent;
  * - a delivered message is within max_message_bytes, a text one is valid
  *   UTF-8 (checked by a separate decoder, not utf8.c), binary ones only when
  *   the policy has on_binary, never after a failure;
@@ -156,6 +157,96 @@ static int ref_utf8_valid(const uint8_t *s, size_t n)
     return 1;
 }
 
+/* ------------------------------------------------------------ client frames */
+
+/* One frame of the client's bytes, as sent (payload still masked). */
+typedef struct client_frame {
+    unsigned op;
+    int masked;
+    const uint8_t *key;     /* 4 bytes when masked */
+    const uint8_t *payload; /* have bytes of it are in the input */
+    uint64_t len;           /* as announced */
+    size_t have;
+} client_frame;
+
+/* The frame at *off of d[0..n): 1 with *f filled and *off past it, 0 at
+ * the end (or a header cut short). No validity checks beyond the framing. */
+static int next_client_frame(const uint8_t *d, size_t n, size_t *off, client_frame *f)
+{
+    size_t o = *off;
+    if (o > n || n - o < 2)
+        return 0;
+    f->op = d[o] & 0x0f;
+    f->masked = d[o + 1] >> 7;
+    f->len = d[o + 1] & 0x7f;
+    o += 2;
+    if (f->len == 126) {
+        if (n - o < 2)
+            return 0;
+        f->len = (uint64_t)d[o] << 8 | d[o + 1];
+        o += 2;
+    } else if (f->len == 127) {
+        if (n - o < 8)
+            return 0;
+        f->len = 0;
+        for (int i = 0; i < 8; i++)
+            f->len = f->len << 8 | d[o + i];
+        o += 8;
+    }
+    f->key = d + o;
+    if (f->masked) {
+        if (n - o < 4)
+            return 0;
+        o += 4;
+    }
+    f->payload = d + o;
+    f->have = f->len < n - o ? (size_t)f->len : n - o;
+    *off = o + f->have;
+    return 1;
+}
+
+static uint8_t unmask(const client_frame *f, size_t i)
+{
+    return f->payload[i] ^ (f->masked ? f->key[i % 4] : 0);
+}
+
+/* A known libwslay 1.1.1 bug, not ours: wslay_event_recv validates a close
+ * reason per received chunk but skips the first two bytes of *every* chunk
+ * (meant to skip the status code at the start of the payload). So how a
+ * close frame with a non-ASCII reason is cut into reads (or by wslay's
+ * 4096-byte input buffer) decides whether a valid reason is refused with
+ * 1007, or an invalid byte is missed until ws_conn.c's check at the end of
+ * the frame. The comparison of runs 1 and 2 skips inputs with such a close
+ * frame: 1 when the client bytes have a close frame with a byte >= 0x80
+ * after its status code. */
+static int has_non_ascii_close_reason(const uint8_t *d, size_t n)
+{
+    size_t off = 0;
+    client_frame f;
+    while (next_client_frame(d, n, &off, &f))
+        if (f.op == 8)
+            for (size_t i = 2; i < f.have; i++)
+                if (unmask(&f, i) >= 0x80)
+                    return 1;
+    return 0;
+}
+
+/* The payloads of the complete pings the client sent, in order: records of
+ * one length byte and the unmasked payload. */
+static void collect_pings(const uint8_t *d, size_t n, sh_buf *pings)
+{
+    size_t off = 0;
+    client_frame f;
+    while (next_client_frame(d, n, &off, &f))
+        if (f.op == 9 && f.len <= 125 && f.have == f.len) {
+            uint8_t rec[126];
+            rec[0] = (uint8_t)f.len;
+            for (size_t i = 0; i < f.have; i++)
+                rec[1 + i] = unmask(&f, i);
+            sh_buf_append(pings, rec, 1 + f.have);
+        }
+}
+
 /* ------------------------------------------------------------ frame checker */
 
 static int sendable_close_code(unsigned code)
@@ -164,11 +255,20 @@ static int sendable_close_code(unsigned code)
            (code >= 3000 && code <= 4999);
 }
 
-/* Check that w[0..n) is a sequence of whole, well-formed server frames;
- * *closes counts close frames (at most one, and it must be the last frame).
+/* What check_frames has seen so far of one run's output. */
+typedef struct out_check {
+    int closes;          /* close frames (at most one, and the last frame) */
+    const sh_buf *pings; /* collect_pings of the input, or NULL */
+    size_t ping_at;      /* the next ping a pong may answer */
+} out_check;
+
+/* Check that w[0..n) is a sequence of whole, well-formed server frames, and
+ * that each pong answers one of the client's pings, in order (a ping may go
+ * unanswered: after a close, or when max_send_buffer drops the output).
  * Returns n. */
-static size_t check_frames(const uint8_t *w, size_t n, int *closes, const char *what)
+static size_t check_frames(const uint8_t *w, size_t n, out_check *oc, const char *what)
 {
+    int *closes = &oc->closes;
     size_t off = 0;
     while (off < n) {
         size_t start = off;
@@ -208,6 +308,21 @@ static size_t check_frames(const uint8_t *w, size_t n, int *closes, const char *
         if (op == 1)
             CHECK(ref_utf8_valid(pl, (size_t)len), "%s: text frame at %zu is not UTF-8", what,
                   start);
+        if (op == 10 && oc->pings) {
+            const sh_buf *pg = oc->pings;
+            int found = 0;
+            while (oc->ping_at < pg->len) {
+                size_t plen = (uint8_t)pg->p[oc->ping_at];
+                const char *pp = pg->p + oc->ping_at + 1;
+                oc->ping_at += 1 + plen;
+                if (plen == len && (len == 0 || memcmp(pp, pl, plen) == 0)) {
+                    found = 1;
+                    break;
+                }
+            }
+            CHECK(found, "%s: pong at %zu (%llu bytes) answers no ping of the client", what,
+                  start, (unsigned long long)len);
+        }
         if (op == 8) {
             (*closes)++;
             CHECK(len != 1, "%s: close frame with a 1-byte payload", what);
@@ -440,8 +555,8 @@ static void feed(sh_conn *c, const uint8_t *p, size_t n)
     sh_ws_on_read(c, copy, n);
     free(copy);
     if (c->phase != SH_PHASE_CLOSED) {
-        int closes = 0;
-        CHECK(check_frames((const uint8_t *)c->out.p, c->out.len, &closes, "out") == c->out.len,
+        out_check oc = {0, NULL, 0};
+        CHECK(check_frames((const uint8_t *)c->out.p, c->out.len, &oc, "out") == c->out.len,
               "out does not end on a frame boundary");
         CHECK(!c->in_wslay, "in_wslay left at %d", c->in_wslay);
     }
@@ -544,10 +659,14 @@ static void run(const uint8_t *data, size_t n, fz_config cfg, uint8_t split, uin
     /* let every pending write complete, then look at all of it */
     while (c->phase != SH_PHASE_CLOSED && c->writing)
         write_done(c);
-    int closes = 0;
-    check_frames((const uint8_t *)W.wire.p, W.wire.len, &closes, "wire");
+    sh_buf pings = {0};
+    collect_pings(data, n, &pings);
+    out_check oc = {0, &pings, 0};
+    check_frames((const uint8_t *)W.wire.p, W.wire.len, &oc, "wire");
+    int closes = oc.closes;
     if (c->phase != SH_PHASE_CLOSED) {
-        check_frames((const uint8_t *)c->out.p, c->out.len, &closes, "wire+out");
+        check_frames((const uint8_t *)c->out.p, c->out.len, &oc, "wire+out");
+        closes = oc.closes;
         if (c->ws && wslay_event_get_close_sent(c->ws))
             CHECK(closes == 1, "wslay sent a close, the wire has %d", closes);
         /* on_close gets close_code: received, else sent, else 1006 (conn.h);
@@ -565,6 +684,7 @@ static void run(const uint8_t *data, size_t n, fz_config cfg, uint8_t split, uin
     sh_ws_free(c); /* idempotent */
     CHECK(srv.metrics.websockets_current == 0, "websockets_current %llu",
           (unsigned long long)srv.metrics.websockets_current);
+    sh_buf_free(&pings);
     sh_buf_free(&c->out);
     sh_buf_free(&c->inflight);
     sh_buf_free(&c->pending);
@@ -582,53 +702,6 @@ static void run(const uint8_t *data, size_t n, fz_config cfg, uint8_t split, uin
 static int buf_equal(const sh_buf *a, const sh_buf *b)
 {
     return a->len == b->len && (a->len == 0 || memcmp(a->p, b->p, a->len) == 0);
-}
-
-/* A known libwslay 1.1.1 bug, not ours: wslay_event_recv validates a close
- * reason per received chunk but skips the first two bytes of *every* chunk
- * (meant to skip the status code at the start of the payload). So how a
- * close frame with a non-ASCII reason is cut into reads (or by wslay's
- * 4096-byte input buffer) decides whether a valid reason is refused with
- * 1007, or an invalid byte is missed until ws_conn.c's check at the end of
- * the frame. The comparison of runs 1 and 2 skips inputs with such a close
- * frame: 1 when data[0..n) (client frames) has a close frame with a byte
- * >= 0x80 after its status code. */
-static int has_non_ascii_close_reason(const uint8_t *d, size_t n)
-{
-    size_t off = 0;
-    while (n - off >= 2) {
-        unsigned op = d[off] & 0x0f, masked = d[off + 1] >> 7;
-        uint64_t len = d[off + 1] & 0x7f;
-        off += 2;
-        if (len == 126) {
-            if (n - off < 2)
-                return 0;
-            len = (uint64_t)d[off] << 8 | d[off + 1];
-            off += 2;
-        } else if (len == 127) {
-            if (n - off < 8)
-                return 0;
-            len = 0;
-            for (int i = 0; i < 8; i++)
-                len = len << 8 | d[off + i];
-            off += 8;
-        }
-        const uint8_t *key = d + off;
-        if (masked) {
-            if (n - off < 4)
-                return 0;
-            off += 4;
-        }
-        size_t have = len < n - off ? (size_t)len : n - off;
-        if (op == 8)
-            for (size_t i = 2; i < have; i++)
-                if ((d[off + i] ^ (masked ? key[i % 4] : 0)) >= 0x80)
-                    return 1;
-        if (have < len)
-            return 0;
-        off += have;
-    }
-    return 0;
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
