@@ -372,9 +372,9 @@ void sh_config_print(lua_State *L, int t, FILE *out)
     const char *keys[256];
     size_t n = 0;
     lua_pushnil(L);
-    while (lua_next(L, t) && n < 256) {
+    while (lua_next(L, t)) {
         lua_pop(L, 1);
-        if (lua_type(L, -1) == LUA_TSTRING)
+        if (lua_type(L, -1) == LUA_TSTRING && n < sizeof keys / sizeof keys[0])
             keys[n++] = lua_tostring(L, -1); /* anchored by the table */
     }
     qsort(keys, n, sizeof keys[0], cmp_str);

@@ -73,6 +73,7 @@ static int l_sleep(lua_State *L)
     op->t = t;
     uv_timer_init(g->srv->loop, &op->h);
     op->h.data = op;
+    uv_update_time(g->srv->loop); /* the loop's cached time may be stale after long Lua work */
     uv_timer_start(&op->h, sleep_fired, (uint64_t)ms, 0);
     return sh_task_suspend(L, sleep_cancel, op);
 }
@@ -172,6 +173,7 @@ static int l_timer(lua_State *L)
     uv_timer_init(g->srv->loop, &t->h);
     t->h.data = t;
     timer_link(t);
+    uv_update_time(g->srv->loop);
     uv_timer_start(&t->h, timer_fired, (uint64_t)ms, 0);
     timer_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->t = t;

@@ -13,7 +13,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Redis, Statushost, WsClient, WsClosed, Suite, http_get,  # noqa: E402
+from harness import (Redis, Statushost, WsClient, WsClosed, Suite, http_get, http_request,  # noqa: E402
                      free_port, wait_until, _resp_encode, _resp_read, OP_TEXT, OP_CLOSE)
 
 S = Suite("test_default")
@@ -175,6 +175,27 @@ def ten_tasks_verbatim_then_1000():
         assert sorted(frames) == sorted(done_payload(t["id"]) for t in tasks), frames
         assert code == 1000, code
         wait_until(lambda: numsub(channel) == 0, 2, what="NUMSUB %s = 0" % channel)
+    sub.close()
+
+
+@S.test
+def seed_form_encoding_accepted_by_the_worker():
+    """The seed's Swoole client POSTs form fields (data[0][id]=…&fid=…): the worker takes
+    them like JSON, publishes each task on ws:fid:<fid>, then answers the seed's JSON."""
+    from urllib.parse import urlencode
+    sub = PSubscriber(redis().port)
+    with worker(SEED_WORKER, "immediate=true") as w:
+        form = urlencode([("data[0][id]", "12345"), ("data[0][status]", "进行中"),
+                          ("data[1][id]", "67890"), ("data[1][status]", "进行中"), ("fid", "77")])
+        status, headers, body = http_request(
+            w.port, "POST", "/remote/message", {"Content-Type": "application/x-www-form-urlencoded"},
+            form.encode())
+        assert status == 200, (status, body)
+        assert json.loads(body) == {"status": 0, "msg": "success", "data": None}, body
+        assert sub.wait_for("ws:fid:77", 2) == [done_payload("12345"), done_payload("67890")]
+        status, _, body = http_request(w.port, "POST", "/remote/message",
+                                       {"Content-Type": "application/json"}, b"[not json")
+        assert status == 400, (status, body)
     sub.close()
 
 
