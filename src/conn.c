@@ -342,8 +342,8 @@ static void request_done(sh_conn *c)
         arm(c, c->pending.len ? TM_HEAD : TM_KEEPALIVE,
             c->pending.len ? c->gen->cfg.handshake_timeout_ms : c->gen->cfg.keepalive_timeout_ms);
         start_reading(c);
-        if (c->pending.len)
-            process_input(c);
+        if (c->pending.len && !c->parsing)
+            process_input(c); /* an answer that came later (a route): go on */
     }
 }
 
@@ -453,7 +453,8 @@ static void handle_upgrade(sh_conn *c, sh_request *r)
 
 /* --------------------------------------------------------------- parsing */
 
-static void process_input(sh_conn *c)
+/* Parse and answer the requests in pending, one at a time. */
+static void parse_requests(sh_conn *c)
 {
     while (c->phase == SH_PHASE_HTTP && !c->busy && !c->close_after_write && !c->lingering &&
            c->pending.len > 0) {
@@ -479,6 +480,18 @@ static void process_input(sh_conn *c)
         else
             handle_plain(c, r);
     }
+}
+
+static void process_input(sh_conn *c)
+{
+    c->parsing = 1; /* request_done does not recurse into us meanwhile */
+    parse_requests(c);
+    c->parsing = 0;
+    /* While a request is answered later (a route), reading goes on so the
+     * peer's going away is noticed; pipelined input beyond one read's worth
+     * waits in the socket instead of in memory. */
+    if (c->busy && c->pending.len > SH_READ_BUF_SIZE)
+        sh_conn_stop_reading(c);
 }
 
 /* ---------------------------------------------------------------- accept */

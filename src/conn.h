@@ -66,6 +66,7 @@ typedef struct sh_conn {
     int hp_live;                 /* hp initialised (HTTP phases) */
     int reading;                 /* uv_read_start active */
     int busy;                    /* a request is being answered: parse no further */
+    int parsing;                 /* inside process_input */
     int timer_mode;              /* what the timer currently guards (conn.c) */
 
     /* output: bytes accumulate in out; one write in flight from inflight */
