@@ -224,15 +224,30 @@ static void on_grace(uv_timer_t *h)
     finish(s);
 }
 
+static void stop_listening(sh_server *s)
+{
+    if (s->listening)
+        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+    s->listening = 0;
+}
+
+/* Close the Redis bus and the HTTP client (their pending callbacks run). */
+static void close_clients(sh_server *s)
+{
+    if (s->bus)
+        sh_redis_bus_close(s->bus, NULL, NULL);
+    s->bus = NULL;
+    if (s->http)
+        sh_http_client_close(s->http, NULL, NULL);
+    s->http = NULL;
+}
+
 void sh_server_shutdown(sh_server *s)
 {
     if (s->stopping)
         return;
     s->stopping = 1;
-    if (s->listening) {
-        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
-        s->listening = 0;
-    }
+    stop_listening(s);
     for (sh_conn *c = s->conns, *next; c; c = next) {
         next = c->next;
         if (c->phase == SH_PHASE_WS)
@@ -256,10 +271,7 @@ static void finish(sh_server *s)
         return;
     s->finished = 1;
     s->stopping = 1;
-    if (s->listening) {
-        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
-        s->listening = 0;
-    }
+    stop_listening(s);
     for (sh_conn *c = s->conns, *next; c; c = next) {
         next = c->next;
         sh_conn_close(c);
@@ -286,14 +298,7 @@ static void finish(sh_server *s)
     for (size_t i = 0; i < n; i++)
         sh_gen_unref(all[i]);
     free(all);
-    if (s->bus) {
-        sh_redis_bus_close(s->bus, NULL, NULL);
-        s->bus = NULL;
-    }
-    if (s->http) {
-        sh_http_client_close(s->http, NULL, NULL);
-        s->http = NULL;
-    }
+    close_clients(s);
 }
 
 void sh_server_conn_gone(sh_server *s, sh_conn *c)
@@ -311,15 +316,8 @@ void sh_server_conn_gone(sh_server *s, sh_conn *c)
 
 void sh_server_abort(sh_server *s)
 {
-    if (s->listening)
-        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
-    s->listening = 0;
-    if (s->bus)
-        sh_redis_bus_close(s->bus, NULL, NULL);
-    s->bus = NULL;
-    if (s->http)
-        sh_http_client_close(s->http, NULL, NULL);
-    s->http = NULL;
+    stop_listening(s);
+    close_clients(s);
     uv_run(s->loop, UV_RUN_DEFAULT);
 }
 

@@ -19,33 +19,8 @@
 #include "config.h"
 #include "log.h"
 
-static int passed, failed;
+#include "unit.h"
 
-#define CHECKF(cond, ...)                                                    \
-    do {                                                                     \
-        if (cond) {                                                          \
-            passed++;                                                        \
-        } else {                                                             \
-            failed++;                                                        \
-            printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);           \
-            printf(__VA_ARGS__);                                             \
-            printf("\n");                                                    \
-        }                                                                    \
-    } while (0)
-#define CHECK(cond) CHECKF(cond, "%s", "")
-#define CHECK_INT(got, want)                                                 \
-    do {                                                                     \
-        long long g_ = (long long)(got), w_ = (long long)(want);            \
-        CHECKF(g_ == w_, "got %lld, want %lld", g_, w_);                     \
-    } while (0)
-#define CHECK_STR(got, want)                                                 \
-    do {                                                                     \
-        const char *g_ = (got), *w_ = (want);                                \
-        CHECKF((g_ == NULL && w_ == NULL) ||                                 \
-                   (g_ != NULL && w_ != NULL && strcmp(g_, w_) == 0),        \
-               "got \"%s\", want \"%s\"", g_ ? g_ : "(null)",                 \
-               w_ ? w_ : "(null)");                                          \
-    } while (0)
 /* err mentions every one of the given words */
 #define CHECK_ERR_HAS(err, word)                                             \
     CHECKF(strstr((err), (word)) != NULL, "error \"%s\" should mention \"%s\"", (err), (word))
@@ -547,6 +522,5 @@ int main(void)
     test_validation();
     test_log_level();
     test_print();
-    printf("config: %d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return unit_done("config");
 }

@@ -48,7 +48,7 @@ static int unit_failures; /* checks that failed so far */
 /* Print the summary; the exit status for main(). */
 static inline int unit_done(const char *name)
 {
-    printf("%s: %d checks, %d failed\n", name, unit_checks, unit_failures);
+    printf("%s: %d passed, %d failed\n", name, unit_checks - unit_failures, unit_failures);
     return unit_failures != 0;
 }
 
