@@ -23,7 +23,7 @@
 --         job:<id>        hash: task id → the last update published for it
 --         job:<id>:meta   {"deadline":<unix seconds>,"tasks":[…the batch…]}
 --     It stops when every task is done or at the deadline; both keys expire resume_keep_s
---     after the deadline.
+--     after the deadline (SET … PXAT: Redis 6.2 or later).
 --   - A resuming client subscribes first and waits for Redis to confirm, then reads the
 --     keys: an update published meanwhile reaches it live (held until the snapshot is
 --     out, and skipped if the snapshot already said the same). Within one statushost
@@ -68,7 +68,8 @@ end
 -- Record every update of job `id` (runs detached: it outlives the connection).
 local function record(id, job)
   local key = "job:" .. id
-  local expire_at = math.floor(host.now() * 1000) + cfg.job_timeout_ms + cfg.resume_keep_s * 1000
+  local deadline = host.now() + cfg.job_timeout_ms / 1000
+  local expire_at = math.floor((deadline + cfg.resume_keep_s) * 1000) -- Unix ms, for PXAT
   local done, ndone, sub, timer, stopped = {}, 0, nil, nil, false
   local function stop_recording(why)
     if stopped then return end
@@ -77,6 +78,12 @@ local function record(id, job)
     if timer then timer:cancel() end
     host.log.info("resume: stopped recording job", id, why)
   end
+  -- save the batch, in a task of its own so that the SET goes out now, with the SUBSCRIBE
+  host.spawn(function()
+    local meta = ('{"deadline":%.3f,"tasks":%s}'):format(deadline, job.text)
+    local ok, err = host.redis.call("SET", key .. ":meta", meta, "PXAT", expire_at)
+    if not ok then host.log.warn("resume: could not save job", id, err) end
+  end)
   local err
   sub, err = host.subscribe(job.channel, function(_, payload)
     local update, tid = decode(payload)
@@ -104,12 +111,8 @@ policy.on_message = function(conn, text)
   local job = conn.state.job
   if not job or job.finished then return end
   local id = conn.id
-  host.detach(record, id, job) -- subscribes now, before the default flow can dispatch
+  host.detach(record, id, job) -- saves the batch and subscribes, now: before any dispatch
   conn:send(json.encode { job = id })
-  local meta = ('{"deadline":%.3f,"tasks":%s}'):format(host.now() + cfg.job_timeout_ms / 1000, job.text)
-  local ok, err = host.redis.call("SET", "job:" .. id .. ":meta", meta,
-    "PX", cfg.job_timeout_ms + cfg.resume_keep_s * 1000)
-  if not ok then host.log.warn("resume: could not save job", id, err) end
 end
 
 -- ------------------------------------------------------------ resuming
@@ -168,7 +171,8 @@ local function resume(conn, id)
   -- 3. the snapshot: one frame per task, in batch order
   for i, task in ipairs(meta.tasks) do
     local tid = task_key(task.id)
-    local payload = current[tid] or json.encode { id = task.id, status = task.status or "pending" }
+    local payload = current[tid]
+      or ('{"id":%s,"status":%s}'):format(json.encode(task.id), json.encode(task.status or "pending"))
     job.tasks[tid], job.order[i], job.n, job.sent[tid] = task, tid, i, payload
     conn:send(payload)
     if is_done(json.decode(payload)) and not job.done[tid] then

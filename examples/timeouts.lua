@@ -5,14 +5,15 @@
 --
 -- Two timeouts:
 --   per job   job_timeout_ms (scripts/default.lua's): the whole job; when it passes, the
---             client gets {"error":"timeout",...,"pending":[...]} and close 4408.
+--             client gets {"error":"timeout",...,"pending":[...]} and close 4408
+--             ("pending" lists every task not done, timed-out ones included).
 --   per task  task_timeout_ms, counted from the moment the batch arrives; a batch item may
 --             carry its own, e.g. {"id":"7","status":"进行中","timeout_ms":2000}.
 --             0 means no deadline (for that item; or, as task_timeout_ms, by default).
 --             A task not done by its deadline is reported to the client as
 --             {"id":"7","status":"timeout"} and counts as finished: a later update for
---             it is dropped. When every task is done or timed out the job
---             ends with close 1000, reason "done, K of N timed out".
+--             it is dropped. When every task is done or timed out, the job ends with
+--             close 1000, reason "done, K of N timed out".
 -- A job whose tasks all complete in time ends exactly as in the default policy.
 --
 -- Everything else is scripts/default.lua: this file loads it and wraps two hooks.
@@ -55,12 +56,19 @@ local function settled(job)
   return job.ndone + job.ntimed_out == job.n
 end
 
+-- A task's deadline in ms: its own timeout_ms if it has a number there, else
+-- task_timeout_ms. nil (no deadline) for 0, or anything not in 0 < ms < 1e9.
+local function deadline_ms(task)
+  local ms = math.type(task.timeout_ms) and task.timeout_ms or cfg.task_timeout_ms
+  if ms > 0 and ms < 1e9 then return ms end
+end
+
 -- A task's deadline passed.
 local function task_timeout(conn, job, id)
   if job.finished or job.done[id] or job.timed_out[id] then return end
   job.timed_out[id] = true
   job.ntimed_out = job.ntimed_out + 1
-  conn:send(json.encode { id = job.tasks[id].id, status = cfg.timeout_status })
+  conn:send(('{"id":%s,"status":%s}'):format(json.encode(job.tasks[id].id), json.encode(cfg.timeout_status)))
   if settled(job) then finish(conn, job) end
 end
 
@@ -75,8 +83,8 @@ policy.on_message = function(conn, text)
   if not job or job.finished then return end
   job.timed_out, job.ntimed_out = {}, 0
   for _, id in ipairs(job.order) do
-    local ms = tonumber(job.tasks[id].timeout_ms) or cfg.task_timeout_ms
-    if ms > 0 then host.timer(ms, task_timeout, conn, job, id) end -- no-op if done by then
+    local ms = deadline_ms(job.tasks[id])
+    if ms then host.timer(ms, task_timeout, conn, job, id) end -- a no-op if done by then
   end
 end
 

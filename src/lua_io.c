@@ -688,8 +688,13 @@ void sh_io_register(lua_State *L, int m)
 
 void sh_io_conn_closing(sh_conn *c)
 {
-    while (c->subs)
-        csub_free(c->subs);
+    while (c->subs) {
+        sh_conn_sub *s = c->subs;
+        if (s->waiter) /* a task of another owner waits for this confirmation */
+            sh_task_abort(s->waiter, "closed"); /* frees s */
+        else
+            csub_free(s);
+    }
     timers_release_all(&c->timers);
 }
 

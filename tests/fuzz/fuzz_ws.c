@@ -380,6 +380,7 @@ void sh_conn_close(sh_conn *c)
         return;
     int was_ws = c->phase == SH_PHASE_WS;
     c->phase = SH_PHASE_CLOSED;
+    c->reading = 0;
     W.timer_armed = 0;
     if (was_ws) {
         c->srv->metrics.websockets_current--;
@@ -512,7 +513,8 @@ void sh_api_message(sh_conn *c, const char *data, size_t len, int binary)
         break;
     case 'B': { /* a reply over 64 KiB: the 64-bit length form */
         static char big[70000];
-        memset(big, 'B', sizeof big);
+        if (big[0] != 'B')
+            memset(big, 'B', sizeof big);
         policy_send(c, big, sizeof big, binary);
         break;
     }

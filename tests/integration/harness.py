@@ -171,6 +171,7 @@ class RedisSubscriber:
         return _resp_read(self.f)
 
     def close(self):
+        self.f.close()  # the file object holds the socket open too
         self.sock.close()
 
 

@@ -149,7 +149,8 @@ class Baseline:
         print("     %s: RSS before %d kB, after %d kB (%+.1f%%); fds %d -> %d" % (
             self.what, self.rss, rss, 100.0 * (rss - self.rss) / self.rss, self.fds,
             sh.fd_count()), flush=True)
-        if not os.environ.get("SH_SANITIZED"):  # ASan's quarantine keeps freed memory
+        if not (os.environ.get("SH_SANITIZED") or os.environ.get("SH_WRAPPER")):
+            # ASan's quarantine and valgrind's allocator keep freed memory
             assert rss <= self.rss * 1.10, "%s: RSS grew from %d kB to %d kB (> 10%%)" % (
                 self.what, self.rss, rss)
         return rss
