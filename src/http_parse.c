@@ -66,6 +66,8 @@ static void *grow(void *arr, size_t *cap, size_t need, size_t size)
 /* Append s[0..n) to the head buffer. 0, or the ENOMEM error. */
 static int buf_append(sh_http_parser *p, const char *s, size_t n)
 {
+    if (n == 0)
+        return 0; /* an empty span (e.g. CONNECT's missing target): nothing to grow */
     char *b = grow(p->buf, &p->buf_cap, p->buf_len + n, 1);
     if (b == NULL)
         return fail(p, SH_PARSE_ENOMEM, 500, "out of memory");

@@ -263,6 +263,8 @@ static void pump(sh_conn *c)
 {
     if (wslay_event_want_write(c->ws))
         wslay_event_send(c->ws);
+    if (!c->close_code && wslay_event_get_close_sent(c->ws))
+        c->close_code = wslay_event_get_status_code_sent(c->ws); /* a close wslay decided */
     if ((c->close_queued || wslay_event_get_close_sent(c->ws)) && !c->close_wait) {
         /* our close is on its way: the peer gets close_timeout_ms to answer
          * it (and to read what is queued), then the connection is dropped */
