@@ -82,7 +82,7 @@ for t in $TARGETS; do
       echo "fuzz_$t: $nreg regression inputs pass"
     else
       echo "fuzz_$t: REGRESSION FAILED ($reg)"
-      grep "^Running:" "$WORK/$t-regressions.log" | tail -1 >&2
+      grep "^Running:" "$WORK/$t-regressions.log" | tail -1 || true
       show_failure "$WORK/$t-regressions.log"
       status=1
       continue # fuzzing would stop at the same input
@@ -107,7 +107,9 @@ for t in $TARGETS; do
     execs=$(grep -E '^#[0-9]+' "$log" | tail -1 | sed -E 's/^#([0-9]+).*/\1/' || true)
   fi
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1 || true)
-  [ -n "$rate" ] || rate=$(grep -oE 'exec/s: [0-9]+' "$log" | tail -1 | sed 's/exec\/s: //' || true)
+  if [ -z "$rate" ] && [ -n "$execs" ] && [ "$SECS" -gt 0 ]; then
+    rate=$((execs / SECS)) # fork mode: all processes together
+  fi
   cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | sed 's/cov: //' || true)
   if [ $rc -eq 0 ]; then
     echo "fuzz_$t: ${execs:-?} executions in ${SECS}s (${rate:-?} exec/s, coverage ${cov:-?}): nothing found"
