@@ -35,8 +35,8 @@
 static int slow_consumer(sh_conn *c)
 {
     size_t pending = c->out.len + c->inflight.len;
-    if (pending <= c->gen->cfg.max_send_buffer)
-        return 0;
+    if (pending <= c->gen->cfg.max_send_buffer || wslay_event_get_close_sent(c->ws))
+        return 0; /* under the limit, or our close frame is in out: out is final */
     c->srv->metrics.slow_consumer_closes++;
     sh_warn(c->id, "slow consumer: %zu bytes unsent (max_send_buffer %zu): closing 1008", pending,
             c->gen->cfg.max_send_buffer);

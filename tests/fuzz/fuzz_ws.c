@@ -98,6 +98,7 @@ static struct {
     uint64_t timer_ms;
     uint64_t now;
     int opens;
+    int trace;         /* SH_FUZZ_VERBOSE, run 3: print events as they happen */
 } W;
 
 static sh_server srv;
@@ -112,6 +113,8 @@ static void event(const char *fmt, ...)
     int n = vsnprintf(b, sizeof b, fmt, ap);
     va_end(ap);
     sh_buf_append(&W.events, b, n < 0 ? 0 : (size_t)n < sizeof b ? (size_t)n : sizeof b - 1);
+    if (W.trace)
+        fprintf(stderr, "  %s", b);
 }
 
 static uint32_t fnv(const void *p, size_t n)
@@ -472,6 +475,9 @@ void sh_api_open(sh_conn *c)
 static int policy_send(sh_conn *c, const char *data, size_t len, int binary)
 {
     int rc = sh_conn_send(c, data ? data : "", len, binary);
+    if (W.trace)
+        fprintf(stderr, "  send %zu -> %d (out %zu inflight %zu, close sent %d)\n", len, rc,
+                c->out.len, c->inflight.len, c->ws ? wslay_event_get_close_sent(c->ws) : -1);
     CHECK(rc == 0 || rc == -1, "sh_conn_send = %d", rc);
     return rc;
 }
@@ -552,6 +558,8 @@ static void feed(sh_conn *c, const uint8_t *p, size_t n)
      * input while lingering */
     if (!c->reading || c->lingering)
         return;
+    if (W.trace)
+        fprintf(stderr, " [read %zu bytes]\n", n);
     char *copy = malloc(n ? n : 1);
     memcpy(copy, p, n);
     sh_ws_on_read(c, copy, n);
@@ -568,6 +576,11 @@ static void feed(sh_conn *c, const uint8_t *p, size_t n)
 static void between(sh_conn *c, uint64_t *rng)
 {
     uint64_t r = rng_next(rng);
+    static const char *const names[16] = {"timer", "server send", "server close", "lua error",
+                                          "write done", "write done", "write done", "eof?"};
+    if (W.trace && names[r % 16])
+        fprintf(stderr, " [%s] out %zu inflight %zu writing %d\n", names[r % 16], c->out.len,
+                c->inflight.len, c->writing);
     switch (r % 16) {
     case 0:
         timer_fires(c);
@@ -606,6 +619,7 @@ static void run(const uint8_t *data, size_t n, fz_config cfg, uint8_t split, uin
 {
     memset(&W, 0, sizeof W);
     W.cfg = cfg;
+    W.trace = wire_out == NULL && getenv("SH_FUZZ_VERBOSE") != NULL;
     memset(&srv, 0, sizeof srv);
     memset(&gen, 0, sizeof gen);
     gen.srv = &srv;

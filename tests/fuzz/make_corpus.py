@@ -187,6 +187,8 @@ def ws_corpus():
     c["hook_big_reply"] = (cfg(), 0, 0, frame(1, "Big reply") + close(1000))
     c["slow_consumer"] = (cfg(send=1), 1, 0, frame(1, "big " * 8) + frame(1, "b" * 30) * 3
                           + frame(9, "p"))
+    c["ping_after_close_over_limit"] = (cfg(send=2), 0, 0, frame(1, "b" * 100) + frame(1, "close me")
+                                        + frame(9, "p"))
     c["stalled"] = (cfg(stall=1, send=2), 2, 0x35, frame(1, "b" * 100) * 4 + frame(9, "x")
                     + close(1000))
     c["timer_events"] = (cfg(ping=1, greet=1), 1, 0x90, hi * 6 + frame(10, "statushost")
