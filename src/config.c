@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include <lauxlib.h>
+#include <uv.h>
 
 #include "log.h"
 
@@ -254,17 +255,33 @@ bad:
     return -1;
 }
 
-/* Resolve web_root: the configured directory, else ./web, else the
- * installed copy; NULL when none exists. */
-static char *resolve_web_root(const char *configured)
+static int is_dir(const char *path)
 {
     struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Resolve web_root: the configured directory, else ./web, else the
+ * installed copy (the configured prefix, or next to the binary for an
+ * install elsewhere: BIN/../share/statushost/web); NULL when none exists. */
+static char *resolve_web_root(const char *configured)
+{
     if (configured && *configured)
         return strdup(configured);
-    if (stat("web", &st) == 0 && S_ISDIR(st.st_mode))
+    if (is_dir("web"))
         return strdup("web");
-    if (stat(SH_DATADIR "/web", &st) == 0 && S_ISDIR(st.st_mode))
+    if (is_dir(SH_DATADIR "/web"))
         return strdup(SH_DATADIR "/web");
+    char exe[4096];
+    size_t n = sizeof exe;
+    if (uv_exepath(exe, &n) == 0) {
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            snprintf(slash, sizeof exe - (size_t)(slash - exe), "/../share/statushost/web");
+            if (is_dir(exe))
+                return strdup(exe);
+        }
+    }
     return NULL;
 }
 
