@@ -28,6 +28,14 @@ enum timer_mode { TM_NONE, TM_HEAD, TM_KEEPALIVE, TM_LINGER };
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static void process_input(sh_conn *c);
 
+/* More answers wait to be written than max_send_buffer: a client that
+ * pipelines requests without reading the answers is not served further
+ * until it reads. */
+static int output_full(const sh_conn *c)
+{
+    return c->out.len + c->inflight.len > c->gen->cfg.max_send_buffer;
+}
+
 uint64_t sh_now_ms(void)
 {
     struct timespec ts;
@@ -141,6 +149,12 @@ static void on_write(uv_write_t *req, int status)
         return;
     }
     sh_conn_flush(c);
+    if (c->phase == SH_PHASE_HTTP && !c->busy && !c->reading && !c->close_after_write &&
+        !c->lingering && !output_full(c)) {
+        start_reading(c); /* the answers drained: serve the rest */
+        if (c->pending.len)
+            process_input(c);
+    }
 }
 
 /* Write what is in out: try a direct write first, queue the rest. When
@@ -341,6 +355,8 @@ static void request_done(sh_conn *c)
     if (!c->close_after_write && !c->lingering) {
         arm(c, c->pending.len ? TM_HEAD : TM_KEEPALIVE,
             c->pending.len ? c->gen->cfg.handshake_timeout_ms : c->gen->cfg.keepalive_timeout_ms);
+        if (output_full(c))
+            return; /* resumed from on_write once the answers drain */
         start_reading(c);
         if (c->pending.len && !c->parsing)
             process_input(c); /* an answer that came later (a route): go on */
@@ -413,6 +429,12 @@ void sh_conn_handshake_result(sh_conn *c, int accept, int status, const char *bo
 {
     if (c->phase != SH_PHASE_HANDSHAKE)
         return;
+    if (accept && c->srv->stopping) {
+        accept = 0; /* the policy took its time and the server is stopping meanwhile */
+        status = 503;
+        body = "503 shutting down\n";
+        len = 18;
+    }
     if (accept) {
         accept_upgrade(c);
         return;
@@ -457,7 +479,7 @@ static void handle_upgrade(sh_conn *c, sh_request *r)
 static void parse_requests(sh_conn *c)
 {
     while (c->phase == SH_PHASE_HTTP && !c->busy && !c->close_after_write && !c->lingering &&
-           c->pending.len > 0) {
+           c->pending.len > 0 && !output_full(c)) {
         size_t consumed = 0;
         int status = 0;
         int rc = sh_http_parser_feed(&c->hp, c->pending.p, c->pending.len, &consumed, &status);
@@ -490,7 +512,8 @@ static void process_input(sh_conn *c)
     /* While a request is answered later (a route), reading goes on so the
      * peer's going away is noticed; pipelined input beyond one read's worth
      * waits in the socket instead of in memory. */
-    if (c->busy && c->pending.len > SH_READ_BUF_SIZE)
+    if ((c->busy && c->pending.len > SH_READ_BUF_SIZE) ||
+        (c->phase == SH_PHASE_HTTP && output_full(c)))
         sh_conn_stop_reading(c);
 }
 

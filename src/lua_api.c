@@ -255,6 +255,11 @@ static int spawn(lua_State *L, int detached)
         lua_pushliteral(L, "closed");
         return 2;
     }
+    if (g->run_depth >= SH_MAX_RUN_DEPTH) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "too deep"); /* each spawn runs inside its caller's C stack */
+        return 2;
+    }
     int n = lua_gettop(L);
     sh_task *t = sh_task_new(g, cur && !detached ? cur->conn : NULL,
                              detached ? "detached function" : "spawned function");
@@ -496,26 +501,30 @@ struct route_call {
     int head_only;
 };
 
-/* Collect "Name: value\r\n" lines from a headers table at index i. */
-static void route_headers(lua_State *co, int i, luaL_Buffer *b, const char **ctype)
+/* Collect "Name: value\r\n" lines from a headers table at index i into out
+ * (NUL-terminated); string keys only, values strings or numbers. */
+static void route_headers(lua_State *co, int i, sh_buf *out, const char **ctype)
 {
     if (!lua_istable(co, i))
         return;
     lua_pushnil(co);
     while (lua_next(co, i)) {
-        const char *k = lua_tostring(co, -2), *v = lua_tostring(co, -1);
-        if (k && v && !strpbrk(k, "\r\n:") && !strpbrk(v, "\r\n")) {
-            if (strcasecmp(k, "content-type") == 0)
-                *ctype = v; /* anchored by the table */
-            else if (strcasecmp(k, "content-length") && strcasecmp(k, "connection")) {
-                luaL_addstring(b, k);
-                luaL_addstring(b, ": ");
-                luaL_addstring(b, v);
-                luaL_addstring(b, "\r\n");
+        if (lua_type(co, -2) == LUA_TSTRING && lua_isstring(co, -1)) {
+            const char *k = lua_tostring(co, -2), *v = lua_tostring(co, -1);
+            if (!strpbrk(k, "\r\n:") && !strpbrk(v, "\r\n")) {
+                if (strcasecmp(k, "content-type") == 0)
+                    *ctype = v; /* anchored by the table */
+                else if (strcasecmp(k, "content-length") && strcasecmp(k, "connection")) {
+                    sh_buf_append(out, k, strlen(k));
+                    sh_buf_append(out, ": ", 2);
+                    sh_buf_append(out, v, strlen(v));
+                    sh_buf_append(out, "\r\n", 2);
+                }
             }
         }
         lua_pop(co, 1);
     }
+    sh_buf_append(out, "", 1);
 }
 
 /* A route returned status[, body[, headers]]. */
@@ -536,14 +545,13 @@ static void route_done(sh_task *t, int status, int nres, void *arg)
             size_t len = 0;
             const char *body = nres >= 2 ? lua_tolstring(co, base + 1, &len) : NULL;
             const char *ctype = "text/plain; charset=utf-8";
-            luaL_Buffer b;
-            luaL_buffinit(co, &b);
+            sh_buf extra = {0};
             if (nres >= 3)
-                route_headers(co, base + 2, &b, &ctype);
-            luaL_pushresult(&b);
-            const char *extra = lua_tostring(co, -1);
+                route_headers(co, base + 2, &extra, &ctype);
             sh_conn_respond(c, (int)code, ctype, body ? body : "", body ? len : 0,
-                            *extra ? extra : NULL, rc->keep, rc->head_only);
+                            extra.len > 1 ? extra.p : NULL, rc->keep && !c->srv->stopping,
+                            rc->head_only);
+            sh_buf_free(&extra);
         }
         rc->done(c);
     }

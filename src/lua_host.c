@@ -293,7 +293,11 @@ sh_task *sh_task_new(sh_gen *g, sh_conn *conn, const char *what)
     if (g->tasks)
         g->tasks->gen_prev = t;
     g->tasks = t;
-    if (conn) {
+    if (conn && conn->phase == SH_PHASE_CLOSED) {
+        /* its connection is gone already: the task runs orphaned */
+        snprintf(t->log_id, sizeof t->log_id, "%s", conn->id);
+        t->orphaned = 1;
+    } else if (conn) {
         snprintf(t->log_id, sizeof t->log_id, "%s", conn->id);
         t->conn = conn;
         t->conn_next = conn->tasks;
@@ -328,6 +332,10 @@ void sh_task_push_hook(sh_task *t, enum sh_hook h)
 static void task_finish(sh_task *t, int status, int nres)
 {
     sh_gen *g = t->gen;
+    if (t->cancel) { /* ended while a wait was registered (its yield failed) */
+        t->cancel(t, t->op);
+        t->cancel = NULL;
+    }
     if (t->done)
         t->done(t, status, nres, t->done_arg);
     conn_unlink(t);
@@ -364,7 +372,10 @@ static void task_run(sh_task *t, int nargs)
     lua_State *co = t->co;
     arm_budget(co, t->gen->cfg.lua_max_instructions);
     int nres = 0;
-    int st = lua_resume(co, t->gen->L, nargs, &nres);
+    sh_gen *g = t->gen;
+    g->run_depth++;
+    int st = lua_resume(co, g->L, nargs, &nres);
+    g->run_depth--;
     if (st == LUA_YIELD) {
         if (t->cancel)
             return; /* suspended in a host call; its completion wakes us */

@@ -26,6 +26,9 @@ struct sh_server;
 struct sh_conn;
 typedef struct sh_task sh_task;
 
+/* Tasks started from inside a running task (host.spawn) nest on the C stack. */
+#define SH_MAX_RUN_DEPTH 64
+
 enum sh_hook {
     SH_HOOK_HANDSHAKE, /* on_handshake(req) → false, status[, body] refuses */
     SH_HOOK_OPEN,      /* on_open(conn) */
@@ -52,6 +55,7 @@ typedef struct sh_gen {
     int npool;
     int pool_ref;                /* registry table: thread → true (anchors) */
     int closing;                 /* shutting down: new waits fail with "closed" */
+    int run_depth;               /* tasks running inside each other (spawn, hooks) */
     struct sh_gen *next_gen, *prev_gen; /* in srv->gens */
 } sh_gen;
 

@@ -32,6 +32,9 @@ static sh_task *need_task(lua_State *L)
     if (!t)
         luaL_error(L, "this call waits, so it must run in a hook's coroutine "
                       "(not in the main chunk or a coroutine of your own)");
+    if (!lua_isyieldable(L))
+        luaL_error(L, "this call waits, and cannot inside a function called from C "
+                      "(a table.sort comparator, a gsub callback, a metamethod)");
     return t;
 }
 

@@ -241,6 +241,8 @@ int sh_ws_start(sh_conn *c, const char *leftover, size_t len)
     if (c->gen->cfg.ping_interval_ms)
         sh_conn_arm_timer(c, c->gen->cfg.ping_interval_ms);
     sh_conn_flush(c); /* the 101 */
+    if (c->phase != SH_PHASE_WS)
+        return 0; /* the write failed: the connection is already closed */
     sh_api_open(c);
     if (len && c->phase == SH_PHASE_WS)
         sh_ws_on_read(c, leftover, len);
