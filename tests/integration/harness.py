@@ -157,6 +157,18 @@ def _resp_read(f):
     raise OSError("bad RESP: %r" % line)
 
 
+_shared_redis = None
+
+
+def shared_redis():
+    """One redis-server for a whole test file (each statushost uses its own
+    channels); stopped at exit."""
+    global _shared_redis
+    if _shared_redis is None:
+        _shared_redis = Redis()
+    return _shared_redis
+
+
 class RedisSubscriber:
     """A real subscriber connection, for tests that watch a channel."""
 
@@ -496,6 +508,22 @@ class WsClient:
                     except OSError:
                         pass
                 return code, payload[2:]
+
+    def read_to_close(self):
+        """Text messages until the close frame → (list of payloads, close code);
+        answers the close."""
+        frames = []
+        while True:
+            op, payload = self.recv()
+            if op == OP_CLOSE:
+                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+                try:
+                    self.send(OP_CLOSE, payload[:2])
+                except OSError:
+                    pass
+                return frames, code
+            assert op == OP_TEXT, (op, payload)
+            frames.append(payload)
 
     def wait_tcp_close(self):
         """Await the server closing the TCP connection (EOF or reset)."""

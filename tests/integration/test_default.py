@@ -13,7 +13,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Redis, Statushost, WsClient, WsClosed, Suite, http_get, http_request,  # noqa: E402
+from harness import (shared_redis, Redis, Statushost, WsClient, WsClosed, Suite, http_get, http_request,  # noqa: E402
                      free_port, wait_until, _resp_encode, _resp_read, OP_TEXT, OP_CLOSE)
 
 S = Suite("test_default")
@@ -22,15 +22,9 @@ SEED_WORKER = "examples/remote_worker.lua"
 TEST_WORKER = "tests/integration/workers/test_worker.lua"
 DONE = "已完成"
 
-_redis = None
-
-
 def redis():
     """One redis-server for the whole file (every statushost has its own channels)."""
-    global _redis
-    if _redis is None:
-        _redis = Redis()
-    return _redis
+    return shared_redis()
 
 
 def ready(sh):
@@ -83,18 +77,7 @@ def run_job(port, tasks, timeout=20):
     ws = WsClient(port, timeout=timeout)
     try:
         ws.send_json(tasks)
-        frames = []
-        while True:
-            op, payload = ws.recv()
-            if op == OP_CLOSE:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-                try:
-                    ws.send(OP_CLOSE, payload[:2])
-                except OSError:
-                    pass
-                return frames, code
-            assert op == OP_TEXT, (op, payload)
-            frames.append(payload)
+        return ws.read_to_close()
     finally:
         ws.shutdown()
 
@@ -670,8 +653,4 @@ def metrics_count_jobs():
 
 
 if __name__ == "__main__":
-    try:
-        S.run()
-    finally:
-        if _redis:
-            _redis.stop()
+    S.run()  # the shared redis-server is stopped at exit (harness)

@@ -18,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (ROOT, Redis, RedisSubscriber, Statushost, WsClient, Suite,  # noqa: E402
+from harness import (shared_redis, ROOT, Redis, RedisSubscriber, Statushost, WsClient, Suite,  # noqa: E402
                      wait_until, OP_TEXT, OP_CLOSE)
 
 S = Suite("examples")
@@ -27,15 +27,9 @@ EX_WORKER = "tests/integration/workers/examples_worker.lua"
 DONE = "已完成"
 SECRET = "test-secret-\u00e9"  # not ASCII on purpose: the key is bytes
 
-_redis = None
-
-
 def redis():
     """One redis-server for the whole file (every statushost has its own channels)."""
-    global _redis
-    if _redis is None:
-        _redis = Redis()
-    return _redis
+    return shared_redis()
 
 
 def ready(sh):
@@ -401,8 +395,4 @@ def resume_client_resetting_right_after_its_batch_leaks_no_task():
 
 
 if __name__ == "__main__":
-    try:
-        S.run()
-    finally:
-        if _redis is not None:
-            _redis.stop()
+    S.run()  # the shared redis-server is stopped at exit (harness)

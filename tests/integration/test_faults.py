@@ -68,18 +68,7 @@ def start_job(sh, worker_sh, tasks, timeout=10):
 
 def read_to_close(ws):
     """→ (list of text payloads, close code); answers the close."""
-    frames = []
-    while True:
-        op, payload = ws.recv()
-        if op == OP_CLOSE:
-            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-            try:
-                ws.send(OP_CLOSE, payload[:2])
-            except OSError:
-                pass
-            return frames, code
-        assert op == OP_TEXT, (op, payload)
-        frames.append(payload)
+    return ws.read_to_close()
 
 
 # ---------------------------------------------------------------- client leaves
