@@ -36,13 +36,6 @@ static int output_full(const sh_conn *c)
     return c->out.len + c->inflight.len > c->gen->cfg.max_send_buffer;
 }
 
-uint64_t sh_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* ---------------------------------------------------------------- timers */
 
 static void on_timer(uv_timer_t *h)
@@ -363,11 +356,6 @@ static void request_done(sh_conn *c)
     }
 }
 
-static void route_done(sh_conn *c)
-{
-    request_done(c);
-}
-
 static void handle_plain(sh_conn *c, sh_request *r)
 {
     int keep = r->keep_alive && !c->srv->stopping;
@@ -377,7 +365,7 @@ static void handle_plain(sh_conn *c, sh_request *r)
         request_done(c);
         return;
     }
-    if (sh_api_route(c, r, keep, route_done)) /* a Lua route runs: answers later */
+    if (sh_api_route(c, r, keep, request_done)) /* a Lua route runs: answers later */
         return;
     if (get || head)
         serve_static(c, r, keep, head);
@@ -564,7 +552,6 @@ void sh_conn_accept(sh_server *s)
     make_id(s, c->id);
     peer_name(c);
     uv_tcp_nodelay(&c->tcp, 1);
-    c->opened_ms = sh_now_ms();
     sh_http_parser_init(&c->hp, c->gen->cfg.max_head_bytes, c->gen->cfg.max_body_bytes);
     c->hp_live = 1;
     c->next = s->conns;

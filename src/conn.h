@@ -56,7 +56,6 @@ typedef struct sh_conn {
     char peer[64];               /* "ip:port" */
     enum sh_phase phase;
     struct sh_gen *gen;          /* the policy this connection runs on (ref held) */
-    uint64_t opened_ms;
 
     /* input */
     sh_http_parser hp;
@@ -94,7 +93,6 @@ typedef struct sh_conn {
     int in_wslay;                /* inside wslay_event_recv: defer writes and frees */
     int close_wait;              /* our close is sent: waiting for the peer's */
     int ping_outstanding;        /* a ping was sent, no pong yet */
-    uint64_t ping_sent_ms;
 
     /* Lua */
     int ud_ref;                  /* registry ref of the conn userdata, LUA_NOREF */
@@ -140,12 +138,10 @@ void sh_conn_close_raw(sh_conn *c);
 void sh_conn_flush(sh_conn *c);
 int sh_ws_start(sh_conn *c, const char *leftover, size_t len);
 void sh_ws_on_read(sh_conn *c, const char *data, size_t len);
-void sh_ws_proceed(sh_conn *c);
 int sh_ws_finished(sh_conn *c);
 void sh_ws_on_timer(sh_conn *c);
 void sh_ws_free(sh_conn *c);
 void sh_conn_arm_timer(sh_conn *c, uint64_t ms);
 void sh_conn_stop_reading(sh_conn *c);
-uint64_t sh_now_ms(void);
 
 #endif

@@ -36,7 +36,7 @@ static void on_connection(uv_stream_t *l, int status)
     sh_conn_accept(s);
 }
 
-static void on_listener_closed(uv_handle_t *h) { (void)h; }
+static void closed_noop(uv_handle_t *h) { (void)h; }
 
 static void start_listening(sh_server *s)
 {
@@ -227,7 +227,7 @@ static void on_grace(uv_timer_t *h)
 static void stop_listening(sh_server *s)
 {
     if (s->listening)
-        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+        uv_close((uv_handle_t *)&s->listener, closed_noop);
     s->listening = 0;
 }
 
@@ -261,8 +261,6 @@ void sh_server_shutdown(sh_server *s)
     }
     uv_timer_start(&s->grace_timer, on_grace, s->gen->cfg.shutdown_grace_ms, 0);
 }
-
-static void closed_noop(uv_handle_t *h) { (void)h; }
 
 /* Everything stops: connections, tasks, timers, Redis, HTTP, signals. */
 static void finish(sh_server *s)

@@ -52,7 +52,6 @@ typedef struct sh_server {
     int finished;                  /* everything is closing; the loop is about to end */
     char *read_buf;                /* shared read buffer (one loop, one reader at a time) */
     int read_buf_busy;
-    int exit_code;
 } sh_server;
 
 #define SH_READ_BUF_SIZE (64 * 1024)

@@ -321,12 +321,6 @@ int sh_ws_finished(sh_conn *c)
     return c->ws && !wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws);
 }
 
-void sh_ws_proceed(sh_conn *c)
-{
-    if (c->phase == SH_PHASE_WS && c->ws)
-        pump(c);
-}
-
 void sh_ws_on_timer(sh_conn *c)
 {
     const sh_config *cfg = &c->gen->cfg;
@@ -344,7 +338,6 @@ void sh_ws_on_timer(sh_conn *c)
     struct wslay_event_msg ping = {WSLAY_PING, (const uint8_t *)"statushost", 10};
     if (wslay_event_queue_msg(c->ws, &ping) == 0) {
         c->ping_outstanding = 1;
-        c->ping_sent_ms = sh_now_ms();
         sh_conn_arm_timer(c, cfg->ping_timeout_ms);
         pump(c);
     }
