@@ -10,6 +10,7 @@
 #include <lauxlib.h>
 #include <lua-cjson.h>
 #include <lualib.h>
+#include <uv.h>
 
 #include "conn.h"
 #include "log.h"
@@ -96,6 +97,89 @@ static int take_routes(lua_State *L, int policy, int *ref, char *err, size_t err
     }
     *ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
+}
+
+/* The directory of path ("." when it has none), into out. */
+static void dir_of(const char *path, char *out, size_t outsz)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(out, outsz, ".");
+    else if (slash == path)
+        snprintf(out, outsz, "/");
+    else
+        snprintf(out, outsz, "%.*s", (int)(slash - path), path);
+}
+
+/* package.searchers entry for "statushost.NAME": the shipped policy
+ * scripts/NAME.lua, looked up next to the running script's directory
+ * (../scripts, as in a checkout and in the installed tree), then in the
+ * installed data directory, then next to the binary. */
+static int search_shipped(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    if (strncmp(name, "statushost.", 11) != 0 || !name[11] || strpbrk(name + 11, "/.\\")) {
+        lua_pushfstring(L, "\n\tno shipped policy '%s'", name);
+        return 1;
+    }
+    name += 11;
+    lua_getfield(L, LUA_REGISTRYINDEX, "statushost.script_dir");
+    const char *sdir = lua_tostring(L, -1);
+    char exe[4096];
+    size_t n = sizeof exe;
+    char exedir[4096] = "";
+    if (uv_exepath(exe, &n) == 0)
+        dir_of(exe, exedir, sizeof exedir);
+    const char *exed = exedir[0] ? exedir : NULL;
+    const char *dirs[] = {sdir, SH_DATADIR, exed, exed};
+    const char *fmts[] = {"%s/../scripts/%s.lua", "%s/scripts/%s.lua",
+                          "%s/../share/statushost/scripts/%s.lua", "%s/../scripts/%s.lua"};
+    luaL_Buffer tried;
+    luaL_buffinit(L, &tried);
+    for (int i = 0; i < 4; i++) {
+        if (!dirs[i])
+            continue;
+        char path[8192];
+        snprintf(path, sizeof path, fmts[i], dirs[i], name);
+        FILE *f = fopen(path, "r");
+        if (f) {
+            fclose(f);
+            if (luaL_loadfilex(L, path, "t") != LUA_OK)
+                return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s",
+                                  lua_tostring(L, 1), path, lua_tostring(L, -1));
+            lua_pushstring(L, path);
+            return 2;
+        }
+        luaL_addstring(&tried, "\n\tno file '");
+        luaL_addstring(&tried, path);
+        luaL_addstring(&tried, "'");
+    }
+    luaL_pushresult(&tried);
+    return 1;
+}
+
+/* package.path starts with the script's directory; "statushost.NAME"
+ * finds the shipped policies (search_shipped). */
+static void set_module_paths(lua_State *L, const char *script)
+{
+    char dir[4096];
+    dir_of(script, dir, sizeof dir);
+    lua_pushstring(L, dir);
+    lua_setfield(L, LUA_REGISTRYINDEX, "statushost.script_dir");
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "searchers");
+    lua_Integer n = luaL_len(L, -1);
+    for (lua_Integer i = n; i >= 2; i--) { /* after the preload searcher */
+        lua_rawgeti(L, -1, i);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_pushcfunction(L, search_shipped);
+    lua_rawseti(L, -2, 2);
+    lua_pop(L, 2);
 }
 
 static void open_libs(lua_State *L, sh_gen *g)
@@ -193,6 +277,7 @@ int sh_gen_load(sh_server *srv, const char *script, const char *const *sets, siz
     }
     *(sh_task **)lua_getextraspace(g->L) = NULL;
     open_libs(g->L, g);
+    set_module_paths(g->L, script);
     lua_newtable(g->L);
     g->pool_ref = luaL_ref(g->L, LUA_REGISTRYINDEX);
     g->pool = calloc(POOL_MAX, sizeof *g->pool);
