@@ -41,6 +41,9 @@ static const struct core_key core_keys[] = {
     {"close_timeout_ms", SH_CT_NUMBER, NULL, 5000},
     {"shutdown_grace_ms", SH_CT_NUMBER, NULL, 10000},
     {"lua_max_instructions", SH_CT_NUMBER, NULL, 10000000},
+    {"lua_max_memory", SH_CT_NUMBER, NULL, 268435456},
+    {"max_tasks_per_conn", SH_CT_NUMBER, NULL, 64},
+    {"loop_stall_ms", SH_CT_NUMBER, NULL, 5000},
     {"reuseport", SH_CT_BOOLEAN, NULL, 0},
     {"allowed_origins", SH_CT_LIST, NULL, 0},
 };
@@ -324,6 +327,9 @@ int sh_config_read(lua_State *L, int t, sh_config *cfg, char *err, size_t errsz)
         {"close_timeout_ms", 1, DAY, &cfg->close_timeout_ms, 0},
         {"shutdown_grace_ms", 0, DAY, &cfg->shutdown_grace_ms, 0},
         {"lua_max_instructions", 1000, 2147483647, &cfg->lua_max_instructions, 0},
+        {"lua_max_memory", 0, 64 * GB, &cfg->lua_max_memory, 1},
+        {"max_tasks_per_conn", 1, 1000000, &cfg->max_tasks_per_conn, 1},
+        {"loop_stall_ms", 0, DAY, &cfg->loop_stall_ms, 0},
     };
     memset(cfg, 0, sizeof *cfg);
     t = lua_absindex(L, t);

@@ -30,6 +30,9 @@ typedef struct sh_config {
     uint64_t close_timeout_ms;     /* wait for the peer's close frame → dropped */
     uint64_t shutdown_grace_ms;    /* SIGTERM: wait this long for connections */
     uint64_t lua_max_instructions; /* per hook run between yields → 1011 */
+    size_t lua_max_memory;         /* bytes per script generation (0: no cap) → 1011 */
+    size_t max_tasks_per_conn;     /* running or waiting tasks per connection → 1008 */
+    uint64_t loop_stall_ms;        /* an iteration stuck longer aborts the process (0: off) */
     int reuseport;                 /* SO_REUSEPORT on the listener */
     char **allowed_origins;        /* NULL-terminated; NULL: any origin */
 } sh_config;

@@ -1,39 +1,37 @@
-/* conn.c — one accepted connection: socket, buffers, the plain HTTP phase and
- * the upgrade. The WebSocket phase is in ws_conn.c. See conn.h. */
+/* conn.c — the transport: accept, socket I/O, the plain HTTP phase, the
+ * upgrade, output and the end of a connection. The WebSocket phase is in
+ * ws_conn.c. See conn.h. */
 #include "conn.h"
 
 #include <assert.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
-
-#include <lauxlib.h>
+#include <strings.h>
 
 #include "log.h"
-#include "lua_host.h"
-#include "redis_bus.h"
-#include "lua_api.h"
-#include "server.h"
-#include "static_files.h"
 
-#define MAX_STATIC_BYTES (16u * 1024 * 1024)
+enum timer_mode { TM_NONE, TM_HEAD, TM_KEEPALIVE, TM_DECIDE, TM_LINGER };
 
-enum timer_mode { TM_NONE, TM_HEAD, TM_KEEPALIVE, TM_LINGER };
+#define HAS SH_HAS
+#define SET SH_SET
+#define CLR SH_CLR
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static void process_input(sh_conn *c);
+static void linger(sh_conn *c);
+
+int sh_conn_emit(sh_conn *c, const sh_conn_event *ev)
+{
+    return c->tp->cb(c, ev, c->tp->cb_arg);
+}
 
 /* More answers wait to be written than max_send_buffer: a client that
  * pipelines requests without reading the answers is not served further
  * until it reads. */
 static int output_full(const sh_conn *c)
 {
-    return c->out.len + c->inflight.len > c->gen->cfg.max_send_buffer;
+    return c->out.len + c->inflight.len > c->lim->max_send_buffer;
 }
 
 /* ---------------------------------------------------------------- timers */
@@ -41,13 +39,16 @@ static int output_full(const sh_conn *c)
 static void on_timer(uv_timer_t *h)
 {
     sh_conn *c = h->data;
-    if (c->phase == SH_PHASE_WS && !c->lingering) {
+    if (c->phase == SH_PHASE_WS && !HAS(c, SH_CF_LINGERING)) {
         sh_ws_on_timer(c);
         return;
     }
     if (c->timer_mode == TM_HEAD)
         sh_info(c->id, "no complete request head within %llums: dropped",
-                (unsigned long long)c->gen->cfg.handshake_timeout_ms);
+                (unsigned long long)c->lim->handshake_timeout_ms);
+    else if (c->timer_mode == TM_DECIDE)
+        sh_warn(c->id, "the upgrade was not decided within %llums: dropped",
+                (unsigned long long)c->lim->handshake_timeout_ms);
     sh_conn_close(c);
 }
 
@@ -55,12 +56,13 @@ void sh_conn_arm_timer(sh_conn *c, uint64_t ms)
 {
     if (c->phase == SH_PHASE_CLOSED)
         return;
+    uv_update_time(c->tp->loop); /* the cached time may be stale after long work */
     uv_timer_start(&c->timer, on_timer, ms, 0);
 }
 
 static void arm(sh_conn *c, enum timer_mode mode, uint64_t ms)
 {
-    c->timer_mode = mode;
+    c->timer_mode = (uint8_t)mode;
     sh_conn_arm_timer(c, ms);
 }
 
@@ -69,71 +71,93 @@ static void arm(sh_conn *c, enum timer_mode mode, uint64_t ms)
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     sh_conn *c = h->data;
-    sh_server *s = c->srv;
+    sh_transport *tp = c->tp;
     (void)suggested;
-    if (s->read_buf_busy) { /* re-entrant read: should not happen on one loop */
+    if (tp->read_buf_busy) { /* re-entrant read: cannot happen on one loop */
         buf->base = NULL;
         buf->len = 0;
         return;
     }
-    s->read_buf_busy = 1;
-    buf->base = s->read_buf;
+    tp->read_buf_busy = 1;
+    buf->base = tp->read_buf;
     buf->len = SH_READ_BUF_SIZE;
 }
 
-static void start_reading(sh_conn *c)
+void sh_conn_start_reading(sh_conn *c)
 {
-    if (!c->reading && c->phase != SH_PHASE_CLOSED) {
-        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-        c->reading = 1;
+    if (!HAS(c, SH_CF_READING) && c->phase != SH_PHASE_CLOSED) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+            SET(c, SH_CF_READING);
     }
 }
 
 void sh_conn_stop_reading(sh_conn *c)
 {
-    if (c->reading) {
+    if (HAS(c, SH_CF_READING)) {
         uv_read_stop((uv_stream_t *)&c->tcp);
-        c->reading = 0;
+        CLR(c, SH_CF_READING);
     }
 }
 
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 {
     sh_conn *c = st->data;
-    if (buf->base == c->srv->read_buf)
-        c->srv->read_buf_busy = 0;
+    if (buf->base == c->tp->read_buf)
+        c->tp->read_buf_busy = 0;
     if (n == 0)
         return;
     if (n < 0) {
-        if (c->phase == SH_PHASE_WS && n == UV_EOF)
+        if (c->phase == SH_PHASE_WS && n == UV_EOF && !HAS(c, SH_CF_LINGERING))
             sh_ws_on_read(c, NULL, 0); /* peer half-closed: ends the connection */
         else
             sh_conn_close(c);
         return;
     }
-    c->srv->metrics.bytes_in += (uint64_t)n;
-    if (c->lingering)
+    c->tp->metrics->bytes_in += (uint64_t)n;
+    c->bytes_in += (uint64_t)n;
+    if (HAS(c, SH_CF_LINGERING))
         return; /* discard until EOF or the linger timer */
     if (c->phase == SH_PHASE_WS) {
         sh_ws_on_read(c, buf->base, (size_t)n);
         return;
     }
-    if (c->timer_mode == TM_KEEPALIVE)
-        arm(c, TM_HEAD, c->gen->cfg.handshake_timeout_ms);
-    sh_buf_append(&c->pending, buf->base, (size_t)n);
-    process_input(c);
+    if (c->phase == SH_PHASE_HANDSHAKE) {
+        /* the upgrade is being decided: more bytes wait (they are the
+         * WebSocket's), but not without bound */
+        if (c->pending.len > SH_READ_BUF_SIZE) {
+            sh_conn_stop_reading(c);
+            return;
+        }
+    } else if (c->timer_mode == TM_KEEPALIVE) {
+        arm(c, TM_HEAD, c->lim->handshake_timeout_ms);
+    }
+    if (sh_buf_append(&c->pending, buf->base, (size_t)n) != 0) {
+        sh_warn(c->id, "out of memory reading a request: closed");
+        sh_conn_close(c);
+        return;
+    }
+    if (c->phase == SH_PHASE_HTTP)
+        process_input(c);
 }
 
 /* ---------------------------------------------------------------- writing */
 
-static void linger(sh_conn *c);
+void sh_conn_mark_dirty(sh_conn *c)
+{
+    if (HAS(c, SH_CF_DIRTY) || c->phase == SH_PHASE_CLOSED)
+        return;
+    SET(c, SH_CF_DIRTY);
+    c->dirty_next = c->tp->dirty;
+    c->tp->dirty = c;
+}
 
 static void on_write(uv_write_t *req, int status)
 {
     sh_conn *c = req->data;
-    c->writing = 0;
-    c->srv->metrics.bytes_out += c->inflight.len;
-    c->inflight.len = 0;
+    CLR(c, SH_CF_WRITING);
+    c->tp->metrics->bytes_out += c->inflight.len;
+    c->bytes_out += c->inflight.len;
+    sh_buf_free(&c->inflight); /* an idle connection keeps no output buffer */
     if (c->phase == SH_PHASE_CLOSED)
         return;
     if (status < 0) {
@@ -142,25 +166,27 @@ static void on_write(uv_write_t *req, int status)
         return;
     }
     sh_conn_flush(c);
-    if (c->phase == SH_PHASE_HTTP && !c->busy && !c->reading && !c->close_after_write &&
-        !c->lingering && !output_full(c)) {
-        start_reading(c); /* the answers drained: serve the rest */
+    if (c->phase == SH_PHASE_HTTP && !HAS(c, SH_CF_BUSY | SH_CF_READING | SH_CF_END_AFTER_WRITE |
+                                                 SH_CF_LINGERING) &&
+        !output_full(c)) {
+        sh_conn_start_reading(c); /* the answers drained: serve the rest */
         if (c->pending.len)
             process_input(c);
     }
 }
 
-/* Write what is in out: try a direct write first, queue the rest. When
- * nothing is left and the connection is meant to end, end it. */
+/* Write what is in out: a direct write first, the rest queued. When nothing
+ * is left and the connection is meant to end, end it. */
 void sh_conn_flush(sh_conn *c)
 {
-    if (c->phase == SH_PHASE_CLOSED || c->writing)
+    if (c->phase == SH_PHASE_CLOSED || HAS(c, SH_CF_WRITING))
         return;
     if (c->out.len > 0) {
         uv_buf_t b = uv_buf_init(c->out.p, (unsigned)c->out.len);
         int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
         if (n > 0) {
-            c->srv->metrics.bytes_out += (uint64_t)n;
+            c->tp->metrics->bytes_out += (uint64_t)n;
+            c->bytes_out += (uint64_t)n;
             sh_buf_consume(&c->out, (size_t)n);
         } else if (n < 0 && n != UV_EAGAIN) {
             sh_conn_close(c);
@@ -173,16 +199,55 @@ void sh_conn_flush(sh_conn *c)
             c->out.len = 0;
             b = uv_buf_init(c->inflight.p, (unsigned)c->inflight.len);
             c->wreq.data = c;
-            c->writing = 1;
+            SET(c, SH_CF_WRITING);
             if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
-                c->writing = 0;
+                CLR(c, SH_CF_WRITING);
                 sh_conn_close(c);
             }
             return;
         }
+        sh_buf_free(&c->out);
     }
-    if (c->close_after_write || (c->phase == SH_PHASE_WS && sh_ws_finished(c)))
+    if (HAS(c, SH_CF_END_AFTER_WRITE) || (c->phase == SH_PHASE_WS && sh_ws_finished(c)))
         linger(c);
+}
+
+static void on_resumer(uv_idle_t *h) { (void)h; }
+
+static void on_flush(uv_prepare_t *h)
+{
+    sh_transport *tp = h->data;
+    sh_conn *list = tp->dirty;
+    tp->dirty = NULL;
+    while (list) {
+        sh_conn *c = list;
+        list = c->dirty_next;
+        c->dirty_next = NULL;
+        CLR(c, SH_CF_DIRTY);
+        if (HAS(c, SH_CF_PAUSED))
+            sh_ws_resume(c); /* input that waited behind a message's hook */
+        sh_conn_flush(c);
+    }
+    /* connections marked meanwhile are written in the next iteration: the
+     * poll must not block until then */
+    if (tp->dirty || tp->npaused)
+        uv_idle_start(&tp->resumer, on_resumer);
+    else
+        uv_idle_stop(&tp->resumer);
+}
+
+/* Take c out of the dirty list (it is going away). */
+static void undirty(sh_conn *c)
+{
+    if (!HAS(c, SH_CF_DIRTY))
+        return;
+    for (sh_conn **p = &c->tp->dirty; *p; p = &(*p)->dirty_next)
+        if (*p == c) {
+            *p = c->dirty_next;
+            break;
+        }
+    c->dirty_next = NULL;
+    CLR(c, SH_CF_DIRTY);
 }
 
 /* Graceful end: send FIN, then discard input until the peer closes or the
@@ -190,40 +255,46 @@ void sh_conn_flush(sh_conn *c)
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     sh_conn *c = req->data;
-    (void)status;
-    c->shutting_down = 0;
+    CLR(c, SH_CF_SHUTTING);
     if (c->phase == SH_PHASE_CLOSED)
         return;
     if (status < 0)
         sh_conn_close(c);
 }
 
+/* The connection stops counting against max_connections. */
+static void uncount(sh_conn *c)
+{
+    if (HAS(c, SH_CF_COUNTED)) {
+        CLR(c, SH_CF_COUNTED);
+        c->tp->nlive--;
+    }
+}
+
+static void report_close(sh_conn *c, int was_ws);
+
 static void linger(sh_conn *c)
 {
-    if (c->lingering || c->phase == SH_PHASE_CLOSED)
+    if (HAS(c, SH_CF_LINGERING) || c->phase == SH_PHASE_CLOSED)
         return;
-    c->lingering = 1;
-    c->close_after_write = 0;
+    SET(c, SH_CF_LINGERING);
+    CLR(c, SH_CF_END_AFTER_WRITE);
+    uncount(c);
+    if (c->phase == SH_PHASE_WS)
+        report_close(c, 1); /* the close handshake is complete */
     c->shutdown_req.data = c;
-    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) == 0)
-        c->shutting_down = 1;
-    else {
+    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
         sh_conn_close(c);
         return;
     }
-    start_reading(c);
-    arm(c, TM_LINGER, c->gen->cfg.close_timeout_ms < 2000 ? c->gen->cfg.close_timeout_ms : 2000);
-}
-
-void sh_conn_end(sh_conn *c)
-{
-    c->close_after_write = 1;
-    sh_conn_flush(c);
+    SET(c, SH_CF_SHUTTING);
+    sh_conn_start_reading(c);
+    arm(c, TM_LINGER, c->lim->close_timeout_ms < 2000 ? c->lim->close_timeout_ms : 2000);
 }
 
 /* --------------------------------------------------------------- responses */
 
-static const char *status_text(int status)
+const char *sh_http_status_text(int status)
 {
     switch (status) {
     case 101: return "Switching Protocols";
@@ -253,189 +324,168 @@ static const char *status_text(int status)
     }
 }
 
-/* Queue a complete response. extra: preformatted header lines ("K: v\r\n")
- * or NULL. keep: 0 ends the connection after the write. */
-void sh_conn_respond(sh_conn *c, int status, const char *ctype, const char *body, size_t len,
-                     const char *extra, int keep, int head_only)
+#define MAX_HEAD_OUT (16 * 1024)
+
+int sh_conn_respond(sh_conn *c, int status, const char *ctype, const char *body, size_t len,
+                    const char *extra, int keep, int head_only)
 {
-    char head[512];
+    if (c->phase == SH_PHASE_CLOSED)
+        return -1;
+    size_t el = extra ? strlen(extra) : 0, cl = ctype ? strlen(ctype) : 0;
+    if (el + cl > MAX_HEAD_OUT) {
+        sh_warn(c->id, "response head over %d bytes: 500 instead", MAX_HEAD_OUT);
+        status = 500;
+        ctype = "text/plain; charset=utf-8";
+        body = "500 Internal Server Error\n";
+        len = 26;
+        extra = NULL;
+        keep = 0;
+    }
+    char head[256];
     int n = snprintf(head, sizeof head,
                      "HTTP/1.1 %d %s\r\nServer: statushost\r\nContent-Length: %zu\r\n"
-                     "%s%s%sConnection: %s\r\n",
-                     status, status_text(status), len, ctype ? "Content-Type: " : "",
-                     ctype ? ctype : "", ctype ? "\r\n" : "", keep ? "keep-alive" : "close");
-    sh_buf_append(&c->out, head, (size_t)n);
+                     "Connection: %s\r\n",
+                     status, sh_http_status_text(status), len,
+                     keep && !c->tp->stopping ? "keep-alive" : "close");
+    assert(n > 0 && (size_t)n < sizeof head);
+    int bad = sh_buf_append(&c->out, head, (size_t)n);
+    if (ctype) {
+        bad |= sh_buf_append(&c->out, "Content-Type: ", 14);
+        bad |= sh_buf_append(&c->out, ctype, strlen(ctype));
+        bad |= sh_buf_append(&c->out, "\r\n", 2);
+    }
     if (extra)
-        sh_buf_append(&c->out, extra, strlen(extra));
-    sh_buf_append(&c->out, "\r\n", 2);
+        bad |= sh_buf_append(&c->out, extra, strlen(extra));
+    bad |= sh_buf_append(&c->out, "\r\n", 2);
     if (!head_only && len)
-        sh_buf_append(&c->out, body, len);
-    if (!keep)
-        c->close_after_write = 1;
-    c->srv->metrics.http_requests_total++;
-    sh_conn_flush(c);
+        bad |= sh_buf_append(&c->out, body, len);
+    if (bad) {
+        sh_warn(c->id, "out of memory answering: closed");
+        sh_conn_close(c);
+        return -1;
+    }
+    if (!keep || c->tp->stopping)
+        SET(c, SH_CF_END_AFTER_WRITE);
+    c->http_status = status;
+    c->tp->metrics->http_requests_total++;
+    sh_conn_mark_dirty(c);
+    return 0;
 }
 
 /* A short plain-text answer that ends the connection. */
 static void refuse(sh_conn *c, int status, const char *extra)
 {
     char body[128];
-    int n = snprintf(body, sizeof body, "%d %s\n", status, status_text(status));
-    c->srv->metrics.rejected_total++;
+    int n = snprintf(body, sizeof body, "%d %s\n", status, sh_http_status_text(status));
+    c->tp->metrics->rejected_total++;
     sh_conn_respond(c, status, "text/plain; charset=utf-8", body, (size_t)n, extra, 0, 0);
 }
 
 /* ------------------------------------------------------------ plain HTTP */
 
-/* Serve a file from the web root. */
-static void serve_static(sh_conn *c, const sh_request *r, int keep, int head_only)
+void sh_conn_request_done(sh_conn *c)
 {
-    char rel[1024], full[2048];
-    const sh_config *cfg = &c->gen->cfg;
-    if (!cfg->web_root || sh_static_normalise(r->path, rel, sizeof rel) != 0)
-        goto not_found;
-    snprintf(full, sizeof full, "%s/%s", cfg->web_root, rel);
-    int fd = open(full, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        goto not_found;
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > MAX_STATIC_BYTES) {
-        close(fd);
-        goto not_found;
-    }
-    char *data = malloc((size_t)st.st_size + 1);
-    ssize_t got = read(fd, data, (size_t)st.st_size);
-    close(fd);
-    if (got != st.st_size) {
-        free(data);
-        goto not_found;
-    }
-    sh_conn_respond(c, 200, sh_mime_type(rel), data, (size_t)got,
-                    "X-Content-Type-Options: nosniff\r\nCache-Control: no-cache\r\n", keep,
-                    head_only);
-    free(data);
-    return;
-not_found:
-    sh_conn_respond(c, 404, "text/plain; charset=utf-8", "404 Not Found\n", 14, NULL, keep,
-                    head_only);
-}
-
-static void serve_builtin(sh_conn *c, const sh_request *r, int keep, int head_only)
-{
-    if (strcmp(r->path, "/healthz") == 0) {
-        int up = sh_server_redis_up(c->srv);
-        sh_conn_respond(c, up ? 200 : 503, "text/plain; charset=utf-8",
-                        up ? "ok\n" : "redis unavailable\n", up ? 3 : 18, NULL, keep, head_only);
-        return;
-    }
-    size_t len;
-    sh_metrics m = c->srv->metrics;
-    if (c->srv->bus)
-        m.redis_reconnects = sh_redis_bus_reconnects(c->srv->bus);
-    char *text = sh_metrics_render(&m, sh_server_redis_up(c->srv), &len);
-    sh_conn_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL, keep,
-                    head_only);
-    free(text);
-}
-
-/* The request is answered: get ready for the next one on this connection. */
-static void request_done(sh_conn *c)
-{
-    c->busy = 0;
+    CLR(c, SH_CF_BUSY);
     if (c->phase != SH_PHASE_HTTP)
         return;
-    sh_http_parser_reset(&c->hp);
-    if (!c->close_after_write && !c->lingering) {
+    sh_http_parser_reset(c->hp);
+    if (!HAS(c, SH_CF_END_AFTER_WRITE | SH_CF_LINGERING)) {
         arm(c, c->pending.len ? TM_HEAD : TM_KEEPALIVE,
-            c->pending.len ? c->gen->cfg.handshake_timeout_ms : c->gen->cfg.keepalive_timeout_ms);
+            c->pending.len ? c->lim->handshake_timeout_ms : c->lim->keepalive_timeout_ms);
         if (output_full(c))
             return; /* resumed from on_write once the answers drain */
-        start_reading(c);
-        if (c->pending.len && !c->parsing)
+        sh_conn_start_reading(c);
+        if (c->pending.len && !HAS(c, SH_CF_PARSING))
             process_input(c); /* an answer that came later (a route): go on */
     }
 }
 
 static void handle_plain(sh_conn *c, sh_request *r)
 {
-    int keep = r->keep_alive && !c->srv->stopping;
-    int get = strcmp(r->method, "GET") == 0, head = strcmp(r->method, "HEAD") == 0;
-    if ((get || head) && (strcmp(r->path, "/healthz") == 0 || strcmp(r->path, "/metrics") == 0)) {
-        serve_builtin(c, r, keep, head);
-        request_done(c);
-        return;
-    }
-    if (sh_api_route(c, r, keep, request_done)) /* a Lua route runs: answers later */
-        return;
-    if (get || head)
-        serve_static(c, r, keep, head);
-    else
-        sh_conn_respond(c, 405, "text/plain; charset=utf-8", "405 Method Not Allowed\n", 23,
-                        "Allow: GET, HEAD\r\n", keep, 0);
-    request_done(c);
+    sh_conn_event ev = {.type = SH_CONN_EV_REQUEST, .req = r,
+                        .keep_alive = r->keep_alive && !c->tp->stopping,
+                        .head_only = strcmp(r->method, "HEAD") == 0};
+    sh_conn_emit(c, &ev); /* answers now or later, then sh_conn_request_done */
 }
 
 /* ------------------------------------------------------------- upgrade */
 
-static int origin_allowed(const sh_config *cfg, const char *origin)
+static int origin_allowed(const sh_limits *lim, const char *origin)
 {
-    if (!cfg->allowed_origins || !origin)
+    if (!lim->allowed_origins || !origin)
         return 1;
-    for (char **o = cfg->allowed_origins; *o; o++)
+    for (char **o = lim->allowed_origins; *o; o++)
         if (strcasecmp(*o, origin) == 0)
             return 1;
     return 0;
 }
 
-/* Complete the upgrade: 101, then the WebSocket phase. */
-static void accept_upgrade(sh_conn *c)
+/* A header line value is safe to echo: no CR, LF or NUL. */
+static int header_safe(const char *v)
 {
-    sh_request *r = sh_http_parser_request(&c->hp);
-    char accept[29];
-    sh_ws_accept_key(sh_request_header(r, "Sec-WebSocket-Key"), accept);
-    char head[256];
-    int n = snprintf(head, sizeof head,
-                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-                     accept);
-    sh_buf_append(&c->out, head, (size_t)n);
-    c->busy = 0;
-    c->phase = SH_PHASE_WS;
-    uv_timer_stop(&c->timer);
-    sh_http_parser_free(&c->hp);
-    c->hp_live = 0;
-    if (sh_ws_start(c, c->pending.p, c->pending.len) != 0) {
-        sh_conn_close(c);
-        return;
-    }
-    c->pending.len = 0;
-    start_reading(c);
+    return v && !strpbrk(v, "\r\n");
 }
 
-/* on_handshake finished: accept, or answer its status. */
-void sh_conn_handshake_result(sh_conn *c, int accept, int status, const char *body, size_t len)
+void sh_conn_upgrade(sh_conn *c, const char *protocol, const char *extra)
 {
     if (c->phase != SH_PHASE_HANDSHAKE)
         return;
-    if (accept && c->srv->stopping) {
-        accept = 0; /* the policy took its time and the server is stopping meanwhile */
-        status = 503;
-        body = "503 shutting down\n";
-        len = 18;
-    }
-    if (accept) {
-        accept_upgrade(c);
+    if (c->tp->stopping) { /* the decision took its time and the server is stopping */
+        sh_conn_refuse(c, 503, "503 shutting down\n", 18, NULL);
         return;
     }
+    sh_request *r = sh_http_parser_request(c->hp);
+    char accept[29];
+    if (sh_ws_accept_key(sh_request_header(r, "Sec-WebSocket-Key"), accept) != 0) {
+        sh_conn_refuse(c, 500, "500 Internal Server Error\n", 26, NULL);
+        return;
+    }
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n",
+                     accept);
+    int bad = sh_buf_append(&c->out, head, (size_t)n);
+    if (protocol && header_safe(protocol)) {
+        bad |= sh_buf_append(&c->out, "Sec-WebSocket-Protocol: ", 24);
+        bad |= sh_buf_append(&c->out, protocol, strlen(protocol));
+        bad |= sh_buf_append(&c->out, "\r\n", 2);
+    }
+    if (extra)
+        bad |= sh_buf_append(&c->out, extra, strlen(extra));
+    bad |= sh_buf_append(&c->out, "\r\n", 2);
+    if (bad) {
+        sh_conn_close(c);
+        return;
+    }
+    CLR(c, SH_CF_BUSY);
+    c->phase = SH_PHASE_WS;
+    c->http_status = 101;
+    uv_timer_stop(&c->timer);
+    c->timer_mode = TM_NONE;
+    sh_http_parser_free(c->hp); /* the HTTP phase is over: its memory too */
+    free(c->hp);
+    c->hp = NULL;
+    sh_conn_mark_dirty(c);
+    if (sh_ws_start(c) != 0)
+        sh_conn_close(c);
+}
+
+void sh_conn_refuse(sh_conn *c, int status, const char *body, size_t len, const char *extra)
+{
+    if (c->phase != SH_PHASE_HANDSHAKE)
+        return;
+    assert(status >= 400 && status <= 599);
     c->phase = SH_PHASE_HTTP;
-    c->srv->metrics.rejected_total++;
-    sh_info(c->id, "handshake refused by policy: %d", status);
-    sh_conn_respond(c, status, "text/plain; charset=utf-8", body, len, NULL, 0, 0);
+    uv_timer_stop(&c->timer);
+    c->timer_mode = TM_NONE;
+    c->tp->metrics->rejected_total++;
+    sh_info(c->id, "handshake refused: %d", status);
+    sh_conn_respond(c, status, "text/plain; charset=utf-8", body, len, extra, 0, 0);
 }
 
 static void handle_upgrade(sh_conn *c, sh_request *r)
 {
-    const sh_config *cfg = &c->gen->cfg;
     int status = sh_ws_handshake_check(r);
     if (status == 426) {
         refuse(c, 426, "Sec-WebSocket-Version: 13\r\n");
@@ -445,20 +495,22 @@ static void handle_upgrade(sh_conn *c, sh_request *r)
         refuse(c, status, NULL);
         return;
     }
-    if (!origin_allowed(cfg, sh_request_header(r, "Origin"))) {
+    if (!origin_allowed(c->lim, sh_request_header(r, "Origin"))) {
         sh_info(c->id, "origin %s not allowed: 403", sh_request_header(r, "Origin"));
         refuse(c, 403, NULL);
         return;
     }
-    if (c->srv->stopping) {
-        refuse(c, 503, NULL);
+    if (c->tp->stopping || HAS(c, SH_CF_OVER_LIMIT)) {
+        refuse(c, 503, "Retry-After: 1\r\n");
         return;
     }
     c->phase = SH_PHASE_HANDSHAKE;
-    c->busy = 1;
-    sh_conn_stop_reading(c);
-    uv_timer_stop(&c->timer);
-    sh_api_handshake(c, r); /* calls sh_conn_handshake_result, now or later */
+    /* the decision may take time (a policy that asks Redis): it gets the
+     * handshake timeout, and reading goes on so a client that leaves is
+     * noticed */
+    arm(c, TM_DECIDE, c->lim->handshake_timeout_ms);
+    sh_conn_event ev = {.type = SH_CONN_EV_UPGRADE, .req = r};
+    sh_conn_emit(c, &ev);
 }
 
 /* --------------------------------------------------------------- parsing */
@@ -466,26 +518,31 @@ static void handle_upgrade(sh_conn *c, sh_request *r)
 /* Parse and answer the requests in pending, one at a time. */
 static void parse_requests(sh_conn *c)
 {
-    while (c->phase == SH_PHASE_HTTP && !c->busy && !c->close_after_write && !c->lingering &&
-           c->pending.len > 0 && !output_full(c)) {
+    while (c->phase == SH_PHASE_HTTP &&
+           !HAS(c, SH_CF_BUSY | SH_CF_END_AFTER_WRITE | SH_CF_LINGERING) && c->pending.len > 0 &&
+           !output_full(c)) {
         size_t consumed = 0;
         int status = 0;
-        int rc = sh_http_parser_feed(&c->hp, c->pending.p, c->pending.len, &consumed, &status);
+        int rc = sh_http_parser_feed(c->hp, c->pending.p, c->pending.len, &consumed, &status);
         if (rc == SH_HTTP_NEED_MORE) {
             c->pending.len = 0;
             return;
         }
         if (rc < 0) {
-            sh_info(c->id, "bad request from %s: %d", c->peer, status);
+            sh_info(c->id, "bad request from %s: %d (%s)", c->peer, status,
+                    sh_http_parser_reason(c->hp));
             c->pending.len = 0;
             refuse(c, status ? status : 400, NULL);
             return;
         }
         sh_buf_consume(&c->pending, consumed);
-        sh_request *r = sh_http_parser_request(&c->hp);
-        c->busy = 1;
+        sh_request *r = sh_http_parser_request(c->hp);
+        SET(c, SH_CF_BUSY);
         uv_timer_stop(&c->timer);
-        if (r->upgrade)
+        c->timer_mode = TM_NONE;
+        /* an Upgrade header without the Connection token is still an
+         * upgrade attempt: RFC 6455 §4.2.1 answers it 400, not a page */
+        if (r->upgrade || sh_request_header(r, "Upgrade"))
             handle_upgrade(c, r);
         else
             handle_plain(c, r);
@@ -494,23 +551,22 @@ static void parse_requests(sh_conn *c)
 
 static void process_input(sh_conn *c)
 {
-    c->parsing = 1; /* request_done does not recurse into us meanwhile */
+    if (HAS(c, SH_CF_PARSING))
+        return;
+    SET(c, SH_CF_PARSING); /* sh_conn_request_done does not recurse into us */
     parse_requests(c);
-    c->parsing = 0;
+    CLR(c, SH_CF_PARSING);
     /* While a request is answered later (a route), reading goes on so the
      * peer's going away is noticed; pipelined input beyond one read's worth
      * waits in the socket instead of in memory. */
-    if ((c->busy && c->pending.len > SH_READ_BUF_SIZE) ||
+    if ((HAS(c, SH_CF_BUSY) && c->pending.len > SH_READ_BUF_SIZE) ||
         (c->phase == SH_PHASE_HTTP && output_full(c)))
         sh_conn_stop_reading(c);
+    if (c->pending.len == 0)
+        sh_buf_free(&c->pending);
 }
 
 /* ---------------------------------------------------------------- accept */
-
-static void make_id(sh_server *s, char *out)
-{
-    snprintf(out, SH_ID_LEN + 1, "%s%08llx", s->instance, (unsigned long long)++s->conn_seq);
-}
 
 static void peer_name(sh_conn *c)
 {
@@ -518,6 +574,7 @@ static void peer_name(sh_conn *c)
     int len = sizeof ss;
     char ip[INET6_ADDRSTRLEN] = "?";
     int port = 0;
+    ss.ss_family = AF_UNSPEC;
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
         if (ss.ss_family == AF_INET) {
             struct sockaddr_in *a = (struct sockaddr_in *)&ss;
@@ -532,69 +589,106 @@ static void peer_name(sh_conn *c)
     snprintf(c->peer, sizeof c->peer, ss.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
 }
 
-void sh_conn_accept(sh_server *s)
-{
-    sh_conn *c = calloc(1, sizeof *c);
-    c->srv = s;
-    c->ud_ref = c->request_ref = LUA_NOREF;
-    uv_tcp_init(s->loop, &c->tcp);
-    c->tcp.data = c;
-    c->handles_open = 1;
-    if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->tcp) != 0) {
-        sh_conn_close_raw(c);
-        return;
-    }
-    uv_timer_init(s->loop, &c->timer);
-    c->timer.data = c;
-    c->handles_open = 2;
-    c->gen = s->gen;
-    sh_gen_ref(c->gen);
-    make_id(s, c->id);
-    peer_name(c);
-    uv_tcp_nodelay(&c->tcp, 1);
-    sh_http_parser_init(&c->hp, c->gen->cfg.max_head_bytes, c->gen->cfg.max_body_bytes);
-    c->hp_live = 1;
-    c->next = s->conns;
-    if (s->conns)
-        s->conns->prev = c;
-    s->conns = c;
-    s->nconns++;
-    s->metrics.connections_current++;
-    s->metrics.connections_total++;
-    if (s->nconns > c->gen->cfg.max_connections) {
-        sh_warn(c->id, "at max_connections (%zu): 503 to %s", c->gen->cfg.max_connections, c->peer);
-        refuse(c, 503, "Retry-After: 1\r\n");
-        start_reading(c);
-        return;
-    }
-    sh_debug(c->id, "accepted %s", c->peer);
-    arm(c, TM_HEAD, c->gen->cfg.handshake_timeout_ms);
-    start_reading(c);
-}
-
-/* ------------------------------------------------------------------ close */
-
 static void on_handle_closed(uv_handle_t *h)
 {
     sh_conn *c = h->data;
     if (--c->handles_open > 0)
         return;
-    if (c->gen) {
-        sh_server_conn_gone(c->srv, c);
-        sh_api_conn_freed(c);
-        sh_gen_unref(c->gen);
-    }
+    sh_transport *tp = c->tp;
+    undirty(c);
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (tp->conns == c)
+        tp->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    tp->nconns--;
+    sh_conn_event ev = {.type = SH_CONN_EV_FREE};
+    sh_conn_emit(c, &ev);
     sh_buf_free(&c->pending);
     sh_buf_free(&c->out);
     sh_buf_free(&c->inflight);
+    free(c->close_reason);
     free(c);
 }
 
-/* Close handles of a connection that never got further than accept. */
-void sh_conn_close_raw(sh_conn *c)
+sh_conn *sh_transport_accept(sh_transport *tp, uv_stream_t *listener, const sh_limits *lim)
 {
-    c->phase = SH_PHASE_CLOSED;
-    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+    sh_conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        /* refuse: accept into a throwaway handle is not possible without
+         * memory either; leave it in the backlog and say so */
+        sh_error(NULL, "out of memory accepting a connection");
+        return NULL;
+    }
+    c->tp = tp;
+    c->lim = lim;
+    uv_tcp_init(tp->loop, &c->tcp);
+    c->tcp.data = c;
+    uv_timer_init(tp->loop, &c->timer);
+    c->timer.data = c;
+    c->handles_open = 2;
+    snprintf(c->id, sizeof c->id, "%s%08llx", tp->instance, (unsigned long long)++tp->conn_seq);
+    c->next = tp->conns;
+    if (tp->conns)
+        tp->conns->prev = c;
+    tp->conns = c;
+    tp->nconns++;
+    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+        c->phase = SH_PHASE_CLOSED;
+        SET(c, SH_CF_ENDED); /* never got past accept: no EV_CLOSE */
+        uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+        return NULL;
+    }
+    c->opened_ms = uv_now(tp->loop);
+    peer_name(c);
+    uv_tcp_nodelay(&c->tcp, 1);
+    tp->metrics->connections_current++;
+    tp->metrics->connections_total++;
+    return c;
+}
+
+void sh_conn_start(sh_conn *c)
+{
+    sh_transport *tp = c->tp;
+    c->hp = malloc(sizeof *c->hp);
+    if (!c->hp) {
+        sh_warn(c->id, "out of memory: connection from %s dropped", c->peer);
+        sh_conn_close(c);
+        return;
+    }
+    sh_http_parser_init(c->hp, c->lim->max_head_bytes, c->lim->max_body_bytes);
+    if (tp->nlive >= c->lim->max_connections + SH_ADMIN_RESERVE) {
+        sh_warn(c->id, "at max_connections (%zu): 503 to %s", c->lim->max_connections, c->peer);
+        refuse(c, 503, "Retry-After: 1\r\n");
+        sh_conn_start_reading(c);
+        return;
+    }
+    if (tp->nlive >= c->lim->max_connections)
+        SET(c, SH_CF_OVER_LIMIT); /* in the reserve: only /healthz and /metrics are answered */
+    SET(c, SH_CF_COUNTED);
+    tp->nlive++;
+    sh_debug(c->id, "accepted %s", c->peer);
+    arm(c, TM_HEAD, c->lim->handshake_timeout_ms);
+    sh_conn_start_reading(c);
+}
+
+/* ------------------------------------------------------------------ close */
+
+static void report_close(sh_conn *c, int was_ws)
+{
+    if (HAS(c, SH_CF_ENDED))
+        return;
+    SET(c, SH_CF_ENDED);
+    sh_conn_event ev = {.type = SH_CONN_EV_CLOSE, .was_ws = was_ws,
+                        .code = c->close_code ? c->close_code : 1006,
+                        .reason = c->close_reason ? c->close_reason : ""};
+    if (was_ws)
+        sh_info(c->id, "websocket closed %u%s%s", ev.code, ev.reason[0] ? " " : "", ev.reason);
+    if (c->tp->access_log)
+        c->tp->access_log(c, c->tp->cb_arg);
+    sh_conn_emit(c, &ev);
 }
 
 void sh_conn_close(sh_conn *c)
@@ -603,35 +697,80 @@ void sh_conn_close(sh_conn *c)
         return;
     int was_ws = c->phase == SH_PHASE_WS;
     c->phase = SH_PHASE_CLOSED;
+    uncount(c);
+    undirty(c);
+    if (HAS(c, SH_CF_PAUSED)) {
+        CLR(c, SH_CF_PAUSED);
+        c->tp->npaused--;
+    }
     sh_conn_stop_reading(c);
     uv_timer_stop(&c->timer);
-    if (c->hp_live) {
-        sh_http_parser_free(&c->hp);
-        c->hp_live = 0;
+    if (c->hp) {
+        sh_http_parser_free(c->hp);
+        free(c->hp);
+        c->hp = NULL;
     }
     if (was_ws) {
-        c->srv->metrics.websockets_current--;
+        c->tp->metrics->websockets_current--;
         sh_ws_free(c);
     }
-    /* Policy state: subscriptions, timers, then suspended tasks (woken with
-     * nil, "closed"), then on_close. */
-    sh_api_conn_closing(c, was_ws);
-    c->srv->metrics.connections_current--;
+    c->tp->metrics->connections_current--;
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    report_close(c, was_ws && !HAS(c, SH_CF_LINGERING));
 }
 
-int sh_conn_open(const sh_conn *c)
+/* ------------------------------------------------------------ transport */
+
+int sh_transport_init(sh_transport *tp, uv_loop_t *loop, sh_conn_cb cb, void *arg,
+                      sh_metrics *metrics, const char *instance)
 {
-    return c->phase == SH_PHASE_WS && c->ws && !c->failed && !c->close_queued &&
-           !wslay_event_get_close_received(c->ws) && !wslay_event_get_close_sent(c->ws) &&
-           wslay_event_get_write_enabled(c->ws);
+    memset(tp, 0, sizeof *tp);
+    tp->loop = loop;
+    tp->cb = cb;
+    tp->cb_arg = arg;
+    tp->metrics = metrics;
+    snprintf(tp->instance, sizeof tp->instance, "%s", instance);
+    tp->read_buf = malloc(SH_READ_BUF_SIZE);
+    if (!tp->read_buf)
+        return UV_ENOMEM;
+    uv_prepare_init(loop, &tp->flusher);
+    tp->flusher.data = tp;
+    uv_prepare_start(&tp->flusher, on_flush);
+    uv_unref((uv_handle_t *)&tp->flusher);
+    uv_idle_init(loop, &tp->resumer);
+    tp->resumer.data = tp;
+    return 0;
 }
 
-void sh_conn_lua_failed(sh_conn *c)
+static void free_read_buf(uv_handle_t *h)
 {
-    if (c->phase == SH_PHASE_WS)
-        sh_conn_ws_close(c, 1011, "internal error");
-    else if (c->phase == SH_PHASE_HANDSHAKE)
-        sh_conn_handshake_result(c, 0, 500, "500 Internal Server Error\n", 26);
+    sh_transport *tp = h->data;
+    free(tp->read_buf);
+    tp->read_buf = NULL;
+}
+
+void sh_transport_close(sh_transport *tp)
+{
+    tp->stopping = 1;
+    for (sh_conn *c = tp->conns, *next; c; c = next) {
+        next = c->next;
+        sh_conn_close(c);
+    }
+    if (!uv_is_closing((uv_handle_t *)&tp->flusher)) {
+        uv_close((uv_handle_t *)&tp->resumer, NULL);
+        uv_close((uv_handle_t *)&tp->flusher, free_read_buf);
+    }
+}
+
+void sh_transport_stop(sh_transport *tp)
+{
+    tp->stopping = 1;
+    for (sh_conn *c = tp->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->phase == SH_PHASE_WS)
+            sh_conn_ws_close(c, 1001, "server shutting down");
+        else if (c->phase == SH_PHASE_HTTP && !HAS(c, SH_CF_BUSY))
+            sh_conn_close(c);
+    }
 }

@@ -1,9 +1,14 @@
-/* lua_api.c — the `statushost` module: conn objects, logging, metrics,
- * spawn, and the hook calls. I/O bindings are in lua_io.c. */
+/* lua_api.c — the policy layer: the `statushost` module, the conn object,
+ * and the transport events turned into hook tasks. See lua_api.h.
+ *
+ * The whole policy surface is the table `api` below: every host.* and
+ * conn:* function, with its qualified name (used in error messages). */
 #include "lua_api.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/time.h>
 
 #include <lauxlib.h>
@@ -13,21 +18,40 @@
 #include <openssl/rand.h>
 
 #include "log.h"
+#include "lua_io.h"
 #include "metrics.h"
-#include "server.h"
+#include "redis_bus.h"
+#include "user_metrics.h"
+#include "utf8.h"
 
 #define CONN_MT "statushost.conn"
 
 typedef struct conn_ud {
-    sh_conn *c; /* NULL once the connection is freed */
+    sh_pconn *p; /* NULL once the connection is freed */
 } conn_ud;
+
+static int fail(lua_State *L, const char *why)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, why);
+    return 2;
+}
 
 /* ------------------------------------------------------------- conn object */
 
-sh_conn *sh_api_check_conn(lua_State *L, int i)
+static sh_pconn *check_conn(lua_State *L)
 {
-    conn_ud *u = luaL_checkudata(L, i, CONN_MT);
-    return u->c;
+    conn_ud *u = luaL_testudata(L, 1, CONN_MT);
+    if (!u)
+        luaL_error(L, "%s: expected a conn as self (call it as conn:%s(...))", SH_FNAME(L),
+                   strchr(SH_FNAME(L), ':') + 1);
+    return u->p;
+}
+
+/* The live transport connection of p, or NULL. */
+static sh_conn *live(sh_pconn *p)
+{
+    return p && p->c && p->c->phase != SH_PHASE_CLOSED ? p->c : NULL;
 }
 
 /* Build the request table {method, path, query, target, headers, body, peer}. */
@@ -70,30 +94,35 @@ static void push_request(lua_State *L, const sh_request *r, const char *peer)
     lua_setfield(L, -2, "headers");
 }
 
-void sh_conn_push(sh_conn *c, lua_State *L)
+/* Push the conn userdata of p on L (created on first use). */
+static void push_conn(sh_pconn *p, lua_State *L)
 {
-    if (c->ud_ref == LUA_NOREF) {
-        conn_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
-        u->c = c;
-        luaL_setmetatable(L, CONN_MT);
-        lua_createtable(L, 0, 4);
-        lua_pushstring(L, c->id);
-        lua_setfield(L, -2, "id");
-        lua_pushstring(L, c->peer);
-        lua_setfield(L, -2, "peer");
-        if (c->request_ref != LUA_NOREF)
-            lua_rawgeti(L, LUA_REGISTRYINDEX, c->request_ref);
-        else
-            lua_newtable(L);
-        lua_setfield(L, -2, "request");
-        lua_newtable(L);
-        lua_setfield(L, -2, "state");
-        lua_setiuservalue(L, -2, 1);
-        lua_pushvalue(L, -1);
-        c->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (p->ud_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, p->ud_ref);
         return;
     }
-    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ud_ref);
+    conn_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
+    u->p = p;
+    luaL_setmetatable(L, CONN_MT);
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, p->owner.id);
+    lua_setfield(L, -2, "id");
+    lua_pushstring(L, p->c ? p->c->peer : "");
+    lua_setfield(L, -2, "peer");
+    if (p->request_ref != LUA_NOREF)
+        lua_rawgeti(L, LUA_REGISTRYINDEX, p->request_ref);
+    else
+        lua_newtable(L);
+    lua_setfield(L, -2, "request");
+    if (p->protocol) {
+        lua_pushstring(L, p->protocol);
+        lua_setfield(L, -2, "protocol");
+    }
+    lua_newtable(L);
+    lua_setfield(L, -2, "state");
+    lua_setiuservalue(L, -2, 1);
+    lua_pushvalue(L, -1);
+    p->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 /* conn.x: methods first, then the fields table (id, peer, request, state). */
@@ -116,7 +145,8 @@ static int conn_newindex(lua_State *L)
 {
     luaL_checkudata(L, 1, CONN_MT);
     const char *k = lua_tostring(L, 2);
-    if (k && (!strcmp(k, "id") || !strcmp(k, "peer") || !strcmp(k, "request")))
+    if (k && (!strcmp(k, "id") || !strcmp(k, "peer") || !strcmp(k, "request") ||
+              !strcmp(k, "protocol")))
         return luaL_error(L, "conn.%s is read-only", k);
     lua_getiuservalue(L, 1, 1);
     lua_pushvalue(L, 2);
@@ -127,31 +157,25 @@ static int conn_newindex(lua_State *L)
 
 static int conn_tostring(lua_State *L)
 {
-    sh_conn *c = sh_api_check_conn(L, 1);
-    lua_pushfstring(L, "conn %s", c ? c->id : "(closed)");
+    conn_ud *u = luaL_checkudata(L, 1, CONN_MT);
+    lua_pushfstring(L, "conn %s", u->p ? u->p->owner.id : "(closed)");
     return 1;
 }
 
 /* conn:send(data [, "binary"]) → true | nil, "closed" | nil, "invalid UTF-8" */
 static int conn_send(lua_State *L)
 {
-    sh_conn *c = sh_api_check_conn(L, 1);
+    sh_conn *c = live(check_conn(L));
     size_t len;
-    const char *data = luaL_checklstring(L, 2, &len);
-    const char *kind = luaL_optstring(L, 3, "text");
+    const char *data = sh_checklstring(L, 2, &len);
+    const char *kind = lua_isnoneornil(L, 3) ? "text" : sh_checklstring(L, 3, NULL);
     int binary = strcmp(kind, "binary") == 0;
     if (!binary && strcmp(kind, "text") != 0)
-        return luaL_argerror(L, 3, "expected \"text\" or \"binary\"");
-    if (!binary && !sh_utf8_valid((const uint8_t *)data, len)) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "invalid UTF-8");
-        return 2;
-    }
-    if (!c || sh_conn_send(c, data, len, binary) != 0) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "closed");
-        return 2;
-    }
+        return sh_argerror(L, 3, "expected \"text\" or \"binary\"");
+    if (!binary && !sh_utf8_valid((const uint8_t *)data, len))
+        return fail(L, "invalid UTF-8");
+    if (!c || sh_conn_send(c, data, len, binary) != 0)
+        return fail(L, "closed");
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -165,19 +189,16 @@ static int valid_close_code(lua_Integer code)
 /* conn:close([code [, reason]]) → true | nil, "closed" */
 static int conn_close(lua_State *L)
 {
-    sh_conn *c = sh_api_check_conn(L, 1);
-    lua_Integer code = luaL_optinteger(L, 2, 1000);
-    size_t rl;
-    const char *reason = luaL_optlstring(L, 3, "", &rl);
+    sh_conn *c = live(check_conn(L));
+    lua_Integer code = sh_optinteger(L, 2, 1000);
+    size_t rl = 0;
+    const char *reason = lua_isnoneornil(L, 3) ? "" : sh_checklstring(L, 3, &rl);
     if (!valid_close_code(code))
-        return luaL_argerror(L, 2, "not a close code an endpoint may send");
+        return sh_argerror(L, 2, "not a close code an endpoint may send");
     if (rl > 123)
-        return luaL_argerror(L, 3, "close reason over 123 bytes");
-    if (!c || !sh_conn_open(c)) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "closed");
-        return 2;
-    }
+        return sh_argerror(L, 3, "close reason over 123 bytes");
+    if (!c || !sh_conn_open(c))
+        return fail(L, "closed");
     sh_conn_ws_close(c, (uint16_t)code, reason);
     lua_pushboolean(L, 1);
     return 1;
@@ -186,19 +207,33 @@ static int conn_close(lua_State *L)
 /* conn:is_open() → boolean */
 static int conn_is_open(lua_State *L)
 {
-    sh_conn *c = sh_api_check_conn(L, 1);
+    sh_conn *c = live(check_conn(L));
     lua_pushboolean(L, c && sh_conn_open(c));
     return 1;
 }
 
-static const luaL_Reg conn_methods[] = {
-    {"send", conn_send},
-    {"close", conn_close},
-    {"is_open", conn_is_open},
-    {"subscribe", sh_io_subscribe},
-    {"unsubscribe", sh_io_unsubscribe},
-    {NULL, NULL},
-};
+/* conn:subscribe(channel) → true once Redis confirmed | nil, err */
+static int conn_subscribe(lua_State *L)
+{
+    sh_pconn *p = check_conn(L);
+    sh_conn *c = live(p);
+    if (!c || !sh_conn_open(c)) {
+        sh_checklstring(L, 2, NULL);
+        return fail(L, "closed");
+    }
+    return sh_io_subscribe_owner(L, &p->owner);
+}
+
+/* conn:unsubscribe(channel) → true when it was subscribed: no message of
+ * the channel reaches this connection after the call. */
+static int conn_unsubscribe(lua_State *L)
+{
+    sh_pconn *p = check_conn(L);
+    size_t len;
+    const char *ch = sh_checklstring(L, 2, &len);
+    lua_pushboolean(L, p && sh_io_unsubscribe_owner(&p->owner, ch, len));
+    return 1;
+}
 
 /* ------------------------------------------------------------ module */
 
@@ -241,28 +276,23 @@ static int l_now(lua_State *L)
     return 1;
 }
 
-/* host.spawn(fn, ...) → true: run fn(...) in a new task, now, until its
- * first wait; it belongs to the running task's connection, if any. */
+/* host.spawn(fn, ...) → true: fn(...) runs in a new task once the caller
+ * yields or returns; it belongs to the running task's connection, if any. */
 static int spawn(lua_State *L, int detached)
 {
     sh_gen *g = SH_GEN(L);
-    luaL_checktype(L, 1, LUA_TFUNCTION);
-    if (!g->srv)
-        return luaL_error(L, "tasks cannot start while the script loads (start them from a hook)");
+    sh_checktype(L, 1, LUA_TFUNCTION);
+    if (g->loading || !g->host)
+        return luaL_error(L, "%s: tasks cannot start while the script loads (start them from "
+                             "a hook)", SH_FNAME(L));
     sh_task *cur = sh_task_current(L);
-    if (cur && sh_task_doomed(cur)) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "closed");
-        return 2;
-    }
-    if (g->run_depth >= SH_MAX_RUN_DEPTH) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "too deep"); /* each spawn runs inside its caller's C stack */
-        return 2;
-    }
+    if (cur && sh_task_doomed(cur))
+        return fail(L, "closed");
     int n = lua_gettop(L);
-    sh_task *t = sh_task_new(g, cur && !detached ? cur->conn : NULL,
-                             detached ? "detached function" : "spawned function");
+    sh_owner *o = cur && !detached ? cur->owner : NULL;
+    sh_task *t = sh_task_new(g, o, detached ? "detached function" : "spawned function");
+    if (!t)
+        return fail(L, "out of memory");
     if (cur && cur->log_id[0])
         snprintf(t->log_id, sizeof t->log_id, "%s", cur->log_id);
     lua_xmove(L, t->co, n);
@@ -281,12 +311,12 @@ static int l_detach(lua_State *L) { return spawn(L, 1); }
 static int l_hmac_sha256(lua_State *L)
 {
     size_t kl, ml;
-    const char *key = luaL_checklstring(L, 1, &kl);
-    const char *msg = luaL_checklstring(L, 2, &ml);
+    const char *key = sh_checklstring(L, 1, &kl);
+    const char *msg = sh_checklstring(L, 2, &ml);
     unsigned char mac[EVP_MAX_MD_SIZE];
     unsigned int n = 0;
     if (!HMAC(EVP_sha256(), key, (int)kl, (const unsigned char *)msg, ml, mac, &n))
-        return luaL_error(L, "hmac_sha256: libcrypto failed");
+        return luaL_error(L, "%s: libcrypto failed", SH_FNAME(L));
     char hex[2 * EVP_MAX_MD_SIZE + 1];
     for (unsigned int i = 0; i < n; i++)
         snprintf(hex + 2 * i, 3, "%02x", mac[i]);
@@ -297,11 +327,12 @@ static int l_hmac_sha256(lua_State *L)
 /* host.random_hex(nbytes) → 2*nbytes hex characters from the CSPRNG */
 static int l_random_hex(lua_State *L)
 {
-    lua_Integer n = luaL_optinteger(L, 1, 16);
-    luaL_argcheck(L, n >= 1 && n <= 256, 1, "1..256 bytes");
+    lua_Integer n = sh_optinteger(L, 1, 16);
+    if (n < 1 || n > 256)
+        return sh_argerror(L, 1, "1..256 bytes");
     unsigned char r[256];
     if (RAND_bytes(r, (int)n) != 1)
-        return luaL_error(L, "random_hex: libcrypto failed");
+        return luaL_error(L, "%s: libcrypto failed", SH_FNAME(L));
     char hex[513];
     for (lua_Integer i = 0; i < n; i++)
         snprintf(hex + 2 * i, 3, "%02x", r[i]);
@@ -313,34 +344,56 @@ static int l_random_hex(lua_State *L)
 static int l_secure_compare(lua_State *L)
 {
     size_t al, bl;
-    const char *a = luaL_checklstring(L, 1, &al);
-    const char *b = luaL_checklstring(L, 2, &bl);
+    const char *a = sh_checklstring(L, 1, &al);
+    const char *b = sh_checklstring(L, 2, &bl);
     lua_pushboolean(L, al == bl && CRYPTO_memcmp(a, b, al) == 0);
     return 1;
 }
 
-/* host.metrics.inc(name [, n]) */
+/* host.metrics.inc(name [, n [, labels]]): a built-in job counter or one the
+ * policy defined */
 static int l_metric_inc(lua_State *L)
 {
     sh_gen *g = SH_GEN(L);
-    const char *name = luaL_checkstring(L, 1);
-    lua_Integer by = luaL_optinteger(L, 2, 1);
+    const char *name = sh_checklstring(L, 1, NULL);
+    lua_Integer by = sh_optinteger(L, 2, 1);
     if (by < 0)
-        return luaL_argerror(L, 2, "must not be negative");
-    if (!g->srv)
+        return sh_argerror(L, 2, "must not be negative");
+    if (!g->host)
         return 0;
-    if (sh_metrics_inc(&g->srv->metrics, name, (uint64_t)by) != 0)
-        return luaL_argerror(L, 1, "unknown counter (jobs_started, jobs_completed, jobs_timed_out, jobs_failed)");
-    return 0;
+    if (sh_metrics_inc(g->host->metrics, name, (uint64_t)by) == 0)
+        return 0;
+    return sh_user_metric_lua(L, g->host->metrics, name, (double)by, 3, 0);
+}
+
+/* host.metrics.observe(name, value [, labels]) */
+static int l_metric_observe(lua_State *L)
+{
+    sh_gen *g = SH_GEN(L);
+    const char *name = sh_checklstring(L, 1, NULL);
+    double v = sh_checknumber(L, 2);
+    if (!g->host)
+        return 0;
+    return sh_user_metric_lua(L, g->host->metrics, name, v, 3, 1);
+}
+
+/* host.metrics.define(name, "counter" | "histogram", help [, label_names]) */
+static int l_metric_define(lua_State *L)
+{
+    sh_gen *g = SH_GEN(L);
+    if (!g->loading)
+        return luaL_error(L, "%s: metrics are defined while the script loads (at its top "
+                             "level)", SH_FNAME(L));
+    return sh_user_metric_define_lua(L);
 }
 
 /* host.metrics.observe_dispatch(seconds) */
 static int l_metric_dispatch(lua_State *L)
 {
     sh_gen *g = SH_GEN(L);
-    double s = luaL_checknumber(L, 1);
-    if (g->srv)
-        sh_metrics_observe_dispatch(&g->srv->metrics, s);
+    double s = sh_checknumber(L, 1);
+    if (g->host)
+        sh_metrics_observe_dispatch(g->host->metrics, s);
     return 0;
 }
 
@@ -348,27 +401,41 @@ static int l_metric_dispatch(lua_State *L)
 static int l_redis_up(lua_State *L)
 {
     sh_gen *g = SH_GEN(L);
-    lua_pushboolean(L, g->srv && sh_server_redis_up(g->srv));
+    lua_pushboolean(L, g->host && g->host->bus && sh_redis_bus_up(g->host->bus));
     return 1;
 }
 
-static const luaL_Reg host_funcs[] = {
-    {"now", l_now},
-    {"spawn", l_spawn},
-    {"detach", l_detach},
-    {"hmac_sha256", l_hmac_sha256},
-    {"random_hex", l_random_hex},
-    {"secure_compare", l_secure_compare},
-    {"redis_up", l_redis_up},
-    {NULL, NULL},
-};
-
-static const luaL_Reg log_funcs[] = {
-    {"debug", l_debug}, {"info", l_info}, {"warn", l_warn}, {"error", l_error}, {NULL, NULL},
-};
-
-static const luaL_Reg metric_funcs[] = {
-    {"inc", l_metric_inc}, {"observe_dispatch", l_metric_dispatch}, {NULL, NULL},
+/* The policy surface. table: "" for host.NAME, "conn" for methods, else
+ * host.TABLE.NAME. */
+static const struct api_fn {
+    const char *table, *name;
+    lua_CFunction fn;
+} api[] = {
+    {"", "now", l_now},
+    {"", "sleep", sh_io_sleep},
+    {"", "timer", sh_io_timer},
+    {"", "spawn", l_spawn},
+    {"", "detach", l_detach},
+    {"", "subscribe", sh_io_subscribe_fn},
+    {"", "redis_up", l_redis_up},
+    {"", "hmac_sha256", l_hmac_sha256},
+    {"", "random_hex", l_random_hex},
+    {"", "secure_compare", l_secure_compare},
+    {"redis", "call", sh_io_redis_call},
+    {"http", "request", sh_io_http_request},
+    {"log", "debug", l_debug},
+    {"log", "info", l_info},
+    {"log", "warn", l_warn},
+    {"log", "error", l_error},
+    {"metrics", "inc", l_metric_inc},
+    {"metrics", "observe", l_metric_observe},
+    {"metrics", "define", l_metric_define},
+    {"metrics", "observe_dispatch", l_metric_dispatch},
+    {"conn", "send", conn_send},
+    {"conn", "close", conn_close},
+    {"conn", "is_open", conn_is_open},
+    {"conn", "subscribe", conn_subscribe},
+    {"conn", "unsubscribe", conn_unsubscribe},
 };
 
 static int preload_module(lua_State *L)
@@ -377,44 +444,70 @@ static int preload_module(lua_State *L)
     return 1;
 }
 
+static int config_not_yet(lua_State *L)
+{
+    return luaL_error(L, "host.config.%s: the merged config is filled once the script has "
+                         "returned its table; read it inside hooks (or read your own config "
+                         "table at load time)", lua_tostring(L, 2));
+}
+
 void sh_lua_api_open(lua_State *L, sh_gen *g)
 {
-    /* conn metatable: methods by name, plus metamethods */
+    sh_io_open(L);
     luaL_newmetatable(L, CONN_MT);
-    lua_pushlightuserdata(L, g);
-    luaL_setfuncs(L, conn_methods, 1);
+    int mt = lua_gettop(L);
     lua_pushcfunction(L, conn_index);
-    lua_setfield(L, -2, "__index");
+    lua_setfield(L, mt, "__index");
     lua_pushcfunction(L, conn_newindex);
-    lua_setfield(L, -2, "__newindex");
+    lua_setfield(L, mt, "__newindex");
     lua_pushcfunction(L, conn_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
+    lua_setfield(L, mt, "__tostring");
 
     lua_newtable(L);
     int m = lua_gettop(L);
-    lua_pushlightuserdata(L, g);
-    luaL_setfuncs(L, host_funcs, 1);
-    lua_newtable(L);
-    lua_pushlightuserdata(L, g);
-    luaL_setfuncs(L, log_funcs, 1);
-    lua_setfield(L, m, "log");
-    lua_newtable(L);
-    lua_pushlightuserdata(L, g);
-    luaL_setfuncs(L, metric_funcs, 1);
-    lua_setfield(L, m, "metrics");
+    for (size_t i = 0; i < sizeof api / sizeof api[0]; i++) {
+        const struct api_fn *f = &api[i];
+        int is_conn = strcmp(f->table, "conn") == 0;
+        int t = is_conn ? mt : m;
+        if (!is_conn && f->table[0]) {
+            lua_getfield(L, m, f->table);
+            if (lua_isnil(L, -1)) {
+                lua_pop(L, 1);
+                lua_newtable(L);
+                lua_pushvalue(L, -1);
+                lua_setfield(L, m, f->table);
+            }
+            t = lua_gettop(L);
+        }
+        lua_pushlightuserdata(L, g);
+        if (is_conn)
+            lua_pushfstring(L, "conn:%s", f->name);
+        else if (f->table[0])
+            lua_pushfstring(L, "host.%s.%s", f->table, f->name);
+        else
+            lua_pushfstring(L, "host.%s", f->name);
+        lua_pushcclosure(L, f->fn, 2);
+        lua_setfield(L, t, f->name);
+        if (t != m && t != mt)
+            lua_pop(L, 1);
+    }
     lua_newtable(L); /* filled with the merged config once the script returns */
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, config_not_yet);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
     lua_setfield(L, m, "config");
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, m, "null"); /* the same value as cjson.null */
     lua_pushstring(L, SH_VERSION);
     lua_setfield(L, m, "version");
-    if (g->srv) {
-        lua_pushstring(L, g->srv->instance);
+    if (g->host) {
+        lua_pushstring(L, g->host->instance);
         lua_setfield(L, m, "instance");
     }
-    sh_io_register(L, m);
+    lua_pushvalue(L, m);
     lua_setfield(L, LUA_REGISTRYINDEX, "statushost.module");
+    lua_settop(L, mt - 1);
 
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
     lua_pushcfunction(L, preload_module);
@@ -424,143 +517,400 @@ void sh_lua_api_open(lua_State *L, sh_gen *g)
 
 /* ------------------------------------------------------------- hooks */
 
-/* A task running hook h for c with conn as first argument, or NULL. */
-static sh_task *hook_task(sh_conn *c, enum sh_hook h, sh_conn *owner)
+/* A new task running hook h with p's conn as first argument, or NULL. */
+static sh_task *hook_task(sh_pconn *p, enum sh_hook h, sh_owner *owner)
 {
-    if (!sh_gen_has_hook(c->gen, h))
+    sh_task *t = sh_task_new(p->gen, owner, sh_hook_name(h));
+    if (!t) {
+        sh_error(p->owner.id, "out of memory: %s not run", sh_hook_name(h));
         return NULL;
-    sh_task *t = sh_task_new(c->gen, owner, sh_hook_name(h));
+    }
     sh_task_push_hook(t, h);
-    sh_conn_push(c, t->co);
+    push_conn(p, t->co);
     return t;
 }
 
-void sh_api_open(sh_conn *c)
+/* A task of p's raised: 1011 for a WebSocket, 500 for an upgrade waiting on
+ * its decision (routes answer 500 themselves). */
+static void owner_failed(sh_owner *o)
 {
-    sh_task *t = hook_task(c, SH_HOOK_OPEN, c);
-    if (t)
-        sh_task_start(t, 1, NULL, NULL);
+    sh_pconn *p = (sh_pconn *)((char *)o - offsetof(sh_pconn, owner));
+    sh_conn *c = live(p);
+    if (!c)
+        return;
+    if (c->phase == SH_PHASE_WS)
+        sh_conn_ws_close(c, 1011, "internal error");
+    else if (c->phase == SH_PHASE_HANDSHAKE)
+        sh_conn_refuse(c, 500, "500 Internal Server Error\n", 26, NULL);
 }
 
-void sh_api_message(sh_conn *c, const char *data, size_t len, int binary)
+static void count_drop(sh_pconn *p, const char *why)
 {
-    sh_task *t = hook_task(c, binary ? SH_HOOK_BINARY : SH_HOOK_MESSAGE, c);
-    if (!t) {
-        sh_debug(c->id, "message dropped: the policy has no on_message");
-        return;
-    }
-    lua_pushlstring(t->co, data, len);
-    sh_task_start(t, 2, NULL, NULL);
+    p->gen->host->metrics->updates_dropped++;
+    sh_debug(p->owner.id, "update dropped: %s", why);
 }
 
-/* on_handshake returned: nothing/true accepts; false[, status[, body]] refuses. */
-static void handshake_done(sh_task *t, int status, int nres, void *arg)
+/* A message on one of p's subscriptions: to on_publish, or straight out. */
+static void owner_deliver(sh_owner *o, const char *channel, size_t channel_len,
+                          const char *payload, size_t payload_len)
 {
-    (void)arg;
-    sh_conn *c = t->conn;
-    if (!c || status != LUA_OK)
-        return; /* gone, or the error path already answered 500 */
-    lua_State *co = t->co;
-    int base = lua_gettop(co) - nres + 1;
-    if (nres == 0 || lua_toboolean(co, base) || lua_isnil(co, base)) {
-        sh_conn_handshake_result(c, 1, 0, NULL, 0);
+    sh_pconn *p = (sh_pconn *)((char *)o - offsetof(sh_pconn, owner));
+    sh_conn *c = live(p);
+    if (!c || !sh_conn_open(c))
+        return;
+    if (!sh_gen_has_hook(p->gen, SH_HOOK_PUBLISH)) {
+        if (!sh_utf8_valid((const uint8_t *)payload, payload_len)) {
+            count_drop(p, "not UTF-8 (a text frame must be)");
+            return;
+        }
+        sh_conn_send(c, payload, payload_len, 0);
         return;
     }
-    lua_Integer code = nres >= 2 ? lua_tointeger(co, base + 1) : 403;
-    if (code < 400 || code > 599)
-        code = 403;
+    if (o->ntasks >= p->gen->cfg.max_tasks_per_conn) {
+        sh_warn(o->id, "%zu tasks running or waiting (max_tasks_per_conn): closing 1008",
+                o->ntasks);
+        sh_conn_ws_close(c, 1008, "too many tasks");
+        return;
+    }
+    sh_task *t = hook_task(p, SH_HOOK_PUBLISH, o);
+    if (!t)
+        return;
+    lua_pushlstring(t->co, channel, channel_len);
+    lua_pushlstring(t->co, payload, payload_len);
+    sh_task_start(t, 3, NULL, NULL);
+}
+
+int sh_policy_attach(sh_conn *c, sh_gen *g)
+{
+    sh_pconn *p = calloc(1, sizeof *p);
+    if (!p)
+        return -1;
+    p->c = c;
+    p->gen = g;
+    sh_gen_ref(g);
+    p->ud_ref = p->request_ref = LUA_NOREF;
+    snprintf(p->owner.id, sizeof p->owner.id, "%s", c->id);
+    p->owner.failed = owner_failed;
+    p->owner.deliver = owner_deliver;
+    c->app = p;
+    return 0;
+}
+
+/* on_handshake's verdict. Accepted shapes: nothing, nil or true (accept);
+ * true, protocol (accept, answering one of the offered subprotocols);
+ * false, status[, body[, headers]] (refuse). Anything else is an error:
+ * logged, and the client gets 500. */
+static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int nres)
+{
+    sh_conn *c = p->c;
+    if (nres == 0 || (nres == 1 && lua_isnil(co, base))) {
+        sh_conn_upgrade(c, NULL, NULL);
+        return NULL;
+    }
+    if (lua_type(co, base) != LUA_TBOOLEAN)
+        return "on_handshake must return nothing, true[, protocol] or false, status[, body[, "
+               "headers]]";
+    if (lua_toboolean(co, base)) {
+        if (nres >= 2 && !lua_isnil(co, base + 1)) {
+            const char *proto = lua_type(co, base + 1) == LUA_TSTRING ? lua_tostring(co, base + 1)
+                                                                       : NULL;
+            const char *offered = NULL;
+            lua_State *L = p->gen->L;
+            lua_rawgeti(L, LUA_REGISTRYINDEX, p->request_ref);
+            lua_getfield(L, -1, "headers");
+            lua_getfield(L, -1, "sec-websocket-protocol");
+            offered = lua_tostring(L, -1);
+            int ok = 0;
+            if (proto && offered) { /* one of the comma-separated tokens */
+                size_t pl = strlen(proto);
+                for (const char *s = offered; *s;) {
+                    while (*s == ' ' || *s == ',')
+                        s++;
+                    size_t n = strcspn(s, ", ");
+                    if (n == pl && n && strncmp(s, proto, n) == 0)
+                        ok = 1;
+                    s += n;
+                }
+            }
+            lua_pop(L, 3);
+            if (!ok)
+                return "on_handshake: the protocol returned is not one the client offered in "
+                       "Sec-WebSocket-Protocol";
+            p->protocol = strdup(proto);
+        }
+        sh_conn_upgrade(c, p->protocol, NULL);
+        return NULL;
+    }
+    if (nres < 2 || !lua_isinteger(co, base + 1))
+        return "on_handshake refused without a status: return false, status[, body[, headers]]";
+    lua_Integer status = lua_tointeger(co, base + 1);
+    if (status < 400 || status > 599)
+        return "on_handshake: a refusal's status must be 400..599";
     size_t len = 0;
-    const char *body = nres >= 3 ? lua_tolstring(co, base + 2, &len) : NULL;
+    const char *body = NULL;
+    if (nres >= 3 && !lua_isnil(co, base + 2)) {
+        if (lua_type(co, base + 2) != LUA_TSTRING)
+            return "on_handshake: a refusal's body must be a string";
+        body = lua_tolstring(co, base + 2, &len);
+    }
+    sh_buf extra = {0};
+    if (nres >= 4 && !lua_isnil(co, base + 3)) {
+        int ht = base + 3;
+        if (!lua_istable(co, ht))
+            return "on_handshake: a refusal's headers must be a table";
+        lua_pushnil(co);
+        while (lua_next(co, ht)) {
+            size_t kl = 0, vl = 0;
+            const char *k = lua_type(co, -2) == LUA_TSTRING ? lua_tolstring(co, -2, &kl) : NULL;
+            const char *v = lua_type(co, -1) == LUA_TSTRING ? lua_tolstring(co, -1, &vl) : NULL;
+            if (!k || !v || !kl || strpbrk(k, "\r\n: ") || memchr(v, '\r', vl) ||
+                memchr(v, '\n', vl) || memchr(v, '\0', vl) || memchr(k, '\0', kl)) {
+                lua_pop(co, 2);
+                sh_buf_free(&extra);
+                return "on_handshake: refusal headers map names to strings, no CR or LF";
+            }
+            if (strcasecmp(k, "content-length") && strcasecmp(k, "connection") &&
+                strcasecmp(k, "content-type") &&
+                (sh_buf_append(&extra, k, kl) || sh_buf_append(&extra, ": ", 2) ||
+                 sh_buf_append(&extra, v, vl) || sh_buf_append(&extra, "\r\n", 2))) {
+                lua_pop(co, 2);
+                sh_buf_free(&extra);
+                return "out of memory";
+            }
+            lua_pop(co, 1);
+        }
+        if (sh_buf_append(&extra, "", 1)) {
+            sh_buf_free(&extra);
+            return "out of memory";
+        }
+    }
     char dflt[32];
     if (!body) {
-        len = (size_t)snprintf(dflt, sizeof dflt, "%d\n", (int)code);
+        len = (size_t)snprintf(dflt, sizeof dflt, "%d\n", (int)status);
         body = dflt;
     }
-    sh_conn_handshake_result(c, 0, (int)code, body, len);
+    sh_info(p->owner.id, "handshake refused by policy: %d", (int)status);
+    sh_conn_refuse(c, (int)status, body, len, extra.len > 1 ? extra.p : NULL);
+    sh_buf_free(&extra);
+    return NULL;
 }
 
-void sh_api_handshake(sh_conn *c, sh_request *r)
+static void handshake_done(sh_task *t, int status, int nres, void *arg)
 {
-    lua_State *L = c->gen->L;
-    push_request(L, r, c->peer);
-    c->request_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    if (!sh_gen_has_hook(c->gen, SH_HOOK_HANDSHAKE)) {
-        sh_conn_handshake_result(c, 1, 0, NULL, 0);
+    sh_pconn *p = arg;
+    if (!live(p) || p->c->phase != SH_PHASE_HANDSHAKE || status != LUA_OK)
+        return; /* gone, decided by a timeout, or the error path answered 500 */
+    lua_State *co = t->co;
+    const char *err = handshake_verdict(p, co, lua_gettop(co) - nres + 1, nres);
+    if (err) {
+        sh_error(p->owner.id, "lua error in on_handshake: %s", err);
+        p->gen->host->metrics->lua_errors++;
+        sh_conn_refuse(p->c, 500, "500 Internal Server Error\n", 26, NULL);
+    }
+}
+
+static void on_upgrade(sh_pconn *p, sh_request *r)
+{
+    lua_State *L = p->gen->L;
+    push_request(L, r, p->c->peer);
+    p->request_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (!sh_gen_has_hook(p->gen, SH_HOOK_HANDSHAKE)) {
+        sh_conn_upgrade(p->c, NULL, NULL);
         return;
     }
-    sh_task *t = sh_task_new(c->gen, c, "on_handshake");
+    sh_task *t = sh_task_new(p->gen, &p->owner, "on_handshake");
+    if (!t) {
+        sh_conn_refuse(p->c, 503, "503 Service Unavailable\n", 24, "Retry-After: 1\r\n");
+        return;
+    }
     sh_task_push_hook(t, SH_HOOK_HANDSHAKE);
-    lua_rawgeti(t->co, LUA_REGISTRYINDEX, c->request_ref);
-    sh_task_start(t, 1, handshake_done, NULL);
+    lua_rawgeti(t->co, LUA_REGISTRYINDEX, p->request_ref);
+    sh_task_start(t, 1, handshake_done, p);
 }
 
-/* State of a route call. */
+static int on_message(sh_pconn *p, const sh_conn_event *ev)
+{
+    enum sh_hook h = ev->binary ? SH_HOOK_BINARY : SH_HOOK_MESSAGE;
+    if (!sh_gen_has_hook(p->gen, h))
+        return 1003;
+    if (p->owner.ntasks >= p->gen->cfg.max_tasks_per_conn) {
+        sh_warn(p->owner.id, "%zu tasks running or waiting (max_tasks_per_conn): closing 1008",
+                p->owner.ntasks);
+        return 1008;
+    }
+    sh_task *t = hook_task(p, h, &p->owner);
+    if (!t)
+        return 1011;
+    lua_pushlstring(t->co, ev->data, ev->len);
+    sh_task_start(t, 2, NULL, NULL);
+    return 0;
+}
+
+/* The connection ended: its tasks are woken with nil, "closed", its timers
+ * and subscriptions released, and on_close queued for after them. */
+static void on_close(sh_pconn *p, const sh_conn_event *ev)
+{
+    sh_owner_release_tasks(&p->owner);
+    sh_io_owner_release(&p->owner);
+    if (!ev->was_ws || !sh_gen_has_hook(p->gen, SH_HOOK_CLOSE))
+        return;
+    sh_task *t = hook_task(p, SH_HOOK_CLOSE, NULL);
+    if (!t)
+        return;
+    snprintf(t->log_id, sizeof t->log_id, "%s", p->owner.id);
+    lua_pushinteger(t->co, ev->code);
+    lua_pushstring(t->co, ev->reason);
+    sh_task_start(t, 3, NULL, NULL);
+}
+
+static void on_free(sh_pconn *p)
+{
+    lua_State *L = p->gen->L;
+    if (p->ud_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, p->ud_ref);
+        conn_ud *u = lua_touserdata(L, -1);
+        u->p = NULL;
+        lua_pop(L, 1);
+        luaL_unref(L, LUA_REGISTRYINDEX, p->ud_ref);
+    }
+    if (p->request_ref != LUA_NOREF)
+        luaL_unref(L, LUA_REGISTRYINDEX, p->request_ref);
+    /* tasks that still run (orphaned) refer to the owner no more */
+    sh_owner_release_tasks(&p->owner);
+    sh_io_owner_release(&p->owner);
+    sh_gen_unref(p->gen);
+    free(p->protocol);
+    free(p);
+}
+
+int sh_policy_event(sh_conn *c, const sh_conn_event *ev)
+{
+    sh_pconn *p = c->app;
+    if (!p)
+        return 0;
+    switch (ev->type) {
+    case SH_CONN_EV_UPGRADE:
+        on_upgrade(p, ev->req);
+        return 0;
+    case SH_CONN_EV_OPEN:
+        if (sh_gen_has_hook(p->gen, SH_HOOK_OPEN)) {
+            sh_task *t = hook_task(p, SH_HOOK_OPEN, &p->owner);
+            if (t)
+                sh_task_start(t, 1, NULL, NULL);
+        }
+        return 0;
+    case SH_CONN_EV_MESSAGE:
+        return on_message(p, ev);
+    case SH_CONN_EV_CLOSE:
+        on_close(p, ev);
+        return 0;
+    case SH_CONN_EV_FREE:
+        c->app = NULL;
+        p->c = NULL;
+        on_free(p);
+        return 0;
+    case SH_CONN_EV_REQUEST:
+        return 0;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------- routes */
+
 struct route_call {
-    void (*done)(sh_conn *);
+    sh_pconn *p;
     int keep;
     int head_only;
 };
 
 /* Collect "Name: value\r\n" lines from a headers table at index i into out
- * (NUL-terminated); string keys only, values strings or numbers. */
-static void route_headers(lua_State *co, int i, sh_buf *out, const char **ctype)
+ * (NUL-terminated). Returns NULL or what is wrong. */
+static const char *route_headers(lua_State *co, int i, sh_buf *out, const char **ctype)
 {
     if (!lua_istable(co, i))
-        return;
+        return "a route's headers must be a table";
     lua_pushnil(co);
     while (lua_next(co, i)) {
-        if (lua_type(co, -2) == LUA_TSTRING && lua_isstring(co, -1)) {
-            const char *k = lua_tostring(co, -2), *v = lua_tostring(co, -1);
-            if (!strpbrk(k, "\r\n:") && !strpbrk(v, "\r\n")) {
-                if (strcasecmp(k, "content-type") == 0)
-                    *ctype = v; /* anchored by the table */
-                else if (strcasecmp(k, "content-length") && strcasecmp(k, "connection")) {
-                    sh_buf_append(out, k, strlen(k));
-                    sh_buf_append(out, ": ", 2);
-                    sh_buf_append(out, v, strlen(v));
-                    sh_buf_append(out, "\r\n", 2);
-                }
+        size_t kl = 0, vl = 0;
+        const char *k = lua_type(co, -2) == LUA_TSTRING ? lua_tolstring(co, -2, &kl) : NULL;
+        if (k && lua_type(co, -1) == LUA_TNUMBER) {
+            lua_pushvalue(co, -1);
+            lua_tostring(co, -1);
+            lua_replace(co, -2); /* the string replaces the number: anchored by the stack */
+        }
+        const char *v = lua_type(co, -1) == LUA_TSTRING ? lua_tolstring(co, -1, &vl) : NULL;
+        if (!k || !v || !kl || strpbrk(k, "\r\n: ") || memchr(v, '\r', vl) ||
+            memchr(v, '\n', vl) || memchr(v, '\0', vl) || memchr(k, '\0', kl)) {
+            lua_pop(co, 2);
+            return "a route's headers map names to strings, no CR or LF";
+        }
+        if (strcasecmp(k, "content-type") == 0) {
+            lua_pushvalue(co, -1);
+            lua_setfield(co, i, "Content-Type"); /* anchored by the table */
+            lua_getfield(co, i, "Content-Type");
+            *ctype = lua_tostring(co, -1);
+            lua_pop(co, 1);
+        } else if (strcasecmp(k, "content-length") && strcasecmp(k, "connection")) {
+            if (sh_buf_append(out, k, kl) || sh_buf_append(out, ": ", 2) ||
+                sh_buf_append(out, v, vl) || sh_buf_append(out, "\r\n", 2)) {
+                lua_pop(co, 2);
+                return "out of memory";
             }
         }
         lua_pop(co, 1);
     }
-    sh_buf_append(out, "", 1);
+    return sh_buf_append(out, "", 1) ? "out of memory" : NULL;
 }
 
 /* A route returned status[, body[, headers]]. */
 static void route_done(sh_task *t, int status, int nres, void *arg)
 {
     struct route_call *rc = arg;
-    sh_conn *c = t->conn;
+    sh_conn *c = live(rc->p);
     if (c && c->phase == SH_PHASE_HTTP) {
         lua_State *co = t->co;
-        if (status != LUA_OK) {
-            sh_conn_respond(c, 500, "text/plain; charset=utf-8", "500 Internal Server Error\n", 26,
-                            NULL, 0, rc->head_only);
-        } else {
-            int base = lua_gettop(co) - nres + 1;
-            lua_Integer code = nres >= 1 ? lua_tointeger(co, base) : 200;
-            if (code < 200 || code > 599)
-                code = 500;
-            size_t len = 0;
-            const char *body = nres >= 2 ? lua_tolstring(co, base + 1, &len) : NULL;
-            const char *ctype = "text/plain; charset=utf-8";
-            sh_buf extra = {0};
-            if (nres >= 3)
-                route_headers(co, base + 2, &extra, &ctype);
-            sh_conn_respond(c, (int)code, ctype, body ? body : "", body ? len : 0,
-                            extra.len > 1 ? extra.p : NULL, rc->keep && !c->srv->stopping,
-                            rc->head_only);
-            sh_buf_free(&extra);
+        const char *err = status != LUA_OK ? "" : NULL;
+        int base = lua_gettop(co) - nres + 1;
+        lua_Integer code = 200;
+        size_t len = 0;
+        const char *body = NULL, *ctype = "text/plain; charset=utf-8";
+        sh_buf extra = {0};
+        if (!err && nres >= 1) {
+            if (!lua_isinteger(co, base) || lua_tointeger(co, base) < 200 ||
+                lua_tointeger(co, base) > 599)
+                err = "a route must return a status 200..599 first";
+            else
+                code = lua_tointeger(co, base);
         }
-        rc->done(c);
+        if (!err && nres >= 2 && !lua_isnil(co, base + 1)) {
+            if (lua_type(co, base + 1) != LUA_TSTRING)
+                err = "a route's body must be a string";
+            else
+                body = lua_tolstring(co, base + 1, &len);
+        }
+        if (!err && nres >= 3 && !lua_isnil(co, base + 2))
+            err = route_headers(co, base + 2, &extra, &ctype);
+        if (err) {
+            if (*err) {
+                sh_error(rc->p->owner.id, "lua error in route: %s", err);
+                rc->p->gen->host->metrics->lua_errors++;
+            }
+            sh_conn_respond(c, 500, "text/plain; charset=utf-8", "500 Internal Server Error\n",
+                            26, NULL, 0, rc->head_only);
+        } else {
+            sh_conn_respond(c, (int)code, ctype, body ? body : "", body ? len : 0,
+                            extra.len > 1 ? extra.p : NULL, rc->keep, rc->head_only);
+        }
+        sh_buf_free(&extra);
+        sh_conn_request_done(c);
     }
     free(rc);
 }
 
-int sh_api_route(sh_conn *c, sh_request *r, int keep, void (*done)(sh_conn *))
+int sh_policy_route(sh_conn *c, sh_request *r, int keep, int head_only)
 {
-    sh_gen *g = c->gen;
+    sh_pconn *p = c->app;
+    sh_gen *g = p->gen;
     if (g->routes_ref == LUA_NOREF)
         return 0;
     lua_State *L = g->L;
@@ -572,53 +922,21 @@ int sh_api_route(sh_conn *c, sh_request *r, int keep, void (*done)(sh_conn *))
         return 0;
     }
     struct route_call *rc = malloc(sizeof *rc);
-    rc->done = done;
+    sh_task *t = rc ? sh_task_new(g, &p->owner, "route") : NULL;
+    if (!t) {
+        free(rc);
+        lua_pop(L, 2);
+        sh_conn_respond(c, 503, "text/plain; charset=utf-8", "503 Service Unavailable\n", 24,
+                        "Retry-After: 1\r\n", 0, head_only);
+        sh_conn_request_done(c);
+        return 1;
+    }
+    rc->p = p;
     rc->keep = keep;
-    rc->head_only = strcmp(r->method, "HEAD") == 0;
-    sh_task *t = sh_task_new(g, c, "route");
+    rc->head_only = head_only;
     lua_xmove(L, t->co, 1);
     lua_pop(L, 1);
     push_request(t->co, r, c->peer);
     sh_task_start(t, 1, route_done, rc);
     return 1;
-}
-
-void sh_api_conn_closing(sh_conn *c, int was_ws)
-{
-    sh_tasks_release_conn(c);
-    sh_io_conn_closing(c);
-    if (!was_ws)
-        return;
-    sh_info(c->id, "websocket closed %u%s%s", c->close_code ? c->close_code : 1006,
-            c->close_reason[0] ? " " : "", c->close_reason);
-    sh_task *t = hook_task(c, SH_HOOK_CLOSE, NULL);
-    if (!t)
-        return;
-    snprintf(t->log_id, sizeof t->log_id, "%s", c->id);
-    lua_pushinteger(t->co, c->close_code ? c->close_code : 1006);
-    lua_pushstring(t->co, c->close_reason);
-    sh_task_start(t, 3, NULL, NULL);
-}
-
-void sh_api_conn_freed(sh_conn *c)
-{
-    lua_State *L = c->gen->L;
-    if (c->ud_ref != LUA_NOREF) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, c->ud_ref);
-        conn_ud *u = lua_touserdata(L, -1);
-        u->c = NULL;
-        lua_pop(L, 1);
-        luaL_unref(L, LUA_REGISTRYINDEX, c->ud_ref);
-        c->ud_ref = LUA_NOREF;
-    }
-    if (c->request_ref != LUA_NOREF) {
-        luaL_unref(L, LUA_REGISTRYINDEX, c->request_ref);
-        c->request_ref = LUA_NOREF;
-    }
-}
-
-void sh_api_gen_shutdown(sh_gen *g)
-{
-    sh_io_gen_shutdown(g);
-    sh_gen_shutdown(g);
 }

@@ -1,13 +1,13 @@
-/* lua_api.h — the `statushost` Lua module and the calls that run hooks.
+/* lua_api.h — the policy layer: the `statushost` module (the whole policy
+ * surface is registered in one table in lua_api.c), the conn object, and the
+ * handlers that turn transport events into hook tasks.
  *
- * The module is mechanism only: connections (conn:send, conn:close,
- * conn:subscribe ...), timers, sleep, spawn, logging, metrics, Redis and
- * HTTP. Policy lives in the script's hooks, each run by a task (lua_host.h).
- * Files: lua_api.c (module, conn, hooks), lua_io.c (redis, http, timers). */
+ * Each connection the transport accepts gets a sh_pconn (its c->app): the
+ * generation it runs on (a reference held until EV_FREE), the owner of its
+ * tasks, timers and subscriptions, and its Lua objects. Events only queue
+ * tasks (lua_host.h): no hook runs inside an event. */
 #ifndef SH_LUA_API_H
 #define SH_LUA_API_H
-
-#include <stddef.h>
 
 #include <lua.h>
 
@@ -15,34 +15,30 @@
 #include "http_parse.h"
 #include "lua_host.h"
 
-/* WebSocket open: on_open(conn). */
-void sh_api_open(sh_conn *c);
-/* A complete message: on_message(conn, text) or on_binary(conn, data). */
-void sh_api_message(sh_conn *c, const char *data, size_t len, int binary);
-/* An upgrade request passed the protocol checks: run on_handshake(req) and
- * answer through sh_conn_handshake_result(), now or later. */
-void sh_api_handshake(sh_conn *c, sh_request *r);
-/* A plain request: when the script has a route for it, run it and return 1
- * (done(c) is called after the response is queued); else return 0. */
-int sh_api_route(sh_conn *c, sh_request *r, int keep, void (*done)(sh_conn *));
-/* The connection is closing: release subscriptions, timers and tasks, then
- * run on_close(conn, code, reason) when it was a WebSocket. */
-void sh_api_conn_closing(sh_conn *c, int was_ws);
-/* The connection struct is about to be freed: drop its Lua objects. */
-void sh_api_conn_freed(sh_conn *c);
-/* The generation shuts down: cancel its pending timers. */
-void sh_api_gen_shutdown(sh_gen *g);
+/* The policy layer's state of one connection. */
+typedef struct sh_pconn {
+    sh_conn *c;          /* NULL once the transport freed it */
+    sh_gen *gen;         /* a reference is held */
+    sh_owner owner;      /* its tasks, timers, subscriptions */
+    int ud_ref;          /* registry ref of the conn userdata, LUA_NOREF */
+    int request_ref;     /* registry ref of the upgrade request table, LUA_NOREF */
+    char *protocol;      /* subprotocol chosen by on_handshake, or NULL */
+} sh_pconn;
 
-/* lua_io.c: host.redis, host.http, host.sleep, host.timer. */
-void sh_io_register(lua_State *L, int module);
-void sh_io_conn_closing(sh_conn *c);
-void sh_io_gen_shutdown(sh_gen *g);
-int sh_io_subscribe(lua_State *L);
-int sh_io_unsubscribe(lua_State *L);
+/* A connection was accepted with generation g's limits: attach the policy
+ * state. Returns 0, or -1 when out of memory (the caller closes c). */
+int sh_policy_attach(sh_conn *c, sh_gen *g);
 
-/* The conn userdata at index i; raises when it is not one. */
-sh_conn *sh_api_check_conn(lua_State *L, int i);
-/* The generation whose function is running (upvalue 1 of module functions). */
-#define SH_GEN(L) ((sh_gen *)lua_touserdata((L), lua_upvalueindex(1)))
+/* Handle a transport event of a connection (see conn.h); REQUEST events go
+ * to sh_policy_route. Returns what the transport expects (a close code for
+ * a refused message, else 0). */
+int sh_policy_event(sh_conn *c, const sh_conn_event *ev);
+
+/* A plain request: when the script has a route for it, queue it and return
+ * 1 (the response and sh_conn_request_done follow when it ends); else 0. */
+int sh_policy_route(sh_conn *c, sh_request *r, int keep, int head_only);
+
+/* Open the `statushost` module into L's package.preload. */
+void sh_lua_api_open(lua_State *L, sh_gen *g);
 
 #endif

@@ -1,4 +1,5 @@
-/* lua_host.c — generations and tasks; see lua_host.h. */
+/* lua_host.c — generations, tasks and the posted-task scheduler; see
+ * lua_host.h. */
 #include "lua_host.h"
 
 #include <assert.h>
@@ -10,16 +11,14 @@
 #include <lauxlib.h>
 #include <lua-cjson.h>
 #include <lualib.h>
-#include <uv.h>
+#include <utlist.h>
 
-#include "conn.h"
 #include "log.h"
-#include "server.h"
+#include "lua_api.h"
 
 int luaopen_cjson_safe(lua_State *L); /* in liblua5.4-cjson, not in its header */
 
 #define POOL_MAX 256
-#define LOAD_BUDGET 100000000 /* instructions for running the script's main chunk */
 
 static const char *const hook_names[SH_HOOK_COUNT] = {
     "on_handshake", "on_open", "on_message", "on_binary", "on_publish", "on_close",
@@ -41,6 +40,37 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
 static void arm_budget(lua_State *co, uint64_t max)
 {
     lua_sethook(co, budget_hook, LUA_MASKCOUNT, max > INT_MAX ? INT_MAX : (int)max);
+}
+
+/* ------------------------------------------------------------------ memory */
+
+/* The allocator of a generation: counts its bytes; past mem_max, while a
+ * task runs (or the script loads), an allocation fails, which Lua raises as
+ * "not enough memory" in the code that asked. Outside (the host preparing a
+ * task) it never fails for the cap, since no Lua frame could catch it. */
+static void *gen_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    sh_gen *g = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        g->mem -= old;
+        return NULL;
+    }
+    if (g->capped && g->mem_max && nsize > old && g->mem - old + nsize > g->mem_max)
+        return NULL;
+    void *p = realloc(ptr, nsize);
+    if (p)
+        g->mem = g->mem - old + nsize;
+    return p;
+}
+
+size_t sh_host_lua_memory(const sh_host *h)
+{
+    size_t n = 0;
+    for (const sh_gen *g = h->gens; g; g = g->next_gen)
+        n += g->mem;
+    return n;
 }
 
 /* --------------------------------------------------------------- loading */
@@ -182,6 +212,62 @@ static void set_module_paths(lua_State *L, const char *script)
     lua_pop(L, 2);
 }
 
+/* coroutine.resume / coroutine.close of a task's coroutine: refused. A
+ * task is resumed by the host only (its pending wait would otherwise be
+ * resumed twice). */
+static int is_task_thread(lua_State *co)
+{
+    sh_task *t = *(sh_task **)lua_getextraspace(co);
+    return t && t->co == co;
+}
+
+static int guarded_co(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, 1);
+    if (co && is_task_thread(co))
+        return luaL_error(L, "coroutine.%s: a hook's coroutine belongs to statushost "
+                             "and cannot be resumed or closed from Lua",
+                          lua_tostring(L, lua_upvalueindex(2)));
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static void guard_coroutine(lua_State *L, const char *name)
+{
+    lua_getglobal(L, "coroutine");
+    lua_getfield(L, -1, name);
+    lua_pushstring(L, name);
+    lua_pushcclosure(L, guarded_co, 2);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 1);
+}
+
+static int no_sethook(lua_State *L)
+{
+    return luaL_error(L, "debug.sethook: not available to policies (the instruction budget "
+                         "owns the hook)");
+}
+
+/* load() of text chunks only: a binary chunk can crash the VM. */
+static int text_load(lua_State *L)
+{
+    int n = lua_gettop(L);
+    if (n >= 3 && !lua_isnil(L, 3)) {
+        const char *mode = lua_tostring(L, 3);
+        if (!mode || strcmp(mode, "t") != 0)
+            return luaL_error(L, "load: only text chunks (mode \"t\") are allowed");
+    }
+    lua_settop(L, n > 4 ? n : 4);
+    lua_pushstring(L, "t");
+    lua_replace(L, 3);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 4, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
 static void open_libs(lua_State *L, sh_gen *g)
 {
     luaL_openlibs(L);
@@ -191,12 +277,32 @@ static void open_libs(lua_State *L, sh_gen *g)
     lua_pushcfunction(L, luaopen_cjson_safe);
     lua_setfield(L, -2, "cjson.safe");
     lua_pop(L, 1);
+    guard_coroutine(L, "resume");
+    guard_coroutine(L, "close");
+    /* debug: traceback only, and sethook raises */
+    lua_createtable(L, 0, 2);
+    lua_getglobal(L, "debug");
+    lua_getfield(L, -1, "traceback");
+    lua_setfield(L, -3, "traceback");
+    lua_pop(L, 1);
+    lua_pushcfunction(L, no_sethook);
+    lua_setfield(L, -2, "sethook");
+    lua_pushvalue(L, -1);
+    lua_setglobal(L, "debug");
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "debug");
+    lua_pop(L, 1);
+    lua_getglobal(L, "load");
+    lua_pushcclosure(L, text_load, 1);
+    lua_setglobal(L, "load");
     sh_lua_api_open(L, g);
 }
 
 /* Run the script's main chunk; leaves its table on the stack. */
-static int run_script(lua_State *L, const char *script, char *err, size_t errsz)
+static int run_script(sh_gen *g, const char *script, uint64_t budget, char *err, size_t errsz)
 {
+    lua_State *L = g->L;
     lua_pushcfunction(L, msgh_traceback);
     int base = lua_gettop(L);
     if (luaL_loadfilex(L, script, "t") != LUA_OK) {
@@ -204,9 +310,13 @@ static int run_script(lua_State *L, const char *script, char *err, size_t errsz)
         lua_settop(L, base - 1);
         return -1;
     }
-    arm_budget(L, LOAD_BUDGET);
+    g->loading = 1;
+    g->capped = 1;
+    arm_budget(L, budget);
     int rc = lua_pcall(L, 0, 1, base);
     lua_sethook(L, NULL, 0, 0);
+    g->capped = 0;
+    g->loading = 0;
     if (rc != LUA_OK) {
         snprintf(err, errsz, "%s: %s", script, lua_tostring(L, -1));
         lua_settop(L, base - 1);
@@ -222,11 +332,108 @@ static int run_script(lua_State *L, const char *script, char *err, size_t errsz)
     return 0;
 }
 
+/* ------------------------------------------------------------ the policy */
+
+static const char *const policy_keys[] = {
+    "on_handshake", "on_open", "on_message", "on_binary", "on_publish", "on_close",
+    "routes", "config", "lib", NULL,
+};
+
+/* Edit distance of a and b, ASCII case folded; large when either is long. */
+static int distance(const char *a, const char *b)
+{
+    size_t n = strlen(a), m = strlen(b);
+    if (n > 40 || m > 40)
+        return 99;
+    int d[41][41];
+    for (size_t i = 0; i <= n; i++)
+        d[i][0] = (int)i;
+    for (size_t j = 0; j <= m; j++)
+        d[0][j] = (int)j;
+    for (size_t i = 1; i <= n; i++)
+        for (size_t j = 1; j <= m; j++) {
+            int ca = a[i - 1] | 0x20, cb = b[j - 1] | 0x20;
+            int best = d[i - 1][j - 1] + (ca != cb);
+            if (d[i - 1][j] + 1 < best)
+                best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && ca == (b[j - 2] | 0x20) && (a[i - 2] | 0x20) == cb &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1; /* transposition */
+            d[i][j] = best;
+        }
+    return d[n][m];
+}
+
+/* Every key of the policy table is a hook, routes, config or lib: a typo is
+ * a load error that names the likely key. */
+static int check_keys(lua_State *L, int policy, char *err, size_t errsz)
+{
+    lua_pushnil(L);
+    while (lua_next(L, policy)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            snprintf(err, errsz, "the policy table has a %s key: only hooks (on_*), routes "
+                                 "and config belong there", luaL_typename(L, -1));
+            lua_pop(L, 1);
+            return -1;
+        }
+        const char *k = lua_tostring(L, -1);
+        const char *best = NULL;
+        int bestd = 99, known = 0;
+        for (const char *const *p = policy_keys; *p; p++) {
+            if (strcmp(k, *p) == 0) {
+                known = 1;
+                break;
+            }
+            int d = distance(k, *p);
+            if (d < bestd) {
+                bestd = d;
+                best = *p;
+            }
+        }
+        if (!known) {
+            if (best && bestd <= 3)
+                snprintf(err, errsz, "the policy table has an unknown key \"%s\": did you mean "
+                                     "\"%s\"?", k, best);
+            else
+                snprintf(err, errsz, "the policy table has an unknown key \"%s\" (known: "
+                                     "on_handshake, on_open, on_message, on_binary, on_publish, "
+                                     "on_close, routes, config, lib)", k);
+            lua_pop(L, 1);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void take_limits(sh_gen *g)
+{
+    const sh_config *c = &g->cfg;
+    g->limits = (sh_limits){
+        .max_head_bytes = c->max_head_bytes,
+        .max_body_bytes = c->max_body_bytes,
+        .max_connections = c->max_connections,
+        .max_message_bytes = c->max_message_bytes,
+        .max_send_buffer = c->max_send_buffer,
+        .handshake_timeout_ms = c->handshake_timeout_ms,
+        .keepalive_timeout_ms = c->keepalive_timeout_ms,
+        .ping_interval_ms = c->ping_interval_ms,
+        .ping_timeout_ms = c->ping_timeout_ms,
+        .close_timeout_ms = c->close_timeout_ms,
+        .allowed_origins = c->allowed_origins,
+    };
+    g->mem_max = c->lua_max_memory;
+}
+
 /* Resolve hooks, routes and config from the policy table at the top. */
 static int take_policy(sh_gen *g, const char *const *sets, size_t nsets, char *err, size_t errsz)
 {
     lua_State *L = g->L;
     int policy = lua_gettop(L);
+    if (check_keys(L, policy, err, errsz) != 0)
+        return -1;
     for (int h = 0; h < SH_HOOK_COUNT; h++)
         if (take_hook(L, policy, hook_names[h], &g->hook_ref[h], err, errsz) != 0)
             return -1;
@@ -244,11 +451,14 @@ static int take_policy(sh_gen *g, const char *const *sets, size_t nsets, char *e
         return -1;
     if (sh_config_read(L, -1, &g->cfg, err, errsz) != 0)
         return -1;
+    take_limits(g);
     /* fill host.config in place: the script may have kept a reference to it
      * while its main chunk ran (it is empty until now) */
     int merged = lua_gettop(L);
     lua_getfield(L, LUA_REGISTRYINDEX, "statushost.module");
     lua_getfield(L, -1, "config");
+    lua_pushnil(L);
+    lua_setmetatable(L, -2); /* drops the "not yet" guard (lua_api.c) */
     lua_pushnil(L);
     while (lua_next(L, merged)) {
         lua_pushvalue(L, -2);
@@ -259,20 +469,51 @@ static int take_policy(sh_gen *g, const char *const *sets, size_t nsets, char *e
     return 0;
 }
 
-int sh_gen_load(sh_server *srv, const char *script, const char *const *sets, size_t nsets,
+/* The budget of the main chunk: lua_max_instructions as --set gives it, or
+ * its default (the script's own config is not known before it has run). */
+static uint64_t load_budget(const char *const *sets, size_t nsets)
+{
+    uint64_t budget = 10000000;
+    for (size_t i = 0; i < nsets; i++)
+        if (strncmp(sets[i], "lua_max_instructions=", 21) == 0) {
+            char *end;
+            unsigned long long v = strtoull(sets[i] + 21, &end, 10);
+            if (*end == '\0' && v >= 1000)
+                budget = v;
+        }
+    return budget;
+}
+
+static void gen_free(sh_gen *g)
+{
+    if (g->L)
+        lua_close(g->L);
+    sh_config_free(&g->cfg);
+    free(g->pool);
+    free(g);
+}
+
+int sh_gen_load(sh_host *host, const char *script, const char *const *sets, size_t nsets,
                 sh_gen **out, char *err, size_t errsz)
 {
     sh_gen *g = calloc(1, sizeof *g);
-    g->srv = srv;
+    lua_State **pool = calloc(POOL_MAX, sizeof *pool);
+    if (!g || !pool) {
+        free(g);
+        free(pool);
+        snprintf(err, errsz, "out of memory");
+        return -1;
+    }
+    g->pool = pool;
+    g->host = host;
     g->refs = 1;
-    g->id = srv ? ++srv->next_gen_id : 1;
     g->routes_ref = LUA_NOREF;
     for (int h = 0; h < SH_HOOK_COUNT; h++)
         g->hook_ref[h] = LUA_NOREF;
-    g->L = luaL_newstate();
+    g->L = lua_newstate(gen_alloc, g);
     if (!g->L) {
         snprintf(err, errsz, "out of memory");
-        free(g);
+        gen_free(g);
         return -1;
     }
     *(sh_task **)lua_getextraspace(g->L) = NULL;
@@ -280,19 +521,17 @@ int sh_gen_load(sh_server *srv, const char *script, const char *const *sets, siz
     set_module_paths(g->L, script);
     lua_newtable(g->L);
     g->pool_ref = luaL_ref(g->L, LUA_REGISTRYINDEX);
-    g->pool = calloc(POOL_MAX, sizeof *g->pool);
-    if (run_script(g->L, script, err, errsz) != 0 || take_policy(g, sets, nsets, err, errsz) != 0) {
-        lua_close(g->L);
-        sh_config_free(&g->cfg);
-        free(g->pool);
-        free(g);
+    g->mem_max = 0;
+    if (run_script(g, script, load_budget(sets, nsets), err, errsz) != 0 ||
+        take_policy(g, sets, nsets, err, errsz) != 0) {
+        gen_free(g);
         return -1;
     }
-    if (srv) {
-        g->next_gen = srv->gens;
-        if (srv->gens)
-            srv->gens->prev_gen = g;
-        srv->gens = g;
+    if (host) {
+        g->id = ++host->next_gen_id; /* failed loads take no number */
+        DL_PREPEND2(host->gens, g, prev_gen, next_gen);
+    } else {
+        g->id = 1;
     }
     *out = g;
     return 0;
@@ -305,18 +544,9 @@ void sh_gen_unref(sh_gen *g)
     if (!g || --g->refs > 0)
         return;
     assert(g->tasks == NULL);
-    if (g->srv) {
-        if (g->prev_gen)
-            g->prev_gen->next_gen = g->next_gen;
-        else
-            g->srv->gens = g->next_gen;
-        if (g->next_gen)
-            g->next_gen->prev_gen = g->prev_gen;
-    }
-    lua_close(g->L);
-    sh_config_free(&g->cfg);
-    free(g->pool);
-    free(g);
+    if (g->host)
+        DL_DELETE2(g->host->gens, g, prev_gen, next_gen);
+    gen_free(g);
 }
 
 int sh_gen_has_hook(const sh_gen *g, enum sh_hook h) { return g->hook_ref[h] != LUA_NOREF; }
@@ -324,15 +554,10 @@ int sh_gen_has_hook(const sh_gen *g, enum sh_hook h) { return g->hook_ref[h] != 
 void sh_gen_shutdown(sh_gen *g)
 {
     g->closing = 1;
-    /* waking may end tasks (unlinking them); restart the scan each time */
-    for (;;) {
-        sh_task *t = g->tasks;
-        while (t && !t->cancel)
-            t = t->gen_next;
-        if (!t)
-            break;
-        sh_task_abort(t, "closed");
-    }
+    sh_task *t, *tmp;
+    DL_FOREACH_SAFE2(g->tasks, t, tmp, gen_next)
+        if (t->state == SH_TASK_SUSPENDED)
+            sh_task_abort(t, "closed");
 }
 
 /* ----------------------------------------------------------------- tasks */
@@ -366,47 +591,39 @@ static void thread_release(sh_gen *g, lua_State *co, int reusable)
     lua_pop(L, 1);
 }
 
-sh_task *sh_task_new(sh_gen *g, sh_conn *conn, const char *what)
+sh_task *sh_task_new(sh_gen *g, sh_owner *owner, const char *what)
 {
     sh_task *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    if (!owner)
+        owner = &g->detached;
     t->gen = g;
     t->what = what;
     t->co = thread_take(g);
     *(sh_task **)lua_getextraspace(t->co) = t;
     sh_gen_ref(g);
-    t->gen_next = g->tasks;
-    if (g->tasks)
-        g->tasks->gen_prev = t;
-    g->tasks = t;
-    if (conn && conn->phase == SH_PHASE_CLOSED) {
-        /* its connection is gone already: the task runs orphaned */
-        snprintf(t->log_id, sizeof t->log_id, "%s", conn->id);
-        t->orphaned = 1;
-    } else if (conn) {
-        snprintf(t->log_id, sizeof t->log_id, "%s", conn->id);
-        t->conn = conn;
-        t->conn_next = conn->tasks;
-        if (conn->tasks)
-            conn->tasks->conn_prev = t;
-        conn->tasks = t;
+    DL_APPEND2(g->tasks, t, gen_prev, gen_next);
+    snprintf(t->log_id, sizeof t->log_id, "%s", owner->id);
+    if (owner->gone) {
+        t->orphaned = 1; /* its owner ended already: the task runs orphaned */
+    } else {
+        t->owner = owner;
+        DL_APPEND2(owner->tasks, t, owner_prev, owner_next);
+        owner->ntasks++;
     }
-    if (g->srv)
-        g->srv->metrics.lua_tasks_current++;
+    if (g->host)
+        g->host->metrics->lua_tasks_current++;
     return t;
 }
 
-static void conn_unlink(sh_task *t)
+static void owner_unlink(sh_task *t)
 {
-    if (!t->conn)
+    if (!t->owner)
         return;
-    if (t->conn_prev)
-        t->conn_prev->conn_next = t->conn_next;
-    else
-        t->conn->tasks = t->conn_next;
-    if (t->conn_next)
-        t->conn_next->conn_prev = t->conn_prev;
-    t->conn_prev = t->conn_next = NULL;
-    t->conn = NULL;
+    DL_DELETE2(t->owner->tasks, t, owner_prev, owner_next);
+    t->owner->ntasks--;
+    t->owner = NULL;
 }
 
 void sh_task_push_hook(sh_task *t, enum sh_hook h)
@@ -414,58 +631,64 @@ void sh_task_push_hook(sh_task *t, enum sh_hook h)
     lua_rawgeti(t->co, LUA_REGISTRYINDEX, t->gen->hook_ref[h]);
 }
 
-static void task_finish(sh_task *t, int status, int nres)
+static void task_free(sh_task *t, int reusable)
 {
     sh_gen *g = t->gen;
-    if (t->cancel) { /* ended while a wait was registered (its yield failed) */
-        t->cancel(t, t->op);
-        t->cancel = NULL;
-    }
-    if (t->done)
-        t->done(t, status, nres, t->done_arg);
-    conn_unlink(t);
-    if (t->gen_prev)
-        t->gen_prev->gen_next = t->gen_next;
-    else
-        g->tasks = t->gen_next;
-    if (t->gen_next)
-        t->gen_next->gen_prev = t->gen_prev;
+    owner_unlink(t);
+    DL_DELETE2(g->tasks, t, gen_prev, gen_next);
     *(sh_task **)lua_getextraspace(t->co) = NULL;
-    thread_release(g, t->co, status == LUA_OK);
-    if (g->srv)
-        g->srv->metrics.lua_tasks_current--;
+    thread_release(g, t->co, reusable);
+    if (g->host)
+        g->host->metrics->lua_tasks_current--;
     free(t);
     sh_gen_unref(g);
 }
 
-/* Log a failed run with its traceback and fail the owning connection. */
-static void task_error(sh_task *t, const char *msg)
+void sh_task_discard(sh_task *t)
 {
-    lua_State *L = t->gen->L;
-    luaL_traceback(L, t->co, msg, 0);
-    sh_error(t->log_id[0] ? t->log_id : NULL, "lua error in %s: %s", t->what, lua_tostring(L, -1));
-    lua_pop(L, 1);
-    if (t->gen->srv)
-        t->gen->srv->metrics.lua_errors++;
-    if (t->conn)
-        sh_conn_lua_failed(t->conn);
+    assert(t->state == SH_TASK_NEW);
+    lua_settop(t->co, 0);
+    task_free(t, 1);
 }
 
-/* Resume t with nargs values on its stack and handle the outcome. */
-static void task_run(sh_task *t, int nargs)
+static void task_finish(sh_task *t, int status, int nres)
+{
+    if (t->done)
+        t->done(t, status, nres, t->done_arg);
+    task_free(t, status == LUA_OK);
+}
+
+/* Log a failed run with its traceback and tell the owner. */
+static void task_error(sh_task *t, const char *msg)
+{
+    sh_gen *g = t->gen;
+    luaL_traceback(g->L, t->co, msg, 0);
+    sh_error(t->log_id[0] ? t->log_id : NULL, "lua error in %s: %s", t->what,
+             lua_tostring(g->L, -1));
+    lua_pop(g->L, 1);
+    if (g->host)
+        g->host->metrics->lua_errors++;
+    if (t->owner && t->owner->failed)
+        t->owner->failed(t->owner);
+}
+
+/* Resume t with its nargs values: the one place Lua runs after loading. */
+static void task_run(sh_task *t)
 {
     lua_State *co = t->co;
-    arm_budget(co, t->gen->cfg.lua_max_instructions);
-    int nres = 0;
     sh_gen *g = t->gen;
-    g->run_depth++;
-    int st = lua_resume(co, g->L, nargs, &nres);
-    g->run_depth--;
+    int nres = 0;
+    t->state = SH_TASK_RUNNING;
+    arm_budget(co, g->cfg.lua_max_instructions);
+    g->capped = 1;
+    int st = lua_resume(co, g->L, t->nargs, &nres);
+    g->capped = 0;
     if (st == LUA_YIELD) {
-        if (t->cancel)
-            return; /* suspended in a host call; its completion wakes us */
+        if (t->state == SH_TASK_SUSPENDED)
+            return; /* in a host call; its completion wakes us */
         lua_pop(co, nres);
-        task_error(t, "coroutine.yield() outside a host call (use host.sleep or a coroutine of your own)");
+        task_error(t, "coroutine.yield() outside a host call (use host.sleep or a coroutine "
+                      "of your own)");
         task_finish(t, LUA_ERRRUN, 0);
         return;
     }
@@ -477,11 +700,79 @@ static void task_run(sh_task *t, int nargs)
     task_finish(t, st, nres);
 }
 
+static void on_waker(uv_idle_t *i);
+
+static void post(sh_task *t, int nargs)
+{
+    sh_host *h = t->gen->host;
+    assert(t->state != SH_TASK_READY && t->state != SH_TASK_RUNNING);
+    t->state = SH_TASK_READY;
+    t->nargs = nargs;
+    t->ready_next = NULL;
+    if (h->ready_tail)
+        h->ready_tail->ready_next = t;
+    else
+        h->ready = t;
+    h->ready_tail = t;
+    if (h->started && !uv_is_active((uv_handle_t *)&h->waker))
+        uv_idle_start(&h->waker, on_waker);
+}
+
+void sh_host_run(sh_host *h)
+{
+    while (h->ready) {
+        sh_task *t = h->ready;
+        h->ready = t->ready_next;
+        if (!h->ready)
+            h->ready_tail = NULL;
+        t->ready_next = NULL;
+        task_run(t);
+    }
+    if (h->started)
+        uv_idle_stop(&h->waker);
+    if (h->started && h->closing) {
+        h->started = 0;
+        uv_close((uv_handle_t *)&h->runner, NULL);
+        uv_close((uv_handle_t *)&h->waker, NULL);
+    }
+}
+
+static void on_runner(uv_check_t *c) { sh_host_run(c->data); }
+static void on_waker(uv_idle_t *i) { sh_host_run(i->data); }
+
+void sh_host_init(sh_host *h, uv_loop_t *loop, sh_metrics *m, const char *instance)
+{
+    memset(h, 0, sizeof *h);
+    h->loop = loop;
+    h->metrics = m;
+    snprintf(h->instance, sizeof h->instance, "%s", instance);
+    if (!loop)
+        return;
+    uv_check_init(loop, &h->runner);
+    h->runner.data = h;
+    uv_check_start(&h->runner, on_runner);
+    uv_unref((uv_handle_t *)&h->runner);
+    uv_idle_init(loop, &h->waker);
+    h->waker.data = h;
+    h->started = 1;
+}
+
+void sh_host_close(sh_host *h)
+{
+    if (!h->started || h->closing)
+        return;
+    h->closing = 1; /* closed by the runner once the posted tasks have run */
+    uv_ref((uv_handle_t *)&h->runner);
+    if (!uv_is_active((uv_handle_t *)&h->waker))
+        uv_idle_start(&h->waker, on_waker);
+}
+
 void sh_task_start(sh_task *t, int nargs, sh_task_done_fn done, void *arg)
 {
+    assert(t->state == SH_TASK_NEW);
     t->done = done;
     t->done_arg = arg;
-    task_run(t, nargs);
+    post(t, nargs);
 }
 
 sh_task *sh_task_current(lua_State *L)
@@ -496,9 +787,10 @@ int sh_task_suspend(lua_State *L, sh_task_cancel_fn cancel, void *op)
     if (!t)
         return luaL_error(L, "this call waits, so it must run in a hook's coroutine "
                              "(not in a coroutine of your own)");
-    assert(cancel != NULL);
+    assert(cancel != NULL && t->state == SH_TASK_RUNNING);
     t->cancel = cancel;
     t->op = op;
+    t->state = SH_TASK_SUSPENDED;
     return lua_yield(L, 0);
 }
 
@@ -509,28 +801,33 @@ int sh_task_doomed(const sh_task *t)
 
 void sh_task_wake(sh_task *t, int nres)
 {
-    assert(t->cancel != NULL);
+    assert(t->state == SH_TASK_SUSPENDED);
     t->cancel = NULL;
     t->op = NULL;
-    task_run(t, nres);
+    post(t, nres);
 }
 
 void sh_task_abort(sh_task *t, const char *reason)
 {
-    assert(t->cancel != NULL);
-    t->cancel(t, t->op);
+    assert(t->state == SH_TASK_SUSPENDED);
+    sh_task_cancel_fn cancel = t->cancel;
+    void *op = t->op;
+    t->cancel = NULL;
+    t->op = NULL;
+    cancel(t, op);
     lua_pushnil(t->co);
     lua_pushstring(t->co, reason);
-    sh_task_wake(t, 2);
+    post(t, 2);
 }
 
-void sh_tasks_release_conn(sh_conn *c)
+void sh_owner_release_tasks(sh_owner *o)
 {
-    while (c->tasks) {
-        sh_task *t = c->tasks;
-        conn_unlink(t);
+    o->gone = 1;
+    while (o->tasks) {
+        sh_task *t = o->tasks;
+        owner_unlink(t);
         t->orphaned = 1;
-        if (t->cancel)
+        if (t->state == SH_TASK_SUSPENDED)
             sh_task_abort(t, "closed");
     }
 }

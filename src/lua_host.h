@@ -1,91 +1,155 @@
-/* lua_host.h — script generations and the coroutines that run hooks.
+/* lua_host.h — script generations, the tasks that run Lua, and the one
+ * place Lua is resumed.
  *
  * A generation (sh_gen) is one loaded copy of the policy script: a Lua state,
- * its hooks, its merged config. The server's current generation serves new
- * connections; SIGHUP makes a new one current, and an old generation is
- * closed when its last connection and task are gone (reference counted).
+ * its hooks, its merged config and the transport limits taken from it. The
+ * host's current generation serves new connections; SIGHUP makes a new one
+ * current, and an old generation is closed when its last connection, task,
+ * timer and subscription are gone (reference counted).
  *
  * A task (sh_task) is one coroutine running one hook call (or a timer
- * callback, or host.spawn). A host call that waits on I/O suspends the task
- * with sh_task_suspend(), naming a cancel function; the I/O completion pushes
- * its results and calls sh_task_wake(). Every suspended task is woken exactly
- * once: with its result, or with nil, "closed" when its connection dies or
- * the generation shuts down (the cancel function then releases the I/O).
+ * callback, a subscription callback, host.spawn). Tasks never run nested:
+ * starting a task, and waking one, only queues it (the "posted" queue, as
+ * lua-nginx-module's posted threads); the queue is run from the loop (a
+ * uv_check handle, with a uv_idle handle keeping the poll from blocking while
+ * tasks are ready). So no Lua runs inside a close, inside a transport event,
+ * or on another task's C frames.
  *
- * Threads are pooled per generation, so a hook call costs no allocation in
- * the steady state. A run between two yields is limited to
- * lua_max_instructions; exceeding it is a Lua error. */
+ * A host call that waits suspends its task with sh_task_suspend(), naming a
+ * cancel function; the completion pushes its results and calls
+ * sh_task_wake(). Every suspended task is woken exactly once: with its
+ * result, or with nil, "closed" when its owner ends or the generation shuts
+ * down (the cancel function then releases the I/O).
+ *
+ * An owner (sh_owner) is what tasks, timers and subscriptions belong to: a
+ * connection (embedded in the policy layer's per-connection state), or none.
+ * When an owner ends, its suspended tasks are woken with nil, "closed" and
+ * its later waits fail at once.
+ *
+ * Each run between two yields is limited to lua_max_instructions, and each
+ * generation's memory to lua_max_memory; exceeding either is a Lua error in
+ * the task that did it. */
 #ifndef SH_LUA_HOST_H
 #define SH_LUA_HOST_H
 
 #include <lua.h>
+#include <uv.h>
 
 #include "config.h"
+#include "conn.h"
+#include "metrics.h"
 
-struct sh_server;
-struct sh_conn;
+struct sh_redis_bus;
+struct sh_http_client;
+struct sh_timer;
+struct sh_sub;
 typedef struct sh_task sh_task;
-
-/* Tasks started from inside a running task (host.spawn) nest on the C stack. */
-#define SH_MAX_RUN_DEPTH 64
+typedef struct sh_gen sh_gen;
 
 enum sh_hook {
-    SH_HOOK_HANDSHAKE, /* on_handshake(req) → false, status[, body] refuses */
+    SH_HOOK_HANDSHAKE, /* on_handshake(req) → nil | true | false, status[, body[, headers]] */
     SH_HOOK_OPEN,      /* on_open(conn) */
-    SH_HOOK_MESSAGE,   /* on_message(conn, text) */
+    SH_HOOK_MESSAGE,   /* on_message(conn, text); absent: close 1003 */
     SH_HOOK_BINARY,    /* on_binary(conn, data); absent: close 1003 */
     SH_HOOK_PUBLISH,   /* on_publish(conn, channel, payload) */
     SH_HOOK_CLOSE,     /* on_close(conn, code, reason) */
     SH_HOOK_COUNT
 };
 
-typedef struct sh_gen {
-    struct sh_server *srv;
+/* What the Lua layer uses of the process: given by the server, which owns
+ * everything in it. loop is NULL for `--check` (nothing runs). */
+typedef struct sh_host {
+    uv_loop_t *loop;
+    sh_metrics *metrics;
+    struct sh_redis_bus *bus;     /* NULL: Redis calls answer "unavailable" */
+    struct sh_http_client *http;
+    char instance[17];            /* this process' id prefix */
+    sh_gen *gens;                 /* every live generation */
+    unsigned next_gen_id;
+    sh_task *ready, *ready_tail;  /* posted tasks, in order */
+    uv_check_t runner;            /* runs the posted tasks after each poll */
+    uv_idle_t waker;              /* active while tasks are ready: the poll does not block */
+    int started;                  /* the handles are open */
+    int closing;                  /* close them once the queue is empty */
+} sh_host;
+
+/* An owner of tasks, timers and subscriptions. Zero-initialise, then set
+ * the callbacks. */
+typedef struct sh_owner {
+    sh_task *tasks;               /* tasks it owns */
+    struct sh_timer *timers;      /* host.timer handles it owns */
+    struct sh_sub *subs;          /* subscriptions it holds */
+    size_t ntasks;                /* of tasks */
+    int gone;                     /* ended: its new waits fail with "closed" */
+    char id[SH_ID_LEN + 1];       /* for log lines */
+    /* a task it owns raised (logged already) */
+    void (*failed)(struct sh_owner *o);
+    /* a message arrived on a subscription it holds that has no callback */
+    void (*deliver)(struct sh_owner *o, const char *channel, size_t channel_len,
+                    const char *payload, size_t payload_len);
+} sh_owner;
+
+struct sh_gen {
+    sh_host *host;               /* NULL for --check */
     lua_State *L;
-    unsigned id;                 /* 1, 2, ... per reload */
-    int refs;                    /* server (while current) + connections + tasks + timers */
+    unsigned id;                 /* 1, 2, ... per successful load */
+    int refs;                    /* host (while current) + connections + tasks + timers + subs */
     sh_config cfg;               /* core keys of the merged config */
+    sh_limits limits;            /* the transport's view of cfg */
     int hook_ref[SH_HOOK_COUNT]; /* registry refs, LUA_NOREF when absent */
     int routes_ref;              /* registry ref of `routes`, LUA_NOREF when absent */
-    int conn_mt_ref;             /* metatable for conn userdata */
-    sh_task *tasks;              /* live tasks (doubly linked) */
-    struct sh_timer *timers;     /* host.timer handles not owned by a connection */
-    struct gsub *subs;           /* host.subscribe subscriptions (lua_io.c) */
+    sh_owner detached;           /* owner of what belongs to no connection */
     lua_State **pool;            /* idle threads, anchored in pool_ref table */
     int npool;
     int pool_ref;                /* registry table: thread → true (anchors) */
+    int loading;                 /* the main chunk runs: no tasks, timers or waits */
     int closing;                 /* shutting down: new waits fail with "closed" */
-    int run_depth;               /* tasks running inside each other (spawn, hooks) */
-    struct sh_gen *next_gen, *prev_gen; /* in srv->gens */
-} sh_gen;
+    size_t mem, mem_max;         /* bytes the state uses; cap while tasks run (0: none) */
+    int capped;                  /* the cap applies now (a task runs) */
+    sh_task *tasks;              /* live tasks */
+    sh_gen *next_gen, *prev_gen; /* in host->gens */
+};
 
 /* Called when a task ends. status is LUA_OK (results on t->co: nres of them)
- * or an error (already logged). The callback must not resume the task. */
+ * or an error (already logged). */
 typedef void (*sh_task_done_fn)(sh_task *t, int status, int nres, void *arg);
 /* Releases the I/O a suspended task waits for; must not wake the task. */
 typedef void (*sh_task_cancel_fn)(sh_task *t, void *op);
 
+enum sh_task_state { SH_TASK_NEW, SH_TASK_READY, SH_TASK_RUNNING, SH_TASK_SUSPENDED };
+
 struct sh_task {
     sh_gen *gen;
     lua_State *co;
-    struct sh_conn *conn;          /* owning connection; NULL once detached */
-    sh_task *conn_prev, *conn_next;
+    sh_owner *owner;               /* NULL once its owner ended */
+    sh_task *owner_prev, *owner_next;
     sh_task *gen_prev, *gen_next;
-    sh_task_cancel_fn cancel;      /* set while suspended in a host call */
+    sh_task *ready_next;           /* in host->ready */
+    int state;                     /* enum sh_task_state */
+    int nargs;                     /* values to resume with, when READY */
+    sh_task_cancel_fn cancel;      /* set while SUSPENDED */
     void *op;
     sh_task_done_fn done;
     void *done_arg;
     const char *what;              /* hook name for logs */
-    int orphaned;                  /* its connection died: new waits fail */
-    char log_id[25];               /* connection id for log lines ("" when none) */
+    int orphaned;                  /* its owner ended: new waits fail */
+    char log_id[SH_ID_LEN + 1];    /* connection id for log lines ("" when none) */
 };
 
-/* Load the script as a new generation: run it, take its table, merge config
- * (opts' --set overrides), read the core keys. Returns 0 with *out (one
- * reference held for the caller), or -1 with a one-line reason in err. */
-int sh_gen_load(struct sh_server *srv, const char *script, const char *const *sets,
-                size_t nsets, sh_gen **out, char *err, size_t errsz);
+/* Set up the host's handles on loop (NULL: --check). */
+void sh_host_init(sh_host *h, uv_loop_t *loop, sh_metrics *m, const char *instance);
+/* Run every posted task now (the runner does this after each poll). */
+void sh_host_run(sh_host *h);
+/* Close the host's handles. */
+void sh_host_close(sh_host *h);
+/* Bytes used by every live generation's Lua state. */
+size_t sh_host_lua_memory(const sh_host *h);
 
+/* Load the script as a new generation: run it, take its table, merge config
+ * (--set overrides), read the core keys. Returns 0 with *out (one reference
+ * held for the caller), or -1 with a one-line reason in err. */
+int sh_gen_load(sh_host *host, const char *script, const char *const *sets, size_t nsets,
+                sh_gen **out, char *err, size_t errsz);
 void sh_gen_ref(sh_gen *g);
 /* Drop a reference; the state is closed when none remain. */
 void sh_gen_unref(sh_gen *g);
@@ -93,38 +157,33 @@ void sh_gen_unref(sh_gen *g);
 void sh_gen_shutdown(sh_gen *g);
 /* 1 when the generation defines the hook. */
 int sh_gen_has_hook(const sh_gen *g, enum sh_hook h);
-
-/* Create a task owned by conn (NULL: detached), ready to have a function and
- * its arguments pushed on t->co. */
-sh_task *sh_task_new(sh_gen *g, struct sh_conn *conn, const char *what);
-/* Push hook h of the task's generation on t->co. */
-void sh_task_push_hook(sh_task *t, enum sh_hook h);
-/* Run the pushed function with nargs arguments. done (may be NULL) is called
- * when it finishes, now or after later wakes. */
-void sh_task_start(sh_task *t, int nargs, sh_task_done_fn done, void *arg);
-
-/* From a host C function running in task coroutine L: the task, or NULL when
- * L is not a task's coroutine (e.g. a user coroutine inside a hook). */
-sh_task *sh_task_current(lua_State *L);
-/* Suspend: `return sh_task_suspend(L, cancel, op);` from a host C function.
- * Raises a Lua error when L is not a task coroutine. */
-int sh_task_suspend(lua_State *L, sh_task_cancel_fn cancel, void *op);
-/* 1 when a wait started now must fail at once with nil, "closed"
- * (connection gone, generation closing). */
-int sh_task_doomed(const sh_task *t);
-/* Resume a suspended task; the caller has pushed nres values on t->co. */
-void sh_task_wake(sh_task *t, int nres);
-/* Cancel t's wait and wake it with nil, reason. */
-void sh_task_abort(sh_task *t, const char *reason);
-
-/* A connection is going away: detach its tasks and wake each suspended one
- * with nil, "closed". */
-void sh_tasks_release_conn(struct sh_conn *c);
-
-/* Registry of named hook functions for logs. */
 const char *sh_hook_name(enum sh_hook h);
 
-/* Open the `statushost` module into L's package.preload (lua_api.c). */
-void sh_lua_api_open(lua_State *L, sh_gen *g);
+/* A new task owned by owner (NULL: the generation's detached owner), ready
+ * to have a function and its arguments pushed on t->co. NULL when out of
+ * memory. */
+sh_task *sh_task_new(sh_gen *g, sh_owner *owner, const char *what);
+/* Push hook h of the task's generation on t->co. */
+void sh_task_push_hook(sh_task *t, enum sh_hook h);
+/* Queue the pushed function with nargs arguments; it runs from the loop.
+ * done (may be NULL) is called when it finishes. */
+void sh_task_start(sh_task *t, int nargs, sh_task_done_fn done, void *arg);
+/* Drop a task that was created but not started. */
+void sh_task_discard(sh_task *t);
+
+/* From a host C function running in task coroutine L: the task, or NULL. */
+sh_task *sh_task_current(lua_State *L);
+/* Suspend: `return sh_task_suspend(L, cancel, op);` from a host C function. */
+int sh_task_suspend(lua_State *L, sh_task_cancel_fn cancel, void *op);
+/* 1 when a wait started now must fail at once with nil, "closed". */
+int sh_task_doomed(const sh_task *t);
+/* Queue a suspended task to resume with the nres values pushed on t->co. */
+void sh_task_wake(sh_task *t, int nres);
+/* Cancel t's wait and queue it to resume with nil, reason. */
+void sh_task_abort(sh_task *t, const char *reason);
+
+/* The owner ends: detach its tasks and wake each suspended one with nil,
+ * "closed" (timers and subscriptions: sh_io_owner_release). */
+void sh_owner_release_tasks(sh_owner *o);
 
 #endif

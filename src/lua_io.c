@@ -1,22 +1,72 @@
-/* lua_io.c — host calls that wait: host.sleep, host.timer, host.redis.call,
- * host.http.request, conn:subscribe / conn:unsubscribe.
- *
- * Each follows one cycle: check arguments (misuse raises), fail fast with
- * nil, "reason" when the wait cannot start, start the I/O, then
- * sh_task_suspend() with a cancel function. The completion pushes results on
- * the task's stack and calls sh_task_wake(). */
+/* lua_io.c — host calls that wait, timers and subscriptions; see lua_io.h. */
+#include "lua_io.h"
+
 #include <stdlib.h>
 #include <string.h>
 
 #include <lauxlib.h>
+#include <utlist.h>
 
 #include "http_client.h"
 #include "log.h"
-#include "lua_api.h"
 #include "redis_bus.h"
-#include "server.h"
 
 #define TIMER_MT "statushost.timer"
+#define SUB_MT "statushost.subscription"
+
+/* ------------------------------------------------------------ arguments */
+
+int sh_argerror(lua_State *L, int arg, const char *msg)
+{
+    const char *name = SH_FNAME(L);
+    if (!name)
+        return luaL_argerror(L, arg, msg);
+    if (strchr(name, ':'))
+        arg--; /* a method: self is not counted */
+    return luaL_error(L, "%s: bad argument #%d (%s)", name, arg, msg);
+}
+
+static int type_error(lua_State *L, int arg, const char *expected)
+{
+    return sh_argerror(L, arg, lua_pushfstring(L, "%s expected, got %s", expected,
+                                               luaL_typename(L, arg)));
+}
+
+const char *sh_checklstring(lua_State *L, int arg, size_t *len)
+{
+    const char *s = lua_type(L, arg) == LUA_TSTRING || lua_type(L, arg) == LUA_TNUMBER
+                        ? lua_tolstring(L, arg, len)
+                        : NULL;
+    if (!s)
+        type_error(L, arg, "string");
+    return s;
+}
+
+lua_Number sh_checknumber(lua_State *L, int arg)
+{
+    int ok;
+    lua_Number n = lua_tonumberx(L, arg, &ok);
+    if (!ok)
+        type_error(L, arg, "number");
+    return n;
+}
+
+lua_Integer sh_optinteger(lua_State *L, int arg, lua_Integer def)
+{
+    if (lua_isnoneornil(L, arg))
+        return def;
+    int ok;
+    lua_Integer n = lua_tointegerx(L, arg, &ok);
+    if (!ok)
+        type_error(L, arg, "integer");
+    return n;
+}
+
+void sh_checktype(lua_State *L, int arg, int type)
+{
+    if (lua_type(L, arg) != type)
+        type_error(L, arg, lua_typename(L, type));
+}
 
 static int fail(lua_State *L, const char *why)
 {
@@ -25,16 +75,18 @@ static int fail(lua_State *L, const char *why)
     return 2;
 }
 
-/* The running task, or raise: waits need one. */
-static sh_task *need_task(lua_State *L)
+sh_task *sh_io_need_task(lua_State *L)
 {
+    sh_gen *g = SH_GEN(L);
+    if (g->loading || !g->host)
+        luaL_error(L, "%s: cannot run while the script loads (call it from a hook)", SH_FNAME(L));
     sh_task *t = sh_task_current(L);
     if (!t)
-        luaL_error(L, "this call waits, so it must run in a hook's coroutine "
-                      "(not in the main chunk or a coroutine of your own)");
+        luaL_error(L, "%s: this call waits, so it must run in a hook's coroutine "
+                      "(not in a coroutine of your own)", SH_FNAME(L));
     if (!lua_isyieldable(L))
-        luaL_error(L, "this call waits, and cannot inside a function called from C "
-                      "(a table.sort comparator, a gsub callback, a metamethod)");
+        luaL_error(L, "%s: this call waits, and cannot inside a function called from C "
+                      "(a table.sort comparator, a gsub callback, a metamethod)", SH_FNAME(L));
     return t;
 }
 
@@ -64,19 +116,22 @@ static void sleep_cancel(sh_task *t, void *p)
 }
 
 /* host.sleep(ms) → true | nil, "closed" */
-static int l_sleep(lua_State *L)
+int sh_io_sleep(lua_State *L)
 {
     sh_gen *g = SH_GEN(L);
-    lua_Number ms = luaL_checknumber(L, 1);
-    luaL_argcheck(L, ms >= 0 && ms < 1e12, 1, "must be a number of milliseconds");
-    sh_task *t = need_task(L);
+    lua_Number ms = sh_checknumber(L, 1);
+    if (!(ms >= 0 && ms < 1e12))
+        return sh_argerror(L, 1, "must be a number of milliseconds");
+    sh_task *t = sh_io_need_task(L);
     if (sh_task_doomed(t))
         return fail(L, "closed");
     sleep_op *op = malloc(sizeof *op);
+    if (!op)
+        return fail(L, "out of memory");
     op->t = t;
-    uv_timer_init(g->srv->loop, &op->h);
+    uv_timer_init(g->host->loop, &op->h);
     op->h.data = op;
-    uv_update_time(g->srv->loop); /* the loop's cached time may be stale after long Lua work */
+    uv_update_time(g->host->loop); /* the cached time may be stale after long Lua work */
     uv_timer_start(&op->h, sleep_fired, (uint64_t)ms, 0);
     return sh_task_suspend(L, sleep_cancel, op);
 }
@@ -86,30 +141,16 @@ static int l_sleep(lua_State *L)
 typedef struct sh_timer {
     uv_timer_t h;
     sh_gen *gen;
-    sh_conn *conn;                 /* owner, or NULL */
-    struct sh_timer *next, *prev;  /* in conn->timers or the detached list */
-    int fn_ref;                    /* registry: {fn, args...} */
+    sh_owner *owner;              /* the connection's, or the generation's detached one */
+    struct sh_timer *next, *prev; /* in owner->timers */
+    int fn_ref;                   /* registry: {fn, args...} */
     int nargs;
-    struct timer_ud *ud;           /* the Lua handle, NULL once collected */
+    struct timer_ud *ud;          /* the Lua handle, NULL once collected */
 } sh_timer;
 
 typedef struct timer_ud {
     sh_timer *t; /* NULL once fired or cancelled */
 } timer_ud;
-
-static sh_timer **timer_list(sh_timer *t)
-{
-    return t->conn ? &t->conn->timers : &t->gen->timers;
-}
-
-static void timer_link(sh_timer *t)
-{
-    sh_timer **head = timer_list(t);
-    t->next = *head;
-    if (*head)
-        (*head)->prev = t;
-    *head = t;
-}
 
 static void timer_closed(uv_handle_t *h)
 {
@@ -121,13 +162,7 @@ static void timer_closed(uv_handle_t *h)
 /* Unlink, forget the callback, close the handle. */
 static void timer_release(sh_timer *t)
 {
-    sh_timer **head = timer_list(t);
-    if (t->prev)
-        t->prev->next = t->next;
-    else
-        *head = t->next;
-    if (t->next)
-        t->next->prev = t->prev;
+    DL_DELETE(t->owner->timers, t);
     if (t->ud)
         t->ud->t = NULL;
     luaL_unref(t->gen->L, LUA_REGISTRYINDEX, t->fn_ref);
@@ -137,7 +172,13 @@ static void timer_release(sh_timer *t)
 static void timer_fired(uv_timer_t *h)
 {
     sh_timer *t = h->data;
-    sh_task *task = sh_task_new(t->gen, t->conn, "timer callback");
+    sh_owner *o = t->owner;
+    sh_task *task = sh_task_new(t->gen, o == &t->gen->detached ? NULL : o, "timer callback");
+    if (!task) {
+        sh_error(o->id[0] ? o->id : NULL, "out of memory: a timer callback was dropped");
+        timer_release(t);
+        return;
+    }
     lua_State *co = task->co;
     lua_rawgeti(co, LUA_REGISTRYINDEX, t->fn_ref);
     for (int i = 1; i <= t->nargs + 1; i++)
@@ -149,23 +190,29 @@ static void timer_fired(uv_timer_t *h)
 }
 
 /* host.timer(ms, fn, ...) → handle: fn(...) runs in its own task after ms,
- * unless handle:cancel() comes first or the owning connection closes. */
-static int l_timer(lua_State *L)
+ * unless handle:cancel() comes first or the owning connection ends. */
+int sh_io_timer(lua_State *L)
 {
     sh_gen *g = SH_GEN(L);
-    lua_Number ms = luaL_checknumber(L, 1);
-    luaL_argcheck(L, ms >= 0 && ms < 1e12, 1, "must be a number of milliseconds");
-    luaL_checktype(L, 2, LUA_TFUNCTION);
-    if (!g->srv)
-        return luaL_error(L, "timers cannot start while the script loads (start them from a hook)");
+    lua_Number ms = sh_checknumber(L, 1);
+    if (!(ms >= 0 && ms < 1e12))
+        return sh_argerror(L, 1, "must be a number of milliseconds");
+    sh_checktype(L, 2, LUA_TFUNCTION);
+    if (g->loading || !g->host)
+        return luaL_error(L, "%s: cannot start while the script loads (start it from a hook)",
+                          SH_FNAME(L));
     sh_task *cur = sh_task_current(L);
     if (cur && sh_task_doomed(cur))
         return fail(L, "closed");
     int n = lua_gettop(L);
+    timer_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+    u->t = NULL;
+    luaL_setmetatable(L, TIMER_MT);
     sh_timer *t = calloc(1, sizeof *t);
+    if (!t)
+        return fail(L, "out of memory");
     t->gen = g;
-    sh_gen_ref(g);
-    t->conn = cur ? cur->conn : NULL;
+    t->owner = cur && cur->owner ? cur->owner : &g->detached;
     t->nargs = n - 2;
     lua_createtable(L, n - 1, 0);
     for (int i = 2; i <= n; i++) {
@@ -173,16 +220,15 @@ static int l_timer(lua_State *L)
         lua_rawseti(L, -2, i - 1);
     }
     t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    uv_timer_init(g->srv->loop, &t->h);
+    sh_gen_ref(g);
+    uv_timer_init(g->host->loop, &t->h);
     t->h.data = t;
-    timer_link(t);
-    uv_update_time(g->srv->loop);
+    DL_APPEND(t->owner->timers, t);
+    uv_update_time(g->host->loop);
     uv_timer_start(&t->h, timer_fired, (uint64_t)ms, 0);
-    timer_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->t = t;
     t->ud = u;
-    luaL_setmetatable(L, TIMER_MT);
-    return 1;
+    return 1; /* the handle */
 }
 
 /* handle:cancel() → true when it was still pending */
@@ -204,12 +250,6 @@ static int timer_gc(lua_State *L)
     if (u->t)
         u->t->ud = NULL; /* the timer still fires; only the handle is gone */
     return 0;
-}
-
-static void timers_release_all(sh_timer **head)
-{
-    while (*head)
-        timer_release(*head);
 }
 
 /* ------------------------------------------------------------ redis */
@@ -267,295 +307,231 @@ static void redis_cancel(sh_task *t, void *op)
 
 /* host.redis.call(cmd, ...) → reply | nil, err ("unavailable", "closed",
  * or Redis' error text). Nil replies are host.null. */
-static int l_redis_call(lua_State *L)
+int sh_io_redis_call(lua_State *L)
 {
     sh_gen *g = SH_GEN(L);
     int n = lua_gettop(L);
-    luaL_argcheck(L, n >= 1 && n <= 64, 1, "expected a command and up to 63 arguments");
+    if (n < 1 || n > 64)
+        return sh_argerror(L, 1, "expected a command and up to 63 arguments");
     const char *argv[64];
     size_t lens[64];
     for (int i = 1; i <= n; i++) {
         if (lua_type(L, i) != LUA_TSTRING && lua_type(L, i) != LUA_TNUMBER)
-            return luaL_argerror(L, i, "expected a string or a number");
-        argv[i - 1] = lua_tolstring(L, i, &lens[i - 1]);
+            return type_error(L, i, "string or number");
+        argv[i - 1] = lua_tolstring(L, i, &lens[i - 1]); /* converted in place: anchored */
     }
-    sh_task *t = need_task(L);
+    sh_task *t = sh_io_need_task(L);
     if (sh_task_doomed(t))
         return fail(L, "closed");
-    if (!g->srv->bus)
+    if (!g->host->bus)
         return fail(L, "unavailable");
     sh_redis_cmd *cmd;
-    int rc = sh_redis_command(g->srv->bus, n, argv, lens, redis_replied, t, &cmd);
+    int rc = sh_redis_command(g->host->bus, n, argv, lens, redis_replied, t, &cmd);
     if (rc == SH_REDIS_EINVAL)
-        return luaL_error(L, "host.redis.call: %s is reserved for the bus (use conn:subscribe)",
+        return luaL_error(L, "%s: %s is reserved for the bus (use conn:subscribe)", SH_FNAME(L),
                           argv[0]);
     if (rc < 0)
         return fail(L, rc == SH_REDIS_EUNAVAILABLE ? "unavailable" : sh_redis_strerror(rc));
     return sh_task_suspend(L, redis_cancel, cmd);
 }
 
-/* ------------------------------------------------------------ subscribe */
+/* ------------------------------------------------------------ subscriptions */
 
-static void csub_unlink(sh_conn_sub *s)
-{
-    sh_conn *c = s->conn;
-    for (sh_conn_sub **p = &c->subs; *p; p = &(*p)->next)
-        if (*p == s) {
-            *p = s->next;
-            break;
-        }
-}
-
-static void csub_free(sh_conn_sub *s)
-{
-    csub_unlink(s);
-    sh_redis_unsubscribe(s->sub);
-    free(s);
-}
-
-static void on_published(void *arg, const char *channel, size_t channel_len, const char *payload,
-                         size_t payload_len)
-{
-    sh_conn_sub *s = arg;
-    sh_conn *c = s->conn;
-    if (!sh_conn_open(c))
-        return;
-    if (!sh_gen_has_hook(c->gen, SH_HOOK_PUBLISH)) {
-        sh_conn_send(c, payload, payload_len, 0);
-        return;
-    }
-    sh_task *t = sh_task_new(c->gen, c, "on_publish");
-    sh_task_push_hook(t, SH_HOOK_PUBLISH);
-    sh_conn_push(c, t->co);
-    lua_pushlstring(t->co, channel, channel_len);
-    lua_pushlstring(t->co, payload, payload_len);
-    sh_task_start(t, 3, NULL, NULL);
-}
-
-static void on_confirmed(void *arg, int err)
-{
-    sh_conn_sub *s = arg;
-    sh_task *t = s->waiter;
-    s->waiter = NULL;
-    if (err < 0) {
-        s->sub = NULL; /* the bus released it */
-        csub_free(s);
-        lua_pushnil(t->co);
-        lua_pushstring(t->co, "unavailable");
-        sh_task_wake(t, 2);
-        return;
-    }
-    lua_pushboolean(t->co, 1);
-    sh_task_wake(t, 1);
-}
-
-static void subscribe_cancel(sh_task *t, void *op)
-{
-    (void)t;
-    sh_conn_sub *s = op;
-    s->waiter = NULL;
-    csub_free(s);
-}
-
-static sh_conn_sub *csub_find(sh_conn *c, const char *ch, size_t len)
-{
-    for (sh_conn_sub *s = c->subs; s; s = s->next)
-        if (s->channel_len == len && memcmp(s->channel, ch, len) == 0)
-            return s;
-    return NULL;
-}
-
-/* conn:subscribe(channel) → true once Redis confirmed | nil, "unavailable" |
- * nil, "closed". Messages then reach on_publish(conn, channel, payload). */
-int sh_io_subscribe(lua_State *L)
-{
-    sh_conn *c = sh_api_check_conn(L, 1);
-    size_t len;
-    const char *ch = luaL_checklstring(L, 2, &len);
-    luaL_argcheck(L, len > 0 && len <= 512, 2, "channel must be 1..512 bytes");
-    sh_task *t = need_task(L);
-    if (!c || sh_task_doomed(t) || !sh_conn_open(c))
-        return fail(L, "closed");
-    if (csub_find(c, ch, len)) {
-        lua_pushboolean(L, 1);
-        return 1;
-    }
-    if (!c->srv->bus || !sh_redis_bus_up(c->srv->bus))
-        return fail(L, "unavailable");
-    sh_conn_sub *s = calloc(1, sizeof *s + len + 1);
-    s->conn = c;
-    s->channel_len = len;
-    memcpy(s->channel, ch, len);
-    int rc = sh_redis_subscribe(c->srv->bus, ch, len, on_published, on_confirmed, s, &s->sub);
-    if (rc < 0) {
-        free(s);
-        return fail(L, rc == SH_REDIS_EUNAVAILABLE ? "unavailable" : sh_redis_strerror(rc));
-    }
-    s->next = c->subs;
-    c->subs = s;
-    if (rc == 1) {
-        lua_pushboolean(L, 1);
-        return 1;
-    }
-    s->waiter = t;
-    return sh_task_suspend(L, subscribe_cancel, s);
-}
-
-/* conn:unsubscribe(channel) → true: no message of the channel reaches this
- * connection after the call. */
-int sh_io_unsubscribe(lua_State *L)
-{
-    sh_conn *c = sh_api_check_conn(L, 1);
-    size_t len;
-    const char *ch = luaL_checklstring(L, 2, &len);
-    sh_conn_sub *s = c ? csub_find(c, ch, len) : NULL;
-    if (s) {
-        if (s->waiter)
-            sh_task_abort(s->waiter, "unsubscribed"); /* frees s */
-        else
-            csub_free(s);
-    }
-    lua_pushboolean(L, s != NULL);
-    return 1;
-}
-
-/* ------------------------------------------------------ host.subscribe */
-
-#define GSUB_MT "statushost.subscription"
-
-/* A subscription of the process, not of a connection (host.subscribe). */
-typedef struct gsub {
-    sh_gen *gen;
-    sh_redis_sub *sub;
-    struct gsub *next, *prev;     /* in gen->subs */
-    int fn_ref;                   /* the callback */
+/* One subscription: of a connection (conn:subscribe: messages go to its
+ * owner's deliver) or of the process (host.subscribe: messages run fn in a
+ * task of their own). Either way it belongs to an owner. */
+typedef struct sh_sub {
+    sh_gen *gen;                  /* a reference is held */
+    sh_owner *owner;
+    sh_redis_sub *rsub;           /* NULL once the bus released it */
+    struct sh_sub *prev, *next;   /* in owner->subs */
+    int fn_ref;                   /* host.subscribe's callback, or LUA_NOREF */
     int ud_ref;                   /* the handle, anchored while confirming */
-    struct gsub_ud *ud;
+    struct sub_ud *ud;            /* the handle, NULL once collected */
     sh_task *waiter;              /* task suspended until Redis confirms */
     size_t len;
     char channel[];
-} gsub;
+} sh_sub;
 
-typedef struct gsub_ud {
-    gsub *s; /* NULL once unsubscribed */
-} gsub_ud;
+typedef struct sub_ud {
+    sh_sub *s; /* NULL once unsubscribed */
+} sub_ud;
 
-static void gsub_free(gsub *s)
+static void sub_free(sh_sub *s)
 {
     sh_gen *g = s->gen;
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        g->subs = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    sh_redis_unsubscribe(s->sub);
+    DL_DELETE(s->owner->subs, s);
+    if (s->rsub)
+        sh_redis_unsubscribe(s->rsub);
     if (s->ud)
         s->ud->s = NULL;
     luaL_unref(g->L, LUA_REGISTRYINDEX, s->fn_ref);
     luaL_unref(g->L, LUA_REGISTRYINDEX, s->ud_ref);
     free(s);
-    sh_gen_unref(g); /* a subscription keeps its generation alive */
+    sh_gen_unref(g);
 }
 
-static void gsub_message(void *arg, const char *channel, size_t channel_len, const char *payload,
-                         size_t payload_len)
+/* Drop s; a task waiting for its confirmation gets nil, reason. */
+static void sub_end(sh_sub *s, const char *reason)
 {
-    gsub *s = arg;
+    if (s->waiter)
+        sh_task_abort(s->waiter, reason); /* its cancel frees s */
+    else
+        sub_free(s);
+}
+
+static void sub_message(void *arg, const char *channel, size_t channel_len, const char *payload,
+                        size_t payload_len)
+{
+    sh_sub *s = arg;
+    if (s->fn_ref == LUA_NOREF) {
+        if (s->owner->deliver)
+            s->owner->deliver(s->owner, channel, channel_len, payload, payload_len);
+        return;
+    }
     sh_task *t = sh_task_new(s->gen, NULL, "subscription callback");
+    if (!t) {
+        sh_error(NULL, "out of memory: a subscription message was dropped");
+        return;
+    }
     lua_rawgeti(t->co, LUA_REGISTRYINDEX, s->fn_ref);
     lua_pushlstring(t->co, channel, channel_len);
     lua_pushlstring(t->co, payload, payload_len);
     sh_task_start(t, 2, NULL, NULL);
 }
 
-static void gsub_confirmed(void *arg, int err)
+static void sub_confirmed(void *arg, int err)
 {
-    gsub *s = arg;
+    sh_sub *s = arg;
     sh_task *t = s->waiter;
     s->waiter = NULL;
     if (err < 0) {
-        s->sub = NULL; /* the bus released it */
-        gsub_free(s);
+        s->rsub = NULL; /* the bus released it */
+        sub_free(s);
         lua_pushnil(t->co);
         lua_pushstring(t->co, "unavailable");
         sh_task_wake(t, 2);
         return;
     }
-    lua_rawgeti(t->co, LUA_REGISTRYINDEX, s->ud_ref);
-    luaL_unref(s->gen->L, LUA_REGISTRYINDEX, s->ud_ref);
-    s->ud_ref = LUA_NOREF;
+    if (s->ud_ref != LUA_NOREF) { /* host.subscribe: the handle is the result */
+        lua_rawgeti(t->co, LUA_REGISTRYINDEX, s->ud_ref);
+        luaL_unref(s->gen->L, LUA_REGISTRYINDEX, s->ud_ref);
+        s->ud_ref = LUA_NOREF;
+    } else {
+        lua_pushboolean(t->co, 1);
+    }
     sh_task_wake(t, 1);
 }
 
-static void gsub_cancel(sh_task *t, void *op)
+static void sub_cancel(sh_task *t, void *op)
 {
     (void)t;
-    gsub *s = op;
+    sh_sub *s = op;
     s->waiter = NULL;
-    gsub_free(s);
+    sub_free(s);
 }
 
-/* host.subscribe(channel, fn) → handle once Redis confirmed | nil, err.
- * fn(channel, payload) runs in a task of its own for every message, whatever
- * connection exists; handle:unsubscribe() ends it. */
-static int l_subscribe(lua_State *L)
+static sh_sub *sub_find(sh_owner *o, const char *ch, size_t len)
+{
+    sh_sub *s;
+    DL_FOREACH(o->subs, s)
+        if (s->fn_ref == LUA_NOREF && s->len == len && memcmp(s->channel, ch, len) == 0)
+            return s;
+    return NULL;
+}
+
+/* Subscribe o to the channel at index ci; fn_at: index of the callback or 0.
+ * Returns like a Lua function: the result now, or a suspension. */
+static int subscribe(lua_State *L, sh_owner *o, int ci, int fn_at)
 {
     sh_gen *g = SH_GEN(L);
     size_t len;
-    const char *ch = luaL_checklstring(L, 1, &len);
-    luaL_argcheck(L, len > 0 && len <= 512, 1, "channel must be 1..512 bytes");
-    luaL_checktype(L, 2, LUA_TFUNCTION);
-    sh_task *t = need_task(L);
-    if (sh_task_doomed(t))
+    const char *ch = sh_checklstring(L, ci, &len);
+    if (len == 0 || len > 512)
+        return sh_argerror(L, ci, "channel must be 1..512 bytes");
+    if (fn_at)
+        sh_checktype(L, fn_at, LUA_TFUNCTION);
+    sh_task *t = sh_io_need_task(L);
+    if (sh_task_doomed(t) || o->gone)
         return fail(L, "closed");
-    if (!g->srv->bus || !sh_redis_bus_up(g->srv->bus))
+    if (!fn_at && sub_find(o, ch, len)) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    if (!g->host->bus || !sh_redis_bus_up(g->host->bus))
         return fail(L, "unavailable");
-    gsub *s = calloc(1, sizeof *s + len + 1);
+    sh_sub *s = calloc(1, sizeof *s + len + 1);
+    if (!s)
+        return fail(L, "out of memory");
     s->gen = g;
+    s->owner = o;
     s->len = len;
+    s->fn_ref = s->ud_ref = LUA_NOREF;
     memcpy(s->channel, ch, len);
-    lua_pushvalue(L, 2);
-    s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    gsub_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
-    u->s = s;
-    s->ud = u;
-    luaL_setmetatable(L, GSUB_MT);
-    int rc = sh_redis_subscribe(g->srv->bus, ch, len, gsub_message, gsub_confirmed, s, &s->sub);
-    if (rc < 0) {
+    if (fn_at) {
+        sub_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
         u->s = NULL;
+        luaL_setmetatable(L, SUB_MT);
+        lua_pushvalue(L, fn_at);
+        s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        u->s = s;
+        s->ud = u;
+    }
+    int rc = sh_redis_subscribe(g->host->bus, ch, len, sub_message, sub_confirmed, s, &s->rsub);
+    if (rc < 0) {
+        if (s->ud)
+            s->ud->s = NULL;
         luaL_unref(L, LUA_REGISTRYINDEX, s->fn_ref);
         free(s);
         return fail(L, rc == SH_REDIS_EUNAVAILABLE ? "unavailable" : sh_redis_strerror(rc));
     }
     sh_gen_ref(g);
-    s->next = g->subs;
-    if (g->subs)
-        g->subs->prev = s;
-    g->subs = s;
-    if (rc == 1) {
-        s->ud_ref = LUA_NOREF;
-        return 1; /* the handle on the stack */
+    DL_APPEND(o->subs, s);
+    if (rc == 1) { /* already confirmed: no wait */
+        if (!fn_at)
+            lua_pushboolean(L, 1);
+        return 1; /* for host.subscribe, the handle on the stack */
     }
-    s->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (fn_at)
+        s->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* anchored until confirmed */
     s->waiter = t;
-    return sh_task_suspend(L, gsub_cancel, s);
+    return sh_task_suspend(L, sub_cancel, s);
+}
+
+int sh_io_subscribe_owner(lua_State *L, sh_owner *o) { return subscribe(L, o, 2, 0); }
+
+int sh_io_unsubscribe_owner(sh_owner *o, const char *channel, size_t len)
+{
+    sh_sub *s = sub_find(o, channel, len);
+    if (!s)
+        return 0;
+    sub_end(s, "unsubscribed");
+    return 1;
+}
+
+/* host.subscribe(channel, fn) → handle once Redis confirmed | nil, err.
+ * fn(channel, payload) runs in a task of its own for every message;
+ * handle:unsubscribe() ends it. */
+int sh_io_subscribe_fn(lua_State *L)
+{
+    sh_gen *g = SH_GEN(L);
+    return subscribe(L, &g->detached, 1, 2);
 }
 
 /* handle:unsubscribe() → true when it was subscribed */
-static int gsub_unsubscribe(lua_State *L)
+static int sub_unsubscribe(lua_State *L)
 {
-    gsub_ud *u = luaL_checkudata(L, 1, GSUB_MT);
+    sub_ud *u = luaL_checkudata(L, 1, SUB_MT);
     int was = u->s != NULL;
     if (u->s)
-        gsub_free(u->s);
+        sub_end(u->s, "unsubscribed");
     lua_pushboolean(L, was);
     return 1;
 }
 
-static int gsub_gc(lua_State *L)
+static int sub_gc(lua_State *L)
 {
-    gsub_ud *u = luaL_checkudata(L, 1, GSUB_MT);
+    sub_ud *u = luaL_checkudata(L, 1, SUB_MT);
     if (u->s)
         u->s->ud = NULL; /* the subscription lives on; only the handle is gone */
     return 0;
@@ -581,13 +557,13 @@ static void http_done(void *arg, int err, const char *errstr, const sh_http_resp
     lua_createtable(co, 0, (int)res->nheaders);
     for (size_t i = 0; i < res->nheaders; i++) {
         const sh_http_hdr *h = &res->headers[i];
-        luaL_Buffer b;
-        luaL_buffinit(co, &b);
-        for (size_t j = 0; j < h->name_len; j++) {
+        char name[256];
+        size_t n = h->name_len < sizeof name ? h->name_len : sizeof name;
+        for (size_t j = 0; j < n; j++) {
             char ch = h->name[j];
-            luaL_addchar(&b, ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch);
+            name[j] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
         }
-        luaL_pushresult(&b);
+        lua_pushlstring(co, name, n);
         lua_pushlstring(co, h->value, h->value_len);
         lua_rawset(co, -3);
     }
@@ -601,60 +577,94 @@ static void http_cancel(sh_task *t, void *op)
     sh_http_call_cancel(op);
 }
 
+/* A string field of the options table: a string, a number (converted and
+ * anchored in the table's stack slot), or absent. */
+static const char *opt_string(lua_State *L, const char *key, size_t *len, const char *def)
+{
+    lua_getfield(L, 1, key);
+    if (lua_isnil(L, -1)) {
+        if (len)
+            *len = def ? strlen(def) : 0;
+        return def;
+    }
+    if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+        luaL_error(L, "%s: %s must be a string, got %s", SH_FNAME(L), key, luaL_typename(L, -1));
+    return lua_tolstring(L, -1, len); /* stays on the stack: anchored */
+}
+
 /* host.http.request{method=, url=, headers=, body=, timeout_ms=} →
  * {status, headers, body} | nil, err */
-static int l_http_request(lua_State *L)
+int sh_io_http_request(lua_State *L)
 {
     sh_gen *g = SH_GEN(L);
-    luaL_checktype(L, 1, LUA_TTABLE);
+    sh_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
     sh_http_opts o = {0};
     sh_http_hdr hdrs[64];
     size_t nh = 0;
-    lua_getfield(L, 1, "url");
-    o.url = luaL_checkstring(L, -1);
-    lua_getfield(L, 1, "method");
-    o.method = luaL_optstring(L, -1, "GET");
-    lua_getfield(L, 1, "body");
-    o.body = luaL_optlstring(L, -1, NULL, &o.body_len);
+    o.url = opt_string(L, "url", NULL, NULL);
+    if (!o.url)
+        return luaL_error(L, "%s: url is required", SH_FNAME(L));
+    o.method = opt_string(L, "method", NULL, "GET");
+    o.body = opt_string(L, "body", &o.body_len, NULL);
     lua_getfield(L, 1, "timeout_ms");
     o.timeout_ms = (uint64_t)luaL_optinteger(L, -1, 30000);
     lua_getfield(L, 1, "connect_timeout_ms");
     o.connect_timeout_ms = (uint64_t)luaL_optinteger(L, -1, 0);
     lua_getfield(L, 1, "headers");
-    if (lua_istable(L, -1)) {
+    int ht = lua_gettop(L);
+    if (lua_istable(L, ht)) {
+        /* names and values (numbers converted) go into an anchor table, so
+         * every pointer taken stays valid until the request has copied it */
+        lua_newtable(L);
+        int anchor = lua_gettop(L);
+        int k = 0;
         lua_pushnil(L);
-        while (lua_next(L, -2) && nh < 64) {
-            if (lua_type(L, -2) == LUA_TSTRING && lua_isstring(L, -1)) {
-                hdrs[nh].name = lua_tolstring(L, -2, &hdrs[nh].name_len);
-                hdrs[nh].value = lua_tolstring(L, -1, &hdrs[nh].value_len);
-                nh++;
-            }
+        while (lua_next(L, ht)) {
+            if (lua_type(L, -2) != LUA_TSTRING ||
+                (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
+                return luaL_error(L, "%s: headers must map names to strings", SH_FNAME(L));
+            if (k == 2 * 64)
+                return luaL_error(L, "%s: at most 64 headers", SH_FNAME(L));
+            lua_pushvalue(L, -2);
+            lua_rawseti(L, anchor, ++k);
+            lua_pushstring(L, lua_tostring(L, -1)); /* a string copy of the value */
+            lua_rawseti(L, anchor, ++k);
             lua_pop(L, 1);
         }
+        for (int i = 1; i <= k; i += 2, nh++) {
+            lua_rawgeti(L, anchor, i);
+            hdrs[nh].name = lua_tolstring(L, -1, &hdrs[nh].name_len);
+            lua_rawgeti(L, anchor, i + 1);
+            hdrs[nh].value = lua_tolstring(L, -1, &hdrs[nh].value_len);
+            lua_pop(L, 2);
+        }
+    } else if (!lua_isnil(L, ht)) {
+        return luaL_error(L, "%s: headers must be a table", SH_FNAME(L));
     }
     o.headers = hdrs;
     o.nheaders = nh;
-    sh_task *t = need_task(L);
+    sh_task *t = sh_io_need_task(L);
     if (sh_task_doomed(t))
         return fail(L, "closed");
     sh_http_call *call;
-    int rc = sh_http_request(g->srv->http, &o, http_done, t, &call);
+    int rc = sh_http_request(g->host->http, &o, http_done, t, &call);
     if (rc == SH_HTTP_EINVAL || rc == SH_HTTP_EUNSUPPORTED)
-        return luaL_error(L, "host.http.request: %s (%s)", sh_http_strerror(rc), o.url);
+        return luaL_error(L, "%s: %s (%s)", SH_FNAME(L), sh_http_strerror(rc), o.url);
     if (rc < 0)
         return fail(L, sh_http_strerror(rc));
     return sh_task_suspend(L, http_cancel, call);
 }
 
-/* ------------------------------------------------------------ registry */
+/* ------------------------------------------------------------ lifecycle */
 
-void sh_io_register(lua_State *L, int m)
+void sh_io_open(lua_State *L)
 {
-    luaL_newmetatable(L, GSUB_MT);
-    lua_pushcfunction(L, gsub_gc);
+    luaL_newmetatable(L, SUB_MT);
+    lua_pushcfunction(L, sub_gc);
     lua_setfield(L, -2, "__gc");
     lua_newtable(L);
-    lua_pushcfunction(L, gsub_unsubscribe);
+    lua_pushcfunction(L, sub_unsubscribe);
     lua_setfield(L, -2, "unsubscribe");
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
@@ -667,48 +677,12 @@ void sh_io_register(lua_State *L, int m)
     lua_setfield(L, -2, "cancel");
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
-
-    lua_getfield(L, m, "now"); /* any module function: its upvalue is the gen */
-    lua_getupvalue(L, -1, 1);
-    void *gen = lua_touserdata(L, -1);
-    lua_pop(L, 2);
-
-    static const luaL_Reg top[] = {
-        {"sleep", l_sleep}, {"timer", l_timer}, {"subscribe", l_subscribe}, {NULL, NULL}};
-    lua_pushlightuserdata(L, gen);
-    luaL_setfuncs(L, top, 1);
-    lua_newtable(L);
-    lua_pushlightuserdata(L, gen);
-    lua_pushcclosure(L, l_redis_call, 1);
-    lua_setfield(L, -2, "call");
-    lua_setfield(L, m, "redis");
-    lua_newtable(L);
-    lua_pushlightuserdata(L, gen);
-    lua_pushcclosure(L, l_http_request, 1);
-    lua_setfield(L, -2, "request");
-    lua_setfield(L, m, "http");
 }
 
-void sh_io_conn_closing(sh_conn *c)
+void sh_io_owner_release(sh_owner *o)
 {
-    while (c->subs) {
-        sh_conn_sub *s = c->subs;
-        if (s->waiter) /* a task of another owner waits for this confirmation */
-            sh_task_abort(s->waiter, "closed"); /* frees s */
-        else
-            csub_free(s);
-    }
-    timers_release_all(&c->timers);
-}
-
-void sh_io_gen_shutdown(sh_gen *g)
-{
-    timers_release_all(&g->timers);
-    while (g->subs) {
-        gsub *s = g->subs;
-        if (s->waiter)
-            sh_task_abort(s->waiter, "closed"); /* frees s */
-        else
-            gsub_free(s);
-    }
+    while (o->subs)
+        sub_end(o->subs, "closed");
+    while (o->timers)
+        timer_release(o->timers);
 }

@@ -99,6 +99,10 @@ char *sh_metrics_render(const sh_metrics *m, int redis_up, size_t *len)
     counter(&t, "lua_errors_total", "Errors and runaway hooks in Lua.", "counter", m->lua_errors);
     counter(&t, "lua_tasks_current", "Hook coroutines alive.", "gauge", m->lua_tasks_current);
     counter(&t, "reloads_total", "Script reloads (SIGHUP) that succeeded.", "counter", m->reloads);
+    counter(&t, "updates_dropped_total", "Published payloads not delivered (not UTF-8).",
+            "counter", m->updates_dropped);
+    counter(&t, "lua_memory_bytes", "Bytes used by the Lua states of every live generation.",
+            "gauge", m->lua_memory_bytes);
     put(&t, "# HELP statushost_dispatch_seconds Time from dispatch to the remote's answer.\n"
             "# TYPE statushost_dispatch_seconds histogram\n");
     uint64_t cum = 0;

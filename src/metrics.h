@@ -25,6 +25,8 @@ typedef struct sh_metrics {
     uint64_t lua_errors;
     uint64_t lua_tasks_current;     /* suspended or running hook coroutines */
     uint64_t reloads;
+    uint64_t updates_dropped;       /* published payloads not delivered (not UTF-8) */
+    uint64_t lua_memory_bytes;      /* set at render time: every generation's Lua memory */
 } sh_metrics;
 
 /* Bucket upper bounds in seconds, for dispatch latency. */

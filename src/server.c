@@ -1,23 +1,43 @@
 /* server.c — the top-level object; see server.h. */
 #include "server.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
-#include "conn.h"
 #include "http_client.h"
 #include "log.h"
 #include "lua_api.h"
-#include "lua_host.h"
+#include "lua_io.h"
 #include "redis_bus.h"
+#include "static_files.h"
+#include "user_metrics.h"
+
+#define MAX_STATIC_BYTES (16u * 1024 * 1024)
 
 static void finish(sh_server *s);
 
 /* ------------------------------------------------------------ listener */
+
+/* Accept one connection with the current generation's limits and policy. */
+static void accept_one(sh_server *s)
+{
+    sh_conn *c = sh_transport_accept(&s->tp, (uv_stream_t *)&s->listener, &s->gen->limits);
+    if (!c)
+        return;
+    if (sh_policy_attach(c, s->gen) != 0) {
+        sh_warn(c->id, "out of memory: connection from %s dropped", c->peer);
+        sh_conn_close(c);
+        return;
+    }
+    sh_conn_start(c);
+}
 
 static void on_connection(uv_stream_t *l, int status)
 {
@@ -33,7 +53,7 @@ static void on_connection(uv_stream_t *l, int status)
         s->accept_pending = 1;
         return;
     }
-    sh_conn_accept(s);
+    accept_one(s);
 }
 
 static void closed_noop(uv_handle_t *h) { (void)h; }
@@ -47,7 +67,7 @@ static void start_listening(sh_server *s)
     sh_info(NULL, "listening on %s", s->listen_name);
     if (s->accept_pending) {
         s->accept_pending = 0;
-        sh_conn_accept(s); /* the one libuv held back; it resumes the listener */
+        accept_one(s); /* the one libuv held back; it resumes the listener */
     }
 }
 
@@ -109,9 +129,112 @@ static void on_redis_state(void *arg, int up)
     start_listening(s);
 }
 
-int sh_server_redis_up(const sh_server *s)
+static int redis_up(const sh_server *s)
 {
-    return s->bus && sh_redis_bus_up(s->bus);
+    return s->host.bus && sh_redis_bus_up(s->host.bus);
+}
+
+/* ------------------------------------------------------------ requests */
+
+/* Serve a file from the web root: regular files only, opened without
+ * blocking (a FIFO is refused, not waited on); symbolic links are followed
+ * (nginx's default, disable_symlinks off) but the path itself cannot leave
+ * the root (sh_static_normalise). */
+static void serve_static(sh_conn *c, const sh_config *cfg, const sh_request *r, int keep,
+                         int head_only)
+{
+    char rel[1024], full[2048];
+    if (!cfg->web_root || sh_static_normalise(r->path, rel, sizeof rel) != 0)
+        goto not_found;
+    snprintf(full, sizeof full, "%s/%s", cfg->web_root, rel);
+    int fd = open(full, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0)
+        goto not_found;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > MAX_STATIC_BYTES) {
+        close(fd);
+        goto not_found;
+    }
+    char *data = malloc((size_t)st.st_size + 1);
+    ssize_t got = data ? read(fd, data, (size_t)st.st_size) : -1;
+    close(fd);
+    if (got != st.st_size) {
+        free(data);
+        if (!data) {
+            sh_conn_respond(c, 503, "text/plain; charset=utf-8", "503 Service Unavailable\n",
+                            24, "Retry-After: 1\r\n", 0, head_only);
+            return;
+        }
+        goto not_found;
+    }
+    sh_conn_respond(c, 200, sh_mime_type(rel), data, (size_t)got,
+                    "X-Content-Type-Options: nosniff\r\nCache-Control: no-cache\r\n", keep,
+                    head_only);
+    free(data);
+    return;
+not_found:
+    sh_conn_respond(c, 404, "text/plain; charset=utf-8", "404 Not Found\n", 14, NULL, keep,
+                    head_only);
+}
+
+static void serve_metrics(sh_server *s, sh_conn *c, int keep, int head_only)
+{
+    size_t len;
+    sh_metrics m = s->metrics;
+    if (s->host.bus)
+        m.redis_reconnects = sh_redis_bus_reconnects(s->host.bus);
+    m.lua_memory_bytes = sh_host_lua_memory(&s->host);
+    char *text = sh_metrics_render(&m, redis_up(s), &len);
+    size_t cap = len + 1;
+    if (text && sh_user_metrics_render(&text, &len, &cap) == 0) {
+        sh_conn_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL,
+                        keep, head_only);
+    } else {
+        sh_conn_respond(c, 503, "text/plain; charset=utf-8", "503 Service Unavailable\n", 24,
+                        NULL, 0, head_only);
+    }
+    free(text);
+}
+
+/* A plain request: the built-in endpoints, then the policy's routes, then
+ * static files. */
+static void serve_request(sh_server *s, sh_conn *c, const sh_conn_event *ev)
+{
+    sh_request *r = ev->req;
+    int keep = ev->keep_alive, head = ev->head_only;
+    int get = head || strcmp(r->method, "GET") == 0;
+    if (get && strcmp(r->path, "/healthz") == 0) {
+        int up = redis_up(s);
+        sh_conn_respond(c, up ? 200 : 503, "text/plain; charset=utf-8",
+                        up ? "ok\n" : "redis unavailable\n", up ? 3 : 18, NULL, keep, head);
+    } else if (get && strcmp(r->path, "/metrics") == 0) {
+        serve_metrics(s, c, keep, head);
+    } else if (SH_HAS(c, SH_CF_OVER_LIMIT)) {
+        sh_conn_respond(c, 503, "text/plain; charset=utf-8", "503 Service Unavailable\n", 24,
+                        "Retry-After: 1\r\n", 0, head);
+    } else if (sh_policy_route(c, r, keep, head)) {
+        return; /* a route runs: it answers later */
+    } else if (get) {
+        sh_pconn *p = c->app;
+        serve_static(c, &p->gen->cfg, r, keep, head);
+    } else {
+        sh_conn_respond(c, 405, "text/plain; charset=utf-8", "405 Method Not Allowed\n", 23,
+                        "Allow: GET, HEAD\r\n", keep, 0);
+    }
+    sh_conn_request_done(c);
+}
+
+static int on_conn_event(sh_conn *c, const sh_conn_event *ev, void *arg)
+{
+    sh_server *s = arg;
+    if (ev->type == SH_CONN_EV_REQUEST) {
+        serve_request(s, c, ev);
+        return 0;
+    }
+    int rc = sh_policy_event(c, ev);
+    if (ev->type == SH_CONN_EV_FREE && s->stopping && s->tp.nconns == 0 && !s->finished)
+        finish(s);
+    return rc;
 }
 
 /* ------------------------------------------------------------ signals */
@@ -160,10 +283,15 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
     s->loop = loop;
     s->opts = *opts;
     make_instance_id(s);
-    if (sh_gen_load(s, opts->script, opts->sets, opts->nsets, &s->gen, err, errsz) != 0)
+    sh_host_init(&s->host, loop, &s->metrics, s->instance);
+    if (sh_transport_init(&s->tp, loop, on_conn_event, s, &s->metrics, s->instance) != 0) {
+        snprintf(err, errsz, "out of memory");
+        return -1;
+    }
+    s->started = 1;
+    if (sh_gen_load(&s->host, opts->script, opts->sets, opts->nsets, &s->gen, err, errsz) != 0)
         return -1;
     sh_log_set_level((enum sh_log_level)s->gen->cfg.log_level);
-    s->read_buf = malloc(SH_READ_BUF_SIZE);
     sh_redis_addr addr;
     if (sh_redis_parse_url(s->gen->cfg.redis, &addr) != 0) {
         snprintf(err, errsz, "redis \"%s\": not a redis:// or unix:// URL", s->gen->cfg.redis);
@@ -175,13 +303,17 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
     snprintf(name, sizeof name, "statushost-%s", s->instance);
     sh_redis_opts ro = {.url = s->gen->cfg.redis, .client_name = name,
                         .on_state = on_redis_state, .state_arg = s};
-    int rc = sh_redis_bus_new(loop, &ro, &s->bus);
+    int rc = sh_redis_bus_new(loop, &ro, &s->host.bus);
     if (rc != 0) {
         snprintf(err, errsz, "redis \"%s\": %s", s->gen->cfg.redis, sh_redis_strerror(rc));
         return -1;
     }
     sh_http_client_opts ho = {.max_conns_per_host = 1024};
-    s->http = sh_http_client_new(loop, &ho);
+    s->host.http = sh_http_client_new(loop, &ho);
+    if (!s->host.http) {
+        snprintf(err, errsz, "out of memory");
+        return -1;
+    }
     /* accept once Redis has answered its first attempt (up or refused), so a
      * job arriving at start-up does not race the bus; at most startup_wait */
     uv_timer_init(loop, &s->startup_timer);
@@ -202,7 +334,8 @@ void sh_server_reload(sh_server *s)
     sh_gen *g;
     if (s->stopping)
         return;
-    if (sh_gen_load(s, s->opts.script, s->opts.sets, s->opts.nsets, &g, err, sizeof err) != 0) {
+    if (sh_gen_load(&s->host, s->opts.script, s->opts.sets, s->opts.nsets, &g, err,
+                    sizeof err) != 0) {
         sh_error(NULL, "reload failed, keeping generation %u: %s", s->gen->id, err);
         return;
     }
@@ -220,7 +353,7 @@ void sh_server_reload(sh_server *s)
 static void on_grace(uv_timer_t *h)
 {
     sh_server *s = h->data;
-    sh_warn(NULL, "grace period over: closing %zu connection(s)", s->nconns);
+    sh_warn(NULL, "grace period over: closing %zu connection(s)", s->tp.nconns);
     finish(s);
 }
 
@@ -234,12 +367,12 @@ static void stop_listening(sh_server *s)
 /* Close the Redis bus and the HTTP client (their pending callbacks run). */
 static void close_clients(sh_server *s)
 {
-    if (s->bus)
-        sh_redis_bus_close(s->bus, NULL, NULL);
-    s->bus = NULL;
-    if (s->http)
-        sh_http_client_close(s->http, NULL, NULL);
-    s->http = NULL;
+    if (s->host.bus)
+        sh_redis_bus_close(s->host.bus, NULL, NULL);
+    s->host.bus = NULL;
+    if (s->host.http)
+        sh_http_client_close(s->host.http, NULL, NULL);
+    s->host.http = NULL;
 }
 
 void sh_server_shutdown(sh_server *s)
@@ -248,21 +381,17 @@ void sh_server_shutdown(sh_server *s)
         return;
     s->stopping = 1;
     stop_listening(s);
-    for (sh_conn *c = s->conns, *next; c; c = next) {
-        next = c->next;
-        if (c->phase == SH_PHASE_WS)
-            sh_conn_ws_close(c, 1001, "server shutting down");
-        else if (!c->busy)
-            sh_conn_close(c);
-    }
-    if (s->nconns == 0) {
+    sh_transport_stop(&s->tp);
+    if (s->tp.nconns == 0) {
         finish(s);
         return;
     }
     uv_timer_start(&s->grace_timer, on_grace, s->gen->cfg.shutdown_grace_ms, 0);
 }
 
-/* Everything stops: connections, tasks, timers, Redis, HTTP, signals. */
+/* Everything stops: connections, tasks, timers, Redis, HTTP, signals. Tasks
+ * woken by this run from the loop afterwards (the host closes its handles
+ * once they have). */
 static void finish(sh_server *s)
 {
     if (s->finished)
@@ -270,10 +399,7 @@ static void finish(sh_server *s)
     s->finished = 1;
     s->stopping = 1;
     stop_listening(s);
-    for (sh_conn *c = s->conns, *next; c; c = next) {
-        next = c->next;
-        sh_conn_close(c);
-    }
+    sh_transport_close(&s->tp);
     uv_timer_stop(&s->grace_timer);
     uv_close((uv_handle_t *)&s->grace_timer, closed_noop);
     uv_close((uv_handle_t *)&s->startup_timer, closed_noop);
@@ -282,40 +408,29 @@ static void finish(sh_server *s)
     uv_close((uv_handle_t *)&s->sig_hup, closed_noop);
     /* wake every suspended task of every live generation; hold a reference
      * so none is freed under the walk */
-    size_t n = 0;
-    for (sh_gen *g = s->gens; g; g = g->next_gen)
-        n++;
-    sh_gen **all = calloc(n ? n : 1, sizeof *all);
-    n = 0;
-    for (sh_gen *g = s->gens; g; g = g->next_gen) {
+    for (sh_gen *g = s->host.gens; g; g = g->next_gen)
         sh_gen_ref(g);
-        all[n++] = g;
+    for (sh_gen *g = s->host.gens; g; g = g->next_gen) {
+        sh_owner_release_tasks(&g->detached);
+        sh_io_owner_release(&g->detached);
+        sh_gen_shutdown(g);
     }
-    for (size_t i = 0; i < n; i++)
-        sh_api_gen_shutdown(all[i]);
-    for (size_t i = 0; i < n; i++)
-        sh_gen_unref(all[i]);
-    free(all);
+    for (sh_gen *g = s->host.gens, *next; g; g = next) {
+        next = g->next_gen;
+        sh_gen_unref(g);
+    }
     close_clients(s);
-}
-
-void sh_server_conn_gone(sh_server *s, sh_conn *c)
-{
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    s->nconns--;
-    if (s->stopping && s->nconns == 0 && !s->finished)
-        finish(s);
+    sh_host_close(&s->host);
 }
 
 void sh_server_abort(sh_server *s)
 {
     stop_listening(s);
     close_clients(s);
+    if (s->started) {
+        sh_transport_close(&s->tp);
+        sh_host_close(&s->host);
+    }
     uv_run(s->loop, UV_RUN_DEFAULT);
 }
 
@@ -324,6 +439,5 @@ void sh_server_free(sh_server *s)
     if (s->gen)
         sh_gen_unref(s->gen);
     s->gen = NULL;
-    free(s->read_buf);
-    s->read_buf = NULL;
+    sh_user_metrics_free();
 }

@@ -1,8 +1,11 @@
 /* server.h — the one top-level object: loop, listener, limits, registries.
  *
- * Ownership: the server owns the listener, the signal handles, the list of
- * connections, the Redis bus, the HTTP client and the current script
- * generation. Connections hold a reference to the generation they were
+ * Ownership: the server owns the listener, the signal handles, the
+ * transport (the connections), the Lua host (generations and tasks), the
+ * Redis bus and the HTTP client, and composes them: transport events come
+ * to server.c, which serves /healthz, /metrics and static files itself and
+ * hands everything else to the policy layer (lua_api.h). Nothing below the
+ * server calls into it. Connections hold a reference to the generation they were
  * opened with (see lua_host.h), so a reload (SIGHUP) gives new connections a
  * new policy while live ones finish on theirs. */
 #ifndef SH_SERVER_H
@@ -13,10 +16,10 @@
 #include <uv.h>
 
 #include "config.h"
+#include "conn.h"
+#include "lua_host.h"
 #include "metrics.h"
 
-struct sh_conn;
-struct sh_gen;
 struct sh_redis_bus;
 struct sh_http_client;
 
@@ -37,24 +40,16 @@ typedef struct sh_server {
     int accept_pending;            /* a connection waits for uv_accept */
     char listen_name[300];         /* "host:port" actually bound */
     sh_options opts;
-    struct sh_gen *gen;            /* current generation: new connections get it */
-    struct sh_gen *gens;           /* every live generation (current and old) */
-    unsigned next_gen_id;
-    struct sh_conn *conns;         /* every open connection (doubly linked) */
-    size_t nconns;
-    struct sh_redis_bus *bus;      /* one command + one subscriber connection */
-    struct sh_http_client *http;   /* outbound HTTP with keep-alive pool */
+    sh_transport tp;               /* the connections (conn.h) */
+    sh_host host;                  /* the Lua side: generations and tasks (lua_host.h) */
+    sh_gen *gen;                   /* current generation: new connections get it */
     sh_metrics metrics;
     char instance[17];             /* 64 random bits, hex: this process */
-    uint64_t conn_seq;             /* connection counter within the process */
     int stopping;                  /* SIGTERM/SIGINT seen */
     int listening;
     int finished;                  /* everything is closing; the loop is about to end */
-    char *read_buf;                /* shared read buffer (one loop, one reader at a time) */
-    int read_buf_busy;
+    int started;                   /* tp and host are set up */
 } sh_server;
-
-#define SH_READ_BUF_SIZE (64 * 1024)
 
 /* Load the script, bind the listener, connect Redis. Returns 0, or -1 with
  * the reason in err (the caller prints it and exits 2). */
@@ -73,11 +68,5 @@ void sh_server_free(sh_server *s);
 
 /* SIGHUP: load the script again as a new generation. */
 void sh_server_reload(sh_server *s);
-
-/* Called by a connection when it is freed (removes it from the list). */
-void sh_server_conn_gone(sh_server *s, struct sh_conn *c);
-
-/* 1 when the Redis bus is up. */
-int sh_server_redis_up(const sh_server *s);
 
 #endif

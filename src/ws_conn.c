@@ -2,29 +2,32 @@
  * libuv socket (see conn.h).
  *
  * Receiving: wslay parses frames from the bytes of each read (recv_cb) with
- * buffering off; the frame callbacks assemble data messages into c->msg (one
- * buffer reused for every message) and validate UTF-8 per chunk, so an
- * invalid byte fails the connection (1007) while a fragmented message is
- * still arriving. wslay itself answers pings, checks masking, opcodes, RSV
- * bits, control-frame rules and the message size (1009).
+ * buffering off; the frame callbacks assemble data messages into c->msg and
+ * validate UTF-8 per chunk, so an invalid byte fails the connection (1007)
+ * while a fragmented message is still arriving. A complete message is
+ * reported (EV_MESSAGE) and its buffer given back. wslay itself answers
+ * pings, checks masking, opcodes, RSV bits, control-frame rules and the frame
+ * size; the message total is checked here (1009).
  *
- * Sending: data frames of a server are unmasked, so conn:send writes the
- * frame header and payload straight into the output buffer (no allocation
- * per message); wslay sends control frames (pong, ping, close) through
- * send_cb into the same buffer. send_cb accepts every byte, so wslay's queue
- * is empty whenever we write directly, and frames never interleave.
+ * Sending: data frames of a server are unmasked, so sh_conn_send writes the
+ * frame header and payload straight into the output buffer; wslay sends
+ * control frames (pong, ping, close) through send_cb into the same buffer.
+ * send_cb accepts every byte, so wslay's queue is empty whenever we write
+ * directly, and frames never interleave. The buffer is written once per loop
+ * iteration (conn.c).
  *
  * Closing: wslay answers a peer's close; once neither side has anything to
- * read or write, the TCP connection ends (server first, as RFC 6455 §7.1.1
- * prefers). */
+ * read or write, the close handshake is complete: EV_CLOSE is reported and
+ * the TCP connection ends (server first, as RFC 6455 §7.1.1 prefers). */
 #include <arpa/inet.h>
 #include <string.h>
 
 #include "conn.h"
 #include "log.h"
-#include "lua_api.h"
-#include "lua_host.h"
-#include "server.h"
+
+#define HAS SH_HAS
+#define SET SH_SET
+#define CLR SH_CLR
 
 /* ------------------------------------------------------------ callbacks */
 
@@ -35,16 +38,76 @@
 static int slow_consumer(sh_conn *c)
 {
     size_t pending = c->out.len + c->inflight.len;
-    if (pending <= c->gen->cfg.max_send_buffer || wslay_event_get_close_sent(c->ws))
+    if (pending <= c->lim->max_send_buffer || wslay_event_get_close_sent(c->ws))
         return 0; /* under the limit, or our close frame is in out: out is final */
-    c->srv->metrics.slow_consumer_closes++;
+    /* output waits for the end of the loop iteration: what the socket takes
+     * now is not unsent */
+    sh_conn_flush(c);
+    if (c->phase != SH_PHASE_WS)
+        return 1;
+    pending = c->out.len + c->inflight.len;
+    if (pending <= c->lim->max_send_buffer)
+        return 0;
+    c->tp->metrics->slow_consumer_closes++;
     sh_warn(c->id, "slow consumer: %zu bytes unsent (max_send_buffer %zu): closing 1008", pending,
-            c->gen->cfg.max_send_buffer);
-    c->out.len = 0; /* unsent frames are dropped; out never holds a partial frame */
+            c->lim->max_send_buffer);
+    sh_buf_free(&c->out); /* unsent frames are dropped; out never holds a partial frame */
     sh_conn_ws_close(c, 1008, "slow consumer");
     wslay_event_shutdown_read(c->ws);
-    c->failed = 1;
+    SET(c, SH_CF_FAILED);
     return 1;
+}
+
+static void fail(sh_conn *c, uint16_t code, const char *why);
+
+/* Bytes of c->in that may go to wslay now: up to the end of the frame header
+ * or payload being read, so wslay never holds bytes of the next frame. A
+ * message's hook thus runs before any later frame is parsed (SH_CF_PAUSED),
+ * and a header announcing too large a message fails before its payload. */
+static size_t frame_room(sh_conn *c)
+{
+    if (c->fr_in_payload)
+        return c->fr_left;
+    size_t need = 2;
+    if (c->fr_hlen >= 2) {
+        uint8_t l7 = c->fr_hdr[1] & 0x7f;
+        need += (l7 == 126 ? 2 : l7 == 127 ? 8 : 0) + ((c->fr_hdr[1] & 0x80) ? 4 : 0);
+    }
+    return need - c->fr_hlen;
+}
+
+/* n bytes of c->in went to wslay: advance the frame tracker. */
+static void frame_advance(sh_conn *c, const uint8_t *p, size_t n)
+{
+    if (c->fr_in_payload) {
+        c->fr_left -= n;
+        if (c->fr_left == 0)
+            c->fr_in_payload = 0;
+        return;
+    }
+    memcpy(c->fr_hdr + c->fr_hlen, p, n);
+    c->fr_hlen = (uint8_t)(c->fr_hlen + n);
+    if (frame_room(c) > 0)
+        return;
+    uint8_t l7 = c->fr_hdr[1] & 0x7f, op = c->fr_hdr[0] & 0x0f;
+    uint64_t len = l7;
+    if (l7 == 126)
+        len = ((uint64_t)c->fr_hdr[2] << 8) | c->fr_hdr[3];
+    else if (l7 == 127)
+        for (int i = 0; i < 8; i++)
+            len = (len << 8) | c->fr_hdr[2 + i];
+    c->fr_hlen = 0;
+    if (op < 8 && !HAS(c, SH_CF_FAILED) &&
+        (len > c->lim->max_message_bytes || c->msg.len + len > c->lim->max_message_bytes) &&
+        (op != 0 || c->msg_opcode)) {
+        /* fail before a byte of the payload arrives */
+        fail(c, 1009, "message over max_message_bytes");
+        return;
+    }
+    if (len) {
+        c->fr_left = len;
+        c->fr_in_payload = 1;
+    }
 }
 
 static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
@@ -52,12 +115,16 @@ static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 {
     sh_conn *c = user;
     (void)flags;
-    if (c->in_len == 0) {
+    size_t room = frame_room(c);
+    if (c->in_len == 0 || HAS(c, SH_CF_PAUSED) || HAS(c, SH_CF_FAILED) || room == 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
     size_t n = len < c->in_len ? len : c->in_len;
+    if (n > room)
+        n = room;
     memcpy(buf, c->in, n);
+    frame_advance(c, c->in, n);
     c->in += n;
     c->in_len -= n;
     return (ssize_t)n;
@@ -67,28 +134,43 @@ static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
                        void *user)
 {
     sh_conn *c = user;
-    (void)ctx;
     (void)flags;
+    int bad;
     if (c->fix_empty_close && len == 2 && data[0] == 0x88 && data[1] == 0x00) {
         /* wslay closes a frame-level protocol error without a status code;
          * RFC 6455 §7.4.1 has one for it */
         uint8_t frame[4] = {0x88, 0x02, (uint8_t)(c->fix_empty_close >> 8),
                             (uint8_t)(c->fix_empty_close & 0xff)};
-        sh_buf_append(&c->out, frame, 4);
+        bad = sh_buf_append(&c->out, frame, 4);
         c->fix_empty_close = 0;
-        return (ssize_t)len;
+    } else {
+        bad = sh_buf_append(&c->out, data, len);
     }
-    sh_buf_append(&c->out, data, len);
+    if (bad) {
+        wslay_event_set_error(ctx, WSLAY_ERR_NOMEM);
+        return -1;
+    }
+    sh_conn_mark_dirty(c);
     return (ssize_t)len;
+}
+
+static void set_reason(sh_conn *c, const char *reason, size_t n)
+{
+    if (c->close_reason || n == 0)
+        return;
+    c->close_reason = malloc(n + 1);
+    if (c->close_reason) {
+        memcpy(c->close_reason, reason, n);
+        c->close_reason[n] = '\0';
+    }
 }
 
 /* Fail the connection: close with code, read nothing more. */
 static void fail(sh_conn *c, uint16_t code, const char *why)
 {
-    if (c->failed)
+    if (HAS(c, SH_CF_FAILED))
         return;
-    c->failed = 1;
-    c->close_queued = 1;
+    SET(c, SH_CF_FAILED | SH_CF_CLOSE_QUEUED);
     sh_info(c->id, "closing %u: %s", code, why);
     wslay_event_queue_close(c->ws, code, NULL, 0);
     wslay_event_shutdown_read(c->ws);
@@ -103,14 +185,14 @@ static void on_frame_start(wslay_event_context_ptr ctx,
     (void)ctx;
     c->frame_opcode = arg->opcode;
     c->frame_fin = arg->fin;
-    if (c->failed)
+    if (HAS(c, SH_CF_FAILED))
         return;
     if (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME) {
         c->msg_opcode = arg->opcode;
         c->msg.len = 0;
         sh_utf8_init(&c->utf8);
     }
-    if (arg->opcode < 8 && c->msg.len + arg->payload_length > c->gen->cfg.max_message_bytes) {
+    if (arg->opcode < 8 && c->msg.len + arg->payload_length > c->lim->max_message_bytes) {
         /* wslay counts only the frame when it does not buffer: the message
          * total is checked here, before any byte of the frame is read */
         fail(c, 1009, "message over max_message_bytes");
@@ -128,7 +210,7 @@ static void on_frame_chunk(wslay_event_context_ptr ctx,
 {
     sh_conn *c = user;
     (void)ctx;
-    if (c->failed || arg->data_length == 0)
+    if (HAS(c, SH_CF_FAILED) || arg->data_length == 0)
         return;
     switch (c->frame_opcode) {
     case WSLAY_TEXT_FRAME:
@@ -139,10 +221,12 @@ static void on_frame_chunk(wslay_event_context_ptr ctx,
             fail(c, 1007, "invalid UTF-8 in a text message");
             return;
         }
-        sh_buf_append(&c->msg, arg->data, arg->data_length);
+        if (sh_buf_append(&c->msg, arg->data, arg->data_length) != 0)
+            fail(c, 1011, "out of memory for a message");
         break;
     case WSLAY_CONNECTION_CLOSE:
-        sh_buf_append(&c->ctrl, arg->data, arg->data_length);
+        if (sh_buf_append(&c->ctrl, arg->data, arg->data_length) != 0)
+            fail(c, 1011, "out of memory for a close frame");
         break;
     default:
         break;
@@ -155,20 +239,20 @@ static void close_frame_end(sh_conn *c)
     if (c->ctrl.len < 2) {
         if (!c->close_code)
             c->close_code = 1005; /* RFC 6455 §7.1.5: no status code was present */
+        sh_buf_free(&c->ctrl);
         return;
     }
     if (!sh_utf8_valid((const uint8_t *)c->ctrl.p + 2, c->ctrl.len - 2)) {
         fail(c, 1007, "invalid UTF-8 in a close reason");
+        sh_buf_free(&c->ctrl);
         return;
     }
     uint16_t code = (uint16_t)(((uint8_t)c->ctrl.p[0] << 8) | (uint8_t)c->ctrl.p[1]);
     if (!c->close_code) {
         c->close_code = code;
-        size_t n = c->ctrl.len - 2 < sizeof c->close_reason - 1 ? c->ctrl.len - 2
-                                                                  : sizeof c->close_reason - 1;
-        memcpy(c->close_reason, c->ctrl.p + 2, n);
-        c->close_reason[n] = '\0';
+        set_reason(c, c->ctrl.p + 2, c->ctrl.len - 2);
     }
+    sh_buf_free(&c->ctrl);
     if (code >= 1012 && code <= 1014) {
         /* registered with IANA after RFC 6455 (service restart, try again
          * later, bad gateway); wslay would answer 1002, so echo it first */
@@ -180,7 +264,7 @@ static void on_frame_end(wslay_event_context_ptr ctx, void *user)
 {
     sh_conn *c = user;
     (void)ctx;
-    if (c->failed)
+    if (HAS(c, SH_CF_FAILED))
         return;
     if (c->frame_opcode == WSLAY_CONNECTION_CLOSE) {
         close_frame_end(c);
@@ -195,12 +279,19 @@ static void on_frame_end(wslay_event_context_ptr ctx, void *user)
     }
     uint8_t op = c->msg_opcode;
     c->msg_opcode = 0;
-    c->srv->metrics.messages_in++;
-    if (op == WSLAY_BINARY_FRAME && !sh_gen_has_hook(c->gen, SH_HOOK_BINARY)) {
-        fail(c, 1003, "binary messages are not accepted by this policy");
-        return;
-    }
-    sh_api_message(c, c->msg.p, c->msg.len, op == WSLAY_BINARY_FRAME);
+    c->tp->metrics->messages_in++;
+    c->msgs_in++;
+    sh_conn_event ev = {.type = SH_CONN_EV_MESSAGE, .data = c->msg.p ? c->msg.p : "",
+                        .len = c->msg.len, .binary = op == WSLAY_BINARY_FRAME};
+    int code = sh_conn_emit(c, &ev);
+    sh_buf_free(&c->msg); /* an idle connection keeps no message buffer */
+    if (code && c->phase == SH_PHASE_WS)
+        fail(c, (uint16_t)code, code == 1003 ? (op == WSLAY_BINARY_FRAME
+                                                    ? "binary messages are not accepted"
+                                                    : "text messages are not accepted")
+                                             : "the message was refused");
+    else if (!code)
+        SET(c, SH_CF_PAUSED); /* its hook runs before the next frame is read */
 }
 
 static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
@@ -215,10 +306,10 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
         slow_consumer(c);
         return;
     }
-    if (arg->opcode == WSLAY_PONG && c->ping_outstanding) {
-        c->ping_outstanding = 0;
-        if (c->gen->cfg.ping_interval_ms && !c->close_wait)
-            sh_conn_arm_timer(c, c->gen->cfg.ping_interval_ms);
+    if (arg->opcode == WSLAY_PONG && HAS(c, SH_CF_PING_OUT)) {
+        CLR(c, SH_CF_PING_OUT);
+        if (c->lim->ping_interval_ms && !HAS(c, SH_CF_CLOSE_WAIT))
+            sh_conn_arm_timer(c, c->lim->ping_interval_ms);
     }
 }
 
@@ -228,30 +319,37 @@ static const struct wslay_event_callbacks callbacks = {
 
 /* ------------------------------------------------------------ lifecycle */
 
-int sh_ws_start(sh_conn *c, const char *leftover, size_t len)
+/* The 101 is in the output; bytes after the request head wait in pending. */
+int sh_ws_start(sh_conn *c)
 {
     if (wslay_event_context_server_init(&c->ws, &callbacks, c) != 0)
         return -1;
     wslay_event_config_set_no_buffering(c->ws, 1);
-    wslay_event_config_set_max_recv_msg_length(c->ws, c->gen->cfg.max_message_bytes);
-    sh_server *s = c->srv;
-    s->metrics.websockets_current++;
-    s->metrics.websockets_total++;
-    sh_info(c->id, "websocket open from %s (script generation %u)", c->peer, c->gen->id);
-    if (c->gen->cfg.ping_interval_ms)
-        sh_conn_arm_timer(c, c->gen->cfg.ping_interval_ms);
-    sh_conn_flush(c); /* the 101 */
+    wslay_event_config_set_max_recv_msg_length(c->ws, c->lim->max_message_bytes);
+    sh_transport *tp = c->tp;
+    tp->metrics->websockets_current++;
+    tp->metrics->websockets_total++;
+    sh_info(c->id, "websocket open from %s", c->peer);
+    if (c->lim->ping_interval_ms)
+        sh_conn_arm_timer(c, c->lim->ping_interval_ms);
+    sh_conn_event ev = {.type = SH_CONN_EV_OPEN};
+    sh_conn_emit(c, &ev);
     if (c->phase != SH_PHASE_WS)
-        return 0; /* the write failed: the connection is already closed */
-    sh_api_open(c);
-    if (len && c->phase == SH_PHASE_WS)
-        sh_ws_on_read(c, leftover, len);
+        return 0;
+    if (c->pending.len) {
+        sh_buf early = c->pending; /* the client did not wait for the 101 */
+        c->pending = (sh_buf){0};
+        sh_ws_on_read(c, early.p, early.len);
+        sh_buf_free(&early);
+    }
+    if (c->phase == SH_PHASE_WS && wslay_event_want_read(c->ws))
+        sh_conn_start_reading(c);
     return 0;
 }
 
 void sh_ws_free(sh_conn *c)
 {
-    if (c->in_wslay)
+    if (HAS(c, SH_CF_IN_WSLAY))
         return; /* freed when wslay_event_recv returns (sh_ws_on_read) */
     if (c->ws)
         wslay_event_context_free(c->ws);
@@ -260,20 +358,22 @@ void sh_ws_free(sh_conn *c)
     sh_buf_free(&c->ctrl);
 }
 
-/* Send what wslay has queued, then write. */
+/* Send what wslay has queued, start the close wait once our close is out,
+ * and have the output written. */
 static void pump(sh_conn *c)
 {
     if (wslay_event_want_write(c->ws))
         wslay_event_send(c->ws);
     if (!c->close_code && wslay_event_get_close_sent(c->ws))
         c->close_code = wslay_event_get_status_code_sent(c->ws); /* a close wslay decided */
-    if ((c->close_queued || wslay_event_get_close_sent(c->ws)) && !c->close_wait) {
+    if ((HAS(c, SH_CF_CLOSE_QUEUED) || wslay_event_get_close_sent(c->ws)) &&
+        !HAS(c, SH_CF_CLOSE_WAIT)) {
         /* our close is on its way: the peer gets close_timeout_ms to answer
          * it (and to read what is queued), then the connection is dropped */
-        c->close_wait = 1;
-        sh_conn_arm_timer(c, c->gen->cfg.close_timeout_ms);
+        SET(c, SH_CF_CLOSE_WAIT);
+        sh_conn_arm_timer(c, c->lim->close_timeout_ms);
     }
-    sh_conn_flush(c);
+    sh_conn_mark_dirty(c);
 }
 
 void sh_ws_on_read(sh_conn *c, const char *data, size_t len)
@@ -290,18 +390,34 @@ void sh_ws_on_read(sh_conn *c, const char *data, size_t len)
     }
     c->in = (const uint8_t *)data;
     c->in_len = len;
-    c->in_wslay++;
+    SET(c, SH_CF_IN_WSLAY);
     int r = wslay_event_recv(c->ws);
-    c->in_wslay--;
-    c->in_len = 0;
+    CLR(c, SH_CF_IN_WSLAY);
     if (c->phase == SH_PHASE_CLOSED) { /* closed from inside a callback */
+        c->in_len = 0;
         sh_ws_free(c);
         return;
     }
-    if (r == WSLAY_ERR_CALLBACK_FAILURE && !c->failed) {
+    if (HAS(c, SH_CF_PAUSED)) {
+        if (c->in_len == 0 || HAS(c, SH_CF_FAILED)) {
+            CLR(c, SH_CF_PAUSED); /* nothing waits */
+        } else if (sh_buf_append(&c->pending, c->in, c->in_len) != 0) {
+            CLR(c, SH_CF_PAUSED);
+            fail(c, 1011, "out of memory for input");
+        } else {
+            /* the rest is read once the message's hook has run (the next
+             * loop iteration): a reply it sends goes out before anything
+             * the later frames cause, a protocol error included */
+            sh_conn_stop_reading(c);
+            c->tp->npaused++;
+            sh_conn_mark_dirty(c); /* resumed by the flusher */
+        }
+    }
+    c->in_len = 0;
+    if (r == WSLAY_ERR_CALLBACK_FAILURE && !HAS(c, SH_CF_FAILED)) {
         /* the frame layer rejected the input (bad length encoding, control
          * frame too long or fragmented) and queued a status-less close */
-        c->failed = 1;
+        SET(c, SH_CF_FAILED);
         c->fix_empty_close = 1002;
         if (!c->close_code)
             c->close_code = 1002;
@@ -315,38 +431,54 @@ void sh_ws_on_read(sh_conn *c, const char *data, size_t len)
     pump(c);
 }
 
+/* The input that waited behind a message: go on with it. */
+void sh_ws_resume(sh_conn *c)
+{
+    if (!HAS(c, SH_CF_PAUSED))
+        return;
+    CLR(c, SH_CF_PAUSED);
+    c->tp->npaused--;
+    sh_buf rest = c->pending;
+    c->pending = (sh_buf){0};
+    if (c->phase == SH_PHASE_WS && c->ws && rest.len)
+        sh_ws_on_read(c, rest.p, rest.len);
+    sh_buf_free(&rest);
+    if (c->phase == SH_PHASE_WS && !HAS(c, SH_CF_PAUSED) && wslay_event_want_read(c->ws))
+        sh_conn_start_reading(c);
+}
+
 /* Called by sh_conn_flush when everything is written. */
-int sh_ws_finished(sh_conn *c)
+int sh_ws_finished(const sh_conn *c)
 {
     return c->ws && !wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws);
 }
 
 void sh_ws_on_timer(sh_conn *c)
 {
-    const sh_config *cfg = &c->gen->cfg;
-    if (c->close_wait) {
+    const sh_limits *lim = c->lim;
+    if (HAS(c, SH_CF_CLOSE_WAIT)) {
         sh_info(c->id, "no close frame from the peer within %llums: dropped",
-                (unsigned long long)cfg->close_timeout_ms);
+                (unsigned long long)lim->close_timeout_ms);
         sh_conn_close(c);
         return;
     }
-    if (c->ping_outstanding) {
-        sh_info(c->id, "no pong within %llums: dropped", (unsigned long long)cfg->ping_timeout_ms);
+    if (HAS(c, SH_CF_PING_OUT)) {
+        sh_info(c->id, "no pong within %llums: dropped", (unsigned long long)lim->ping_timeout_ms);
         sh_conn_close(c);
         return;
     }
     struct wslay_event_msg ping = {WSLAY_PING, (const uint8_t *)"statushost", 10};
     if (wslay_event_queue_msg(c->ws, &ping) == 0) {
-        c->ping_outstanding = 1;
-        sh_conn_arm_timer(c, cfg->ping_timeout_ms);
+        SET(c, SH_CF_PING_OUT);
+        sh_conn_arm_timer(c, lim->ping_timeout_ms);
         pump(c);
     }
 }
 
 /* ------------------------------------------------------------- sending */
 
-/* Append one unmasked frame to the output buffer. */
-static void put_frame(sh_conn *c, uint8_t opcode, const char *data, size_t len)
+/* Append one unmasked frame to the output buffer. Returns 0 or -1 (OOM). */
+static int put_frame(sh_conn *c, uint8_t opcode, const char *data, size_t len)
 {
     uint8_t h[10];
     size_t hl;
@@ -365,10 +497,20 @@ static void put_frame(sh_conn *c, uint8_t opcode, const char *data, size_t len)
             h[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
         hl = 10;
     }
-    sh_buf_reserve(&c->out, hl + len);
+    if (sh_buf_reserve(&c->out, hl + len) != 0)
+        return -1;
     memcpy(c->out.p + c->out.len, h, hl);
-    memcpy(c->out.p + c->out.len + hl, data, len);
+    if (len)
+        memcpy(c->out.p + c->out.len + hl, data, len);
     c->out.len += hl + len;
+    return 0;
+}
+
+int sh_conn_open(const sh_conn *c)
+{
+    return c->phase == SH_PHASE_WS && c->ws && !HAS(c, SH_CF_FAILED | SH_CF_CLOSE_QUEUED) &&
+           !wslay_event_get_close_received(c->ws) && !wslay_event_get_close_sent(c->ws) &&
+           wslay_event_get_write_enabled(c->ws);
 }
 
 int sh_conn_send(sh_conn *c, const char *data, size_t len, int binary)
@@ -379,10 +521,14 @@ int sh_conn_send(sh_conn *c, const char *data, size_t len, int binary)
         return -1;
     if (wslay_event_want_write(c->ws))
         wslay_event_send(c->ws); /* control frames queued earlier (a pong) go first */
-    put_frame(c, binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME, data, len);
-    c->srv->metrics.messages_out++;
-    if (!c->in_wslay)
-        sh_conn_flush(c); /* inside a receive, the write follows it */
+    if (put_frame(c, binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME, data, len) != 0) {
+        sh_warn(c->id, "out of memory queueing a message: closing 1011");
+        sh_conn_ws_close(c, 1011, "out of memory");
+        return -1;
+    }
+    c->tp->metrics->messages_out++;
+    c->msgs_out++;
+    sh_conn_mark_dirty(c);
     return 0;
 }
 
@@ -393,12 +539,11 @@ void sh_conn_ws_close(sh_conn *c, uint16_t code, const char *reason)
     size_t rl = reason ? strlen(reason) : 0;
     if (rl > 123)
         rl = 123;
-    c->close_queued = 1;
+    SET(c, SH_CF_CLOSE_QUEUED);
     if (wslay_event_queue_close(c->ws, code, (const uint8_t *)reason, rl) == 0 && !c->close_code) {
         c->close_code = code;
-        memcpy(c->close_reason, reason ? reason : "", rl);
-        c->close_reason[rl] = '\0';
+        set_reason(c, reason, rl);
     }
-    if (!c->in_wslay)
+    if (!HAS(c, SH_CF_IN_WSLAY))
         pump(c);
 }
