@@ -27,6 +27,7 @@ struct core_key {
 static const struct core_key core_keys[] = {
     {"listen", SH_CT_STRING, "127.0.0.1:9999", 0},
     {"redis", SH_CT_STRING, "redis://127.0.0.1:6379", 0},
+    {"redis_sub_connections", SH_CT_NUMBER, NULL, 4},
     {"web_root", SH_CT_STRING, "", 0},
     {"log_level", SH_CT_STRING, "info", 0},
     {"max_head_bytes", SH_CT_NUMBER, NULL, 8192},
@@ -316,6 +317,7 @@ int sh_config_read(lua_State *L, int t, sh_config *cfg, char *err, size_t errsz)
     static const uint64_t GB = 1024ull * 1024 * 1024, DAY = 86400000ull;
     struct { const char *key; uint64_t lo, hi; void *dst; int is_size; } nums[] = {
         {"max_head_bytes", 256, 1024 * 1024, &cfg->max_head_bytes, 1},
+        {"redis_sub_connections", 1, 64, &cfg->redis_sub_connections, 1},
         {"max_body_bytes", 0, GB, &cfg->max_body_bytes, 1},
         {"max_connections", 1, 10000000, &cfg->max_connections, 1},
         {"max_message_bytes", 125, GB, &cfg->max_message_bytes, 1},

@@ -1,11 +1,13 @@
 /* redis_bus.c — see redis_bus.h.
  *
  * Objects:
- *   sh_redis_bus   the process's bus: two connections, the channel registry,
- *                  a timer that runs the asynchronous part of close.
+ *   sh_redis_bus   the process's bus: the command connection, K subscriber
+ *                  connections, the channel registry, a timer that runs the
+ *                  asynchronous part of close.
  *   struct conn    one hiredis async context plus its retry/watchdog timer.
- *   struct chan    one channel (uthash, keyed by the channel bytes) and its
- *                  subs in subscription order.
+ *   struct chan    one channel (uthash, keyed by the channel bytes), the
+ *                  subscriber connection it lives on (fixed: hash % K), and
+ *                  its subs in subscription order.
  *   sh_redis_sub   one subscriber's interest in one channel.
  *   sh_redis_cmd   one pending command's callback.
  *
@@ -22,7 +24,7 @@
  *   sh_redis_unsubscribe() safe from inside on_msg / on_confirm / on_state.
  *
  * Channel bookkeeping. For each channel, `inflight` counts the SUBSCRIBE and
- * UNSUBSCRIBE replies still expected on the current subscriber connection.
+ * UNSUBSCRIBE replies still expected on its current subscriber connection.
  * Redis answers them in order, so when the count drops to 0 the server state
  * is the one we last asked for: subscribed when the channel still has live
  * subs (then pending confirmations resolve), unsubscribed otherwise (then the
@@ -50,7 +52,12 @@
  *   mode; we only send it for channels whose SUBSCRIBE went out on the same
  *   connection.
  * - redisLibuvAttach leaks its small event struct if uv_poll_init fails (not
- *   reachable with a valid socket; noted, not worked around). */
+ *   reachable with a valid socket; noted, not worked around).
+ * - redisAsyncHandleRead reads at most 16 KiB (a stack buffer in
+ *   redisBufferRead) per readiness event. A flooded subscriber connection then
+ *   advances 16 KiB per loop iteration while Redis' output buffer for it grows
+ *   towards `client-output-buffer-limit pubsub`. Our poll callback calls it
+ *   again while FIONREAD says bytes are waiting, up to read_budget. */
 #include "redis_bus.h"
 
 #include <assert.h>
@@ -59,6 +66,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <hiredis/async.h>
@@ -74,6 +82,28 @@ static int hash_oom; /* set by uthash when an insertion ran out of memory */
 #define DEFAULT_BACKOFF_MIN_MS 100
 #define DEFAULT_BACKOFF_MAX_MS 5000
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000
+#define DEFAULT_READ_BUDGET (4u << 20)
+#define HIREDIS_READ_SIZE 16384 /* redisBufferRead's buffer */
+
+/* At most one line per interval; counts what it held back. */
+struct ratelimit {
+    uint64_t last_ms;    /* uv_now of the last line let through, 0: none yet */
+    uint64_t suppressed; /* lines held back since */
+};
+
+/* 1 when a line may be logged now (then *held receives how many were held
+ * back since the last one), 0 when it must be held back. */
+static int ratelimit_ok(struct ratelimit *r, uint64_t now, uint64_t *held)
+{
+    if (r->last_ms && now - r->last_ms < 1000) {
+        r->suppressed++;
+        return 0;
+    }
+    r->last_ms = now ? now : 1;
+    *held = r->suppressed;
+    r->suppressed = 0;
+    return 1;
+}
 
 enum conn_role { ROLE_CMD, ROLE_SUB };
 
@@ -88,6 +118,7 @@ enum conn_state {
 struct conn {
     sh_redis_bus *bus;      /* owner */
     enum conn_role role;    /* command or subscriber connection */
+    unsigned index;         /* (sub) 0..K-1, in bus->subs */
     enum conn_state state;  /* see enum conn_state */
     redisAsyncContext *ac;  /* the live context, NULL when none is ours */
     uv_timer_t timer;       /* retry delay while IDLE, watchdog while connecting */
@@ -96,10 +127,12 @@ struct conn {
     int hs_left;            /* handshake replies still awaited */
     int hs_failed;          /* a handshake reply was an error */
     size_t resub_left;      /* (sub) confirmations of the re-subscribe batch awaited */
+    struct ratelimit rl;    /* for this connection's loss/restore lines */
 };
 
 struct chan {
     UT_hash_handle hh;          /* bus->chans, keyed by name[0..len) */
+    struct conn *conn;          /* its subscriber connection (bus->subs[hash % K]) */
     sh_redis_sub *head, *tail;  /* subs in subscription order (dead ones until swept) */
     size_t live;                /* live subs; > 0 means Redis should be subscribed */
     unsigned inflight;          /* (UN)SUBSCRIBE replies expected on the sub connection */
@@ -138,12 +171,18 @@ struct sh_redis_bus {
     uint64_t connect_timeout_ms;     /* watchdog for connect + handshake */
     void (*on_state)(void *, int);   /* availability callback, may be NULL */
     void *state_arg;                 /* passed to on_state */
+    size_t read_budget;              /* bytes per readiness event, see the opts */
     struct conn cmd;                 /* command connection */
-    struct conn sub;                 /* subscriber connection */
+    struct conn *subs;               /* subscriber connections, nsubs of them */
+    unsigned nsubs;                  /* K */
+    uint64_t sub_drops;              /* ready subscriber connections lost */
+    uint64_t messages;               /* pub/sub messages received */
+    uint64_t messages_dropped;       /* reported by consumers */
+    struct ratelimit state_rl;       /* for "bus up" / "bus down" lines */
     struct chan *chans;              /* channel registry (uthash head) */
     struct chan *dirty;              /* channels to sweep once busy is 0 */
     unsigned busy;                   /* depth of user callbacks over the registry */
-    int up;                          /* both connections ready */
+    int up;                          /* every connection ready */
     int ever_up;                     /* has been up at least once */
     int first_down_reported;         /* on_state(0) sent for a failed first attempt */
     uint64_t reconnects;             /* down→up transitions after the first up */
@@ -367,10 +406,10 @@ static void busy_leave(sh_redis_bus *b)
 
 /* ---- registry: Redis side ----------------------------------------------- */
 
-/* 1 when (UN)SUBSCRIBE may be written on the subscriber connection now. */
-static int sub_conn_writable(const sh_redis_bus *b)
+/* 1 when (UN)SUBSCRIBE may be written on subscriber connection c now. */
+static int sub_conn_writable(const struct conn *c)
 {
-    return b->sub.ac && (b->sub.state == CONN_SUBSCRIBING || b->sub.state == CONN_READY);
+    return c->ac && (c->state == CONN_SUBSCRIBING || c->state == CONN_READY);
 }
 
 /* Send SUBSCRIBE for ch. 0 or SH_REDIS_EUNAVAILABLE (nothing sent). */
@@ -378,8 +417,9 @@ static int chan_send_subscribe(sh_redis_bus *b, struct chan *ch)
 {
     const char *argv[2] = {"SUBSCRIBE", ch->name};
     size_t lens[2] = {9, ch->len};
-    if (!sub_conn_writable(b)) return SH_REDIS_EUNAVAILABLE;
-    if (redisAsyncCommandArgv(b->sub.ac, sub_reply_cb, &b->sub, 2, argv, lens) != REDIS_OK)
+    (void)b;
+    if (!sub_conn_writable(ch->conn)) return SH_REDIS_EUNAVAILABLE;
+    if (redisAsyncCommandArgv(ch->conn->ac, sub_reply_cb, ch->conn, 2, argv, lens) != REDIS_OK)
         return SH_REDIS_EUNAVAILABLE;
     ch->inflight++;
     ch->sent = 1;
@@ -395,8 +435,8 @@ static void chan_send_unsubscribe(sh_redis_bus *b, struct chan *ch)
     int was_sent = ch->sent;
     ch->confirmed = 0;
     ch->sent = 0;
-    if (!was_sent || b->closing || !sub_conn_writable(b)) return;
-    if (redisAsyncCommandArgv(b->sub.ac, sub_reply_cb, &b->sub, 2, argv, lens) == REDIS_OK)
+    if (!was_sent || b->closing || !sub_conn_writable(ch->conn)) return;
+    if (redisAsyncCommandArgv(ch->conn->ac, sub_reply_cb, ch->conn, 2, argv, lens) == REDIS_OK)
         ch->inflight++;
 }
 
@@ -444,16 +484,18 @@ static void chan_deliver(sh_redis_bus *b, struct chan *ch, const char *payload, 
     busy_leave(b);
 }
 
-/* The subscriber connection is gone (or the bus is closing): Redis knows no
- * channel of ours any more. Fail every pending confirmation with err (each
- * failed sub is released by the bus), keep live confirmed subs for the next
- * connection, drop channels nobody wants. */
-static void registry_reset(sh_redis_bus *b, int err)
+/* Subscriber connection `only` is gone (NULL: all of them, the bus is
+ * closing): Redis knows none of its channels any more. Fail every pending
+ * confirmation on them with err (each failed sub is released by the bus),
+ * keep live confirmed subs for the next connection, drop channels nobody
+ * wants. Channels of the other connections are untouched. */
+static void registry_reset(sh_redis_bus *b, const struct conn *only, int err)
 {
     sh_redis_sub *fail = NULL, **tail = &fail;
     struct chan *ch, *tmp;
     busy_enter(b);
     HASH_ITER(hh, b->chans, ch, tmp) {
+        if (only && ch->conn != only) continue;
         ch->inflight = 0;
         ch->sent = 0;
         ch->confirmed = 0;
@@ -479,10 +521,12 @@ static void registry_reset(sh_redis_bus *b, int err)
 
 /* ---- connections -------------------------------------------------------- */
 
-/* "command" or "subscriber", for logs. */
-static const char *role_name(const struct conn *c)
+/* "command" or "subscriber <i>", for logs; buf holds it. */
+static const char *role_name(const struct conn *c, char buf[32])
 {
-    return c->role == ROLE_CMD ? "command" : "subscriber";
+    if (c->role == ROLE_CMD) return "command";
+    snprintf(buf, 32, "subscriber %u", c->index);
+    return buf;
 }
 
 /* The reason hiredis gives for ac's failure. */
@@ -493,19 +537,38 @@ static const char *ac_reason(const redisAsyncContext *ac)
     return "connection closed";
 }
 
-/* Recompute availability; report a change through on_state. */
+/* Subscriber connections ready now. */
+static unsigned subs_ready(const sh_redis_bus *b)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < b->nsubs; i++)
+        if (b->subs[i].state == CONN_READY) n++;
+    return n;
+}
+
+/* Recompute availability; report a change through on_state. A subscriber
+ * connection flapping under a flood would log two lines per cycle: they are
+ * limited to one a second (the count held back is logged with the next). */
 static void bus_update(sh_redis_bus *b)
 {
-    int up = !b->closing && b->cmd.state == CONN_READY && b->sub.state == CONN_READY;
+    int up = !b->closing && b->cmd.state == CONN_READY && subs_ready(b) == b->nsubs;
+    uint64_t held;
     if (up == b->up) return;
     b->up = up;
     if (up) {
         if (b->ever_up) b->reconnects++;
         b->ever_up = 1;
-        sh_info(NULL, "redis: bus up (%s, %u channels)", b->desc, HASH_COUNT(b->chans));
-    } else {
-        sh_warn(NULL, "redis: bus down (%s); commands and new subscriptions are refused until "
-                "it is back", b->desc);
+        if (ratelimit_ok(&b->state_rl, uv_now(b->loop), &held))
+            sh_info(NULL, "redis: bus up (%s, %u channels)%s", b->desc, HASH_COUNT(b->chans),
+                    held ? " (up/down lines held back in the last second)" : "");
+    } else if (ratelimit_ok(&b->state_rl, uv_now(b->loop), &held)) {
+        if (b->cmd.state == CONN_READY)
+            sh_warn(NULL, "redis: bus down (%s): %u of %u subscriber connections ready; new "
+                    "subscriptions on the others are refused until they are back", b->desc,
+                    subs_ready(b), b->nsubs);
+        else
+            sh_warn(NULL, "redis: bus down (%s); commands and new subscriptions are refused "
+                    "until it is back", b->desc);
     }
     if (b->on_state && !b->closing) {
         busy_enter(b);
@@ -530,50 +593,85 @@ static void conn_schedule_retry(struct conn *c)
     c->backoff_ms = c->backoff_ms * 2 > b->backoff_max_ms ? b->backoff_max_ms : c->backoff_ms * 2;
 }
 
+/* Live channels on subscriber connection c. */
+static size_t conn_channels(const sh_redis_bus *b, const struct conn *c)
+{
+    size_t n = 0;
+    for (const struct chan *ch = b->chans; ch; ch = ch->hh.next)
+        if (ch->conn == c && ch->live > 0) n++;
+    return n;
+}
+
 /* c's context is gone (hiredis is freeing it, or we freed it): mark the
- * connection idle, schedule a retry, update availability, and for the
- * subscriber connection fail pending confirmations. */
+ * connection idle, schedule a retry, update availability, and for a
+ * subscriber connection fail its channels' pending confirmations. */
 static void conn_lost(struct conn *c, const char *why)
 {
     sh_redis_bus *b = c->bus;
     enum conn_state was = c->state;
+    char rn[32];
+    uint64_t held;
     c->ac = NULL;
     c->state = CONN_IDLE;
     c->hs_left = 0;
     c->resub_left = 0;
     if (b->closing) return;
-    if (was == CONN_READY || c->fails == 0)
+    if (c->role == ROLE_SUB && was == CONN_READY) {
+        /* messages on this connection's channels are lost until it is back */
+        b->sub_drops++;
+        if (ratelimit_ok(&c->rl, uv_now(b->loop), &held))
+            sh_warn(NULL, "redis: %s connection to %s lost: %s; messages on its channels (%zu) "
+                    "are lost until it is back%s (%llu subscriber connection losses so far%s); "
+                    "retrying every %llu..%llu ms", role_name(c, rn), b->desc, why,
+                    conn_channels(b, c),
+                    b->cmd.state == CONN_READY
+                        ? "; the command connection is still up: if it stays up, Redis closed "
+                          "this one itself, usually for client-output-buffer-limit pubsub (a "
+                          "flood on one of its channels)"
+                        : "",
+                    (unsigned long long)b->sub_drops, held ? ", lines held back" : "",
+                    (unsigned long long)b->backoff_min_ms, (unsigned long long)b->backoff_max_ms);
+    } else if (was == CONN_READY || (c->fails == 0 && (c->role == ROLE_CMD || c->index == 0))) {
+        /* a failed attempt is said once, by the command connection and the
+         * first subscriber connection; the others fail alike */
         sh_warn(NULL, "redis: %s connection to %s %s: %s; retrying every %llu..%llu ms",
-                role_name(c), b->desc, was == CONN_READY ? "lost" : "failed", why,
+                role_name(c, rn), b->desc, was == CONN_READY ? "lost" : "failed", why,
                 (unsigned long long)b->backoff_min_ms, (unsigned long long)b->backoff_max_ms);
-    else
-        sh_debug(NULL, "redis: %s connection to %s failed again: %s", role_name(c), b->desc, why);
+    } else {
+        sh_debug(NULL, "redis: %s connection to %s failed again: %s", role_name(c, rn), b->desc,
+                 why);
+    }
     c->fails++;
     conn_schedule_retry(c);
     bus_update(b);
-    if (c->role == ROLE_SUB) registry_reset(b, SH_REDIS_EUNAVAILABLE);
+    if (c->role == ROLE_SUB) registry_reset(b, c, SH_REDIS_EUNAVAILABLE);
 }
 
-/* c finished its handshake (and, for the subscriber, the re-subscription). */
+/* c finished its handshake (and, for a subscriber, the re-subscription). */
 static void conn_ready(struct conn *c)
 {
     sh_redis_bus *b = c->bus;
+    char rn[32];
     uv_timer_stop(&c->timer);
     c->state = CONN_READY;
     c->backoff_ms = b->backoff_min_ms;
-    if (c->fails) sh_info(NULL, "redis: %s connection to %s restored", role_name(c), b->desc);
+    if (c->fails) { /* a flapping subscriber connection: only with its loss lines */
+        if (c->rl.suppressed == 0)
+            sh_info(NULL, "redis: %s connection to %s restored", role_name(c, rn), b->desc);
+        else
+            sh_debug(NULL, "redis: %s connection to %s restored", role_name(c, rn), b->desc);
+    }
     c->fails = 0;
     bus_update(b);
 }
 
-/* Send one SUBSCRIBE naming every live channel (after a reconnect). */
+/* Send one SUBSCRIBE naming every live channel of c (after a reconnect). */
 static void sub_resubscribe(struct conn *c)
 {
     sh_redis_bus *b = c->bus;
-    size_t n = 0, i = 1;
+    size_t n = conn_channels(b, c), i = 1;
+    char rn[32];
     struct chan *ch, *tmp;
-    HASH_ITER(hh, b->chans, ch, tmp)
-        if (ch->live > 0) n++;
     if (n == 0) {
         conn_ready(c);
         return;
@@ -589,7 +687,7 @@ static void sub_resubscribe(struct conn *c)
     argv[0] = "SUBSCRIBE";
     lens[0] = 9;
     HASH_ITER(hh, b->chans, ch, tmp) {
-        if (ch->live == 0) continue;
+        if (ch->conn != c || ch->live == 0) continue;
         argv[i] = ch->name;
         lens[i++] = ch->len;
     }
@@ -597,12 +695,17 @@ static void sub_resubscribe(struct conn *c)
     if (redisAsyncCommandArgv(c->ac, sub_reply_cb, c, (int)(n + 1), argv, lens) == REDIS_OK) {
         c->resub_left = n;
         HASH_ITER(hh, b->chans, ch, tmp) {
-            if (ch->live == 0) continue;
+            if (ch->conn != c || ch->live == 0) continue;
             ch->inflight++;
             ch->sent = 1;
             ch->confirmed = 0;
         }
-        sh_info(NULL, "redis: re-subscribing %zu channels", n);
+        if (c->rl.suppressed == 0)
+            sh_info(NULL, "redis: re-subscribing %zu channels (%s connection)", n,
+                    role_name(c, rn));
+        else
+            sh_debug(NULL, "redis: re-subscribing %zu channels (%s connection)", n,
+                     role_name(c, rn));
     }
     free(argv);
     free(lens);
@@ -613,6 +716,7 @@ static void hs_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 {
     struct conn *c = privdata;
     const redisReply *reply = r;
+    char rn[32];
     if (c->ac != ac) return;
     if (!reply) {
         conn_lost(c, ac_reason(ac));
@@ -622,7 +726,7 @@ static void hs_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
         c->hs_failed = 1;
         if (c->fails == 0)
             sh_error(NULL, "redis: %s connection to %s: handshake refused: %.*s",
-                     role_name(c), c->bus->desc, (int)reply->len, reply->str);
+                     role_name(c, rn), c->bus->desc, (int)reply->len, reply->str);
     }
     if (--c->hs_left > 0) return;
     if (c->hs_failed) {
@@ -678,7 +782,10 @@ static void on_connect(const redisAsyncContext *cac, int status)
         hs_send(c, 2, (const char *[]){"SELECT", db}, (const size_t[]){6, strlen(db)});
     }
     char name[256];
-    snprintf(name, sizeof name, "%s-%s", b->name, c->role == ROLE_CMD ? "cmd" : "sub");
+    if (c->role == ROLE_CMD)
+        snprintf(name, sizeof name, "%s-cmd", b->name);
+    else
+        snprintf(name, sizeof name, "%s-sub%u", b->name, c->index);
     hs_send(c, 3, (const char *[]){"CLIENT", "SETNAME", name},
             (const size_t[]){6, 7, strlen(name)});
 }
@@ -718,6 +825,7 @@ static void sub_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
     HASH_FIND(hh, b->chans, name->str, name->len, ch);
     if (strcasecmp(kind, "message") == 0) {
         const redisReply *payload = reply->element[2];
+        b->messages++;
         if (ch && payload->type == REDIS_REPLY_STRING)
             chan_deliver(b, ch, payload->str, payload->len);
     } else if (strcasecmp(kind, "subscribe") == 0) {
@@ -731,14 +839,32 @@ static void sub_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 
 /* ---- event loop glue ---------------------------------------------------- */
 
+/* Readable: let hiredis read (16 KiB) and process, and again while the socket
+ * has bytes waiting, up to the bus's read budget. Stops when the context goes
+ * away (the adapter's cleanup clears p->context; p itself lives until its
+ * handle's close callback, a later loop iteration). */
+static void ev_read(redisLibuvEvents *p)
+{
+    const struct conn *c = p->context->data;
+    size_t budget = c->bus->read_budget, done = HIREDIS_READ_SIZE;
+    redisAsyncHandleRead(p->context);
+    while (done < budget && p->context && (p->context->c.flags & REDIS_CONNECTED)) {
+        int avail = 0;
+        if (ioctl(p->context->c.fd, FIONREAD, &avail) < 0 || avail <= 0) break;
+        redisAsyncHandleRead(p->context);
+        done += HIREDIS_READ_SIZE;
+    }
+}
+
 /* Our replacement for redisLibuvPoll: identical, except that a poll error
  * (libuv: POLLERR → UV_EBADF, handle already stopped) is passed to hiredis as
- * readiness so that it reads/writes, sees the socket error and disconnects. */
+ * readiness so that it reads/writes, sees the socket error and disconnects,
+ * and that a readable socket is drained (ev_read). */
 static void ev_poll_cb(uv_poll_t *handle, int status, int events)
 {
     redisLibuvEvents *p = handle->data;
     if (status < 0) events = p->events ? p->events : UV_READABLE;
-    if (p->context && (events & UV_READABLE)) redisAsyncHandleRead(p->context);
+    if (p->context && (events & UV_READABLE)) ev_read(p);
     if (p->context && (events & UV_WRITABLE)) redisAsyncHandleWrite(p->context);
     if (status < 0 && p->context && p->events) uv_poll_start(&p->handle, p->events, ev_poll_cb);
 }
@@ -839,10 +965,11 @@ static void conn_connect(struct conn *c)
 /* ---- bus ---------------------------------------------------------------- */
 
 /* Initialise one connection's fields and timer. */
-static void conn_init(sh_redis_bus *b, struct conn *c, enum conn_role role)
+static void conn_init(sh_redis_bus *b, struct conn *c, enum conn_role role, unsigned index)
 {
     c->bus = b;
     c->role = role;
+    c->index = index;
     c->state = CONN_IDLE;
     c->backoff_ms = b->backoff_min_ms;
     uv_timer_init(b->loop, &c->timer);
@@ -863,16 +990,23 @@ int sh_redis_bus_new(uv_loop_t *loop, const sh_redis_opts *o, sh_redis_bus **out
         name = defname;
     }
     if (!name[0] || strlen(name) > 200) return SH_REDIS_EINVAL;
+    unsigned nsubs = o->sub_connections ? o->sub_connections : SH_REDIS_SUB_CONNECTIONS_DEFAULT;
+    if (nsubs > SH_REDIS_SUB_CONNECTIONS_MAX) return SH_REDIS_EINVAL;
     for (const char *q = name; *q; q++)
         if ((unsigned char)*q <= ' ' || (unsigned char)*q >= 127) return SH_REDIS_EINVAL;
 
     sh_redis_bus *b = calloc(1, sizeof *b);
     if (!b) return SH_REDIS_ENOMEM;
     b->name = strdup(name);
-    if (!b->name) {
+    b->subs = calloc(nsubs, sizeof *b->subs);
+    if (!b->name || !b->subs) {
+        free(b->name);
+        free(b->subs);
         free(b);
         return SH_REDIS_ENOMEM;
     }
+    b->nsubs = nsubs;
+    b->read_budget = o->read_budget ? o->read_budget : DEFAULT_READ_BUDGET;
     b->loop = loop;
     b->addr = addr;
     if (addr.is_unix)
@@ -888,8 +1022,8 @@ int sh_redis_bus_new(uv_loop_t *loop, const sh_redis_opts *o, sh_redis_bus **out
         o->connect_timeout_ms ? o->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
     b->on_state = o->on_state;
     b->state_arg = o->state_arg;
-    conn_init(b, &b->cmd, ROLE_CMD);
-    conn_init(b, &b->sub, ROLE_SUB);
+    conn_init(b, &b->cmd, ROLE_CMD, 0);
+    for (unsigned i = 0; i < nsubs; i++) conn_init(b, &b->subs[i], ROLE_SUB, i);
     uv_timer_init(loop, &b->close_timer);
     b->close_timer.data = b;
     b->handles_open++;
@@ -897,8 +1031,10 @@ int sh_redis_bus_new(uv_loop_t *loop, const sh_redis_opts *o, sh_redis_bus **out
     struct sigaction sa;
     if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
 
-    conn_connect(&b->cmd);
-    conn_connect(&b->sub);
+    /* the first attempts start from the loop: a connect refused at once must
+     * not reach on_state from inside this function */
+    uv_timer_start(&b->cmd.timer, conn_timer_cb, 0, 0);
+    for (unsigned i = 0; i < nsubs; i++) uv_timer_start(&b->subs[i].timer, conn_timer_cb, 0, 0);
     *out = b;
     return 0;
 }
@@ -912,16 +1048,135 @@ uint64_t sh_redis_bus_reconnects(const sh_redis_bus *b) { return b ? b->reconnec
 /* Contract in redis_bus.h. */
 size_t sh_redis_bus_channels(const sh_redis_bus *b) { return b ? HASH_COUNT(b->chans) : 0; }
 
+/* Contract in redis_bus.h. */
+uint64_t sh_redis_bus_sub_drops(const sh_redis_bus *b) { return b ? b->sub_drops : 0; }
+
+/* Contract in redis_bus.h. */
+void sh_redis_bus_stats(const sh_redis_bus *b, sh_redis_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!b) return;
+    out->reconnects = b->reconnects;
+    out->sub_drops = b->sub_drops;
+    out->messages = b->messages;
+    out->messages_dropped = b->messages_dropped;
+    out->sub_connections = b->nsubs;
+    out->sub_ready = subs_ready(b);
+    out->cmd_ready = b->cmd.state == CONN_READY;
+}
+
+/* FNV-1a, 32 bits: the channel → subscriber connection map. Fixed so that a
+ * channel's connection is the same across reconnects and processes. */
+static uint32_t chan_hash(const char *s, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
+/* Contract in redis_bus.h. */
+unsigned sh_redis_bus_channel_conn(const sh_redis_bus *b, const char *channel, size_t len)
+{
+    if (!b || (!channel && len)) return 0;
+    return chan_hash(channel, len) % b->nsubs;
+}
+
 /* ---- commands ----------------------------------------------------------- */
 
-/* 1 when argv[0] is a command that would break the bus's reply bookkeeping. */
-static int reserved_command(const char *s, size_t n)
+/* s[0..n) equals the C string word, ignoring ASCII case. */
+static int word_is(const char *s, size_t n, const char *word)
 {
-    static const char *const names[] = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe",
-                                        "punsubscribe", "sunsubscribe", "monitor"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (strlen(names[i]) == n && strncasecmp(s, names[i], n) == 0) return 1;
-    return 0;
+    return strlen(word) == n && strncasecmp(s, word, n) == 0;
+}
+
+#define BUS_OWN " belongs to the bus and is refused (use conn:subscribe)"
+#define STATE " changes the shared connection's state and is refused"
+#define BLOCKS " blocks the shared connection and is refused"
+#define SERVER " is a replication or server-control command and is refused"
+
+/* Commands refused on the shared command connection, whatever follows. */
+static const struct { const char *name, *why; } refused_cmds[] = {
+    {"subscribe", "SUBSCRIBE" BUS_OWN},
+    {"psubscribe", "PSUBSCRIBE" BUS_OWN},
+    {"ssubscribe", "SSUBSCRIBE" BUS_OWN},
+    {"unsubscribe", "UNSUBSCRIBE" BUS_OWN},
+    {"punsubscribe", "PUNSUBSCRIBE" BUS_OWN},
+    {"sunsubscribe", "SUNSUBSCRIBE" BUS_OWN},
+    {"monitor", "MONITOR" BUS_OWN},
+    {"auth", "AUTH" STATE},
+    {"hello", "HELLO" STATE},
+    {"select", "SELECT" STATE},
+    {"reset", "RESET" STATE},
+    {"quit", "QUIT" STATE},
+    {"readonly", "READONLY" STATE},
+    {"readwrite", "READWRITE" STATE},
+    {"asking", "ASKING" STATE},
+    {"multi", "MULTI" STATE " (interleaved commands of other tasks would join the "
+              "transaction; use EVAL)"},
+    {"exec", "EXEC" STATE " (transactions are refused; use EVAL)"},
+    {"discard", "DISCARD" STATE " (transactions are refused; use EVAL)"},
+    {"watch", "WATCH" STATE " (transactions are refused; use EVAL)"},
+    {"unwatch", "UNWATCH" STATE " (transactions are refused; use EVAL)"},
+    {"sync", "SYNC" SERVER},
+    {"psync", "PSYNC" SERVER},
+    {"replconf", "REPLCONF" SERVER},
+    {"replicaof", "REPLICAOF" SERVER},
+    {"slaveof", "SLAVEOF" SERVER},
+    {"failover", "FAILOVER" SERVER},
+    {"shutdown", "SHUTDOWN" SERVER},
+    {"debug", "DEBUG" SERVER},
+    {"blpop", "BLPOP" BLOCKS},
+    {"brpop", "BRPOP" BLOCKS},
+    {"brpoplpush", "BRPOPLPUSH" BLOCKS},
+    {"blmove", "BLMOVE" BLOCKS},
+    {"blmpop", "BLMPOP" BLOCKS},
+    {"bzpopmin", "BZPOPMIN" BLOCKS},
+    {"bzpopmax", "BZPOPMAX" BLOCKS},
+    {"bzmpop", "BZMPOP" BLOCKS},
+    {"wait", "WAIT" BLOCKS},
+    {"waitaof", "WAITAOF" BLOCKS},
+};
+
+/* CLIENT subcommands refused (the others, ID, INFO, LIST, GETNAME, ... run). */
+static const struct { const char *name, *why; } refused_client[] = {
+    {"reply", "CLIENT REPLY" STATE},
+    {"tracking", "CLIENT TRACKING" STATE},
+    {"caching", "CLIENT CACHING" STATE},
+    {"setname", "CLIENT SETNAME" STATE},
+    {"setinfo", "CLIENT SETINFO" STATE},
+    {"no-evict", "CLIENT NO-EVICT" STATE},
+    {"no-touch", "CLIENT NO-TOUCH" STATE},
+    {"kill", "CLIENT KILL can close the bus's own connections and is refused"},
+    {"pause", "CLIENT PAUSE" BLOCKS},
+};
+
+/* Contract in redis_bus.h. */
+const char *sh_redis_refusal(int argc, const char **argv, const size_t *argvlen)
+{
+#define ARG(i) argv[i], (argvlen ? argvlen[i] : strlen(argv[i]))
+    if (argc < 1 || !argv || !argv[0]) return NULL;
+    for (size_t i = 0; i < sizeof refused_cmds / sizeof refused_cmds[0]; i++)
+        if (word_is(ARG(0), refused_cmds[i].name)) return refused_cmds[i].why;
+    if (word_is(ARG(0), "client") && argc >= 2 && argv[1]) {
+        for (size_t i = 0; i < sizeof refused_client / sizeof refused_client[0]; i++)
+            if (word_is(ARG(1), refused_client[i].name)) return refused_client[i].why;
+        return NULL;
+    }
+    /* XREAD [COUNT n] [BLOCK ms] STREAMS ...;
+     * XREADGROUP GROUP g c [COUNT n] [BLOCK ms] [NOACK] STREAMS ... */
+    int first = word_is(ARG(0), "xread") ? 1 : word_is(ARG(0), "xreadgroup") ? 4 : 0;
+    if (first) {
+        for (int i = first; i < argc && argv[i]; i++) {
+            if (word_is(ARG(i), "streams")) break;
+            if (word_is(ARG(i), "block"))
+                return first == 1 ? "XREAD BLOCK" BLOCKS : "XREADGROUP BLOCK" BLOCKS;
+        }
+    }
+    return NULL;
+#undef ARG
 }
 
 /* hiredis callback for a user command. */
@@ -939,9 +1194,11 @@ int sh_redis_command(sh_redis_bus *b, int argc, const char **argv, const size_t 
                      sh_redis_reply_cb cb, void *arg, sh_redis_cmd **out)
 {
     if (!b || argc < 1 || !argv || !argv[0]) return SH_REDIS_EINVAL;
-    if (reserved_command(argv[0], argvlen ? argvlen[0] : strlen(argv[0]))) return SH_REDIS_EINVAL;
+    for (int i = 1; i < argc; i++)
+        if (!argv[i]) return SH_REDIS_EINVAL;
+    if (sh_redis_refusal(argc, argv, argvlen)) return SH_REDIS_EINVAL;
     if (b->closing) return SH_REDIS_ECLOSED;
-    if (!b->up || !b->cmd.ac) return SH_REDIS_EUNAVAILABLE;
+    if (b->cmd.state != CONN_READY || !b->cmd.ac) return SH_REDIS_EUNAVAILABLE;
     struct sh_redis_cmd *cmd = malloc(sizeof *cmd);
     if (!cmd) return SH_REDIS_ENOMEM;
     cmd->cb = cb;
@@ -972,6 +1229,7 @@ static struct chan *chan_get(sh_redis_bus *b, const char *name, size_t len)
     if (!ch) return NULL;
     memcpy(ch->name, name, len);
     ch->len = len;
+    ch->conn = &b->subs[chan_hash(name, len) % b->nsubs];
     hash_oom = 0;
     HASH_ADD_KEYPTR(hh, b->chans, ch->name, ch->len, ch);
     if (hash_oom) {
@@ -988,8 +1246,10 @@ int sh_redis_subscribe(sh_redis_bus *b, const char *channel, size_t len,
 {
     if (!b || (!channel && len) || !out) return SH_REDIS_EINVAL;
     if (b->closing) return SH_REDIS_ECLOSED;
-    if (!b->up) return SH_REDIS_EUNAVAILABLE;
-    struct chan *ch = chan_get(b, channel ? channel : "", len);
+    if (!channel) channel = "";
+    if (b->subs[chan_hash(channel, len) % b->nsubs].state != CONN_READY)
+        return SH_REDIS_EUNAVAILABLE;
+    struct chan *ch = chan_get(b, channel, len);
     if (!ch) return SH_REDIS_ENOMEM;
     sh_redis_sub *s = calloc(1, sizeof *s);
     if (!s) {
@@ -1038,6 +1298,12 @@ void sh_redis_unsubscribe(sh_redis_sub *s)
     chan_settle(b, ch);
 }
 
+/* Contract in redis_bus.h. */
+void sh_redis_sub_dropped(sh_redis_sub *s, uint64_t n)
+{
+    if (s && s->bus) s->bus->messages_dropped += n;
+}
+
 /* ---- close -------------------------------------------------------------- */
 
 /* One of the bus's uv handles is closed; the last one completes the close. */
@@ -1048,6 +1314,7 @@ static void bus_handle_closed(uv_handle_t *h)
     void (*done)(void *) = b->done;
     void *arg = b->done_arg;
     free(b->name);
+    free(b->subs);
     free(b);
     if (done) done(arg);
 }
@@ -1097,18 +1364,20 @@ static void bus_close_cb(uv_timer_t *t)
     sh_redis_bus *b = t->data;
     if (b->close_turn++ == 0) {
         conn_shutdown(&b->cmd);
-        conn_shutdown(&b->sub);
-        registry_reset(b, SH_REDIS_ECLOSED);
+        for (unsigned i = 0; i < b->nsubs; i++) conn_shutdown(&b->subs[i]);
+        registry_reset(b, NULL, SH_REDIS_ECLOSED);
         registry_orphan_all(b);
         uv_timer_start(&b->close_timer, bus_close_cb, 0, 0);
         return;
     }
     uv_timer_stop(&b->cmd.timer);
-    uv_timer_stop(&b->sub.timer);
     b->cmd.timer.data = b;
-    b->sub.timer.data = b;
     uv_close((uv_handle_t *)&b->cmd.timer, bus_handle_closed);
-    uv_close((uv_handle_t *)&b->sub.timer, bus_handle_closed);
+    for (unsigned i = 0; i < b->nsubs; i++) {
+        uv_timer_stop(&b->subs[i].timer);
+        b->subs[i].timer.data = b;
+        uv_close((uv_handle_t *)&b->subs[i].timer, bus_handle_closed);
+    }
     uv_close((uv_handle_t *)&b->close_timer, bus_handle_closed);
 }
 

@@ -1,19 +1,38 @@
 /* redis_bus.h — the process's one link to Redis.
  *
- * Exactly two connections per process, whatever the number of WebSocket
- * connections: a command connection (any command, replies in order) and a
- * subscriber connection that multiplexes every channel any part of the process
- * listens on. Both come from hiredis' async API on the libuv loop.
+ * 1 + K connections per process, whatever the number of WebSocket
+ * connections: a command connection (any command that leaves the connection
+ * as it found it, replies in order) and K subscriber connections (option
+ * sub_connections, default 4) over which the process's channels are spread:
+ * a channel always lives on subscriber connection hash(channel) % K. All of
+ * them come from hiredis' async API on the libuv loop.
  *
  *   sh_redis_bus_new ──► connecting ──► AUTH / SELECT / CLIENT SETNAME ──► up
  *                          ▲                                              │
  *                          └── capped exponential backoff ◄── server lost ┘
  *
- * The bus is "up" when both connections are ready and, after a reconnect,
- * every live channel has been re-subscribed (one SUBSCRIBE for all of them)
- * and Redis has confirmed it. While it is down, new commands and new
- * subscriptions are refused synchronously with SH_REDIS_EUNAVAILABLE; live
- * subscriptions are kept and restored on reconnect.
+ * Why K subscriber connections: Redis closes a subscriber whose unread output
+ * exceeds `client-output-buffer-limit pubsub` (default 32mb hard, 8mb for
+ * 60 s). One flooded channel then used to take every channel of the process
+ * with it. Now it takes the channels of its own connection (about 1/K of
+ * them): they lose what was published until that connection is back and has
+ * re-subscribed them; the other connections are untouched.
+ *
+ * Each connection reconnects on its own. Availability:
+ * - the bus is "up" (sh_redis_bus_up, on_state) when the command connection
+ *   and all K subscriber connections are ready and every live channel has been
+ *   re-subscribed (one SUBSCRIBE per connection for all of its channels) and
+ *   confirmed;
+ * - a command is refused (SH_REDIS_EUNAVAILABLE) only while the command
+ *   connection is not ready; a new subscription only while the subscriber
+ *   connection of its channel is not ready. So while one subscriber connection
+ *   reconnects the bus is "down" for /healthz, but commands and channels on
+ *   the other connections keep working.
+ * Live subscriptions are kept and restored on reconnect.
+ *
+ * Commands that would change the shared command connection's state (MULTI,
+ * SELECT, CLIENT REPLY, HELLO, ...) or block it (BLPOP, XREAD BLOCK, WAIT,
+ * ...) are refused: see sh_redis_refusal().
  *
  * Callback rules (libuv's): a function that takes a callback and returns an
  * error never calls that callback; no callback is ever called synchronously
@@ -58,10 +77,22 @@ typedef struct sh_redis_bus sh_redis_bus;
 typedef struct sh_redis_cmd sh_redis_cmd; /* a pending command */
 typedef struct sh_redis_sub sh_redis_sub; /* one subscriber's interest in one channel */
 
+/* Subscriber connections when sh_redis_opts.sub_connections is 0, and the
+ * most there may be. */
+#define SH_REDIS_SUB_CONNECTIONS_DEFAULT 4
+#define SH_REDIS_SUB_CONNECTIONS_MAX 64
+
 typedef struct {
     const char *url;         /* redis://[[user]:password@]host[:port][/db] or unix:///path */
     const char *client_name; /* NULL → "statushost-<pid>"; the connections are named
-                                <name>-cmd and <name>-sub (CLIENT SETNAME); no spaces */
+                                <name>-cmd and <name>-sub0 .. <name>-sub<K-1>
+                                (CLIENT SETNAME); no spaces */
+    unsigned sub_connections; /* K, 1..SH_REDIS_SUB_CONNECTIONS_MAX; 0 → 4 */
+    size_t read_budget;      /* bytes one connection reads per readiness event
+                                before the loop moves on (the socket is drained
+                                16 KiB at a time, hiredis' read size, while
+                                data is waiting); 0 → 4 MiB; 1 → a single
+                                16 KiB read (hiredis' own behaviour) */
     uint64_t backoff_min_ms; /* first retry delay; 0 → 100 */
     uint64_t backoff_max_ms; /* cap of the doubling delay; 0 → 5000 */
     uint64_t connect_timeout_ms; /* connect + handshake must finish within this; 0 → 5000 */
@@ -78,15 +109,42 @@ typedef struct {
  * and password are decoded. Returns 0 or SH_REDIS_EBADURL. */
 int sh_redis_parse_url(const char *url, sh_redis_addr *out);
 
-/* Create the bus and start connecting both connections. Fails only for bad
+/* Create the bus and start connecting its 1 + K connections. Fails only for bad
  * arguments (SH_REDIS_EINVAL), a bad URL (SH_REDIS_EBADURL) or SH_REDIS_ENOMEM;
  * an unreachable server is retried forever with capped exponential backoff,
  * and reported through on_state. On success *out is set and the bus must be
  * released with sh_redis_bus_close(). */
 int sh_redis_bus_new(uv_loop_t *loop, const sh_redis_opts *o, sh_redis_bus **out);
 
-/* 1 when both connections are ready and every live channel is confirmed. */
+/* 1 when the command connection and all K subscriber connections are ready
+ * and every live channel is confirmed. */
 int sh_redis_bus_up(const sh_redis_bus *b);
+
+/* Counters and gauges for /metrics. */
+typedef struct sh_redis_stats {
+    uint64_t reconnects;       /* as sh_redis_bus_reconnects() */
+    uint64_t sub_drops;        /* as sh_redis_bus_sub_drops() */
+    uint64_t messages;         /* pub/sub messages received, every channel */
+    uint64_t messages_dropped; /* reported by consumers (sh_redis_sub_dropped) */
+    unsigned sub_connections;  /* K */
+    unsigned sub_ready;        /* subscriber connections ready now */
+    int cmd_ready;             /* the command connection is ready now */
+} sh_redis_stats;
+
+/* Fill *out (zeroes for a NULL bus). */
+void sh_redis_bus_stats(const sh_redis_bus *b, sh_redis_stats *out);
+
+/* How many times a subscriber connection that was ready was lost (for
+ * /metrics). Each loss may have cost messages on that connection's channels
+ * (those published until it is back and has re-subscribed them). With Redis
+ * up, the usual cause is `client-output-buffer-limit pubsub`: a flood on one
+ * of the connection's channels that was not read fast enough. Logged at most
+ * once a second. */
+uint64_t sh_redis_bus_sub_drops(const sh_redis_bus *b);
+
+/* The subscriber connection (0..K-1) that carries `channel`: a fixed hash of
+ * the channel bytes modulo K (for tests and diagnosis). */
+unsigned sh_redis_bus_channel_conn(const sh_redis_bus *b, const char *channel, size_t len);
 
 /* How many times the bus came back up after having been up (for /metrics). */
 uint64_t sh_redis_bus_reconnects(const sh_redis_bus *b);
@@ -102,14 +160,31 @@ size_t sh_redis_bus_channels(const sh_redis_bus *b);
  * "closed" (the connection dropped or the bus closed before the reply). */
 typedef void (*sh_redis_reply_cb)(void *arg, const redisReply *reply, const char *errstr);
 
+/* Why the command argv[0..argc) may not run on the shared command
+ * connection: a static sentence such as "CLIENT REPLY changes the shared
+ * connection's state and is refused", or NULL when it may. argvlen may be
+ * NULL (C strings). Names are matched case-insensitively, subcommands too
+ * (CLIENT REPLY is refused, CLIENT ID is not). Refused:
+ * - the bus's own: (P|S)SUBSCRIBE, (P|S)UNSUBSCRIBE, MONITOR;
+ * - connection state: AUTH, HELLO, SELECT, RESET, QUIT, READONLY, READWRITE,
+ *   ASKING, MULTI, EXEC, DISCARD, WATCH, UNWATCH (a transaction would swallow
+ *   the commands other tasks interleave), CLIENT REPLY|TRACKING|CACHING|
+ *   SETNAME|SETINFO|NO-EVICT|NO-TOUCH|KILL;
+ * - replication and server control: SYNC, PSYNC, REPLCONF, REPLICAOF,
+ *   SLAVEOF, FAILOVER, SHUTDOWN, DEBUG;
+ * - blocking: BLPOP, BRPOP, BRPOPLPUSH, BLMOVE, BLMPOP, BZPOPMIN, BZPOPMAX,
+ *   BZMPOP, XREAD and XREADGROUP with BLOCK, WAIT, WAITAOF, CLIENT PAUSE.
+ * EVAL/FCALL remain the way to run several commands atomically. */
+const char *sh_redis_refusal(int argc, const char **argv, const size_t *argvlen);
+
 /* Send one command on the command connection. argvlen may be NULL (then each
  * argv[i] is a C string); otherwise arguments are binary-safe. cb may be NULL
  * (fire and forget). When out is non-NULL it receives a handle valid until
  * the callback is called (or, for a cancelled command, until never: do not
  * touch it after cancelling). Errors, with no callback ever: SH_REDIS_EINVAL
- * (bad arguments, or (P|S)SUBSCRIBE/(P|S)UNSUBSCRIBE/MONITOR, which belong to
- * the bus), SH_REDIS_EUNAVAILABLE (bus down), SH_REDIS_ECLOSED (bus closing),
- * SH_REDIS_ENOMEM. */
+ * (bad arguments, or a command sh_redis_refusal() refuses: ask it for the
+ * reason), SH_REDIS_EUNAVAILABLE (the command connection is not ready),
+ * SH_REDIS_ECLOSED (bus closing), SH_REDIS_ENOMEM. */
 int sh_redis_command(sh_redis_bus *b, int argc, const char **argv, const size_t *argvlen,
                      sh_redis_reply_cb cb, void *arg, sh_redis_cmd **out);
 
@@ -137,8 +212,9 @@ typedef void (*sh_redis_confirm_cb)(void *arg, int err);
  *   0  pending: on_confirm(arg, 0) later once Redis confirms, or
  *      on_confirm(arg, <0) if the subscriber connection drops or the bus
  *      closes first (never synchronously);
- *  <0  SH_REDIS_EINVAL, SH_REDIS_EUNAVAILABLE (bus down), SH_REDIS_ECLOSED,
- *      SH_REDIS_ENOMEM; no callback, *out untouched.
+ *  <0  SH_REDIS_EINVAL, SH_REDIS_EUNAVAILABLE (the channel's subscriber
+ *      connection is not ready), SH_REDIS_ECLOSED, SH_REDIS_ENOMEM; no
+ *      callback, *out untouched.
  * on_msg (may be NULL) is called for every message on the channel while the
  * sub lives, in subscription order across the channel's subs. A live sub
  * (returned 1, or confirmed with 0) belongs to the caller until
@@ -154,10 +230,15 @@ int sh_redis_subscribe(sh_redis_bus *b, const char *channel, size_t len,
  * NULL is accepted. */
 void sh_redis_unsubscribe(sh_redis_sub *s);
 
+/* The consumer of s dropped n of its messages (e.g. its client's send buffer
+ * was full): counted in sh_redis_stats.messages_dropped. No-op for NULL or an
+ * orphaned sub. */
+void sh_redis_sub_dropped(sh_redis_sub *s, uint64_t n);
+
 /* Close the bus. Asynchronous: pending commands get (NULL, "closed"); pending
  * confirmations get SH_REDIS_ECLOSED; on_state and on_msg are not called any
- * more; then done(arg) is called once, from the loop, after both hiredis
- * contexts are freed and the bus's own handles are closed. The bus pointer is
+ * more; then done(arg) is called once, from the loop, after every hiredis
+ * context is freed and the bus's own handles are closed. The bus pointer is
  * invalid after done() returns. Safe to call from any callback. done may be
  * NULL. A second call (while closing) is ignored. */
 void sh_redis_bus_close(sh_redis_bus *b, void (*done)(void *), void *arg);

@@ -357,10 +357,18 @@ def _clients_of(instance):
     return sorted(n for n in names if n.startswith("statushost-%s" % instance)), len(lines)
 
 
+def _bus_names(instance, sub_connections=4):
+    """The names of one process's Redis connections: -cmd and -sub0..-sub<K-1>
+    (redis_sub_connections, default 4)."""
+    return ["statushost-%s-cmd" % instance] + \
+        ["statushost-%s-sub%d" % (instance, i) for i in range(sub_connections)]
+
+
 @S.test
 def five_hundred_concurrent_jobs_two_redis_connections():
     """500 concurrent jobs, seed-like worker at 20 ms ticks: all complete, and Redis
-    sees exactly two connections from the statushost server (-cmd and -sub) throughout."""
+    sees exactly 1 + K connections from the statushost server (-cmd and -sub0..-sub3,
+    K = redis_sub_connections = 4) throughout, whatever the number of jobs."""
     with worker(SEED_WORKER, "tick_ms=20", "complete_probability=0.25") as w, server(w.port) as sh:
         inst = sh.wait_log(r"\(instance ([0-9a-f]+)\)").group(1)
         winst = w.wait_log(r"\(instance ([0-9a-f]+)\)").group(1)
@@ -406,16 +414,16 @@ def five_hundred_concurrent_jobs_two_redis_connections():
         connected.wait()
         # all 500 WebSockets open
         mine, total = _clients_of(inst)
-        assert mine == ["statushost-%s-cmd" % inst, "statushost-%s-sub" % inst], mine
+        assert mine == _bus_names(inst), mine
         assert sh.metrics()["statushost_websockets_current"] == n
         go.set()
-        # mid-run: jobs live (first frames arriving), still two connections
+        # mid-run: jobs live (first frames arriving), still the same 1 + K connections
         for _ in range(n // 2):
             assert first_frame.acquire(timeout=60), "first frames not arriving"
         mine, total_mid = _clients_of(inst)
-        assert mine == ["statushost-%s-cmd" % inst, "statushost-%s-sub" % inst], mine
+        assert mine == _bus_names(inst), mine
         wmine, _ = _clients_of(winst)
-        assert len(wmine) == 2, wmine
+        assert wmine == _bus_names(winst), wmine
         live = redis().cmd("PUBSUB", "CHANNELS", "ws:fid:%s*" % inst)
         assert total_mid <= total + 1, (total, total_mid)  # no growth with the WebSocket count
         for t in threads:

@@ -100,6 +100,7 @@ static void test_defaults(void)
     CHECK_STR(cfg.listen_host, "127.0.0.1");
     CHECK_INT(cfg.listen_port, 9999);
     CHECK_STR(cfg.redis, "redis://127.0.0.1:6379");
+    CHECK_INT(cfg.redis_sub_connections, 4);
     CHECK_INT(cfg.log_level, SH_LOG_INFO);
     CHECK_INT(cfg.max_head_bytes, 8192);
     CHECK_INT(cfg.max_body_bytes, 1048576);
@@ -412,6 +413,9 @@ static void test_validation(void)
         {"listen=[::1:80", "listen"},
         {"log_level=verbose", "log_level"},
         {"log_level=INFO", "log_level"},
+        {"redis_sub_connections=0", "redis_sub_connections"},
+        {"redis_sub_connections=65", "redis_sub_connections"},
+        {"redis_sub_connections=1.5", "redis_sub_connections"},
     };
     for (size_t i = 0; i < sizeof rejected / sizeof rejected[0]; i++) {
         err[0] = '\0';
@@ -439,6 +443,10 @@ static void test_validation(void)
 
     CHECKF(read_one("listen=localhost:9999", &cfg) == 0, "%s", err);
     CHECK_STR(cfg.listen_host, "localhost");
+    sh_config_free(&cfg);
+
+    CHECKF(read_one("redis_sub_connections=64", &cfg) == 0, "%s", err);
+    CHECK_INT(cfg.redis_sub_connections, 64);
     sh_config_free(&cfg);
 
     CHECKF(read_one("ping_interval_ms=0", &cfg) == 0, "%s", err); /* 0: never ping */

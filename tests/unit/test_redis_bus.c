@@ -215,9 +215,12 @@ static int subscribe_calls(sh_redis_bus *b)
     return p ? atoi(p + strlen("cmdstat_subscribe:calls=")) : 0;
 }
 
-/* CLIENT LIST has exactly `n` connections, and ours are named <name>-cmd/-sub. */
+/* CLIENT LIST has exactly `n` connections, and ours are named <name>-cmd and
+ * <name>-sub0 .. <name>-sub<K-1> (K = the bus's subscriber connections). */
 static void check_client_list(sh_redis_bus *b, const char *name, int n)
 {
+    sh_redis_stats stats;
+    sh_redis_bus_stats(b, &stats);
     static struct box bx;
     char want[128];
     run(b, &bx, 2, (const char *[]){"CLIENT", "LIST"}, NULL);
@@ -229,8 +232,10 @@ static void check_client_list(sh_redis_bus *b, const char *name, int n)
     CHECK(lines == n);
     snprintf(want, sizeof want, " name=%s-cmd ", name);
     CHECK(strstr(bx.str, want) != NULL);
-    snprintf(want, sizeof want, " name=%s-sub ", name);
-    CHECK(strstr(bx.str, want) != NULL);
+    for (unsigned i = 0; i < stats.sub_connections; i++) {
+        snprintf(want, sizeof want, " name=%s-sub%u ", name, i);
+        CHECK(strstr(bx.str, want) != NULL);
+    }
 }
 
 /* ---- subscriptions --------------------------------------------------------- */
@@ -515,6 +520,310 @@ static void test_auth_and_unreachable(sh_redis_bus *b)
     CHECK(bx.type == REDIS_REPLY_STATUS);
 }
 
+/* F17 and blocking commands: sh_redis_refusal, and sh_redis_command refusing
+ * them synchronously (no callback, nothing sent: the next command answers at
+ * once). */
+static void test_refusal(sh_redis_bus *b)
+{
+    static struct box bx, never;
+    struct { int argc; const char *argv[6]; const char *why_has; } refused[] = {
+        {2, {"CLIENT", "REPLY", "OFF"}, "CLIENT REPLY changes the shared connection's state"},
+        {3, {"client", "reply", "skip"}, "CLIENT REPLY"},
+        {3, {"Client", "Tracking", "on"}, "CLIENT TRACKING"},
+        {3, {"CLIENT", "SETNAME", "x"}, "CLIENT SETNAME"},
+        {3, {"CLIENT", "PAUSE", "1000"}, "CLIENT PAUSE blocks"},
+        {4, {"CLIENT", "KILL", "TYPE", "pubsub"}, "CLIENT KILL"},
+        {2, {"HELLO", "3"}, "HELLO"},
+        {1, {"hello"}, "HELLO"},
+        {1, {"RESET"}, "RESET"},
+        {2, {"select", "1"}, "SELECT"},
+        {2, {"AUTH", "pw"}, "AUTH"},
+        {1, {"QUIT"}, "QUIT"},
+        {1, {"MULTI"}, "MULTI changes the shared connection's state"},
+        {1, {"exec"}, "EXEC"},
+        {1, {"DISCARD"}, "DISCARD"},
+        {2, {"WATCH", "k"}, "WATCH"},
+        {1, {"UNWATCH"}, "UNWATCH"},
+        {1, {"READONLY"}, "READONLY"},
+        {1, {"SYNC"}, "SYNC"},
+        {3, {"PSYNC", "?", "-1"}, "PSYNC"},
+        {3, {"REPLICAOF", "h", "1"}, "REPLICAOF"},
+        {3, {"slaveof", "no", "one"}, "SLAVEOF"},
+        {2, {"SHUTDOWN", "NOSAVE"}, "SHUTDOWN"},
+        {3, {"DEBUG", "SLEEP", "1"}, "DEBUG"},
+        {2, {"subscribe", "x"}, "SUBSCRIBE belongs to the bus"},
+        {2, {"PSUBSCRIBE", "x*"}, "PSUBSCRIBE"},
+        {2, {"SSUBSCRIBE", "x"}, "SSUBSCRIBE"},
+        {1, {"sunsubscribe"}, "SUNSUBSCRIBE"},
+        {1, {"MONITOR"}, "MONITOR"},
+        {3, {"BLPOP", "q", "5"}, "BLPOP blocks the shared connection"},
+        {3, {"brpop", "q", "0"}, "BRPOP"},
+        {4, {"BRPOPLPUSH", "a", "b", "1"}, "BRPOPLPUSH"},
+        {6, {"BLMOVE", "a", "b", "LEFT", "RIGHT", "1"}, "BLMOVE"},
+        {5, {"BLMPOP", "1", "1", "a", "LEFT"}, "BLMPOP"},
+        {3, {"BZPOPMIN", "z", "1"}, "BZPOPMIN"},
+        {3, {"BZPOPMAX", "z", "1"}, "BZPOPMAX"},
+        {5, {"BZMPOP", "1", "1", "z", "MIN"}, "BZMPOP"},
+        {3, {"WAIT", "1", "100"}, "WAIT"},
+        {4, {"WAITAOF", "1", "0", "100"}, "WAITAOF"},
+        {6, {"XREAD", "COUNT", "1", "block", "0", "STREAMS"}, "XREAD BLOCK"},
+        {6, {"XREADGROUP", "GROUP", "g", "c", "BLOCK", "10"}, "XREADGROUP BLOCK"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        const char *why = sh_redis_refusal(refused[i].argc, refused[i].argv, NULL);
+        if (!why || !strstr(why, refused[i].why_has) || !strstr(why, "refused"))
+            fprintf(stderr, "%s %s: %s\n", refused[i].argv[0],
+                    refused[i].argc > 1 ? refused[i].argv[1] : "", why ? why : "allowed");
+        CHECK(why && strstr(why, refused[i].why_has) && strstr(why, "refused"));
+        memset(&never, 0, sizeof never);
+        CHECK(sh_redis_command(b, refused[i].argc, refused[i].argv, NULL, box_cb, &never, NULL) ==
+              SH_REDIS_EINVAL);
+    }
+    struct { int argc; const char *argv[6]; } allowed[] = {
+        {2, {"CLIENT", "ID"}}, {2, {"client", "info"}}, {2, {"CLIENT", "GETNAME"}},
+        {1, {"CLIENT"}}, {2, {"GET", "multi"}}, {3, {"XREAD", "STREAMS", "block"}},
+        {6, {"XREADGROUP", "GROUP", "block", "block", "STREAMS", "s"}},
+        {4, {"XREAD", "COUNT", "1", "STREAMS"}}, {2, {"LPOP", "q"}}, {1, {"PING"}},
+        {3, {"EVAL", "return 1", "0"}}, {2, {"PUBLISH", "c"}}, {1, {"BLPOPX"}}, {1, {"WAITX"}},
+    };
+    for (size_t i = 0; i < sizeof allowed / sizeof allowed[0]; i++) {
+        const char *why = sh_redis_refusal(allowed[i].argc, allowed[i].argv, NULL);
+        if (why) fprintf(stderr, "%s refused: %s\n", allowed[i].argv[0], why);
+        CHECK(why == NULL);
+    }
+    /* binary-safe lengths: "CLIENT" + "REPLYX"[0..5) is CLIENT REPLY */
+    CHECK(sh_redis_refusal(2, (const char *[]){"CLIENTX", "REPLYX"}, (const size_t[]){6, 5}) != NULL);
+    CHECK(sh_redis_refusal(1, (const char *[]){"MULTI"}, (const size_t[]){4}) == NULL);
+    CHECK(sh_redis_refusal(0, NULL, NULL) == NULL);
+
+    /* the shared connection stays usable: what was refused never reached it */
+    static struct box id1, id2;
+    run(b, &id1, 2, (const char *[]){"CLIENT", "ID"}, NULL);
+    CHECK(id1.type == REDIS_REPLY_INTEGER);
+    run(b, &bx, 3, (const char *[]){"RPUSH", "refq", "x"}, NULL);
+    run(b, &bx, 2, (const char *[]){"LPOP", "refq"}, NULL);
+    CHECK(bx.type == REDIS_REPLY_STRING && strcmp(bx.str, "x") == 0);
+    run(b, &id2, 2, (const char *[]){"CLIENT", "ID"}, NULL);
+    CHECK(id2.integer == id1.integer); /* same connection, never reset */
+    uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK(never.done == 0);
+}
+
+/* ---- flood (F13) ------------------------------------------------------------ */
+
+/* A blocking hiredis context to the test's server (for what the bus refuses). */
+static redisContext *direct(void)
+{
+    redisContext *c = redisConnect("127.0.0.1", redis_port);
+    CHECK(c && !c->err);
+    return c;
+}
+
+/* Run one command on a direct context; CHECK it did not fail. */
+static void direct_cmd(redisContext *c, int argc, const char **argv, const size_t *lens)
+{
+    redisReply *r = redisCommandArgv(c, argc, argv, lens);
+    if (r && r->type == REDIS_REPLY_ERROR) fprintf(stderr, "%s: %s\n", argv[0], r->str);
+    CHECK(r && r->type != REDIS_REPLY_ERROR);
+    freeReplyObject(r);
+}
+
+#define NOTHER 12
+static struct subrec FA, FOTHER[NOTHER], FNEW;
+
+static int sub_confirmed(struct subrec *r, int rc)
+{
+    if (rc == 1) return 1;
+    CHECK(rc == 0);
+    CHECK(await_count(&r->confirms, 1) == 0 && r->confirm_err == 0);
+    return 1;
+}
+
+/* A publisher process floods `flood` with `mb` MiB of 64 KiB messages between
+ * a "start" and an "end" message on each of the other channels, while our
+ * loop is stalled (we wait for it without running the loop): Redis' pubsub
+ * output buffer for the connection that carries `flood` overflows
+ * (client-output-buffer-limit pubsub 256kb 128kb 5) and Redis closes it.
+ * Checks: every channel on another subscriber connection got both messages;
+ * the flooded connection comes back, re-subscribes and delivers again; the
+ * loss is counted once. With K = 1 (SH_TEST_FLOOD_K=1: the old single
+ * subscriber) no channel survives and the test fails. */
+static void test_flood(void)
+{
+    const char *env = getenv("SH_TEST_FLOOD_K");
+    unsigned k = env ? (unsigned)atoi(env) : SH_REDIS_SUB_CONNECTIONS_DEFAULT;
+    char url[64], others[NOTHER][32];
+    struct state_rec st = {0};
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", redis_port);
+    sh_redis_opts o = {.url = url, .client_name = "shflood", .sub_connections = k,
+                       .backoff_min_ms = 1000, .backoff_max_ms = 1000,
+                       .on_state = on_state, .state_arg = &st};
+    sh_redis_bus *b;
+    int closed = 0;
+    CHECK(sh_redis_bus_new(&loop, &o, &b) == 0);
+    CHECK(await_count(&st.ups, 1) == 0);
+
+    redisContext *dc = direct();
+    direct_cmd(dc, 4, (const char *[]){"CONFIG", "SET", "client-output-buffer-limit",
+                                       "pubsub 256kb 128kb 5"}, NULL);
+
+    const char *flood = "flood:A";
+    unsigned fconn = sh_redis_bus_channel_conn(b, flood, strlen(flood));
+    CHECK(sub_confirmed(&FA, sub(b, &FA, 100, flood)));
+    int on_other = 0;
+    for (int i = 0; i < NOTHER; i++) {
+        snprintf(others[i], sizeof others[i], "job:%d", i);
+        CHECK(sub_confirmed(&FOTHER[i], sub(b, &FOTHER[i], 101 + i, others[i])));
+        if (sh_redis_bus_channel_conn(b, others[i], strlen(others[i])) != fconn) on_other++;
+    }
+
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        redisContext *pc = redisConnect("127.0.0.1", redis_port);
+        static char big[65536];
+        memset(big, 'x', sizeof big);
+        if (!pc || pc->err) _exit(2);
+        for (int i = 0; i < NOTHER; i++)
+            redisAppendCommand(pc, "PUBLISH %s start", others[i]);
+        int n = 32 * 16; /* 32 MiB */
+        for (int i = 0; i < n; i++)
+            redisAppendCommand(pc, "PUBLISH %s %b", flood, big, sizeof big);
+        for (int i = 0; i < NOTHER; i++)
+            redisAppendCommand(pc, "PUBLISH %s end", others[i]);
+        for (int i = 0; i < n + 2 * NOTHER; i++) {
+            redisReply *r;
+            if (redisGetReply(pc, (void **)&r) != REDIS_OK) _exit(3);
+            freeReplyObject(r);
+        }
+        _exit(0);
+    }
+    int wst;
+    CHECK(waitpid(pid, &wst, 0) == pid && WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+
+    /* our loop runs again: the flooded connection reads what the kernel kept,
+     * then finds it closed */
+    timed_out = 0;
+    uv_timer_start(&failsafe, failsafe_cb, WAIT_MS, 0);
+    while (sh_redis_bus_sub_drops(b) == 0 && !timed_out) uv_run(&loop, UV_RUN_ONCE);
+    uv_timer_stop(&failsafe);
+    CHECK(sh_redis_bus_sub_drops(b) == 1);
+    CHECK(st.downs == 1 && !sh_redis_bus_up(b));
+    sh_redis_stats stats;
+    sh_redis_bus_stats(b, &stats);
+    CHECK(stats.sub_connections == k && stats.sub_ready == k - 1 && stats.cmd_ready);
+
+    /* meanwhile (backoff 1 s): commands and the other connections work */
+    static struct box bx;
+    run(b, &bx, 1, (const char *[]){"PING"}, NULL);
+    CHECK(bx.type == REDIS_REPLY_STATUS);
+    char name[32];
+    int tried_dead = 0, tried_live = 0;
+    for (int i = 0; i < 64 && (!tried_dead || !tried_live); i++) {
+        snprintf(name, sizeof name, "new:%d", i);
+        int on_dead = sh_redis_bus_channel_conn(b, name, strlen(name)) == fconn;
+        if (on_dead && !tried_dead) {
+            tried_dead = 1;
+            struct subrec dead;
+            CHECK(sub(b, &dead, 200, name) == SH_REDIS_EUNAVAILABLE && dead.sub == NULL);
+        } else if (!on_dead && !tried_live) {
+            tried_live = 1;
+            CHECK(sub_confirmed(&FNEW, sub(b, &FNEW, 201, name)));
+        }
+    }
+    CHECK(tried_dead && tried_live == (k > 1));
+
+    /* the channels on the other connections lost nothing */
+    int kept = 0;
+    for (int i = 0; i < NOTHER; i++) {
+        if (sh_redis_bus_channel_conn(b, others[i], strlen(others[i])) == fconn) continue;
+        CHECK(await_count(&FOTHER[i].msgs, 2) == 0);
+        CHECK(FOTHER[i].msgs == 2 && memcmp(FOTHER[i].last, "end", 3) == 0);
+        kept++;
+    }
+    printf("flood, K=%u: %d of %d other channels on other connections kept every message; "
+           "the flooded channel got %d of 512 messages before its connection was closed\n",
+           k, kept, NOTHER, FA.msgs);
+    CHECK(kept == on_other && kept >= 1); /* K = 1: none */
+
+    /* the flooded connection comes back with its channels */
+    CHECK(await_count(&st.ups, 2) == 0);
+    CHECK(sh_redis_bus_up(b) && sh_redis_bus_reconnects(b) == 1);
+    int before = FA.msgs;
+    CHECK(publish(b, flood, "again", 5) == 1);
+    CHECK(await_count(&FA.msgs, before + 1) == 0 && memcmp(FA.last, "again", 5) == 0);
+    CHECK(FA.confirms == 1); /* a live sub is not confirmed again */
+    CHECK(sh_redis_bus_sub_drops(b) == 1);
+    CHECK(stats.messages >= 2u * (unsigned)kept);
+
+    /* consumer-reported drops are counted */
+    sh_redis_sub_dropped(FA.sub, 3);
+    sh_redis_bus_stats(b, &stats);
+    CHECK(stats.messages_dropped == 3 && stats.sub_ready == k);
+
+    direct_cmd(dc, 4, (const char *[]){"CONFIG", "SET", "client-output-buffer-limit",
+                                       "pubsub 32mb 8mb 60"}, NULL);
+    redisFree(dc);
+    sh_redis_unsubscribe(FA.sub);
+    for (int i = 0; i < NOTHER; i++) sh_redis_unsubscribe(FOTHER[i].sub);
+    sh_redis_unsubscribe(FNEW.sub);
+    sh_redis_bus_close(b, closed_cb, &closed);
+    CHECK(await_count(&closed, 1) == 0);
+}
+
+/* Drain: a 4 MiB burst (1024 messages of 4 KiB) queued while the loop was
+ * stalled is consumed in fewer loop iterations than with one 16 KiB read per
+ * readiness event (read_budget 1, hiredis' own behaviour). Prints both. */
+static int drain_iterations(size_t budget, double *ms)
+{
+    char url[64];
+    struct state_rec st = {0};
+    static struct subrec R;
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", redis_port);
+    sh_redis_opts o = {.url = url, .client_name = "shdrain", .sub_connections = 1,
+                       .read_budget = budget, .on_state = on_state, .state_arg = &st};
+    sh_redis_bus *b;
+    int closed = 0, iters = 0;
+    CHECK(sh_redis_bus_new(&loop, &o, &b) == 0);
+    CHECK(await_count(&st.ups, 1) == 0);
+    CHECK(sub_confirmed(&R, sub(b, &R, 300, "drain")));
+    redisContext *dc = direct();
+    static char payload[4096];
+    memset(payload, 'd', sizeof payload);
+    for (int i = 0; i < 1024; i++)
+        redisAppendCommand(dc, "PUBLISH drain %b", payload, sizeof payload);
+    for (int i = 0; i < 1024; i++) {
+        redisReply *r;
+        CHECK(redisGetReply(dc, (void **)&r) == REDIS_OK);
+        freeReplyObject(r);
+    }
+    redisFree(dc);
+    uint64_t t0 = uv_hrtime();
+    timed_out = 0;
+    uv_timer_start(&failsafe, failsafe_cb, WAIT_MS, 0);
+    while (R.msgs < 1024 && !timed_out) {
+        uv_run(&loop, UV_RUN_ONCE);
+        iters++;
+    }
+    uv_timer_stop(&failsafe);
+    *ms = (double)(uv_hrtime() - t0) / 1e6;
+    CHECK(R.msgs == 1024);
+    sh_redis_unsubscribe(R.sub);
+    sh_redis_bus_close(b, closed_cb, &closed);
+    CHECK(await_count(&closed, 1) == 0);
+    return iters;
+}
+
+static void test_drain(void)
+{
+    double ms1, ms2;
+    int one = drain_iterations(1, &ms1);
+    int drained = drain_iterations(0, &ms2);
+    printf("drain 4 MiB burst: %d loop iterations (%.1f ms) with one 16 KiB read per event, "
+           "%d (%.1f ms) draining\n", one, ms1, drained, ms2);
+    CHECK(drained * 4 <= one);
+}
+
 static struct subrec E, F;
 
 /* kill -9 with a command and a subscription pending, then restart on the same
@@ -551,7 +860,7 @@ static void test_kill_restart(sh_redis_bus *b, struct state_rec *st, const char 
     CHECK(await_count(&S2.msgs, 2) == 0);
     CHECK(S2.last_len == 13 && memcmp(S2.last, "after-restart", 13) == 0);
     CHECK(S2.confirms == 1 && E.msgs == 0);
-    check_client_list(b, name, 2);
+    check_client_list(b, name, 1 + SH_REDIS_SUB_CONNECTIONS_DEFAULT);
 }
 
 static struct subrec G;
@@ -625,9 +934,12 @@ int main(int argc, char **argv)
     /* a first attempt refused before the server was there is reported once */
     CHECK(sh_redis_bus_up(b) && sh_redis_bus_reconnects(b) == 0 && st.downs <= 1);
 
-    check_client_list(b, name, 2);
+    check_client_list(b, name, 1 + SH_REDIS_SUB_CONNECTIONS_DEFAULT);
     test_commands(b);
     test_pubsub(b);
+    test_refusal(b);
+    test_flood();
+    test_drain();
     test_auth_and_unreachable(b);
     test_kill_restart(b, &st, name);
     test_close_pending(b, &st);
