@@ -271,7 +271,7 @@ static lua_State *new_state(void)
     lua_pushcfunction(L, l_check);
     lua_setglobal(L, "check");
     /* check_at reports the caller's caller (eq/raises are one level down) */
-    luaL_dostring(L, "function check_at(ok, msg) local i = debug.getinfo(3, 'l')\n"
+    (void)luaL_dostring(L, "function check_at(ok, msg) local i = debug.getinfo(3, 'l')\n"
                      "  check(ok, (i and ('line ' .. i.currentline .. ': ') or '') .. (msg or ''), true) end");
     if (luaL_dostring(L, prelude) != LUA_OK)
         printf("prelude: %s\n", lua_tostring(L, -1));
