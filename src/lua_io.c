@@ -320,6 +320,9 @@ int sh_io_redis_call(lua_State *L)
             return type_error(L, i, "string or number");
         argv[i - 1] = lua_tolstring(L, i, &lens[i - 1]); /* converted in place: anchored */
     }
+    const char *why = sh_redis_refusal(n, argv, lens);
+    if (why)
+        return luaL_error(L, "%s: %s", SH_FNAME(L), why);
     sh_task *t = sh_io_need_task(L);
     if (sh_task_doomed(t))
         return fail(L, "closed");
@@ -458,7 +461,7 @@ static int subscribe(lua_State *L, sh_owner *o, int ci, int fn_at)
         lua_pushboolean(L, 1);
         return 1;
     }
-    if (!g->host->bus || !sh_redis_bus_up(g->host->bus))
+    if (!g->host->bus)
         return fail(L, "unavailable");
     sh_sub *s = calloc(1, sizeof *s + len + 1);
     if (!s)

@@ -302,6 +302,7 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
     char name[64];
     snprintf(name, sizeof name, "statushost-%s", s->instance);
     sh_redis_opts ro = {.url = s->gen->cfg.redis, .client_name = name,
+                        .sub_connections = (unsigned)s->gen->cfg.redis_sub_connections,
                         .on_state = on_redis_state, .state_arg = s};
     int rc = sh_redis_bus_new(loop, &ro, &s->host.bus);
     if (rc != 0) {

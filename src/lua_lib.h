@@ -1,0 +1,98 @@
+/* lua_lib.h — the helpers every policy needs, as pure functions.
+ *
+ * No libuv, no server state: base64 / base64url, SHA-256 and HMAC-SHA256,
+ * hex, URI escaping and query-string decoding, client-IP resolution (nginx's
+ * realip rules) and CIDR matching, a per-process shared dictionary that
+ * outlives script reloads, and JSON (lua-cjson) whose integers stay integers.
+ * Where OpenResty has the same helper, the name and the semantics are
+ * OpenResty's (noted at each function in lua_lib.c and in the README).
+ *
+ * sh_lib_register() adds the Lua functions to the `statushost` module table;
+ * the C functions below (realip, CIDR, peer address) are for the connection
+ * layer. Everything runs on the loop's thread: nothing here is thread-safe. */
+#ifndef SH_LUA_LIB_H
+#define SH_LUA_LIB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+/* ------------------------------------------------------------- Lua module */
+
+/* Add the helper functions to the table at index `module` (the `statushost`
+ * module): encode_base64, decode_base64, encode_base64url, decode_base64url,
+ * sha256, sha256_hex, hmac_sha256 (replaces the older hex-only one, same
+ * default), to_hex, from_hex, escape_uri, unescape_uri, decode_args, ip_in,
+ * shared, json = {decode, encode, null}. Leaves the stack as it found it. */
+void sh_lib_register(lua_State *L, int module);
+
+/* Free every shared dictionary. Call once at exit, after every Lua state
+ * was closed; a dict object still used afterwards raises instead of
+ * touching freed memory. */
+void sh_lib_shutdown(void);
+
+/* Tests only: move the shared dictionaries' monotonic clock forward. */
+void sh_lib_set_clock_offset_ms(int64_t offset_ms);
+
+/* Argument errors that name the function, for C functions stored in tables
+ * (where luaL_argerror says '?'): raise
+ * "FNAME: bad argument #ARG (MSG)", with the caller's position in front. */
+int sh_lib_argerror(lua_State *L, const char *fname, int arg, const char *msg);
+/* A string (or number, converted as Lua does) at `arg`; else raises
+ * "FNAME: bad argument #ARG (string expected, got TYPE)". */
+const char *sh_lib_checklstring(lua_State *L, int arg, const char *fname, size_t *len);
+
+/* ------------------------------------------------------------- addresses */
+
+/* A CIDR block. IPv4 is kept as IPv4-mapped IPv6 (::ffff:a.b.c.d, prefix + 96),
+ * so one comparison serves both families and ::ffff:10.0.0.1 is in 10.0.0.0/8. */
+typedef struct sh_cidr {
+    unsigned char addr[16]; /* network address, host bits cleared */
+    unsigned char mask[16];
+    int bits;               /* prefix length in the 128-bit space */
+} sh_cidr;
+
+/* Longest textual address inet_ntop writes, with its NUL (INET6_ADDRSTRLEN). */
+#define SH_IP_MAX 46
+
+/* Parse "10.0.0.0/8", "2001:db8::/32", or a bare address ("10.0.0.1" = /32,
+ * "::1" = /128). Host bits below the prefix are cleared (as nginx does).
+ * → 0, or -1 on bad input (bad address, prefix out of range, junk). */
+int sh_cidr_parse(const char *s, sh_cidr *out);
+
+/* Is `ip` (a bare IPv4 or IPv6 address) inside `c`? → 1 or 0; an unparsable
+ * ip is 0 (never "inside"). */
+int sh_cidr_match(const sh_cidr *c, const char *ip);
+
+/* Strip the port from a peer name as conn.c formats it: "1.2.3.4:5" →
+ * "1.2.3.4", "[::1]:42820" → "::1"; a bare address is copied. The address is
+ * validated and written in canonical form (inet_ntop). → 0, or -1 (bad input,
+ * or outsz too small: SH_IP_MAX is always enough). */
+int sh_peer_ip(const char *peer, char *ip, size_t ipsz);
+
+/* nginx's realip module (set_real_ip_from / real_ip_header /
+ * real_ip_recursive): the client address of a request.
+ *
+ *   peer_ip       the socket's peer address, without port (sh_peer_ip)
+ *   header_value  the X-Forwarded-For (or X-Real-IP) value, NULL when absent;
+ *                 several X-Forwarded-For headers: join them with ", "
+ *   trusted       the set_real_ip_from list
+ *   recursive     real_ip_recursive: walk X-Forwarded-For from the right,
+ *                 skipping trusted addresses; 0: take the rightmost element
+ *                 (for X-Real-IP pass 0: a single address is its own rightmost)
+ *
+ * Exactly nginx's walk: while the current address is trusted, replace it with
+ * the next element from the right (an element may carry a port: "1.2.3.4:80",
+ * "[::1]:80"); stop at an untrusted address, at an element that is not an
+ * address (the address found so far stays), or after one step when not
+ * recursive. An untrusted peer's header is ignored. With every element
+ * trusted, the leftmost one wins (as in nginx).
+ *
+ * `out` gets the result in canonical form. → 1 when it came from the header,
+ * 0 when it is the peer, -1 when peer_ip is not an address or out is too
+ * small (SH_IP_MAX is always enough; out is then the empty string). */
+int sh_realip(const char *peer_ip, const char *header_value, const sh_cidr *trusted,
+              size_t ntrusted, int recursive, char *out, size_t outsz);
+
+#endif
