@@ -16,44 +16,39 @@
 --             close 1000, reason "done, K of N timed out".
 -- A job whose tasks all complete in time ends exactly as in the default policy.
 --
--- Everything else is scripts/default.lua: this file loads it and wraps two hooks.
+-- Everything else is scripts/default.lua, required as a module: this file arms the
+-- deadlines around its on_message, drops late updates before its on_publish, and
+-- replaces two of its decisions: is_complete (a job is complete when every task is done
+-- or timed out) and close_policy (the close reason counts the timed-out tasks). The job
+-- ends through the default's finish(), like any other.
 
 local host = require "statushost"
-local json = require "cjson.safe"
+local default = require "statushost.default"
+local base_message, base_publish = default.on_message, default.on_publish
+local base_is_complete, base_close_policy = default.is_complete, default.close_policy
 
-local here = debug.getinfo(1, "S").source:match("^@(.*)[/\\]") or "."
-local policy = dofile(here .. "/../scripts/default.lua")
-local base_message, base_publish = policy.on_message, policy.on_publish
-
-policy.config.task_timeout_ms = 60000 -- default deadline of each task (0: none)
-policy.config.timeout_status = "timeout" -- the status reported for a task past its deadline
+default.config.task_timeout_ms = 60000 -- default deadline of each task (0: none)
+default.config.timeout_status = "timeout" -- the status reported for a task past its deadline
 
 local cfg = host.config
+local json = require "cjson.safe"
 
--- The id of an update, as default.lua keys job.tasks (a string).
-local function update_id(payload)
-  local update = json.decode(payload)
-  local id = type(update) == "table" and update.id
-  if math.type(id) == "float" and id == math.floor(id) then id = math.tointeger(id) end
-  return id and tostring(id)
-end
-
--- End the job once every task is done or timed out. default.lua's finish() is local to
--- it, so this is the minimal equivalent for this one case: stop the job timer, leave the
--- channel, close 1000.
-local function finish(conn, job)
-  job.finished = true
-  if job.timer then job.timer:cancel() end
-  conn:unsubscribe(job.channel)
-  if conn.state.job == job then conn.state.job = nil end
-  host.metrics.inc("jobs_completed")
-  local reason = ("done, %d of %d timed out"):format(job.ntimed_out, job.n)
-  host.log.info("job completed,", reason)
-  if cfg.close_when_done then conn:close(1000, reason) end
-end
-
+-- A job is settled when every task is done or timed out.
 local function settled(job)
-  return job.ndone + job.ntimed_out == job.n
+  return job.ndone + (job.ntimed_out or 0) == job.n
+end
+
+default.is_complete = function(job, id, update)
+  base_is_complete(job, id, update) -- counts a done update
+  return settled(job)
+end
+
+default.close_policy = function(conn, job, why)
+  local code, reason = base_close_policy(conn, job, why)
+  if why == "completed" and code and (job.ntimed_out or 0) > 0 then
+    reason = ("done, %d of %d timed out"):format(job.ntimed_out, job.n)
+  end
+  return code, reason
 end
 
 -- A task's deadline in ms: its own timeout_ms if it has a number there, else
@@ -69,17 +64,17 @@ local function task_timeout(conn, job, id)
   job.timed_out[id] = true
   job.ntimed_out = job.ntimed_out + 1
   conn:send(('{"id":%s,"status":%s}'):format(json.encode(job.tasks[id].id), json.encode(cfg.timeout_status)))
-  if settled(job) then finish(conn, job) end
+  if settled(job) then default.finish(conn, job, "completed") end
 end
 
-policy.on_message = function(conn, text)
-  if conn.state.job then return base_message(conn, text) end -- "busy"
+default.on_message = function(conn, text)
+  if default.job_of(conn) then return base_message(conn, text) end -- "busy"
   -- Run the default flow in a task of its own: host.spawn runs it now, until its first
-  -- wait (conn:subscribe), by which point it has validated the batch and set
-  -- conn.state.job (or answered invalid_message). The rest of it (dispatch) goes on
+  -- wait (conn:subscribe), by which point it has validated the batch and set the
+  -- connection's job (or answered invalid_message). The rest of it (dispatch) goes on
   -- while this hook arms the deadlines.
   host.spawn(base_message, conn, text)
-  local job = conn.state.job
+  local job = default.job_of(conn)
   if not job or job.finished then return end
   job.timed_out, job.ntimed_out = {}, 0
   for _, id in ipairs(job.order) do
@@ -88,16 +83,19 @@ policy.on_message = function(conn, text)
   end
 end
 
-policy.on_publish = function(conn, channel, payload)
-  local job = conn.state.job
-  if not (job and job.timed_out) then return base_publish(conn, channel, payload) end
-  local id = update_id(payload)
-  if id and job.timed_out[id] then
-    return host.log.info("dropped a late update for timed-out task", id)
+default.on_publish = function(conn, channel, payload)
+  local job = default.job_of(conn)
+  if job and job.timed_out and channel == job.channel then
+    local _, id = default.update_of(payload)
+    if id and job.timed_out[id] then
+      if not job.timed_out_logged then -- once per job: late updates may come in numbers
+        job.timed_out_logged = true
+        host.log.info("dropped a late update for timed-out task", id)
+      end
+      return
+    end
   end
-  base_publish(conn, channel, payload)
-  -- default.lua ends the job when every task is done; when some timed out, we do
-  if not job.finished and settled(job) then finish(conn, job) end
+  return base_publish(conn, channel, payload)
 end
 
-return policy
+return default

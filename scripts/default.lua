@@ -4,31 +4,80 @@
 -- confirm, POST the batch to the remote, forward each update the remote publishes, and
 -- close 1000 when every task is done. Wire-compatible with the seed's page and remote.
 --
--- The four decisions are the short functions at the top: edit them to change the policy.
+-- Two ways to use it:
+--
+--   statushost scripts/default.lua                -- as the policy
+--   local default = require "statushost.default"  -- as a module, in a policy of yours
+--
+-- Either way this file returns one table, the policy. Its own keys are only what the
+-- server reads (config and the hooks); `pairs` sees nothing else. The decisions and the
+-- mechanics are reached through its metatable, so they read as fields of the policy:
+--
+--   decisions  default.validate(text)                  → job | nil, "why"
+--              default.dispatch(conn, job)             → true | nil, "why"
+--              default.is_complete(job, id, update)    → boolean
+--              default.close_policy(conn, job, why)    → close code (nil: stay open), reason
+--   mechanics  default.finish(conn, job, why [, detail])  end a job once (below)
+--              default.send_error(conn, code, message [, extra])
+--              default.decode(text)                    strict JSON → value | nil, "why"
+--              default.normalize_id(id)                the task key of an id: "7" for 7, 7.0, "7"
+--              default.update_of(payload)              → update table, task key (nil if none)
+--              default.is_done(update)                 status in done_statuses?
+--              default.job_of(conn)                    the connection's running job, or nil
+--              default.channel_name(fid)               <channel_prefix><fid>
+--              default.validate_config(cfg)            → true | nil, "why"
+--
+-- To change a decision, assign it: `default.validate = my_validate`. The hooks look every
+-- decision and mechanic up through the policy at each call (never through a local), so
+-- the replacement takes effect in the hooks you keep; keep the old one to build on it:
+--
+--   local base = default.close_policy
+--   default.close_policy = function(conn, job, why)
+--     if why == "gone" then return 4410, "gone" end
+--     return base(conn, job, why)
+--   end
+--
+-- Assigning a hook (`default.on_handshake = fn`) or a config default
+-- (`default.config.my_key = 5`) works as on any policy table. Assigning any other name
+-- raises at once: a typo does not silently add a key the server would refuse.
+-- `require` runs this file once per Lua state (one per script generation), so a script
+-- that requires it adapts *the* policy of its state and returns it.
+--
 -- Every key of `config` below can be overridden with --set KEY=VALUE.
 
 local host = require "statushost"
-local json = require "cjson.safe"
+local json = require("cjson.safe").new() -- a private instance: its settings are ours alone
+json.decode_invalid_numbers(false)         -- no NaN, Infinity, hex (see decode below)
 
 local config = {
   listen = "127.0.0.1:9999",
-  remote_url = "http://127.0.0.1:9101/remote/message", -- where batches are POSTed
+  remote_url = "http://127.0.0.1:9101/remote/message", -- where batches are POSTed (http://)
   channel_prefix = "ws:fid:",      -- updates arrive on <prefix><conn.id>
   max_tasks = 1000,                -- tasks per batch
   max_id_bytes = 256,              -- length of a task id
   done_statuses = { "已完成", "done", "completed" }, -- a task with one of these is done
   job_timeout_ms = 120000,         -- the whole job, dispatch included
-  dispatch_retries = 0,            -- extra POST attempts after a refusal or a 5xx
+  -- extra POST attempts, at once, when the remote refused the connection, the exchange
+  -- failed (reset, bad or oversized response, name resolution) or it answered 5xx. Not
+  -- retried: a timeout (it used the job's time), an answer below 500 that is not 2xx
+  -- (1xx/3xx/4xx: the same request gets the same answer), a malformed remote_url.
+  dispatch_retries = 0,
   close_when_done = true,          -- close 1000 when the job completes (the seed does)
 }
 
-local cfg = host.config -- the merged config (defaults ← script ← --set); filled once this file returns
+local cfg = host.config -- the merged config (defaults ← script ← --set); filled once the script returns
+
+host.metrics.define("foreign_updates_dropped_total", "counter",
+  "Updates on a job's channel that belong to no task of it.")
+
+local policy = { config = config } -- what the server reads: config and hooks
+local lib = {}                     -- decisions and mechanics, reached through policy
 
 -- ---------------------------------------------------------------- decisions
 
 -- validate: is `text` a batch we accept? → job | nil, "why"
-local function validate(text)
-  local batch = json.decode(text)
+function lib.validate(text)
+  local batch = policy.decode(text)
   if type(batch) ~= "table" then return nil, "not a JSON array" end
   local n = #batch
   if n == 0 then return nil, "expected a non-empty JSON array of tasks" end
@@ -40,13 +89,8 @@ local function validate(text)
   local job = { tasks = {}, order = {}, n = n, ndone = 0, done = {} }
   for i, task in ipairs(batch) do
     if type(task) ~= "table" then return nil, ("task %d is not an object"):format(i) end
-    local id = task.id
-    if math.type(id) == "float" and id == math.floor(id) and math.abs(id) < 2^53 then
-      id = math.tointeger(id)
-    end
-    if math.type(id) == "integer" then
-      id = tostring(id)
-    elseif type(id) ~= "string" or #id == 0 or #id > cfg.max_id_bytes then
+    local id = policy.normalize_id(task.id)
+    if not id or #id == 0 or #id > cfg.max_id_bytes then
       return nil, ("task %d: id must be a non-empty string or an integer"):format(i)
     end
     if job.tasks[id] then return nil, ("task %d: duplicate id %s"):format(i, id) end
@@ -63,16 +107,20 @@ end
 -- dispatch: hand the batch to the remote. → true | nil, "why"
 -- The seed's remote answers only when the whole job is done, so this may wait as long
 -- as the job; updates are forwarded meanwhile by on_publish.
-local function dispatch(conn, job)
+function lib.dispatch(conn, job)
+  local ok, problem = policy.validate_config(cfg)
+  if not ok then return nil, "misconfigured: " .. problem end
   local body = '{"data":' .. job.text .. ',"fid":' .. json.encode(conn.id) .. '}'
   local why
-  for attempt = 0, cfg.dispatch_retries do
+  for _ = 0, cfg.dispatch_retries do
     local started = host.now()
-    local res, err = host.http.request {
+    -- host.http.request raises on a URL it cannot use: that is a failed dispatch too
+    local called, res, err = pcall(host.http.request, {
       method = "POST", url = cfg.remote_url, body = body,
       headers = { ["Content-Type"] = "application/json" },
       timeout_ms = cfg.job_timeout_ms,
-    }
+    })
+    if not called then return nil, tostring(res) end
     if res then host.metrics.observe_dispatch(host.now() - started) end
     if res and res.status >= 200 and res.status < 300 then return true end
     why = res and ("remote answered " .. res.status) or err
@@ -83,13 +131,8 @@ end
 
 -- is_complete: count `update` (already known to belong to the job) and say whether
 -- every task of the job is now done.
-local done_status -- set of cfg.done_statuses, built on first use
-local function is_complete(job, id, update)
-  if not done_status then
-    done_status = {}
-    for _, s in ipairs(cfg.done_statuses) do done_status[s] = true end
-  end
-  if done_status[update.status] and not job.done[id] then
+function lib.is_complete(job, id, update)
+  if policy.is_done(update) and not job.done[id] then
     job.done[id] = true
     job.ndone = job.ndone + 1
   end
@@ -98,7 +141,7 @@ end
 
 -- close_policy: how a job that ended with `why` ends the connection.
 -- → close code (nil keeps it open), reason
-local function close_policy(conn, job, why)
+function lib.close_policy(conn, job, why)
   if why == "completed" then
     if cfg.close_when_done then return 1000, "done" end
     return nil
@@ -109,10 +152,129 @@ end
 
 -- ---------------------------------------------------------------- mechanics
 
-local function send_error(conn, code, message, extra)
+-- Strict JSON → value | nil, "why". lua-cjson alone lets through what a strict parser on
+-- the remote (or JSON.parse in the page) refuses: NaN, Infinity and hex numbers (turned
+-- off above) and numbers with a bare dot ("1.", "1.e5", "-.5"), checked here. Outside
+-- strings a dot can only be part of a number, so a dot without a digit on each side is
+-- the one thing left to refuse.
+function lib.decode(text)
+  local value, err = json.decode(text)
+  if value == nil then return nil, err end
+  if text:find("%.[^%d]") or text:find("[^%d]%.") or text:find("^%.") or text:find("%.$") then
+    local bare = text:gsub("\\.", ""):gsub('"[^"]*"', '""') -- the text without string contents
+    if bare:find("%.[^%d]") or bare:find("[^%d]%.") or bare:find("^%.") or bare:find("%.$") then
+      return nil, "invalid number"
+    end
+  end
+  return value
+end
+
+-- The key of a task id in job.tasks: a string ("7" for 7, 7.0 and "7"); nil for an id
+-- that is neither a string nor an integral number.
+function lib.normalize_id(id)
+  if math.type(id) == "float" and id == math.floor(id) and math.abs(id) < 2^53 then
+    id = math.tointeger(id)
+  end
+  if math.type(id) == "integer" then return tostring(id) end
+  if type(id) == "string" then return id end
+  return nil
+end
+
+-- An update payload → its decoded table and its task key (nil, nil when it is not a
+-- JSON object with a usable id).
+function lib.update_of(payload)
+  local update = policy.decode(payload)
+  if type(update) ~= "table" then return nil, nil end
+  return update, policy.normalize_id(update.id)
+end
+
+local done_status, done_statuses -- set of cfg.done_statuses, rebuilt if the list changes
+function lib.is_done(update)
+  if done_statuses ~= cfg.done_statuses then
+    done_status, done_statuses = {}, cfg.done_statuses
+    for _, s in ipairs(done_statuses) do done_status[s] = true end
+  end
+  return type(update) == "table" and done_status[update.status] == true
+end
+
+function lib.job_of(conn)
+  return conn.state.job
+end
+
+function lib.channel_name(fid)
+  return cfg.channel_prefix .. fid
+end
+
+-- The config keys of this policy, checked: → true | nil, "why". Run at the first job
+-- (host.config is filled only once the script has returned); a problem is logged once and
+-- every job then fails with dispatch_failed, naming it.
+local checked, problem -- the config table last checked, and what was wrong with it
+function lib.validate_config(c)
+  if checked == c then return problem == nil, problem end
+  local why
+  local url = c.remote_url
+  local scheme, hostport = tostring(url):match("^(%a[%w+.-]*)://([^/?#]*)")
+  if type(url) ~= "string" or not scheme then
+    why = ("remote_url %q is not a URL (http://host[:port]/path)"):format(tostring(url))
+  elseif scheme:lower() ~= "http" and scheme:lower() ~= "https" then
+    why = ("remote_url %q: unsupported scheme %s (http:// expected)"):format(url, scheme)
+  elseif not (hostport:match("^[%w._-]+:?%d*$") or hostport:match("^%[[%x:.%%%w]+%]:?%d*$")) then
+    why = ("remote_url %q: bad host or port"):format(url)
+  elseif url:find("[%c ]") then
+    why = ("remote_url %q: control characters or spaces"):format(url)
+  elseif math.type(c.max_tasks) ~= "integer" or c.max_tasks < 1 then
+    why = "max_tasks must be an integer >= 1"
+  elseif math.type(c.max_id_bytes) ~= "integer" or c.max_id_bytes < 1 then
+    why = "max_id_bytes must be an integer >= 1"
+  elseif type(c.job_timeout_ms) ~= "number" or c.job_timeout_ms <= 0 then
+    why = "job_timeout_ms must be > 0"
+  elseif math.type(c.dispatch_retries) ~= "integer" or c.dispatch_retries < 0 then
+    why = "dispatch_retries must be an integer >= 0"
+  elseif type(c.done_statuses) ~= "table" or #c.done_statuses == 0 then
+    why = "done_statuses must list at least one status"
+  end
+  local port = hostport and tonumber(hostport:match(":(%d+)$"))
+  if not why and port and (port < 1 or port > 65535) then
+    why = ("remote_url %q: port out of range"):format(url)
+  end
+  if why and checked ~= c then host.log.error("config:", why, "- every job will fail (dispatch_failed)") end
+  checked, problem = c, why
+  return why == nil, why
+end
+
+function lib.send_error(conn, code, message, extra)
   local frame = { error = code, message = message }
   for k, v in pairs(extra or {}) do frame[k] = v end
   conn:send(json.encode(frame))
+end
+
+-- Updates on the job's channel that are for no task of it: counted, and logged at most
+-- once a second per connection (a flood of them must not turn into a flood of log lines).
+local function drop_foreign(conn, payload)
+  host.metrics.inc("foreign_updates_dropped_total")
+  local f = conn.state.foreign
+  if not f then
+    f = { n = 0, at = -math.huge }
+    conn.state.foreign = f
+  end
+  f.n = f.n + 1
+  local now = host.now()
+  if now - f.at < 1 then return end
+  if f.n == 1 then
+    host.log.warn("dropped an update that is not for this job:", payload:sub(1, 200))
+  else
+    host.log.warn(("dropped %d updates that are not for this job in %.1f s, the last:"):format(
+      f.n, now - f.at), payload:sub(1, 200))
+  end
+  f.n, f.at = 0, now
+end
+
+local function flush_foreign(conn)
+  local f = conn.state.foreign
+  if f and f.n > 0 then
+    host.log.warn(("dropped %d more updates that were not for this job"):format(f.n))
+    f.n = 0
+  end
 end
 
 local counters = {
@@ -120,74 +282,92 @@ local counters = {
   dispatch_failed = "jobs_failed", unavailable = "jobs_failed",
 }
 
--- End the job once: stop its timer, leave its channel, tell the client, close.
-local function finish(conn, job, why, detail)
+-- End the job once: stop its timer, leave its channel, count it, tell the client
+-- (an error frame unless why is "completed"; for "timeout" it lists the pending ids),
+-- and close as close_policy says. A job with job.uncounted set is not counted in the
+-- jobs_* metrics (a view of a job counted elsewhere).
+function lib.finish(conn, job, why, detail)
   if job.finished then return end
   job.finished = true
   if job.timer then job.timer:cancel() end
-  conn:unsubscribe(job.channel)
+  if job.channel then conn:unsubscribe(job.channel) end
   if conn.state.job == job then conn.state.job = nil end
-  host.metrics.inc(counters[why] or "jobs_failed")
+  flush_foreign(conn)
+  if not job.uncounted then host.metrics.inc(counters[why] or "jobs_failed") end
   if why == "timeout" then
     local pending = {}
     for _, id in ipairs(job.order) do
       if not job.done[id] then pending[#pending + 1] = id end
     end
-    send_error(conn, "timeout", ("%d of %d tasks not done within %d ms"):format(
+    policy.send_error(conn, "timeout", ("%d of %d tasks not done within %d ms"):format(
       #pending, job.n, cfg.job_timeout_ms), { pending = pending })
   elseif why ~= "completed" then
-    send_error(conn, why, detail or why)
+    policy.send_error(conn, why, detail or why)
   end
   host.log.info("job", why, ("%d/%d tasks done"):format(job.ndone, job.n), detail or "")
-  local code, reason = close_policy(conn, job, why)
+  local code, reason = policy.close_policy(conn, job, why)
   if code then conn:close(code, reason) end
 end
 
-return {
-  config = config,
+-- ---------------------------------------------------------------- hooks
 
-  on_message = function(conn, text)
-    if conn.state.job then
-      return send_error(conn, "busy", "a job is already running on this connection")
-    end
-    local job, why = validate(text)
-    if not job then return send_error(conn, "invalid_message", why) end
-    conn.state.job = job
-    job.channel = cfg.channel_prefix .. conn.id
-    -- subscribe first, and wait for Redis to confirm: no update can be lost
-    local ok = conn:subscribe(job.channel)
-    if not ok then
-      if conn:is_open() then finish(conn, job, "unavailable", "redis unavailable") end
-      return
-    end
-    host.metrics.inc("jobs_started")
-    job.timer = host.timer(cfg.job_timeout_ms, function() finish(conn, job, "timeout") end)
-    local sent, failure = dispatch(conn, job)
-    if not sent and not job.finished and conn:is_open() then
-      finish(conn, job, "dispatch_failed", failure)
-    end
-  end,
+function policy.on_message(conn, text)
+  if policy.job_of(conn) then
+    return policy.send_error(conn, "busy", "a job is already running on this connection")
+  end
+  policy.validate_config(cfg) -- logs a problem once; dispatch then fails naming it
+  local job, why = policy.validate(text)
+  if not job then return policy.send_error(conn, "invalid_message", why) end
+  conn.state.job = job
+  job.channel = policy.channel_name(conn.id)
+  -- subscribe first, and wait for Redis to confirm: no update can be lost
+  local ok = conn:subscribe(job.channel)
+  if not ok then
+    if conn:is_open() then policy.finish(conn, job, "unavailable", "redis unavailable") end
+    return
+  end
+  host.metrics.inc("jobs_started")
+  job.timer = host.timer(cfg.job_timeout_ms, function() policy.finish(conn, job, "timeout") end)
+  local sent, failure = policy.dispatch(conn, job)
+  if not sent and not job.finished and conn:is_open() then
+    policy.finish(conn, job, "dispatch_failed", failure)
+  end
+end
 
-  on_publish = function(conn, channel, payload)
-    local job = conn.state.job
-    if not job or job.finished or channel ~= job.channel then return end
-    local update = json.decode(payload)
-    local id = type(update) == "table" and update.id
-    if math.type(id) == "float" and id == math.floor(id) then id = math.tointeger(id) end
-    id = id and tostring(id)
-    if not id or not job.tasks[id] then
-      host.log.warn("dropped an update that is not for this job:", payload:sub(1, 200))
-      return
-    end
-    conn:send(payload) -- verbatim
-    if is_complete(job, id, update) then finish(conn, job, "completed") end
-  end,
+function policy.on_publish(conn, channel, payload)
+  local job = policy.job_of(conn)
+  if not job or job.finished or channel ~= job.channel then return end
+  local update, id = policy.update_of(payload)
+  if not id or not job.tasks[id] then return drop_foreign(conn, payload) end
+  conn:send(payload) -- verbatim
+  if policy.is_complete(job, id, update) then policy.finish(conn, job, "completed") end
+end
 
-  on_close = function(conn, code)
-    local job = conn.state.job
-    if job and not job.finished then
-      job.finished = true
-      host.log.info("client left mid-job", ("(%d/%d tasks done), close %d"):format(job.ndone, job.n, code))
-    end
-  end,
+function policy.on_close(conn, code)
+  flush_foreign(conn)
+  local job = policy.job_of(conn)
+  if job and not job.finished then
+    job.finished = true
+    host.log.info("client left mid-job", ("(%d/%d tasks done), close %d"):format(job.ndone, job.n, code))
+  end
+end
+
+-- ---------------------------------------------------------------- the module's shape
+
+local server_keys = {
+  on_handshake = true, on_open = true, on_message = true, on_binary = true,
+  on_publish = true, on_close = true, routes = true, config = true,
 }
+
+return setmetatable(policy, {
+  __index = lib,
+  __newindex = function(t, k, v)
+    if lib[k] ~= nil then
+      lib[k] = v
+    elseif server_keys[k] then
+      rawset(t, k, v)
+    else
+      error(("statushost.default: no hook, decision or mechanic named %q"):format(tostring(k)), 2)
+    end
+  end,
+})

@@ -19,9 +19,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (shared_redis, ROOT, Redis, RedisSubscriber, Statushost, WsClient, Suite,  # noqa: E402
-                     wait_until, OP_TEXT, OP_CLOSE)
+                     wait_until, http_get, OP_TEXT, OP_CLOSE)
 
 S = Suite("examples")
+
+# Tests that check what the core's policy metrics API (host.metrics.define, inc with
+# labels) exports on /metrics. (Every test here needs that API in the core, since
+# scripts/default.lua defines its metric while it loads; these check its output.)
+NEEDS_CORE = ["auth_refusals_are_counted_by_reason"]
 SEED_WORKER = "examples/remote_worker.lua"
 EX_WORKER = "tests/integration/workers/examples_worker.lua"
 DONE = "已完成"
@@ -254,13 +259,16 @@ def resume_server(remote, *sets):
     return server("examples/resume.lua", remote, *sets)
 
 
-def start_job(port, tasks):
-    """Send the batch → (ws, job id) from the first frame."""
-    ws = WsClient(port, timeout=20)
+def start_job(sh, tasks):
+    """Send the batch → (ws, resume token from the first frame, the job's fid from the
+    server's log: the connection id, which the client is never told)."""
+    mark = sh.mark()
+    ws = WsClient(sh.port, timeout=20)
     ws.send_json(tasks)
     first = ws.recv_json()
-    assert set(first) == {"job"} and re.fullmatch(r"[0-9a-f]+", first["job"]), first
-    return ws, first["job"]
+    assert set(first) == {"job"} and re.fullmatch(r"[0-9a-f]{32}", first["job"]), first
+    fid = sh.wait_log(r"\[([0-9a-f]+)\] websocket open from", start=mark).group(1)
+    return ws, first["job"], fid
 
 
 def numsub(channel):
@@ -272,8 +280,8 @@ def resume_mid_job_gets_every_task_state_then_live_updates_then_1000():
     with worker(SEED_WORKER, "tick_ms=200", "complete_probability=0.3") as w, \
             resume_server(w) as sh:
         tasks = batch(12, prefix="r")
-        ws, job = start_job(sh.port, tasks)
-        channel = "ws:fid:" + job
+        ws, job, fid = start_job(sh, tasks)
+        channel = "ws:fid:" + fid
         watch = RedisSubscriber(redis().port, channel)  # what the worker publishes
         seen_by_a = [ws.recv_text() for _ in range(2)]
         mark = sh.mark()
@@ -301,7 +309,7 @@ def resume_mid_job_gets_every_task_state_then_live_updates_then_1000():
         pending = [t["id"] for t in tasks if t["id"] not in done_in_snapshot]
         assert sorted(live) == sorted(done_payload(i) for i in pending), (live, pending)
         assert all(p in [done_payload(t["id"]) for t in tasks] for p in seen_by_a)
-        sh.wait_log(r"stopped recording job %s \(all tasks done\)" % job)
+        sh.wait_log(r"stopped recording job %s \(all tasks done\)" % fid)
         watch.f.close()  # RedisSubscriber.close() alone leaves the fd open (makefile holds it)
         watch.close()
         wait_until(lambda: numsub(channel) == 0, what="NUMSUB 0")
@@ -313,7 +321,7 @@ def resume_snapshot_then_held_live_updates_with_the_dispatch_outliving_the_clien
     with worker(EX_WORKER, "late_ms=800") as w, resume_server(w) as sh:
         tasks = [{"id": "ok1", "status": "进行中"}, {"id": "late1", "status": "进行中"},
                  {"id": "ok7"}, {"id": "late2", "status": "进行中"}]
-        ws, job = start_job(sh.port, tasks)
+        ws, job, fid = start_job(sh, tasks)
         got = sorted(ws.recv_text() for _ in range(2))
         assert got == sorted([done_payload("ok1"), done_payload("ok7")]), got
         ws.close()
@@ -324,17 +332,17 @@ def resume_snapshot_then_held_live_updates_with_the_dispatch_outliving_the_clien
                             done_payload("ok7"), '{"id":"late2","status":"进行中"}'], snapshot
         live, code, _ = read_until_close(b)
         assert code == 1000 and sorted(live) == sorted([done_payload("late1"), done_payload("late2")]), live
-        w.wait_log(r"published late2 on ws:fid:%s" % job)
+        w.wait_log(r"published late2 on ws:fid:%s" % fid)
 
 
 @S.test
 def resume_after_the_job_completed_and_redis_keys():
     with worker(EX_WORKER) as w, resume_server(w, "resume_keep_s=60") as sh:
         tasks = [{"id": "ok1"}, {"id": "ok2"}]
-        ws, job = start_job(sh.port, tasks)
+        ws, job, fid = start_job(sh, tasks)
         frames, code, _ = read_until_close(ws)
         check_complete(tasks, frames, code)
-        sh.wait_log(r"stopped recording job %s \(all tasks done\)" % job)
+        sh.wait_log(r"stopped recording job %s \(all tasks done\)" % fid)
         h = redis().cmd("HGETALL", "job:" + job)
         assert dict(zip(h[::2], h[1::2])) == {"ok1": done_payload("ok1"), "ok2": done_payload("ok2")}, h
         for key in ("job:" + job, "job:%s:meta" % job):
@@ -343,13 +351,13 @@ def resume_after_the_job_completed_and_redis_keys():
         b = WsClient(sh.port, path="/?resume=" + job)
         frames, code, reason = read_until_close(b)
         assert (code, reason) == (1000, "done") and frames == [done_payload("ok1"), done_payload("ok2")], frames
-        wait_until(lambda: numsub("ws:fid:" + job) == 0, what="NUMSUB 0")
+        wait_until(lambda: numsub("ws:fid:" + fid) == 0, what="NUMSUB 0")
 
 
 @S.test
 def resume_unknown_or_malformed_id_gets_unknown_job_and_4404():
     with worker(EX_WORKER) as w, resume_server(w) as sh:
-        for rid in ("00000000deadbeef00000001", "no%20such", "x" * 200):
+        for rid in ("00000000deadbeef00000001", "0" * 32, "no%20such", "x" * 200, ""):
             b = WsClient(sh.port, path="/?resume=" + rid)
             assert b.status == 101
             err = b.recv_json()
@@ -361,7 +369,7 @@ def resume_unknown_or_malformed_id_gets_unknown_job_and_4404():
 @S.test
 def resume_job_past_its_deadline_gets_timeout_4408():
     with worker(EX_WORKER) as w, resume_server(w, "job_timeout_ms=600") as sh:
-        ws, job = start_job(sh.port, [{"id": "ok1"}, {"id": "never"}])
+        ws, job, fid = start_job(sh, [{"id": "ok1"}, {"id": "never"}])
         assert ws.recv_text() == done_payload("ok1")
         ws.close()
         ws.shutdown()
@@ -371,7 +379,7 @@ def resume_job_past_its_deadline_gets_timeout_4408():
         assert err["error"] == "timeout" and err["pending"] == ["never"], err
         _, code, _ = read_until_close(b)
         assert code == 4408, code
-        sh.wait_log(r"stopped recording job %s \(deadline\)" % job)
+        sh.wait_log(r"stopped recording job %s \(deadline\)" % fid)
 
 
 @S.test
@@ -390,8 +398,79 @@ def resume_client_resetting_right_after_its_batch_leaks_no_task():
         wait_until(lambda: sh.metrics()["statushost_lua_tasks_current"] == 0, timeout=5,
                    what="no Lua task left")
         tasks = batch(3)
-        ws, job = start_job(sh.port, tasks)
+        ws, job, fid = start_job(sh, tasks)
         check_complete(tasks, *read_until_close(ws)[:2])
+
+
+@S.test
+def resume_needs_the_token_not_the_connection_id():
+    """F11: the resume credential is 128 random bits, not the job's connection id (a
+    process prefix + a counter: stepping it reaches a neighbour's job). The fid is never
+    sent to the client; resuming with it, or with a neighbour's, is unknown_job + 4404;
+    the token is not written to the log."""
+    with worker(EX_WORKER, "late_ms=1500") as w, resume_server(w) as sh:
+        tasks = [{"id": "ok1"}, {"id": "late1"}]
+        ws, token, fid = start_job(sh, tasks)
+        other, other_token, other_fid = start_job(sh, [{"id": "ok2"}, {"id": "late2"}])
+        assert token != other_token and fid not in token and token not in fid, (token, fid)
+        assert ws.recv_text() == done_payload("ok1")
+        ws.close()
+        ws.shutdown()
+        counter = int(fid[16:], 16)
+        guesses = [fid, other_fid, fid[:16] + "%08x" % (counter + 2), fid.upper(),
+                   fid + "00000000"]  # 32 hex characters, like a token
+        for guess in guesses:
+            b = WsClient(sh.port, path="/?resume=" + guess)
+            frames, code, reason = read_until_close(b)
+            assert code == 4404 and len(frames) == 1, (guess, code, frames)
+            assert json.loads(frames[0])["error"] == "unknown_job", frames
+            assert fid not in frames[0] and other_fid not in frames[0], frames
+        b = WsClient(sh.port, path="/?resume=" + token, timeout=20)
+        snapshot = [b.recv_text() for _ in tasks]
+        live, code, _ = read_until_close(b)
+        assert snapshot == [done_payload("ok1"), '{"id":"late1","status":"pending"}'], snapshot
+        assert (code, live) == (1000, [done_payload("late1")]), (code, live)
+        for f in snapshot + live:
+            assert fid not in f, f
+        read_until_close(other)
+        assert token not in sh.log_text() and other_token not in sh.log_text()
+
+
+@S.test
+def auth_refusals_are_counted_by_reason():
+    """NEEDS_CORE: statushost_auth_refusals_total{reason=...}, defined by examples/auth.lua
+    with host.metrics.define and counted with labels."""
+    with worker(SEED_WORKER) as w, auth_server(w) as sh:
+        paths = ["/", "/?token=", "/?token=alice.123", "/?token=" + token(secret="other"),
+                 "/?token=" + token(ttl=-10), "/?token=" + token(ttl=10 ** 6), "/?token=" + token()]
+        for path in paths:
+            ws = WsClient(sh.port, path=path)
+            ws.shutdown()
+        status, _, body = http_get(sh.port, "/metrics")
+        text = body.decode()
+        assert "# HELP statushost_auth_refusals_total " in text, text
+        assert "# TYPE statushost_auth_refusals_total counter" in text, text
+        m = sh.metrics()
+        want = {"no_token": 2, "malformed": 1, "bad_signature": 1, "expired": 1, "too_far_ahead": 1}
+        for reason, n in want.items():
+            key = 'statushost_auth_refusals_total{reason="%s"}' % reason
+            assert m.get(key) == n, (key, {k: v for k, v in m.items() if "auth" in k})
+    with worker(SEED_WORKER) as w, server("examples/auth.lua", w) as sh:  # no secret: 500
+        WsClient(sh.port, path="/?token=x").shutdown()
+        assert sh.metrics().get('statushost_auth_refusals_total{reason="no_secret"}') == 1
+
+
+@S.test
+def examples_build_on_the_default_module():
+    """auth, timeouts and resume require "statushost.default": no dofile, no path tricks,
+    no copy of finish or of the id normalisation (which lives in scripts/default.lua)."""
+    for name in ("auth", "timeouts", "resume"):
+        with open(os.path.join(ROOT, "examples", name + ".lua"), encoding="utf-8") as f:
+            src = f.read()
+        assert 'require "statushost.default"' in src, name
+        for banned in ("dofile", "debug.getinfo", "loadfile", "math.tointeger", "function finish",
+                       "conn:unsubscribe", "job.timer:cancel"):
+            assert banned not in src, (name, banned)
 
 
 if __name__ == "__main__":
