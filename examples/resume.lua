@@ -92,17 +92,26 @@ local function record(token, fid, job)
   host.log.info("resume: recording job", fid)
 end
 
+-- Once the default flow has validated the batch: hand out the resume token and start
+-- recording the job.
+local function start_recording(conn)
+  local job = default.job_of(conn)
+  if not job or job.finished or job.uncounted then return end
+  local token = host.random_hex(16) -- the resume credential: 128 bits from the CSPRNG
+  record(token, conn.id, job) -- saves the batch and subscribes: before any dispatch
+  conn:send(json.encode { job = token })
+end
+
 default.on_message = function(conn, text)
   if default.job_of(conn) then return base_message(conn, text) end -- "busy"
-  -- host.detach runs the default flow now, until its first wait (conn:subscribe), in a
-  -- task that is not cancelled when this connection closes; by then it has validated
-  -- the batch and set the connection's job (or answered invalid_message).
+  -- The default flow runs in a detached task (not cancelled when this connection closes);
+  -- start_recording runs in a second one. Spawned tasks start in order once this hook
+  -- returns, each until its first wait: the flow validates the batch, sets the
+  -- connection's job and waits for its subscription, and only then does
+  -- start_recording look at the job; the flow's dispatch waits for Redis' confirmation,
+  -- by which time the recording subscription is registered too.
   host.detach(base_message, conn, text)
-  local job = default.job_of(conn)
-  if not job or job.finished then return end
-  local token = host.random_hex(16) -- the resume credential: 128 bits from the CSPRNG
-  host.detach(record, token, conn.id, job) -- saves the batch and subscribes, now: before any dispatch
-  conn:send(json.encode { job = token })
+  host.detach(start_recording, conn)
 end
 
 -- ------------------------------------------------------------ resuming

@@ -67,20 +67,26 @@ local function task_timeout(conn, job, id)
   if settled(job) then default.finish(conn, job, "completed") end
 end
 
-default.on_message = function(conn, text)
-  if default.job_of(conn) then return base_message(conn, text) end -- "busy"
-  -- Run the default flow in a task of its own: host.spawn runs it now, until its first
-  -- wait (conn:subscribe), by which point it has validated the batch and set the
-  -- connection's job (or answered invalid_message). The rest of it (dispatch) goes on
-  -- while this hook arms the deadlines.
-  host.spawn(base_message, conn, text)
+-- Arm a timer per task of the connection's job (if the batch was accepted).
+local function arm_deadlines(conn)
   local job = default.job_of(conn)
-  if not job or job.finished then return end
+  if not job or job.finished or job.timed_out then return end
   job.timed_out, job.ntimed_out = {}, 0
   for _, id in ipairs(job.order) do
     local ms = deadline_ms(job.tasks[id])
     if ms then host.timer(ms, task_timeout, conn, job, id) end -- a no-op if done by then
   end
+end
+
+default.on_message = function(conn, text)
+  if default.job_of(conn) then return base_message(conn, text) end -- "busy"
+  -- The default flow runs in a task of its own, and the deadlines are armed by a second
+  -- one: spawned tasks start in order once this hook returns, and each runs until its
+  -- first wait, so the flow has validated the batch and set the connection's job (or
+  -- answered invalid_message) when arm_deadlines looks. The flow's dispatch goes on
+  -- meanwhile.
+  host.spawn(base_message, conn, text)
+  host.spawn(arm_deadlines, conn)
 end
 
 default.on_publish = function(conn, channel, payload)

@@ -209,7 +209,7 @@ end
 -- (host.config is filled only once the script has returned); a problem is logged once and
 -- every job then fails with dispatch_failed, naming it.
 local checked, problem -- the config table last checked, and what was wrong with it
-function lib.validate_config(c)
+function lib.validate_config(c, quiet)
   if checked == c then return problem == nil, problem end
   local why
   local url = c.remote_url
@@ -237,7 +237,7 @@ function lib.validate_config(c)
   if not why and port and (port < 1 or port > 65535) then
     why = ("remote_url %q: port out of range"):format(url)
   end
-  if why and checked ~= c then host.log.error("config:", why, "- every job will fail (dispatch_failed)") end
+  if why and not quiet then host.log.error("config:", why, "- every job will fail (dispatch_failed)") end
   checked, problem = c, why
   return why == nil, why
 end
@@ -354,9 +354,15 @@ end
 
 -- ---------------------------------------------------------------- the module's shape
 
+-- on_config: the merged config is checked at every load (start, --check, reload)
+function policy.on_config(c)
+  local ok, why = policy.validate_config(c, true)
+  if not ok then return false, why end
+end
+
 local server_keys = {
   on_handshake = true, on_open = true, on_message = true, on_binary = true,
-  on_publish = true, on_close = true, routes = true, config = true,
+  on_publish = true, on_close = true, on_config = true, routes = true, config = true,
 }
 
 return setmetatable(policy, {

@@ -14,11 +14,11 @@
 #include <lauxlib.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 #include "log.h"
 #include "lua_io.h"
+#include "lua_lib.h"
 #include "metrics.h"
 #include "redis_bus.h"
 #include "user_metrics.h"
@@ -307,23 +307,6 @@ static int l_spawn(lua_State *L) { return spawn(L, 0); }
  * connection: it, and the timers it creates, outlive the caller's. */
 static int l_detach(lua_State *L) { return spawn(L, 1); }
 
-/* host.hmac_sha256(key, message) → lowercase hex */
-static int l_hmac_sha256(lua_State *L)
-{
-    size_t kl, ml;
-    const char *key = sh_checklstring(L, 1, &kl);
-    const char *msg = sh_checklstring(L, 2, &ml);
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    if (!HMAC(EVP_sha256(), key, (int)kl, (const unsigned char *)msg, ml, mac, &n))
-        return luaL_error(L, "%s: libcrypto failed", SH_FNAME(L));
-    char hex[2 * EVP_MAX_MD_SIZE + 1];
-    for (unsigned int i = 0; i < n; i++)
-        snprintf(hex + 2 * i, 3, "%02x", mac[i]);
-    lua_pushlstring(L, hex, 2 * (size_t)n);
-    return 1;
-}
-
 /* host.random_hex(nbytes) → 2*nbytes hex characters from the CSPRNG */
 static int l_random_hex(lua_State *L)
 {
@@ -418,7 +401,6 @@ static const struct api_fn {
     {"", "detach", l_detach},
     {"", "subscribe", sh_io_subscribe_fn},
     {"", "redis_up", l_redis_up},
-    {"", "hmac_sha256", l_hmac_sha256},
     {"", "random_hex", l_random_hex},
     {"", "secure_compare", l_secure_compare},
     {"redis", "call", sh_io_redis_call},
@@ -491,6 +473,7 @@ void sh_lua_api_open(lua_State *L, sh_gen *g)
         if (t != m && t != mt)
             lua_pop(L, 1);
     }
+    sh_lib_register(L, m); /* the helpers: base64, sha256/hmac, hex, URI, shared dicts, json */
     lua_newtable(L); /* filled with the merged config once the script returns */
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, config_not_yet);
@@ -566,9 +549,8 @@ static void owner_deliver(sh_owner *o, const char *channel, size_t channel_len,
         sh_conn_send(c, payload, payload_len, 0);
         return;
     }
-    if (o->ntasks >= p->gen->cfg.max_tasks_per_conn) {
-        sh_warn(o->id, "%zu tasks running or waiting (max_tasks_per_conn): closing 1008",
-                o->ntasks);
+    if (o->nwaiting >= p->gen->cfg.max_tasks_per_conn) {
+        sh_warn(o->id, "%zu tasks waiting (max_tasks_per_conn): closing 1008", o->nwaiting);
         sh_conn_ws_close(c, 1008, "too many tasks");
         return;
     }
@@ -733,9 +715,9 @@ static int on_message(sh_pconn *p, const sh_conn_event *ev)
     enum sh_hook h = ev->binary ? SH_HOOK_BINARY : SH_HOOK_MESSAGE;
     if (!sh_gen_has_hook(p->gen, h))
         return 1003;
-    if (p->owner.ntasks >= p->gen->cfg.max_tasks_per_conn) {
-        sh_warn(p->owner.id, "%zu tasks running or waiting (max_tasks_per_conn): closing 1008",
-                p->owner.ntasks);
+    if (p->owner.nwaiting >= p->gen->cfg.max_tasks_per_conn) {
+        sh_warn(p->owner.id, "%zu tasks waiting (max_tasks_per_conn): closing 1008",
+                p->owner.nwaiting);
         return 1008;
     }
     sh_task *t = hook_task(p, h, &p->owner);

@@ -336,7 +336,7 @@ static int run_script(sh_gen *g, const char *script, uint64_t budget, char *err,
 
 static const char *const policy_keys[] = {
     "on_handshake", "on_open", "on_message", "on_binary", "on_publish", "on_close",
-    "routes", "config", "lib", NULL,
+    "on_config", "routes", "config", "lib", NULL,
 };
 
 /* Edit distance of a and b, ASCII case folded; large when either is long. */
@@ -400,7 +400,7 @@ static int check_keys(lua_State *L, int policy, char *err, size_t errsz)
             else
                 snprintf(err, errsz, "the policy table has an unknown key \"%s\" (known: "
                                      "on_handshake, on_open, on_message, on_binary, on_publish, "
-                                     "on_close, routes, config, lib)", k);
+                                     "on_close, on_config, routes, config, lib)", k);
             lua_pop(L, 1);
             return -1;
         }
@@ -425,6 +425,48 @@ static void take_limits(sh_gen *g)
         .allowed_origins = c->allowed_origins,
     };
     g->mem_max = c->lua_max_memory;
+}
+
+/* on_config(cfg), when the policy has it: it sees the merged config once,
+ * at every load (start, --check, reload), and may refuse it with
+ * false, "why" (or by raising). No waits: it runs like the main chunk. */
+static int run_on_config(sh_gen *g, int policy, char *err, size_t errsz)
+{
+    lua_State *L = g->L;
+    lua_pushcfunction(L, msgh_traceback);
+    int base = lua_gettop(L);
+    lua_getfield(L, policy, "on_config");
+    if (lua_isnil(L, -1)) {
+        lua_settop(L, policy - 1);
+        return 0;
+    }
+    if (!lua_isfunction(L, -1)) {
+        snprintf(err, errsz, "on_config must be a function, got %s", luaL_typename(L, -1));
+        lua_settop(L, policy - 1);
+        return -1;
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, "statushost.module");
+    lua_getfield(L, -1, "config");
+    lua_remove(L, -2);
+    g->loading = 1;
+    g->capped = 1;
+    arm_budget(L, g->cfg.lua_max_instructions);
+    int rc = lua_pcall(L, 1, 2, base);
+    lua_sethook(L, NULL, 0, 0);
+    g->capped = 0;
+    g->loading = 0;
+    int ok = 0;
+    if (rc != LUA_OK)
+        snprintf(err, errsz, "config: %s", lua_tostring(L, -1));
+    else if (lua_isnil(L, -2) || (lua_isboolean(L, -2) && lua_toboolean(L, -2)))
+        ok = 1;
+    else if (lua_isboolean(L, -2))
+        snprintf(err, errsz, "config: %s",
+                 lua_isstring(L, -1) ? lua_tostring(L, -1) : "refused by on_config");
+    else
+        snprintf(err, errsz, "config: on_config must return nothing, true, or false, \"why\"");
+    lua_settop(L, policy - 1);
+    return ok ? 0 : -1;
 }
 
 /* Resolve hooks, routes and config from the policy table at the top. */
@@ -465,8 +507,7 @@ static int take_policy(sh_gen *g, const char *const *sets, size_t nsets, char *e
         lua_insert(L, -2);
         lua_rawset(L, -4);
     }
-    lua_settop(L, policy - 1);
-    return 0;
+    return run_on_config(g, policy, err, errsz);
 }
 
 /* The budget of the main chunk: lua_max_instructions as --set gives it, or
@@ -623,6 +664,8 @@ static void owner_unlink(sh_task *t)
         return;
     DL_DELETE2(t->owner->tasks, t, owner_prev, owner_next);
     t->owner->ntasks--;
+    if (t->state == SH_TASK_SUSPENDED)
+        t->owner->nwaiting--;
     t->owner = NULL;
 }
 
@@ -705,6 +748,8 @@ static void on_waker(uv_idle_t *i);
 static void post(sh_task *t, int nargs)
 {
     sh_host *h = t->gen->host;
+    if (t->state == SH_TASK_SUSPENDED && t->owner)
+        t->owner->nwaiting--;
     assert(t->state != SH_TASK_READY && t->state != SH_TASK_RUNNING);
     t->state = SH_TASK_READY;
     t->nargs = nargs;
@@ -791,6 +836,8 @@ int sh_task_suspend(lua_State *L, sh_task_cancel_fn cancel, void *op)
     t->cancel = cancel;
     t->op = op;
     t->state = SH_TASK_SUSPENDED;
+    if (t->owner)
+        t->owner->nwaiting++;
     return lua_yield(L, 0);
 }
 

@@ -80,6 +80,7 @@ typedef struct sh_owner {
     struct sh_timer *timers;      /* host.timer handles it owns */
     struct sh_sub *subs;          /* subscriptions it holds */
     size_t ntasks;                /* of tasks */
+    size_t nwaiting;              /* of which suspended in a host call */
     int gone;                     /* ended: its new waits fail with "closed" */
     char id[SH_ID_LEN + 1];       /* for log lines */
     /* a task it owns raised (logged already) */

@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "log.h"
+#include "lua_lib.h"
 #include "lua_host.h"
 #include "redis_bus.h"
 #include "server.h"
@@ -191,5 +192,6 @@ int main(int argc, char **argv)
         sh_server_free(&s);
         uv_loop_close(loop);
     }
+    sh_lib_shutdown();
     return rc;
 }

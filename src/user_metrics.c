@@ -240,6 +240,8 @@ int sh_user_metrics_render(char **out, size_t *len, size_t *cap)
         metric *m = &metrics[i];
         bad |= put(out, len, cap, "# HELP statushost_%s %s\n# TYPE statushost_%s %s\n", m->name,
                    m->help, m->name, m->histogram ? "histogram" : "counter");
+        if (m->ns == 0 && m->nlabels == 0 && !m->histogram)
+            bad |= put(out, len, cap, "statushost_%s 0\n", m->name); /* before its first inc */
         for (size_t j = 0; j < m->ns; j++) {
             series *s = &m->s[j];
             const char *l = s->labels;

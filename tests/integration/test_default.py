@@ -715,6 +715,11 @@ def malformed_remote_url_is_dispatch_failed_not_a_lua_error():
     problem is logged once; no Lua error."""
     for url in ("x", "ftp://127.0.0.1/remote/message", "http://", "http://127.0.0.1:99999/x",
                 "http://user@127.0.0.1:1/x"):
+        r = subprocess.run([BIN, "--check", "--set", "remote_url=" + url, POLICY], cwd=ROOT,
+                           capture_output=True, text=True, timeout=20)
+        if r.returncode == 2:  # refused when the script loads (on_config): cannot start
+            assert "remote_url" in r.stderr, r.stderr
+            continue
         with ready(Statushost(POLICY, redis=redis(), sets=["remote_url=" + url])) as sh:
             for _ in range(2):
                 msg = _dispatch_failed(sh)
@@ -812,7 +817,7 @@ def remote_4xx_is_not_retried():
 
 COMPOSED = r"""
 local default = require "statushost.default"
-local allowed = { config = true, on_message = true, on_publish = true, on_close = true }
+local allowed = { config = true, on_message = true, on_publish = true, on_close = true, on_config = true }
 for k in pairs(default) do assert(allowed[k], "unexpected key " .. tostring(k)) end
 assert(type(default.finish) == "function" and type(default.normalize_id) == "function")
 assert(default.normalize_id(7.0) == "7" and default.normalize_id("7") == "7")
