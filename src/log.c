@@ -349,6 +349,11 @@ static void json_str(struct lb *b, const char *str, size_t n)
             size_t j = i + 1;
             while (j < n && s[j] >= 0x20 && s[j] < 0x7F && s[j] != '"' && s[j] != '\\')
                 j++;
+            if (b->len + (j - i) > b->cap) { /* ASCII: any cut is a character boundary */
+                lb_put(b, str + i, b->cap - b->len);
+                b->full = 1;
+                break;
+            }
             lb_put(b, str + i, j - i);
             i = j;
         } else if (c < 0x80) {
