@@ -18,7 +18,7 @@ REDIS_PORT=${REDIS_PORT:-6379}
 TICK_MS=${TICK_MS:-500}
 
 PKGS=(build-essential cmake pkg-config libuv1-dev liblua5.4-dev libhiredis-dev libwslay-dev
-      lua-cjson-dev node-llhttp libssl-dev uthash-dev redis-server python3)
+      lua-cjson-dev node-llhttp libssl-dev uthash-dev libsystemd-dev redis-server python3)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

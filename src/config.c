@@ -30,6 +30,8 @@ static const struct core_key core_keys[] = {
     {"redis_sub_connections", SH_CT_NUMBER, NULL, 4},
     {"web_root", SH_CT_STRING, "", 0},
     {"log_level", SH_CT_STRING, "info", 0},
+    {"log_format", SH_CT_STRING, "text", 0},
+    {"access_log", SH_CT_BOOLEAN, NULL, 1},
     {"max_head_bytes", SH_CT_NUMBER, NULL, 8192},
     {"max_body_bytes", SH_CT_NUMBER, NULL, 1048576},
     {"max_connections", SH_CT_NUMBER, NULL, 10000},
@@ -356,6 +358,16 @@ int sh_config_read(lua_State *L, int t, sh_config *cfg, char *err, size_t errsz)
         snprintf(err, errsz, "config.log_level must be debug, info, warn or error");
         goto fail;
     }
+    lua_getfield(L, t, "log_format");
+    cfg->log_format = sh_log_parse_format(lua_tostring(L, -1));
+    lua_pop(L, 1);
+    if (cfg->log_format < 0) {
+        snprintf(err, errsz, "config.log_format must be text or json");
+        goto fail;
+    }
+    lua_getfield(L, t, "access_log");
+    cfg->access_log = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     lua_getfield(L, t, "redis");
     cfg->redis = strdup(lua_tostring(L, -1));
     lua_pop(L, 1);

@@ -20,6 +20,8 @@ typedef struct sh_config {
                                       spread over them: a flood costs 1/K of them) */
     char *web_root;                /* resolved directory, or NULL: no static files */
     int log_level;                 /* enum sh_log_level */
+    int log_format;                /* enum sh_log_format: text or json */
+    int access_log;                /* one access-log line per finished connection */
     size_t max_head_bytes;         /* request head limit → 431 */
     size_t max_body_bytes;         /* plain-HTTP request body limit → 413 */
     size_t max_connections;        /* open sockets (HTTP and WebSocket) → 503 */

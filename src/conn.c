@@ -367,6 +367,7 @@ int sh_conn_respond(sh_conn *c, int status, const char *ctype, const char *body,
     if (!keep || c->tp->stopping)
         SET(c, SH_CF_END_AFTER_WRITE);
     c->http_status = status;
+    c->requests++;
     c->tp->metrics->http_requests_total++;
     sh_conn_mark_dirty(c);
     return 0;
@@ -686,8 +687,14 @@ static void report_close(sh_conn *c, int was_ws)
                         .reason = c->close_reason ? c->close_reason : ""};
     if (was_ws)
         sh_info(c->id, "websocket closed %u%s%s", ev.code, ev.reason[0] ? " " : "", ev.reason);
-    if (c->tp->access_log)
-        c->tp->access_log(c, c->tp->cb_arg);
+    int ws = was_ws || c->http_status == 101;
+    sh_access acc = {.conn_id = c->id, .peer = c->peer, .websocket = ws,
+                     .http_status = c->http_status, .requests = c->requests,
+                     .duration_ms = (double)(uv_now(c->tp->loop) - c->opened_ms),
+                     .bytes_in = c->bytes_in, .bytes_out = c->bytes_out,
+                     .messages_in = c->msgs_in, .messages_out = c->msgs_out,
+                     .close_code = ws ? ev.code : 0, .close_reason = ws ? ev.reason : NULL};
+    sh_log_access(&acc);
     sh_conn_emit(c, &ev);
 }
 

@@ -114,6 +114,7 @@ typedef struct sh_conn {
     uint64_t bytes_in, bytes_out;
     uint32_t msgs_in, msgs_out;
     int http_status;             /* last status answered on the HTTP phase */
+    uint32_t requests;           /* HTTP requests answered */
 
     /* input */
     sh_http_parser *hp;          /* HTTP phases only */
@@ -188,7 +189,6 @@ typedef struct sh_transport {
     char *read_buf;              /* shared by all connections */
     int read_buf_busy;
     int stopping;                /* no new upgrades; answers end their connection */
-    void (*access_log)(const sh_conn *c, void *arg); /* at the end of each connection, or NULL */
 } sh_transport;
 
 /* Set up tp on loop. Returns 0 or UV_ENOMEM. */

@@ -1,17 +1,55 @@
-/* log.c — see log.h. Lines are formatted into one buffer and written with a
- * single write(2) so concurrent processes sharing a terminal never interleave
- * within a line. */
+/* log.c — see log.h.
+ *
+ * A line is built in one static buffer (text or JSON), then appended to the
+ * output buffer, which is written at the next flush point; before
+ * sh_log_attach() it is written at once, with one write(2). A mutex guards
+ * both buffers in case a library thread ever logs; the fatal-signal path
+ * writes without it (best effort: the process is dying). */
 #include "log.h"
 
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <uv.h>
+
+#include "config.h"
+
+#define LINE_CAP 16384           /* a longer line is cut (and marked) */
+#define LINE_RESERVE 64          /* room kept to close a cut line */
+#define FLUSH_AT (64 * 1024)     /* write as soon as the buffer holds this much */
+#define OBUF_CAP (FLUSH_AT + LINE_CAP + LINE_RESERVE)
+#define MAX_FIELDS 32
+
 static enum sh_log_level min_level = SH_LOG_INFO;
-static const char *const level_names[] = {"debug", "info ", "warn ", "error"};
+static enum sh_log_format format = SH_LOG_TEXT;
+static int access_on = 1;
+static int out_fd = STDERR_FILENO;
+static int out_is_pipe = -1;     /* -1: not yet known */
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static char line[LINE_CAP + LINE_RESERVE];
+static char obuf[OBUF_CAP];
+static size_t olen;
+static int attached;
+static uv_prepare_t prep;
+static int prep_open;
+
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+static const char *const level_text[] = {"debug", "info ", "warn ", "error"};
+
+/* ------------------------------------------------------------ settings */
 
 void sh_log_set_level(enum sh_log_level level) { min_level = level; }
 
@@ -19,38 +57,565 @@ int sh_log_enabled(enum sh_log_level level) { return level >= min_level; }
 
 int sh_log_parse_level(const char *name)
 {
-    static const char *const names[] = {"debug", "info", "warn", "error"};
     for (int i = 0; i < 4; i++)
-        if (strcmp(name, names[i]) == 0)
+        if (name && strcmp(name, level_names[i]) == 0)
             return i;
     return -1;
 }
+
+void sh_log_set_format(enum sh_log_format f) { format = f; }
+
+enum sh_log_format sh_log_get_format(void) { return format; }
+
+int sh_log_parse_format(const char *name)
+{
+    if (name && strcmp(name, "text") == 0)
+        return SH_LOG_TEXT;
+    if (name && strcmp(name, "json") == 0)
+        return SH_LOG_JSON;
+    return -1;
+}
+
+void sh_log_set_access(int on) { access_on = on != 0; }
+
+int sh_log_access_enabled(void) { return access_on; }
+
+void sh_log_configure(const sh_config *cfg)
+{
+    sh_log_set_level((enum sh_log_level)cfg->log_level);
+    sh_log_set_format((enum sh_log_format)cfg->log_format);
+    sh_log_set_access(cfg->access_log);
+}
+
+void sh_log_set_fd(int fd)
+{
+    pthread_mutex_lock(&mu);
+    out_fd = fd;
+    out_is_pipe = -1;
+    pthread_mutex_unlock(&mu);
+}
+
+/* ------------------------------------------------------------ output */
+
+/* Write all of p (async-signal-safe: used by the fatal-signal handler). A
+ * descriptor that stays unwritable for 5 s loses the rest. */
+static void write_all(const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(out_fd, p, n);
+        if (w > 0) {
+            p += w;
+            n -= (size_t)w;
+        } else if (w < 0 && errno == EINTR) {
+            continue;
+        } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct pollfd pfd = {.fd = out_fd, .events = POLLOUT};
+            if (poll(&pfd, 1, 5000) <= 0)
+                return;
+        } else {
+            return;
+        }
+    }
+}
+
+/* Write whole lines; on a pipe, in pieces of at most PIPE_BUF cut at line
+ * ends (atomic: lines of processes sharing the pipe never interleave). */
+static void write_lines(const char *p, size_t n)
+{
+    if (out_is_pipe < 0) {
+        struct stat st;
+        out_is_pipe = fstat(out_fd, &st) == 0 && S_ISFIFO(st.st_mode);
+    }
+    while (n > 0) {
+        size_t k = n;
+        if (out_is_pipe && n > PIPE_BUF) {
+            k = 0;
+            for (size_t i = PIPE_BUF; i > 0; i--)
+                if (p[i - 1] == '\n') {
+                    k = i;
+                    break;
+                }
+            if (k == 0) { /* one line longer than PIPE_BUF: it goes alone */
+                const char *nl = memchr(p, '\n', n);
+                k = nl ? (size_t)(nl - p) + 1 : n;
+            }
+        }
+        write_all(p, k);
+        p += k;
+        n -= k;
+    }
+}
+
+static void flush_locked(void)
+{
+    if (olen) {
+        size_t n = olen;
+        olen = 0;
+        write_lines(obuf, n);
+    }
+}
+
+void sh_log_flush(void)
+{
+    pthread_mutex_lock(&mu);
+    flush_locked();
+    pthread_mutex_unlock(&mu);
+}
+
+static void emit_locked(const char *p, size_t n)
+{
+    if (!attached) {
+        write_lines(p, n);
+        return;
+    }
+    if (olen + n > OBUF_CAP)
+        flush_locked();
+    memcpy(obuf + olen, p, n);
+    olen += n;
+    if (olen >= FLUSH_AT)
+        flush_locked();
+}
+
+/* ------------------------------------------------------------ fatal paths */
+
+static const int fatal_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
+#define NFATAL (sizeof fatal_signals / sizeof fatal_signals[0])
+static struct sigaction fatal_old[NFATAL];
+static int fatal_installed[NFATAL];
+
+static void on_fatal(int sig)
+{
+    if (olen) {
+        size_t n = olen;
+        olen = 0;
+        write_all(obuf, n);
+    }
+    /* put the previous disposition back; returning re-runs the faulting
+     * instruction (or lets abort() raise again) under it */
+    for (size_t i = 0; i < NFATAL; i++)
+        if (fatal_signals[i] == sig && fatal_installed[i]) {
+            sigaction(sig, &fatal_old[i], NULL);
+            fatal_installed[i] = 0;
+        }
+    if (sig == SIGFPE || sig == SIGILL || sig == SIGSEGV || sig == SIGBUS)
+        return; /* synchronous faults re-fault */
+    raise(sig);
+}
+
+/* Only where nobody (e.g. a sanitizer) handles the signal already. */
+static void install_fatal_handlers(void)
+{
+    for (size_t i = 0; i < NFATAL; i++) {
+        struct sigaction cur;
+        if (fatal_installed[i] || sigaction(fatal_signals[i], NULL, &cur) != 0)
+            continue;
+        if (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler != SIG_DFL)
+            continue;
+        if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction)
+            continue;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_fatal;
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = SA_NODEFER;
+        if (sigaction(fatal_signals[i], &sa, &fatal_old[i]) == 0)
+            fatal_installed[i] = 1;
+    }
+}
+
+/* ------------------------------------------------------------ the loop */
+
+static void on_prepare(uv_prepare_t *h)
+{
+    (void)h;
+    sh_log_flush();
+}
+
+static void at_exit_flush(void) { sh_log_flush(); }
+
+void sh_log_attach(uv_loop_t *loop)
+{
+    static int atexit_done;
+    if (!atexit_done) {
+        atexit(at_exit_flush);
+        atexit_done = 1;
+    }
+    install_fatal_handlers();
+    if (!prep_open) {
+        /* prepare runs right before the loop blocks in poll: a line never
+         * waits across a blocking poll, and an iteration costs one write */
+        uv_prepare_init(loop, &prep);
+        uv_prepare_start(&prep, on_prepare);
+        uv_unref((uv_handle_t *)&prep);
+        prep_open = 1;
+    }
+    pthread_mutex_lock(&mu);
+    attached = 1;
+    pthread_mutex_unlock(&mu);
+}
+
+void sh_log_detach(void)
+{
+    pthread_mutex_lock(&mu);
+    flush_locked();
+    attached = 0;
+    pthread_mutex_unlock(&mu);
+    if (prep_open) {
+        uv_prepare_stop(&prep);
+        uv_close((uv_handle_t *)&prep, NULL);
+        prep_open = 0;
+    }
+}
+
+/* ------------------------------------------------------------ building a line */
+
+struct field {
+    const char *key;
+    int type;
+    union { const char *s; int64_t i; uint64_t u; double d; } v;
+};
+
+struct lb {
+    char *p;
+    size_t len, cap; /* cap < the buffer's size by LINE_RESERVE */
+    int full;
+};
+
+static void lb_put(struct lb *b, const char *s, size_t n)
+{
+    if (b->full)
+        return;
+    if (b->len + n > b->cap) {
+        b->full = 1;
+        return;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+static void lb_puts(struct lb *b, const char *s) { lb_put(b, s, strlen(s)); }
+
+/* Past cap, into the reserve: to close a cut line. */
+static void lb_force(struct lb *b, const char *s)
+{
+    size_t n = strlen(s);
+    if (b->len + n > b->cap + LINE_RESERVE)
+        n = b->cap + LINE_RESERVE - b->len;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+/* Length of the valid UTF-8 sequence at s (n bytes left), or 0. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    size_t len;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF)
+        len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F; /* no surrogates */
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else
+        return 0;
+    if (n < len || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF)
+            return 0;
+    return len;
+}
+
+/* A JSON string literal: quotes, backslashes and control characters
+ * escaped, invalid UTF-8 replaced by U+FFFD (one per bad byte). Cut at a
+ * character boundary when the line is full. */
+static void json_str(struct lb *b, const char *str, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    lb_put(b, "\"", 1);
+    for (size_t i = 0; i < n && !b->full;) {
+        unsigned c = s[i];
+        char esc[8];
+        if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') {
+            size_t j = i + 1;
+            while (j < n && s[j] >= 0x20 && s[j] < 0x7F && s[j] != '"' && s[j] != '\\')
+                j++;
+            if (b->len + (j - i) > b->cap) { /* ASCII: any cut is a character boundary */
+                lb_put(b, str + i, b->cap - b->len);
+                b->full = 1;
+                break;
+            }
+            lb_put(b, str + i, j - i);
+            i = j;
+        } else if (c < 0x80) {
+            switch (c) {
+            case '"': lb_put(b, "\\\"", 2); break;
+            case '\\': lb_put(b, "\\\\", 2); break;
+            case '\n': lb_put(b, "\\n", 2); break;
+            case '\r': lb_put(b, "\\r", 2); break;
+            case '\t': lb_put(b, "\\t", 2); break;
+            case '\b': lb_put(b, "\\b", 2); break;
+            case '\f': lb_put(b, "\\f", 2); break;
+            default:
+                snprintf(esc, sizeof esc, "\\u%04x", c);
+                lb_put(b, esc, 6);
+            }
+            i++;
+        } else {
+            size_t k = utf8_seq(s + i, n - i);
+            if (k) {
+                lb_put(b, str + i, k);
+                i += k;
+            } else {
+                lb_put(b, "\\ufffd", 6);
+                i++;
+            }
+        }
+    }
+    if (b->full)
+        lb_force(b, "\"");
+    else
+        lb_put(b, "\"", 1);
+}
+
+/* A text-format field value: bare when safe, else quoted with \" \\ \n \r
+ * \t and \xHH escapes. */
+static void text_value(struct lb *b, const char *s)
+{
+    size_t n = strlen(s);
+    int quote = n == 0;
+    for (size_t i = 0; i < n && !quote; i++) {
+        unsigned char c = (unsigned char)s[i];
+        quote = c <= ' ' || c == '"' || c == '=' || c == '\\' || c == 0x7F;
+    }
+    if (!quote) {
+        lb_put(b, s, n);
+        return;
+    }
+    lb_put(b, "\"", 1);
+    for (size_t i = 0; i < n && !b->full; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[8];
+        switch (c) {
+        case '"': lb_put(b, "\\\"", 2); break;
+        case '\\': lb_put(b, "\\\\", 2); break;
+        case '\n': lb_put(b, "\\n", 2); break;
+        case '\r': lb_put(b, "\\r", 2); break;
+        case '\t': lb_put(b, "\\t", 2); break;
+        default:
+            if (c < 0x20 || c == 0x7F) {
+                snprintf(esc, sizeof esc, "\\x%02x", c);
+                lb_put(b, esc, 4);
+            } else {
+                lb_put(b, (const char *)&c, 1);
+            }
+        }
+    }
+    if (b->full)
+        lb_force(b, "\"");
+    else
+        lb_put(b, "\"", 1);
+}
+
+static void number_text(const struct field *f, char *out, size_t n, int json)
+{
+    switch (f->type) {
+    case SH_LOG_INT:
+    case SH_LOG_I64: snprintf(out, n, "%lld", (long long)f->v.i); break;
+    case SH_LOG_U64: snprintf(out, n, "%llu", (unsigned long long)f->v.u); break;
+    case SH_LOG_DBL:
+        if (!isfinite(f->v.d))
+            snprintf(out, n, json ? "null" : "%g", f->v.d);
+        else
+            snprintf(out, n, "%.3f", f->v.d);
+        break;
+    case SH_LOG_BOOL: snprintf(out, n, "%s", f->v.i ? "true" : "false"); break;
+    default: snprintf(out, n, "null");
+    }
+}
+
+/* Build the line for msg and fields in `line` and emit it. Called locked. */
+static void build_and_emit(int level, const char *conn_id, const char *msg, size_t msglen,
+                           const struct field *f, size_t nf)
+{
+    struct lb b = {line, 0, LINE_CAP, 0};
+    char ts[96]; /* room for any int the compiler imagines */
+    struct timeval tv;
+    struct tm tm;
+    gettimeofday(&tv, NULL);
+    gmtime_r(&tv.tv_sec, &tm);
+    snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (int)(tv.tv_usec / 1000));
+    if (format == SH_LOG_JSON) {
+        lb_puts(&b, "{\"ts\":\"");
+        lb_puts(&b, ts);
+        lb_puts(&b, "\",\"level\":\"");
+        lb_puts(&b, level_names[level]);
+        lb_puts(&b, "\",\"conn\":");
+        if (conn_id)
+            json_str(&b, conn_id, strlen(conn_id));
+        else
+            lb_puts(&b, "null");
+        lb_puts(&b, ",\"msg\":");
+        json_str(&b, msg, msglen); /* a cut message is still a closed string */
+        size_t good = b.len;       /* the end of the last complete member */
+        for (size_t i = 0; i < nf && !b.full; i++) {
+            lb_puts(&b, ",");
+            json_str(&b, f[i].key, strlen(f[i].key));
+            lb_puts(&b, ":");
+            if (f[i].type == SH_LOG_STR) {
+                if (f[i].v.s)
+                    json_str(&b, f[i].v.s, strlen(f[i].v.s));
+                else
+                    lb_puts(&b, "null");
+            } else {
+                char num[64];
+                number_text(&f[i], num, sizeof num, 1);
+                lb_puts(&b, num);
+            }
+            if (!b.full)
+                good = b.len;
+        }
+        if (b.full) {
+            /* cut: drop the partial member, say so */
+            b.len = good;
+            lb_force(&b, ",\"truncated\":true}\n");
+        } else {
+            lb_put(&b, "}\n", 2);
+        }
+    } else {
+        lb_puts(&b, ts);
+        lb_puts(&b, " ");
+        lb_puts(&b, level_text[level]);
+        lb_puts(&b, " [");
+        lb_puts(&b, conn_id ? conn_id : "-");
+        lb_puts(&b, "] ");
+        size_t start = b.len;
+        lb_put(&b, msg, msglen);
+        if (b.full) { /* the message alone is too long: keep what fits */
+            size_t room = b.cap - start;
+            memcpy(b.p + start, msg, room);
+            b.len = b.cap;
+        }
+        /* one event, one line: fold any newline the message carries */
+        for (size_t i = start; i < b.len; i++)
+            if (b.p[i] == '\n' || b.p[i] == '\r')
+                b.p[i] = ' ';
+        for (size_t i = 0; i < nf && !b.full; i++) {
+            lb_puts(&b, " ");
+            lb_puts(&b, f[i].key);
+            lb_puts(&b, "=");
+            if (f[i].type == SH_LOG_STR) {
+                text_value(&b, f[i].v.s ? f[i].v.s : "-");
+            } else {
+                char num[64];
+                number_text(&f[i], num, sizeof num, 0);
+                lb_puts(&b, num);
+            }
+        }
+        if (b.full)
+            lb_force(&b, " ...");
+        lb_force(&b, "\n");
+    }
+    emit_locked(b.p, b.len);
+}
+
+/* ------------------------------------------------------------ entry points */
 
 void sh_log(enum sh_log_level level, const char *conn_id, const char *fmt, ...)
 {
     if (level < min_level)
         return;
-    char line[2048];
-    struct timeval tv;
-    struct tm tm;
-    gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-    int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s [%s] ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, (int)(tv.tv_usec / 1000), level_names[level],
-                     conn_id ? conn_id : "-");
+    char msg[LINE_CAP];
     va_list ap;
     va_start(ap, fmt);
-    int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+    int m = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
-    if (len > sizeof line - 2)
-        len = sizeof line - 2;
-    /* one event, one line: fold any newline the message carries */
-    for (size_t i = (size_t)n; i < len; i++)
-        if (line[i] == '\n' || line[i] == '\r')
-            line[i] = ' ';
-    line[len++] = '\n';
-    ssize_t w = write(STDERR_FILENO, line, len);
-    (void)w;
+    size_t len = m < 0 ? 0 : (size_t)m;
+    if (len >= sizeof msg)
+        len = sizeof msg - 1;
+    pthread_mutex_lock(&mu);
+    build_and_emit(level, conn_id, msg, len, NULL, 0);
+    pthread_mutex_unlock(&mu);
+}
+
+void sh_log_kv(enum sh_log_level level, const char *conn_id, const char *msg, ...)
+{
+    if (level < min_level)
+        return;
+    struct field f[MAX_FIELDS];
+    size_t nf = 0;
+    va_list ap;
+    va_start(ap, msg);
+    for (;;) {
+        const char *key = va_arg(ap, const char *);
+        if (!key)
+            break;
+        struct field x = {key, va_arg(ap, int), {0}};
+        switch (x.type) {
+        case SH_LOG_STR: x.v.s = va_arg(ap, const char *); break;
+        case SH_LOG_INT: x.v.i = va_arg(ap, int); break;
+        case SH_LOG_BOOL: x.v.i = va_arg(ap, int) != 0; break;
+        case SH_LOG_I64: x.v.i = va_arg(ap, int64_t); break;
+        case SH_LOG_U64: x.v.u = va_arg(ap, uint64_t); break;
+        case SH_LOG_DBL: x.v.d = va_arg(ap, double); break;
+        default: goto done; /* a bad tag: what follows cannot be read */
+        }
+        if (nf < MAX_FIELDS)
+            f[nf++] = x;
+    }
+done:
+    va_end(ap);
+    pthread_mutex_lock(&mu);
+    build_and_emit(level, conn_id, msg ? msg : "", msg ? strlen(msg) : 0, f, nf);
+    pthread_mutex_unlock(&mu);
+}
+
+void sh_log_access(const sh_access *a)
+{
+    if (!access_on)
+        return;
+    struct field f[16];
+    size_t n = 0;
+#define FS(k, val) do { if (val) { f[n].key = k; f[n].type = SH_LOG_STR; f[n].v.s = (val); n++; } } while (0)
+#define FU(k, val) do { f[n].key = k; f[n].type = SH_LOG_U64; f[n].v.u = (uint64_t)(val); n++; } while (0)
+#define FI(k, val) do { f[n].key = k; f[n].type = SH_LOG_INT; f[n].v.i = (val); n++; } while (0)
+    FS("kind", a->websocket ? "websocket" : "http");
+    FS("peer", a->peer);
+    FS("method", a->method);
+    FS("path", a->path);
+    if (a->http_status)
+        FI("status", a->http_status);
+    if (!a->websocket)
+        FU("requests", a->requests);
+    f[n].key = "duration_ms";
+    f[n].type = SH_LOG_DBL;
+    f[n].v.d = a->duration_ms;
+    n++;
+    FU("bytes_in", a->bytes_in);
+    FU("bytes_out", a->bytes_out);
+    if (a->websocket) {
+        FU("messages_in", a->messages_in);
+        FU("messages_out", a->messages_out);
+        FI("close_code", a->close_code);
+        FS("close_reason", a->close_reason ? a->close_reason : "");
+    } else if (a->close_reason) {
+        FS("close_reason", a->close_reason);
+    }
+#undef FS
+#undef FU
+#undef FI
+    pthread_mutex_lock(&mu);
+    build_and_emit(SH_LOG_INFO, a->conn_id, "access", 6, f, n);
+    pthread_mutex_unlock(&mu);
 }

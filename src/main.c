@@ -1,7 +1,7 @@
 /* main.c — flags, config, signals, uv_run.
  *
- *   statushost [--listen HOST:PORT] [--redis URL] [--set KEY=VALUE]... SCRIPT.lua
- *   statushost --check SCRIPT.lua
+ *   statushost [--config FILE] [--listen HOST:PORT] [--redis URL] [--set KEY=VALUE]... SCRIPT.lua
+ *   statushost --check [--config FILE] SCRIPT.lua
  *
  * Bad input: one line on stderr, exit 2. */
 #include <signal.h>
@@ -13,9 +13,11 @@
 #include <lauxlib.h>
 #include <uv.h>
 
+#include "cfgfile.h"
 #include "log.h"
 #include "lua_lib.h"
 #include "lua_host.h"
+#include "notify.h"
 #include "redis_bus.h"
 #include "server.h"
 
@@ -33,11 +35,14 @@ static const char usage[] =
     "                       (default redis://127.0.0.1:6379)\n"
     "  --set KEY=VALUE      override a key of the script's config table; typed by\n"
     "                       the key's default; lists take comma-separated values\n"
+    "  --config FILE        KEY=VALUE lines (the keys of --set; '#' comments);\n"
+    "                       --listen, --redis and --set win over the file\n"
     "  --check              load and validate the script and config, print them, exit\n"
     "  --version            print the version and exit\n"
     "  --help               print this help and exit\n"
     "\n"
-    "signals: SIGTERM/SIGINT close gracefully (1001), SIGHUP reloads the script.\n";
+    "signals: SIGTERM/SIGINT close gracefully (1001), SIGHUP reloads the script\n"
+    "and the --config file. See statushost(1).\n";
 
 /* Print "statushost: msg" as one line: tracebacks fold into it. */
 static void print_error(const char *msg)
@@ -66,6 +71,7 @@ static int check(const sh_options *o)
     char err[512];
     sh_gen *g;
     if (sh_gen_load(NULL, o->script, o->sets, o->nsets, &g, err, sizeof err) != 0) {
+        sh_cfgfile_explain(err, sizeof err);
         print_error(err);
         return 2;
     }
@@ -130,6 +136,7 @@ int main(int argc, char **argv)
     const char *sets[argc + 1];
     atexit(free_owned);
     int do_check = 0;
+    const char *config_file = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -150,6 +157,12 @@ int main(int argc, char **argv)
             snprintf(kv, n, "%s=%s", a + 2, argv[++i]);
             owned[nowned++] = kv;
             sets[o.nsets++] = kv;
+        } else if (!strcmp(a, "--config")) {
+            if (i + 1 >= argc)
+                die("%s needs a file", a);
+            if (config_file)
+                die("one --config only (got a second: %s)", argv[i + 1]);
+            config_file = argv[++i];
         } else if (!strcmp(a, "--set")) {
             if (i + 1 >= argc)
                 die("%s needs KEY=VALUE", a);
@@ -170,7 +183,12 @@ int main(int argc, char **argv)
     if (!f)
         die("cannot open script %s", o.script);
     fclose(f);
-    o.sets = sets;
+    char err[1024];
+    atexit(sh_cfgfile_free);
+    if (sh_cfgfile_init(&o, config_file, sets, o.nsets, err, sizeof err) != 0) {
+        print_error(err);
+        return 2;
+    }
     int rc;
     if (do_check) {
         rc = check(&o);
@@ -179,14 +197,20 @@ int main(int argc, char **argv)
         raise_fd_limit();
         uv_loop_t *loop = uv_default_loop();
         sh_server s;
-        char err[1024];
         if (sh_server_start(&s, loop, &o, err, sizeof err) != 0) {
+            sh_cfgfile_explain(err, sizeof err);
             print_error(err);
             sh_server_abort(&s);
             rc = 2;
         } else {
+            sh_log_configure(&s.gen->cfg);
+            sh_log_attach(loop);             /* from here, one write per loop iteration */
+            sh_notify_watchdog_start(loop);  /* WATCHDOG=1 when systemd asks for it */
             uv_run(loop, UV_RUN_DEFAULT);
             sh_info(NULL, "stopped");
+            sh_notify_watchdog_stop();
+            sh_log_detach();                 /* flushes; lines are immediate again */
+            uv_run(loop, UV_RUN_DEFAULT);    /* the two handles' close callbacks */
             rc = 0;
         }
         sh_server_free(&s);

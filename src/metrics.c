@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 const double sh_dispatch_bounds[SH_DISPATCH_BUCKETS] = {
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30,
@@ -67,6 +70,40 @@ static void counter(struct text *t, const char *name, const char *help, const ch
         help, name, type, name, (unsigned long long)v);
 }
 
+/* Resident set in bytes from /proc/self/statm (its second field, in pages). */
+static uint64_t resident_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return 0;
+    unsigned long long size = 0, resident = 0;
+    int n = fscanf(f, "%llu %llu", &size, &resident);
+    fclose(f);
+    long page = sysconf(_SC_PAGESIZE);
+    return n == 2 && page > 0 ? (uint64_t)resident * (uint64_t)page : 0;
+}
+
+/* Open descriptors: the entries of /proc/self/fd, less the one reading it. */
+static uint64_t open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return 0;
+    uint64_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n ? n - 1 : 0;
+}
+
+static void process_gauge(struct text *t, const char *name, const char *help, uint64_t v)
+{
+    put(t, "# HELP %s %s\n# TYPE %s gauge\n%s %llu\n", name, help, name, name,
+        (unsigned long long)v);
+}
+
 char *sh_metrics_render(const sh_metrics *m, int redis_up, size_t *len)
 {
     struct text t = {malloc(4096), 0, 4096};
@@ -103,6 +140,8 @@ char *sh_metrics_render(const sh_metrics *m, int redis_up, size_t *len)
             "counter", m->updates_dropped);
     counter(&t, "lua_memory_bytes", "Bytes used by the Lua states of every live generation.",
             "gauge", m->lua_memory_bytes);
+    counter(&t, "max_connections", "The max_connections limit in force.", "gauge",
+            m->max_connections);
     put(&t, "# HELP statushost_dispatch_seconds Time from dispatch to the remote's answer.\n"
             "# TYPE statushost_dispatch_seconds histogram\n");
     uint64_t cum = 0;
@@ -115,6 +154,13 @@ char *sh_metrics_render(const sh_metrics *m, int redis_up, size_t *len)
         (unsigned long long)m->dispatch_count);
     put(&t, "statushost_dispatch_seconds_sum %.6f\n", m->dispatch_sum);
     put(&t, "statushost_dispatch_seconds_count %llu\n", (unsigned long long)m->dispatch_count);
+    process_gauge(&t, "process_resident_memory_bytes", "Resident memory size in bytes.",
+                  resident_bytes());
+    process_gauge(&t, "process_open_fds", "Number of open file descriptors.", open_fds());
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        process_gauge(&t, "process_max_fds", "Maximum number of open file descriptors.",
+                      (uint64_t)rl.rlim_cur);
     *len = t.len;
     return t.p;
 }

@@ -27,6 +27,7 @@ typedef struct sh_metrics {
     uint64_t reloads;
     uint64_t updates_dropped;       /* published payloads not delivered (not UTF-8) */
     uint64_t lua_memory_bytes;      /* set at render time: every generation's Lua memory */
+    uint64_t max_connections;       /* the current generation's limit: set by the server */
 } sh_metrics;
 
 /* Bucket upper bounds in seconds, for dispatch latency. */
@@ -39,7 +40,10 @@ void sh_metrics_observe_dispatch(sh_metrics *m, double seconds);
  * "jobs_timed_out", "jobs_failed"). Returns 0, or -1 for an unknown name. */
 int sh_metrics_inc(sh_metrics *m, const char *name, uint64_t by);
 
-/* Render into buf (malloc'd, *len set). redis_up is the bus state. */
+/* Render into buf (malloc'd, *len set). redis_up is the bus state. Also
+ * renders statushost_max_connections (from m) and the process gauges
+ * process_resident_memory_bytes (/proc/self/statm), process_open_fds and
+ * process_max_fds (/proc/self/fd, RLIMIT_NOFILE). */
 char *sh_metrics_render(const sh_metrics *m, int redis_up, size_t *len);
 
 #endif

@@ -11,8 +11,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cfgfile.h"
 #include "http_client.h"
 #include "log.h"
+#include "notify.h"
 #include "lua_api.h"
 #include "lua_io.h"
 #include "redis_bus.h"
@@ -65,6 +67,7 @@ static void start_listening(sh_server *s)
     s->accepting = 1;
     uv_timer_stop(&s->startup_timer);
     sh_info(NULL, "listening on %s", s->listen_name);
+    sh_notify("READY=1");
     if (s->accept_pending) {
         s->accept_pending = 0;
         accept_one(s); /* the one libuv held back; it resumes the listener */
@@ -291,7 +294,8 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
     s->started = 1;
     if (sh_gen_load(&s->host, opts->script, opts->sets, opts->nsets, &s->gen, err, errsz) != 0)
         return -1;
-    sh_log_set_level((enum sh_log_level)s->gen->cfg.log_level);
+    sh_log_configure(&s->gen->cfg);
+    s->metrics.max_connections = s->gen->cfg.max_connections;
     sh_redis_addr addr;
     if (sh_redis_parse_url(s->gen->cfg.redis, &addr) != 0) {
         snprintf(err, errsz, "redis \"%s\": not a redis:// or unix:// URL", s->gen->cfg.redis);
@@ -335,20 +339,26 @@ void sh_server_reload(sh_server *s)
     sh_gen *g;
     if (s->stopping)
         return;
-    if (sh_gen_load(&s->host, s->opts.script, s->opts.sets, s->opts.nsets, &g, err,
+    sh_notify("RELOADING=1");
+    if (sh_options_refresh(&s->opts, err, sizeof err) != 0 ||
+        sh_gen_load(&s->host, s->opts.script, s->opts.sets, s->opts.nsets, &g, err,
                     sizeof err) != 0) {
+        sh_cfgfile_explain(err, sizeof err);
         sh_error(NULL, "reload failed, keeping generation %u: %s", s->gen->id, err);
+        sh_notify("READY=1");
         return;
     }
-    if (strcmp(g->cfg.listen_host, s->gen->cfg.listen_host) || g->cfg.listen_port != s->gen->cfg.listen_port ||
-        strcmp(g->cfg.redis, s->gen->cfg.redis))
+    if (strcmp(g->cfg.listen_host, s->gen->cfg.listen_host) ||
+        g->cfg.listen_port != s->gen->cfg.listen_port || strcmp(g->cfg.redis, s->gen->cfg.redis))
         sh_warn(NULL, "reload: listen and redis changes take effect on restart only");
     sh_gen *old = s->gen;
     s->gen = g;
     sh_gen_unref(old); /* it lives on while its connections and tasks do */
-    sh_log_set_level((enum sh_log_level)g->cfg.log_level);
+    sh_log_configure(&g->cfg);
+    s->metrics.max_connections = g->cfg.max_connections;
     s->metrics.reloads++;
     sh_info(NULL, "reloaded %s: generation %u serves new connections", s->opts.script, g->id);
+    sh_notify("READY=1");
 }
 
 static void on_grace(uv_timer_t *h)
@@ -381,6 +391,7 @@ void sh_server_shutdown(sh_server *s)
     if (s->stopping)
         return;
     s->stopping = 1;
+    sh_notify("STOPPING=1");
     stop_listening(s);
     sh_transport_stop(&s->tp);
     if (s->tp.nconns == 0) {

@@ -490,7 +490,8 @@ def metrics_prometheus_text_and_counters_move():
             if line and not line.startswith("#"):
                 name, _, val = line.rpartition(" ")
                 float(val)  # every sample line ends in a number
-                assert name.startswith("statushost_"), line
+                # ours, and the standard process gauges (process_resident_memory_bytes, …)
+                assert name.startswith(("statushost_", "process_")), line
         m0 = sh.metrics()
         for name in ("connections_current", "connections_total", "messages_in_total",
                      "messages_out_total", "bytes_in_total", "bytes_out_total",

@@ -1,0 +1,255 @@
+/* test_log.c — src/log.c: JSON and text lines with fields, JSON string
+ * escaping (control characters, invalid UTF-8), cut lines, the access line,
+ * buffering on the loop (flushed before the loop blocks, at 64 KiB, on detach,
+ * and on abort()).
+ *
+ * Output goes to a temporary file (sh_log_set_fd), read back after each step. */
+#include "unit.h"
+#include "config.h"
+#include "log.h"
+
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+static int fd;
+
+/* Everything written since the last call. */
+static char *take(void)
+{
+    static char *buf;
+    static off_t done;
+    off_t end = lseek(fd, 0, SEEK_END);
+    free(buf);
+    buf = calloc(1, (size_t)(end - done) + 1);
+    ssize_t n = pread(fd, buf, (size_t)(end - done), done);
+    if (n > 0)
+        done += n;
+    return buf;
+}
+
+/* The part after the timestamp: JSON lines start {"ts":"…", text lines with
+ * the time then a space. */
+static const char *after_ts(const char *line)
+{
+    const char *p = strstr(line, "Z\"");
+    if (line[0] == '{' && p)
+        return p + 2;
+    p = strchr(line, ' ');
+    return p ? p + 1 : line;
+}
+
+static void test_json_fields(void)
+{
+    sh_log_set_format(SH_LOG_JSON);
+    sh_log_kv(SH_LOG_WARN, "abc", "hello \"x\"\n\t\x01\\", "code", SH_LOG_INT, 1000, "peer",
+              SH_LOG_STR, "1.2.3.4:5", "ok", SH_LOG_BOOL, 7, "big", SH_LOG_U64,
+              (uint64_t)UINT64_MAX, "neg", SH_LOG_I64, (int64_t)-5, "d", SH_LOG_DBL, 1.5,
+              "nothing", SH_LOG_STR, (const char *)NULL, NULL);
+    const char *out = take();
+    CHECKF(strncmp(out, "{\"ts\":\"20", 9) == 0, "%s", out);
+    CHECK_STR(after_ts(out),
+              ",\"level\":\"warn\",\"conn\":\"abc\",\"msg\":\"hello \\\"x\\\"\\n\\t\\u0001\\\\\","
+              "\"code\":1000,\"peer\":\"1.2.3.4:5\",\"ok\":true,\"big\":18446744073709551615,"
+              "\"neg\":-5,\"d\":1.500,\"nothing\":null}\n");
+    sh_log(SH_LOG_INFO, NULL, "n=%d", 3);
+    CHECK_STR(after_ts(take()), ",\"level\":\"info\",\"conn\":null,\"msg\":\"n=3\"}\n");
+}
+
+static void test_json_utf8(void)
+{
+    sh_log_set_format(SH_LOG_JSON);
+    /* valid: é € U+1F600 pass through; 0x7f escaped */
+    sh_log_kv(SH_LOG_INFO, NULL, "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\x7f", NULL);
+    CHECK_STR(after_ts(take()), ",\"level\":\"info\",\"conn\":null,"
+                                "\"msg\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\\u007f\"}\n");
+    /* invalid: a stray continuation, 0xff, overlong C0 AF, a surrogate ED A0 80,
+     * a code point past U+10FFFF (F4 90 80 80), a truncated sequence at the end */
+    sh_log_kv(SH_LOG_INFO, NULL, "a\x80" "b\xff" "c\xc0\xaf" "d\xed\xa0\x80" "e\xf4\x90\x80\x80"
+              "f\xe2\x82", NULL);
+    CHECK_STR(after_ts(take()),
+              ",\"level\":\"info\",\"conn\":null,\"msg\":\"a\\ufffdb\\ufffdc\\ufffd\\ufffd"
+              "d\\ufffd\\ufffd\\ufffde\\ufffd\\ufffd\\ufffd\\ufffdf\\ufffd\\ufffd\"}\n");
+    /* field values and keys are escaped the same way */
+    sh_log_kv(SH_LOG_INFO, NULL, "m", "reason", SH_LOG_STR, "bye\xfe\n", NULL);
+    CHECK_STR(after_ts(take()), ",\"level\":\"info\",\"conn\":null,\"msg\":\"m\","
+                                "\"reason\":\"bye\\ufffd\\n\"}\n");
+}
+
+static void test_text(void)
+{
+    sh_log_set_format(SH_LOG_TEXT);
+    sh_log_kv(SH_LOG_INFO, "c1", "closed\nnow", "code", SH_LOG_INT, 1001, "reason", SH_LOG_STR,
+              "going away", "empty", SH_LOG_STR, "", "none", SH_LOG_STR, (const char *)NULL,
+              "q", SH_LOG_STR, "a\"b=c", "ok", SH_LOG_BOOL, 0, NULL);
+    CHECK_STR(after_ts(take()), "info  [c1] closed now code=1001 reason=\"going away\" "
+                                "empty=\"\" none=- q=\"a\\\"b=c\" ok=false\n");
+    sh_log(SH_LOG_ERROR, NULL, "plain %s", "message");
+    CHECK_STR(after_ts(take()), "error [-] plain message\n");
+    sh_log_set_level(SH_LOG_WARN);
+    sh_log(SH_LOG_INFO, NULL, "dropped");
+    sh_log_kv(SH_LOG_INFO, NULL, "dropped", NULL);
+    CHECK_STR(take(), "");
+    sh_log_set_level(SH_LOG_INFO);
+}
+
+static void test_cut_lines(void)
+{
+    size_t n = 40000;
+    char *big = malloc(n + 1);
+    memset(big, 'x', n);
+    big[n] = '\0';
+    big[100] = '"'; /* escaped: the cut must still be well-formed */
+    sh_log_set_format(SH_LOG_JSON);
+    sh_log_kv(SH_LOG_INFO, NULL, big, "after", SH_LOG_INT, 1, NULL);
+    const char *out = take();
+    size_t len = strlen(out);
+    CHECKF(len > 16000 && len < 16500, "len %zu", len);
+    const char *cut = "x\",\"truncated\":true}\n";
+    CHECKF(len > strlen(cut) && strcmp(out + len - strlen(cut), cut) == 0, "%s",
+           out + (len > 40 ? len - 40 : 0));
+    CHECK(strchr(out, '\n') == out + len - 1);
+    /* a field cut mid-value is dropped whole */
+    sh_log_kv(SH_LOG_INFO, NULL, "short", "a", SH_LOG_STR, "1", "b", SH_LOG_STR, big, NULL);
+    out = take();
+    len = strlen(out);
+    const char *tail = "\"msg\":\"short\",\"a\":\"1\",\"truncated\":true}\n";
+    CHECKF(len > strlen(tail) && strcmp(out + len - strlen(tail), tail) == 0, "%s",
+           out + (len > 60 ? len - 60 : 0));
+    sh_log_set_format(SH_LOG_TEXT);
+    sh_log_kv(SH_LOG_INFO, NULL, big, NULL);
+    out = take();
+    len = strlen(out);
+    CHECKF(len > 16000 && len < 16500 && out[len - 1] == '\n', "len %zu", len);
+    CHECK(strchr(out, '\n') == out + len - 1);
+    free(big);
+}
+
+static void test_access(void)
+{
+    sh_access a = {.conn_id = "c9", .peer = "127.0.0.1:5000", .method = "GET", .path = "/ws",
+                   .websocket = 1, .http_status = 101, .duration_ms = 12.5, .bytes_in = 10,
+                   .bytes_out = 20, .messages_in = 1, .messages_out = 2, .close_code = 1000,
+                   .close_reason = "done"};
+    sh_log_set_format(SH_LOG_JSON);
+    sh_log_set_level(SH_LOG_ERROR); /* the access log does not depend on log_level */
+    sh_log_access(&a);
+    CHECK_STR(after_ts(take()),
+              ",\"level\":\"info\",\"conn\":\"c9\",\"msg\":\"access\",\"kind\":\"websocket\","
+              "\"peer\":\"127.0.0.1:5000\",\"method\":\"GET\",\"path\":\"/ws\",\"status\":101,"
+              "\"duration_ms\":12.500,\"bytes_in\":10,\"bytes_out\":20,\"messages_in\":1,"
+              "\"messages_out\":2,\"close_code\":1000,\"close_reason\":\"done\"}\n");
+    sh_access h = {.conn_id = "c10", .peer = "[::1]:6", .method = "GET", .path = "/metrics",
+                   .http_status = 200, .requests = 3, .duration_ms = 1, .bytes_in = 100,
+                   .bytes_out = 900};
+    sh_log_set_format(SH_LOG_TEXT);
+    sh_log_access(&h);
+    CHECK_STR(after_ts(take()), "info  [c10] access kind=http peer=[::1]:6 method=GET "
+                                "path=/metrics status=200 requests=3 duration_ms=1.000 "
+                                "bytes_in=100 bytes_out=900\n");
+    sh_log_set_access(0);
+    CHECK(!sh_log_access_enabled());
+    sh_log_access(&h);
+    CHECK_STR(take(), "");
+    sh_log_set_access(1);
+    sh_log_set_level(SH_LOG_INFO);
+}
+
+static void test_configure(void)
+{
+    sh_config cfg = {0};
+    cfg.log_level = SH_LOG_DEBUG;
+    cfg.log_format = SH_LOG_JSON;
+    cfg.access_log = 0;
+    sh_log_configure(&cfg);
+    CHECK(sh_log_enabled(SH_LOG_DEBUG));
+    CHECK_INT(sh_log_get_format(), SH_LOG_JSON);
+    CHECK(!sh_log_access_enabled());
+    CHECK_INT(sh_log_parse_format("json"), SH_LOG_JSON);
+    CHECK_INT(sh_log_parse_format("text"), SH_LOG_TEXT);
+    CHECK_INT(sh_log_parse_format("xml"), -1);
+    cfg.log_level = SH_LOG_INFO;
+    cfg.log_format = SH_LOG_TEXT;
+    cfg.access_log = 1;
+    sh_log_configure(&cfg);
+}
+
+static void never(uv_timer_t *t) { (void)t; }
+
+static void test_buffering(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    uv_timer_t alive; /* a loop with nothing to do would not iterate */
+    uv_timer_init(&loop, &alive);
+    uv_timer_start(&alive, never, 3600000, 0);
+    sh_log_set_format(SH_LOG_TEXT);
+    sh_log_attach(&loop);
+    sh_log(SH_LOG_INFO, NULL, "one");
+    sh_log(SH_LOG_INFO, NULL, "two");
+    CHECK_STR(take(), ""); /* buffered */
+    /* one loop iteration: the prepare handle writes both */
+    uv_run(&loop, UV_RUN_NOWAIT);
+    const char *out = take();
+    CHECK(strstr(out, "] one\n") && strstr(out, "] two\n"));
+    /* past 64 KiB: written without waiting for the loop */
+    char msg[1000];
+    memset(msg, 'y', sizeof msg - 1);
+    msg[sizeof msg - 1] = '\0';
+    for (int i = 0; i < 70; i++)
+        sh_log(SH_LOG_INFO, NULL, "%s", msg);
+    size_t n = strlen(take());
+    CHECKF(n >= 64 * 1024 && n < 70 * 1040, "wrote %zu", n);
+    sh_log(SH_LOG_INFO, NULL, "last");
+    sh_log_flush();
+    out = take();
+    CHECK(strstr(out, "] last\n") != NULL);
+    /* detach flushes; the handle closes with the loop */
+    sh_log(SH_LOG_INFO, NULL, "at detach");
+    sh_log_detach();
+    CHECK(strstr(take(), "] at detach\n") != NULL);
+    sh_log(SH_LOG_INFO, NULL, "immediate");
+    CHECK(strstr(take(), "] immediate\n") != NULL);
+    uv_close((uv_handle_t *)&alive, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_INT(uv_loop_close(&loop), 0);
+}
+
+/* A process that aborts with lines in the buffer still writes them. */
+static void test_abort_flushes(void)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        uv_loop_t loop;
+        uv_loop_init(&loop);
+        sh_log_attach(&loop);
+        sh_log(SH_LOG_ERROR, NULL, "before abort");
+        abort();
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+    CHECK(strstr(take(), "] before abort\n") != NULL);
+}
+
+int main(void)
+{
+    FILE *f = tmpfile();
+    fd = fileno(f);
+    sh_log_set_fd(fd);
+    test_json_fields();
+    test_json_utf8();
+    test_text();
+    test_cut_lines();
+    test_access();
+    test_configure();
+    test_buffering();
+    test_abort_flushes();
+    fclose(f);
+    return unit_done("log");
+}
