@@ -73,9 +73,10 @@ build/statushost --listen "127.0.0.1:$WORKER_PORT" --redis "$REDIS" --set "tick_
 pids+=($!)
 wait_http "http://127.0.0.1:$WORKER_PORT/healthz" worker "${pids[-1]}"
 
+# statushost's own PID is recorded (not tee's): a SIGINT/SIGTERM to this script stops it
 build/statushost --listen "127.0.0.1:$PORT" --redis "$REDIS" \
   --set "remote_url=http://127.0.0.1:$WORKER_PORT/remote/message" \
-  scripts/default.lua 2>&1 | tee "$LOGS/statushost.log" &
+  scripts/default.lua > >(tee "$LOGS/statushost.log") 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$PORT/healthz" statushost "${pids[-1]}"
 

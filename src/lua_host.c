@@ -15,6 +15,7 @@
 
 #include "log.h"
 #include "lua_api.h"
+#include "watchdog.h"
 
 int luaopen_cjson_safe(lua_State *L); /* in liblua5.4-cjson, not in its header */
 
@@ -724,7 +725,9 @@ static void task_run(sh_task *t)
     t->state = SH_TASK_RUNNING;
     arm_budget(co, g->cfg.lua_max_instructions);
     g->capped = 1;
+    sh_watchdog_note(t->what, t->log_id);
     int st = lua_resume(co, g->L, t->nargs, &nres);
+    sh_watchdog_note(NULL, NULL);
     g->capped = 0;
     if (st == LUA_YIELD) {
         if (t->state == SH_TASK_SUSPENDED)

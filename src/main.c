@@ -31,7 +31,7 @@ static const char usage[] =
     "options:\n"
     "  --listen HOST:PORT   address to listen on (default: the script's config,\n"
     "                       else 127.0.0.1:9999; port 0 picks a free port)\n"
-    "  --redis URL          redis://[:password@]host:port[/db] or unix:///path\n"
+    "  --redis URL          redis://[[user]:password@]host[:port][/db] or unix:///path\n"
     "                       (default redis://127.0.0.1:6379)\n"
     "  --set KEY=VALUE      override a key of the script's config table; typed by\n"
     "                       the key's default; lists take comma-separated values\n"

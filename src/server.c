@@ -20,6 +20,7 @@
 #include "redis_bus.h"
 #include "static_files.h"
 #include "user_metrics.h"
+#include "watchdog.h"
 
 #define MAX_STATIC_BYTES (16u * 1024 * 1024)
 
@@ -329,6 +330,10 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
     start_signal(s, &s->sig_hup, SIGHUP);
     uv_timer_init(loop, &s->grace_timer);
     s->grace_timer.data = s;
+    if (sh_watchdog_start(loop, s->gen->cfg.loop_stall_ms) != 0) {
+        snprintf(err, errsz, "cannot start the loop watchdog");
+        return -1;
+    }
     sh_info(NULL, "statushost %s: %s (instance %s)", SH_VERSION, opts->script, s->instance);
     return 0;
 }
@@ -433,10 +438,12 @@ static void finish(sh_server *s)
     }
     close_clients(s);
     sh_host_close(&s->host);
+    sh_watchdog_stop();
 }
 
 void sh_server_abort(sh_server *s)
 {
+    sh_watchdog_stop();
     stop_listening(s);
     close_clients(s);
     if (s->started) {

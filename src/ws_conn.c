@@ -248,7 +248,9 @@ static void close_frame_end(sh_conn *c)
         return;
     }
     uint16_t code = (uint16_t)(((uint8_t)c->ctrl.p[0] << 8) | (uint8_t)c->ctrl.p[1]);
-    if (!c->close_code) {
+    int valid = (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
+                (code >= 3000 && code <= 4999);
+    if (!c->close_code && valid) { /* an invalid one is answered 1002: that is the code */
         c->close_code = code;
         set_reason(c, c->ctrl.p + 2, c->ctrl.len - 2);
     }
