@@ -75,6 +75,7 @@ typedef struct {
     size_t max_conns_per_host; /* sockets connecting+busy+idle per host:port; 0 -> 8 */
     uint64_t idle_timeout_ms;  /* an idle pooled socket is closed after this; 0 -> 30000 */
     size_t max_response_bytes; /* status line + headers + body; 0 -> 16 MiB */
+    size_t max_total_response_bytes; /* response memory held by all calls together; 0 -> 64 MiB */
 } sh_http_client_opts;
 
 /* Pool counters, for /metrics and tests. */
@@ -83,6 +84,7 @@ typedef struct {
     size_t idle;     /* of which idle */
     size_t queued;   /* calls waiting for a socket */
     size_t inflight; /* calls started and not yet answered */
+    size_t response_bytes; /* response buffer memory held now, by all calls (<= the budget) */
 } sh_http_client_stats;
 
 /* Creates a client on loop. opts NULL or zero fields take the defaults above. Returns NULL when out

@@ -1,8 +1,8 @@
 /* test_http_client.c — sh_http_client against a small scripted HTTP server in the same loop.
  *
  * The server (uv_tcp on 127.0.0.1, ephemeral port) reads one request at a time and answers by
- * path: /hello, /chunked, /eof, /silent, /garbage, /midbody, /echo, /drop2, /big, /204, /304,
- * /100, /slow, /extra, /bye. It counts accepted, current, peak and closed connections. Tests run
+ * path: /hello, /chunked, /eof, /silent, /garbage, /midbody, /echo, /drop2, /big, /stall, /204,
+ * /304, /100, /slow, /extra, /bye. It counts accepted, current, peak and closed connections. Tests run
  * the loop until the callbacks they await have been counted; a watchdog aborts a stuck test.
  *
  *   gcc -g -Wall -Wextra -fsanitize=address,undefined -Isrc -I/usr/share/include/llhttp \
@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include <malloc.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
@@ -119,6 +120,8 @@ static void swrite_s(sconn *sc, const char *s, int close_after)
     swrite_n(sc, s, strlen(s), close_after);
 }
 
+#define STALL_PART 700000
+
 #define HELLO "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Test: a\r\n\r\nhello"
 
 static void slow_cb(uv_timer_t *t)
@@ -170,6 +173,13 @@ static void srv_answer(sconn *sc, const char *req, size_t len)
         int h = snprintf(buf, 100, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", body);
         memset(buf + h, 'x', body);
         swrite_n(sc, buf, (size_t)h + body, 0);
+        free(buf);
+    } else if (strcmp(path, "/stall") == 0) { /* 700,000 of 1,000,000 announced bytes, then nothing */
+        size_t part = STALL_PART;
+        char *buf = malloc(part + 100);
+        int h = snprintf(buf, 100, "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
+        memset(buf + h, 'y', part);
+        swrite_n(sc, buf, (size_t)h + part, 0);
         free(buf);
     } else if (strcmp(path, "/204") == 0) {
         swrite_s(sc, "HTTP/1.1 204 No Content\r\n\r\n", 0);
@@ -665,6 +675,114 @@ static void test_too_large(void)
     env_fini(&e);
 }
 
+/* F16: a remote that sends most of a big body and stalls must not pin more than the client-wide
+ * budget. Each /stall call holds >= 700,000 bytes; a budget of 2 MiB fits two of them, so of six
+ * concurrent calls four fail "too large" (their sockets closed) and the total stays within the
+ * budget at every loop turn. */
+typedef struct {
+    env *e;
+    size_t max_seen;
+} budget_probe;
+
+static void budget_check_cb(uv_check_t *h)
+{
+    budget_probe *bp = h->data;
+    size_t now = stats(bp->e).response_bytes;
+    if (now > bp->max_seen)
+        bp->max_seen = now;
+}
+
+/* Bytes the allocator hands out now (0 where the sanitizer's allocator hides them). */
+static size_t heap_in_use(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    return 0;
+#else
+    struct mallinfo2 mi = mallinfo2();
+    return mi.uordblks + mi.hblkhd;
+#endif
+}
+
+static void settle_cb(uv_timer_t *t)
+{
+    (*(int *)t->data)++;
+}
+
+static void test_total_budget(void)
+{
+    enum { N = 6 };
+    const size_t budget = (size_t)2 << 20;
+    env e;
+    static result r[N];
+    sh_http_call *calls[N];
+    memset(r, 0, sizeof r);
+    sh_http_client_opts opts = {.max_conns_per_host = 16, .max_response_bytes = (size_t)1 << 20,
+                                .max_total_response_bytes = budget};
+    env_init(&e, &opts);
+    budget_probe bp = {.e = &e};
+    uv_check_t check;
+    uv_check_init(&e.loop, &check);
+    check.data = &bp;
+    uv_check_start(&check, budget_check_cb);
+    size_t heap0 = heap_in_use();
+    for (int i = 0; i < N; i++)
+        CHECK(req(&e, "GET", "/stall", 10000, &r[i], &calls[i]) == 0);
+    int too_large = 0, other = 0, late = 0;
+    uv_timer_t deadline; /* the failures are awaited; this only bounds the wait */
+    uv_timer_init(&e.loop, &deadline);
+    deadline.data = &late;
+    uv_timer_start(&deadline, settle_cb, 2000, 0);
+    while (too_large < N - 2 && !other && !late) {
+        if (uv_run(&e.loop, UV_RUN_ONCE) == 0)
+            break;
+        too_large = other = 0;
+        for (int i = 0; i < N; i++) {
+            too_large += r[i].called && r[i].err == SH_HTTP_ETOOLARGE;
+            other += r[i].called && r[i].err != SH_HTTP_ETOOLARGE;
+        }
+    }
+    /* let every byte the server sent arrive: nothing else may fail, nothing may grow */
+    int settled = 0;
+    uv_timer_t settle;
+    uv_timer_init(&e.loop, &settle);
+    settle.data = &settled;
+    uv_timer_start(&settle, settle_cb, 300, 0);
+    RUN_UNTIL(&e, settled);
+    too_large = other = 0;
+    for (int i = 0; i < N; i++) {
+        too_large += r[i].called && r[i].err == SH_HTTP_ETOOLARGE;
+        other += r[i].called && r[i].err != SH_HTTP_ETOOLARGE;
+        if (r[i].called && r[i].err == SH_HTTP_ETOOLARGE)
+            CHECK(strcmp(r[i].errstr, "too large") == 0);
+    }
+    CHECK(too_large == N - 2);
+    CHECK(other == 0);
+    sh_http_client_stats st = stats(&e);
+    CHECK(st.response_bytes >= 2 * STALL_PART);
+    CHECK(st.response_bytes <= budget);
+    CHECK(bp.max_seen <= budget);
+    CHECK(st.conns == 2 && st.inflight == 2); /* the failed calls' sockets are closed */
+    size_t heap1 = heap_in_use();
+    if (heap0 && heap1 > heap0) {
+        if (heap1 - heap0 > budget + (budget >> 2))
+            fprintf(stderr, "  heap grew by %zu bytes (budget %zu)\n", heap1 - heap0, budget);
+        CHECK(heap1 - heap0 <= budget + (budget >> 2)); /* measured, not just reported */
+    }
+    for (int i = 0; i < N; i++)
+        if (!r[i].called)
+            sh_http_call_cancel(calls[i]);
+    CHECK(stats(&e).response_bytes == 0 && stats(&e).inflight == 0); /* released at once */
+    result small = {0};
+    CHECK(req(&e, "GET", "/hello", 0, &small, NULL) == 0);
+    RUN_UNTIL(&e, small.called);
+    CHECK(small.err == 0 && strcmp(small.body, "hello") == 0);
+    CHECK(stats(&e).response_bytes == 0);
+    uv_close((uv_handle_t *)&check, NULL);
+    uv_close((uv_handle_t *)&settle, NULL);
+    uv_close((uv_handle_t *)&deadline, NULL);
+    env_fini(&e);
+}
+
 static void test_cancel(void)
 {
     env e;
@@ -1042,6 +1160,7 @@ int main(void)
         {"bad_response", test_bad_response},
         {"closed_mid_body", test_closed_mid_body},
         {"too_large", test_too_large},
+        {"total_budget", test_total_budget},
         {"cancel", test_cancel},
         {"retry_on_stale_socket", test_retry_on_stale_socket},
         {"idle_peer_close", test_idle_peer_close},
