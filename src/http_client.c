@@ -13,9 +13,22 @@
  *   conn    — one socket: a uv_tcp (reading for as long as it lives, so an idle socket notices the
  *             peer's close) and a uv_timer (connect timeout, then idle timeout). Freed when both
  *             handles have closed. A socket being connected belongs to the call that opened it.
+ *             An https socket also owns an SSL object over two memory BIOs (freed with the conn).
  *
  * The llhttp callbacks only copy bytes into the call and set flags; every decision is taken after
  * llhttp_execute() returns (on_message_complete pauses the parser).
+ *
+ * TLS never touches the socket: ciphertext read by libuv is written into the SSL's read BIO, the
+ * handshake and SSL_read() run over it, and whatever OpenSSL put in the write BIO is taken out and
+ * handed to uv_write() (tls_flush). Decrypted bytes go through the same path as plain ones
+ * (conn_input). The SSL_CTX is made on the first https call (or at creation when ca_file is set);
+ * sessions are remembered per host:port (a small cache in the client, fed by OpenSSL's new-session
+ * callback, so TLS 1.3 tickets that arrive after the handshake count) and offered on new sockets.
+ *
+ * Response memory: every call accounts the capacity of its response buffers (header bytes, header
+ * table, body) in the client's total, which may not pass max_total_response_bytes; buffers grow by
+ * half (never past the announced Content-Length or the per-call limit) and are freed as soon as
+ * the call's outcome is delivered, failed or cancelled.
  */
 #include "http_client.h"
 
@@ -26,6 +39,9 @@
 #include <strings.h>
 
 #include <llhttp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "log.h"
 
@@ -34,7 +50,11 @@
 #define DEFAULT_MAX_CONNS 8
 #define DEFAULT_IDLE_TIMEOUT_MS 30000
 #define DEFAULT_MAX_RESPONSE ((size_t)16 << 20)
+#define DEFAULT_MAX_TOTAL_RESPONSE ((size_t)64 << 20)
 #define READ_BUF_SIZE 65536
+/* plaintext of one read: at most the read itself plus one partial record left from before */
+#define PLAIN_BUF_SIZE (READ_BUF_SIZE + 20480)
+#define TLS_SESSION_CACHE 64 /* hosts whose last TLS session is remembered */
 #define MAX_METHOD_LEN 32
 #define MAX_HOST_LEN 255
 
@@ -78,14 +98,29 @@ enum call_state {
 enum conn_state {
     CONN_RESOLVING,  /* getaddrinfo pending */
     CONN_CONNECTING, /* uv_tcp_connect pending */
+    CONN_HANDSHAKING, /* https: TLS handshake running (still under the connect timeout) */
     CONN_BUSY,       /* request sent or being sent, response being read */
     CONN_IDLE,       /* in the host's idle list */
     CONN_CLOSING,    /* detached from host and call; handles closing */
 };
 
+/* A remembered TLS session. */
+typedef struct {
+    char key[MAX_HOST_LEN + 8]; /* "name:port"; "" when the slot is free */
+    SSL_SESSION *sess;          /* one reference, owned here */
+    uint64_t used;              /* client->tls_clock when stored or last offered */
+} sh_tls_session;
+
+/* A chunk of ciphertext being written. */
+typedef struct {
+    uv_write_t req;     /* req.data: the connection */
+    size_t len;
+    char data[];
+} sh_tls_write;
+
 struct sh_http_client {
     uv_loop_t *loop;            /* the loop everything runs on */
-    sh_http_client_opts opts;   /* with defaults applied */
+    sh_http_client_opts opts;   /* with defaults applied; opts.ca_file is our own copy */
     uv_timer_t own;             /* never started: keeps close asynchronous */
     size_t nhandles;            /* handles initialised and not yet closed */
     int closing;                /* sh_http_client_close() was called */
@@ -95,7 +130,14 @@ struct sh_http_client {
     sh_http_call *calls;        /* every call whose timer is open */
     sh_http_conn *conns;        /* every connection not yet freed */
     size_t inflight;            /* calls queued or active */
+    size_t resp_total;          /* response buffer capacity held by all calls */
+    SSL_CTX *tls;               /* NULL until the first https call (or ca_file) */
+    size_t tls_handshakes;      /* completed handshakes */
+    size_t tls_resumed;         /* of which resumed a session */
+    uint64_t tls_clock;         /* ages the session cache */
+    sh_tls_session sessions[TLS_SESSION_CACHE];
     char rbuf[READ_BUF_SIZE];   /* read buffer: each read is consumed before the next */
+    char pbuf[PLAIN_BUF_SIZE];  /* decrypted bytes of one read, consumed before the next */
 };
 
 struct sh_http_host {
@@ -103,6 +145,7 @@ struct sh_http_host {
     sh_http_client *client;       /* owner */
     char *name;                   /* lowercased, without IPv6 brackets, NUL-terminated */
     unsigned port;                /* TCP port */
+    int tls;                      /* https: a separate pool from http on the same host:port */
     int literal;                  /* name is an IP address: addr is filled, no resolution */
     struct sockaddr_storage addr; /* when literal */
     size_t nconns;                /* attached sockets: resolving, connecting, busy, idle */
@@ -122,6 +165,7 @@ struct sh_http_call {
     sh_http_cb cb;                /* user callback */
     void *arg;                    /* its argument */
     int err;                      /* outcome once CALL_DONE */
+    char errbuf[128];             /* "tls: <reason>" for SH_HTTP_ETLS */
     sh_http_blob *req;            /* serialized request */
     uint64_t connect_timeout_ms;  /* for a socket opened for this call */
     int is_head;                  /* HEAD: response has no body */
@@ -136,8 +180,10 @@ struct sh_http_call {
     sh_buf hbuf;                  /* header names and values */
     sh_hdr_ref *hdrs;             /* headers, offsets into hbuf */
     size_t nhdrs, hcap;           /* used and allocated entries of hdrs */
-    sh_buf body;                  /* response body */
+    sh_buf body;                  /* response body; capacity always one past len (the NUL) */
     size_t resp_bytes;            /* accounted toward max_response_bytes */
+    uint64_t body_hint;           /* announced Content-Length, 0 when unknown */
+    size_t held;                  /* capacity of hbuf, hdrs and body: in client->resp_total */
 };
 
 struct sh_http_conn {
@@ -165,7 +211,12 @@ struct sh_http_conn {
     int msg_done;                 /* parser saw the end of the final response */
     int keep_alive;               /* and it allows reuse */
     int too_large;                /* a parser callback hit max_response_bytes */
+    int over_budget;              /* ... or max_total_response_bytes */
     int nomem;                    /* a parser callback ran out of memory */
+    SSL *ssl;                     /* https only; owns rbio and wbio */
+    BIO *rbio;                    /* ciphertext received, for OpenSSL to read */
+    BIO *wbio;                    /* ciphertext OpenSSL produced, to be written */
+    size_t tls_writes;            /* sh_tls_write chunks in flight */
 };
 
 static void host_pump(sh_http_host *h);
@@ -928,11 +979,67 @@ static int account(llhttp_t *p, size_t n)
     return 0;
 }
 
-/* Flags an allocation failure; returns -1 (parse error). */
-static int nomem(llhttp_t *p)
+/* Grows one of conn's call's response buffers (*p, *cap bytes) to hold need bytes: by half, but
+ * never past hint when hint suffices (the announced length, the per-call limit), and to exactly
+ * need when more would pass the client's budget. The capacity is what is accounted: the total of
+ * every call's buffers never passes max_total_response_bytes. Returns 0, or -1 with
+ * conn->over_budget or conn->nomem set (*p unchanged). */
+static int resp_grow(sh_http_conn *conn, void **p, size_t *cap, size_t need, size_t hint)
 {
-    ((sh_http_conn *)p->data)->nomem = 1;
-    return -1;
+    sh_http_client *c = conn->client;
+    if (need <= *cap)
+        return 0;
+    size_t room = c->opts.max_total_response_bytes - c->resp_total;
+    size_t want = *cap + *cap / 2;
+    if (want < 256)
+        want = 256;
+    if (hint && hint >= need && want > hint)
+        want = hint;
+    if (want < need)
+        want = need;
+    if (want - *cap > room)
+        want = need;
+    if (want - *cap > room) {
+        conn->over_budget = 1;
+        return -1;
+    }
+    void *np = realloc(*p, want);
+    if (!np) {
+        conn->nomem = 1;
+        return -1;
+    }
+    c->resp_total += want - *cap;
+    conn->call->held += want - *cap;
+    *p = np;
+    *cap = want;
+    return 0;
+}
+
+/* Appends n response bytes (already accounted by account()) to b, one of conn's call's buffers,
+ * keeping `spare` bytes free after them. Returns 0 or -1 (flags set by resp_grow). */
+static int resp_append(sh_http_conn *conn, sh_buf *b, const char *data, size_t n, size_t spare,
+                       size_t hint)
+{
+    void *p = b->p;
+    if (resp_grow(conn, &p, &b->cap, b->len + n + spare, hint) < 0)
+        return -1;
+    b->p = p;
+    if (n)
+        memcpy(b->p + b->len, data, n);
+    b->len += n;
+    return 0;
+}
+
+/* Frees call's response buffers and gives their capacity back to the client's budget. */
+static void call_release(sh_http_call *call)
+{
+    buf_free(&call->hbuf);
+    buf_free(&call->body);
+    free(call->hdrs);
+    call->hdrs = NULL;
+    call->nhdrs = call->hcap = 0;
+    call->client->resp_total -= call->held;
+    call->held = 0;
 }
 
 /* A piece of a header name: a new header starts after the previous name completed. */
@@ -945,22 +1052,20 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
         if (account(p, sizeof(sh_hdr_ref)) < 0)
             return -1;
         if (call->nhdrs == call->hcap) {
-            size_t cap = call->hcap ? call->hcap * 2 : 16;
-            sh_hdr_ref *h = realloc(call->hdrs, cap * sizeof *h);
-            if (!h)
-                return nomem(p);
+            void *h = call->hdrs;
+            size_t bytes = call->hcap * sizeof(sh_hdr_ref);
+            if (resp_grow(p->data, &h, &bytes, (call->nhdrs + 1) * sizeof(sh_hdr_ref), 0) < 0)
+                return -1;
             call->hdrs = h;
-            call->hcap = cap;
+            call->hcap = bytes / sizeof(sh_hdr_ref);
         }
         sh_hdr_ref *r = &call->hdrs[call->nhdrs++];
         r->name_off = call->hbuf.len;
         r->name_len = r->value_off = r->value_len = 0;
         call->in_field = 1;
     }
-    if (account(p, len) < 0)
+    if (account(p, len) < 0 || resp_append(p->data, &call->hbuf, at, len, 0, 0) < 0)
         return -1;
-    if (buf_append(&call->hbuf, at, len) < 0)
-        return nomem(p);
     call->hdrs[call->nhdrs - 1].name_len += len;
     return 0;
 }
@@ -981,18 +1086,18 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     sh_hdr_ref *r = &call->hdrs[call->nhdrs - 1];
     if (r->value_len == 0)
         r->value_off = call->hbuf.len;
-    if (account(p, len) < 0)
+    if (account(p, len) < 0 || resp_append(p->data, &call->hbuf, at, len, 0, 0) < 0)
         return -1;
-    if (buf_append(&call->hbuf, at, len) < 0)
-        return nomem(p);
     r->value_len += len;
     return 0;
 }
 
-/* Returns 1 (no body) for HEAD, 1xx, 204 and 304, which llhttp cannot all know by itself. */
+/* Returns 1 (no body) for HEAD, 1xx, 204 and 304, which llhttp cannot all know by itself. A
+ * Content-Length over what is left of max_response_bytes fails at once. */
 static int on_headers_complete(llhttp_t *p)
 {
-    sh_http_call *call = parser_call(p);
+    sh_http_conn *conn = p->data;
+    sh_http_call *call = conn->call;
     int status = llhttp_get_status_code(p);
     if (status / 100 == 1 && status != 101) {
         call->interim = 1;
@@ -1000,17 +1105,26 @@ static int on_headers_complete(llhttp_t *p)
     }
     call->status = status;
     call->headers_done = 1;
-    return (call->is_head || status == 204 || status == 304) ? 1 : 0;
+    if (call->is_head || status == 204 || status == 304)
+        return 1;
+    if (p->flags & F_CONTENT_LENGTH) {
+        if (p->content_length > conn->client->opts.max_response_bytes - call->resp_bytes) {
+            conn->too_large = 1;
+            return -1;
+        }
+        call->body_hint = p->content_length + 1; /* and the NUL */
+    }
+    return 0;
 }
 
 /* A piece of the body (already de-chunked). */
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
-    sh_http_call *call = parser_call(p);
-    if (account(p, len) < 0)
+    sh_http_conn *conn = p->data;
+    sh_http_call *call = conn->call;
+    size_t hint = call->body_hint ? call->body_hint : conn->client->opts.max_response_bytes + 1;
+    if (account(p, len) < 0 || resp_append(conn, &call->body, at, len, 1, hint) < 0)
         return -1;
-    if (buf_append(&call->body, at, len) < 0)
-        return nomem(p);
     return 0;
 }
 
@@ -1051,6 +1165,7 @@ static void call_reset_response(sh_http_call *call)
     call->nhdrs = 0;
     call->body.len = 0;
     call->resp_bytes = 0;
+    call->body_hint = 0;
 }
 
 /* Sends conn's call's request on conn (connected, busy). Failures go through conn_io_failed(). */
@@ -1061,7 +1176,7 @@ static void conn_send(sh_http_conn *conn)
     llhttp_init(&conn->parser, HTTP_RESPONSE, &parser_settings);
     conn->parser.data = conn;
     conn->rx_bytes = 0;
-    conn->msg_done = conn->keep_alive = conn->too_large = conn->nomem = 0;
+    conn->msg_done = conn->keep_alive = conn->too_large = conn->over_budget = conn->nomem = 0;
     call_reset_response(call);
     conn->wblob = call->req;
     call->req->refs++;
@@ -1114,6 +1229,13 @@ static void conn_parsed(sh_http_conn *conn, llhttp_errno_t err, const char *data
     if (conn->too_large) {
         sh_debug(NULL, "http: response from %s:%u over %zu bytes", conn->host->name,
                  conn->host->port, conn->client->opts.max_response_bytes);
+        conn_fail(conn, SH_HTTP_ETOOLARGE);
+        return;
+    }
+    if (conn->over_budget) {
+        sh_warn(NULL, "http: response from %s:%u refused: responses in flight hold %zu bytes "
+                "(max_total_response_bytes %zu)", conn->host->name, conn->host->port,
+                conn->client->resp_total, conn->client->opts.max_total_response_bytes);
         conn_fail(conn, SH_HTTP_ETOOLARGE);
         return;
     }
@@ -1207,9 +1329,7 @@ static void call_timer_closed(uv_handle_t *handle)
     if (call->next)
         call->next->prev = call->prev;
     blob_unref(call->req);
-    buf_free(&call->hbuf);
-    buf_free(&call->body);
-    free(call->hdrs);
+    call_release(call);
     free(call);
     client_handle_closed(c);
 }
@@ -1241,12 +1361,8 @@ static void call_deliver_cb(uv_timer_t *t)
     sh_http_hdr *hdrs = NULL;
     int err = call->err;
     call->state = CALL_DELIVERING;
-    if (err == 0) {
-        if (call->nhdrs && !(hdrs = malloc(call->nhdrs * sizeof *hdrs)))
-            err = SH_HTTP_ENOMEM;
-        else if (buf_append(&call->body, "", 1) < 0) /* a NUL after the body, not counted */
-            err = SH_HTTP_ENOMEM;
-    }
+    if (err == 0 && call->nhdrs && !(hdrs = malloc(call->nhdrs * sizeof *hdrs)))
+        err = SH_HTTP_ENOMEM;
     if (err == 0) {
         for (size_t i = 0; i < call->nhdrs; i++) {
             const sh_hdr_ref *r = &call->hdrs[i];
@@ -1258,11 +1374,18 @@ static void call_deliver_cb(uv_timer_t *t)
         res.status = call->status;
         res.headers = hdrs;
         res.nheaders = call->nhdrs;
-        res.body = call->body.p;
-        res.body_len = call->body.len - 1;
+        res.body = "";
+        res.body_len = call->body.len;
+        if (call->body.p) { /* the body buffer always has room for the NUL */
+            call->body.p[call->body.len] = '\0';
+            res.body = call->body.p;
+        }
     }
-    call->cb(call->arg, err, err ? sh_http_strerror(err) : NULL, err ? NULL : &res);
+    const char *errstr = err == SH_HTTP_ETLS && call->errbuf[0] ? call->errbuf
+                                                                 : sh_http_strerror(err);
+    call->cb(call->arg, err, err ? errstr : NULL, err ? NULL : &res);
     free(hdrs);
+    call_release(call);
     call->state = CALL_GONE;
     uv_close((uv_handle_t *)&call->timer, call_timer_closed);
 }
@@ -1271,6 +1394,8 @@ static void call_deliver_cb(uv_timer_t *t)
 static void call_finish(sh_http_call *call, int err)
 {
     call_unbind(call);
+    if (err)
+        call_release(call); /* nothing to deliver but the error */
     call->state = CALL_DONE;
     call->err = err;
     uv_timer_stop(&call->timer);
@@ -1307,6 +1432,8 @@ sh_http_client *sh_http_client_new(uv_loop_t *loop, const sh_http_client_opts *o
         c->opts.idle_timeout_ms = DEFAULT_IDLE_TIMEOUT_MS;
     if (!c->opts.max_response_bytes)
         c->opts.max_response_bytes = DEFAULT_MAX_RESPONSE;
+    if (!c->opts.max_total_response_bytes)
+        c->opts.max_total_response_bytes = DEFAULT_MAX_TOTAL_RESPONSE;
     uv_timer_init(loop, &c->own);
     c->own.data = c;
     c->nhandles = 1;
@@ -1378,6 +1505,7 @@ void sh_http_call_cancel(sh_http_call *call)
     case CALL_GONE:
         return;
     }
+    call_release(call);
     call->state = CALL_GONE;
     uv_timer_stop(&call->timer);
     uv_close((uv_handle_t *)&call->timer, call_timer_closed);
@@ -1410,4 +1538,7 @@ void sh_http_client_stats_get(const sh_http_client *c, sh_http_client_stats *out
             out->queued++;
     }
     out->inflight = c->inflight;
+    out->response_bytes = c->resp_total;
+    out->tls_handshakes = c->tls_handshakes;
+    out->tls_resumed = c->tls_resumed;
 }
