@@ -217,6 +217,9 @@ struct sh_http_conn {
     BIO *rbio;                    /* ciphertext received, for OpenSSL to read */
     BIO *wbio;                    /* ciphertext OpenSSL produced, to be written */
     size_t tls_writes;            /* sh_tls_write chunks in flight */
+    int tls_closed;               /* the peer sent close_notify */
+    int peer_closed;              /* the socket read EOF or an error: nothing more is written */
+    int tls_failed;               /* a TLS error: its session is not to be resumed */
 };
 
 static void host_pump(sh_http_host *h);
@@ -230,6 +233,16 @@ static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf);
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void conn_tcp_closed(uv_handle_t *handle);
 static void call_finish(sh_http_call *call, int err);
+static void conn_fail(sh_http_conn *conn, int err);
+static void conn_input(sh_http_conn *conn, const char *data, size_t n);
+static void conn_input_end(sh_http_conn *conn, int uverr);
+static void conn_io_error(sh_http_conn *conn, int err);
+static int tls_flush(sh_http_conn *conn);
+static int tls_conn_start(sh_http_conn *conn);
+static void tls_handshake(sh_http_conn *conn);
+static void tls_drain(sh_http_conn *conn);
+static void tls_reason(sh_http_conn *conn, int se, char *buf, size_t n);
+static void conn_fail_tls(sh_http_conn *conn, const char *reason);
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -321,6 +334,7 @@ const char *sh_http_strerror(int err)
     case SH_HTTP_ECLOSED: return "closed";
     case SH_HTTP_ERESOLVE: return "resolve failed";
     case SH_HTTP_ETOOLARGE: return "too large";
+    case SH_HTTP_ETLS: return "tls: failed";
     default: return "unknown error";
     }
 }
@@ -332,13 +346,14 @@ typedef struct {
     const char *host; /* without brackets */
     size_t host_len;
     int ipv6;         /* host was [bracketed] */
+    int tls;          /* https */
     unsigned port;
     const char *path; /* from the first '/' or '?', up to '#' or the end; may be empty */
     size_t path_len;
 } sh_url;
 
-/* Parses http://host[:port][/path][?query][#fragment] into *u. Returns 0, SH_HTTP_EUNSUPPORTED
- * for another scheme or user info, SH_HTTP_EINVAL for anything malformed. */
+/* Parses http[s]://host[:port][/path][?query][#fragment] into *u. Returns 0,
+ * SH_HTTP_EUNSUPPORTED for another scheme or user info, SH_HTTP_EINVAL for anything malformed. */
 static int url_parse(const char *url, sh_url *u)
 {
     const char *p = strstr(url, "://");
@@ -348,14 +363,16 @@ static int url_parse(const char *url, sh_url *u)
         if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
               *s == '+' || *s == '-' || *s == '.'))
             return SH_HTTP_EINVAL;
-    if (p - url != 4 || strncasecmp(url, "http", 4) != 0)
-        return SH_HTTP_EUNSUPPORTED; /* https, ws, ftp... */
+    int tls = p - url == 5 && strncasecmp(url, "https", 5) == 0;
+    if (!tls && (p - url != 4 || strncasecmp(url, "http", 4) != 0))
+        return SH_HTTP_EUNSUPPORTED; /* ws, ftp... */
     const char *auth = p + 3;
     const char *end = auth + strcspn(auth, "/?#");
     if (memchr(auth, '@', (size_t)(end - auth)))
         return SH_HTTP_EUNSUPPORTED; /* user info */
     const char *hend, *q;
     memset(u, 0, sizeof *u);
+    u->tls = tls;
     if (*auth == '[') {
         hend = memchr(auth, ']', (size_t)(end - auth));
         if (!hend)
@@ -382,7 +399,7 @@ static int url_parse(const char *url, sh_url *u)
         if (!ok)
             return SH_HTTP_EINVAL;
     }
-    u->port = 80;
+    u->port = tls ? 443 : 80;
     if (q != end) { /* ":port", possibly empty (RFC 3986: default port) */
         q++;
         if (q != end) {
@@ -460,7 +477,7 @@ static int request_build(const sh_http_opts *o, const char *method, const sh_url
         rc |= buf_append(&b, u->host, u->host_len);
         if (u->ipv6)
             rc |= buf_append(&b, "]", 1);
-        if (u->port != 80) {
+        if (u->port != (u->tls ? 443u : 80u)) {
             snprintf(num, sizeof num, ":%u", u->port);
             rc |= buf_puts(&b, num);
         }
@@ -532,6 +549,10 @@ static void client_handle_closed(sh_http_client *c)
         free(h->name);
         free(h);
     }
+    for (size_t i = 0; i < TLS_SESSION_CACHE; i++)
+        SSL_SESSION_free(c->sessions[i].sess);
+    SSL_CTX_free(c->tls);
+    free((char *)c->opts.ca_file);
     if (c->done)
         c->done(c->done_arg);
     free(c);
@@ -555,7 +576,7 @@ static sh_http_host *host_get(sh_http_client *c, const sh_url *u)
     }
     name[u->host_len] = '\0';
     for (sh_http_host *h = c->hosts; h; h = h->next)
-        if (h->port == u->port && strcmp(h->name, name) == 0)
+        if (h->port == u->port && h->tls == u->tls && strcmp(h->name, name) == 0)
             return h;
     sh_http_host *h = calloc(1, sizeof *h);
     if (!h || !(h->name = strdup(name))) {
@@ -564,6 +585,7 @@ static sh_http_host *host_get(sh_http_client *c, const sh_url *u)
     }
     h->client = c;
     h->port = u->port;
+    h->tls = u->tls;
     if (u->ipv6)
         h->literal = uv_ip6_addr(name, (int)u->port, (struct sockaddr_in6 *)&h->addr) == 0;
     else
@@ -639,6 +661,307 @@ static void idle_remove(sh_http_host *h, sh_http_conn *conn)
     conn->inext = NULL;
 }
 
+/* ---- TLS ---------------------------------------------------------------------------------- */
+
+static int tls_new_session_cb(SSL *ssl, SSL_SESSION *sess);
+
+/* Makes c->tls: TLS 1.2 or later, the peer verified against ca_file or the system store (unless
+ * tls_no_verify), sessions handed to tls_new_session_cb. Returns 0, or -1 with a reason in err. */
+static int tls_ctx_make(sh_http_client *c, char *err, size_t errsz)
+{
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        snprintf(err, errsz, "out of memory");
+        return -1;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* idle pooled sockets hold no buffers */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, tls_new_session_cb);
+    int ok = c->opts.ca_file ? SSL_CTX_load_verify_locations(ctx, c->opts.ca_file, NULL)
+                             : SSL_CTX_set_default_verify_paths(ctx);
+    if (!ok) {
+        unsigned long e = ERR_peek_last_error();
+        const char *why = e ? ERR_reason_error_string(e) : NULL;
+        snprintf(err, errsz, "cannot load CA certificates from %s: %s",
+                 c->opts.ca_file ? c->opts.ca_file : "the system store", why ? why : "unknown");
+        ERR_clear_error();
+        SSL_CTX_free(ctx);
+        return -1;
+    }
+    SSL_CTX_set_verify(ctx, c->opts.tls_no_verify ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
+    c->tls = ctx;
+    return 0;
+}
+
+/* The session cache slot of h ("name:port"), or NULL. */
+static sh_tls_session *tls_session_find(sh_http_client *c, const sh_http_host *h)
+{
+    char key[sizeof c->sessions[0].key];
+    snprintf(key, sizeof key, "%s:%u", h->name, h->port);
+    for (size_t i = 0; i < TLS_SESSION_CACHE; i++)
+        if (c->sessions[i].sess && strcmp(c->sessions[i].key, key) == 0)
+            return &c->sessions[i];
+    return NULL;
+}
+
+/* OpenSSL has a new resumable session on ssl (after the handshake for TLS 1.2, with each ticket
+ * for TLS 1.3): it replaces the one remembered for the host, or the least recently used one.
+ * Returns 1 when the cache took sess's reference. */
+static int tls_new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    sh_http_conn *conn = SSL_get_app_data(ssl);
+    if (!conn || !conn->host || !SSL_SESSION_is_resumable(sess))
+        return 0;
+    sh_http_client *c = conn->client;
+    sh_tls_session *slot = tls_session_find(c, conn->host);
+    if (!slot) { /* a free slot, else the least recently used */
+        slot = &c->sessions[0];
+        for (size_t i = 0; i < TLS_SESSION_CACHE; i++) {
+            if (!c->sessions[i].sess) {
+                slot = &c->sessions[i];
+                break;
+            }
+            if (c->sessions[i].used < slot->used)
+                slot = &c->sessions[i];
+        }
+    }
+    SSL_SESSION_free(slot->sess);
+    snprintf(slot->key, sizeof slot->key, "%s:%u", conn->host->name, conn->host->port);
+    slot->sess = sess;
+    slot->used = ++c->tls_clock;
+    return 1;
+}
+
+/* Forgets the session remembered for conn's host (its handshake failed). */
+static void tls_session_drop(sh_http_conn *conn)
+{
+    sh_tls_session *slot = tls_session_find(conn->client, conn->host);
+    if (slot) {
+        SSL_SESSION_free(slot->sess);
+        slot->sess = NULL;
+        slot->key[0] = '\0';
+    }
+}
+
+/* Why the last TLS operation on conn failed (se: its SSL_get_error, or 0), into buf. */
+static void tls_reason(sh_http_conn *conn, int se, char *buf, size_t n)
+{
+    long v = SSL_get_verify_result(conn->ssl);
+    if (!conn->client->opts.tls_no_verify && v != X509_V_OK) {
+        snprintf(buf, n, "certificate verify failed (%s)", X509_verify_cert_error_string(v));
+        return;
+    }
+    unsigned long e = ERR_peek_last_error();
+    const char *why = e ? ERR_reason_error_string(e) : NULL;
+    if (why)
+        snprintf(buf, n, "%s", why);
+    else if (se == SSL_ERROR_SYSCALL || se == SSL_ERROR_ZERO_RETURN)
+        snprintf(buf, n, "connection closed during the handshake");
+    else
+        snprintf(buf, n, "protocol error");
+}
+
+/* Fails conn's call with SH_HTTP_ETLS and errstr "tls: <reason>"; or just closes conn. */
+static void conn_fail_tls(sh_http_conn *conn, const char *reason)
+{
+    sh_debug(NULL, "http: tls with %s:%u failed: %s", conn->host->name, conn->host->port, reason);
+    ERR_clear_error();
+    conn->tls_failed = 1;
+    if (conn->call)
+        snprintf(conn->call->errbuf, sizeof conn->call->errbuf, "tls: %s", reason);
+    conn_fail(conn, SH_HTTP_ETLS);
+}
+
+/* Gives a freshly connected https socket its SSL: memory BIOs, SNI for a name, the host name or
+ * IP address to verify, and the host's last session. Returns 0, or -1 after failing the call. */
+static int tls_conn_start(sh_http_conn *conn)
+{
+    sh_http_client *c = conn->client;
+    sh_http_host *h = conn->host;
+    char err[160];
+    if (!c->tls && tls_ctx_make(c, err, sizeof err) < 0) {
+        sh_error(NULL, "http: %s", err);
+        conn_fail_tls(conn, err);
+        return -1;
+    }
+    ERR_clear_error();
+    SSL *ssl = SSL_new(c->tls);
+    BIO *rbio = BIO_new(BIO_s_mem()), *wbio = BIO_new(BIO_s_mem());
+    if (!ssl || !rbio || !wbio) {
+        SSL_free(ssl);
+        BIO_free(rbio);
+        BIO_free(wbio);
+        ERR_clear_error();
+        conn_fail(conn, SH_HTTP_ENOMEM);
+        return -1;
+    }
+    BIO_set_mem_eof_return(rbio, -1); /* empty means "more to come", not end of stream */
+    SSL_set_bio(ssl, rbio, wbio);     /* ssl owns them now */
+    conn->ssl = ssl;
+    conn->rbio = rbio;
+    conn->wbio = wbio;
+    SSL_set_app_data(ssl, conn);
+    SSL_set_connect_state(ssl);
+    int ok = h->literal || SSL_set_tlsext_host_name(ssl, h->name);
+    if (ok && !c->opts.tls_no_verify) {
+        if (h->literal) {
+            ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), h->name);
+        } else {
+            SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+            ok = SSL_set1_host(ssl, h->name);
+        }
+    }
+    if (!ok) {
+        conn_fail_tls(conn, "cannot verify this host name or address");
+        return -1;
+    }
+    sh_tls_session *slot = tls_session_find(c, h);
+    if (slot && SSL_set_session(ssl, slot->sess) == 1)
+        slot->used = ++c->tls_clock;
+    ERR_clear_error();
+    return 0;
+}
+
+/* A ciphertext chunk is written (or not). */
+static void tls_write_cb(uv_write_t *req, int status)
+{
+    sh_http_conn *conn = req->data;
+    free(req); /* the chunk starts with its request */
+    conn->tls_writes--;
+    if (status >= 0 || status == UV_ECANCELED || conn->state == CONN_CLOSING)
+        return;
+    conn_io_error(conn, status);
+}
+
+/* Writes out whatever OpenSSL left in conn's write BIO. Returns 0, SH_HTTP_ENOMEM or a libuv
+ * error (the caller fails conn). */
+static int tls_flush(sh_http_conn *conn)
+{
+    size_t n;
+    while ((n = BIO_ctrl_pending(conn->wbio)) > 0) {
+        if (n > (size_t)1 << 30)
+            n = (size_t)1 << 30;
+        sh_tls_write *w = malloc(sizeof *w + n);
+        if (!w)
+            return SH_HTTP_ENOMEM;
+        int got = BIO_read(conn->wbio, w->data, (int)n);
+        if (got <= 0) { /* a memory BIO with data pending always gives it */
+            free(w);
+            return SH_HTTP_ENOMEM;
+        }
+        w->len = (size_t)got;
+        w->req.data = conn;
+        uv_buf_t b = uv_buf_init(w->data, (unsigned)got);
+        int rc = uv_write(&w->req, (uv_stream_t *)&conn->tcp, &b, 1, tls_write_cb);
+        if (rc < 0) {
+            free(w);
+            return rc;
+        }
+        conn->tls_writes++;
+    }
+    return 0;
+}
+
+/* A socket error, or a failure of tls_flush: out of memory fails the call; in the handshake any
+ * other error is a TLS failure; otherwise the socket failed (and the call may be retried). */
+static void conn_io_error(sh_http_conn *conn, int err)
+{
+    if (err == SH_HTTP_ENOMEM)
+        conn_fail(conn, SH_HTTP_ENOMEM);
+    else if (conn->state == CONN_HANDSHAKING)
+        conn_fail_tls(conn, err == UV_EOF ? "connection closed during the handshake"
+                                          : uv_strerror(err));
+    else
+        conn_io_failed(conn, err);
+}
+
+/* Runs the handshake as far as the bytes received allow; once done, sends the call's request. */
+static void tls_handshake(sh_http_conn *conn)
+{
+    char reason[96] = "";
+    ERR_clear_error();
+    int r = SSL_do_handshake(conn->ssl);
+    int se = r == 1 ? SSL_ERROR_NONE : SSL_get_error(conn->ssl, r);
+    if (r != 1 && se != SSL_ERROR_WANT_READ)
+        tls_reason(conn, se, reason, sizeof reason);
+    int rc = tls_flush(conn); /* the ClientHello, Finished, or our alert */
+    if (reason[0]) {
+        tls_session_drop(conn);
+        conn_fail_tls(conn, reason);
+        return;
+    }
+    if (rc < 0) {
+        conn_io_error(conn, rc);
+        return;
+    }
+    if (r != 1)
+        return; /* wants more bytes */
+    sh_http_client *c = conn->client;
+    int resumed = SSL_session_reused(conn->ssl);
+    c->tls_handshakes++;
+    c->tls_resumed += resumed != 0;
+    sh_debug(NULL, "http: tls with %s:%u established (%s, %s)", conn->host->name, conn->host->port,
+             SSL_get_version(conn->ssl), resumed ? "resumed" : "full handshake");
+    uv_timer_stop(&conn->timer);
+    conn->state = CONN_BUSY;
+    conn_send(conn);
+}
+
+/* Decrypts everything conn's read BIO holds and passes it on like plain bytes; then a close_notify
+ * ends the stream and a TLS error fails the call (or drops an idle socket). */
+static void tls_drain(sh_http_conn *conn)
+{
+    sh_http_client *c = conn->client;
+    for (;;) {
+        size_t got = 0;
+        int end = 0; /* 1: close_notify, -1: error */
+        char reason[96] = "";
+        ERR_clear_error();
+        while (got < sizeof c->pbuf) {
+            size_t n = 0;
+            if (SSL_read_ex(conn->ssl, c->pbuf + got, sizeof c->pbuf - got, &n) == 1) {
+                got += n;
+                continue;
+            }
+            int se = SSL_get_error(conn->ssl, 0);
+            if (se == SSL_ERROR_ZERO_RETURN) {
+                end = 1;
+            } else if (se != SSL_ERROR_WANT_READ) {
+                end = -1;
+                tls_reason(conn, se, reason, sizeof reason);
+            }
+            break;
+        }
+        ERR_clear_error();
+        int rc = tls_flush(conn); /* what reading may answer (a key update) */
+        if (rc < 0) {
+            conn_io_error(conn, rc);
+            return;
+        }
+        if (got) {
+            conn_input(conn, c->pbuf, got);
+            if (conn->state == CONN_CLOSING)
+                return;
+        }
+        if (end > 0) {
+            conn->tls_closed = 1;
+            conn_input_end(conn, UV_EOF);
+            return;
+        }
+        if (end < 0) {
+            if (conn->state == CONN_BUSY && conn->call)
+                conn_fail_tls(conn, reason);
+            else
+                conn_close(conn);
+            return;
+        }
+        if (got < sizeof c->pbuf)
+            return; /* the BIO is empty but for a partial record */
+    }
+}
+
 /* ---- connections --------------------------------------------------------------------------- */
 
 /* Frees conn once both its handles have closed. */
@@ -656,6 +979,9 @@ static void conn_handle_closed(sh_http_conn *conn)
         conn->next->prev = conn->prev;
     uv_freeaddrinfo(conn->ai);
     blob_unref(conn->wblob);
+    if (conn->ssl && !conn->tls_failed) /* else SSL_free marks its session not resumable */
+        SSL_set_shutdown(conn->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+    SSL_free(conn->ssl); /* and its BIOs */
     free(conn);
 }
 
@@ -697,8 +1023,10 @@ static void conn_timer_cb(uv_timer_t *t)
         sh_debug(NULL, "http: idle connection to %s:%u timed out", conn->host->name,
                  conn->host->port);
         conn_close(conn);
-    } else if (conn->state == CONN_RESOLVING || conn->state == CONN_CONNECTING) {
-        sh_debug(NULL, "http: connect to %s:%u timed out", conn->host->name, conn->host->port);
+    } else if (conn->state == CONN_RESOLVING || conn->state == CONN_CONNECTING ||
+               conn->state == CONN_HANDSHAKING) {
+        sh_debug(NULL, "http: connect to %s:%u timed out%s", conn->host->name, conn->host->port,
+                 conn->state == CONN_HANDSHAKING ? " in the TLS handshake" : "");
         conn_fail(conn, SH_HTTP_ETIMEDOUT);
     }
 }
@@ -780,8 +1108,17 @@ static void connect_cb(uv_connect_t *req, int status)
     }
     uv_freeaddrinfo(conn->ai);
     conn->ai = conn->ai_next = NULL;
-    uv_timer_stop(&conn->timer);
     uv_tcp_nodelay(&conn->tcp, 1);
+    if (conn->host->tls) {
+        conn->state = CONN_HANDSHAKING; /* the connect timeout runs on until it is done */
+        int rc = uv_read_start((uv_stream_t *)&conn->tcp, alloc_cb, read_cb);
+        if (rc < 0)
+            conn_io_error(conn, rc);
+        else if (tls_conn_start(conn) == 0)
+            tls_handshake(conn);
+        return;
+    }
+    uv_timer_stop(&conn->timer);
     conn->state = CONN_BUSY;
     /* read for the socket's whole life: an idle socket must notice the peer closing it */
     int rc = uv_read_start((uv_stream_t *)&conn->tcp, alloc_cb, read_cb);
@@ -894,8 +1231,12 @@ static void conn_close(sh_http_conn *conn)
         return;
     assert(!conn->call);
     sh_http_host *h = conn->host;
-    if (conn->state == CONN_IDLE)
+    if (conn->state == CONN_IDLE) {
         idle_remove(h, conn);
+        if (conn->ssl && !conn->tls_closed && !conn->peer_closed && SSL_shutdown(conn->ssl) >= 0)
+            (void)tls_flush(conn); /* a close_notify, best effort */
+        ERR_clear_error();
+    }
     conn->state = CONN_CLOSING;
     conn->host = NULL;
     if (conn->resolve) {
@@ -1178,6 +1519,20 @@ static void conn_send(sh_http_conn *conn)
     conn->rx_bytes = 0;
     conn->msg_done = conn->keep_alive = conn->too_large = conn->over_budget = conn->nomem = 0;
     call_reset_response(call);
+    if (conn->ssl) { /* encrypted into the write BIO, then written from there */
+        size_t written = 0;
+        ERR_clear_error();
+        if (SSL_write_ex(conn->ssl, call->req->data, call->req->len, &written) != 1) {
+            char reason[96];
+            tls_reason(conn, 0, reason, sizeof reason);
+            conn_fail_tls(conn, reason);
+            return;
+        }
+        int rc = tls_flush(conn);
+        if (rc < 0)
+            conn_io_error(conn, rc);
+        return;
+    }
     conn->wblob = call->req;
     call->req->refs++;
     uv_buf_t buf;
@@ -1196,8 +1551,8 @@ static void conn_complete(sh_http_conn *conn)
 {
     sh_http_call *call = conn->call;
     sh_http_client *c = conn->client;
-    int reuse = conn->keep_alive && !conn->wblob && !call->no_reuse && call->status != 101 &&
-                !c->closing;
+    int reuse = conn->keep_alive && !conn->wblob && !conn->tls_writes && !call->no_reuse &&
+                call->status != 101 && !c->closing;
     conn->call = NULL;
     call->conn = NULL;
     call_finish(call, 0);
@@ -1248,7 +1603,9 @@ static void conn_parsed(sh_http_conn *conn, llhttp_errno_t err, const char *data
 static void conn_read_end(sh_http_conn *conn, ssize_t nread)
 {
     if (nread == UV_EOF && conn->rx_bytes > 0) {
-        llhttp_errno_t err = llhttp_finish(&conn->parser); /* completes a read-until-close body */
+        /* completes a read-until-close body; over TLS only a close_notify can (else truncation) */
+        llhttp_errno_t err = conn->ssl && !conn->tls_closed ? HPE_INVALID_EOF_STATE
+                                                             : llhttp_finish(&conn->parser);
         if (conn->msg_done) {
             conn->keep_alive = 0;
             conn_complete(conn);
@@ -1262,26 +1619,61 @@ static void conn_read_end(sh_http_conn *conn, ssize_t nread)
     conn_io_failed(conn, (int)nread);
 }
 
-/* Bytes, EOF or an error on a socket: feed the parser when busy, drop the socket when idle. */
+/* Response bytes (plain, or decrypted): feed the parser when busy, drop the socket when idle. */
+static void conn_input(sh_http_conn *conn, const char *data, size_t n)
+{
+    if (conn->state != CONN_BUSY || !conn->call) {
+        /* idle: bytes nobody asked for; the socket is done */
+        sh_debug(NULL, "http: idle connection to %s:%u got unsolicited bytes", conn->host->name,
+                 conn->host->port);
+        conn_close(conn);
+        return;
+    }
+    conn->rx_bytes += n;
+    llhttp_errno_t err = llhttp_execute(&conn->parser, data, n);
+    conn_parsed(conn, err, data, n);
+}
+
+/* The stream ended (EOF, close_notify) or broke (uverr < 0) on an established socket. */
+static void conn_input_end(sh_http_conn *conn, int uverr)
+{
+    if (conn->state != CONN_BUSY || !conn->call) {
+        sh_debug(NULL, "http: idle connection to %s:%u closed by peer", conn->host->name,
+                 conn->host->port);
+        conn_close(conn);
+        return;
+    }
+    conn_read_end(conn, uverr);
+}
+
+/* Bytes, EOF or an error on a socket. TLS bytes go through the handshake or tls_drain(). */
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     sh_http_conn *conn = stream->data;
     if (nread == 0 || conn->state == CONN_CLOSING)
         return;
-    if (conn->state != CONN_BUSY || !conn->call) {
-        /* idle: the peer closed it, or sent bytes nobody asked for; either way it is done */
-        sh_debug(NULL, "http: idle connection to %s:%u %s", conn->host->name, conn->host->port,
-                 nread < 0 ? "closed by peer" : "got unsolicited bytes");
-        conn_close(conn);
-        return;
-    }
     if (nread < 0) {
-        conn_read_end(conn, nread);
+        conn->peer_closed = 1;
+        if (conn->state == CONN_HANDSHAKING)
+            conn_io_error(conn, (int)nread);
+        else
+            conn_input_end(conn, (int)nread);
         return;
     }
-    conn->rx_bytes += (size_t)nread;
-    llhttp_errno_t err = llhttp_execute(&conn->parser, buf->base, (size_t)nread);
-    conn_parsed(conn, err, buf->base, (size_t)nread);
+    if (!conn->ssl) {
+        conn_input(conn, buf->base, (size_t)nread);
+        return;
+    }
+    if (BIO_write(conn->rbio, buf->base, (int)nread) != (int)nread) {
+        conn_fail(conn, SH_HTTP_ENOMEM);
+        return;
+    }
+    if (conn->state == CONN_HANDSHAKING) {
+        tls_handshake(conn);
+        if (conn->state != CONN_BUSY)
+            return;
+    }
+    tls_drain(conn); /* records after the handshake (session tickets), or the response */
 }
 
 /* ---- the pool --------------------------------------------------------------------------------- */
@@ -1434,6 +1826,20 @@ sh_http_client *sh_http_client_new(uv_loop_t *loop, const sh_http_client_opts *o
         c->opts.max_response_bytes = DEFAULT_MAX_RESPONSE;
     if (!c->opts.max_total_response_bytes)
         c->opts.max_total_response_bytes = DEFAULT_MAX_TOTAL_RESPONSE;
+    c->opts.ca_file = NULL;
+    if (opts && opts->ca_file && opts->ca_file[0]) {
+        char err[256];
+        if (!(c->opts.ca_file = strdup(opts->ca_file))) {
+            free(c);
+            return NULL;
+        }
+        if (tls_ctx_make(c, err, sizeof err) < 0) { /* a bad CA file fails now, not per call */
+            sh_error(NULL, "http: %s", err);
+            free((char *)c->opts.ca_file);
+            free(c);
+            return NULL;
+        }
+    }
     uv_timer_init(loop, &c->own);
     c->own.data = c;
     c->nhandles = 1;
