@@ -32,6 +32,9 @@ typedef struct sh_config {
     uint64_t lua_max_instructions; /* per hook run between yields → 1011 */
     int reuseport;                 /* SO_REUSEPORT on the listener */
     char **allowed_origins;        /* NULL-terminated; NULL: any origin */
+    char *http_ca_file;            /* `http_ca_file`: PEM CAs for https; NULL: the system store */
+    int http_tls_verify;           /* `http_tls_verify`: verify https certificates and names */
+    size_t http_max_total_response_bytes; /* response memory of all outbound calls together */
 } sh_config;
 
 /* The type a key's value has, which decides how --set parses it. */

@@ -33,6 +33,7 @@
 #include "http_client.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -679,6 +680,14 @@ static int tls_ctx_make(sh_http_client *c, char *err, size_t errsz)
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* idle pooled sockets hold no buffers */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(ctx, tls_new_session_cb);
+    FILE *f = c->opts.ca_file ? fopen(c->opts.ca_file, "r") : NULL;
+    if (c->opts.ca_file && !f) {
+        snprintf(err, errsz, "cannot read %s: %s", c->opts.ca_file, strerror(errno));
+        SSL_CTX_free(ctx);
+        return -1;
+    }
+    if (f)
+        fclose(f);
     int ok = c->opts.ca_file ? SSL_CTX_load_verify_locations(ctx, c->opts.ca_file, NULL)
                              : SSL_CTX_set_default_verify_paths(ctx);
     if (!ok) {
