@@ -1420,10 +1420,14 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
-/* The header name is complete: the next name piece starts a new header. */
+/* The header name is complete: the next name piece starts a new header. An empty name (which
+ * llhttp lets through after a lone CR ending the status line) makes the response bad. */
 static int on_header_field_complete(llhttp_t *p)
 {
-    parser_call(p)->in_field = 0;
+    sh_http_call *call = parser_call(p);
+    if (!call->headers_done && (!call->in_field || call->hdrs[call->nhdrs - 1].name_len == 0))
+        return -1;
+    call->in_field = 0;
     return 0;
 }
 

@@ -1,7 +1,7 @@
 /* test_http_client.c — sh_http_client against a small scripted HTTP server in the same loop.
  *
  * The server (uv_tcp on 127.0.0.1, ephemeral port) reads one request at a time and answers by
- * path: /hello, /chunked, /eof, /silent, /garbage, /midbody, /echo, /drop2, /big, /stall, /204,
+ * path: /hello, /chunked, /eof, /silent, /garbage, /emptyname, /midbody, /echo, /drop2, /big, /stall, /204,
  * /304, /100, /slow, /extra, /bye, /midrecord. It counts accepted, current, peak and closed
  * connections. Tests run the loop until the callbacks they await have been counted; a watchdog
  * aborts a stuck test.
@@ -207,6 +207,8 @@ static void srv_answer(sconn *sc, const char *req, size_t len)
         swrite_s(sc, "HTTP/1.0 200 OK\r\nX-Test: b\r\n\r\nuntil close", 1);
     } else if (strcmp(path, "/silent") == 0) {
         /* never answers */
+    } else if (strcmp(path, "/emptyname") == 0) { /* llhttp takes the lone CR as the line's end */
+        swrite_s(sc, "HTTP/1.1 200 OK\rh: 5\r\nX-Test: a\r\n\r\nhello", 0);
     } else if (strcmp(path, "/garbage") == 0) {
         swrite_s(sc, "SSH-2.0-OpenSSH_9.2\r\nnonsense\r\n\r\n", 0);
     } else if (strcmp(path, "/midbody") == 0) {
@@ -861,12 +863,17 @@ static void test_queue_timeout(void)
 static void test_bad_response(void)
 {
     env e;
-    result r = {0};
+    result r = {0}, r2 = {0};
     env_init(&e, NULL);
     CHECK(req(&e, "GET", "/garbage", 0, &r, NULL) == 0);
     RUN_UNTIL(&e, r.called);
     CHECK(r.err == SH_HTTP_EBADRESPONSE && strcmp(r.errstr, "bad response") == 0);
     RUN_UNTIL(&e, e.s.closed == 1);
+    /* a header without a name (found by fuzz_http_client) */
+    CHECK(req(&e, "GET", "/emptyname", 0, &r2, NULL) == 0);
+    RUN_UNTIL(&e, r2.called);
+    CHECK(r2.err == SH_HTTP_EBADRESPONSE);
+    RUN_UNTIL(&e, e.s.closed == 2);
     env_fini(&e);
 }
 
