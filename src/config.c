@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <uv.h>
@@ -49,6 +50,9 @@ static const struct core_key core_keys[] = {
     {"loop_stall_ms", SH_CT_NUMBER, NULL, 5000},
     {"reuseport", SH_CT_BOOLEAN, NULL, 0},
     {"allowed_origins", SH_CT_LIST, NULL, 0},
+    {"http_ca_file", SH_CT_STRING, "", 0},
+    {"http_tls_verify", SH_CT_BOOLEAN, NULL, 1},
+    {"http_max_total_response_bytes", SH_CT_NUMBER, NULL, 67108864},
 };
 #define NCORE (sizeof core_keys / sizeof core_keys[0])
 
@@ -314,6 +318,33 @@ static int read_origins(lua_State *L, int t, sh_config *cfg, char *err, size_t e
     return 0;
 }
 
+/* http_ca_file: "" (the system store) or a readable regular file. */
+static int read_ca_file(lua_State *L, int t, sh_config *cfg, char *err, size_t errsz)
+{
+    lua_getfield(L, t, "http_ca_file");
+    const char *path = lua_tostring(L, -1);
+    struct stat st;
+    int rc = 0;
+    if (path && *path) {
+        const char *why = NULL;
+        if (stat(path, &st) != 0)
+            why = strerror(errno);
+        else if (!S_ISREG(st.st_mode))
+            why = "not a regular file";
+        else if (access(path, R_OK) != 0)
+            why = strerror(errno);
+        if (why) {
+            snprintf(err, errsz, "config.http_ca_file \"%s\": %s", path, why);
+            rc = -1;
+        } else if (!(cfg->http_ca_file = strdup(path))) {
+            snprintf(err, errsz, "config.http_ca_file: out of memory");
+            rc = -1;
+        }
+    }
+    lua_pop(L, 1);
+    return rc;
+}
+
 int sh_config_read(lua_State *L, int t, sh_config *cfg, char *err, size_t errsz)
 {
     static const uint64_t GB = 1024ull * 1024 * 1024, DAY = 86400000ull;
@@ -334,6 +365,7 @@ int sh_config_read(lua_State *L, int t, sh_config *cfg, char *err, size_t errsz)
         {"lua_max_memory", 0, 64 * GB, &cfg->lua_max_memory, 1},
         {"max_tasks_per_conn", 1, 1000000, &cfg->max_tasks_per_conn, 1},
         {"loop_stall_ms", 0, DAY, &cfg->loop_stall_ms, 0},
+        {"http_max_total_response_bytes", 65536, 1024 * GB, &cfg->http_max_total_response_bytes, 1},
     };
     memset(cfg, 0, sizeof *cfg);
     t = lua_absindex(L, t);
@@ -379,6 +411,11 @@ int sh_config_read(lua_State *L, int t, sh_config *cfg, char *err, size_t errsz)
     lua_getfield(L, t, "web_root");
     cfg->web_root = resolve_web_root(lua_tostring(L, -1));
     lua_pop(L, 1);
+    lua_getfield(L, t, "http_tls_verify");
+    cfg->http_tls_verify = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (read_ca_file(L, t, cfg, err, errsz) != 0)
+        goto fail;
     return 0;
 fail:
     sh_config_free(cfg);
@@ -391,6 +428,7 @@ void sh_config_free(sh_config *cfg)
         return;
     free(cfg->redis);
     free(cfg->web_root);
+    free(cfg->http_ca_file);
     if (cfg->allowed_origins)
         for (char **o = cfg->allowed_origins; *o; o++)
             free(*o);

@@ -13,19 +13,36 @@
  *   conn    — one socket: a uv_tcp (reading for as long as it lives, so an idle socket notices the
  *             peer's close) and a uv_timer (connect timeout, then idle timeout). Freed when both
  *             handles have closed. A socket being connected belongs to the call that opened it.
+ *             An https socket also owns an SSL object over two memory BIOs (freed with the conn).
  *
  * The llhttp callbacks only copy bytes into the call and set flags; every decision is taken after
  * llhttp_execute() returns (on_message_complete pauses the parser).
+ *
+ * TLS never touches the socket: ciphertext read by libuv is written into the SSL's read BIO, the
+ * handshake and SSL_read() run over it, and whatever OpenSSL put in the write BIO is taken out and
+ * handed to uv_write() (tls_flush). Decrypted bytes go through the same path as plain ones
+ * (conn_input). The SSL_CTX is made on the first https call (or at creation when ca_file is set);
+ * sessions are remembered per host:port (a small cache in the client, fed by OpenSSL's new-session
+ * callback, so TLS 1.3 tickets that arrive after the handshake count) and offered on new sockets.
+ *
+ * Response memory: every call accounts the capacity of its response buffers (header bytes, header
+ * table, body) in the client's total, which may not pass max_total_response_bytes; buffers grow by
+ * half (never past the announced Content-Length or the per-call limit) and are freed as soon as
+ * the call's outcome is delivered, failed or cancelled.
  */
 #include "http_client.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include <llhttp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "log.h"
 
@@ -34,7 +51,11 @@
 #define DEFAULT_MAX_CONNS 8
 #define DEFAULT_IDLE_TIMEOUT_MS 30000
 #define DEFAULT_MAX_RESPONSE ((size_t)16 << 20)
+#define DEFAULT_MAX_TOTAL_RESPONSE ((size_t)64 << 20)
 #define READ_BUF_SIZE 65536
+/* plaintext of one read: at most the read itself plus one partial record left from before */
+#define PLAIN_BUF_SIZE (READ_BUF_SIZE + 20480)
+#define TLS_SESSION_CACHE 64 /* hosts whose last TLS session is remembered */
 #define MAX_METHOD_LEN 32
 #define MAX_HOST_LEN 255
 
@@ -78,14 +99,29 @@ enum call_state {
 enum conn_state {
     CONN_RESOLVING,  /* getaddrinfo pending */
     CONN_CONNECTING, /* uv_tcp_connect pending */
+    CONN_HANDSHAKING, /* https: TLS handshake running (still under the connect timeout) */
     CONN_BUSY,       /* request sent or being sent, response being read */
     CONN_IDLE,       /* in the host's idle list */
     CONN_CLOSING,    /* detached from host and call; handles closing */
 };
 
+/* A remembered TLS session. */
+typedef struct {
+    char key[MAX_HOST_LEN + 8]; /* "name:port"; "" when the slot is free */
+    SSL_SESSION *sess;          /* one reference, owned here */
+    uint64_t used;              /* client->tls_clock when stored or last offered */
+} sh_tls_session;
+
+/* A chunk of ciphertext being written. */
+typedef struct {
+    uv_write_t req;     /* req.data: the connection */
+    size_t len;
+    char data[];
+} sh_tls_write;
+
 struct sh_http_client {
     uv_loop_t *loop;            /* the loop everything runs on */
-    sh_http_client_opts opts;   /* with defaults applied */
+    sh_http_client_opts opts;   /* with defaults applied; opts.ca_file is our own copy */
     uv_timer_t own;             /* never started: keeps close asynchronous */
     size_t nhandles;            /* handles initialised and not yet closed */
     int closing;                /* sh_http_client_close() was called */
@@ -95,7 +131,14 @@ struct sh_http_client {
     sh_http_call *calls;        /* every call whose timer is open */
     sh_http_conn *conns;        /* every connection not yet freed */
     size_t inflight;            /* calls queued or active */
+    size_t resp_total;          /* response buffer capacity held by all calls */
+    SSL_CTX *tls;               /* NULL until the first https call (or ca_file) */
+    size_t tls_handshakes;      /* completed handshakes */
+    size_t tls_resumed;         /* of which resumed a session */
+    uint64_t tls_clock;         /* ages the session cache */
+    sh_tls_session sessions[TLS_SESSION_CACHE];
     char rbuf[READ_BUF_SIZE];   /* read buffer: each read is consumed before the next */
+    char pbuf[PLAIN_BUF_SIZE];  /* decrypted bytes of one read, consumed before the next */
 };
 
 struct sh_http_host {
@@ -103,6 +146,7 @@ struct sh_http_host {
     sh_http_client *client;       /* owner */
     char *name;                   /* lowercased, without IPv6 brackets, NUL-terminated */
     unsigned port;                /* TCP port */
+    int tls;                      /* https: a separate pool from http on the same host:port */
     int literal;                  /* name is an IP address: addr is filled, no resolution */
     struct sockaddr_storage addr; /* when literal */
     size_t nconns;                /* attached sockets: resolving, connecting, busy, idle */
@@ -122,6 +166,7 @@ struct sh_http_call {
     sh_http_cb cb;                /* user callback */
     void *arg;                    /* its argument */
     int err;                      /* outcome once CALL_DONE */
+    char errbuf[128];             /* "tls: <reason>" for SH_HTTP_ETLS */
     sh_http_blob *req;            /* serialized request */
     uint64_t connect_timeout_ms;  /* for a socket opened for this call */
     int is_head;                  /* HEAD: response has no body */
@@ -136,8 +181,10 @@ struct sh_http_call {
     sh_buf hbuf;                  /* header names and values */
     sh_hdr_ref *hdrs;             /* headers, offsets into hbuf */
     size_t nhdrs, hcap;           /* used and allocated entries of hdrs */
-    sh_buf body;                  /* response body */
+    sh_buf body;                  /* response body; capacity always one past len (the NUL) */
     size_t resp_bytes;            /* accounted toward max_response_bytes */
+    uint64_t body_hint;           /* announced Content-Length, 0 when unknown */
+    size_t held;                  /* capacity of hbuf, hdrs and body: in client->resp_total */
 };
 
 struct sh_http_conn {
@@ -165,7 +212,15 @@ struct sh_http_conn {
     int msg_done;                 /* parser saw the end of the final response */
     int keep_alive;               /* and it allows reuse */
     int too_large;                /* a parser callback hit max_response_bytes */
+    int over_budget;              /* ... or max_total_response_bytes */
     int nomem;                    /* a parser callback ran out of memory */
+    SSL *ssl;                     /* https only; owns rbio and wbio */
+    BIO *rbio;                    /* ciphertext received, for OpenSSL to read */
+    BIO *wbio;                    /* ciphertext OpenSSL produced, to be written */
+    size_t tls_writes;            /* sh_tls_write chunks in flight */
+    int tls_closed;               /* the peer sent close_notify */
+    int peer_closed;              /* the socket read EOF or an error: nothing more is written */
+    int tls_failed;               /* a TLS error: its session is not to be resumed */
 };
 
 static void host_pump(sh_http_host *h);
@@ -179,6 +234,16 @@ static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf);
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void conn_tcp_closed(uv_handle_t *handle);
 static void call_finish(sh_http_call *call, int err);
+static void conn_fail(sh_http_conn *conn, int err);
+static void conn_input(sh_http_conn *conn, const char *data, size_t n);
+static void conn_input_end(sh_http_conn *conn, int uverr);
+static void conn_io_error(sh_http_conn *conn, int err);
+static int tls_flush(sh_http_conn *conn);
+static int tls_conn_start(sh_http_conn *conn);
+static void tls_handshake(sh_http_conn *conn);
+static void tls_drain(sh_http_conn *conn);
+static void tls_reason(sh_http_conn *conn, int se, char *buf, size_t n);
+static void conn_fail_tls(sh_http_conn *conn, const char *reason);
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -270,6 +335,7 @@ const char *sh_http_strerror(int err)
     case SH_HTTP_ECLOSED: return "closed";
     case SH_HTTP_ERESOLVE: return "resolve failed";
     case SH_HTTP_ETOOLARGE: return "too large";
+    case SH_HTTP_ETLS: return "tls: failed";
     default: return "unknown error";
     }
 }
@@ -281,13 +347,14 @@ typedef struct {
     const char *host; /* without brackets */
     size_t host_len;
     int ipv6;         /* host was [bracketed] */
+    int tls;          /* https */
     unsigned port;
     const char *path; /* from the first '/' or '?', up to '#' or the end; may be empty */
     size_t path_len;
 } sh_url;
 
-/* Parses http://host[:port][/path][?query][#fragment] into *u. Returns 0, SH_HTTP_EUNSUPPORTED
- * for another scheme or user info, SH_HTTP_EINVAL for anything malformed. */
+/* Parses http[s]://host[:port][/path][?query][#fragment] into *u. Returns 0,
+ * SH_HTTP_EUNSUPPORTED for another scheme or user info, SH_HTTP_EINVAL for anything malformed. */
 static int url_parse(const char *url, sh_url *u)
 {
     const char *p = strstr(url, "://");
@@ -297,14 +364,16 @@ static int url_parse(const char *url, sh_url *u)
         if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
               *s == '+' || *s == '-' || *s == '.'))
             return SH_HTTP_EINVAL;
-    if (p - url != 4 || strncasecmp(url, "http", 4) != 0)
-        return SH_HTTP_EUNSUPPORTED; /* https, ws, ftp... */
+    int tls = p - url == 5 && strncasecmp(url, "https", 5) == 0;
+    if (!tls && (p - url != 4 || strncasecmp(url, "http", 4) != 0))
+        return SH_HTTP_EUNSUPPORTED; /* ws, ftp... */
     const char *auth = p + 3;
     const char *end = auth + strcspn(auth, "/?#");
     if (memchr(auth, '@', (size_t)(end - auth)))
         return SH_HTTP_EUNSUPPORTED; /* user info */
     const char *hend, *q;
     memset(u, 0, sizeof *u);
+    u->tls = tls;
     if (*auth == '[') {
         hend = memchr(auth, ']', (size_t)(end - auth));
         if (!hend)
@@ -331,7 +400,7 @@ static int url_parse(const char *url, sh_url *u)
         if (!ok)
             return SH_HTTP_EINVAL;
     }
-    u->port = 80;
+    u->port = tls ? 443 : 80;
     if (q != end) { /* ":port", possibly empty (RFC 3986: default port) */
         q++;
         if (q != end) {
@@ -409,7 +478,7 @@ static int request_build(const sh_http_opts *o, const char *method, const sh_url
         rc |= buf_append(&b, u->host, u->host_len);
         if (u->ipv6)
             rc |= buf_append(&b, "]", 1);
-        if (u->port != 80) {
+        if (u->port != (u->tls ? 443u : 80u)) {
             snprintf(num, sizeof num, ":%u", u->port);
             rc |= buf_puts(&b, num);
         }
@@ -481,6 +550,10 @@ static void client_handle_closed(sh_http_client *c)
         free(h->name);
         free(h);
     }
+    for (size_t i = 0; i < TLS_SESSION_CACHE; i++)
+        SSL_SESSION_free(c->sessions[i].sess);
+    SSL_CTX_free(c->tls);
+    free((char *)c->opts.ca_file);
     if (c->done)
         c->done(c->done_arg);
     free(c);
@@ -504,7 +577,7 @@ static sh_http_host *host_get(sh_http_client *c, const sh_url *u)
     }
     name[u->host_len] = '\0';
     for (sh_http_host *h = c->hosts; h; h = h->next)
-        if (h->port == u->port && strcmp(h->name, name) == 0)
+        if (h->port == u->port && h->tls == u->tls && strcmp(h->name, name) == 0)
             return h;
     sh_http_host *h = calloc(1, sizeof *h);
     if (!h || !(h->name = strdup(name))) {
@@ -513,6 +586,7 @@ static sh_http_host *host_get(sh_http_client *c, const sh_url *u)
     }
     h->client = c;
     h->port = u->port;
+    h->tls = u->tls;
     if (u->ipv6)
         h->literal = uv_ip6_addr(name, (int)u->port, (struct sockaddr_in6 *)&h->addr) == 0;
     else
@@ -588,6 +662,315 @@ static void idle_remove(sh_http_host *h, sh_http_conn *conn)
     conn->inext = NULL;
 }
 
+/* ---- TLS ---------------------------------------------------------------------------------- */
+
+static int tls_new_session_cb(SSL *ssl, SSL_SESSION *sess);
+
+/* Makes c->tls: TLS 1.2 or later, the peer verified against ca_file or the system store (unless
+ * tls_no_verify), sessions handed to tls_new_session_cb. Returns 0, or -1 with a reason in err. */
+static int tls_ctx_make(sh_http_client *c, char *err, size_t errsz)
+{
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        snprintf(err, errsz, "out of memory");
+        return -1;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* idle pooled sockets hold no buffers */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, tls_new_session_cb);
+    FILE *f = c->opts.ca_file ? fopen(c->opts.ca_file, "r") : NULL;
+    if (c->opts.ca_file && !f) {
+        snprintf(err, errsz, "cannot read %s: %s", c->opts.ca_file, strerror(errno));
+        SSL_CTX_free(ctx);
+        return -1;
+    }
+    if (f)
+        fclose(f);
+    int ok = c->opts.ca_file ? SSL_CTX_load_verify_locations(ctx, c->opts.ca_file, NULL)
+                             : SSL_CTX_set_default_verify_paths(ctx);
+    if (!ok) {
+        unsigned long e = ERR_peek_last_error();
+        const char *why = e ? ERR_reason_error_string(e) : NULL;
+        snprintf(err, errsz, "cannot load CA certificates from %s: %s",
+                 c->opts.ca_file ? c->opts.ca_file : "the system store", why ? why : "unknown");
+        ERR_clear_error();
+        SSL_CTX_free(ctx);
+        return -1;
+    }
+    SSL_CTX_set_verify(ctx, c->opts.tls_no_verify ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
+    c->tls = ctx;
+    return 0;
+}
+
+/* The session cache slot of h ("name:port"), or NULL. */
+static sh_tls_session *tls_session_find(sh_http_client *c, const sh_http_host *h)
+{
+    char key[sizeof c->sessions[0].key];
+    snprintf(key, sizeof key, "%s:%u", h->name, h->port);
+    for (size_t i = 0; i < TLS_SESSION_CACHE; i++)
+        if (c->sessions[i].sess && strcmp(c->sessions[i].key, key) == 0)
+            return &c->sessions[i];
+    return NULL;
+}
+
+/* OpenSSL has a new resumable session on ssl (after the handshake for TLS 1.2, with each ticket
+ * for TLS 1.3): it replaces the one remembered for the host, or the least recently used one.
+ * Returns 1 when the cache took sess's reference. */
+static int tls_new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    sh_http_conn *conn = SSL_get_app_data(ssl);
+    if (!conn || !conn->host || !SSL_SESSION_is_resumable(sess))
+        return 0;
+    sh_http_client *c = conn->client;
+    sh_tls_session *slot = tls_session_find(c, conn->host);
+    if (!slot) { /* a free slot, else the least recently used */
+        slot = &c->sessions[0];
+        for (size_t i = 0; i < TLS_SESSION_CACHE; i++) {
+            if (!c->sessions[i].sess) {
+                slot = &c->sessions[i];
+                break;
+            }
+            if (c->sessions[i].used < slot->used)
+                slot = &c->sessions[i];
+        }
+    }
+    SSL_SESSION_free(slot->sess);
+    snprintf(slot->key, sizeof slot->key, "%s:%u", conn->host->name, conn->host->port);
+    slot->sess = sess;
+    slot->used = ++c->tls_clock;
+    return 1;
+}
+
+/* Forgets the session remembered for conn's host (its handshake failed). */
+static void tls_session_drop(sh_http_conn *conn)
+{
+    sh_tls_session *slot = tls_session_find(conn->client, conn->host);
+    if (slot) {
+        SSL_SESSION_free(slot->sess);
+        slot->sess = NULL;
+        slot->key[0] = '\0';
+    }
+}
+
+/* Why the last TLS operation on conn failed (se: its SSL_get_error, or 0), into buf. */
+static void tls_reason(sh_http_conn *conn, int se, char *buf, size_t n)
+{
+    long v = SSL_get_verify_result(conn->ssl);
+    if (!conn->client->opts.tls_no_verify && v != X509_V_OK) {
+        snprintf(buf, n, "certificate verify failed (%s)", X509_verify_cert_error_string(v));
+        return;
+    }
+    unsigned long e = ERR_peek_last_error();
+    const char *why = e ? ERR_reason_error_string(e) : NULL;
+    if (why)
+        snprintf(buf, n, "%s", why);
+    else if (se == SSL_ERROR_SYSCALL || se == SSL_ERROR_ZERO_RETURN)
+        snprintf(buf, n, "connection closed during the handshake");
+    else
+        snprintf(buf, n, "protocol error");
+}
+
+/* Fails conn's call with SH_HTTP_ETLS and errstr "tls: <reason>"; or just closes conn. */
+static void conn_fail_tls(sh_http_conn *conn, const char *reason)
+{
+    sh_debug(NULL, "http: tls with %s:%u failed: %s", conn->host->name, conn->host->port, reason);
+    ERR_clear_error();
+    conn->tls_failed = 1;
+    if (conn->call)
+        snprintf(conn->call->errbuf, sizeof conn->call->errbuf, "tls: %s", reason);
+    conn_fail(conn, SH_HTTP_ETLS);
+}
+
+/* Gives a freshly connected https socket its SSL: memory BIOs, SNI for a name, the host name or
+ * IP address to verify, and the host's last session. Returns 0, or -1 after failing the call. */
+static int tls_conn_start(sh_http_conn *conn)
+{
+    sh_http_client *c = conn->client;
+    sh_http_host *h = conn->host;
+    char err[160];
+    if (!c->tls && tls_ctx_make(c, err, sizeof err) < 0) {
+        sh_error(NULL, "http: %s", err);
+        conn_fail_tls(conn, err);
+        return -1;
+    }
+    ERR_clear_error();
+    SSL *ssl = SSL_new(c->tls);
+    BIO *rbio = BIO_new(BIO_s_mem()), *wbio = BIO_new(BIO_s_mem());
+    if (!ssl || !rbio || !wbio) {
+        SSL_free(ssl);
+        BIO_free(rbio);
+        BIO_free(wbio);
+        ERR_clear_error();
+        conn_fail(conn, SH_HTTP_ENOMEM);
+        return -1;
+    }
+    BIO_set_mem_eof_return(rbio, -1); /* empty means "more to come", not end of stream */
+    SSL_set_bio(ssl, rbio, wbio);     /* ssl owns them now */
+    conn->ssl = ssl;
+    conn->rbio = rbio;
+    conn->wbio = wbio;
+    SSL_set_app_data(ssl, conn);
+    SSL_set_connect_state(ssl);
+    int ok = h->literal || SSL_set_tlsext_host_name(ssl, h->name);
+    if (ok && !c->opts.tls_no_verify) {
+        if (h->literal) {
+            ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), h->name);
+        } else {
+            SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+            ok = SSL_set1_host(ssl, h->name);
+        }
+    }
+    if (!ok) {
+        conn_fail_tls(conn, "cannot verify this host name or address");
+        return -1;
+    }
+    sh_tls_session *slot = tls_session_find(c, h);
+    if (slot && SSL_set_session(ssl, slot->sess) == 1)
+        slot->used = ++c->tls_clock;
+    ERR_clear_error();
+    return 0;
+}
+
+/* A ciphertext chunk is written (or not). */
+static void tls_write_cb(uv_write_t *req, int status)
+{
+    sh_http_conn *conn = req->data;
+    free(req); /* the chunk starts with its request */
+    conn->tls_writes--;
+    if (status >= 0 || status == UV_ECANCELED || conn->state == CONN_CLOSING)
+        return;
+    conn_io_error(conn, status);
+}
+
+/* Writes out whatever OpenSSL left in conn's write BIO. Returns 0, SH_HTTP_ENOMEM or a libuv
+ * error (the caller fails conn). */
+static int tls_flush(sh_http_conn *conn)
+{
+    size_t n;
+    while ((n = BIO_ctrl_pending(conn->wbio)) > 0) {
+        if (n > (size_t)1 << 30)
+            n = (size_t)1 << 30;
+        sh_tls_write *w = malloc(sizeof *w + n);
+        if (!w)
+            return SH_HTTP_ENOMEM;
+        int got = BIO_read(conn->wbio, w->data, (int)n);
+        if (got <= 0) { /* a memory BIO with data pending always gives it */
+            free(w);
+            return SH_HTTP_ENOMEM;
+        }
+        w->len = (size_t)got;
+        w->req.data = conn;
+        uv_buf_t b = uv_buf_init(w->data, (unsigned)got);
+        int rc = uv_write(&w->req, (uv_stream_t *)&conn->tcp, &b, 1, tls_write_cb);
+        if (rc < 0) {
+            free(w);
+            return rc;
+        }
+        conn->tls_writes++;
+    }
+    return 0;
+}
+
+/* A socket error, or a failure of tls_flush: out of memory fails the call; in the handshake any
+ * other error is a TLS failure; otherwise the socket failed (and the call may be retried). */
+static void conn_io_error(sh_http_conn *conn, int err)
+{
+    if (err == SH_HTTP_ENOMEM)
+        conn_fail(conn, SH_HTTP_ENOMEM);
+    else if (conn->state == CONN_HANDSHAKING)
+        conn_fail_tls(conn, err == UV_EOF ? "connection closed during the handshake"
+                                          : uv_strerror(err));
+    else
+        conn_io_failed(conn, err);
+}
+
+/* Runs the handshake as far as the bytes received allow; once done, sends the call's request. */
+static void tls_handshake(sh_http_conn *conn)
+{
+    char reason[96] = "";
+    ERR_clear_error();
+    int r = SSL_do_handshake(conn->ssl);
+    int se = r == 1 ? SSL_ERROR_NONE : SSL_get_error(conn->ssl, r);
+    if (r != 1 && se != SSL_ERROR_WANT_READ)
+        tls_reason(conn, se, reason, sizeof reason);
+    int rc = tls_flush(conn); /* the ClientHello, Finished, or our alert */
+    if (reason[0]) {
+        tls_session_drop(conn);
+        conn_fail_tls(conn, reason);
+        return;
+    }
+    if (rc < 0) {
+        conn_io_error(conn, rc);
+        return;
+    }
+    if (r != 1)
+        return; /* wants more bytes */
+    sh_http_client *c = conn->client;
+    int resumed = SSL_session_reused(conn->ssl);
+    c->tls_handshakes++;
+    c->tls_resumed += resumed != 0;
+    sh_debug(NULL, "http: tls with %s:%u established (%s, %s)", conn->host->name, conn->host->port,
+             SSL_get_version(conn->ssl), resumed ? "resumed" : "full handshake");
+    uv_timer_stop(&conn->timer);
+    conn->state = CONN_BUSY;
+    conn_send(conn);
+}
+
+/* Decrypts everything conn's read BIO holds and passes it on like plain bytes; then a close_notify
+ * ends the stream and a TLS error fails the call (or drops an idle socket). */
+static void tls_drain(sh_http_conn *conn)
+{
+    sh_http_client *c = conn->client;
+    for (;;) {
+        size_t got = 0;
+        int end = 0; /* 1: close_notify, -1: error */
+        char reason[96] = "";
+        ERR_clear_error();
+        while (got < sizeof c->pbuf) {
+            size_t n = 0;
+            if (SSL_read_ex(conn->ssl, c->pbuf + got, sizeof c->pbuf - got, &n) == 1) {
+                got += n;
+                continue;
+            }
+            int se = SSL_get_error(conn->ssl, 0);
+            if (se == SSL_ERROR_ZERO_RETURN) {
+                end = 1;
+            } else if (se != SSL_ERROR_WANT_READ) {
+                end = -1;
+                tls_reason(conn, se, reason, sizeof reason);
+            }
+            break;
+        }
+        ERR_clear_error();
+        int rc = tls_flush(conn); /* what reading may answer (a key update) */
+        if (rc < 0) {
+            conn_io_error(conn, rc);
+            return;
+        }
+        if (got) {
+            conn_input(conn, c->pbuf, got);
+            if (conn->state == CONN_CLOSING)
+                return;
+        }
+        if (end > 0) {
+            conn->tls_closed = 1;
+            conn_input_end(conn, UV_EOF);
+            return;
+        }
+        if (end < 0) {
+            if (conn->state == CONN_BUSY && conn->call)
+                conn_fail_tls(conn, reason);
+            else
+                conn_close(conn);
+            return;
+        }
+        if (got < sizeof c->pbuf)
+            return; /* the BIO is empty but for a partial record */
+    }
+}
+
 /* ---- connections --------------------------------------------------------------------------- */
 
 /* Frees conn once both its handles have closed. */
@@ -605,6 +988,9 @@ static void conn_handle_closed(sh_http_conn *conn)
         conn->next->prev = conn->prev;
     uv_freeaddrinfo(conn->ai);
     blob_unref(conn->wblob);
+    if (conn->ssl && !conn->tls_failed) /* else SSL_free marks its session not resumable */
+        SSL_set_shutdown(conn->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+    SSL_free(conn->ssl); /* and its BIOs */
     free(conn);
 }
 
@@ -646,8 +1032,10 @@ static void conn_timer_cb(uv_timer_t *t)
         sh_debug(NULL, "http: idle connection to %s:%u timed out", conn->host->name,
                  conn->host->port);
         conn_close(conn);
-    } else if (conn->state == CONN_RESOLVING || conn->state == CONN_CONNECTING) {
-        sh_debug(NULL, "http: connect to %s:%u timed out", conn->host->name, conn->host->port);
+    } else if (conn->state == CONN_RESOLVING || conn->state == CONN_CONNECTING ||
+               conn->state == CONN_HANDSHAKING) {
+        sh_debug(NULL, "http: connect to %s:%u timed out%s", conn->host->name, conn->host->port,
+                 conn->state == CONN_HANDSHAKING ? " in the TLS handshake" : "");
         conn_fail(conn, SH_HTTP_ETIMEDOUT);
     }
 }
@@ -729,8 +1117,17 @@ static void connect_cb(uv_connect_t *req, int status)
     }
     uv_freeaddrinfo(conn->ai);
     conn->ai = conn->ai_next = NULL;
-    uv_timer_stop(&conn->timer);
     uv_tcp_nodelay(&conn->tcp, 1);
+    if (conn->host->tls) {
+        conn->state = CONN_HANDSHAKING; /* the connect timeout runs on until it is done */
+        int rc = uv_read_start((uv_stream_t *)&conn->tcp, alloc_cb, read_cb);
+        if (rc < 0)
+            conn_io_error(conn, rc);
+        else if (tls_conn_start(conn) == 0)
+            tls_handshake(conn);
+        return;
+    }
+    uv_timer_stop(&conn->timer);
     conn->state = CONN_BUSY;
     /* read for the socket's whole life: an idle socket must notice the peer closing it */
     int rc = uv_read_start((uv_stream_t *)&conn->tcp, alloc_cb, read_cb);
@@ -843,8 +1240,12 @@ static void conn_close(sh_http_conn *conn)
         return;
     assert(!conn->call);
     sh_http_host *h = conn->host;
-    if (conn->state == CONN_IDLE)
+    if (conn->state == CONN_IDLE) {
         idle_remove(h, conn);
+        if (conn->ssl && !conn->tls_closed && !conn->peer_closed && SSL_shutdown(conn->ssl) >= 0)
+            (void)tls_flush(conn); /* a close_notify, best effort */
+        ERR_clear_error();
+    }
     conn->state = CONN_CLOSING;
     conn->host = NULL;
     if (conn->resolve) {
@@ -928,11 +1329,67 @@ static int account(llhttp_t *p, size_t n)
     return 0;
 }
 
-/* Flags an allocation failure; returns -1 (parse error). */
-static int nomem(llhttp_t *p)
+/* Grows one of conn's call's response buffers (*p, *cap bytes) to hold need bytes: by half, but
+ * never past hint when hint suffices (the announced length, the per-call limit), and to exactly
+ * need when more would pass the client's budget. The capacity is what is accounted: the total of
+ * every call's buffers never passes max_total_response_bytes. Returns 0, or -1 with
+ * conn->over_budget or conn->nomem set (*p unchanged). */
+static int resp_grow(sh_http_conn *conn, void **p, size_t *cap, size_t need, size_t hint)
 {
-    ((sh_http_conn *)p->data)->nomem = 1;
-    return -1;
+    sh_http_client *c = conn->client;
+    if (need <= *cap)
+        return 0;
+    size_t room = c->opts.max_total_response_bytes - c->resp_total;
+    size_t want = *cap + *cap / 2;
+    if (want < 256)
+        want = 256;
+    if (hint && hint >= need && want > hint)
+        want = hint;
+    if (want < need)
+        want = need;
+    if (want - *cap > room)
+        want = need;
+    if (want - *cap > room) {
+        conn->over_budget = 1;
+        return -1;
+    }
+    void *np = realloc(*p, want);
+    if (!np) {
+        conn->nomem = 1;
+        return -1;
+    }
+    c->resp_total += want - *cap;
+    conn->call->held += want - *cap;
+    *p = np;
+    *cap = want;
+    return 0;
+}
+
+/* Appends n response bytes (already accounted by account()) to b, one of conn's call's buffers,
+ * keeping `spare` bytes free after them. Returns 0 or -1 (flags set by resp_grow). */
+static int resp_append(sh_http_conn *conn, sh_buf *b, const char *data, size_t n, size_t spare,
+                       size_t hint)
+{
+    void *p = b->p;
+    if (resp_grow(conn, &p, &b->cap, b->len + n + spare, hint) < 0)
+        return -1;
+    b->p = p;
+    if (n)
+        memcpy(b->p + b->len, data, n);
+    b->len += n;
+    return 0;
+}
+
+/* Frees call's response buffers and gives their capacity back to the client's budget. */
+static void call_release(sh_http_call *call)
+{
+    buf_free(&call->hbuf);
+    buf_free(&call->body);
+    free(call->hdrs);
+    call->hdrs = NULL;
+    call->nhdrs = call->hcap = 0;
+    call->client->resp_total -= call->held;
+    call->held = 0;
 }
 
 /* A piece of a header name: a new header starts after the previous name completed. */
@@ -945,30 +1402,32 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
         if (account(p, sizeof(sh_hdr_ref)) < 0)
             return -1;
         if (call->nhdrs == call->hcap) {
-            size_t cap = call->hcap ? call->hcap * 2 : 16;
-            sh_hdr_ref *h = realloc(call->hdrs, cap * sizeof *h);
-            if (!h)
-                return nomem(p);
+            void *h = call->hdrs;
+            size_t bytes = call->hcap * sizeof(sh_hdr_ref);
+            if (resp_grow(p->data, &h, &bytes, (call->nhdrs + 1) * sizeof(sh_hdr_ref), 0) < 0)
+                return -1;
             call->hdrs = h;
-            call->hcap = cap;
+            call->hcap = bytes / sizeof(sh_hdr_ref);
         }
         sh_hdr_ref *r = &call->hdrs[call->nhdrs++];
         r->name_off = call->hbuf.len;
         r->name_len = r->value_off = r->value_len = 0;
         call->in_field = 1;
     }
-    if (account(p, len) < 0)
+    if (account(p, len) < 0 || resp_append(p->data, &call->hbuf, at, len, 0, 0) < 0)
         return -1;
-    if (buf_append(&call->hbuf, at, len) < 0)
-        return nomem(p);
     call->hdrs[call->nhdrs - 1].name_len += len;
     return 0;
 }
 
-/* The header name is complete: the next name piece starts a new header. */
+/* The header name is complete: the next name piece starts a new header. An empty name (which
+ * llhttp lets through after a lone CR ending the status line) makes the response bad. */
 static int on_header_field_complete(llhttp_t *p)
 {
-    parser_call(p)->in_field = 0;
+    sh_http_call *call = parser_call(p);
+    if (!call->headers_done && (!call->in_field || call->hdrs[call->nhdrs - 1].name_len == 0))
+        return -1;
+    call->in_field = 0;
     return 0;
 }
 
@@ -981,18 +1440,18 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     sh_hdr_ref *r = &call->hdrs[call->nhdrs - 1];
     if (r->value_len == 0)
         r->value_off = call->hbuf.len;
-    if (account(p, len) < 0)
+    if (account(p, len) < 0 || resp_append(p->data, &call->hbuf, at, len, 0, 0) < 0)
         return -1;
-    if (buf_append(&call->hbuf, at, len) < 0)
-        return nomem(p);
     r->value_len += len;
     return 0;
 }
 
-/* Returns 1 (no body) for HEAD, 1xx, 204 and 304, which llhttp cannot all know by itself. */
+/* Returns 1 (no body) for HEAD, 1xx, 204 and 304, which llhttp cannot all know by itself. A
+ * Content-Length over what is left of max_response_bytes fails at once. */
 static int on_headers_complete(llhttp_t *p)
 {
-    sh_http_call *call = parser_call(p);
+    sh_http_conn *conn = p->data;
+    sh_http_call *call = conn->call;
     int status = llhttp_get_status_code(p);
     if (status / 100 == 1 && status != 101) {
         call->interim = 1;
@@ -1000,17 +1459,26 @@ static int on_headers_complete(llhttp_t *p)
     }
     call->status = status;
     call->headers_done = 1;
-    return (call->is_head || status == 204 || status == 304) ? 1 : 0;
+    if (call->is_head || status == 204 || status == 304)
+        return 1;
+    if (p->flags & F_CONTENT_LENGTH) {
+        if (p->content_length > conn->client->opts.max_response_bytes - call->resp_bytes) {
+            conn->too_large = 1;
+            return -1;
+        }
+        call->body_hint = p->content_length + 1; /* and the NUL */
+    }
+    return 0;
 }
 
 /* A piece of the body (already de-chunked). */
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
-    sh_http_call *call = parser_call(p);
-    if (account(p, len) < 0)
+    sh_http_conn *conn = p->data;
+    sh_http_call *call = conn->call;
+    size_t hint = call->body_hint ? call->body_hint : conn->client->opts.max_response_bytes + 1;
+    if (account(p, len) < 0 || resp_append(conn, &call->body, at, len, 1, hint) < 0)
         return -1;
-    if (buf_append(&call->body, at, len) < 0)
-        return nomem(p);
     return 0;
 }
 
@@ -1051,6 +1519,7 @@ static void call_reset_response(sh_http_call *call)
     call->nhdrs = 0;
     call->body.len = 0;
     call->resp_bytes = 0;
+    call->body_hint = 0;
 }
 
 /* Sends conn's call's request on conn (connected, busy). Failures go through conn_io_failed(). */
@@ -1061,8 +1530,22 @@ static void conn_send(sh_http_conn *conn)
     llhttp_init(&conn->parser, HTTP_RESPONSE, &parser_settings);
     conn->parser.data = conn;
     conn->rx_bytes = 0;
-    conn->msg_done = conn->keep_alive = conn->too_large = conn->nomem = 0;
+    conn->msg_done = conn->keep_alive = conn->too_large = conn->over_budget = conn->nomem = 0;
     call_reset_response(call);
+    if (conn->ssl) { /* encrypted into the write BIO, then written from there */
+        size_t written = 0;
+        ERR_clear_error();
+        if (SSL_write_ex(conn->ssl, call->req->data, call->req->len, &written) != 1) {
+            char reason[96];
+            tls_reason(conn, 0, reason, sizeof reason);
+            conn_fail_tls(conn, reason);
+            return;
+        }
+        int rc = tls_flush(conn);
+        if (rc < 0)
+            conn_io_error(conn, rc);
+        return;
+    }
     conn->wblob = call->req;
     call->req->refs++;
     uv_buf_t buf;
@@ -1081,8 +1564,8 @@ static void conn_complete(sh_http_conn *conn)
 {
     sh_http_call *call = conn->call;
     sh_http_client *c = conn->client;
-    int reuse = conn->keep_alive && !conn->wblob && !call->no_reuse && call->status != 101 &&
-                !c->closing;
+    int reuse = conn->keep_alive && !conn->wblob && !conn->tls_writes && !call->no_reuse &&
+                call->status != 101 && !c->closing;
     conn->call = NULL;
     call->conn = NULL;
     call_finish(call, 0);
@@ -1117,6 +1600,13 @@ static void conn_parsed(sh_http_conn *conn, llhttp_errno_t err, const char *data
         conn_fail(conn, SH_HTTP_ETOOLARGE);
         return;
     }
+    if (conn->over_budget) {
+        sh_warn(NULL, "http: response from %s:%u refused: responses in flight hold %zu bytes "
+                "(max_total_response_bytes %zu)", conn->host->name, conn->host->port,
+                conn->client->resp_total, conn->client->opts.max_total_response_bytes);
+        conn_fail(conn, SH_HTTP_ETOOLARGE);
+        return;
+    }
     sh_debug(NULL, "http: bad response from %s:%u: %s (%s)", conn->host->name, conn->host->port,
              llhttp_errno_name(err), llhttp_get_error_reason(&conn->parser));
     conn_fail(conn, conn->nomem ? SH_HTTP_ENOMEM : SH_HTTP_EBADRESPONSE);
@@ -1126,7 +1616,9 @@ static void conn_parsed(sh_http_conn *conn, llhttp_errno_t err, const char *data
 static void conn_read_end(sh_http_conn *conn, ssize_t nread)
 {
     if (nread == UV_EOF && conn->rx_bytes > 0) {
-        llhttp_errno_t err = llhttp_finish(&conn->parser); /* completes a read-until-close body */
+        /* completes a read-until-close body; over TLS only a close_notify can (else truncation) */
+        llhttp_errno_t err = conn->ssl && !conn->tls_closed ? HPE_INVALID_EOF_STATE
+                                                             : llhttp_finish(&conn->parser);
         if (conn->msg_done) {
             conn->keep_alive = 0;
             conn_complete(conn);
@@ -1140,26 +1632,61 @@ static void conn_read_end(sh_http_conn *conn, ssize_t nread)
     conn_io_failed(conn, (int)nread);
 }
 
-/* Bytes, EOF or an error on a socket: feed the parser when busy, drop the socket when idle. */
+/* Response bytes (plain, or decrypted): feed the parser when busy, drop the socket when idle. */
+static void conn_input(sh_http_conn *conn, const char *data, size_t n)
+{
+    if (conn->state != CONN_BUSY || !conn->call) {
+        /* idle: bytes nobody asked for; the socket is done */
+        sh_debug(NULL, "http: idle connection to %s:%u got unsolicited bytes", conn->host->name,
+                 conn->host->port);
+        conn_close(conn);
+        return;
+    }
+    conn->rx_bytes += n;
+    llhttp_errno_t err = llhttp_execute(&conn->parser, data, n);
+    conn_parsed(conn, err, data, n);
+}
+
+/* The stream ended (EOF, close_notify) or broke (uverr < 0) on an established socket. */
+static void conn_input_end(sh_http_conn *conn, int uverr)
+{
+    if (conn->state != CONN_BUSY || !conn->call) {
+        sh_debug(NULL, "http: idle connection to %s:%u closed by peer", conn->host->name,
+                 conn->host->port);
+        conn_close(conn);
+        return;
+    }
+    conn_read_end(conn, uverr);
+}
+
+/* Bytes, EOF or an error on a socket. TLS bytes go through the handshake or tls_drain(). */
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     sh_http_conn *conn = stream->data;
     if (nread == 0 || conn->state == CONN_CLOSING)
         return;
-    if (conn->state != CONN_BUSY || !conn->call) {
-        /* idle: the peer closed it, or sent bytes nobody asked for; either way it is done */
-        sh_debug(NULL, "http: idle connection to %s:%u %s", conn->host->name, conn->host->port,
-                 nread < 0 ? "closed by peer" : "got unsolicited bytes");
-        conn_close(conn);
-        return;
-    }
     if (nread < 0) {
-        conn_read_end(conn, nread);
+        conn->peer_closed = 1;
+        if (conn->state == CONN_HANDSHAKING)
+            conn_io_error(conn, (int)nread);
+        else
+            conn_input_end(conn, (int)nread);
         return;
     }
-    conn->rx_bytes += (size_t)nread;
-    llhttp_errno_t err = llhttp_execute(&conn->parser, buf->base, (size_t)nread);
-    conn_parsed(conn, err, buf->base, (size_t)nread);
+    if (!conn->ssl) {
+        conn_input(conn, buf->base, (size_t)nread);
+        return;
+    }
+    if (BIO_write(conn->rbio, buf->base, (int)nread) != (int)nread) {
+        conn_fail(conn, SH_HTTP_ENOMEM);
+        return;
+    }
+    if (conn->state == CONN_HANDSHAKING) {
+        tls_handshake(conn);
+        if (conn->state != CONN_BUSY)
+            return;
+    }
+    tls_drain(conn); /* records after the handshake (session tickets), or the response */
 }
 
 /* ---- the pool --------------------------------------------------------------------------------- */
@@ -1207,9 +1734,7 @@ static void call_timer_closed(uv_handle_t *handle)
     if (call->next)
         call->next->prev = call->prev;
     blob_unref(call->req);
-    buf_free(&call->hbuf);
-    buf_free(&call->body);
-    free(call->hdrs);
+    call_release(call);
     free(call);
     client_handle_closed(c);
 }
@@ -1241,12 +1766,8 @@ static void call_deliver_cb(uv_timer_t *t)
     sh_http_hdr *hdrs = NULL;
     int err = call->err;
     call->state = CALL_DELIVERING;
-    if (err == 0) {
-        if (call->nhdrs && !(hdrs = malloc(call->nhdrs * sizeof *hdrs)))
-            err = SH_HTTP_ENOMEM;
-        else if (buf_append(&call->body, "", 1) < 0) /* a NUL after the body, not counted */
-            err = SH_HTTP_ENOMEM;
-    }
+    if (err == 0 && call->nhdrs && !(hdrs = malloc(call->nhdrs * sizeof *hdrs)))
+        err = SH_HTTP_ENOMEM;
     if (err == 0) {
         for (size_t i = 0; i < call->nhdrs; i++) {
             const sh_hdr_ref *r = &call->hdrs[i];
@@ -1258,11 +1779,18 @@ static void call_deliver_cb(uv_timer_t *t)
         res.status = call->status;
         res.headers = hdrs;
         res.nheaders = call->nhdrs;
-        res.body = call->body.p;
-        res.body_len = call->body.len - 1;
+        res.body = "";
+        res.body_len = call->body.len;
+        if (call->body.p) { /* the body buffer always has room for the NUL */
+            call->body.p[call->body.len] = '\0';
+            res.body = call->body.p;
+        }
     }
-    call->cb(call->arg, err, err ? sh_http_strerror(err) : NULL, err ? NULL : &res);
+    const char *errstr = err == SH_HTTP_ETLS && call->errbuf[0] ? call->errbuf
+                                                                 : sh_http_strerror(err);
+    call->cb(call->arg, err, err ? errstr : NULL, err ? NULL : &res);
     free(hdrs);
+    call_release(call);
     call->state = CALL_GONE;
     uv_close((uv_handle_t *)&call->timer, call_timer_closed);
 }
@@ -1271,6 +1799,8 @@ static void call_deliver_cb(uv_timer_t *t)
 static void call_finish(sh_http_call *call, int err)
 {
     call_unbind(call);
+    if (err)
+        call_release(call); /* nothing to deliver but the error */
     call->state = CALL_DONE;
     call->err = err;
     uv_timer_stop(&call->timer);
@@ -1307,6 +1837,22 @@ sh_http_client *sh_http_client_new(uv_loop_t *loop, const sh_http_client_opts *o
         c->opts.idle_timeout_ms = DEFAULT_IDLE_TIMEOUT_MS;
     if (!c->opts.max_response_bytes)
         c->opts.max_response_bytes = DEFAULT_MAX_RESPONSE;
+    if (!c->opts.max_total_response_bytes)
+        c->opts.max_total_response_bytes = DEFAULT_MAX_TOTAL_RESPONSE;
+    c->opts.ca_file = NULL;
+    if (opts && opts->ca_file && opts->ca_file[0]) {
+        char err[256];
+        if (!(c->opts.ca_file = strdup(opts->ca_file))) {
+            free(c);
+            return NULL;
+        }
+        if (tls_ctx_make(c, err, sizeof err) < 0) { /* a bad CA file fails now, not per call */
+            sh_error(NULL, "http: %s", err);
+            free((char *)c->opts.ca_file);
+            free(c);
+            return NULL;
+        }
+    }
     uv_timer_init(loop, &c->own);
     c->own.data = c;
     c->nhandles = 1;
@@ -1378,6 +1924,7 @@ void sh_http_call_cancel(sh_http_call *call)
     case CALL_GONE:
         return;
     }
+    call_release(call);
     call->state = CALL_GONE;
     uv_timer_stop(&call->timer);
     uv_close((uv_handle_t *)&call->timer, call_timer_closed);
@@ -1410,4 +1957,7 @@ void sh_http_client_stats_get(const sh_http_client *c, sh_http_client_stats *out
             out->queued++;
     }
     out->inflight = c->inflight;
+    out->response_bytes = c->resp_total;
+    out->tls_handshakes = c->tls_handshakes;
+    out->tls_resumed = c->tls_resumed;
 }

@@ -1,9 +1,21 @@
-/* http_client.h — outbound HTTP/1.1 on a libuv loop, with a keep-alive pool.
+/* http_client.h — outbound HTTP/1.1 and HTTPS on a libuv loop, with a keep-alive pool.
  *
  * One sh_http_client per process (per loop). sh_http_request() starts one call; its callback runs
  * exactly once, later, from the loop — never from inside an API function — unless the call is
- * cancelled. Sockets are pooled per "host:port": at most max_conns_per_host sockets (connecting, busy
- * or idle) per host, further calls wait in a FIFO for that host and still honour their deadline.
+ * cancelled. Sockets are pooled per scheme and "host:port" (an https socket never serves an http
+ * call): at most max_conns_per_host sockets (connecting, busy or idle) per host, further calls wait
+ * in a FIFO for that host and still honour their deadline.
+ *
+ * HTTPS (OpenSSL, TLS 1.2+, never blocking the loop): the server's certificate chain is verified
+ * against the system store (or opts.ca_file) and its name against the URL's host (DNS name, or
+ * IP address for a literal) unless opts.tls_no_verify says otherwise; SNI is sent for names; the
+ * last session per host:port is offered again on new sockets. Handshake failures are SH_HTTP_ETLS
+ * with errstr "tls: <reason>", e.g. "tls: certificate verify failed (certificate has expired)".
+ *
+ * Memory: a response is at most max_response_bytes, and the response buffers of all calls together
+ * at most max_total_response_bytes: the call that would pass either fails "too large" and its socket
+ * is closed. A call's buffers are released as soon as its callback returns (or it fails or is
+ * cancelled).
  *
  *   sh_http_client *c = sh_http_client_new(loop, NULL);
  *   sh_http_opts o = { .method = "POST", .url = "http://127.0.0.1:9101/remote/message",
@@ -12,8 +24,9 @@
  *   ...
  *   sh_http_client_close(c, on_closed, NULL);  // pending calls get err "closed", then on_closed
  *
- * Not supported (stated, not hidden): https, proxies, chunked request bodies, Expect: 100-continue,
- * automatic redirects, response decompression, pipelining (one request per socket at a time).
+ * Not supported (stated, not hidden): TLS client certificates, proxies, chunked request bodies,
+ * Expect: 100-continue, automatic redirects, response decompression, pipelining (one request per
+ * socket at a time).
  */
 #ifndef SH_HTTP_CLIENT_H
 #define SH_HTTP_CLIENT_H
@@ -25,14 +38,17 @@
 /* Errors: negative, banded so they never collide with libuv's (which are small negative errnos). */
 enum {
     SH_HTTP_EINVAL = -3001,       /* "invalid argument": bad URL, method or header (sync only) */
-    SH_HTTP_EUNSUPPORTED = -3002, /* "unsupported": https or any scheme but http (sync only) */
+    SH_HTTP_EUNSUPPORTED = -3002, /* "unsupported": a scheme but http/https, user info (sync only) */
     SH_HTTP_ENOMEM = -3003,       /* "out of memory" */
     SH_HTTP_EREFUSED = -3004,     /* "refused": could not connect (ECONNREFUSED, unreachable...) */
     SH_HTTP_ETIMEDOUT = -3005,    /* "timeout": connect timeout or total deadline passed */
     SH_HTTP_EBADRESPONSE = -3006, /* "bad response": the response does not parse as HTTP/1.x */
     SH_HTTP_ECLOSED = -3007,      /* "closed": peer closed/reset mid-response, or client closing */
     SH_HTTP_ERESOLVE = -3008,     /* "resolve failed": the host name did not resolve */
-    SH_HTTP_ETOOLARGE = -3009,    /* "too large": response over max_response_bytes */
+    SH_HTTP_ETOOLARGE = -3009,    /* "too large": response over max_response_bytes, or the client's
+                                   * response memory would pass max_total_response_bytes */
+    SH_HTTP_ETLS = -3010,         /* "tls: <reason>" in the callback's errstr (unknown CA, host name
+                                   * mismatch, expired, protocol error...); strerror: "tls: failed" */
 };
 
 typedef struct sh_http_client sh_http_client; /* one per process; owns a keep-alive pool */
@@ -48,14 +64,15 @@ typedef struct {
 
 typedef struct {
     const char *method;         /* "GET", "POST", ... default GET if NULL; an HTTP token */
-    const char *url;            /* http://host[:port][/path][?query]; host may be a name, IPv4 or
-                                 * [IPv6]; a #fragment is dropped; https -> SH_HTTP_EUNSUPPORTED */
+    const char *url;            /* http[s]://host[:port][/path][?query]; host may be a name, IPv4
+                                 * or [IPv6]; a #fragment is dropped; other schemes ->
+                                 * SH_HTTP_EUNSUPPORTED */
     const sh_http_hdr *headers; /* caller's extra headers; Host, Content-Length and Connection are */
     size_t nheaders;            /* set by the client unless given here (case-insensitive match) */
     const char *body;           /* request body, may be NULL when body_len is 0; copied */
     size_t body_len;
     uint64_t timeout_ms;         /* total deadline (queue+connect+send+response); 0 -> 30000 */
-    uint64_t connect_timeout_ms; /* resolve+connect of a new socket; 0 -> 5000 */
+    uint64_t connect_timeout_ms; /* resolve+connect (+TLS handshake) of a new socket; 0 -> 5000 */
 } sh_http_opts;
 
 typedef struct {
@@ -68,13 +85,19 @@ typedef struct {
 
 /* err: 0 on a response (any status), else negative; errstr: sh_http_strerror(err), one of
  * "refused", "timeout", "bad response", "closed", "resolve failed", "too large", or
- * "out of memory". res is non-NULL only when err is 0, and valid only during the callback. */
+ * "out of memory" — except for SH_HTTP_ETLS: "tls: <reason>". errstr and res are valid only during
+ * the callback; res is non-NULL only when err is 0. */
 typedef void (*sh_http_cb)(void *arg, int err, const char *errstr, const sh_http_response *res);
 
 typedef struct {
     size_t max_conns_per_host; /* sockets connecting+busy+idle per host:port; 0 -> 8 */
     uint64_t idle_timeout_ms;  /* an idle pooled socket is closed after this; 0 -> 30000 */
     size_t max_response_bytes; /* status line + headers + body; 0 -> 16 MiB */
+    size_t max_total_response_bytes; /* response memory held by all calls together; 0 -> 64 MiB */
+    const char *ca_file; /* PEM bundle of trusted CAs for https; NULL or "": the system store.
+                          * Copied; loaded by sh_http_client_new (NULL when it cannot be read) */
+    int tls_no_verify;   /* 1: accept any certificate and name (tests, private remotes); 0 (the
+                          * default, so a zeroed struct verifies): verify */
 } sh_http_client_opts;
 
 /* Pool counters, for /metrics and tests. */
@@ -83,10 +106,14 @@ typedef struct {
     size_t idle;     /* of which idle */
     size_t queued;   /* calls waiting for a socket */
     size_t inflight; /* calls started and not yet answered */
+    size_t response_bytes; /* response buffer memory held now, by all calls (<= the budget) */
+    size_t tls_handshakes; /* TLS handshakes completed since creation */
+    size_t tls_resumed;    /* of which resumed a remembered session */
 } sh_http_client_stats;
 
 /* Creates a client on loop. opts NULL or zero fields take the defaults above. Returns NULL when out
- * of memory. The client owns one handle from here on: the loop is not empty until it is closed. */
+ * of memory or when opts->ca_file cannot be loaded (logged with the reason). The client owns one
+ * handle from here on: the loop is not empty until it is closed. */
 sh_http_client *sh_http_client_new(uv_loop_t *loop, const sh_http_client_opts *opts);
 
 /* Starts a request. Returns 0 and calls cb exactly once later (never synchronously inside this

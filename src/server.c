@@ -314,10 +314,17 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
         snprintf(err, errsz, "redis \"%s\": %s", s->gen->cfg.redis, sh_redis_strerror(rc));
         return -1;
     }
-    sh_http_client_opts ho = {.max_conns_per_host = 1024};
+    const sh_config *cfg = &s->gen->cfg;
+    sh_http_client_opts ho = {
+        .max_conns_per_host = 1024,
+        .max_total_response_bytes = cfg->http_max_total_response_bytes,
+        .ca_file = cfg->http_ca_file && *cfg->http_ca_file ? cfg->http_ca_file : NULL,
+        .tls_no_verify = !cfg->http_tls_verify,
+    };
     s->host.http = sh_http_client_new(loop, &ho);
     if (!s->host.http) {
-        snprintf(err, errsz, "out of memory");
+        snprintf(err, errsz, "http client: cannot load http_ca_file %s (or out of memory)",
+                 ho.ca_file ? ho.ca_file : "(system store)");
         return -1;
     }
     /* accept once Redis has answered its first attempt (up or refused), so a

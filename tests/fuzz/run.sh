@@ -3,7 +3,7 @@
 #
 #   tests/fuzz/run.sh [SECONDS]     fuzz each target SECONDS (default 20)
 #
-# For each target (fuzz_http, fuzz_ws): first every input in
+# For each target (fuzz_http, fuzz_ws, fuzz_http_client): first every input in
 # tests/fuzz/regressions/<target>/ runs once and must pass; then the target
 # fuzzes a temporary copy of tests/fuzz/corpus/<target>/ for SECONDS. Prints
 # the executions per target and whether anything was found; exits 1 when a
@@ -23,7 +23,7 @@
 # what the input does). Regenerate the seeds: python3 tests/fuzz/make_corpus.py
 #
 # Environment: SH_FUZZ_BUILD (build dir, default build-fuzz), SH_FUZZ_TARGETS
-# (default "http ws"), SH_FUZZ_FORK (processes), SH_FUZZ_PATCHED_SRC (a
+# (default "http ws http_client"), SH_FUZZ_FORK (processes), SH_FUZZ_PATCHED_SRC (a
 # directory of candidate fixes: its ws_conn.c, http_parse.c, ... are fuzzed
 # instead of src/'s; use a separate SH_FUZZ_BUILD).
 set -euo pipefail
@@ -35,7 +35,7 @@ case "$SECS" in
   ''|*[!0-9]*) echo "usage: tests/fuzz/run.sh [SECONDS]" >&2; exit 2 ;;
 esac
 BUILD=${SH_FUZZ_BUILD:-$ROOT/build-fuzz}
-TARGETS=${SH_FUZZ_TARGETS:-http ws}
+TARGETS=${SH_FUZZ_TARGETS:-http ws http_client}
 FORK=${SH_FUZZ_FORK:-0}
 
 if ! command -v clang >/dev/null 2>&1; then
@@ -70,6 +70,7 @@ for t in $TARGETS; do
   bin="$BUILD/fuzz_$t"
   case "$t" in
     http) maxlen=16384; dict=(-dict="$ROOT/tests/fuzz/http.dict") ;;
+    http_client) maxlen=16384; dict=(-dict="$ROOT/tests/fuzz/http_client.dict") ;;
     *) maxlen=8192; dict=() ;;
   esac
 

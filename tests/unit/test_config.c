@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -113,6 +114,9 @@ static void test_defaults(void)
     CHECK_INT(cfg.lua_max_instructions, 10000000);
     CHECK_INT(cfg.reuseport, 0);
     CHECK(cfg.allowed_origins == NULL);
+    CHECK(cfg.http_ca_file == NULL); /* the system store */
+    CHECK_INT(cfg.http_tls_verify, 1);
+    CHECK_INT(cfg.http_max_total_response_bytes, 67108864);
     sh_config_free(&cfg);
     CHECK(cfg.redis == NULL); /* free clears */
     sh_config_free(&cfg);     /* and is safe twice */
@@ -416,6 +420,11 @@ static void test_validation(void)
         {"redis_sub_connections=0", "redis_sub_connections"},
         {"redis_sub_connections=65", "redis_sub_connections"},
         {"redis_sub_connections=1.5", "redis_sub_connections"},
+        {"http_ca_file=/nonexistent/ca.pem", "http_ca_file"},
+        {"http_ca_file=/tmp", "http_ca_file"},
+        {"http_tls_verify=maybe", "http_tls_verify"},
+        {"http_max_total_response_bytes=1000", "http_max_total_response_bytes"},
+        {"http_max_total_response_bytes=-1", "http_max_total_response_bytes"},
     };
     for (size_t i = 0; i < sizeof rejected / sizeof rejected[0]; i++) {
         err[0] = '\0';
@@ -456,6 +465,21 @@ static void test_validation(void)
     CHECKF(read_one("web_root=/tmp/some/dir", &cfg) == 0, "%s", err);
     CHECK_STR(cfg.web_root, "/tmp/some/dir");
     sh_config_free(&cfg);
+
+    char ca[] = "/tmp/sh-test-ca-XXXXXX";
+    int fd = mkstemp(ca);
+    CHECK(fd >= 0);
+    close(fd);
+    char ca_set[64];
+    snprintf(ca_set, sizeof ca_set, "http_ca_file=%s", ca);
+    const char *https[] = {ca_set, "http_tls_verify=false",
+                           "http_max_total_response_bytes=1048576"};
+    CHECKF(merge_read(NULL, https, 3, &cfg) == 0, "%s", err);
+    CHECK_STR(cfg.http_ca_file, ca);
+    CHECK_INT(cfg.http_tls_verify, 0);
+    CHECK_INT(cfg.http_max_total_response_bytes, 1048576);
+    sh_config_free(&cfg);
+    unlink(ca);
 
     const char *sets[] = {"redis=unix:///run/redis.sock", "reuseport=on"};
     CHECKF(merge_read(NULL, sets, 2, &cfg) == 0, "%s", err);

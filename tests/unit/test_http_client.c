@@ -1,22 +1,35 @@
 /* test_http_client.c — sh_http_client against a small scripted HTTP server in the same loop.
  *
  * The server (uv_tcp on 127.0.0.1, ephemeral port) reads one request at a time and answers by
- * path: /hello, /chunked, /eof, /silent, /garbage, /midbody, /echo, /drop2, /big, /204, /304,
- * /100, /slow, /extra, /bye. It counts accepted, current, peak and closed connections. Tests run
- * the loop until the callbacks they await have been counted; a watchdog aborts a stuck test.
+ * path: /hello, /chunked, /eof, /silent, /garbage, /emptyname, /midbody, /echo, /drop2, /big, /stall, /204,
+ * /304, /100, /slow, /extra, /bye, /midrecord. It counts accepted, current, peak and closed
+ * connections. Tests run the loop until the callbacks they await have been counted; a watchdog
+ * aborts a stuck test.
+ *
+ * The same server speaks TLS when started with a certificate: OpenSSL over memory BIOs, in the same
+ * loop. The certificates come from a throwaway PKI made at start-up with the X509 API (two CAs, a
+ * good, a wrong-name, an expired and an unknown-CA leaf); the first CA is written to a temporary
+ * PEM file for the client's ca_file.
  *
  *   gcc -g -Wall -Wextra -fsanitize=address,undefined -Isrc -I/usr/share/include/llhttp \
  *       src/http_client.c src/log.c /usr/share/llhttp/\*.c tests/unit/test_http_client.c -luv \
- *       -o /tmp/test_http_client && /tmp/test_http_client
+ *       -lssl -lcrypto -o /tmp/test_http_client && /tmp/test_http_client
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include <malloc.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "http_client.h"
 #include "log.h"
@@ -40,8 +53,11 @@ typedef struct sconn {
     uv_tcp_t tcp;        /* accepted socket */
     uv_timer_t delay;    /* for /slow */
     srv *s;              /* owner */
-    char in[65536];      /* bytes not yet consumed */
+    char in[65536];      /* bytes not yet consumed (plaintext) */
     size_t inlen;
+    SSL *ssl;            /* TLS mode: over memory BIOs */
+    BIO *rbio, *wbio;
+    char raw[65536];     /* TLS mode: ciphertext of one read */
     int nreq;            /* requests seen on this connection */
     int closing;         /* uv_close called */
     int handles;         /* open handles */
@@ -58,6 +74,11 @@ struct srv {
     int requests;        /* complete requests read */
     char last[8192];     /* last request, NUL-terminated */
     int listener_closed;
+    SSL_CTX *tls;        /* TLS mode */
+    int handshakes;      /* TLS handshakes completed */
+    int resumed;         /* of which resumed a session */
+    int tls_failed;      /* handshakes that failed */
+    char sni[256];       /* server name of the last handshake, "" without SNI */
 };
 
 typedef struct {
@@ -73,6 +94,7 @@ static void sconn_handle_closed(uv_handle_t *h)
     if (--sc->handles == 0) {
         sc->s->current--;
         sc->s->closed++;
+        SSL_free(sc->ssl);
         free(sc);
     }
 }
@@ -96,8 +118,8 @@ static void swrite_cb(uv_write_t *req, int status)
     free(w);
 }
 
-/* Writes n bytes of data; closes the connection after them when close_after. */
-static void swrite_n(sconn *sc, const char *data, size_t n, int close_after)
+/* Writes n bytes to the socket as they are; closes the connection after them when close_after. */
+static void sraw_write(sconn *sc, const char *data, size_t n, int close_after)
 {
     if (sc->closing)
         return;
@@ -114,10 +136,45 @@ static void swrite_n(sconn *sc, const char *data, size_t n, int close_after)
     }
 }
 
+/* TLS mode: writes out what OpenSSL produced; only the first `keep` bytes of it when keep > 0 (a
+ * record cut short). */
+static void sflush(sconn *sc, size_t keep, int close_after)
+{
+    size_t n = BIO_ctrl_pending(sc->wbio);
+    char *buf = malloc(n ? n : 1);
+    int got = n ? BIO_read(sc->wbio, buf, (int)n) : 0;
+    if (got < 0)
+        got = 0;
+    if (keep && keep < (size_t)got)
+        got = (int)keep;
+    if (got || close_after)
+        sraw_write(sc, buf, (size_t)got, close_after);
+    free(buf);
+}
+
+/* Writes n bytes of data (encrypted in TLS mode); closes the connection after them when
+ * close_after (after a close_notify in TLS mode). */
+static void swrite_n(sconn *sc, const char *data, size_t n, int close_after)
+{
+    if (!sc->ssl) {
+        sraw_write(sc, data, n, close_after);
+        return;
+    }
+    if (sc->closing)
+        return;
+    if (n)
+        SSL_write(sc->ssl, data, (int)n);
+    if (close_after)
+        SSL_shutdown(sc->ssl);
+    sflush(sc, 0, close_after);
+}
+
 static void swrite_s(sconn *sc, const char *s, int close_after)
 {
     swrite_n(sc, s, strlen(s), close_after);
 }
+
+#define STALL_PART 700000
 
 #define HELLO "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Test: a\r\n\r\nhello"
 
@@ -150,6 +207,8 @@ static void srv_answer(sconn *sc, const char *req, size_t len)
         swrite_s(sc, "HTTP/1.0 200 OK\r\nX-Test: b\r\n\r\nuntil close", 1);
     } else if (strcmp(path, "/silent") == 0) {
         /* never answers */
+    } else if (strcmp(path, "/emptyname") == 0) { /* llhttp takes the lone CR as the line's end */
+        swrite_s(sc, "HTTP/1.1 200 OK\rh: 5\r\nX-Test: a\r\n\r\nhello", 0);
     } else if (strcmp(path, "/garbage") == 0) {
         swrite_s(sc, "SSH-2.0-OpenSSH_9.2\r\nnonsense\r\n\r\n", 0);
     } else if (strcmp(path, "/midbody") == 0) {
@@ -171,6 +230,19 @@ static void srv_answer(sconn *sc, const char *req, size_t len)
         memset(buf + h, 'x', body);
         swrite_n(sc, buf, (size_t)h + body, 0);
         free(buf);
+    } else if (strcmp(path, "/stall") == 0) { /* 700,000 of 1,000,000 announced bytes, then nothing */
+        size_t part = STALL_PART;
+        char *buf = malloc(part + 100);
+        int h = snprintf(buf, 100, "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
+        memset(buf + h, 'y', part);
+        swrite_n(sc, buf, (size_t)h + part, 0);
+        free(buf);
+    } else if (strcmp(path, "/midrecord") == 0) { /* TLS: the head, then half a record, then EOF */
+        swrite_s(sc, "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", 0);
+        char body[1000];
+        memset(body, 'z', sizeof body);
+        SSL_write(sc->ssl, body, (int)sizeof body);
+        sflush(sc, 500, 1);
     } else if (strcmp(path, "/204") == 0) {
         swrite_s(sc, "HTTP/1.1 204 No Content\r\n\r\n", 0);
     } else if (strcmp(path, "/304") == 0) { /* a Content-Length but, as always for 304, no body */
@@ -215,19 +287,61 @@ static void salloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     sconn *sc = h->data;
     (void)suggested;
+    if (sc->ssl) {
+        buf->base = sc->raw;
+        buf->len = sizeof sc->raw;
+        return;
+    }
     buf->base = sc->in + sc->inlen;
     buf->len = sizeof sc->in - 1 - sc->inlen;
+}
+
+/* TLS mode: ciphertext in; handshake, then decrypt into sc->in. Returns -1 when sc is closing. */
+static int stls_input(sconn *sc, const char *data, size_t n)
+{
+    srv *s = sc->s;
+    BIO_write(sc->rbio, data, (int)n);
+    if (!SSL_is_init_finished(sc->ssl)) {
+        int r = SSL_do_handshake(sc->ssl);
+        sflush(sc, 0, 0);
+        if (r != 1) {
+            if (SSL_get_error(sc->ssl, r) != SSL_ERROR_WANT_READ) {
+                s->tls_failed++;
+                ERR_clear_error();
+                sconn_close(sc);
+                return -1;
+            }
+            return 0;
+        }
+        s->handshakes++;
+        s->resumed += SSL_session_reused(sc->ssl) != 0;
+        const char *sni = SSL_get_servername(sc->ssl, TLSEXT_NAMETYPE_host_name);
+        snprintf(s->sni, sizeof s->sni, "%s", sni ? sni : "");
+    }
+    for (;;) {
+        int r = SSL_read(sc->ssl, sc->in + sc->inlen, (int)(sizeof sc->in - 1 - sc->inlen));
+        if (r <= 0)
+            break;
+        sc->inlen += (size_t)r;
+    }
+    ERR_clear_error();
+    sflush(sc, 0, 0); /* session tickets */
+    return 0;
 }
 
 static void sread_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     sconn *sc = stream->data;
-    (void)buf;
     if (nread < 0) {
         sconn_close(sc);
         return;
     }
-    sc->inlen += (size_t)nread;
+    if (sc->ssl) {
+        if (stls_input(sc, buf->base, (size_t)nread) < 0)
+            return;
+    } else {
+        sc->inlen += (size_t)nread;
+    }
     srv_parse(sc);
 }
 
@@ -246,6 +360,14 @@ static void srv_accept_cb(uv_stream_t *listener, int status)
     if (uv_accept(listener, (uv_stream_t *)&sc->tcp) < 0) {
         sconn_close(sc);
         return;
+    }
+    if (s->tls) {
+        sc->ssl = SSL_new(s->tls);
+        sc->rbio = BIO_new(BIO_s_mem());
+        sc->wbio = BIO_new(BIO_s_mem());
+        BIO_set_mem_eof_return(sc->rbio, -1);
+        SSL_set_bio(sc->ssl, sc->rbio, sc->wbio);
+        SSL_set_accept_state(sc->ssl);
     }
     s->accepted++;
     if (s->current > s->peak)
@@ -278,7 +400,10 @@ static int srv_start(srv *s, uv_loop_t *loop, const char *addr)
 
 static void srv_listener_closed(uv_handle_t *h)
 {
-    ((srv *)h->data)->listener_closed = 1;
+    srv *s = h->data;
+    s->listener_closed = 1;
+    SSL_CTX_free(s->tls); /* accepted connections hold references of their own */
+    s->tls = NULL;
 }
 
 /* Closes the listener; accepted connections close when the client closes them. */
@@ -287,12 +412,115 @@ static void srv_stop(srv *s)
     uv_close((uv_handle_t *)&s->listener, srv_listener_closed);
 }
 
+/* ---- a throwaway PKI ------------------------------------------------------------------------ */
+
+static struct {
+    EVP_PKEY *ca_key, *other_key, *leaf_key;
+    X509 *ca, *other_ca;   /* the trusted CA (in ca_file) and one nobody trusts */
+    X509 *good;            /* localhost + 127.0.0.1, valid, by ca */
+    X509 *wrong;           /* wrong.example only, by ca */
+    X509 *expired;         /* like good, expired yesterday */
+    X509 *unknown;         /* like good, by other_ca */
+    char ca_file[64];      /* ca as PEM */
+} pki;
+
+static void add_ext(X509 *x, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, issuer, x, NULL, NULL, 0);
+    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    if (!ext || !X509_add_ext(x, ext, -1)) {
+        fprintf(stderr, "pki: extension %s=%s failed\n", OBJ_nid2sn(nid), value);
+        abort();
+    }
+    X509_EXTENSION_free(ext);
+}
+
+/* A certificate for key named cn, valid from now+from_s to now+to_s, signed by issuer (self-signed
+ * CA when issuer is NULL); a leaf has the subjectAltName san. */
+static X509 *make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *issuer_key,
+                       long from_s, long to_s, const char *san)
+{
+    static long serial = 1;
+    X509 *x = X509_new();
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), serial++);
+    X509_gmtime_adj(X509_getm_notBefore(x), from_s);
+    X509_gmtime_adj(X509_getm_notAfter(x), to_s);
+    X509_set_pubkey(x, key);
+    X509_NAME *name = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : name);
+    X509 *signer = issuer ? issuer : x;
+    add_ext(x, signer, NID_basic_constraints, san ? "critical,CA:FALSE" : "critical,CA:TRUE");
+    add_ext(x, signer, NID_key_usage, san ? "critical,digitalSignature" : "critical,keyCertSign,cRLSign");
+    add_ext(x, signer, NID_subject_key_identifier, "hash");
+    if (san) {
+        add_ext(x, signer, NID_ext_key_usage, "serverAuth");
+        add_ext(x, signer, NID_subject_alt_name, san);
+    }
+    if (!X509_sign(x, issuer_key ? issuer_key : key, EVP_sha256())) {
+        fprintf(stderr, "pki: signing %s failed\n", cn);
+        abort();
+    }
+    return x;
+}
+
+static void pki_init(void)
+{
+    const char *good_san = "DNS:localhost,IP:127.0.0.1";
+    pki.ca_key = EVP_EC_gen("P-256");
+    pki.other_key = EVP_EC_gen("P-256");
+    pki.leaf_key = EVP_EC_gen("P-256");
+    if (!pki.ca_key || !pki.other_key || !pki.leaf_key)
+        abort();
+    pki.ca = make_cert(pki.ca_key, "statushost test CA", NULL, NULL, -3600, 86400, NULL);
+    pki.other_ca = make_cert(pki.other_key, "untrusted test CA", NULL, NULL, -3600, 86400, NULL);
+    pki.good = make_cert(pki.leaf_key, "localhost", pki.ca, pki.ca_key, -3600, 86400, good_san);
+    pki.wrong = make_cert(pki.leaf_key, "wrong.example", pki.ca, pki.ca_key, -3600, 86400,
+                          "DNS:wrong.example");
+    pki.expired = make_cert(pki.leaf_key, "localhost", pki.ca, pki.ca_key, -2 * 86400, -86400,
+                            good_san);
+    pki.unknown = make_cert(pki.leaf_key, "localhost", pki.other_ca, pki.other_key, -3600, 86400,
+                            good_san);
+    snprintf(pki.ca_file, sizeof pki.ca_file, "/tmp/sh-test-ca-XXXXXX");
+    int fd = mkstemp(pki.ca_file);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!f || !PEM_write_X509(f, pki.ca) || fclose(f) != 0) {
+        fprintf(stderr, "pki: cannot write %s\n", pki.ca_file);
+        abort();
+    }
+}
+
+static void pki_fini(void)
+{
+    unlink(pki.ca_file);
+    X509 *certs[] = {pki.ca, pki.other_ca, pki.good, pki.wrong, pki.expired, pki.unknown};
+    for (size_t i = 0; i < sizeof certs / sizeof certs[0]; i++)
+        X509_free(certs[i]);
+    EVP_PKEY_free(pki.ca_key);
+    EVP_PKEY_free(pki.other_key);
+    EVP_PKEY_free(pki.leaf_key);
+}
+
+/* Makes s a TLS server presenting cert (with the leaf key). */
+static void srv_use_tls(srv *s, X509 *cert)
+{
+    s->tls = SSL_CTX_new(TLS_server_method());
+    if (!s->tls || SSL_CTX_use_certificate(s->tls, cert) != 1 ||
+        SSL_CTX_use_PrivateKey(s->tls, pki.leaf_key) != 1) {
+        fprintf(stderr, "tls server set-up failed\n");
+        abort();
+    }
+}
+
 /* ---- test harness -------------------------------------------------------------------------- */
 
 typedef struct {
     int called;          /* callback count */
     int err;
-    char errstr[32];
+    char errstr[128];
     int status;
     char body[512];
     size_t body_len;
@@ -330,6 +558,11 @@ static void on_result(void *arg, int err, const char *errstr, const sh_http_resp
             if (h->name_len == 9 && strncasecmp(h->name, "X-Interim", 9) == 0)
                 r->has_interim = 1;
         }
+    } else if (err == SH_HTTP_ETLS) {
+        CHECK(res == NULL);
+        CHECK(strncmp(errstr, "tls: ", 5) == 0 && strlen(errstr) > 5);
+        if (getenv("SH_TEST_DEBUG"))
+            fprintf(stderr, "  [%s] %s\n", current_test, errstr);
     } else {
         CHECK(res == NULL);
         CHECK(strcmp(errstr, sh_http_strerror(err)) == 0);
@@ -630,12 +863,17 @@ static void test_queue_timeout(void)
 static void test_bad_response(void)
 {
     env e;
-    result r = {0};
+    result r = {0}, r2 = {0};
     env_init(&e, NULL);
     CHECK(req(&e, "GET", "/garbage", 0, &r, NULL) == 0);
     RUN_UNTIL(&e, r.called);
     CHECK(r.err == SH_HTTP_EBADRESPONSE && strcmp(r.errstr, "bad response") == 0);
     RUN_UNTIL(&e, e.s.closed == 1);
+    /* a header without a name (found by fuzz_http_client) */
+    CHECK(req(&e, "GET", "/emptyname", 0, &r2, NULL) == 0);
+    RUN_UNTIL(&e, r2.called);
+    CHECK(r2.err == SH_HTTP_EBADRESPONSE);
+    RUN_UNTIL(&e, e.s.closed == 2);
     env_fini(&e);
 }
 
@@ -662,6 +900,114 @@ static void test_too_large(void)
     CHECK(req(&e, "GET", "/hello", 0, &r2, NULL) == 0); /* small ones still pass */
     RUN_UNTIL(&e, r2.called);
     CHECK(r2.err == 0);
+    env_fini(&e);
+}
+
+/* F16: a remote that sends most of a big body and stalls must not pin more than the client-wide
+ * budget. Each /stall call holds >= 700,000 bytes; a budget of 2 MiB fits two of them, so of six
+ * concurrent calls four fail "too large" (their sockets closed) and the total stays within the
+ * budget at every loop turn. */
+typedef struct {
+    env *e;
+    size_t max_seen;
+} budget_probe;
+
+static void budget_check_cb(uv_check_t *h)
+{
+    budget_probe *bp = h->data;
+    size_t now = stats(bp->e).response_bytes;
+    if (now > bp->max_seen)
+        bp->max_seen = now;
+}
+
+/* Bytes the allocator hands out now (0 where the sanitizer's allocator hides them). */
+static size_t heap_in_use(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    return 0;
+#else
+    struct mallinfo2 mi = mallinfo2();
+    return mi.uordblks + mi.hblkhd;
+#endif
+}
+
+static void settle_cb(uv_timer_t *t)
+{
+    (*(int *)t->data)++;
+}
+
+static void test_total_budget(void)
+{
+    enum { N = 6 };
+    const size_t budget = (size_t)2 << 20;
+    env e;
+    static result r[N];
+    sh_http_call *calls[N];
+    memset(r, 0, sizeof r);
+    sh_http_client_opts opts = {.max_conns_per_host = 16, .max_response_bytes = (size_t)1 << 20,
+                                .max_total_response_bytes = budget};
+    env_init(&e, &opts);
+    budget_probe bp = {.e = &e};
+    uv_check_t check;
+    uv_check_init(&e.loop, &check);
+    check.data = &bp;
+    uv_check_start(&check, budget_check_cb);
+    size_t heap0 = heap_in_use();
+    for (int i = 0; i < N; i++)
+        CHECK(req(&e, "GET", "/stall", 10000, &r[i], &calls[i]) == 0);
+    int too_large = 0, other = 0, late = 0;
+    uv_timer_t deadline; /* the failures are awaited; this only bounds the wait */
+    uv_timer_init(&e.loop, &deadline);
+    deadline.data = &late;
+    uv_timer_start(&deadline, settle_cb, 2000, 0);
+    while (too_large < N - 2 && !other && !late) {
+        if (uv_run(&e.loop, UV_RUN_ONCE) == 0)
+            break;
+        too_large = other = 0;
+        for (int i = 0; i < N; i++) {
+            too_large += r[i].called && r[i].err == SH_HTTP_ETOOLARGE;
+            other += r[i].called && r[i].err != SH_HTTP_ETOOLARGE;
+        }
+    }
+    /* let every byte the server sent arrive: nothing else may fail, nothing may grow */
+    int settled = 0;
+    uv_timer_t settle;
+    uv_timer_init(&e.loop, &settle);
+    settle.data = &settled;
+    uv_timer_start(&settle, settle_cb, 300, 0);
+    RUN_UNTIL(&e, settled);
+    too_large = other = 0;
+    for (int i = 0; i < N; i++) {
+        too_large += r[i].called && r[i].err == SH_HTTP_ETOOLARGE;
+        other += r[i].called && r[i].err != SH_HTTP_ETOOLARGE;
+        if (r[i].called && r[i].err == SH_HTTP_ETOOLARGE)
+            CHECK(strcmp(r[i].errstr, "too large") == 0);
+    }
+    CHECK(too_large == N - 2);
+    CHECK(other == 0);
+    sh_http_client_stats st = stats(&e);
+    CHECK(st.response_bytes >= 2 * STALL_PART);
+    CHECK(st.response_bytes <= budget);
+    CHECK(bp.max_seen <= budget);
+    CHECK(st.conns == 2 && st.inflight == 2); /* the failed calls' sockets are closed */
+    size_t heap1 = heap_in_use();
+    if (heap0 && heap1 > heap0) {
+        if (heap1 - heap0 > budget + (budget >> 2))
+            fprintf(stderr, "  heap grew by %zu bytes (budget %zu)\n", heap1 - heap0, budget);
+        CHECK(heap1 - heap0 <= budget + (budget >> 2)); /* measured, not just reported */
+    }
+    for (int i = 0; i < N; i++)
+        if (!r[i].called)
+            sh_http_call_cancel(calls[i]);
+    CHECK(stats(&e).response_bytes == 0 && stats(&e).inflight == 0); /* released at once */
+    result small = {0};
+    CHECK(req(&e, "GET", "/hello", 0, &small, NULL) == 0);
+    RUN_UNTIL(&e, small.called);
+    CHECK(small.err == 0 && strcmp(small.body, "hello") == 0);
+    CHECK(stats(&e).response_bytes == 0);
+    uv_close((uv_handle_t *)&check, NULL);
+    uv_close((uv_handle_t *)&settle, NULL);
+    uv_close((uv_handle_t *)&deadline, NULL);
     env_fini(&e);
 }
 
@@ -928,8 +1274,10 @@ static void test_bad_args(void)
         const char *url;
         int want;
     } cases[] = {
-        {"https://127.0.0.1/", SH_HTTP_EUNSUPPORTED},
-        {"HTTPS://example.com/", SH_HTTP_EUNSUPPORTED},
+        {"ws://127.0.0.1/", SH_HTTP_EUNSUPPORTED},
+        {"httpss://example.com/", SH_HTTP_EUNSUPPORTED},
+        {"https://user@example.com/", SH_HTTP_EUNSUPPORTED},
+        {"https://example.com:99999/", SH_HTTP_EINVAL},
         {"ftp://example.com/", SH_HTTP_EUNSUPPORTED},
         {"http://user:pw@example.com/", SH_HTTP_EUNSUPPORTED},
         {"example.com/path", SH_HTTP_EINVAL},
@@ -962,6 +1310,7 @@ static void test_bad_args(void)
     CHECK(sh_http_request(e.c, &o4, on_result, &r, NULL) == SH_HTTP_EINVAL);
     CHECK(sh_http_request(e.c, NULL, on_result, &r, NULL) == SH_HTTP_EINVAL);
     CHECK(strcmp(sh_http_strerror(SH_HTTP_EUNSUPPORTED), "unsupported") == 0);
+    CHECK(strcmp(sh_http_strerror(SH_HTTP_ETLS), "tls: failed") == 0);
     CHECK(strcmp(sh_http_strerror(SH_HTTP_ERESOLVE), "resolve failed") == 0);
     CHECK(strcmp(sh_http_strerror(12345), "unknown error") == 0);
     CHECK(stats(&e).inflight == 0 && stats(&e).conns == 0);
@@ -1024,8 +1373,193 @@ static void test_ipv6_literal(void)
     CHECK(uv_loop_close(&loop) == 0);
 }
 
+/* ---- HTTPS ---------------------------------------------------------------------------------- */
+
+static void env_init_tls(env *e, const sh_http_client_opts *opts, X509 *cert)
+{
+    env_init(e, opts);
+    srv_use_tls(&e->s, cert);
+}
+
+/* Starts GET https://host:port/path on the test server. */
+static int treq(env *e, const char *host, const char *path, result *r)
+{
+    char url[256];
+    snprintf(url, sizeof url, "https://%s:%d%s", host, e->s.port, path);
+    sh_http_opts o = {.url = url, .timeout_ms = 10000};
+    in_request = 1;
+    int rc = sh_http_request(e->c, &o, on_result, r, NULL);
+    in_request = 0;
+    return rc;
+}
+
+/* A good certificate: answers, keep-alive on the TLS socket, a resumed session on the next socket,
+ * an IP literal (no SNI) with a body of several records, and http:// to the same host:port never
+ * handed a TLS socket. */
+static void test_tls_good(void)
+{
+    env e;
+    result r[7];
+    memset(r, 0, sizeof r);
+    sh_http_client_opts opts = {.ca_file = pki.ca_file};
+    env_init_tls(&e, &opts, pki.good);
+    CHECK(treq(&e, "localhost", "/hello", &r[0]) == 0);
+    CHECK(r[0].called == 0);
+    RUN_UNTIL(&e, r[0].called);
+    CHECK(r[0].err == 0 && r[0].status == 200 && strcmp(r[0].body, "hello") == 0);
+    CHECK(strcmp(r[0].x_test, "a") == 0);
+    CHECK(strcmp(e.s.sni, "localhost") == 0);
+    char want[64];
+    snprintf(want, sizeof want, "GET /hello HTTP/1.1\r\nHost: localhost:%d\r\n", e.s.port);
+    CHECK(strncmp(e.s.last, want, strlen(want)) == 0);
+    CHECK(treq(&e, "localhost", "/chunked", &r[1]) == 0);
+    RUN_UNTIL(&e, r[1].called);
+    CHECK(r[1].err == 0 && strcmp(r[1].body, "hello world") == 0);
+    CHECK(e.s.accepted == 1 && e.s.handshakes == 1 && e.s.resumed == 0);
+    /* the server closes after /bye (with a close_notify): the pool drops the socket */
+    CHECK(treq(&e, "localhost", "/bye", &r[2]) == 0);
+    RUN_UNTIL(&e, r[2].called);
+    CHECK(r[2].err == 0);
+    RUN_UNTIL(&e, stats(&e).conns == 0);
+    CHECK(treq(&e, "localhost", "/hello", &r[3]) == 0);
+    RUN_UNTIL(&e, r[3].called);
+    CHECK(r[3].err == 0 && strcmp(r[3].body, "hello") == 0);
+    CHECK(e.s.accepted == 2 && e.s.handshakes == 2);
+    CHECK(e.s.resumed == 1); /* the server saw the session come back */
+    CHECK(stats(&e).tls_handshakes == 2 && stats(&e).tls_resumed == 1);
+    /* read until close_notify */
+    CHECK(treq(&e, "localhost", "/eof", &r[4]) == 0);
+    RUN_UNTIL(&e, r[4].called);
+    CHECK(r[4].err == 0 && strcmp(r[4].body, "until close") == 0);
+    /* an IP literal: checked against the IP address SAN, no SNI, a host of its own */
+    CHECK(treq(&e, "127.0.0.1", "/big", &r[5]) == 0);
+    RUN_UNTIL(&e, r[5].called);
+    CHECK(r[5].err == 0 && r[5].status == 200 && r[5].body_len == 100000);
+    CHECK(r[5].body[0] == 'x' && r[5].body[510] == 'x');
+    CHECK(strcmp(e.s.sni, "") == 0);
+    size_t accepted = (size_t)e.s.accepted, idle = stats(&e).idle;
+    CHECK(idle == 1); /* /eof's socket is gone; 127.0.0.1's is pooled */
+    /* plain http to the TLS port: a socket of its own (the server drops it), not a pooled TLS one */
+    char url[64];
+    snprintf(url, sizeof url, "http://localhost:%d/hello", e.s.port);
+    sh_http_opts o = {.url = url, .timeout_ms = 5000};
+    CHECK(sh_http_request(e.c, &o, on_result, &r[6], NULL) == 0);
+    RUN_UNTIL(&e, r[6].called);
+    CHECK(r[6].err == SH_HTTP_ECLOSED);
+    CHECK((size_t)e.s.accepted == accepted + 1 && e.s.tls_failed == 1);
+    CHECK(stats(&e).idle == idle);
+    CHECK(stats(&e).response_bytes == 0);
+    env_fini(&e);
+}
+
+/* One https call to a server presenting cert, with client opts; returns its result. */
+static result tls_once(const sh_http_client_opts *opts, X509 *cert, const char *host)
+{
+    env e;
+    result r = {0};
+    env_init_tls(&e, opts, cert);
+    CHECK(treq(&e, host, "/hello", &r) == 0);
+    RUN_UNTIL(&e, r.called);
+    CHECK(r.called == 1);
+    if (r.err) {
+        CHECK(e.s.handshakes == 0 && e.s.requests == 0); /* not a byte of the request left */
+        CHECK(stats(&e).conns == 0);
+    }
+    env_fini(&e);
+    return r;
+}
+
+static int tls_failed_with(const result *r, const char *why)
+{
+    if (r->err == SH_HTTP_ETLS && strstr(r->errstr, why))
+        return 1;
+    fprintf(stderr, "  [%s] expected \"%s\", got %d \"%s\"\n", current_test, why, r->err,
+            r->errstr);
+    return 0;
+}
+
+static void test_tls_verify(void)
+{
+    sh_http_client_opts ours = {.ca_file = pki.ca_file};
+    sh_http_client_opts any = {.tls_no_verify = 1};
+    result r;
+    r = tls_once(&ours, pki.wrong, "localhost");
+    CHECK(tls_failed_with(&r, "tls: certificate verify failed (hostname mismatch)"));
+    r = tls_once(&ours, pki.wrong, "127.0.0.1");
+    CHECK(tls_failed_with(&r, "tls: certificate verify failed (IP address mismatch)"));
+    r = tls_once(&ours, pki.expired, "localhost");
+    CHECK(tls_failed_with(&r, "tls: certificate verify failed (certificate has expired)"));
+    r = tls_once(&ours, pki.unknown, "localhost");
+    CHECK(tls_failed_with(&r, "tls: certificate verify failed (unable to get local issuer"));
+    r = tls_once(NULL, pki.good, "localhost"); /* the system store does not know our CA */
+    CHECK(tls_failed_with(&r, "tls: certificate verify failed"));
+    r = tls_once(&any, pki.unknown, "localhost"); /* only when asked: anything goes */
+    CHECK(r.err == 0 && strcmp(r.body, "hello") == 0);
+    r = tls_once(&any, pki.expired, "127.0.0.1");
+    CHECK(r.err == 0 && strcmp(r.body, "hello") == 0);
+}
+
+/* The server sends the head, then half of the body's record, then closes: "closed". */
+static void test_tls_mid_record(void)
+{
+    env e;
+    result r = {0}, r2 = {0};
+    sh_http_client_opts opts = {.ca_file = pki.ca_file};
+    env_init_tls(&e, &opts, pki.good);
+    CHECK(treq(&e, "localhost", "/midrecord", &r) == 0);
+    RUN_UNTIL(&e, r.called);
+    CHECK(r.err == SH_HTTP_ECLOSED && strcmp(r.errstr, "closed") == 0);
+    CHECK(treq(&e, "localhost", "/midbody", &r2) == 0); /* a whole record, then close_notify */
+    RUN_UNTIL(&e, r2.called);
+    CHECK(r2.err == SH_HTTP_ECLOSED);
+    CHECK(stats(&e).response_bytes == 0 && stats(&e).conns == 0);
+    env_fini(&e);
+}
+
+/* A server that never answers the ClientHello: the connect timeout covers the handshake. */
+static void test_tls_not_tls(void)
+{
+    env e;
+    result r = {0};
+    sh_http_client_opts opts = {.ca_file = pki.ca_file};
+    env_init(&e, &opts);
+    char url[64];
+    snprintf(url, sizeof url, "https://127.0.0.1:%d/", e.s.port);
+    sh_http_opts o = {.url = url, .connect_timeout_ms = 150, .timeout_ms = 5000};
+    uint64_t t0 = uv_now(&e.loop);
+    CHECK(sh_http_request(e.c, &o, on_result, &r, NULL) == 0);
+    RUN_UNTIL(&e, r.called);
+    CHECK(r.err == SH_HTTP_ETIMEDOUT && uv_now(&e.loop) - t0 < 4000);
+    CHECK(e.s.requests == 0);
+    RUN_UNTIL(&e, e.s.closed == 1);
+    env_fini(&e);
+}
+
+static void test_tls_bad_ca_file(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sh_http_client_opts missing = {.ca_file = "/nonexistent/ca.pem"};
+    CHECK(sh_http_client_new(&loop, &missing) == NULL);
+    char path[] = "/tmp/sh-test-notpem-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0 && write(fd, "not a certificate\n", 18) == 18);
+    close(fd);
+    sh_http_client_opts garbage = {.ca_file = path};
+    CHECK(sh_http_client_new(&loop, &garbage) == NULL);
+    unlink(path);
+    sh_http_client_opts good = {.ca_file = pki.ca_file};
+    sh_http_client *c = sh_http_client_new(&loop, &good);
+    CHECK(c != NULL);
+    if (c)
+        sh_http_client_close(c, NULL, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(&loop) == 0);
+}
+
 int main(void)
 {
+    signal(SIGPIPE, SIG_IGN); /* as statushost does */
     static const struct {
         const char *name;
         void (*fn)(void);
@@ -1042,6 +1576,7 @@ int main(void)
         {"bad_response", test_bad_response},
         {"closed_mid_body", test_closed_mid_body},
         {"too_large", test_too_large},
+        {"total_budget", test_total_budget},
         {"cancel", test_cancel},
         {"retry_on_stale_socket", test_retry_on_stale_socket},
         {"idle_peer_close", test_idle_peer_close},
@@ -1055,15 +1590,25 @@ int main(void)
         {"bad_args", test_bad_args},
         {"resolve", test_resolve},
         {"ipv6_literal", test_ipv6_literal},
+        {"tls_good", test_tls_good},
+        {"tls_verify", test_tls_verify},
+        {"tls_mid_record", test_tls_mid_record},
+        {"tls_not_tls", test_tls_not_tls},
+        {"tls_bad_ca_file", test_tls_bad_ca_file},
     };
     sh_log_set_level(getenv("SH_TEST_DEBUG") ? SH_LOG_DEBUG : SH_LOG_ERROR);
+    pki_init();
     size_t n = sizeof tests / sizeof tests[0];
+    const char *only = getenv("SH_TEST_ONLY"); /* run the tests whose name contains this */
     for (size_t i = 0; i < n; i++) {
+        if (only && !strstr(tests[i].name, only))
+            continue;
         int before = failures;
         current_test = tests[i].name;
         tests[i].fn();
         printf("%s %s\n", failures == before ? "ok  " : "FAIL", tests[i].name);
     }
+    pki_fini();
     printf("%zu tests, %d failed checks\n", n, failures);
     return failures ? 1 : 0;
 }
