@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -50,6 +51,9 @@ static const struct core_key core_keys[] = {
     {"loop_stall_ms", SH_CT_NUMBER, NULL, 5000},
     {"reuseport", SH_CT_BOOLEAN, NULL, 0},
     {"allowed_origins", SH_CT_LIST, NULL, 0},
+    {"real_ip_from", SH_CT_LIST, NULL, 0},
+    {"real_ip_header", SH_CT_STRING, "", 0},
+    {"real_ip_recursive", SH_CT_BOOLEAN, NULL, 0},
     {"http_ca_file", SH_CT_STRING, "", 0},
     {"http_tls_verify", SH_CT_BOOLEAN, NULL, 1},
     {"http_max_total_response_bytes", SH_CT_NUMBER, NULL, 67108864},
@@ -295,25 +299,56 @@ static char *resolve_web_root(const char *configured)
     return NULL;
 }
 
-static int read_origins(lua_State *L, int t, sh_config *cfg, char *err, size_t errsz)
+/* A list key into a NULL-terminated array of strings (NULL when empty). */
+static int read_list(lua_State *L, int t, const char *key, char ***out, char *err, size_t errsz)
 {
-    lua_getfield(L, t, "allowed_origins");
+    lua_getfield(L, t, key);
     size_t n = lua_rawlen(L, -1);
     if (n == 0) {
         lua_pop(L, 1);
         return 0;
     }
-    cfg->allowed_origins = calloc(n + 1, sizeof(char *));
+    *out = calloc(n + 1, sizeof(char *));
+    if (!*out) {
+        snprintf(err, errsz, "out of memory");
+        lua_pop(L, 1);
+        return -1;
+    }
     for (size_t i = 0; i < n; i++) {
         lua_rawgeti(L, -1, (lua_Integer)i + 1);
         if (lua_type(L, -1) != LUA_TSTRING) {
-            snprintf(err, errsz, "config.allowed_origins[%zu] must be a string", i + 1);
+            snprintf(err, errsz, "config.%s[%zu] must be a string", key, i + 1);
             lua_pop(L, 2);
             return -1;
         }
-        cfg->allowed_origins[i] = strdup(lua_tostring(L, -1));
+        (*out)[i] = strdup(lua_tostring(L, -1));
         lua_pop(L, 1);
+        if (!(*out)[i]) {
+            snprintf(err, errsz, "out of memory");
+            lua_pop(L, 1);
+            return -1;
+        }
     }
+    lua_pop(L, 1);
+    return 0;
+}
+
+static int read_origins(lua_State *L, int t, sh_config *cfg, char *err, size_t errsz)
+{
+    if (read_list(L, t, "allowed_origins", &cfg->allowed_origins, err, errsz) != 0 ||
+        read_list(L, t, "real_ip_from", &cfg->real_ip_from, err, errsz) != 0)
+        return -1;
+    lua_getfield(L, t, "real_ip_header");
+    const char *h = lua_tostring(L, -1);
+    cfg->real_ip_header = h && *h ? strdup(h) : NULL;
+    lua_pop(L, 1);
+    if (cfg->real_ip_header && strcasecmp(cfg->real_ip_header, "X-Forwarded-For") &&
+        strcasecmp(cfg->real_ip_header, "X-Real-IP")) {
+        snprintf(err, errsz, "config.real_ip_header must be X-Forwarded-For, X-Real-IP or empty");
+        return -1;
+    }
+    lua_getfield(L, t, "real_ip_recursive");
+    cfg->real_ip_recursive = lua_toboolean(L, -1);
     lua_pop(L, 1);
     return 0;
 }
@@ -429,6 +464,11 @@ void sh_config_free(sh_config *cfg)
     free(cfg->redis);
     free(cfg->web_root);
     free(cfg->http_ca_file);
+    if (cfg->real_ip_from)
+        for (char **o = cfg->real_ip_from; *o; o++)
+            free(*o);
+    free(cfg->real_ip_from);
+    free(cfg->real_ip_header);
     if (cfg->allowed_origins)
         for (char **o = cfg->allowed_origins; *o; o++)
             free(*o);

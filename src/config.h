@@ -39,6 +39,9 @@ typedef struct sh_config {
     uint64_t loop_stall_ms;        /* an iteration stuck longer aborts the process (0: off) */
     int reuseport;                 /* SO_REUSEPORT on the listener */
     char **allowed_origins;        /* NULL-terminated; NULL: any origin */
+    char **real_ip_from;           /* trusted proxies (CIDRs), NULL-terminated; NULL: none */
+    char *real_ip_header;          /* "X-Forwarded-For" | "X-Real-IP" | NULL */
+    int real_ip_recursive;         /* skip trusted addresses from the right (nginx's) */
     char *http_ca_file;            /* `http_ca_file`: PEM CAs for https; NULL: the system store */
     int http_tls_verify;           /* `http_tls_verify`: verify https certificates and names */
     size_t http_max_total_response_bytes; /* response memory of all outbound calls together */

@@ -54,10 +54,44 @@ static sh_conn *live(sh_pconn *p)
     return p && p->c && p->c->phase != SH_PHASE_CLOSED ? p->c : NULL;
 }
 
-/* Build the request table {method, path, query, target, headers, body, peer}. */
-static void push_request(lua_State *L, const sh_request *r, const char *peer)
+/* The client's address: the peer's, or (from a trusted proxy) the one
+ * real_ip_header names, as nginx's realip module decides. */
+static void client_ip(const sh_gen *g, const sh_request *r, const char *peer, char *out,
+                      size_t outsz)
 {
-    lua_createtable(L, 0, 7);
+    char ip[SH_IP_MAX];
+    out[0] = '\0';
+    if (sh_peer_ip(peer, ip, sizeof ip) != 0)
+        return;
+    const char *hv = NULL;
+    char joined[4096];
+    if (g->cfg.real_ip_header && r && g->nreal_ip) {
+        size_t n = 0;
+        joined[0] = '\0';
+        for (size_t i = 0; i < r->nheaders; i++) /* repeated headers join, in order */
+            if (strcasecmp(r->headers[i].name, g->cfg.real_ip_header) == 0) {
+                int k = snprintf(joined + n, sizeof joined - n, "%s%s", n ? ", " : "",
+                                 r->headers[i].value);
+                if (k < 0 || (size_t)k >= sizeof joined - n)
+                    break;
+                n += (size_t)k;
+            }
+        hv = n ? joined : NULL;
+    }
+    int xff = g->cfg.real_ip_header && strcasecmp(g->cfg.real_ip_header, "X-Forwarded-For") == 0;
+    if (sh_realip(ip, hv, g->real_ip, g->nreal_ip, xff && g->cfg.real_ip_recursive, out, outsz) < 0)
+        snprintf(out, outsz, "%s", ip);
+}
+
+/* Build the request table {method, path, query, target, headers, body, peer,
+ * client_ip}. */
+static void push_request(lua_State *L, const sh_gen *g, const sh_request *r, const char *peer)
+{
+    lua_createtable(L, 0, 8);
+    char ip[SH_IP_MAX];
+    client_ip(g, r, peer, ip, sizeof ip);
+    lua_pushstring(L, ip);
+    lua_setfield(L, -2, "client_ip");
     lua_pushstring(L, r->method);
     lua_setfield(L, -2, "method");
     lua_pushstring(L, r->path);
@@ -109,10 +143,13 @@ static void push_conn(sh_pconn *p, lua_State *L)
     lua_setfield(L, -2, "id");
     lua_pushstring(L, p->c ? p->c->peer : "");
     lua_setfield(L, -2, "peer");
-    if (p->request_ref != LUA_NOREF)
+    if (p->request_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->request_ref);
-    else
+        lua_getfield(L, -1, "client_ip");
+        lua_setfield(L, -3, "ip");
+    } else {
         lua_newtable(L);
+    }
     lua_setfield(L, -2, "request");
     if (p->protocol) {
         lua_pushstring(L, p->protocol);
@@ -146,7 +183,7 @@ static int conn_newindex(lua_State *L)
     luaL_checkudata(L, 1, CONN_MT);
     const char *k = lua_tostring(L, 2);
     if (k && (!strcmp(k, "id") || !strcmp(k, "peer") || !strcmp(k, "request") ||
-              !strcmp(k, "protocol")))
+              !strcmp(k, "protocol") || !strcmp(k, "ip")))
         return luaL_error(L, "conn.%s is read-only", k);
     lua_getiuservalue(L, 1, 1);
     lua_pushvalue(L, 2);
@@ -694,7 +731,7 @@ static void handshake_done(sh_task *t, int status, int nres, void *arg)
 static void on_upgrade(sh_pconn *p, sh_request *r)
 {
     lua_State *L = p->gen->L;
-    push_request(L, r, p->c->peer);
+    push_request(L, p->gen, r, p->c->peer);
     p->request_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     if (!sh_gen_has_hook(p->gen, SH_HOOK_HANDSHAKE)) {
         sh_conn_upgrade(p->c, NULL, NULL);
@@ -918,7 +955,7 @@ int sh_policy_route(sh_conn *c, sh_request *r, int keep, int head_only)
     rc->head_only = head_only;
     lua_xmove(L, t->co, 1);
     lua_pop(L, 1);
-    push_request(t->co, r, c->peer);
+    push_request(t->co, g, r, c->peer);
     sh_task_start(t, 1, route_done, rc);
     return 1;
 }

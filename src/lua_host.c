@@ -15,6 +15,7 @@
 
 #include "log.h"
 #include "lua_api.h"
+#include "lua_lib.h"
 #include "watchdog.h"
 
 int luaopen_cjson_safe(lua_State *L); /* in liblua5.4-cjson, not in its header */
@@ -470,6 +471,29 @@ static int run_on_config(sh_gen *g, int policy, char *err, size_t errsz)
     return ok ? 0 : -1;
 }
 
+/* real_ip_from as parsed CIDR blocks. */
+static int take_real_ip(sh_gen *g, char *err, size_t errsz)
+{
+    size_t n = 0;
+    for (char **p = g->cfg.real_ip_from; p && *p; p++)
+        n++;
+    if (!n)
+        return 0;
+    g->real_ip = calloc(n, sizeof *g->real_ip);
+    if (!g->real_ip) {
+        snprintf(err, errsz, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (sh_cidr_parse(g->cfg.real_ip_from[i], &g->real_ip[i]) != 0) {
+            snprintf(err, errsz, "config.real_ip_from: \"%s\" is not an address or CIDR block",
+                     g->cfg.real_ip_from[i]);
+            return -1;
+        }
+    g->nreal_ip = n;
+    return 0;
+}
+
 /* Resolve hooks, routes and config from the policy table at the top. */
 static int take_policy(sh_gen *g, const char *const *sets, size_t nsets, char *err, size_t errsz)
 {
@@ -495,6 +519,8 @@ static int take_policy(sh_gen *g, const char *const *sets, size_t nsets, char *e
     if (sh_config_read(L, -1, &g->cfg, err, errsz) != 0)
         return -1;
     take_limits(g);
+    if (take_real_ip(g, err, errsz) != 0)
+        return -1;
     /* fill host.config in place: the script may have kept a reference to it
      * while its main chunk ran (it is empty until now) */
     int merged = lua_gettop(L);
@@ -531,6 +557,7 @@ static void gen_free(sh_gen *g)
     if (g->L)
         lua_close(g->L);
     sh_config_free(&g->cfg);
+    free(g->real_ip);
     free(g->pool);
     free(g);
 }

@@ -97,6 +97,8 @@ struct sh_gen {
     int refs;                    /* host (while current) + connections + tasks + timers + subs */
     sh_config cfg;               /* core keys of the merged config */
     sh_limits limits;            /* the transport's view of cfg */
+    struct sh_cidr *real_ip;     /* real_ip_from, parsed */
+    size_t nreal_ip;
     int hook_ref[SH_HOOK_COUNT]; /* registry refs, LUA_NOREF when absent */
     int routes_ref;              /* registry ref of `routes`, LUA_NOREF when absent */
     sh_owner detached;           /* owner of what belongs to no connection */

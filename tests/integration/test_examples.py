@@ -473,5 +473,55 @@ def examples_build_on_the_default_module():
             assert banned not in src, (name, banned)
 
 
+# ---------------------------------------------------------------- ratelimit, jwt (helpers)
+
+@S.test
+def ratelimit_per_client_ip_behind_a_trusted_proxy_gets_429_with_retry_after():
+    """ratelimit_max upgrades per client IP; the IP comes from X-Forwarded-For only because
+    the peer (127.0.0.1) is in real_ip_from; another forwarded IP has its own budget."""
+    with worker() as w, server("examples/ratelimit.lua", w, "ratelimit_max=2",
+                               "ratelimit_window_s=30", "real_ip_from=127.0.0.1/32",
+                               "real_ip_header=X-Forwarded-For") as sh:
+        xff = {"X-Forwarded-For": "203.0.113.7, 127.0.0.1"}
+        for _ in range(2):
+            c = WsClient(sh.port, headers=xff)
+            assert c.status == 101, c.status
+            c.shutdown()
+        c = WsClient(sh.port, headers=xff)
+        assert c.status == 429, c.status
+        assert int(c.response_headers.get("retry-after", "0")) >= 1, c.response_headers
+        c = WsClient(sh.port, headers={"X-Forwarded-For": "198.51.100.1"})
+        assert c.status == 101, c.status  # another client, its own window
+        c.shutdown()
+
+
+def _b64url(b):
+    import base64
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def jwt(claims, secret="s3cret", alg="HS256"):
+    h = _b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+    p = _b64url(json.dumps(claims).encode())
+    sig = hmac.new(secret.encode(), ("%s.%s" % (h, p)).encode(), hashlib.sha256).digest()
+    return "%s.%s.%s" % (h, p, _b64url(sig))
+
+
+@S.test
+def jwt_hs256_accepts_a_valid_token_and_refuses_the_rest_with_401():
+    now = int(time.time())
+    with worker() as w, server("examples/jwt.lua", w, "jwt_secret=s3cret") as sh:
+        good = jwt({"sub": "alice", "exp": now + 600})
+        frames, code = run_job(sh.port, batch(2), headers={"Authorization": "Bearer " + good})
+        assert code == 1000, (code, frames)
+        for bad in (jwt({"sub": "a", "exp": now - 600}),              # expired
+                    jwt({"sub": "a", "nbf": now + 600, "exp": now + 900}),  # not yet
+                    jwt({"sub": "a", "exp": now + 600}, secret="other"),    # bad signature
+                    jwt({"sub": "a", "exp": now + 600}, alg="none"),        # alg not pinned
+                    "not.a.jwt", ""):
+            c = WsClient(sh.port, path="/?token=" + bad)
+            assert c.status == 401, (bad, c.status)
+
+
 if __name__ == "__main__":
     S.run()  # the shared redis-server is stopped at exit (harness)
