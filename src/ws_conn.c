@@ -97,7 +97,11 @@ static void frame_advance(sh_conn *c, const uint8_t *p, size_t n)
         for (int i = 0; i < 8; i++)
             len = (len << 8) | c->fr_hdr[2 + i];
     c->fr_hlen = 0;
-    if (op < 8 && !HAS(c, SH_CF_FAILED) &&
+    /* a length wslay's frame layer rejects (not in its shortest form, or the
+     * top bit set) fails 1002 there, before the masking key is read: so it
+     * does whatever the cut, and is not judged here */
+    int bad_len = (l7 == 126 && len < 126) || (l7 == 127 && (len < 65536 || (len >> 63)));
+    if (op < 8 && !bad_len && !HAS(c, SH_CF_FAILED) &&
         (len > c->lim->max_message_bytes || c->msg.len + len > c->lim->max_message_bytes) &&
         (op != 0 || c->msg_opcode)) {
         /* fail before a byte of the payload arrives */
