@@ -14,7 +14,6 @@
 #include <utlist.h>
 
 #include "log.h"
-#include "lua_api.h"
 #include "lua_lib.h"
 #include "watchdog.h"
 
@@ -270,7 +269,7 @@ static int text_load(lua_State *L)
     return lua_gettop(L);
 }
 
-static void open_libs(lua_State *L, sh_gen *g)
+static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
 {
     luaL_openlibs(L);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
@@ -298,7 +297,7 @@ static void open_libs(lua_State *L, sh_gen *g)
     lua_getglobal(L, "load");
     lua_pushcclosure(L, text_load, 1);
     lua_setglobal(L, "load");
-    sh_lua_api_open(L, g);
+    open_api(L, g);
 }
 
 /* Run the script's main chunk; leaves its table on the stack. */
@@ -562,8 +561,8 @@ static void gen_free(sh_gen *g)
     free(g);
 }
 
-int sh_gen_load(sh_host *host, const char *script, const char *const *sets, size_t nsets,
-                sh_gen **out, char *err, size_t errsz)
+int sh_gen_load(sh_host *host, sh_api_open_fn open_api, const char *script,
+                const char *const *sets, size_t nsets, sh_gen **out, char *err, size_t errsz)
 {
     sh_gen *g = calloc(1, sizeof *g);
     lua_State **pool = calloc(POOL_MAX, sizeof *pool);
@@ -586,7 +585,7 @@ int sh_gen_load(sh_host *host, const char *script, const char *const *sets, size
         return -1;
     }
     *(sh_task **)lua_getextraspace(g->L) = NULL;
-    open_libs(g->L, g);
+    open_libs(g->L, g, open_api);
     set_module_paths(g->L, script);
     lua_newtable(g->L);
     g->pool_ref = luaL_ref(g->L, LUA_REGISTRYINDEX);

@@ -148,11 +148,13 @@ void sh_host_close(sh_host *h);
 /* Bytes used by every live generation's Lua state. */
 size_t sh_host_lua_memory(const sh_host *h);
 
-/* Load the script as a new generation: run it, take its table, merge config
+/* Load the script as a new generation: open_api installs the `statushost`
+ * module (the layer above passes it in: lua_api.c's sh_lua_api_open); run it, take its table, merge config
  * (--set overrides), read the core keys. Returns 0 with *out (one reference
  * held for the caller), or -1 with a one-line reason in err. */
-int sh_gen_load(sh_host *host, const char *script, const char *const *sets, size_t nsets,
-                sh_gen **out, char *err, size_t errsz);
+typedef void (*sh_api_open_fn)(lua_State *L, sh_gen *g);
+int sh_gen_load(sh_host *host, sh_api_open_fn open_api, const char *script,
+                const char *const *sets, size_t nsets, sh_gen **out, char *err, size_t errsz);
 void sh_gen_ref(sh_gen *g);
 /* Drop a reference; the state is closed when none remain. */
 void sh_gen_unref(sh_gen *g);

@@ -15,6 +15,7 @@
 
 #include "cfgfile.h"
 #include "log.h"
+#include "lua_api.h"
 #include "lua_lib.h"
 #include "lua_host.h"
 #include "notify.h"
@@ -70,7 +71,7 @@ static int check(const sh_options *o)
 {
     char err[512];
     sh_gen *g;
-    if (sh_gen_load(NULL, o->script, o->sets, o->nsets, &g, err, sizeof err) != 0) {
+    if (sh_gen_load(NULL, sh_lua_api_open, o->script, o->sets, o->nsets, &g, err, sizeof err) != 0) {
         sh_cfgfile_explain(err, sizeof err);
         print_error(err);
         return 2;

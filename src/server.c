@@ -293,7 +293,7 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
         return -1;
     }
     s->started = 1;
-    if (sh_gen_load(&s->host, opts->script, opts->sets, opts->nsets, &s->gen, err, errsz) != 0)
+    if (sh_gen_load(&s->host, sh_lua_api_open, opts->script, opts->sets, opts->nsets, &s->gen, err, errsz) != 0)
         return -1;
     sh_log_configure(&s->gen->cfg);
     s->metrics.max_connections = s->gen->cfg.max_connections;
@@ -353,7 +353,7 @@ void sh_server_reload(sh_server *s)
         return;
     sh_notify("RELOADING=1");
     if (sh_options_refresh(&s->opts, err, sizeof err) != 0 ||
-        sh_gen_load(&s->host, s->opts.script, s->opts.sets, s->opts.nsets, &g, err,
+        sh_gen_load(&s->host, sh_lua_api_open, s->opts.script, s->opts.sets, s->opts.nsets, &g, err,
                     sizeof err) != 0) {
         sh_cfgfile_explain(err, sizeof err);
         sh_error(NULL, "reload failed, keeping generation %u: %s", s->gen->id, err);

@@ -1,61 +1,102 @@
-/* fuzz_ws.c — libFuzzer target for the WebSocket receive path: the real
- * src/ws_conn.c (compiled into this binary), the real src/utf8.c and
- * src/log.c, and the system libwslay, with small stand-ins for what
- * ws_conn.c calls outside itself (conn.c, lua_api.c, lua_host.c).
+/* fuzz_ws.c — libFuzzer target for the WebSocket phase of the real
+ * transport: src/conn.c, src/ws_conn.c, src/http_parse.c (+ llhttp),
+ * src/static_files.c, src/utf8.c and src/log.c compiled into this binary
+ * over the system libwslay and libuv. No Lua and no stand-ins: the fuzzer is
+ * one more user of the transport's event interface (sh_conn_cb, conn.h).
+ *
+ * The world: one libuv loop, one sh_transport and one loopback TCP listener
+ * (127.0.0.1, port 0) for the whole process. Each run connects a blocking
+ * client socket (then non-blocking), the listener's callback accepts it with
+ * sh_transport_accept + sh_conn_start, the client writes the upgrade request
+ * and then the fuzzer's bytes in pieces. After every step the loop runs
+ * (UV_RUN_NOWAIT) until the transport is quiet: nothing dirty or paused, no
+ * unread input on a reading socket, no write or shutdown in progress, and
+ * nothing new for the client to read. The transport pauses the input after
+ * each delivered message until the next loop iteration (SH_CF_PAUSED,
+ * resumed by its uv_prepare flusher), so a piece with many messages takes
+ * as many iterations.
  *
  * Input: byte 0 configures the connection (see fz_config), byte 1 seeds how
- * the client bytes are cut into reads, byte 2 seeds what happens between
- * reads; the rest is what the client sends after the 101 (masked frames:
- * the seed corpus has them, the fuzzer mutates them).
+ * the client bytes are cut into writes, byte 2 seeds what happens between
+ * writes (bit 7: the first piece goes out in the same write as the upgrade
+ * request; bit 6: the upgrade is decided later, not inside EV_UPGRADE); the
+ * rest is what the client sends after the request (masked frames: the seed
+ * corpus has them, the fuzzer mutates them).
  *
  * Each input is played three times, each on a fresh connection:
- *   1. in one read, nothing in between;
- *   2. cut into reads by byte 1, nothing in between;
- *   3. cut into reads, and between reads, chosen by byte 2: the ping timer
- *      fires, the server sends, the policy closes (conn:close) or fails
- *      (1011), a stalled write completes, the peer half-closes.
- * Runs 1 and 2 must produce the same output bytes and deliver the same
- * messages: frame parsing must not depend on how TCP cut the stream.
+ *   1. in one write, nothing in between;
+ *   2. cut into writes by byte 1, nothing in between;
+ *   3. cut into writes, and between writes, chosen by byte 2: the
+ *      connection's timer fires, the server sends, the handler closes or
+ *      fails (1011), the client reads what is waiting (a stalled write
+ *      completes), the client half-closes, a deferred upgrade is decided
+ *      (switch, or refuse 403).
+ * Runs 1 and 2 must produce the same output bytes and report the same
+ * events: frame parsing must not depend on how TCP cut the stream.
  *
- * The message hook (sh_api_message) stands in for a policy: it echoes the
- * message through sh_conn_send, so the send path runs inside wslay's
- * callbacks; the first byte of a message picks another behaviour:
- *   'c' conn:close(1000, "bye") then conn:send(msg)   (the send must be refused)
- *   'C' conn:send(msg) then conn:close(1000, "bye")
- *   'e' the hook raises: sh_conn_lua_failed (close 1011)
- *   'b' conn:send(msg) three times (reaches max_send_buffer sooner)
- *   'B' conn:send of 70000 bytes (the 64-bit length form)
+ * Timers: every limit is 10 minutes, so no timer runs out by itself during a
+ * run. The "timer" action fires the connection's armed libuv timer the way
+ * libuv does when it expires (uv_timer_stop, then its callback): conn.c's
+ * real on_timer runs (ping, pong deadline, close wait, linger end, the
+ * upgrade decision's deadline) without the fuzzer waiting real milliseconds.
+ * Real expiry of a tiny limit is covered by tests/unit/test_ws_conn.c.
+ *
+ * Stall (config bit 3): the client's receive buffer and the server socket's
+ * send buffer are made as small as the kernel allows and the client reads
+ * only when an action says so, so writes stay in flight, output piles up in
+ * the connection and max_send_buffer (1008) is reached.
+ *
+ * The event handler stands in for a policy: EV_UPGRADE switches protocols
+ * (unless deferred); EV_OPEN greets when config bit 1 says so; EV_MESSAGE
+ * echoes the message through sh_conn_send, inside wslay's callbacks; a
+ * binary message without config bit 0 (no on_binary) is refused by
+ * returning 1003; the first byte of a message picks another behaviour:
+ *   'c' sh_conn_ws_close(1000, "bye") then sh_conn_send (must be refused)
+ *   'C' sh_conn_send then sh_conn_ws_close(1000, "bye")
+ *   'e' the hook failed: sh_conn_ws_close(1011, "internal error")
+ *   'b' sh_conn_send three times (reaches max_send_buffer sooner)
+ *   'B' sh_conn_send of 70000 bytes (the 64-bit length form)
  *   'n' nothing
  *
  * Invariants (a violation aborts):
- * - what the server writes is a sequence of well-formed server frames:
- *   FIN set, RSV clear, a known opcode (never a continuation), not masked,
- *   the shortest length encoding, control payloads <= 125 bytes, text
- *   payloads valid UTF-8, close payloads empty or a sendable code plus a
- *   UTF-8 reason; at most one close frame and nothing after it; out holds
- *   whole frames between reads; every pong carries the payload of one of
- *   the client's pings, in the order they were sent;
+ * - what the server writes is the 101 (with the right Sec-WebSocket-Accept)
+ *   followed by a sequence of well-formed server frames: FIN set, RSV
+ *   clear, a known opcode (never a continuation), not masked, the shortest
+ *   length encoding, control payloads <= 125 bytes, text payloads valid
+ *   UTF-8, close payloads empty or a sendable code plus a UTF-8 reason; at
+ *   most one close frame and nothing after it; the connection's out buffer
+ *   holds whole frames between steps; every pong carries the payload of one
+ *   of the client's pings, in the order they were sent; a refused deferred
+ *   upgrade writes its 403 and nothing else;
  * - a delivered message is within max_message_bytes, a text one is valid
- *   UTF-8 (checked by a separate decoder, not utf8.c), binary ones only when
- *   the policy has on_binary, never after a failure;
- * - ASan/UBSan/LeakSanitizer: every run ends with sh_ws_free and frees all.
- *
- * The stand-ins mirror conn.c at the time of writing (sh_conn_open is a
- * copy; sh_conn_flush, sh_conn_close and the timer follow conn.c's logic
- * with a fake socket instead of libuv). Keep them in step when conn.c
- * changes what ws_conn.c relies on. */
+ *   UTF-8 (checked by a separate decoder, not utf8.c), never after a
+ *   failure, only inside wslay_event_recv, only between EV_OPEN and
+ *   EV_CLOSE;
+ * - events: EV_UPGRADE and EV_OPEN at most once, EV_CLOSE exactly once and
+ *   before EV_FREE, EV_FREE exactly once; a WebSocket's EV_CLOSE comes before
+ *   the client sees the TCP FIN; once a close frame was written, EV_CLOSE's
+ *   code is not 1006; the metrics' current counts return to 0;
+ * - the transport settles: no busy loop between steps;
+ * - ASan/UBSan/LeakSanitizer: every run ends with the connection freed. */
+#define _GNU_SOURCE /* memmem */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <uv.h>
 
 #include "conn.h"
 #include "log.h"
-#include "lua_api.h"
-#include "lua_host.h"
-#include "server.h"
-#include "utf8.h"
 
 #define CHECK(cond, ...)                                                                   \
     do {                                                                                   \
@@ -72,10 +113,10 @@
 
 /* Byte 0 of the input. */
 typedef struct fz_config {
-    int binary_hook;          /* bit 0: the policy has on_binary */
-    int greet;                /* bit 1: on_open sends "hello" */
+    int binary_hook;          /* bit 0: the policy takes binary messages */
+    int greet;                /* bit 1: EV_OPEN sends "hello" */
     int ping;                 /* bit 2: ping_interval_ms is set */
-    int stall;                /* bit 3: writes do not complete until told */
+    int stall;                /* bit 3: the client reads only when told */
     size_t max_message_bytes; /* bits 4-5 */
     size_t max_send_buffer;   /* bits 6-7 */
 } fz_config;
@@ -89,20 +130,38 @@ static fz_config decode_config(uint8_t b)
     return f;
 }
 
+#define LONG_MS (600u * 1000) /* no limit runs out during a run */
+
+static const char upgrade_request[] =
+    "GET /ws HTTP/1.1\r\nHost: fuzz\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+static const char accept_line[] = "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n";
+
+/* The process-wide part: created once. */
+static uv_loop_t loop;
+static uv_tcp_t listener;
+static struct sockaddr_in listen_addr;
+static sh_transport tp;
+static sh_metrics metrics;
+
 /* What one run did. */
 static struct {
     fz_config cfg;
-    sh_buf wire;       /* bytes the fake socket accepted, in order */
-    sh_buf events;     /* messages delivered etc., to compare runs */
-    int timer_armed;
-    uint64_t timer_ms;
-    uint64_t now;
-    int opens;
+    sh_limits lim;     /* the connection's: lives until EV_FREE */
+    sh_conn *c;        /* the connection, NULL before accept and after EV_FREE */
+    int fd;            /* the client's socket */
+    int stalled;       /* the client reads only when an action says so */
+    int defer;         /* the upgrade is decided by an action, not in EV_UPGRADE */
+    int wr_closed;     /* the client half-closed */
+    int wr_dead;       /* the client's writes fail (the server reset) */
+    int rd_eof;        /* the client read EOF or a reset */
+    int refused;       /* the deferred upgrade was refused */
+    int accepted, upgrades, opens, closes, frees;
+    uint16_t close_code; /* of EV_CLOSE */
+    sh_buf raw;        /* every byte the client read, in order */
+    sh_buf events;     /* what the handler saw, to compare runs */
     int trace;         /* SH_FUZZ_VERBOSE, run 3: print events as they happen */
 } W;
-
-static sh_server srv;
-static sh_gen gen;
 
 static void event(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void event(const char *fmt, ...)
@@ -340,170 +399,60 @@ static size_t check_frames(const uint8_t *w, size_t n, out_check *oc, const char
     return off;
 }
 
-/* ------------------------------------------------------------ stand-ins */
+/* ------------------------------------------------------------ the handler */
 
-
-void sh_conn_arm_timer(sh_conn *c, uint64_t ms)
+/* sh_conn_send as a policy calls it; the result is 0 or -1. */
+static int policy_send(sh_conn *c, const char *data, size_t len, int binary)
 {
-    if (c->phase == SH_PHASE_CLOSED)
-        return;
-    W.timer_armed = 1;
-    W.timer_ms = ms;
+    int rc = sh_conn_send(c, data, len, binary);
+    if (W.trace)
+        fprintf(stderr, "  send %zu -> %d (out %zu inflight %zu)\n", len, rc, c->out.len,
+                c->inflight.len);
+    CHECK(rc == 0 || rc == -1, "sh_conn_send = %d", rc);
+    return rc;
 }
 
-int sh_gen_has_hook(const sh_gen *g, enum sh_hook h)
+/* conn:close(code, reason) of a policy: refused once the connection is not
+ * open. Returns 1 when it closed. */
+static int policy_close(sh_conn *c, uint16_t code, const char *reason)
 {
-    CHECK(g == &gen, "foreign generation");
-    return h == SH_HOOK_BINARY ? W.cfg.binary_hook : 1;
+    if (!sh_conn_open(c))
+        return 0;
+    sh_conn_ws_close(c, code, reason);
+    CHECK(!sh_conn_open(c), "still open after sh_conn_ws_close");
+    return 1;
 }
 
-/* A copy of conn.c's. */
-int sh_conn_open(const sh_conn *c)
-{
-    return c->phase == SH_PHASE_WS && c->ws && !c->failed && !c->close_queued &&
-           !wslay_event_get_close_received(c->ws) && !wslay_event_get_close_sent(c->ws) &&
-           wslay_event_get_write_enabled(c->ws);
-}
-
-/* conn.c's: no more reads are delivered until the linger phase. */
-void sh_conn_stop_reading(sh_conn *c) { c->reading = 0; }
-
-/* conn.c's start_reading. */
-static void start_reading(sh_conn *c)
-{
-    if (c->phase != SH_PHASE_CLOSED)
-        c->reading = 1;
-}
-
-/* conn.c's sh_conn_close, minus libuv and Lua. */
-void sh_conn_close(sh_conn *c)
-{
-    if (c->phase == SH_PHASE_CLOSED)
-        return;
-    int was_ws = c->phase == SH_PHASE_WS;
-    c->phase = SH_PHASE_CLOSED;
-    c->reading = 0;
-    W.timer_armed = 0;
-    if (was_ws) {
-        c->srv->metrics.websockets_current--;
-        sh_ws_free(c);
-    }
-    /* a write in flight is cancelled by uv_close: its bytes may be lost */
-    c->writing = 0;
-    c->inflight.len = 0;
-    event("closed %u\n", c->close_code);
-}
-
-/* conn.c's linger: FIN sent, input discarded until EOF or the timer. */
-static void linger(sh_conn *c)
-{
-    if (c->lingering || c->phase == SH_PHASE_CLOSED)
-        return;
-    c->lingering = 1;
-    c->close_after_write = 0;
-    start_reading(c);
-    W.timer_armed = 1;
-    W.timer_ms = 2000;
-}
-
-/* conn.c's sh_conn_flush on a fake socket: it takes everything at once, or
- * (stall) nothing, so the bytes go in flight until the write completes. */
-void sh_conn_flush(sh_conn *c)
-{
-    if (c->phase == SH_PHASE_CLOSED || c->writing)
-        return;
-    if (c->out.len > 0) {
-        if (!W.cfg.stall) {
-            sh_buf_append(&W.wire, c->out.p, c->out.len);
-            c->out.len = 0;
-        } else {
-            sh_buf tmp = c->inflight;
-            c->inflight = c->out;
-            c->out = tmp;
-            c->out.len = 0;
-            c->writing = 1;
-            return;
-        }
-    }
-    if (c->close_after_write || (c->phase == SH_PHASE_WS && sh_ws_finished(c)))
-        linger(c);
-}
-
-/* conn.c's on_write: the write in flight completed. */
-static void write_done(sh_conn *c)
-{
-    if (!c->writing)
-        return;
-    sh_buf_append(&W.wire, c->inflight.p, c->inflight.len);
-    c->inflight.len = 0;
-    c->writing = 0;
-    if (c->phase != SH_PHASE_CLOSED)
-        sh_conn_flush(c);
-}
-
-/* conn.c's on_timer. */
-static void timer_fires(sh_conn *c)
-{
-    if (!W.timer_armed)
-        return;
-    W.timer_armed = 0;
-    W.now += W.timer_ms;
-    if (c->phase == SH_PHASE_WS && !c->lingering) {
-        sh_ws_on_timer(c);
-        return;
-    }
-    sh_conn_close(c);
-}
-
-/* conn.c's sh_conn_lua_failed, for a WebSocket. */
+/* A hook that raised: the connection closes 1011. */
 static void policy_failed(sh_conn *c)
 {
     if (c->phase == SH_PHASE_WS)
         sh_conn_ws_close(c, 1011, "internal error");
 }
 
-void sh_api_open(sh_conn *c)
+static int on_message(sh_conn *c, const sh_conn_event *ev)
 {
-    W.opens++;
-    event("open\n");
-    if (W.cfg.greet)
-        CHECK(sh_conn_send(c, "hello", 5, 0) == 0, "greeting refused on an open connection");
-}
-
-/* conn:send from Lua: the string is never NULL. */
-static int policy_send(sh_conn *c, const char *data, size_t len, int binary)
-{
-    int rc = sh_conn_send(c, data ? data : "", len, binary);
-    if (W.trace)
-        fprintf(stderr, "  send %zu -> %d (out %zu inflight %zu, close sent %d)\n", len, rc,
-                c->out.len, c->inflight.len, c->ws ? wslay_event_get_close_sent(c->ws) : -1);
-    CHECK(rc == 0 || rc == -1, "sh_conn_send = %d", rc);
-    return rc;
-}
-
-/* conn:close(code, reason) from Lua: refused once the connection is not
- * open (lua_api.c's conn_close). */
-static void policy_close(sh_conn *c, uint16_t code, const char *reason)
-{
-    if (sh_conn_open(c))
-        sh_conn_ws_close(c, code, reason);
-}
-
-void sh_api_message(sh_conn *c, const char *data, size_t len, int binary)
-{
+    const char *data = ev->data;
+    size_t len = ev->len;
+    int binary = ev->binary;
     CHECK(c->phase == SH_PHASE_WS, "message delivered in phase %d", (int)c->phase);
-    CHECK(!c->failed, "message delivered after a protocol failure");
-    CHECK(c->in_wslay > 0, "message delivered outside wslay_event_recv");
-    CHECK(len <= gen.cfg.max_message_bytes, "message of %zu bytes (max %zu)", len,
-          gen.cfg.max_message_bytes);
-    CHECK(!binary || W.cfg.binary_hook, "binary message without on_binary");
+    CHECK(!SH_HAS(c, SH_CF_FAILED), "message delivered after a protocol failure");
+    CHECK(SH_HAS(c, SH_CF_IN_WSLAY), "message delivered outside wslay_event_recv");
+    CHECK(W.opens == 1 && W.closes == 0, "message with %d opens, %d closes", W.opens, W.closes);
+    CHECK(data != NULL, "message data NULL");
+    CHECK(len <= W.lim.max_message_bytes, "message of %zu bytes (max %zu)", len,
+          W.lim.max_message_bytes);
     CHECK(binary || ref_utf8_valid((const uint8_t *)data, len),
           "text message of %zu bytes is not UTF-8", len);
     event("msg %d %zu %08x\n", binary, len, len ? fnv(data, len) : 0);
+    if (binary && !W.cfg.binary_hook)
+        return 1003; /* no on_binary: the policy refuses binary messages */
     switch (len ? data[0] : 0) {
     case 'c':
-        policy_close(c, 1000, "bye");
-        policy_send(c, data, len, binary);
+        if (policy_close(c, 1000, "bye"))
+            CHECK(policy_send(c, data, len, binary) == -1, "a send after the close was taken");
+        else
+            policy_send(c, data, len, binary);
         break;
     case 'C':
         policy_send(c, data, len, binary);
@@ -528,6 +477,181 @@ void sh_api_message(sh_conn *c, const char *data, size_t len, int binary)
     default:
         policy_send(c, data, len, binary);
     }
+    return 0;
+}
+
+static int on_event(sh_conn *c, const sh_conn_event *ev, void *arg)
+{
+    CHECK(arg == &W, "callback argument");
+    CHECK(c == W.c, "event for an unknown connection");
+    switch (ev->type) {
+    case SH_CONN_EV_REQUEST:
+        CHECK(0, "the upgrade request was reported as a plain request");
+        return 0;
+    case SH_CONN_EV_UPGRADE:
+        CHECK(W.upgrades == 0, "a second EV_UPGRADE");
+        CHECK(c->phase == SH_PHASE_HANDSHAKE, "EV_UPGRADE in phase %d", (int)c->phase);
+        CHECK(ev->req != NULL, "EV_UPGRADE without the request");
+        W.upgrades++;
+        event("upgrade\n");
+        if (!W.defer)
+            sh_conn_upgrade(c, NULL, NULL);
+        return 0;
+    case SH_CONN_EV_OPEN:
+        CHECK(W.opens == 0 && W.closes == 0, "EV_OPEN with %d opens, %d closes", W.opens,
+              W.closes);
+        CHECK(c->phase == SH_PHASE_WS, "EV_OPEN in phase %d", (int)c->phase);
+        W.opens++;
+        event("open\n");
+        if (W.cfg.greet)
+            CHECK(policy_send(c, "hello", 5, 0) == 0, "greeting refused on an open connection");
+        return 0;
+    case SH_CONN_EV_MESSAGE:
+        return on_message(c, ev);
+    case SH_CONN_EV_CLOSE:
+        CHECK(W.closes == 0, "a second EV_CLOSE");
+        CHECK(W.frees == 0, "EV_CLOSE after EV_FREE");
+        CHECK(ev->reason != NULL, "EV_CLOSE without a reason string");
+        /* a code the peer may send, 1005 (its close had none) or 1006 (no
+         * close frame): never an invalid code of a rejected close frame */
+        CHECK(sendable_close_code(ev->code) || ev->code == 1005 || ev->code == 1006,
+              "EV_CLOSE reports code %u", ev->code);
+        CHECK(ev->was_ws == (W.opens == 1), "EV_CLOSE was_ws %d after %d opens", ev->was_ws,
+              W.opens);
+        CHECK(!sh_conn_open(c), "EV_CLOSE while open");
+        W.closes++;
+        W.close_code = ev->code;
+        event("close %d %u %s\n", ev->was_ws, ev->code, ev->reason);
+        return 0;
+    case SH_CONN_EV_FREE:
+        CHECK(W.frees == 0, "a second EV_FREE");
+        CHECK(W.closes == 1, "EV_FREE without EV_CLOSE");
+        W.frees++;
+        W.c = NULL;
+        event("free\n");
+        return 0;
+    }
+    CHECK(0, "unknown event %d", (int)ev->type);
+    return 0;
+}
+
+/* ------------------------------------------------------------ the client */
+
+static void client_connect(void)
+{
+    W.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(W.fd >= 0, "socket: %s", strerror(errno));
+    int one = 1;
+    if (W.cfg.stall) {
+        /* a small window, and segments well under it: with loopback's 64 KiB
+         * segments a window this small only moves on the persist timer */
+        int small = 1, mss = 536; /* 1: the kernel's minimum */
+        setsockopt(W.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+        setsockopt(W.fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof mss);
+    }
+    CHECK(connect(W.fd, (struct sockaddr *)&listen_addr, sizeof listen_addr) == 0,
+          "connect: %s", strerror(errno));
+    setsockopt(W.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    CHECK(fcntl(W.fd, F_SETFL, fcntl(W.fd, F_GETFL) | O_NONBLOCK) == 0, "fcntl");
+}
+
+/* Read whatever is waiting. Returns the byte count. */
+static size_t client_read(void)
+{
+    size_t total = 0;
+    static char b[65536];
+    while (W.fd >= 0 && !W.rd_eof) {
+        ssize_t k = recv(W.fd, b, sizeof b, 0);
+        if (k > 0) {
+            CHECK(sh_buf_append(&W.raw, b, (size_t)k) == 0, "out of memory");
+            total += (size_t)k;
+            continue;
+        }
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k == 0 || errno == ECONNRESET) {
+            /* a WebSocket's end is reported before its FIN leaves (a plain
+             * HTTP answer's connection reports once it is gone) */
+            CHECK(W.closes == 1 || W.opens == 0, "the client got %s before EV_CLOSE",
+                  k == 0 ? "the FIN" : "a reset");
+            if (W.trace)
+                fprintf(stderr, " [client: %s]\n", k == 0 ? "EOF" : "reset");
+            W.rd_eof = 1;
+        }
+        break;
+    }
+    return total;
+}
+
+/* Something in the transport is still moving. */
+static int transport_busy(void)
+{
+    if (tp.dirty || tp.npaused)
+        return 1;
+    sh_conn *c = W.c;
+    if (!c)
+        return 0;
+    if (SH_HAS(c, SH_CF_SHUTTING))
+        return 1;
+    if (SH_HAS(c, SH_CF_WRITING) && !W.stalled && !W.rd_eof)
+        return 1;
+    if (SH_HAS(c, SH_CF_READING)) {
+        uv_os_fd_t fd;
+        int n = 0;
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 && ioctl(fd, FIONREAD, &n) == 0 && n > 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Whole frames in the connection's out buffer (inflight may start inside a
+ * frame: what the socket took of it is gone). */
+static void check_out(void)
+{
+    sh_conn *c = W.c;
+    if (!c || c->phase != SH_PHASE_WS)
+        return;
+    CHECK(!SH_HAS(c, SH_CF_IN_WSLAY), "IN_WSLAY left set");
+    out_check oc = {0, NULL, 0};
+    CHECK(check_frames((const uint8_t *)c->out.p, c->out.len, &oc, "out") == c->out.len,
+          "out does not end on a frame boundary");
+}
+
+/* Run the loop until the transport is quiet (two quiet iterations). */
+static void settle(void)
+{
+    int quiet = 0;
+    for (long i = 0; quiet < 2; i++) {
+        CHECK(i < 200000, "the transport does not settle (dirty %p, paused %zu, flags %#x)",
+              (void *)tp.dirty, tp.npaused, W.c ? (unsigned)W.c->flags : 0u);
+        uv_run(&loop, UV_RUN_NOWAIT);
+        size_t got = W.stalled ? 0 : client_read();
+        quiet = got || transport_busy() ? 0 : quiet + 1;
+    }
+    check_out();
+}
+
+/* Send p[0..n) from the client; a server that is gone or does not read
+ * makes the rest undeliverable. */
+static void client_write(const uint8_t *p, size_t n)
+{
+    int stuck = 0;
+    if (W.trace && n)
+        fprintf(stderr, " [write %zu bytes]\n", n);
+    while (n > 0 && !W.wr_closed && !W.wr_dead) {
+        ssize_t k = send(W.fd, p, n, MSG_NOSIGNAL);
+        if (k > 0) {
+            p += k;
+            n -= (size_t)k;
+            stuck = 0;
+        } else if (k < 0 && errno == EINTR) {
+            continue;
+        } else if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && ++stuck < 4) {
+            settle();
+        } else {
+            W.wr_dead = 1; /* reset, or the server stopped reading for good */
+        }
+    }
 }
 
 /* ------------------------------------------------------------ driving */
@@ -549,169 +673,242 @@ static size_t piece_len(uint8_t seed, uint64_t *rng, size_t left)
     return n < left ? n : left;
 }
 
-/* Feed one read from a private, exactly sized copy (ASan sees any access
- * past it or after the read). */
-static void feed(sh_conn *c, const uint8_t *p, size_t n)
+/* The connection's timer runs out now: what libuv does for an expired
+ * timer (stop it, call its callback), without waiting. */
+static void fire_timer(void)
 {
-    /* libuv delivers nothing while not reading; conn.c's on_read discards
-     * input while lingering */
-    if (!c->reading || c->lingering)
+    sh_conn *c = W.c;
+    if (!c || !uv_is_active((uv_handle_t *)&c->timer))
+        return;
+    uv_timer_cb cb = c->timer.timer_cb;
+    uv_timer_stop(&c->timer);
+    cb(&c->timer);
+}
+
+/* Decide a deferred upgrade. */
+static void decide(int refuse)
+{
+    sh_conn *c = W.c;
+    if (!c || c->phase != SH_PHASE_HANDSHAKE)
         return;
     if (W.trace)
-        fprintf(stderr, " [read %zu bytes]\n", n);
-    char *copy = malloc(n ? n : 1);
-    memcpy(copy, p, n);
-    sh_ws_on_read(c, copy, n);
-    free(copy);
-    if (c->phase != SH_PHASE_CLOSED) {
-        out_check oc = {0, NULL, 0};
-        CHECK(check_frames((const uint8_t *)c->out.p, c->out.len, &oc, "out") == c->out.len,
-              "out does not end on a frame boundary");
-        CHECK(!c->in_wslay, "in_wslay left at %d", c->in_wslay);
+        fprintf(stderr, " [%s]\n", refuse ? "refuse 403" : "upgrade");
+    if (refuse) {
+        W.refused = 1;
+        sh_conn_refuse(c, 403, "403 no\n", 7, NULL);
+    } else {
+        sh_conn_upgrade(c, "chat", "X-Fuzz: 1\r\n");
     }
 }
 
-/* Something that happens between two reads (run 3). */
-static void between(sh_conn *c, uint64_t *rng)
+/* Something that happens between two writes (run 3). */
+static void between(uint64_t *rng)
 {
     uint64_t r = rng_next(rng);
-    static const char *const names[16] = {"timer", "server send", "server close", "lua error",
-                                          "write done", "write done", "write done", "eof?"};
+    static const char *const names[16] = {"timer", "server send", "server close", "hook error",
+                                          "client reads", "client reads", "client reads",
+                                          "eof?", "decide", "decide/refuse"};
+    sh_conn *c = W.c;
     if (W.trace && names[r % 16])
-        fprintf(stderr, " [%s] out %zu inflight %zu writing %d\n", names[r % 16], c->out.len,
-                c->inflight.len, c->writing);
+        fprintf(stderr, " [%s] out %zu inflight %zu flags %#x\n", names[r % 16],
+                c ? c->out.len : 0, c ? c->inflight.len : 0, c ? (unsigned)c->flags : 0);
     switch (r % 16) {
     case 0:
-        timer_fires(c);
+        fire_timer();
         break;
     case 1:
-        if (c->phase == SH_PHASE_WS && c->ws)
+        if (c && c->phase == SH_PHASE_WS)
             policy_send(c, "server says hi", 14, (r >> 8) & 1);
         break;
     case 2: {
         static const uint16_t codes[4] = {1000, 1001, 4000, 1008};
-        if (c->phase == SH_PHASE_WS && c->ws)
+        if (c && c->phase == SH_PHASE_WS)
             policy_close(c, codes[(r >> 8) & 3], (r >> 10) & 1 ? "going" : NULL);
         break;
     }
     case 3:
-        if (c->phase == SH_PHASE_WS && c->ws)
+        if (c)
             policy_failed(c);
         break;
     case 4:
     case 5:
     case 6:
-        write_done(c);
+        client_read(); /* a stalled write can go on */
         break;
     case 7:
-        if ((r >> 8) % 8 == 0)
-            sh_ws_on_read(c, NULL, 0); /* the peer half-closed */
+        if ((r >> 8) % 8 == 0 && !W.wr_closed) {
+            if (W.trace)
+                fprintf(stderr, " [client: shutdown]\n");
+            shutdown(W.fd, SHUT_WR); /* the peer half-closes */
+            W.wr_closed = 1;
+        }
+        break;
+    case 8:
+        decide(0);
+        break;
+    case 9:
+        decide((r >> 8) % 4 == 0);
         break;
     default:
         break;
     }
+    settle();
+}
+
+/* The HTTP head at the start of raw: its length (0 when incomplete). */
+static size_t head_len(const sh_buf *raw)
+{
+    for (size_t i = 3; i < raw->len; i++)
+        if (memcmp(raw->p + i - 3, "\r\n\r\n", 4) == 0)
+            return i + 1;
+    return 0;
 }
 
 /* Play data[0..n) on a fresh connection. */
 static void run(const uint8_t *data, size_t n, fz_config cfg, uint8_t split, uint8_t actions,
-                sh_buf *wire_out, sh_buf *events_out)
+                sh_buf *raw_out, sh_buf *events_out)
 {
     memset(&W, 0, sizeof W);
+    W.fd = -1;
     W.cfg = cfg;
-    W.trace = wire_out == NULL && getenv("SH_FUZZ_VERBOSE") != NULL;
-    memset(&srv, 0, sizeof srv);
-    memset(&gen, 0, sizeof gen);
-    gen.srv = &srv;
-    gen.id = 1;
-    gen.refs = 1;
-    gen.cfg.max_message_bytes = cfg.max_message_bytes;
-    gen.cfg.max_send_buffer = cfg.max_send_buffer;
-    gen.cfg.ping_interval_ms = cfg.ping ? 30000 : 0;
-    gen.cfg.ping_timeout_ms = 10000;
-    gen.cfg.close_timeout_ms = 5000;
+    W.trace = raw_out == NULL && getenv("SH_FUZZ_VERBOSE") != NULL;
+    W.stalled = cfg.stall;
+    W.defer = (actions & 0x40) != 0;
+    W.lim = (sh_limits){
+        .max_head_bytes = 8192,
+        .max_body_bytes = 65536,
+        .max_connections = 16,
+        .max_message_bytes = cfg.max_message_bytes,
+        .max_send_buffer = cfg.max_send_buffer,
+        .handshake_timeout_ms = LONG_MS,
+        .keepalive_timeout_ms = LONG_MS,
+        .ping_interval_ms = cfg.ping ? LONG_MS : 0,
+        .ping_timeout_ms = LONG_MS,
+        .close_timeout_ms = LONG_MS,
+    };
 
-    sh_conn *c = calloc(1, sizeof *c);
-    c->srv = &srv;
-    c->gen = &gen;
-    c->ud_ref = c->request_ref = -2; /* LUA_NOREF */
-    snprintf(c->id, sizeof c->id, "fuzz");
-    snprintf(c->peer, sizeof c->peer, "fuzz:1");
-    c->phase = SH_PHASE_WS; /* as accept_upgrade sets it before sh_ws_start */
+    client_connect();
+    settle(); /* accepted */
+    CHECK(W.accepted == 1 && W.c != NULL, "not accepted");
 
     uint64_t rng_split = split, rng_act = actions;
     size_t pos = 0;
-    const char *leftover = NULL;
-    size_t lolen = 0;
     if (actions & 0x80) { /* bytes that came with the upgrade request */
-        lolen = piece_len(split, &rng_split, n);
-        leftover = (const char *)data;
-        pos = lolen;
+        size_t k = piece_len(split, &rng_split, n);
+        size_t rl = sizeof upgrade_request - 1;
+        uint8_t *first = malloc(rl + k + 1);
+        memcpy(first, upgrade_request, rl);
+        memcpy(first + rl, data, k);
+        client_write(first, rl + k);
+        free(first);
+        pos = k;
+    } else {
+        client_write((const uint8_t *)upgrade_request, sizeof upgrade_request - 1);
     }
-    char *lo = NULL;
-    if (lolen) {
-        lo = malloc(lolen);
-        memcpy(lo, leftover, lolen);
-    }
-    CHECK(sh_ws_start(c, lo, lolen) == 0, "sh_ws_start failed");
-    free(lo);
-    start_reading(c); /* as accept_upgrade does after sh_ws_start */
-    CHECK(W.opens == 1, "on_open ran %d times", W.opens);
-    CHECK(srv.metrics.websockets_current == 1, "websockets_current %llu",
-          (unsigned long long)srv.metrics.websockets_current);
+    settle();
+    CHECK(W.upgrades == 1, "no EV_UPGRADE for the upgrade request");
+    if (!W.defer)
+        CHECK(W.opens == 1, "not open after the upgrade");
 
-    while (pos < n && c->phase != SH_PHASE_CLOSED) {
+    while (pos < n && !W.wr_closed && !W.wr_dead && W.c) {
         size_t k = piece_len(split, &rng_split, n - pos);
         if (actions)
-            between(c, &rng_act);
-        if (c->phase == SH_PHASE_CLOSED)
-            break;
-        feed(c, data + pos, k);
+            between(&rng_act);
+        client_write(data + pos, k);
         pos += k;
+        settle();
     }
-    if (actions && c->phase != SH_PHASE_CLOSED)
-        between(c, &rng_act);
+    if (actions)
+        between(&rng_act);
+    decide(0); /* a decision still pending: the bytes that waited go to wslay now */
+    settle();
 
-    /* let every pending write complete, then look at all of it */
-    while (c->phase != SH_PHASE_CLOSED && c->writing)
-        write_done(c);
+    /* the client reads everything: a stalled write completes */
+    W.stalled = 0;
+    settle();
+
+    /* the output: a 101 and frames; a 403; or nothing (dropped undecided) */
     sh_buf pings = {0};
     collect_pings(data, n, &pings);
     out_check oc = {0, &pings, 0};
-    check_frames((const uint8_t *)W.wire.p, W.wire.len, &oc, "wire");
-    int closes = oc.closes;
-    if (c->phase != SH_PHASE_CLOSED) {
-        check_frames((const uint8_t *)c->out.p, c->out.len, &oc, "wire+out");
-        closes = oc.closes;
+    size_t hl = head_len(&W.raw);
+    if (W.opens) {
+        CHECK(hl >= 13 && memcmp(W.raw.p, "HTTP/1.1 101 ", 13) == 0,
+              "no 101 ahead of the frames (%zu bytes)", W.raw.len);
+        CHECK(memmem(W.raw.p, hl, accept_line, sizeof accept_line - 1) != NULL,
+              "the 101 lacks the right Sec-WebSocket-Accept");
+        check_frames((const uint8_t *)W.raw.p + hl, W.raw.len - hl, &oc, "wire");
+    } else if (W.refused) {
+        CHECK(hl > 0 && memcmp(W.raw.p, "HTTP/1.1 403 ", 13) == 0, "refused without a 403");
+        CHECK(W.raw.len == hl + 7, "a 403 head of %zu bytes and %zu bytes after it (want 7)",
+              hl, W.raw.len - hl);
+    } else {
+        CHECK(W.raw.len == 0, "dropped before the decision, yet %zu bytes written", W.raw.len);
+    }
+    sh_conn *c = W.c;
+    if (c && c->phase == SH_PHASE_WS) {
         if (c->ws && wslay_event_get_close_sent(c->ws))
-            CHECK(closes == 1, "wslay sent a close, the wire has %d", closes);
-        /* on_close gets close_code: received, else sent, else 1006 (conn.h);
-         * once a close frame went out, "sent" is known */
-        if (closes)
-            CHECK(c->close_code != 0, "a close frame was sent but close_code is 0 "
-                                      "(on_close would report 1006)");
-        CHECK(!sh_conn_open(c) || closes == 0, "open after sending a close frame");
-        event("end %u %s\n", c->close_code, c->close_reason);
+            CHECK(oc.closes == 1, "wslay sent a close, the wire has %d", oc.closes);
+        /* EV_CLOSE will report close_code: received, else sent, else 1006
+         * (conn.h); once a close frame went out, "sent" is known */
+        if (oc.closes)
+            CHECK(c->close_code != 0, "a close frame was sent but close_code is 0");
+        CHECK(!sh_conn_open(c) || oc.closes == 0, "open after sending a close frame");
+        event("end %u %s\n", c->close_code, c->close_reason ? c->close_reason : "");
     }
 
-    if (c->phase != SH_PHASE_CLOSED)
-        sh_conn_close(c);
-    CHECK(c->ws == NULL, "wslay context left after close");
-    sh_ws_free(c); /* idempotent */
-    CHECK(srv.metrics.websockets_current == 0, "websockets_current %llu",
-          (unsigned long long)srv.metrics.websockets_current);
+    /* the client goes away (a reset: no TIME_WAIT on either side); a
+     * connection that does not read is closed by its owner */
+    struct linger lg = {1, 0};
+    setsockopt(W.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(W.fd);
+    W.fd = -1;
+    settle();
+    if (W.c) {
+        if (W.trace)
+            fprintf(stderr, " [sh_conn_close]\n");
+        sh_conn_close(W.c);
+        settle();
+    }
+    CHECK(W.frees == 1 && W.c == NULL, "the connection was not freed");
+    CHECK(W.closes == 1, "%d EV_CLOSE", W.closes);
+    if (oc.closes)
+        CHECK(W.close_code != 1006, "a close frame was written, yet EV_CLOSE reports 1006");
+    CHECK(tp.nconns == 0 && tp.nlive == 0 && tp.npaused == 0 && tp.dirty == NULL,
+          "transport not empty: %zu conns, %zu live, %zu paused", tp.nconns, tp.nlive,
+          tp.npaused);
+    CHECK(metrics.connections_current == 0 && metrics.websockets_current == 0,
+          "current connections %llu, websockets %llu",
+          (unsigned long long)metrics.connections_current,
+          (unsigned long long)metrics.websockets_current);
     sh_buf_free(&pings);
-    sh_buf_free(&c->out);
-    sh_buf_free(&c->inflight);
-    sh_buf_free(&c->pending);
-    free(c);
 
-    if (wire_out) {
-        *wire_out = W.wire;
+    if (raw_out) {
+        *raw_out = W.raw;
         *events_out = W.events;
     } else {
-        sh_buf_free(&W.wire);
+        sh_buf_free(&W.raw);
         sh_buf_free(&W.events);
     }
+    W.raw = (sh_buf){0};
+    W.events = (sh_buf){0};
+}
+
+static void on_connection(uv_stream_t *l, int status)
+{
+    CHECK(status == 0, "listener: %s", uv_strerror(status));
+    CHECK(W.c == NULL && W.accepted == 0, "a second connection");
+    sh_conn *c = sh_transport_accept(&tp, l, &W.lim);
+    CHECK(c != NULL, "sh_transport_accept failed");
+    W.c = c;
+    W.accepted++;
+    if (W.cfg.stall) {
+        uv_os_fd_t fd;
+        int small = 1; /* the kernel's minimum */
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    }
+    sh_conn_start(c);
 }
 
 static int buf_equal(const sh_buf *a, const sh_buf *b)
@@ -723,7 +920,18 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    sh_log_set_level(SH_LOG_ERROR);
+    signal(SIGPIPE, SIG_IGN);
+    sh_log_set_level(getenv("SH_FUZZ_LOG") ? SH_LOG_DEBUG : SH_LOG_ERROR);
+    CHECK(uv_loop_init(&loop) == 0, "uv_loop_init");
+    CHECK(sh_transport_init(&tp, &loop, on_event, &W, &metrics, "f022f022f022f022") == 0,
+          "sh_transport_init");
+    CHECK(uv_tcp_init(&loop, &listener) == 0, "uv_tcp_init");
+    uv_ip4_addr("127.0.0.1", 0, &listen_addr);
+    CHECK(uv_tcp_bind(&listener, (struct sockaddr *)&listen_addr, 0) == 0, "bind");
+    CHECK(uv_listen((uv_stream_t *)&listener, 64, on_connection) == 0, "listen");
+    int len = sizeof listen_addr;
+    CHECK(uv_tcp_getsockname(&listener, (struct sockaddr *)&listen_addr, &len) == 0,
+          "getsockname");
     return 0;
 }
 
@@ -736,33 +944,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const uint8_t *in = data + 3;
     size_t n = size - 3;
 
-    /* runs 1 and 2: the same bytes, one read or many; with a send buffer
+    /* runs 1 and 2: the same bytes, one write or many; with a send buffer
      * limit too large to be reached, the output must be the same */
     fz_config same = cfg;
     same.max_send_buffer = (size_t)1 << 30;
     sh_buf w1, e1, w2, e2;
     run(in, n, same, 0, 0, &w1, &e1);
     if (getenv("SH_FUZZ_VERBOSE")) { /* what a reproducer does, for humans */
-        fprintf(stderr, "--- one read: events\n%.*s--- %zu bytes out:", (int)e1.len,
+        fprintf(stderr, "--- one write: events\n%.*s--- %zu bytes out:", (int)e1.len,
                 e1.p ? e1.p : "", w1.len);
-        for (size_t i = 0; i < w1.len && i < 256; i++)
+        for (size_t i = 0; i < w1.len && i < 400; i++)
             fprintf(stderr, " %02x", (uint8_t)w1.p[i]);
-        fprintf(stderr, "\n");
+        fprintf(stderr, "\n--- cut, with actions:\n");
     }
     if (split != 0) {
         run(in, n, same, split, 0, &w2, &e2);
         if ((!buf_equal(&e1, &e2) || !buf_equal(&w1, &w2)) &&
             !has_non_ascii_close_reason(in, n)) {
             fprintf(stderr, "fuzz_ws: the result depends on how the input is cut "
-                            "(split seed %u)\n--- one read: %zu bytes out\n%.*s--- cut: %zu "
+                            "(split seed %u)\n--- one write: %zu bytes out\n%.*s--- cut: %zu "
                             "bytes out\n%.*s",
                     split, w1.len, (int)e1.len, e1.p ? e1.p : "", w2.len, (int)e2.len,
                     e2.p ? e2.p : "");
-            fprintf(stderr, "one read out:");
-            for (size_t i = 0; i < w1.len && i < 64; i++)
+            fprintf(stderr, "one write out:");
+            for (size_t i = 0; i < w1.len && i < 256; i++)
                 fprintf(stderr, " %02x", (uint8_t)w1.p[i]);
-            fprintf(stderr, "\ncut out:     ");
-            for (size_t i = 0; i < w2.len && i < 64; i++)
+            fprintf(stderr, "\ncut out:      ");
+            for (size_t i = 0; i < w2.len && i < 256; i++)
                 fprintf(stderr, " %02x", (uint8_t)w2.p[i]);
             fprintf(stderr, "\n");
             abort();
@@ -773,7 +981,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sh_buf_free(&w1);
     sh_buf_free(&e1);
 
-    /* run 3: cut, with things happening between reads, real limits */
+    /* run 3: cut, with things happening between writes, real limits */
     run(in, n, cfg, split, actions ? actions : 1, NULL, NULL);
     return 0;
 }

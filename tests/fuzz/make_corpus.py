@@ -8,11 +8,12 @@ feed; bit 7: limits 256/1024 instead of 8192/65536), then the bytes a
 client sends.
 
 corpus/ws/NAME: byte 0 configures the connection (bit 0 on_binary, bit 1
-on_open greets, bit 2 ping timer, bit 3 stalled socket, bits 4-5
+EV_OPEN greets, bit 2 ping timer, bit 3 stalled client, bits 4-5
 max_message_bytes 64K/125/1M/16, bits 6-7 max_send_buffer 1M/64/300/4096),
-byte 1 seeds the cutting into reads, byte 2 seeds the events between reads
-(bit 7: the first read arrives with the upgrade request); then client
-frames, masked. See fuzz_ws.c.
+byte 1 seeds the cutting into writes, byte 2 seeds the events between
+writes (bit 7: the first piece goes with the upgrade request; bit 6: the
+upgrade is decided later, by an action); then client frames, masked. See
+fuzz_ws.c.
 """
 import os
 import shutil
@@ -195,6 +196,12 @@ def ws_corpus():
                          + hi * 6 + close(1000))
     c["server_close_first"] = (cfg(), 1, 0x4d, hi * 10 + close(1000))
     c["leftover"] = (cfg(), 2, 0x80, hi + frame(9, "x") + close(1000))
+    # the reply to "Big" (70000 bytes) stalls: the next send finds the queue over 300 → 1008
+    c["stalled_big"] = (cfg(stall=1, send=2), 2, 0, frame(1, "Big") + hi + frame(9, "p")
+                        + close(1000))
+    # the upgrade is decided by an action (bit 6): frames wait in the handshake phase
+    c["deferred"] = (cfg(greet=1), 1, 0x48, hi * 3 + frame(9, "x") + close(1000))
+    c["deferred_leftover"] = (cfg(), 2, 0xc9, hi * 3 + close(1000))
     for name, (b0, split, act, data) in c.items():
         write("ws", name, bytes([b0, split, act]) + data)
 
