@@ -563,6 +563,48 @@ static void test_slow_consumer(void)
     end();
 }
 
+/* A close frame with a code no endpoint may send (5000) is a protocol error:
+ * wslay answers 1002, and the connection ends with 1002, not with the
+ * peer's invalid code. (Fails until ws_conn.c's close_frame_end stops
+ * recording codes wslay rejects; fuzz_ws regression close-invalid-code-reported.) */
+static void test_invalid_close_code(void)
+{
+    begin("invalid close code", limits());
+    open_ws();
+    send_close(5000, "");
+    expect("close 1002", "\x88\x02\x03\xea", 4);
+    send_close(1002, "");
+    expect("nothing more", "", 0);
+    end();
+    const rec *r = find(SH_CONN_EV_CLOSE, 0);
+    CHECKF(r && r->code == 1002, "[invalid close code] EV_CLOSE reports %u, want 1002",
+           r ? r->code : 0);
+}
+
+/* A 64-bit length with its top bit set is malformed (RFC 6455 §5.2): 1002,
+ * however the header is cut into reads. (Fails until ws_conn.c's
+ * frame_advance leaves lengths wslay rejects to wslay; fuzz_ws regressions
+ * length-msb-1009-or-1002-by-cut, length-nonminimal-1009-or-1002-by-cut.) */
+static void test_length_top_bit(void)
+{
+    static const uint8_t head[14] = {0x81, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0x05,
+                                     0x37, 0xfa, 0x21, 0x3d};
+    for (int cut = 0; cut < 2; cut++) {
+        begin(cut ? "length top bit, byte by byte" : "length top bit, one write", limits());
+        open_ws();
+        if (cut) {
+            for (size_t i = 0; i < sizeof head; i++) {
+                csend(head + i, 1);
+                settle(1);
+            }
+        } else {
+            csend(head, sizeof head);
+        }
+        expect("close 1002", "\x88\x02\x03\xea", 4);
+        end();
+    }
+}
+
 static void test_decision_timeout(void)
 {
     sh_limits l = limits();
@@ -636,6 +678,8 @@ int main(void)
     test_message_then_bad_frame();
     test_refused_1003();
     test_slow_consumer();
+    test_invalid_close_code();
+    test_length_top_bit();
     test_decision_timeout();
     test_upgrade_without_connection();
 
