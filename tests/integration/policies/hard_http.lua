@@ -1,0 +1,40 @@
+-- hard_http.lua — routes for test_hardening.py (F14, F5):
+--   GET /f14       host.http.request to config.remote with 60 headers whose
+--                  values are numbers (X-N<i> = i*1000+i); answers the remote's body
+--   GET /f14ct     answers with headers {["Content-Type"] = 12345}
+--   GET /f5        a 1,500-byte Content-Type and 10 × 1,000-byte X-Pad headers (< 16 KiB)
+--   GET /f5big     the same Content-Type and 20 × 1,000-byte X-Pad headers (> 16 KiB)
+local host = require "statushost"
+
+local CTYPE = "text/x-" .. string.rep("c", 1493) -- 1,500 bytes
+
+local function pads(n)
+  local h = { ["Content-Type"] = CTYPE }
+  for i = 1, n do
+    h[string.format("X-Pad-%02d", i)] = string.rep(string.char(96 + i), 1000)
+  end
+  return h
+end
+
+return {
+  config = { remote = "" },
+  routes = {
+    ["GET /f14"] = function()
+      -- a GC that runs all the time: a string the core let go of is freed
+      -- (and its memory reused) before the request is written
+      collectgarbage("incremental", 0, 1000)
+      local h = {}
+      for i = 1, 60 do h["X-N" .. i] = i * 1000 + i end
+      local res, err = host.http.request{ url = host.config.remote, headers = h,
+                                          timeout_ms = 5000 }
+      collectgarbage("incremental", 200, 100)
+      if not res then return 502, "request failed: " .. tostring(err) end
+      return 200, res.body
+    end,
+    ["GET /f14ct"] = function()
+      return 200, "ct", { ["Content-Type"] = 12345 }
+    end,
+    ["GET /f5"] = function() return 200, "f5", pads(10) end,
+    ["GET /f5big"] = function() return 200, "f5big", pads(20) end,
+  },
+}
