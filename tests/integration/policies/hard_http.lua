@@ -20,14 +20,16 @@ return {
   config = { remote = "" },
   routes = {
     ["GET /f14"] = function()
-      -- a GC that runs all the time: a string the core let go of is freed
-      -- (and its memory reused) before the request is written
-      collectgarbage("incremental", 0, 1000)
       local h = {}
       for i = 1, 60 do h["X-N" .. i] = i * 1000 + i end
+      -- a GC that finishes a whole cycle at every allocation check (pause 1%,
+      -- and a full collection so that the new pause applies now): a string
+      -- the core let go of is freed, and its memory reused, at once
+      collectgarbage("incremental", 1, 1000)
+      collectgarbage()
       local res, err = host.http.request{ url = host.config.remote, headers = h,
                                           timeout_ms = 5000 }
-      collectgarbage("incremental", 200, 100)
+      collectgarbage("incremental", 200, 100) -- Lua's defaults
       if not res then return 502, "request failed: " .. tostring(err) end
       return 200, res.body
     end,
