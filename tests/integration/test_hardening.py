@@ -205,7 +205,9 @@ def f14_numeric_header_values():
     """host.http.request with 60 numeric header values reaches the remote with
     each value as its decimal string; a route's numeric Content-Type is sent as
     "12345". Under ASan: no use-after-free (the process would abort).
-    fails on old: yes (FILL)."""
+    fails on old: yes (the remote saw other requests' numbers in
+    most X-N headers (e.g. X-N1: 2502): the values were freed strings; under ASan a
+    heap-use-after-free)."""
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
@@ -240,7 +242,8 @@ def f1_resume_of_a_hooks_coroutine_raises():
     """A hook keeps coroutine.running() and sleeps; another hook's
     coroutine.resume / coroutine.close of it raises "cannot be resumed or
     closed from Lua"; the first hook's sleep ends normally after its 400 ms.
-    fails on old: yes (FILL)."""
+    fails on old: yes (coroutine.resume succeeded
+    ("resume:true:true:nil") from another hook)."""
     with host(pol("hard_coro.lua")) as sh:
         a, b = ws(sh), ws(sh)
         mark = sh.mark()
@@ -281,7 +284,9 @@ def f2_f3_waits_and_endless_loop_at_load_time():
     one-line load error naming the function (--check and start: exit 2; SIGHUP:
     "reload failed, keeping generation 1", the old generation serves). The main
     chunk's `while true do end` stops on the instruction budget within a second.
-    fails on old: yes (FILL)."""
+    fails on old: yes (a start with top-level host.timer /
+    host.spawn kept running; SIGHUP reloaded them ("reloaded"); a 3,000,000-iteration
+    top-level loop passed --check with lua_max_instructions=100000 (fixed 100M budget))."""
     tmp = tempfile.mkdtemp(prefix="sh-hard-")
     try:
         problems = []
@@ -322,7 +327,10 @@ def f2_f3_waits_and_endless_loop_at_load_time():
         script = write(os.path.join(tmp, "policy.lua"), GOOD)
         with host(script) as sh:
             live = ws(sh)
-            echo_ok_prefixed = lambda c, t: (c.send_text(t), c.recv())[1]  # noqa: E731
+
+            def echo_ok_prefixed(c, t):
+                c.send_text(t)
+                return c.recv()
             for fn, call in TOP_LEVEL.items():
                 write(script, 'local host = require "statushost"\n' + call +
                       '\nreturn { on_message = function(conn, text) conn:send("gen2:" .. text) '
@@ -367,7 +375,9 @@ def f5_long_response_headers_no_stack_bytes():
     """A route's 1,500-byte Content-Type and 10 KB of other headers: a
     well-formed head with exactly those headers (no stack bytes). With 20 KB of
     other headers (over 16 KiB): 500.
-    fails on old: yes (FILL)."""
+    fails on old: yes (the Content-Type line was cut at the
+    512-byte stack buffer and followed by stack bytes (a malformed head); 20 KB
+    of headers answered 200)."""
     ctype = b"text/x-" + b"c" * 1493
     with host(pol("hard_http.lua")) as sh:
         status, lines, body = raw_get(sh.port, "/f5")
@@ -394,6 +404,24 @@ def f5_long_response_headers_no_stack_bytes():
         alive(sh, "after long headers")
 
 
+@S.test
+def route_headers_with_lowercase_content_type():
+    """Not one of the findings: found while writing F5/F14. A route's headers
+    {["content-type"] = "text/x-lower", ["X-1"] = "1", ..., ["X-7"] = "7"}: each
+    header exactly once. The new core's route_headers (src/lua_api.c) stores
+    "Content-Type" into the table while lua_next walks it, a new key during a
+    traversal: the rehash makes the walk repeat some headers and skip others.
+    fails on old: no (the old core sends them right); FAILS ON THE NEW CORE."""
+    with host(pol("hard_http.lua")) as sh:
+        status, lines, body = raw_get(sh.port, "/ctlower")
+        assert status == 200 and body == b"lower", (status, lines, body)
+        names = sorted(l.partition(b": ")[0].lower() for l in lines[1:])
+        want = sorted([b"server", b"content-length", b"connection", b"content-type"] +
+                      [b"x-%d" % i for i in range(1, 8)])
+        assert names == want, "header names %r, want %r" % (names, want)
+        assert b"Content-Type: text/x-lower" in lines, lines
+
+
 # ====================================================================== F6
 
 @S.test
@@ -403,7 +431,9 @@ def f6_thirty_thousand_tasks_without_nesting():
     connection's close: every task ends, the server lives. (2) A task that
     spawns a task that spawns ... 30,000 deep: every link runs, each after its
     parent returned from host.spawn, no "too deep", no crash.
-    fails on old: yes (FILL)."""
+    fails on old: yes (the spawn chain broke at 64
+    ("too deep": each spawn ran inside its parent's C stack); the pending-subscribe
+    part passes on the old core too)."""
     r = Redis()
     stopped = False
     try:
@@ -459,7 +489,8 @@ def f9_task_cap_closes_1008():
     """200,000 empty text frames whose hook sleeps a minute: once
     max_tasks_per_conn (4) tasks wait the connection is closed 1008; RSS grows
     by less than 20 MB; another connection is unaffected.
-    fails on old: yes (FILL)."""
+    fails on old: yes (no close within 5 s: every message got a
+    sleeping task, without bound)."""
     with host(pol("hard_cap.lua"), sets=["close_timeout_ms=1000"]) as sh:
         other = ws(sh)
         rss0 = sh.rss_kb()
@@ -503,7 +534,8 @@ def f10_lua_memory_cap_closes_1011():
     """A hook that keeps 4 MB more per message under lua_max_memory = 64 MiB:
     that connection closes 1011, another one carries on, /metrics has
     statushost_lua_memory_bytes under the cap + 8 MiB, the server lives.
-    fails on old: yes (FILL)."""
+    fails on old: yes (no close after 40 messages (160 MB
+    held): no memory cap)."""
     cap = 64 * 1024 * 1024
     with host(pol("hard_leak.lua")) as sh:
         a, b = ws(sh), ws(sh)
@@ -530,7 +562,8 @@ def f12_non_utf8_publish_is_dropped_and_counted():
     """A payload that is not UTF-8 published on a subscribed channel, no
     on_publish: no text frame with it reaches the client,
     statushost_updates_dropped_total counts it, the next valid payload arrives.
-    fails on old: yes (FILL)."""
+    fails on old: yes (the client got a text frame with
+    the invalid bytes)."""
     r = shared_redis()
     with host(pol("hard_pubsub.lua"), redis=r) as sh:
         path = "u12-" + tag()
@@ -555,7 +588,8 @@ def f15_on_handshake_wait_bounded_and_leaving_client_noticed():
     connection is dropped at about 0.5 s, never upgraded. A client that leaves
     while on_handshake waits is noticed: connections_current drops back and
     the sleep ends with nil, "closed" well before its 3 s.
-    fails on old: yes (FILL)."""
+    fails on old: yes (101 after the 3 s
+    sleep, the handshake timeout did not apply while on_handshake waited)."""
     with host(pol("hard_handshake.lua"), sets=["handshake_timeout_ms=500"]) as sh:
         with socket.create_connection(("127.0.0.1", sh.port), timeout=5) as s:
             mark = sh.mark()
@@ -600,7 +634,8 @@ def f15_on_handshake_wait_bounded_and_leaving_client_noticed():
 def f18_fifo_under_web_root_is_404_and_loop_free():
     """A FIFO under web_root: GET /fifo answers 404 at once and /healthz keeps
     answering (the loop does not block in open()).
-    fails on old: yes (FILL)."""
+    fails on old: yes (GET /fifo never answered:
+    open() of the FIFO blocked the event loop (/healthz unanswered))."""
     tmp = tempfile.mkdtemp(prefix="sh-hard-web-")
     try:
         write(os.path.join(tmp, "index.html"), "<p>hi</p>\n")
@@ -629,7 +664,8 @@ def f20_debug_sethook_raises_and_budget_holds():
     """debug.sethook() in a policy raises; a hook that tried to remove the
     budget's hook (three ways) and then runs `while true do end` still closes
     1011; the other connection is unaffected.
-    fails on old: yes (FILL)."""
+    fails on old: yes (debug.sethook() succeeded
+    ("sethook:true:nil") and the loop then ran unbounded)."""
     with host(pol("hard_misc.lua"), sets=["lua_max_instructions=100000"]) as sh:
         try:
             a, b = ws(sh), ws(sh)
@@ -651,7 +687,7 @@ def f20_debug_sethook_raises_and_budget_holds():
 def upgrade_without_connection_upgrade_is_400():
     """GET / with Upgrade: websocket, a key and version 13 but no
     Connection: Upgrade → 400 (not the index page).
-    fails on old: yes (FILL)."""
+    fails on old: yes (200 with the index page)."""
     with host(pol("hard_misc.lua")) as sh:
         with socket.create_connection(("127.0.0.1", sh.port), timeout=5) as s:
             s.sendall(upgrade_bytes(sh.port, "/", connection=None))
@@ -667,7 +703,8 @@ def upgrade_without_connection_upgrade_is_400():
 def frame_header_over_max_message_bytes_closes_1009_at_once():
     """A frame header announcing 1,000,000 bytes (max_message_bytes 65536) and
     no payload byte: close 1009 within 200 ms.
-    fails on old: yes (FILL)."""
+    fails on old: yes (no close frame
+    within 5 s (the server waited for payload))."""
     with host(pol("hard_misc.lua"), sets=["max_message_bytes=65536"]) as sh:
         for op in (OP_TEXT, OP_BIN):
             c = ws(sh)
@@ -685,7 +722,10 @@ def on_handshake_fails_closed():
     error → 500 and a log line naming on_handshake; false, 700 → 500; a refusal
     with headers carries them; true, "chat.v2" answers the offered protocol;
     a protocol not offered → 500.
-    fails on old: yes (FILL)."""
+    fails on old: yes (401, nil+401, "denied", {status=401}
+    and true+"chat.v3" upgraded (101) with no log line; false, 700 answered 403;
+    the refusal's WWW-Authenticate header was dropped; true, "chat.v2" answered no
+    Sec-WebSocket-Protocol)."""
     offered = {"Sec-WebSocket-Protocol": "chat.v1, chat.v2"}
     cases = [  # path, headers, status wanted, log line wanted
         ("/r401", None, 500, True),
@@ -745,7 +785,7 @@ def on_handshake_fails_closed():
 def typos_in_the_policy_table_are_errors():
     """A policy table with on_mesage or rotues: --check exits 2 with one line
     saying did you mean "on_message" / "routes".
-    fails on old: yes (FILL)."""
+    fails on old: yes (--check exit 0 for both)."""
     tmp = tempfile.mkdtemp(prefix="sh-hard-")
     try:
         problems = []
@@ -768,7 +808,8 @@ def typos_in_the_policy_table_are_errors():
 def text_without_on_message_closes_1003():
     """A text message to a policy with no on_message: close 1003 (binary is
     still echoed by its on_binary).
-    fails on old: yes (FILL)."""
+    fails on old: yes (no close within 3 s (the text was
+    silently dropped))."""
     with host(pol("hard_no_text.lua")) as sh:
         c = ws(sh)
         c.send(OP_BIN, b"\x01\x02")
@@ -781,7 +822,8 @@ def text_without_on_message_closes_1003():
 def api_errors_name_their_function():
     """conn:send() → "conn:send: bad argument #1"; host.sleep("x") →
     "host.sleep: bad argument #1" in the logged Lua error; each closes 1011.
-    fails on old: yes (FILL)."""
+    fails on old: yes ("bad argument #1 to 'send'" and "bad
+    argument #1 to 'sleep'")."""
     problems = []
     with host(pol("hard_misc.lua")) as sh:
         for cmd, want in (("send_noarg", "conn:send: bad argument #1"),
@@ -800,7 +842,8 @@ def api_errors_name_their_function():
 def host_config_at_load_time_names_host_config():
     """Reading host.config in the main chunk: a load error naming host.config
     (--check exit 2), not "attempt to ... a nil value".
-    fails on old: yes (FILL)."""
+    fails on old: yes ("attempt to perform arithmetic
+    on a nil value (field 'max_connections')")."""
     tmp = tempfile.mkdtemp(prefix="sh-hard-")
     try:
         script = write(os.path.join(tmp, "cfg.lua"),
@@ -818,7 +861,8 @@ def host_config_at_load_time_names_host_config():
 def subscriptions_end_with_the_close_handshake():
     """A client sends its close frame and keeps TCP open (no FIN): PUBSUB
     NUMSUB of its channel is 0 within 1 s of the server's close frame.
-    fails on old: yes (FILL)."""
+    fails on old: yes (NUMSUB stayed 1 after the
+    server's close frame (until the client's FIN))."""
     r = shared_redis()
     with host(pol("hard_pubsub.lua"), redis=r) as sh:
         path = "sc-" + tag()
@@ -840,7 +884,8 @@ def subscriptions_end_with_the_close_handshake():
 def on_close_gets_the_code_the_connection_ended_with():
     """A client closing with code 999 (invalid) is answered 1002, and on_close
     is called with 1002.
-    fails on old: yes (FILL)."""
+    fails on old: yes (on_close got 999.
+    FAILS ON THE NEW CORE TOO (on_close still gets 999): left failing on purpose)."""
     r = shared_redis()
     with host(pol("hard_pubsub.lua"), redis=r) as sh:
         c = ws(sh, path="/oc-" + tag())
