@@ -4,7 +4,7 @@
 --   GET /f14ct     answers with headers {["Content-Type"] = 12345}
 --   GET /f5        a 1,500-byte Content-Type and 10 × 1,000-byte X-Pad headers (< 16 KiB)
 --   GET /f5big     the same Content-Type and 20 × 1,000-byte X-Pad headers (> 16 KiB)
---   GET /ctlower   {["content-type"] = "text/x-lower", ["X-1"] = "1", ... ["X-7"] = "7"}
+--   GET /ctlower?N {["content-type"] = "text/x-lower", ["X-1"] = "1", ... ["X-N"] = "N"}
 local host = require "statushost"
 
 local CTYPE = "text/x-" .. string.rep("c", 1493) -- 1,500 bytes
@@ -39,9 +39,9 @@ return {
     end,
     ["GET /f5"] = function() return 200, "f5", pads(10) end,
     ["GET /f5big"] = function() return 200, "f5big", pads(20) end,
-    ["GET /ctlower"] = function()
+    ["GET /ctlower"] = function(req)
       local h = { ["content-type"] = "text/x-lower" }
-      for i = 1, 7 do h["X-" .. i] = tostring(i) end
+      for i = 1, tonumber(req.query) or 7 do h["X-" .. i] = tostring(i) end
       return 200, "lower", h
     end,
   },
