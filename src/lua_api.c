@@ -844,7 +844,8 @@ struct route_call {
 
 /* Collect "Name: value\r\n" lines from a headers table at index i into out
  * (NUL-terminated). Returns NULL or what is wrong. */
-static const char *route_headers(lua_State *co, int i, sh_buf *out, const char **ctype)
+static const char *route_headers(lua_State *co, int i, sh_buf *out, const char **ctype,
+                                 char **owned)
 {
     if (!lua_istable(co, i))
         return "a route's headers must be a table";
@@ -864,11 +865,13 @@ static const char *route_headers(lua_State *co, int i, sh_buf *out, const char *
             return "a route's headers map names to strings, no CR or LF";
         }
         if (strcasecmp(k, "content-type") == 0) {
-            lua_pushvalue(co, -1);
-            lua_setfield(co, i, "Content-Type"); /* anchored by the table */
-            lua_getfield(co, i, "Content-Type");
-            *ctype = lua_tostring(co, -1);
-            lua_pop(co, 1);
+            free(*owned);
+            *owned = strdup(v); /* the table must not change while lua_next walks it */
+            if (!*owned) {
+                lua_pop(co, 2);
+                return "out of memory";
+            }
+            *ctype = *owned;
         } else if (strcasecmp(k, "content-length") && strcasecmp(k, "connection")) {
             if (sh_buf_append(out, k, kl) || sh_buf_append(out, ": ", 2) ||
                 sh_buf_append(out, v, vl) || sh_buf_append(out, "\r\n", 2)) {
@@ -893,6 +896,7 @@ static void route_done(sh_task *t, int status, int nres, void *arg)
         lua_Integer code = 200;
         size_t len = 0;
         const char *body = NULL, *ctype = "text/plain; charset=utf-8";
+        char *owned = NULL;
         sh_buf extra = {0};
         if (!err && nres >= 1) {
             if (!lua_isinteger(co, base) || lua_tointeger(co, base) < 200 ||
@@ -908,7 +912,7 @@ static void route_done(sh_task *t, int status, int nres, void *arg)
                 body = lua_tolstring(co, base + 1, &len);
         }
         if (!err && nres >= 3 && !lua_isnil(co, base + 2))
-            err = route_headers(co, base + 2, &extra, &ctype);
+            err = route_headers(co, base + 2, &extra, &ctype, &owned);
         if (err) {
             if (*err) {
                 sh_error(rc->p->owner.id, "lua error in route: %s", err);
@@ -921,6 +925,7 @@ static void route_done(sh_task *t, int status, int nres, void *arg)
                             extra.len > 1 ? extra.p : NULL, rc->keep, rc->head_only);
         }
         sh_buf_free(&extra);
+        free(owned);
         sh_conn_request_done(c);
     }
     free(rc);
