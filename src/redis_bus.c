@@ -78,6 +78,7 @@ static int hash_oom; /* set by uthash when an insertion ran out of memory */
 #include <uthash.h>
 
 #include "log.h"
+#include "static_files.h"
 
 #define DEFAULT_BACKOFF_MIN_MS 100
 #define DEFAULT_BACKOFF_MAX_MS 5000
@@ -216,34 +217,11 @@ const char *sh_redis_strerror(int err)
 
 /* ---- URL --------------------------------------------------------------- */
 
-/* Value of one hex digit, -1 when `ch` is not one. */
-static int hexval(int ch)
-{
-    if (ch >= '0' && ch <= '9') return ch - '0';
-    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
-    return -1;
-}
-
-/* Percent-decode s[0..n) into out (cap bytes, NUL-terminated). 0 or -1 (bad
- * escape, decoded NUL, too long). */
+/* Percent-decode s[0..n) into out (cap bytes, NUL-terminated): the tree's
+ * one decoder (static_files.h). 0 or -1 (bad escape, decoded NUL, too long). */
 static int pct_decode(const char *s, size_t n, char *out, size_t cap)
 {
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int ch = (unsigned char)s[i];
-        if (ch == '%') {
-            if (i + 2 >= n) return -1;
-            int hi = hexval((unsigned char)s[i + 1]), lo = hexval((unsigned char)s[i + 2]);
-            if (hi < 0 || lo < 0) return -1;
-            ch = hi * 16 + lo;
-            i += 2;
-        }
-        if (ch == 0 || o + 1 >= cap) return -1;
-        out[o++] = (char)ch;
-    }
-    out[o] = '\0';
-    return 0;
+    return sh_url_decode(s, n, out, cap, NULL) == 0 ? 0 : -1;
 }
 
 /* Parse decimal digits s[0..n) (n ≥ 1) into *v, no more than max. 0 or -1. */
