@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -275,28 +276,41 @@ static int is_dir(const char *path)
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+int sh_find_data(const char *rel, int want_dir, char *out, size_t outsz)
+{
+    struct stat st;
+    char exe[4096];
+    size_t n = sizeof exe;
+    char *slash = NULL;
+    if (uv_exepath(exe, &n) == 0 && (slash = strrchr(exe, '/')))
+        *slash = '\0';
+    const char *fmts[] = {"%s/%s", "%s/../share/statushost/%s", "%s/../%s"};
+    const char *dirs[] = {SH_DATADIR, slash ? exe : NULL, slash ? exe : NULL};
+    for (int i = 0; i < 3; i++) {
+        if (!dirs[i])
+            continue;
+        int len = snprintf(out, outsz, fmts[i], dirs[i], rel);
+        if (len > 0 && (size_t)len < outsz && stat(out, &st) == 0 &&
+            (want_dir ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode))) {
+            char real[PATH_MAX];
+            if (realpath(out, real) && strlen(real) < outsz)
+                strcpy(out, real); /* BIN/../share/... → /usr/share/... */
+            return 0;
+        }
+    }
+    return -1;
+}
+
 /* Resolve web_root: the configured directory, else ./web, else the
- * installed copy (the configured prefix, or next to the binary for an
- * install elsewhere: BIN/../share/statushost/web); NULL when none exists. */
+ * installed copy (sh_find_data); NULL when none exists. */
 static char *resolve_web_root(const char *configured)
 {
     if (configured && *configured)
         return strdup(configured);
     if (is_dir("web"))
         return strdup("web");
-    if (is_dir(SH_DATADIR "/web"))
-        return strdup(SH_DATADIR "/web");
-    char exe[4096];
-    size_t n = sizeof exe;
-    if (uv_exepath(exe, &n) == 0) {
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            snprintf(slash, sizeof exe - (size_t)(slash - exe), "/../share/statushost/web");
-            if (is_dir(exe))
-                return strdup(exe);
-        }
-    }
-    return NULL;
+    char path[4200];
+    return sh_find_data("web", 1, path, sizeof path) == 0 ? strdup(path) : NULL;
 }
 
 /* A list key into a NULL-terminated array of strings (NULL when empty). */

@@ -73,4 +73,11 @@ void sh_config_free(sh_config *cfg);
 /* Print the merged table at index t as "key = value" lines, sorted. */
 void sh_config_print(lua_State *L, int t, FILE *out);
 
+/* Find a file (want_dir 0) or directory (1) shipped with statushost, REL
+ * being e.g. "web" or "scripts/default.lua": under the configured data
+ * directory (SH_DATADIR, /usr/local/share/statushost by default), then next
+ * to the binary (BIN/../share/statushost/REL, then BIN/../REL: a build tree).
+ * Returns 0 with the path in out, or -1. */
+int sh_find_data(const char *rel, int want_dir, char *out, size_t outsz);
+
 #endif

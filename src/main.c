@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <uv.h>
@@ -67,6 +68,23 @@ static void die(const char *fmt, const char *arg)
 }
 
 /* --check: load the script as a generation, print what was found. */
+/* A bare NAME (no '/', not a file here): the shipped policy scripts/NAME.lua
+ * or examples/NAME.lua (sh_find_data), so `statushost default` works when
+ * installed. */
+static int find_shipped(const char *name, char *out, size_t outsz)
+{
+    const char *dirs[] = {"scripts", "examples"};
+    size_t len = strlen(name);
+    int has_ext = len > 4 && !strcmp(name + len - 4, ".lua");
+    for (int i = 0; i < 2; i++) {
+        char rel[512];
+        snprintf(rel, sizeof rel, "%s/%s%s", dirs[i], name, has_ext ? "" : ".lua");
+        if (sh_find_data(rel, 0, out, outsz) == 0)
+            return 0;
+    }
+    return -1;
+}
+
 static int check(const sh_options *o)
 {
     char err[512];
@@ -106,6 +124,7 @@ static int check(const sh_options *o)
     lua_getfield(g->L, -1, "config");
     sh_config_print(g->L, -1, stdout);
     lua_pop(g->L, 2);
+    printf("  static files: %s\n", g->cfg.web_root ? g->cfg.web_root : "(none: no web_root, ./web or installed web/; / answers 404)");
     sh_gen_unref(g);
     return 0;
 }
@@ -180,9 +199,12 @@ int main(int argc, char **argv)
     }
     if (!o.script)
         die("%s", "no script given");
+    static char shipped[4200];
+    if (access(o.script, F_OK) != 0 && !strchr(o.script, '/') && find_shipped(o.script, shipped, sizeof shipped) == 0)
+        o.script = shipped;
     FILE *f = fopen(o.script, "r");
     if (!f)
-        die("cannot open script %s", o.script);
+        die("cannot open script %s (a bare name such as \"default\" is looked up in the installed scripts/ and examples/)", o.script);
     fclose(f);
     char err[1024];
     atexit(sh_cfgfile_free);

@@ -342,6 +342,10 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
         return -1;
     }
     sh_info(NULL, "statushost %s: %s (instance %s)", SH_VERSION, opts->script, s->instance);
+    if (s->gen->cfg.web_root)
+        sh_info(NULL, "static files from %s", s->gen->cfg.web_root);
+    else
+        sh_info(NULL, "no static files: web_root unset and neither ./web nor an installed web/ exists");
     return 0;
 }
 

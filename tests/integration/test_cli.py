@@ -103,6 +103,29 @@ def nonexistent_script():
 
 
 @suite.test
+def bare_name_finds_the_shipped_policy():
+    """`statushost --check default` from any directory: the build tree's
+    scripts/default.lua (BIN/../scripts), and the static files --check names."""
+    p = subprocess.run([BIN, "--check", "default"], capture_output=True, cwd="/",
+                       stdin=subprocess.DEVNULL, timeout=10)
+    out = p.stdout.decode()
+    assert p.returncode == 0, p.stderr
+    first = out.splitlines()[0]
+    assert first.endswith("scripts/default.lua: ok"), first
+    assert os.path.samefile(first[:-len(": ok")], os.path.join(ROOT, "scripts", "default.lua")), first
+    web = [l for l in out.splitlines() if l.startswith("  static files: ")]
+    assert web and os.path.samefile(web[0].split(": ", 1)[1], os.path.join(ROOT, "web")), out
+    p = subprocess.run([BIN, "--check", "echo"], capture_output=True, cwd="/",
+                       stdin=subprocess.DEVNULL, timeout=10)
+    assert p.returncode == 0 and b"examples/echo.lua: ok" in p.stdout, (p.stdout, p.stderr)
+
+
+@suite.test
+def bare_name_not_shipped():
+    expect_usage_error(SAFE + ["no_such_policy"], "no_such_policy", "bare name")
+
+
+@suite.test
 def two_scripts():
     expect_usage_error(SAFE + [ECHO, ECHO], "echo.lua")
 

@@ -54,6 +54,7 @@ for f in ./usr/bin/statushost ./usr/share/man/man1/statushost.1 \
   echo "$contents" | grep -qx "$f" || fail "$deb lacks $f"
 done
 if echo "$contents" | grep -q "^./usr/local"; then fail "files under /usr/local in the package"; fi
+if echo "$contents" | grep -q "demo.sh"; then fail "examples/demo.sh (needs a checkout) is in the package"; fi
 
 echo "== apt-get install ./$deb"
 installed=1
@@ -63,6 +64,10 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ".
 /usr/bin/statushost --version
 /usr/bin/statushost --check /usr/share/statushost/scripts/default.lua >/dev/null \
   || fail "statushost --check default.lua failed"
+# a bare name finds the installed policy, and --check names the static files it will serve
+out=$(cd / && /usr/bin/statushost --check default) || fail "statushost --check default (bare name) failed"
+echo "$out" | grep -q "^/usr/share/statushost/scripts/default.lua: ok" || fail "bare name resolved elsewhere: $out"
+echo "$out" | grep -q "static files: /usr/share/statushost/web$" || fail "--check does not name the installed web/: $out"
 [ -f /etc/statushost/statushost.conf ] && [ -f /etc/statushost/statushost.lua ] \
   || fail "postinst did not create /etc/statushost/statushost.{conf,lua}"
 /usr/bin/statushost --check --config /etc/statushost/statushost.conf /etc/statushost/statushost.lua \
