@@ -560,6 +560,35 @@ def f10_lua_memory_cap_closes_1011():
         alive(sh, "after the memory cap")
 
 
+# ====================================================================== F4
+
+@S.test
+def f4_watchdog_aborts_a_loop_stuck_in_one_c_call():
+    """A hook stuck in one long C call (string.find with a cubic pattern), so
+    the instruction budget never runs: with loop_stall_ms = 300 the watchdog
+    thread writes one line naming the hook and its connection and aborts
+    (for the supervisor to restart), well before the match would end.
+    fails on old: yes (no watchdog: the process spins at 100% CPU, deaf)."""
+    with host(pol("hard_stall.lua")) as sh:
+        a = ws(sh)
+        echo_ok(a, "before")
+        t0 = time.monotonic()
+        a.send_text("stall")
+        try:
+            rc = sh.wait_exit(timeout=20)
+        except subprocess.TimeoutExpired:
+            sh.kill()
+            raise AssertionError("the stuck loop was not aborted within 20 s")
+        sh.killed = True  # its exit status is the abort's, checked here
+        took = time.monotonic() - t0
+        assert rc == -signal.SIGABRT, "exit %s, want SIGABRT:\n%s" % (rc, sh.log_text())
+        m = sh.wait_log(r"the event loop has been stuck for (\d+)ms \(loop_stall_ms\) in (\S+) "
+                        r"of connection (\S+): aborting")
+        assert m.group(2) == "on_message", m.group(0)
+        assert int(m.group(1)) >= 300, m.group(0)
+        assert took < 15, "aborted after %.1fs" % took
+
+
 # ====================================================================== F12
 
 @S.test
