@@ -666,42 +666,49 @@ static void idle_remove(sh_http_host *h, sh_http_conn *conn)
 
 static int tls_new_session_cb(SSL *ssl, SSL_SESSION *sess);
 
-/* Makes c->tls: TLS 1.2 or later, the peer verified against ca_file or the system store (unless
- * tls_no_verify), sessions handed to tls_new_session_cb. Returns 0, or -1 with a reason in err. */
-static int tls_ctx_make(sh_http_client *c, char *err, size_t errsz)
+/* A TLS context for o: TLS 1.2 or later, the peer verified against ca_file or the system store
+ * (unless tls_no_verify), sessions handed to tls_new_session_cb. Returns it, or NULL with a reason
+ * in err. */
+static SSL_CTX *tls_ctx_new(const sh_http_client_opts *o, char *err, size_t errsz)
 {
     ERR_clear_error();
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     if (!ctx) {
         snprintf(err, errsz, "out of memory");
-        return -1;
+        return NULL;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* idle pooled sockets hold no buffers */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(ctx, tls_new_session_cb);
-    FILE *f = c->opts.ca_file ? fopen(c->opts.ca_file, "r") : NULL;
-    if (c->opts.ca_file && !f) {
-        snprintf(err, errsz, "cannot read %s: %s", c->opts.ca_file, strerror(errno));
+    FILE *f = o->ca_file ? fopen(o->ca_file, "r") : NULL;
+    if (o->ca_file && !f) {
+        snprintf(err, errsz, "cannot read %s: %s", o->ca_file, strerror(errno));
         SSL_CTX_free(ctx);
-        return -1;
+        return NULL;
     }
     if (f)
         fclose(f);
-    int ok = c->opts.ca_file ? SSL_CTX_load_verify_locations(ctx, c->opts.ca_file, NULL)
-                             : SSL_CTX_set_default_verify_paths(ctx);
+    int ok = o->ca_file ? SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL)
+                        : SSL_CTX_set_default_verify_paths(ctx);
     if (!ok) {
         unsigned long e = ERR_peek_last_error();
         const char *why = e ? ERR_reason_error_string(e) : NULL;
         snprintf(err, errsz, "cannot load CA certificates from %s: %s",
-                 c->opts.ca_file ? c->opts.ca_file : "the system store", why ? why : "unknown");
+                 o->ca_file ? o->ca_file : "the system store", why ? why : "unknown");
         ERR_clear_error();
         SSL_CTX_free(ctx);
-        return -1;
+        return NULL;
     }
-    SSL_CTX_set_verify(ctx, c->opts.tls_no_verify ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
-    c->tls = ctx;
-    return 0;
+    SSL_CTX_set_verify(ctx, o->tls_no_verify ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
+    return ctx;
+}
+
+/* Makes c->tls from c->opts. Returns 0, or -1 with a reason in err. */
+static int tls_ctx_make(sh_http_client *c, char *err, size_t errsz)
+{
+    c->tls = tls_ctx_new(&c->opts, err, errsz);
+    return c->tls ? 0 : -1;
 }
 
 /* The session cache slot of h ("name:port"), or NULL. */
@@ -1857,6 +1864,50 @@ sh_http_client *sh_http_client_new(uv_loop_t *loop, const sh_http_client_opts *o
     c->own.data = c;
     c->nhandles = 1;
     return c;
+}
+
+/* Contract in http_client.h. */
+int sh_http_client_reconfigure(sh_http_client *c, const sh_http_client_opts *opts, char *err,
+                               size_t errsz)
+{
+    const char *want = opts->ca_file && opts->ca_file[0] ? opts->ca_file : NULL;
+    char *ca = want ? strdup(want) : NULL;
+    if (want && !ca) {
+        snprintf(err, errsz, "out of memory");
+        return -1;
+    }
+    /* a TLS context with the new trust, made now (a bad CA file fails the reload, not calls) */
+    sh_http_client_opts o = c->opts;
+    o.ca_file = ca;
+    o.tls_no_verify = opts->tls_no_verify;
+    SSL_CTX *ctx = NULL;
+    if ((ca || c->tls) && !(ctx = tls_ctx_new(&o, err, errsz))) {
+        free(ca);
+        return -1;
+    }
+    SSL_CTX_free(c->tls); /* sockets' SSL objects keep their own reference */
+    c->tls = ctx;
+    free((char *)c->opts.ca_file);
+    c->opts.ca_file = ca;
+    c->opts.tls_no_verify = opts->tls_no_verify;
+    if (opts->max_total_response_bytes)
+        c->opts.max_total_response_bytes = opts->max_total_response_bytes;
+    for (size_t i = 0; i < TLS_SESSION_CACHE; i++) { /* sessions of the old trust */
+        SSL_SESSION_free(c->sessions[i].sess);
+        c->sessions[i].sess = NULL;
+    }
+    sh_http_host *next;
+    for (sh_http_host *h = c->hosts; h; h = next) { /* idle https sockets were verified the old way */
+        next = h->next;
+        if (!h->tls || !h->idle)
+            continue;
+        h->pumping = 1;
+        while (h->idle)
+            conn_close(h->idle);
+        h->pumping = 0;
+        host_maybe_free(h);
+    }
+    return 0;
 }
 
 /* Contract in http_client.h. */

@@ -116,6 +116,13 @@ typedef struct {
  * handle from here on: the loop is not empty until it is closed. */
 sh_http_client *sh_http_client_new(uv_loop_t *loop, const sh_http_client_opts *opts);
 
+/* SIGHUP: new trust (ca_file, tls_no_verify) and max_total_response_bytes for calls from now on
+ * (the other fields are kept). The new CA file is loaded now: when it cannot be, returns -1 with
+ * the reason in err and nothing changes. Remembered TLS sessions and idle https sockets, made
+ * under the old trust, are dropped; calls in flight finish on the sockets they have. */
+int sh_http_client_reconfigure(sh_http_client *c, const sh_http_client_opts *opts, char *err,
+                               size_t errsz);
+
 /* Starts a request. Returns 0 and calls cb exactly once later (never synchronously inside this
  * call), unless the call is cancelled; or returns a negative error (SH_HTTP_EINVAL,
  * SH_HTTP_EUNSUPPORTED, SH_HTTP_ENOMEM, SH_HTTP_ECLOSED when the client is closing) and never calls

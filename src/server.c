@@ -280,6 +280,17 @@ static void make_instance_id(sh_server *s)
         snprintf(s->instance + 2 * i, 3, "%02x", r[i]);
 }
 
+/* The HTTP client's settings from a generation's config (start and SIGHUP). */
+static sh_http_client_opts http_opts(const sh_config *cfg)
+{
+    return (sh_http_client_opts){
+        .max_conns_per_host = 1024,
+        .max_total_response_bytes = cfg->http_max_total_response_bytes,
+        .ca_file = cfg->http_ca_file && *cfg->http_ca_file ? cfg->http_ca_file : NULL,
+        .tls_no_verify = !cfg->http_tls_verify,
+    };
+}
+
 int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char *err,
                     size_t errsz)
 {
@@ -314,13 +325,7 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
         snprintf(err, errsz, "redis \"%s\": %s", s->gen->cfg.redis, sh_redis_strerror(rc));
         return -1;
     }
-    const sh_config *cfg = &s->gen->cfg;
-    sh_http_client_opts ho = {
-        .max_conns_per_host = 1024,
-        .max_total_response_bytes = cfg->http_max_total_response_bytes,
-        .ca_file = cfg->http_ca_file && *cfg->http_ca_file ? cfg->http_ca_file : NULL,
-        .tls_no_verify = !cfg->http_tls_verify,
-    };
+    sh_http_client_opts ho = http_opts(&s->gen->cfg);
     s->host.http = sh_http_client_new(loop, &ho);
     if (!s->host.http) {
         snprintf(err, errsz, "http client: cannot load http_ca_file %s (or out of memory)",
@@ -367,6 +372,9 @@ void sh_server_reload(sh_server *s)
     if (strcmp(g->cfg.listen_host, s->gen->cfg.listen_host) ||
         g->cfg.listen_port != s->gen->cfg.listen_port || strcmp(g->cfg.redis, s->gen->cfg.redis))
         sh_warn(NULL, "reload: listen and redis changes take effect on restart only");
+    sh_http_client_opts ho = http_opts(&g->cfg);
+    if (sh_http_client_reconfigure(s->host.http, &ho, err, sizeof err) != 0)
+        sh_error(NULL, "reload: http client keeps its previous TLS settings: %s", err);
     sh_gen *old = s->gen;
     s->gen = g;
     sh_gen_unref(old); /* it lives on while its connections and tasks do */

@@ -1535,6 +1535,42 @@ static void test_tls_not_tls(void)
     env_fini(&e);
 }
 
+/* SIGHUP's reconfigure: trust changes for the next call, the idle verified-the-old-way socket and
+ * the remembered session are dropped, and a CA file that does not load changes nothing. */
+static void test_tls_reconfigure(void)
+{
+    env e;
+    result r[4];
+    memset(r, 0, sizeof r);
+    sh_http_client_opts any = {.tls_no_verify = 1};
+    env_init_tls(&e, &any, pki.unknown);
+    CHECK(treq(&e, "localhost", "/hello", &r[0]) == 0);
+    RUN_UNTIL(&e, r[0].called);
+    CHECK(r[0].err == 0 && strcmp(r[0].body, "hello") == 0);
+    CHECK(stats(&e).idle == 1); /* kept alive: without the drop, the next call would reuse it */
+    char err[256] = "";
+    char path[] = "/tmp/sh-test-notpem-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0 && write(fd, "not a certificate\n", 18) == 18);
+    close(fd);
+    sh_http_client_opts garbage = {.ca_file = path};
+    CHECK(sh_http_client_reconfigure(e.c, &garbage, err, sizeof err) == -1);
+    CHECK(strstr(err, path) != NULL);
+    unlink(path);
+    CHECK(stats(&e).idle == 1); /* nothing changed */
+    sh_http_client_opts ours = {.ca_file = pki.ca_file};
+    CHECK(sh_http_client_reconfigure(e.c, &ours, err, sizeof err) == 0);
+    RUN_UNTIL(&e, stats(&e).conns == 0);
+    CHECK(treq(&e, "localhost", "/hello", &r[1]) == 0);
+    RUN_UNTIL(&e, r[1].called);
+    CHECK(tls_failed_with(&r[1], "tls: certificate verify failed (unable to get local issuer"));
+    CHECK(sh_http_client_reconfigure(e.c, &any, err, sizeof err) == 0);
+    CHECK(treq(&e, "localhost", "/hello", &r[2]) == 0);
+    RUN_UNTIL(&e, r[2].called);
+    CHECK(r[2].err == 0 && strcmp(r[2].body, "hello") == 0);
+    env_fini(&e);
+}
+
 static void test_tls_bad_ca_file(void)
 {
     uv_loop_t loop;
@@ -1595,6 +1631,7 @@ int main(void)
         {"tls_mid_record", test_tls_mid_record},
         {"tls_not_tls", test_tls_not_tls},
         {"tls_bad_ca_file", test_tls_bad_ca_file},
+        {"tls_reconfigure", test_tls_reconfigure},
     };
     sh_log_set_level(getenv("SH_TEST_DEBUG") ? SH_LOG_DEBUG : SH_LOG_ERROR);
     pki_init();
