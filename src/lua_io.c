@@ -352,6 +352,7 @@ typedef struct sh_sub {
     int ud_ref;                   /* the handle, anchored while confirming */
     struct sub_ud *ud;            /* the handle, NULL once collected */
     sh_task *waiter;              /* task suspended until Redis confirms */
+    struct sub_follower *followers; /* later conn:subscribe calls of the same channel, waiting too */
     size_t len;
     char channel[];
 } sh_sub;
@@ -360,9 +361,44 @@ typedef struct sub_ud {
     sh_sub *s; /* NULL once unsubscribed */
 } sub_ud;
 
+/* A task that called conn:subscribe on a channel whose subscription is still
+ * being confirmed: it gets the same answer as the first caller. */
+typedef struct sub_follower {
+    struct sub_follower *next;
+    sh_sub *s;
+    sh_task *t;
+} sub_follower;
+
+static void follower_cancel(sh_task *t, void *op)
+{
+    (void)t;
+    sub_follower *f = op;
+    LL_DELETE(f->s->followers, f);
+    free(f);
+}
+
+/* Wake every follower of s: true, or nil, reason. */
+static void followers_wake(sh_sub *s, const char *reason)
+{
+    while (s->followers) {
+        sub_follower *f = s->followers;
+        s->followers = f->next;
+        if (reason) {
+            lua_pushnil(f->t->co);
+            lua_pushstring(f->t->co, reason);
+        } else {
+            lua_pushboolean(f->t->co, 1);
+        }
+        sh_task_wake(f->t, reason ? 2 : 1);
+        free(f);
+    }
+}
+
 static void sub_free(sh_sub *s)
 {
     sh_gen *g = s->gen;
+    while (s->followers) /* their cancel unlinks them */
+        sh_task_abort(s->followers->t, "closed");
     DL_DELETE(s->owner->subs, s);
     if (s->rsub)
         sh_redis_unsubscribe(s->rsub);
@@ -410,6 +446,7 @@ static void sub_confirmed(void *arg, int err)
     s->waiter = NULL;
     if (err < 0) {
         s->rsub = NULL; /* the bus released it */
+        followers_wake(s, "unavailable");
         sub_free(s);
         lua_pushnil(t->co);
         lua_pushstring(t->co, "unavailable");
@@ -424,6 +461,7 @@ static void sub_confirmed(void *arg, int err)
         lua_pushboolean(t->co, 1);
     }
     sh_task_wake(t, 1);
+    followers_wake(s, NULL); /* after the first caller: they asked later */
 }
 
 static void sub_cancel(sh_task *t, void *op)
@@ -457,9 +495,18 @@ static int subscribe(lua_State *L, sh_owner *o, int ci, int fn_at)
     sh_task *t = sh_io_need_task(L);
     if (sh_task_doomed(t) || o->gone)
         return fail(L, "closed");
-    if (!fn_at && sub_find(o, ch, len)) {
+    sh_sub *have = fn_at ? NULL : sub_find(o, ch, len);
+    if (have && !have->waiter) {
         lua_pushboolean(L, 1);
         return 1;
+    }
+    if (have) { /* still being confirmed: wait for the same answer */
+        sub_follower *f = malloc(sizeof *f);
+        if (!f)
+            return fail(L, "out of memory");
+        *f = (sub_follower){.s = have, .t = t};
+        LL_PREPEND(have->followers, f);
+        return sh_task_suspend(L, follower_cancel, f);
     }
     if (!g->host->bus)
         return fail(L, "unavailable");

@@ -915,6 +915,32 @@ def subscriptions_end_with_the_close_handshake():
 
 
 @S.test
+def second_subscribe_of_a_pending_channel_waits_for_the_confirmation():
+    """Two tasks subscribe one connection to the same channel, the second
+    while the first waits for Redis: the second returns true only with the
+    confirmation, after the first (it asked later).
+    fails on old: yes (the second returned true at once, before Redis
+    confirmed: "B" came first)."""
+    r = shared_redis()
+    with host(pol("hard_subtwice.lua"), redis=r) as sh:
+        for i in range(3):
+            ch = "hard:twice-%s-%d" % (tag(), i)
+            c = ws(sh)
+            c.send_text(ch)
+            got = [c.recv_text(), c.recv_text()]
+            assert got == ["A true nil", "B true nil"], got
+            assert r.cmd("PUBSUB", "NUMSUB", ch)[1] == 1
+            c.close(1000)
+        for i in range(20):  # gone while both wait: both woken "closed", nothing leaks
+            c = ws(sh)
+            c.send_text("hard:gone-%s-%d" % (tag(), i))
+            c.shutdown()
+        echo = ws(sh)
+        echo.send_text("hard:last-" + tag())
+        assert echo.recv_text() == "A true nil"
+
+
+@S.test
 def on_close_gets_the_code_the_connection_ended_with():
     """A client closing with code 999 (invalid) is answered 1002, and on_close
     is called with 1002.
