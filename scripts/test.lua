@@ -29,7 +29,7 @@
 --   p.requests                       every HTTP request the policy made
 --   p:publish(channel, message)      a Redis message → receivers;  p:subscribers(channel)
 --   p.redis  p:on_redis(fn)  p:redis_down(bool)    the simulated Redis
---   p:advance(ms)  p:now()           the virtual clock
+--   p:advance(ms)  p:now()  p:time() the virtual clock (ms since load; host.now())
 --   t.eq t.ok t.like t.fail          assertions;  t.null t.hang t.pattern t.lib t.json
 --
 -- Everything runs in-process on the real transport and Lua host, with no socket and no
@@ -202,6 +202,8 @@ end
 
 function P:close() self.w:close() end
 function P:now() return self.w:now() end
+-- p:time() → host.now() as the policy sees it (seconds since the epoch, virtual)
+function P:time() return self.w:wall_ms() / 1000 end
 
 -- ------------------------------------------------------------ the remote
 
