@@ -25,6 +25,7 @@
 --     c:expect_frame(x)              x: a string, t.pattern(p), a table (JSON, subset), a function
 --     c:expect_binary(bytes)  c:expect_close(code [, reason])  c:expect_no_frame()
 --   p:request{method, path, headers, body}  a plain HTTP request (routes) → res
+--   p:http{...} → h; h:response()   the same, for a route that answers later
 --   p:route("METHOD /path" | "METHOD url" | "*", handler)  the simulated remote
 --   p.requests                       every HTTP request the policy made
 --   p:publish(channel, message)      a Redis message → receivers;  p:subscribers(channel)
@@ -533,27 +534,44 @@ local function request_text(method, path, headers, body)
   return table.concat(lines, "\r\n") .. "\r\n\r\n" .. (body or "")
 end
 
--- p:request{method=, path=, headers=, body=, peer=} → {status, headers, body}
-function P:request(o)
+local H = {}
+H.__index = H
+
+-- p:http{method=, path=, headers=, body=, peer=} → h: a plain HTTP request sent now;
+-- h:response() → {status, headers, body}, or nil while it is not answered (a route that
+-- waits: advance the clock and ask again)
+function P:http(o)
   o = o or {}
-  local id = self.w:connect(o.peer)
-  self.w:input(id, request_text(o.method or "GET", o.path or "/", o.headers or {}, o.body))
+  local h = setmetatable({ p = self, id = self.w:connect(o.peer), buf = "" }, H)
+  self.w:input(h.id, request_text(o.method or "GET", o.path or "/", o.headers or {}, o.body))
   self:settle()
-  local buf = ""
-  for _ = 1, 1000 do
-    local out, ended = self.w:output(id)
-    buf = buf .. out
-    local res = parse_head(buf)
-    if res then
-      self.w:drop(id)
-      self:settle()
-      return res
-    end
-    if ended then break end
-    self:settle()
+  return h
+end
+
+function H:response()
+  if self.res then return self.res end
+  self.p:settle()
+  local out, ended = self.p.w:output(self.id)
+  self.buf = self.buf .. out
+  local res = parse_head(self.buf)
+  if res then
+    self.res = res
+    self.p.w:drop(self.id)
+    self.p:settle()
+  elseif ended then
+    fail("the connection ended without an HTTP answer" ..
+      (#self.buf > 0 and (": " .. show(self.buf)) or ""))
   end
-  self.w:drop(id)
-  fail("no HTTP answer" .. (#buf > 0 and (": " .. show(buf)) or ""))
+  return res
+end
+
+-- p:request{...} → {status, headers, body}: p:http(...) answered at once
+function P:request(o)
+  local res = self:http(o):response()
+  if not res then
+    fail("no HTTP answer yet (a route that waits: use p:http, p:advance, h:response)")
+  end
+  return res
 end
 
 -- ------------------------------------------------------------ WebSocket clients

@@ -31,7 +31,7 @@
 #include "lua_lib.h"
 
 #define WORLD_MT "statushost.world"
-#define SETTLE_MAX 1000000 /* loop iterations before a world is said never to go idle */
+#define SETTLE_MAX 100000 /* loop iterations before a world is said never to go idle */
 
 int luaopen_cjson(lua_State *L);
 int luaopen_cjson_safe(lua_State *L);
