@@ -287,6 +287,10 @@ static void linger(sh_conn *c)
     uncount(c);
     if (c->phase == SH_PHASE_WS)
         report_close(c, 1); /* the close handshake is complete */
+    if (c->tp->capture) { /* a virtual peer: no FIN to send, nothing to linger for */
+        sh_conn_close(c);
+        return;
+    }
     c->shutdown_req.data = c;
     if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
         sh_conn_close(c);

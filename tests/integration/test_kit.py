@@ -264,6 +264,30 @@ end)
 
 
 @suite.test
+def subprotocols_and_refusal_headers_are_seen_by_the_test():
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "proto.lua", """
+return { on_handshake = function(req)
+  if req.path == "/deny" then return false, 401, "who?\\n", { ["WWW-Authenticate"] = "Bearer" } end
+  return true, "v2.status"
+end, on_message = function(conn, text) conn:send(conn.protocol .. ":" .. text) end }
+""")
+        f = write(d, "proto_test.lua", """
+local t = require "statushost.test"
+t.test("subprotocol", function()
+  local p = t.policy("proto.lua")
+  local c = p:open{ headers = { ["Sec-WebSocket-Protocol"] = "v1.status, v2.status" } }
+  t.eq(c.status, 101); t.eq(c.protocol, "v2.status")
+  c:send("x"); c:expect_frame("v2.status:x")
+  local r = p:open{ path = "/deny" }
+  t.eq(r.status, 401); t.eq(r.body, "who?\\n"); t.eq(r.headers["www-authenticate"], "Bearer")
+end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 0, (rc, out, err)
+
+
+@suite.test
 def several_files_number_their_tests_in_one_plan():
     files = [os.path.join(ROOT, "examples", "echo_test.lua"),
              os.path.join(ROOT, "examples", "ratelimit_test.lua")]
