@@ -41,6 +41,15 @@ t.test("every task timed out: the job ends 1000 at the last deadline", function(
   t.eq(p:now(), 300)
 end)
 
+t.test("a deadline of 1 ms fires 1 ms after the batch", function()
+  local p = policy()
+  local c = p:open{}
+  c:send('[{"id":1,"timeout_ms":1},{"id":2}]')
+  c:expect_no_frame()
+  p:advance(1)
+  c:expect_frame{ id = 1, status = "timeout" }
+end)
+
 t.test("tasks done in time end the job as the default policy does", function()
   local p = policy()
   local c = p:open{}

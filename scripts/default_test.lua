@@ -189,6 +189,15 @@ t.test("dispatch_retries: 5xx and refusals are retried, a 4xx is not", function(
   c2:expect_close(1011)
 end)
 
+t.test("dispatch_retries: a dispatch that timed out is not retried", function()
+  local p = start({ dispatch_retries = 2 }, function() return nil, "timeout" end)
+  local c = p:open{}
+  c:send('[{"id":1}]')
+  t.eq(#p.requests, 1, "one POST only")
+  c:expect_frame{ error = "dispatch_failed", message = "timeout" }
+  c:expect_close(1011)
+end)
+
 t.test("timeout: the job timer lists the pending tasks, closes 4408", function()
   local p = start({ job_timeout_ms = 5000 }, t.hang) -- the remote never answers
   local c = p:open{}
