@@ -251,10 +251,21 @@ local function answer_http(self, req)
   if first == nil then
     return self.w:fail_http(req.id, res[2] or "refused")
   end
-  if type(first) == "table" then
-    return self.w:answer_http(req.id, first.status or 200, first.body or "", first.headers)
+  local status, body, headers = first, res[2], res[3]
+  if type(first) == "table" then status, body, headers = first.status or 200, first.body, first.headers end
+  if math.type(status) ~= "integer" or status < 100 or status > 599 then
+    fail(("the route for %s %s answered status %s: an integer 100..599 expected"):format(
+      req.method, req.url, show(status)))
   end
-  self.w:answer_http(req.id, math.tointeger(first) or 200, res[2] or "", res[3])
+  if body ~= nil and type(body) ~= "string" then
+    fail(("the route for %s %s answered a %s body: a string expected"):format(
+      req.method, req.url, type(body)))
+  end
+  if headers ~= nil and type(headers) ~= "table" then
+    fail(("the route for %s %s answered headers of type %s: a table expected"):format(
+      req.method, req.url, type(headers)))
+  end
+  self.w:answer_http(req.id, status, body or "", headers)
 end
 
 -- ------------------------------------------------------------ Redis
@@ -691,12 +702,14 @@ end
 
 function C:send(text)
   need_open(self, "send")
-  self.p.w:input(self.id, frame(1, tostring(text)))
+  if type(text) ~= "string" then error("c:send: a string expected, got " .. type(text), 2) end
+  self.p.w:input(self.id, frame(1, text))
   self:_pump()
 end
 
 function C:send_binary(data)
   need_open(self, "send_binary")
+  if type(data) ~= "string" then error("c:send_binary: a string expected, got " .. type(data), 2) end
   self.p.w:input(self.id, frame(2, data))
   self:_pump()
 end
