@@ -31,6 +31,9 @@
 #include "lua_lib.h"
 
 #define WORLD_MT "statushost.world"
+/* the instance id of every world: connection ids are 7e57000000000000 + a
+ * counter, hex as in production ("7e57": test) */
+#define KIT_INSTANCE "7e57000000000000"
 #define SETTLE_MAX 100000 /* loop iterations before a world is said never to go idle */
 
 int luaopen_cjson(lua_State *L);
@@ -566,10 +569,10 @@ static int l_load(lua_State *L)
     w->epoch = (double)tv.tv_sec;
     if (uv_loop_init(&w->loop) != 0)
         return luaL_error(L, "cannot create a loop");
-    sh_host_init(&w->host, &w->loop, &w->metrics, "00000000kit00000");
+    sh_host_init(&w->host, &w->loop, &w->metrics, KIT_INSTANCE);
     w->host.io = &kit_io;
     w->host.io_ctx = w;
-    if (sh_transport_init(&w->tp, &w->loop, on_event, w, &w->metrics, "00000000kit00000") != 0) {
+    if (sh_transport_init(&w->tp, &w->loop, on_event, w, &w->metrics, KIT_INSTANCE) != 0) {
         sh_host_close(&w->host);
         uv_run(&w->loop, UV_RUN_DEFAULT);
         uv_loop_close(&w->loop);
