@@ -86,7 +86,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 void sh_conn_start_reading(sh_conn *c)
 {
     if (!HAS(c, SH_CF_READING) && c->phase != SH_PHASE_CLOSED) {
-        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+        if (c->tp->capture || uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
             SET(c, SH_CF_READING);
     }
 }
@@ -94,7 +94,8 @@ void sh_conn_start_reading(sh_conn *c)
 void sh_conn_stop_reading(sh_conn *c)
 {
     if (HAS(c, SH_CF_READING)) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
+        if (!c->tp->capture)
+            uv_read_stop((uv_stream_t *)&c->tcp);
         CLR(c, SH_CF_READING);
     }
 }
@@ -183,7 +184,11 @@ void sh_conn_flush(sh_conn *c)
         return;
     if (c->out.len > 0) {
         uv_buf_t b = uv_buf_init(c->out.p, (unsigned)c->out.len);
-        int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        int n = (int)c->out.len;
+        if (c->tp->capture)
+            c->tp->capture(c, c->out.p, c->out.len, c->tp->cb_arg); /* a virtual peer takes all */
+        else
+            n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
         if (n > 0) {
             c->tp->metrics->bytes_out += (uint64_t)n;
             c->bytes_out += (uint64_t)n;
@@ -282,6 +287,10 @@ static void linger(sh_conn *c)
     uncount(c);
     if (c->phase == SH_PHASE_WS)
         report_close(c, 1); /* the close handshake is complete */
+    if (c->tp->capture) { /* a virtual peer: no FIN to send, nothing to linger for */
+        sh_conn_close(c);
+        return;
+    }
     c->shutdown_req.data = c;
     if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
         sh_conn_close(c);
@@ -613,7 +622,7 @@ static void on_handle_closed(uv_handle_t *h)
     free(c);
 }
 
-sh_conn *sh_transport_accept(sh_transport *tp, uv_stream_t *listener, const sh_limits *lim)
+static sh_conn *conn_new(sh_transport *tp, const sh_limits *lim)
 {
     sh_conn *c = calloc(1, sizeof *c);
     if (!c) {
@@ -635,6 +644,21 @@ sh_conn *sh_transport_accept(sh_transport *tp, uv_stream_t *listener, const sh_l
         tp->conns->prev = c;
     tp->conns = c;
     tp->nconns++;
+    return c;
+}
+
+static void conn_opened(sh_conn *c)
+{
+    c->opened_ms = uv_now(c->tp->loop);
+    c->tp->metrics->connections_current++;
+    c->tp->metrics->connections_total++;
+}
+
+sh_conn *sh_transport_accept(sh_transport *tp, uv_stream_t *listener, const sh_limits *lim)
+{
+    sh_conn *c = conn_new(tp, lim);
+    if (!c)
+        return NULL;
     if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
         c->phase = SH_PHASE_CLOSED;
         SET(c, SH_CF_ENDED); /* never got past accept: no EV_CLOSE */
@@ -642,12 +666,33 @@ sh_conn *sh_transport_accept(sh_transport *tp, uv_stream_t *listener, const sh_l
         uv_close((uv_handle_t *)&c->timer, on_handle_closed);
         return NULL;
     }
-    c->opened_ms = uv_now(tp->loop);
     peer_name(c);
     uv_tcp_nodelay(&c->tcp, 1);
-    tp->metrics->connections_current++;
-    tp->metrics->connections_total++;
+    conn_opened(c);
     return c;
+}
+
+void sh_transport_set_capture(sh_transport *tp, sh_conn_capture_fn capture)
+{
+    tp->capture = capture;
+}
+
+sh_conn *sh_transport_open_virtual(sh_transport *tp, const sh_limits *lim, const char *peer)
+{
+    assert(tp->capture);
+    sh_conn *c = conn_new(tp, lim);
+    if (!c)
+        return NULL;
+    snprintf(c->peer, sizeof c->peer, "%s", peer);
+    conn_opened(c);
+    return c;
+}
+
+void sh_conn_input(sh_conn *c, const char *data, size_t len)
+{
+    assert(c->tp->capture && HAS(c, SH_CF_READING));
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    on_read((uv_stream_t *)&c->tcp, data ? (ssize_t)len : UV_EOF, &b);
 }
 
 void sh_conn_start(sh_conn *c)

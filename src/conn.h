@@ -169,6 +169,9 @@ typedef struct sh_conn_event {
 } sh_conn_event;
 
 typedef int (*sh_conn_cb)(sh_conn *c, const sh_conn_event *ev, void *arg);
+/* A transport without sockets (the policy test kit): what a connection
+ * writes is handed here instead of to a socket. */
+typedef void (*sh_conn_capture_fn)(sh_conn *c, const char *data, size_t len, void *arg);
 
 /* The transport of a process: the connections, the shared read buffer, the
  * flush list and the handles that drive them. Embedded by its owner. */
@@ -189,6 +192,7 @@ typedef struct sh_transport {
     char *read_buf;              /* shared by all connections */
     int read_buf_busy;
     int stopping;                /* no new upgrades; answers end their connection */
+    sh_conn_capture_fn capture;  /* non-NULL: every connection is virtual (no socket) */
 } sh_transport;
 
 /* Set up tp on loop. Returns 0 or UV_ENOMEM. */
@@ -206,6 +210,15 @@ void sh_transport_stop(sh_transport *tp);
 sh_conn *sh_transport_accept(sh_transport *tp, uv_stream_t *listener, const sh_limits *lim);
 /* Start reading a freshly accepted connection. */
 void sh_conn_start(sh_conn *c);
+
+/* A transport without sockets (the policy test kit): output goes to
+ * capture(c, data, len, cb_arg) in place of a socket write; input comes from
+ * sh_conn_input. A virtual connection from peer ("ip:port"): like accept. */
+void sh_transport_set_capture(sh_transport *tp, sh_conn_capture_fn capture);
+sh_conn *sh_transport_open_virtual(sh_transport *tp, const sh_limits *lim, const char *peer);
+/* Bytes "read" from a virtual connection's peer (data NULL: the peer's EOF).
+ * Call only while it is reading (SH_CF_READING), as a socket would. */
+void sh_conn_input(sh_conn *c, const char *data, size_t len);
 
 /* Begin tearing down now (idempotent): EV_CLOSE, then EV_FREE once the
  * handles are closed. */

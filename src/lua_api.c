@@ -20,7 +20,6 @@
 #include "lua_io.h"
 #include "lua_lib.h"
 #include "metrics.h"
-#include "redis_bus.h"
 #include "user_metrics.h"
 #include "utf8.h"
 
@@ -307,6 +306,11 @@ static int l_error(lua_State *L) { return log_at(L, SH_LOG_ERROR); }
 /* host.now() → seconds since the epoch, with millisecond precision */
 static int l_now(lua_State *L)
 {
+    sh_gen *g = SH_GEN(L);
+    if (g->host && g->host->io) {
+        lua_pushnumber(L, g->host->io->wall(g->host->io_ctx));
+        return 1;
+    }
     struct timeval tv;
     gettimeofday(&tv, NULL);
     lua_pushnumber(L, (double)tv.tv_sec + (double)(tv.tv_usec / 1000) / 1000.0);
@@ -421,7 +425,7 @@ static int l_metric_dispatch(lua_State *L)
 static int l_redis_up(lua_State *L)
 {
     sh_gen *g = SH_GEN(L);
-    lua_pushboolean(L, g->host && g->host->bus && sh_redis_bus_up(g->host->bus));
+    lua_pushboolean(L, g->host && g->host->io && g->host->io->redis_up(g->host->io_ctx));
     return 1;
 }
 

@@ -191,7 +191,7 @@ static int search_shipped(lua_State *L)
 
 /* package.path starts with the script's directory; "statushost.NAME"
  * finds the shipped policies (search_shipped). */
-static void set_module_paths(lua_State *L, const char *script)
+void sh_host_module_paths(lua_State *L, const char *script)
 {
     char dir[4096];
     dir_of(script, dir, sizeof dir);
@@ -586,7 +586,7 @@ int sh_gen_load(sh_host *host, sh_api_open_fn open_api, const char *script,
     }
     *(sh_task **)lua_getextraspace(g->L) = NULL;
     open_libs(g->L, g, open_api);
-    set_module_paths(g->L, script);
+    sh_host_module_paths(g->L, script);
     lua_newtable(g->L);
     g->pool_ref = luaL_ref(g->L, LUA_REGISTRYINDEX);
     g->mem_max = 0;

@@ -37,7 +37,9 @@
 
 #include "config.h"
 #include "conn.h"
+#include "http_client.h"
 #include "metrics.h"
+#include "redis_bus.h"
 
 struct sh_redis_bus;
 struct sh_http_client;
@@ -56,12 +58,38 @@ enum sh_hook {
     SH_HOOK_COUNT
 };
 
+/* The I/O the Lua layer waits on, behind one table of functions: the server
+ * fills it with libuv timers, the Redis bus and the HTTP client (host_io.c);
+ * the policy test kit (kit.c) with a virtual clock, a simulated Redis and a
+ * simulated remote. Callbacks follow the contracts of redis_bus.h and
+ * http_client.h: never from inside the call that registered them; a
+ * cancelled operation calls nothing. ctx is sh_host.io_ctx. */
+typedef struct sh_host_io {
+    double (*wall)(void *ctx);    /* seconds since the epoch (host.now) */
+    /* a one-shot timer: fire(arg) after ms, unless stopped first (NULL: no memory) */
+    void *(*timer_start)(void *ctx, uint64_t ms, void (*fire)(void *arg), void *arg);
+    void (*timer_stop)(void *ctx, void *timer);
+    int (*redis_up)(void *ctx);
+    /* as sh_redis_command / _cmd_cancel / _subscribe / _unsubscribe */
+    int (*redis_command)(void *ctx, int argc, const char **argv, const size_t *lens,
+                         sh_redis_reply_cb cb, void *arg, void **cmd);
+    void (*redis_cancel)(void *ctx, void *cmd);
+    int (*redis_subscribe)(void *ctx, const char *ch, size_t len, sh_redis_msg_cb on_msg,
+                           sh_redis_confirm_cb on_confirm, void *arg, void **sub);
+    void (*redis_unsubscribe)(void *ctx, void *sub);
+    /* as sh_http_request / sh_http_call_cancel */
+    int (*http_request)(void *ctx, const sh_http_opts *o, sh_http_cb cb, void *arg, void **call);
+    void (*http_cancel)(void *ctx, void *call);
+} sh_host_io;
+
 /* What the Lua layer uses of the process: given by the server, which owns
  * everything in it. loop is NULL for `--check` (nothing runs). */
 typedef struct sh_host {
     uv_loop_t *loop;
     sh_metrics *metrics;
-    struct sh_redis_bus *bus;     /* NULL: Redis calls answer "unavailable" */
+    const sh_host_io *io;         /* the I/O backend (set before a task runs) */
+    void *io_ctx;
+    struct sh_redis_bus *bus;     /* the server's, for host_io.c (NULL: "unavailable") */
     struct sh_http_client *http;
     char instance[17];            /* this process' id prefix */
     sh_gen *gens;                 /* every live generation */
@@ -155,6 +183,9 @@ size_t sh_host_lua_memory(const sh_host *h);
 typedef void (*sh_api_open_fn)(lua_State *L, sh_gen *g);
 int sh_gen_load(sh_host *host, sh_api_open_fn open_api, const char *script,
                 const char *const *sets, size_t nsets, sh_gen **out, char *err, size_t errsz);
+/* package.path of L starts with script's directory, and "statushost.NAME"
+ * finds the shipped scripts/NAME.lua (lua_host.c: search_shipped). */
+void sh_host_module_paths(lua_State *L, const char *script);
 void sh_gen_ref(sh_gen *g);
 /* Drop a reference; the state is closed when none remain. */
 void sh_gen_unref(sh_gen *g);

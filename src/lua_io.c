@@ -7,9 +7,7 @@
 #include <lauxlib.h>
 #include <utlist.h>
 
-#include "http_client.h"
 #include "log.h"
-#include "redis_bus.h"
 
 #define TIMER_MT "statushost.timer"
 #define SUB_MT "statushost.subscription"
@@ -92,27 +90,20 @@ sh_task *sh_io_need_task(lua_State *L)
 
 /* ------------------------------------------------------------ host.sleep */
 
-typedef struct sleep_op {
-    uv_timer_t h;
-    sh_task *t;
-} sleep_op;
+/* The I/O backend of t's host (lua_host.h). */
+#define IO(g) ((g)->host->io)
+#define IOCTX(g) ((g)->host->io_ctx)
 
-static void free_handle(uv_handle_t *h) { free(h->data); }
-
-static void sleep_fired(uv_timer_t *h)
+static void sleep_fired(void *arg)
 {
-    sleep_op *op = h->data;
-    sh_task *t = op->t;
-    uv_close((uv_handle_t *)h, free_handle);
+    sh_task *t = arg;
     lua_pushboolean(t->co, 1);
     sh_task_wake(t, 1);
 }
 
-static void sleep_cancel(sh_task *t, void *p)
+static void sleep_cancel(sh_task *t, void *timer)
 {
-    (void)t;
-    sleep_op *op = p;
-    uv_close((uv_handle_t *)&op->h, free_handle);
+    IO(t->gen)->timer_stop(IOCTX(t->gen), timer);
 }
 
 /* host.sleep(ms) → true | nil, "closed" */
@@ -125,21 +116,16 @@ int sh_io_sleep(lua_State *L)
     sh_task *t = sh_io_need_task(L);
     if (sh_task_doomed(t))
         return fail(L, "closed");
-    sleep_op *op = malloc(sizeof *op);
-    if (!op)
+    void *timer = IO(g)->timer_start(IOCTX(g), (uint64_t)ms, sleep_fired, t);
+    if (!timer)
         return fail(L, "out of memory");
-    op->t = t;
-    uv_timer_init(g->host->loop, &op->h);
-    op->h.data = op;
-    uv_update_time(g->host->loop); /* the cached time may be stale after long Lua work */
-    uv_timer_start(&op->h, sleep_fired, (uint64_t)ms, 0);
-    return sh_task_suspend(L, sleep_cancel, op);
+    return sh_task_suspend(L, sleep_cancel, timer);
 }
 
 /* ------------------------------------------------------------ host.timer */
 
 typedef struct sh_timer {
-    uv_timer_t h;
+    void *h;                      /* the backend's timer, NULL once fired */
     sh_gen *gen;
     sh_owner *owner;              /* the connection's, or the generation's detached one */
     struct sh_timer *next, *prev; /* in owner->timers */
@@ -152,27 +138,25 @@ typedef struct timer_ud {
     sh_timer *t; /* NULL once fired or cancelled */
 } timer_ud;
 
-static void timer_closed(uv_handle_t *h)
-{
-    sh_timer *t = h->data;
-    sh_gen_unref(t->gen);
-    free(t);
-}
-
-/* Unlink, forget the callback, close the handle. */
+/* Unlink, forget the callback, stop the backend's timer, free. */
 static void timer_release(sh_timer *t)
 {
+    sh_gen *g = t->gen;
     DL_DELETE(t->owner->timers, t);
     if (t->ud)
         t->ud->t = NULL;
-    luaL_unref(t->gen->L, LUA_REGISTRYINDEX, t->fn_ref);
-    uv_close((uv_handle_t *)&t->h, timer_closed);
+    luaL_unref(g->L, LUA_REGISTRYINDEX, t->fn_ref);
+    if (t->h)
+        IO(g)->timer_stop(IOCTX(g), t->h);
+    free(t);
+    sh_gen_unref(g);
 }
 
-static void timer_fired(uv_timer_t *h)
+static void timer_fired(void *arg)
 {
-    sh_timer *t = h->data;
+    sh_timer *t = arg;
     sh_owner *o = t->owner;
+    t->h = NULL; /* the backend frees a timer that fired */
     sh_task *task = sh_task_new(t->gen, o == &t->gen->detached ? NULL : o, "timer callback");
     if (!task) {
         sh_error(o->id[0] ? o->id : NULL, "out of memory: a timer callback was dropped");
@@ -220,12 +204,14 @@ int sh_io_timer(lua_State *L)
         lua_rawseti(L, -2, i - 1);
     }
     t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    t->h = IO(g)->timer_start(IOCTX(g), (uint64_t)ms, timer_fired, t);
+    if (!t->h) {
+        luaL_unref(L, LUA_REGISTRYINDEX, t->fn_ref);
+        free(t);
+        return fail(L, "out of memory");
+    }
     sh_gen_ref(g);
-    uv_timer_init(g->host->loop, &t->h);
-    t->h.data = t;
     DL_APPEND(t->owner->timers, t);
-    uv_update_time(g->host->loop);
-    uv_timer_start(&t->h, timer_fired, (uint64_t)ms, 0);
     u->t = t;
     t->ud = u;
     return 1; /* the handle */
@@ -301,8 +287,7 @@ static void redis_replied(void *arg, const redisReply *reply, const char *errstr
 
 static void redis_cancel(sh_task *t, void *op)
 {
-    (void)t;
-    sh_redis_cmd_cancel(op);
+    IO(t->gen)->redis_cancel(IOCTX(t->gen), op);
 }
 
 /* host.redis.call(cmd, ...) → reply | nil, err ("unavailable", "closed",
@@ -326,10 +311,8 @@ int sh_io_redis_call(lua_State *L)
     sh_task *t = sh_io_need_task(L);
     if (sh_task_doomed(t))
         return fail(L, "closed");
-    if (!g->host->bus)
-        return fail(L, "unavailable");
-    sh_redis_cmd *cmd;
-    int rc = sh_redis_command(g->host->bus, n, argv, lens, redis_replied, t, &cmd);
+    void *cmd;
+    int rc = IO(g)->redis_command(IOCTX(g), n, argv, lens, redis_replied, t, &cmd);
     if (rc == SH_REDIS_EINVAL)
         return luaL_error(L, "%s: %s is reserved for the bus (use conn:subscribe)", SH_FNAME(L),
                           argv[0]);
@@ -346,7 +329,7 @@ int sh_io_redis_call(lua_State *L)
 typedef struct sh_sub {
     sh_gen *gen;                  /* a reference is held */
     sh_owner *owner;
-    sh_redis_sub *rsub;           /* NULL once the bus released it */
+    void *rsub;                   /* the backend's, NULL once it released it */
     struct sh_sub *prev, *next;   /* in owner->subs */
     int fn_ref;                   /* host.subscribe's callback, or LUA_NOREF */
     int ud_ref;                   /* the handle, anchored while confirming */
@@ -401,7 +384,7 @@ static void sub_free(sh_sub *s)
         sh_task_abort(s->followers->t, "closed");
     DL_DELETE(s->owner->subs, s);
     if (s->rsub)
-        sh_redis_unsubscribe(s->rsub);
+        IO(g)->redis_unsubscribe(IOCTX(g), s->rsub);
     if (s->ud)
         s->ud->s = NULL;
     luaL_unref(g->L, LUA_REGISTRYINDEX, s->fn_ref);
@@ -508,8 +491,6 @@ static int subscribe(lua_State *L, sh_owner *o, int ci, int fn_at)
         LL_PREPEND(have->followers, f);
         return sh_task_suspend(L, follower_cancel, f);
     }
-    if (!g->host->bus)
-        return fail(L, "unavailable");
     sh_sub *s = calloc(1, sizeof *s + len + 1);
     if (!s)
         return fail(L, "out of memory");
@@ -527,7 +508,7 @@ static int subscribe(lua_State *L, sh_owner *o, int ci, int fn_at)
         u->s = s;
         s->ud = u;
     }
-    int rc = sh_redis_subscribe(g->host->bus, ch, len, sub_message, sub_confirmed, s, &s->rsub);
+    int rc = IO(g)->redis_subscribe(IOCTX(g), ch, len, sub_message, sub_confirmed, s, &s->rsub);
     if (rc < 0) {
         if (s->ud)
             s->ud->s = NULL;
@@ -623,8 +604,7 @@ static void http_done(void *arg, int err, const char *errstr, const sh_http_resp
 
 static void http_cancel(sh_task *t, void *op)
 {
-    (void)t;
-    sh_http_call_cancel(op);
+    IO(t->gen)->http_cancel(IOCTX(t->gen), op);
 }
 
 /* A string field of the options table: a string, a number (converted and
@@ -697,8 +677,8 @@ int sh_io_http_request(lua_State *L)
     sh_task *t = sh_io_need_task(L);
     if (sh_task_doomed(t))
         return fail(L, "closed");
-    sh_http_call *call;
-    int rc = sh_http_request(g->host->http, &o, http_done, t, &call);
+    void *call;
+    int rc = IO(g)->http_request(IOCTX(g), &o, http_done, t, &call);
     if (rc == SH_HTTP_EINVAL || rc == SH_HTTP_EUNSUPPORTED)
         return luaL_error(L, "%s: %s (%s)", SH_FNAME(L), sh_http_strerror(rc), o.url);
     if (rc < 0)

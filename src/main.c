@@ -18,6 +18,7 @@
 #include "log.h"
 #include "lua_api.h"
 #include "lua_lib.h"
+#include "kit.h"
 #include "lua_host.h"
 #include "notify.h"
 #include "redis_bus.h"
@@ -40,6 +41,8 @@ static const char usage[] =
     "  --config FILE        KEY=VALUE lines (the keys of --set; '#' comments);\n"
     "                       --listen, --redis and --set win over the file\n"
     "  --check              load and validate the script and config, print them, exit\n"
+    "  --test FILE.lua...   run policy test files in-process (TAP; exit 0 all passed,\n"
+    "                       1 a test failed, 2 a file did not load)\n"
     "  --version            print the version and exit\n"
     "  --help               print this help and exit\n"
     "\n"
@@ -167,6 +170,12 @@ int main(int argc, char **argv)
             return 0;
         } else if (!strcmp(a, "--check")) {
             do_check = 1;
+        } else if (!strcmp(a, "--test")) {
+            if (i + 1 >= argc)
+                die("%s", "--test needs one or more FILE.lua");
+            int rc = sh_kit_main(argc - i - 1, argv + i + 1);
+            sh_lib_shutdown();
+            return rc;
         } else if (!strcmp(a, "--listen") || !strcmp(a, "--redis")) {
             if (i + 1 >= argc)
                 die("%s needs a value", a);

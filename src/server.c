@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cfgfile.h"
+#include "host_io.h"
 #include "http_client.h"
 #include "log.h"
 #include "notify.h"
@@ -299,6 +300,7 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
     s->opts = *opts;
     make_instance_id(s);
     sh_host_init(&s->host, loop, &s->metrics, s->instance);
+    sh_host_io_real(&s->host);
     if (sh_transport_init(&s->tp, loop, on_conn_event, s, &s->metrics, s->instance) != 0) {
         snprintf(err, errsz, "out of memory");
         return -1;

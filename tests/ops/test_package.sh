@@ -48,7 +48,8 @@ done
 contents=$(dpkg-deb -c "$deb" | awk '{print $6}')
 for f in ./usr/bin/statushost ./usr/share/man/man1/statushost.1 \
          ./usr/lib/systemd/system/statushost.service ./usr/lib/systemd/system/statushost@.service \
-         ./usr/share/statushost/scripts/default.lua ./usr/share/statushost/web/index.html \
+         ./usr/share/statushost/scripts/default.lua ./usr/share/statushost/scripts/test.lua \
+         ./usr/share/statushost/web/index.html \
          ./usr/share/statushost/examples/echo.lua ./usr/share/statushost/dist/statushost.conf \
          ./usr/share/statushost/dist/grafana-dashboard.json; do
   echo "$contents" | grep -qx "$f" || fail "$deb lacks $f"
@@ -68,6 +69,18 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ".
 out=$(cd / && /usr/bin/statushost --check default) || fail "statushost --check default (bare name) failed"
 echo "$out" | grep -q "^/usr/share/statushost/scripts/default.lua: ok" || fail "bare name resolved elsewhere: $out"
 echo "$out" | grep -q "static files: /usr/share/statushost/web$" || fail "--check does not name the installed web/: $out"
+# the policy test kit: the shipped tests pass installed, and a test file of the user's,
+# outside any checkout, finds require "statushost.test" and "statushost.default"
+/usr/bin/statushost --test /usr/share/statushost/scripts/default_test.lua >/dev/null \
+  || fail "statushost --test default_test.lua failed installed"
+kitdir=$(mktemp -d)
+printf '%s\n' 'return require "statushost.default"' >"$kitdir/mine.lua"
+printf '%s\n' 'local t = require "statushost.test"' \
+  't.test("installed", function() local c = t.policy("mine.lua"):open{}; c:send("[]")' \
+  '  c:expect_frame{ error = "invalid_message" } end)' >"$kitdir/mine_test.lua"
+(cd / && /usr/bin/statushost --test "$kitdir/mine_test.lua" >/dev/null) \
+  || { rm -rf "$kitdir"; fail "a user's test file does not run with the installed kit"; }
+rm -rf "$kitdir"
 [ -f /etc/statushost/statushost.conf ] && [ -f /etc/statushost/statushost.lua ] \
   || fail "postinst did not create /etc/statushost/statushost.{conf,lua}"
 /usr/bin/statushost --check --config /etc/statushost/statushost.conf /etc/statushost/statushost.lua \

@@ -15,8 +15,15 @@ that B defines is a dependency A → B. The check fails (exit 1) on:
       uv_accept or any wslay_event_*) and also references a lua_*/luaL_*
       symbol or any symbol defined by a Lua-layer object (lua_host, lua_io,
       lua_api, lua_lib, user_metrics): the transport uses no Lua;
-  (c) the transport objects (conn, ws_conn) referencing a symbol that
-      server.o defines: the transport does not call up into its composer.
+  (c) the transport objects (conn, ws_conn) or the Lua layer referencing a
+      symbol that a composer (server.o, kit.o: the policy test kit) or the
+      real I/O backend (host_io.o) defines: nothing calls up into them;
+  (d) a Lua-layer object doing I/O itself: referencing the Redis bus's or the
+      HTTP client's requests (sh_redis_command, sh_redis_subscribe,
+      sh_http_request, ...) or starting libuv timers. The Lua layer waits only
+      through the host's I/O backend (sh_host_io in lua_host.h), which the
+      server fills with the real ones (host_io.c) and the test kit with
+      simulations (kit.c): so the kit runs the same Lua-layer code.
 
 On success it prints the graph, one line per file: `conn.c → http_parse.c log.c`.
 Python 3 standard library only.
@@ -35,6 +42,11 @@ SAME_MODULE = [{"conn.c", "ws_conn.c"}]
 def same_module(a, b):
     return any(a in m and b in m for m in SAME_MODULE)
 IO_SYMBOLS = {"uv_read_start", "uv_accept"}
+COMPOSERS = {"server.c", "kit.c", "host_io.c"}
+# what the Lua layer may reach only through sh_host_io
+BACKEND_IO = {"sh_redis_command", "sh_redis_cmd_cancel", "sh_redis_subscribe",
+              "sh_redis_unsubscribe", "sh_redis_bus_up", "sh_http_request",
+              "sh_http_call_cancel", "uv_timer_start", "uv_timer_init"}
 
 
 def source_name(obj):
@@ -189,16 +201,24 @@ def main(argv):
             problems.append("%s does transport I/O (%s) and uses the Lua layer (%s)"
                             % (a, ", ".join(io[:4]), ", ".join(lua[:6])))
 
-    # (c) the transport calling into server.c
-    server_defined = defined.get("server.c", set())
-    for a in sorted(TRANSPORT & set(defined)):
-        up = sorted(undefined[a] & server_defined)
-        if up:
-            problems.append("%s (transport) references server.c: %s" % (a, ", ".join(up)))
+    # (c) the transport or the Lua layer calling into a composer
+    for comp in sorted(COMPOSERS & set(defined)):
+        for a in sorted((TRANSPORT | LUA_LAYER) & set(defined)):
+            up = sorted(undefined[a] & defined[comp])
+            if up:
+                problems.append("%s references %s, which composes it: %s"
+                                % (a, comp, ", ".join(up)))
 
-    missing = sorted(TRANSPORT - set(defined))
+    # (d) the Lua layer doing I/O without the host's backend
+    for a in sorted(LUA_LAYER & set(defined)):
+        direct = sorted(undefined[a] & BACKEND_IO)
+        if direct:
+            problems.append("%s does I/O itself (%s): the Lua layer waits through sh_host_io"
+                            % (a, ", ".join(direct)))
+
+    missing = sorted((TRANSPORT | {"lua_io.c", "kit.c", "host_io.c"}) - set(defined))
     if missing:
-        problems.append("transport objects not found in %s: %s" % (objdir, ", ".join(missing)))
+        problems.append("objects not found in %s: %s" % (objdir, ", ".join(missing)))
 
     print("file dependencies of sh_core (A → what A uses):")
     width = max(len(n) for n in graph)
@@ -211,7 +231,8 @@ def main(argv):
             print("FAIL " + p)
         print("check_layers: %d problem(s)" % len(problems))
         return 1
-    print("check_layers: no cycles; the transport uses neither Lua nor server.c")
+    print("check_layers: no cycles; the transport uses neither Lua nor a composer; "
+          "the Lua layer does its I/O through sh_host_io")
     return 0
 
 

@@ -1,0 +1,302 @@
+"""The policy test kit, `statushost --test FILE.lua...` (README "Testing a policy"):
+TAP output, exit statuses, failure diagnostics with file:line, and the kit's
+expectations failing when they should. The shipped test files themselves run as
+ctest's kit.* tests; this checks the kit reports failures correctly.
+
+    python3 tests/integration/test_kit.py [test_name ...]
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import BIN, ROOT, Suite  # noqa: E402
+
+suite = Suite("kit")
+
+ECHO_POLICY = """
+local host = require "statushost"
+return {
+  on_message = function(conn, text) conn:send(text) end,
+}
+"""
+
+
+def run_files(files, cwd=None, timeout=30):
+    """→ (exit status, stdout, stderr, seconds) of statushost --test files."""
+    start = time.monotonic()
+    try:
+        p = subprocess.run([BIN, "--test"] + list(files), stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=timeout, cwd=cwd or ROOT)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError("statushost --test %s did not exit within %ss (stdout %r)" % (
+            " ".join(files), timeout, e.stdout))
+    return (p.returncode, p.stdout.decode("utf-8", "replace"),
+            p.stderr.decode("utf-8", "replace"), time.monotonic() - start)
+
+
+def write(d, name, text):
+    path = os.path.join(d, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def tap(out):
+    """→ (plan, {number: (ok, name)}, {number: [diagnostic lines]})"""
+    plan, results, diags, last = None, {}, {}, None
+    for line in out.splitlines():
+        m = re.match(r"^1\.\.(\d+)$", line)
+        if m:
+            plan = int(m.group(1))
+            continue
+        m = re.match(r"^(not ok|ok) (\d+) - (.*)$", line)
+        if m:
+            last = int(m.group(2))
+            results[last] = (m.group(1) == "ok", m.group(3))
+            diags[last] = []
+        elif line.startswith("#   ") and last is not None:
+            diags[last].append(line[4:])
+    return plan, results, diags
+
+
+def line_of(path, needle):
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            if needle in line:
+                return i
+    raise AssertionError("%s not in %s" % (needle, path))
+
+
+@suite.test
+def default_error_table_runs_in_under_a_second():
+    rc, out, err, secs = run_files([os.path.join(ROOT, "scripts", "default_test.lua")])
+    assert rc == 0, (rc, out, err)
+    plan, results, _ = tap(out)
+    assert plan and plan >= 20 and len(results) == plan, out
+    assert all(ok for ok, _ in results.values()), out
+    names = " ".join(name for _, name in results.values())
+    for what in ("invalid_message", "too many tasks", "busy", "1003", "1007", "unavailable",
+                 "dispatch_failed", "timeout"):
+        assert what in names, "the error table has no test for %s:\n%s" % (what, out)
+    limit = 5.0 if os.environ.get("SH_SANITIZED") else 1.0
+    assert secs < limit, "scripts/default_test.lua took %.2fs (limit %.1fs)" % (secs, limit)
+
+
+@suite.test
+def a_failing_expectation_is_not_ok_with_its_line_and_exit_1():
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "echo.lua", ECHO_POLICY)
+        f = write(d, "echo_test.lua", """
+local t = require "statushost.test"
+t.test("frames are compared", function()
+  local p = t.policy("echo.lua")
+  local c = p:open{}
+  c:send("hello")
+  c:expect_frame("bye") -- FAILS HERE
+end)
+t.test("this one passes", function()
+  local p = t.policy("echo.lua")
+  local c = p:open{}
+  c:send("x")
+  c:expect_frame("x")
+end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 1, (rc, out, err)
+        plan, results, diags = tap(out)
+        assert plan == 2, out
+        assert results[1] == (False, "frames are compared"), out
+        assert results[2] == (True, "this one passes"), out
+        want = "at %s:%d" % (f, line_of(f, "FAILS HERE"))
+        assert diags[1][0] == want, (diags[1], want)
+        assert any("got: hello" in line for line in diags[1]), diags[1]
+        assert "# 1 of 2 tests failed" in out, out
+
+
+@suite.test
+def every_expectation_fails_when_it_should():
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "echo.lua", ECHO_POLICY)
+        write(d, "refuse.lua", """
+return { on_handshake = function(req) return false, 403, "no\\n", { ["X-Why"] = "test" } end }
+""")
+        f = write(d, "wrong_test.lua", """
+local t = require "statushost.test"
+local function open() local p = t.policy("echo.lua"); return p, p:open{} end
+t.test("close code", function() local p, c = open(); c:close(4001); c:expect_close(4002) end)
+t.test("no frame", function() local p, c = open(); c:send("a"); c:expect_no_frame() end)
+t.test("json subset", function() local p, c = open(); c:send('{"a":1,"b":2}'); c:expect_frame{ a = 2 } end)
+t.test("pattern", function() local p, c = open(); c:send("abc"); c:expect_frame(t.pattern "^b") end)
+t.test("frame, got close", function() local p, c = open(); c:close(1000); c:expect_frame("x") end)
+t.test("binary, got text", function() local p, c = open(); c:send("a"); c:expect_binary("a") end)
+t.test("eq", function() t.eq({ 1, 2 }, { 1, 3 }) end)
+t.test("refused handshake", function()
+  local p = t.policy("refuse.lua")
+  local c = p:open{}
+  t.eq(c.status, 403); t.eq(c.body, "no\\n"); t.eq(c.headers["x-why"], "test")
+  c:send("x")
+end)
+t.test("unrouted request", function()
+  local p = t.policy("fetch.lua")
+  local c = p:open{}
+  c:send("go")
+  c:expect_frame("refused")
+  t.eq(#p.requests, 1)
+  t.eq(p.requests[1].url, "http://nowhere.test/x?y=1")
+  t.fail("deliberately")
+end)
+""")
+        write(d, "fetch.lua", """
+local host = require "statushost"
+return { on_message = function(conn)
+  local res, err = host.http.request{ url = "http://nowhere.test/x?y=1" }
+  conn:send(res and tostring(res.status) or err)
+end }
+""")
+        rc, out, err, _ = run_files([f], cwd=d)
+        assert rc == 1, (rc, out, err)
+        plan, results, diags = tap(out)
+        assert plan == 9 and len(results) == 9, out
+        failed = [n for n, (ok, _) in results.items() if not ok]
+        assert failed == list(range(1, 10)), "every test must fail:\n" + out
+        text = {results[n][1]: "\n".join(diags[n]) for n in results}
+        assert "expected close 4002, got close 4001" in text["close code"], text
+        assert 'expected nothing, got frame "a"' in text["no frame"], text
+        assert "frame does not match" in text["json subset"], text
+        assert 'pattern "^b"' in text["pattern"], text
+        assert "got close 1000" in text["frame, got close"], text
+        assert "expected a binary frame" in text["binary, got text"], text
+        assert "got: {1, 2}" in text["eq"], text
+        assert "send: the handshake was refused (403)" in text["refused handshake"], text
+        assert "deliberately" in text["unrouted request"], text
+        assert "# no route for GET http://nowhere.test/x?y=1" in out, out
+
+
+@suite.test
+def a_syntax_error_exits_2_before_any_test():
+    with tempfile.TemporaryDirectory() as d:
+        good = write(d, "good_test.lua", 'local t = require "statushost.test"\n'
+                                         't.test("x", function() end)\n')
+        bad = write(d, "bad_test.lua", 'local t = require "statushost.test"\n'
+                                       't.test("x", function() end\n')
+        rc, out, err, _ = run_files([good, bad])
+        assert rc == 2, (rc, out, err)
+        assert "ok 1" not in out, "no test runs when a file does not load:\n" + out
+        assert out.startswith("Bail out! %s" % bad), out
+        assert len(err.splitlines()) == 1 and bad in err and "expected" in err, err
+
+
+@suite.test
+def a_file_without_the_kit_exits_2():
+    with tempfile.TemporaryDirectory() as d:
+        f = write(d, "none_test.lua", "local x = 1\n")
+        rc, out, err, _ = run_files([f])
+        assert rc == 2, (rc, out, err)
+        assert "no tests" in err, err
+
+
+@suite.test
+def a_policy_that_does_not_load_fails_its_test():
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "broken.lua", "return { on_mesage = function() end }\n")
+        f = write(d, "broken_test.lua", """
+local t = require "statushost.test"
+t.test("loads", function() t.policy("broken.lua") end)
+t.test("pcall sees the reason", function()
+  local ok, err = pcall(t.policy, "broken.lua")
+  t.ok(not ok); t.like(tostring(err), "on_message")
+end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 1, (rc, out, err)
+        plan, results, diags = tap(out)
+        assert results[1][0] is False and results[2][0] is True, out
+        assert any("the policy did not load" in line for line in diags[1]), diags
+
+
+@suite.test
+def a_policy_that_never_idles_fails_instead_of_hanging():
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "spin.lua", """
+local host = require "statushost"
+return { on_message = function() while true do host.sleep(0) end end }
+""")
+        f = write(d, "spin_test.lua", """
+local t = require "statushost.test"
+t.test("spins", function() local p = t.policy("spin.lua"); p:open{}:send("x") end)
+""")
+        rc, out, err, secs = run_files([f], timeout=60)
+        assert rc == 1, (rc, out, err)
+        assert "never goes idle" in out, out
+
+
+@suite.test
+def virtual_time_an_hour_passes_at_once():
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "later.lua", """
+local host = require "statushost"
+return { on_open = function(conn)
+  host.timer(3600 * 1000, function() conn:send("an hour") end)
+  host.sleep(1800 * 1000)
+  conn:send("half")
+end }
+""")
+        f = write(d, "later_test.lua", """
+local t = require "statushost.test"
+t.test("an hour", function()
+  local p = t.policy("later.lua")
+  local c = p:open{}
+  local t0 = p:time()
+  p:advance(1800 * 1000 - 1); c:expect_no_frame()
+  p:advance(1); c:expect_frame("half")
+  p:advance(1800 * 1000); c:expect_frame("an hour")
+  t.eq(p:now(), 3600 * 1000)
+  t.eq(p:time() - t0, 3600.0, "host.now() follows the virtual clock")
+end)
+""")
+        rc, out, err, secs = run_files([f])
+        assert rc == 0, (rc, out, err)
+        assert secs < 5, secs
+
+
+@suite.test
+def subprotocols_and_refusal_headers_are_seen_by_the_test():
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "proto.lua", """
+return { on_handshake = function(req)
+  if req.path == "/deny" then return false, 401, "who?\\n", { ["WWW-Authenticate"] = "Bearer" } end
+  return true, "v2.status"
+end, on_message = function(conn, text) conn:send(conn.protocol .. ":" .. text) end }
+""")
+        f = write(d, "proto_test.lua", """
+local t = require "statushost.test"
+t.test("subprotocol", function()
+  local p = t.policy("proto.lua")
+  local c = p:open{ headers = { ["Sec-WebSocket-Protocol"] = "v1.status, v2.status" } }
+  t.eq(c.status, 101); t.eq(c.protocol, "v2.status")
+  c:send("x"); c:expect_frame("v2.status:x")
+  local r = p:open{ path = "/deny" }
+  t.eq(r.status, 401); t.eq(r.body, "who?\\n"); t.eq(r.headers["www-authenticate"], "Bearer")
+end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 0, (rc, out, err)
+
+
+@suite.test
+def several_files_number_their_tests_in_one_plan():
+    files = [os.path.join(ROOT, "examples", "echo_test.lua"),
+             os.path.join(ROOT, "examples", "ratelimit_test.lua")]
+    rc, out, err, _ = run_files(files, cwd="/")
+    assert rc == 0, (rc, out, err)
+    plan, results, _ = tap(out)
+    assert plan == len(results) and sorted(results) == list(range(1, plan + 1)), out
+    assert "# %s" % files[0] in out and "# %s" % files[1] in out, out
+
+
+if __name__ == "__main__":
+    suite.run()
