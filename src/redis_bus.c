@@ -1273,7 +1273,7 @@ int sh_redis_command(sh_redis_bus *b, int argc, const char **argv, const size_t 
     if (b->closing) return SH_REDIS_ECLOSED;
     if (b->cl) return cluster_command(b, argc, argv, argvlen, cb, arg, out);
     if (b->cmd.state != CONN_READY || !b->cmd.ac) return SH_REDIS_EUNAVAILABLE;
-    struct sh_redis_cmd *cmd = malloc(sizeof *cmd);
+    struct sh_redis_cmd *cmd = calloc(1, sizeof *cmd);
     if (!cmd) return SH_REDIS_ENOMEM;
     cmd->cb = cb;
     cmd->arg = arg;
