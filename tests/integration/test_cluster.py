@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -294,6 +295,103 @@ def keyed_commands_routed_to_their_slot():
                 assert sum(counts) == 62, counts
                 m = sh.metrics()
                 assert m["statushost_redis_up"] == 1, m
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def migrate_slot(cl, slot, src, dst):
+    """Move hash slot `slot` (and its keys) from master src to master dst, as
+    redis-cli --cluster reshard does."""
+    sid, did = cl.node(src).cmd("CLUSTER", "MYID"), cl.node(dst).cmd("CLUSTER", "MYID")
+    cl.node(dst).cmd("CLUSTER", "SETSLOT", str(slot), "IMPORTING", sid)
+    cl.node(src).cmd("CLUSTER", "SETSLOT", str(slot), "MIGRATING", did)
+    while True:
+        keys = cl.node(src).cmd("CLUSTER", "GETKEYSINSLOT", str(slot), "100")
+        if not keys:
+            break
+        assert cl.node(src).cmd("MIGRATE", "127.0.0.1", str(dst), "", "0", "5000",
+                                "KEYS", *keys) == "OK"
+    masters = [p for p, (r, _) in cl.roles().items() if r == "master"]
+    for p in [dst, src] + [p for p in masters if p not in (src, dst)]:
+        cl.node(p).cmd("CLUSTER", "SETSLOT", str(slot), "NODE", did)
+
+
+KV = r'''
+local host = require "statushost"
+return {
+  routes = {
+    ["GET /set"] = function(req)
+      local q = host.decode_args(req.query or "")
+      return 200, tostring(host.redis.call("SET", q.k, q.v))
+    end,
+    ["GET /get"] = function(req)
+      local v, err = host.redis.call("GET", host.decode_args(req.query or "").k)
+      return 200, tostring(v or err)
+    end,
+  },
+}
+'''
+
+
+@S.test
+def resharding_moves_channels_and_commands():
+    """A slot migrated to another master under a live job: the old master's
+    `sunsubscribe` makes statushost fetch the map and re-subscribe the channel on the
+    new master, and the job completes with updates published there; a command on a
+    key of a migrated slot, sent with a stale map, follows the MOVED answer."""
+    with Cluster() as cl:
+        seeds = cl.seeds
+        d = tempfile.mkdtemp(prefix="sh_cluster_kv_")
+        try:
+            script = os.path.join(d, "kv.lua")
+            with open(script, "w") as f:
+                f.write(KV)
+            with ready(Statushost(WORKER, sets=["redis_cluster=" + seeds,
+                                                "complete_probability=0"])) as w, \
+                    ready(Statushost(POLICY, sets=[
+                        "redis_cluster=" + seeds, "job_timeout_ms=20000",
+                        "remote_url=http://127.0.0.1:%d/remote/message" % w.port])) as sh, \
+                    ready(Statushost(script, sets=["redis_cluster=" + seeds])) as kv:
+                masters = sorted(p for p, (r, _) in cl.roles().items() if r == "master")
+                tasks = [{"id": str(i), "status": "x"} for i in (1, 2, 3)]
+                ws = WsClient(sh.port, timeout=20)
+                ws.send_json(tasks)
+                channel = w.wait_log(r"job for (ws:fid:\S+) 3 tasks").group(1)
+                slot = int(cl.node(masters[0]).cmd("CLUSTER", "KEYSLOT", channel))
+                owner = next(p for p in masters if int(cl.node(p).cmd(
+                    "PUBSUB", "SHARDNUMSUB", channel)[1]) == 1)
+                other = next(p for p in masters if p != owner)
+
+                def spublish(port, i):
+                    return cl.node(port).cmd("SPUBLISH", channel,
+                                             '{"id":"%d","status":"已完成"}' % i)
+
+                assert spublish(owner, 1) == 1
+                assert json.loads(ws.recv_text())["id"] == "1"
+
+                # a key in the channel's slot (hash tag): written, then migrated
+                key = "k{%s}" % channel
+                status, _, body = http_request(kv.port, "GET", "/set?k=%s&v=hello" % quote(key))
+                assert (status, body) == (200, b"OK"), body
+
+                migrate_slot(cl, slot, owner, other)
+                wait_until(lambda: int(cl.node(other).cmd("PUBSUB", "SHARDNUMSUB",
+                                                          channel)[1]) == 1,
+                           5, 0.02, what="%s re-subscribed on %d" % (channel, other))
+                assert int(cl.node(owner).cmd("PUBSUB", "SHARDNUMSUB", channel)[1]) == 0
+                sh.wait_log(r"channel moved away; fetching the slot map")
+                assert spublish(other, 2) == 1
+                assert spublish(other, 3) == 1
+                frames, code = ws.read_to_close()
+                ws.shutdown()
+                assert code == 1000, (code, frames)
+                assert [json.loads(f)["id"] for f in frames] == ["2", "3"], frames
+
+                # kv's map is stale: GET goes to `owner`, which answers MOVED
+                status, _, body = http_request(kv.port, "GET", "/get?k=%s" % quote(key))
+                assert (status, body) == (200, b"hello"), body
+                wait_until(lambda: kv.metrics()["statushost_redis_up"] == 1, 5, 0.02,
+                           what="kv redis up")
         finally:
             shutil.rmtree(d, ignore_errors=True)
 
