@@ -1653,13 +1653,17 @@ static int cluster_new(sh_redis_bus *b, const char *seeds)
 static void cluster_start(sh_redis_bus *b)
 {
     struct cluster *cl = b->cl;
-    size_t off = (size_t)snprintf(b->desc, sizeof b->desc, "cluster");
+    size_t nseeds = 0;
     for (struct node *n = cl->nodes; n; n = n->next) {
         node_start(b, n);
-        if (off < sizeof b->desc)
-            off += (size_t)snprintf(b->desc + off, sizeof b->desc - off, "%s%s:%d",
-                                    n == cl->nodes ? " " : ",", n->addr.host, n->addr.port);
+        nseeds++;
     }
+    if (nseeds > 1)
+        snprintf(b->desc, sizeof b->desc, "cluster %.256s:%d +%zu seeds", cl->nodes->addr.host,
+                 cl->nodes->addr.port, nseeds - 1);
+    else
+        snprintf(b->desc, sizeof b->desc, "cluster %.256s:%d", cl->nodes->addr.host,
+                 cl->nodes->addr.port);
     uv_timer_init(b->loop, &cl->map_timer);
     cl->map_timer.data = b;
     b->handles_open++;
@@ -1696,19 +1700,34 @@ static int cluster_chan_start(sh_redis_bus *b, struct chan *ch)
         conn_wake(c);
         return 0;
     }
-    return c->fails == 0 && c->state != CONN_IDLE ? 0 : SH_REDIS_EUNAVAILABLE;
+    return c->fails == 0 ? 0 : SH_REDIS_EUNAVAILABLE; /* 0: in its first attempt */
+}
+
+/* 1 when a channel of c has a live confirmed sub (c must restore it). */
+static int conn_has_confirmed(const sh_redis_bus *b, const struct conn *c)
+{
+    for (const struct chan *ch = b->chans; ch; ch = ch->hh.next) {
+        if (ch->conn != c) continue;
+        for (const sh_redis_sub *s = ch->head; s; s = s->next)
+            if (!s->dead && !s->pending) return 1;
+    }
+    return 0;
 }
 
 /* Every master in the map, and its command connection (and subscriber
- * connection once woken) ready. */
+ * connection once woken) ready. A subscriber connection in its first
+ * attempt, woken by new subscriptions only, is not an outage. */
 static int cluster_up(const sh_redis_bus *b)
 {
     const struct cluster *cl = b->cl;
     if (!cl->map || sh_redis_slots_assigned(cl->map) != SH_REDIS_SLOTS) return 0;
-    for (const struct node *n = cl->nodes; n; n = n->next)
-        if (n->in_map && (n->cmd.state != CONN_READY ||
-                          (!n->sub.dormant && n->sub.state != CONN_READY)))
+    for (const struct node *n = cl->nodes; n; n = n->next) {
+        const struct conn *s = &n->sub;
+        if (!n->in_map) continue;
+        if (n->cmd.state != CONN_READY) return 0;
+        if (!s->dormant && s->state != CONN_READY && (s->fails || conn_has_confirmed(b, s)))
             return 0;
+    }
     return 1;
 }
 
@@ -2145,10 +2164,12 @@ static void csub_resubscribe(struct conn *c, redisAsyncContext *ac)
         conn_ready(c);
         return;
     }
-    if (c->fails && c->rl.suppressed == 0)
-        sh_info(NULL, "redis: re-subscribing %zu channels (%s connection)", n, role_name(c, rn));
+    if (c->rl.suppressed == 0) /* once per connection; a flapping one logs with its losses */
+        sh_info(NULL, "redis: %ssubscribing %zu channels (%s connection)", c->fails ? "re-" : "",
+                n, role_name(c, rn));
     else
-        sh_debug(NULL, "redis: subscribing %zu channels (%s connection)", n, role_name(c, rn));
+        sh_debug(NULL, "redis: %ssubscribing %zu channels (%s connection)", c->fails ? "re-" : "",
+                 n, role_name(c, rn));
 }
 
 /* An SSUBSCRIBE was refused (MOVED: the map is stale; CLUSTERDOWN; ...):

@@ -228,6 +228,11 @@ def jobs_across_cluster_with_master_failover():
                        what="statushost redis up after the failover")
             assert http_get(sh.port, "/healthz")[0] == 200
             sh.wait_log(r"redis: .*(subscriber|command) 127\.0\.0\.1:%d" % victim)
+            # the victim's live channels moved to the promoted replica (their jobs then
+            # completed: none was lost above)
+            moved = sh.wait_log(r"redis: subscribing (\d+) channels \(subscriber "
+                                r"127\.0\.0\.1:%d connection\)" % replica)
+            assert int(moved.group(1)) >= 1, moved.group(0)
             # and new jobs complete, on every shard
             after = [None] * 60
             run_jobs(sh.port, 60, 20, 900000, after)
