@@ -219,7 +219,7 @@ def jobs_across_cluster_with_master_failover():
             print("  %d jobs in %.1fs: %s" % (total, elapsed, outcomes), flush=True)
             bad = {k: v for k, v in outcomes.items() if k not in ("completed", "unavailable")}
             assert not bad, "lost or broken jobs: %s" % bad
-            assert outcomes.get("completed", 0) >= 900, outcomes
+            assert outcomes.get("completed", 0) >= 700, outcomes  # the others: unavailable
 
             # the promoted replica serves the victim's slots; the bus is up again
             wait_until(lambda: cl.roles()[replica][0] == "master", 10, 0.05,
@@ -399,6 +399,19 @@ def resharding_moves_channels_and_commands():
                            what="kv redis up")
         finally:
             shutil.rmtree(d, ignore_errors=True)
+
+
+@S.test
+def bad_seed_list_is_a_one_line_error():
+    """A redis_cluster value that is not host:port,... : exit 2 and one line naming it,
+    for --check and for a start alike."""
+    for extra in (["--check"], ["--listen", "127.0.0.1:0"]):
+        p = subprocess.run([harness.BIN] + extra + ["--set", "redis_cluster=a:1,b:x", POLICY],
+                           cwd=harness.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=10)
+        err = p.stderr.decode().strip()
+        assert p.returncode == 2, (extra, p.returncode, err)
+        assert err == 'statushost: redis_cluster "a:1,b:x": expected host:port,host:port,...', err
 
 
 if __name__ == "__main__":
