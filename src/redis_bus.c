@@ -10,6 +10,9 @@
  *                  its subs in subscription order.
  *   sh_redis_sub   one subscriber's interest in one channel.
  *   sh_redis_cmd   one pending command's callback.
+ *   struct node    (cluster mode) one master of the slot map, or a seed: its
+ *                  own command and subscriber connections (struct conn), under
+ *                  the same registry; see the "cluster" sections at the end.
  *
  * Freeing rules.
  * - hiredis contexts are freed only outside hiredis callbacks: from a timer
