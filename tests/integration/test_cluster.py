@@ -300,6 +300,17 @@ def keyed_commands_routed_to_their_slot():
                 assert sum(counts) == 62, counts
                 m = sh.metrics()
                 assert m["statushost_redis_up"] == 1, m
+                # one command connection per master (and to the seed, a master too unless
+                # redis-cli made it a replica), no subscriber connection (no channel), none
+                # to the other replicas
+                names = []
+                for n in cl.nodes:
+                    for line in n.cmd("CLIENT", "LIST").splitlines():
+                        f = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+                        if f.get("name", "").startswith("statushost-"):
+                            names.append((n.port, f["name"].rsplit("-", 1)[1]))
+                want = set(masters) | {cl.nodes[0].port}
+                assert sorted(names) == sorted((p, "cmd") for p in want), names
         finally:
             shutil.rmtree(d, ignore_errors=True)
 
