@@ -315,9 +315,10 @@ def keyed_commands_routed_to_their_slot():
             shutil.rmtree(d, ignore_errors=True)
 
 
-def migrate_slot(cl, slot, src, dst):
+def migrate_slot(cl, slot, src, dst, between=None):
     """Move hash slot `slot` (and its keys) from master src to master dst, as
-    redis-cli --cluster reshard does."""
+    redis-cli --cluster reshard does; between() runs while the slot is migrating
+    (its keys moved, src answering ASK for them)."""
     sid, did = cl.node(src).cmd("CLUSTER", "MYID"), cl.node(dst).cmd("CLUSTER", "MYID")
     cl.node(dst).cmd("CLUSTER", "SETSLOT", str(slot), "IMPORTING", sid)
     cl.node(src).cmd("CLUSTER", "SETSLOT", str(slot), "MIGRATING", did)
@@ -327,6 +328,8 @@ def migrate_slot(cl, slot, src, dst):
             break
         assert cl.node(src).cmd("MIGRATE", "127.0.0.1", str(dst), "", "0", "5000",
                                 "KEYS", *keys) == "OK"
+    if between:
+        between()
     masters = [p for p, (r, _) in cl.roles().items() if r == "master"]
     for p in [dst, src] + [p for p in masters if p not in (src, dst)]:
         cl.node(p).cmd("CLUSTER", "SETSLOT", str(slot), "NODE", did)
@@ -353,8 +356,9 @@ return {
 def resharding_moves_channels_and_commands():
     """A slot migrated to another master under a live job: the old master's
     `sunsubscribe` makes statushost fetch the map and re-subscribe the channel on the
-    new master, and the job completes with updates published there; a command on a
-    key of a migrated slot, sent with a stale map, follows the MOVED answer."""
+    new master, and the job completes with updates published there; commands on keys
+    of the slot follow the ASK answers while it migrates, and the MOVED answer once it
+    has (sent with a stale map)."""
     with Cluster() as cl:
         seeds = cl.seeds
         d = tempfile.mkdtemp(prefix="sh_cluster_kv_")
@@ -390,7 +394,16 @@ def resharding_moves_channels_and_commands():
                 status, _, body = http_request(kv.port, "GET", "/set?k=%s&v=hello" % quote(key))
                 assert (status, body) == (200, b"OK"), body
 
-                migrate_slot(cl, slot, owner, other)
+                def during_migration():
+                    # owner answers ASK for the keys it no longer has: followed with ASKING
+                    for path, want in (("/get?k=%s" % quote(key), b"hello"),
+                                       ("/set?k=%s&v=new" % quote(key + "2"), b"OK"),
+                                       ("/get?k=%s" % quote(key + "2"), b"new")):
+                        status, _, body = http_request(kv.port, "GET", path)
+                        assert (status, body) == (200, want), (path, body)
+
+                migrate_slot(cl, slot, owner, other, during_migration)
+                assert int(cl.node(other).cmd("EXISTS", key + "2")) == 1  # written there
                 wait_until(lambda: int(cl.node(other).cmd("PUBSUB", "SHARDNUMSUB",
                                                           channel)[1]) == 1,
                            5, 0.02, what="%s re-subscribed on %d" % (channel, other))
