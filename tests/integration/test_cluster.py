@@ -347,6 +347,12 @@ return {
       local v, err = host.redis.call("GET", host.decode_args(req.query or "").k)
       return 200, tostring(v or err)
     end,
+    ["GET /sub"] = function(req)
+      local h, err = host.subscribe(host.decode_args(req.query or "").ch, function() end)
+      if not h then return 200, tostring(err) end
+      h:unsubscribe()
+      return 200, "subscribed"
+    end,
   },
 }
 '''
@@ -371,7 +377,8 @@ def resharding_moves_channels_and_commands():
                     ready(Statushost(POLICY, sets=[
                         "redis_cluster=" + seeds, "job_timeout_ms=20000",
                         "remote_url=http://127.0.0.1:%d/remote/message" % w.port])) as sh, \
-                    ready(Statushost(script, sets=["redis_cluster=" + seeds])) as kv:
+                    ready(Statushost(script, sets=["redis_cluster=" + seeds])) as kv, \
+                    ready(Statushost(script, sets=["redis_cluster=" + seeds])) as kv2:
                 masters = sorted(p for p, (r, _) in cl.roles().items() if r == "master")
                 tasks = [{"id": str(i), "status": "x"} for i in (1, 2, 3)]
                 ws = WsClient(sh.port, timeout=20)
@@ -415,6 +422,15 @@ def resharding_moves_channels_and_commands():
                 ws.shutdown()
                 assert code == 1000, (code, frames)
                 assert [json.loads(f)["id"] for f in frames] == ["2", "3"], frames
+
+                # kv2's map is stale too: its SSUBSCRIBE goes to `owner`, which answers
+                # MOVED: that subscription fails (unavailable) and the map is fetched again,
+                # after which the channel subscribes on `other`
+                sub = "/sub?ch=%s" % quote("c{%s}" % channel)
+                assert http_request(kv2.port, "GET", sub)[2] == b"unavailable"
+                kv2.wait_log(r"SSUBSCRIBE refused: MOVED %d " % slot)
+                wait_until(lambda: http_request(kv2.port, "GET", sub)[2] == b"subscribed", 5,
+                           0.02, what="kv2 subscribed after the map refresh")
 
                 # kv's map is stale: GET goes to `owner`, which answers MOVED
                 status, _, body = http_request(kv.port, "GET", "/get?k=%s" % quote(key))
