@@ -7,6 +7,13 @@
 -- with probability complete_probability, and {"id":…,"status":"已完成"} is published on
 -- ws:fid:<fid>. Like the seed, the answer comes only when every task is done.
 -- With --set immediate=true every task completes at once (for benchmarks).
+--
+-- With Redis Cluster (config redis_cluster, as statushost's) the updates go out with
+-- SPUBLISH, on the channel's shard, where statushost SSUBSCRIBEs (a classic PUBLISH
+-- is broadcast to every node and does not scale). An update that could not be
+-- published (a Redis error: its master is failing over) or that reached no
+-- subscriber (statushost is re-subscribing the channel on the promoted replica) is
+-- published again on the next tick, up to max_republish times.
 
 local host = require "statushost"
 local json = require "cjson.safe"
@@ -18,6 +25,7 @@ local config = {
   immediate = false,
   channel_prefix = "ws:fid:",
   done_status = "已完成",
+  max_republish = 10,
 }
 local cfg = host.config
 
@@ -59,10 +67,16 @@ local function parse(req)
   return body.data, tostring(body.fid)
 end
 
+-- Publish task's update; true when done with it (a subscriber got it, or it was
+-- tried max_republish times), false to try again on the next tick.
 local function publish(channel, task)
   local payload = '{"id":' .. json.encode(task.id) .. ',"status":' .. json.encode(cfg.done_status) .. '}'
-  local n, err = host.redis.call("PUBLISH", channel, payload)
+  local command = cfg.redis_cluster ~= "" and "SPUBLISH" or "PUBLISH"
+  local n, err = host.redis.call(command, channel, payload)
+  if n and n > 0 then return true end
+  task.tries = (task.tries or 0) + 1
   if not n then host.log.warn("publish failed:", err) end
+  return task.tries > cfg.max_republish
 end
 
 local ok_body = '{"status":0,"msg":"success","data":null}'
@@ -82,19 +96,16 @@ return {
         if type(task) == "table" and task.id ~= nil then remaining[#remaining + 1] = task end
       end
       host.log.info("job for", channel, #remaining, "tasks")
-      if cfg.immediate then
-        for _, task in ipairs(remaining) do publish(channel, task) end
-        return 200, ok_body, json_type
-      end
+      local first = true
       while #remaining > 0 do
-        if not host.sleep(cfg.tick_ms) then return 503, "shutting down" end
+        if not (first and cfg.immediate) and not host.sleep(cfg.tick_ms) then
+          return 503, "shutting down"
+        end
+        first = false
         local left = {}
         for _, task in ipairs(remaining) do
-          if math.random() < cfg.complete_probability then
-            publish(channel, task)
-          else
-            left[#left + 1] = task
-          end
+          local due = task.tries or cfg.immediate or math.random() < cfg.complete_probability
+          if not (due and publish(channel, task)) then left[#left + 1] = task end
         end
         remaining = left
       end

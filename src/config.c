@@ -31,6 +31,7 @@ static const struct core_key core_keys[] = {
     {"listen", SH_CT_STRING, "127.0.0.1:9999", 0},
     {"redis", SH_CT_STRING, "redis://127.0.0.1:6379", 0},
     {"redis_sub_connections", SH_CT_NUMBER, NULL, 4},
+    {"redis_cluster", SH_CT_STRING, "", 0},
     {"web_root", SH_CT_STRING, "", 0},
     {"log_level", SH_CT_STRING, "info", 0},
     {"log_format", SH_CT_STRING, "text", 0},
@@ -452,6 +453,13 @@ int sh_config_read(lua_State *L, int t, sh_config *cfg, char *err, size_t errsz)
     lua_getfield(L, t, "redis");
     cfg->redis = strdup(lua_tostring(L, -1));
     lua_pop(L, 1);
+    lua_getfield(L, t, "redis_cluster");
+    cfg->redis_cluster = strdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+    if (!cfg->redis_cluster) {
+        snprintf(err, errsz, "config.redis_cluster: out of memory");
+        goto fail;
+    }
     lua_getfield(L, t, "reuseport");
     cfg->reuseport = lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -476,6 +484,7 @@ void sh_config_free(sh_config *cfg)
     if (!cfg)
         return;
     free(cfg->redis);
+    free(cfg->redis_cluster);
     free(cfg->web_root);
     free(cfg->http_ca_file);
     if (cfg->real_ip_from)

@@ -16,6 +16,7 @@ typedef struct sh_config {
     char listen_host[256];         /* from `listen` */
     int listen_port;
     char *redis;                   /* `redis` URL */
+    char *redis_cluster;           /* `redis_cluster` seeds host:port,...; "" → `redis` */
     size_t redis_sub_connections;  /* Redis subscriber connections, 1..64 (channels are
                                       spread over them: a flood costs 1/K of them) */
     char *web_root;                /* resolved directory, or NULL: no static files */

@@ -98,6 +98,12 @@ static int check(const sh_options *o)
         return 2;
     }
     sh_redis_addr addr;
+    if (g->cfg.redis_cluster[0] && sh_redis_parse_seeds(g->cfg.redis_cluster, &addr, 1) < 0) {
+        fprintf(stderr, "statushost: redis_cluster \"%s\": expected host:port,host:port,...\n",
+                g->cfg.redis_cluster);
+        sh_gen_unref(g);
+        return 2;
+    }
     if (sh_redis_parse_url(g->cfg.redis, &addr) != 0) {
         fprintf(stderr, "statushost: redis \"%s\": not a redis:// or unix:// URL\n", g->cfg.redis);
         sh_gen_unref(g);

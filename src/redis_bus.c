@@ -10,6 +10,9 @@
  *                  its subs in subscription order.
  *   sh_redis_sub   one subscriber's interest in one channel.
  *   sh_redis_cmd   one pending command's callback.
+ *   struct node    (cluster mode) one master of the slot map, or a seed: its
+ *                  own command and subscriber connections (struct conn), under
+ *                  the same registry; see the "cluster" sections at the end.
  *
  * Freeing rules.
  * - hiredis contexts are freed only outside hiredis callbacks: from a timer
@@ -78,6 +81,7 @@ static int hash_oom; /* set by uthash when an insertion ran out of memory */
 #include <uthash.h>
 
 #include "log.h"
+#include "redis_slots.h"
 #include "static_files.h"
 
 #define DEFAULT_BACKOFF_MIN_MS 100
@@ -129,6 +133,10 @@ struct conn {
     int hs_failed;          /* a handshake reply was an error */
     size_t resub_left;      /* (sub) confirmations of the re-subscribe batch awaited */
     struct ratelimit rl;    /* for this connection's loss/restore lines */
+    struct node *node;      /* (cluster) its node; NULL in single mode */
+    redisAsyncContext *raw_ac; /* (cluster sub) ac once past the handshake: read raw */
+    struct sreq *sq_head, *sq_tail; /* (cluster sub) SSUBSCRIBE/SUNSUBSCRIBE awaiting replies */
+    int dormant;            /* (cluster sub) not started: no channel needs it */
 };
 
 struct chan {
@@ -160,6 +168,12 @@ struct sh_redis_sub {
 struct sh_redis_cmd {
     sh_redis_reply_cb cb; /* NULL once cancelled */
     void *arg;            /* passed to cb */
+    char *fmt;            /* (cluster) the command in RESP, kept for redirections */
+    size_t fmtlen;        /* (cluster) its length */
+    int slot;             /* (cluster) sh_redis_command_slot's answer */
+    int hops;             /* (cluster) MOVED/ASK redirections followed */
+    int asking;           /* (cluster) send ASKING first (an ASK redirection) */
+    struct sh_redis_cmd *next; /* (cluster) on the parked list */
 };
 
 struct sh_redis_bus {
@@ -193,12 +207,42 @@ struct sh_redis_bus {
     int handles_open;                /* uv handles not yet closed */
     void (*done)(void *);            /* close completion, may be NULL */
     void *done_arg;                  /* passed to done */
+    struct cluster *cl;              /* cluster mode state; NULL: a single Redis */
 };
 
 /* Forward declarations (contracts at the definitions). */
 static void conn_connect(struct conn *c);
 static void conn_timer_cb(uv_timer_t *t);
 static void sub_reply_cb(redisAsyncContext *ac, void *r, void *privdata);
+static void conn_lost(struct conn *c, const char *why);
+static void conn_ready(struct conn *c);
+static void bus_update(sh_redis_bus *b);
+static void chan_settle(sh_redis_bus *b, struct chan *ch);
+static void chan_ack(sh_redis_bus *b, struct chan *ch);
+static void chan_deliver(sh_redis_bus *b, struct chan *ch, const char *payload, size_t len);
+static int sub_conn_writable(const struct conn *c);
+static size_t conn_channels(const sh_redis_bus *b, const struct conn *c);
+static void busy_enter(sh_redis_bus *b);
+static void busy_leave(sh_redis_bus *b);
+/* the cluster layer (end of file) */
+static int cluster_new(sh_redis_bus *b, const char *seeds);
+static void cluster_start(sh_redis_bus *b);
+static int cluster_up(const sh_redis_bus *b);
+static struct conn *cluster_home(const sh_redis_bus *b, const char *name, size_t len);
+static int cluster_home_usable(const sh_redis_bus *b, const char *name, size_t len);
+static int cluster_chan_start(sh_redis_bus *b, struct chan *ch);
+static int csub_send(struct conn *c, struct chan *ch, int unsub, int resub);
+static void csub_resubscribe(struct conn *c, redisAsyncContext *ac);
+static void csub_read(struct conn *c, redisAsyncContext *ac);
+static void cluster_conn_lost(struct conn *c);
+static void cluster_conn_ready(struct conn *c);
+static int cluster_keep_retrying(struct conn *c);
+static int cluster_command(sh_redis_bus *b, int argc, const char **argv, const size_t *argvlen,
+                           sh_redis_reply_cb cb, void *arg, sh_redis_cmd **out);
+static void cluster_stats(const sh_redis_bus *b, sh_redis_stats *out);
+static void cluster_close_turn(sh_redis_bus *b, int turn);
+static void cluster_free(sh_redis_bus *b);
+static const sh_redis_addr *node_addr(const struct node *n);
 
 /* ---- errors ------------------------------------------------------------ */
 
@@ -211,6 +255,7 @@ const char *sh_redis_strerror(int err)
     case SH_REDIS_ENOMEM: return "out of memory";
     case SH_REDIS_EUNAVAILABLE: return "unavailable";
     case SH_REDIS_ECLOSED: return "closed";
+    case SH_REDIS_ECROSSSLOT: return "CROSSSLOT Keys in request don't hash to the same slot";
     default: return "unknown error";
     }
 }
@@ -397,7 +442,8 @@ static int chan_send_subscribe(sh_redis_bus *b, struct chan *ch)
     size_t lens[2] = {9, ch->len};
     (void)b;
     if (!sub_conn_writable(ch->conn)) return SH_REDIS_EUNAVAILABLE;
-    if (redisAsyncCommandArgv(ch->conn->ac, sub_reply_cb, ch->conn, 2, argv, lens) != REDIS_OK)
+    if (b->cl ? csub_send(ch->conn, ch, 0, 0) < 0
+              : redisAsyncCommandArgv(ch->conn->ac, sub_reply_cb, ch->conn, 2, argv, lens) != REDIS_OK)
         return SH_REDIS_EUNAVAILABLE;
     ch->inflight++;
     ch->sent = 1;
@@ -414,7 +460,8 @@ static void chan_send_unsubscribe(sh_redis_bus *b, struct chan *ch)
     ch->confirmed = 0;
     ch->sent = 0;
     if (!was_sent || b->closing || !sub_conn_writable(ch->conn)) return;
-    if (redisAsyncCommandArgv(ch->conn->ac, sub_reply_cb, ch->conn, 2, argv, lens) == REDIS_OK)
+    if (b->cl ? csub_send(ch->conn, ch, 1, 0) == 0
+              : redisAsyncCommandArgv(ch->conn->ac, sub_reply_cb, ch->conn, 2, argv, lens) == REDIS_OK)
         ch->inflight++;
 }
 
@@ -462,6 +509,33 @@ static void chan_deliver(sh_redis_bus *b, struct chan *ch, const char *payload, 
     busy_leave(b);
 }
 
+/* Move ch's pending subs to the failing list at *tail (they die: the bus
+ * releases them). Returns the list's new tail. */
+static sh_redis_sub **chan_take_pending(struct chan *ch, sh_redis_sub **tail)
+{
+    for (sh_redis_sub *s = ch->head; s; s = s->next) {
+        if (s->dead || !s->pending) continue;
+        s->pending = 0;
+        s->dead = 1;
+        ch->live--;
+        s->fail_next = NULL;
+        *tail = s;
+        tail = &s->fail_next;
+    }
+    return tail;
+}
+
+/* Report err to each failing sub of the list (inside a busy section). */
+static void subs_fail(sh_redis_sub *fail, int err)
+{
+    for (sh_redis_sub *s = fail; s; s = s->fail_next) {
+        sh_redis_confirm_cb cb = s->on_confirm;
+        s->on_confirm = NULL;
+        s->on_msg = NULL;
+        if (cb) cb(s->arg, err);
+    }
+}
+
 /* Subscriber connection `only` is gone (NULL: all of them, the bus is
  * closing): Redis knows none of its channels any more. Fail every pending
  * confirmation on them with err (each failed sub is released by the bus),
@@ -477,23 +551,10 @@ static void registry_reset(sh_redis_bus *b, const struct conn *only, int err)
         ch->inflight = 0;
         ch->sent = 0;
         ch->confirmed = 0;
-        for (sh_redis_sub *s = ch->head; s; s = s->next) {
-            if (s->dead || !s->pending) continue;
-            s->pending = 0;
-            s->dead = 1;
-            ch->live--;
-            s->fail_next = NULL;
-            *tail = s;
-            tail = &s->fail_next;
-        }
+        tail = chan_take_pending(ch, tail);
         chan_mark_dirty(b, ch);
     }
-    for (sh_redis_sub *s = fail; s; s = s->fail_next) {
-        sh_redis_confirm_cb cb = s->on_confirm;
-        s->on_confirm = NULL;
-        s->on_msg = NULL;
-        if (cb) cb(s->arg, err);
-    }
+    subs_fail(fail, err);
     busy_leave(b);
 }
 
@@ -502,6 +563,11 @@ static void registry_reset(sh_redis_bus *b, const struct conn *only, int err)
 /* "command" or "subscriber <i>", for logs; buf holds it. */
 static const char *role_name(const struct conn *c, char buf[32])
 {
+    if (c->node) { /* cluster: name the node */
+        snprintf(buf, 32, "%s %.14s:%hu", c->role == ROLE_CMD ? "command" : "subscriber",
+                 node_addr(c->node)->host, (unsigned short)node_addr(c->node)->port);
+        return buf;
+    }
     if (c->role == ROLE_CMD) return "command";
     snprintf(buf, 32, "subscriber %u", c->index);
     return buf;
@@ -529,7 +595,8 @@ static unsigned subs_ready(const sh_redis_bus *b)
  * limited to one a second (the count held back is logged with the next). */
 static void bus_update(sh_redis_bus *b)
 {
-    int up = !b->closing && b->cmd.state == CONN_READY && subs_ready(b) == b->nsubs;
+    int up = !b->closing && (b->cl ? cluster_up(b)
+                                   : b->cmd.state == CONN_READY && subs_ready(b) == b->nsubs);
     uint64_t held;
     if (up == b->up) return;
     b->up = up;
@@ -540,7 +607,10 @@ static void bus_update(sh_redis_bus *b)
             sh_info(NULL, "redis: bus up (%s, %u channels)%s", b->desc, HASH_COUNT(b->chans),
                     held ? " (up/down lines held back in the last second)" : "");
     } else if (ratelimit_ok(&b->state_rl, uv_now(b->loop), &held)) {
-        if (b->cmd.state == CONN_READY)
+        if (b->cl)
+            sh_warn(NULL, "redis: bus down (%s): a master or the slot map is not ready; commands "
+                    "and new subscriptions on its slots are refused until it is back", b->desc);
+        else if (b->cmd.state == CONN_READY)
             sh_warn(NULL, "redis: bus down (%s): %u of %u subscriber connections ready; new "
                     "subscriptions on the others are refused until they are back", b->desc,
                     subs_ready(b), b->nsubs);
@@ -560,6 +630,7 @@ static void conn_schedule_retry(struct conn *c)
 {
     sh_redis_bus *b = c->bus;
     if (b->closing) return;
+    if (c->node && !cluster_keep_retrying(c)) return;
     uv_timer_start(&c->timer, conn_timer_cb, c->backoff_ms, 0);
     if (!b->ever_up && !b->first_down_reported && b->on_state) {
         /* the first attempt failed: say so once, so the owner knows where it stands */
@@ -593,6 +664,7 @@ static void conn_lost(struct conn *c, const char *why)
     c->state = CONN_IDLE;
     c->hs_left = 0;
     c->resub_left = 0;
+    if (c->node) cluster_conn_lost(c);
     if (b->closing) return;
     if (c->role == ROLE_SUB && was == CONN_READY) {
         /* messages on this connection's channels are lost until it is back */
@@ -640,6 +712,7 @@ static void conn_ready(struct conn *c)
             sh_debug(NULL, "redis: %s connection to %s restored", role_name(c, rn), b->desc);
     }
     c->fails = 0;
+    if (b->cl) cluster_conn_ready(c);
     bus_update(b);
 }
 
@@ -713,7 +786,9 @@ static void hs_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
         redisAsyncDisconnect(ac);
         return;
     }
-    if (c->role == ROLE_SUB)
+    if (c->role == ROLE_SUB && c->node)
+        csub_resubscribe(c, ac);
+    else if (c->role == ROLE_SUB)
         sub_resubscribe(c);
     else
         conn_ready(c);
@@ -738,7 +813,7 @@ static void on_connect(const redisAsyncContext *cac, int status)
         return;
     }
     sh_redis_bus *b = c->bus;
-    const sh_redis_addr *a = &b->addr;
+    const sh_redis_addr *a = c->node ? node_addr(c->node) : &b->addr;
     if (!a->is_unix) redisEnableKeepAlive(&c->ac->c);
     c->state = CONN_HANDSHAKE;
     c->hs_left = 0;
@@ -817,6 +892,17 @@ static void sub_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 
 /* ---- event loop glue ---------------------------------------------------- */
 
+/* Readable: hiredis' reading and callbacks, or (a cluster subscriber
+ * connection past its handshake) our own reading of its pushes. */
+static void conn_read(redisAsyncContext *ac)
+{
+    struct conn *c = ac->data;
+    if (c->node && c->raw_ac == ac && c->ac == ac)
+        csub_read(c, ac);
+    else
+        redisAsyncHandleRead(ac);
+}
+
 /* Readable: let hiredis read (16 KiB) and process, and again while the socket
  * has bytes waiting, up to the bus's read budget. Stops when the context goes
  * away (the adapter's cleanup clears p->context; p itself lives until its
@@ -825,11 +911,11 @@ static void ev_read(redisLibuvEvents *p)
 {
     const struct conn *c = p->context->data;
     size_t budget = c->bus->read_budget, done = HIREDIS_READ_SIZE;
-    redisAsyncHandleRead(p->context);
+    conn_read(p->context);
     while (done < budget && p->context && (p->context->c.flags & REDIS_CONNECTED)) {
         int avail = 0;
         if (ioctl(p->context->c.fd, FIONREAD, &avail) < 0 || avail <= 0) break;
-        redisAsyncHandleRead(p->context);
+        conn_read(p->context);
         done += HIREDIS_READ_SIZE;
     }
 }
@@ -907,7 +993,7 @@ static void conn_timer_cb(uv_timer_t *t)
 static void conn_connect(struct conn *c)
 {
     sh_redis_bus *b = c->bus;
-    const sh_redis_addr *a = &b->addr;
+    const sh_redis_addr *a = c->node ? node_addr(c->node) : &b->addr;
     redisAsyncContext *ac = a->is_unix ? redisAsyncConnectUnix(a->path)
                                        : redisAsyncConnect(a->host, a->port);
     char why[160];
@@ -960,8 +1046,11 @@ int sh_redis_bus_new(uv_loop_t *loop, const sh_redis_opts *o, sh_redis_bus **out
 {
     sh_redis_addr addr;
     char defname[64];
-    if (!loop || !o || !out || !o->url) return SH_REDIS_EINVAL;
-    if (sh_redis_parse_url(o->url, &addr) < 0) return SH_REDIS_EBADURL;
+    int cluster = o && o->cluster && o->cluster[0];
+    if (!loop || !o || !out || (!o->url && !cluster)) return SH_REDIS_EINVAL;
+    if (cluster ? sh_redis_parse_seeds(o->cluster, &addr, 1) < 0
+                : sh_redis_parse_url(o->url, &addr) < 0)
+        return SH_REDIS_EBADURL;
     const char *name = o->client_name;
     if (!name) {
         snprintf(defname, sizeof defname, "statushost-%ld", (long)getpid());
@@ -970,16 +1059,22 @@ int sh_redis_bus_new(uv_loop_t *loop, const sh_redis_opts *o, sh_redis_bus **out
     if (!name[0] || strlen(name) > 200) return SH_REDIS_EINVAL;
     unsigned nsubs = o->sub_connections ? o->sub_connections : SH_REDIS_SUB_CONNECTIONS_DEFAULT;
     if (nsubs > SH_REDIS_SUB_CONNECTIONS_MAX) return SH_REDIS_EINVAL;
+    if (cluster) nsubs = 0; /* subscriber connections are per master */
     for (const char *q = name; *q; q++)
         if ((unsigned char)*q <= ' ' || (unsigned char)*q >= 127) return SH_REDIS_EINVAL;
 
     sh_redis_bus *b = calloc(1, sizeof *b);
     if (!b) return SH_REDIS_ENOMEM;
     b->name = strdup(name);
-    b->subs = calloc(nsubs, sizeof *b->subs);
-    if (!b->name || !b->subs) {
+    b->subs = nsubs ? calloc(nsubs, sizeof *b->subs) : NULL;
+    if (!b->name || (nsubs && !b->subs)) {
         free(b->name);
         free(b->subs);
+        free(b);
+        return SH_REDIS_ENOMEM;
+    }
+    if (cluster && cluster_new(b, o->cluster) < 0) {
+        free(b->name);
         free(b);
         return SH_REDIS_ENOMEM;
     }
@@ -1005,13 +1100,14 @@ int sh_redis_bus_new(uv_loop_t *loop, const sh_redis_opts *o, sh_redis_bus **out
     uv_timer_init(loop, &b->close_timer);
     b->close_timer.data = b;
     b->handles_open++;
+    if (cluster) cluster_start(b);
 
     struct sigaction sa;
     if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
 
     /* the first attempts start from the loop: a connect refused at once must
      * not reach on_state from inside this function */
-    uv_timer_start(&b->cmd.timer, conn_timer_cb, 0, 0);
+    if (!cluster) uv_timer_start(&b->cmd.timer, conn_timer_cb, 0, 0);
     for (unsigned i = 0; i < nsubs; i++) uv_timer_start(&b->subs[i].timer, conn_timer_cb, 0, 0);
     *out = b;
     return 0;
@@ -1041,6 +1137,7 @@ void sh_redis_bus_stats(const sh_redis_bus *b, sh_redis_stats *out)
     out->sub_connections = b->nsubs;
     out->sub_ready = subs_ready(b);
     out->cmd_ready = b->cmd.state == CONN_READY;
+    if (b->cl) cluster_stats(b, out);
 }
 
 /* FNV-1a, 32 bits: the channel → subscriber connection map. Fixed so that a
@@ -1058,7 +1155,7 @@ static uint32_t chan_hash(const char *s, size_t n)
 /* Contract in redis_bus.h. */
 unsigned sh_redis_bus_channel_conn(const sh_redis_bus *b, const char *channel, size_t len)
 {
-    if (!b || (!channel && len)) return 0;
+    if (!b || (!channel && len) || !b->nsubs) return 0;
     return chan_hash(channel, len) % b->nsubs;
 }
 
@@ -1164,6 +1261,7 @@ static void cmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
     struct conn *c = ac->data;
     if (!r && c->ac == ac) conn_lost(c, ac_reason(ac));
     if (cmd->cb) cmd->cb(cmd->arg, r, r ? NULL : "closed");
+    free(cmd->fmt);
     free(cmd);
 }
 
@@ -1176,8 +1274,9 @@ int sh_redis_command(sh_redis_bus *b, int argc, const char **argv, const size_t 
         if (!argv[i]) return SH_REDIS_EINVAL;
     if (sh_redis_refusal(argc, argv, argvlen)) return SH_REDIS_EINVAL;
     if (b->closing) return SH_REDIS_ECLOSED;
+    if (b->cl) return cluster_command(b, argc, argv, argvlen, cb, arg, out);
     if (b->cmd.state != CONN_READY || !b->cmd.ac) return SH_REDIS_EUNAVAILABLE;
-    struct sh_redis_cmd *cmd = malloc(sizeof *cmd);
+    struct sh_redis_cmd *cmd = calloc(1, sizeof *cmd);
     if (!cmd) return SH_REDIS_ENOMEM;
     cmd->cb = cb;
     cmd->arg = arg;
@@ -1207,7 +1306,7 @@ static struct chan *chan_get(sh_redis_bus *b, const char *name, size_t len)
     if (!ch) return NULL;
     memcpy(ch->name, name, len);
     ch->len = len;
-    ch->conn = &b->subs[chan_hash(name, len) % b->nsubs];
+    ch->conn = b->cl ? cluster_home(b, name, len) : &b->subs[chan_hash(name, len) % b->nsubs];
     hash_oom = 0;
     HASH_ADD_KEYPTR(hh, b->chans, ch->name, ch->len, ch);
     if (hash_oom) {
@@ -1225,7 +1324,8 @@ int sh_redis_subscribe(sh_redis_bus *b, const char *channel, size_t len,
     if (!b || (!channel && len) || !out) return SH_REDIS_EINVAL;
     if (b->closing) return SH_REDIS_ECLOSED;
     if (!channel) channel = "";
-    if (b->subs[chan_hash(channel, len) % b->nsubs].state != CONN_READY)
+    if (b->cl ? !cluster_home_usable(b, channel, len)
+              : b->subs[chan_hash(channel, len) % b->nsubs].state != CONN_READY)
         return SH_REDIS_EUNAVAILABLE;
     struct chan *ch = chan_get(b, channel, len);
     if (!ch) return SH_REDIS_ENOMEM;
@@ -1235,7 +1335,7 @@ int sh_redis_subscribe(sh_redis_bus *b, const char *channel, size_t len,
         return SH_REDIS_ENOMEM;
     }
     if (ch->live == 0) {
-        int rc = chan_send_subscribe(b, ch);
+        int rc = b->cl ? cluster_chan_start(b, ch) : chan_send_subscribe(b, ch);
         if (rc < 0) {
             free(s);
             chan_settle(b, ch);
@@ -1293,6 +1393,7 @@ static void bus_handle_closed(uv_handle_t *h)
     void *arg = b->done_arg;
     free(b->name);
     free(b->subs);
+    cluster_free(b);
     free(b);
     if (done) done(arg);
 }
@@ -1343,6 +1444,7 @@ static void bus_close_cb(uv_timer_t *t)
     if (b->close_turn++ == 0) {
         conn_shutdown(&b->cmd);
         for (unsigned i = 0; i < b->nsubs; i++) conn_shutdown(&b->subs[i]);
+        if (b->cl) cluster_close_turn(b, 0);
         registry_reset(b, NULL, SH_REDIS_ECLOSED);
         registry_orphan_all(b);
         uv_timer_start(&b->close_timer, bus_close_cb, 0, 0);
@@ -1356,6 +1458,7 @@ static void bus_close_cb(uv_timer_t *t)
         b->subs[i].timer.data = b;
         uv_close((uv_handle_t *)&b->subs[i].timer, bus_handle_closed);
     }
+    if (b->cl) cluster_close_turn(b, 1);
     uv_close((uv_handle_t *)&b->close_timer, bus_handle_closed);
 }
 
@@ -1369,4 +1472,846 @@ void sh_redis_bus_close(sh_redis_bus *b, void (*done)(void *), void *arg)
     b->done_arg = arg;
     sh_info(NULL, "redis: closing the bus (%s)", b->desc);
     uv_timer_start(&b->close_timer, bus_close_cb, 0, 0);
+}
+
+/* ---- cluster: nodes ----------------------------------------------------- */
+
+#define CLUSTER_SEEDS_MAX 64
+#define CLUSTER_MAX_HOPS 5           /* MOVED/ASK redirections followed per command */
+#define MAP_MIN_INTERVAL_MS 100      /* between two slot map fetches */
+#define MAP_DOWN_INTERVAL_MS 500     /* map fetches while a master is not ready */
+
+/* One cluster node: a master of the map, or a seed. Never freed before the
+ * bus: a node that leaves the map is retired (connections closed, no retry)
+ * and comes back if a later map names it again. */
+struct node {
+    struct node *next;     /* cl->nodes */
+    sh_redis_addr addr;    /* host, port and the cluster's credentials */
+    struct conn cmd;       /* its command connection */
+    struct conn sub;       /* its subscriber connection, dormant until needed */
+    int seed;              /* given in the configuration: kept to fetch maps */
+    int in_map;            /* a master of the current map */
+    int retired;           /* not in the map and not a seed: connections closed */
+    int mark;              /* scratch, while applying a map */
+};
+
+/* One SSUBSCRIBE/SUNSUBSCRIBE sent on a cluster subscriber connection,
+ * awaiting its reply (Redis answers them in order). */
+struct sreq {
+    struct sreq *next;
+    struct chan *ch;       /* NULL once the channel moved elsewhere */
+    int unsub;             /* SUNSUBSCRIBE */
+    int resub;             /* part of the batch sent after the handshake */
+};
+
+struct cluster {
+    struct node *nodes;           /* seeds first, then masters as maps name them */
+    sh_redis_slots *map;          /* the current slot map; NULL before the first */
+    struct node **map_nodes;      /* map master i → its node */
+    int use_slots;                /* the servers have no CLUSTER SHARDS: use SLOTS */
+    int map_inflight;             /* a CLUSTER SHARDS/SLOTS is on its way */
+    int map_wanted;               /* fetch a map as soon as allowed */
+    uint64_t map_last_ms;         /* when the last fetch was sent */
+    uint64_t refreshes;           /* maps applied */
+    uv_timer_t map_timer;         /* paces map fetches */
+    unsigned rr;                  /* round robin for keyless commands and map fetches */
+    struct sh_redis_cmd *parked;  /* redirected commands awaiting the next map */
+    struct sh_redis_cmd **parked_tail;
+    struct ratelimit rl;          /* for refusal / sunsubscribe lines */
+};
+
+/* Contract in redis_bus.h. */
+int sh_redis_parse_seeds(const char *list, sh_redis_addr *out, size_t max)
+{
+    size_t n = 0;
+    if (!list || !out || max == 0) return SH_REDIS_EBADURL;
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == ',') p++;
+        if (!*p) break;
+        size_t len = strcspn(p, ",");
+        while (len > 0 && p[len - 1] == ' ') len--;
+        char url[600];
+        int rc = strncasecmp(p, "redis://", 8) == 0
+                     ? snprintf(url, sizeof url, "%.*s", (int)len, p)
+                     : snprintf(url, sizeof url, "redis://%.*s", (int)len, p);
+        sh_redis_addr a;
+        if (rc < 0 || (size_t)rc >= sizeof url || sh_redis_parse_url(url, &a) < 0 || a.db >= 0)
+            return SH_REDIS_EBADURL;
+        if (n < max) out[n] = a;
+        n++;
+        p += len;
+        while (*p && *p != ',') p++;
+    }
+    return n ? (int)(n < max ? n : max) : SH_REDIS_EBADURL;
+}
+
+/* Contract at the forward declaration: where n is, with the credentials. */
+static const sh_redis_addr *node_addr(const struct node *n) { return &n->addr; }
+
+/* The node at host:port, or NULL. */
+static struct node *node_find(const sh_redis_bus *b, const char *host, int port)
+{
+    for (struct node *n = b->cl->nodes; n; n = n->next)
+        if (n->addr.port == port && strcmp(n->addr.host, host) == 0) return n;
+    return NULL;
+}
+
+/* Allocate a node for host:port with the cluster's credentials (from
+ * `auth`), not linked and with no handle yet. NULL when out of memory. */
+static struct node *node_alloc(const sh_redis_addr *auth, const char *host, int port)
+{
+    struct node *n = calloc(1, sizeof *n);
+    if (!n) return NULL;
+    n->addr = *auth;
+    n->addr.is_unix = 0;
+    n->addr.db = -1;
+    snprintf(n->addr.host, sizeof n->addr.host, "%s", host);
+    n->addr.port = port;
+    return n;
+}
+
+/* Give n its connections (timers) and start its command connection. */
+static void node_start(sh_redis_bus *b, struct node *n)
+{
+    conn_init(b, &n->cmd, ROLE_CMD, 0);
+    conn_init(b, &n->sub, ROLE_SUB, 0);
+    n->cmd.node = n->sub.node = n;
+    n->sub.dormant = 1;
+    uv_timer_start(&n->cmd.timer, conn_timer_cb, 0, 0);
+}
+
+/* Link a new node for host:port (a master a map names) and start it. */
+static struct node *node_add(sh_redis_bus *b, const char *host, int port)
+{
+    struct node *n = node_alloc(&b->cl->nodes->addr, host, port), **pp = &b->cl->nodes;
+    if (!n) return NULL;
+    while (*pp) pp = &(*pp)->next;
+    *pp = n;
+    node_start(b, n);
+    return n;
+}
+
+/* Close c's context for good (no retry): the node left the map. */
+static void conn_retire(struct conn *c)
+{
+    redisAsyncContext *ac = c->ac;
+    uv_timer_stop(&c->timer);
+    c->ac = NULL;
+    c->state = CONN_IDLE;
+    c->fails = 0;
+    c->backoff_ms = c->bus->backoff_min_ms;
+    if (c->node) cluster_conn_lost(c);
+    if (c->role == ROLE_SUB) {
+        registry_reset(c->bus, c, SH_REDIS_EUNAVAILABLE);
+        c->dormant = 1;
+    }
+    if (ac) redisAsyncFree(ac); /* deferred by hiredis inside its own callbacks */
+}
+
+/* Wake a dormant subscriber connection: connect it (from the loop). */
+static void conn_wake(struct conn *c)
+{
+    if (!c->dormant) return;
+    c->dormant = 0;
+    c->fails = 0;
+    uv_timer_start(&c->timer, conn_timer_cb, 0, 0);
+}
+
+/* Contract at the forward declaration: parse the seeds, allocate the
+ * cluster and its seed nodes (no handle yet). 0 or -1 (out of memory). */
+static int cluster_new(sh_redis_bus *b, const char *seeds)
+{
+    sh_redis_addr addrs[CLUSTER_SEEDS_MAX], auth;
+    int n = sh_redis_parse_seeds(seeds, addrs, CLUSTER_SEEDS_MAX);
+    struct cluster *cl = calloc(1, sizeof *cl);
+    if (n < 1 || !cl) {
+        free(cl);
+        return -1;
+    }
+    memset(&auth, 0, sizeof auth);
+    for (int i = 0; i < n && !auth.password[0]; i++)
+        if (addrs[i].password[0]) auth = addrs[i];
+    struct node **pp = &cl->nodes;
+    for (int i = 0; i < n; i++) {
+        int dup = 0;
+        for (struct node *o = cl->nodes; o; o = o->next)
+            dup |= o->addr.port == addrs[i].port && !strcmp(o->addr.host, addrs[i].host);
+        if (dup) continue;
+        struct node *nd = node_alloc(&auth, addrs[i].host, addrs[i].port);
+        if (!nd) {
+            b->cl = cl;
+            cluster_free(b);
+            return -1;
+        }
+        nd->seed = 1;
+        *pp = nd;
+        pp = &nd->next;
+    }
+    cl->parked_tail = &cl->parked;
+    b->cl = cl;
+    return 0;
+}
+
+/* Start the seeds' command connections and the map timer; name the bus. */
+static void cluster_start(sh_redis_bus *b)
+{
+    struct cluster *cl = b->cl;
+    size_t nseeds = 0;
+    for (struct node *n = cl->nodes; n; n = n->next) {
+        node_start(b, n);
+        nseeds++;
+    }
+    if (nseeds > 1)
+        snprintf(b->desc, sizeof b->desc, "cluster %.256s:%d +%zu seeds", cl->nodes->addr.host,
+                 cl->nodes->addr.port, nseeds - 1);
+    else
+        snprintf(b->desc, sizeof b->desc, "cluster %.256s:%d", cl->nodes->addr.host,
+                 cl->nodes->addr.port);
+    uv_timer_init(b->loop, &cl->map_timer);
+    cl->map_timer.data = b;
+    b->handles_open++;
+}
+
+/* The subscriber connection of the master serving channel name[0..len),
+ * or NULL (no map yet, or the slot has no master). */
+static struct conn *cluster_home(const sh_redis_bus *b, const char *name, size_t len)
+{
+    const struct cluster *cl = b->cl;
+    const sh_redis_node *rn = sh_redis_slots_lookup_key(cl->map, name, len);
+    if (!rn) return NULL;
+    return &cl->map_nodes[rn - sh_redis_slots_node(cl->map, 0)]->sub;
+}
+
+/* A new subscription on name may start: its master's subscriber connection
+ * is ready, dormant (it will connect), or in its first attempt. */
+static int cluster_home_usable(const sh_redis_bus *b, const char *name, size_t len)
+{
+    const struct conn *c = cluster_home(b, name, len);
+    return c && (c->state == CONN_READY || c->dormant || c->fails == 0);
+}
+
+/* ch has its first live sub (or needs subscribing again on its
+ * connection): SSUBSCRIBE now if the connection takes it, else wake it (its
+ * handshake ends by subscribing every live channel). 0, or
+ * SH_REDIS_EUNAVAILABLE (the connection is reconnecting). */
+static int cluster_chan_start(sh_redis_bus *b, struct chan *ch)
+{
+    struct conn *c = ch->conn;
+    if (!c) return SH_REDIS_EUNAVAILABLE;
+    if (sub_conn_writable(c)) return chan_send_subscribe(b, ch);
+    if (c->dormant) {
+        conn_wake(c);
+        return 0;
+    }
+    return c->fails == 0 ? 0 : SH_REDIS_EUNAVAILABLE; /* 0: in its first attempt */
+}
+
+/* 1 when a channel of c has a live confirmed sub (c must restore it). */
+static int conn_has_confirmed(const sh_redis_bus *b, const struct conn *c)
+{
+    for (const struct chan *ch = b->chans; ch; ch = ch->hh.next) {
+        if (ch->conn != c) continue;
+        for (const sh_redis_sub *s = ch->head; s; s = s->next)
+            if (!s->dead && !s->pending) return 1;
+    }
+    return 0;
+}
+
+/* Every master in the map, and its command connection (and subscriber
+ * connection once woken) ready. A subscriber connection in its first
+ * attempt, woken by new subscriptions only, is not an outage. */
+static int cluster_up(const sh_redis_bus *b)
+{
+    const struct cluster *cl = b->cl;
+    if (!cl->map || sh_redis_slots_assigned(cl->map) != SH_REDIS_SLOTS) return 0;
+    for (const struct node *n = cl->nodes; n; n = n->next) {
+        const struct conn *s = &n->sub;
+        if (!n->in_map) continue;
+        if (n->cmd.state != CONN_READY) return 0;
+        if (!s->dormant && s->state != CONN_READY && (s->fails || conn_has_confirmed(b, s)))
+            return 0;
+    }
+    return 1;
+}
+
+/* 1 when c should reconnect after a loss: a command connection of a map
+ * master or of a seed, a woken subscriber connection of a map master. */
+static int cluster_keep_retrying(struct conn *c)
+{
+    const struct node *n = c->node;
+    if (n->retired) return 0;
+    if (c->role == ROLE_SUB && !n->in_map) {
+        c->dormant = 1; /* no channel lives there any more */
+        return 0;
+    }
+    return 1;
+}
+
+/* Contract in redis_bus.h (sh_redis_bus_stats). */
+static void cluster_stats(const sh_redis_bus *b, sh_redis_stats *out)
+{
+    const struct cluster *cl = b->cl;
+    out->cmd_ready = cl->map != NULL;
+    for (const struct node *n = cl->nodes; n; n = n->next) {
+        if (!n->in_map) continue;
+        out->masters++;
+        if (n->cmd.state != CONN_READY) out->cmd_ready = 0;
+        if (!n->sub.dormant) out->sub_connections++;
+        if (n->sub.state == CONN_READY) out->sub_ready++;
+    }
+    out->map_refreshes = cl->refreshes;
+}
+
+/* ---- cluster: the slot map ---------------------------------------------- */
+
+static void map_timer_cb(uv_timer_t *t);
+
+/* Fetch a new map soon (at most one every MAP_MIN_INTERVAL_MS). */
+static void cluster_refresh(sh_redis_bus *b)
+{
+    struct cluster *cl = b->cl;
+    if (b->closing) return;
+    cl->map_wanted = 1;
+    if (cl->map_inflight || uv_is_active((uv_handle_t *)&cl->map_timer)) return;
+    uint64_t now = uv_now(b->loop), next = cl->map_last_ms + MAP_MIN_INTERVAL_MS;
+    uv_timer_start(&cl->map_timer, map_timer_cb, cl->map_last_ms && next > now ? next - now : 0,
+                   0);
+}
+
+/* Fetch again in MAP_DOWN_INTERVAL_MS (a master is not ready: its replica
+ * may be promoted meanwhile). */
+static void cluster_refresh_later(sh_redis_bus *b)
+{
+    struct cluster *cl = b->cl;
+    if (b->closing || cl->map_inflight) return;
+    cl->map_wanted = 1;
+    uv_timer_start(&cl->map_timer, map_timer_cb, MAP_DOWN_INTERVAL_MS, 0);
+}
+
+/* A ready command connection to ask for the map (or to run a keyless
+ * command): map masters first, round robin; then seeds. NULL when none. */
+static struct node *cluster_any_ready(sh_redis_bus *b, int masters_only)
+{
+    struct cluster *cl = b->cl;
+    size_t count = 0, k = 0;
+    for (struct node *n = cl->nodes; n; n = n->next) count++;
+    for (int pass = 0; pass < (masters_only ? 1 : 2); pass++) {
+        unsigned start = cl->rr++;
+        for (size_t i = 0; i < count; i++) {
+            size_t want = (start + i) % count;
+            k = 0;
+            for (struct node *n = cl->nodes; n; n = n->next, k++)
+                if (k == want && n->cmd.state == CONN_READY && (pass || n->in_map)) return n;
+        }
+    }
+    return NULL;
+}
+
+/* Take host:port out of a MOVED/ASK error ("MOVED 3999 127.0.0.1:6381").
+ * 0 (and *ask set) or -1 when the error is not a redirection. */
+static int parse_redirect(const char *s, size_t len, int *ask, char *host, size_t hcap, int *port)
+{
+    char buf[320];
+    if (len >= sizeof buf) return -1;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    if (strncmp(buf, "MOVED ", 6) == 0)
+        *ask = 0;
+    else if (strncmp(buf, "ASK ", 4) == 0)
+        *ask = 1;
+    else
+        return -1;
+    char *addr = strchr(buf + (*ask ? 4 : 6), ' ');
+    char *colon = addr ? strrchr(addr, ':') : NULL;
+    if (!colon || colon == addr + 1) return -1;
+    long p = strtol(colon + 1, NULL, 10);
+    if (p <= 0 || p > 65535 || (size_t)(colon - addr - 1) >= hcap) return -1;
+    memcpy(host, addr + 1, (size_t)(colon - addr - 1));
+    host[colon - addr - 1] = '\0';
+    if (host[0] == '[' && host[strlen(host) - 1] == ']') { /* [v6] */
+        memmove(host, host + 1, strlen(host) - 2);
+        host[strlen(host) - 2] = '\0';
+    }
+    *port = (int)p;
+    return 0;
+}
+
+/* Move ch to subscriber connection home (its slot changed master): forget
+ * what is in flight on the old one (an SUNSUBSCRIBE tells it, if it is
+ * reachable), then subscribe on the new one. Its confirmed subs stay live;
+ * pending ones wait for the new master. ch may be freed (inside a busy
+ * section: swept later). */
+static void chan_move(sh_redis_bus *b, struct chan *ch, struct conn *home)
+{
+    struct conn *old = ch->conn;
+    if (old && ch->sent && sub_conn_writable(old)) csub_send(old, ch, 1, 0);
+    if (old)
+        for (struct sreq *q = old->sq_head; q; q = q->next)
+            if (q->ch == ch) q->ch = NULL;
+    ch->inflight = 0;
+    ch->sent = 0;
+    ch->confirmed = 0;
+    ch->conn = home;
+    if (ch->live > 0) cluster_chan_start(b, ch); /* else: resubscribed once home is ready */
+    chan_settle(b, ch);
+}
+
+/* Swap in map m (fetched from node `from`): nodes for new masters, channels
+ * to their masters' subscriber connections, nodes out of the map retired. */
+static void cluster_apply(sh_redis_bus *b, sh_redis_slots *m, const struct node *from)
+{
+    struct cluster *cl = b->cl;
+    size_t nm = sh_redis_slots_nodes(m);
+    struct node **mn = calloc(nm ? nm : 1, sizeof *mn);
+    if (!mn) {
+        sh_redis_slots_free(m);
+        sh_error(NULL, "redis: out of memory applying the cluster slot map");
+        return;
+    }
+    for (struct node *n = cl->nodes; n; n = n->next) n->mark = 0;
+    for (size_t i = 0; i < nm; i++) {
+        const sh_redis_node *rn = sh_redis_slots_node(m, i);
+        const char *host = rn->host[0] ? rn->host : from->addr.host;
+        struct node *n = node_find(b, host, rn->port);
+        if (!n) n = node_add(b, host, rn->port);
+        if (!n) {
+            free(mn);
+            sh_redis_slots_free(m);
+            sh_error(NULL, "redis: out of memory applying the cluster slot map");
+            return;
+        }
+        mn[i] = n;
+        n->mark = 1;
+    }
+    sh_redis_slots_free(cl->map);
+    free(cl->map_nodes);
+    cl->map = m;
+    cl->map_nodes = mn;
+    cl->refreshes++;
+    for (struct node *n = cl->nodes; n; n = n->next) {
+        n->in_map = n->mark;
+        if (n->in_map && n->retired) { /* named again */
+            n->retired = 0;
+            uv_timer_start(&n->cmd.timer, conn_timer_cb, 0, 0);
+        }
+    }
+    struct chan *ch, *tmp;
+    busy_enter(b);
+    HASH_ITER(hh, b->chans, ch, tmp) {
+        struct conn *home = cluster_home(b, ch->name, ch->len);
+        if (!home) continue; /* no master for its slot: stays, resubscribed later */
+        if (home != ch->conn)
+            chan_move(b, ch, home);
+        else if (ch->live > 0 && !ch->sent && !ch->inflight)
+            cluster_chan_start(b, ch);
+    }
+    busy_leave(b);
+    for (struct node *n = cl->nodes; n; n = n->next) {
+        if (n->in_map || n->retired) continue;
+        if (!n->sub.dormant) conn_retire(&n->sub);
+        if (!n->seed) {
+            n->retired = 1;
+            conn_retire(&n->cmd);
+        }
+    }
+    bus_update(b);
+}
+
+static int ccmd_route_send(sh_redis_bus *b, struct sh_redis_cmd *cmd);
+
+/* Re-route the parked commands (after a map fetch, successful or not);
+ * those with nowhere to go end with (NULL, "unavailable"). */
+static void cluster_unpark(sh_redis_bus *b)
+{
+    struct cluster *cl = b->cl;
+    struct sh_redis_cmd *list = cl->parked;
+    cl->parked = NULL;
+    cl->parked_tail = &cl->parked;
+    while (list) {
+        struct sh_redis_cmd *cmd = list;
+        list = cmd->next;
+        cmd->next = NULL;
+        if (cmd->cb && !b->closing && ccmd_route_send(b, cmd) == 0) continue;
+        if (cmd->cb) cmd->cb(cmd->arg, NULL, b->closing ? "closed" : "unavailable");
+        free(cmd->fmt);
+        free(cmd);
+    }
+}
+
+/* The reply to CLUSTER SHARDS / CLUSTER SLOTS. */
+static void map_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct node *n = privdata;
+    struct conn *c = &n->cmd;
+    sh_redis_bus *b = c->bus;
+    struct cluster *cl = b->cl;
+    const redisReply *reply = r;
+    uint64_t held;
+    cl->map_inflight = 0;
+    if (!reply) {
+        if (c->ac == ac) conn_lost(c, ac_reason(ac));
+        if (b->closing) return;
+        cluster_refresh(b);
+        return;
+    }
+    if (b->closing) return;
+    sh_redis_slots *m = NULL;
+    if (reply->type == REDIS_REPLY_ERROR && !cl->use_slots &&
+        (strstr(reply->str, "nknown subcommand") || strstr(reply->str, "nknown command"))) {
+        sh_info(NULL, "redis: %s:%d has no CLUSTER SHARDS; using CLUSTER SLOTS", n->addr.host,
+                n->addr.port);
+        cl->use_slots = 1;
+        cluster_refresh(b);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR || sh_redis_slots_from_reply(reply, &m) < 0) {
+        if (ratelimit_ok(&cl->rl, uv_now(b->loop), &held))
+            sh_warn(NULL, "redis: CLUSTER %s on %s:%d: %.*s; retrying", cl->use_slots ? "SLOTS" : "SHARDS",
+                    n->addr.host, n->addr.port,
+                    reply->type == REDIS_REPLY_ERROR ? (int)reply->len : 20,
+                    reply->type == REDIS_REPLY_ERROR ? reply->str : "not a slot map reply");
+        cluster_unpark(b);
+        cluster_refresh_later(b);
+        return;
+    }
+    cluster_apply(b, m, n);
+    cluster_unpark(b);
+    if (!b->up) cluster_refresh_later(b);
+}
+
+/* The map timer: send CLUSTER SHARDS (or SLOTS) to a ready node. */
+static void map_timer_cb(uv_timer_t *t)
+{
+    sh_redis_bus *b = t->data;
+    struct cluster *cl = b->cl;
+    if (b->closing || cl->map_inflight) return;
+    struct node *n = cluster_any_ready(b, 0);
+    if (!n) { /* the next command connection to become ready fetches it */
+        cl->map_wanted = 1;
+        cluster_unpark(b);
+        return;
+    }
+    const char *argv[2] = {"CLUSTER", cl->use_slots ? "SLOTS" : "SHARDS"};
+    if (redisAsyncCommandArgv(n->cmd.ac, map_reply_cb, n, 2, argv, NULL) != REDIS_OK) {
+        cluster_refresh_later(b);
+        return;
+    }
+    cl->map_inflight = 1;
+    cl->map_wanted = 0;
+    cl->map_last_ms = uv_now(b->loop);
+}
+
+/* A cluster connection became ready: a command connection fetches the map
+ * if one is wanted (or none was ever fetched). */
+static void cluster_conn_ready(struct conn *c)
+{
+    struct cluster *cl = c->bus->cl;
+    if (c->role == ROLE_CMD && (cl->map_wanted || !cl->map)) cluster_refresh(c->bus);
+}
+
+/* A cluster connection lost its context: forget its pending SSUBSCRIBE
+ * replies, and fetch the map (a master lost may be a failover). */
+static void cluster_conn_lost(struct conn *c)
+{
+    c->raw_ac = NULL;
+    while (c->sq_head) {
+        struct sreq *q = c->sq_head;
+        c->sq_head = q->next;
+        free(q);
+    }
+    c->sq_tail = NULL;
+    if (!c->bus->closing && c->node->in_map) cluster_refresh(c->bus);
+}
+
+/* ---- cluster: commands ---------------------------------------------------- */
+
+static void ccmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata);
+
+/* Send cmd on node n's command connection (ASKING first if asked). 0 or -1. */
+static int ccmd_send(struct node *n, struct sh_redis_cmd *cmd)
+{
+    redisAsyncContext *ac = n->cmd.ac;
+    if (n->cmd.state != CONN_READY || !ac) return -1;
+    if (cmd->asking && redisAsyncCommand(ac, NULL, NULL, "ASKING") != REDIS_OK) return -1;
+    return redisAsyncFormattedCommand(ac, ccmd_reply_cb, cmd, cmd->fmt, cmd->fmtlen) == REDIS_OK
+               ? 0 : -1;
+}
+
+/* Send cmd to the node its slot maps to (any ready master when keyless).
+ * 0, or -1 when that node is not ready. */
+static int ccmd_route_send(sh_redis_bus *b, struct sh_redis_cmd *cmd)
+{
+    struct cluster *cl = b->cl;
+    struct node *n = NULL;
+    cmd->asking = 0;
+    if (cmd->slot == SH_ROUTE_ANY) {
+        n = cluster_any_ready(b, 1);
+    } else {
+        const sh_redis_node *rn = sh_redis_slots_lookup(cl->map, (unsigned)cmd->slot);
+        if (rn) n = cl->map_nodes[rn - sh_redis_slots_node(cl->map, 0)];
+    }
+    return n ? ccmd_send(n, cmd) : -1;
+}
+
+/* Contract at the forward declaration: sh_redis_command in cluster mode. */
+static int cluster_command(sh_redis_bus *b, int argc, const char **argv, const size_t *argvlen,
+                           sh_redis_reply_cb cb, void *arg, sh_redis_cmd **out)
+{
+    int slot = sh_redis_command_slot(argc, argv, argvlen);
+    if (slot == SH_ROUTE_CROSSSLOT) return SH_REDIS_ECROSSSLOT;
+    struct sh_redis_cmd *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) return SH_REDIS_ENOMEM;
+    long long len = redisFormatCommandArgv(&cmd->fmt, argc, argv, argvlen);
+    if (len < 0 || !cmd->fmt) {
+        free(cmd);
+        return SH_REDIS_ENOMEM;
+    }
+    cmd->fmtlen = (size_t)len;
+    cmd->slot = slot;
+    cmd->cb = cb;
+    cmd->arg = arg;
+    if (ccmd_route_send(b, cmd) < 0) {
+        free(cmd->fmt);
+        free(cmd);
+        return SH_REDIS_EUNAVAILABLE;
+    }
+    if (out) *out = cmd;
+    return 0;
+}
+
+/* The reply to a user command in cluster mode: follow MOVED / ASK. */
+static void ccmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct sh_redis_cmd *cmd = privdata;
+    struct conn *c = ac->data;
+    sh_redis_bus *b = c->bus;
+    const redisReply *reply = r;
+    char host[256];
+    int ask, port;
+    if (!r && c->ac == ac) conn_lost(c, ac_reason(ac));
+    if (reply && reply->type == REDIS_REPLY_ERROR && cmd->cb && !b->closing &&
+        cmd->hops < CLUSTER_MAX_HOPS &&
+        parse_redirect(reply->str, reply->len, &ask, host, sizeof host, &port) == 0) {
+        struct node *n = node_find(b, host, port);
+        cmd->hops++;
+        cmd->asking = ask;
+        if (!ask) cluster_refresh(b);
+        if (n && ccmd_send(n, cmd) == 0) return;
+        /* not ready (or not known yet): wait for the next map */
+        *b->cl->parked_tail = cmd;
+        b->cl->parked_tail = &cmd->next;
+        cluster_refresh(b);
+        return;
+    }
+    if (cmd->cb) cmd->cb(cmd->arg, r, r ? NULL : "closed");
+    free(cmd->fmt);
+    free(cmd);
+}
+
+/* ---- cluster: sharded subscriptions ------------------------------------- */
+
+/* Contract at the forward declaration: append SSUBSCRIBE (or SUNSUBSCRIBE)
+ * ch to c's output and remember that a reply is due. 0 or -1. */
+static int csub_send(struct conn *c, struct chan *ch, int unsub, int resub)
+{
+    redisAsyncContext *ac = c->ac;
+    const char *argv[2] = {unsub ? "SUNSUBSCRIBE" : "SSUBSCRIBE", ch->name};
+    size_t lens[2] = {unsub ? 12u : 10u, ch->len};
+    struct sreq *q = malloc(sizeof *q);
+    if (!q || !ac || c->raw_ac != ac || redisAppendCommandArgv(&ac->c, 2, argv, lens) != REDIS_OK) {
+        free(q);
+        return -1;
+    }
+    if (ac->ev.addWrite) ac->ev.addWrite(ac->ev.data);
+    q->next = NULL;
+    q->ch = ch;
+    q->unsub = unsub;
+    q->resub = resub;
+    if (c->sq_tail) c->sq_tail->next = q; else c->sq_head = q;
+    c->sq_tail = q;
+    return 0;
+}
+
+/* The oldest request awaiting its reply on c (detached), or NULL. */
+static struct sreq *csub_pop(struct conn *c)
+{
+    struct sreq *q = c->sq_head;
+    if (!q) return NULL;
+    c->sq_head = q->next;
+    if (!c->sq_head) c->sq_tail = NULL;
+    return q;
+}
+
+/* Contract at the forward declaration: the handshake is done; from now on
+ * the connection is read raw (hiredis 0.14 knows nothing of sharded
+ * pub/sub: its callbacks would assert on an `smessage`). Subscribe every
+ * live channel of c, one SSUBSCRIBE each (a batch must stay in one slot). */
+static void csub_resubscribe(struct conn *c, redisAsyncContext *ac)
+{
+    sh_redis_bus *b = c->bus;
+    struct chan *ch, *tmp;
+    size_t n = 0;
+    char rn[32];
+    c->raw_ac = ac;
+    c->state = CONN_SUBSCRIBING;
+    HASH_ITER(hh, b->chans, ch, tmp) {
+        if (ch->conn != c || ch->live == 0) continue;
+        if (csub_send(c, ch, 0, 1) < 0) break; /* out of memory: the watchdog retries */
+        ch->inflight++;
+        ch->sent = 1;
+        ch->confirmed = 0;
+        n++;
+    }
+    c->resub_left = n;
+    if (n == 0) {
+        conn_ready(c);
+        return;
+    }
+    if (c->rl.suppressed == 0) /* once per connection; a flapping one logs with its losses */
+        sh_info(NULL, "redis: %ssubscribing %zu channels (%s connection)", c->fails ? "re-" : "",
+                n, role_name(c, rn));
+    else
+        sh_debug(NULL, "redis: %ssubscribing %zu channels (%s connection)", c->fails ? "re-" : "",
+                 n, role_name(c, rn));
+}
+
+/* An SSUBSCRIBE was refused (MOVED: the map is stale; CLUSTERDOWN; ...):
+ * its pending subs fail with SH_REDIS_EUNAVAILABLE, its live ones wait for
+ * the next map, which places the channel again. */
+static void csub_refused(struct conn *c, struct chan *ch, const redisReply *reply)
+{
+    sh_redis_bus *b = c->bus;
+    struct cluster *cl = b->cl;
+    sh_redis_sub *fail = NULL;
+    uint64_t held;
+    char rn[32];
+    if (ratelimit_ok(&cl->rl, uv_now(b->loop), &held))
+        sh_warn(NULL, "redis: %s connection: SSUBSCRIBE refused: %.*s; fetching the slot map",
+                role_name(c, rn), (int)reply->len, reply->str);
+    cluster_refresh(b);
+    if (!ch) return;
+    if (ch->inflight) ch->inflight--;
+    ch->sent = 0;
+    ch->confirmed = 0;
+    busy_enter(b);
+    chan_take_pending(ch, &fail);
+    chan_mark_dirty(b, ch);
+    subs_fail(fail, SH_REDIS_EUNAVAILABLE);
+    busy_leave(b);
+}
+
+/* One reply or push on a cluster subscriber connection. */
+static void csub_reply(struct conn *c, const redisReply *reply)
+{
+    sh_redis_bus *b = c->bus;
+    struct chan *ch = NULL;
+    struct sreq *q = NULL;
+    char rn[32];
+    if (b->closing) return;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        q = csub_pop(c);
+        if (q && !q->unsub)
+            csub_refused(c, q->ch, reply);
+        else
+            sh_warn(NULL, "redis: %s connection: %.*s", role_name(c, rn), (int)reply->len,
+                    reply->str);
+    } else if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 3 &&
+               reply->element[0]->type == REDIS_REPLY_STRING &&
+               reply->element[1]->type == REDIS_REPLY_STRING) {
+        const char *kind = reply->element[0]->str;
+        const redisReply *name = reply->element[1];
+        HASH_FIND(hh, b->chans, name->str, name->len, ch);
+        if (strcasecmp(kind, "smessage") == 0) {
+            const redisReply *payload = reply->element[2];
+            b->messages++;
+            if (ch && ch->conn == c && payload->type == REDIS_REPLY_STRING)
+                chan_deliver(b, ch, payload->str, payload->len);
+            return;
+        }
+        int unsub = strcasecmp(kind, "sunsubscribe") == 0;
+        if (!unsub && strcasecmp(kind, "ssubscribe") != 0) return;
+        if (unsub && !(c->sq_head && c->sq_head->unsub && (!c->sq_head->ch || c->sq_head->ch == ch))) {
+            /* spontaneous: its slot left this node (resharding, failover) */
+            if (ch && ch->conn == c && ch->sent && ch->live > 0) {
+                ch->sent = 0;
+                ch->confirmed = 0;
+                sh_info(NULL, "redis: %s connection: channel moved away; fetching the slot map",
+                        role_name(c, rn));
+                cluster_refresh(b);
+            }
+            return;
+        }
+        q = csub_pop(c);
+        if (q && q->ch) chan_ack(b, q->ch);
+    }
+    if (q && q->resub && c->state == CONN_SUBSCRIBING && c->resub_left > 0 &&
+        --c->resub_left == 0)
+        conn_ready(c);
+    free(q);
+}
+
+/* Contract at the forward declaration: read what c's socket has, and
+ * handle each reply. A read or protocol error disconnects (hiredis then
+ * calls on_disconnect). */
+static void csub_read(struct conn *c, redisAsyncContext *ac)
+{
+    void *reply = NULL;
+    if (redisBufferRead(&ac->c) == REDIS_ERR) {
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    while (c->raw_ac == ac && c->ac == ac) {
+        reply = NULL;
+        if (redisGetReplyFromReader(&ac->c, &reply) == REDIS_ERR) {
+            redisAsyncDisconnect(ac);
+            return;
+        }
+        if (!reply) break;
+        csub_reply(c, reply);
+        freeReplyObject(reply);
+    }
+}
+
+/* ---- cluster: close ------------------------------------------------------ */
+
+/* Turn 0: free every context, answer parked commands; turn 1: close the
+ * nodes' timers and the map timer. */
+static void cluster_close_turn(sh_redis_bus *b, int turn)
+{
+    struct cluster *cl = b->cl;
+    if (turn == 0) {
+        uv_timer_stop(&cl->map_timer);
+        for (struct node *n = cl->nodes; n; n = n->next) {
+            conn_shutdown(&n->cmd);
+            conn_shutdown(&n->sub);
+            cluster_conn_lost(&n->sub);
+        }
+        cluster_unpark(b);
+        return;
+    }
+    for (struct node *n = cl->nodes; n; n = n->next) {
+        struct conn *cs[2] = {&n->cmd, &n->sub};
+        for (int i = 0; i < 2; i++) {
+            uv_timer_stop(&cs[i]->timer);
+            cs[i]->timer.data = b;
+            uv_close((uv_handle_t *)&cs[i]->timer, bus_handle_closed);
+        }
+    }
+    uv_close((uv_handle_t *)&cl->map_timer, bus_handle_closed);
+}
+
+/* Free the cluster state (every handle is closed). NULL cl accepted. */
+static void cluster_free(sh_redis_bus *b)
+{
+    struct cluster *cl = b->cl;
+    if (!cl) return;
+    while (cl->nodes) {
+        struct node *n = cl->nodes;
+        cl->nodes = n->next;
+        free(n);
+    }
+    sh_redis_slots_free(cl->map);
+    free(cl->map_nodes);
+    free(cl);
+    b->cl = NULL;
 }

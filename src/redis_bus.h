@@ -60,6 +60,7 @@ enum {
     SH_REDIS_ENOMEM = -403,      /* out of memory */
     SH_REDIS_EUNAVAILABLE = -404,/* the bus is down (Redis not reachable right now) */
     SH_REDIS_ECLOSED = -405,     /* the bus is closing or closed */
+    SH_REDIS_ECROSSSLOT = -406,  /* (cluster) the command's keys are in different slots */
 };
 
 /* A parsed Redis address. Fixed-size fields: nothing to free. */
@@ -84,6 +85,11 @@ typedef struct sh_redis_sub sh_redis_sub; /* one subscriber's interest in one ch
 
 typedef struct {
     const char *url;         /* redis://[[user]:password@]host[:port][/db] or unix:///path */
+    const char *cluster;     /* NULL or "": a single Redis at url. Else Redis Cluster seed
+                                nodes, "host:port,host:port,..." (each may also be a
+                                redis://[[user]:password@]host:port URL; the first
+                                credentials given apply to every node); url is then
+                                ignored and sub_connections too: see "Cluster mode" */
     const char *client_name; /* NULL → "statushost-<pid>"; the connections are named
                                 <name>-cmd and <name>-sub0 .. <name>-sub<K-1>
                                 (CLIENT SETNAME); no spaces */
@@ -101,6 +107,38 @@ typedef struct {
                                             fails; never called after sh_redis_bus_close() */
     void *state_arg;         /* passed to on_state */
 } sh_redis_opts;
+
+/* Cluster mode (sh_redis_opts.cluster). The bus keeps the same API over a
+ * layer of nodes, one per master of the slot map (CLUSTER SHARDS, or CLUSTER
+ * SLOTS when the server has no SHARDS), each with its own command connection
+ * and, once one of the process's channels hashes to it, its own subscriber
+ * connection. Connections per process: 1 command + at most 1 subscriber
+ * connection per master (plus the command connections of seeds that are
+ * not masters, kept to fetch the map).
+ * - Channels are sharded: SSUBSCRIBE / SUNSUBSCRIBE on the subscriber
+ *   connection of the master serving the channel's slot (CRC16, hash tags
+ *   honoured); publishers must SPUBLISH. A subscription is confirmed, as in
+ *   single mode, only once that master confirmed it.
+ * - Commands go to the master of their key's slot (sh_redis_command_slot);
+ *   keyless ones to any master; keys in several slots: SH_REDIS_ECROSSSLOT.
+ *   A MOVED or ASK answer is followed (at most 5 times) and a MOVED refreshes
+ *   the map; a redirection to a node not ready yet waits for the refreshed
+ *   map and, failing that, ends with (NULL, "unavailable").
+ * - A subscriber connection lost, an SSUBSCRIBE refused (MOVED, CLUSTERDOWN)
+ *   or a spontaneous `sunsubscribe` (its slot moved away) refreshes the map;
+ *   live channels then move to their new master and are re-subscribed there;
+ *   their pending confirmations wait for the new master (or fail with
+ *   SH_REDIS_EUNAVAILABLE if that connection fails, or the SSUBSCRIBE was
+ *   refused). While a master is unreachable the map is fetched again every
+ *   500 ms, so that a replica's promotion is seen within about that.
+ * - "Up" means: a map covering every slot, and every master's command
+ *   connection (and subscriber connection, once wanted) ready. Commands and
+ *   new subscriptions for the shards that are ready keep working meanwhile. */
+
+/* Parse a comma-separated list of cluster seed nodes (host:port, [v6]:port,
+ * or redis://... URLs without a database) into out[0..max). Returns how many
+ * (≥ 1), or SH_REDIS_EBADURL. */
+int sh_redis_parse_seeds(const char *list, sh_redis_addr *out, size_t max);
 
 /* Parse a Redis URL into *out:
  *   redis://[[user]:password@]host[:port][/db]   (IPv6 host as [::1])
@@ -126,9 +164,12 @@ typedef struct sh_redis_stats {
     uint64_t sub_drops;        /* as sh_redis_bus_sub_drops() */
     uint64_t messages;         /* pub/sub messages received, every channel */
     uint64_t messages_dropped; /* reported by consumers (sh_redis_sub_dropped) */
-    unsigned sub_connections;  /* K */
+    unsigned sub_connections;  /* K (cluster: subscriber connections wanted) */
     unsigned sub_ready;        /* subscriber connections ready now */
-    int cmd_ready;             /* the command connection is ready now */
+    int cmd_ready;             /* the command connection is ready now (cluster: every
+                                  master's) */
+    unsigned masters;          /* (cluster) masters in the slot map, 0 otherwise */
+    uint64_t map_refreshes;    /* (cluster) slot maps fetched and applied */
 } sh_redis_stats;
 
 /* Fill *out (zeroes for a NULL bus). */

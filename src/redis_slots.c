@@ -236,3 +236,154 @@ void sh_redis_slots_free(sh_redis_slots *m)
     free(m->nodes);
     free(m);
 }
+
+/* ---- routing commands ----------------------------------------------------- */
+
+/* Where a command's keys are. */
+enum keyspec {
+    KS_NONE,   /* no key */
+    KS_FIRST,  /* argv[1] */
+    KS_SECOND, /* argv[2] (a subcommand first: XGROUP CREATE key, OBJECT ENCODING key) */
+    KS_ALL,    /* argv[1..argc) */
+    KS_PAIRS,  /* argv[1], argv[3], ... (MSET key value ...) */
+    KS_TWO,    /* argv[1] and argv[2] */
+    KS_NUM2,   /* argv[2] = numkeys, keys from argv[3] (EVAL script numkeys key ...) */
+    KS_DNUM2,  /* argv[1] = destination, argv[2] = numkeys, keys from argv[3] */
+    KS_NUM1,   /* argv[1] = numkeys, keys from argv[2] (ZINTER numkeys key ...) */
+    KS_STREAMS,/* the first half of what follows STREAMS (XREAD, XREADGROUP) */
+};
+
+/* The common commands with keys; anything else is routed as keyless (and a
+ * MOVED answer redirects it). */
+static const struct { const char *name; enum keyspec ks; } key_table[] = {
+    /* strings, generic */
+    {"get", KS_FIRST}, {"set", KS_FIRST}, {"setex", KS_FIRST}, {"psetex", KS_FIRST},
+    {"setnx", KS_FIRST}, {"getset", KS_FIRST}, {"getdel", KS_FIRST}, {"getex", KS_FIRST},
+    {"incr", KS_FIRST}, {"incrby", KS_FIRST}, {"incrbyfloat", KS_FIRST}, {"decr", KS_FIRST},
+    {"decrby", KS_FIRST}, {"append", KS_FIRST}, {"strlen", KS_FIRST}, {"getrange", KS_FIRST},
+    {"setrange", KS_FIRST}, {"substr", KS_FIRST}, {"expire", KS_FIRST}, {"pexpire", KS_FIRST},
+    {"expireat", KS_FIRST}, {"pexpireat", KS_FIRST}, {"expiretime", KS_FIRST},
+    {"pexpiretime", KS_FIRST}, {"ttl", KS_FIRST}, {"pttl", KS_FIRST}, {"persist", KS_FIRST},
+    {"type", KS_FIRST}, {"dump", KS_FIRST}, {"restore", KS_FIRST}, {"sort", KS_FIRST},
+    {"sort_ro", KS_FIRST}, {"setbit", KS_FIRST}, {"getbit", KS_FIRST}, {"bitcount", KS_FIRST},
+    {"bitpos", KS_FIRST}, {"bitfield", KS_FIRST}, {"bitfield_ro", KS_FIRST},
+    {"pfadd", KS_FIRST}, {"spublish", KS_FIRST},
+    {"del", KS_ALL}, {"unlink", KS_ALL}, {"exists", KS_ALL}, {"touch", KS_ALL},
+    {"mget", KS_ALL}, {"pfcount", KS_ALL}, {"pfmerge", KS_ALL}, {"mset", KS_PAIRS},
+    {"msetnx", KS_PAIRS}, {"rename", KS_TWO}, {"renamenx", KS_TWO}, {"copy", KS_TWO},
+    {"object", KS_SECOND}, {"memory", KS_SECOND},
+    /* hashes */
+    {"hset", KS_FIRST}, {"hsetnx", KS_FIRST}, {"hget", KS_FIRST}, {"hmset", KS_FIRST},
+    {"hmget", KS_FIRST}, {"hdel", KS_FIRST}, {"hgetall", KS_FIRST}, {"hincrby", KS_FIRST},
+    {"hincrbyfloat", KS_FIRST}, {"hexists", KS_FIRST}, {"hkeys", KS_FIRST}, {"hvals", KS_FIRST},
+    {"hlen", KS_FIRST}, {"hstrlen", KS_FIRST}, {"hscan", KS_FIRST}, {"hrandfield", KS_FIRST},
+    /* lists */
+    {"lpush", KS_FIRST}, {"rpush", KS_FIRST}, {"lpushx", KS_FIRST}, {"rpushx", KS_FIRST},
+    {"lpop", KS_FIRST}, {"rpop", KS_FIRST}, {"llen", KS_FIRST}, {"lrange", KS_FIRST},
+    {"lindex", KS_FIRST}, {"lset", KS_FIRST}, {"lrem", KS_FIRST}, {"ltrim", KS_FIRST},
+    {"linsert", KS_FIRST}, {"lpos", KS_FIRST}, {"rpoplpush", KS_TWO}, {"lmove", KS_TWO},
+    {"lmpop", KS_NUM1},
+    /* sets */
+    {"sadd", KS_FIRST}, {"srem", KS_FIRST}, {"smembers", KS_FIRST}, {"sismember", KS_FIRST},
+    {"smismember", KS_FIRST}, {"scard", KS_FIRST}, {"spop", KS_FIRST},
+    {"srandmember", KS_FIRST}, {"sscan", KS_FIRST}, {"smove", KS_TWO}, {"sinter", KS_ALL},
+    {"sunion", KS_ALL}, {"sdiff", KS_ALL}, {"sinterstore", KS_ALL}, {"sunionstore", KS_ALL},
+    {"sdiffstore", KS_ALL}, {"sintercard", KS_NUM1},
+    /* sorted sets */
+    {"zadd", KS_FIRST}, {"zrem", KS_FIRST}, {"zrange", KS_FIRST}, {"zrevrange", KS_FIRST},
+    {"zrangebyscore", KS_FIRST}, {"zrevrangebyscore", KS_FIRST}, {"zrangebylex", KS_FIRST},
+    {"zrevrangebylex", KS_FIRST}, {"zscore", KS_FIRST}, {"zmscore", KS_FIRST},
+    {"zincrby", KS_FIRST}, {"zcard", KS_FIRST}, {"zcount", KS_FIRST}, {"zlexcount", KS_FIRST},
+    {"zrank", KS_FIRST}, {"zrevrank", KS_FIRST}, {"zremrangebyscore", KS_FIRST},
+    {"zremrangebyrank", KS_FIRST}, {"zremrangebylex", KS_FIRST}, {"zpopmin", KS_FIRST},
+    {"zpopmax", KS_FIRST}, {"zscan", KS_FIRST}, {"zrandmember", KS_FIRST},
+    {"zrangestore", KS_TWO}, {"zunionstore", KS_DNUM2}, {"zinterstore", KS_DNUM2},
+    {"zdiffstore", KS_DNUM2}, {"zunion", KS_NUM1}, {"zinter", KS_NUM1}, {"zdiff", KS_NUM1},
+    {"zintercard", KS_NUM1}, {"zmpop", KS_NUM1},
+    /* geo */
+    {"geoadd", KS_FIRST}, {"geopos", KS_FIRST}, {"geodist", KS_FIRST}, {"geohash", KS_FIRST},
+    {"geosearch", KS_FIRST}, {"georadius", KS_FIRST}, {"georadiusbymember", KS_FIRST},
+    {"geosearchstore", KS_TWO},
+    /* streams */
+    {"xadd", KS_FIRST}, {"xlen", KS_FIRST}, {"xrange", KS_FIRST}, {"xrevrange", KS_FIRST},
+    {"xdel", KS_FIRST}, {"xtrim", KS_FIRST}, {"xack", KS_FIRST}, {"xclaim", KS_FIRST},
+    {"xautoclaim", KS_FIRST}, {"xpending", KS_FIRST}, {"xsetid", KS_FIRST},
+    {"xgroup", KS_SECOND}, {"xinfo", KS_SECOND}, {"xread", KS_STREAMS},
+    {"xreadgroup", KS_STREAMS},
+    /* scripting */
+    {"eval", KS_NUM2}, {"evalsha", KS_NUM2}, {"eval_ro", KS_NUM2}, {"evalsha_ro", KS_NUM2},
+    {"fcall", KS_NUM2}, {"fcall_ro", KS_NUM2},
+};
+
+/* Fold the slot of argv[i] into *slot (-1: none yet). 0, or -1 on a cross-slot. */
+static int fold_slot(const char **argv, const size_t *argvlen, int i, int *slot)
+{
+    size_t len = argvlen ? argvlen[i] : strlen(argv[i]);
+    int s = (int)sh_redis_key_slot(argv[i], len);
+    if (*slot >= 0 && *slot != s) return -1;
+    *slot = s;
+    return 0;
+}
+
+/* argv[i] as a key count within [0, max], or -1. */
+static long numkeys_at(int argc, const char **argv, const size_t *argvlen, int i, long max)
+{
+    if (i >= argc) return -1;
+    size_t len = argvlen ? argvlen[i] : strlen(argv[i]);
+    long v = 0;
+    if (len == 0 || len > 9) return -1;
+    for (size_t k = 0; k < len; k++) {
+        if (argv[i][k] < '0' || argv[i][k] > '9') return -1;
+        v = v * 10 + (argv[i][k] - '0');
+    }
+    return v <= max ? v : -1;
+}
+
+/* Contract in redis_slots.h. */
+int sh_redis_command_slot(int argc, const char **argv, const size_t *argvlen)
+{
+    enum keyspec ks = KS_NONE;
+    int first = 0, last = 0, step = 1, slot = -1;
+    if (argc < 1 || !argv || !argv[0]) return SH_ROUTE_ANY;
+    size_t nlen = argvlen ? argvlen[0] : strlen(argv[0]);
+    for (size_t i = 0; i < sizeof key_table / sizeof key_table[0]; i++)
+        if (strlen(key_table[i].name) == nlen && strncasecmp(argv[0], key_table[i].name, nlen) == 0) {
+            ks = key_table[i].ks;
+            break;
+        }
+    switch (ks) {
+    case KS_NONE: return SH_ROUTE_ANY;
+    case KS_FIRST: first = last = 1; break;
+    case KS_SECOND: first = last = 2; break;
+    case KS_ALL: first = 1; last = argc - 1; break;
+    case KS_PAIRS: first = 1; last = argc - 1; step = 2; break;
+    case KS_TWO: first = 1; last = 2; break;
+    case KS_NUM1:
+    case KS_NUM2:
+    case KS_DNUM2: {
+        int at = ks == KS_NUM1 ? 1 : 2;
+        long n = numkeys_at(argc, argv, argvlen, at, argc - at - 1);
+        if (n < 0) return SH_ROUTE_ANY; /* malformed: Redis says why */
+        first = ks == KS_DNUM2 ? 1 : at + 1;
+        last = at + (int)n;
+        if (ks == KS_DNUM2 && fold_slot(argv, argvlen, 1, &slot) < 0) return SH_ROUTE_CROSSSLOT;
+        if (ks == KS_DNUM2) first = at + 1;
+        break;
+    }
+    case KS_STREAMS:
+        for (int i = 1; i < argc; i++) {
+            size_t l = argvlen ? argvlen[i] : strlen(argv[i]);
+            if (l == 7 && strncasecmp(argv[i], "streams", 7) == 0) {
+                int rest = argc - i - 1;
+                first = i + 1;
+                last = i + rest / 2;
+                break;
+            }
+        }
+        break;
+    }
+    if (last >= argc) last = argc - 1;
+    for (int i = first; i >= 1 && i <= last; i += step)
+        if (fold_slot(argv, argvlen, i, &slot) < 0) return SH_ROUTE_CROSSSLOT;
+    return slot >= 0 ? slot : SH_ROUTE_ANY;
+}

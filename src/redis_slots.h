@@ -75,4 +75,21 @@ size_t sh_redis_slots_assigned(const sh_redis_slots *m);
 /* NULL is accepted. */
 void sh_redis_slots_free(sh_redis_slots *m);
 
+/* ---- routing commands --------------------------------------------------- */
+
+/* sh_redis_command_slot results besides a slot (0..16383). */
+enum {
+    SH_ROUTE_ANY = -1,       /* no key (or a command not in the table): any master;
+                                a MOVED answer then says where it belongs */
+    SH_ROUTE_CROSSSLOT = -2, /* its keys hash to different slots */
+};
+
+/* The slot a command must run on, from its keys: argv[0..argc) (argvlen NULL:
+ * C strings). Key positions come from a table of the common commands (names
+ * case-insensitive): one key (GET, HSET, SPUBLISH, XADD, ...), every argument
+ * (DEL, MGET, EXISTS, ...), key/value pairs (MSET), two keys (RENAME, LMOVE,
+ * ...), a key count (EVAL, EVALSHA, FCALL, ZUNIONSTORE, ZINTER, LMPOP, ...),
+ * and XREAD's STREAMS. Returns the slot, SH_ROUTE_ANY or SH_ROUTE_CROSSSLOT. */
+int sh_redis_command_slot(int argc, const char **argv, const size_t *argvlen);
+
 #endif

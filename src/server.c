@@ -315,16 +315,22 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
         snprintf(err, errsz, "redis \"%s\": not a redis:// or unix:// URL", s->gen->cfg.redis);
         return -1;
     }
+    const char *cluster = s->gen->cfg.redis_cluster;
+    if (cluster[0] && sh_redis_parse_seeds(cluster, &addr, 1) < 0) {
+        snprintf(err, errsz, "redis_cluster \"%s\": expected host:port,host:port,...", cluster);
+        return -1;
+    }
     if (listen_on(s, &s->gen->cfg, err, errsz) != 0)
         return -1;
     char name[64];
     snprintf(name, sizeof name, "statushost-%s", s->instance);
-    sh_redis_opts ro = {.url = s->gen->cfg.redis, .client_name = name,
+    sh_redis_opts ro = {.url = s->gen->cfg.redis, .cluster = cluster, .client_name = name,
                         .sub_connections = (unsigned)s->gen->cfg.redis_sub_connections,
                         .on_state = on_redis_state, .state_arg = s};
     int rc = sh_redis_bus_new(loop, &ro, &s->host.bus);
     if (rc != 0) {
-        snprintf(err, errsz, "redis \"%s\": %s", s->gen->cfg.redis, sh_redis_strerror(rc));
+        snprintf(err, errsz, "redis%s \"%s\": %s", cluster[0] ? "_cluster" : "",
+                 cluster[0] ? cluster : s->gen->cfg.redis, sh_redis_strerror(rc));
         return -1;
     }
     sh_http_client_opts ho = http_opts(&s->gen->cfg);
@@ -372,7 +378,8 @@ void sh_server_reload(sh_server *s)
         return;
     }
     if (strcmp(g->cfg.listen_host, s->gen->cfg.listen_host) ||
-        g->cfg.listen_port != s->gen->cfg.listen_port || strcmp(g->cfg.redis, s->gen->cfg.redis))
+        g->cfg.listen_port != s->gen->cfg.listen_port || strcmp(g->cfg.redis, s->gen->cfg.redis) ||
+        strcmp(g->cfg.redis_cluster, s->gen->cfg.redis_cluster))
         sh_warn(NULL, "reload: listen and redis changes take effect on restart only");
     sh_http_client_opts ho = http_opts(&g->cfg);
     if (sh_http_client_reconfigure(s->host.http, &ho, err, sizeof err) != 0)

@@ -326,6 +326,29 @@ static void test_parse_url(void)
     CHECK(strcmp(sh_redis_strerror(SH_REDIS_EUNAVAILABLE), "unavailable") == 0);
 }
 
+/* Cluster seed lists: host:port or redis:// URLs, comma-separated. */
+static void test_parse_seeds(void)
+{
+    sh_redis_addr s[4];
+    CHECK(sh_redis_parse_seeds("127.0.0.1:7000", s, 4) == 1);
+    CHECK(strcmp(s[0].host, "127.0.0.1") == 0 && s[0].port == 7000 && !s[0].password[0]);
+    CHECK(sh_redis_parse_seeds(" a:1, b:2 ,[::1]:3,", s, 4) == 3);
+    CHECK(strcmp(s[0].host, "a") == 0 && s[0].port == 1 && strcmp(s[1].host, "b") == 0 &&
+          s[1].port == 2 && strcmp(s[2].host, "::1") == 0 && s[2].port == 3);
+    CHECK(sh_redis_parse_seeds("redis://u:p%40@h:7001,h2", s, 4) == 2);
+    CHECK(strcmp(s[0].user, "u") == 0 && strcmp(s[0].password, "p@") == 0 && s[0].port == 7001);
+    CHECK(strcmp(s[1].host, "h2") == 0 && s[1].port == 6379);
+    CHECK(sh_redis_parse_seeds("a:1,b:2,c:3", s, 2) == 2); /* at most max */
+    const char *bad[] = {NULL, "", ",", " , ", "a:0", "a:1,b:x", "redis://h:1/2",
+                         "unix:///tmp/s", "a b:1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int rc = sh_redis_parse_seeds(bad[i], s, 4);
+        if (rc != SH_REDIS_EBADURL) fprintf(stderr, "accepted bad seeds %s\n", bad[i] ? bad[i] : "NULL");
+        CHECK(rc == SH_REDIS_EBADURL);
+    }
+    CHECK(strstr(sh_redis_strerror(SH_REDIS_ECROSSSLOT), "CROSSSLOT") != NULL);
+}
+
 /* sh_redis_bus_new refuses bad arguments synchronously. */
 static void test_new_errors(void)
 {
@@ -338,6 +361,10 @@ static void test_new_errors(void)
     o.url = "redis://127.0.0.1:1";
     o.client_name = "has space";
     CHECK(sh_redis_bus_new(&loop, &o, &b) == SH_REDIS_EINVAL && b == NULL);
+    o.client_name = NULL;
+    o.url = NULL;
+    o.cluster = "127.0.0.1:1,nope:x"; /* a bad seed list, with no url needed */
+    CHECK(sh_redis_bus_new(&loop, &o, &b) == SH_REDIS_EBADURL && b == NULL);
 }
 
 /* Round trips, error replies, reserved commands, cancel. */
@@ -915,6 +942,7 @@ int main(int argc, char **argv)
     }
 
     test_parse_url();
+    test_parse_seeds();
     CHECK(uv_loop_init(&loop) == 0);
     uv_timer_init(&loop, &failsafe);
     test_new_errors();

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -171,6 +172,75 @@ static void test_maps(void)
     sh_redis_slots_free(NULL);
 }
 
+/* ---- routing decisions ----------------------------------------------------- */
+
+/* sh_redis_command_slot of a NULL-terminated list of C strings. */
+static int route_of(const char *first, ...)
+{
+    const char *argv[32];
+    int argc = 0;
+    va_list ap;
+    va_start(ap, first);
+    for (const char *a = first; a && argc < 32; a = va_arg(ap, const char *)) argv[argc++] = a;
+    va_end(ap);
+    return sh_redis_command_slot(argc, argv, NULL);
+}
+
+#define R(...) route_of(__VA_ARGS__, (const char *)NULL)
+
+static void test_routing(void)
+{
+    int foo = (int)slot_of("foo"), bar = (int)slot_of("bar");
+    /* one key, first argument; names are case-insensitive */
+    CHECK_INT(R("GET", "foo"), foo);
+    CHECK_INT(R("get", "foo"), foo);
+    CHECK_INT(R("SeT", "foo", "1", "EX", "10"), foo);
+    CHECK_INT(R("HSET", "bar", "f", "v"), bar);
+    CHECK_INT(R("SPUBLISH", "ws:fid:abc", "{}"), (int)slot_of("ws:fid:abc"));
+    CHECK_INT(R("XADD", "{bar}:s", "*", "k", "v"), bar);
+    /* the key after a subcommand */
+    CHECK_INT(R("XGROUP", "CREATE", "foo", "g", "$"), foo);
+    CHECK_INT(R("OBJECT", "ENCODING", "bar"), bar);
+    /* every argument a key */
+    CHECK_INT(R("DEL", "{u}a", "{u}b", "u"), (int)slot_of("u"));
+    CHECK_INT(R("DEL", "foo", "bar"), SH_ROUTE_CROSSSLOT);
+    CHECK_INT(R("MGET", "foo", "foo"), foo);
+    CHECK_INT(R("EXISTS", "foo", "bar"), SH_ROUTE_CROSSSLOT);
+    /* key/value pairs: the values do not count */
+    CHECK_INT(R("MSET", "{t}1", "foo", "{t}2", "bar"), (int)slot_of("t"));
+    CHECK_INT(R("MSET", "foo", "x", "bar", "y"), SH_ROUTE_CROSSSLOT);
+    /* two keys */
+    CHECK_INT(R("RENAME", "{a}x", "{a}y"), (int)slot_of("a"));
+    CHECK_INT(R("LMOVE", "foo", "bar", "LEFT", "RIGHT"), SH_ROUTE_CROSSSLOT);
+    /* a key count */
+    CHECK_INT(R("EVAL", "return 1", "0"), SH_ROUTE_ANY);
+    CHECK_INT(R("EVAL", "return 1", "1", "foo", "bar"), foo); /* bar is an argument */
+    CHECK_INT(R("EVALSHA", "abc", "2", "foo", "bar"), SH_ROUTE_CROSSSLOT);
+    CHECK_INT(R("FCALL", "f", "2", "{x}1", "{x}2", "arg"), (int)slot_of("x"));
+    CHECK_INT(R("EVAL", "return 1", "5", "foo"), SH_ROUTE_ANY);  /* more keys than arguments */
+    CHECK_INT(R("EVAL", "return 1", "-1", "foo"), SH_ROUTE_ANY); /* Redis says why */
+    CHECK_INT(R("ZUNIONSTORE", "{z}d", "2", "{z}a", "{z}b", "WEIGHTS", "1", "2"),
+              (int)slot_of("z"));
+    CHECK_INT(R("ZUNIONSTORE", "foo", "1", "bar"), SH_ROUTE_CROSSSLOT); /* destination counts */
+    CHECK_INT(R("ZINTER", "2", "foo", "foo", "WITHSCORES"), foo);
+    CHECK_INT(R("LMPOP", "2", "foo", "bar", "LEFT"), SH_ROUTE_CROSSSLOT);
+    /* XREAD: the first half after STREAMS */
+    CHECK_INT(R("XREAD", "COUNT", "2", "STREAMS", "foo", "{foo}x", "0", "0"), foo);
+    CHECK_INT(R("XREAD", "STREAMS", "foo", "bar", "0", "0"), SH_ROUTE_CROSSSLOT);
+    CHECK_INT(R("XREADGROUP", "GROUP", "g", "c", "STREAMS", "bar", ">"), bar);
+    /* no key: any master (a MOVED then redirects a command the table lacks) */
+    CHECK_INT(R("PING"), SH_ROUTE_ANY);
+    CHECK_INT(R("PUBLISH", "ch", "x"), SH_ROUTE_ANY);
+    CHECK_INT(R("INFO", "server"), SH_ROUTE_ANY);
+    CHECK_INT(R("GET"), SH_ROUTE_ANY); /* no argument: Redis answers the arity error */
+    CHECK_INT(R("NOSUCHCOMMAND", "foo"), SH_ROUTE_ANY);
+    CHECK_INT(sh_redis_command_slot(0, NULL, NULL), SH_ROUTE_ANY);
+    /* binary-safe with lengths */
+    const char *argv[] = {"GETxx", "a{\0b}c"};
+    size_t lens[] = {3, 6};
+    CHECK_INT(sh_redis_command_slot(2, argv, lens), (int)(sh_crc16("\0b", 2) & 16383));
+}
+
 /* ---- a real single-node cluster ------------------------------------------- */
 
 static int free_port(void)
@@ -257,6 +327,7 @@ int main(void)
 {
     test_hashing();
     test_maps();
+    test_routing();
     test_real_cluster();
     return unit_done("redis_slots");
 }
