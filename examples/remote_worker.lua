@@ -13,7 +13,8 @@
 -- is broadcast to every node and does not scale). An update that could not be
 -- published (a Redis error: its master is failing over) or that reached no
 -- subscriber (statushost is re-subscribing the channel on the promoted replica) is
--- published again on the next tick, up to max_republish times.
+-- published again on the next tick, up to max_republish times. With one Redis, an
+-- update is published once (a publish error is retried the same way).
 
 local host = require "statushost"
 local json = require "cjson.safe"
@@ -71,9 +72,11 @@ end
 -- tried max_republish times), false to try again on the next tick.
 local function publish(channel, task)
   local payload = '{"id":' .. json.encode(task.id) .. ',"status":' .. json.encode(cfg.done_status) .. '}'
-  local command = cfg.redis_cluster ~= "" and "SPUBLISH" or "PUBLISH"
-  local n, err = host.redis.call(command, channel, payload)
-  if n and n > 0 then return true end
+  local cluster = cfg.redis_cluster ~= ""
+  local n, err = host.redis.call(cluster and "SPUBLISH" or "PUBLISH", channel, payload)
+  -- 0 receivers: with one Redis, nobody listens (published once, as the seed does);
+  -- in a cluster, maybe a channel being re-subscribed after a failover
+  if n and (n > 0 or not cluster) then return true end
   task.tries = (task.tries or 0) + 1
   if not n then host.log.warn("publish failed:", err) end
   return task.tries > cfg.max_republish
