@@ -225,7 +225,7 @@ static void reap(master *m)
         s->reloading = 0;
         int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
         if (m->stopping) {
-            if (!clean)
+            if (!clean && m->exit_status == 0)
                 m->exit_status = 1;
             sh_log(clean ? SH_LOG_INFO : SH_LOG_WARN, NULL, "master: worker %u (pid %d) %s", i,
                    (int)pid, how);
