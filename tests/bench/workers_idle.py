@@ -121,6 +121,7 @@ def main():
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--clients", type=int, default=6, help="client processes")
     ap.add_argument("--sub-connections", type=int, default=4, help="redis_sub_connections")
+    ap.add_argument("--log", help="write statushost's log (master and workers) to this file")
     ap.add_argument("--client", nargs=4, metavar=("PORT", "SRC", "PREFIX", "N"),
                     help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -190,6 +191,9 @@ def main():
         sh.signal(signal.SIGTERM)
         rc = sh.wait_exit(60)
         sh.stop()
+        if a.log:
+            with open(a.log, "w") as f:
+                f.write(sh.log_text() + "\n")
 
     total = sum(split.values())
     print("workers_idle: %d connections, %d workers, %d client processes, redis_sub_connections=%d"
