@@ -163,6 +163,13 @@ def three_workers_300_concurrent_jobs_complete_spread_over_workers():
         # /metrics: each answer is one worker's, labelled; they add up
         jobs = sh.per_worker_metrics("jobs_completed_total", want=lambda s: sum(s.values()) == n)
         assert jobs == {i: float(c) for i, c in enumerate(count)}, (jobs, count)
+        # every sample carries the label, also next to the labels it had (histogram buckets,
+        # the policy's own counters)
+        body = http_get(sh.port, "/metrics")[2].decode()
+        samples = [l for l in body.splitlines() if l and not l.startswith("#")]
+        assert all(re.match(r'[a-z_]+\{worker="\d"(,[a-z_]+="[^"]*")*\} \S+$', l) for l in samples), \
+            [l for l in samples if not re.match(r'[a-z_]+\{worker="\d"', l)]
+        assert re.search(r'^statushost_dispatch_seconds_bucket\{worker="\d",le="0.001"\} \d+$', body, re.M)
         print("     jobs per worker: %s" % count)
 
 
