@@ -242,6 +242,8 @@ int main(int argc, char **argv)
             sh_server_abort(&s);
             rc = 2;
         } else {
+            if (o.nworkers > 1)
+                sh_master_worker_started(); /* SIGTERM/SIGHUP now reach uv_signal handles */
             sh_log_configure(&s.gen->cfg);
             sh_log_attach(loop);             /* from here, one write per loop iteration */
             sh_notify_watchdog_start(loop);  /* WATCHDOG=1 when systemd asks for it */

@@ -90,13 +90,26 @@ bad:
     return -1;
 }
 
+static sigset_t worker_mask; /* a worker's signal mask once it handles signals */
+
+void sh_master_worker_started(void)
+{
+    sigprocmask(SIG_SETMASK, &worker_mask, NULL);
+}
+
 /* In the child: undo the master's signal set-up and tie its life to ours. */
 static void become_worker(master *m, int index)
 {
     close(m->sfd);
     close(m->nfd[0]);
     signal(SIGINT, SIG_IGN); /* the master turns a terminal's Ctrl-C into SIGTERM */
-    sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
+    /* SIGTERM and SIGHUP stay blocked until the server handles them
+     * (sh_master_worker_started): one forwarded meanwhile waits, not kills */
+    sigset_t mask = m->oldmask;
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGHUP);
+    sigprocmask(SIG_SETMASK, &mask, NULL);
+    worker_mask = m->oldmask;
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != m->pid) /* the master died before prctl */
         _exit(1);

@@ -41,4 +41,9 @@ typedef struct sh_master_opts {
  * (0..workers-1): the caller goes on as a server. */
 int sh_master_run(const sh_master_opts *mo, int *index);
 
+/* In a worker, once its server handles SIGTERM and SIGHUP: unblock them (they
+ * are blocked from the fork on, so one the master forwards while the worker
+ * starts is delivered then instead of killing it). */
+void sh_master_worker_started(void);
+
 #endif

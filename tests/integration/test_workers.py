@@ -358,6 +358,31 @@ def resume_on_another_worker_gets_every_update_exactly_once_1000_times():
 
 
 @S.test
+def signals_forwarded_while_a_worker_starts_wait_for_it():
+    """SIGHUP (then SIGTERM) forwarded to a worker that is still loading its script (just
+    restarted) is delivered once it handles signals: it reloads (or stops gracefully)
+    instead of dying of the default action."""
+    sh = Master("examples/echo.lua", 2)
+    for _ in range(3):
+        victim = [pid for (i, pid) in sh.workers().values() if i == 0][-1]
+        mark = sh.mark()
+        os.kill(victim, signal.SIGKILL)
+        new = int(sh.wait_log(r"master: worker 0 started \(pid (\d+)\)", start=mark).group(1))
+        sh.signal(signal.SIGHUP)  # the new worker is loading its script now
+        sh.wait_log(r"master: every worker answered the reload", start=mark)
+        sh.wait_log(r"listening on [^ ]+ \(worker 0\)", start=mark)
+        os.kill(new, 0)  # alive
+    mark = sh.mark()
+    victim = [pid for (i, pid) in sh.workers().values() if i == 0][-1]
+    os.kill(victim, signal.SIGKILL)
+    sh.wait_log(r"master: worker 0 started", start=mark)
+    sh.signal(signal.SIGTERM)
+    assert sh.wait_exit() == 0, sh.log_text()
+    sh.stop()
+    assert not re.search(r"killed by signal (1|15) ", sh.log_text()), sh.log_text()
+
+
+@S.test
 def ctrl_c_to_the_process_group_is_one_graceful_shutdown():
     """SIGINT to master and workers at once (a terminal's Ctrl-C): workers ignore
     theirs, the master sends one SIGTERM; a WebSocket still gets 1001."""
