@@ -383,6 +383,30 @@ def signals_forwarded_while_a_worker_starts_wait_for_it():
 
 
 @S.test
+def a_worker_dying_young_is_restarted_with_a_growing_delay():
+    """Restart policy: at once after 1 s of life or more, else 100 ms, doubling up to 5 s
+    while the worker keeps dying young; each death logged with pid and signal."""
+    sh = Master("examples/echo.lua", 2)
+    mark = sh.mark()
+    for _ in range(4):
+        pid = [p for (i, p) in sh.workers().values() if i == 1][-1]
+        m2 = sh.mark()
+        os.kill(pid, signal.SIGKILL)
+        sh.wait_log(r"master: worker 1 started \(pid \d+\)", start=m2, timeout=20)
+        sh.wait_log(r"listening on [^ ]+ \(worker 1\)", start=m2)
+    deaths = [(int(m.group(1)), int(m.group(2)), int(m.group(3))) for m in re.finditer(
+        r"master: worker 1 \(pid (\d+)\) killed by signal 9 \(Killed\) after (\d+) ms; "
+        r"restarting in (\d+) ms", "\n".join(sh.log_text().splitlines()[mark:]))]
+    assert len(deaths) == 4, sh.log_text()
+    delay = 0
+    for _, lived, got in deaths:
+        delay = 0 if lived >= 1000 else min(delay * 2 or 100, 5000)
+        assert got == delay, deaths
+    assert sh.stop() == 0, sh.log_text()
+    print("     (pid, lived ms, delay ms): %s" % deaths)
+
+
+@S.test
 def ctrl_c_to_the_process_group_is_one_graceful_shutdown():
     """SIGINT to master and workers at once (a terminal's Ctrl-C): workers ignore
     theirs, the master sends one SIGTERM; a WebSocket still gets 1001."""
