@@ -29,7 +29,7 @@
 --                 → the entry id ("<ms>-<seq>", increasing) is the update's offset
 --         HSET    job:{<token>}  <task id> "<offset> <payload>"   (the log, compacted: the
 --                 last update of each task, which a trimmed log would lose)
---         PUBLISH job:{<token>}:live "<offset> <payload>"
+--         PUBLISH job:{<token>}:live "<offset> <payload>"   (SPUBLISH with redis_cluster)
 --     plus   job:{<token>}:meta   {"deadline":<unix seconds>,"fid":"<fid>","tasks":[…the batch…]}
 --     It stops when every task is done or at the deadline; every key expires resume_keep_s
 --     after the deadline (PXAT/PEXPIREAT: Redis 6.2 or later). The {<token>} hash tag puts
@@ -81,9 +81,17 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'task', ARGV
 redis.call('HSET', KEYS[2], ARGV[1], id .. ' ' .. ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 redis.call('PEXPIREAT', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[5], id .. ' ' .. ARGV[2])
+redis.call(ARGV[6], ARGV[5], id .. ' ' .. ARGV[2])
 return id
 ]]
+
+-- With Redis Cluster (the redis_cluster key, where the core has it) channels are sharded:
+-- the live channel is in the job's slot ({token}), so the script SPUBLISHes it there.
+local function publish_command()
+  local cluster = cfg.redis_cluster
+  return (type(cluster) == "table" and #cluster > 0 or type(cluster) == "string" and cluster ~= "")
+    and "SPUBLISH" or "PUBLISH"
+end
 
 -- Record every update of the job (runs detached: it outlives the connection).
 local function record(token, fid, job)
@@ -91,6 +99,7 @@ local function record(token, fid, job)
   local deadline = host.now() + cfg.job_timeout_ms / 1000
   local expire_at = math.floor((deadline + cfg.resume_keep_s) * 1000) -- Unix ms, for PXAT
   local done, ndone, sub, timer, stopped = {}, 0, nil, nil, false
+  local publish = publish_command()
   local function stop_recording(why)
     if stopped then return end
     stopped = true
@@ -111,7 +120,7 @@ local function record(token, fid, job)
     -- each callback sends its EVAL before its first wait, so in the order updates came:
     -- offsets grow in that order
     local ok, why = host.redis.call("EVAL", RECORD, 2, k.log, k.state, tid, payload, expire_at,
-                                    cfg.resume_max_updates, k.live)
+                                    cfg.resume_max_updates, k.live, publish)
     if not ok then host.log.warn("resume: could not record job", fid, why) end
     if default.is_done(update) and not done[tid] then
       done[tid], ndone = true, ndone + 1
