@@ -242,8 +242,11 @@ def sighup_reaches_every_worker_and_sigterm_stops_them_all():
     n = NotifySocket()
     try:
         with remote() as w:
-            sh = Master("scripts/default.lua", 3, [url(w)], env={"NOTIFY_SOCKET": n.path})
+            sh = Master("scripts/default.lua", 3, [url(w)],
+                        env={"NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": "400000"})
             ready = n.expect("READY")  # from the master, once all three listen
+            for _ in range(2):  # the master pings the watchdog at half WATCHDOG_USEC
+                assert n.next(timeout=2) == {"WATCHDOG": "1"}, n.seen
             assert "MAINPID" not in ready or ready["MAINPID"] == str(sh.proc.pid), ready
             pids = [pid for _, pid in sh.workers().values()]
             assert len(pids) == 3 and sh.proc.pid not in pids, pids
