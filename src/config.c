@@ -52,6 +52,7 @@ static const struct core_key core_keys[] = {
     {"max_tasks_per_conn", SH_CT_NUMBER, NULL, 64},
     {"loop_stall_ms", SH_CT_NUMBER, NULL, 5000},
     {"reuseport", SH_CT_BOOLEAN, NULL, 0},
+    {"workers", SH_CT_NUMBER, NULL, 1},
     {"allowed_origins", SH_CT_LIST, NULL, 0},
     {"real_ip_from", SH_CT_LIST, NULL, 0},
     {"real_ip_header", SH_CT_STRING, "", 0},
@@ -415,6 +416,7 @@ int sh_config_read(lua_State *L, int t, sh_config *cfg, char *err, size_t errsz)
         {"lua_max_memory", 0, 64 * GB, &cfg->lua_max_memory, 1},
         {"max_tasks_per_conn", 1, 1000000, &cfg->max_tasks_per_conn, 1},
         {"loop_stall_ms", 0, DAY, &cfg->loop_stall_ms, 0},
+        {"workers", 1, 128, &cfg->workers, 1},
         {"http_max_total_response_bytes", 65536, 1024 * GB, &cfg->http_max_total_response_bytes, 1},
     };
     memset(cfg, 0, sizeof *cfg);

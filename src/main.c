@@ -20,6 +20,7 @@
 #include "lua_lib.h"
 #include "kit.h"
 #include "lua_host.h"
+#include "master.h"
 #include "notify.h"
 #include "redis_bus.h"
 #include "server.h"
@@ -38,6 +39,9 @@ static const char usage[] =
     "                       (default redis://127.0.0.1:6379)\n"
     "  --set KEY=VALUE      override a key of the script's config table; typed by\n"
     "                       the key's default; lists take comma-separated values\n"
+    "  --workers N          run N processes on the listen address (SO_REUSEPORT)\n"
+    "                       under a master that forwards signals and restarts\n"
+    "                       them (the config key workers; default 1)\n"
     "  --config FILE        KEY=VALUE lines (the keys of --set; '#' comments);\n"
     "                       --listen, --redis and --set win over the file\n"
     "  --check              load and validate the script and config, print them, exit\n"
@@ -70,7 +74,6 @@ static void die(const char *fmt, const char *arg)
     exit(2);
 }
 
-/* --check: load the script as a generation, print what was found. */
 /* A bare NAME (no '/', not a file here): the shipped policy scripts/NAME.lua
  * or examples/NAME.lua (sh_find_data), so `statushost default` works when
  * installed. */
@@ -88,27 +91,60 @@ static int find_shipped(const char *name, char *out, size_t outsz)
     return -1;
 }
 
-static int check(const sh_options *o)
+/* Load the script as a generation (no server) and check the Redis URL.
+ * Returns 0, or 2 after printing the one-line reason. */
+static int load_checked(const sh_options *o, sh_gen **g)
 {
     char err[512];
-    sh_gen *g;
-    if (sh_gen_load(NULL, sh_lua_api_open, o->script, o->sets, o->nsets, &g, err, sizeof err) != 0) {
+    if (sh_gen_load(NULL, sh_lua_api_open, o->script, o->sets, o->nsets, g, err, sizeof err) != 0) {
         sh_cfgfile_explain(err, sizeof err);
         print_error(err);
         return 2;
     }
     sh_redis_addr addr;
-    if (g->cfg.redis_cluster[0] && sh_redis_parse_seeds(g->cfg.redis_cluster, &addr, 1) < 0) {
+    if ((*g)->cfg.redis_cluster[0] && sh_redis_parse_seeds((*g)->cfg.redis_cluster, &addr, 1) < 0) {
         fprintf(stderr, "statushost: redis_cluster \"%s\": expected host:port,host:port,...\n",
-                g->cfg.redis_cluster);
-        sh_gen_unref(g);
+                (*g)->cfg.redis_cluster);
+        sh_gen_unref(*g);
         return 2;
     }
-    if (sh_redis_parse_url(g->cfg.redis, &addr) != 0) {
-        fprintf(stderr, "statushost: redis \"%s\": not a redis:// or unix:// URL\n", g->cfg.redis);
-        sh_gen_unref(g);
+    if (sh_redis_parse_url((*g)->cfg.redis, &addr) != 0) {
+        fprintf(stderr, "statushost: redis \"%s\": not a redis:// or unix:// URL\n",
+                (*g)->cfg.redis);
+        sh_gen_unref(*g);
         return 2;
     }
+    return 0;
+}
+
+/* workers > 1: become the master (returns its exit status), or come back as
+ * one of its workers (returns -1, o->worker set). workers = 1: returns -1. */
+static int maybe_master(sh_options *o)
+{
+    sh_gen *g;
+    if (load_checked(o, &g) != 0)
+        return 2;
+    unsigned n = (unsigned)g->cfg.workers;
+    char host[sizeof g->cfg.listen_host];
+    snprintf(host, sizeof host, "%s", g->cfg.listen_host);
+    sh_master_opts mo = {.workers = n, .listen_host = host, .listen_port = g->cfg.listen_port};
+    if (n > 1)
+        sh_log_configure(&g->cfg);
+    sh_gen_unref(g);
+    if (n < 2)
+        return -1;
+    int rc = sh_master_run(&mo, &o->worker);
+    if (rc < 0)
+        o->nworkers = n;
+    return rc;
+}
+
+/* --check: load the script as a generation, print what was found. */
+static int check(const sh_options *o)
+{
+    sh_gen *g;
+    if (load_checked(o, &g) != 0)
+        return 2;
     printf("%s: ok\n  hooks:", o->script);
     int any = 0;
     for (int h = 0; h < SH_HOOK_COUNT; h++)
@@ -182,7 +218,7 @@ int main(int argc, char **argv)
             int rc = sh_kit_main(argc - i - 1, argv + i + 1);
             sh_lib_shutdown();
             return rc;
-        } else if (!strcmp(a, "--listen") || !strcmp(a, "--redis")) {
+        } else if (!strcmp(a, "--listen") || !strcmp(a, "--redis") || !strcmp(a, "--workers")) {
             if (i + 1 >= argc)
                 die("%s needs a value", a);
             if (nowned == sizeof owned / sizeof owned[0])
@@ -230,6 +266,8 @@ int main(int argc, char **argv)
     int rc;
     if (do_check) {
         rc = check(&o);
+    } else if ((rc = maybe_master(&o)) >= 0) {
+        /* the master's status, or a configuration error */
     } else {
         signal(SIGPIPE, SIG_IGN);
         raise_fd_limit();
@@ -241,6 +279,8 @@ int main(int argc, char **argv)
             sh_server_abort(&s);
             rc = 2;
         } else {
+            if (o.nworkers > 1)
+                sh_master_worker_started(); /* SIGTERM/SIGHUP now reach uv_signal handles */
             sh_log_configure(&s.gen->cfg);
             sh_log_attach(loop);             /* from here, one write per loop iteration */
             sh_notify_watchdog_start(loop);  /* WATCHDOG=1 when systemd asks for it */

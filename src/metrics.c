@@ -164,3 +164,43 @@ char *sh_metrics_render(const sh_metrics *m, int redis_up, size_t *len)
     *len = t.len;
     return t.p;
 }
+
+int sh_metrics_add_label(char **text, size_t *len, const char *label)
+{
+    size_t lines = 0, ll = strlen(label);
+    for (size_t i = 0; i < *len; i++)
+        lines += (*text)[i] == '\n';
+    char *out = malloc(*len + (lines + 1) * (ll + 3) + 1), *o = out;
+    if (!out)
+        return -1;
+    const char *p = *text, *end = *text + *len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl + 1 : end;
+        size_t name = strcspn(p, "{ \n");
+        if (*p == '#' || *p == '\n' || p + name >= le) {
+            memcpy(o, p, (size_t)(le - p));
+            o += le - p;
+        } else {
+            memcpy(o, p, name);
+            o += name;
+            int braces = p[name] == '{';
+            *o++ = '{';
+            memcpy(o, label, ll);
+            o += ll;
+            if (braces && p[name + 1] != '}')
+                *o++ = ',';
+            else if (!braces)
+                *o++ = '}';
+            const char *rest = p + name + braces;
+            memcpy(o, rest, (size_t)(le - rest));
+            o += le - rest;
+        }
+        p = le;
+    }
+    *o = '\0';
+    free(*text);
+    *text = out;
+    *len = (size_t)(o - out);
+    return 0;
+}

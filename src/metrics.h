@@ -46,4 +46,10 @@ int sh_metrics_inc(sh_metrics *m, const char *name, uint64_t by);
  * process_max_fds (/proc/self/fd, RLIMIT_NOFILE). */
 char *sh_metrics_render(const sh_metrics *m, int redis_up, size_t *len);
 
+/* Add a label (`worker="1"`) to every sample line of rendered Prometheus text
+ * (name{a="b"} v → name{worker="1",a="b"} v; name v → name{worker="1"} v).
+ * *text is replaced (malloc'd); returns 0, or -1 when out of memory (*text
+ * unchanged). */
+int sh_metrics_add_label(char **text, size_t *len, const char *label);
+
 #endif

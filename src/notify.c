@@ -2,9 +2,12 @@
  * the abstract-namespace socket names and the credentials. */
 #include "notify.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <systemd/sd-daemon.h>
@@ -12,9 +15,28 @@
 
 #include "log.h"
 
+static int master_fd = -1; /* a worker's end of the master's notify socket */
+static int worker_index;
+
+void sh_notify_to_master(int fd, int index)
+{
+    master_fd = fd;
+    worker_index = index;
+    unsetenv("NOTIFY_SOCKET"); /* systemd hears the master only (NotifyAccess=main) */
+    unsetenv("WATCHDOG_USEC");
+    unsetenv("WATCHDOG_PID");
+}
+
 int sh_notify(const char *state)
 {
     char buf[512];
+    if (master_fd >= 0) {
+        int n = snprintf(buf, sizeof buf, "%d %s", worker_index, state);
+        if (n > 0 && (size_t)n < sizeof buf && send(master_fd, buf, (size_t)n, MSG_DONTWAIT) == n)
+            return 1;
+        sh_debug(NULL, "notify master: %s", strerror(errno));
+        return -1;
+    }
     if (strncmp(state, "RELOADING=1", 11) == 0 && !strstr(state, "MONOTONIC_USEC=")) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -20,6 +20,11 @@ typedef struct uv_loop_s uv_loop_t;
  * Returns 1 when sent, 0 when there is no notify socket, -1 on error. */
 int sh_notify(const char *state);
 
+/* In a worker under a master (--workers): send every state to the master
+ * instead, as one datagram "<index> <state>" on fd, and forget systemd's
+ * NOTIFY_SOCKET and WATCHDOG_* (the master speaks to systemd). */
+void sh_notify_to_master(int fd, int index);
+
 /* printf-style sh_notify, e.g. sh_notifyf("STATUS=%zu connections", n). */
 int sh_notifyf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -68,7 +68,10 @@ static void start_listening(sh_server *s)
         return;
     s->accepting = 1;
     uv_timer_stop(&s->startup_timer);
-    sh_info(NULL, "listening on %s", s->listen_name);
+    if (s->opts.nworkers > 1)
+        sh_info(NULL, "listening on %s (worker %d)", s->listen_name, s->opts.worker);
+    else
+        sh_info(NULL, "listening on %s", s->listen_name);
     sh_notify("READY=1");
     if (s->accept_pending) {
         s->accept_pending = 0;
@@ -98,7 +101,7 @@ static int listen_on(sh_server *s, const sh_config *cfg, char *err, size_t errsz
     uv_tcp_init_ex(s->loop, &s->listener, (unsigned)family);
     s->listener.data = s;
     s->listening = 1; /* the handle exists: closed by finish() or sh_server_abort() */
-    if (cfg->reuseport) {
+    if (cfg->reuseport || s->opts.nworkers > 1) {
         uv_os_fd_t fd;
         int one = 1;
         if (uv_fileno((uv_handle_t *)&s->listener, &fd) == 0)
@@ -191,7 +194,10 @@ static void serve_metrics(sh_server *s, sh_conn *c, int keep, int head_only)
     m.lua_memory_bytes = sh_host_lua_memory(&s->host);
     char *text = sh_metrics_render(&m, redis_up(s), &len);
     size_t cap = len + 1;
-    if (text && sh_user_metrics_render(&text, &len, &cap) == 0) {
+    char label[32];
+    snprintf(label, sizeof label, "worker=\"%d\"", s->opts.worker);
+    if (text && sh_user_metrics_render(&text, &len, &cap) == 0 &&
+        (s->opts.nworkers < 2 || sh_metrics_add_label(&text, &len, label) == 0)) {
         sh_conn_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL,
                         keep, head_only);
     } else {
@@ -251,6 +257,8 @@ static void on_signal(uv_signal_t *h, int signum)
         sh_server_reload(s);
         return;
     }
+    if (signum == SIGINT && s->opts.nworkers > 1)
+        return; /* a worker: the master turns Ctrl-C into one SIGTERM */
     if (s->stopping) {
         sh_warn(NULL, "second signal: exiting now");
         finish(s);
@@ -354,7 +362,11 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
         snprintf(err, errsz, "cannot start the loop watchdog");
         return -1;
     }
-    sh_info(NULL, "statushost %s: %s (instance %s)", SH_VERSION, opts->script, s->instance);
+    if (opts->nworkers > 1)
+        sh_info(NULL, "statushost %s: %s (instance %s, worker %d, pid %d)", SH_VERSION,
+                opts->script, s->instance, opts->worker, (int)uv_os_getpid());
+    else
+        sh_info(NULL, "statushost %s: %s (instance %s)", SH_VERSION, opts->script, s->instance);
     if (s->gen->cfg.web_root)
         sh_info(NULL, "static files from %s", s->gen->cfg.web_root);
     else
@@ -379,8 +391,8 @@ void sh_server_reload(sh_server *s)
     }
     if (strcmp(g->cfg.listen_host, s->gen->cfg.listen_host) ||
         g->cfg.listen_port != s->gen->cfg.listen_port || strcmp(g->cfg.redis, s->gen->cfg.redis) ||
-        strcmp(g->cfg.redis_cluster, s->gen->cfg.redis_cluster))
-        sh_warn(NULL, "reload: listen and redis changes take effect on restart only");
+        strcmp(g->cfg.redis_cluster, s->gen->cfg.redis_cluster) || g->cfg.workers != s->gen->cfg.workers)
+        sh_warn(NULL, "reload: listen, redis and workers changes take effect on restart only");
     sh_http_client_opts ho = http_opts(&g->cfg);
     if (sh_http_client_reconfigure(s->host.http, &ho, err, sizeof err) != 0)
         sh_error(NULL, "reload: http client keeps its previous TLS settings: %s", err);

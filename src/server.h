@@ -28,6 +28,8 @@ typedef struct sh_options {
     const char *script;       /* path of the policy script */
     const char **sets;        /* "KEY=VALUE" overrides, including --listen/--redis */
     size_t nsets;
+    unsigned nworkers;        /* >1: this process is worker `worker` of a master (master.h) */
+    int worker;
 } sh_options;
 
 typedef struct sh_server {

@@ -343,15 +343,24 @@ def resume_after_the_job_completed_and_redis_keys():
         frames, code, _ = read_until_close(ws)
         check_complete(tasks, frames, code)
         sh.wait_log(r"stopped recording job %s \(all tasks done\)" % fid)
-        h = redis().cmd("HGETALL", "job:" + job)
-        assert dict(zip(h[::2], h[1::2])) == {"ok1": done_payload("ok1"), "ok2": done_payload("ok2")}, h
-        for key in ("job:" + job, "job:%s:meta" % job):
+        # the compacted log: each task's "<offset> <last update>"; the log itself: a stream
+        # whose entry ids are those offsets, in the order the updates came
+        h = redis().cmd("HGETALL", "job:{%s}" % job)
+        state = {k: v.split(" ", 1) for k, v in zip(h[::2], h[1::2])}
+        assert {k: v[1] for k, v in state.items()} == {"ok1": done_payload("ok1"), "ok2": done_payload("ok2")}, h
+        log = [(e[0], dict(zip(e[1][::2], e[1][1::2])))
+               for e in redis().cmd("XRANGE", "job:{%s}:log" % job, "-", "+")]
+        assert len(log) == 2 and log[0][0] < log[1][0], log  # same-length ids here
+        for offset, entry in log:
+            assert state[entry["task"]] == [offset, entry["update"]], (log, state)
+        for key in ("job:{%s}" % job, "job:{%s}:meta" % job, "job:{%s}:log" % job):
             ttl = redis().cmd("PTTL", key)
             assert 60000 < ttl <= 60000 + 120000, (key, ttl)
         b = WsClient(sh.port, path="/?resume=" + job)
         frames, code, reason = read_until_close(b)
         assert (code, reason) == (1000, "done") and frames == [done_payload("ok1"), done_payload("ok2")], frames
         wait_until(lambda: numsub("ws:fid:" + fid) == 0, what="NUMSUB 0")
+        wait_until(lambda: numsub("job:{%s}:live" % job) == 0, what="NUMSUB 0 (live)")
 
 
 @S.test
