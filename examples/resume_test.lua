@@ -1,6 +1,8 @@
 -- examples/resume_test.lua — the tests of examples/resume.lua (a job outlives its
 -- connection; a client reconnecting with the resume token gets the state, then live
--- updates). Redis is the kit's in-memory store (SET PXAT, HSET, HGETALL, PEXPIREAT):
+-- updates). Redis is the kit's in-memory store (SET PXAT, GET, HGETALL); the one
+-- script the policy runs (EVAL: XADD + HSET + PUBLISH with the offset) is played here
+-- by p:on_redis, with the same effects on the store and the live channel:
 --
 --   statushost --test examples/resume_test.lua
 local t = require "statushost.test"
@@ -10,6 +12,21 @@ local function policy(overrides)
   for k, v in pairs(overrides or {}) do cfg[k] = v end
   local p = t.policy("resume.lua", cfg)
   p:route("POST /jobs", t.hang) -- the remote works on it until the job's timeout
+  local seq = 0
+  p:on_redis(function(a)
+    if a[1] ~= "EVAL" then return end -- the store answers the rest
+    -- EVAL script 2 log state tid payload expire_at maxlen live publish-command
+    t.eq(a[3], "2", "two keys")
+    local state, tid, payload, live = a[5], a[6], a[7], a[10]
+    seq = seq + 1
+    local offset = "1000-" .. seq -- a stream entry id: increasing
+    p.redis.data[state] = p.redis.data[state] or { hash = {} }
+    p.redis.data[state].hash[tid] = offset .. " " .. payload
+    p.redis.data[a[4]] = p.redis.data[a[4]] or { list = {} } -- the log: entries in order
+    table.insert(p.redis.data[a[4]].list, offset .. " " .. tid .. " " .. payload)
+    p:publish(live, offset .. " " .. payload)
+    return offset
+  end)
   return p
 end
 
@@ -26,10 +43,12 @@ end
 t.test("the first frame of a job is its resume token; updates are recorded", function()
   local p = policy()
   local c, token, channel = start(p)
-  t.ok(p.redis.data["job:" .. token .. ":meta"], "the batch is saved")
+  t.ok(p.redis.data["job:{" .. token .. "}:meta"], "the batch is saved")
   p:publish(channel, '{"id":1,"status":"进行中"}')
   c:expect_frame('{"id":1,"status":"进行中"}')
-  t.eq(p.redis.data["job:" .. token].hash["1"], '{"id":1,"status":"进行中"}', "recorded")
+  t.eq(p.redis.data["job:{" .. token .. "}"].hash["1"], '1000-1 {"id":1,"status":"进行中"}',
+       "recorded with its offset")
+  t.eq(p.redis.data["job:{" .. token .. "}:log"].list, { '1000-1 1 {"id":1,"status":"进行中"}' })
 end)
 
 t.test("a client that left resumes: snapshot in batch order, then live updates", function()
