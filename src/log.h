@@ -16,7 +16,14 @@
  * SIGBUS, SIGILL, SIGFPE, SIGABRT, unless a sanitizer already handles it).
  * main() calls sh_log_flush() after uv_run returns. When stderr is a pipe,
  * writes are cut at line boundaries to at most PIPE_BUF bytes, so processes
- * sharing a pipe never interleave within a line. */
+ * sharing a pipe never interleave within a line.
+ *
+ * The loop never waits for the log reader: a pipe is written through a
+ * non-blocking second open of it (/proc/self/fd/N), a socket with
+ * MSG_DONTWAIT. What the reader does not take stays buffered; lines that do
+ * not fit are dropped and counted, and a warning "log lines dropped" says how
+ * many once the output drains. Only the last flush (exit, fatal signal) waits,
+ * up to 5 s without progress. */
 #ifndef SH_LOG_H
 #define SH_LOG_H
 
