@@ -731,6 +731,8 @@ static int tls_new_session_cb(SSL *ssl, SSL_SESSION *sess)
     if (!conn || !conn->host || !SSL_SESSION_is_resumable(sess))
         return 0;
     sh_http_client *c = conn->client;
+    if (SSL_get_SSL_CTX(ssl) != c->tls)
+        return 0; /* a handshake of the trust before a reload */
     sh_tls_session *slot = tls_session_find(c, conn->host);
     if (!slot) { /* a free slot, else the least recently used */
         slot = &c->sessions[0];
@@ -1572,7 +1574,8 @@ static void conn_complete(sh_http_conn *conn)
     sh_http_call *call = conn->call;
     sh_http_client *c = conn->client;
     int reuse = conn->keep_alive && !conn->wblob && !conn->tls_writes && !call->no_reuse &&
-                call->status != 101 && !c->closing;
+                call->status != 101 && !c->closing &&
+                (!conn->ssl || SSL_get_SSL_CTX(conn->ssl) == c->tls); /* not of an old trust */
     conn->call = NULL;
     call->conn = NULL;
     call_finish(call, 0);

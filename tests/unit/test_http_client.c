@@ -1571,6 +1571,32 @@ static void test_tls_reconfigure(void)
     env_fini(&e);
 }
 
+/* A reload while an https call is in flight (verified the old way, or not at all): once the call
+ * is done its socket is not pooled, and the session it brings home (a TLS 1.3 ticket arrives with
+ * the response) is not remembered, so the next call is checked against the new trust. */
+static void test_tls_reconfigure_inflight(void)
+{
+    env e;
+    result r[2];
+    memset(r, 0, sizeof r);
+    sh_http_client_opts any = {.tls_no_verify = 1};
+    env_init_tls(&e, &any, pki.unknown);
+    CHECK(treq(&e, "localhost", "/slow", &r[0]) == 0);
+    RUN_UNTIL(&e, e.s.requests == 1); /* handshake done, the answer 5 ms away */
+    CHECK(r[0].called == 0);
+    char err[256] = "";
+    sh_http_client_opts ours = {.ca_file = pki.ca_file};
+    CHECK(sh_http_client_reconfigure(e.c, &ours, err, sizeof err) == 0);
+    RUN_UNTIL(&e, r[0].called);
+    CHECK(r[0].err == 0 && strcmp(r[0].body, "hello") == 0); /* in flight: finishes as it began */
+    CHECK(stats(&e).idle == 0);
+    CHECK(treq(&e, "localhost", "/hello", &r[1]) == 0);
+    RUN_UNTIL(&e, r[1].called);
+    CHECK(tls_failed_with(&r[1], "tls: certificate verify failed (unable to get local issuer"));
+    CHECK(e.s.resumed == 0);
+    env_fini(&e);
+}
+
 static void test_tls_bad_ca_file(void)
 {
     uv_loop_t loop;
@@ -1632,6 +1658,7 @@ int main(void)
         {"tls_not_tls", test_tls_not_tls},
         {"tls_bad_ca_file", test_tls_bad_ca_file},
         {"tls_reconfigure", test_tls_reconfigure},
+        {"tls_reconfigure_inflight", test_tls_reconfigure_inflight},
     };
     sh_log_set_level(getenv("SH_TEST_DEBUG") ? SH_LOG_DEBUG : SH_LOG_ERROR);
     pki_init();
