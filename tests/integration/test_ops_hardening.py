@@ -19,9 +19,12 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import BIN, ROOT, Suite, free_port, http_request, shared_redis  # noqa: E402
+from harness import (BIN, ROOT, Statushost, Suite, free_port, http_request,  # noqa: E402
+                     shared_redis)
 
 S = Suite("ops_hardening")
+SANITIZED = bool(os.environ.get("SH_SANITIZED") or os.environ.get("SH_WRAPPER"))
+ECHO = os.path.join(ROOT, "examples", "echo.lua")
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
 
 
@@ -105,6 +108,67 @@ def a_log_reader_that_stops_reading_does_not_stall_the_loop():
         assert not bad, "lines cut or mixed: %r" % bad[:3]
     finally:
         h.close()
+
+
+def run_bin(*args, timeout=10, limit_as=None):
+    """→ (exit status, stderr). A process still running after timeout is
+    killed and reported."""
+    def lim():
+        if limit_as:
+            import resource
+            resource.setrlimit(resource.RLIMIT_AS, (limit_as, limit_as))
+    try:
+        p = subprocess.run([BIN] + list(args), stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=timeout, cwd=ROOT, preexec_fn=lim)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("statushost %s did not exit within %ss" % (" ".join(args), timeout))
+    return p.returncode, p.stderr.decode("utf-8", "replace")
+
+
+@S.test
+def config_file_not_regular_or_with_nul_bytes_is_refused_and_reload_never_blocks():
+    """--config names a FIFO, a device, a directory, or a file with a NUL byte:
+    one line, exit 2. A running server whose config file is replaced by a FIFO
+    refuses the reload (SIGHUP) and keeps answering.
+    fails before: yes (a FIFO blocked --check forever, and a reload blocked the
+    loop forever; a NUL byte silently cut the value; /dev/zero ate all memory,
+    then was taken as an empty file, exit 0)."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="sh-cfg-")
+    fifo = os.path.join(d, "fifo.conf")
+    os.mkfifo(fifo)
+    rc, err = run_bin("--check", "--config", fifo, ECHO, timeout=10)
+    assert rc == 2 and "not a regular file" in err and err.count("\n") == 1, (rc, err)
+    rc, err = run_bin("--check", "--config", d, ECHO)
+    assert rc == 2 and "not a regular file" in err, (rc, err)
+    nul = os.path.join(d, "nul.conf")
+    with open(nul, "wb") as f:
+        f.write(b"# x\nlog_level=info\0debug\n")
+    rc, err = run_bin("--check", "--config", nul, ECHO)
+    assert rc == 2 and "nul.conf:2: a NUL byte" in err, (rc, err)
+    big = os.path.join(d, "big.conf")
+    with open(big, "wb") as f:
+        f.write(b"#" * (2 << 20) + b"\n")
+    rc, err = run_bin("--check", "--config", big, ECHO)
+    assert rc == 2 and "larger than 1 MiB" in err, (rc, err)
+    if not SANITIZED:  # a sanitizer's shadow memory does not fit under RLIMIT_AS
+        rc, err = run_bin("--check", "--config", "/dev/zero", ECHO, limit_as=1 << 30)
+        assert rc == 2 and "not a regular file" in err, (rc, err)
+    conf = os.path.join(d, "statushost.conf")
+    with open(conf, "w") as f:
+        f.write("log_level=info\n")
+    with Statushost("examples/echo.lua", redis=shared_redis(), args=["--config", conf]) as sh:
+        sh.wait_log(r"redis up")
+        os.replace(fifo, conf)
+        mark = sh.mark()
+        sh.signal(signal.SIGHUP)
+        sh.wait_log(r"reload failed.*statushost\.conf: not a regular file", start=mark)
+        status, _, _ = http_request(sh.port, "GET", "/healthz", timeout=5)
+        assert status == 200, status
+    os.unlink(conf)
+    for n in os.listdir(d):
+        os.unlink(os.path.join(d, n))
+    os.rmdir(d)
 
 
 if __name__ == "__main__":
