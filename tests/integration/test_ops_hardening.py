@@ -19,8 +19,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (BIN, ROOT, Statushost, Suite, free_port, http_request,  # noqa: E402
-                     shared_redis)
+from harness import (BIN, OP_BIN, ROOT, Statushost, Suite, WsClient, free_port,  # noqa: E402
+                     http_request, shared_redis)
 
 S = Suite("ops_hardening")
 SANITIZED = bool(os.environ.get("SH_SANITIZED") or os.environ.get("SH_WRAPPER"))
@@ -169,6 +169,71 @@ def config_file_not_regular_or_with_nul_bytes_is_refused_and_reload_never_blocks
     for n in os.listdir(d):
         os.unlink(os.path.join(d, n))
     os.rmdir(d)
+
+
+# Prometheus text format 0.0.4: a sample line; label values escape only \\ \" \n
+PROM_SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*'
+                         r'(\{[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
+                         r'(?:,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*")*\})?'
+                         r' \S+$')
+
+
+def exposition_errors(body):
+    """The lines of a /metrics body that a Prometheus scrape rejects."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return ["not UTF-8: %s" % e]
+    bad = []
+    for line in text.split("\n"):
+        if not line or line.startswith("# HELP ") or line.startswith("# TYPE "):
+            continue
+        m = PROM_SAMPLE.match(line)
+        if not m:
+            bad.append(line)
+            continue
+        names = re.findall(r'[{,]([a-zA-Z_][a-zA-Z0-9_]*)="', m.group(1) or "")
+        if len(names) != len(set(names)):
+            bad.append(line)
+    return bad
+
+
+@S.test
+def metric_labels_from_a_client_keep_the_exposition_valid():
+    """A policy labels a counter and a histogram with the client's message: a
+    NUL byte or invalid UTF-8 (binary frame) must not break /metrics (one bad
+    line fails the whole scrape); quotes, backslashes and newlines are escaped.
+    A label name given twice is refused when the metric is defined.
+    fails before: yes (a NUL cut the label value: text="a} 1; \\xff went out
+    raw; {"a", "a"} rendered a="x",a="x")."""
+    with Statushost("tests/integration/policies/ops_label_metric.lua",
+                    redis=shared_redis()) as sh:
+        c = WsClient(sh.port)
+        for t in ["a\x00b", 'q"\\\nz', "\u00e9\U0001f600"]:
+            c.send_text(t)
+            assert c.recv() == (1, b"ok")
+        for b in [b"\xff\xfe", b"\xe2\x82", b"x\xed\xa0\x80y", b"\xf0\x9f\x98"]:
+            c.send(OP_BIN, b)
+            assert c.recv() == (1, b"ok")
+        status, _, body = http_request(sh.port, "GET", "/metrics")
+        assert status == 200
+        bad = exposition_errors(body)
+        assert not bad, "invalid exposition lines: %r" % bad[:5]
+        text = body.decode()
+        assert 'statushost_ops_msgs{text="a\ufffdb"} 1' in text, text[-1500:]
+        assert 'statushost_ops_msgs{text="q\\"\\\\\\nz"} 1' in text
+        assert 'statushost_ops_msgs{text="\u00e9\U0001f600"} 1' in text
+        assert 'statushost_ops_msgs{text="\ufffd\ufffd"} 2' in text  # \xff\xfe, \xe2\x82
+        c.close()
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write('local host = require("statushost")\n'
+                'host.metrics.define("dup", "counter", "x", {"a", "a"})\nreturn {}\n')
+    try:
+        rc, err = run_bin("--check", f.name)
+        assert rc == 2 and "a label name appears twice" in err, (rc, err)
+    finally:
+        os.unlink(f.name)
 
 
 if __name__ == "__main__":
