@@ -576,9 +576,10 @@ static void build_and_emit(int level, const char *conn_id, const char *msg, size
             memcpy(b.p + start, msg, room);
             b.len = b.cap;
         }
-        /* one event, one line: fold any newline the message carries */
+        /* one event, one line: fold any newline the message carries, and any
+         * other control character (a client's terminal escapes, bells) */
         for (size_t i = start; i < b.len; i++)
-            if (b.p[i] == '\n' || b.p[i] == '\r')
+            if (((unsigned char)b.p[i] < 0x20 && b.p[i] != '\t') || b.p[i] == 0x7F)
                 b.p[i] = ' ';
         for (size_t i = 0; i < nf && !b.full; i++) {
             lb_puts(&b, " ");

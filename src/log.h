@@ -67,7 +67,8 @@ void sh_log(enum sh_log_level level, const char *conn_id, const char *fmt, ...)
  * SH_LOG_INT int, SH_LOG_I64 int64_t, SH_LOG_U64 uint64_t, SH_LOG_DBL double,
  * SH_LOG_BOOL int. Keys should be [a-z0-9_] and not ts/level/conn/msg. In the
  * text format a field prints as " key=value" (the value quoted when it holds
- * spaces, quotes, '=' or control characters, or is empty). */
+ * spaces, quotes, '=' or control characters, or is empty). In the message, control
+ * characters other than tab become spaces (one line; no terminal escapes). */
 enum sh_log_type { SH_LOG_STR = 1, SH_LOG_INT, SH_LOG_I64, SH_LOG_U64, SH_LOG_DBL, SH_LOG_BOOL };
 void sh_log_kv(enum sh_log_level level, const char *conn_id, const char *msg, ...)
     __attribute__((sentinel));
