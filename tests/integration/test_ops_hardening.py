@@ -236,5 +236,70 @@ def metric_labels_from_a_client_keep_the_exposition_valid():
         os.unlink(f.name)
 
 
+def http_on(sock, path):
+    """One keep-alive GET on sock → (status line, head lower-cased, body)."""
+    sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        d = sock.recv(65536)
+        if not d:
+            raise AssertionError("closed before an answer to %s: %r" % (path, data))
+        data += d
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0], head.lower(), body
+
+
+def wait_eof(sock, timeout=5):
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+@S.test
+def admin_reserve_sockets_answer_once_and_cannot_be_held():
+    """At max_connections, 16 clients each take a reserve socket with a
+    keep-alive /healthz: each is answered with Connection: close and closed,
+    so monitoring still gets in (the 17th is answered 200); other paths on a
+    reserve socket get 503; a reserve socket that sends nothing is dropped at
+    handshake_timeout_ms.
+    fails before: yes (the 16 keep-alive answers held the whole reserve for
+    keepalive_timeout_ms, renewable forever: the 17th /healthz got 503)."""
+    import socket
+    with Statushost("examples/echo.lua", redis=shared_redis(),
+                    sets=["max_connections=1", "handshake_timeout_ms=500"]) as sh:
+        sh.wait_log(r"redis up")
+        held = WsClient(sh.port)  # the one regular slot
+        socks = [socket.create_connection(("127.0.0.1", sh.port), timeout=5) for _ in range(16)]
+        try:
+            for s in socks:
+                line, head, _ = http_on(s, "/healthz")
+                assert line == b"HTTP/1.1 200 OK", line
+                assert b"\r\nconnection: close" in head, head
+            for s in socks:
+                assert wait_eof(s)
+            s = socket.create_connection(("127.0.0.1", sh.port), timeout=5)
+            socks.append(s)
+            line, _, body = http_on(s, "/metrics")
+            assert line == b"HTTP/1.1 200 OK", line
+            s = socket.create_connection(("127.0.0.1", sh.port), timeout=5)
+            socks.append(s)
+            line, _, _ = http_on(s, "/")
+            assert line.startswith(b"HTTP/1.1 503"), line
+            s = socket.create_connection(("127.0.0.1", sh.port), timeout=5)
+            socks.append(s)
+            t0 = time.monotonic()
+            assert wait_eof(s) and time.monotonic() - t0 < 3
+            echo = held.send_text("still") or held.recv()
+            assert echo == (1, b"still"), echo
+        finally:
+            for s in socks:
+                s.close()
+            held.shutdown()
+
+
 if __name__ == "__main__":
     S.run()
