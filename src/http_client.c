@@ -689,8 +689,10 @@ static SSL_CTX *tls_ctx_new(const sh_http_client_opts *o, char *err, size_t errs
     }
     if (f)
         fclose(f);
-    int ok = o->ca_file ? SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL)
-                        : SSL_CTX_set_default_verify_paths(ctx);
+    /* without verification no trust is needed: the system store is not loaded (tens of ms) */
+    int ok = o->ca_file          ? SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL)
+             : o->tls_no_verify ? 1
+                                : SSL_CTX_set_default_verify_paths(ctx);
     if (!ok) {
         unsigned long e = ERR_peek_last_error();
         const char *why = e ? ERR_reason_error_string(e) : NULL;
@@ -1879,12 +1881,14 @@ int sh_http_client_reconfigure(sh_http_client *c, const sh_http_client_opts *opt
         snprintf(err, errsz, "out of memory");
         return -1;
     }
-    /* a TLS context with the new trust, made now (a bad CA file fails the reload, not calls) */
+    /* a TLS context with the new CA file, made now (a bad file fails the reload, not calls);
+     * without one it is made by the next https call (the system store, tens of ms of loading,
+     * is then loaded once for reloads in a row) */
     sh_http_client_opts o = c->opts;
     o.ca_file = ca;
     o.tls_no_verify = opts->tls_no_verify;
     SSL_CTX *ctx = NULL;
-    if ((ca || c->tls) && !(ctx = tls_ctx_new(&o, err, errsz))) {
+    if (ca && !(ctx = tls_ctx_new(&o, err, errsz))) {
         free(ca);
         return -1;
     }
