@@ -301,5 +301,31 @@ def admin_reserve_sockets_answer_once_and_cannot_be_held():
             held.shutdown()
 
 
+@S.test
+def bare_policy_name_is_found_past_a_directory_of_that_name():
+    """`statushost default` run where a directory named "default" exists (say
+    /etc/statushost/default/ as the working directory's child) finds the shipped
+    scripts/default.lua; a name with '/', '..' or '%' is not looked up.
+    fails before: yes ("cannot read default: Is a directory": only a missing
+    name was looked up)."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="sh-bare-")
+    try:
+        os.mkdir(os.path.join(d, "default"))
+        p = subprocess.run([BIN, "--check", "default"], cwd=d, capture_output=True, timeout=20,
+                           stdin=subprocess.DEVNULL)
+        out = p.stdout.decode()
+        assert p.returncode == 0, p.stderr.decode()
+        assert re.search(r"scripts/default\.lua: ok", out), out[:300]
+        for name in ["../default", "%s%n", "..", "default/"]:
+            p = subprocess.run([BIN, "--check", name], cwd=d, capture_output=True, timeout=20,
+                               stdin=subprocess.DEVNULL)
+            err = p.stderr.decode()
+            assert p.returncode == 2 and err.count("\n") == 1, (name, p.returncode, err)
+    finally:
+        os.rmdir(os.path.join(d, "default"))
+        os.rmdir(d)
+
+
 if __name__ == "__main__":
     S.run()
