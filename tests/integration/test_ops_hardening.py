@@ -327,5 +327,52 @@ def bare_policy_name_is_found_past_a_directory_of_that_name():
         os.rmdir(d)
 
 
+@S.test
+def reload_refuses_a_script_or_ca_file_that_is_not_a_regular_file():
+    """SIGHUP after the policy script was replaced by a FIFO, or with
+    http_ca_file naming a FIFO or /dev/zero: the reload fails with one line
+    and the server keeps answering; --check says the same.
+    fails before: yes, the script part (opening the FIFO blocked the loop:
+    loop_stall_ms aborted the process). The http_ca_file part held already
+    (config.c checks for a regular file)."""
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="sh-reload-")
+    try:
+        script = os.path.join(d, "echo.lua")
+        shutil.copy(ECHO, script)
+        conf = os.path.join(d, "statushost.conf")
+        with open(conf, "w") as f:
+            f.write("log_level=info\n")
+        fifo = os.path.join(d, "fifo")
+        os.mkfifo(fifo)
+        rc, err = run_bin("--check", "--set", "http_ca_file=" + fifo, ECHO)
+        assert rc == 2 and "not a regular file" in err, (rc, err)
+        with Statushost(script, redis=shared_redis(), args=["--config", conf]) as sh:
+            sh.wait_log(r"redis up")
+            for ca in [fifo, "/dev/zero"]:
+                with open(conf, "w") as f:
+                    f.write("http_ca_file=%s\n" % ca)
+                mark = sh.mark()
+                sh.signal(signal.SIGHUP)
+                sh.wait_log(r"reload failed.*%s.*not a regular file" % re.escape(ca), start=mark)
+                assert http_request(sh.port, "GET", "/healthz", timeout=5)[0] == 200
+            with open(conf, "w") as f:
+                f.write("log_level=info\n")
+            os.rename(script, script + ".bak")
+            os.mkfifo(script)
+            mark = sh.mark()
+            sh.signal(signal.SIGHUP)
+            sh.wait_log(r"reload failed.*echo\.lua: not a regular file", start=mark)
+            assert http_request(sh.port, "GET", "/healthz", timeout=5)[0] == 200
+            os.unlink(script)
+            os.rename(script + ".bak", script)
+            mark = sh.mark()
+            sh.signal(signal.SIGHUP)
+            sh.wait_log(r"reloaded .*echo\.lua", start=mark)
+    finally:
+        shutil.rmtree(d)
+
+
 if __name__ == "__main__":
     S.run()
