@@ -374,5 +374,38 @@ def reload_refuses_a_script_or_ca_file_that_is_not_a_regular_file():
         shutil.rmtree(d)
 
 
+@S.test
+def access_lines_name_method_and_path_as_valid_json():
+    """log_format=json: the access line of a WebSocket and of an HTTP request
+    carry method and path (the README lists them), a hostile path (a quote, an
+    ESC, invalid UTF-8, 2,000 bytes) is escaped and cut, the query (it may hold
+    a token) is not logged, and every line parses.
+    fails before: yes (method and path were never filled in)."""
+    with Statushost("examples/echo.lua", redis=shared_redis(),
+                    sets=["log_format=json"]) as sh:
+        mark = sh.mark()
+        c = WsClient(sh.port, path="/a%22b%1bc%ff?token=SECRET")
+        c.close(1000, b"bye")
+        c.expect_close()
+        m = sh.wait_log(r'"msg":"access".*"kind":"websocket"', start=mark)
+        a = json.loads(m.string)
+        assert a["method"] == "GET" and a["path"] == '/a"b\x1bc\ufffd', a
+        assert a["close_reason"] == "bye"
+        mark = sh.mark()
+        http_request(sh.port, "GET", "/healthz?x=1")
+        a = json.loads(sh.wait_log(r'"msg":"access".*"kind":"http"', start=mark).string)
+        assert a["method"] == "GET" and a["path"] == "/healthz" and a["status"] == 200, a
+        mark = sh.mark()
+        http_request(sh.port, "GET", "/" + "p" * 2000)
+        a = json.loads(sh.wait_log(r'"msg":"access".*"kind":"http"', start=mark).string)
+        assert a["path"] == "/" + "p" * 511, len(a["path"])
+        c.shutdown()
+        text = sh.log_text()
+        assert "SECRET" not in text
+        for line in text.splitlines():
+            if line.startswith("{"):
+                json.loads(line)
+
+
 if __name__ == "__main__":
     S.run()
