@@ -398,6 +398,10 @@ void sh_conn_request_done(sh_conn *c)
         sh_conn_start_reading(c);
         if (c->pending.len && !HAS(c, SH_CF_PARSING))
             process_input(c); /* an answer that came later (a route): go on */
+    } else if (!HAS(c, SH_CF_LINGERING)) {
+        /* the last answer (Connection: close): a reader that does not take it
+         * does not hold the socket and the answer's memory for ever */
+        arm(c, TM_KEEPALIVE, c->lim->keepalive_timeout_ms);
     }
 }
 

@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (BIN, OP_BIN, ROOT, Statushost, Suite, WsClient, free_port,  # noqa: E402
-                     http_request, shared_redis)
+                     http_request, shared_redis, wait_until)
 
 S = Suite("ops_hardening")
 SANITIZED = bool(os.environ.get("SH_SANITIZED") or os.environ.get("SH_WRAPPER"))
@@ -405,6 +405,49 @@ def access_lines_name_method_and_path_as_valid_json():
         for line in text.splitlines():
             if line.startswith("{"):
                 json.loads(line)
+
+
+@S.test
+def a_last_answer_not_read_does_not_hold_the_socket():
+    """/metrics is large (a policy's histogram with 300 long label values) and
+    17 clients ask for it without reading: 16 on the admin reserve (answered
+    with Connection: close) and one sending Connection: close itself. Each is
+    closed after keepalive_timeout_ms, so the reserve serves monitoring again.
+    fails before: yes (no timer ran once the last answer was queued: the 17
+    sockets and 17 copies of the 4 MB answer were held for ever, and the
+    reserve answered nothing more)."""
+    import socket
+    with Statushost("tests/integration/policies/ops_label_metric.lua", redis=shared_redis(),
+                    sets=["max_connections=2", "keepalive_timeout_ms=1000"]) as sh:
+        sh.wait_log(r"redis up")
+        c = WsClient(sh.port)
+        for i in range(300):
+            c.send_text("%04d" % i + "x" * 900)
+            assert c.recv() == (1, b"ok")
+        base = sh.fd_count()
+        slow = []
+        for i in range(17):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", sh.port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n%s\r\n" % (
+                b"Connection: close\r\n" if i == 0 else b""))
+            slow.append(s)
+        try:
+            wait_until(lambda: sh.fd_count() == base + 17, timeout=10,
+                       what="the 17 slow readers accepted")
+            t0 = time.monotonic()
+            wait_until(lambda: sh.fd_count() == base, timeout=15, interval=0.1,
+                       what="the server closing the 17 sockets whose answer is not read")
+            assert time.monotonic() - t0 < 10
+            s = socket.create_connection(("127.0.0.1", sh.port), timeout=5)
+            slow.append(s)
+            line, _, _ = http_on(s, "/healthz")
+            assert line == b"HTTP/1.1 200 OK", line
+        finally:
+            for s in slow:
+                s.close()
+            c.shutdown()
 
 
 if __name__ == "__main__":
