@@ -3,11 +3,16 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "server.h"
+
+#define CFG_MAX_BYTES (1 << 20)
 
 struct entry {
     char *kv;   /* "KEY=VALUE" */
@@ -41,9 +46,27 @@ static char *trim(char *s, char *e)
 /* Parse the file into a new entry list. */
 static int read_file(const char *p, struct entry **out, size_t *nout, char *err, size_t errsz)
 {
-    FILE *f = fopen(p, "r");
+    /* not a FIFO (open and read would block the loop on SIGHUP), a device
+     * (/dev/zero never ends) or a directory: a regular file of at most
+     * CFG_MAX_BYTES */
+    int fd = open(p, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        snprintf(err, errsz, "--config %s: %s", p, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode) || st.st_size > CFG_MAX_BYTES) {
+        snprintf(err, errsz, "--config %s: %s", p,
+                 S_ISREG(st.st_mode) ? "larger than 1 MiB" : "not a regular file");
+        close(fd);
+        return -1;
+    }
+    FILE *f = fdopen(fd, "r");
     if (!f) {
         snprintf(err, errsz, "--config %s: %s", p, strerror(errno));
+        close(fd);
         return -1;
     }
     struct entry *e = NULL;
@@ -52,8 +75,21 @@ static int read_file(const char *p, struct entry **out, size_t *nout, char *err,
     size_t bufcap = 0;
     ssize_t len;
     int lineno = 0, rc = 0;
+    size_t total = 0;
+    errno = 0;
     while ((len = getline(&buf, &bufcap, f)) >= 0) {
         lineno++;
+        total += (size_t)len;
+        if (total > CFG_MAX_BYTES) { /* it grew while being read */
+            snprintf(err, errsz, "--config %s: larger than 1 MiB", p);
+            rc = -1;
+            break;
+        }
+        if (memchr(buf, '\0', (size_t)len)) {
+            snprintf(err, errsz, "%s:%d: a NUL byte", p, lineno);
+            rc = -1;
+            break;
+        }
         char *s = trim(buf, buf + len);
         if (*s == '\0' || *s == '#')
             continue;
@@ -90,7 +126,7 @@ static int read_file(const char *p, struct entry **out, size_t *nout, char *err,
         e[n].line = lineno;
         n++;
     }
-    if (rc == 0 && ferror(f)) {
+    if (rc == 0 && (ferror(f) || !feof(f))) { /* a read error, or getline out of memory */
         snprintf(err, errsz, "--config %s: %s", p, strerror(errno));
         rc = -1;
     }

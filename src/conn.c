@@ -407,6 +407,10 @@ void sh_conn_request_done(sh_conn *c)
         sh_conn_start_reading(c);
         if (c->pending.len && !HAS(c, SH_CF_PARSING))
             process_input(c); /* an answer that came later (a route): go on */
+    } else if (!HAS(c, SH_CF_LINGERING)) {
+        /* the last answer (Connection: close): a reader that does not take it
+         * does not hold the socket and the answer's memory for ever */
+        arm(c, TM_KEEPALIVE, c->lim->keepalive_timeout_ms);
     }
 }
 
@@ -525,6 +529,19 @@ static void handle_upgrade(sh_conn *c, sh_request *r)
 
 /* --------------------------------------------------------------- parsing */
 
+/* The request's method and path, for the access line. */
+static void remember_request(sh_conn *c, const sh_request *r)
+{
+    snprintf(c->method, sizeof c->method, "%s", r->method);
+    size_t n = strnlen(r->path, 512);
+    char *p = realloc(c->path, n + 1);
+    if (p) {
+        memcpy(p, r->path, n);
+        p[n] = '\0';
+        c->path = p;
+    }
+}
+
 /* Parse and answer the requests in pending, one at a time. */
 static void parse_requests(sh_conn *c)
 {
@@ -547,6 +564,7 @@ static void parse_requests(sh_conn *c)
         }
         sh_buf_consume(&c->pending, consumed);
         sh_request *r = sh_http_parser_request(c->hp);
+        remember_request(c, r);
         SET(c, SH_CF_BUSY);
         uv_timer_stop(&c->timer);
         c->timer_mode = TM_NONE;
@@ -619,6 +637,7 @@ static void on_handle_closed(uv_handle_t *h)
     sh_buf_free(&c->out);
     sh_buf_free(&c->inflight);
     free(c->close_reason);
+    free(c->path);
     free(c);
 }
 
@@ -734,6 +753,7 @@ static void report_close(sh_conn *c, int was_ws)
         sh_info(c->id, "websocket closed %u%s%s", ev.code, ev.reason[0] ? " " : "", ev.reason);
     int ws = was_ws || c->http_status == 101;
     sh_access acc = {.conn_id = c->id, .peer = c->peer, .websocket = ws,
+                     .method = c->method[0] ? c->method : NULL, .path = c->path,
                      .http_status = c->http_status, .requests = c->requests,
                      .duration_ms = (double)(uv_now(c->tp->loop) - c->opened_ms),
                      .bytes_in = c->bytes_in, .bytes_out = c->bytes_out,

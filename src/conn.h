@@ -137,6 +137,8 @@ typedef struct sh_conn {
     sh_buf msg;                  /* the data message being assembled */
     sh_buf ctrl;                 /* close frame payload being received */
     char *close_reason;          /* NULL or the reason the connection ended with */
+    char method[16];             /* the last request's method and path (cut at 512 bytes; */
+    char *path;                  /* no query: it may hold tokens), for the access line */
 
     void *app;                   /* the handler's per-connection state */
 } sh_conn;

@@ -689,8 +689,10 @@ static SSL_CTX *tls_ctx_new(const sh_http_client_opts *o, char *err, size_t errs
     }
     if (f)
         fclose(f);
-    int ok = o->ca_file ? SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL)
-                        : SSL_CTX_set_default_verify_paths(ctx);
+    /* without verification no trust is needed: the system store is not loaded (tens of ms) */
+    int ok = o->ca_file          ? SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL)
+             : o->tls_no_verify ? 1
+                                : SSL_CTX_set_default_verify_paths(ctx);
     if (!ok) {
         unsigned long e = ERR_peek_last_error();
         const char *why = e ? ERR_reason_error_string(e) : NULL;
@@ -731,6 +733,8 @@ static int tls_new_session_cb(SSL *ssl, SSL_SESSION *sess)
     if (!conn || !conn->host || !SSL_SESSION_is_resumable(sess))
         return 0;
     sh_http_client *c = conn->client;
+    if (SSL_get_SSL_CTX(ssl) != c->tls)
+        return 0; /* a handshake of the trust before a reload */
     sh_tls_session *slot = tls_session_find(c, conn->host);
     if (!slot) { /* a free slot, else the least recently used */
         slot = &c->sessions[0];
@@ -1572,7 +1576,8 @@ static void conn_complete(sh_http_conn *conn)
     sh_http_call *call = conn->call;
     sh_http_client *c = conn->client;
     int reuse = conn->keep_alive && !conn->wblob && !conn->tls_writes && !call->no_reuse &&
-                call->status != 101 && !c->closing;
+                call->status != 101 && !c->closing &&
+                (!conn->ssl || SSL_get_SSL_CTX(conn->ssl) == c->tls); /* not of an old trust */
     conn->call = NULL;
     call->conn = NULL;
     call_finish(call, 0);
@@ -1876,12 +1881,14 @@ int sh_http_client_reconfigure(sh_http_client *c, const sh_http_client_opts *opt
         snprintf(err, errsz, "out of memory");
         return -1;
     }
-    /* a TLS context with the new trust, made now (a bad CA file fails the reload, not calls) */
+    /* a TLS context with the new CA file, made now (a bad file fails the reload, not calls);
+     * without one it is made by the next https call (the system store, tens of ms of loading,
+     * is then loaded once for reloads in a row) */
     sh_http_client_opts o = c->opts;
     o.ca_file = ca;
     o.tls_no_verify = opts->tls_no_verify;
     SSL_CTX *ctx = NULL;
-    if ((ca || c->tls) && !(ctx = tls_ctx_new(&o, err, errsz))) {
+    if (ca && !(ctx = tls_ctx_new(&o, err, errsz))) {
         free(ca);
         return -1;
     }

@@ -118,8 +118,9 @@ sh_http_client *sh_http_client_new(uv_loop_t *loop, const sh_http_client_opts *o
 
 /* SIGHUP: new trust (ca_file, tls_no_verify) and max_total_response_bytes for calls from now on
  * (the other fields are kept). The new CA file is loaded now: when it cannot be, returns -1 with
- * the reason in err and nothing changes. Remembered TLS sessions and idle https sockets, made
- * under the old trust, are dropped; calls in flight finish on the sockets they have. */
+ * the reason in err and nothing changes (the system store is loaded by the next https call). Remembered TLS sessions and idle https sockets, made
+ * under the old trust, are dropped; calls in flight finish on the sockets they have, which are
+ * then closed, not pooled, and whose sessions are not remembered. */
 int sh_http_client_reconfigure(sh_http_client *c, const sh_http_client_opts *opts, char *err,
                                size_t errsz);
 

@@ -8,6 +8,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <poll.h>
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
@@ -37,6 +39,14 @@ static enum sh_log_format format = SH_LOG_TEXT;
 static int access_on = 1;
 static int out_fd = STDERR_FILENO;
 static int out_is_pipe = -1;     /* -1: not yet known */
+static int out_sock;
+static int nb_fd = -1;
+static unsigned long dropped; /* lines dropped while the reader did not read */
+struct field {
+    const char *key;
+    int type;
+    union { const char *s; int64_t i; uint64_t u; double d; } v;
+};
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static char line[LINE_CAP + LINE_RESERVE];
@@ -92,84 +102,144 @@ void sh_log_set_fd(int fd)
     pthread_mutex_lock(&mu);
     out_fd = fd;
     out_is_pipe = -1;
+    if (nb_fd >= 0)
+        close(nb_fd);
+    nb_fd = -1;
     pthread_mutex_unlock(&mu);
 }
 
 /* ------------------------------------------------------------ output */
 
-/* Write all of p (async-signal-safe: used by the fatal-signal handler). A
- * descriptor that stays unwritable for 5 s loses the rest. */
+/* How the output is written without ever blocking: a pipe through a
+ * second, non-blocking open file description of it (/proc/self/fd/N: the
+ * shared one, and so the flags other processes see, stay untouched), a socket
+ * with MSG_DONTWAIT, anything else (file, terminal) with plain write(2). */
+
+static void probe_out(void)
+{
+    struct stat st;
+    int ok = fstat(out_fd, &st) == 0;
+    out_is_pipe = ok && S_ISFIFO(st.st_mode);
+    out_sock = ok && S_ISSOCK(st.st_mode);
+    if (nb_fd >= 0)
+        close(nb_fd);
+    nb_fd = -1;
+    if (out_is_pipe) {
+        char p[64];
+        snprintf(p, sizeof p, "/proc/self/fd/%d", out_fd);
+        nb_fd = open(p, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    }
+}
+
+/* One write that does not block → bytes taken (n when the output is gone:
+ * nothing will ever read them), 0 when the reader is behind. Async-signal-safe. */
+static size_t try_write(const char *p, size_t n)
+{
+    for (;;) {
+        ssize_t w;
+        if (out_sock) {
+            w = send(out_fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        } else if (out_is_pipe && nb_fd < 0) { /* no /proc: write only what fits */
+            struct pollfd pfd = {.fd = out_fd, .events = POLLOUT};
+            if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLOUT))
+                return pfd.revents & (POLLERR | POLLHUP) ? n : 0;
+            w = write(out_fd, p, n < PIPE_BUF ? n : PIPE_BUF);
+        } else {
+            w = write(nb_fd >= 0 ? nb_fd : out_fd, p, n);
+        }
+        if (w >= 0)
+            return (size_t)w;
+        if (errno == EINTR)
+            continue;
+        return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : n;
+    }
+}
+
+/* The next piece to write: on a pipe, at most PIPE_BUF bytes cut at a line
+ * end (atomic: lines of processes sharing the pipe never interleave). */
+static size_t piece(const char *p, size_t n)
+{
+    if (!out_is_pipe || n <= PIPE_BUF)
+        return n;
+    for (size_t i = PIPE_BUF; i > 0; i--)
+        if (p[i - 1] == '\n')
+            return i;
+    const char *nl = memchr(p, '\n', n); /* one line longer than PIPE_BUF: it goes alone */
+    return nl ? (size_t)(nl - p) + 1 : n;
+}
+
+/* Write all of p (async-signal-safe: used by the fatal-signal handler): for
+ * start-up lines and the last flush. A descriptor that stays unwritable for
+ * 5 s loses the rest. */
 static void write_all(const char *p, size_t n)
 {
+    if (out_is_pipe < 0)
+        probe_out();
     while (n > 0) {
-        ssize_t w = write(out_fd, p, n);
-        if (w > 0) {
-            p += w;
-            n -= (size_t)w;
-        } else if (w < 0 && errno == EINTR) {
-            continue;
-        } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        size_t k = piece(p, n);
+        size_t w = try_write(p, k);
+        p += w;
+        n -= w;
+        if (w == 0) {
             struct pollfd pfd = {.fd = out_fd, .events = POLLOUT};
             if (poll(&pfd, 1, 5000) <= 0)
                 return;
-        } else {
-            return;
         }
     }
 }
 
-/* Write whole lines; on a pipe, in pieces of at most PIPE_BUF cut at line
- * ends (atomic: lines of processes sharing the pipe never interleave). */
-static void write_lines(const char *p, size_t n)
-{
-    if (out_is_pipe < 0) {
-        struct stat st;
-        out_is_pipe = fstat(out_fd, &st) == 0 && S_ISFIFO(st.st_mode);
-    }
-    while (n > 0) {
-        size_t k = n;
-        if (out_is_pipe && n > PIPE_BUF) {
-            k = 0;
-            for (size_t i = PIPE_BUF; i > 0; i--)
-                if (p[i - 1] == '\n') {
-                    k = i;
-                    break;
-                }
-            if (k == 0) { /* one line longer than PIPE_BUF: it goes alone */
-                const char *nl = memchr(p, '\n', n);
-                k = nl ? (size_t)(nl - p) + 1 : n;
-            }
-        }
-        write_all(p, k);
-        p += k;
-        n -= k;
-    }
-}
-
+/* The loop's flush: writes what the reader takes now, keeps the rest. */
 static void flush_locked(void)
 {
-    if (olen) {
-        size_t n = olen;
-        olen = 0;
-        write_lines(obuf, n);
+    if (out_is_pipe < 0)
+        probe_out();
+    size_t off = 0;
+    while (off < olen) {
+        size_t k = piece(obuf + off, olen - off);
+        size_t w = try_write(obuf + off, k);
+        off += w;
+        if (w < k)
+            break;
     }
+    memmove(obuf, obuf + off, olen - off);
+    olen -= off;
 }
+
+/* The last flush: waits for a slow reader (up to 5 s without progress). */
+static void final_flush_locked(void)
+{
+    size_t n = olen;
+    olen = 0;
+    write_all(obuf, n);
+}
+
+static void build_and_emit(int level, const char *conn_id, const char *msg, size_t msglen,
+                           const struct field *f, size_t nf);
 
 void sh_log_flush(void)
 {
     pthread_mutex_lock(&mu);
     flush_locked();
+    if (dropped && olen == 0) {
+        struct field f = {"lines", SH_LOG_U64, {.u = dropped}};
+        dropped = 0;
+        build_and_emit(SH_LOG_WARN, NULL, "log lines dropped: the log output was not read", 46, &f, 1);
+    }
     pthread_mutex_unlock(&mu);
 }
 
 static void emit_locked(const char *p, size_t n)
 {
     if (!attached) {
-        write_lines(p, n);
+        write_all(p, n);
         return;
     }
     if (olen + n > OBUF_CAP)
         flush_locked();
+    if (olen + n > OBUF_CAP) { /* the reader is behind: the loop does not wait for it */
+        dropped++;
+        return;
+    }
     memcpy(obuf + olen, p, n);
     olen += n;
     if (olen >= FLUSH_AT)
@@ -231,7 +301,12 @@ static void on_prepare(uv_prepare_t *h)
     sh_log_flush();
 }
 
-static void at_exit_flush(void) { sh_log_flush(); }
+static void at_exit_flush(void)
+{
+    pthread_mutex_lock(&mu);
+    final_flush_locked();
+    pthread_mutex_unlock(&mu);
+}
 
 void sh_log_attach(uv_loop_t *loop)
 {
@@ -257,7 +332,7 @@ void sh_log_attach(uv_loop_t *loop)
 void sh_log_detach(void)
 {
     pthread_mutex_lock(&mu);
-    flush_locked();
+    final_flush_locked();
     attached = 0;
     pthread_mutex_unlock(&mu);
     if (prep_open) {
@@ -268,12 +343,6 @@ void sh_log_detach(void)
 }
 
 /* ------------------------------------------------------------ building a line */
-
-struct field {
-    const char *key;
-    int type;
-    union { const char *s; int64_t i; uint64_t u; double d; } v;
-};
 
 struct lb {
     char *p;
@@ -507,9 +576,10 @@ static void build_and_emit(int level, const char *conn_id, const char *msg, size
             memcpy(b.p + start, msg, room);
             b.len = b.cap;
         }
-        /* one event, one line: fold any newline the message carries */
+        /* one event, one line: fold any newline the message carries, and any
+         * other control character (a client's terminal escapes, bells) */
         for (size_t i = start; i < b.len; i++)
-            if (b.p[i] == '\n' || b.p[i] == '\r')
+            if (((unsigned char)b.p[i] < 0x20 && b.p[i] != '\t') || b.p[i] == 0x7F)
                 b.p[i] = ' ';
         for (size_t i = 0; i < nf && !b.full; i++) {
             lb_puts(&b, " ");

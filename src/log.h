@@ -16,7 +16,14 @@
  * SIGBUS, SIGILL, SIGFPE, SIGABRT, unless a sanitizer already handles it).
  * main() calls sh_log_flush() after uv_run returns. When stderr is a pipe,
  * writes are cut at line boundaries to at most PIPE_BUF bytes, so processes
- * sharing a pipe never interleave within a line. */
+ * sharing a pipe never interleave within a line.
+ *
+ * The loop never waits for the log reader: a pipe is written through a
+ * non-blocking second open of it (/proc/self/fd/N), a socket with
+ * MSG_DONTWAIT. What the reader does not take stays buffered; lines that do
+ * not fit are dropped and counted, and a warning "log lines dropped" says how
+ * many once the output drains. Only the last flush (exit, fatal signal) waits,
+ * up to 5 s without progress. */
 #ifndef SH_LOG_H
 #define SH_LOG_H
 
@@ -60,7 +67,8 @@ void sh_log(enum sh_log_level level, const char *conn_id, const char *fmt, ...)
  * SH_LOG_INT int, SH_LOG_I64 int64_t, SH_LOG_U64 uint64_t, SH_LOG_DBL double,
  * SH_LOG_BOOL int. Keys should be [a-z0-9_] and not ts/level/conn/msg. In the
  * text format a field prints as " key=value" (the value quoted when it holds
- * spaces, quotes, '=' or control characters, or is empty). */
+ * spaces, quotes, '=' or control characters, or is empty). In the message, control
+ * characters other than tab become spaces (one line; no terminal escapes). */
 enum sh_log_type { SH_LOG_STR = 1, SH_LOG_INT, SH_LOG_I64, SH_LOG_U64, SH_LOG_DBL, SH_LOG_BOOL };
 void sh_log_kv(enum sh_log_level level, const char *conn_id, const char *msg, ...)
     __attribute__((sentinel));

@@ -3,10 +3,13 @@
 #include "lua_host.h"
 
 #include <assert.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua-cjson.h>
@@ -306,6 +309,17 @@ static int run_script(sh_gen *g, const char *script, uint64_t budget, char *err,
     lua_State *L = g->L;
     lua_pushcfunction(L, msgh_traceback);
     int base = lua_gettop(L);
+    /* a FIFO put in the script's place would block the loop's reload forever */
+    struct stat st;
+    int fd = open(script, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    int regular = fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    if (fd >= 0)
+        close(fd);
+    if (fd >= 0 && !regular) {
+        snprintf(err, errsz, "%s: not a regular file", script);
+        lua_settop(L, base - 1);
+        return -1;
+    }
     if (luaL_loadfilex(L, script, "t") != LUA_OK) {
         snprintf(err, errsz, "%s", lua_tostring(L, -1));
         lua_settop(L, base - 1);

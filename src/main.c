@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -251,7 +252,9 @@ int main(int argc, char **argv)
     if (!o.script)
         die("%s", "no script given");
     static char shipped[4200];
-    if (access(o.script, F_OK) != 0 && !strchr(o.script, '/') && find_shipped(o.script, shipped, sizeof shipped) == 0)
+    struct stat st; /* a directory named like the policy does not hide it */
+    if ((stat(o.script, &st) != 0 || !S_ISREG(st.st_mode)) && !strchr(o.script, '/') &&
+        find_shipped(o.script, shipped, sizeof shipped) == 0)
         o.script = shipped;
     FILE *f = fopen(o.script, "r");
     if (!f)

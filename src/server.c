@@ -212,7 +212,8 @@ static void serve_metrics(sh_server *s, sh_conn *c, int keep, int head_only)
 static void serve_request(sh_server *s, sh_conn *c, const sh_conn_event *ev)
 {
     sh_request *r = ev->req;
-    int keep = ev->keep_alive, head = ev->head_only;
+    /* a reserve socket answers once: kept alive, 16 of them would hold the reserve */
+    int keep = ev->keep_alive && !SH_HAS(c, SH_CF_OVER_LIMIT), head = ev->head_only;
     int get = head || strcmp(r->method, "GET") == 0;
     if (get && strcmp(r->path, "/healthz") == 0) {
         int up = redis_up(s);

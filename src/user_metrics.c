@@ -9,6 +9,7 @@
 #include <lauxlib.h>
 
 #include "lua_io.h"
+#include "utf8.h"
 
 #define MAX_METRICS 256
 #define MAX_LABELS 8
@@ -77,9 +78,13 @@ int sh_user_metric_define_lua(lua_State *L)
             return sh_argerror(L, 4, "at most 8 label names");
         for (lua_Integer i = 1; i <= n; i++) {
             lua_rawgeti(L, 4, i);
-            labels[nl] = lua_tostring(L, -1);
+            /* a string, kept alive by the table (a number's text would be a temporary) */
+            labels[nl] = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
             if (!valid_name(labels[nl]) || strcmp(labels[nl], "le") == 0)
                 return sh_argerror(L, 4, "label names are [a-z_][a-z0-9_]* (not \"le\")");
+            for (int j = 0; j < nl; j++)
+                if (strcmp(labels[j], labels[nl]) == 0)
+                    return sh_argerror(L, 4, "a label name appears twice");
             nl++;
             lua_pop(L, 1); /* still referenced by the table */
         }
@@ -116,16 +121,33 @@ int sh_user_metric_define_lua(lua_State *L)
     return 0;
 }
 
-/* Append s (n bytes) to key at *kl with Prometheus escaping; -1 when full. */
+/* Append s (n bytes) to key at *kl with Prometheus escaping; a NUL byte or a
+ * byte of invalid UTF-8 becomes U+FFFD (the exposition is UTF-8, and a NUL
+ * would cut the key). -1 when full. */
 static int esc(char *key, size_t *kl, size_t cap, const char *s, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (*kl + 3 >= cap)
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t len = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+        if (*kl + 4 >= cap)
             return -1;
+        if (c == 0 || (c >= 0x80 && (len > n - i ||
+                                     !sh_utf8_valid((const uint8_t *)s + i, len)))) {
+            memcpy(key + *kl, "\xef\xbf\xbd", 3);
+            *kl += 3;
+            i++;
+            continue;
+        }
+        if (len > 1) {
+            memcpy(key + *kl, s + i, len);
+            *kl += len;
+            i += len;
+            continue;
+        }
         if (c == '"' || c == '\\' || c == '\n')
             key[(*kl)++] = '\\';
-        key[(*kl)++] = c == '\n' ? 'n' : c;
+        key[(*kl)++] = c == '\n' ? 'n' : (char)c;
+        i++;
     }
     key[*kl] = '\0';
     return 0;

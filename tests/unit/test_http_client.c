@@ -1571,6 +1571,73 @@ static void test_tls_reconfigure(void)
     env_fini(&e);
 }
 
+/* A reload while an https call is in flight (verified the old way, or not at all): once the call
+ * is done its socket is not pooled, and the session it brings home (a TLS 1.3 ticket arrives with
+ * the response) is not remembered, so the next call is checked against the new trust. */
+static void test_tls_reconfigure_inflight(void)
+{
+    env e;
+    result r[2];
+    memset(r, 0, sizeof r);
+    sh_http_client_opts any = {.tls_no_verify = 1};
+    env_init_tls(&e, &any, pki.unknown);
+    CHECK(treq(&e, "localhost", "/slow", &r[0]) == 0);
+    RUN_UNTIL(&e, e.s.requests == 1); /* handshake done, the answer 5 ms away */
+    CHECK(r[0].called == 0);
+    char err[256] = "";
+    sh_http_client_opts ours = {.ca_file = pki.ca_file};
+    CHECK(sh_http_client_reconfigure(e.c, &ours, err, sizeof err) == 0);
+    RUN_UNTIL(&e, r[0].called);
+    CHECK(r[0].err == 0 && strcmp(r[0].body, "hello") == 0); /* in flight: finishes as it began */
+    CHECK(stats(&e).idle == 0);
+    CHECK(treq(&e, "localhost", "/hello", &r[1]) == 0);
+    RUN_UNTIL(&e, r[1].called);
+    CHECK(tls_failed_with(&r[1], "tls: certificate verify failed (unable to get local issuer"));
+    CHECK(e.s.resumed == 0);
+    env_fini(&e);
+}
+
+/* Reloads in a row do not each load the system store (tens of ms of the loop's time each, seconds
+ * under a sanitizer), and without verification it is not loaded at all; the next call verifies
+ * against it. */
+static void test_tls_reconfigure_cheap(void)
+{
+    uint64_t one = UINT64_MAX; /* one load of the system store, the fastest of 3 */
+    for (int i = 0; i < 3; i++) {
+        uint64_t t0 = uv_hrtime();
+        SSL_CTX *x = SSL_CTX_new(TLS_client_method());
+        CHECK(x && SSL_CTX_set_default_verify_paths(x) == 1);
+        SSL_CTX_free(x);
+        uint64_t t = uv_hrtime() - t0;
+        one = t < one ? t : one;
+    }
+    env e;
+    result r[3];
+    memset(r, 0, sizeof r);
+    env_init_tls(&e, NULL, pki.good);
+    CHECK(treq(&e, "localhost", "/hello", &r[0]) == 0); /* the system store does not know our CA */
+    RUN_UNTIL(&e, r[0].called);
+    CHECK(tls_failed_with(&r[0], "tls: certificate verify failed"));
+    char err[256] = "";
+    sh_http_client_opts sys = {0}, any = {.tls_no_verify = 1};
+    uint64_t t0 = uv_hrtime();
+    for (int i = 0; i < 20; i++)
+        CHECK(sh_http_client_reconfigure(e.c, i % 2 ? &any : &sys, err, sizeof err) == 0);
+    uint64_t twenty = uv_hrtime() - t0;
+    if (twenty >= 5 * one)
+        fprintf(stderr, "  [%s] 20 reloads took %.1f ms, one store load %.1f ms\n", current_test,
+                twenty / 1e6, one / 1e6);
+    CHECK(twenty < 5 * one);
+    CHECK(treq(&e, "localhost", "/hello", &r[1]) == 0); /* the last one: no verification */
+    RUN_UNTIL(&e, r[1].called);
+    CHECK(r[1].err == 0 && strcmp(r[1].body, "hello") == 0);
+    CHECK(sh_http_client_reconfigure(e.c, &sys, err, sizeof err) == 0);
+    CHECK(treq(&e, "localhost", "/hello", &r[2]) == 0);
+    RUN_UNTIL(&e, r[2].called);
+    CHECK(tls_failed_with(&r[2], "tls: certificate verify failed"));
+    env_fini(&e);
+}
+
 static void test_tls_bad_ca_file(void)
 {
     uv_loop_t loop;
@@ -1632,6 +1699,8 @@ int main(void)
         {"tls_not_tls", test_tls_not_tls},
         {"tls_bad_ca_file", test_tls_bad_ca_file},
         {"tls_reconfigure", test_tls_reconfigure},
+        {"tls_reconfigure_inflight", test_tls_reconfigure_inflight},
+        {"tls_reconfigure_cheap", test_tls_reconfigure_cheap},
     };
     sh_log_set_level(getenv("SH_TEST_DEBUG") ? SH_LOG_DEBUG : SH_LOG_ERROR);
     pki_init();

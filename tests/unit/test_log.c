@@ -90,6 +90,9 @@ static void test_text(void)
                                 "empty=\"\" none=- q=\"a\\\"b=c\" ok=false\n");
     sh_log(SH_LOG_ERROR, NULL, "plain %s", "message");
     CHECK_STR(after_ts(take()), "error [-] plain message\n");
+    /* a client's close reason in the message: no terminal escapes or bells reach the log */
+    sh_log(SH_LOG_INFO, "c2", "websocket closed 1000 %s", "\x1b[31mRED\x07\x7f\tx\x01\xc3\xa9");
+    CHECK_STR(after_ts(take()), "info  [c2] websocket closed 1000  [31mRED  \tx \xc3\xa9\n");
     sh_log_set_level(SH_LOG_WARN);
     sh_log(SH_LOG_INFO, NULL, "dropped");
     sh_log_kv(SH_LOG_INFO, NULL, "dropped", NULL);
