@@ -117,11 +117,21 @@ static int read_file(const char *p, struct entry **out, size_t *nout, char *err,
             val++;
         }
         if (n == cap) {
+            struct entry *ne = realloc(e, (cap ? cap * 2 : 16) * sizeof *e);
+            if (!ne) {
+                snprintf(err, errsz, "--config %s: out of memory", p);
+                rc = -1;
+                break;
+            }
+            e = ne;
             cap = cap ? cap * 2 : 16;
-            e = realloc(e, cap * sizeof *e);
         }
         size_t kl = strlen(key) + strlen(val) + 2;
-        e[n].kv = malloc(kl);
+        if (!(e[n].kv = malloc(kl))) {
+            snprintf(err, errsz, "--config %s: out of memory", p);
+            rc = -1;
+            break;
+        }
         snprintf(e[n].kv, kl, "%s=%s", key, val);
         e[n].line = lineno;
         n++;
@@ -141,11 +151,14 @@ static int read_file(const char *p, struct entry **out, size_t *nout, char *err,
     return 0;
 }
 
-/* file entries, then the command line's */
-static void rebuild(struct sh_options *o)
+/* file entries, then the command line's; -1 when out of memory (o unchanged) */
+static int rebuild(struct sh_options *o)
 {
+    const char **c = calloc(nentries + ncli + 1, sizeof *c);
+    if (!c)
+        return -1;
     free(combined);
-    combined = calloc(nentries + ncli + 1, sizeof *combined);
+    combined = c;
     size_t n = 0;
     for (size_t i = 0; i < nentries; i++)
         combined[n++] = entries[i].kv;
@@ -153,6 +166,7 @@ static void rebuild(struct sh_options *o)
         combined[n++] = cli[i];
     o->sets = combined;
     o->nsets = n;
+    return 0;
 }
 
 int sh_cfgfile_init(struct sh_options *o, const char *p, const char *const *c, size_t nc,
@@ -164,10 +178,14 @@ int sh_cfgfile_init(struct sh_options *o, const char *p, const char *const *c, s
     if (p) {
         if (read_file(p, &entries, &nentries, err, errsz) != 0)
             return -1;
-        path = strdup(p);
+        if (!(path = strdup(p)))
+            goto nomem;
     }
-    rebuild(o);
-    return 0;
+    if (rebuild(o) == 0)
+        return 0;
+nomem:
+    snprintf(err, errsz, "out of memory");
+    return -1;
 }
 
 int sh_options_refresh(struct sh_options *o, char *err, size_t errsz)
@@ -178,14 +196,17 @@ int sh_options_refresh(struct sh_options *o, char *err, size_t errsz)
     size_t n;
     if (read_file(path, &e, &n, err, errsz) != 0)
         return -1;
-    const char **old_combined = combined;
     struct entry *old = entries;
     size_t nold = nentries;
     entries = e;
     nentries = n;
-    combined = NULL;
-    rebuild(o);
-    free(old_combined);
+    if (rebuild(o) != 0) { /* keep the old file's entries */
+        entries = old;
+        nentries = nold;
+        free_entries(e, n);
+        snprintf(err, errsz, "out of memory");
+        return -1;
+    }
     free_entries(old, nold);
     return 0;
 }

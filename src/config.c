@@ -458,6 +458,10 @@ int sh_config_read(lua_State *L, int t, sh_config *cfg, char *err, size_t errsz)
     lua_getfield(L, t, "redis_cluster");
     cfg->redis_cluster = strdup(lua_tostring(L, -1));
     lua_pop(L, 1);
+    if (!cfg->redis || !cfg->redis_cluster) {
+        snprintf(err, errsz, "config: out of memory");
+        goto fail;
+    }
     if (!cfg->redis_cluster) {
         snprintf(err, errsz, "config.redis_cluster: out of memory");
         goto fail;

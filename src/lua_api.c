@@ -598,8 +598,12 @@ static void owner_deliver(sh_owner *o, const char *channel, size_t channel_len,
     sh_task *t = hook_task(p, SH_HOOK_PUBLISH, o);
     if (!t)
         return;
-    lua_pushlstring(t->co, channel, channel_len);
-    lua_pushlstring(t->co, payload, payload_len);
+    sh_lstring s = {2, {{channel, channel_len}, {payload, payload_len}}};
+    if (sh_task_push_strings(t, &s) != 0) {
+        sh_task_discard(t);
+        count_drop(p, "out of memory");
+        return;
+    }
     sh_task_start(t, 3, NULL, NULL);
 }
 
@@ -659,7 +663,8 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
             if (!ok)
                 return "on_handshake: the protocol returned is not one the client offered in "
                        "Sec-WebSocket-Protocol";
-            p->protocol = strdup(proto);
+            if (!(p->protocol = strdup(proto)))
+                return "out of memory";
         }
         sh_conn_upgrade(c, p->protocol, NULL);
         return NULL;
@@ -764,7 +769,12 @@ static int on_message(sh_pconn *p, const sh_conn_event *ev)
     sh_task *t = hook_task(p, h, &p->owner);
     if (!t)
         return 1011;
-    lua_pushlstring(t->co, ev->data, ev->len);
+    sh_lstring s = {1, {{ev->data, ev->len}}};
+    if (sh_task_push_strings(t, &s) != 0) {
+        sh_task_discard(t);
+        sh_warn(p->owner.id, "out of memory for a message: closing 1011");
+        return 1011;
+    }
     sh_task_start(t, 2, NULL, NULL);
     return 0;
 }

@@ -565,6 +565,18 @@ static uint64_t load_budget(const char *const *sets, size_t nsets)
     return budget;
 }
 
+/* An error outside any protected call: the host's own Lua calls are
+ * protected where data from outside is pushed (sh_task_pcall), so this is the
+ * system running out of memory in a small host-side push. Fatal, by design:
+ * one line, then abort() for the supervisor to restart the process. */
+static int lua_panic(lua_State *L)
+{
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "statushost: fatal: Lua error outside a hook (%s): aborting\n",
+            msg ? msg : "no message");
+    abort();
+}
+
 static void gen_free(sh_gen *g)
 {
     if (g->L)
@@ -598,6 +610,7 @@ int sh_gen_load(sh_host *host, sh_api_open_fn open_api, const char *script,
         gen_free(g);
         return -1;
     }
+    lua_atpanic(g->L, lua_panic);
     *(sh_task **)lua_getextraspace(g->L) = NULL;
     open_libs(g->L, g, open_api);
     sh_host_module_paths(g->L, script);
@@ -644,17 +657,62 @@ void sh_gen_shutdown(sh_gen *g)
 
 /* ----------------------------------------------------------------- tasks */
 
+/* pool[new thread] = true → the thread (run protected: it allocates). */
+static int thread_new_p(lua_State *L)
+{
+    sh_gen *g = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->pool_ref);
+    lua_newthread(L);
+    lua_pushvalue(L, -1);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -4); /* anchor: pool[co] = true */
+    return 1;
+}
+
+/* A coroutine for a task, or NULL when out of memory. */
 static lua_State *thread_take(sh_gen *g)
 {
     if (g->npool > 0)
         return g->pool[--g->npool];
     lua_State *L = g->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, g->pool_ref);
-    lua_State *co = lua_newthread(L);
-    lua_pushboolean(L, 1);
-    lua_rawset(L, -3); /* anchor: pool[co] = true */
+    lua_pushcfunction(L, thread_new_p);
+    lua_pushlightuserdata(L, g);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        lua_pop(L, 1);
+        return NULL;
+    }
+    lua_State *co = lua_tothread(L, -1);
     lua_pop(L, 1);
     return co;
+}
+
+int sh_task_pcall(sh_task *t, lua_CFunction build, void *ud)
+{
+    lua_State *co = t->co;
+    int top = lua_gettop(co);
+    if (!lua_checkstack(co, 3))
+        return -1;
+    lua_pushcfunction(co, build);
+    lua_pushlightuserdata(co, ud);
+    if (lua_pcall(co, 1, LUA_MULTRET, 0) != LUA_OK) {
+        lua_settop(co, top);
+        return -1;
+    }
+    return lua_gettop(co) - top;
+}
+
+/* sh_task_push_lstring's builder. */
+static int push_lstring_p(lua_State *L)
+{
+    const sh_lstring *s = lua_touserdata(L, 1);
+    for (size_t i = 0; i < s->n; i++)
+        lua_pushlstring(L, s->v[i].p, s->v[i].len);
+    return (int)s->n;
+}
+
+int sh_task_push_strings(sh_task *t, const sh_lstring *s)
+{
+    return sh_task_pcall(t, push_lstring_p, (void *)s) < 0 ? -1 : 0;
 }
 
 static void thread_release(sh_gen *g, lua_State *co, int reusable)
@@ -678,11 +736,14 @@ sh_task *sh_task_new(sh_gen *g, sh_owner *owner, const char *what)
     sh_task *t = calloc(1, sizeof *t);
     if (!t)
         return NULL;
+    if (!(t->co = thread_take(g))) {
+        free(t);
+        return NULL;
+    }
     if (!owner)
         owner = &g->detached;
     t->gen = g;
     t->what = what;
-    t->co = thread_take(g);
     *(sh_task **)lua_getextraspace(t->co) = t;
     sh_gen_ref(g);
     DL_APPEND2(g->tasks, t, gen_prev, gen_next);

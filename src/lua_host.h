@@ -206,6 +206,18 @@ void sh_task_push_hook(sh_task *t, enum sh_hook h);
 void sh_task_start(sh_task *t, int nargs, sh_task_done_fn done, void *arg);
 /* Drop a task that was created but not started. */
 void sh_task_discard(sh_task *t);
+/* Run build(L) with ud as its argument, protected, on t's coroutine: the
+ * values it returns stay pushed. Returns how many, or -1 when it raised
+ * (out of memory: the stack is as it was). Every push of data that came from
+ * outside (a message, a payload, a response) goes through this, so an
+ * allocation failure is an error for that event, never a Lua panic. */
+int sh_task_pcall(sh_task *t, lua_CFunction build, void *ud);
+/* Push up to 4 strings protected (sh_task_pcall): 0, or -1 (nothing pushed). */
+typedef struct sh_lstring {
+    size_t n;
+    struct { const char *p; size_t len; } v[4];
+} sh_lstring;
+int sh_task_push_strings(sh_task *t, const sh_lstring *s);
 
 /* From a host C function running in task coroutine L: the task, or NULL. */
 sh_task *sh_task_current(lua_State *L);

@@ -417,8 +417,12 @@ static void sub_message(void *arg, const char *channel, size_t channel_len, cons
         return;
     }
     lua_rawgeti(t->co, LUA_REGISTRYINDEX, s->fn_ref);
-    lua_pushlstring(t->co, channel, channel_len);
-    lua_pushlstring(t->co, payload, payload_len);
+    sh_lstring m = {2, {{channel, channel_len}, {payload, payload_len}}};
+    if (sh_task_push_strings(t, &m) != 0) {
+        sh_task_discard(t);
+        sh_error(NULL, "out of memory: a subscription message was dropped");
+        return;
+    }
     sh_task_start(t, 2, NULL, NULL);
 }
 
@@ -570,16 +574,10 @@ static int sub_gc(lua_State *L)
 
 /* ------------------------------------------------------------ http */
 
-static void http_done(void *arg, int err, const char *errstr, const sh_http_response *res)
+/* The response as {status, body, headers} (run protected: it allocates). */
+static int http_result_p(lua_State *co)
 {
-    sh_task *t = arg;
-    lua_State *co = t->co;
-    if (err) {
-        lua_pushnil(co);
-        lua_pushstring(co, errstr);
-        sh_task_wake(t, 2);
-        return;
-    }
+    const sh_http_response *res = lua_touserdata(co, 1);
     lua_createtable(co, 0, 3);
     lua_pushinteger(co, res->status);
     lua_setfield(co, -2, "status");
@@ -599,7 +597,20 @@ static void http_done(void *arg, int err, const char *errstr, const sh_http_resp
         lua_rawset(co, -3);
     }
     lua_setfield(co, -2, "headers");
-    sh_task_wake(t, 1);
+    return 1;
+}
+
+static void http_done(void *arg, int err, const char *errstr, const sh_http_response *res)
+{
+    sh_task *t = arg;
+    lua_State *co = t->co;
+    if (!err && sh_task_pcall(t, http_result_p, (void *)res) == 1) {
+        sh_task_wake(t, 1);
+        return;
+    }
+    lua_pushnil(co);
+    lua_pushstring(co, err ? errstr : "out of memory");
+    sh_task_wake(t, 2);
 }
 
 static void http_cancel(sh_task *t, void *op)

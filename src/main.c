@@ -226,6 +226,8 @@ int main(int argc, char **argv)
                 die("too many %s flags", a);
             size_t n = strlen(argv[i + 1]) + 16;
             char *kv = malloc(n);
+            if (!kv)
+                die("%s", "out of memory");
             snprintf(kv, n, "%s=%s", a + 2, argv[++i]);
             owned[nowned++] = kv;
             sets[o.nsets++] = kv;

@@ -58,8 +58,16 @@ static void put(struct text *t, const char *fmt, ...)
             t->len += (size_t)n;
             return;
         }
-        t->cap = t->cap * 2 + (size_t)(n > 0 ? n : 0);
-        t->p = realloc(t->p, t->cap);
+        size_t cap = t->cap * 2 + (size_t)(n > 0 ? n : 0);
+        char *p = t->p && n >= 0 ? realloc(t->p, cap) : NULL;
+        if (!p) { /* out of memory: the render fails (sh_metrics_render returns NULL) */
+            free(t->p);
+            t->p = NULL;
+            t->cap = t->len = 0;
+            return;
+        }
+        t->p = p;
+        t->cap = cap;
     }
 }
 
@@ -107,6 +115,8 @@ static void process_gauge(struct text *t, const char *name, const char *help, ui
 char *sh_metrics_render(const sh_metrics *m, int redis_up, size_t *len)
 {
     struct text t = {malloc(4096), 0, 4096};
+    if (!t.p)
+        return NULL;
     counter(&t, "connections_current", "Open sockets (HTTP and WebSocket).", "gauge",
             m->connections_current);
     counter(&t, "websockets_current", "Open WebSocket connections.", "gauge",

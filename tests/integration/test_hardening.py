@@ -589,6 +589,55 @@ def f4_watchdog_aborts_a_loop_stuck_in_one_c_call():
         assert took < 15, "aborted after %.1fs" % took
 
 
+# ====================================================================== F10b
+
+@S.test
+def f10b_system_out_of_memory_closes_1011_and_the_server_lives():
+    """The process under an address-space limit (prlimit --as) and 30 clients
+    each sending a 4 MiB message, 6 rounds: allocations fail everywhere (the
+    message buffer, Lua strings for the hook, the echo): each client gets its
+    echo or a close (1011 out of memory), the server lives and serves a new
+    client, and no Lua panic. (Not under ASan/valgrind: their shadow memory
+    does not fit an address-space limit.)
+    fails on old: yes (lua_pushlstring of the message outside a protected
+    call: Lua panic, abort, within a few rounds)."""
+    if SANITIZED or shutil.which("prlimit") is None:
+        print("skip (sanitized build or no prlimit)")
+        return
+    payload = "x" * (4 * 1024 * 1024)
+    outcomes = {}
+    with host(pol("../policies/echo_text.lua"), sets=["max_message_bytes=8388608"],
+              wrapper=["prlimit", "--as=%d" % (60 * 1024 * 1024)]) as sh:
+        def one(key):
+            try:
+                c = WsClient(sh.port, timeout=30)
+                if c.status != 101:
+                    outcomes[key] = "status %s" % c.status
+                    return
+                c.send_text(payload)
+                op, got = c.recv()
+                if op == OP_TEXT:
+                    outcomes[key] = "echo" if got == payload.encode() else "bad echo"
+                else:
+                    outcomes[key] = "close %s" % (struct.unpack("!H", got[:2])[0] if len(got) >= 2 else None)
+                c.shutdown()
+            except (OSError, WsClosed) as e:
+                outcomes[key] = "dropped"  # a socket the server could not serve
+        for rnd in range(6):
+            ts = [threading.Thread(target=one, args=((rnd, i),)) for i in range(30)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(60)
+            assert sh.proc.poll() is None, "died in round %d:\n%s" % (rnd, sh.log_text()[-2000:])
+        bad = {k: v for k, v in outcomes.items() if v not in ("echo", "close 1011", "dropped", "status 503")}
+        assert not bad, bad
+        assert "close 1011" in outcomes.values() or "dropped" in outcomes.values(), \
+            "no allocation failed: the limit is too high to test anything (%s)" % set(outcomes.values())
+        echo_ok(ws(sh), "after")
+        assert "fatal" not in sh.log_text()
+
+
 # ====================================================================== F12
 
 @S.test
