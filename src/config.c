@@ -30,7 +30,7 @@ struct core_key {
 static const struct core_key core_keys[] = {
     {"listen", SH_CT_STRING, "127.0.0.1:9999", 0},
     {"redis", SH_CT_STRING, "redis://127.0.0.1:6379", 0},
-    {"redis_sub_connections", SH_CT_NUMBER, NULL, 4},
+    {"redis_sub_connections", SH_CT_NUMBER, NULL, 1},
     {"redis_cluster", SH_CT_STRING, "", 0},
     {"web_root", SH_CT_STRING, "", 0},
     {"log_level", SH_CT_STRING, "info", 0},

@@ -2,7 +2,7 @@
 """Idle subscribed connections across several workers (the --workers benchmark).
 
     python3 tests/bench/workers_idle.py [--connections 50000] [--workers 3]
-                                        [--clients 6] [--sub-connections 4]
+                                        [--clients 6] [--sub-connections 1]
 
 Starts a redis-server and `statushost --workers W tests/bench/workers_idle.lua` on free
 ports, then C client processes (this script with --client: Python asyncio, raw sockets,
@@ -120,7 +120,7 @@ def main():
     ap.add_argument("--connections", type=int, default=50000)
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--clients", type=int, default=6, help="client processes")
-    ap.add_argument("--sub-connections", type=int, default=4, help="redis_sub_connections")
+    ap.add_argument("--sub-connections", type=int, default=1, help="redis_sub_connections")
     ap.add_argument("--log", help="write statushost's log (master and workers) to this file")
     ap.add_argument("--client", nargs=4, metavar=("PORT", "SRC", "PREFIX", "N"),
                     help=argparse.SUPPRESS)

@@ -367,9 +367,9 @@ def _clients_of(instance):
     return sorted(n for n in names if n.startswith("statushost-%s" % instance)), len(lines)
 
 
-def _bus_names(instance, sub_connections=4):
+def _bus_names(instance, sub_connections=1):
     """The names of one process's Redis connections: -cmd and -sub0..-sub<K-1>
-    (redis_sub_connections, default 4)."""
+    (redis_sub_connections, default 1)."""
     return ["statushost-%s-cmd" % instance] + \
         ["statushost-%s-sub%d" % (instance, i) for i in range(sub_connections)]
 
@@ -377,8 +377,8 @@ def _bus_names(instance, sub_connections=4):
 @S.test
 def five_hundred_concurrent_jobs_two_redis_connections():
     """500 concurrent jobs, seed-like worker at 20 ms ticks: all complete, and Redis
-    sees exactly 1 + K connections from the statushost server (-cmd and -sub0..-sub3,
-    K = redis_sub_connections = 4) throughout, whatever the number of jobs."""
+    sees exactly 1 + K connections from the statushost server (-cmd and -sub0,
+    K = redis_sub_connections = 1 by default) throughout, whatever the number of jobs."""
     with worker(SEED_WORKER, "tick_ms=20", "complete_probability=0.25") as w, server(w.port) as sh:
         inst = sh.wait_log(r"\(instance ([0-9a-f]+)\)").group(1)
         winst = w.wait_log(r"\(instance ([0-9a-f]+)\)").group(1)

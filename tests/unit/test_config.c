@@ -101,7 +101,7 @@ static void test_defaults(void)
     CHECK_STR(cfg.listen_host, "127.0.0.1");
     CHECK_INT(cfg.listen_port, 9999);
     CHECK_STR(cfg.redis, "redis://127.0.0.1:6379");
-    CHECK_INT(cfg.redis_sub_connections, 4);
+    CHECK_INT(cfg.redis_sub_connections, 1);
     CHECK_INT(cfg.log_level, SH_LOG_INFO);
     CHECK_INT(cfg.max_head_bytes, 8192);
     CHECK_INT(cfg.max_body_bytes, 1048576);
