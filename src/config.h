@@ -38,6 +38,7 @@ typedef struct sh_config {
     size_t max_tasks_per_conn;     /* running or waiting tasks per connection → 1008 */
     uint64_t loop_stall_ms;        /* an iteration stuck longer aborts the process (0: off) */
     int reuseport;                 /* SO_REUSEPORT on the listener */
+    int permessage_deflate;        /* accept permessage-deflate offers (RFC 7692) */
     char **allowed_origins;        /* NULL-terminated; NULL: any origin */
     char **real_ip_from;           /* trusted proxies (CIDRs), NULL-terminated; NULL: none */
     char *real_ip_header;          /* "X-Forwarded-For" | "X-Real-IP" | NULL */
