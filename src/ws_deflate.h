@@ -25,9 +25,17 @@
 
 #include "buf.h"
 
+/* Compile-time tuning (-D...): README "permessage-deflate" has the memory
+ * each choice costs. */
+#ifndef SH_PMD_WBITS
 #define SH_PMD_WBITS 11      /* the server's LZ77 window: 2 KiB */
+#endif
+#ifndef SH_PMD_MEMLEVEL
 #define SH_PMD_MEMLEVEL 4    /* zlib memLevel of the deflater */
+#endif
+#ifndef SH_PMD_MIN_BYTES
 #define SH_PMD_MIN_BYTES 64  /* smaller messages are sent uncompressed */
+#endif
 
 /* The agreed parameters of a connection. */
 typedef struct sh_pmd_params {

@@ -30,7 +30,7 @@ done
 
 # ------------------------------------------------------------------ packages
 PKGS=(build-essential cmake pkg-config libuv1-dev liblua5.4-dev libhiredis-dev libwslay-dev
-      lua-cjson-dev node-llhttp libssl-dev uthash-dev libsystemd-dev zlib1g-dev redis-server python3 clang
+      lua-cjson-dev node-llhttp libssl-dev uthash-dev libsystemd-dev zlib1g-dev redis-server python3 python3-websockets clang
       libclang-rt-14-dev chromium nodejs npm valgrind dpkg-dev groff-base man-db)
 missing=()
 for p in "${PKGS[@]}"; do
