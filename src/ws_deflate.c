@@ -388,7 +388,7 @@ static int start_deflater(sh_pmd *d)
 
 int sh_pmd_put_message(sh_pmd *d, sh_buf *out, uint8_t opcode, const char *data, size_t len)
 {
-    if (len < SH_PMD_MIN_BYTES)
+    if (len < (d->prm.server_no_context_takeover ? SH_PMD_MIN_BYTES_NCT : SH_PMD_MIN_BYTES))
         return 0;
     if (!d->def && start_deflater(d) != 0)
         return -1;

@@ -13,7 +13,10 @@
  *   window of SH_PMD_WBITS bits (or the smaller server_max_window_bits the
  *   client asked for), and kept for context takeover unless the client asked
  *   server_no_context_takeover: then it is freed after each message;
- * - messages under SH_PMD_MIN_BYTES are sent uncompressed (RSV1 clear).
+ * - messages under SH_PMD_MIN_BYTES (SH_PMD_MIN_BYTES_NCT without context
+ *   takeover) are sent uncompressed (RSV1 clear): a 35-byte JSON update
+ *   deflates to about 10 bytes with the previous ones as history, and to
+ *   more than 35 bytes without.
  *
  * A connection that did not negotiate the extension carries only a NULL
  * pointer (sh_conn.pmd). */
@@ -34,7 +37,11 @@
 #define SH_PMD_MEMLEVEL 4    /* zlib memLevel of the deflater */
 #endif
 #ifndef SH_PMD_MIN_BYTES
-#define SH_PMD_MIN_BYTES 64  /* smaller messages are sent uncompressed */
+#define SH_PMD_MIN_BYTES 32       /* smaller messages are sent uncompressed ... */
+#endif
+#ifndef SH_PMD_MIN_BYTES_NCT
+#define SH_PMD_MIN_BYTES_NCT 128  /* ... or these with server_no_context_takeover: without
+                                     the previous messages as history deflate gains little */
 #endif
 
 /* The agreed parameters of a connection. */

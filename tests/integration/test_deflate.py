@@ -88,14 +88,14 @@ def test_third_party_client_parameters():
 @S.test
 def test_echoes_are_compressed_on_the_wire():
     """The server compresses what it sends (RSV1 on the frame, fewer bytes
-    than the message) from SH_PMD_MIN_BYTES (64) up, and not below."""
+    than the message) from SH_PMD_MIN_BYTES (32) up, and not below."""
     with echo_server() as sh:
         c = WsClient(sh.port, headers={"Sec-WebSocket-Extensions":
                                        "permessage-deflate; client_max_window_bits"})
         assert c.response_headers["sec-websocket-extensions"] == \
             "permessage-deflate; client_no_context_takeover", c.response_headers
         big = ("status update " * 50).encode()
-        for payload, compressed in ((b"x" * 63, False), (b"y" * 64, True), (big, True)):
+        for payload, compressed in ((b"x" * 31, False), (b"y" * 32, True), (big, True)):
             c.send(OP_TEXT, payload)
             fin, op, data, rsv = _recv_raw(c)
             assert fin and op == OP_TEXT
