@@ -73,8 +73,9 @@ def page_same_origin_and_cross_origin():
 @suite.test
 def page_with_permessage_deflate():
     """The same flow with permessage_deflate=true: Chromium's offer is
-    answered (read from the 101 through the DevTools protocol), the updates
-    come compressed, and both batches complete."""
+    answered (read from the 101 through the DevTools protocol); Chromium
+    compresses its batch and the server its updates (35 bytes each, over the
+    32-byte threshold, with context takeover), and both batches complete."""
     ensure_node_modules()
     with Redis() as r, \
             Statushost("examples/remote_worker.lua", redis=r, sets=["tick_ms=100"]) as worker, \
