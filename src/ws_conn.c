@@ -234,16 +234,17 @@ static void on_frame_start(wslay_event_context_ptr ctx,
  * inflate it onto c->msg, and validate the new text. */
 static void take_compressed(sh_conn *c, const uint8_t *p, size_t n, int last)
 {
-    size_t old = c->msg.len;
+    size_t old = c->msg.len, max = c->lim->max_message_bytes;
     const char *why = NULL;
-    int code = sh_pmd_inflate(c->pmd, &c->msg, p, n, last, c->lim->max_message_bytes, &why);
-    if (code) {
-        fail(c, (uint16_t)code, why);
-        return;
-    }
-    if (c->msg_opcode == WSLAY_TEXT_FRAME &&
-        sh_utf8_feed(&c->utf8, (const uint8_t *)c->msg.p + old, c->msg.len - old) < 0)
+    int code = sh_pmd_inflate(c->pmd, &c->msg, p, n, last, max, &why);
+    /* the text within the limit is checked first, whatever went wrong after
+     * it: the close code must not depend on how TCP cut the input */
+    size_t end = c->msg.len < max ? c->msg.len : max;
+    if (c->msg_opcode == WSLAY_TEXT_FRAME && end > old &&
+        sh_utf8_feed(&c->utf8, (const uint8_t *)c->msg.p + old, end - old) < 0)
         fail(c, 1007, "invalid UTF-8 in a text message");
+    else if (code)
+        fail(c, (uint16_t)code, why);
 }
 
 static void on_frame_chunk(wslay_event_context_ptr ctx,
