@@ -92,6 +92,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -621,8 +622,20 @@ static void client_connect(void)
         setsockopt(W.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
         setsockopt(W.fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof mss);
     }
-    CHECK(connect(W.fd, (struct sockaddr *)&listen_addr, sizeof listen_addr) == 0,
-          "connect: %s", strerror(errno));
+    int rc = connect(W.fd, (struct sockaddr *)&listen_addr, sizeof listen_addr);
+    if (rc != 0 && errno == EINTR) {
+        /* a signal (libFuzzer's timers) interrupted it: the connection goes
+         * on in the background; wait for it and take its result */
+        struct pollfd p = {.fd = W.fd, .events = POLLOUT};
+        while (poll(&p, 1, -1) < 0 && errno == EINTR)
+            ;
+        int err = 0;
+        socklen_t el = sizeof err;
+        getsockopt(W.fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        rc = err ? -1 : 0;
+        errno = err;
+    }
+    CHECK(rc == 0, "connect: %s", strerror(errno));
     setsockopt(W.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     CHECK(fcntl(W.fd, F_SETFL, fcntl(W.fd, F_GETFL) | O_NONBLOCK) == 0, "fcntl");
 }
