@@ -53,6 +53,7 @@ static const struct core_key core_keys[] = {
     {"loop_stall_ms", SH_CT_NUMBER, NULL, 5000},
     {"reuseport", SH_CT_BOOLEAN, NULL, 0},
     {"workers", SH_CT_NUMBER, NULL, 1},
+    {"permessage_deflate", SH_CT_BOOLEAN, NULL, 0},
     {"allowed_origins", SH_CT_LIST, NULL, 0},
     {"real_ip_from", SH_CT_LIST, NULL, 0},
     {"real_ip_header", SH_CT_STRING, "", 0},
@@ -468,6 +469,9 @@ int sh_config_read(lua_State *L, int t, sh_config *cfg, char *err, size_t errsz)
     }
     lua_getfield(L, t, "reuseport");
     cfg->reuseport = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, t, "permessage_deflate");
+    cfg->permessage_deflate = lua_toboolean(L, -1);
     lua_pop(L, 1);
     if (read_origins(L, t, cfg, err, errsz) != 0)
         goto fail;

@@ -41,6 +41,7 @@ typedef struct sh_config {
     int reuseport;                 /* SO_REUSEPORT on the listener */
     size_t workers;                /* processes on the listen address (1..128; >1: a master
                                       forks them, see master.h) */
+    int permessage_deflate;        /* accept permessage-deflate offers (RFC 7692) */
     char **allowed_origins;        /* NULL-terminated; NULL: any origin */
     char **real_ip_from;           /* trusted proxies (CIDRs), NULL-terminated; NULL: none */
     char *real_ip_header;          /* "X-Forwarded-For" | "X-Real-IP" | NULL */

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "log.h"
+#include "ws_deflate.h"
 
 enum timer_mode { TM_NONE, TM_HEAD, TM_KEEPALIVE, TM_DECIDE, TM_LINGER };
 
@@ -434,6 +435,37 @@ static int origin_allowed(const sh_limits *lim, const char *origin)
     return 0;
 }
 
+/* Negotiate permessage-deflate from r's Sec-WebSocket-Extensions lines (the
+ * first acceptable offer of the first line that has one): set c->pmd and
+ * append the response header to c->out. Returns 0, or -1 (out of memory). */
+static int negotiate_deflate(sh_conn *c, const sh_request *r)
+{
+    if (!c->lim->permessage_deflate)
+        return 0;
+    for (size_t i = 0; i < r->nheaders; i++) {
+        if (strcasecmp(r->headers[i].name, "Sec-WebSocket-Extensions") != 0)
+            continue;
+        sh_pmd_params prm;
+        char resp[160];
+        const char *why;
+        int rc = sh_pmd_negotiate(r->headers[i].value, &prm, resp, sizeof resp, &why);
+        if (rc < 0)
+            sh_info(c->id, "malformed Sec-WebSocket-Extensions: no compression");
+        else if (rc == 0 && strcmp(why, "no permessage-deflate offer") != 0)
+            sh_info(c->id, "permessage-deflate offer declined: %s", why);
+        if (rc <= 0)
+            continue;
+        c->pmd = sh_pmd_new(&prm);
+        if (!c->pmd)
+            return -1;
+        int bad = sh_buf_append(&c->out, "Sec-WebSocket-Extensions: ", 26);
+        bad |= sh_buf_append(&c->out, resp, strlen(resp));
+        bad |= sh_buf_append(&c->out, "\r\n", 2);
+        return bad ? -1 : 0;
+    }
+    return 0;
+}
+
 /* A header line value is safe to echo: no CR, LF or NUL. */
 static int header_safe(const char *v)
 {
@@ -465,6 +497,7 @@ void sh_conn_upgrade(sh_conn *c, const char *protocol, const char *extra)
         bad |= sh_buf_append(&c->out, protocol, strlen(protocol));
         bad |= sh_buf_append(&c->out, "\r\n", 2);
     }
+    bad |= negotiate_deflate(c, r);
     if (extra)
         bad |= sh_buf_append(&c->out, extra, strlen(extra));
     bad |= sh_buf_append(&c->out, "\r\n", 2);
@@ -638,6 +671,7 @@ static void on_handle_closed(uv_handle_t *h)
     sh_buf_free(&c->inflight);
     free(c->close_reason);
     free(c->path);
+    sh_pmd_free(c->pmd);
     free(c);
 }
 

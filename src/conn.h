@@ -59,6 +59,7 @@ typedef struct sh_limits {
     uint64_t ping_timeout_ms;      /* pong deadline → dropped */
     uint64_t close_timeout_ms;     /* wait for the peer's close frame → dropped */
     char **allowed_origins;        /* NULL-terminated; NULL: any Origin */
+    int permessage_deflate;        /* accept a permessage-deflate offer (ws_deflate.h) */
 } sh_limits;
 
 enum sh_phase {
@@ -139,6 +140,7 @@ typedef struct sh_conn {
     char *close_reason;          /* NULL or the reason the connection ended with */
     char method[16];             /* the last request's method and path (cut at 512 bytes; */
     char *path;                  /* no query: it may hold tokens), for the access line */
+    struct sh_pmd *pmd;          /* NULL, or permessage-deflate's state once negotiated */
 
     void *app;                   /* the handler's per-connection state */
 } sh_conn;

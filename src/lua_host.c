@@ -438,6 +438,7 @@ static void take_limits(sh_gen *g)
         .ping_timeout_ms = c->ping_timeout_ms,
         .close_timeout_ms = c->close_timeout_ms,
         .allowed_origins = c->allowed_origins,
+        .permessage_deflate = c->permessage_deflate,
     };
     g->mem_max = c->lua_max_memory;
 }

@@ -24,6 +24,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "ws_deflate.h"
 
 #define HAS SH_HAS
 #define SET SH_SET
@@ -59,6 +60,15 @@ static int slow_consumer(sh_conn *c)
 }
 
 static void fail(sh_conn *c, uint16_t code, const char *why);
+
+/* The frame with first header byte b0 carries compressed payload: the
+ * message total is then checked on the inflated size, as it grows. */
+static int compressed_frame(const sh_conn *c, uint8_t b0)
+{
+    if (!c->pmd)
+        return 0;
+    return (b0 & 0x0f) == 0 ? c->pmd->receiving && c->msg_opcode : (b0 & 0x40) != 0;
+}
 
 /* Bytes of c->in that may go to wslay now: up to the end of the frame header
  * or payload being read, so wslay never holds bytes of the next frame. A
@@ -102,7 +112,8 @@ static void frame_advance(sh_conn *c, const uint8_t *p, size_t n)
      * does whatever the cut, and is not judged here */
     int bad_len = (l7 == 126 && len < 126) || (l7 == 127 && (len < 65536 || (len >> 63)));
     if (op < 8 && !bad_len && !HAS(c, SH_CF_FAILED) &&
-        (len > c->lim->max_message_bytes || c->msg.len + len > c->lim->max_message_bytes) &&
+        (len > c->lim->max_message_bytes ||
+         (c->msg.len + len > c->lim->max_message_bytes && !compressed_frame(c, c->fr_hdr[0]))) &&
         (op != 0 || c->msg_opcode)) {
         /* fail before a byte of the payload arrives */
         fail(c, 1009, "message over max_message_bytes");
@@ -191,12 +202,22 @@ static void on_frame_start(wslay_event_context_ptr ctx,
     c->frame_fin = arg->fin;
     if (HAS(c, SH_CF_FAILED))
         return;
+    if (c->pmd && wslay_get_rsv1(arg->rsv) &&
+        (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)) {
+        /* RFC 7692 §6.1: RSV1 marks a message's first frame only */
+        fail(c, 1002, arg->opcode >= 8 ? "RSV1 set on a control frame"
+                                       : "RSV1 set on a continuation frame");
+        return;
+    }
     if (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME) {
         c->msg_opcode = arg->opcode;
         c->msg.len = 0;
         sh_utf8_init(&c->utf8);
+        if (c->pmd)
+            sh_pmd_begin(c->pmd, wslay_get_rsv1(arg->rsv));
     }
-    if (arg->opcode < 8 && c->msg.len + arg->payload_length > c->lim->max_message_bytes) {
+    if (arg->opcode < 8 && c->msg.len + arg->payload_length > c->lim->max_message_bytes &&
+        !(c->pmd && c->pmd->receiving && arg->payload_length <= c->lim->max_message_bytes)) {
         /* wslay counts only the frame when it does not buffer: the message
          * total is checked here, before any byte of the frame is read */
         fail(c, 1009, "message over max_message_bytes");
@@ -207,6 +228,23 @@ static void on_frame_start(wslay_event_context_ptr ctx,
         if (arg->payload_length == 1)
             fail(c, 1002, "close frame with a 1-byte payload");
     }
+}
+
+/* Compressed payload of the message arriving (last: its final frame ended):
+ * inflate it onto c->msg, and validate the new text. */
+static void take_compressed(sh_conn *c, const uint8_t *p, size_t n, int last)
+{
+    size_t old = c->msg.len, max = c->lim->max_message_bytes;
+    const char *why = NULL;
+    int code = sh_pmd_inflate(c->pmd, &c->msg, p, n, last, max, &why);
+    /* the text within the limit is checked first, whatever went wrong after
+     * it: the close code must not depend on how TCP cut the input */
+    size_t end = c->msg.len < max ? c->msg.len : max;
+    if (c->msg_opcode == WSLAY_TEXT_FRAME && end > old &&
+        sh_utf8_feed(&c->utf8, (const uint8_t *)c->msg.p + old, end - old) < 0)
+        fail(c, 1007, "invalid UTF-8 in a text message");
+    else if (code)
+        fail(c, (uint16_t)code, why);
 }
 
 static void on_frame_chunk(wslay_event_context_ptr ctx,
@@ -220,6 +258,10 @@ static void on_frame_chunk(wslay_event_context_ptr ctx,
     case WSLAY_TEXT_FRAME:
     case WSLAY_BINARY_FRAME:
     case WSLAY_CONTINUATION_FRAME:
+        if (c->pmd && c->pmd->receiving) {
+            take_compressed(c, arg->data, arg->data_length, 0);
+            break;
+        }
         if (c->msg_opcode == WSLAY_TEXT_FRAME &&
             sh_utf8_feed(&c->utf8, arg->data, arg->data_length) < 0) {
             fail(c, 1007, "invalid UTF-8 in a text message");
@@ -278,6 +320,11 @@ static void on_frame_end(wslay_event_context_ptr ctx, void *user)
     }
     if (c->frame_opcode >= 8 || !c->frame_fin)
         return;
+    if (c->pmd && c->pmd->receiving) {
+        take_compressed(c, NULL, 0, 1);
+        if (HAS(c, SH_CF_FAILED))
+            return;
+    }
     /* a data message is complete */
     if (c->msg_opcode == WSLAY_TEXT_FRAME && !sh_utf8_at_boundary(&c->utf8)) {
         fail(c, 1007, "text message ends inside a UTF-8 sequence");
@@ -332,6 +379,8 @@ int sh_ws_start(sh_conn *c)
         return -1;
     wslay_event_config_set_no_buffering(c->ws, 1);
     wslay_event_config_set_max_recv_msg_length(c->ws, c->lim->max_message_bytes);
+    if (c->pmd)
+        wslay_event_config_set_allowed_rsv_bits(c->ws, WSLAY_RSV1_BIT);
     sh_transport *tp = c->tp;
     tp->metrics->websockets_current++;
     tp->metrics->websockets_total++;
@@ -487,22 +536,7 @@ void sh_ws_on_timer(sh_conn *c)
 static int put_frame(sh_conn *c, uint8_t opcode, const char *data, size_t len)
 {
     uint8_t h[10];
-    size_t hl;
-    h[0] = 0x80 | opcode;
-    if (len < 126) {
-        h[1] = (uint8_t)len;
-        hl = 2;
-    } else if (len < 65536) {
-        h[1] = 126;
-        h[2] = (uint8_t)(len >> 8);
-        h[3] = (uint8_t)len;
-        hl = 4;
-    } else {
-        h[1] = 127;
-        for (int i = 0; i < 8; i++)
-            h[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
-        hl = 10;
-    }
+    size_t hl = sh_ws_frame_header(h, (uint8_t)(0x80 | opcode), len);
     if (sh_buf_reserve(&c->out, hl + len) != 0)
         return -1;
     memcpy(c->out.p + c->out.len, h, hl);
@@ -527,7 +561,9 @@ int sh_conn_send(sh_conn *c, const char *data, size_t len, int binary)
         return -1;
     if (wslay_event_want_write(c->ws))
         wslay_event_send(c->ws); /* control frames queued earlier (a pong) go first */
-    if (put_frame(c, binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME, data, len) != 0) {
+    uint8_t op = binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME;
+    int z = c->pmd ? sh_pmd_put_message(c->pmd, &c->out, op, data, len) : 0;
+    if (z < 0 || (z == 0 && put_frame(c, op, data, len) != 0)) {
         sh_warn(c->id, "out of memory queueing a message: closing 1011");
         sh_conn_ws_close(c, 1011, "out of memory");
         return -1;

@@ -35,6 +35,7 @@ done
 PKGS=(build-essential cmake pkg-config libuv1-dev liblua5.4-dev libhiredis-dev libwslay-dev
       lua-cjson-dev node-llhttp libssl-dev uthash-dev libsystemd-dev redis-server redis-tools python3 clang
       libclang-rt-14-dev chromium nodejs npm valgrind dpkg-dev groff-base man-db)
+PKGS+=(zlib1g-dev python3-websockets) # permessage-deflate: zlib; a third-party client for it
 missing=()
 for p in "${PKGS[@]}"; do
   # a tool already on PATH (e.g. node from another source) counts as present

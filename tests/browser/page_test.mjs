@@ -3,12 +3,16 @@
 //
 //   node tests/browser/page_test.mjs --url http://127.0.0.1:PORT/
 //        [--cross-origin-url 'http://127.0.0.1:OTHER/index.html?ws=ws://127.0.0.1:PORT/']
-//        [--screenshot PATH] [--timeout MS] [--chromium PATH]
+//        [--screenshot PATH] [--timeout MS] [--chromium PATH] [--expect-deflate]
 //
 // For each mode (same origin; cross origin when given) it loads the page, checks 10 rows
 // 未开始, clicks 发送, awaits every row 已完成, progress 10/10 and the close line showing 1000,
 // then clicks 新批次 and checks a second batch completes without a reload. One line per check,
 // then `page: N passed, N failed`; exit 1 on any failure.
+//
+// --expect-deflate: the server runs with permessage_deflate=true. The handshakes are read
+// through the Chrome DevTools Protocol (Network.webSocketHandshakeResponseReceived): each
+// socket's 101 must answer Chromium's permessage-deflate offer.
 //
 // chromium.launch() always gives the browser a fresh temporary --user-data-dir of its own
 // (mkdtemp in $TMPDIR, removed on close); Playwright refuses --user-data-dir in `args`.
@@ -23,18 +27,22 @@ const DONE = '已完成';
 function usage(msg) {
   if (msg) console.error(`page_test: ${msg}`);
   console.error('usage: node page_test.mjs --url URL [--cross-origin-url URL] [--screenshot PATH] ' +
-    '[--timeout MS] [--chromium PATH]');
+    '[--timeout MS] [--chromium PATH] [--expect-deflate]');
   process.exit(2);
 }
 
 function parseArgs(argv) {
   const opts = { url: null, crossOriginUrl: null, screenshot: null, timeout: 30000,
-    chromium: process.env.CHROMIUM || '/usr/bin/chromium' };
+    chromium: process.env.CHROMIUM || '/usr/bin/chromium', expectDeflate: false };
   const names = { '--url': 'url', '--cross-origin-url': 'crossOriginUrl', '--screenshot': 'screenshot',
     '--timeout': 'timeout', '--chromium': 'chromium' };
   for (let i = 0; i < argv.length; i++) {
     let [flag, value] = argv[i].split(/=(.*)/s, 2);
     if (flag === '-h' || flag === '--help') usage();
+    if (flag === '--expect-deflate') {
+      opts.expectDeflate = true;
+      continue;
+    }
     const key = names[flag];
     if (!key) usage(`unknown option ${flag}`);
     if (value === undefined) {
@@ -195,6 +203,23 @@ async function runMode(browser, mode, url) {
   });
   let loads = 0;
   page.on('load', () => { loads++; });
+  const handshakes = []; // { offer, answer } per WebSocket, from the DevTools protocol
+  if (opts.expectDeflate) {
+    const cdp = await context.newCDPSession(page);
+    await cdp.send('Network.enable');
+    const byId = new Map();
+    const header = (h, name) => Object.entries(h || {})
+      .filter(([k]) => k.toLowerCase() === name).map(([, v]) => v).join(', ');
+    cdp.on('Network.webSocketWillSendHandshakeRequest', (e) => {
+      const hs = { offer: header(e.request.headers, 'sec-websocket-extensions'), answer: null };
+      byId.set(e.requestId, hs);
+      handshakes.push(hs);
+    });
+    cdp.on('Network.webSocketHandshakeResponseReceived', (e) => {
+      const hs = byId.get(e.requestId);
+      if (hs) hs.answer = header(e.response.headers, 'sec-websocket-extensions');
+    });
+  }
 
   try {
     await check(`${mode}: page loads (${url})`, async () => {
@@ -254,6 +279,17 @@ async function runMode(browser, mode, url) {
       const ids = JSON.parse(sent[1].frames[0]).map((t) => t.id);
       assert(JSON.stringify(ids) === JSON.stringify(secondIds), 'batch 2 frame ids differ from rows');
     });
+
+    if (opts.expectDeflate) {
+      await check(`${mode}: both sockets negotiated permessage-deflate`, async () => {
+        assert(handshakes.length === 2, `${handshakes.length} handshakes seen`);
+        for (const hs of handshakes) {
+          assert(/permessage-deflate/.test(hs.offer), `Chromium offered "${hs.offer}"`);
+          assert(/^permessage-deflate(;|$)/.test(hs.answer || ''),
+            `offer "${hs.offer}" answered "${hs.answer}"`);
+        }
+      });
+    }
   } catch (e) {
     if (!(e instanceof Fatal)) fail(`${mode}: unexpected`, e && e.stack ? e.stack : e);
   }

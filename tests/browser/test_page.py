@@ -70,5 +70,22 @@ def page_same_origin_and_cross_origin():
         assert "page: " in out and " 0 failed" in out, out
 
 
+@suite.test
+def page_with_permessage_deflate():
+    """The same flow with permessage_deflate=true: Chromium's offer is
+    answered (read from the 101 through the DevTools protocol); Chromium
+    compresses its batch and the server its updates (35 bytes each, over the
+    32-byte threshold, with context takeover), and both batches complete."""
+    ensure_node_modules()
+    with Redis() as r, \
+            Statushost("examples/remote_worker.lua", redis=r, sets=["tick_ms=100"]) as worker, \
+            Statushost("scripts/default.lua", redis=r,
+                       sets=["remote_url=http://127.0.0.1:%d/remote/message" % worker.port,
+                             "permessage_deflate=true"]) as server:
+        rc, out = run_page_test("--url", server.base_url + "/", "--expect-deflate")
+        assert rc == 0, "page_test.mjs exited %d\n--- server log:\n%s" % (rc, server.log_text())
+        assert "negotiated permessage-deflate" in out and " 0 failed" in out, out
+
+
 if __name__ == "__main__":
     suite.run()

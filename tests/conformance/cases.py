@@ -12,8 +12,10 @@ server's reaction); settle (Autobahn's 1 s waits); strict_close (require a
 close frame with the exact code where Autobahn also accepts a TCP drop);
 max_message_bytes (the server's limit); big_timeout (section 9).
 """
+import random
 import struct
 import time
+import zlib
 
 from wsconn import (CaseFail, OP_BIN, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
                     close_payload, describe_events, expect, fill, frame, message_frames,
@@ -29,6 +31,7 @@ DEFAULT = ("default",)
 SECTIONS = {"1": "Framing", "2": "Pings/Pongs", "3": "Reserved Bits", "4": "Opcodes",
             "5": "Fragmentation", "6": "UTF-8 Handling", "7": "Close Handling",
             "9": "Limits/Performance", "10": "Misc (auto-fragmentation)",
+            "12": "WebSocket Compression (payloads)", "13": "WebSocket Compression (parameters)",
             "sh": "statushost extras (not Autobahn)"}
 
 
@@ -714,5 +717,239 @@ fails("sh.10.2", "Default policy: send a binary message in 2 fragments: close 10
 fails("sh.10.3", "Default policy: a ping, then a binary message: pong, then close 1003.",
       [F(OP_PING, b"p"), F(OP_BIN, b"\x00")], ok=[("pong", b"p")], codes=[UNSUPPORTED],
       policies=DEFAULT)
+
+
+# ---------------------------------------------------------------- 12, 13 permessage-deflate
+# Autobahn's Case12_X_Y / Case13_X_Y: echo messages over a connection that
+# negotiated permessage-deflate (RFC 7692), at 18 size/fragmentation points,
+# for 5 kinds of payload (12.x, client offer "permessage-deflate;
+# client_max_window_bits") and 7 offers (13.x, text of 12.1's kind). Autobahn
+# sends each message 1000 times; ctx.pmd_count (--pmd-count) sets how many.
+# Fragmentation is of the compressed payload (Autobahn's autoFragmentSize).
+
+PMD_POINTS = [(16, None), (64, None), (256, None), (1024, None), (4096, None), (8192, None),
+              (16384, None), (32768, None), (65536, None), (131072, None),
+              (8192, 256), (16384, 256), (32768, 256), (65536, 256), (131072, 256),
+              (131072, 1024), (131072, 4096), (131072, 32768)]
+
+_WORDS = ("the of and to in is was for on that with as by at from his it an were are which "
+          "this be or has had not first one their its new after but who they have two "
+          "status task update redis worker batch socket message window deflate").split()
+
+
+def _pmd_text(n, seed):
+    r = random.Random(seed)
+    out = []
+    size = 0
+    while size <= n:
+        w = r.choice(_WORDS)
+        out.append(w)
+        size += len(w) + 1
+    return " ".join(out).encode()[:n]
+
+
+def _pmd_json(n, seed):
+    r = random.Random(seed)
+    out = b""
+    while len(out) < n:
+        out += ('{"task":"t%d","state":"%s","progress":%d,"note":"\u00e9t\u00e9 %d"}\n'
+                % (r.randrange(10000), r.choice(["queued", "running", "done", "failed"]),
+                   r.randrange(101), r.randrange(1000))).encode()
+    out = out[:n]
+    while True:  # never cut inside a UTF-8 sequence
+        try:
+            out.decode()
+            return out
+        except UnicodeDecodeError:
+            out = out[:-1] + b" "
+
+
+def _pmd_records(n, seed):
+    r = random.Random(seed)
+    out = b""
+    while len(out) < n:
+        out += struct.pack("!IHB", r.randrange(1 << 20), r.randrange(64), r.randrange(4)) + b"\x00" * 9
+    return out[:n]
+
+
+def _pmd_mixed(n, seed):
+    r = random.Random(seed)
+    return bytes(r.choice(b"\x00\x01\x02\x03abcdefgh\xff\xfe") for _ in range(n))
+
+
+def _pmd_random(n, seed):
+    return random.Random(seed).randbytes(n)
+
+
+PMD_KINDS = [  # 12.x: (opcode, what, generator)
+    (OP_TEXT, "text made of English words", _pmd_text),
+    (OP_BIN, "binary records (very compressible)", _pmd_records),
+    (OP_TEXT, "JSON task updates with non-ASCII text", _pmd_json),
+    (OP_BIN, "binary of a 14-symbol alphabet", _pmd_mixed),
+    (OP_BIN, "random binary (incompressible)", _pmd_random),
+]
+
+PMD_DEFAULT_OFFER = "permessage-deflate; client_max_window_bits"
+PMD_OFFERS = [  # 13.x: (offer, what, parameters the answer must carry)
+    ("permessage-deflate", "the default offer", {}),
+    ("permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+     "no context takeover", {"server_no_context_takeover": None}),
+    ("permessage-deflate; server_max_window_bits=9; client_max_window_bits=8",
+     "the smallest windows (server 9: zlib has no raw 8-bit window)", {"server_max_window_bits": "9"}),
+    ("permessage-deflate; server_max_window_bits=15; client_max_window_bits=15",
+     "the largest windows", {"server_max_window_bits": None}),
+    ("permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+     "server_max_window_bits=9; client_max_window_bits=8",
+     "the smallest windows and no context takeover",
+     {"server_no_context_takeover": None, "server_max_window_bits": "9"}),
+    ("permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+     "server_max_window_bits=15; client_max_window_bits=15",
+     "the largest windows and no context takeover",
+     {"server_no_context_takeover": None, "server_max_window_bits": None}),
+    ('permessage-deflate; server_max_window_bits=8, permessage-deflate; foo, '
+     'permessage-deflate; server_no_context_takeover; server_max_window_bits="10", permessage-deflate',
+     "several offers: the first acceptable (the third) is taken",
+     {"server_no_context_takeover": None, "server_max_window_bits": "10"}),
+]
+
+
+def check_pmd_answer(c, offer, want):
+    """The server's answer accepts the offer as RFC 7692 §7.1 allows:
+    server_no_context_takeover when asked, server_max_window_bits only when
+    offered and never above the offered value, client_max_window_bits only
+    when offered. want: parameters that must be there (value None: any)."""
+    if c.pmd is None:
+        raise CaseFail("permessage-deflate was not negotiated (offer %r)" % offer)
+    first_ok = None
+    for o in offer.split(","):
+        first_ok = o
+        if "foo" not in o and "server_max_window_bits=8" not in o:
+            break
+    for k, v in want.items():
+        if k not in c.pmd or (v is not None and c.pmd[k] != v):
+            raise CaseFail("answer %r lacks %s%s" % (c.response_headers.get("sec-websocket-extensions"),
+                                                     k, "=" + v if v else ""))
+    if "server_no_context_takeover" in c.pmd and "server_no_context_takeover" not in first_ok:
+        raise CaseFail("server_no_context_takeover answered but not offered")
+    for k in ("server_max_window_bits", "client_max_window_bits"):
+        if c.pmd.get(k) is not None and k not in first_ok:
+            raise CaseFail("%s answered but not offered" % k)
+        if c.pmd.get(k) is not None:
+            offered = first_ok.split(k + "=")[1].split(";")[0].strip().strip('"') \
+                if k + "=" in first_ok else "15"
+            if not 8 <= int(c.pmd[k]) <= int(offered):
+                raise CaseFail("%s=%s answered to an offer of %s" % (k, c.pmd[k], offered))
+
+
+def pmd_echo(offer, want, opcode, gen, size, frag, seed):
+    def run(ctx):
+        c = ctx.connect(deflate=offer)
+        try:
+            check_pmd_answer(c, offer, want)
+            n = ctx.pmd_count
+            # the same payload repeated (as Autobahn) alternates with fresh ones
+            payloads = [gen(size, seed + (i // 2)) for i in range(n)]
+            for p in payloads:
+                if not c.send_message_z(opcode, p, frag):
+                    break
+            ok = [msg(p, opcode == OP_BIN) for p in payloads]
+            note = expect(c, ok, True, [NORMAL], True, ctx, wait=max(ctx.timeout, 10.0))
+            # the server's thresholds: 32 octets, 128 without context takeover
+            if size >= (128 if "server_no_context_takeover" in c.pmd else 32) \
+                    and c.compressed_msgs != n:
+                raise CaseFail("%d of %d echoes came back compressed" % (c.compressed_msgs, n))
+            return note
+        finally:
+            c.shutdown()
+    return run
+
+
+for _k, (_op, _what, _gen) in enumerate(PMD_KINDS, 1):
+    for _j, (_size, _frag) in enumerate(PMD_POINTS, 1):
+        add("12.%d.%d" % (_k, _j), "Compressed echo: %s, %d octets%s (offer %r)."
+            % (_what, _size, ", fragments of %d" % _frag if _frag else "", PMD_DEFAULT_OFFER),
+            pmd_echo(PMD_DEFAULT_OFFER, {"client_no_context_takeover": None}, _op, _gen, _size,
+                     _frag, 1200 + _k * 100 + _j))
+for _k, (_offer, _what, _want) in enumerate(PMD_OFFERS, 1):
+    for _j, (_size, _frag) in enumerate(PMD_POINTS, 1):
+        add("13.%d.%d" % (_k, _j), "Compressed echo with %s: %d octets%s (offer %r)."
+            % (_what, _size, ", fragments of %d" % _frag if _frag else "", _offer),
+            pmd_echo(_offer, _want, OP_TEXT, _pmd_text, _size, _frag, 1300 + _k * 100 + _j))
+
+
+def pmd_steps(steps, ok=(), codes=(PROTOCOL_ERROR,), offer=PMD_DEFAULT_OFFER):
+    """A fails() case on a connection that negotiated permessage-deflate."""
+    def run(ctx):
+        c = ctx.connect(deflate=offer)
+        try:
+            if c.pmd is None:
+                raise CaseFail("permessage-deflate was not negotiated")
+            for st in steps:
+                st(c)
+            return expect(c, list(ok), False, list(codes), False, ctx)
+        finally:
+            c.shutdown()
+    return run
+
+
+def Z(opcode, payload, frag=None):
+    """One step: send a compressed message."""
+    return lambda c: c.send_message_z(opcode, payload, frag)
+
+
+def _bomb(c):
+    """A message that inflates to 64 MiB from ~64 KiB: over max_message_bytes
+    however the server is set up here."""
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    chunk = z.compress(b"\x00" * (64 << 20)) + z.flush(zlib.Z_SYNC_FLUSH)
+    c.send_raw(frame(OP_BIN, chunk[:-4], rsv=4))
+
+
+add("sh.12.1", "permessage-deflate: RSV1 on a continuation frame: 1002.",
+    pmd_steps([F(OP_TEXT, b"Hello", fin=False), F(OP_CONT, b"world", rsv=4)]))
+add("sh.12.2", "permessage-deflate: RSV1 on a ping: 1002.", pmd_steps([F(OP_PING, b"p", rsv=4)]))
+add("sh.12.3", "permessage-deflate: RSV1 on a close frame: 1002.",
+    pmd_steps([F(OP_CLOSE, b"\x03\xe8", rsv=4)]))
+add("sh.12.4", "permessage-deflate: RSV2 on a text frame: 1002.",
+    pmd_steps([F(OP_TEXT, b"Hello", rsv=2)]))
+add("sh.12.5", "permessage-deflate: a compressed message that is not deflate data: 1007.",
+    pmd_steps([F(OP_TEXT, b"\xff\xff\xff\xff\xff", rsv=4)], codes=[INVALID_PAYLOAD]))
+add("sh.12.6", "permessage-deflate: compressed text that inflates to invalid UTF-8: 1007.",
+    pmd_steps([Z(OP_TEXT, b"valid, then \xce\xba\xe1\xbd\xb9\xcf\x83\xce\xb5\xed\xa0\x80 not")],
+              codes=[INVALID_PAYLOAD]))
+add("sh.12.7", "permessage-deflate: a compressed message inflating to 64 MiB: 1009.",
+    pmd_steps([_bomb], codes=[TOO_BIG]))
+add("sh.12.8", "permessage-deflate negotiated: uncompressed and compressed messages mix.",
+    lambda ctx: pmd_mixed(ctx))
+add("sh.12.9", "permessage-deflate: an offer with an unknown parameter is declined (no extension).",
+    lambda ctx: pmd_declined(ctx, "permessage-deflate; foo=1"))
+add("sh.12.10", "permessage-deflate: a malformed extension header is declined (no extension).",
+    lambda ctx: pmd_declined(ctx, 'permessage-deflate; client_max_window_bits="10'))
+
+
+def pmd_mixed(ctx):
+    c = ctx.connect(deflate=PMD_DEFAULT_OFFER)
+    try:
+        big = _pmd_text(3000, 7)
+        c.send_frame(OP_TEXT, b"plain")
+        c.send_message_z(OP_TEXT, big, 100)
+        c.send_frame(OP_BIN, big)
+        c.send_message_z(OP_BIN, b"")
+        return expect(c, [msg(b"plain"), msg(big), msg(big, True), msg(b"", True)], True, [NORMAL],
+                      True, ctx)
+    finally:
+        c.shutdown()
+
+
+def pmd_declined(ctx, offer):
+    c = ctx.connect(deflate=offer)
+    try:
+        if c.pmd is not None:
+            raise CaseFail("offer %r accepted: %r" % (offer, c.response_headers))
+        c.send_frame(OP_TEXT, b"Hello")
+        return expect(c, [msg(b"Hello")], True, [NORMAL], True, ctx)
+    finally:
+        c.shutdown()
+
 
 CASES.sort(key=lambda c: (c.section == "sh", c.key()))

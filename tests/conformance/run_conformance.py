@@ -32,7 +32,7 @@ import harness  # noqa: E402
 from cases import CASES, SECTIONS  # noqa: E402
 from wsconn import CaseFail, Conn  # noqa: E402
 
-ECHO_SETS = ["max_message_bytes=16777216", "max_send_buffer=67108864"]
+ECHO_SETS = ["max_message_bytes=16777216", "max_send_buffer=67108864", "permessage_deflate=true"]
 
 
 class Ctx:
@@ -44,9 +44,10 @@ class Ctx:
         self.strict_close = args.strict_close
         self.max_message_bytes = args.max_message_bytes
         self.policy = args.policy
+        self.pmd_count = args.pmd_count
 
-    def connect(self):
-        return Conn(self.host, self.port, self.path, timeout=max(10.0, self.timeout))
+    def connect(self, deflate=None):
+        return Conn(self.host, self.port, self.path, timeout=max(10.0, self.timeout), deflate=deflate)
 
 
 def run_case(case, ctx):
@@ -81,6 +82,8 @@ def main():
     ap.add_argument("--strict-close", action="store_true",
                     help="require a close frame with the exact code where Autobahn also accepts "
                          "a TCP drop or an empty close frame")
+    ap.add_argument("--pmd-count", type=int, default=10,
+                    help="messages per case in sections 12 and 13 (Autobahn sends 1000)")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     ap.add_argument("-v", "--verbose", action="store_true", help="print notes of passing cases")
     args = ap.parse_args()

@@ -22,6 +22,7 @@ import struct
 import sys
 import threading
 import time
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
@@ -95,7 +96,7 @@ def describe_events(evs):
 class Conn:
     """One WebSocket connection to the server under test."""
 
-    def __init__(self, host, port, path="/", timeout=10.0, headers=None):
+    def __init__(self, host, port, path="/", timeout=10.0, headers=None, deflate=None):
         self.host, self.port = host, port
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -115,7 +116,15 @@ class Conn:
         self._bg_active = False       # a send_background thread is writing
         self._deferred_close = None   # close reply to send once it is done
         self.reply_close = True       # answer the server's close frame (Autobahn does)
-        self._handshake(path, headers or {})
+        self.pmd = None               # permessage-deflate response parameters, once agreed
+        self._zin = None              # inflater of the server's messages
+        self._zout = None             # deflater of ours
+        self._frag_z = False          # the message arriving is compressed
+        self.compressed_msgs = 0      # messages the server sent compressed
+        headers = dict(headers or {})
+        if deflate is not None:       # an offer: "permessage-deflate; ..."
+            headers["Sec-WebSocket-Extensions"] = deflate
+        self._handshake(path, headers)
 
     # ------------------------------------------------------------ handshake
     def _handshake(self, path, headers):
@@ -145,6 +154,10 @@ class Conn:
         want = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
         if hdrs.get("sec-websocket-accept") != want:
             raise CaseFail("bad Sec-WebSocket-Accept %r" % hdrs.get("sec-websocket-accept"))
+        self.response_headers = hdrs
+        ext = hdrs.get("sec-websocket-extensions")
+        if ext is not None:
+            self.pmd = parse_pmd_response(ext)
         self.rbuf += rest
         self._parse()
 
@@ -181,6 +194,44 @@ class Conn:
             if not self.send_raw(f, chop, sync):
                 return False
         return True
+
+    def compress(self, payload):
+        """A message payload compressed as RFC 7692 §7.2.1 says (the tail
+        0x00 0x00 0xff 0xff removed), with context takeover unless the
+        server answered client_no_context_takeover."""
+        if self._zout is None or "client_no_context_takeover" in self.pmd:
+            # zlib cannot make a raw 8-bit window: 9 is the least it takes
+            wb = max(9, int(self.pmd.get("client_max_window_bits") or 15))
+            self._zout = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -wb)
+        data = self._zout.compress(payload) + self._zout.flush(zlib.Z_SYNC_FLUSH)
+        assert data.endswith(b"\x00\x00\xff\xff")
+        return data[:-4]
+
+    def send_message_z(self, opcode, payload, frag_size=None, chop=None):
+        """A compressed message: RSV1 on its first frame, the compressed
+        payload cut in frag_size pieces (Autobahn's autoFragmentSize)."""
+        if isinstance(payload, str):
+            payload = payload.encode()
+        data = self.compress(payload)
+        pieces = [data[i:i + frag_size] for i in range(0, len(data), frag_size)] \
+            if frag_size else [data]
+        pieces = pieces or [b""]
+        for i, p in enumerate(pieces):
+            f = frame(opcode if i == 0 else OP_CONT, p, fin=i == len(pieces) - 1,
+                      rsv=4 if i == 0 else 0)
+            if not self.send_raw(f, chop):
+                return False
+        return True
+
+    def _inflate(self, data):
+        if self._zin is None or "server_no_context_takeover" in self.pmd:
+            # a fresh inflater per message checks the server really resets
+            self._zin = zlib.decompressobj(-int(self.pmd.get("server_max_window_bits") or 15))
+        try:
+            return self._zin.decompress(data + b"\x00\x00\xff\xff")
+        except zlib.error as e:
+            self._violate("server sent a compressed message that does not inflate: %s" % e)
+            return data
 
     def send_close(self, code=None, reason=None, raw=None):
         p = raw if raw is not None else close_payload(code, reason)
@@ -283,7 +334,8 @@ class Conn:
         name = OPNAMES.get(op, "opcode %d" % op)
         if masked:
             self._violate("server sent a masked %s frame" % name)
-        if rsv:
+        compressed = (rsv == 4 and self.pmd is not None and op in (OP_TEXT, OP_BIN))
+        if rsv and not compressed:
             self._violate("server sent a %s frame with RSV=%d" % (name, rsv))
         if self.close_frame is not None:
             self._violate("server sent a %s frame after its close frame" % name)
@@ -297,10 +349,13 @@ class Conn:
             if op != OP_CONT and self._frag_op is not None:
                 self._violate("server started a new message inside a fragmented one")
             if op != OP_CONT:
-                self._frag_op, self._frag = op, []
+                self._frag_op, self._frag, self._frag_z = op, [], compressed
             self._frag.append(payload)
             if fin:
                 msg = b"".join(self._frag)
+                if self._frag_z:
+                    msg = self._inflate(msg)
+                    self.compressed_msgs += 1
                 binary = self._frag_op == OP_BIN
                 self._frag_op, self._frag = None, []
                 if not binary:
@@ -366,6 +421,28 @@ class Conn:
         if code is None:
             return "close frame without status code"
         return "close %d %s" % (code, short(reason, 40))
+
+
+def parse_pmd_response(value):
+    """The parameters of a permessage-deflate response: {name: value or
+    None}. Anything else than one permessage-deflate element is an error."""
+    elems = [e.strip() for e in value.split(",") if e.strip()]
+    if len(elems) != 1:
+        raise CaseFail("Sec-WebSocket-Extensions answered %r: one element expected" % value)
+    parts = [p.strip() for p in elems[0].split(";")]
+    if parts[0] != "permessage-deflate":
+        raise CaseFail("Sec-WebSocket-Extensions answered %r" % value)
+    out = {}
+    for p in parts[1:]:
+        k, eq, v = p.partition("=")
+        k = k.strip()
+        if k in out:
+            raise CaseFail("repeated %s in %r" % (k, value))
+        if k not in ("server_no_context_takeover", "client_no_context_takeover",
+                     "server_max_window_bits", "client_max_window_bits"):
+            raise CaseFail("unknown parameter %s in %r" % (k, value))
+        out[k] = v.strip().strip('"') if eq else None
+    return out
 
 
 def _unmask(payload, key):

@@ -77,12 +77,22 @@
  *   the client sees the TCP FIN; once a close frame was written, EV_CLOSE's
  *   code is not 1006; the metrics' current counts return to 0;
  * - the transport settles: no busy loop between steps;
- * - ASan/UBSan/LeakSanitizer: every run ends with the connection freed. */
+ * - ASan/UBSan/LeakSanitizer: every run ends with the connection freed.
+ *
+ * fuzz_ws_deflate is this file built with FZ_DEFLATE: the upgrade request
+ * offers permessage-deflate and the server accepts it (src/ws_deflate.c is
+ * in the binary), so the input's frames with RSV1 go through the inflater
+ * (the seeds have compressed messages, a zip bomb, RSV1 misuse) and the
+ * echoes through the deflater. The wire check then allows RSV1 on data
+ * frames, inflates them with a client inflater kept across the run (the
+ * server takes over its context) and checks the text inside; the 101 must
+ * carry the extension's answer. */
 #define _GNU_SOURCE /* memmem */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -97,6 +107,9 @@
 
 #include "conn.h"
 #include "log.h"
+#ifdef FZ_DEFLATE
+#include <zlib.h>
+#endif
 
 #define CHECK(cond, ...)                                                                   \
     do {                                                                                   \
@@ -132,9 +145,16 @@ static fz_config decode_config(uint8_t b)
 
 #define LONG_MS (600u * 1000) /* no limit runs out during a run */
 
+#ifdef FZ_DEFLATE
+#define FZ_EXT "Sec-WebSocket-Extensions: x-foo, permessage-deflate; client_max_window_bits\r\n"
+static const char ext_line[] =
+    "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n";
+#else
+#define FZ_EXT ""
+#endif
 static const char upgrade_request[] =
     "GET /ws HTTP/1.1\r\nHost: fuzz\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" FZ_EXT "\r\n";
 static const char accept_line[] = "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n";
 
 /* The process-wide part: created once. */
@@ -326,6 +346,9 @@ typedef struct out_check {
     size_t ping_at;      /* the next ping a pong may answer */
     int cut_ok;          /* the connection was dropped while output waited: the
                             bytes may end inside a frame */
+#ifdef FZ_DEFLATE
+    z_stream *zin;       /* the client's inflater of compressed frames, or NULL */
+#endif
 } out_check;
 
 /* Check that w[0..n) is a sequence of whole, well-formed server frames, and
@@ -349,7 +372,12 @@ static size_t check_frames(const uint8_t *w, size_t n, out_check *oc, const char
         unsigned op = b0 & 0x0f;
         off += 2;
         CHECK(b0 & 0x80, "%s: frame without FIN (0x%02x) at %zu", what, b0, start);
+#ifdef FZ_DEFLATE
+        CHECK((b0 & 0x70) == 0 || ((b0 & 0x70) == 0x40 && (op == 1 || op == 2)),
+              "%s: RSV bits set (0x%02x) at %zu", what, b0, start);
+#else
         CHECK((b0 & 0x70) == 0, "%s: RSV bits set (0x%02x) at %zu", what, b0, start);
+#endif
         CHECK(op == 1 || op == 2 || op == 8 || op == 9 || op == 10,
               "%s: opcode %u at %zu", what, op, start);
         CHECK((b1 & 0x80) == 0, "%s: masked server frame at %zu", what, start);
@@ -377,7 +405,36 @@ static size_t check_frames(const uint8_t *w, size_t n, out_check *oc, const char
         off += (size_t)len;
         if (op >= 8)
             CHECK(len <= 125, "%s: control frame of %llu bytes", what, (unsigned long long)len);
+#ifdef FZ_DEFLATE
+        if ((b0 & 0x40) && oc->zin) {
+            /* inflate as a client does: payload + 00 00 ff ff, one inflater */
+            uint8_t *zi = malloc((size_t)len + 4), *zo = NULL;
+            memcpy(zi, pl, (size_t)len);
+            memcpy(zi + len, "\x00\x00\xff\xff", 4);
+            size_t cap = 0, got = 0;
+            oc->zin->next_in = zi;
+            oc->zin->avail_in = (uInt)len + 4;
+            int zr;
+            do {
+                cap = cap ? cap * 2 : 4096;
+                zo = realloc(zo, cap);
+                oc->zin->next_out = zo + got;
+                oc->zin->avail_out = (uInt)(cap - got);
+                zr = inflate(oc->zin, Z_SYNC_FLUSH);
+                got = cap - oc->zin->avail_out;
+            } while (zr == Z_OK && oc->zin->avail_out == 0);
+            CHECK(zr == Z_OK || zr == Z_BUF_ERROR, "%s: compressed frame at %zu does not inflate (%d)",
+                  what, start, zr);
+            CHECK(oc->zin->avail_in == 0, "%s: compressed frame at %zu: bytes left", what, start);
+            if (op == 1)
+                CHECK(ref_utf8_valid(zo, got), "%s: compressed text at %zu is not UTF-8", what,
+                      start);
+            free(zi);
+            free(zo);
+        } else if (op == 1 && !(b0 & 0x40))
+#else
         if (op == 1)
+#endif
             CHECK(ref_utf8_valid(pl, (size_t)len), "%s: text frame at %zu is not UTF-8", what,
                   start);
         if (op == 10 && oc->pings) {
@@ -565,8 +622,20 @@ static void client_connect(void)
         setsockopt(W.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
         setsockopt(W.fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof mss);
     }
-    CHECK(connect(W.fd, (struct sockaddr *)&listen_addr, sizeof listen_addr) == 0,
-          "connect: %s", strerror(errno));
+    int rc = connect(W.fd, (struct sockaddr *)&listen_addr, sizeof listen_addr);
+    if (rc != 0 && errno == EINTR) {
+        /* a signal (libFuzzer's timers) interrupted it: the connection goes
+         * on in the background; wait for it and take its result */
+        struct pollfd p = {.fd = W.fd, .events = POLLOUT};
+        while (poll(&p, 1, -1) < 0 && errno == EINTR)
+            ;
+        int err = 0;
+        socklen_t el = sizeof err;
+        getsockopt(W.fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        rc = err ? -1 : 0;
+        errno = err;
+    }
+    CHECK(rc == 0, "connect: %s", strerror(errno));
     setsockopt(W.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     CHECK(fcntl(W.fd, F_SETFL, fcntl(W.fd, F_GETFL) | O_NONBLOCK) == 0, "fcntl");
 }
@@ -628,7 +697,7 @@ static void check_out(void)
     if (!c || c->phase != SH_PHASE_WS)
         return;
     CHECK(!SH_HAS(c, SH_CF_IN_WSLAY), "IN_WSLAY left set");
-    out_check oc = {0, NULL, 0, 0};
+    out_check oc = {.pings = NULL};
     CHECK(check_frames((const uint8_t *)c->out.p, c->out.len, &oc, "out") == c->out.len,
           "out does not end on a frame boundary");
 }
@@ -801,6 +870,9 @@ static void run(const uint8_t *data, size_t n, fz_config cfg, uint8_t split, uin
         .ping_interval_ms = cfg.ping ? LONG_MS : 0,
         .ping_timeout_ms = LONG_MS,
         .close_timeout_ms = LONG_MS,
+#ifdef FZ_DEFLATE
+        .permessage_deflate = 1,
+#endif
     };
 
     client_connect();
@@ -846,14 +918,24 @@ static void run(const uint8_t *data, size_t n, fz_config cfg, uint8_t split, uin
     /* the output: a 101 and frames; a 403; or nothing (dropped undecided) */
     sh_buf pings = {0};
     collect_pings(data, n, &pings);
-    out_check oc = {0, &pings, 0, W.output_cut};
+    out_check oc = {.pings = &pings, .cut_ok = W.output_cut};
     size_t hl = head_len(&W.raw);
     if (W.opens) {
         CHECK(hl >= 13 && memcmp(W.raw.p, "HTTP/1.1 101 ", 13) == 0,
               "no 101 ahead of the frames (%zu bytes)", W.raw.len);
+#ifdef FZ_DEFLATE
+        CHECK(memmem(W.raw.p, hl, ext_line, sizeof ext_line - 1) != NULL,
+              "the 101 does not accept permessage-deflate");
+        z_stream zin = {0};
+        CHECK(inflateInit2(&zin, -15) == Z_OK, "inflateInit2");
+        oc.zin = &zin;
+#endif
         CHECK(memmem(W.raw.p, hl, accept_line, sizeof accept_line - 1) != NULL,
               "the 101 lacks the right Sec-WebSocket-Accept");
         check_frames((const uint8_t *)W.raw.p + hl, W.raw.len - hl, &oc, "wire");
+#ifdef FZ_DEFLATE
+        inflateEnd(&zin);
+#endif
     } else if (W.refused) {
         CHECK(hl > 0 && memcmp(W.raw.p, "HTTP/1.1 403 ", 13) == 0, "refused without a 403");
         CHECK(W.raw.len == hl + 7, "a 403 head of %zu bytes and %zu bytes after it (want 7)",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """make_corpus.py — write the seed corpora of the fuzz targets.
 
-    python3 tests/fuzz/make_corpus.py        (rewrites tests/fuzz/corpus/{http,ws}/)
+    python3 tests/fuzz/make_corpus.py        (rewrites tests/fuzz/corpus/{http,ws,ws_deflate}/)
 
 corpus/http/NAME: byte 0 is fuzz_http's chunking seed (bits 0-6, 0: one
 feed; bit 7: limits 256/1024 instead of 8192/65536), then the bytes a
@@ -18,6 +18,7 @@ fuzz_ws.c.
 import os
 import shutil
 import struct
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3
@@ -206,8 +207,46 @@ def ws_corpus():
         write("ws", name, bytes([b0, split, act]) + data)
 
 
+def z(data, wbits=15, level=6, final=False):
+    """A client's compressed payload (RFC 7692 7.2.1), no context takeover."""
+    if isinstance(data, str):
+        data = data.encode()
+    c = zlib.compressobj(level, zlib.DEFLATED, -wbits)
+    if final:
+        return c.compress(data) + c.flush(zlib.Z_FINISH)
+    return (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def ws_deflate_corpus():
+    """corpus/ws_deflate: fuzz_ws_deflate's inputs (the same layout as ws/),
+    with compressed messages (RSV1, rsv=4 here)."""
+    c = {}
+    hello = z("Hello, compressed world! " * 4)
+    c["z_text"] = (cfg(), 0, 0, frame(1, hello, rsv=4) + close(1000))
+    c["z_binary"] = (cfg(binary=1), 1, 0, frame(2, z(bytes(range(256)) * 4), rsv=4) + close(1000))
+    zz = z("fragmented and compressed " * 20)
+    c["z_fragments"] = (cfg(), 2, 0, frame(1, zz[:7], fin=False, rsv=4) + frame(9, "p")
+                        + frame(0, zz[7:20], fin=False) + frame(0, zz[20:]) + close(1000))
+    c["z_mixed"] = (cfg(greet=1), 1, 0x21, frame(1, "plain") + frame(1, hello, rsv=4)
+                    + frame(1, z("Big"), rsv=4) + frame(1, "x" * 100) + close(1000))
+    c["z_final_block"] = (cfg(), 0, 0, frame(1, z("final block", final=True), rsv=4) + close(1000))
+    c["z_empty"] = (cfg(), 0, 0, frame(1, b"\x00", rsv=4) + frame(1, b"", rsv=4) + close(1000))
+    c["z_bomb"] = (cfg(msg=0), 1, 0, frame(2, z(b"\0" * 300000, level=9), rsv=4))
+    c["z_bomb_small_limit"] = (cfg(msg=3), 0, 0, frame(1, z("a" * 100), rsv=4))
+    c["z_bad_data"] = (cfg(), 0, 0, frame(1, b"\xff\xff\xff\xff", rsv=4))
+    c["z_bad_utf8"] = (cfg(), 0, 0, frame(1, z(b"ok \xed\xa0\x80"), rsv=4))
+    c["z_rsv1_cont"] = (cfg(), 0, 0, frame(1, "a", fin=False) + frame(0, "b", rsv=4))
+    c["z_rsv1_ping"] = (cfg(), 0, 0, frame(9, "p", rsv=4))
+    c["z_rsv2"] = (cfg(), 0, 0, frame(1, "a", rsv=2))
+    c["z_hooks"] = (cfg(), 2, 0x5a, frame(1, z("close me"), rsv=4) + frame(1, z("Big"), rsv=4)
+                    + frame(1, z("b" * 90), rsv=4) + close(1000))
+    for name, (b0, split, act, data) in c.items():
+        write("ws_deflate", name, bytes([b0, split, act]) + data)
+
+
 if __name__ == "__main__":
-    for kind in ("http", "ws"):
+    for kind in ("http", "ws", "ws_deflate"):
         shutil.rmtree(os.path.join(HERE, "corpus", kind), ignore_errors=True)
     http_corpus()
     ws_corpus()
+    ws_deflate_corpus()

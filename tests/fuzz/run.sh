@@ -23,7 +23,7 @@
 # what the input does). Regenerate the seeds: python3 tests/fuzz/make_corpus.py
 #
 # Environment: SH_FUZZ_BUILD (build dir, default build-fuzz), SH_FUZZ_TARGETS
-# (default "http ws http_client"), SH_FUZZ_FORK (processes), SH_FUZZ_PATCHED_SRC (a
+# (default "http ws ws_deflate http_client"), SH_FUZZ_FORK (processes), SH_FUZZ_PATCHED_SRC (a
 # directory of candidate fixes: its ws_conn.c, http_parse.c, ... are fuzzed
 # instead of src/'s; use a separate SH_FUZZ_BUILD).
 set -euo pipefail
@@ -35,7 +35,7 @@ case "$SECS" in
   ''|*[!0-9]*) echo "usage: tests/fuzz/run.sh [SECONDS]" >&2; exit 2 ;;
 esac
 BUILD=${SH_FUZZ_BUILD:-$ROOT/build-fuzz}
-TARGETS=${SH_FUZZ_TARGETS:-http ws http_client}
+TARGETS=${SH_FUZZ_TARGETS:-http ws ws_deflate http_client}
 FORK=${SH_FUZZ_FORK:-0}
 
 if ! command -v clang >/dev/null 2>&1; then

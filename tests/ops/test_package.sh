@@ -42,7 +42,7 @@ echo "== $deb"
 
 depends=$(dpkg-deb -f "$deb" Depends)
 echo "Depends: $depends"
-for lib in libuv1 libhiredis liblua5.4 libssl lua-cjson libsystemd0 libc6; do
+for lib in libuv1 libhiredis liblua5.4 libssl lua-cjson libsystemd0 zlib1g libc6; do
   echo "$depends" | grep -q "$lib" || fail "Depends lacks $lib: $depends"
 done
 contents=$(dpkg-deb -c "$deb" | awk '{print $6}')
