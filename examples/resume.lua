@@ -100,6 +100,7 @@ local function record(token, fid, job)
   local expire_at = math.floor((deadline + cfg.resume_keep_s) * 1000) -- Unix ms, for PXAT
   local done, ndone, sub, timer, stopped = {}, 0, nil, nil, false
   local publish = publish_command()
+  local text = job.text -- the batch as sent (the default's dispatch drops job.text)
   local function stop_recording(why)
     if stopped then return end
     stopped = true
@@ -109,7 +110,7 @@ local function record(token, fid, job)
   end
   -- save the batch, in a task of its own so that the SET goes out now, with the SUBSCRIBE
   host.spawn(function()
-    local meta = ('{"deadline":%.3f,"fid":%s,"tasks":%s}'):format(deadline, json.encode(fid), job.text)
+    local meta = ('{"deadline":%.3f,"fid":%s,"tasks":%s}'):format(deadline, json.encode(fid), text)
     local ok, err = host.redis.call("SET", k.meta, meta, "PXAT", expire_at)
     if not ok then host.log.warn("resume: could not save job", fid, err) end
   end)

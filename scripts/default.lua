@@ -111,6 +111,9 @@ function lib.dispatch(conn, job)
   local ok, problem = policy.validate_config(cfg)
   if not ok then return nil, "misconfigured: " .. problem end
   local body = '{"data":' .. job.text .. ',"fid":' .. json.encode(conn.id) .. '}'
+  -- the body is the one copy of the batch kept for the job's life (the HTTP client
+  -- borrows it, it does not copy it): the text it was made from can go
+  job.text = nil
   local why
   for _ = 0, cfg.dispatch_retries do
     local started = host.now()

@@ -72,8 +72,12 @@ typedef struct {
 /* The serialized request, shared by its call (kept for a retry) and a pending write. */
 typedef struct {
     unsigned refs; /* holders: the call, and the connection while a write is pending */
+    const char *body;              /* a borrowed body (opts.body_release), or NULL */
+    size_t body_len;
+    void (*release)(void *arg);    /* called when the last reference goes */
+    void *release_arg;
     size_t len;    /* bytes in data */
-    char data[];   /* request head followed by the body */
+    char data[];   /* request head followed by the body (unless borrowed) */
 } sh_http_blob;
 
 /* A response header as offsets into the call's header buffer (which moves as it grows). */
@@ -283,8 +287,11 @@ static void buf_free(sh_buf *b)
 /* Drops one reference; frees on the last. Accepts NULL. */
 static void blob_unref(sh_http_blob *b)
 {
-    if (b && --b->refs == 0)
+    if (b && --b->refs == 0) {
+        if (b->release)
+            b->release(b->release_arg);
         free(b);
+    }
 }
 
 /* 1 when c may appear in an HTTP token (method, header name). */
@@ -501,17 +508,24 @@ static int request_build(const sh_http_opts *o, const char *method, const sh_url
         rc |= buf_puts(&b, "Connection: keep-alive\r\n");
     rc |= buf_append(&b, "\r\n", 2);
     sh_http_blob *blob = NULL;
-    if (rc == 0 && b.len <= SIZE_MAX - sizeof *blob - o->body_len)
-        blob = malloc(sizeof *blob + b.len + o->body_len);
+    size_t copied = o->body_release ? 0 : o->body_len;
+    if (rc == 0 && b.len <= SIZE_MAX - sizeof *blob - copied)
+        blob = malloc(sizeof *blob + b.len + copied);
     if (!blob) {
         buf_free(&b);
         return SH_HTTP_ENOMEM;
     }
-    blob->refs = 1;
-    blob->len = b.len + o->body_len;
+    *blob = (sh_http_blob){.refs = 1, .len = b.len + copied};
     memcpy(blob->data, b.p, b.len);
-    if (o->body_len)
-        memcpy(blob->data + b.len, o->body, o->body_len);
+    if (copied)
+        memcpy(blob->data + b.len, o->body, copied);
+    if (o->body_release && o->body_len) {
+        blob->body = o->body;
+        blob->body_len = o->body_len;
+    }
+    /* the release goes with the blob (even for an empty body): from here the call owns it */
+    blob->release = o->body_release;
+    blob->release_arg = o->body_release_arg;
     buf_free(&b);
     *out = blob;
     return 0;
@@ -1546,7 +1560,9 @@ static void conn_send(sh_http_conn *conn)
     if (conn->ssl) { /* encrypted into the write BIO, then written from there */
         size_t written = 0;
         ERR_clear_error();
-        if (SSL_write_ex(conn->ssl, call->req->data, call->req->len, &written) != 1) {
+        if (SSL_write_ex(conn->ssl, call->req->data, call->req->len, &written) != 1 ||
+            (call->req->body_len &&
+             SSL_write_ex(conn->ssl, call->req->body, call->req->body_len, &written) != 1)) {
             char reason[96];
             tls_reason(conn, 0, reason, sizeof reason);
             conn_fail_tls(conn, reason);
@@ -1559,10 +1575,11 @@ static void conn_send(sh_http_conn *conn)
     }
     conn->wblob = call->req;
     call->req->refs++;
-    uv_buf_t buf;
-    buf.base = call->req->data;
-    buf.len = call->req->len;
-    int rc = uv_write(&conn->wreq, (uv_stream_t *)&conn->tcp, &buf, 1, write_cb);
+    uv_buf_t buf[2];
+    buf[0] = uv_buf_init(call->req->data, (unsigned)call->req->len);
+    buf[1] = uv_buf_init((char *)call->req->body, (unsigned)call->req->body_len);
+    int rc = uv_write(&conn->wreq, (uv_stream_t *)&conn->tcp, buf, call->req->body_len ? 2 : 1,
+                      write_cb);
     if (rc < 0) {
         blob_unref(conn->wblob);
         conn->wblob = NULL;
@@ -1938,6 +1955,8 @@ int sh_http_request(sh_http_client *c, const sh_http_opts *o, sh_http_cb cb, voi
     sh_http_host *h = NULL;
     if ((rc = request_build(o, method, &u, &call->req, &call->no_reuse)) < 0 ||
         !(h = host_get(c, &u))) {
+        if (call->req)
+            call->req->release = NULL; /* an error: the caller keeps its borrowed body */
         blob_unref(call->req);
         free(call);
         return rc < 0 ? rc : SH_HTTP_ENOMEM;

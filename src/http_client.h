@@ -69,8 +69,14 @@ typedef struct {
                                  * SH_HTTP_EUNSUPPORTED */
     const sh_http_hdr *headers; /* caller's extra headers; Host, Content-Length and Connection are */
     size_t nheaders;            /* set by the client unless given here (case-insensitive match) */
-    const char *body;           /* request body, may be NULL when body_len is 0; copied */
+    const char *body;           /* request body, may be NULL when body_len is 0; copied, unless: */
     size_t body_len;
+    void (*body_release)(void *arg); /* set: body is borrowed, not copied, and must stay valid
+                                      * until body_release(body_release_arg) is called, once, when
+                                      * the client is done with it (after cb or a cancel, once no
+                                      * write of it is pending). Not called when sh_http_request
+                                      * returns an error. */
+    void *body_release_arg;
     uint64_t timeout_ms;         /* total deadline (queue+connect+send+response); 0 -> 30000 */
     uint64_t connect_timeout_ms; /* resolve+connect (+TLS handshake) of a new socket; 0 -> 5000 */
 } sh_http_opts;

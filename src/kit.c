@@ -351,6 +351,8 @@ static int kit_http_request(void *ctx, const sh_http_opts *o, sh_http_cb cb, voi
     lua_setfield(L, -2, "headers");
     r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     *call = r;
+    if (o->body_release) /* the body was copied into the request table */
+        o->body_release(o->body_release_arg);
     return 0;
 }
 

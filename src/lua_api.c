@@ -766,6 +766,20 @@ static int on_message(sh_pconn *p, const sh_conn_event *ev)
                 p->owner.nwaiting);
         return 1008;
     }
+    sh_gen *g = p->gen;
+    if (g->mem_max && g->mem + ev->len > g->mem_max - g->mem_max / 8 &&
+        uv_hrtime() - g->last_full_gc > 100000000ull) {
+        /* near the budget: what ended jobs left may only wait for the collector (which runs
+         * as Lua allocates, and refused work allocates nothing); at most every 100 ms */
+        g->last_full_gc = uv_hrtime();
+        lua_gc(g->L, LUA_GCCOLLECT);
+    }
+    if (g->mem_max && g->mem + ev->len > g->mem_max - g->mem_max / 8) {
+        /* the jobs in flight hold 7/8 of lua_max_memory: new work waits, old work goes on */
+        sh_warn(p->owner.id, "Lua memory %zu of %zu (lua_max_memory): no room for a %zu-byte "
+                "message: closing 1013", g->mem, g->mem_max, ev->len);
+        return 1013;
+    }
     sh_task *t = hook_task(p, h, &p->owner);
     if (!t)
         return 1011;

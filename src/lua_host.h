@@ -137,6 +137,7 @@ struct sh_gen {
     int closing;                 /* shutting down: new waits fail with "closed" */
     size_t mem, mem_max;         /* bytes the state uses; cap while tasks run (0: none) */
     int capped;                  /* the cap applies now (a task runs) */
+    uint64_t last_full_gc;       /* uv_hrtime() of the last collection forced near the cap */
     sh_task *tasks;              /* live tasks */
     sh_gen *next_gen, *prev_gen; /* in host->gens */
 };

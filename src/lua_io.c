@@ -633,6 +633,23 @@ static const char *opt_string(lua_State *L, const char *key, size_t *len, const 
     return lua_tolstring(L, -1, len); /* stays on the stack: anchored */
 }
 
+/* A large request body lent to the HTTP client instead of copied: the
+ * string is anchored in the registry until the client releases it. */
+typedef struct body_loan {
+    sh_gen *gen; /* a reference is held */
+    int ref;
+} body_loan;
+
+static void body_release(void *arg)
+{
+    body_loan *b = arg;
+    luaL_unref(b->gen->L, LUA_REGISTRYINDEX, b->ref);
+    sh_gen_unref(b->gen);
+    free(b);
+}
+
+#define BODY_LOAN_MIN 4096 /* smaller bodies are copied */
+
 /* host.http.request{method=, url=, headers=, body=, timeout_ms=} →
  * {status, headers, body} | nil, err */
 int sh_io_http_request(lua_State *L)
@@ -648,6 +665,7 @@ int sh_io_http_request(lua_State *L)
         return luaL_error(L, "%s: url is required", SH_FNAME(L));
     o.method = opt_string(L, "method", NULL, "GET");
     o.body = opt_string(L, "body", &o.body_len, NULL);
+    int body_at = lua_gettop(L); /* the body string, anchored on the stack */
     lua_getfield(L, 1, "timeout_ms");
     o.timeout_ms = (uint64_t)luaL_optinteger(L, -1, 30000);
     lua_getfield(L, 1, "connect_timeout_ms");
@@ -688,8 +706,25 @@ int sh_io_http_request(lua_State *L)
     sh_task *t = sh_io_need_task(L);
     if (sh_task_doomed(t))
         return fail(L, "closed");
+    body_loan *loan = NULL;
+    if (o.body_len >= BODY_LOAN_MIN) {
+        /* a large body (a job's batch) is held once: this string, not a copy in C */
+        lua_pushvalue(L, body_at);
+        int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        if (!(loan = malloc(sizeof *loan))) {
+            luaL_unref(L, LUA_REGISTRYINDEX, ref);
+            return fail(L, "out of memory");
+        }
+        loan->ref = ref;
+        loan->gen = g;
+        sh_gen_ref(g);
+        o.body_release = body_release;
+        o.body_release_arg = loan;
+    }
     void *call;
     int rc = IO(g)->http_request(IOCTX(g), &o, http_done, t, &call);
+    if (rc < 0 && loan)
+        body_release(loan);
     if (rc == SH_HTTP_EINVAL || rc == SH_HTTP_EUNSUPPORTED)
         return luaL_error(L, "%s: %s (%s)", SH_FNAME(L), sh_http_strerror(rc), o.url);
     if (rc < 0)

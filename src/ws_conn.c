@@ -342,7 +342,8 @@ static void on_frame_end(wslay_event_context_ptr ctx, void *user)
         fail(c, (uint16_t)code, code == 1003 ? (op == WSLAY_BINARY_FRAME
                                                     ? "binary messages are not accepted"
                                                     : "text messages are not accepted")
-                                             : "the message was refused");
+                                             : code == 1013 ? "try again later"
+                                                            : "the message was refused");
     else if (!code)
         SET(c, SH_CF_PAUSED); /* its hook runs before the next frame is read */
 }

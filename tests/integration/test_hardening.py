@@ -17,6 +17,9 @@ set in the policies' config tables, so the old binary starts and shows what it
 does without them.
 """
 import http.server
+import json
+import re
+import select
 import os
 import shutil
 import signal
@@ -636,6 +639,119 @@ def f10b_system_out_of_memory_closes_1011_and_the_server_lives():
             "no allocation failed: the limit is too high to test anything (%s)" % set(outcomes.values())
         echo_ok(ws(sh), "after")
         assert "fatal" not in sh.log_text()
+
+
+# ====================================================================== F8
+
+class HangingRemote:
+    """A real HTTP server whose POSTs are read and never answered (the seed's
+    remote answers when the job is done): count() = requests read."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.conns, self.n, self.lock = [], 0, threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._read, args=(c,), daemon=True).start()
+
+    def _read(self, c):
+        buf = b""
+        try:
+            while True:
+                head, sep, rest = buf.partition(b"\r\n\r\n")
+                if sep:
+                    m = re.search(rb"(?i)content-length: *(\d+)", head)
+                    need = int(m.group(1)) if m else 0
+                    if len(rest) >= need:
+                        with self.lock:
+                            self.n += 1
+                        buf = rest[need:]
+                        continue
+                chunk = c.recv(1 << 20)
+                if not chunk:
+                    return
+                buf += chunk
+        except OSError:
+            return
+
+    def count(self):
+        with self.lock:
+            return self.n
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@S.test
+def f8_a_batch_is_held_once_and_new_work_waits_at_the_budget():
+    """Jobs of 1 MB batches (1,000 tasks) on the default policy with a remote
+    that never answers, lua_max_memory = 24 MiB: each job holds one copy of
+    its batch (the POST body, lent to the HTTP client, not copied into C)
+    plus its decoded tasks; once the jobs in flight hold 7/8 of the budget a new batch is
+    closed 1013 (try again later) while the running jobs carry on (none is
+    closed); when they end, new work is accepted again.
+    fails on old: yes (the 7th job's hook failed allocating: 1011)."""
+    r = shared_redis()
+    hang = HangingRemote()
+    try:
+        with host("scripts/default.lua", redis=r,
+                  sets=["remote_url=http://127.0.0.1:%d/jobs" % hang.port,
+                        "lua_max_memory=%d" % (24 * 1024 * 1024), "job_timeout_ms=600000"]) as sh:
+            text = json.dumps([{"id": "t%06d" % i, "status": "进行中", "note": "x" * 980}
+                               for i in range(1000)], ensure_ascii=False)
+            base = metric(sh, "lua_memory_bytes")
+            jobs, refused = [], None
+            for i in range(20):
+                c = ws(sh, timeout=30)
+                c.send_text(text)
+                # either the job runs (its POST reaches the remote) or a close comes
+                deadline = time.monotonic() + 20
+                while hang.count() <= len(jobs) and time.monotonic() < deadline:
+                    if select.select([c.sock], [], [], 0.05)[0]:
+                        break
+                if hang.count() > len(jobs):
+                    jobs.append(c)
+                    continue
+                op, payload = c.recv()
+                assert op == OP_CLOSE, (op, payload[:80])
+                refused = payload
+                break
+            assert refused is not None, "20 jobs of 1 MB fit in 24 MiB of Lua memory?"
+            assert refused[:2] == struct.pack("!H", 1013), refused
+            sh.wait_log(r"no room for a \d+-byte message: closing 1013")
+            per_job = (metric(sh, "lua_memory_bytes") - base) / len(jobs)
+            # body + decoded tasks + the dropped text until the collector takes it
+            assert len(jobs) >= 5 and per_job < 3.6e6, (len(jobs), per_job)
+            readable = select.select([c.sock for c in jobs], [], [], 0)[0]
+            assert not readable, "a running job got a frame or was closed"
+            for c in jobs:
+                c.shutdown()
+            def accepted():
+                n = hang.count()
+                c = ws(sh, timeout=30)
+                c.send_text('[{"id":"small"}]')
+                deadline = time.monotonic() + 5
+                while hang.count() == n and time.monotonic() < deadline:
+                    if select.select([c.sock], [], [], 0.05)[0]:
+                        break
+                ok = hang.count() > n
+                c.shutdown()
+                return ok
+            wait_until(accepted, timeout=15, interval=0.2, what="a new job accepted after the others ended")
+    finally:
+        hang.close()
 
 
 # ====================================================================== F12

@@ -1638,6 +1638,62 @@ static void test_tls_reconfigure_cheap(void)
     env_fini(&e);
 }
 
+static int releases;
+static void count_release(void *arg)
+{
+    (void)arg;
+    releases++;
+}
+
+/* A borrowed body (opts.body_release): sent as given, not copied, released once when the call is
+ * done with it; over TLS too; and released once for a cancelled call, never for a refused one. */
+static void test_post_borrowed(void)
+{
+    static char big[8000];
+    for (size_t i = 0; i < sizeof big; i++)
+        big[i] = (char)('a' + i % 26);
+    for (int tls = 0; tls < 2; tls++) {
+        env e;
+        result r = {0};
+        sh_http_client_opts opts = {.ca_file = pki.ca_file};
+        if (tls)
+            env_init_tls(&e, &opts, pki.good);
+        else
+            env_init(&e, NULL);
+        char url[128];
+        snprintf(url, sizeof url, "%s://localhost:%d/echo", tls ? "https" : "http", e.s.port);
+        releases = 0;
+        sh_http_opts o = {.method = "POST", .url = url, .body = big, .body_len = sizeof big,
+                          .body_release = count_release};
+        CHECK(sh_http_request(e.c, &o, on_result, &r, NULL) == 0);
+        RUN_UNTIL(&e, r.called);
+        CHECK(r.err == 0 && r.status == 200);
+        CHECK(strstr(r.body, "\r\nContent-Length: 8000\r\n") != NULL);
+        const char *at = strstr(r.body, "\r\n\r\n");
+        size_t head = at ? (size_t)(at + 4 - r.body) : 0; /* r.body keeps 511 bytes of it */
+        CHECK(at && r.body_len == head + sizeof big &&
+              memcmp(at + 4, big, strlen(r.body) - head) == 0);
+        RUN_UNTIL(&e, releases == 1); /* once the call is freed, after cb */
+        /* cancelled while waiting for its answer: released once */
+        result r2 = {0};
+        sh_http_call *call;
+        snprintf(url, sizeof url, "%s://localhost:%d/silent", tls ? "https" : "http", e.s.port);
+        sh_http_opts o2 = {.method = "POST", .url = url, .body = big, .body_len = sizeof big,
+                           .body_release = count_release};
+        CHECK(sh_http_request(e.c, &o2, on_result, &r2, &call) == 0);
+        RUN_UNTIL(&e, e.s.requests >= 2);
+        sh_http_call_cancel(call);
+        RUN_UNTIL(&e, releases == 2);
+        CHECK(r2.called == 0);
+        /* refused synchronously (a bad method): never released */
+        sh_http_opts o3 = {.method = "P O", .url = url, .body = big, .body_len = sizeof big,
+                           .body_release = count_release};
+        CHECK(sh_http_request(e.c, &o3, on_result, &r2, NULL) == SH_HTTP_EINVAL);
+        env_fini(&e);
+        CHECK(releases == 2);
+    }
+}
+
 static void test_tls_bad_ca_file(void)
 {
     uv_loop_t loop;
@@ -1673,6 +1729,7 @@ int main(void)
         {"read_until_close", test_read_until_close},
         {"no_body_responses", test_no_body_responses},
         {"post_echo", test_post_echo},
+        {"post_borrowed", test_post_borrowed},
         {"refused", test_refused},
         {"timeout", test_timeout},
         {"queue_timeout", test_queue_timeout},
