@@ -180,6 +180,7 @@ static struct {
     int redis_port;
     redisAsyncContext *pub;
     double rate; /* msgs/s; 0 = max */
+    double hold; /* idle: seconds to keep the last step open (to look at the server) */
     unsigned inflight_max;
     int publishing, pub_failed;
     uv_timer_t t_pub, t_step;
@@ -1150,6 +1151,11 @@ static void start_publishing(void) {
     uv_timer_start(&G.t_duration, on_pub_duration, (uint64_t)(G.duration * 1000.0), 0);
 }
 
+static void on_hold_end(uv_timer_t *t) {
+    (void)t;
+    fan_end();
+}
+
 static void on_settled(uv_timer_t *t) {
     (void)t;
     long rss, hwm;
@@ -1164,6 +1170,9 @@ static void on_settled(uv_timer_t *t) {
         G.target = G.steps[G.step];
         uv_timer_start(&G.t_step, on_step_timer, STEP_TIMEOUT_MS, 0);
         ramp_more();
+    } else if (G.hold > 0) {
+        uv_timer_start(&G.t_step, on_hold_end, (uint64_t)(G.hold * 1000.0), 0);
+        G.hold = 0;
     } else {
         fan_end();
     }
@@ -1494,7 +1503,8 @@ static const char USAGE[] =
     "  learns each fid; then PUBLISH <prefix><fid> at --rate (or max: at most --inflight\n"
     "  published and not yet received, default 2000) for --duration; latency = arrival - ts in the payload; lost = published -\n"
     "  received. idle: same set-up, ramps through --steps (default 1000,2000,5000,10000) and\n"
-    "  reports the server's VmRSS growth per connection (needs --server-pid).\n"
+    "  reports the server's VmRSS growth per connection (needs --server-pid); --hold S keeps\n"
+    "  the last step open S more seconds.\n"
     "defaults: --url ws://127.0.0.1:9999/ --connections 100 --tasks 10 --duration 10 --drain 10\n"
     "exit: 0 no failed job and no lost update, 1 otherwise (or nothing completed), 2 bad arguments\n";
 
@@ -1591,6 +1601,7 @@ static void parse_args(int argc, char **argv) {
         { "inflight", required_argument, 0, 'i' },
         { "steps", required_argument, 0, 's' },
         { "channel-prefix", required_argument, 0, 'P' },
+        { "hold", required_argument, 0, 'H' },
         { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
     };
@@ -1633,6 +1644,7 @@ static void parse_args(int argc, char **argv) {
             break;
         }
         case 'P': G.prefix = optarg; break;
+        case 'H': G.hold = parse_secs("--hold", optarg, 0); break;
         case 'h': fputs(USAGE, stdout); exit(0);
         case ':': bad("option %s needs a value", argv[optind - 1]);
         default:
