@@ -154,6 +154,8 @@ void sh_conn_mark_dirty(sh_conn *c)
 static void on_write(uv_write_t *req, int status)
 {
     sh_conn *c = req->data;
+    free(req);
+    c->wreq = NULL;
     CLR(c, SH_CF_WRITING);
     c->tp->metrics->bytes_out += c->inflight.len;
     c->bytes_out += c->inflight.len;
@@ -198,9 +200,16 @@ void sh_conn_flush(sh_conn *c)
             c->out = tmp;
             c->out.len = 0;
             b = uv_buf_init(c->inflight.p, (unsigned)c->inflight.len);
-            c->wreq.data = c;
+            c->wreq = malloc(sizeof *c->wreq);
+            if (!c->wreq) {
+                sh_conn_close(c);
+                return;
+            }
+            c->wreq->data = c;
             SET(c, SH_CF_WRITING);
-            if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+            if (uv_write(c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+                free(c->wreq);
+                c->wreq = NULL;
                 CLR(c, SH_CF_WRITING);
                 sh_conn_close(c);
             }
@@ -255,6 +264,8 @@ static void undirty(sh_conn *c)
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     sh_conn *c = req->data;
+    free(req);
+    c->shutdown_req = NULL;
     CLR(c, SH_CF_SHUTTING);
     if (c->phase == SH_PHASE_CLOSED)
         return;
@@ -282,8 +293,15 @@ static void linger(sh_conn *c)
     uncount(c);
     if (c->phase == SH_PHASE_WS)
         report_close(c, 1); /* the close handshake is complete */
-    c->shutdown_req.data = c;
-    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+    c->shutdown_req = malloc(sizeof *c->shutdown_req);
+    if (!c->shutdown_req) {
+        sh_conn_close(c);
+        return;
+    }
+    c->shutdown_req->data = c;
+    if (uv_shutdown(c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+        free(c->shutdown_req);
+        c->shutdown_req = NULL;
         sh_conn_close(c);
         return;
     }

@@ -128,8 +128,8 @@ typedef struct sh_conn {
 
     /* output: bytes accumulate in out; one write in flight from inflight */
     sh_buf out, inflight;
-    uv_write_t wreq;
-    uv_shutdown_t shutdown_req;
+    uv_write_t *wreq;            /* malloc'ed while a write is queued (rare: uv_try_write first) */
+    uv_shutdown_t *shutdown_req; /* malloc'ed while the FIN is queued */
 
     /* WebSocket */
     wslay_event_context_ptr ws;
