@@ -73,4 +73,7 @@ void sh_config_free(sh_config *cfg);
 /* Print the merged table at index t as "key = value" lines, sorted. */
 void sh_config_print(lua_State *L, int t, FILE *out);
 
+/* Hand cfg's log_level, log_format and access_log to the log (sh_log_configure). */
+void sh_config_apply_log(const sh_config *cfg);
+
 #endif

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 #include "log.h"
 
@@ -293,19 +294,29 @@ static void linger(sh_conn *c)
     uncount(c);
     if (c->phase == SH_PHASE_WS)
         report_close(c, 1); /* the close handshake is complete */
-    c->shutdown_req = malloc(sizeof *c->shutdown_req);
-    if (!c->shutdown_req) {
-        sh_conn_close(c);
-        return;
+    uv_os_fd_t fd;
+    if (!HAS(c, SH_CF_WRITING) && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
+        /* nothing queued: the FIN goes now (uv_shutdown would wait a loop iteration
+         * for POLLOUT: two epoll_ctl more) */
+        if (shutdown(fd, SHUT_WR) != 0) {
+            sh_conn_close(c);
+            return;
+        }
+    } else {
+        c->shutdown_req = malloc(sizeof *c->shutdown_req);
+        if (!c->shutdown_req) {
+            sh_conn_close(c);
+            return;
+        }
+        c->shutdown_req->data = c;
+        if (uv_shutdown(c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+            free(c->shutdown_req);
+            c->shutdown_req = NULL;
+            sh_conn_close(c);
+            return;
+        }
+        SET(c, SH_CF_SHUTTING);
     }
-    c->shutdown_req->data = c;
-    if (uv_shutdown(c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
-        free(c->shutdown_req);
-        c->shutdown_req = NULL;
-        sh_conn_close(c);
-        return;
-    }
-    SET(c, SH_CF_SHUTTING);
     sh_conn_start_reading(c);
     arm(c, TM_LINGER, c->lim->close_timeout_ms < 2000 ? c->lim->close_timeout_ms : 2000);
 }
@@ -662,7 +673,9 @@ sh_conn *sh_transport_accept(sh_transport *tp, uv_stream_t *listener, const sh_l
     }
     c->opened_ms = uv_now(tp->loop);
     peer_name(c);
-    uv_tcp_nodelay(&c->tcp, 1);
+#ifndef __linux__
+    uv_tcp_nodelay(&c->tcp, 1); /* Linux: inherited from the listener (server.c sets it) */
+#endif
     tp->metrics->connections_current++;
     tp->metrics->connections_total++;
     return c;

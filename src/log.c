@@ -24,8 +24,6 @@
 
 #include <uv.h>
 
-#include "config.h"
-
 #define LINE_CAP 16384           /* a longer line is cut (and marked) */
 #define LINE_RESERVE 64          /* room kept to close a cut line */
 #define FLUSH_AT (64 * 1024)     /* write as soon as the buffer holds this much */
@@ -80,11 +78,11 @@ void sh_log_set_access(int on) { access_on = on != 0; }
 
 int sh_log_access_enabled(void) { return access_on; }
 
-void sh_log_configure(const sh_config *cfg)
+void sh_log_configure(const sh_log_settings *s)
 {
-    sh_log_set_level((enum sh_log_level)cfg->log_level);
-    sh_log_set_format((enum sh_log_format)cfg->log_format);
-    sh_log_set_access(cfg->access_log);
+    sh_log_set_level(s->level);
+    sh_log_set_format(s->format);
+    sh_log_set_access(s->access);
 }
 
 void sh_log_set_fd(int fd)

@@ -204,7 +204,7 @@ int main(int argc, char **argv)
             sh_server_abort(&s);
             rc = 2;
         } else {
-            sh_log_configure(&s.gen->cfg);
+            sh_config_apply_log(&s.gen->cfg);
             sh_log_attach(loop);             /* from here, one write per loop iteration */
             sh_notify_watchdog_start(loop);  /* WATCHDOG=1 when systemd asks for it */
             uv_run(loop, UV_RUN_DEFAULT);

@@ -103,6 +103,7 @@ static int listen_on(sh_server *s, const sh_config *cfg, char *err, size_t errsz
         if (uv_fileno((uv_handle_t *)&s->listener, &fd) == 0)
             setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     }
+    uv_tcp_nodelay(&s->listener, 1); /* accepted sockets inherit it (Linux): no setsockopt each */
     if ((rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0)) != 0 ||
         (rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection)) != 0) {
         snprintf(err, errsz, "listen %s:%d: %s", cfg->listen_host, cfg->listen_port,
@@ -295,7 +296,7 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
     s->started = 1;
     if (sh_gen_load(&s->host, sh_lua_api_open, opts->script, opts->sets, opts->nsets, &s->gen, err, errsz) != 0)
         return -1;
-    sh_log_configure(&s->gen->cfg);
+    sh_config_apply_log(&s->gen->cfg);
     s->metrics.max_connections = s->gen->cfg.max_connections;
     sh_redis_addr addr;
     if (sh_redis_parse_url(s->gen->cfg.redis, &addr) != 0) {
@@ -366,7 +367,7 @@ void sh_server_reload(sh_server *s)
     sh_gen *old = s->gen;
     s->gen = g;
     sh_gen_unref(old); /* it lives on while its connections and tasks do */
-    sh_log_configure(&g->cfg);
+    sh_config_apply_log(&g->cfg);
     s->metrics.max_connections = g->cfg.max_connections;
     s->metrics.reloads++;
     sh_info(NULL, "reloaded %s: generation %u serves new connections", s->opts.script, g->id);

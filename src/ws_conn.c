@@ -478,9 +478,9 @@ void sh_ws_on_read(sh_conn *c, const char *data, size_t len)
         sh_conn_close(c);
         return;
     }
-    if (!wslay_event_want_read(c->ws))
-        sh_conn_stop_reading(c);
     pump(c);
+    if (!wslay_event_want_read(c->ws) && !sh_ws_finished(c))
+        sh_conn_stop_reading(c); /* finished: no stop, the linger phase reads on (for EOF) */
     park(c);
 }
 
