@@ -1546,11 +1546,24 @@ static void conn_send(sh_http_conn *conn)
             conn_io_error(conn, rc);
         return;
     }
-    conn->wblob = call->req;
-    call->req->refs++;
     uv_buf_t buf;
     buf.base = call->req->data;
     buf.len = call->req->len;
+    /* the usual request fits the socket at once: uv_write would, once done, queue a
+     * no-op epoll_ctl (libuv stops POLLOUT it never started) */
+    int n = uv_try_write((uv_stream_t *)&conn->tcp, &buf, 1);
+    if (n == (int)buf.len)
+        return;
+    if (n < 0 && n != UV_EAGAIN) {
+        conn_io_failed(conn, n);
+        return;
+    }
+    if (n > 0) {
+        buf.base += n;
+        buf.len -= (size_t)n;
+    }
+    conn->wblob = call->req;
+    call->req->refs++;
     int rc = uv_write(&conn->wreq, (uv_stream_t *)&conn->tcp, &buf, 1, write_cb);
     if (rc < 0) {
         blob_unref(conn->wblob);
