@@ -679,8 +679,16 @@ sh_conn *sh_transport_accept(sh_transport *tp, uv_stream_t *listener, const sh_l
     }
     c->opened_ms = uv_now(tp->loop);
     peer_name(c);
-#ifndef __linux__
-    uv_tcp_nodelay(&c->tcp, 1); /* Linux: inherited from the listener (server.c sets it) */
+#ifdef __linux__
+    if (tp->nodelay_listener != listener) {
+        /* accepted sockets inherit TCP_NODELAY from their listener: one setsockopt for
+         * all of them, not one per accept (this one was accepted before it was set) */
+        uv_tcp_nodelay((uv_tcp_t *)listener, 1);
+        tp->nodelay_listener = listener;
+        uv_tcp_nodelay(&c->tcp, 1);
+    }
+#else
+    uv_tcp_nodelay(&c->tcp, 1);
 #endif
     tp->metrics->connections_current++;
     tp->metrics->connections_total++;

@@ -189,6 +189,7 @@ typedef struct sh_transport {
     char *read_buf;              /* shared by all connections */
     int read_buf_busy;
     int stopping;                /* no new upgrades; answers end their connection */
+    const uv_stream_t *nodelay_listener; /* TCP_NODELAY set on it (accepted sockets inherit) */
 } sh_transport;
 
 /* Set up tp on loop. Returns 0 or UV_ENOMEM. */

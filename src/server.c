@@ -103,7 +103,6 @@ static int listen_on(sh_server *s, const sh_config *cfg, char *err, size_t errsz
         if (uv_fileno((uv_handle_t *)&s->listener, &fd) == 0)
             setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     }
-    uv_tcp_nodelay(&s->listener, 1); /* accepted sockets inherit it (Linux): no setsockopt each */
     if ((rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0)) != 0 ||
         (rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection)) != 0) {
         snprintf(err, errsz, "listen %s:%d: %s", cfg->listen_host, cfg->listen_port,
