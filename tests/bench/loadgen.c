@@ -180,6 +180,7 @@ static struct {
     int redis_port;
     redisAsyncContext *pub;
     double rate; /* msgs/s; 0 = max */
+    int foreign_mode; /* fanout: payloads for no task of the job (the server must drop them) */
     double hold; /* idle: seconds to keep the last step open (to look at the server) */
     unsigned inflight_max;
     int publishing, pub_failed;
@@ -1068,7 +1069,8 @@ static void pub_reply(redisAsyncContext *ac, void *reply, void *priv) {
     G.pub_acked++;
     if (!r || r->type != REDIS_REPLY_INTEGER) G.pub_errors++;
     else if (r->integer < 1) G.pub_noreceiver++;
-    if (G.publishing && G.rate == 0 && (!r || r->type != REDIS_REPLY_INTEGER || r->integer < 1))
+    if (G.publishing && G.rate == 0 &&
+        (G.foreign_mode || !r || r->type != REDIS_REPLY_INTEGER || r->integer < 1))
         publish_one(); /* a message nobody will receive: keep the window full */
     if (!G.publishing && G.pub_acked == G.pub_sent && G.fan_recv >= G.pub_sent) G.drain_t1 = uv_hrtime();
 }
@@ -1083,6 +1085,7 @@ static void publish_one(void) {
     char chan[128], payload[160];
     int cl = snprintf(chan, sizeof chan, "%s%s", G.prefix, c->fid);
     int pl = snprintf(payload, sizeof payload,
+                      G.foreign_mode ? "{\"id\":\"x%u-%u-0\",\"status\":\"" STATUS_SENT "\",\"seq\":%" PRIu64 ",\"ts\":%" PRIu64 "}" :
                       "{\"id\":\"c%u-%u-0\",\"status\":\"" STATUS_SENT "\",\"seq\":%" PRIu64 ",\"ts\":%" PRIu64 "}",
                       c->idx, c->seq, G.pub_sent, now_us());
     if (redisAsyncCommand(G.pub, pub_reply, NULL, "PUBLISH %b %b", chan, (size_t)cl, payload, (size_t)pl) != REDIS_OK) {
@@ -1107,6 +1110,8 @@ static void on_step_timer(uv_timer_t *t);
 static void on_drain_check(uv_timer_t *t) {
     (void)t;
     int drained = G.pub_acked == G.pub_sent && G.fan_recv >= G.pub_sent;
+    if (G.foreign_mode) /* nothing arrives: give the server a second to drop what Redis sent it */
+        drained = G.pub_acked == G.pub_sent && uv_hrtime() - G.pub_t1 > 1000000000u;
     if (drained || uv_hrtime() - G.pub_t1 > (uint64_t)(G.drain * 1e9)) {
         if (!drained || !G.drain_t1) G.drain_t1 = uv_hrtime();
         G.cpu1 = G.server_pid > 0 ? read_cpu(G.server_pid) : -1;
@@ -1228,7 +1233,10 @@ static void fan_report(void) {
     double mx = (double)G.lat_max_us / 1000.0;
     uint64_t lost = G.pub_sent > G.fan_recv ? G.pub_sent - G.fan_recv : 0;
     double cpu = cpu_us(G.cpu0, G.cpu1);
-    double per = cpu >= 0 && G.fan_recv ? cpu / (double)G.fan_recv : -1;
+    uint64_t denom = G.foreign_mode ? G.pub_sent : G.fan_recv;
+    double per = cpu >= 0 && denom ? cpu / (double)denom : -1;
+    if (G.foreign_mode) lost = 0; /* nothing may arrive: "received" counts forwarded ones */
+    if (G.foreign_mode) G.fan_recv += G.foreign;
     double wall = (double)(G.drain_t1 - G.pub_t0) / 1e9;
     if (G.mode == M_IDLE) {
         long last = G.nsteps ? G.step_rss[G.nsteps - 1] : -1;
@@ -1295,7 +1303,9 @@ static int fan_main(void) {
     uv_loop_close(&G.loop);
     fan_report();
     int ok = G.failed == 0 && !G.pub_failed;
-    if (G.mode == M_FANOUT) ok = ok && G.pub_sent > 0 && G.fan_recv == G.pub_sent && G.pub_errors == 0;
+    if (G.mode == M_FANOUT)
+        ok = ok && G.pub_sent > 0 && G.pub_errors == 0 &&
+             (G.foreign_mode ? G.fan_recv + G.foreign + G.unexpected == 0 : G.fan_recv == G.pub_sent);
     else ok = ok && G.step == G.nsteps;
     return ok ? 0 : 1;
 }
@@ -1504,7 +1514,8 @@ static const char USAGE[] =
     "  published and not yet received, default 2000) for --duration; latency = arrival - ts in the payload; lost = published -\n"
     "  received. idle: same set-up, ramps through --steps (default 1000,2000,5000,10000) and\n"
     "  reports the server's VmRSS growth per connection (needs --server-pid); --hold S keeps\n"
-    "  the last step open S more seconds.\n"
+    "  the last step open S more seconds. fanout --foreign: updates for no task of the job\n"
+    "  (the server must drop them; any frame received is a failure); CPU per published message.\n"
     "defaults: --url ws://127.0.0.1:9999/ --connections 100 --tasks 10 --duration 10 --drain 10\n"
     "exit: 0 no failed job and no lost update, 1 otherwise (or nothing completed), 2 bad arguments\n";
 
@@ -1602,6 +1613,7 @@ static void parse_args(int argc, char **argv) {
         { "steps", required_argument, 0, 's' },
         { "channel-prefix", required_argument, 0, 'P' },
         { "hold", required_argument, 0, 'H' },
+        { "foreign", no_argument, 0, 'F' },
         { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
     };
@@ -1645,6 +1657,7 @@ static void parse_args(int argc, char **argv) {
         }
         case 'P': G.prefix = optarg; break;
         case 'H': G.hold = parse_secs("--hold", optarg, 0); break;
+        case 'F': G.foreign_mode = 1; break;
         case 'h': fputs(USAGE, stdout); exit(0);
         case ':': bad("option %s needs a value", argv[optind - 1]);
         default:

@@ -9,6 +9,9 @@
 #              FANOUT_CONNS connections; PUBLISH as fast as possible (forwarded from C, then
 #              through an on_publish hook: FANOUT_HOOK=1), then at FANOUT_RATE msgs/s:
 #              server CPU per delivered message, publish → frame latency p50/p99
+#   foreign    front statushost (scripts/default.lua), FOREIGN_CONNS connections waiting on a
+#              job; FOREIGN_RATE msgs/s of updates for no task of it (all dropped, counted,
+#              logged at most once a second per connection): server CPU per dropped update
 #   idle       front statushost (scripts/default.lua), ramp through IDLE_STEPS connections
 #              that each sent a 1-task batch and wait: server VmRSS growth per connection
 #
@@ -17,7 +20,8 @@
 #   SYSCALL_JOBS (2000)   jobs counted under strace (0: skip); STRACE_OUT=FILE keeps its table
 #   FANOUT_CONNS (1000), FANOUT_RATE (5000), FANOUT_DURATION (10 s)
 #   IDLE_STEPS (1000,2000,5000,10000)
-#   ONLY           run only these scenarios (space-separated: seedflow syscalls fanout idle)
+#   FOREIGN_CONNS (100), FOREIGN_RATE (10000)
+#   ONLY           run only these scenarios (space-separated: seedflow syscalls fanout foreign idle)
 #   LOADGEN_ARGS   extra sh_loadgen arguments for the seedflow run, e.g. "--max-jobs 5000"
 #   BUILD          build directory (default: <repo>/build); built if a binary is missing
 #   STATUSHOST, LOADGEN   override the binaries' paths
@@ -36,7 +40,9 @@ FANOUT_CONNS=${FANOUT_CONNS:-1000}
 FANOUT_RATE=${FANOUT_RATE:-5000}
 FANOUT_DURATION=${FANOUT_DURATION:-10}
 IDLE_STEPS=${IDLE_STEPS:-1000,2000,5000,10000}
-ONLY=${ONLY:-seedflow syscalls fanout idle}
+FOREIGN_CONNS=${FOREIGN_CONNS:-100}
+FOREIGN_RATE=${FOREIGN_RATE:-10000}
+ONLY=${ONLY:-seedflow syscalls fanout foreign idle}
 
 log() { echo "run.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -210,6 +216,15 @@ if want fanout; then
     stop_front
 fi
 
+if want foreign; then
+    LP=$(free_port)
+    start_front foreign scripts/default.lua "$LP"
+    run_lg foreign --mode fanout --connections "$FOREIGN_CONNS" --remote-port "$LP" \
+        --redis "redis://127.0.0.1:$RP" --duration "$FANOUT_DURATION" --rate "$FOREIGN_RATE" --foreign
+    FOREIGN_LOG_LINES=$(grep -c "not for this job" "$TMP/foreign.log" || true)
+    stop_front
+fi
+
 if want idle; then
     LP=$(free_port)
     start_front idle scripts/default.lua "$LP"
@@ -217,5 +232,5 @@ if want idle; then
     stop_front
 fi
 
-python3 "$ROOT/tests/bench/table.py" "$RESULTS" "$TMP/strace.txt"
+FOREIGN_LOG_LINES=${FOREIGN_LOG_LINES:-} python3 "$ROOT/tests/bench/table.py" "$RESULTS" "$TMP/strace.txt"
 exit "$RC"

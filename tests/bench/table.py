@@ -2,6 +2,7 @@
 """The table of tests/bench/run.sh: RESULTS.tsv (label TAB sh_loadgen --json line) and the
 `strace -c -f` summary of the syscalls run → one Markdown table on stdout."""
 import json
+import os
 import sys
 
 
@@ -47,6 +48,14 @@ def main(results, strace):
                         "%d conns, %.0f msgs/s, p50 %.2f ms, p99 %.2f ms, %d lost" % (
                             r["connections"], r["msgs_per_s"], r["latency_ms"]["p50"],
                             r["latency_ms"]["p99"], r["lost"])))
+    r = rows.get("foreign")
+    if r:
+        lines = os.environ.get("FOREIGN_LOG_LINES", "")
+        out.append(("foreign updates (default.lua): server CPU per dropped update",
+                    "%.2f µs" % r["server_cpu_us_per_msg"],
+                    "%d conns, %d published in %.1f s, %d forwarded (must be 0)%s" % (
+                        r["connections"], r["published"], r["publish_s"], r["received"],
+                        ", %s log lines" % lines if lines else "")))
     r = rows.get("idle")
     if r and r.get("steps"):
         out.append(("idle: server RSS per subscribed connection", "%.2f KiB" % r["kib_per_conn"],
