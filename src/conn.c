@@ -294,12 +294,6 @@ static void linger(sh_conn *c)
     uncount(c);
     if (c->phase == SH_PHASE_WS)
         report_close(c, 1); /* the close handshake is complete */
-    if (c->phase == SH_PHASE_WS && !HAS(c, SH_CF_WRITING) && sh_ws_peer_closed(c)) {
-        /* the peer's close frame is read and ours written: nothing more may come, so
-         * close(2) now (its FIN follows our bytes) rather than read on until its EOF */
-        sh_conn_close(c);
-        return;
-    }
     uv_os_fd_t fd;
     if (!HAS(c, SH_CF_WRITING) && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
         /* nothing queued: the FIN goes now (uv_shutdown would wait a loop iteration

@@ -251,7 +251,6 @@ void sh_conn_flush(sh_conn *c);
 int sh_ws_start(sh_conn *c);
 void sh_ws_on_read(sh_conn *c, const char *data, size_t len);
 int sh_ws_finished(const sh_conn *c);
-int sh_ws_peer_closed(const sh_conn *c);
 void sh_ws_resume(sh_conn *c);
 void sh_ws_on_timer(sh_conn *c);
 void sh_ws_free(sh_conn *c);

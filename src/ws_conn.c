@@ -506,12 +506,6 @@ int sh_ws_finished(const sh_conn *c)
     return c->ws && !wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws);
 }
 
-/* The peer's close frame has arrived. */
-int sh_ws_peer_closed(const sh_conn *c)
-{
-    return c->ws && wslay_event_get_close_received(c->ws);
-}
-
 void sh_ws_on_timer(sh_conn *c)
 {
     const sh_limits *lim = c->lim;
