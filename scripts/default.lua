@@ -163,7 +163,8 @@ end
 function lib.decode(text)
   local value, err = json.decode(text)
   if value == nil then return nil, err end
-  if text:find("%.[^%d]") or text:find("[^%d]%.") or text:find("^%.") or text:find("%.$") then
+  if text:find(".", 1, true) -- one plain scan: most texts (updates, batches) have no dot at all
+    and (text:find("%.[^%d]") or text:find("[^%d]%.") or text:find("^%.") or text:find("%.$")) then
     local bare = text:gsub("\\.", ""):gsub('"[^"]*"', '""') -- the text without string contents
     if bare:find("%.[^%d]") or bare:find("[^%d]%.") or bare:find("^%.") or bare:find("%.$") then
       return nil, "invalid number"

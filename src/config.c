@@ -543,3 +543,10 @@ void sh_config_print(lua_State *L, int t, FILE *out)
         lua_pop(L, 1);
     }
 }
+
+void sh_config_apply_log(const sh_config *cfg)
+{
+    sh_log_settings s = {(enum sh_log_level)cfg->log_level, (enum sh_log_format)cfg->log_format,
+                         cfg->access_log};
+    sh_log_configure(&s);
+}

@@ -83,5 +83,7 @@ void sh_config_print(lua_State *L, int t, FILE *out);
  * to the binary (BIN/../share/statushost/REL, then BIN/../REL: a build tree).
  * Returns 0 with the path in out, or -1. */
 int sh_find_data(const char *rel, int want_dir, char *out, size_t outsz);
+/* Hand cfg's log_level, log_format and access_log to the log (sh_log_configure). */
+void sh_config_apply_log(const sh_config *cfg);
 
 #endif

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 #include "log.h"
 #include "ws_deflate.h"
@@ -156,6 +157,8 @@ void sh_conn_mark_dirty(sh_conn *c)
 static void on_write(uv_write_t *req, int status)
 {
     sh_conn *c = req->data;
+    free(req);
+    c->wreq = NULL;
     CLR(c, SH_CF_WRITING);
     c->tp->metrics->bytes_out += c->inflight.len;
     c->bytes_out += c->inflight.len;
@@ -204,9 +207,16 @@ void sh_conn_flush(sh_conn *c)
             c->out = tmp;
             c->out.len = 0;
             b = uv_buf_init(c->inflight.p, (unsigned)c->inflight.len);
-            c->wreq.data = c;
+            c->wreq = malloc(sizeof *c->wreq);
+            if (!c->wreq) {
+                sh_conn_close(c);
+                return;
+            }
+            c->wreq->data = c;
             SET(c, SH_CF_WRITING);
-            if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+            if (uv_write(c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+                free(c->wreq);
+                c->wreq = NULL;
                 CLR(c, SH_CF_WRITING);
                 sh_conn_close(c);
             }
@@ -261,6 +271,8 @@ static void undirty(sh_conn *c)
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     sh_conn *c = req->data;
+    free(req);
+    c->shutdown_req = NULL;
     CLR(c, SH_CF_SHUTTING);
     if (c->phase == SH_PHASE_CLOSED)
         return;
@@ -292,12 +304,29 @@ static void linger(sh_conn *c)
         sh_conn_close(c);
         return;
     }
-    c->shutdown_req.data = c;
-    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
-        sh_conn_close(c);
-        return;
+    uv_os_fd_t fd;
+    if (!HAS(c, SH_CF_WRITING) && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
+        /* nothing queued: the FIN goes now (uv_shutdown would wait a loop iteration
+         * for POLLOUT: two epoll_ctl more) */
+        if (shutdown(fd, SHUT_WR) != 0) {
+            sh_conn_close(c);
+            return;
+        }
+    } else {
+        c->shutdown_req = malloc(sizeof *c->shutdown_req);
+        if (!c->shutdown_req) {
+            sh_conn_close(c);
+            return;
+        }
+        c->shutdown_req->data = c;
+        if (uv_shutdown(c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+            free(c->shutdown_req);
+            c->shutdown_req = NULL;
+            sh_conn_close(c);
+            return;
+        }
+        SET(c, SH_CF_SHUTTING);
     }
-    SET(c, SH_CF_SHUTTING);
     sh_conn_start_reading(c);
     arm(c, TM_LINGER, c->lim->close_timeout_ms < 2000 ? c->lim->close_timeout_ms : 2000);
 }
@@ -720,7 +749,17 @@ sh_conn *sh_transport_accept(sh_transport *tp, uv_stream_t *listener, const sh_l
         return NULL;
     }
     peer_name(c);
+#ifdef __linux__
+    if (tp->nodelay_listener != listener) {
+        /* accepted sockets inherit TCP_NODELAY from their listener: one setsockopt for
+         * all of them, not one per accept (this one was accepted before it was set) */
+        uv_tcp_nodelay((uv_tcp_t *)listener, 1);
+        tp->nodelay_listener = listener;
+        uv_tcp_nodelay(&c->tcp, 1);
+    }
+#else
     uv_tcp_nodelay(&c->tcp, 1);
+#endif
     conn_opened(c);
     return c;
 }

@@ -129,8 +129,8 @@ typedef struct sh_conn {
 
     /* output: bytes accumulate in out; one write in flight from inflight */
     sh_buf out, inflight;
-    uv_write_t wreq;
-    uv_shutdown_t shutdown_req;
+    uv_write_t *wreq;            /* malloc'ed while a write is queued (rare: uv_try_write first) */
+    uv_shutdown_t *shutdown_req; /* malloc'ed while the FIN is queued */
 
     /* WebSocket */
     wslay_event_context_ptr ws;
@@ -197,6 +197,7 @@ typedef struct sh_transport {
     int read_buf_busy;
     int stopping;                /* no new upgrades; answers end their connection */
     sh_conn_capture_fn capture;  /* non-NULL: every connection is virtual (no socket) */
+    const uv_stream_t *nodelay_listener; /* TCP_NODELAY set on it (accepted sockets inherit) */
 } sh_transport;
 
 /* Set up tp on loop. Returns 0 or UV_ENOMEM. */

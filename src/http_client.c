@@ -1573,13 +1573,33 @@ static void conn_send(sh_http_conn *conn)
             conn_io_error(conn, rc);
         return;
     }
-    conn->wblob = call->req;
-    call->req->refs++;
     uv_buf_t buf[2];
+    unsigned nbufs = call->req->body_len ? 2 : 1;
     buf[0] = uv_buf_init(call->req->data, (unsigned)call->req->len);
     buf[1] = uv_buf_init((char *)call->req->body, (unsigned)call->req->body_len);
-    int rc = uv_write(&conn->wreq, (uv_stream_t *)&conn->tcp, buf, call->req->body_len ? 2 : 1,
-                      write_cb);
+    /* the usual request fits the socket at once: uv_write would, once done, queue a
+     * no-op epoll_ctl (libuv stops POLLOUT it never started) */
+    int n = uv_try_write((uv_stream_t *)&conn->tcp, buf, nbufs);
+    if (n >= 0 && (size_t)n == call->req->len + call->req->body_len)
+        return;
+    if (n < 0 && n != UV_EAGAIN) {
+        conn_io_failed(conn, n);
+        return;
+    }
+    uv_buf_t *b = buf;
+    if (n > 0) { /* the rest, from where the socket stopped */
+        size_t k = (size_t)n;
+        while (k >= b->len) {
+            k -= b->len;
+            b++;
+            nbufs--;
+        }
+        b->base += k;
+        b->len -= k;
+    }
+    conn->wblob = call->req;
+    call->req->refs++;
+    int rc = uv_write(&conn->wreq, (uv_stream_t *)&conn->tcp, b, nbufs, write_cb);
     if (rc < 0) {
         blob_unref(conn->wblob);
         conn->wblob = NULL;

@@ -590,7 +590,7 @@ static int l_load(lua_State *L)
         return 2;
     }
     if (log)
-        sh_log_configure(&w->gen->cfg);
+        sh_config_apply_log(&w->gen->cfg);
     if (settle(w, err, sizeof err) != 0) {
         world_close(w);
         lua_pushnil(L);

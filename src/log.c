@@ -26,8 +26,6 @@
 
 #include <uv.h>
 
-#include "config.h"
-
 #define LINE_CAP 16384           /* a longer line is cut (and marked) */
 #define LINE_RESERVE 64          /* room kept to close a cut line */
 #define FLUSH_AT (64 * 1024)     /* write as soon as the buffer holds this much */
@@ -90,11 +88,11 @@ void sh_log_set_access(int on) { access_on = on != 0; }
 
 int sh_log_access_enabled(void) { return access_on; }
 
-void sh_log_configure(const sh_config *cfg)
+void sh_log_configure(const sh_log_settings *s)
 {
-    sh_log_set_level((enum sh_log_level)cfg->log_level);
-    sh_log_set_format((enum sh_log_format)cfg->log_format);
-    sh_log_set_access(cfg->access_log);
+    sh_log_set_level(s->level);
+    sh_log_set_format(s->format);
+    sh_log_set_access(s->access);
 }
 
 void sh_log_set_fd(int fd)
@@ -517,14 +515,27 @@ static void build_and_emit(int level, const char *conn_id, const char *msg, size
                            const struct field *f, size_t nf)
 {
     struct lb b = {line, 0, LINE_CAP, 0};
+    static char day_sec[80]; /* "YYYY-MM-DDTHH:MM:SS" of day_sec_of: made once a second */
+    static time_t day_sec_of = (time_t)-1;
     char ts[96]; /* room for any int the compiler imagines */
     struct timeval tv;
-    struct tm tm;
     gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-    snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (int)(tv.tv_usec / 1000));
+    if (tv.tv_sec != day_sec_of) {
+        struct tm tm;
+        gmtime_r(&tv.tv_sec, &tm);
+        snprintf(day_sec, sizeof day_sec, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        day_sec_of = tv.tv_sec;
+    }
+    size_t dl = strlen(day_sec);
+    int ms = (int)(tv.tv_usec / 1000);
+    memcpy(ts, day_sec, dl);
+    ts[dl] = '.';
+    ts[dl + 1] = (char)('0' + ms / 100);
+    ts[dl + 2] = (char)('0' + ms / 10 % 10);
+    ts[dl + 3] = (char)('0' + ms % 10);
+    ts[dl + 4] = 'Z';
+    ts[dl + 5] = '\0';
     if (format == SH_LOG_JSON) {
         lb_puts(&b, "{\"ts\":\"");
         lb_puts(&b, ts);

@@ -49,9 +49,14 @@ void sh_log_set_access(int on);
 int sh_log_access_enabled(void);
 
 /* Apply a generation's log_level, log_format and access_log (at start and on
- * every successful reload). */
-struct sh_config;
-void sh_log_configure(const struct sh_config *cfg);
+ * every successful reload: sh_config_apply_log). A plain struct: the log has
+ * no dependency on the config (nor on Lua). */
+typedef struct sh_log_settings {
+    enum sh_log_level level;
+    enum sh_log_format format;
+    int access; /* one access-log line per finished connection */
+} sh_log_settings;
+void sh_log_configure(const sh_log_settings *s);
 
 void sh_log(enum sh_log_level level, const char *conn_id, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

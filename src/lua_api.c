@@ -127,6 +127,94 @@ static void push_request(lua_State *L, const sh_gen *g, const sh_request *r, con
     lua_setfield(L, -2, "headers");
 }
 
+/* The upgrade request of a connection whose policy has no on_handshake hook
+ * stays one compact block in C until conn.request is first read: most
+ * policies never read it, and as Lua tables it takes ~3 times the bytes. */
+struct sh_saved_req {
+    size_t nheaders, body_len;
+    char s[]; /* method, target, path, query, body, then name, value per header: each + NUL */
+};
+
+static char *put_str(char *d, const char *s, size_t n)
+{
+    memcpy(d, s, n);
+    d[n] = '\0';
+    return d + n + 1;
+}
+
+static struct sh_saved_req *save_request(const sh_request *r)
+{
+    size_t n = strlen(r->method) + strlen(r->target) + strlen(r->path) + strlen(r->query) +
+               r->body_len + 5;
+    for (size_t i = 0; i < r->nheaders; i++)
+        n += strlen(r->headers[i].name) + strlen(r->headers[i].value) + 2;
+    struct sh_saved_req *q = malloc(sizeof *q + n);
+    if (!q)
+        return NULL;
+    q->nheaders = r->nheaders;
+    q->body_len = r->body_len;
+    char *d = q->s;
+    d = put_str(d, r->method, strlen(r->method));
+    d = put_str(d, r->target, strlen(r->target));
+    d = put_str(d, r->path, strlen(r->path));
+    d = put_str(d, r->query, strlen(r->query));
+    d = put_str(d, r->body, r->body_len);
+    for (size_t i = 0; i < r->nheaders; i++) {
+        d = put_str(d, r->headers[i].name, strlen(r->headers[i].name));
+        d = put_str(d, r->headers[i].value, strlen(r->headers[i].value));
+    }
+    return q;
+}
+
+/* A request read from q, its header array malloc'ed (free r->headers), or -1 (out of memory). */
+static int saved_view(const struct sh_saved_req *q, sh_request *r)
+{
+    memset(r, 0, sizeof *r);
+    r->headers = malloc((q->nheaders ? q->nheaders : 1) * sizeof *r->headers);
+    if (!r->headers)
+        return -1;
+    char *s = (char *)q->s;
+    snprintf(r->method, sizeof r->method, "%s", s);
+    s += strlen(s) + 1;
+    r->target = s;
+    s += strlen(s) + 1;
+    r->path = s;
+    s += strlen(s) + 1;
+    r->query = s;
+    s += strlen(s) + 1;
+    r->body = s;
+    r->body_len = q->body_len;
+    s += q->body_len + 1;
+    r->nheaders = q->nheaders;
+    for (size_t i = 0; i < q->nheaders; i++) {
+        r->headers[i].name = s;
+        s += strlen(s) + 1;
+        r->headers[i].value = s;
+        s += strlen(s) + 1;
+    }
+    return 0;
+}
+
+/* The request table of p: made from the saved request on first use. Pushes it (nil when out
+ * of memory). */
+static void push_request_of(sh_pconn *p, lua_State *L)
+{
+    if (p->request_ref == LUA_NOREF && p->saved) {
+        sh_request r;
+        if (saved_view(p->saved, &r) == 0) {
+            push_request(L, p->gen, &r, p->c ? p->c->peer : "");
+            p->request_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+            free(r.headers);
+            free(p->saved);
+            p->saved = NULL;
+        }
+    }
+    if (p->request_ref == LUA_NOREF)
+        lua_pushnil(L);
+    else
+        lua_rawgeti(L, LUA_REGISTRYINDEX, p->request_ref);
+}
+
 /* Push the conn userdata of p on L (created on first use). */
 static void push_conn(sh_pconn *p, lua_State *L)
 {
@@ -142,14 +230,23 @@ static void push_conn(sh_pconn *p, lua_State *L)
     lua_setfield(L, -2, "id");
     lua_pushstring(L, p->c ? p->c->peer : "");
     lua_setfield(L, -2, "peer");
-    if (p->request_ref != LUA_NOREF) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, p->request_ref);
-        lua_getfield(L, -1, "client_ip");
-        lua_setfield(L, -3, "ip");
+    sh_request r;
+    if (p->request_ref == LUA_NOREF && p->saved && saved_view(p->saved, &r) == 0) {
+        char ip[SH_IP_MAX]; /* conn.request is made when first read (conn_index) */
+        client_ip(p->gen, &r, p->c ? p->c->peer : "", ip, sizeof ip);
+        free(r.headers);
+        lua_pushstring(L, ip);
+        lua_setfield(L, -2, "ip");
     } else {
-        lua_newtable(L);
+        if (p->request_ref != LUA_NOREF) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, p->request_ref);
+            lua_getfield(L, -1, "client_ip");
+            lua_setfield(L, -3, "ip");
+        } else {
+            lua_newtable(L);
+        }
+        lua_setfield(L, -2, "request");
     }
-    lua_setfield(L, -2, "request");
     if (p->protocol) {
         lua_pushstring(L, p->protocol);
         lua_setfield(L, -2, "protocol");
@@ -173,6 +270,13 @@ static int conn_index(lua_State *L)
     lua_getiuservalue(L, 1, 1);
     lua_pushvalue(L, 2);
     lua_rawget(L, -2);
+    conn_ud *u = lua_touserdata(L, 1);
+    if (lua_isnil(L, -1) && u->p && u->p->saved && lua_type(L, 2) == LUA_TSTRING &&
+        strcmp(lua_tostring(L, 2), "request") == 0) {
+        push_request_of(u->p, L); /* first read: made now, kept in the fields table */
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -4, "request");
+    }
     return 1;
 }
 
@@ -740,6 +844,10 @@ static void handshake_done(sh_task *t, int status, int nres, void *arg)
 static void on_upgrade(sh_pconn *p, sh_request *r)
 {
     lua_State *L = p->gen->L;
+    if (!sh_gen_has_hook(p->gen, SH_HOOK_HANDSHAKE) && (p->saved = save_request(r)) != NULL) {
+        sh_conn_upgrade(p->c, NULL, NULL);
+        return;
+    }
     push_request(L, p->gen, r, p->c->peer);
     p->request_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     if (!sh_gen_has_hook(p->gen, SH_HOOK_HANDSHAKE)) {
@@ -827,6 +935,7 @@ static void on_free(sh_pconn *p)
     sh_io_owner_release(&p->owner);
     sh_gen_unref(p->gen);
     free(p->protocol);
+    free(p->saved);
     free(p);
 }
 
@@ -853,6 +962,14 @@ int sh_policy_event(sh_conn *c, const sh_conn_event *ev)
         return 0;
     case SH_CONN_EV_FREE:
         c->app = NULL;
+        if (p->saved && p->ud_ref != LUA_NOREF) { /* conn.request outlives the connection */
+            lua_State *L = p->gen->L;
+            lua_rawgeti(L, LUA_REGISTRYINDEX, p->ud_ref);
+            lua_getiuservalue(L, -1, 1);
+            push_request_of(p, L);
+            lua_setfield(L, -2, "request");
+            lua_pop(L, 2);
+        }
         p->c = NULL;
         on_free(p);
         return 0;

@@ -22,6 +22,7 @@ typedef struct sh_pconn {
     sh_owner owner;      /* its tasks, timers, subscriptions */
     int ud_ref;          /* registry ref of the conn userdata, LUA_NOREF */
     int request_ref;     /* registry ref of the upgrade request table, LUA_NOREF */
+    struct sh_saved_req *saved; /* or the request, compact, until conn.request is read */
     char *protocol;      /* subprotocol chosen by on_handshake, or NULL */
 } sh_pconn;
 

@@ -129,7 +129,7 @@ typedef struct sh_timer {
     sh_gen *gen;
     sh_owner *owner;              /* the connection's, or the generation's detached one */
     struct sh_timer *next, *prev; /* in owner->timers */
-    int fn_ref;                   /* registry: {fn, args...} */
+    int fn_ref;                   /* registry: fn when nargs is 0, else {fn, args...} */
     int nargs;
     struct timer_ud *ud;          /* the Lua handle, NULL once collected */
 } sh_timer;
@@ -165,9 +165,11 @@ static void timer_fired(void *arg)
     }
     lua_State *co = task->co;
     lua_rawgeti(co, LUA_REGISTRYINDEX, t->fn_ref);
-    for (int i = 1; i <= t->nargs + 1; i++)
-        lua_rawgeti(co, -i, i);
-    lua_remove(co, -(t->nargs + 2));
+    if (t->nargs > 0) {
+        for (int i = 1; i <= t->nargs + 1; i++)
+            lua_rawgeti(co, -i, i);
+        lua_remove(co, -(t->nargs + 2));
+    }
     int nargs = t->nargs;
     timer_release(t);
     sh_task_start(task, nargs, NULL, NULL);
@@ -198,10 +200,14 @@ int sh_io_timer(lua_State *L)
     t->gen = g;
     t->owner = cur && cur->owner ? cur->owner : &g->detached;
     t->nargs = n - 2;
-    lua_createtable(L, n - 1, 0);
-    for (int i = 2; i <= n; i++) {
-        lua_pushvalue(L, i);
-        lua_rawseti(L, -2, i - 1);
+    if (t->nargs == 0) { /* the usual closure: no table around it (memory per connection) */
+        lua_pushvalue(L, 2);
+    } else {
+        lua_createtable(L, n - 1, 0);
+        for (int i = 2; i <= n; i++) {
+            lua_pushvalue(L, i);
+            lua_rawseti(L, -2, i - 1);
+        }
     }
     t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     t->h = IO(g)->timer_start(IOCTX(g), (uint64_t)ms, timer_fired, t);

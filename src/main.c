@@ -130,7 +130,7 @@ static int maybe_master(sh_options *o)
     snprintf(host, sizeof host, "%s", g->cfg.listen_host);
     sh_master_opts mo = {.workers = n, .listen_host = host, .listen_port = g->cfg.listen_port};
     if (n > 1)
-        sh_log_configure(&g->cfg);
+        sh_config_apply_log(&g->cfg);
     sh_gen_unref(g);
     if (n < 2)
         return -1;
@@ -286,7 +286,7 @@ int main(int argc, char **argv)
         } else {
             if (o.nworkers > 1)
                 sh_master_worker_started(); /* SIGTERM/SIGHUP now reach uv_signal handles */
-            sh_log_configure(&s.gen->cfg);
+            sh_config_apply_log(&s.gen->cfg);
             sh_log_attach(loop);             /* from here, one write per loop iteration */
             sh_notify_watchdog_start(loop);  /* WATCHDOG=1 when systemd asks for it */
             uv_run(loop, UV_RUN_DEFAULT);

@@ -126,7 +126,9 @@ struct conn {
     unsigned index;         /* (sub) 0..K-1, in bus->subs */
     enum conn_state state;  /* see enum conn_state */
     redisAsyncContext *ac;  /* the live context, NULL when none is ours */
-    uv_timer_t timer;       /* retry delay while IDLE, watchdog while connecting */
+    uv_timer_t timer;       /* retry delay while IDLE, watchdog while connecting; while
+                               READY the write flush at the next loop iteration */
+    int flushing;           /* inside conn_flush_cb: writes left over poll for POLLOUT */
     uint64_t backoff_ms;    /* delay before the next attempt */
     unsigned fails;         /* consecutive failed attempts (log only the first) */
     int hs_left;            /* handshake replies still awaited */
@@ -933,9 +935,13 @@ static void ev_poll_cb(uv_poll_t *handle, int status, int events)
     if (status < 0 && p->context && p->events) uv_poll_start(&p->handle, p->events, ev_poll_cb);
 }
 
-/* (Re)start or stop the poll handle for p->events. */
-static void ev_apply(redisLibuvEvents *p)
+/* (Re)start or stop the poll handle for p->events (was: old). hiredis asks for
+ * reads again after every read: when nothing changes nothing is done, since
+ * uv_poll_start restarts the handle (epoll_ctl DEL, failing when repeated, + ADD). */
+static void ev_apply(redisLibuvEvents *p, int old)
 {
+    if (p->events == old)
+        return;
     if (p->events)
         uv_poll_start(&p->handle, p->events, ev_poll_cb);
     else
@@ -947,29 +953,55 @@ static void ev_apply(redisLibuvEvents *p)
 static void ev_add_read(void *pd)
 {
     redisLibuvEvents *p = pd;
+    int old = p->events;
     p->events |= UV_READABLE;
-    ev_apply(p);
+    ev_apply(p, old);
 }
 
 static void ev_del_read(void *pd)
 {
     redisLibuvEvents *p = pd;
+    int old = p->events;
     p->events &= ~UV_READABLE;
-    ev_apply(p);
+    ev_apply(p, old);
 }
+
+static void conn_flush_cb(uv_timer_t *t);
 
 static void ev_add_write(void *pd)
 {
     redisLibuvEvents *p = pd;
+    struct conn *c = p->context ? p->context->data : NULL;
+    if (c && c->ac == p->context && c->state == CONN_READY && !c->flushing) {
+        /* a command of a ready connection: written at the start of the next loop
+         * iteration with the others queued meanwhile, without polling for POLLOUT
+         * (two epoll_ctl per command) */
+        uv_timer_start(&c->timer, conn_flush_cb, 0, 0);
+        return;
+    }
+    int old = p->events;
     p->events |= UV_WRITABLE;
-    ev_apply(p);
+    ev_apply(p, old);
 }
 
 static void ev_del_write(void *pd)
 {
     redisLibuvEvents *p = pd;
+    int old = p->events;
     p->events &= ~UV_WRITABLE;
-    ev_apply(p);
+    ev_apply(p, old);
+}
+
+/* c's timer while READY: write what the commands queued; what the socket does not
+ * take now waits for POLLOUT as hiredis asks. */
+static void conn_flush_cb(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    if (c->bus->closing || !c->ac || c->state != CONN_READY)
+        return;
+    c->flushing = 1;
+    redisAsyncHandleWrite(c->ac); /* may disconnect: c->ac is then NULL */
+    c->flushing = 0;
 }
 
 /* c's timer: the next attempt while idle, the watchdog otherwise. */

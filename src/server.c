@@ -317,7 +317,7 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
     s->started = 1;
     if (sh_gen_load(&s->host, sh_lua_api_open, opts->script, opts->sets, opts->nsets, &s->gen, err, errsz) != 0)
         return -1;
-    sh_log_configure(&s->gen->cfg);
+    sh_config_apply_log(&s->gen->cfg);
     s->metrics.max_connections = s->gen->cfg.max_connections;
     sh_redis_addr addr;
     if (sh_redis_parse_url(s->gen->cfg.redis, &addr) != 0) {
@@ -400,7 +400,7 @@ void sh_server_reload(sh_server *s)
     sh_gen *old = s->gen;
     s->gen = g;
     sh_gen_unref(old); /* it lives on while its connections and tasks do */
-    sh_log_configure(&g->cfg);
+    sh_config_apply_log(&g->cfg);
     s->metrics.max_connections = g->cfg.max_connections;
     s->metrics.reloads++;
     sh_info(NULL, "reloaded %s: generation %u serves new connections", s->opts.script, g->id);

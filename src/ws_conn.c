@@ -16,6 +16,11 @@
  * directly, and frames never interleave. The buffer is written once per loop
  * iteration (conn.c).
  *
+ * Memory: an open WebSocket at rest (no frame or fragmented message half
+ * read, nothing queued for wslay, no close under way) keeps no wslay context
+ * (9.2 KiB with wslay 1.1): it is freed ("parked") and made again when bytes
+ * arrive or a control frame must go out. Data frames need none (put_frame).
+ *
  * Closing: wslay answers a peer's close; once neither side has anything to
  * read or write, the close handshake is complete: EV_CLOSE is reported and
  * the TCP connection ends (server first, as RFC 6455 §7.1.1 prefers). */
@@ -39,7 +44,7 @@
 static int slow_consumer(sh_conn *c)
 {
     size_t pending = c->out.len + c->inflight.len;
-    if (pending <= c->lim->max_send_buffer || wslay_event_get_close_sent(c->ws))
+    if (pending <= c->lim->max_send_buffer || (c->ws && wslay_event_get_close_sent(c->ws)))
         return 0; /* under the limit, or our close frame is in out: out is final */
     /* output waits for the end of the loop iteration: what the socket takes
      * now is not unsent */
@@ -54,7 +59,8 @@ static int slow_consumer(sh_conn *c)
             c->lim->max_send_buffer);
     sh_buf_free(&c->out); /* unsent frames are dropped; out never holds a partial frame */
     sh_conn_ws_close(c, 1008, "slow consumer");
-    wslay_event_shutdown_read(c->ws);
+    if (c->ws)
+        wslay_event_shutdown_read(c->ws);
     SET(c, SH_CF_FAILED);
     return 1;
 }
@@ -373,15 +379,49 @@ static const struct wslay_event_callbacks callbacks = {
 
 /* ------------------------------------------------------------ lifecycle */
 
-/* The 101 is in the output; bytes after the request head wait in pending. */
-int sh_ws_start(sh_conn *c)
+/* The wslay context of c, made if c is parked. Returns 0, or -1 (out of memory). */
+static int unpark(sh_conn *c)
 {
-    if (wslay_event_context_server_init(&c->ws, &callbacks, c) != 0)
+    if (c->ws)
+        return 0;
+    if (wslay_event_context_server_init(&c->ws, &callbacks, c) != 0) {
+        c->ws = NULL;
         return -1;
+    }
     wslay_event_config_set_no_buffering(c->ws, 1);
     wslay_event_config_set_max_recv_msg_length(c->ws, c->lim->max_message_bytes);
     if (c->pmd)
         wslay_event_config_set_allowed_rsv_bits(c->ws, WSLAY_RSV1_BIT);
+    return 0;
+}
+
+/* Free the wslay context of an open WebSocket at rest: a fresh one takes
+ * over exactly where it stands (between frames, nothing queued). */
+static void park(sh_conn *c)
+{
+    if (c->ws && c->phase == SH_PHASE_WS &&
+        !HAS(c, SH_CF_IN_WSLAY | SH_CF_PAUSED | SH_CF_FAILED | SH_CF_CLOSE_QUEUED |
+                    SH_CF_CLOSE_WAIT) &&
+        c->fr_hlen == 0 && !c->fr_in_payload && c->msg_opcode == 0 && c->ctrl.len == 0 &&
+        wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws) &&
+        wslay_event_get_read_enabled(c->ws) && wslay_event_get_write_enabled(c->ws) &&
+        !wslay_event_get_close_received(c->ws) && !wslay_event_get_close_sent(c->ws)) {
+        wslay_event_context_free(c->ws);
+        c->ws = NULL;
+    }
+}
+
+/* A parked WebSocket reads. */
+static int wants_read(const sh_conn *c)
+{
+    return !c->ws || wslay_event_want_read(c->ws);
+}
+
+/* The 101 is in the output; bytes after the request head wait in pending. */
+int sh_ws_start(sh_conn *c)
+{
+    if (unpark(c) != 0)
+        return -1;
     sh_transport *tp = c->tp;
     tp->metrics->websockets_current++;
     tp->metrics->websockets_total++;
@@ -398,8 +438,9 @@ int sh_ws_start(sh_conn *c)
         sh_ws_on_read(c, early.p, early.len);
         sh_buf_free(&early);
     }
-    if (c->phase == SH_PHASE_WS && wslay_event_want_read(c->ws))
+    if (c->phase == SH_PHASE_WS && wants_read(c))
         sh_conn_start_reading(c);
+    park(c);
     return 0;
 }
 
@@ -435,6 +476,11 @@ static void pump(sh_conn *c)
 void sh_ws_on_read(sh_conn *c, const char *data, size_t len)
 {
     if (data == NULL) { /* EOF */
+        sh_conn_close(c);
+        return;
+    }
+    if (unpark(c) != 0) {
+        sh_warn(c->id, "out of memory for the WebSocket state: dropped");
         sh_conn_close(c);
         return;
     }
@@ -482,9 +528,10 @@ void sh_ws_on_read(sh_conn *c, const char *data, size_t len)
         sh_conn_close(c);
         return;
     }
-    if (!wslay_event_want_read(c->ws))
-        sh_conn_stop_reading(c);
     pump(c);
+    if (!wslay_event_want_read(c->ws) && !sh_ws_finished(c))
+        sh_conn_stop_reading(c); /* finished: no stop, the linger phase reads on (for EOF) */
+    park(c);
 }
 
 /* The input that waited behind a message: go on with it. */
@@ -496,10 +543,10 @@ void sh_ws_resume(sh_conn *c)
     c->tp->npaused--;
     sh_buf rest = c->pending;
     c->pending = (sh_buf){0};
-    if (c->phase == SH_PHASE_WS && c->ws && rest.len)
+    if (c->phase == SH_PHASE_WS && rest.len)
         sh_ws_on_read(c, rest.p, rest.len);
     sh_buf_free(&rest);
-    if (c->phase == SH_PHASE_WS && !HAS(c, SH_CF_PAUSED) && wslay_event_want_read(c->ws))
+    if (c->phase == SH_PHASE_WS && !HAS(c, SH_CF_PAUSED) && wants_read(c))
         sh_conn_start_reading(c);
 }
 
@@ -524,10 +571,11 @@ void sh_ws_on_timer(sh_conn *c)
         return;
     }
     struct wslay_event_msg ping = {WSLAY_PING, (const uint8_t *)"statushost", 10};
-    if (wslay_event_queue_msg(c->ws, &ping) == 0) {
+    if (unpark(c) == 0 && wslay_event_queue_msg(c->ws, &ping) == 0) {
         SET(c, SH_CF_PING_OUT);
         sh_conn_arm_timer(c, lim->ping_timeout_ms);
         pump(c);
+        park(c);
     }
 }
 
@@ -549,9 +597,11 @@ static int put_frame(sh_conn *c, uint8_t opcode, const char *data, size_t len)
 
 int sh_conn_open(const sh_conn *c)
 {
-    return c->phase == SH_PHASE_WS && c->ws && !HAS(c, SH_CF_FAILED | SH_CF_CLOSE_QUEUED) &&
-           !wslay_event_get_close_received(c->ws) && !wslay_event_get_close_sent(c->ws) &&
-           wslay_event_get_write_enabled(c->ws);
+    if (c->phase != SH_PHASE_WS || HAS(c, SH_CF_FAILED | SH_CF_CLOSE_QUEUED))
+        return 0;
+    return !c->ws || /* parked: open, at rest */
+           (!wslay_event_get_close_received(c->ws) && !wslay_event_get_close_sent(c->ws) &&
+            wslay_event_get_write_enabled(c->ws));
 }
 
 int sh_conn_send(sh_conn *c, const char *data, size_t len, int binary)
@@ -560,7 +610,7 @@ int sh_conn_send(sh_conn *c, const char *data, size_t len, int binary)
         return -1;
     if (slow_consumer(c))
         return -1;
-    if (wslay_event_want_write(c->ws))
+    if (c->ws && wslay_event_want_write(c->ws))
         wslay_event_send(c->ws); /* control frames queued earlier (a pong) go first */
     uint8_t op = binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME;
     int z = c->pmd ? sh_pmd_put_message(c->pmd, &c->out, op, data, len) : 0;
@@ -577,8 +627,13 @@ int sh_conn_send(sh_conn *c, const char *data, size_t len, int binary)
 
 void sh_conn_ws_close(sh_conn *c, uint16_t code, const char *reason)
 {
-    if (c->phase != SH_PHASE_WS || !c->ws)
+    if (c->phase != SH_PHASE_WS)
         return;
+    if (unpark(c) != 0) {
+        sh_warn(c->id, "out of memory for the WebSocket state: dropped");
+        sh_conn_close(c);
+        return;
+    }
     size_t rl = reason ? strlen(reason) : 0;
     if (rl > 123)
         rl = 123;

@@ -41,6 +41,9 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <uv.h>
@@ -76,6 +79,10 @@ static inline uint64_t hist_upper(unsigned idx) {
 
 enum cstate { C_IDLE, C_CONNECTING, C_HS_SEND, C_HS_RECV, C_WS, C_LINGER, C_CLOSING, C_DONE };
 enum phase { PH_RUN, PH_DRAIN, PH_STOP };
+enum mode { M_SEEDFLOW, M_FANOUT, M_IDLE };
+#define MAX_STEPS 16
+#define OPEN_WINDOW 200      /* fanout/idle: connections in connect+handshake at once */
+#define STEP_TIMEOUT_MS 60000
 
 typedef struct client {
     uv_poll_t poll;
@@ -102,6 +109,10 @@ typedef struct client {
     int io_errno;
     char reason[80];
     uint64_t t_sent;
+
+    /* fanout / idle: the fid the server POSTed for this connection ("" until then) */
+    char fid[72];
+    int opening; /* counted in G.opening (connect + handshake in flight) */
 
     /* message assembly (wslay no-buffering mode) */
     uint8_t mop;
@@ -153,6 +164,30 @@ static struct {
 
     /* server memory, kB; -1 = unavailable */
     long rss0, hwm0, rss1, hwm1;
+    /* server CPU (utime+stime, clock ticks); -1 = unavailable */
+    long long cpu0, cpu1;
+    uint64_t hist_n;
+
+    /* fanout / idle */
+    enum mode mode;
+    unsigned target, opened, opening, registered;
+    unsigned steps[MAX_STEPS], nsteps, step;
+    long step_rss[MAX_STEPS];
+    int remote_port;
+    uv_tcp_t remote;
+    const char *redis_url, *prefix;
+    char redis_host[256];
+    int redis_port;
+    redisAsyncContext *pub;
+    double rate; /* msgs/s; 0 = max */
+    int foreign_mode; /* fanout: payloads for no task of the job (the server must drop them) */
+    double hold; /* idle: seconds to keep the last step open (to look at the server) */
+    unsigned inflight_max;
+    int publishing, pub_failed;
+    uv_timer_t t_pub, t_step;
+    uint64_t pub_sent, pub_acked, pub_noreceiver, pub_errors, fan_recv, fan_bad;
+    uint64_t pub_t0, pub_t1, drain_t1;
+    unsigned rr;
 } G;
 
 static void start_job(client_t *c);
@@ -200,11 +235,8 @@ static void record_failure(client_t *c) {
     reason_add(c->reason);
 }
 
-static void record_success(client_t *c, uint64_t lat_us) {
-    if (c->recorded) return;
-    c->recorded = 1;
-    c->last_failed = 0;
-    G.completed++;
+static void hist_add(uint64_t lat_us) {
+    G.hist_n++;
     G.lat_sum_us += lat_us;
     if (lat_us > G.lat_max_us) G.lat_max_us = lat_us;
     unsigned i = hist_index(lat_us);
@@ -212,9 +244,17 @@ static void record_success(client_t *c, uint64_t lat_us) {
     G.hist[i]++;
 }
 
+static void record_success(client_t *c, uint64_t lat_us) {
+    if (c->recorded) return;
+    c->recorded = 1;
+    c->last_failed = 0;
+    G.completed++;
+    hist_add(lat_us);
+}
+
 static uint64_t percentile_us(double p) {
-    if (G.completed == 0) return 0;
-    uint64_t rank = (uint64_t)ceil(p * (double)G.completed);
+    if (G.hist_n == 0) return 0;
+    uint64_t rank = (uint64_t)ceil(p * (double)G.hist_n);
     if (rank < 1) rank = 1;
     uint64_t cum = 0;
     for (unsigned i = 0; i < H_BUCKETS; i++) {
@@ -247,9 +287,16 @@ static void client_done(client_t *c) {
 
 static void on_client_timer(uv_timer_t *t);
 
+static void opened(client_t *c);
+
 static void next_job(client_t *c) {
     if (c->ws) { wslay_event_context_free(c->ws); c->ws = NULL; }
     c->st = C_IDLE;
+    if (G.mode != M_SEEDFLOW) { /* one job per connection, never restarted */
+        opened(c);
+        client_done(c);
+        return;
+    }
     if (G.phase != PH_RUN) { client_done(c); return; }
     if (c->last_failed) uv_timer_start(&c->timer, on_client_timer, BACKOFF_MS, 0);
     else start_job(c);
@@ -547,6 +594,8 @@ static long match_id(client_t *c, const char *v, size_t n) {
     return (long)i;
 }
 
+static void fanout_received(client_t *c);
+
 static void handle_message(client_t *c) {
     if (c->mop != WSLAY_TEXT_FRAME) {
         G.unexpected++;
@@ -555,6 +604,10 @@ static void handle_message(client_t *c) {
     }
     size_t vlen;
     const char *v = find_str_key(c->mbuf, c->mlen, "\"id\"", &vlen);
+    if (v && G.mode != M_SEEDFLOW && match_id(c, v, vlen) == 0) {
+        fanout_received(c);
+        return;
+    }
     if (v) {
         long i = match_id(c, v, vlen);
         if (i >= 0) {
@@ -607,7 +660,8 @@ static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
     if (a->opcode != WSLAY_CONNECTION_CLOSE) return;
     uint64_t lat = now_us() - c->t_sent;
     unsigned code = a->status_code ? a->status_code : 1005;
-    if (code != 1000) fail(c, "close %u", code);
+    if (G.mode != M_SEEDFLOW) fail(c, "server closed %u", code);
+    else if (code != 1000) fail(c, "close %u", code);
     else if (c->unique < G.tasks) fail(c, "close 1000 before all updates");
     if (c->failed) record_failure(c);
     else record_success(c, lat);
@@ -674,7 +728,8 @@ static void open_ws(client_t *c) {
     c->batch_sent = 1;
     c->t_sent = now_us();
     G.started++;
-    G.expected += G.tasks;
+    if (G.mode == M_SEEDFLOW) G.expected += G.tasks;
+    else opened(c);
     drive(c, c->hoff < c->hlen ? UV_READABLE : 0);
 }
 
@@ -863,6 +918,399 @@ static void start_job(client_t *c) {
 }
 
 /* ------------------------------------------------------------------ */
+/* fanout and idle modes
+ *
+ * Both open G.target connections (at most OPEN_WINDOW connecting at once),
+ * each sending a 1-task batch [{"id":"c<client>-1-0",...}]. The server under
+ * test POSTs {"data":[...],"fid":"<fid>"} to the remote it is given: that is
+ * this process (--remote-port), which answers 200 at once and learns the
+ * connection's fid. A connection counts as ready (subscribed, waiting) when
+ * its POST has arrived.
+ *   fanout: a hiredis publisher PUBLISHes {"id":"c<client>-1-0","status":
+ *     "进行中","seq":n,"ts":<µs>} to <prefix><fid> round-robin over the
+ *     connections, at --rate msgs/s or as fast as --inflight outstanding
+ *     PUBLISHes allow (--rate max); latency = arrival − ts (same clock).
+ *   idle: ramps through --steps and reads the server's VmRSS at each. */
+
+static int read_mem(long pid, long *rss, long *hwm);
+static void json_str(FILE *f, const char *s);
+
+static long long read_cpu(long pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'); /* comm may hold spaces */
+    if (!p) return -1;
+    unsigned long long ut = 0, st = 0;
+    /* after ")": state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime(14) stime(15) */
+    if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return -1;
+    return (long long)(ut + st);
+}
+
+static double cpu_us(long long t0, long long t1) {
+    if (t0 < 0 || t1 < 0) return -1;
+    return (double)(t1 - t0) * 1e6 / (double)sysconf(_SC_CLK_TCK);
+}
+
+static void ramp_more(void) {
+    while (G.phase == PH_RUN && G.opened < G.target && G.opening < OPEN_WINDOW) {
+        client_t *c = &G.clients[G.opened++];
+        c->opening = 1;
+        G.opening++;
+        start_job(c);
+    }
+}
+
+static void opened(client_t *c) {
+    if (!c->opening) return;
+    c->opening = 0;
+    G.opening--;
+    ramp_more();
+}
+
+static void publish_one(void);
+
+static void fanout_received(client_t *c) {
+    (void)c;
+    size_t n = c->mlen;
+    const char *p = memmem(c->mbuf, n, "\"ts\":", 5);
+    G.fan_recv++;
+    if (!p) { G.fan_bad++; return; }
+    uint64_t ts = strtoull(p + 5, NULL, 10), now = now_us();
+    hist_add(now > ts ? now - ts : 0);
+    /* max rate: a closed loop, at most --inflight messages published and not yet received */
+    while (G.publishing && G.rate == 0 && G.pub_sent - G.fan_recv < G.inflight_max) publish_one();
+    if (!G.publishing && G.pub_acked == G.pub_sent && G.fan_recv >= G.pub_sent) G.drain_t1 = uv_hrtime();
+}
+
+/* ---- the remote: POST /remote/message → 200, remembers the fid */
+
+typedef struct rconn {
+    uv_tcp_t h;
+    size_t len;
+    char buf[16384];
+} rconn_t;
+
+static void on_registered(void);
+
+static void rconn_closed(uv_handle_t *h) { free(h->data); }
+
+static void remote_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
+    (void)hint;
+    rconn_t *r = h->data;
+    b->base = r->buf + r->len;
+    b->len = sizeof r->buf - r->len;
+}
+
+static void remote_request(const char *body, size_t n) {
+    size_t vl, il;
+    const char *fid = find_str_key(body, n, "\"fid\"", &vl);
+    const char *id = find_str_key(body, n, "\"id\"", &il);
+    uint32_t ci;
+    const char *p = id ? id + 1 : NULL;
+    if (!fid || !id || vl >= sizeof G.clients[0].fid || *id != 'c' || parse_u32(&p, id + il, &ci) ||
+        ci >= G.conns) {
+        reason_add("remote: POST without a usable fid / id");
+        return;
+    }
+    client_t *c = &G.clients[ci];
+    if (c->fid[0]) return;
+    memcpy(c->fid, fid, vl);
+    c->fid[vl] = 0;
+    G.registered++;
+    on_registered();
+}
+
+static void remote_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
+    (void)b;
+    rconn_t *r = s->data;
+    if (nread < 0) { uv_close((uv_handle_t *)s, rconn_closed); return; }
+    r->len += (size_t)nread;
+    for (;;) {
+        char *e = memmem(r->buf, r->len, "\r\n\r\n", 4);
+        if (!e) break;
+        size_t head = (size_t)(e - r->buf) + 4, cl = 0;
+        for (char *h = r->buf; h < e; h++)
+            if ((*h == '\n') && strncasecmp(h + 1, "content-length:", 15) == 0) cl = strtoul(h + 16, NULL, 10);
+        if (head + cl > sizeof r->buf) { uv_close((uv_handle_t *)s, rconn_closed); return; }
+        if (r->len < head + cl) break;
+        remote_request(r->buf + head, cl);
+        static const char OK[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n"
+                                 "{\"status\":0,\"msg\":\"success\",\"data\":null}";
+        uv_buf_t ob = uv_buf_init((char *)OK, sizeof OK - 1);
+        if (uv_try_write(s, &ob, 1) != (int)(sizeof OK - 1)) { uv_close((uv_handle_t *)s, rconn_closed); return; }
+        memmove(r->buf, r->buf + head + cl, r->len - head - cl);
+        r->len -= head + cl;
+    }
+    if (r->len == sizeof r->buf) uv_close((uv_handle_t *)s, rconn_closed);
+}
+
+static void remote_conn(uv_stream_t *srv, int status) {
+    if (status < 0) return;
+    rconn_t *r = calloc(1, sizeof *r);
+    if (!r) return;
+    uv_tcp_init(&G.loop, &r->h);
+    r->h.data = r;
+    if (uv_accept(srv, (uv_stream_t *)&r->h) != 0) { uv_close((uv_handle_t *)&r->h, rconn_closed); return; }
+    uv_read_start((uv_stream_t *)&r->h, remote_alloc, remote_read);
+}
+
+/* ---- publisher */
+
+static void pub_reply(redisAsyncContext *ac, void *reply, void *priv) {
+    (void)ac;
+    (void)priv;
+    redisReply *r = reply;
+    G.pub_acked++;
+    if (!r || r->type != REDIS_REPLY_INTEGER) G.pub_errors++;
+    else if (r->integer < 1) G.pub_noreceiver++;
+    if (G.publishing && G.rate == 0 &&
+        (G.foreign_mode || !r || r->type != REDIS_REPLY_INTEGER || r->integer < 1))
+        publish_one(); /* a message nobody will receive: keep the window full */
+    if (!G.publishing && G.pub_acked == G.pub_sent && G.fan_recv >= G.pub_sent) G.drain_t1 = uv_hrtime();
+}
+
+static void publish_one(void) {
+    client_t *c;
+    unsigned tries = 0;
+    do {
+        c = &G.clients[G.rr++ % G.target];
+    } while ((c->st != C_WS || !c->fid[0]) && ++tries < G.target);
+    if (c->st != C_WS || !c->fid[0]) { G.publishing = 0; G.pub_failed = 1; return; }
+    char chan[128], payload[160];
+    int cl = snprintf(chan, sizeof chan, "%s%s", G.prefix, c->fid);
+    int pl = snprintf(payload, sizeof payload,
+                      G.foreign_mode ? "{\"id\":\"x%u-%u-0\",\"status\":\"" STATUS_SENT "\",\"seq\":%" PRIu64 ",\"ts\":%" PRIu64 "}" :
+                      "{\"id\":\"c%u-%u-0\",\"status\":\"" STATUS_SENT "\",\"seq\":%" PRIu64 ",\"ts\":%" PRIu64 "}",
+                      c->idx, c->seq, G.pub_sent, now_us());
+    if (redisAsyncCommand(G.pub, pub_reply, NULL, "PUBLISH %b %b", chan, (size_t)cl, payload, (size_t)pl) != REDIS_OK) {
+        G.publishing = 0;
+        G.pub_failed = 1;
+        return;
+    }
+    G.pub_sent++;
+}
+
+static void on_pub_tick(uv_timer_t *t) {
+    (void)t;
+    if (!G.publishing) return;
+    uint64_t due = (uint64_t)(G.rate * (double)(uv_hrtime() - G.pub_t0) / 1e9);
+    while (G.publishing && G.pub_sent < due && G.pub_sent - G.pub_acked < 100000) publish_one();
+}
+
+static void fan_end(void);
+
+static void on_step_timer(uv_timer_t *t);
+
+static void on_drain_check(uv_timer_t *t) {
+    (void)t;
+    int drained = G.pub_acked == G.pub_sent && G.fan_recv >= G.pub_sent;
+    if (G.foreign_mode) /* nothing arrives: give the server a second to drop what Redis sent it */
+        drained = G.pub_acked == G.pub_sent && uv_hrtime() - G.pub_t1 > 1000000000u;
+    if (drained || uv_hrtime() - G.pub_t1 > (uint64_t)(G.drain * 1e9)) {
+        if (!drained || !G.drain_t1) G.drain_t1 = uv_hrtime();
+        G.cpu1 = G.server_pid > 0 ? read_cpu(G.server_pid) : -1;
+        fan_end();
+    }
+}
+
+static void on_pub_duration(uv_timer_t *t) {
+    (void)t;
+    G.publishing = 0;
+    G.pub_t1 = uv_hrtime();
+    uv_timer_stop(&G.t_pub);
+    uv_timer_start(&G.t_pub, on_drain_check, 10, 10);
+}
+
+static void pub_connected(const redisAsyncContext *ac, int status) {
+    (void)ac;
+    if (status != REDIS_OK) {
+        fprintf(stderr, "sh_loadgen: cannot connect to Redis at %s\n", G.redis_url);
+        G.pub_failed = 1;
+        fan_end();
+    }
+}
+
+static void start_publishing(void) {
+    G.pub = redisAsyncConnect(G.redis_host, G.redis_port);
+    if (!G.pub || G.pub->err || redisLibuvAttach(G.pub, &G.loop) != REDIS_OK) {
+        fprintf(stderr, "sh_loadgen: cannot connect to Redis at %s\n", G.redis_url);
+        G.pub_failed = 1;
+        fan_end();
+        return;
+    }
+    redisAsyncSetConnectCallback(G.pub, pub_connected);
+    G.publishing = 1;
+    G.pub_t0 = uv_hrtime();
+    G.cpu0 = G.server_pid > 0 ? read_cpu(G.server_pid) : -1;
+    if (G.rate > 0) {
+        uv_timer_start(&G.t_pub, on_pub_tick, 1, 1);
+    } else {
+        for (unsigned i = 0; i < G.inflight_max && G.publishing; i++) publish_one();
+    }
+    uv_timer_start(&G.t_duration, on_pub_duration, (uint64_t)(G.duration * 1000.0), 0);
+}
+
+static void on_hold_end(uv_timer_t *t) {
+    (void)t;
+    fan_end();
+}
+
+static void on_settled(uv_timer_t *t) {
+    (void)t;
+    long rss, hwm;
+    read_mem(G.server_pid, &rss, &hwm);
+    G.step_rss[G.step] = rss;
+    if (!G.json) {
+        double kib = rss >= 0 && G.rss0 >= 0 ? (double)(rss - G.rss0) / G.target : -1;
+        printf("  idle %6u connections  server VmRSS %8ld kB  %.2f KiB/connection\n", G.target, rss, kib);
+        fflush(stdout);
+    }
+    if (++G.step < G.nsteps) {
+        G.target = G.steps[G.step];
+        uv_timer_start(&G.t_step, on_step_timer, STEP_TIMEOUT_MS, 0);
+        ramp_more();
+    } else if (G.hold > 0) {
+        uv_timer_start(&G.t_step, on_hold_end, (uint64_t)(G.hold * 1000.0), 0);
+        G.hold = 0;
+    } else {
+        fan_end();
+    }
+}
+
+static void on_registered(void) {
+    if (G.registered != G.target || G.phase != PH_RUN) return;
+    uv_timer_stop(&G.t_step);
+    if (G.mode == M_FANOUT) start_publishing();
+    else uv_timer_start(&G.t_step, on_settled, 1000, 0); /* let the server settle */
+}
+
+static void on_step_timer(uv_timer_t *t) {
+    (void)t;
+    fprintf(stderr, "sh_loadgen: only %u of %u connections ready after %d s (%u opened)\n", G.registered,
+            G.target, STEP_TIMEOUT_MS / 1000, G.opened);
+    reason_add("connections not ready in time");
+    G.failed++;
+    fan_end();
+}
+
+static void close_rconn(uv_handle_t *h, void *arg) {
+    (void)arg;
+    if (h->type != UV_TCP || uv_is_closing(h)) return;
+    uv_close(h, h == (uv_handle_t *)&G.remote ? NULL : rconn_closed);
+}
+
+/* End of a fanout/idle run: close every connection (their jobs are not failures) */
+static void fan_end(void) {
+    if (G.phase == PH_STOP) return;
+    G.phase = PH_STOP;
+    G.publishing = 0;
+    uv_timer_stop(&G.t_pub);
+    uv_timer_stop(&G.t_step);
+    uv_timer_stop(&G.t_duration);
+    if (G.pub) { redisAsyncDisconnect(G.pub); G.pub = NULL; }
+    uv_walk(&G.loop, close_rconn, NULL);
+    uv_close((uv_handle_t *)&G.t_pub, NULL);
+    uv_close((uv_handle_t *)&G.t_step, NULL);
+    for (unsigned i = 0; i < G.conns; i++) {
+        client_t *c = &G.clients[i];
+        if (c->st == C_IDLE) { client_done(c); continue; }
+        if (c->st == C_DONE) continue;
+        if (c->st == C_WS || c->st == C_LINGER) c->recorded = 1;
+        else c->abort_silent = 1;
+        teardown(c);
+    }
+}
+
+static void fan_report(void) {
+    double pub_s = (double)(G.pub_t1 - G.pub_t0) / 1e9;
+    double p50 = (double)percentile_us(0.50) / 1000.0, p99 = (double)percentile_us(0.99) / 1000.0;
+    double mx = (double)G.lat_max_us / 1000.0;
+    uint64_t lost = G.pub_sent > G.fan_recv ? G.pub_sent - G.fan_recv : 0;
+    double cpu = cpu_us(G.cpu0, G.cpu1);
+    uint64_t denom = G.foreign_mode ? G.pub_sent : G.fan_recv;
+    double per = cpu >= 0 && denom ? cpu / (double)denom : -1;
+    if (G.foreign_mode) lost = 0; /* nothing may arrive: "received" counts forwarded ones */
+    if (G.foreign_mode) G.fan_recv += G.foreign;
+    double wall = (double)(G.drain_t1 - G.pub_t0) / 1e9;
+    if (G.mode == M_IDLE) {
+        long last = G.nsteps ? G.step_rss[G.nsteps - 1] : -1;
+        double kib = last >= 0 && G.rss0 >= 0 && G.step == G.nsteps
+                         ? (double)(last - G.rss0) / G.steps[G.nsteps - 1] : -1;
+        if (G.json) {
+            printf("{\"mode\":\"idle\",\"url\":");
+            json_str(stdout, G.url);
+            printf(",\"rss_kb_start\":%ld,\"steps\":[", G.rss0);
+            for (unsigned i = 0; i < G.step && i < G.nsteps; i++)
+                printf("%s{\"connections\":%u,\"rss_kb\":%ld,\"kib_per_conn\":%.3f}", i ? "," : "", G.steps[i],
+                       G.step_rss[i], (double)(G.step_rss[i] - G.rss0) / G.steps[i]);
+            printf("],\"kib_per_conn\":%.3f,\"failed\":%" PRIu64 "}\n", kib, G.failed);
+        } else {
+            printf("sh_loadgen idle %s: %.2f KiB per connection at %u connections (VmRSS %ld kB -> %ld kB)\n",
+                   G.url, kib, G.nsteps ? G.steps[G.nsteps - 1] : 0, G.rss0, last);
+        }
+    } else if (G.json) {
+        printf("{\"mode\":\"fanout\",\"url\":");
+        json_str(stdout, G.url);
+        printf(",\"connections\":%u,\"rate\":%.0f,\"publish_s\":%.3f,\"published\":%" PRIu64
+               ",\"received\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"no_receiver\":%" PRIu64 ",\"publish_errors\":%" PRIu64
+               ",\"msgs_per_s\":%.1f,\"latency_ms\":{\"p50\":%.3f,\"p99\":%.3f,\"max\":%.3f}"
+               ",\"server_cpu_us\":%.0f,\"server_cpu_us_per_msg\":%.3f,\"failed\":%" PRIu64 "}\n",
+               G.target, G.rate, pub_s, G.pub_sent, G.fan_recv, lost, G.pub_noreceiver, G.pub_errors,
+               wall > 0 ? (double)G.fan_recv / wall : 0, p50, p99, mx, cpu, per, G.failed);
+    } else {
+        printf("sh_loadgen fanout %s  connections=%u rate=%s\n", G.url, G.target, G.rate > 0 ? "fixed" : "max");
+        printf("  published         %" PRIu64 " in %.3f s (%" PRIu64 " errors, %" PRIu64 " without receiver)\n",
+               G.pub_sent, pub_s, G.pub_errors, G.pub_noreceiver);
+        printf("  received          %" PRIu64 " (%.1f msgs/s)\n", G.fan_recv, wall > 0 ? (double)G.fan_recv / wall : 0);
+        printf("  lost              %" PRIu64 "\n", lost);
+        printf("  latency p50       %.3f ms\n  latency p99       %.3f ms\n  latency max       %.3f ms\n", p50, p99, mx);
+        if (per >= 0) printf("  server CPU        %.0f µs, %.3f µs per delivered message\n", cpu, per);
+    }
+    if (G.nreasons) {
+        fprintf(stderr, "sh_loadgen: failures:\n");
+        for (int i = 0; i < G.nreasons; i++) fprintf(stderr, "  %8" PRIu64 "  %s\n", G.reasons[i].n, G.reasons[i].name);
+    }
+}
+
+static int fan_main(void) {
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", G.remote_port, &a);
+    uv_tcp_init(&G.loop, &G.remote);
+    int r = uv_tcp_bind(&G.remote, (const struct sockaddr *)&a, 0);
+    if (r == 0) r = uv_listen((uv_stream_t *)&G.remote, 1024, remote_conn);
+    if (r != 0) {
+        fprintf(stderr, "sh_loadgen: --remote-port %d: %s\n", G.remote_port, uv_strerror(r));
+        return 1;
+    }
+    uv_timer_init(&G.loop, &G.t_pub);
+    uv_timer_init(&G.loop, &G.t_step);
+    G.t_start = uv_hrtime();
+    G.phase = PH_RUN;
+    G.active = G.conns;
+    G.target = G.mode == M_IDLE ? G.steps[0] : G.conns;
+    uv_timer_start(&G.t_step, on_step_timer, STEP_TIMEOUT_MS, 0);
+    ramp_more();
+    uv_run(&G.loop, UV_RUN_DEFAULT);
+    G.t_end = uv_hrtime();
+    finish_run();
+    uv_run(&G.loop, UV_RUN_DEFAULT);
+    uv_loop_close(&G.loop);
+    fan_report();
+    int ok = G.failed == 0 && !G.pub_failed;
+    if (G.mode == M_FANOUT)
+        ok = ok && G.pub_sent > 0 && G.pub_errors == 0 &&
+             (G.foreign_mode ? G.fan_recv + G.foreign + G.unexpected == 0 : G.fan_recv == G.pub_sent);
+    else ok = ok && G.step == G.nsteps;
+    return ok ? 0 : 1;
+}
+
+/* ------------------------------------------------------------------ */
 /* run phases */
 
 static int read_mem(long pid, long *rss, long *hwm) {
@@ -916,6 +1364,7 @@ static void on_duration_timer(uv_timer_t *t) {
 static void on_signal(uv_signal_t *s, int signum) {
     (void)s;
     (void)signum;
+    if (G.mode != M_SEEDFLOW) { fan_end(); return; }
     if (G.phase == PH_RUN) on_duration_timer(NULL);
     else on_drain_timer(NULL);
 }
@@ -925,6 +1374,7 @@ static void finish_run(void) {
     G.finished = 1;
     G.t_end = uv_hrtime();
     if (G.server_pid > 0) read_mem(G.server_pid, &G.rss1, &G.hwm1);
+    if (G.server_pid > 0 && G.mode == M_SEEDFLOW) G.cpu1 = read_cpu(G.server_pid);
     uv_close((uv_handle_t *)&G.t_duration, NULL);
     uv_close((uv_handle_t *)&G.t_drain, NULL);
     uv_close((uv_handle_t *)&G.sig_int, NULL);
@@ -990,6 +1440,9 @@ static void report(void) {
         if (G.reasons_other) fprintf(f, "%s\"other\":%" PRIu64, G.nreasons ? "," : "", G.reasons_other);
         fputc('}', f);
         if (G.server_pid > 0) {
+            double cpu = cpu_us(G.cpu0, G.cpu1);
+            fprintf(f, ",\"server_cpu_us\":%.0f,\"server_cpu_us_per_job\":%.2f", cpu,
+                    cpu >= 0 && G.completed ? cpu / (double)G.completed : -1.0);
             fprintf(f, ",\"server\":{\"pid\":%ld", G.server_pid);
             const char *k[4] = { "vmrss_kb_start", "vmrss_kb_end", "vmhwm_kb_start", "vmhwm_kb_end" };
             long v[4] = { G.rss0, G.rss1, G.hwm0, G.hwm1 };
@@ -1032,6 +1485,9 @@ static void report(void) {
         snprintf(x, sizeof x, G.hwm0 >= 0 ? "%ld kB" : "n/a", G.hwm0);
         snprintf(y, sizeof y, G.hwm1 >= 0 ? "%ld kB" : "n/a", G.hwm1);
         printf("  server %ld VmRSS  start %s, end %s\n", G.server_pid, a, b);
+        double cpu = cpu_us(G.cpu0, G.cpu1);
+        if (cpu >= 0 && G.completed)
+            printf("  server CPU        %.0f µs, %.1f µs per job\n", cpu, cpu / (double)G.completed);
         printf("  server %ld VmHWM  start %s, end %s\n", G.server_pid, x, y);
     }
     if (G.nreasons || G.reasons_other) {
@@ -1049,6 +1505,17 @@ static const char USAGE[] =
     "usage: sh_loadgen [--url ws://HOST:PORT/PATH] [--connections C] [--tasks T]\n"
     "                  [--duration SECONDS] [--server-pid PID] [--max-jobs N]\n"
     "                  [--drain SECONDS] [--origin ORIGIN] [--json]\n"
+    "                  [--mode seedflow|fanout|idle] [--remote-port PORT] [--redis redis://HOST:PORT]\n"
+    "                  [--rate MSGS_PER_S|max] [--inflight N] [--steps N,N,...] [--channel-prefix P]\n"
+    "seedflow: C clients repeat jobs (connect, T-task batch, T updates, close 1000).\n"
+    "fanout: C connections each send a 1-task batch; the server POSTs it to this process\n"
+    "  (--remote-port: point its remote_url at http://127.0.0.1:PORT/remote/message), which\n"
+    "  learns each fid; then PUBLISH <prefix><fid> at --rate (or max: at most --inflight\n"
+    "  published and not yet received, default 2000) for --duration; latency = arrival - ts in the payload; lost = published -\n"
+    "  received. idle: same set-up, ramps through --steps (default 1000,2000,5000,10000) and\n"
+    "  reports the server's VmRSS growth per connection (needs --server-pid); --hold S keeps\n"
+    "  the last step open S more seconds. fanout --foreign: updates for no task of the job\n"
+    "  (the server must drop them; any frame received is a failure); CPU per published message.\n"
     "defaults: --url ws://127.0.0.1:9999/ --connections 100 --tasks 10 --duration 10 --drain 10\n"
     "exit: 0 no failed job and no lost update, 1 otherwise (or nothing completed), 2 bad arguments\n";
 
@@ -1138,6 +1605,15 @@ static void parse_args(int argc, char **argv) {
         { "drain", required_argument, 0, 'D' },
         { "origin", required_argument, 0, 'o' },
         { "json", no_argument, 0, 'j' },
+        { "mode", required_argument, 0, 'M' },
+        { "remote-port", required_argument, 0, 'R' },
+        { "redis", required_argument, 0, 'r' },
+        { "rate", required_argument, 0, 'a' },
+        { "inflight", required_argument, 0, 'i' },
+        { "steps", required_argument, 0, 's' },
+        { "channel-prefix", required_argument, 0, 'P' },
+        { "hold", required_argument, 0, 'H' },
+        { "foreign", no_argument, 0, 'F' },
         { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
     };
@@ -1159,6 +1635,29 @@ static void parse_args(int argc, char **argv) {
         case 'D': G.drain = parse_secs("--drain", optarg, 0); break;
         case 'o': G.origin = optarg; break;
         case 'j': G.json = 1; break;
+        case 'M':
+            if (!strcmp(optarg, "seedflow")) G.mode = M_SEEDFLOW;
+            else if (!strcmp(optarg, "fanout")) G.mode = M_FANOUT;
+            else if (!strcmp(optarg, "idle")) G.mode = M_IDLE;
+            else bad("--mode: seedflow, fanout or idle, got '%s'", optarg);
+            break;
+        case 'R': G.remote_port = (int)parse_uint("--remote-port", optarg, 1, 65535); break;
+        case 'r': G.redis_url = optarg; break;
+        case 'a': G.rate = strcmp(optarg, "max") ? (double)parse_uint("--rate", optarg, 1, 10000000) : 0; break;
+        case 'i': G.inflight_max = (unsigned)parse_uint("--inflight", optarg, 1, 1000000); break;
+        case 's': {
+            G.nsteps = 0;
+            char *save = NULL, *tmp = strdup(optarg);
+            for (char *t = strtok_r(tmp, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                if (G.nsteps == MAX_STEPS) bad("--steps: at most %d steps", MAX_STEPS);
+                G.steps[G.nsteps++] = (unsigned)parse_uint("--steps", t, 1, 1000000);
+            }
+            free(tmp);
+            break;
+        }
+        case 'P': G.prefix = optarg; break;
+        case 'H': G.hold = parse_secs("--hold", optarg, 0); break;
+        case 'F': G.foreign_mode = 1; break;
         case 'h': fputs(USAGE, stdout); exit(0);
         case ':': bad("option %s needs a value", argv[optind - 1]);
         default:
@@ -1167,6 +1666,23 @@ static void parse_args(int argc, char **argv) {
         }
     }
     if (optind < argc) bad("unexpected argument '%s' (see --help)", argv[optind]);
+    if (G.mode != M_SEEDFLOW) {
+        if (!G.remote_port) bad("--mode fanout/idle needs --remote-port");
+        G.tasks = 1;
+        if (!G.prefix) G.prefix = "ws:fid:";
+        if (!G.inflight_max) G.inflight_max = 2000;
+        if (G.mode == M_IDLE) {
+            if (!G.nsteps) { G.steps[0] = 1000; G.steps[1] = 2000; G.steps[2] = 5000; G.steps[3] = 10000; G.nsteps = 4; }
+            for (unsigned i = 1; i < G.nsteps; i++)
+                if (G.steps[i] <= G.steps[i - 1]) bad("--steps must increase");
+            G.conns = G.steps[G.nsteps - 1];
+            if (G.server_pid <= 0) bad("--mode idle needs --server-pid");
+        } else {
+            if (!G.redis_url) G.redis_url = "redis://127.0.0.1:6379";
+            if (sscanf(G.redis_url, "redis://%255[^:/]:%d", G.redis_host, &G.redis_port) != 2)
+                bad("--redis: expected redis://HOST:PORT, got '%s'", G.redis_url);
+        }
+    }
     if (G.origin && strpbrk(G.origin, "\r\n")) bad("--origin must not contain CR/LF");
     parse_url(G.url);
     if (G.server_pid > 0 && read_mem(G.server_pid, &G.rss0, &G.hwm0) != 0)
@@ -1217,7 +1733,17 @@ int main(int argc, char **argv) {
         c->timer.data = c;
     }
 
+    if (G.mode != M_SEEDFLOW) {
+        int rc = fan_main();
+        for (unsigned i = 0; i < G.conns; i++) free(G.clients[i].seen);
+        free(G.clients);
+        free(G.batch);
+        fflush(stdout);
+        return rc;
+    }
+
     G.t_start = uv_hrtime();
+    if (G.server_pid > 0) G.cpu0 = read_cpu(G.server_pid);
     G.phase = PH_RUN;
     G.active = G.conns;
     uv_timer_start(&G.t_duration, on_duration_timer, (uint64_t)(G.duration * 1000.0), 0);

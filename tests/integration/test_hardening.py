@@ -1124,5 +1124,31 @@ def on_close_gets_the_code_the_connection_ended_with():
         c.shutdown()
 
 
+@S.test
+def conn_request_made_on_first_read():
+    """Without on_handshake the upgrade request is kept compact until
+    conn.request is read (memory per idle connection): read after other
+    messages it holds the method, path, query, target and headers, conn.ip
+    matches its client_ip, it is the same table on every read, and a
+    connection that never read it still has it in on_close.
+    fails on old: no (guards the lazy request table)."""
+    with host(pol("lazy_request.lua")) as sh:
+        c = ws(sh, path="/lz/a%20b?q=1", headers={"X-Probe": "v1"})
+        echo_ok(c, "first")
+        c.send_text("req")
+        assert c.recv_text() == "GET /lz/a b q=1 /lz/a%20b?q=1 v1 127.0.0.1 127.0.0.1 peer true"
+        c.close(1000)
+        c.expect_close()
+        c.shutdown()
+        mark = sh.mark()
+        c = ws(sh, path="/lz2", headers={"X-Probe": "v2"})
+        echo_ok(c, "only echo")
+        c.close(1000)
+        c.expect_close()
+        m = sh.wait_log(r"lazy: on_close /lz2 (\S+)", start=mark)
+        assert m.group(1) == "v2", m.string
+        c.shutdown()
+
+
 if __name__ == "__main__":
     S.run()

@@ -164,21 +164,22 @@ static void test_access(void)
 
 static void test_configure(void)
 {
-    sh_config cfg = {0};
-    cfg.log_level = SH_LOG_DEBUG;
-    cfg.log_format = SH_LOG_JSON;
-    cfg.access_log = 0;
-    sh_log_configure(&cfg);
+    sh_log_settings ls = {SH_LOG_DEBUG, SH_LOG_JSON, 0}; /* a plain struct: no config, no Lua */
+    sh_log_configure(&ls);
     CHECK(sh_log_enabled(SH_LOG_DEBUG));
     CHECK_INT(sh_log_get_format(), SH_LOG_JSON);
     CHECK(!sh_log_access_enabled());
     CHECK_INT(sh_log_parse_format("json"), SH_LOG_JSON);
     CHECK_INT(sh_log_parse_format("text"), SH_LOG_TEXT);
     CHECK_INT(sh_log_parse_format("xml"), -1);
+    sh_config cfg = {0}; /* and a generation's keys, through config.c */
     cfg.log_level = SH_LOG_INFO;
     cfg.log_format = SH_LOG_TEXT;
     cfg.access_log = 1;
-    sh_log_configure(&cfg);
+    sh_config_apply_log(&cfg);
+    CHECK(!sh_log_enabled(SH_LOG_DEBUG));
+    CHECK_INT(sh_log_get_format(), SH_LOG_TEXT);
+    CHECK(sh_log_access_enabled());
 }
 
 static void never(uv_timer_t *t) { (void)t; }
