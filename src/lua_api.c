@@ -864,6 +864,24 @@ static void on_upgrade(sh_pconn *p, sh_request *r)
     sh_task_start(t, 1, handshake_done, p);
 }
 
+/* The jobs in flight hold 7/8 of lua_max_memory: a new message of len bytes waits. */
+static int near_cap(const sh_gen *g, size_t len)
+{
+    return g->mem_max && g->mem + len > g->mem_max - g->mem_max / 8;
+}
+
+/* Near the cap, what ended jobs and connections left may only wait for the collector
+ * (which runs as Lua allocates, and refused work allocates nothing): collect now, at
+ * most once per gap_ns. */
+static void collect(sh_gen *g, uint64_t gap_ns)
+{
+    uint64_t now = uv_hrtime();
+    if (now - g->last_full_gc < gap_ns)
+        return;
+    g->last_full_gc = now;
+    lua_gc(g->L, LUA_GCCOLLECT);
+}
+
 static int on_message(sh_pconn *p, const sh_conn_event *ev)
 {
     enum sh_hook h = ev->binary ? SH_HOOK_BINARY : SH_HOOK_MESSAGE;
@@ -875,14 +893,9 @@ static int on_message(sh_pconn *p, const sh_conn_event *ev)
         return 1008;
     }
     sh_gen *g = p->gen;
-    if (g->mem_max && g->mem + ev->len > g->mem_max - g->mem_max / 8 &&
-        uv_hrtime() - g->last_full_gc > 100000000ull) {
-        /* near the budget: what ended jobs left may only wait for the collector (which runs
-         * as Lua allocates, and refused work allocates nothing); at most every 100 ms */
-        g->last_full_gc = uv_hrtime();
-        lua_gc(g->L, LUA_GCCOLLECT);
-    }
-    if (g->mem_max && g->mem + ev->len > g->mem_max - g->mem_max / 8) {
+    if (near_cap(g, ev->len))
+        collect(g, 100000000ull);
+    if (near_cap(g, ev->len)) {
         /* the jobs in flight hold 7/8 of lua_max_memory: new work waits, old work goes on */
         sh_warn(p->owner.id, "Lua memory %zu of %zu (lua_max_memory): no room for a %zu-byte "
                 "message: closing 1013", g->mem, g->mem_max, ev->len);
@@ -933,6 +946,8 @@ static void on_free(sh_pconn *p)
     /* tasks that still run (orphaned) refer to the owner no more */
     sh_owner_release_tasks(&p->owner);
     sh_io_owner_release(&p->owner);
+    if (near_cap(p->gen, 0)) /* its conn.state may be what holds the memory */
+        collect(p->gen, 10000000ull);
     sh_gen_unref(p->gen);
     free(p->protocol);
     free(p->saved);

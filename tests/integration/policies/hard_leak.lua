@@ -1,4 +1,4 @@
--- hard_leak.lua — F10: "leak" keeps 4 more MB in conn.state per message and
+-- hard_leak.lua — F10: "leak" keeps 24 more MB in conn.state per message and
 -- answers "held <n>"; anything else is echoed. lua_max_memory is 64 MiB (in
 -- the config table, so an older binary still starts).
 local host = require "statushost"
@@ -9,7 +9,7 @@ return {
     if text == "leak" then
       local t = conn.state.t or {}
       conn.state.t = t
-      for _ = 1, 4 do t[#t + 1] = string.rep("x", 1e6) end
+      for _ = 1, 24 do t[#t + 1] = string.rep("x", 1e6) end
       conn:send("held " .. #t)
     else
       conn:send(text)
