@@ -42,7 +42,7 @@ static void on_timer(uv_timer_t *h)
 {
     sh_conn *c = h->data;
     if (c->phase == SH_PHASE_WS && !HAS(c, SH_CF_LINGERING)) {
-        sh_ws_on_timer(c);
+        c->tp->ws->on_timer(c);
         return;
     }
     if (c->timer_mode == TM_HEAD)
@@ -111,7 +111,7 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
         return;
     if (n < 0) {
         if (c->phase == SH_PHASE_WS && n == UV_EOF && !HAS(c, SH_CF_LINGERING))
-            sh_ws_on_read(c, NULL, 0); /* peer half-closed: ends the connection */
+            c->tp->ws->on_read(c, NULL, 0); /* peer half-closed: ends the connection */
         else
             sh_conn_close(c);
         return;
@@ -121,7 +121,7 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     if (HAS(c, SH_CF_LINGERING))
         return; /* discard until EOF or the linger timer */
     if (c->phase == SH_PHASE_WS) {
-        sh_ws_on_read(c, buf->base, (size_t)n);
+        c->tp->ws->on_read(c, buf->base, (size_t)n);
         return;
     }
     if (c->phase == SH_PHASE_HANDSHAKE) {
@@ -224,7 +224,7 @@ void sh_conn_flush(sh_conn *c)
         }
         sh_buf_free(&c->out);
     }
-    if (HAS(c, SH_CF_END_AFTER_WRITE) || (c->phase == SH_PHASE_WS && sh_ws_finished(c)))
+    if (HAS(c, SH_CF_END_AFTER_WRITE) || (c->phase == SH_PHASE_WS && c->tp->ws->finished(c)))
         linger(c);
 }
 
@@ -241,7 +241,7 @@ static void on_flush(uv_prepare_t *h)
         c->dirty_next = NULL;
         CLR(c, SH_CF_DIRTY);
         if (HAS(c, SH_CF_PAUSED))
-            sh_ws_resume(c); /* input that waited behind a message's hook */
+            c->tp->ws->resume(c); /* input that waited behind a message's hook */
         sh_conn_flush(c);
     }
     /* connections marked meanwhile are written in the next iteration: the
@@ -543,7 +543,7 @@ void sh_conn_upgrade(sh_conn *c, const char *protocol, const char *extra)
     free(c->hp);
     c->hp = NULL;
     sh_conn_mark_dirty(c);
-    if (sh_ws_start(c) != 0)
+    if (c->tp->ws->start(c) != 0)
         sh_conn_close(c);
 }
 
@@ -857,7 +857,7 @@ void sh_conn_close(sh_conn *c)
     }
     if (was_ws) {
         c->tp->metrics->websockets_current--;
-        sh_ws_free(c);
+        c->tp->ws->free(c);
     }
     c->tp->metrics->connections_current--;
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
@@ -867,11 +867,12 @@ void sh_conn_close(sh_conn *c)
 
 /* ------------------------------------------------------------ transport */
 
-int sh_transport_init(sh_transport *tp, uv_loop_t *loop, sh_conn_cb cb, void *arg,
-                      sh_metrics *metrics, const char *instance)
+int sh_transport_init(sh_transport *tp, uv_loop_t *loop, const sh_ws_phase *ws, sh_conn_cb cb,
+                      void *arg, sh_metrics *metrics, const char *instance)
 {
     memset(tp, 0, sizeof *tp);
     tp->loop = loop;
+    tp->ws = ws;
     tp->cb = cb;
     tp->cb_arg = arg;
     tp->metrics = metrics;
@@ -914,7 +915,7 @@ void sh_transport_stop(sh_transport *tp)
     for (sh_conn *c = tp->conns, *next; c; c = next) {
         next = c->next;
         if (c->phase == SH_PHASE_WS)
-            sh_conn_ws_close(c, 1001, "server shutting down");
+            c->tp->ws->close(c, 1001, "server shutting down");
         else if (c->phase == SH_PHASE_HTTP && !HAS(c, SH_CF_BUSY))
             sh_conn_close(c);
     }

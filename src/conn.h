@@ -179,8 +179,25 @@ typedef void (*sh_conn_capture_fn)(sh_conn *c, const char *data, size_t len, voi
 
 /* The transport of a process: the connections, the shared read buffer, the
  * flush list and the handles that drive them. Embedded by its owner. */
+/* The WebSocket phase (ws_conn.c), handed to the transport by whoever composes
+ * it (server.c, kit.c), so that conn.c calls ws_conn.c only through this
+ * table: ws_conn.c depends on conn.c, not the other way (no dependency loop). */
+typedef struct sh_ws_phase {
+    int (*start)(sh_conn *c);                              /* the 101 is in the output */
+    void (*on_read)(sh_conn *c, const char *data, size_t len); /* NULL data: EOF */
+    int (*finished)(const sh_conn *c);                     /* all done: end after the write */
+    void (*resume)(sh_conn *c);                            /* input that waited behind a hook */
+    void (*on_timer)(sh_conn *c);
+    void (*free)(sh_conn *c);
+    void (*close)(sh_conn *c, uint16_t code, const char *reason); /* sh_conn_ws_close */
+} sh_ws_phase;
+
+/* ws_conn.c's. */
+extern const sh_ws_phase sh_ws_phase_rfc6455;
+
 typedef struct sh_transport {
     uv_loop_t *loop;
+    const sh_ws_phase *ws;       /* the WebSocket phase (sh_ws_phase_rfc6455) */
     sh_conn_cb cb;               /* the one event handler */
     void *cb_arg;
     sh_metrics *metrics;         /* counters this layer keeps */
@@ -201,8 +218,8 @@ typedef struct sh_transport {
 } sh_transport;
 
 /* Set up tp on loop. Returns 0 or UV_ENOMEM. */
-int sh_transport_init(sh_transport *tp, uv_loop_t *loop, sh_conn_cb cb, void *arg,
-                      sh_metrics *metrics, const char *instance);
+int sh_transport_init(sh_transport *tp, uv_loop_t *loop, const sh_ws_phase *ws, sh_conn_cb cb,
+                      void *arg, sh_metrics *metrics, const char *instance);
 /* Close every connection now and the transport's handles (after the loop
  * has run their close callbacks the transport can be discarded). */
 void sh_transport_close(sh_transport *tp);
@@ -265,12 +282,6 @@ void sh_conn_arm_timer(sh_conn *c, uint64_t ms);
 void sh_conn_stop_reading(sh_conn *c);
 void sh_conn_start_reading(sh_conn *c);
 void sh_conn_flush(sh_conn *c);
-int sh_ws_start(sh_conn *c);
-void sh_ws_on_read(sh_conn *c, const char *data, size_t len);
-int sh_ws_finished(const sh_conn *c);
-void sh_ws_resume(sh_conn *c);
-void sh_ws_on_timer(sh_conn *c);
-void sh_ws_free(sh_conn *c);
 int sh_conn_emit(sh_conn *c, const sh_conn_event *ev);
 
 #endif

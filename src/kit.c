@@ -574,7 +574,7 @@ static int l_load(lua_State *L)
     sh_host_init(&w->host, &w->loop, &w->metrics, KIT_INSTANCE);
     w->host.io = &kit_io;
     w->host.io_ctx = w;
-    if (sh_transport_init(&w->tp, &w->loop, on_event, w, &w->metrics, KIT_INSTANCE) != 0) {
+    if (sh_transport_init(&w->tp, &w->loop, &sh_ws_phase_rfc6455, on_event, w, &w->metrics, KIT_INSTANCE) != 0) {
         sh_host_close(&w->host);
         uv_run(&w->loop, UV_RUN_DEFAULT);
         uv_loop_close(&w->loop);

@@ -310,7 +310,7 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
     make_instance_id(s);
     sh_host_init(&s->host, loop, &s->metrics, s->instance);
     sh_host_io_real(&s->host);
-    if (sh_transport_init(&s->tp, loop, on_conn_event, s, &s->metrics, s->instance) != 0) {
+    if (sh_transport_init(&s->tp, loop, &sh_ws_phase_rfc6455, on_conn_event, s, &s->metrics, s->instance) != 0) {
         snprintf(err, errsz, "out of memory");
         return -1;
     }

@@ -66,6 +66,8 @@ static int slow_consumer(sh_conn *c)
 }
 
 static void fail(sh_conn *c, uint16_t code, const char *why);
+static void ws_on_read(sh_conn *c, const char *data, size_t len);
+static int ws_finished(const sh_conn *c);
 
 /* The frame with first header byte b0 carries compressed payload: the
  * message total is then checked on the inflated size, as it grows. */
@@ -418,7 +420,7 @@ static int wants_read(const sh_conn *c)
 }
 
 /* The 101 is in the output; bytes after the request head wait in pending. */
-int sh_ws_start(sh_conn *c)
+static int ws_start(sh_conn *c)
 {
     if (unpark(c) != 0)
         return -1;
@@ -435,7 +437,7 @@ int sh_ws_start(sh_conn *c)
     if (c->pending.len) {
         sh_buf early = c->pending; /* the client did not wait for the 101 */
         c->pending = (sh_buf){0};
-        sh_ws_on_read(c, early.p, early.len);
+        ws_on_read(c, early.p, early.len);
         sh_buf_free(&early);
     }
     if (c->phase == SH_PHASE_WS && wants_read(c))
@@ -444,10 +446,10 @@ int sh_ws_start(sh_conn *c)
     return 0;
 }
 
-void sh_ws_free(sh_conn *c)
+static void ws_free(sh_conn *c)
 {
     if (HAS(c, SH_CF_IN_WSLAY))
-        return; /* freed when wslay_event_recv returns (sh_ws_on_read) */
+        return; /* freed when wslay_event_recv returns (ws_on_read) */
     if (c->ws)
         wslay_event_context_free(c->ws);
     c->ws = NULL;
@@ -473,7 +475,7 @@ static void pump(sh_conn *c)
     sh_conn_mark_dirty(c);
 }
 
-void sh_ws_on_read(sh_conn *c, const char *data, size_t len)
+static void ws_on_read(sh_conn *c, const char *data, size_t len)
 {
     if (data == NULL) { /* EOF */
         sh_conn_close(c);
@@ -497,7 +499,7 @@ void sh_ws_on_read(sh_conn *c, const char *data, size_t len)
     CLR(c, SH_CF_IN_WSLAY);
     if (c->phase == SH_PHASE_CLOSED) { /* closed from inside a callback */
         c->in_len = 0;
-        sh_ws_free(c);
+        ws_free(c);
         return;
     }
     if (HAS(c, SH_CF_PAUSED)) {
@@ -529,13 +531,13 @@ void sh_ws_on_read(sh_conn *c, const char *data, size_t len)
         return;
     }
     pump(c);
-    if (!wslay_event_want_read(c->ws) && !sh_ws_finished(c))
+    if (!wslay_event_want_read(c->ws) && !ws_finished(c))
         sh_conn_stop_reading(c); /* finished: no stop, the linger phase reads on (for EOF) */
     park(c);
 }
 
 /* The input that waited behind a message: go on with it. */
-void sh_ws_resume(sh_conn *c)
+static void ws_resume(sh_conn *c)
 {
     if (!HAS(c, SH_CF_PAUSED))
         return;
@@ -544,19 +546,19 @@ void sh_ws_resume(sh_conn *c)
     sh_buf rest = c->pending;
     c->pending = (sh_buf){0};
     if (c->phase == SH_PHASE_WS && rest.len)
-        sh_ws_on_read(c, rest.p, rest.len);
+        ws_on_read(c, rest.p, rest.len);
     sh_buf_free(&rest);
     if (c->phase == SH_PHASE_WS && !HAS(c, SH_CF_PAUSED) && wants_read(c))
         sh_conn_start_reading(c);
 }
 
 /* Called by sh_conn_flush when everything is written. */
-int sh_ws_finished(const sh_conn *c)
+static int ws_finished(const sh_conn *c)
 {
     return c->ws && !wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws);
 }
 
-void sh_ws_on_timer(sh_conn *c)
+static void ws_on_timer(sh_conn *c)
 {
     const sh_limits *lim = c->lim;
     if (HAS(c, SH_CF_CLOSE_WAIT)) {
@@ -645,3 +647,13 @@ void sh_conn_ws_close(sh_conn *c, uint16_t code, const char *reason)
     if (!HAS(c, SH_CF_IN_WSLAY))
         pump(c);
 }
+
+const sh_ws_phase sh_ws_phase_rfc6455 = {
+    .start = ws_start,
+    .on_read = ws_on_read,
+    .finished = ws_finished,
+    .resume = ws_resume,
+    .on_timer = ws_on_timer,
+    .free = ws_free,
+    .close = sh_conn_ws_close,
+};

@@ -1021,7 +1021,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     signal(SIGPIPE, SIG_IGN);
     sh_log_set_level(getenv("SH_FUZZ_LOG") ? SH_LOG_DEBUG : SH_LOG_ERROR);
     CHECK(uv_loop_init(&loop) == 0, "uv_loop_init");
-    CHECK(sh_transport_init(&tp, &loop, on_event, &W, &metrics, "f022f022f022f022") == 0,
+    CHECK(sh_transport_init(&tp, &loop, &sh_ws_phase_rfc6455, on_event, &W, &metrics, "f022f022f022f022") == 0,
           "sh_transport_init");
     CHECK(uv_tcp_init(&loop, &listener) == 0, "uv_tcp_init");
     uv_ip4_addr("127.0.0.1", 0, &listen_addr);

@@ -660,7 +660,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     sh_log_set_level(getenv("SH_TEST_LOG") ? SH_LOG_DEBUG : SH_LOG_ERROR);
     uv_loop_init(&loop);
-    sh_transport_init(&tp, &loop, on_event, NULL, &metrics, "7e577e577e577e57");
+    sh_transport_init(&tp, &loop, &sh_ws_phase_rfc6455, on_event, NULL, &metrics, "7e577e577e577e57");
     uv_tcp_init(&loop, &listener);
     uv_ip4_addr("127.0.0.1", 0, &addr);
     uv_tcp_bind(&listener, (struct sockaddr *)&addr, 0);
