@@ -490,8 +490,13 @@ end
 
 -- p:advance(ms): move the virtual clock; every timer due on the way fires at its time
 function P:advance(ms)
-  assert(math.tointeger(ms) and ms >= 0, "p:advance(ms): a number of milliseconds >= 0")
+  if type(ms) ~= "number" or not math.tointeger(ms) or ms < 0 then
+    error("p:advance(ms): a number of milliseconds >= 0, got " .. show(ms), 2)
+  end
   local w = self.w
+  if ms > 2^53 - w:now() then
+    error(("p:advance(%d): the virtual clock ends at 2^53 ms (it is at %d)"):format(ms, w:now()), 2)
+  end
   local target = w:now() + math.tointeger(ms)
   self:settle()
   while true do

@@ -35,6 +35,11 @@
  * counter, hex as in production ("7e57": test) */
 #define KIT_INSTANCE "7e57000000000000"
 #define SETTLE_MAX 100000 /* loop iterations before a world is said never to go idle */
+/* The virtual clock ends at 2^53 ms (285,000 years; exact in a double, as
+ * p:time() needs); the shared dictionaries' offset, which every world's clock
+ * adds to, stops at 2^62 ms, so their arithmetic cannot overflow. */
+#define KIT_MAX_MS ((uint64_t)1 << 53)
+#define DICT_MAX_OFFSET_MS ((int64_t)1 << 62)
 
 int luaopen_cjson(lua_State *L);
 int luaopen_cjson_safe(lua_State *L);
@@ -118,7 +123,8 @@ static void clock_to(kit_world *w, uint64_t t)
 {
     if (t <= w->now)
         return;
-    dict_ms += (int64_t)(t - w->now);
+    int64_t step = (int64_t)(t - w->now);
+    dict_ms = dict_ms > DICT_MAX_OFFSET_MS - step ? DICT_MAX_OFFSET_MS : dict_ms + step;
     sh_lib_set_clock_offset_ms(dict_ms);
     w->now = t;
 }
@@ -619,6 +625,9 @@ static int w_advance(lua_State *L)
     kit_world *w = check_world(L);
     lua_Integer ms = luaL_checkinteger(L, 2);
     luaL_argcheck(L, ms >= 0, 2, "must be >= 0");
+    if ((uint64_t)ms > KIT_MAX_MS - w->now)
+        return luaL_error(L, "p:advance: the virtual clock ends at 2^53 ms (now %I, advance %I)",
+                          (lua_Integer)w->now, ms);
     uint64_t until = w->now + (uint64_t)ms;
     settle_or_raise(L, w);
     while (w->timers && w->timers->due <= until) {

@@ -288,6 +288,35 @@ end)
 
 
 @suite.test
+def advancing_past_the_clocks_end_is_a_clear_error():
+    # p:advance(math.maxinteger) overflowed the shared dictionaries' clock (signed
+    # overflow: UBSan aborted the run; unsanitized, TTLs went wrong) and wrapped p:now()
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "echo.lua", ECHO_POLICY)
+        f = write(d, "clock_test.lua", """
+local t = require "statushost.test"
+t.test("the end of time", function()
+  local p = t.policy("echo.lua")
+  local d = t.lib.shared("d")
+  p:advance(2^53 - 10)
+  t.ok(d:set("k", 1, 0.005))
+  local ok, err = pcall(function() p:advance(math.maxinteger) end)
+  t.ok(not ok); t.like(err, "clock_test.lua:%d+: p:advance%(%d+%): the virtual clock ends at 2%^53 ms")
+  t.eq(p:now(), 2^53 - 10)
+  local ok2, err2 = pcall(p.advance, p, "10")
+  t.ok(not ok2); t.like(err2, 'a number of milliseconds >= 0, got "10"')
+  p:advance(10); t.eq(d:get("k"), nil, "expired at the clock's end")
+  local q = t.policy("echo.lua")            -- another world: the dictionaries' clock goes on
+  q:advance(2^53); q:advance(0)
+  t.ok(d:set("k2", 1, 100)); t.eq(d:get("k2"), 1); t.ok(d:ttl("k2") > 99)
+end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 0, (rc, out, err)
+        assert "runtime error" not in err, err
+
+
+@suite.test
 def several_files_number_their_tests_in_one_plan():
     files = [os.path.join(ROOT, "examples", "echo_test.lua"),
              os.path.join(ROOT, "examples", "ratelimit_test.lua")]
