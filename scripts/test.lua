@@ -265,6 +265,12 @@ local function answer_http(self, req)
     fail(("the route for %s %s answered headers of type %s: a table expected"):format(
       req.method, req.url, type(headers)))
   end
+  for k, v in pairs(headers or {}) do
+    if (type(k) ~= "string" and type(k) ~= "number") or (type(v) ~= "string" and type(v) ~= "number") then
+      fail(("the route for %s %s answered a header %s = %s: strings expected"):format(
+        req.method, req.url, show(k), show(v)))
+    end
+  end
   self.w:answer_http(req.id, status, body or "", headers)
 end
 

@@ -681,6 +681,19 @@ static int w_take(lua_State *L)
     return 1;
 }
 
+/* A copy of the header name or value at idx, as a string. Only strings and
+ * numbers: a __tostring metamethod could run the test's Lua (and free the
+ * request being answered) in the middle of w:answer_http. */
+static void push_header_part(lua_State *L, int idx, const char *what)
+{
+    int t = lua_type(L, idx);
+    if (t != LUA_TSTRING && t != LUA_TNUMBER)
+        luaL_error(L, "answer_http: a header %s must be a string or a number, got %s", what,
+                   luaL_typename(L, idx));
+    lua_pushvalue(L, idx);
+    lua_tolstring(L, -1, NULL); /* the copy becomes a string, not the table's key */
+}
+
 /* w:answer_http(id, status, body, {name=value}) → true | false (gone) */
 static int w_answer_http(lua_State *L)
 {
@@ -702,11 +715,9 @@ static int w_answer_http(lua_State *L)
         lua_pushnil(L);
         while (lua_next(L, 5)) {
             if (k < 2 * 64) {
-                lua_pushvalue(L, -2);
-                luaL_tolstring(L, -1, NULL);
+                push_header_part(L, -2, "name");
                 lua_rawseti(L, anchor, ++k);
-                lua_pop(L, 1);
-                luaL_tolstring(L, -1, NULL);
+                push_header_part(L, -1, "value");
                 lua_rawseti(L, anchor, ++k);
             }
             lua_pop(L, 1);
@@ -809,8 +820,10 @@ static redisReply *reply_of(lua_State *L, int idx, int depth)
         r->type = REDIS_REPLY_STATUS;
         goto str;
     case LUA_TTABLE:
-        lua_getfield(L, idx, "err");
-        if (lua_type(L, -1) == LUA_TSTRING) {
+        /* raw accesses only: a metamethod could run the test's Lua (and free
+         * the request being answered), or raise and leak the reply */
+        lua_pushliteral(L, "err");
+        if (lua_rawget(L, idx) == LUA_TSTRING) {
             s = lua_tolstring(L, -1, &len);
             r->type = REDIS_REPLY_ERROR;
             lua_pop(L, 1);
@@ -818,7 +831,7 @@ static redisReply *reply_of(lua_State *L, int idx, int depth)
         }
         lua_pop(L, 1);
         r->type = REDIS_REPLY_ARRAY;
-        r->elements = (size_t)luaL_len(L, idx);
+        r->elements = lua_rawlen(L, idx);
         r->element = calloc(r->elements ? r->elements : 1, sizeof *r->element);
         if (!r->element) {
             r->elements = 0;

@@ -317,6 +317,51 @@ end)
 
 
 @suite.test
+def answers_with_metamethods_cannot_free_the_request_being_answered():
+    # a header value whose __tostring closed the policy (or a Redis reply whose __index
+    # did) freed the request w:answer_http / w:answer_redis was answering: use after free
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "io.lua", """
+local host = require "statushost"
+return { on_message = function(conn, text)
+  if text == "http" then
+    local r, e = host.http.request{ method = "POST", url = "http://remote.test/x" }
+    conn:send(r and r.body or e)
+  else
+    local r, e = host.redis.call("GET", "k")
+    conn:send(type(r) .. ":" .. #r)
+  end
+end }
+""")
+        f = write(d, "meta_test.lua", """
+local t = require "statushost.test"
+t.test("a header value with __tostring", function()
+  local p = t.policy("io.lua")
+  p:route("POST /x", function()
+    return 200, "ok", { ["X-A"] = setmetatable({}, { __tostring = function() p:close(); return "v" end }) }
+  end)
+  p:open{}:send("http")
+end)
+t.test("a reply with __index and __len", function()
+  local p = t.policy("io.lua")
+  p:on_redis(function()
+    return setmetatable({}, { __index = function() p:close() end, __len = function() error("len") end })
+  end)
+  local c = p:open{}
+  c:send("get")
+  c:expect_frame("table:0")
+end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 1, (rc, out, err)
+        plan, results, diags = tap(out)
+        assert results == {1: (False, "a header value with __tostring"),
+                           2: (True, "a reply with __index and __len")}, out
+        assert 'a header "X-A" = {}: strings expected' in "\n".join(diags[1]), out
+        assert "Sanitizer" not in err, err
+
+
+@suite.test
 def several_files_number_their_tests_in_one_plan():
     files = [os.path.join(ROOT, "examples", "echo_test.lua"),
              os.path.join(ROOT, "examples", "ratelimit_test.lua")]
