@@ -362,6 +362,69 @@ end)
 
 
 @suite.test
+def the_simulated_redis_answers_bad_commands_as_redis_does():
+    # a policy's bad command (a non-integer, a missing argument) raised a Lua error inside
+    # the kit's store ("test.lua:304: attempt to perform arithmetic on a nil value"), or was
+    # answered OK where Redis answers an error, so a broken policy passed its tests
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "cmd.lua", """
+local host = require "statushost"
+local json = require "cjson.safe"
+return { on_message = function(conn, text)
+  local r, e = host.redis.call(table.unpack(json.decode(text)))
+  if math.type(r) == "integer" then r = "int:" .. r elseif r == host.null then r = "null" end
+  conn:send(json.encode({ r = r, e = e }))
+end }
+""")
+        f = write(d, "cmd_test.lua", """
+local t = require "statushost.test"
+local NOTINT = "ERR value is not an integer or out of range"
+local cases = {
+  { { "SET", "k", "v", "EX", "abc" }, NOTINT }, { { "SET", "k", "v", "EX", "1.5" }, NOTINT },
+  { { "SET", "k", "v", "EX" }, "ERR syntax error" }, { { "SET", "k", "v", "NX", "XX" }, "ERR syntax error" },
+  { { "SET", "k", "v", "PX", "-5" }, "ERR invalid expire time in 'set' command" },
+  { { "SET", "k", "v", "EX", "9223372036854775807" }, "ERR invalid expire time in 'set' command" },
+  { { "SET", "k" }, "ERR wrong number of arguments for 'set' command" },
+  { { "GET" }, "ERR wrong number of arguments for 'get' command" },
+  { { "HSET", "h", "f" }, "ERR wrong number of arguments for 'hset' command" },
+  { { "PUBLISH", "c" }, "ERR wrong number of arguments for 'publish' command" },
+  { { "DECRBY", "k", "x" }, NOTINT }, { { "INCRBY", "k", "0x10" }, NOTINT },
+  { { "DECRBY", "k", "-9223372036854775808" }, "ERR decrement would overflow" },
+  { { "HINCRBY", "h", "f", "x" }, NOTINT }, { { "EXPIRE", "k", "x" }, NOTINT },
+  { { "LRANGE", "l", "a", "b" }, NOTINT }, { { "EXPIRE", "k", "10", "NX" }, "p:on_redis" },
+}
+t.test("errors", function()
+  local p = t.policy("cmd.lua")
+  local c = p:open{}
+  for _, case in ipairs(cases) do
+    c:send(t.json.encode(case[1]))
+    local _, got = c:expect_frame()
+    t.like(got.e, case[2], table.concat(case[1], " "))
+  end
+end)
+t.test("overflow and the commands that work", function()
+  local p = t.policy("cmd.lua")
+  local c = p:open{}
+  local function call(...) c:send(t.json.encode({ ... })); local _, got = c:expect_frame(); return got end
+  t.eq(call("SET", "n", "9223372036854775806"), { r = "OK" })
+  t.eq(call("INCR", "n"), { r = "int:9223372036854775807" })
+  t.eq(call("INCR", "n"), { e = "ERR increment or decrement would overflow" })
+  t.eq(call("GET", "n"), { r = "9223372036854775807" })
+  t.eq(call("HSET", "h", "f", "x"), { r = "int:1" })
+  t.eq(call("HINCRBY", "h", "f", "1"), { e = "ERR hash value is not an integer" })
+  t.eq(call("PING", "hi"), { r = "hi" })
+  t.eq(call("SET", "k", "v", "EX", "2", "NX"), { r = "OK" })
+  t.eq(call("PTTL", "k"), { r = "int:2000" })
+  t.eq(call("EXPIRE", "k", "5"), { r = "int:1" })
+  p:advance(4999); t.eq(call("GET", "k"), { r = "v" })
+  p:advance(1); t.eq(call("GET", "k"), { r = "null" })
+end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 0, (rc, out, err)
+
+
+@suite.test
 def several_files_number_their_tests_in_one_plan():
     files = [os.path.join(ROOT, "examples", "echo_test.lua"),
              os.path.join(ROOT, "examples", "ratelimit_test.lua")]
