@@ -1162,6 +1162,7 @@ int sh_kit_main(int nfiles, char **files)
 {
     sh_log_set_level(SH_LOG_WARN);
     sh_log_set_access(0);
+    sh_lib_set_clock_virtual(1); /* host.shared TTLs follow the virtual clocks only */
     setvbuf(stdout, NULL, _IOLBF, 0);
     kit_file *f = calloc((size_t)nfiles, sizeof *f);
     if (!f)

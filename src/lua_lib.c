@@ -747,10 +747,15 @@ static sh_dict *g_dicts;
 static unsigned g_epoch = 1; /* bumped by sh_lib_shutdown: older handles are stale */
 static int64_t g_clock_offset_ms;
 
+static int g_clock_virtual;
+
 void sh_lib_set_clock_offset_ms(int64_t offset_ms) { g_clock_offset_ms = offset_ms; }
+void sh_lib_set_clock_virtual(int on) { g_clock_virtual = on; }
 
 static int64_t dict_now(void)
 {
+    if (g_clock_virtual)
+        return g_clock_offset_ms;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + g_clock_offset_ms;

@@ -425,6 +425,29 @@ end)
 
 
 @suite.test
+def shared_dict_ttls_do_not_run_in_real_time():
+    # host.shared's clock was the real monotonic clock plus the virtual offset: an item
+    # 1 ms short of its TTL expired when the machine was slow (flaky policy tests)
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "echo.lua", ECHO_POLICY)
+        f = write(d, "ttl_test.lua", """
+local t = require "statushost.test"
+t.test("virtual TTLs", function()
+  local p = t.policy("echo.lua")
+  local d = t.lib.shared("d")
+  d:set("k", 1, 0.05)
+  local t0 = os.clock()
+  while os.clock() - t0 < 0.2 do end        -- real time passes, virtual time does not
+  t.eq(d:get("k"), 1); t.eq(d:ttl("k"), 0.05)
+  p:advance(49); t.eq(d:get("k"), 1); t.eq(d:ttl("k"), 0.001)
+  p:advance(1); t.eq(d:get("k"), nil)
+end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 0, (rc, out, err)
+
+
+@suite.test
 def several_files_number_their_tests_in_one_plan():
     files = [os.path.join(ROOT, "examples", "echo_test.lua"),
              os.path.join(ROOT, "examples", "ratelimit_test.lua")]
