@@ -577,6 +577,9 @@ int sh_cidr_parse(const char *s, sh_cidr *out)
 
 static int cidr_match_bytes(const sh_cidr *c, const unsigned char a[16])
 {
+    static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (c->bits < 96 && memcmp(a, v4mapped, sizeof v4mapped) == 0)
+        return 0; /* an IPv6 block (::/0 too) holds no IPv4 address: nginx's families */
     for (int i = 0; i < 16; i++)
         if ((a[i] & c->mask[i]) != c->addr[i])
             return 0;

@@ -35,7 +35,12 @@ static void test_cidr(void)
         {"0.0.0.0/0", "2001:db8::1", 0},
         {"::/0", "::1", 1},
         {"::/0", "2001:db8::1", 1},
-        {"::/0", "1.2.3.4", 1}, /* every address */
+        {"::/0", "1.2.3.4", 0}, /* an IPv6 block holds no IPv4 address (nginx) */
+        {"::/0", "::ffff:1.2.3.4", 0},
+        {"::/80", "1.2.3.4", 0},
+        {"::ffff:0.0.0.0/95", "1.2.3.4", 0},
+        {"::ffff:0.0.0.0/96", "1.2.3.4", 1},
+        {"::/0", "::ffff:0:1.2.3.4", 1}, /* not IPv4-mapped */
         {"::1/128", "::1", 1},
         {"::1/128", "::2", 0},
         {"::1", "0:0:0:0:0:0:0:1", 1},
@@ -185,6 +190,13 @@ static void test_realip(void)
                cases[i].want_rc, cases[i].want);
     }
     char out[SH_IP_MAX] = "x";
+    /* real_ip_from = ::/0 trusts the IPv6 peers, not the IPv4 ones (nginx) */
+    sh_cidr v6all;
+    CHECK(sh_cidr_parse("::/0", &v6all) == 0);
+    CHECK(sh_realip("8.8.8.8", "1.1.1.1", &v6all, 1, 1, out, sizeof out) == 0);
+    CHECK_STR(out, "8.8.8.8");
+    CHECK(sh_realip("2001:db8::7", "1.1.1.1", &v6all, 1, 1, out, sizeof out) == 1);
+    CHECK_STR(out, "1.1.1.1");
     CHECK(sh_realip("10.0.0.1", "1.1.1.1", trusted, 0, 1, out, sizeof out) == 0);
     CHECK_STR(out, "10.0.0.1"); /* nothing trusted */
     CHECK(sh_realip("nope", "1.1.1.1", trusted, 4, 1, out, sizeof out) == -1);
