@@ -961,11 +961,27 @@ static int w_redis_down(lua_State *L)
     return 0;
 }
 
+/* Is peer a socket address as accept() gives one: "ip:port", "[ip6]:port"? */
+static int peer_ok(const char *peer)
+{
+    char ip[SH_IP_MAX];
+    const char *colon = strrchr(peer, ':');
+    if (!colon || !colon[1] || sh_peer_ip(peer, ip, sizeof ip) != 0)
+        return 0;
+    return peer[0] == '[' ? colon[-1] == ']' : strchr(peer, ':') == colon;
+}
+
 /* w:connect(peer) → client id: a connection accepted from peer ("ip:port") */
 static int w_connect(lua_State *L)
 {
     kit_world *w = check_world(L);
     const char *peer = luaL_optstring(L, 2, "127.0.0.1:40000");
+    if (!peer_ok(peer)) {
+        char shown[65];
+        snprintf(shown, sizeof shown, "%s", peer);
+        return luaL_error(L, "peer \"%s\": an address with a port expected (\"10.0.0.1:5000\", "
+                             "\"[2001:db8::1]:5000\")", shown);
+    }
     kit_client *k = calloc(1, sizeof *k);
     if (!k)
         return luaL_error(L, "out of memory");

@@ -448,6 +448,56 @@ end)
 
 
 @suite.test
+def tap_names_stay_one_line_and_directives_are_escaped():
+    # a test name with a newline broke the TAP line; "# TODO" in a name made prove take a
+    # failure as a TODO (the suite passed)
+    with tempfile.TemporaryDirectory() as d:
+        f = write(d, "names_test.lua", """
+local t = require "statushost.test"
+t.test("handles # TODO markers", function() t.fail("no") end)
+t.test("two\\nlines \\\\ and # SKIP", function() t.fail("no") end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 1, (rc, out, err)
+        lines = out.splitlines()
+        assert "not ok 1 - handles \\# TODO markers" in lines, out
+        assert "not ok 2 - two\\nlines \\\\ and \\# SKIP" in lines, out
+        assert not any(line.startswith("lines") for line in lines), out
+
+
+@suite.test
+def impossible_peers_and_headers_are_named():
+    # p:open{peer = "10.0.0.1"} (no port) or garbage was accepted: conn.ip was nil, which
+    # never happens in the server; a header table value or number name raised inside the kit
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "ip.lua", """
+return { on_message = function(conn) conn:send(conn.ip) end }
+""")
+        f = write(d, "peer_test.lua", """
+local t = require "statushost.test"
+t.test("peers", function()
+  local p = t.policy("ip.lua")
+  for _, peer in ipairs{ "10.0.0.1", "garbage", "[::1]", "::1", "1.2.3.4:99999", "" } do
+    local ok, err = pcall(p.open, p, { peer = peer })
+    t.ok(not ok, peer); t.like(err, 'peer "' .. peer:gsub("%p", "%%%0") .. '": an address with a port expected')
+  end
+  for _, peer in ipairs{ "10.0.0.1:1", "[2001:db8::1]:5000", "[::ffff:1.2.3.4]:80" } do
+    local c = p:open{ peer = peer }
+    c:send("x"); c:expect_frame(peer:match("^%[?(.-)%]?:%d+$"))
+  end
+end)
+t.test("a table header value", function() t.policy("ip.lua"):open{ headers = { ["X-A"] = {} } } end)
+t.test("a number header name", function() t.policy("ip.lua"):request{ headers = { "x" } } end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 1, (rc, out, err)
+        plan, results, diags = tap(out)
+        assert [results[i][0] for i in (1, 2, 3)] == [True, False, False], out
+        assert diags[2] == ["at %s:14" % f, 'a request header "X-A" = {}: a name and a string value expected'], out
+        assert diags[3] == ["at %s:15" % f, 'a request header 1 = "x": a name and a string value expected'], out
+
+
+@suite.test
 def several_files_number_their_tests_in_one_plan():
     files = [os.path.join(ROOT, "examples", "echo_test.lua"),
              os.path.join(ROOT, "examples", "ratelimit_test.lua")]
