@@ -551,6 +551,36 @@ static void world_close(kit_world *w)
 
 /* ------------------------------------------------------------ Lua: worlds */
 
+/* os.exit in a test file or a policy under test: Lua's would end the run
+ * with that status (0 included) and the remaining tests unrun and unreported.
+ * The run bails out instead, with status 2. */
+static int kit_os_exit(lua_State *L)
+{
+    luaL_where(L, 1);
+    const char *where = lua_tostring(L, -1);
+    printf("Bail out! %sos.exit called: the test run ends here\n", where);
+    fprintf(stderr, "statushost --test: %sos.exit called (by a test or a policy): the run ends "
+                    "with its tests unreported, exit status 2\n", where);
+    fflush(stdout);
+    exit(2);
+}
+
+static void replace_os_exit(lua_State *L)
+{
+    if (lua_getglobal(L, "os") == LUA_TTABLE) {
+        lua_pushcfunction(L, kit_os_exit);
+        lua_setfield(L, -2, "exit");
+    }
+    lua_pop(L, 1);
+}
+
+/* The policy's API, with os.exit replaced before the script runs. */
+static void kit_api_open(lua_State *L, sh_gen *g)
+{
+    sh_lua_api_open(L, g);
+    replace_os_exit(L);
+}
+
 /* kit.load(script, {"key=value", ...}, log) → world | nil, err */
 static int l_load(lua_State *L)
 {
@@ -587,7 +617,7 @@ static int l_load(lua_State *L)
     sh_transport_set_capture(&w->tp, on_capture);
     w->open = 1;
     char err[1024];
-    if (sh_gen_load(&w->host, sh_lua_api_open, script, sets, nsets, &w->gen, err, sizeof err) != 0) {
+    if (sh_gen_load(&w->host, kit_api_open, script, sets, nsets, &w->gen, err, sizeof err) != 0) {
         world_close(w);
         lua_pushnil(L);
         lua_pushstring(L, err);
@@ -1128,6 +1158,7 @@ static int load_file(kit_file *f)
         return -1;
     }
     luaL_openlibs(L);
+    replace_os_exit(L);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
     lua_pushcfunction(L, luaopen_kit);
     lua_setfield(L, -2, "statushost.kit");

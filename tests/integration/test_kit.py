@@ -498,6 +498,31 @@ t.test("a number header name", function() t.policy("ip.lua"):request{ headers = 
 
 
 @suite.test
+def os_exit_bails_out_instead_of_passing():
+    # os.exit(0) in a test file, or in a policy's hook, ended the run with status 0 and
+    # the remaining tests (a failing one included) unrun and unreported
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "bye.lua", """
+local exit = os.exit
+return { on_message = function() exit(0) end }
+""")
+        for body, where in (("""
+t.test("the policy exits", function() t.policy("bye.lua"):open{}:send("x") end)
+t.test("fails", function() t.fail("no") end)
+""", "bye.lua:3: "), ("""
+t.test("the test exits", function() os.exit(true) end)
+t.test("fails", function() t.fail("no") end)
+""", "exit_test.lua:3: "), ("""
+os.exit(0)
+""", "exit_test.lua:3: ")):
+            f = write(d, "exit_test.lua", 'local t = require "statushost.test"\n' + body)
+            rc, out, err, _ = run_files([f])
+            assert rc == 2, (rc, out, err)
+            assert re.search(r"^Bail out! .*%sos\.exit called" % re.escape(where), out, re.M), out
+            assert "os.exit called" in err, err
+
+
+@suite.test
 def several_files_number_their_tests_in_one_plan():
     files = [os.path.join(ROOT, "examples", "echo_test.lua"),
              os.path.join(ROOT, "examples", "ratelimit_test.lua")]
