@@ -523,6 +523,39 @@ os.exit(0)
 
 
 @suite.test
+def http_request_timeouts_are_checked():
+    # timeout_ms = -1 became 2^64 - 1 ms (a request that never times out in the server);
+    # timeout_ms = "5s" raised "bad argument #-1 to '?'"
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "req.lua", """
+local host = require "statushost"
+return { on_message = function(conn, text)
+  local key, v = text:match("^(%S+) (.*)$")
+  local ok, r, e = pcall(host.http.request, { url = "http://remote.test/x", [key] = tonumber(v) or v })
+  conn:send(ok and (r and tostring(r.status) or e) or r)
+end }
+""")
+        f = write(d, "req_test.lua", """
+local t = require "statushost.test"
+t.test("timeouts", function()
+  local p = t.policy("req.lua")
+  p:route("GET /x", t.hang)
+  local c = p:open{}
+  for _, bad in ipairs{ "timeout_ms -1", "timeout_ms 5s", "connect_timeout_ms -5", "timeout_ms 1e12" } do
+    c:send(bad)
+    local key, v = bad:match("^(%S+) (.*)$")
+    c:expect_frame(t.pattern("^host%.http%.request: " .. key .. " must be a number of milliseconds"))
+  end
+  c:send("timeout_ms 250")
+  p:advance(249); c:expect_no_frame()
+  p:advance(1); c:expect_frame("timeout")
+end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 0, (rc, out, err)
+
+
+@suite.test
 def several_files_number_their_tests_in_one_plan():
     files = [os.path.join(ROOT, "examples", "echo_test.lua"),
              os.path.join(ROOT, "examples", "ratelimit_test.lua")]
