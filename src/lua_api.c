@@ -682,6 +682,7 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
         body = lua_tolstring(co, base + 2, &len);
     }
     sh_buf extra = {0};
+    const char *ctype = NULL; /* the policy's Content-Type: anchored in its headers table */
     if (nres >= 4 && !lua_isnil(co, base + 3)) {
         int ht = base + 3;
         if (!lua_istable(co, ht))
@@ -697,6 +698,8 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
                 sh_buf_free(&extra);
                 return "on_handshake: refusal headers map names to strings, no CR or LF";
             }
+            if (!strcasecmp(k, "content-type"))
+                ctype = v;
             if (strcasecmp(k, "content-length") && strcasecmp(k, "connection") &&
                 strcasecmp(k, "content-type") &&
                 (sh_buf_append(&extra, k, kl) || sh_buf_append(&extra, ": ", 2) ||
@@ -718,7 +721,7 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
         body = dflt;
     }
     sh_info(p->owner.id, "handshake refused by policy: %d", (int)status);
-    sh_conn_refuse(c, (int)status, body, len, extra.len > 1 ? extra.p : NULL);
+    sh_conn_refuse_as(c, (int)status, ctype, body, len, extra.len > 1 ? extra.p : NULL);
     sh_buf_free(&extra);
     return NULL;
 }

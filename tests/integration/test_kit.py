@@ -556,6 +556,32 @@ end)
 
 
 @suite.test
+def a_refusals_content_type_is_the_policys():
+    # on_handshake's refusal headers dropped Content-Type: a JSON refusal went out as
+    # text/plain; Content-Length and Connection stay the server's
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "deny.lua", """
+return { on_handshake = function(req)
+  return false, 401, '{"error":"unauthorized"}',
+    { ["Content-Type"] = "application/json", ["Content-Length"] = "0", ["WWW-Authenticate"] = "Bearer" }
+end }
+""")
+        f = write(d, "deny_test.lua", """
+local t = require "statushost.test"
+t.test("json refusal", function()
+  local c = t.policy("deny.lua"):open{}
+  t.eq(c.status, 401)
+  t.eq(c.headers["content-type"], "application/json")
+  t.eq(c.headers["content-length"], "24")
+  t.eq(c.headers["www-authenticate"], "Bearer")
+  t.eq(c.body, '{"error":"unauthorized"}')
+end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 0, (rc, out, err)
+
+
+@suite.test
 def several_files_number_their_tests_in_one_plan():
     files = [os.path.join(ROOT, "examples", "echo_test.lua"),
              os.path.join(ROOT, "examples", "ratelimit_test.lua")]
