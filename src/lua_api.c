@@ -669,8 +669,10 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
         sh_conn_upgrade(c, p->protocol, NULL);
         return NULL;
     }
-    if (nres < 2 || !lua_isinteger(co, base + 1))
+    if (nres < 2 || lua_isnil(co, base + 1))
         return "on_handshake refused without a status: return false, status[, body[, headers]]";
+    if (!lua_isinteger(co, base + 1))
+        return "on_handshake: a refusal's status must be an integer 400..599";
     lua_Integer status = lua_tointeger(co, base + 1);
     if (status < 400 || status > 599)
         return "on_handshake: a refusal's status must be 400..599";

@@ -582,6 +582,31 @@ end)
 
 
 @suite.test
+def a_refusal_with_a_non_integer_status_says_so():
+    # return false, 450.5 (or "401") was logged as "refused without a status"
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "st.lua", """
+return { on_handshake = function(req)
+  if req.path == "/none" then return false end
+  return false, req.path == "/float" and 450.5 or "401"
+end }
+""")
+        f = write(d, "st_test.lua", """
+local t = require "statushost.test"
+t.test("statuses", function()
+  local p = t.policy("st.lua")
+  t.eq(p:open{ path = "/float" }.status, 500)
+  t.eq(p:open{ path = "/string" }.status, 500)
+  t.eq(p:open{ path = "/none" }.status, 500)
+end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 0, (rc, out, err)
+        assert err.count("a refusal's status must be an integer 400..599") == 2, err
+        assert err.count("refused without a status") == 1, err
+
+
+@suite.test
 def several_files_number_their_tests_in_one_plan():
     files = [os.path.join(ROOT, "examples", "echo_test.lua"),
              os.path.join(ROOT, "examples", "ratelimit_test.lua")]
