@@ -1338,7 +1338,7 @@ static const luaL_Reg dict_methods[] = {
 /* lua-cjson 2.1.0 decodes every number as a float and encodes numbers with
  * "%.14g": 1795748474 would come back as 1795748474.0, and an integer of 15+
  * digits would be written as 1.2345678901235e+17. So: after decoding, integral
- * floats within ±2^53 become integers; before encoding, integers of 15+ digits
+ * floats below 2^53 in magnitude become integers (2^53 may have been 2^53 + 1); before encoding, integers of 15+ digits
  * are swapped for marker strings that are replaced by their digits in the
  * output. Nesting is bounded (JSON_MAX_DEPTH) both ways; NaN, Infinity and hex
  * are refused both ways; a number that overflows a double is refused. */
@@ -1364,7 +1364,7 @@ static int json_fix_decoded(lua_State *L, int idx)
                 lua_pop(L, 2);
                 return -1;
             }
-            if (v == floor(v) && fabs(v) <= 9007199254740992.0) {
+            if (v == floor(v) && fabs(v) < 9007199254740992.0) {
                 lua_pushvalue(L, -2);
                 lua_pushinteger(L, (lua_Integer)v);
                 lua_rawset(L, idx);
@@ -1395,7 +1395,7 @@ static int l_json_decode(lua_State *L)
         lua_Number v = lua_tonumber(L, -1);
         if (!isfinite(v))
             goto out_of_range;
-        if (v == floor(v) && fabs(v) <= 9007199254740992.0) {
+        if (v == floor(v) && fabs(v) < 9007199254740992.0) {
             lua_pop(L, 1);
             lua_pushinteger(L, (lua_Integer)v);
         }
