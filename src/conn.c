@@ -549,6 +549,12 @@ void sh_conn_upgrade(sh_conn *c, const char *protocol, const char *extra)
 
 void sh_conn_refuse(sh_conn *c, int status, const char *body, size_t len, const char *extra)
 {
+    sh_conn_refuse_as(c, status, NULL, body, len, extra);
+}
+
+void sh_conn_refuse_as(sh_conn *c, int status, const char *ctype, const char *body, size_t len,
+                       const char *extra)
+{
     if (c->phase != SH_PHASE_HANDSHAKE)
         return;
     assert(status >= 400 && status <= 599);
@@ -557,7 +563,7 @@ void sh_conn_refuse(sh_conn *c, int status, const char *body, size_t len, const 
     c->timer_mode = TM_NONE;
     c->tp->metrics->rejected_total++;
     sh_info(c->id, "handshake refused: %d", status);
-    sh_conn_respond(c, status, "text/plain; charset=utf-8", body, len, extra, 0, 0);
+    sh_conn_respond(c, status, ctype ? ctype : "text/plain; charset=utf-8", body, len, extra, 0, 0);
 }
 
 static void handle_upgrade(sh_conn *c, sh_request *r)

@@ -269,6 +269,9 @@ void sh_conn_request_done(sh_conn *c);
 void sh_conn_upgrade(sh_conn *c, const char *protocol, const char *extra);
 /* ... or answer status (400..599) with body and extra header lines, and end. */
 void sh_conn_refuse(sh_conn *c, int status, const char *body, size_t len, const char *extra);
+/* The same with a Content-Type (NULL: text/plain; charset=utf-8). */
+void sh_conn_refuse_as(sh_conn *c, int status, const char *ctype, const char *body, size_t len,
+                       const char *extra);
 
 /* The text of an HTTP status code ("Status" when unknown). */
 const char *sh_http_status_text(int status);

@@ -35,6 +35,11 @@
  * counter, hex as in production ("7e57": test) */
 #define KIT_INSTANCE "7e57000000000000"
 #define SETTLE_MAX 100000 /* loop iterations before a world is said never to go idle */
+/* The virtual clock ends at 2^53 ms (285,000 years; exact in a double, as
+ * p:time() needs); the shared dictionaries' offset, which every world's clock
+ * adds to, stops at 2^62 ms, so their arithmetic cannot overflow. */
+#define KIT_MAX_MS ((uint64_t)1 << 53)
+#define DICT_MAX_OFFSET_MS ((int64_t)1 << 62)
 
 int luaopen_cjson(lua_State *L);
 int luaopen_cjson_safe(lua_State *L);
@@ -118,7 +123,8 @@ static void clock_to(kit_world *w, uint64_t t)
 {
     if (t <= w->now)
         return;
-    dict_ms += (int64_t)(t - w->now);
+    int64_t step = (int64_t)(t - w->now);
+    dict_ms = dict_ms > DICT_MAX_OFFSET_MS - step ? DICT_MAX_OFFSET_MS : dict_ms + step;
     sh_lib_set_clock_offset_ms(dict_ms);
     w->now = t;
 }
@@ -547,6 +553,36 @@ static void world_close(kit_world *w)
 
 /* ------------------------------------------------------------ Lua: worlds */
 
+/* os.exit in a test file or a policy under test: Lua's would end the run
+ * with that status (0 included) and the remaining tests unrun and unreported.
+ * The run bails out instead, with status 2. */
+static int kit_os_exit(lua_State *L)
+{
+    luaL_where(L, 1);
+    const char *where = lua_tostring(L, -1);
+    printf("Bail out! %sos.exit called: the test run ends here\n", where);
+    fprintf(stderr, "statushost --test: %sos.exit called (by a test or a policy): the run ends "
+                    "with its tests unreported, exit status 2\n", where);
+    fflush(stdout);
+    exit(2);
+}
+
+static void replace_os_exit(lua_State *L)
+{
+    if (lua_getglobal(L, "os") == LUA_TTABLE) {
+        lua_pushcfunction(L, kit_os_exit);
+        lua_setfield(L, -2, "exit");
+    }
+    lua_pop(L, 1);
+}
+
+/* The policy's API, with os.exit replaced before the script runs. */
+static void kit_api_open(lua_State *L, sh_gen *g)
+{
+    sh_lua_api_open(L, g);
+    replace_os_exit(L);
+}
+
 /* kit.load(script, {"key=value", ...}, log) → world | nil, err */
 static int l_load(lua_State *L)
 {
@@ -583,7 +619,7 @@ static int l_load(lua_State *L)
     sh_transport_set_capture(&w->tp, on_capture);
     w->open = 1;
     char err[1024];
-    if (sh_gen_load(&w->host, sh_lua_api_open, script, sets, nsets, &w->gen, err, sizeof err) != 0) {
+    if (sh_gen_load(&w->host, kit_api_open, script, sets, nsets, &w->gen, err, sizeof err) != 0) {
         world_close(w);
         lua_pushnil(L);
         lua_pushstring(L, err);
@@ -621,6 +657,9 @@ static int w_advance(lua_State *L)
     kit_world *w = check_world(L);
     lua_Integer ms = luaL_checkinteger(L, 2);
     luaL_argcheck(L, ms >= 0, 2, "must be >= 0");
+    if ((uint64_t)ms > KIT_MAX_MS - w->now)
+        return luaL_error(L, "p:advance: the virtual clock ends at 2^53 ms (now %I, advance %I)",
+                          (lua_Integer)w->now, ms);
     uint64_t until = w->now + (uint64_t)ms;
     settle_or_raise(L, w);
     while (w->timers && w->timers->due <= until) {
@@ -674,6 +713,19 @@ static int w_take(lua_State *L)
     return 1;
 }
 
+/* A copy of the header name or value at idx, as a string. Only strings and
+ * numbers: a __tostring metamethod could run the test's Lua (and free the
+ * request being answered) in the middle of w:answer_http. */
+static void push_header_part(lua_State *L, int idx, const char *what)
+{
+    int t = lua_type(L, idx);
+    if (t != LUA_TSTRING && t != LUA_TNUMBER)
+        luaL_error(L, "answer_http: a header %s must be a string or a number, got %s", what,
+                   luaL_typename(L, idx));
+    lua_pushvalue(L, idx);
+    lua_tolstring(L, -1, NULL); /* the copy becomes a string, not the table's key */
+}
+
 /* w:answer_http(id, status, body, {name=value}) → true | false (gone) */
 static int w_answer_http(lua_State *L)
 {
@@ -695,11 +747,9 @@ static int w_answer_http(lua_State *L)
         lua_pushnil(L);
         while (lua_next(L, 5)) {
             if (k < 2 * 64) {
-                lua_pushvalue(L, -2);
-                luaL_tolstring(L, -1, NULL);
+                push_header_part(L, -2, "name");
                 lua_rawseti(L, anchor, ++k);
-                lua_pop(L, 1);
-                luaL_tolstring(L, -1, NULL);
+                push_header_part(L, -1, "value");
                 lua_rawseti(L, anchor, ++k);
             }
             lua_pop(L, 1);
@@ -802,8 +852,10 @@ static redisReply *reply_of(lua_State *L, int idx, int depth)
         r->type = REDIS_REPLY_STATUS;
         goto str;
     case LUA_TTABLE:
-        lua_getfield(L, idx, "err");
-        if (lua_type(L, -1) == LUA_TSTRING) {
+        /* raw accesses only: a metamethod could run the test's Lua (and free
+         * the request being answered), or raise and leak the reply */
+        lua_pushliteral(L, "err");
+        if (lua_rawget(L, idx) == LUA_TSTRING) {
             s = lua_tolstring(L, -1, &len);
             r->type = REDIS_REPLY_ERROR;
             lua_pop(L, 1);
@@ -811,7 +863,7 @@ static redisReply *reply_of(lua_State *L, int idx, int depth)
         }
         lua_pop(L, 1);
         r->type = REDIS_REPLY_ARRAY;
-        r->elements = (size_t)luaL_len(L, idx);
+        r->elements = lua_rawlen(L, idx);
         r->element = calloc(r->elements ? r->elements : 1, sizeof *r->element);
         if (!r->element) {
             r->elements = 0;
@@ -941,11 +993,27 @@ static int w_redis_down(lua_State *L)
     return 0;
 }
 
+/* Is peer a socket address as accept() gives one: "ip:port", "[ip6]:port"? */
+static int peer_ok(const char *peer)
+{
+    char ip[SH_IP_MAX];
+    const char *colon = strrchr(peer, ':');
+    if (!colon || !colon[1] || sh_peer_ip(peer, ip, sizeof ip) != 0)
+        return 0;
+    return peer[0] == '[' ? colon[-1] == ']' : strchr(peer, ':') == colon;
+}
+
 /* w:connect(peer) → client id: a connection accepted from peer ("ip:port") */
 static int w_connect(lua_State *L)
 {
     kit_world *w = check_world(L);
     const char *peer = luaL_optstring(L, 2, "127.0.0.1:40000");
+    if (!peer_ok(peer)) {
+        char shown[65];
+        snprintf(shown, sizeof shown, "%s", peer);
+        return luaL_error(L, "peer \"%s\": an address with a port expected (\"10.0.0.1:5000\", "
+                             "\"[2001:db8::1]:5000\")", shown);
+    }
     kit_client *k = calloc(1, sizeof *k);
     if (!k)
         return luaL_error(L, "out of memory");
@@ -1092,6 +1160,7 @@ static int load_file(kit_file *f)
         return -1;
     }
     luaL_openlibs(L);
+    replace_os_exit(L);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
     lua_pushcfunction(L, luaopen_kit);
     lua_setfield(L, -2, "statushost.kit");
@@ -1142,6 +1211,7 @@ int sh_kit_main(int nfiles, char **files)
 {
     sh_log_set_level(SH_LOG_WARN);
     sh_log_set_access(0);
+    sh_lib_set_clock_virtual(1); /* host.shared TTLs follow the virtual clocks only */
     setvbuf(stdout, NULL, _IOLBF, 0);
     kit_file *f = calloc((size_t)nfiles, sizeof *f);
     if (!f)

@@ -773,8 +773,10 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
         sh_conn_upgrade(c, p->protocol, NULL);
         return NULL;
     }
-    if (nres < 2 || !lua_isinteger(co, base + 1))
+    if (nres < 2 || lua_isnil(co, base + 1))
         return "on_handshake refused without a status: return false, status[, body[, headers]]";
+    if (!lua_isinteger(co, base + 1))
+        return "on_handshake: a refusal's status must be an integer 400..599";
     lua_Integer status = lua_tointeger(co, base + 1);
     if (status < 400 || status > 599)
         return "on_handshake: a refusal's status must be 400..599";
@@ -786,6 +788,7 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
         body = lua_tolstring(co, base + 2, &len);
     }
     sh_buf extra = {0};
+    const char *ctype = NULL; /* the policy's Content-Type: anchored in its headers table */
     if (nres >= 4 && !lua_isnil(co, base + 3)) {
         int ht = base + 3;
         if (!lua_istable(co, ht))
@@ -801,6 +804,8 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
                 sh_buf_free(&extra);
                 return "on_handshake: refusal headers map names to strings, no CR or LF";
             }
+            if (!strcasecmp(k, "content-type"))
+                ctype = v;
             if (strcasecmp(k, "content-length") && strcasecmp(k, "connection") &&
                 strcasecmp(k, "content-type") &&
                 (sh_buf_append(&extra, k, kl) || sh_buf_append(&extra, ": ", 2) ||
@@ -822,7 +827,7 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
         body = dflt;
     }
     sh_info(p->owner.id, "handshake refused by policy: %d", (int)status);
-    sh_conn_refuse(c, (int)status, body, len, extra.len > 1 ? extra.p : NULL);
+    sh_conn_refuse_as(c, (int)status, ctype, body, len, extra.len > 1 ? extra.p : NULL);
     sh_buf_free(&extra);
     return NULL;
 }

@@ -656,6 +656,20 @@ static void body_release(void *arg)
 
 #define BODY_LOAN_MIN 4096 /* smaller bodies are copied */
 
+/* The field key of the options table: milliseconds 0..1e12 (0: the default),
+ * or def when absent. A negative timeout became 2^64 - 1 ms: never. */
+static uint64_t opt_ms(lua_State *L, const char *key, uint64_t def)
+{
+    lua_getfield(L, 1, key);
+    if (lua_isnil(L, -1))
+        return def;
+    lua_Number ms = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : -1;
+    if (!(ms >= 0 && ms < 1e12))
+        luaL_error(L, "%s: %s must be a number of milliseconds (0..1e12), got %s", SH_FNAME(L), key,
+                   lua_type(L, -1) == LUA_TNUMBER ? lua_tostring(L, -1) : luaL_typename(L, -1));
+    return (uint64_t)ms;
+}
+
 /* host.http.request{method=, url=, headers=, body=, timeout_ms=} →
  * {status, headers, body} | nil, err */
 int sh_io_http_request(lua_State *L)
@@ -672,10 +686,8 @@ int sh_io_http_request(lua_State *L)
     o.method = opt_string(L, "method", NULL, "GET");
     o.body = opt_string(L, "body", &o.body_len, NULL);
     int body_at = lua_gettop(L); /* the body string, anchored on the stack */
-    lua_getfield(L, 1, "timeout_ms");
-    o.timeout_ms = (uint64_t)luaL_optinteger(L, -1, 30000);
-    lua_getfield(L, 1, "connect_timeout_ms");
-    o.connect_timeout_ms = (uint64_t)luaL_optinteger(L, -1, 0);
+    o.timeout_ms = opt_ms(L, "timeout_ms", 30000);
+    o.connect_timeout_ms = opt_ms(L, "connect_timeout_ms", 0);
     lua_getfield(L, 1, "headers");
     int ht = lua_gettop(L);
     if (lua_istable(L, ht)) {

@@ -577,6 +577,9 @@ int sh_cidr_parse(const char *s, sh_cidr *out)
 
 static int cidr_match_bytes(const sh_cidr *c, const unsigned char a[16])
 {
+    static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (c->bits < 96 && memcmp(a, v4mapped, sizeof v4mapped) == 0)
+        return 0; /* an IPv6 block (::/0 too) holds no IPv4 address: nginx's families */
     for (int i = 0; i < 16; i++)
         if ((a[i] & c->mask[i]) != c->addr[i])
             return 0;
@@ -747,10 +750,15 @@ static sh_dict *g_dicts;
 static unsigned g_epoch = 1; /* bumped by sh_lib_shutdown: older handles are stale */
 static int64_t g_clock_offset_ms;
 
+static int g_clock_virtual;
+
 void sh_lib_set_clock_offset_ms(int64_t offset_ms) { g_clock_offset_ms = offset_ms; }
+void sh_lib_set_clock_virtual(int on) { g_clock_virtual = on; }
 
 static int64_t dict_now(void)
 {
+    if (g_clock_virtual)
+        return g_clock_offset_ms;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + g_clock_offset_ms;
@@ -1330,7 +1338,7 @@ static const luaL_Reg dict_methods[] = {
 /* lua-cjson 2.1.0 decodes every number as a float and encodes numbers with
  * "%.14g": 1795748474 would come back as 1795748474.0, and an integer of 15+
  * digits would be written as 1.2345678901235e+17. So: after decoding, integral
- * floats within ±2^53 become integers; before encoding, integers of 15+ digits
+ * floats below 2^53 in magnitude become integers (2^53 may have been 2^53 + 1); before encoding, integers of 15+ digits
  * are swapped for marker strings that are replaced by their digits in the
  * output. Nesting is bounded (JSON_MAX_DEPTH) both ways; NaN, Infinity and hex
  * are refused both ways; a number that overflows a double is refused. */
@@ -1356,7 +1364,7 @@ static int json_fix_decoded(lua_State *L, int idx)
                 lua_pop(L, 2);
                 return -1;
             }
-            if (v == floor(v) && fabs(v) <= 9007199254740992.0) {
+            if (v == floor(v) && fabs(v) < 9007199254740992.0) {
                 lua_pushvalue(L, -2);
                 lua_pushinteger(L, (lua_Integer)v);
                 lua_rawset(L, idx);
@@ -1387,7 +1395,7 @@ static int l_json_decode(lua_State *L)
         lua_Number v = lua_tonumber(L, -1);
         if (!isfinite(v))
             goto out_of_range;
-        if (v == floor(v) && fabs(v) <= 9007199254740992.0) {
+        if (v == floor(v) && fabs(v) < 9007199254740992.0) {
             lua_pop(L, 1);
             lua_pushinteger(L, (lua_Integer)v);
         }

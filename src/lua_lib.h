@@ -34,6 +34,9 @@ void sh_lib_shutdown(void);
 
 /* Tests only: move the shared dictionaries' monotonic clock forward. */
 void sh_lib_set_clock_offset_ms(int64_t offset_ms);
+/* Tests only (the policy test kit): the clock is the offset alone, so TTLs
+ * run on virtual time and not at all in real time. */
+void sh_lib_set_clock_virtual(int on);
 
 /* Argument errors that name the function, for C functions stored in tables
  * (where luaL_argerror says '?'): raise

@@ -35,7 +35,12 @@ static void test_cidr(void)
         {"0.0.0.0/0", "2001:db8::1", 0},
         {"::/0", "::1", 1},
         {"::/0", "2001:db8::1", 1},
-        {"::/0", "1.2.3.4", 1}, /* every address */
+        {"::/0", "1.2.3.4", 0}, /* an IPv6 block holds no IPv4 address (nginx) */
+        {"::/0", "::ffff:1.2.3.4", 0},
+        {"::/80", "1.2.3.4", 0},
+        {"::ffff:0.0.0.0/95", "1.2.3.4", 0},
+        {"::ffff:0.0.0.0/96", "1.2.3.4", 1},
+        {"::/0", "::ffff:0:1.2.3.4", 1}, /* not IPv4-mapped */
         {"::1/128", "::1", 1},
         {"::1/128", "::2", 0},
         {"::1", "0:0:0:0:0:0:0:1", 1},
@@ -185,6 +190,13 @@ static void test_realip(void)
                cases[i].want_rc, cases[i].want);
     }
     char out[SH_IP_MAX] = "x";
+    /* real_ip_from = ::/0 trusts the IPv6 peers, not the IPv4 ones (nginx) */
+    sh_cidr v6all;
+    CHECK(sh_cidr_parse("::/0", &v6all) == 0);
+    CHECK(sh_realip("8.8.8.8", "1.1.1.1", &v6all, 1, 1, out, sizeof out) == 0);
+    CHECK_STR(out, "8.8.8.8");
+    CHECK(sh_realip("2001:db8::7", "1.1.1.1", &v6all, 1, 1, out, sizeof out) == 1);
+    CHECK_STR(out, "1.1.1.1");
     CHECK(sh_realip("10.0.0.1", "1.1.1.1", trusted, 0, 1, out, sizeof out) == 0);
     CHECK_STR(out, "10.0.0.1"); /* nothing trusted */
     CHECK(sh_realip("nope", "1.1.1.1", trusted, 4, 1, out, sizeof out) == -1);
@@ -620,9 +632,12 @@ static void test_json(lua_State *L)
         "eq(v.f, 1.5) eq(v.a[1], 1) eq(v.a[2], 2) eq(v.a[3], -3) eq(v.a[4], 100) eq(v.a[5], 0)\n"
         "eq(v.n, j.null) eq(j.null, host.json.null) eq(v.s, 'x')\n"
         "check(j.null ~= nil and type(j.null) == 'userdata', 'null is lightuserdata')\n"
-        "eq(j.decode('9007199254740992'), 9007199254740992, '2^53')\n"
-        "eq(j.decode('-9007199254740992'), -9007199254740992, '-2^53')\n"
+        "eq(j.decode('9007199254740992'), 2.0^53, '2^53: a float (it may have been 2^53 + 1)')\n"
+        "eq(j.decode('-9007199254740992'), -2.0^53, '-2^53')\n"
         "eq(math.type(j.decode('18014398509481984')), 'float', 'beyond 2^53 stays a float')\n"
+        "eq(math.type(j.decode('9007199254740991')), 'integer', '2^53 - 1')\n"
+        "eq(math.type(j.decode('9007199254740993')), 'float', '2^53 + 1 is not the integer 2^53')\n"
+        "eq(math.type(j.decode('[-9007199254740993]')[1]), 'float', 'in a table too')\n"
         "eq(j.decode('1e300'), 1e300)\n"
         "eq(j.decode('0.1'), 0.1)\n"
         "eq(j.decode('[[[[7]]]]')[1][1][1][1], 7, 'nested')\n"
