@@ -1964,12 +1964,15 @@ static void map_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
         cluster_refresh(b);
         return;
     }
-    if (reply->type == REDIS_REPLY_ERROR || sh_redis_slots_from_reply(reply, &m) < 0) {
+    int rc = reply->type == REDIS_REPLY_ERROR ? 0 : sh_redis_slots_from_reply(reply, &m);
+    if (reply->type == REDIS_REPLY_ERROR || rc < 0) {
+        const char *why = rc == SH_SLOTS_ETOOMANY ? "more than 1000 masters (SH_REDIS_MASTERS_MAX)"
+                                                  : "not a slot map reply";
         if (ratelimit_ok(&cl->rl, uv_now(b->loop), &held))
             sh_warn(NULL, "redis: CLUSTER %s on %s:%d: %.*s; retrying", cl->use_slots ? "SLOTS" : "SHARDS",
                     n->addr.host, n->addr.port,
-                    reply->type == REDIS_REPLY_ERROR ? (int)reply->len : 20,
-                    reply->type == REDIS_REPLY_ERROR ? reply->str : "not a slot map reply");
+                    reply->type == REDIS_REPLY_ERROR ? (int)reply->len : (int)strlen(why),
+                    reply->type == REDIS_REPLY_ERROR ? reply->str : why);
         cluster_unpark(b);
         cluster_refresh_later(b);
         return;
