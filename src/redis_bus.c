@@ -1580,9 +1580,20 @@ static void node_start(sh_redis_bus *b, struct node *n)
     uv_timer_start(&n->cmd.timer, conn_timer_cb, 0, 0);
 }
 
-/* Link a new node for host:port (a master a map names) and start it. */
+/* Link a new node for host:port (a master a map names) and start it. A
+ * retired node (not a seed, out of every map) is reused first: nodes come and
+ * go with new addresses (a pod restarted elsewhere), and the list must not
+ * grow with each. */
 static struct node *node_add(sh_redis_bus *b, const char *host, int port)
 {
+    for (struct node *r = b->cl->nodes; r; r = r->next) {
+        if (!r->retired || r->seed || r->in_map || r->mark || r->cmd.ac || r->sub.ac) continue;
+        snprintf(r->addr.host, sizeof r->addr.host, "%s", host);
+        r->addr.port = port;
+        r->retired = 0;
+        uv_timer_start(&r->cmd.timer, conn_timer_cb, 0, 0);
+        return r;
+    }
     struct node *n = node_alloc(&b->cl->nodes->addr, host, port), **pp = &b->cl->nodes;
     if (!n) return NULL;
     while (*pp) pp = &(*pp)->next;
@@ -1760,6 +1771,7 @@ static void cluster_stats(const sh_redis_bus *b, sh_redis_stats *out)
         if (n->sub.state == CONN_READY) out->sub_ready++;
     }
     out->map_refreshes = cl->refreshes;
+    for (const struct node *n = cl->nodes; n; n = n->next) out->nodes++;
 }
 
 /* ---- cluster: the slot map ---------------------------------------------- */
