@@ -1518,6 +1518,7 @@ struct cluster {
     struct sh_redis_cmd *parked;  /* redirected commands awaiting the next map */
     struct sh_redis_cmd **parked_tail;
     struct ratelimit rl;          /* for refusal / sunsubscribe lines */
+    struct node *map_from;        /* the node asked for the map in flight */
 };
 
 /* Contract in redis_bus.h. */
@@ -1960,6 +1961,7 @@ static void map_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
     const redisReply *reply = r;
     uint64_t held;
     cl->map_inflight = 0;
+    uv_timer_stop(&cl->map_timer); /* the fetch's timeout */
     if (!reply) {
         if (c->ac == ac) conn_lost(c, ac_reason(ac));
         if (b->closing) return;
@@ -1999,7 +2001,20 @@ static void map_timer_cb(uv_timer_t *t)
 {
     sh_redis_bus *b = t->data;
     struct cluster *cl = b->cl;
-    if (b->closing || cl->map_inflight) return;
+    if (b->closing) return;
+    if (cl->map_inflight) { /* no answer in time: a frozen node must not block every fetch */
+        struct conn *c = &cl->map_from->cmd;
+        redisAsyncContext *ac = c->ac;
+        sh_warn(NULL, "redis: %s:%d did not answer CLUSTER %s within %llu ms; asking another node",
+                cl->map_from->addr.host, cl->map_from->addr.port, cl->use_slots ? "SLOTS" : "SHARDS",
+                (unsigned long long)b->connect_timeout_ms);
+        c->ac = NULL; /* its callbacks (map_reply_cb: fetch again) see a foreign context */
+        if (ac) redisAsyncFree(ac);
+        cl->map_inflight = 0;
+        conn_lost(c, "no answer to CLUSTER SHARDS/SLOTS");
+        cluster_refresh(b);
+        return;
+    }
     struct node *n = cluster_any_ready(b, 0);
     if (!n) { /* the next command connection to become ready fetches it */
         cl->map_wanted = 1;
@@ -2014,6 +2029,8 @@ static void map_timer_cb(uv_timer_t *t)
     cl->map_inflight = 1;
     cl->map_wanted = 0;
     cl->map_last_ms = uv_now(b->loop);
+    cl->map_from = n;
+    uv_timer_start(&cl->map_timer, map_timer_cb, b->connect_timeout_ms, 0);
 }
 
 /* A cluster connection became ready: a command connection fetches the map
