@@ -1087,13 +1087,7 @@ static int pred_refreshes(void *b)
 
 static void test_cluster_node_churn(void)
 {
-    int port = free_port();
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                             .sin_port = htons((uint16_t)port)};
-    int lfd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    CHECK(lfd >= 0);
-    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    CHECK(bind(lfd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(lfd, 16) == 0);
+    int port = free_port(), lfd = listen_on(port);
     pid_t pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) {
