@@ -192,6 +192,9 @@ local function resume(conn, token)
   if not conn:is_open() then return end
   if not meta then return stop(conn, job, "unavailable", "redis unavailable: " .. tostring(err)) end
   meta = json.decode(meta)
+  if type(meta) ~= "table" or type(meta.tasks) ~= "table" or type(meta.deadline) ~= "number" then
+    return stop(conn, job, "unknown_job", "not a job record") -- another writer's key
+  end
   -- 2. subscribe to the job's live updates (with offsets), and wait for Redis to
   -- confirm: from now on every update recorded reaches us
   job.channel = k.live

@@ -1550,6 +1550,7 @@ struct cluster {
     struct sh_redis_cmd *parked;  /* redirected commands awaiting the next map */
     struct sh_redis_cmd **parked_tail;
     struct ratelimit rl;          /* for refusal / sunsubscribe lines */
+    struct node *map_from;        /* the node asked for the map in flight */
 };
 
 /* Contract in redis_bus.h. */
@@ -1612,9 +1613,20 @@ static void node_start(sh_redis_bus *b, struct node *n)
     uv_timer_start(&n->cmd.timer, conn_timer_cb, 0, 0);
 }
 
-/* Link a new node for host:port (a master a map names) and start it. */
+/* Link a new node for host:port (a master a map names) and start it. A
+ * retired node (not a seed, out of every map) is reused first: nodes come and
+ * go with new addresses (a pod restarted elsewhere), and the list must not
+ * grow with each. */
 static struct node *node_add(sh_redis_bus *b, const char *host, int port)
 {
+    for (struct node *r = b->cl->nodes; r; r = r->next) {
+        if (!r->retired || r->seed || r->in_map || r->mark || r->cmd.ac || r->sub.ac) continue;
+        snprintf(r->addr.host, sizeof r->addr.host, "%s", host);
+        r->addr.port = port;
+        r->retired = 0;
+        uv_timer_start(&r->cmd.timer, conn_timer_cb, 0, 0);
+        return r;
+    }
     struct node *n = node_alloc(&b->cl->nodes->addr, host, port), **pp = &b->cl->nodes;
     if (!n) return NULL;
     while (*pp) pp = &(*pp)->next;
@@ -1792,6 +1804,7 @@ static void cluster_stats(const sh_redis_bus *b, sh_redis_stats *out)
         if (n->sub.state == CONN_READY) out->sub_ready++;
     }
     out->map_refreshes = cl->refreshes;
+    for (const struct node *n = cl->nodes; n; n = n->next) out->nodes++;
 }
 
 /* ---- cluster: the slot map ---------------------------------------------- */
@@ -1980,6 +1993,7 @@ static void map_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
     const redisReply *reply = r;
     uint64_t held;
     cl->map_inflight = 0;
+    uv_timer_stop(&cl->map_timer); /* the fetch's timeout */
     if (!reply) {
         if (c->ac == ac) conn_lost(c, ac_reason(ac));
         if (b->closing) return;
@@ -1996,12 +2010,15 @@ static void map_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
         cluster_refresh(b);
         return;
     }
-    if (reply->type == REDIS_REPLY_ERROR || sh_redis_slots_from_reply(reply, &m) < 0) {
+    int rc = reply->type == REDIS_REPLY_ERROR ? 0 : sh_redis_slots_from_reply(reply, &m);
+    if (reply->type == REDIS_REPLY_ERROR || rc < 0) {
+        const char *why = rc == SH_SLOTS_ETOOMANY ? "more than 1000 masters (SH_REDIS_MASTERS_MAX)"
+                                                  : "not a slot map reply";
         if (ratelimit_ok(&cl->rl, uv_now(b->loop), &held))
             sh_warn(NULL, "redis: CLUSTER %s on %s:%d: %.*s; retrying", cl->use_slots ? "SLOTS" : "SHARDS",
                     n->addr.host, n->addr.port,
-                    reply->type == REDIS_REPLY_ERROR ? (int)reply->len : 20,
-                    reply->type == REDIS_REPLY_ERROR ? reply->str : "not a slot map reply");
+                    reply->type == REDIS_REPLY_ERROR ? (int)reply->len : (int)strlen(why),
+                    reply->type == REDIS_REPLY_ERROR ? reply->str : why);
         cluster_unpark(b);
         cluster_refresh_later(b);
         return;
@@ -2016,7 +2033,20 @@ static void map_timer_cb(uv_timer_t *t)
 {
     sh_redis_bus *b = t->data;
     struct cluster *cl = b->cl;
-    if (b->closing || cl->map_inflight) return;
+    if (b->closing) return;
+    if (cl->map_inflight) { /* no answer in time: a frozen node must not block every fetch */
+        struct conn *c = &cl->map_from->cmd;
+        redisAsyncContext *ac = c->ac;
+        sh_warn(NULL, "redis: %s:%d did not answer CLUSTER %s within %llu ms; asking another node",
+                cl->map_from->addr.host, cl->map_from->addr.port, cl->use_slots ? "SLOTS" : "SHARDS",
+                (unsigned long long)b->connect_timeout_ms);
+        c->ac = NULL; /* its callbacks (map_reply_cb: fetch again) see a foreign context */
+        if (ac) redisAsyncFree(ac);
+        cl->map_inflight = 0;
+        conn_lost(c, "no answer to CLUSTER SHARDS/SLOTS");
+        cluster_refresh(b);
+        return;
+    }
     struct node *n = cluster_any_ready(b, 0);
     if (!n) { /* the next command connection to become ready fetches it */
         cl->map_wanted = 1;
@@ -2031,6 +2061,8 @@ static void map_timer_cb(uv_timer_t *t)
     cl->map_inflight = 1;
     cl->map_wanted = 0;
     cl->map_last_ms = uv_now(b->loop);
+    cl->map_from = n;
+    uv_timer_start(&cl->map_timer, map_timer_cb, b->connect_timeout_ms, 0);
 }
 
 /* A cluster connection became ready: a command connection fetches the map

@@ -170,6 +170,7 @@ typedef struct sh_redis_stats {
                                   master's) */
     unsigned masters;          /* (cluster) masters in the slot map, 0 otherwise */
     uint64_t map_refreshes;    /* (cluster) slot maps fetched and applied */
+    unsigned nodes;            /* (cluster) nodes held: seeds, masters, retired ones */
 } sh_redis_stats;
 
 /* Fill *out (zeroes for a NULL bus). */

@@ -78,13 +78,15 @@ static int copy_host(const redisReply *r, char *out, size_t cap)
     return 0;
 }
 
-/* The index of node n in m (added when new): ≥ 0, or SH_SLOTS_ENOMEM. */
+/* The index of node n in m (added when new): ≥ 0, SH_SLOTS_ETOOMANY or
+ * SH_SLOTS_ENOMEM. */
 static int node_index(sh_redis_slots *m, const sh_redis_node *n)
 {
     for (size_t i = 0; i < m->nnodes; i++)
         if (m->nodes[i].port == n->port && strcmp(m->nodes[i].host, n->host) == 0 &&
             strcmp(m->nodes[i].id, n->id) == 0)
             return (int)i;
+    if (m->nnodes >= SH_REDIS_MASTERS_MAX) return SH_SLOTS_ETOOMANY;
     if (m->nnodes == m->cap) {
         size_t cap = m->cap ? m->cap * 2 : 8;
         sh_redis_node *nodes = realloc(m->nodes, cap * sizeof *nodes);
@@ -103,7 +105,6 @@ static int assign(sh_redis_slots *m, long long start, long long end, const sh_re
     if (n->port <= 0 || n->port > 65535) return SH_SLOTS_EPROTO;
     int idx = node_index(m, n);
     if (idx < 0) return idx;
-    if (idx + 1 > UINT16_MAX) return SH_SLOTS_EPROTO;
     for (long long s = start; s <= end; s++) {
         if (!m->owner[s]) m->assigned++;
         m->owner[s] = (uint16_t)(idx + 1);

@@ -28,7 +28,13 @@
 enum {
     SH_SLOTS_EPROTO = -411, /* the reply is not a CLUSTER SLOTS / SHARDS reply */
     SH_SLOTS_ENOMEM = -413, /* out of memory */
+    SH_SLOTS_ETOOMANY = -414, /* more than SH_REDIS_MASTERS_MAX distinct masters */
 };
+
+/* Distinct masters a map may name: the cluster spec's suggested upper limit
+ * of 1000 nodes. Each master costs a connection (two with subscriptions), and
+ * a hostile or broken node must not make the process open thousands. */
+#define SH_REDIS_MASTERS_MAX 1000
 
 /* CRC16-CCITT (XMODEM) of buf[0..len): 0x31C3 for "123456789". */
 uint16_t sh_crc16(const char *buf, size_t len);
@@ -53,7 +59,8 @@ typedef struct sh_redis_slots sh_redis_slots;
  * shard whose master is not `online` (SHARDS' `health`) still owns its slots:
  * Redis answers for it, with an error the caller acts upon. Returns 0 and
  * sets *out (free with sh_redis_slots_free), SH_SLOTS_EPROTO (malformed reply:
- * an error reply, a slot out of range, a master without a port ...) or
+ * an error reply, a slot out of range, a master without a port ...),
+ * SH_SLOTS_ETOOMANY (more than SH_REDIS_MASTERS_MAX masters) or
  * SH_SLOTS_ENOMEM; *out is untouched on error. */
 int sh_redis_slots_from_reply(const redisReply *r, sh_redis_slots **out);
 

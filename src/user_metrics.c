@@ -80,8 +80,12 @@ int sh_user_metric_define_lua(lua_State *L)
             lua_rawgeti(L, 4, i);
             /* a string, kept alive by the table (a number's text would be a temporary) */
             labels[nl] = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-            if (!valid_name(labels[nl]) || strcmp(labels[nl], "le") == 0)
-                return sh_argerror(L, 4, "label names are [a-z_][a-z0-9_]* (not \"le\")");
+            /* "le" is the histograms'; "worker" the one --workers adds to every sample
+             * (a second one would make the whole exposition invalid) */
+            if (!valid_name(labels[nl]) || strcmp(labels[nl], "le") == 0 ||
+                strcmp(labels[nl], "worker") == 0)
+                return sh_argerror(L, 4,
+                                   "label names are [a-z_][a-z0-9_]* (not \"le\" or \"worker\")");
             for (int j = 0; j < nl; j++)
                 if (strcmp(labels[j], labels[nl]) == 0)
                     return sh_argerror(L, 4, "a label name appears twice");

@@ -376,6 +376,22 @@ def resume_unknown_or_malformed_id_gets_unknown_job_and_4404():
 
 
 @S.test
+def resume_of_a_corrupt_job_record_gets_unknown_job_not_a_lua_error():
+    # a meta key another writer overwrote: not JSON, JSON of the wrong shape. Before
+    # the fix: a Lua error in on_open, close 1011 "internal error"
+    with worker(EX_WORKER) as w, resume_server(w) as sh:
+        for i, meta in enumerate(("garbage", '{"tasks":5,"deadline":1}', "[]", '{"tasks":[]}')):
+            tok = "%032x" % (0xc0ffee00 + i)
+            redis().cmd("SET", "job:{%s}:meta" % tok, meta)
+            b = WsClient(sh.port, path="/?resume=" + tok)
+            err = b.recv_json()
+            assert err["error"] == "unknown_job", (meta, err)
+            frames, code, _ = read_until_close(b)
+            assert code == 4404 and frames == [], (meta, code, frames)
+        assert "lua error" not in sh.log_text(), sh.log_text()
+
+
+@S.test
 def resume_job_past_its_deadline_gets_timeout_4408():
     with worker(EX_WORKER) as w, resume_server(w, "job_timeout_ms=600") as sh:
         ws, job, fid = start_job(sh, [{"id": "ok1"}, {"id": "never"}])

@@ -279,6 +279,22 @@ def sighup_reaches_every_worker_and_sigterm_stops_them_all():
         n.close()
 
 
+@S.test
+def a_user_metric_label_named_worker_is_refused():
+    # --workers adds worker="i" to every sample: a user label of that name would give
+    # samples with the label twice, and Prometheus refuses the whole scrape
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write('local host = require("statushost")\n'
+                'host.metrics.define("per_worker", "counter", "x", {"worker"})\nreturn {}\n')
+    try:
+        p = subprocess.run([BIN, "--check", "--workers", "2", f.name], capture_output=True,
+                           text=True, timeout=30)
+        assert p.returncode == 2 and 'not "le" or "worker"' in p.stderr, (p.returncode, p.stderr)
+    finally:
+        os.unlink(f.name)
+
+
 def resume_and_check(port, tasks, token, updates, out):
     """Resume a job: the snapshot (one frame per task, in batch order), then live updates
     until close 1000. Each task's seq must go up by exactly 1 from the snapshot's to

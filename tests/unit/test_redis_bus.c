@@ -17,10 +17,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -929,6 +931,192 @@ static void test_close_pending(sh_redis_bus *b, struct state_rec *st)
 }
 
 /* argv[1] or $SH_TEST_REDIS_PORT: the port for redis-server (default: a free one). */
+/* ---- a cluster whose master changes address at every map ----------------- */
+
+/* A fake cluster node (child process, hiredis' reader for requests): answers
+ * CLUSTER SHARDS with one shard holding every slot, its master at
+ * 127.0.0.1:<port that changes at each fetch, where nothing listens>, and
+ * +OK to anything else (the handshake). A node that comes back at a new
+ * address each time (a pod restarted elsewhere) must not grow the bus. */
+static void fake_rotating_node(int lfd)
+{
+    int fetches = 0;
+    for (;;) {
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0) continue;
+        redisReader *rd = redisReaderCreate();
+        char buf[4096];
+        ssize_t n;
+        while ((n = read(fd, buf, sizeof buf)) > 0) {
+            void *req = NULL;
+            redisReaderFeed(rd, buf, (size_t)n);
+            while (redisReaderGetReply(rd, &req) == REDIS_OK && req) {
+                const redisReply *r = req;
+                char out[512];
+                int len = snprintf(out, sizeof out, "+OK\r\n");
+                if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+                    strcasecmp(r->element[0]->str, "CLUSTER") == 0) {
+                    char p[8];
+                    int pl = snprintf(p, sizeof p, "%d", 1 + fetches++);
+                    len = snprintf(out, sizeof out,
+                                   "*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n"
+                                   "*1\r\n*8\r\n$4\r\nport\r\n$%d\r\n%s\r\n$2\r\nip\r\n"
+                                   "$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
+                                   "$6\r\nhealth\r\n$6\r\nonline\r\n", pl, p);
+                }
+                if (write(fd, out, (size_t)len) != len) break;
+                freeReplyObject(req);
+            }
+        }
+        redisReaderFree(rd);
+        close(fd);
+    }
+}
+
+/* Listen on 127.0.0.1:port (exits the test on failure). */
+static int listen_on(int port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                             .sin_port = htons((uint16_t)port)};
+    int lfd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    CHECK(lfd >= 0);
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    CHECK(bind(lfd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(lfd, 16) == 0);
+    return lfd;
+}
+
+/* Two fake seeds in one child: A answers the handshake and then never
+ * answers CLUSTER SHARDS (a frozen node: SIGSTOP, a black hole); B starts
+ * listening only once A has been asked, then answers with a map of one
+ * master, itself, holding every slot. */
+static void fake_frozen_and_healthy(int port_a, int port_b)
+{
+    int la = listen_on(port_a), lb = -1;
+    struct pollfd p[8];
+    int np = 1;
+    p[0] = (struct pollfd){la, POLLIN, 0};
+    redisReader *rd[8] = {0};
+    int is_b[8] = {0};
+    for (;;) {
+        if (poll(p, (nfds_t)np, -1) < 0) continue;
+        for (int i = 0; i < np; i++) {
+            if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            if (p[i].fd == la || p[i].fd == lb) {
+                int fd = accept(p[i].fd, NULL, NULL);
+                if (fd >= 0 && np < 8) {
+                    is_b[np] = p[i].fd == lb;
+                    rd[np] = redisReaderCreate();
+                    p[np++] = (struct pollfd){fd, POLLIN, 0};
+                } else if (fd >= 0) {
+                    close(fd);
+                }
+                continue;
+            }
+            char buf[4096];
+            ssize_t n = read(p[i].fd, buf, sizeof buf);
+            if (n <= 0) {
+                close(p[i].fd);
+                p[i].fd = -1; /* poll ignores it */
+                continue;
+            }
+            void *req = NULL;
+            redisReaderFeed(rd[i], buf, (size_t)n);
+            while (redisReaderGetReply(rd[i], &req) == REDIS_OK && req) {
+                const redisReply *r = req;
+                char out[512];
+                int len = snprintf(out, sizeof out, "+OK\r\n");
+                if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+                    strcasecmp(r->element[0]->str, "CLUSTER") == 0) {
+                    if (!is_b[i]) { /* frozen: never answers; B opens */
+                        if (lb < 0 && np < 8) {
+                            lb = listen_on(port_b);
+                            p[np++] = (struct pollfd){lb, POLLIN, 0};
+                        }
+                        len = 0;
+                    } else {
+                        char pb[8];
+                        int pl = snprintf(pb, sizeof pb, "%d", port_b);
+                        len = snprintf(out, sizeof out,
+                                       "*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n"
+                                       "*1\r\n*6\r\n$4\r\nport\r\n$%d\r\n%s\r\n$2\r\nip\r\n"
+                                       "$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n", pl, pb);
+                    }
+                }
+                if (len && write(p[i].fd, out, (size_t)len) != len) break;
+                freeReplyObject(req);
+            }
+        }
+    }
+}
+
+static int pred_up(void *b) { return sh_redis_bus_up(b); }
+
+/* A seed that never answers the map fetch does not keep the bus down when
+ * another seed would answer (before: every later fetch waited for it). */
+static void test_cluster_frozen_seed(void)
+{
+    int port_a = free_port(), port_b = free_port();
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        fake_frozen_and_healthy(port_a, port_b);
+        _exit(0);
+    }
+    char seeds[64];
+    snprintf(seeds, sizeof seeds, "127.0.0.1:%d,127.0.0.1:%d", port_a, port_b);
+    sh_redis_opts o = {.cluster = seeds, .backoff_min_ms = 10, .backoff_max_ms = 50,
+                       .connect_timeout_ms = 300};
+    sh_redis_bus *b = NULL;
+    CHECK(sh_redis_bus_new(&loop, &o, &b) == 0);
+    int ok = await_pred(pred_up, b);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    CHECK(ok == 0);
+    int closed = 0;
+    sh_redis_bus_close(b, closed_cb, &closed);
+    CHECK(await_count(&closed, 1) == 0);
+}
+
+static int pred_refreshes(void *b)
+{
+    sh_redis_stats st;
+    sh_redis_bus_stats(b, &st);
+    return st.map_refreshes >= 8;
+}
+
+static void test_cluster_node_churn(void)
+{
+    int port = free_port(), lfd = listen_on(port);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        fake_rotating_node(lfd);
+        _exit(0);
+    }
+    close(lfd);
+    char seeds[64];
+    snprintf(seeds, sizeof seeds, "127.0.0.1:%d", port);
+    sh_redis_opts o = {.cluster = seeds, .backoff_min_ms = 10, .backoff_max_ms = 50};
+    sh_redis_bus *b = NULL;
+    CHECK(sh_redis_bus_new(&loop, &o, &b) == 0);
+    int ok = await_pred(pred_refreshes, b);
+    sh_redis_stats st;
+    sh_redis_bus_stats(b, &st);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    CHECK(ok == 0);
+    /* the seed, the current master, and at most one address on its way out */
+    if (st.nodes > 3)
+        fprintf(stderr, "cluster node churn: %u nodes after %llu maps\n", st.nodes,
+                (unsigned long long)st.map_refreshes);
+    CHECK(st.nodes <= 3);
+    int closed = 0;
+    sh_redis_bus_close(b, closed_cb, &closed);
+    CHECK(await_count(&closed, 1) == 0);
+}
+
 int main(int argc, char **argv)
 {
     const char *lvl = getenv("SH_TEST_LOG");
@@ -946,6 +1134,8 @@ int main(int argc, char **argv)
     CHECK(uv_loop_init(&loop) == 0);
     uv_timer_init(&loop, &failsafe);
     test_new_errors();
+    test_cluster_node_churn();
+    test_cluster_frozen_seed();
 
     /* the bus starts before the server: it must retry until it is there */
     char url[64], name[64];

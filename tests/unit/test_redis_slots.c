@@ -172,6 +172,39 @@ static void test_maps(void)
     sh_redis_slots_free(NULL);
 }
 
+/* A hostile or broken node's map: one master per slot, 16384 masters. The
+ * process would open 16384 connections (and building the map was quadratic:
+ * seconds, long enough for the loop-stall watchdog to abort). Refused with
+ * SH_SLOTS_ETOOMANY beyond SH_REDIS_MASTERS_MAX; exactly that many is fine. */
+static void test_too_many_masters(void)
+{
+    for (int masters = SH_REDIS_MASTERS_MAX; masters <= SH_REDIS_SLOTS; masters += SH_REDIS_SLOTS - SH_REDIS_MASTERS_MAX) {
+        size_t cap = 64 + (size_t)masters * 64, len = 0;
+        char *resp = malloc(cap);
+        CHECK(resp != NULL);
+        if (!resp) return;
+        len += (size_t)snprintf(resp + len, cap - len, "*%d\r\n", masters);
+        for (int i = 0; i < masters; i++)
+            len += (size_t)snprintf(resp + len, cap - len,
+                                    "*3\r\n:%d\r\n:%d\r\n*2\r\n$1\r\nh\r\n:%d\r\n", i, i,
+                                    1 + i);
+        redisReply *r = parse(resp);
+        free(resp);
+        CHECK(r != NULL);
+        sh_redis_slots *m = NULL;
+        int rc = sh_redis_slots_from_reply(r, &m);
+        freeReplyObject(r);
+        if (masters <= SH_REDIS_MASTERS_MAX) {
+            CHECK_INT(rc, 0);
+            CHECK_INT(sh_redis_slots_nodes(m), SH_REDIS_MASTERS_MAX);
+        } else {
+            CHECK_INT(rc, SH_SLOTS_ETOOMANY);
+            CHECK(m == NULL);
+        }
+        sh_redis_slots_free(m);
+    }
+}
+
 /* ---- routing decisions ----------------------------------------------------- */
 
 /* sh_redis_command_slot of a NULL-terminated list of C strings. */
@@ -327,6 +360,7 @@ int main(void)
 {
     test_hashing();
     test_maps();
+    test_too_many_masters();
     test_routing();
     test_real_cluster();
     return unit_done("redis_slots");
