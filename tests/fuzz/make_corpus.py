@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """make_corpus.py — write the seed corpora of the fuzz targets.
 
-    python3 tests/fuzz/make_corpus.py        (rewrites tests/fuzz/corpus/{http,ws,ws_deflate}/)
+    python3 tests/fuzz/make_corpus.py        (rewrites tests/fuzz/corpus/{http,ws,ws_deflate,
+                                              http_client_tls,route}/)
 
 corpus/http/NAME: byte 0 is fuzz_http's chunking seed (bits 0-6, 0: one
 feed; bit 7: limits 256/1024 instead of 8192/65536), then the bytes a
@@ -14,7 +15,12 @@ byte 1 seeds the cutting into writes, byte 2 seeds the events between
 writes (bit 7: the first piece goes with the upgrade request; bit 6: the
 upgrade is decided later, by an action); then client frames, masked. See
 fuzz_ws.c.
+
+corpus/http_client_tls/NAME: each seed of corpus/http_client/ (byte 0: the
+flags of fuzz_http_client.c) with byte 1, the TLS mode (0 close_notify, 1
+none, 2 the last record cut, 3 raw bytes instead of a handshake), inserted.
 """
+
 import os
 import shutil
 import struct
@@ -244,9 +250,30 @@ def ws_deflate_corpus():
         write("ws_deflate", name, bytes([b0, split, act]) + data)
 
 
+# ------------------------------------------------------------------ http_client_tls
+
+def http_client_tls_corpus():
+    src = os.path.join(HERE, "corpus", "http_client")
+    for name in sorted(os.listdir(src)):
+        with open(os.path.join(src, name), "rb") as f:
+            data = f.read()
+        if not data:
+            continue
+        write("http_client_tls", name, data[:1] + b"\x00" + data[1:])
+        write("http_client_tls", name + "_no_notify", data[:1] + b"\x01" + data[1:])
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    write("http_client_tls", "cut_record", b"\x50\x02" + ok)
+    write("http_client_tls", "cut_record_chunks", b"\x00\x02" + ok)
+    write("http_client_tls", "raw_http", b"\x50\x03" + ok)
+    # a TLS 1.2 alert record (fatal, handshake_failure), and a record header that claims more
+    write("http_client_tls", "raw_alert", b"\x50\x03\x15\x03\x03\x00\x02\x02\x28")
+    write("http_client_tls", "raw_short_record", b"\x50\x03\x16\x03\x03\x40\x00\x02\x00")
+
+
 if __name__ == "__main__":
-    for kind in ("http", "ws", "ws_deflate"):
+    for kind in ("http", "ws", "ws_deflate", "http_client_tls"):
         shutil.rmtree(os.path.join(HERE, "corpus", kind), ignore_errors=True)
     http_corpus()
     ws_corpus()
     ws_deflate_corpus()
+    http_client_tls_corpus()
