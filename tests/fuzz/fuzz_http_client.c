@@ -245,8 +245,11 @@ static void fidle_cb(uv_idle_t *h)
     int last = fc->sent + n == answer_len;
 #ifdef FZ_TLS
     if (fc->ssl) {
-        if (n > 0)
-            CHECK(SSL_write(fc->ssl, answer + fc->sent, (int)n) == (int)n, "SSL_write");
+        if (n > 0 && SSL_write(fc->ssl, answer + fc->sent, (int)n) != (int)n) {
+            ERR_clear_error(); /* the client's alert ended the session: nothing more to say */
+            fconn_close(fc);
+            return;
+        }
         if (last && tls_mode == TLS_CLOSE_NOTIFY)
             SSL_shutdown(fc->ssl);
         if (fflush_tls(fc, last && tls_mode == TLS_CUT_RECORD) < 0)
