@@ -727,6 +727,20 @@ int sh_policy_attach(sh_conn *c, sh_gen *g)
     return 0;
 }
 
+/* A header a policy may send: the name an RFC 9110 token, the value (k and v may be NULL: not
+ * strings) without control characters but HTAB, so that the response stays well-formed. */
+static int header_ok(const char *k, size_t kl, const char *v, size_t vl)
+{
+    static const char tchars[] = "!#$%&'*+-.^_`|~0123456789"
+                                 "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    if (!k || !v || !kl || strspn(k, tchars) != kl)
+        return 0;
+    for (size_t i = 0; i < vl; i++)
+        if (((unsigned char)v[i] < 0x20 && v[i] != '\t') || v[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
 /* on_handshake's verdict. Accepted shapes: nothing, nil or true (accept);
  * true, protocol (accept, answering one of the offered subprotocols);
  * false, status[, body[, headers]] (refuse). Anything else is an error:
@@ -798,16 +812,16 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
             size_t kl = 0, vl = 0;
             const char *k = lua_type(co, -2) == LUA_TSTRING ? lua_tolstring(co, -2, &kl) : NULL;
             const char *v = lua_type(co, -1) == LUA_TSTRING ? lua_tolstring(co, -1, &vl) : NULL;
-            if (!k || !v || !kl || strpbrk(k, "\r\n: ") || memchr(v, '\r', vl) ||
-                memchr(v, '\n', vl) || memchr(v, '\0', vl) || memchr(k, '\0', kl)) {
+            if (!header_ok(k, kl, v, vl)) {
                 lua_pop(co, 2);
                 sh_buf_free(&extra);
-                return "on_handshake: refusal headers map names to strings, no CR or LF";
+                return "on_handshake: refusal headers map token names to strings without control "
+                       "characters";
             }
             if (!strcasecmp(k, "content-type"))
                 ctype = v;
             if (strcasecmp(k, "content-length") && strcasecmp(k, "connection") &&
-                strcasecmp(k, "content-type") &&
+                strcasecmp(k, "content-type") && strcasecmp(k, "transfer-encoding") &&
                 (sh_buf_append(&extra, k, kl) || sh_buf_append(&extra, ": ", 2) ||
                  sh_buf_append(&extra, v, vl) || sh_buf_append(&extra, "\r\n", 2))) {
                 lua_pop(co, 2);
@@ -1024,10 +1038,9 @@ static const char *route_headers(lua_State *co, int i, sh_buf *out, const char *
             lua_replace(co, -2); /* the string replaces the number: anchored by the stack */
         }
         const char *v = lua_type(co, -1) == LUA_TSTRING ? lua_tolstring(co, -1, &vl) : NULL;
-        if (!k || !v || !kl || strpbrk(k, "\r\n: ") || memchr(v, '\r', vl) ||
-            memchr(v, '\n', vl) || memchr(v, '\0', vl) || memchr(k, '\0', kl)) {
+        if (!header_ok(k, kl, v, vl)) {
             lua_pop(co, 2);
-            return "a route's headers map names to strings, no CR or LF";
+            return "a route's headers map token names to strings without control characters";
         }
         if (strcasecmp(k, "content-type") == 0) {
             free(*owned);
@@ -1037,7 +1050,8 @@ static const char *route_headers(lua_State *co, int i, sh_buf *out, const char *
                 return "out of memory";
             }
             *ctype = *owned;
-        } else if (strcasecmp(k, "content-length") && strcasecmp(k, "connection")) {
+        } else if (strcasecmp(k, "content-length") && strcasecmp(k, "connection") &&
+                   strcasecmp(k, "transfer-encoding")) {
             if (sh_buf_append(out, k, kl) || sh_buf_append(out, ": ", 2) ||
                 sh_buf_append(out, v, vl) || sh_buf_append(out, "\r\n", 2)) {
                 lua_pop(co, 2);

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """make_corpus.py — write the seed corpora of the fuzz targets.
 
-    python3 tests/fuzz/make_corpus.py        (rewrites tests/fuzz/corpus/{http,ws,ws_deflate}/)
+    python3 tests/fuzz/make_corpus.py        (rewrites tests/fuzz/corpus/{http,ws,ws_deflate,
+                                              http_client_tls,route}/)
 
 corpus/http/NAME: byte 0 is fuzz_http's chunking seed (bits 0-6, 0: one
 feed; bit 7: limits 256/1024 instead of 8192/65536), then the bytes a
@@ -14,7 +15,19 @@ byte 1 seeds the cutting into writes, byte 2 seeds the events between
 writes (bit 7: the first piece goes with the upgrade request; bit 6: the
 upgrade is decided later, by an action); then client frames, masked. See
 fuzz_ws.c.
+
+corpus/http_client_tls/NAME: each seed of corpus/http_client/ (byte 0: the
+flags of fuzz_http_client.c) with byte 1, the TLS mode (0 close_notify, 1
+none, 2 the last record cut, 3 raw bytes instead of a handshake), inserted.
+
+corpus/route/NAME: byte 0 flags (bit 0 a body follows, bit 1 the headers are
+a string, bit 2 the status as it is), bytes 1-2 the status (little-endian),
+[body length, body], then header entries: a type byte (bits 0-1 key: 1 a
+number, 2 a boolean, else the string; bits 2-3 value: 1 integer, 2 float, 3
+false, else the string; bit 4 the value repeated 64 times), name length,
+name, value length, value. See fuzz_route.c.
 """
+
 import os
 import shutil
 import struct
@@ -244,9 +257,79 @@ def ws_deflate_corpus():
         write("ws_deflate", name, bytes([b0, split, act]) + data)
 
 
+# ------------------------------------------------------------------ http_client_tls
+
+def http_client_tls_corpus():
+    src = os.path.join(HERE, "corpus", "http_client")
+    for name in sorted(os.listdir(src)):
+        with open(os.path.join(src, name), "rb") as f:
+            data = f.read()
+        if not data:
+            continue
+        write("http_client_tls", name, data[:1] + b"\x00" + data[1:])
+        write("http_client_tls", name + "_no_notify", data[:1] + b"\x01" + data[1:])
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    write("http_client_tls", "cut_record", b"\x50\x02" + ok)
+    write("http_client_tls", "cut_record_chunks", b"\x00\x02" + ok)
+    write("http_client_tls", "raw_http", b"\x50\x03" + ok)
+    # a TLS 1.2 alert record (fatal, handshake_failure), and a record header that claims more
+    write("http_client_tls", "raw_alert", b"\x50\x03\x15\x03\x03\x00\x02\x02\x28")
+    write("http_client_tls", "raw_short_record", b"\x50\x03\x16\x03\x03\x40\x00\x02\x00")
+
+
+# ------------------------------------------------------------------ route
+
+def hdr(name, value, key=0, val=0, rep=0):
+    if isinstance(name, str):
+        name = name.encode()
+    if isinstance(value, str):
+        value = value.encode()
+    return bytes([key | val << 2 | rep << 4, len(name)]) + name + bytes([len(value)]) + value
+
+
+def route_corpus():
+    def st(code, flags=0, body=None):
+        b = bytes([flags | (1 if body is not None else 0)]) + struct.pack("<H", code - 200 if not flags & 4 else code)
+        if body is not None:
+            body = body.encode() if isinstance(body, str) else body
+            b += bytes([len(body)]) + body
+        return b
+    c = {}
+    c["plain"] = st(200, body="hello") + hdr("X-A", "1")
+    c["json"] = st(201, body='{"a":1}') + hdr("Content-Type", "application/json") + hdr("Cache-Control", "no-store")
+    c["ctype_dups"] = st(200, body="x") + hdr("Content-Type", "a/b") + hdr("content-type", "c/d") + hdr("CONTENT-TYPE", "e/f")
+    c["framing"] = st(200, body="x") + hdr("Content-Length", "99") + hdr("Connection", "close") + hdr("Transfer-Encoding", "chunked")
+    c["numbers"] = st(204) + hdr("X-Int", struct.pack("<q", -42), val=1) + hdr("X-Float", struct.pack("<d", 2.5), val=2) + hdr("X-Inf", struct.pack("<d", float("inf")), val=2)
+    c["number_key"] = st(200) + hdr("abc", "v", key=1)
+    c["boolean_key"] = st(200) + hdr("abc", "v", key=2)
+    c["false_value"] = st(200) + hdr("X-B", "", val=3)
+    c["crlf_value"] = st(200) + hdr("X-Inject", "a\r\nSet-Cookie: x=1")
+    c["lf_value"] = st(200) + hdr("X-Inject", "a\nb")
+    c["nul_value"] = st(200) + hdr("X-Nul", "a\x00b")
+    c["nul_name"] = st(200) + hdr("X-\x00N", "v")
+    c["colon_name"] = st(200) + hdr("X:Y", "v")
+    c["space_name"] = st(200) + hdr("X Y", "v")
+    c["tab_value"] = st(200) + hdr("X-Tab", "a\tb")
+    c["obs_text"] = st(200) + hdr("X-Utf8", "caf\xc3\xa9")
+    c["empty_name"] = st(200) + hdr("", "v")
+    c["empty_value"] = st(200) + hdr("X-E", "")
+    c["long_value"] = st(200) + hdr("X-Long", "v" * 255, rep=1)
+    c["over_16k"] = st(200) + b"".join(hdr("X-L%d" % i, "w" * 255, rep=1) for i in range(2))
+    c["many"] = st(200) + b"".join(hdr("X-H%d" % i, str(i)) for i in range(300))
+    c["headers_string"] = st(200, flags=2)
+    c["status_199"] = st(199, flags=4)
+    c["status_600"] = st(600, flags=4)
+    c["status_unknown_text"] = st(599, body="") + hdr("Retry-After", "1")
+    c["server_dup"] = st(200) + hdr("Server", "statushost")
+    for name, data in c.items():
+        write("route", name, data)
+
+
 if __name__ == "__main__":
-    for kind in ("http", "ws", "ws_deflate"):
+    for kind in ("http", "ws", "ws_deflate", "http_client_tls", "route"):
         shutil.rmtree(os.path.join(HERE, "corpus", kind), ignore_errors=True)
     http_corpus()
     ws_corpus()
     ws_deflate_corpus()
+    http_client_tls_corpus()
+    route_corpus()
