@@ -260,11 +260,15 @@ static void on_signal(uv_signal_t *h, int signum)
     }
     if (signum == SIGINT && s->opts.nworkers > 1)
         return; /* a worker: the master turns Ctrl-C into one SIGTERM */
+    if (s->stopping && s->opts.nworkers > 1 && uv_now(s->loop) - s->stop_signal_ms < 500)
+        return; /* a worker: the same SIGTERM twice, from its sender (a process group's
+                   signal) and forwarded by the master */
     if (s->stopping) {
         sh_warn(NULL, "second signal: exiting now");
         finish(s);
         return;
     }
+    s->stop_signal_ms = uv_now(s->loop);
     sh_info(NULL, "signal %d: shutting down (grace %llums)", signum,
             (unsigned long long)s->gen->cfg.shutdown_grace_ms);
     sh_server_shutdown(s);
@@ -464,6 +468,11 @@ static void finish(sh_server *s)
     uv_close((uv_handle_t *)&s->sig_term, closed_noop);
     uv_close((uv_handle_t *)&s->sig_int, closed_noop);
     uv_close((uv_handle_t *)&s->sig_hup, closed_noop);
+    /* from here, a late SIGHUP (or, in a worker, the master's copy of a SIGTERM the
+     * worker already had) must not kill the process with the default action */
+    signal(SIGHUP, SIG_IGN);
+    if (s->opts.nworkers > 1)
+        signal(SIGTERM, SIG_IGN);
     /* wake every suspended task of every live generation; hold a reference
      * so none is freed under the walk */
     for (sh_gen *g = s->host.gens; g; g = g->next_gen)

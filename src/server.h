@@ -48,6 +48,7 @@ typedef struct sh_server {
     sh_metrics metrics;
     char instance[17];             /* 64 random bits, hex: this process */
     int stopping;                  /* SIGTERM/SIGINT seen */
+    uint64_t stop_signal_ms;       /* uv_now() of the first one */
     int listening;
     int finished;                  /* everything is closing; the loop is about to end */
     int started;                   /* tp and host are set up */

@@ -442,6 +442,28 @@ def ctrl_c_to_the_process_group_is_one_graceful_shutdown():
 
 
 @S.test
+def sigterm_to_the_process_group_is_one_graceful_shutdown():
+    """SIGTERM to workers and master at once (`timeout`, `kill -- -PGID`): each worker
+    gets it twice, from the sender and from the master; the copy is not a "second
+    signal" and does not kill a worker that is already finishing: a WebSocket gets
+    1001, every worker exits 0, the master 0."""
+    for conns in (1, 0):  # with a connection (grace period) and without (finishes at once)
+        sh = Master("examples/echo.lua", 2)
+        pids = [pid for _, pid in sh.workers().values()]
+        ws = WsClient(sh.port) if conns else None
+        for pid in pids + [sh.proc.pid]:
+            os.kill(pid, signal.SIGTERM)
+        if ws:
+            code, _ = ws.expect_close()
+            assert code == 1001, code
+        assert sh.wait_exit() == 0, sh.log_text()
+        sh.stop()
+        log = sh.log_text()
+        assert "second signal" not in log and "killed by signal" not in log, log
+        assert log.count("exited with status 0") == 2, log
+
+
+@S.test
 def master_dies_workers_follow():
     sh = Master("examples/echo.lua", 2)
     pids = [pid for _, pid in sh.workers().values()]
