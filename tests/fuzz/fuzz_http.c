@@ -43,16 +43,8 @@
 
 static size_t max_body; /* of the run in progress */
 
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "fuzz_http: %s:%d: check failed: %s: ", __FILE__, __LINE__,   \
-                    #cond);                                                                \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fputc('\n', stderr);                                                           \
-            abort();                                                                       \
-        }                                                                                  \
-    } while (0)
+#define FUZZ_NAME "fuzz_http"
+#include "fuzz_check.h"
 
 /* ------------------------------------------------------------ transcript */
 

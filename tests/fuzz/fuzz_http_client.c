@@ -55,16 +55,8 @@
 #include "http_client.h"
 #include "log.h"
 
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, FZ_NAME ": %s:%d: check failed: %s: ", __FILE__,       \
-                    __LINE__, #cond);                                                      \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fputc('\n', stderr);                                                           \
-            abort();                                                                       \
-        }                                                                                  \
-    } while (0)
+#define FUZZ_NAME FZ_NAME
+#include "fuzz_check.h"
 
 /* ---- the server: one loopback listener for the whole run ------------------------------------ */
 

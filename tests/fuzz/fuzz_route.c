@@ -36,16 +36,8 @@
 #include <stdint.h>
 #include <unistd.h>
 
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "fuzz_route: %s:%d: check failed: %s: ", __FILE__, __LINE__,  \
-                    #cond);                                                                \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fputc('\n', stderr);                                                           \
-            abort();                                                                       \
-        }                                                                                  \
-    } while (0)
+#define FUZZ_NAME "fuzz_route"
+#include "fuzz_check.h"
 
 #define MAX_HDRS 2048
 #define HEAD_MAX (16 * 1024) /* conn.c's MAX_HEAD_OUT */

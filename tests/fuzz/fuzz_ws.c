@@ -111,16 +111,8 @@
 #include <zlib.h>
 #endif
 
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "fuzz_ws: %s:%d: check failed: %s: ", __FILE__, __LINE__,     \
-                    #cond);                                                                \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fputc('\n', stderr);                                                           \
-            abort();                                                                       \
-        }                                                                                  \
-    } while (0)
+#define FUZZ_NAME "fuzz_ws"
+#include "fuzz_check.h"
 
 /* ------------------------------------------------------------ the world */
 
