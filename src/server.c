@@ -4,6 +4,8 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <openssl/rand.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -465,14 +467,23 @@ static void finish(sh_server *s)
     uv_timer_stop(&s->grace_timer);
     uv_close((uv_handle_t *)&s->grace_timer, closed_noop);
     uv_close((uv_handle_t *)&s->startup_timer, closed_noop);
+    /* from here, a late SIGHUP (or, in a worker, the master's copy of a SIGTERM the
+     * worker already had) must not kill the process with the default action, which
+     * closing the handles restores: blocked across the switch to SIG_IGN (a pending
+     * one is then discarded) */
+    sigset_t late, old;
+    sigemptyset(&late);
+    sigaddset(&late, SIGHUP);
+    if (s->opts.nworkers > 1)
+        sigaddset(&late, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &late, &old);
     uv_close((uv_handle_t *)&s->sig_term, closed_noop);
     uv_close((uv_handle_t *)&s->sig_int, closed_noop);
     uv_close((uv_handle_t *)&s->sig_hup, closed_noop);
-    /* from here, a late SIGHUP (or, in a worker, the master's copy of a SIGTERM the
-     * worker already had) must not kill the process with the default action */
     signal(SIGHUP, SIG_IGN);
     if (s->opts.nworkers > 1)
         signal(SIGTERM, SIG_IGN);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     /* wake every suspended task of every live generation; hold a reference
      * so none is freed under the walk */
     for (sh_gen *g = s->host.gens; g; g = g->next_gen)
