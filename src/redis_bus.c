@@ -230,6 +230,7 @@ static void busy_leave(sh_redis_bus *b);
 static int cluster_new(sh_redis_bus *b, const char *seeds);
 static void cluster_start(sh_redis_bus *b);
 static int cluster_up(const sh_redis_bus *b);
+static void cluster_up_now(sh_redis_bus *b);
 static struct conn *cluster_home(const sh_redis_bus *b, const char *name, size_t len);
 static int cluster_home_usable(const sh_redis_bus *b, const char *name, size_t len);
 static int cluster_chan_start(sh_redis_bus *b, struct chan *ch);
@@ -602,6 +603,7 @@ static void bus_update(sh_redis_bus *b)
     uint64_t held;
     if (up == b->up) return;
     b->up = up;
+    if (up && b->cl) cluster_up_now(b);
     if (up) {
         if (b->ever_up) b->reconnects++;
         b->ever_up = 1;
@@ -1543,6 +1545,7 @@ struct cluster {
     int use_slots;                /* the servers have no CLUSTER SHARDS: use SLOTS */
     int map_inflight;             /* a CLUSTER SHARDS/SLOTS is on its way */
     int map_wanted;               /* fetch a map as soon as allowed */
+    int map_down_retry;           /* the pending fetch only retries a bus that was down */
     uint64_t map_last_ms;         /* when the last fetch was sent */
     uint64_t refreshes;           /* maps applied */
     uv_timer_t map_timer;         /* paces map fetches */
@@ -1817,6 +1820,7 @@ static void cluster_refresh(sh_redis_bus *b)
     struct cluster *cl = b->cl;
     if (b->closing) return;
     cl->map_wanted = 1;
+    cl->map_down_retry = 0;
     if (cl->map_inflight || uv_is_active((uv_handle_t *)&cl->map_timer)) return;
     uint64_t now = uv_now(b->loop), next = cl->map_last_ms + MAP_MIN_INTERVAL_MS;
     uv_timer_start(&cl->map_timer, map_timer_cb, cl->map_last_ms && next > now ? next - now : 0,
@@ -1830,7 +1834,20 @@ static void cluster_refresh_later(sh_redis_bus *b)
     struct cluster *cl = b->cl;
     if (b->closing || cl->map_inflight) return;
     cl->map_wanted = 1;
+    cl->map_down_retry = 1;
     uv_timer_start(&cl->map_timer, map_timer_cb, MAP_DOWN_INTERVAL_MS, 0);
+}
+
+/* The bus came up: a fetch pending only because it was down is not needed
+ * (a map fetched later, after a slot moved, would hide that move from the
+ * MOVED answers that report it). */
+static void cluster_up_now(sh_redis_bus *b)
+{
+    struct cluster *cl = b->cl;
+    if (!cl->map_down_retry || cl->map_inflight) return;
+    cl->map_down_retry = 0;
+    cl->map_wanted = 0;
+    uv_timer_stop(&cl->map_timer);
 }
 
 /* A ready command connection to ask for the map (or to run a keyless
@@ -2056,10 +2073,12 @@ static void map_timer_cb(uv_timer_t *t)
     const char *argv[2] = {"CLUSTER", cl->use_slots ? "SLOTS" : "SHARDS"};
     if (redisAsyncCommandArgv(n->cmd.ac, map_reply_cb, n, 2, argv, NULL) != REDIS_OK) {
         cluster_refresh_later(b);
+        cl->map_down_retry = 0; /* wanted whether the bus is up or not */
         return;
     }
     cl->map_inflight = 1;
     cl->map_wanted = 0;
+    cl->map_down_retry = 0;
     cl->map_last_ms = uv_now(b->loop);
     cl->map_from = n;
     uv_timer_start(&cl->map_timer, map_timer_cb, b->connect_timeout_ms, 0);
@@ -2070,7 +2089,8 @@ static void map_timer_cb(uv_timer_t *t)
 static void cluster_conn_ready(struct conn *c)
 {
     struct cluster *cl = c->bus->cl;
-    if (c->role == ROLE_CMD && (cl->map_wanted || !cl->map)) cluster_refresh(c->bus);
+    if (c->role == ROLE_CMD && ((cl->map_wanted && !cl->map_down_retry) || !cl->map))
+        cluster_refresh(c->bus); /* a down retry waits for its timer or for the bus to be up */
 }
 
 /* A cluster connection lost its context: forget its pending SSUBSCRIBE

@@ -427,7 +427,8 @@ def resharding_moves_channels_and_commands():
                 # MOVED: that subscription fails (unavailable) and the map is fetched again,
                 # after which the channel subscribes on `other`
                 sub = "/sub?ch=%s" % quote("c{%s}" % channel)
-                assert http_request(kv2.port, "GET", sub)[2] == b"unavailable"
+                body = http_request(kv2.port, "GET", sub)[2]
+                assert body == b"unavailable", body
                 kv2.wait_log(r"SSUBSCRIBE refused: MOVED %d " % slot)
                 wait_until(lambda: http_request(kv2.port, "GET", sub)[2] == b"subscribed", 5,
                            0.02, what="kv2 subscribed after the map refresh")
