@@ -72,12 +72,14 @@ host.metrics.define("foreign_updates_dropped_total", "counter",
 
 local policy = { config = config } -- what the server reads: config and hooks
 local lib = {}                     -- decisions and mechanics, reached through policy
+-- (assigning policy.decode = f stores f in lib, so the calls below, lib.decode(...), use it;
+-- they skip policy's metatable, a lookup each)
 
 -- ---------------------------------------------------------------- decisions
 
 -- validate: is `text` a batch we accept? → job | nil, "why"
 function lib.validate(text)
-  local batch = policy.decode(text)
+  local batch = lib.decode(text)
   if type(batch) ~= "table" then return nil, "not a JSON array" end
   local n = #batch
   if n == 0 then return nil, "expected a non-empty JSON array of tasks" end
@@ -89,7 +91,7 @@ function lib.validate(text)
   local job = { tasks = {}, order = {}, n = n, ndone = 0, done = {} }
   for i, task in ipairs(batch) do
     if type(task) ~= "table" then return nil, ("task %d is not an object"):format(i) end
-    local id = policy.normalize_id(task.id)
+    local id = lib.normalize_id(task.id)
     if not id or #id == 0 or #id > cfg.max_id_bytes then
       return nil, ("task %d: id must be a non-empty string or an integer"):format(i)
     end
@@ -108,7 +110,7 @@ end
 -- The seed's remote answers only when the whole job is done, so this may wait as long
 -- as the job; updates are forwarded meanwhile by on_publish.
 function lib.dispatch(conn, job)
-  local ok, problem = policy.validate_config(cfg)
+  local ok, problem = lib.validate_config(cfg)
   if not ok then return nil, "misconfigured: " .. problem end
   local body = '{"data":' .. job.text .. ',"fid":' .. json.encode(conn.id) .. '}'
   -- the body is the one copy of the batch kept for the job's life (the HTTP client
@@ -135,7 +137,7 @@ end
 -- is_complete: count `update` (already known to belong to the job) and say whether
 -- every task of the job is now done.
 function lib.is_complete(job, id, update)
-  if policy.is_done(update) and not job.done[id] then
+  if lib.is_done(update) and not job.done[id] then
     job.done[id] = true
     job.ndone = job.ndone + 1
   end
@@ -187,9 +189,9 @@ end
 -- An update payload → its decoded table and its task key (nil, nil when it is not a
 -- JSON object with a usable id).
 function lib.update_of(payload)
-  local update = policy.decode(payload)
+  local update = lib.decode(payload)
   if type(update) ~= "table" then return nil, nil end
-  return update, policy.normalize_id(update.id)
+  return update, lib.normalize_id(update.id)
 end
 
 local done_status, done_statuses -- set of cfg.done_statuses, rebuilt if the list changes
@@ -303,53 +305,53 @@ function lib.finish(conn, job, why, detail)
     for _, id in ipairs(job.order) do
       if not job.done[id] then pending[#pending + 1] = id end
     end
-    policy.send_error(conn, "timeout", ("%d of %d tasks not done within %d ms"):format(
+    lib.send_error(conn, "timeout", ("%d of %d tasks not done within %d ms"):format(
       #pending, job.n, cfg.job_timeout_ms), { pending = pending })
   elseif why ~= "completed" then
-    policy.send_error(conn, why, detail or why)
+    lib.send_error(conn, why, detail or why)
   end
   host.log.info("job", why, ("%d/%d tasks done"):format(job.ndone, job.n), detail or "")
-  local code, reason = policy.close_policy(conn, job, why)
+  local code, reason = lib.close_policy(conn, job, why)
   if code then conn:close(code, reason) end
 end
 
 -- ---------------------------------------------------------------- hooks
 
 function policy.on_message(conn, text)
-  if policy.job_of(conn) then
-    return policy.send_error(conn, "busy", "a job is already running on this connection")
+  if lib.job_of(conn) then
+    return lib.send_error(conn, "busy", "a job is already running on this connection")
   end
-  policy.validate_config(cfg) -- logs a problem once; dispatch then fails naming it
-  local job, why = policy.validate(text)
-  if not job then return policy.send_error(conn, "invalid_message", why) end
+  lib.validate_config(cfg) -- logs a problem once; dispatch then fails naming it
+  local job, why = lib.validate(text)
+  if not job then return lib.send_error(conn, "invalid_message", why) end
   conn.state.job = job
-  job.channel = policy.channel_name(conn.id)
+  job.channel = lib.channel_name(conn.id)
   -- subscribe first, and wait for Redis to confirm: no update can be lost
   local ok = conn:subscribe(job.channel)
   if not ok then
-    if conn:is_open() then policy.finish(conn, job, "unavailable", "redis unavailable") end
+    if conn:is_open() then lib.finish(conn, job, "unavailable", "redis unavailable") end
     return
   end
   host.metrics.inc("jobs_started")
-  job.timer = host.timer(cfg.job_timeout_ms, function() policy.finish(conn, job, "timeout") end)
-  local sent, failure = policy.dispatch(conn, job)
+  job.timer = host.timer(cfg.job_timeout_ms, function() lib.finish(conn, job, "timeout") end)
+  local sent, failure = lib.dispatch(conn, job)
   if not sent and not job.finished and conn:is_open() then
-    policy.finish(conn, job, "dispatch_failed", failure)
+    lib.finish(conn, job, "dispatch_failed", failure)
   end
 end
 
 function policy.on_publish(conn, channel, payload)
-  local job = policy.job_of(conn)
+  local job = lib.job_of(conn)
   if not job or job.finished or channel ~= job.channel then return end
-  local update, id = policy.update_of(payload)
+  local update, id = lib.update_of(payload)
   if not id or not job.tasks[id] then return drop_foreign(conn, payload) end
   conn:send(payload) -- verbatim
-  if policy.is_complete(job, id, update) then policy.finish(conn, job, "completed") end
+  if lib.is_complete(job, id, update) then lib.finish(conn, job, "completed") end
 end
 
 function policy.on_close(conn, code)
   flush_foreign(conn)
-  local job = policy.job_of(conn)
+  local job = lib.job_of(conn)
   if job and not job.finished then
     job.finished = true
     host.log.info("client left mid-job", ("(%d/%d tasks done), close %d"):format(job.ndone, job.n, code))
@@ -360,7 +362,7 @@ end
 
 -- on_config: the merged config is checked at every load (start, --check, reload)
 function policy.on_config(c)
-  local ok, why = policy.validate_config(c, true)
+  local ok, why = lib.validate_config(c, true)
   if not ok then return false, why end
 end
 

@@ -26,8 +26,13 @@
 #define CONN_MT "statushost.conn"
 
 typedef struct conn_ud {
-    sh_pconn *p; /* NULL once the connection is freed */
+    sh_pconn *p;                 /* NULL once the connection is freed */
+    sh_gen *gen;                 /* its generation (whose state holds this userdata) */
 } conn_ud;
+
+/* The fields table's key for the saved request of a freed connection whose
+ * conn.request was never read (a Lua copy: it is collected with the conn). */
+static const char saved_key;
 
 static int fail(lua_State *L, const char *why)
 {
@@ -131,6 +136,7 @@ static void push_request(lua_State *L, const sh_gen *g, const sh_request *r, con
  * stays one compact block in C until conn.request is first read: most
  * policies never read it, and as Lua tables it takes ~3 times the bytes. */
 struct sh_saved_req {
+    size_t size; /* of the whole record */
     size_t nheaders, body_len;
     char s[]; /* method, target, path, query, body, then name, value per header: each + NUL */
 };
@@ -151,6 +157,7 @@ static struct sh_saved_req *save_request(const sh_request *r)
     struct sh_saved_req *q = malloc(sizeof *q + n);
     if (!q)
         return NULL;
+    q->size = sizeof *q + n;
     q->nheaders = r->nheaders;
     q->body_len = r->body_len;
     char *d = q->s;
@@ -215,7 +222,8 @@ static void push_request_of(sh_pconn *p, lua_State *L)
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->request_ref);
 }
 
-/* Push the conn userdata of p on L (created on first use). */
+/* Push the conn userdata of p on L (created on first use). conn.request and
+ * conn.ip are made when first read (conn_index), from the saved request. */
 static void push_conn(sh_pconn *p, lua_State *L)
 {
     if (p->ud_ref != LUA_NOREF) {
@@ -224,20 +232,14 @@ static void push_conn(sh_pconn *p, lua_State *L)
     }
     conn_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
     u->p = p;
+    u->gen = p->gen;
     luaL_setmetatable(L, CONN_MT);
     lua_createtable(L, 0, 4);
     lua_pushstring(L, p->owner.id);
     lua_setfield(L, -2, "id");
     lua_pushstring(L, p->c ? p->c->peer : "");
     lua_setfield(L, -2, "peer");
-    sh_request r;
-    if (p->request_ref == LUA_NOREF && p->saved && saved_view(p->saved, &r) == 0) {
-        char ip[SH_IP_MAX]; /* conn.request is made when first read (conn_index) */
-        client_ip(p->gen, &r, p->c ? p->c->peer : "", ip, sizeof ip);
-        free(r.headers);
-        lua_pushstring(L, ip);
-        lua_setfield(L, -2, "ip");
-    } else {
+    if (!(p->request_ref == LUA_NOREF && p->saved)) {
         if (p->request_ref != LUA_NOREF) {
             lua_rawgeti(L, LUA_REGISTRYINDEX, p->request_ref);
             lua_getfield(L, -1, "client_ip");
@@ -258,6 +260,39 @@ static void push_conn(sh_pconn *p, lua_State *L)
     p->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
+/* conn.request (and conn.ip, its client_ip) made from the saved request, into
+ * the fields table at index `fields`; pushes the request table (nil when out
+ * of memory or when there is none). */
+static void materialize_request(lua_State *L, conn_ud *u, int fields)
+{
+    if (u->p) {
+        push_request_of(u->p, L);
+    } else {
+        sh_request r;
+        lua_rawgetp(L, fields, &saved_key);
+        const struct sh_saved_req *q = lua_touserdata(L, -1);
+        if (q && saved_view(q, &r) == 0) {
+            lua_getfield(L, fields, "peer");
+            const char *peer = lua_tostring(L, -1);
+            push_request(L, u->gen, &r, peer ? peer : "");
+            lua_replace(L, -3);
+            lua_pop(L, 1);
+            free(r.headers);
+            lua_pushnil(L);
+            lua_rawsetp(L, fields, &saved_key);
+        } else {
+            lua_pop(L, 1);
+            lua_pushnil(L);
+        }
+    }
+    if (lua_isnil(L, -1))
+        return;
+    lua_pushvalue(L, -1);
+    lua_setfield(L, fields, "request");
+    lua_getfield(L, -1, "client_ip");
+    lua_setfield(L, fields, "ip");
+}
+
 /* conn.x: methods first, then the fields table (id, peer, request, state). */
 static int conn_index(lua_State *L)
 {
@@ -271,11 +306,18 @@ static int conn_index(lua_State *L)
     lua_pushvalue(L, 2);
     lua_rawget(L, -2);
     conn_ud *u = lua_touserdata(L, 1);
-    if (lua_isnil(L, -1) && u->p && u->p->saved && lua_type(L, 2) == LUA_TSTRING &&
-        strcmp(lua_tostring(L, 2), "request") == 0) {
-        push_request_of(u->p, L); /* first read: made now, kept in the fields table */
-        lua_pushvalue(L, -1);
-        lua_setfield(L, -4, "request");
+    if (lua_isnil(L, -1) && lua_type(L, 2) == LUA_TSTRING &&
+        (u->p ? u->p->saved != NULL : lua_rawgetp(L, -2, &saved_key) != LUA_TNIL)) {
+        if (!u->p)
+            lua_pop(L, 1);
+        const char *k = lua_tostring(L, 2);
+        int ip = strcmp(k, "ip") == 0;
+        if (ip || strcmp(k, "request") == 0) { /* first read: made now, kept in the fields */
+            lua_pop(L, 1);
+            materialize_request(L, u, lua_gettop(L));
+            if (ip && lua_istable(L, -1))
+                lua_getfield(L, -1, "client_ip");
+        }
     }
     return 1;
 }
@@ -1000,8 +1042,9 @@ int sh_policy_event(sh_conn *c, const sh_conn_event *ev)
             lua_State *L = p->gen->L;
             lua_rawgeti(L, LUA_REGISTRYINDEX, p->ud_ref);
             lua_getiuservalue(L, -1, 1);
-            push_request_of(p, L);
-            lua_setfield(L, -2, "request");
+            void *copy = lua_newuserdatauv(L, p->saved->size, 0); /* made into conn.request */
+            memcpy(copy, p->saved, p->saved->size);               /* if ever read */
+            lua_rawsetp(L, -2, &saved_key);
             lua_pop(L, 2);
         }
         p->c = NULL;

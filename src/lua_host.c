@@ -612,6 +612,7 @@ int sh_gen_load(sh_host *host, sh_api_open_fn open_api, const char *script,
         return -1;
     }
     lua_atpanic(g->L, lua_panic);
+    lua_gc(g->L, LUA_GCGEN, 0, 0);
     *(sh_task **)lua_getextraspace(g->L) = NULL;
     open_libs(g->L, g, open_api);
     sh_host_module_paths(g->L, script);
@@ -748,7 +749,8 @@ sh_task *sh_task_new(sh_gen *g, sh_owner *owner, const char *what)
     *(sh_task **)lua_getextraspace(t->co) = t;
     sh_gen_ref(g);
     DL_APPEND2(g->tasks, t, gen_prev, gen_next);
-    snprintf(t->log_id, sizeof t->log_id, "%s", owner->id);
+    size_t idlen = strnlen(owner->id, sizeof t->log_id - 1);
+    memcpy(t->log_id, owner->id, idlen); /* calloc'ed: terminated */
     if (owner->gone) {
         t->orphaned = 1; /* its owner ended already: the task runs orphaned */
     } else {

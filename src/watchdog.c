@@ -88,9 +88,12 @@ void sh_watchdog_stop(void)
 
 void sh_watchdog_note(const char *what, const char *conn_id)
 {
-    if (what && conn_id)
-        snprintf(note_conn, sizeof note_conn, "%s", conn_id);
-    else if (what)
+    if (what && conn_id) { /* copied: the id may be gone when the thread reads it */
+        size_t n = strnlen(conn_id, sizeof note_conn - 1);
+        memcpy(note_conn, conn_id, n);
+        note_conn[n] = '\0';
+    } else if (what) {
         note_conn[0] = '\0';
+    }
     atomic_store(&note_what, what);
 }

@@ -1161,5 +1161,27 @@ def conn_request_made_on_first_read():
         c.shutdown()
 
 
+@S.test
+def conn_request_read_after_the_connection_is_gone():
+    """A conn kept by the policy whose request was never read: conn.request
+    and conn.ip, first read after the connection was freed, still hold the
+    upgrade request (made then from a copy kept with the conn), the same table
+    on every read.
+    fails on old: no (guards the request kept past the free without a table)."""
+    with host(pol("lazy_request.lua")) as sh:
+        mark = sh.mark()
+        c = ws(sh, path="/kept?x=1", headers={"X-Probe": "v3"})
+        c.send_text("keep")
+        assert c.recv_text() == "kept"
+        c.close(1000)
+        c.expect_close()
+        c.shutdown()
+        sh.wait_log(r"lazy: on_close kept", start=mark)
+        # the close's handles are closed (the conn freed) in the loop iteration that logs it
+        sh.wait_log(r"access kind=websocket .*path=/kept", start=mark)
+        status, _, body = http_request(sh.port, "GET", "/late")
+        assert (status, body) == (200, b"false /kept v3 127.0.0.1 127.0.0.1 true"), (status, body)
+
+
 if __name__ == "__main__":
     S.run()
