@@ -10,6 +10,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Zeroed memory (NULL when out of memory): glibc's calloc skips the
+ * per-thread cache, malloc does not; for the small records made and freed
+ * per job or per message. */
+static inline void *sh_zalloc(size_t n)
+{
+    void *p = malloc(n);
+    if (p)
+        memset(p, 0, n);
+    return p;
+}
+
 typedef struct sh_buf {
     char *p;
     size_t len, cap;

@@ -712,7 +712,7 @@ static void on_handle_closed(uv_handle_t *h)
 
 static sh_conn *conn_new(sh_transport *tp, const sh_limits *lim)
 {
-    sh_conn *c = calloc(1, sizeof *c);
+    sh_conn *c = sh_zalloc(sizeof *c);
     if (!c) {
         /* refuse: accept into a throwaway handle is not possible without
          * memory either; leave it in the backlog and say so */

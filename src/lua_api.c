@@ -43,9 +43,23 @@ static int fail(lua_State *L, const char *why)
 
 /* ------------------------------------------------------------- conn object */
 
+/* Is the value at idx a conn? mt_up: the upvalue holding CONN_MT (one
+ * comparison, not the registry lookup of luaL_testudata). Leaves the stack
+ * as it was. */
+static conn_ud *to_conn(lua_State *L, int idx, int mt_up)
+{
+    conn_ud *u = lua_touserdata(L, idx);
+    if (!u || !lua_getmetatable(L, idx))
+        return NULL;
+    int same = lua_rawequal(L, -1, lua_upvalueindex(mt_up));
+    lua_pop(L, 1);
+    return same ? u : NULL;
+}
+
+/* conn methods' upvalues: g, their name (SH_FNAME), CONN_MT. */
 static sh_pconn *check_conn(lua_State *L)
 {
-    conn_ud *u = luaL_testudata(L, 1, CONN_MT);
+    conn_ud *u = to_conn(L, 1, 3);
     if (!u)
         luaL_error(L, "%s: expected a conn as self (call it as conn:%s(...))", SH_FNAME(L),
                    strchr(SH_FNAME(L), ':') + 1);
@@ -296,8 +310,9 @@ static void materialize_request(lua_State *L, conn_ud *u, int fields)
 /* conn.x: methods first, then the fields table (id, peer, request, state). */
 static int conn_index(lua_State *L)
 {
-    luaL_checkudata(L, 1, CONN_MT);
-    lua_getmetatable(L, 1);
+    if (!to_conn(L, 1, 1)) /* upvalue 1: CONN_MT */
+        luaL_checkudata(L, 1, CONN_MT); /* raises the usual error */
+    lua_pushvalue(L, lua_upvalueindex(1));
     lua_pushvalue(L, 2);
     lua_rawget(L, -2);
     if (!lua_isnil(L, -1))
@@ -625,7 +640,8 @@ void sh_lua_api_open(lua_State *L, sh_gen *g)
     sh_io_open(L);
     luaL_newmetatable(L, CONN_MT);
     int mt = lua_gettop(L);
-    lua_pushcfunction(L, conn_index);
+    lua_pushvalue(L, mt);
+    lua_pushcclosure(L, conn_index, 1);
     lua_setfield(L, mt, "__index");
     lua_pushcfunction(L, conn_newindex);
     lua_setfield(L, mt, "__newindex");
@@ -655,7 +671,9 @@ void sh_lua_api_open(lua_State *L, sh_gen *g)
             lua_pushfstring(L, "host.%s.%s", f->table, f->name);
         else
             lua_pushfstring(L, "host.%s", f->name);
-        lua_pushcclosure(L, f->fn, 2);
+        if (is_conn)
+            lua_pushvalue(L, mt);
+        lua_pushcclosure(L, f->fn, is_conn ? 3 : 2);
         lua_setfield(L, t, f->name);
         if (t != m && t != mt)
             lua_pop(L, 1);
@@ -755,7 +773,7 @@ static void owner_deliver(sh_owner *o, const char *channel, size_t channel_len,
 
 int sh_policy_attach(sh_conn *c, sh_gen *g)
 {
-    sh_pconn *p = calloc(1, sizeof *p);
+    sh_pconn *p = sh_zalloc(sizeof *p);
     if (!p)
         return -1;
     p->c = c;

@@ -735,7 +735,7 @@ static void thread_release(sh_gen *g, lua_State *co, int reusable)
 
 sh_task *sh_task_new(sh_gen *g, sh_owner *owner, const char *what)
 {
-    sh_task *t = calloc(1, sizeof *t);
+    sh_task *t = sh_zalloc(sizeof *t);
     if (!t)
         return NULL;
     if (!(t->co = thread_take(g))) {
@@ -750,7 +750,7 @@ sh_task *sh_task_new(sh_gen *g, sh_owner *owner, const char *what)
     sh_gen_ref(g);
     DL_APPEND2(g->tasks, t, gen_prev, gen_next);
     size_t idlen = strnlen(owner->id, sizeof t->log_id - 1);
-    memcpy(t->log_id, owner->id, idlen); /* calloc'ed: terminated */
+    memcpy(t->log_id, owner->id, idlen); /* zeroed: terminated */
     if (owner->gone) {
         t->orphaned = 1; /* its owner ended already: the task runs orphaned */
     } else {

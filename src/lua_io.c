@@ -194,7 +194,7 @@ int sh_io_timer(lua_State *L)
     timer_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->t = NULL;
     luaL_setmetatable(L, TIMER_MT);
-    sh_timer *t = calloc(1, sizeof *t);
+    sh_timer *t = sh_zalloc(sizeof *t);
     if (!t)
         return fail(L, "out of memory");
     t->gen = g;
@@ -501,7 +501,7 @@ static int subscribe(lua_State *L, sh_owner *o, int ci, int fn_at)
         LL_PREPEND(have->followers, f);
         return sh_task_suspend(L, follower_cancel, f);
     }
-    sh_sub *s = calloc(1, sizeof *s + len + 1);
+    sh_sub *s = sh_zalloc(sizeof *s + len + 1);
     if (!s)
         return fail(L, "out of memory");
     s->gen = g;

@@ -80,6 +80,7 @@ static int hash_oom; /* set by uthash when an insertion ran out of memory */
 #define uthash_nonfatal_oom(obj) (hash_oom = 1)
 #include <uthash.h>
 
+#include "buf.h"
 #include "log.h"
 #include "redis_slots.h"
 #include "static_files.h"
@@ -1022,6 +1023,85 @@ static void conn_timer_cb(uv_timer_t *t)
     conn_lost(c, "no answer within the connect timeout");
 }
 
+/* Reply objects for our readers: malloc (glibc's per-thread cache) rather
+ * than hiredis' calloc, and a string with its bytes in one block. Every
+ * reply of these readers is freed through reply_free (hiredis calls
+ * reader->fn->freeObject; csub_read calls it too). */
+static void *reply_link(const redisReadTask *task, redisReply *r)
+{
+    if (task->parent) {
+        redisReply *parent = task->parent->obj;
+        assert(parent->type == REDIS_REPLY_ARRAY);
+        parent->element[task->idx] = r;
+    }
+    return r;
+}
+
+static redisReply *reply_new(int type, size_t extra)
+{
+    redisReply *r = malloc(sizeof *r + extra);
+    if (r)
+        *r = (redisReply){.type = type};
+    return r;
+}
+
+static void *reply_string(const redisReadTask *task, char *str, size_t len)
+{
+    redisReply *r = reply_new(task->type, len + 1);
+    if (!r)
+        return NULL;
+    r->str = (char *)(r + 1);
+    r->len = len;
+    memcpy(r->str, str, len);
+    r->str[len] = '\0';
+    return reply_link(task, r);
+}
+
+static void *reply_array(const redisReadTask *task, int elements)
+{
+    redisReply *r = reply_new(REDIS_REPLY_ARRAY, 0);
+    if (!r)
+        return NULL;
+    if (elements > 0 && !(r->element = sh_zalloc((size_t)elements * sizeof *r->element))) {
+        free(r);
+        return NULL;
+    }
+    r->elements = elements > 0 ? (size_t)elements : 0;
+    return reply_link(task, r);
+}
+
+static void *reply_integer(const redisReadTask *task, long long value)
+{
+    redisReply *r = reply_new(REDIS_REPLY_INTEGER, 0);
+    if (!r)
+        return NULL;
+    r->integer = value;
+    return reply_link(task, r);
+}
+
+static void *reply_nil(const redisReadTask *task)
+{
+    redisReply *r = reply_new(REDIS_REPLY_NIL, 0);
+    return r ? reply_link(task, r) : NULL;
+}
+
+static void reply_free(void *p)
+{
+    redisReply *r = p;
+    if (!r)
+        return;
+    if (r->type == REDIS_REPLY_ARRAY && r->element) {
+        for (size_t i = 0; i < r->elements; i++)
+            reply_free(r->element[i]);
+        free(r->element);
+    }
+    free(r);
+}
+
+static redisReplyObjectFunctions reply_fns = {
+    reply_string, reply_array, reply_integer, reply_nil, reply_free,
+};
+
 /* Start one connection attempt. Failures that hiredis reports at once are
  * handled here (retry scheduled); later ones arrive through on_connect. */
 static void conn_connect(struct conn *c)
@@ -1041,6 +1121,7 @@ static void conn_connect(struct conn *c)
         conn_lost(c, why);
         return;
     }
+    ac->c.reader->fn = &reply_fns; /* nothing was read yet */
     if (redisLibuvAttach(ac, b->loop) != REDIS_OK) {
         redisAsyncFree(ac);
         conn_lost(c, "cannot attach to the event loop");
@@ -1310,7 +1391,7 @@ int sh_redis_command(sh_redis_bus *b, int argc, const char **argv, const size_t 
     if (b->closing) return SH_REDIS_ECLOSED;
     if (b->cl) return cluster_command(b, argc, argv, argvlen, cb, arg, out);
     if (b->cmd.state != CONN_READY || !b->cmd.ac) return SH_REDIS_EUNAVAILABLE;
-    struct sh_redis_cmd *cmd = calloc(1, sizeof *cmd);
+    struct sh_redis_cmd *cmd = sh_zalloc(sizeof *cmd);
     if (!cmd) return SH_REDIS_ENOMEM;
     cmd->cb = cb;
     cmd->arg = arg;
@@ -1336,7 +1417,7 @@ static struct chan *chan_get(sh_redis_bus *b, const char *name, size_t len)
     struct chan *ch;
     HASH_FIND(hh, b->chans, name, len, ch);
     if (ch) return ch;
-    ch = calloc(1, sizeof *ch + len + 1);
+    ch = sh_zalloc(sizeof *ch + len + 1);
     if (!ch) return NULL;
     memcpy(ch->name, name, len);
     ch->len = len;
@@ -1363,7 +1444,7 @@ int sh_redis_subscribe(sh_redis_bus *b, const char *channel, size_t len,
         return SH_REDIS_EUNAVAILABLE;
     struct chan *ch = chan_get(b, channel, len);
     if (!ch) return SH_REDIS_ENOMEM;
-    sh_redis_sub *s = calloc(1, sizeof *s);
+    sh_redis_sub *s = sh_zalloc(sizeof *s);
     if (!s) {
         chan_settle(b, ch);
         return SH_REDIS_ENOMEM;
@@ -2352,7 +2433,7 @@ static void csub_read(struct conn *c, redisAsyncContext *ac)
         }
         if (!reply) break;
         csub_reply(c, reply);
-        freeReplyObject(reply);
+        reply_free(reply);
     }
 }
 
