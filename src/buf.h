@@ -12,10 +12,12 @@
 
 /* Zeroed memory (NULL when out of memory): glibc's calloc skips the
  * per-thread cache, malloc does not; for the small records made and freed
- * per job or per message. */
+ * per job or per message. The empty asm hides from the compiler that p came
+ * from malloc, which it would otherwise fold with the memset into calloc. */
 static inline void *sh_zalloc(size_t n)
 {
     void *p = malloc(n);
+    __asm__("" : "+r"(p));
     if (p)
         memset(p, 0, n);
     return p;

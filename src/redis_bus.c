@@ -881,7 +881,8 @@ static void sub_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
     const char *kind = reply->element[0]->str;
     const redisReply *name = reply->element[1];
     HASH_FIND(hh, b->chans, name->str, name->len, ch);
-    if (strcasecmp(kind, "message") == 0) {
+    if ((reply->element[0]->len == 7 && memcmp(kind, "message", 7) == 0) || /* as Redis sends it */
+        strcasecmp(kind, "message") == 0) {
         const redisReply *payload = reply->element[2];
         b->messages++;
         if (ch && payload->type == REDIS_REPLY_STRING)
