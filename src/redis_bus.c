@@ -1063,11 +1063,14 @@ static void *reply_array(const redisReadTask *task, int elements)
     redisReply *r = reply_new(REDIS_REPLY_ARRAY, 0);
     if (!r)
         return NULL;
-    if (elements > 0 && !(r->element = sh_zalloc((size_t)elements * sizeof *r->element))) {
+    size_t n = elements > 0 ? (size_t)elements : 0;
+    /* a huge header (a hostile server) gets calloc's untouched pages, not a memset */
+    if (n && !(r->element = n > 1024 ? calloc(n, sizeof *r->element)
+                                     : sh_zalloc(n * sizeof *r->element))) {
         free(r);
         return NULL;
     }
-    r->elements = elements > 0 ? (size_t)elements : 0;
+    r->elements = n;
     return reply_link(task, r);
 }
 
