@@ -612,7 +612,6 @@ int sh_gen_load(sh_host *host, sh_api_open_fn open_api, const char *script,
         return -1;
     }
     lua_atpanic(g->L, lua_panic);
-    lua_gc(g->L, LUA_GCGEN, 0, 0);
     *(sh_task **)lua_getextraspace(g->L) = NULL;
     open_libs(g->L, g, open_api);
     sh_host_module_paths(g->L, script);
