@@ -153,7 +153,7 @@ function M._run(first)
     worlds = {}
     kit.reset_shared()
     local n = first + i - 1
-    -- TAP: one line, and a '#' would start a directive ("# TODO" hides a failure from prove)
+    -- TAP: one line, and a '#' would start a directive (prove's skip/todo directives hide a failure)
     local name = tc.name:gsub("[\\#]", "\\%0"):gsub("\r?\n", "\\n")
     if ok then
       io.write(("ok %d - %s\n"):format(n, name))

@@ -69,10 +69,9 @@ for line in open(path, errors="replace"):
     m = re.match(r"calls=(\d+)", line)
     if m and cur_cfn == fn:
         calls += int(m.group(1))
-    if re.match(r"fn=\((\d+)\)(?: (.*))?", line):
-        m = re.match(r"fn=\((\d+)\)(?: (.*))?", line)
-        if m.group(2):
-            names[m.group(1)] = m.group(2).strip()
+    m = re.match(r"fn=\((\d+)\)(?: (.*))?", line)
+    if m and m.group(2):
+        names[m.group(1)] = m.group(2).strip()
 print("%d %d" % (total, calls))
 EOF
 }
