@@ -241,12 +241,53 @@ static void test_abort_flushes(void)
     CHECK(strstr(take(), "] before abort\n") != NULL);
 }
 
+/* Numbers are written without snprintf: the same text as %lld, %llu and
+ * %.3f, for edge values and 20,000 pseudo-random doubles (halves included). */
+static void test_numbers_as_printf(void)
+{
+    sh_log_set_format(SH_LOG_JSON);
+    const int64_t ints[] = {0, 1, -1, 9, 10, -10, 1234567890123LL, INT64_MAX, INT64_MIN};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        sh_log_kv(SH_LOG_WARN, NULL, "m", "i", SH_LOG_I64, ints[i], "u", SH_LOG_U64,
+                  (uint64_t)ints[i], NULL);
+        char want[160];
+        snprintf(want, sizeof want, ",\"level\":\"warn\",\"conn\":null,\"msg\":\"m\",\"i\":%lld,"
+                 "\"u\":%llu}\n", (long long)ints[i], (unsigned long long)(uint64_t)ints[i]);
+        CHECK_STR(after_ts(take()), want);
+    }
+    uint64_t x = 88172645463325252ull; /* xorshift64 */
+    int bad = 0;
+    for (int i = 0; i < 20000; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        double d;
+        switch (i % 5) {
+        case 0: d = (double)(x % 100000000) / 1000.0; break;         /* 3 decimals */
+        case 1: d = (double)(x % 2000000) / 2000.0; break;           /* halves of 1/1000 */
+        case 2: d = (double)(x >> 11) / (double)(1ull << 53) * 1e6; break;
+        case 3: d = (double)(x % 100000) + 0.0005; break;
+        default: d = (double)(x >> 11) / (double)(1ull << 40); break; /* up to 8e6, fine bits */
+        }
+        if (i == 0) d = 0;
+        if (i == 5) d = 999999999.9995;
+        if (i == 10) d = 1e15 + 0.25;
+        if (i == 15) d = -2.5;
+        sh_log_kv(SH_LOG_WARN, NULL, "m", "d", SH_LOG_DBL, d, NULL);
+        char want[160];
+        snprintf(want, sizeof want, ",\"level\":\"warn\",\"conn\":null,\"msg\":\"m\",\"d\":%.3f}\n", d);
+        const char *got = after_ts(take());
+        if (strcmp(got, want) != 0 && bad++ < 5)
+            fprintf(stderr, "  %.17g: got %s  want %s", d, got, want);
+    }
+    CHECK_INT(bad, 0);
+}
+
 int main(void)
 {
     FILE *f = tmpfile();
     fd = fileno(f);
     sh_log_set_fd(fd);
     test_json_fields();
+    test_numbers_as_printf();
     test_json_utf8();
     test_text();
     test_cut_lines();
