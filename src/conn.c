@@ -701,6 +701,8 @@ static void on_handle_closed(uv_handle_t *h)
     tp->nconns--;
     sh_conn_event ev = {.type = SH_CONN_EV_FREE};
     sh_conn_emit(c, &ev);
+    if (c->ws) /* cannot happen: closing freed it (or the end of its wslay call did) */
+        tp->ws->free(c);
     sh_buf_free(&c->pending);
     sh_buf_free(&c->out);
     sh_buf_free(&c->inflight);
@@ -892,6 +894,9 @@ int sh_transport_init(sh_transport *tp, uv_loop_t *loop, const sh_ws_phase *ws, 
     uv_unref((uv_handle_t *)&tp->flusher);
     uv_idle_init(loop, &tp->resumer);
     tp->resumer.data = tp;
+    uv_timer_init(loop, &tp->parker);
+    tp->parker.data = tp;
+    uv_unref((uv_handle_t *)&tp->parker);
     return 0;
 }
 
@@ -910,6 +915,7 @@ void sh_transport_close(sh_transport *tp)
         sh_conn_close(c);
     }
     if (!uv_is_closing((uv_handle_t *)&tp->flusher)) {
+        uv_close((uv_handle_t *)&tp->parker, NULL);
         uv_close((uv_handle_t *)&tp->resumer, NULL);
         uv_close((uv_handle_t *)&tp->flusher, free_read_buf);
     }

@@ -89,7 +89,13 @@ enum {
     SH_CF_COUNTED = 1u << 15,       /* counts against max_connections */
     SH_CF_PAUSED = 1u << 16,        /* a message was reported: the rest of the input waits
                                        in pending until the next loop iteration */
+    SH_CF_REST = 1u << 17,          /* its wslay context was at rest at the last sweep */
 };
+
+/* A WebSocket's wslay context (9.2 KiB) is freed once the connection has been
+ * at rest for one to two sweeps of this period (ws_conn.c): a job's frames do
+ * not pay for a new context each, an idle connection keeps none. */
+#define SH_PARK_SWEEP_MS 250
 
 struct sh_transport;
 
@@ -108,6 +114,7 @@ typedef struct sh_conn {
     uint16_t close_code;         /* received, else sent, else 1006 */
     struct sh_conn *prev, *next; /* in tp->conns */
     struct sh_conn *dirty_next;  /* in tp->dirty */
+    struct sh_conn *held_prev, *held_next; /* in tp->held while it has a wslay context */
     const sh_limits *lim;
     char id[SH_ID_LEN + 1];
     char peer[56];               /* "ip:port" or "[ip6]:port" */
@@ -210,6 +217,8 @@ typedef struct sh_transport {
     uv_prepare_t flusher;        /* writes the dirty connections before the loop polls */
     uv_idle_t resumer;           /* active while paused input waits: the poll does not block */
     size_t npaused;
+    sh_conn *held;               /* WebSockets with a wslay context (ws_conn.c) */
+    uv_timer_t parker;           /* sweeps held: frees the contexts of those at rest */
     char *read_buf;              /* shared by all connections */
     int read_buf_busy;
     int stopping;                /* no new upgrades; answers end their connection */

@@ -18,8 +18,11 @@
  *
  * Memory: an open WebSocket at rest (no frame or fragmented message half
  * read, nothing queued for wslay, no close under way) keeps no wslay context
- * (9.2 KiB with wslay 1.1): it is freed ("parked") and made again when bytes
- * arrive or a control frame must go out. Data frames need none (put_frame).
+ * (9.2 KiB with wslay 1.1) for long: a sweep every SH_PARK_SWEEP_MS frees
+ * ("parks") the context of each one found at rest, untouched, at two sweeps
+ * in a row, and it is made again when bytes arrive or a control frame must go
+ * out. Data frames need none (put_frame). A busy connection (a job's batch,
+ * its close) keeps its context meanwhile instead of making one per event.
  *
  * Closing: wslay answers a peer's close; once neither side has anything to
  * read or write, the close handshake is complete: EV_CLOSE is reported and
@@ -381,9 +384,40 @@ static const struct wslay_event_callbacks callbacks = {
 
 /* ------------------------------------------------------------ lifecycle */
 
+static void sweep(uv_timer_t *t);
+
+/* The WebSockets holding a wslay context are listed in tp->held; while any
+ * is, tp->parker sweeps them every SH_PARK_SWEEP_MS. */
+static void held_add(sh_conn *c)
+{
+    sh_transport *tp = c->tp;
+    c->held_prev = NULL;
+    c->held_next = tp->held;
+    if (tp->held)
+        tp->held->held_prev = c;
+    else
+        uv_timer_start(&tp->parker, sweep, SH_PARK_SWEEP_MS, SH_PARK_SWEEP_MS);
+    tp->held = c;
+}
+
+static void held_remove(sh_conn *c)
+{
+    sh_transport *tp = c->tp;
+    if (c->held_prev)
+        c->held_prev->held_next = c->held_next;
+    else
+        tp->held = c->held_next;
+    if (c->held_next)
+        c->held_next->held_prev = c->held_prev;
+    c->held_prev = c->held_next = NULL;
+    if (!tp->held)
+        uv_timer_stop(&tp->parker);
+}
+
 /* The wslay context of c, made if c is parked. Returns 0, or -1 (out of memory). */
 static int unpark(sh_conn *c)
 {
+    CLR(c, SH_CF_REST); /* in use: it stays for at least a whole sweep period */
     if (c->ws)
         return 0;
     if (wslay_event_context_server_init(&c->ws, &callbacks, c) != 0) {
@@ -394,22 +428,40 @@ static int unpark(sh_conn *c)
     wslay_event_config_set_max_recv_msg_length(c->ws, c->lim->max_message_bytes);
     if (c->pmd)
         wslay_event_config_set_allowed_rsv_bits(c->ws, WSLAY_RSV1_BIT);
+    held_add(c);
     return 0;
 }
 
-/* Free the wslay context of an open WebSocket at rest: a fresh one takes
+/* An open WebSocket whose context is at rest: a fresh context would take
  * over exactly where it stands (between frames, nothing queued). */
-static void park(sh_conn *c)
+static int at_rest(const sh_conn *c)
 {
-    if (c->ws && c->phase == SH_PHASE_WS &&
-        !HAS(c, SH_CF_IN_WSLAY | SH_CF_PAUSED | SH_CF_FAILED | SH_CF_CLOSE_QUEUED |
-                    SH_CF_CLOSE_WAIT) &&
-        c->fr_hlen == 0 && !c->fr_in_payload && c->msg_opcode == 0 && c->ctrl.len == 0 &&
-        wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws) &&
-        wslay_event_get_read_enabled(c->ws) && wslay_event_get_write_enabled(c->ws) &&
-        !wslay_event_get_close_received(c->ws) && !wslay_event_get_close_sent(c->ws)) {
-        wslay_event_context_free(c->ws);
-        c->ws = NULL;
+    return c->ws && c->phase == SH_PHASE_WS &&
+           !HAS(c, SH_CF_IN_WSLAY | SH_CF_PAUSED | SH_CF_FAILED | SH_CF_CLOSE_QUEUED |
+                       SH_CF_CLOSE_WAIT) &&
+           c->fr_hlen == 0 && !c->fr_in_payload && c->msg_opcode == 0 && c->ctrl.len == 0 &&
+           wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws) &&
+           wslay_event_get_read_enabled(c->ws) && wslay_event_get_write_enabled(c->ws) &&
+           !wslay_event_get_close_received(c->ws) && !wslay_event_get_close_sent(c->ws);
+}
+
+/* Free ("park") the context of each WebSocket found at rest at two sweeps
+ * in a row, untouched in between. */
+static void sweep(uv_timer_t *t)
+{
+    sh_transport *tp = t->data;
+    for (sh_conn *c = tp->held, *next; c; c = next) {
+        next = c->held_next;
+        if (!at_rest(c)) {
+            CLR(c, SH_CF_REST);
+        } else if (!HAS(c, SH_CF_REST)) {
+            SET(c, SH_CF_REST);
+        } else {
+            CLR(c, SH_CF_REST);
+            held_remove(c);
+            wslay_event_context_free(c->ws);
+            c->ws = NULL;
+        }
     }
 }
 
@@ -442,7 +494,6 @@ static int ws_start(sh_conn *c)
     }
     if (c->phase == SH_PHASE_WS && wants_read(c))
         sh_conn_start_reading(c);
-    park(c);
     return 0;
 }
 
@@ -450,9 +501,11 @@ static void ws_free(sh_conn *c)
 {
     if (HAS(c, SH_CF_IN_WSLAY))
         return; /* freed when wslay_event_recv returns (ws_on_read) */
-    if (c->ws)
+    if (c->ws) {
+        held_remove(c);
         wslay_event_context_free(c->ws);
-    c->ws = NULL;
+        c->ws = NULL;
+    }
     sh_buf_free(&c->msg);
     sh_buf_free(&c->ctrl);
 }
@@ -533,7 +586,6 @@ static void ws_on_read(sh_conn *c, const char *data, size_t len)
     pump(c);
     if (!wslay_event_want_read(c->ws) && !ws_finished(c))
         sh_conn_stop_reading(c); /* finished: no stop, the linger phase reads on (for EOF) */
-    park(c);
 }
 
 /* The input that waited behind a message: go on with it. */
@@ -577,7 +629,6 @@ static void ws_on_timer(sh_conn *c)
         SET(c, SH_CF_PING_OUT);
         sh_conn_arm_timer(c, lim->ping_timeout_ms);
         pump(c);
-        park(c);
     }
 }
 

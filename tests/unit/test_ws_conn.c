@@ -655,6 +655,61 @@ static void test_upgrade_without_connection(void)
     CHECKF(r && !r->was_ws, "[Upgrade without Connection] EV_CLOSE was_ws");
 }
 
+/* Run the loop for ms milliseconds (a sweep period is time: nothing else to await). */
+static void run_for(uint64_t ms)
+{
+    uint64_t t0 = now_ms();
+    while (now_ms() - t0 < ms) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        client_read();
+        usleep(2000);
+    }
+}
+
+/* Run the loop until the connection's wslay context is freed; → ms it took. */
+static uint64_t until_parked(uint64_t max_ms)
+{
+    uint64_t t0 = now_ms();
+    while (T.c && T.c->ws && now_ms() - t0 < max_ms) {
+        uv_run(&loop, UV_RUN_ONCE); /* the sweep timer wakes the loop */
+        client_read();
+    }
+    return now_ms() - t0;
+}
+
+static void test_parks_at_rest(void)
+{
+    begin("parks at rest", limits());
+    open_ws();
+    send_frame(0x81, "one", 3);
+    expect("echo", "\x81\x03one", 5);
+    /* busy: the context made for the message stays (the next frames of a job
+     * do not pay for a new one each) */
+    CHECKF(T.c && T.c->ws, "[parks at rest] no wslay context right after a message");
+    CHECKF(tp.held == T.c, "[parks at rest] the connection is not in the held list");
+    uint64_t took = until_parked(20 * SH_PARK_SWEEP_MS);
+    CHECKF(T.c && !T.c->ws, "[parks at rest] context still held after %llums",
+           (unsigned long long)took);
+    CHECKF(took >= SH_PARK_SWEEP_MS / 2, "[parks at rest] parked after %llums: before a sweep "
+           "had seen it at rest", (unsigned long long)took);
+    CHECKF(tp.held == NULL, "[parks at rest] the held list is not empty");
+    /* a parked connection takes up where it stood: a ping, then a message */
+    send_frame(0x89, "p", 1);
+    send_frame(0x81, "two", 3);
+    expect("pong and echo after parking", "\x8a\x01p\x81\x03two", 8);
+    /* half a message keeps its context however long the rest takes */
+    until_parked(20 * SH_PARK_SWEEP_MS);
+    send_frame(0x01, "thr", 3);
+    expect("nothing before the last fragment", "", 0);
+    run_for(3 * SH_PARK_SWEEP_MS);
+    CHECKF(T.c && T.c->ws, "[parks at rest] parked in the middle of a fragmented message");
+    send_frame(0x80, "ee", 2);
+    expect("the message completed", "\x81\x05three", 7);
+    CHECK_INT(count(SH_CONN_EV_MESSAGE), 3);
+    end();
+    CHECKF(tp.held == NULL, "[parks at rest] held list not empty after the end");
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -682,6 +737,7 @@ int main(void)
     test_length_top_bit();
     test_decision_timeout();
     test_upgrade_without_connection();
+    test_parks_at_rest();
 
     sh_transport_close(&tp);
     uv_close((uv_handle_t *)&listener, NULL);
