@@ -3,6 +3,7 @@
 #include "lua_host.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include <utlist.h>
 
 #include "log.h"
+#include "lua_budget.h"
 #include "lua_lib.h"
 #include "watchdog.h"
 
@@ -29,22 +31,6 @@ static const char *const hook_names[SH_HOOK_COUNT] = {
 };
 
 const char *sh_hook_name(enum sh_hook h) { return hook_names[h]; }
-
-/* ------------------------------------------------------------------ budget */
-
-static void budget_hook(lua_State *L, lua_Debug *ar)
-{
-    (void)ar;
-    /* from now on every instruction raises, so a pcall that swallows the
-     * error cannot keep the hook running: the first unprotected frame dies */
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-    luaL_error(L, "instruction budget exceeded (lua_max_instructions)");
-}
-
-static void arm_budget(lua_State *co, uint64_t max)
-{
-    lua_sethook(co, budget_hook, LUA_MASKCOUNT, max > INT_MAX ? INT_MAX : (int)max);
-}
 
 /* ------------------------------------------------------------------ memory */
 
@@ -68,6 +54,8 @@ static void *gen_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         g->mem = g->mem - old + nsize;
     return p;
 }
+
+uint64_t sh_host_runs_counted(void) { return sh_budget_armed_total(); }
 
 size_t sh_host_lua_memory(const sh_host *h)
 {
@@ -225,6 +213,10 @@ static int is_task_thread(lua_State *co)
     return t && t->co == co;
 }
 
+/* coroutine.resume and coroutine.close: refused on a task's coroutine; a
+ * resume is tracked for the instruction budget (lua_budget.h), which must
+ * reach the coroutine that runs. Upvalues: the original, its name, and for
+ * resume true. */
 static int guarded_co(lua_State *L)
 {
     lua_State *co = lua_tothread(L, 1);
@@ -234,7 +226,16 @@ static int guarded_co(lua_State *L)
                           lua_tostring(L, lua_upvalueindex(2)));
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    if (!co || !lua_toboolean(L, lua_upvalueindex(3))) {
+        lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+        return lua_gettop(L);
+    }
+    if (sh_budget_enter(co) != 0)
+        return luaL_error(L, "coroutine.resume: coroutines nested too deep");
+    int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    sh_budget_leave();
+    if (st != LUA_OK)
+        return lua_error(L);
     return lua_gettop(L);
 }
 
@@ -243,9 +244,50 @@ static void guard_coroutine(lua_State *L, const char *name)
     lua_getglobal(L, "coroutine");
     lua_getfield(L, -1, name);
     lua_pushstring(L, name);
-    lua_pushcclosure(L, guarded_co, 2);
+    lua_pushboolean(L, strcmp(name, "resume") == 0);
+    lua_pushcclosure(L, guarded_co, 3);
     lua_setfield(L, -2, name);
     lua_pop(L, 1);
+}
+
+/* The function coroutine.wrap returns: the guarded resume (upvalue 2) of its
+ * coroutine (upvalue 1); an error is raised in the caller, with the caller's
+ * position in front of a message, and the dead coroutine's to-be-closed
+ * variables closed. */
+static int wrapped_call(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_rotate(L, 1, 2);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    if (lua_toboolean(L, 1)) {
+        lua_remove(L, 1);
+        return lua_gettop(L);
+    }
+    lua_settop(L, 2);
+    lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+    int st = lua_status(co);
+    if (st != LUA_OK && st != LUA_YIELD)
+        lua_resetthread(co);
+    if (lua_type(L, 2) == LUA_TSTRING) {
+        luaL_where(L, 1);
+        lua_insert(L, 2);
+        lua_concat(L, 2);
+    }
+    return lua_error(L);
+}
+
+/* coroutine.wrap over the guarded resume (upvalue 1), so that the budget
+ * tracks the coroutines it runs too. */
+static int guarded_wrap(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_State *co = lua_newthread(L);
+    lua_pushvalue(L, 1);
+    lua_xmove(L, co, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushcclosure(L, wrapped_call, 2);
+    return 1;
 }
 
 static int no_sethook(lua_State *L)
@@ -283,6 +325,11 @@ static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
     lua_pop(L, 1);
     guard_coroutine(L, "resume");
     guard_coroutine(L, "close");
+    lua_getglobal(L, "coroutine");
+    lua_getfield(L, -1, "resume");
+    lua_pushcclosure(L, guarded_wrap, 1);
+    lua_setfield(L, -2, "wrap");
+    lua_pop(L, 1);
     /* debug: traceback only, and sethook raises */
     lua_createtable(L, 0, 2);
     lua_getglobal(L, "debug");
@@ -327,9 +374,9 @@ static int run_script(sh_gen *g, const char *script, uint64_t budget, char *err,
     }
     g->loading = 1;
     g->capped = 1;
-    arm_budget(L, budget);
+    sh_budget_begin(L, budget);
     int rc = lua_pcall(L, 0, 1, base);
-    lua_sethook(L, NULL, 0, 0);
+    sh_budget_end(L);
     g->capped = 0;
     g->loading = 0;
     if (rc != LUA_OK) {
@@ -466,9 +513,9 @@ static int run_on_config(sh_gen *g, int policy, char *err, size_t errsz)
     lua_remove(L, -2);
     g->loading = 1;
     g->capped = 1;
-    arm_budget(L, g->cfg.lua_max_instructions);
+    sh_budget_begin(L, g->cfg.lua_max_instructions);
     int rc = lua_pcall(L, 1, 2, base);
-    lua_sethook(L, NULL, 0, 0);
+    sh_budget_end(L);
     g->capped = 0;
     g->loading = 0;
     int ok = 0;
@@ -591,6 +638,10 @@ static void gen_free(sh_gen *g)
 int sh_gen_load(sh_host *host, sh_api_open_fn open_api, const char *script,
                 const char *const *sets, size_t nsets, sh_gen **out, char *err, size_t errsz)
 {
+    if (sh_budget_install() != 0) {
+        snprintf(err, errsz, "the instruction budget's CPU-time tick: %s", strerror(errno));
+        return -1;
+    }
     sh_gen *g = calloc(1, sizeof *g);
     lua_State **pool = calloc(POOL_MAX, sizeof *pool);
     if (!g || !pool) {
@@ -826,11 +877,12 @@ static void task_run(sh_task *t)
     sh_gen *g = t->gen;
     int nres = 0;
     t->state = SH_TASK_RUNNING;
-    arm_budget(co, g->cfg.lua_max_instructions);
+    sh_budget_begin(co, g->cfg.lua_max_instructions);
     g->capped = 1;
     sh_watchdog_note(t->what, t->log_id);
     int st = lua_resume(co, g->L, t->nargs, &nres);
     sh_watchdog_note(NULL, NULL);
+    sh_budget_end(co);
     g->capped = 0;
     if (st == LUA_YIELD) {
         if (t->state == SH_TASK_SUSPENDED)

@@ -176,6 +176,8 @@ void sh_host_run(sh_host *h);
 void sh_host_close(sh_host *h);
 /* Bytes used by every live generation's Lua state. */
 size_t sh_host_lua_memory(const sh_host *h);
+/* Runs whose instructions the budget counted (they outlasted a CPU tick). */
+uint64_t sh_host_runs_counted(void);
 
 /* Load the script as a new generation: open_api installs the `statushost`
  * module (the layer above passes it in: lua_api.c's sh_lua_api_open); run it, take its table, merge config

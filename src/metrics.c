@@ -148,6 +148,9 @@ char *sh_metrics_render(const sh_metrics *m, int redis_up, size_t *len)
     counter(&t, "reloads_total", "Script reloads (SIGHUP) that succeeded.", "counter", m->reloads);
     counter(&t, "updates_dropped_total", "Published payloads not delivered (not UTF-8).",
             "counter", m->updates_dropped);
+    counter(&t, "lua_runs_counted_total",
+            "Lua runs that outlasted a CPU tick, so their instructions were counted "
+            "against lua_max_instructions.", "counter", m->lua_runs_counted);
     counter(&t, "lua_memory_bytes", "Bytes used by the Lua states of every live generation.",
             "gauge", m->lua_memory_bytes);
     counter(&t, "max_connections", "The max_connections limit in force.", "gauge",

@@ -194,6 +194,7 @@ static void serve_metrics(sh_server *s, sh_conn *c, int keep, int head_only)
     if (s->host.bus)
         m.redis_reconnects = sh_redis_bus_reconnects(s->host.bus);
     m.lua_memory_bytes = sh_host_lua_memory(&s->host);
+    m.lua_runs_counted = sh_host_runs_counted();
     char *text = sh_metrics_render(&m, redis_up(s), &len);
     size_t cap = len + 1;
     char label[32];

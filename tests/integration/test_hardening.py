@@ -317,14 +317,15 @@ def f2_f3_waits_and_endless_loop_at_load_time():
                                 "%.2fs, stderr %r" % (rc, took, err[-400:]))
         except AssertionError as e:
             problems.append("--check of `while true do end` at top level: %s" % str(e)[:300])
-        # a finite loop of ~6M instructions: over the configured 100,000
-        # (the old core ran the main chunk on a fixed 100M budget)
-        busy = write(os.path.join(tmp, "busy.lua"), "local n = 0\nfor i = 1, 3000000 do "
+        # a finite loop of ~60M instructions: over the configured 100,000
+        # (the old core ran the main chunk on a fixed 100M budget), and long
+        # enough (100+ ms of CPU) for the count to start (lua_budget.h)
+        busy = write(os.path.join(tmp, "busy.lua"), "local n = 0\nfor i = 1, 30000000 do "
                      "n = n + i end\nreturn { on_message = function() end }\n")
         rc, out, err, took = run_bin("--check", "--set", "lua_max_instructions=100000",
                                      "--redis", NO_REDIS, busy, timeout=5)
         if rc != 2 or "instruction budget exceeded" not in err:
-            problems.append("--check of a 3,000,000-iteration loop at top level with "
+            problems.append("--check of a 30,000,000-iteration loop at top level with "
                             "lua_max_instructions=100000: exit %s, stderr %r" % (rc, err[-300:]))
 
         script = write(os.path.join(tmp, "policy.lua"), GOOD)
@@ -887,6 +888,32 @@ def f20_debug_sethook_raises_and_budget_holds():
             expect_close(a, 1011, "endless loop after debug.sethook()", timeout=3)
             sh.wait_log(r"lua error in on_message.*instruction budget", start=mark)
             echo_ok(b, "unaffected")
+        except (AssertionError, OSError) as e:
+            kill_if_hung(sh, e)
+
+
+@S.test
+def budget_reaches_the_coroutines_a_hook_resumes():
+    """The instruction budget (counted once a run outlasts a CPU tick) reaches
+    the coroutines a hook runs: a loop of fresh coroutines each running 1M
+    iterations with their errors caught, an endless loop inside
+    coroutine.wrap, one inside coroutine.resume with the hook looping on: each
+    closes 1011 within seconds, the other connection is unaffected, and the
+    runs were counted (lua_runs_counted_total).
+    fails on old: yes (each fresh coroutine got a budget of its own: the
+    fresh_cos loop ran for 7.7 s with --check at lua_max_instructions=100000,
+    for hours at the default)."""
+    with host(pol("hard_misc.lua"), sets=["lua_max_instructions=100000"]) as sh:
+        try:
+            b = ws(sh)
+            for what in ("fresh_cos", "wrap_loop", "resume_loop"):
+                a = ws(sh)
+                mark = sh.mark()
+                a.send_text(what)
+                expect_close(a, 1011, what, timeout=5)
+                sh.wait_log(r"lua error in on_message.*instruction budget", start=mark)
+                echo_ok(b, "unaffected by " + what)
+            assert sh.metrics()["statushost_lua_runs_counted_total"] >= 3
         except (AssertionError, OSError) as e:
             kill_if_hung(sh, e)
 

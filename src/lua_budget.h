@@ -1,0 +1,45 @@
+/* lua_budget.h — lua_max_instructions, counted only for the runs that last.
+ *
+ * Counting every VM instruction (a count hook armed for every run) costs
+ * about a tenth of the CPU of every hook, for the rare run that loops. So a
+ * run starts with no hook; a CPU-time tick (ITIMER_VIRTUAL, every
+ * SH_BUDGET_TICK_MS of the process's user time, SIGVTALRM) that finds the
+ * same run still going as at the tick before arms the count hook, from the
+ * signal handler, on every Lua thread the run has going (its own and the
+ * coroutines it resumed). From then on the run has lua_max_instructions
+ * instructions left: a run is stopped after between one and two ticks of CPU
+ * plus that many instructions, and never before it has executed
+ * lua_max_instructions of them. Once one thread of a run exceeds the budget,
+ * every thread of the run raises at its next instruction, so a pcall or a
+ * loop of fresh coroutines cannot outlast it.
+ *
+ * Lua runs on the loop's thread only, and never nested: one run at a time.
+ * lua_sethook may be called from a signal handler (the Lua manual says so;
+ * lua.c stops a script on SIGINT that way). */
+#ifndef SH_LUA_BUDGET_H
+#define SH_LUA_BUDGET_H
+
+#include <stdint.h>
+
+#include <lua.h>
+
+#define SH_BUDGET_TICK_MS 10
+
+/* Set up the tick in this process (again after a fork: timers are not
+ * inherited). Idempotent. Returns 0, or -1 with errno. */
+int sh_budget_install(void);
+
+/* A run starts on thread L with budget max instructions (once armed)... */
+void sh_budget_begin(lua_State *L, uint64_t max);
+/* ... and ends: any hook armed on L is removed. */
+void sh_budget_end(lua_State *L);
+
+/* The run resumes coroutine co (coroutine.resume / wrap): tracked until
+ * sh_budget_leave. Returns 0, or -1 when nested too deep to track. */
+int sh_budget_enter(lua_State *co);
+void sh_budget_leave(void);
+
+/* Ticks seen and runs armed since start (tests, metrics). */
+uint64_t sh_budget_armed_total(void);
+
+#endif
