@@ -38,7 +38,9 @@
 
 #define JSON_CHUNK 4096   /* members a container holds on the stack before flushing */
 #define JSON_BUDGET 16384 /* stack slots all open containers may hold before flushing */
-#define JSON_ROOM 40      /* slots reserved every 16 members: 16 pairs + temporaries */
+#define JSON_ROOM 16      /* slots reserved every 4 members: 4 pairs + temporaries (a small
+                           * reserve: a coroutine's stack starts at 40 slots, and growing
+                           * it costs more than the check) */
 #define JSON_2_53 9007199254740992.0
 
 /* The fast path needs double arithmetic done in double precision. */
@@ -301,8 +303,13 @@ static int add_unicode(luaL_Buffer *b, const char *p, const char *end)
     return used;
 }
 
-/* Bytes that end a run of plain string content. */
-static int str_special(char c) { return (unsigned char)c < 0x20 || c == '"' || c == '\\'; }
+/* Bytes that end a run of plain string content: controls, '"' and '\\'. */
+static const unsigned char str_special_tab[256] = {
+    [0 ... 0x1F] = 1,
+    ['"'] = 1,
+    ['\\'] = 1,
+};
+static int str_special(char c) { return str_special_tab[(unsigned char)c]; }
 
 /* The string whose opening quote is at d->p; `what` names it in messages. */
 static int parse_string(jd *d, const char *what)
@@ -363,14 +370,14 @@ static int parse_string(jd *d, const char *what)
 
 static int parse_value(jd *d);
 
-/* A container starts at d->p: count it, check the depth, reserve stack room
- * and push its placeholder. → the placeholder's index, or -1. */
+/* A container starts at d->p: count it, check the depth and push its
+ * placeholder (in the slot its parent reserved for it as a member). → the
+ * placeholder's index, or -1. */
 static int open_container(jd *d)
 {
     if (++d->depth > SH_JSON_MAX_DEPTH)
         return fail(d, d->p, "Found too many nested data structures (%d)", d->depth);
     d->p++;
-    luaL_checkstack(d->L, JSON_ROOM, "json");
     lua_pushnil(d->L);
     return lua_gettop(d->L);
 }
@@ -409,7 +416,7 @@ static int parse_array(jd *d)
         d->p = p + 1;
     } else {
         for (;;) {
-            if ((n & 15) == 0 && n)
+            if ((n & 3) == 0)
                 luaL_checkstack(L, JSON_ROOM, "json");
             if (parse_value(d) < 0)
                 return -1;
@@ -462,7 +469,7 @@ static int parse_object(jd *d)
         d->p = p + 1;
     } else {
         for (;;) {
-            if ((n & 15) == 0 && n)
+            if ((n & 3) == 0)
                 luaL_checkstack(L, JSON_ROOM, "json");
             if (p >= d->end || *p != '"')
                 return fail(d, p, "Expected object key string but found %s", found(d, p));
@@ -545,7 +552,7 @@ int sh_json_decode(lua_State *L, const char *s, size_t len, char *err, size_t er
     jd d = {L, s, s, s + len, 0, 0, err, errsz};
     if (errsz)
         err[0] = '\0';
-    luaL_checkstack(L, JSON_ROOM, "json");
+    luaL_checkstack(L, 4, "json"); /* the value, a temporary (luaL_Buffer, number box) */
     int r = parse_value(&d);
     if (r == 0) {
         const char *p = skip_ws(d.p, d.end);
