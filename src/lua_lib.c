@@ -6,12 +6,15 @@
  *   URI                host.escape_uri/unescape_uri/decode_args
  *   addresses          sh_cidr_parse/sh_cidr_match/sh_peer_ip/sh_realip, host.ip_in
  *   shared dicts       host.shared(name): per-process C store (uthash + LRU list)
- *   JSON               host.json.decode/encode over a private lua-cjson instance
+ *   JSON               host.json.decode (json_decode.c), host.json.encode over a
+ *                      private lua-cjson instance
  *
  * Pure functions: no libuv, no server state. The shared dictionaries are the
  * one piece of process state, kept in C so they outlive script generations. */
 #define _GNU_SOURCE /* memmem */
 #include "lua_lib.h"
+
+#include "json_decode.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -1335,77 +1338,31 @@ static const luaL_Reg dict_methods[] = {
 
 /* ============================================================ JSON */
 
-/* lua-cjson 2.1.0 decodes every number as a float and encodes numbers with
- * "%.14g": 1795748474 would come back as 1795748474.0, and an integer of 15+
- * digits would be written as 1.2345678901235e+17. So: after decoding, integral
- * floats below 2^53 in magnitude become integers (2^53 may have been 2^53 + 1); before encoding, integers of 15+ digits
- * are swapped for marker strings that are replaced by their digits in the
- * output. Nesting is bounded (JSON_MAX_DEPTH) both ways; NaN, Infinity and hex
- * are refused both ways; a number that overflows a double is refused. */
+/* host.json.decode is json_decode.c's strict decoder (integral numbers below
+ * 2^53 come back as integers). host.json.encode is lua-cjson 2.1.0's, which
+ * writes numbers with "%.14g": an integer of 15+ digits would be written as
+ * 1.2345678901235e+17. So before encoding, integers of 15+ digits are swapped
+ * for marker strings that are replaced by their digits in the output. Nesting
+ * is bounded (JSON_MAX_DEPTH) both ways; NaN, Infinity and hex are refused
+ * both ways; a number that overflows a double is refused. */
 
-#define JSON_MAX_DEPTH 128
+#define JSON_MAX_DEPTH SH_JSON_MAX_DEPTH
 #define JSON_MARK "\001sh-int:"             /* the marker string's prefix */
 #define JSON_MARK_ENC "\"\\u0001sh-int:"    /* how cjson writes its start */
 #define JSON_BIG ((lua_Integer)100000000000000) /* 1e14: %.14g is exact below */
 
 static int json_big(lua_Integer i) { return i >= JSON_BIG || i <= -JSON_BIG; }
 
-/* Integral floats → integers, in place, through the table at idx. → 0, or -1
- * when a number is not finite. */
-static int json_fix_decoded(lua_State *L, int idx)
-{
-    luaL_checkstack(L, 4, "json nesting");
-    idx = lua_absindex(L, idx);
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
-            lua_Number v = lua_tonumber(L, -1);
-            if (!isfinite(v)) {
-                lua_pop(L, 2);
-                return -1;
-            }
-            if (v == floor(v) && fabs(v) < 9007199254740992.0) {
-                lua_pushvalue(L, -2);
-                lua_pushinteger(L, (lua_Integer)v);
-                lua_rawset(L, idx);
-            }
-        } else if (lua_type(L, -1) == LUA_TTABLE) {
-            if (json_fix_decoded(L, -1) < 0) {
-                lua_pop(L, 2);
-                return -1;
-            }
-        }
-        lua_pop(L, 1);
-    }
-    return 0;
-}
-
-/* host.json.decode(s) → value | nil, err — cjson.safe.decode, integers kept */
+/* host.json.decode(s) → value | nil, err — strict RFC 8259, integers kept */
 static int l_json_decode(lua_State *L)
 {
-    check_str(L, 1, "host.json.decode", NULL);
-    lua_settop(L, 1);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_pushvalue(L, 1);
-    lua_call(L, 1, 2);
-    if (lua_isnil(L, -2))
-        return 2;
-    lua_pop(L, 1);
-    if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
-        lua_Number v = lua_tonumber(L, -1);
-        if (!isfinite(v))
-            goto out_of_range;
-        if (v == floor(v) && fabs(v) < 9007199254740992.0) {
-            lua_pop(L, 1);
-            lua_pushinteger(L, (lua_Integer)v);
-        }
-    } else if (lua_type(L, -1) == LUA_TTABLE && json_fix_decoded(L, -1) < 0) {
-        goto out_of_range;
-    }
-    return 1;
-out_of_range:
+    size_t n;
+    const char *s = check_str(L, 1, "host.json.decode", &n);
+    char err[160];
+    if (sh_json_decode(L, s, n, err, sizeof err) == 0)
+        return 1;
     lua_pushnil(L);
-    lua_pushliteral(L, "number out of range");
+    lua_pushstring(L, err);
     return 2;
 }
 
@@ -1563,9 +1520,7 @@ static void json_open(lua_State *L, int module)
         const char *fn;
         int arg;
     } settings[] = {
-        {"decode_invalid_numbers", 0},
         {"encode_invalid_numbers", 0},
-        {"decode_max_depth", JSON_MAX_DEPTH},
         {"encode_max_depth", JSON_MAX_DEPTH},
     };
     for (size_t i = 0; i < sizeof settings / sizeof settings[0]; i++) {
@@ -1577,8 +1532,7 @@ static void json_open(lua_State *L, int module)
         lua_call(L, 1, 0);
     }
     lua_createtable(L, 0, 3);
-    lua_getfield(L, cj, "decode");
-    lua_pushcclosure(L, l_json_decode, 1);
+    lua_pushcfunction(L, l_json_decode);
     lua_setfield(L, -2, "decode");
     lua_getfield(L, cj, "encode");
     lua_pushcclosure(L, l_json_encode, 1);

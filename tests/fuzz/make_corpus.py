@@ -2,7 +2,7 @@
 """make_corpus.py — write the seed corpora of the fuzz targets.
 
     python3 tests/fuzz/make_corpus.py        (rewrites tests/fuzz/corpus/{http,ws,ws_deflate,
-                                              http_client_tls,route}/)
+                                              http_client_tls,route,json}/)
 
 corpus/http/NAME: byte 0 is fuzz_http's chunking seed (bits 0-6, 0: one
 feed; bit 7: limits 256/1024 instead of 8192/65536), then the bytes a
@@ -19,6 +19,8 @@ fuzz_ws.c.
 corpus/http_client_tls/NAME: each seed of corpus/http_client/ (byte 0: the
 flags of fuzz_http_client.c) with byte 1, the TLS mode (0 close_notify, 1
 none, 2 the last record cut, 3 raw bytes instead of a handshake), inserted.
+
+corpus/json/NAME: a JSON text (valid or not), as it is. See fuzz_json.c.
 
 corpus/route/NAME: byte 0 flags (bit 0 a body follows, bit 1 the headers are
 a string, bit 2 the status as it is), bytes 1-2 the status (little-endian),
@@ -325,11 +327,36 @@ def route_corpus():
         write("route", name, data)
 
 
+# ------------------------------------------------------------------ json
+
+def json_corpus():
+    c = {
+        "batch": '[{"id":"12345","status":"进行中"},{"id":23456,"status":"queued"},{"id":"a1"}]',
+        "update": '{"id":"3","status":"done"}',
+        "numbers": '[0,-0,7,7.0,7e0,-1.5e-3,1E+2,0.1,123456789012345,9007199254740993,'
+                   '123456789012345678,1e300,4.9e-324,1e-400,2.2250738585072014e-308]',
+        "strings": '["","a\\"b\\\\c\\/d\\b\\f\\n\\r\\t","\\u00e9\\u20AC","\\ud83d\\ude00",'
+                   '"\\u0000","é😀","\udcff\udcfe"]',
+        "nested": '{"a":{"b":[{"c":[[],{}]}],"d":null,"e":true,"f":false},"a":1}',
+        "deep": "[" * 128 + "1" + "]" * 128,
+        "too_deep": "[" * 129 + "]" * 129,
+        "whitespace": ' \t\r\n[ 1 , { "k" : "v" } ]\n',
+        "bad_number": '[1.,.5,01,+1,1e,NaN,0x10]',
+        "bad_string": '"\\ud800\\u0041\x01"',
+        "trailing": '{"a":1,} x',
+        "overflow": '{"a":1e400,"a":2}',
+    }
+    for name, text in c.items():
+        data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+        write("json", name, data)
+
+
 if __name__ == "__main__":
-    for kind in ("http", "ws", "ws_deflate", "http_client_tls", "route"):
+    for kind in ("http", "ws", "ws_deflate", "http_client_tls", "route", "json"):
         shutil.rmtree(os.path.join(HERE, "corpus", kind), ignore_errors=True)
     http_corpus()
     ws_corpus()
     ws_deflate_corpus()
     http_client_tls_corpus()
     route_corpus()
+    json_corpus()

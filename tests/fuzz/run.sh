@@ -4,7 +4,7 @@
 #   tests/fuzz/run.sh [SECONDS]     fuzz each target SECONDS (default 20)
 #
 # For each target (fuzz_http, fuzz_ws, fuzz_ws_deflate, fuzz_http_client,
-# fuzz_http_client_tls, fuzz_route): first every input in
+# fuzz_http_client_tls, fuzz_route, fuzz_json): first every input in
 # tests/fuzz/regressions/<target>/ runs once and must pass; then the target
 # fuzzes a temporary copy of tests/fuzz/corpus/<target>/ for SECONDS. Prints
 # the executions per target and whether anything was found; exits 1 when a
@@ -24,7 +24,7 @@
 # what the input does). Regenerate the seeds: python3 tests/fuzz/make_corpus.py
 #
 # Environment: SH_FUZZ_BUILD (build dir, default build-fuzz), SH_FUZZ_TARGETS
-# (default "http ws ws_deflate http_client http_client_tls route"), SH_FUZZ_FORK (processes), SH_FUZZ_PATCHED_SRC (a
+# (default "http ws ws_deflate http_client http_client_tls route json"), SH_FUZZ_FORK (processes), SH_FUZZ_PATCHED_SRC (a
 # directory of candidate fixes: its ws_conn.c, http_parse.c, ... are fuzzed
 # instead of src/'s; use a separate SH_FUZZ_BUILD).
 set -euo pipefail
@@ -36,7 +36,7 @@ case "$SECS" in
   ''|*[!0-9]*) echo "usage: tests/fuzz/run.sh [SECONDS]" >&2; exit 2 ;;
 esac
 BUILD=${SH_FUZZ_BUILD:-$ROOT/build-fuzz}
-TARGETS=${SH_FUZZ_TARGETS:-http ws ws_deflate http_client http_client_tls route}
+TARGETS=${SH_FUZZ_TARGETS:-http ws ws_deflate http_client http_client_tls route json}
 FORK=${SH_FUZZ_FORK:-0}
 
 if ! command -v clang >/dev/null 2>&1; then
@@ -72,6 +72,7 @@ for t in $TARGETS; do
   case "$t" in
     http) maxlen=16384; dict=(-dict="$ROOT/tests/fuzz/http.dict") ;;
     http_client|http_client_tls) maxlen=16384; dict=(-dict="$ROOT/tests/fuzz/http_client.dict") ;;
+    json) maxlen=8192; dict=(-dict="$ROOT/tests/fuzz/json.dict") ;;
     *) maxlen=8192; dict=() ;;
   esac
 

@@ -1,0 +1,567 @@
+/* json_decode.c — strict JSON → Lua values (see json_decode.h).
+ *
+ * One recursive-descent pass over the text. Every value is pushed on the Lua
+ * stack as soon as it is read; an array or object keeps its members on the
+ * stack above a placeholder slot until its closing bracket, then creates its
+ * table with the exact member count, fills it and puts it in the placeholder.
+ * A container with very many members (JSON_CHUNK) or a document holding very
+ * many pending members across all open containers (JSON_BUDGET stack slots)
+ * flushes what it holds into its table early, so the Lua stack stays bounded
+ * whatever the input: only such tables are grown after creation.
+ *
+ * Memory: only Lua's. A string without escapes is pushed straight from the
+ * input; one with escapes is assembled in a luaL_Buffer; a long number is
+ * copied into a userdata. A parse error resets the stack to where it was; a
+ * Lua memory error raised midway leaves only garbage for the collector.
+ *
+ * Numbers: a number of at most 15 significant digits whose decimal exponent
+ * (after moving the point) is within ±22 is computed exactly as one correctly
+ * rounded IEEE operation, m × 10^e or m / 10^-e with both operands exact
+ * (Clinger's fast path; a plain integer of ≤ 15 digits is not even that).
+ * Any other number goes to strtod, but never as the input's text: it is
+ * rewritten as "[-]DIGITS e EXP" (the point removed, the exponent adjusted),
+ * a form without a decimal point, which strtod reads the same in every
+ * locale (a locale whose decimal point is ',' cannot change the result).
+ * glibc's strtod is correctly rounded, as is the fast path, so each number
+ * gets the double nearest its decimal value, as lua-cjson gave before. */
+#include "json_decode.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#define JSON_CHUNK 4096   /* members a container holds on the stack before flushing */
+#define JSON_BUDGET 16384 /* stack slots all open containers may hold before flushing */
+#define JSON_ROOM 16      /* slots reserved every 4 members: 4 pairs + temporaries (a small
+                           * reserve: a coroutine's stack starts at 40 slots, and growing
+                           * it costs more than the check) */
+#define JSON_2_53 9007199254740992.0
+
+/* The fast path needs double arithmetic done in double precision. */
+#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
+#define JSON_FAST_FLOAT 1
+#else
+#define JSON_FAST_FLOAT 0
+#endif
+
+typedef struct jd {
+    lua_State *L;
+    const char *s;   /* the text's first byte (positions in messages count from it) */
+    const char *p;   /* the next byte to read */
+    const char *end; /* one past the text's last byte */
+    int depth;       /* arrays and objects open */
+    int pending;     /* stack slots held by members not yet in their table */
+    char *err;       /* the caller's message buffer */
+    size_t errsz;    /* its size */
+} jd;
+
+/* Write "<message> at character N" (N: 1-based position of at). → -1 */
+static int fail(jd *d, const char *at, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(jd *d, const char *at, const char *fmt, ...)
+{
+    if (!d->errsz)
+        return -1;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(d->err, d->errsz, fmt, ap);
+    va_end(ap);
+    if (n >= 0 && (size_t)n < d->errsz)
+        snprintf(d->err + n, d->errsz - (size_t)n, " at character %zu", (size_t)(at - d->s) + 1);
+    return -1;
+}
+
+static int lit(const char *p, const char *end, const char *word, size_t n)
+{
+    return (size_t)(end - p) >= n && memcmp(p, word, n) == 0;
+}
+
+/* What the byte at `at` starts, for a message. */
+static const char *found(const jd *d, const char *at)
+{
+    if (at >= d->end)
+        return "end of input";
+    switch (*at) {
+    case '{': return "'{'";
+    case '}': return "'}'";
+    case '[': return "'['";
+    case ']': return "']'";
+    case ',': return "','";
+    case ':': return "':'";
+    case '"': return "string";
+    case '\0': return "NUL byte";
+    case 't': return lit(at, d->end, "true", 4) ? "true" : "invalid token";
+    case 'f': return lit(at, d->end, "false", 5) ? "false" : "invalid token";
+    case 'n': return lit(at, d->end, "null", 4) ? "null" : "invalid token";
+    default:
+        return *at == '-' || (*at >= '0' && *at <= '9') ? "number" : "invalid token";
+    }
+}
+
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+        p++;
+    return p;
+}
+
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
+
+/* ------------------------------------------------------------ numbers */
+
+/* Push v: an integer when integral and below 2^53 in magnitude. → 0, or -1
+ * when it is not finite (the text overflowed a double). */
+static int push_number(jd *d, double v)
+{
+    if (!isfinite(v)) {
+        snprintf(d->err, d->errsz, "number out of range");
+        return -1;
+    }
+    if (fabs(v) < JSON_2_53) {
+        lua_Integer i = (lua_Integer)v;
+        if ((double)i == v) { /* -0.0 too: integer 0 */
+            lua_pushinteger(d->L, i);
+            return 0;
+        }
+    }
+    lua_pushnumber(d->L, v);
+    return 0;
+}
+
+/* The digits [a, b) then [c, e) with leading zeros dropped, then "e<exp>", as
+ * strtod's input (no decimal point: locale-proof). */
+static double slow_number(jd *d, int neg, const char *a, const char *b, const char *c,
+                          const char *e, long long exp10)
+{
+    size_t need = 1 + (size_t)(b - a) + (size_t)(e - c) + 32;
+    char local[128];
+    char *buf = local;
+    int boxed = need > sizeof local;
+    if (boxed)
+        buf = lua_newuserdatauv(d->L, need, 0); /* Lua's memory: collected, never leaked */
+    char *w = buf;
+    if (neg)
+        *w++ = '-';
+    char *digits = w;
+    for (const char *p = a; p < b; p++)
+        if (w > digits || *p != '0')
+            *w++ = *p;
+    for (const char *p = c; p < e; p++)
+        if (w > digits || *p != '0')
+            *w++ = *p;
+    if (w == digits)
+        *w++ = '0';
+    snprintf(w, 32, "e%lld", exp10);
+    double v = strtod(buf, NULL);
+    if (boxed)
+        lua_pop(d->L, 1);
+    return v;
+}
+
+static int parse_number(jd *d)
+{
+    static const double pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                   1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                   1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    const char *start = d->p, *p = d->p, *end = d->end;
+    int neg = 0;
+    if (*p == '-') {
+        neg = 1;
+        p++;
+    }
+    const char *ia = p;
+    if (p >= end || !is_digit(*p))
+        goto bad;
+    if (*p == '0') {
+        p++;
+        if (p < end && is_digit(*p))
+            goto bad; /* leading zero */
+    } else {
+        while (p < end && is_digit(*p))
+            p++;
+    }
+    const char *ib = p, *fa = p, *fb = p;
+    int plain = 1;
+    if (p < end && *p == '.') {
+        plain = 0;
+        fa = ++p;
+        while (p < end && is_digit(*p))
+            p++;
+        if (p == fa)
+            goto bad; /* no digit after the point */
+        fb = p;
+    }
+    long long exp = 0;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        plain = 0;
+        p++;
+        int eneg = 0;
+        if (p < end && (*p == '+' || *p == '-'))
+            eneg = *p++ == '-';
+        const char *ea = p;
+        while (p < end && is_digit(*p)) {
+            if (exp < 1000000000) /* saturate: far beyond any double either way */
+                exp = exp * 10 + (*p - '0');
+            p++;
+        }
+        if (p == ea)
+            goto bad;
+        if (eneg)
+            exp = -exp;
+    }
+    d->p = p;
+
+    size_t nint = (size_t)(ib - ia), nfrac = (size_t)(fb - fa);
+    long long e10 = exp - (long long)nfrac;
+    if (nint + nfrac <= 15) {
+        uint64_t m = 0;
+        for (const char *q = ia; q < ib; q++)
+            m = m * 10 + (uint64_t)(*q - '0');
+        for (const char *q = fa; q < fb; q++)
+            m = m * 10 + (uint64_t)(*q - '0');
+        if (plain) { /* below 10^15 < 2^53: an integer as it is */
+            lua_pushinteger(d->L, neg ? -(lua_Integer)m : (lua_Integer)m);
+            return 0;
+        }
+        if (JSON_FAST_FLOAT && e10 >= -22 && e10 <= 22) {
+            double v = (double)m; /* exact: m < 2^53 */
+            v = e10 < 0 ? v / pow10[-e10] : v * pow10[e10];
+            return push_number(d, neg ? -v : v);
+        }
+    }
+    return push_number(d, slow_number(d, neg, ia, ib, fa, fb, e10));
+bad:
+    return fail(d, start, "Expected value but found invalid number");
+}
+
+/* ------------------------------------------------------------ strings */
+
+static int hex4(const char *p, const char *end, unsigned *out)
+{
+    if (end - p < 4)
+        return -1;
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        unsigned h;
+        if (c >= '0' && c <= '9')
+            h = (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            h = (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            h = (unsigned)(c - 'A' + 10);
+        else
+            return -1;
+        v = v << 4 | h;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The \uXXXX escape at p (a pair for a surrogate) as UTF-8 into the buffer.
+ * → bytes of input used (6 or 12), or -1. */
+static int add_unicode(luaL_Buffer *b, const char *p, const char *end)
+{
+    unsigned cp, lo;
+    int used = 6;
+    if (hex4(p + 2, end, &cp) < 0 || (cp >= 0xDC00 && cp <= 0xDFFF))
+        return -1;
+    if (cp >= 0xD800 && cp <= 0xDBFF) { /* a high surrogate: its low half must follow */
+        if (end - p < 12 || p[6] != '\\' || p[7] != 'u' || hex4(p + 8, end, &lo) < 0 ||
+            lo < 0xDC00 || lo > 0xDFFF)
+            return -1;
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        used = 12;
+    }
+    char u[4];
+    size_t n;
+    if (cp < 0x80) {
+        u[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char)(0xC0 | cp >> 6);
+        u[1] = (char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xE0 | cp >> 12);
+        u[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+        u[2] = (char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        u[0] = (char)(0xF0 | cp >> 18);
+        u[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+        u[2] = (char)(0x80 | (cp >> 6 & 0x3F));
+        u[3] = (char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    luaL_addlstring(b, u, n);
+    return used;
+}
+
+/* Bytes that end a run of plain string content: controls, '"' and '\\'. */
+static const unsigned char str_special_tab[256] = {
+    [0 ... 0x1F] = 1,
+    ['"'] = 1,
+    ['\\'] = 1,
+};
+static int str_special(char c) { return str_special_tab[(unsigned char)c]; }
+
+/* The string whose opening quote is at d->p; `what` names it in messages. */
+static int parse_string(jd *d, const char *what)
+{
+    const char *run = d->p + 1, *p = run, *end = d->end;
+    while (p < end && !str_special(*p))
+        p++;
+    if (p < end && *p == '"') { /* no escapes: straight from the input */
+        lua_pushlstring(d->L, run, (size_t)(p - run));
+        d->p = p + 1;
+        return 0;
+    }
+    luaL_Buffer b;
+    luaL_buffinit(d->L, &b);
+    for (;;) {
+        luaL_addlstring(&b, run, (size_t)(p - run));
+        if (p >= end)
+            return fail(d, end, "Expected %s but found unexpected end of string", what);
+        if (*p == '"')
+            break;
+        if (*p != '\\')
+            return fail(d, p, "Expected %s but found control character in string", what);
+        if (p + 1 >= end)
+            return fail(d, p + 1, "Expected %s but found unexpected end of string", what);
+        char c;
+        switch (p[1]) {
+        case '"': c = '"'; break;
+        case '\\': c = '\\'; break;
+        case '/': c = '/'; break;
+        case 'b': c = '\b'; break;
+        case 'f': c = '\f'; break;
+        case 'n': c = '\n'; break;
+        case 'r': c = '\r'; break;
+        case 't': c = '\t'; break;
+        case 'u': {
+            int used = add_unicode(&b, p, end);
+            if (used < 0)
+                return fail(d, p, "Expected %s but found invalid unicode escape code", what);
+            p += used;
+            goto next;
+        }
+        default:
+            return fail(d, p, "Expected %s but found invalid escape code", what);
+        }
+        luaL_addchar(&b, c);
+        p += 2;
+    next:
+        run = p;
+        while (p < end && !str_special(*p))
+            p++;
+    }
+    luaL_pushresult(&b);
+    d->p = p + 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------ containers */
+
+static int parse_value(jd *d);
+
+/* A container starts at d->p: count it, check the depth and push its
+ * placeholder (in the slot its parent reserved for it as a member). → the
+ * placeholder's index, or -1. */
+static int open_container(jd *d)
+{
+    if (++d->depth > SH_JSON_MAX_DEPTH)
+        return fail(d, d->p, "Found too many nested data structures (%d)", d->depth);
+    d->p++;
+    lua_pushnil(d->L);
+    return lua_gettop(d->L);
+}
+
+/* The table at base, created (sized for narr/nrec) if still the placeholder. */
+static void make_table(lua_State *L, int base, int *made, int narr, int nrec)
+{
+    if (!*made) {
+        lua_createtable(L, narr, nrec);
+        lua_replace(L, base);
+        *made = 1;
+    }
+}
+
+/* Move the n array members above base into its table, after `done` others. */
+static void flush_array(jd *d, int base, int *made, int *n, lua_Integer *done)
+{
+    make_table(d->L, base, made, *n, 0);
+    for (int i = *n; i > 0; i--)
+        lua_rawseti(d->L, base, *done + i); /* pops the top: the last member first */
+    *done += *n;
+    d->pending -= *n;
+    *n = 0;
+}
+
+static int parse_array(jd *d)
+{
+    lua_State *L = d->L;
+    int base = open_container(d);
+    if (base < 0)
+        return -1;
+    int made = 0, n = 0;
+    lua_Integer done = 0;
+    const char *p = skip_ws(d->p, d->end);
+    if (p < d->end && *p == ']') {
+        d->p = p + 1;
+    } else {
+        for (;;) {
+            if ((n & 3) == 0)
+                luaL_checkstack(L, JSON_ROOM, "json");
+            if (parse_value(d) < 0)
+                return -1;
+            n++;
+            d->pending++;
+            p = skip_ws(d->p, d->end);
+            if (p < d->end && *p == ',') {
+                d->p = p + 1;
+                if (n >= JSON_CHUNK || d->pending >= JSON_BUDGET)
+                    flush_array(d, base, &made, &n, &done);
+                continue;
+            }
+            if (p < d->end && *p == ']') {
+                d->p = p + 1;
+                break;
+            }
+            return fail(d, p, "Expected comma or array end but found %s", found(d, p));
+        }
+    }
+    flush_array(d, base, &made, &n, &done);
+    d->depth--;
+    return 0;
+}
+
+/* Set the n key/value pairs above base into its table, in order (the last of
+ * duplicate keys wins), and drop them. */
+static void flush_object(jd *d, int base, int *made, int *n)
+{
+    lua_State *L = d->L;
+    make_table(L, base, made, 0, *n);
+    for (int i = 0; i < *n; i++) {
+        lua_pushvalue(L, base + 1 + 2 * i);
+        lua_pushvalue(L, base + 2 + 2 * i);
+        lua_rawset(L, base);
+    }
+    lua_settop(L, base);
+    d->pending -= 2 * *n;
+    *n = 0;
+}
+
+static int parse_object(jd *d)
+{
+    lua_State *L = d->L;
+    int base = open_container(d);
+    if (base < 0)
+        return -1;
+    int made = 0, n = 0;
+    const char *p = skip_ws(d->p, d->end);
+    if (p < d->end && *p == '}') {
+        d->p = p + 1;
+    } else {
+        for (;;) {
+            if ((n & 3) == 0)
+                luaL_checkstack(L, JSON_ROOM, "json");
+            if (p >= d->end || *p != '"')
+                return fail(d, p, "Expected object key string but found %s", found(d, p));
+            d->p = p;
+            if (parse_string(d, "object key string") < 0)
+                return -1;
+            p = skip_ws(d->p, d->end);
+            if (p >= d->end || *p != ':')
+                return fail(d, p, "Expected colon but found %s", found(d, p));
+            d->p = p + 1;
+            if (parse_value(d) < 0)
+                return -1;
+            n++;
+            d->pending += 2;
+            p = skip_ws(d->p, d->end);
+            if (p < d->end && *p == ',') {
+                p = skip_ws(p + 1, d->end);
+                if (n >= JSON_CHUNK || d->pending >= JSON_BUDGET)
+                    flush_object(d, base, &made, &n);
+                continue;
+            }
+            if (p < d->end && *p == '}') {
+                d->p = p + 1;
+                break;
+            }
+            return fail(d, p, "Expected comma or object end but found %s", found(d, p));
+        }
+    }
+    flush_object(d, base, &made, &n);
+    d->depth--;
+    return 0;
+}
+
+/* ------------------------------------------------------------ values */
+
+static int parse_value(jd *d)
+{
+    const char *p = skip_ws(d->p, d->end);
+    d->p = p;
+    if (p >= d->end)
+        return fail(d, p, "Expected value but found end of input");
+    switch (*p) {
+    case '{':
+        return parse_object(d);
+    case '[':
+        return parse_array(d);
+    case '"':
+        return parse_string(d, "value");
+    case 't':
+        if (!lit(p, d->end, "true", 4))
+            break;
+        lua_pushboolean(d->L, 1);
+        d->p = p + 4;
+        return 0;
+    case 'f':
+        if (!lit(p, d->end, "false", 5))
+            break;
+        lua_pushboolean(d->L, 0);
+        d->p = p + 5;
+        return 0;
+    case 'n':
+        if (!lit(p, d->end, "null", 4))
+            break;
+        lua_pushlightuserdata(d->L, NULL);
+        d->p = p + 4;
+        return 0;
+    case '-':
+    case '0': case '1': case '2': case '3': case '4':
+    case '5': case '6': case '7': case '8': case '9':
+        return parse_number(d);
+    default:
+        break;
+    }
+    return fail(d, p, "Expected value but found %s", found(d, p));
+}
+
+int sh_json_decode(lua_State *L, const char *s, size_t len, char *err, size_t errsz)
+{
+    int top = lua_gettop(L);
+    jd d = {L, s, s, s + len, 0, 0, err, errsz};
+    if (errsz)
+        err[0] = '\0';
+    luaL_checkstack(L, 4, "json"); /* the value, a temporary (luaL_Buffer, number box) */
+    int r = parse_value(&d);
+    if (r == 0) {
+        const char *p = skip_ws(d.p, d.end);
+        if (p < d.end)
+            r = fail(&d, p, "Expected the end but found %s", found(&d, p));
+    }
+    if (r < 0) {
+        lua_settop(L, top);
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,56 @@
+/* fuzz_json.c — libFuzzer target for the strict JSON decoder (src/json_decode.c,
+ * host.json.decode), against the path host.json.decode took before it
+ * (lua-cjson's cjson.safe.decode + integral floats → integers:
+ * tests/unit/json_old.h).
+ *
+ * Input: the text, as it is (NUL bytes and all).
+ *
+ * Invariants (a violation aborts, so libFuzzer keeps the input):
+ * - decoded: exactly one value pushed; cjson's old path decodes the text too
+ *   (the strict grammar is a subset of cjson's) to the same value: same types,
+ *   integer/float subtypes, strings, keys;
+ * - refused: nothing pushed, and a one-line message, "... at character N" with
+ *   N within the text (+1 for its end), or "number out of range";
+ * - no crash, leak or undefined behaviour (ASan, LSan, UBSan).
+ *
+ * Build and run: tests/fuzz/run.sh (see there). */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json_decode.h"
+#include "../unit/json_old.h"
+
+#define FUZZ_NAME "fuzz_json"
+#include "fuzz_check.h"
+
+static lua_State *L;
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (!L)
+        L = json_old_state();
+    const char *s = (const char *)data;
+    char err[256];
+    int top = lua_gettop(L);
+    int r = sh_json_decode(L, s, size, err, sizeof err);
+    if (r == 0) {
+        CHECK(lua_gettop(L) == top + 1, "decoded: %d values pushed", lua_gettop(L) - top);
+        CHECK(old_decode(L, s, size) == 0, "decoded here, refused by the old path");
+        CHECK(same(L, -2, -1), "decoded to another value than the old path's");
+    } else {
+        CHECK(r == -1, "returned %d", r);
+        CHECK(lua_gettop(L) == top, "refused: %d values left", lua_gettop(L) - top);
+        CHECK(strchr(err, '\n') == NULL, "a message of more than one line: %s", err);
+        const char *at = strstr(err, " at character ");
+        if (at) {
+            unsigned long long n = strtoull(at + 14, NULL, 10);
+            CHECK(n >= 1 && n <= (unsigned long long)size + 1, "position %llu of %zu: %s", n, size, err);
+        } else {
+            CHECK(strcmp(err, "number out of range") == 0, "message: %s", err);
+        }
+    }
+    lua_settop(L, top);
+    return 0;
+}
