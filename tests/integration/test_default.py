@@ -709,6 +709,31 @@ def strict_json_nan_infinity_hex_are_invalid_message():
 
 
 @S.test
+def oversized_batch_is_refused_before_walking_it():
+    """A 1 MB batch of 524,287 members (`[0,0,…]`, `[{},{},…]`) is invalid_message "too
+    many tasks" at once: the count is checked before the walk over every key, so even
+    under the smallest lua_max_instructions (1000) the hook ends in time; the connection
+    stays open and a valid batch then runs.
+    fails on old: yes (the walk over 524,287 keys ran past the budget: close 1011)."""
+    with worker(SEED_WORKER, "tick_ms=20", "complete_probability=0.5") as w, \
+            server(w.port, "lua_max_instructions=1000") as sh:
+        ws = WsClient(sh.port, timeout=30)
+        for member in ("0", "{}"):
+            n = (1 << 20) // (len(member) + 1) - 1
+            ws.send_text("[" + ",".join([member] * n) + "]")
+            try:
+                msg = expect_error(ws, "invalid_message")
+            except WsClosed as e:
+                raise AssertionError("%d members of %s: %s" % (n, member, e))
+            assert msg["message"] == "too many tasks: %d (max 1000)" % n, msg
+        tasks = batch(3)
+        ws.send_json(tasks)
+        frames, code = ws.read_to_close()
+        check_complete(tasks, frames, code)
+        assert sh.metrics()["statushost_lua_errors_total"] == 0, sh.log_text()
+
+
+@S.test
 def malformed_remote_url_is_dispatch_failed_not_a_lua_error():
     """A remote_url the HTTP client cannot use (not a URL, another scheme, no host, a bad
     port) → the dispatch_failed frame and close 1011, as for any failed dispatch; the
