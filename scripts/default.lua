@@ -337,7 +337,13 @@ function policy.on_publish(conn, channel, payload)
   if not job or job.finished or channel ~= job.channel then return end
   local update, id = lib.update_of(payload)
   if not id or not job.tasks[id] then return drop_foreign(conn, payload) end
-  conn:send(payload) -- verbatim
+  local sent, why = conn:send(payload) -- verbatim
+  -- not UTF-8 (JSON strings may hold any bytes): it cannot be a text frame, so it does not
+  -- count either (the client would miss the update that finished its task)
+  if not sent then
+    if why == "invalid UTF-8" then return drop_foreign(conn, payload) end
+    return
+  end
   if lib.is_complete(job, id, update) then lib.finish(conn, job, "completed") end
 end
 

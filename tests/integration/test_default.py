@@ -240,6 +240,38 @@ def numeric_and_string_ids_match_foreign_updates_dropped():
 
 
 @S.test
+def undeliverable_update_does_not_finish_its_task():
+    """An update for a task of the job that cannot go out as a text frame (bytes that are
+    not UTF-8, or a NUL-cut payload the decoder refuses) is dropped and counted in
+    statushost_foreign_updates_dropped_total: it does not mark its task done, so the job
+    does not end 1000 with an update the client never got; the next good update for the
+    task completes it, and the client has seen every update it was counted on.
+    fails on old: yes (the update that was not UTF-8 was neither sent nor counted as
+    dropped, but it counted b1 done: the job closed 1000 after b2's frame alone)."""
+    with worker(TEST_WORKER, "mode=partial", "complete_count=0") as w, server(w.port) as sh:
+        mark = sh.mark()
+        ws = WsClient(sh.port)
+        ws.send_json([{"id": "b1"}, {"id": "b2"}])
+        channel = "ws:fid:" + conn_id(sh, mark)
+        w.wait_log(r"job for %s 2 tasks" % channel)
+        r = redis()
+        bad = [b'{"id":"b1","status":"done","note":"\xff\xfe"}',  # a JSON string, not UTF-8
+               b'{"id":"b1","status":"done"}\x00{"junk"']          # NUL: not JSON
+        for p in bad:
+            assert r.cmd("PUBLISH", channel, p) == 1
+        good = [b'{"id":"b2","status":"done"}', b'{"id":"b1","status":"done"}']
+        r.cmd("PUBLISH", channel, good[0])
+        assert ws.recv() == (OP_TEXT, good[0])
+        wait_until(lambda: sh.metrics()["statushost_foreign_updates_dropped_total"] == 2,
+                   what="the two undeliverable updates counted")
+        r.cmd("PUBLISH", channel, good[1])
+        frames, code = ws.read_to_close()
+        assert frames == good[1:] and code == 1000, (frames, code)
+        assert sh.metrics()["statushost_lua_errors_total"] == 0, sh.log_text()
+        ws.shutdown()
+
+
+@S.test
 def non_done_status_is_forwarded_but_not_counted():
     """An update with a status outside done_statuses is forwarded and does not finish
     the task; a later done update does."""
