@@ -142,6 +142,8 @@ static const struct {
     const char *err;
 } invalid[] = {
     {"", 0, "Expected value but found end of input at character 1"},
+    /* positions count bytes, as lua-cjson's did: "é" and "中" are 2 and 3 */
+    {"[\"\xc3\xa9\xe4\xb8\xad\",x]", 0, "Expected value but found invalid token at character 10"},
     {" ", 0, "Expected value but found end of input at character 2"},
     {"01", 0, "Expected value but found invalid number at character 1"},
     {"-01", 0, "Expected value but found invalid number at character 1"},
