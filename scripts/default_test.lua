@@ -76,6 +76,20 @@ t.test("updates for other tasks, and malformed ones, are dropped", function()
   c:expect_close(1000)
 end)
 
+t.test("an update that is not UTF-8 is dropped and does not finish its task", function()
+  local p = start()
+  local c = p:open{}
+  c:send('[{"id":1},{"id":2}]')
+  local channel = channel_of(p)
+  p:publish(channel, '{"id":1,"status":"done","note":"\255\254"}') -- cannot be a text frame
+  p:publish(channel, '{"id":2,"status":"done"}')
+  c:expect_frame{ id = 2 }
+  c:expect_no_frame() -- not closed: task 1 is not done (before: close 1000 "done" here)
+  p:publish(channel, '{"id":1,"status":"done"}')
+  c:expect_frame{ id = 1 }
+  c:expect_close(1000)
+end)
+
 -- ---------------------------------------------------------------- invalid messages
 
 local invalid = {

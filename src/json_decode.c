@@ -324,16 +324,23 @@ static int parse_string(jd *d, const char *what)
     }
     luaL_Buffer b;
     luaL_buffinit(d->L, &b);
+    const char *at, *why;
     for (;;) {
         luaL_addlstring(&b, run, (size_t)(p - run));
-        if (p >= end)
-            return fail(d, end, "Expected %s but found unexpected end of string", what);
+        if (p >= end) {
+            at = end, why = "unexpected end of string";
+            goto bad;
+        }
         if (*p == '"')
             break;
-        if (*p != '\\')
-            return fail(d, p, "Expected %s but found control character in string", what);
-        if (p + 1 >= end)
-            return fail(d, p + 1, "Expected %s but found unexpected end of string", what);
+        if (*p != '\\') {
+            at = p, why = "control character in string";
+            goto bad;
+        }
+        if (p + 1 >= end) {
+            at = p + 1, why = "unexpected end of string";
+            goto bad;
+        }
         char c;
         switch (p[1]) {
         case '"': c = '"'; break;
@@ -346,13 +353,16 @@ static int parse_string(jd *d, const char *what)
         case 't': c = '\t'; break;
         case 'u': {
             int used = add_unicode(&b, p, end);
-            if (used < 0)
-                return fail(d, p, "Expected %s but found invalid unicode escape code", what);
+            if (used < 0) {
+                at = p, why = "invalid unicode escape code";
+                goto bad;
+            }
             p += used;
             goto next;
         }
         default:
-            return fail(d, p, "Expected %s but found invalid escape code", what);
+            at = p, why = "invalid escape code";
+            goto bad;
         }
         luaL_addchar(&b, c);
         p += 2;
@@ -364,6 +374,16 @@ static int parse_string(jd *d, const char *what)
     luaL_pushresult(&b);
     d->p = p + 1;
     return 0;
+bad:
+    /* Close the buffer here, not in sh_json_decode's lua_settop: once the
+     * text outgrew its first block it is a to-be-closed box, and Lua 5.4.4's
+     * lua_settop keeps a stack pointer across the __close call, which can
+     * grow (move) the stack: the top would be left in the freed one.
+     * luaL_pushresult closes it with lua_closeslot, which is safe. */
+    luaL_buffsub(&b, luaL_bufflen(&b));
+    luaL_pushresult(&b);
+    lua_pop(d->L, 1);
+    return fail(d, at, "Expected %s but found %s", what, why);
 }
 
 /* ------------------------------------------------------------ containers */

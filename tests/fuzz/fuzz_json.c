@@ -11,6 +11,10 @@
  *   integer/float subtypes, strings, keys;
  * - refused: nothing pushed, and a one-line message, "... at character N" with
  *   N within the text (+1 for its end), or "number out of range";
+ * - the same again on a fresh coroutine holding 0..23 values (its stack
+ *   nearly full: a to-be-closed luaL_Buffer box closed by lua_settop once
+ *   left the top in the freed stack, Lua 5.4.4): the same result, the
+ *   stack top exactly one value (or none) above those;
  * - no crash, leak or undefined behaviour (ASan, LSan, UBSan).
  *
  * Build and run: tests/fuzz/run.sh (see there). */
@@ -51,6 +55,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             CHECK(strcmp(err, "number out of range") == 0, "message: %s", err);
         }
     }
+    lua_settop(L, top);
+
+    lua_State *co = lua_newthread(L);
+    int held = (int)(size % 24);
+    for (int i = 0; i < held; i++)
+        lua_pushnil(co);
+    int rc = sh_json_decode(co, s, size, err, sizeof err);
+    CHECK(rc == r, "on a coroutine holding %d values: %d, at the top: %d", held, rc, r);
+    CHECK(lua_gettop(co) == held + (rc == 0), "on a coroutine holding %d values: top %d after %s",
+          held, lua_gettop(co), rc == 0 ? "a decode" : "a refusal");
     lua_settop(L, top);
     return 0;
 }

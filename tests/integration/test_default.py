@@ -227,16 +227,43 @@ def numeric_and_string_ids_match_foreign_updates_dropped():
                 b'{"id":777.0,"status":"' + DONE.encode() + b'"}']     # integral float
         for p in mine:
             r.cmd("PUBLISH", channel, p)
-        got = []
-        while True:
-            op, payload = ws.recv()
-            if op == OP_CLOSE:
-                break
-            got.append(payload)
+        got, code = ws.read_to_close()
         assert got == mine, "forwarded %r" % got
-        assert int.from_bytes(payload[:2], "big") == 1000, payload
+        assert code == 1000, code
         ws.shutdown()
         sh.wait_log(r"dropped an update", start=mark)
+
+
+@S.test
+def undeliverable_update_does_not_finish_its_task():
+    """An update for a task of the job that cannot go out as a text frame (bytes that are
+    not UTF-8, or a NUL-cut payload the decoder refuses) is dropped and counted in
+    statushost_foreign_updates_dropped_total: it does not mark its task done, so the job
+    does not end 1000 with an update the client never got; the next good update for the
+    task completes it, and the client has seen every update it was counted on.
+    fails on old: yes (the update that was not UTF-8 was neither sent nor counted as
+    dropped, but it counted b1 done: the job closed 1000 after b2's frame alone)."""
+    with worker(TEST_WORKER, "mode=partial", "complete_count=0") as w, server(w.port) as sh:
+        mark = sh.mark()
+        ws = WsClient(sh.port)
+        ws.send_json([{"id": "b1"}, {"id": "b2"}])
+        channel = "ws:fid:" + conn_id(sh, mark)
+        w.wait_log(r"job for %s 2 tasks" % channel)
+        r = redis()
+        bad = [b'{"id":"b1","status":"done","note":"\xff\xfe"}',  # a JSON string, not UTF-8
+               b'{"id":"b1","status":"done"}\x00{"junk"']          # NUL: not JSON
+        for p in bad:
+            assert r.cmd("PUBLISH", channel, p) == 1
+        good = [b'{"id":"b2","status":"done"}', b'{"id":"b1","status":"done"}']
+        r.cmd("PUBLISH", channel, good[0])
+        assert ws.recv() == (OP_TEXT, good[0])
+        wait_until(lambda: sh.metrics()["statushost_foreign_updates_dropped_total"] == 2,
+                   what="the two undeliverable updates counted")
+        r.cmd("PUBLISH", channel, good[1])
+        frames, code = ws.read_to_close()
+        assert frames == good[1:] and code == 1000, (frames, code)
+        assert sh.metrics()["statushost_lua_errors_total"] == 0, sh.log_text()
+        ws.shutdown()
 
 
 @S.test
@@ -255,14 +282,9 @@ def non_done_status_is_forwarded_but_not_counted():
                b'{"id":"a2","status":"completed"}']
         for p in seq:
             r.cmd("PUBLISH", channel, p)
-        got = []
-        while True:
-            op, payload = ws.recv()
-            if op == OP_CLOSE:
-                break
-            got.append(payload)
+        got, code = ws.read_to_close()
         assert got == seq, got
-        assert int.from_bytes(payload[:2], "big") == 1000
+        assert code == 1000, code
         ws.shutdown()
 
 
@@ -706,6 +728,31 @@ def strict_json_nan_infinity_hex_are_invalid_message():
         frames, code = run_job(sh.port, tasks)
         check_complete(tasks, frames, code)
         ws.shutdown()
+
+
+@S.test
+def oversized_batch_is_refused_before_walking_it():
+    """A 1 MB batch of 524,287 members (`[0,0,…]`, `[{},{},…]`) is invalid_message "too
+    many tasks" at once: the count is checked before the walk over every key, so even
+    under the smallest lua_max_instructions (1000) the hook ends in time; the connection
+    stays open and a valid batch then runs.
+    fails on old: yes (the walk over 524,287 keys ran past the budget: close 1011)."""
+    with worker(SEED_WORKER, "tick_ms=20", "complete_probability=0.5") as w, \
+            server(w.port, "lua_max_instructions=1000") as sh:
+        ws = WsClient(sh.port, timeout=30)
+        for member in ("0", "{}"):
+            n = (1 << 20) // (len(member) + 1) - 1
+            ws.send_text("[" + ",".join([member] * n) + "]")
+            try:
+                msg = expect_error(ws, "invalid_message")
+            except WsClosed as e:
+                raise AssertionError("%d members of %s: %s" % (n, member, e))
+            assert msg["message"] == "too many tasks: %d (max 1000)" % n, msg
+        tasks = batch(3)
+        ws.send_json(tasks)
+        frames, code = ws.read_to_close()
+        check_complete(tasks, frames, code)
+        assert sh.metrics()["statushost_lua_errors_total"] == 0, sh.log_text()
 
 
 @S.test

@@ -575,6 +575,31 @@ def f10_lua_memory_cap_closes_1011():
         alive(sh, "after the memory cap")
 
 
+@S.test
+def lua_memory_cap_inside_the_json_decoder_closes_1011():
+    """The default policy decoding a 1 MB batch of 349,524 empty arrays (27 MB of Lua
+    tables) under lua_max_memory = 8 MiB: the allocation past the cap is raised from inside
+    the C decoder (host.json.decode), which leaves nothing behind: that connection closes
+    1011 with "not enough memory" in field 'decode' logged, the next batch on a new
+    connection is answered, and the server (under ASan: without a leak) lives.
+    fails on old: only on the logged message (coverage of the new decoder: lua-cjson
+    raised "Memory allocation error in CJSON protected call"; it closed 1011 too)."""
+    r = shared_redis()
+    with host("scripts/default.lua", redis=r,
+              sets=["remote_url=http://127.0.0.1:%d/x" % free_port(),
+                    "lua_max_memory=%d" % (8 * 1024 * 1024)]) as sh:
+        a = ws(sh, timeout=30)
+        a.send_text("[" + ",".join(["[]"] * ((1 << 20) // 3 - 1)) + "]")
+        expect_close(a, 1011, "a batch that decodes past lua_max_memory")
+        sh.wait_log(r"lua error in on_message: not enough memory.*in field 'decode'")
+        b = ws(sh)
+        b.send_text("[]")
+        got = json.loads(b.recv_text())
+        assert got["error"] == "invalid_message", got
+        assert metric(sh, "lua_errors_total") == 1
+        alive(sh, "after the decoder ran out of Lua memory")
+
+
 # ====================================================================== F4
 
 @S.test

@@ -20,7 +20,10 @@
  *    every N, raises LUA_ERRMEM out of the decoder (never nil, err) and
  *    leaks nothing; the state stays usable.
  * 6. A locale whose decimal point is ',' (built with localedef when none is
- *    installed) changes no number. */
+ *    installed) changes no number.
+ * 7. A string refused after its escapes outgrew luaL_Buffer's first block
+ *    (its to-be-closed box on the stack), at every free stack room a
+ *    coroutine's caller can leave: the stack is as it was. */
 #define _GNU_SOURCE
 #include "unit.h"
 #include "json_decode.h"
@@ -139,6 +142,8 @@ static const struct {
     const char *err;
 } invalid[] = {
     {"", 0, "Expected value but found end of input at character 1"},
+    /* positions count bytes, as lua-cjson's did: "é" and "中" are 2 and 3 */
+    {"[\"\xc3\xa9\xe4\xb8\xad\",x]", 0, "Expected value but found invalid token at character 10"},
     {" ", 0, "Expected value but found end of input at character 2"},
     {"01", 0, "Expected value but found invalid number at character 1"},
     {"-01", 0, "Expected value but found invalid number at character 1"},
@@ -792,6 +797,71 @@ static void test_memory_errors(void)
     printf("memory errors: raised at each of %d allocations, then decoded\n", raised);
 }
 
+/* ------------------------------------------------------------ 7. a failed long string */
+
+static int box_bad_tops; /* decodes that failed with the stack top not where it was */
+
+/* decode(s) → nil, err; counts a failure that moved the stack top. */
+static int l_decode_checked(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    int top = lua_gettop(L);
+    char err[200];
+    if (sh_json_decode(L, s, n, err, sizeof err) == 0)
+        return 1;
+    if (lua_gettop(L) != top) {
+        box_bad_tops++;
+        return luaL_error(L, "stack top %d after a failed decode, want %d", lua_gettop(L), top);
+    }
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+}
+
+/* A string with escapes longer than LUAL_BUFFERSIZE lives in a to-be-closed
+ * box; refused after that, the box was left to sh_json_decode's lua_settop,
+ * which in Lua 5.4.4 (Debian 12) keeps a stack pointer across the __close
+ * call: when that call grew the stack, the top was left in the freed one.
+ * fails before the fix: yes (stack top 521 after a failed decode, want 1,
+ * for one of the stack rooms below). */
+static void test_failed_long_string(void)
+{
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    lua_pushcfunction(L, l_decode_checked);
+    lua_setglobal(L, "decode");
+    static const char code[] =
+        "local texts = {}\n"
+        "local long = string.rep('\\\\n', 1500)\n"
+        "for _, tail in ipairs({ '\\1\"', '\\\\x\"', '\\\\ud800\"', '', '\\\\u12' }) do\n"
+        "  texts[#texts + 1] = '[\"' .. long .. tail .. ']'\n"
+        "  texts[#texts + 1] = '{\"' .. long .. tail .. ':1}'\n"
+        "end\n"
+        "local runs = 0\n"
+        "for _, text in ipairs(texts) do\n"
+        "  for k = 0, 90 do -- k locals below the call: every free room of the stack\n"
+        "    local src = 'local decode, text = ...; '\n"
+        "    for i = 1, k do src = src .. 'local l' .. i .. ' = ' .. i .. '; ' end\n"
+        "    src = src .. 'local v, e = decode(text); return v, e, l1'\n"
+        "    local f = assert(load(src))\n"
+        "    local ok, v, e = coroutine.resume(coroutine.create(f), decode, text)\n"
+        "    assert(ok, v)\n"
+        "    assert(v == nil and e:find(' at character %d+$'), tostring(e))\n"
+        "    local w, e2 = f(decode, text) -- the main thread too\n"
+        "    assert(w == nil and e2 == e)\n"
+        "    runs = runs + 1\n"
+        "  end\n"
+        "end\n"
+        "return runs\n";
+    int st = luaL_dostring(L, code);
+    CHECKF(st == LUA_OK, "%s", lua_tostring(L, -1));
+    CHECK_INT(box_bad_tops, 0);
+    if (st == LUA_OK)
+        CHECK_INT(lua_tointeger(L, -1), 10 * 91);
+    lua_close(L);
+}
+
 /* ------------------------------------------------------------ 6. locale */
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -855,5 +925,6 @@ int main(int argc, char **argv)
     test_locale(L);
     lua_close(L);
     test_memory_errors();
+    test_failed_long_string();
     return unit_done("test_json_decode");
 }
