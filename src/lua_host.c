@@ -213,10 +213,10 @@ static int is_task_thread(lua_State *co)
     return t && t->co == co;
 }
 
-/* coroutine.resume and coroutine.close: refused on a task's coroutine; a
- * resume is tracked for the instruction budget (lua_budget.h), which must
- * reach the coroutine that runs. Upvalues: the original, its name, and for
- * resume true. */
+/* coroutine.resume and coroutine.close: refused on a task's coroutine; both
+ * are tracked for the instruction budget (lua_budget.h), which must reach the
+ * coroutine that runs (a close runs its pending __close handlers). Upvalues:
+ * the original and its name. */
 static int guarded_co(lua_State *L)
 {
     lua_State *co = lua_tothread(L, 1);
@@ -226,12 +226,13 @@ static int guarded_co(lua_State *L)
                           lua_tostring(L, lua_upvalueindex(2)));
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
-    if (!co || !lua_toboolean(L, lua_upvalueindex(3))) {
+    if (!co) {
         lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
         return lua_gettop(L);
     }
     if (sh_budget_enter(co) != 0)
-        return luaL_error(L, "coroutine.resume: coroutines nested too deep");
+        return luaL_error(L, "coroutine.%s: coroutines nested too deep",
+                          lua_tostring(L, lua_upvalueindex(2)));
     int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
     sh_budget_leave();
     if (st != LUA_OK)
@@ -244,16 +245,16 @@ static void guard_coroutine(lua_State *L, const char *name)
     lua_getglobal(L, "coroutine");
     lua_getfield(L, -1, name);
     lua_pushstring(L, name);
-    lua_pushboolean(L, strcmp(name, "resume") == 0);
-    lua_pushcclosure(L, guarded_co, 3);
+    lua_pushcclosure(L, guarded_co, 2);
     lua_setfield(L, -2, name);
     lua_pop(L, 1);
 }
 
-/* The function coroutine.wrap returns: the guarded resume (upvalue 2) of its
- * coroutine (upvalue 1); an error is raised in the caller, with the caller's
- * position in front of a message, and the dead coroutine's to-be-closed
- * variables closed. */
+/* The function coroutine.wrap returns, as Lua's own (lcorolib.c auxwrap)
+ * over the guarded resume (upvalue 2) of its coroutine (upvalue 1): an
+ * error is raised in the caller, after the dead coroutine's to-be-closed
+ * variables are closed (counted too: a __close runs code), with the
+ * caller's position in front of a message. */
 static int wrapped_call(lua_State *L)
 {
     lua_pushvalue(L, lua_upvalueindex(2));
@@ -267,11 +268,17 @@ static int wrapped_call(lua_State *L)
     lua_settop(L, 2);
     lua_State *co = lua_tothread(L, lua_upvalueindex(1));
     int st = lua_status(co);
-    if (st != LUA_OK && st != LUA_YIELD)
-        lua_resetthread(co);
-    if (lua_type(L, 2) == LUA_TSTRING) {
+    if (st != LUA_OK && st != LUA_YIELD) {
+        if (sh_budget_enter(co) != 0)
+            return luaL_error(L, "coroutine.wrap: coroutines nested too deep");
+        st = lua_resetthread(co);
+        sh_budget_leave();
+        lua_pop(L, 1);
+        lua_xmove(co, L, 1); /* the error, or a __close handler's */
+    }
+    if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
         luaL_where(L, 1);
-        lua_insert(L, 2);
+        lua_insert(L, -2);
         lua_concat(L, 2);
     }
     return lua_error(L);

@@ -904,16 +904,62 @@ def budget_reaches_the_coroutines_a_hook_resumes():
     fresh_cos loop ran for 7.7 s with --check at lua_max_instructions=100000,
     for hours at the default)."""
     with host(pol("hard_misc.lua"), sets=["lua_max_instructions=100000"]) as sh:
+        each_over_budget(sh, ("fresh_cos", "wrap_loop", "resume_loop"), timeout=5)
+        assert sh.metrics()["statushost_lua_runs_counted_total"] >= 3
+
+
+def each_over_budget(sh, whats, timeout):
+    """Each message of whats, on a connection of its own, closes it 1011 with
+    the budget's error logged; another connection still echoes."""
+    try:
+        b = ws(sh)
+        for what in whats:
+            a = ws(sh)
+            mark = sh.mark()
+            a.send_text(what)
+            expect_close(a, 1011, what, timeout=timeout)
+            sh.wait_log(r"lua error in on_message.*instruction budget", start=mark)
+            echo_ok(b, "unaffected by " + what)
+    except (AssertionError, OSError) as e:
+        kill_if_hung(sh, e)
+
+
+@S.test
+def budget_is_the_runs_not_each_coroutines():
+    """The budget holds whatever the coroutines do: a coroutine resuming
+    itself in a loop, a loop of fresh coroutines each just under the budget,
+    a loop resuming a generator that runs most of the budget each time, an
+    endless __close run by coroutine.close or by a wrapped coroutine's error:
+    each closes 1011 (the close ones, caught, still raise at their next
+    instruction) within seconds; the other connection is unaffected.
+    fails on old: yes (self_resume never ended: each coroutine.resume of
+    itself armed its count afresh; under_cos and gen_loop each got a new
+    count per coroutine.resume, --check of the same loops ran 4 s and 8.5 s at
+    lua_max_instructions=100000, hours at the default; a __close run by
+    coroutine.close or by coroutine.wrap's error ran with no count at all)."""
+    with host(pol("hard_misc.lua"), sets=["lua_max_instructions=100000"]) as sh:
+        each_over_budget(sh, ("self_resume", "under_cos", "gen_loop", "close_loop", "wrap_close"),
+                         timeout=3)
+
+
+@S.test
+def budget_count_of_an_earlier_run_does_not_carry_over():
+    """A generator that an earlier run left counted (its run outlasted a CPU
+    tick and it ran 40,000 instructions) runs 70,000 instructions in the next
+    run, which is not counted, at lua_max_instructions=100000: it answers.
+    fails on old: yes (the generator kept the earlier run's count: the second
+    run closed 1011 with "instruction budget exceeded" after 60,000)."""
+    with host(pol("hard_misc.lua"), sets=["lua_max_instructions=100000"]) as sh:
         try:
-            b = ws(sh)
-            for what in ("fresh_cos", "wrap_loop", "resume_loop"):
-                a = ws(sh)
-                mark = sh.mark()
-                a.send_text(what)
-                expect_close(a, 1011, what, timeout=5)
-                sh.wait_log(r"lua error in on_message.*instruction budget", start=mark)
-                echo_ok(b, "unaffected by " + what)
-            assert sh.metrics()["statushost_lua_runs_counted_total"] >= 3
+            a = ws(sh)
+            before = sh.metrics()["statushost_lua_runs_counted_total"]
+            a.send_text("gen_burn")
+            assert a.recv_text() == "gen:1"
+            assert sh.metrics()["statushost_lua_runs_counted_total"] > before, \
+                "the first run was not counted: the test proves nothing"
+            a.send_text("gen_again")
+            r = a.recv()
+            assert r == (OP_TEXT, b"gen:2"), "the second run got %r" % (r,)
         except (AssertionError, OSError) as e:
             kill_if_hung(sh, e)
 
