@@ -219,17 +219,14 @@ static int is_task_thread(lua_State *co)
  * the original and its name. */
 static int guarded_co(lua_State *L)
 {
+    luaL_checktype(L, 1, LUA_TTHREAD); /* here, where the error can name the function */
     lua_State *co = lua_tothread(L, 1);
-    if (co && is_task_thread(co))
+    if (is_task_thread(co))
         return luaL_error(L, "coroutine.%s: a hook's coroutine belongs to statushost "
                              "and cannot be resumed or closed from Lua",
                           lua_tostring(L, lua_upvalueindex(2)));
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
-    if (!co) {
-        lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-        return lua_gettop(L);
-    }
     if (sh_budget_enter(co) != 0)
         return luaL_error(L, "coroutine.%s: coroutines nested too deep",
                           lua_tostring(L, lua_upvalueindex(2)));

@@ -943,6 +943,20 @@ def budget_is_the_runs_not_each_coroutines():
 
 
 @S.test
+def coroutine_resume_and_close_name_themselves_in_bad_argument_errors():
+    """coroutine.resume() and coroutine.close(1) raise Lua's own message,
+    naming the function, as stock Lua does.
+    fails on old: yes ("bad argument #1 to '?' (thread expected, got no
+    value)": the guard called the original from C, where it has no name)."""
+    with host(pol("hard_misc.lua")) as sh:
+        a = ws(sh)
+        a.send_text("co_badarg")
+        assert a.recv_text() == (
+            "bad argument #1 to 'coroutine.resume' (thread expected, got no value)|"
+            "bad argument #1 to 'coroutine.close' (thread expected, got number)")
+
+
+@S.test
 def budget_count_of_an_earlier_run_does_not_carry_over():
     """A generator that an earlier run left counted (its run outlasted a CPU
     tick and it ran 40,000 instructions) runs 70,000 instructions in the next

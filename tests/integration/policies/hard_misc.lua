@@ -14,6 +14,7 @@
 --   "gen_burn"    resumes a generator G (made once): a CPU-long C call (the count starts),
 --                 40,000 instructions, yield → "gen:1"
 --   "gen_again"   resumes G: 70,000 instructions, yield → "gen:2"
+--   "co_badarg"   the errors of coroutine.resume() and coroutine.close(1), joined by "|"
 --   else          echo
 local host = require "statushost"
 
@@ -50,6 +51,10 @@ return {
       local co = coroutine.create(function() while true do end end)
       coroutine.resume(co)
       while true do pcall(coroutine.resume, coroutine.create(function() end)) end
+    elseif text == "co_badarg" then
+      local _, e1 = pcall(coroutine.resume)
+      local _, e2 = pcall(coroutine.close, 1)
+      conn:send(e1 .. "|" .. e2)
     elseif text == "self_resume" then
       coroutine.wrap(function()
         local me = coroutine.running()
