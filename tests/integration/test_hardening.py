@@ -943,6 +943,65 @@ def budget_is_the_runs_not_each_coroutines():
 
 
 @S.test
+def a_finalizer_cannot_run_outside_the_budget():
+    """setmetatable with a __gc metamethod raises (Lua runs finalizers with
+    hooks off, out of the budget's reach): a hook that made a table whose
+    __gc loops forever closes 1011 with that error; the loop carries on.
+    fails on old: yes (the finalizer looped with no count: the loop watchdog
+    aborted the process after loop_stall_ms)."""
+    with host(pol("hard_misc.lua"), sets=["loop_stall_ms=3000"]) as sh:
+        try:
+            a, b = ws(sh), ws(sh)
+            mark = sh.mark()
+            a.send_text("gc_loop")
+            expect_close(a, 1011, "gc_loop", timeout=2)
+            sh.wait_log(r"lua error in on_message.*setmetatable: __gc metamethods are not "
+                        r"available", start=mark)
+            echo_ok(b, "unaffected by gc_loop")
+        except (AssertionError, OSError) as e:
+            kill_if_hung(sh, e)
+
+
+@S.test
+def the_policy_tables_metamethods_run_protected_and_counted():
+    """A script whose returned table has an __index that raises, or that
+    loops forever (statushost reads the hooks through it): --check exits 2
+    with a one-line error within seconds, and a SIGHUP to such a script keeps
+    the old generation serving.
+    fails on old: yes (the raising __index ran unprotected: "fatal: Lua error
+    outside a hook", abort() — at --check, at start and at a reload; the
+    looping one ran with no count: --check never ended)."""
+    tmp = tempfile.mkdtemp(prefix="sh-hard-")
+    try:
+        bad = {
+            "raises": ('return setmetatable({}, {__index = function(_, k) '
+                       'error("no " .. k) end})\n', "the policy table: .*no on_"),
+            "loops": ("return setmetatable({}, {__index = function() while true do end end})\n",
+                      "the policy table: instruction budget exceeded"),
+        }
+        for what, (text, want) in bad.items():
+            script = write(os.path.join(tmp, what + ".lua"), text)
+            rc, out, err, took = run_bin("--check", "--set", "lua_max_instructions=100000",
+                                         "--redis", NO_REDIS, script, timeout=5)
+            assert rc == 2 and re.search(want, err) and len(err.strip().splitlines()) == 1, \
+                "--check of an __index that %s: exit %s, stderr %r" % (what, rc, err[-300:])
+        script = write(os.path.join(tmp, "policy.lua"), GOOD)
+        with host(script, sets=["lua_max_instructions=100000"]) as sh:
+            live = ws(sh)
+            for what, (text, want) in bad.items():
+                write(script, text)
+                mark = sh.mark()
+                sh.signal(signal.SIGHUP)
+                m = sh.wait_log(r"reload failed, keeping generation 1|reloaded", start=mark)
+                assert m.group(0).startswith("reload failed") and re.search(want, m.string), \
+                    m.string
+                live.send_text(what)
+                assert live.recv() == (OP_TEXT, ("gen1:" + what).encode())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@S.test
 def coroutine_resume_and_close_name_themselves_in_bad_argument_errors():
     """coroutine.resume() and coroutine.close(1) raise Lua's own message,
     naming the function, as stock Lua does.

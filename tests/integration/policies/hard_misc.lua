@@ -14,6 +14,7 @@
 --   "gen_burn"    resumes a generator G (made once): a CPU-long C call (the count starts),
 --                 40,000 instructions, yield → "gen:1"
 --   "gen_again"   resumes G: 70,000 instructions, yield → "gen:2"
+--   "gc_loop"     a table whose __gc loops forever, then a full collection
 --   "co_badarg"   the errors of coroutine.resume() and coroutine.close(1), joined by "|"
 --   else          echo
 local host = require "statushost"
@@ -51,6 +52,10 @@ return {
       local co = coroutine.create(function() while true do end end)
       coroutine.resume(co)
       while true do pcall(coroutine.resume, coroutine.create(function() end)) end
+    elseif text == "gc_loop" then
+      setmetatable({}, {__gc = function() while true do end end})
+      collectgarbage()
+      conn:send("collected")
     elseif text == "co_badarg" then
       local _, e1 = pcall(coroutine.resume)
       local _, e2 = pcall(coroutine.close, 1)
