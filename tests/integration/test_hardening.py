@@ -1002,6 +1002,28 @@ def the_policy_tables_metamethods_run_protected_and_counted():
 
 
 @S.test
+def metamethods_an_on_handshake_puts_on_the_request_do_not_run_outside_it():
+    """on_handshake gives the request (and its headers) an __index that
+    raises, or loops, and accepts: statushost reads them raw afterwards (the
+    offered protocol, conn.ip), so the first answers 500 (the protocol was not
+    offered, as the headers now hold none), the second opens and echoes; the
+    process lives on.
+    fails on old: yes (the __index ran outside the hook, unprotected: "fatal:
+    Lua error outside a hook", abort())."""
+    with host(pol("hard_handshake.lua"), sets=["lua_max_instructions=100000"]) as sh:
+        try:
+            c = WsClient(sh.port, connect=False, timeout=5)
+            got = c.handshake("/meta_raise", {"Sec-WebSocket-Protocol": "chat.v2"})
+            assert got == 500, "/meta_raise answered %s" % got
+            c = WsClient(sh.port, path="/meta_loop", timeout=5)
+            assert c.status == 101, "/meta_loop answered %s" % c.status
+            echo_ok(c, "after meta_loop")
+            alive(sh, "after the request's metamethods")
+        except (AssertionError, OSError) as e:
+            kill_if_hung(sh, e)
+
+
+@S.test
 def coroutine_resume_and_close_name_themselves_in_bad_argument_errors():
     """coroutine.resume() and coroutine.close(1) raise Lua's own message,
     naming the function, as stock Lua does.
