@@ -33,8 +33,9 @@
 /* Once armed, a thread's hook counts in chunks: the first of FIRST_CHUNK
  * instructions, each next one twice the last, up to MAX_CHUNK (the hook's
  * cost stays negligible). What a thread runs after its last whole chunk is
- * not counted, so a loop of short coroutines runs at most FIRST_CHUNK
- * uncounted instructions per coroutine for the few it makes itself. */
+ * not counted: a loop of short coroutines gets at most FIRST_CHUNK - 1
+ * uncounted instructions per coroutine, against the few counted ones each
+ * costs the loop that makes it (a bound of about 20 times the budget). */
 #define FIRST_CHUNK 64
 #define MAX_CHUNK 4096
 
@@ -57,7 +58,10 @@ static void over_budget(lua_State *L, lua_Debug *ar);
 
 static void arm(lua_State *L, int n) { lua_sethook(L, over_budget, LUA_MASKCOUNT, n); }
 
-static int first_chunk(void) { return count < 1 ? 1 : count < FIRST_CHUNK ? (int)count : FIRST_CHUNK; }
+static int first_chunk(void)
+{
+    return count < 1 ? 1 : count < FIRST_CHUNK ? (int)count : FIRST_CHUNK;
+}
 
 /* The count hook, at the end of a chunk. The budget is the run's, not a
  * thread's: every thread's chunks come off the same `left`, so neither a
