@@ -96,6 +96,10 @@ enum {
  * at rest for one to two sweeps of this period (ws_conn.c): a job's frames do
  * not pay for a new context each, an idle connection keeps none. */
 #define SH_PARK_SWEEP_MS 250
+/* ... while at most this many hold one: past it, a WebSocket at rest is
+ * parked at once (a ramp of thousands of connections would otherwise hold a
+ * context each for a sweep or two, and the heap keeps that peak). */
+#define SH_PARK_HELD_MAX 64
 
 struct sh_transport;
 
@@ -218,6 +222,7 @@ typedef struct sh_transport {
     uv_idle_t resumer;           /* active while paused input waits: the poll does not block */
     size_t npaused;
     sh_conn *held;               /* WebSockets with a wslay context (ws_conn.c) */
+    size_t nheld;
     uv_timer_t parker;           /* sweeps held: frees the contexts of those at rest */
     char *read_buf;              /* shared by all connections */
     int read_buf_busy;

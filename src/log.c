@@ -180,7 +180,11 @@ static void write_all(const char *p, size_t n)
         n -= w;
         if (w == 0) {
             struct pollfd pfd = {.fd = out_fd, .events = POLLOUT};
-            if (poll(&pfd, 1, 5000) <= 0)
+            int r;
+            do /* a signal (SIGVTALRM's tick) interrupts poll even with SA_RESTART */
+                r = poll(&pfd, 1, 5000);
+            while (r < 0 && errno == EINTR);
+            if (r <= 0)
                 return;
         }
     }
@@ -516,7 +520,8 @@ static void copy_out(char *out, size_t n, const char *p)
 }
 
 /* A number's text without snprintf (several per access line, one line per
- * connection): integers, and %.3f for the usual doubles (a duration). */
+ * connection): integers, and %.3f for the usual doubles (a duration); a
+ * double whose %.3f does not fit in out is written %.17g. */
 static void number_text(const struct field *f, char *out, size_t n, int json)
 {
     char tmp[24], *p;
@@ -532,7 +537,7 @@ static void number_text(const struct field *f, char *out, size_t n, int json)
     case SH_LOG_DBL:
         if (!isfinite(f->v.d)) {
             snprintf(out, n, json ? "null" : "%g", f->v.d);
-        } else if (f->v.d >= 0 && f->v.d < 1e9 &&
+        } else if (!signbit(f->v.d) && f->v.d < 1e9 && /* -0.0: "-0.000", as %.3f */
                    fabs(f->v.d * 1000 - floor(f->v.d * 1000) - 0.5) > 1e-3) {
             /* the thousandths, rounded as %.3f would: v * 1000 is within
              * 1e-4 of the exact product, so far from a half it rounds alike */
@@ -549,8 +554,10 @@ static void number_text(const struct field *f, char *out, size_t n, int json)
             } else if (n) {
                 out[0] = '\0';
             }
-        } else {
-            snprintf(out, n, "%.3f", f->v.d);
+        } else if (snprintf(out, n, "%.3f", f->v.d) >= (int)n) {
+            /* too long for out (past about 1e59): cut, it would be another
+             * number; %.17g is the same one, shorter */
+            snprintf(out, n, "%.17g", f->v.d);
         }
         break;
     case SH_LOG_BOOL: snprintf(out, n, "%s", f->v.i ? "true" : "false"); break;

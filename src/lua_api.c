@@ -236,6 +236,18 @@ static void push_request_of(sh_pconn *p, lua_State *L)
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->request_ref);
 }
 
+/* Push t[k] for the value t at the top, raw (nil when t is not a table): C
+ * reading a table a hook could change, outside the hook's run. */
+static void raw_field(lua_State *L, const char *k)
+{
+    if (lua_type(L, -1) != LUA_TTABLE) {
+        lua_pushnil(L);
+        return;
+    }
+    lua_pushstring(L, k);
+    lua_rawget(L, -2);
+}
+
 /* Push the conn userdata of p on L (created on first use). conn.request and
  * conn.ip are made when first read (conn_index), from the saved request. */
 static void push_conn(sh_pconn *p, lua_State *L)
@@ -256,7 +268,7 @@ static void push_conn(sh_pconn *p, lua_State *L)
     if (!(p->request_ref == LUA_NOREF && p->saved)) {
         if (p->request_ref != LUA_NOREF) {
             lua_rawgeti(L, LUA_REGISTRYINDEX, p->request_ref);
-            lua_getfield(L, -1, "client_ip");
+            raw_field(L, "client_ip"); /* raw: an on_handshake may have put metamethods on it */
             lua_setfield(L, -3, "ip");
         } else {
             lua_newtable(L);
@@ -821,10 +833,12 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
                                                                        : NULL;
             const char *offered = NULL;
             lua_State *L = p->gen->L;
+            /* raw: the hook may have put metamethods on the request, and no
+             * Lua runs here (outside the hook's run: unprotected, uncounted) */
             lua_rawgeti(L, LUA_REGISTRYINDEX, p->request_ref);
-            lua_getfield(L, -1, "headers");
-            lua_getfield(L, -1, "sec-websocket-protocol");
-            offered = lua_tostring(L, -1);
+            raw_field(L, "headers");
+            raw_field(L, "sec-websocket-protocol");
+            offered = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
             int ok = 0;
             if (proto && offered) { /* one of the comma-separated tokens */
                 size_t pl = strlen(proto);

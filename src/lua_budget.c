@@ -9,10 +9,13 @@
  *
  *   begin:  running[0], depth, armed, exceeded  ─fence─►  active = seq
  *   end:    active = 0  ─fence─►  hooks removed, depth = 0
- *   enter:  running[depth]  ─fence─►  depth + 1  ─fence─►  if armed: arm it
+ *   enter:  an earlier run's hook removed  ─fence─►  running[depth]  ─fence─►
+ *           depth + 1  ─fence─►  if armed: arm it (unless it counts already)
  *
  * The handler does nothing while active is 0, and arms only running[0 ..
- * depth), all of them alive: each is on the C stack of the run. */
+ * depth), all of them alive: each is on the C stack of the run. The hook
+ * (over_budget) runs on the loop's thread too; the handler may interrupt it,
+ * but it only writes `left` while not armed, when the hook does not. */
 #include "lua_budget.h"
 
 #include <errno.h>
@@ -27,14 +30,23 @@
 #include <lauxlib.h>
 
 #define MAX_DEPTH 256 /* Lua's C stack limit (LUAI_MAXCCALLS, 200) comes first */
+/* Once armed, a thread's hook counts in chunks: the first of FIRST_CHUNK
+ * instructions, each next one twice the last, up to MAX_CHUNK (the hook's
+ * cost stays negligible). What a thread runs after its last whole chunk is
+ * not counted: a loop of short coroutines gets at most FIRST_CHUNK - 1
+ * uncounted instructions per coroutine, against the few counted ones each
+ * costs the loop that makes it (a bound of about 20 times the budget). */
+#define FIRST_CHUNK 64
+#define MAX_CHUNK 4096
 
 static lua_State *volatile running[MAX_DEPTH];
 static volatile sig_atomic_t depth;
 static volatile sig_atomic_t active; /* the run's number, 0 between runs */
 static volatile sig_atomic_t seen;   /* active at the last tick */
 static volatile sig_atomic_t armed;  /* the hook is set on the run's threads */
-static volatile sig_atomic_t exceeded; /* a thread of the run went over */
-static volatile int count;           /* lua_max_instructions, for the hook */
+static volatile sig_atomic_t exceeded; /* the run went over its budget */
+static volatile long left;           /* instructions the run has left once armed */
+static volatile long count;          /* lua_max_instructions */
 static sig_atomic_t seq;
 static pthread_t loop_thread;
 static pid_t installed_pid;
@@ -46,15 +58,35 @@ static void over_budget(lua_State *L, lua_Debug *ar);
 
 static void arm(lua_State *L, int n) { lua_sethook(L, over_budget, LUA_MASKCOUNT, n); }
 
-/* The count hook, at its count: this thread and every other thread of the
- * run raise from their next instruction on, so a pcall that catches the error
- * or a fresh coroutine cannot keep the run going. */
+static int first_chunk(void)
+{
+    return count < 1 ? 1 : count < FIRST_CHUNK ? (int)count : FIRST_CHUNK;
+}
+
+/* The count hook, at the end of a chunk. The budget is the run's, not a
+ * thread's: every thread's chunks come off the same `left`, so neither a
+ * coroutine resumed again and again nor a loop of fresh ones starts a count
+ * of its own. Over it, this thread and every other thread of the run raise
+ * from their next instruction on, so a pcall that catches the error cannot
+ * keep the run going. A hook left on a thread by an earlier run (a coroutine
+ * it created or left suspended) counts nothing until this run is armed. */
 static void over_budget(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
-    exceeded = 1;
-    for (int i = 0; i < depth; i++)
-        arm(running[i], 1);
+    if (!armed)
+        return;
+    if (!exceeded) {
+        int base = lua_gethookcount(L);
+        left -= base;
+        if (left > 0) {
+            if (base < MAX_CHUNK)
+                arm(L, base * 2 < MAX_CHUNK ? base * 2 : MAX_CHUNK);
+            return;
+        }
+        exceeded = 1;
+        for (int i = 0; i < depth; i++)
+            arm(running[i], 1);
+    }
     arm(L, 1);
     luaL_error(L, "instruction budget exceeded (lua_max_instructions)");
 }
@@ -68,10 +100,12 @@ static void on_tick(int sig)
     int saved = errno;
     sig_atomic_t a = active;
     if (a && a == seen && !armed) {
+        left = count;
+        fence();
         armed = 1;
         fence();
         for (int i = 0; i < depth; i++)
-            arm(running[i], exceeded ? 1 : count);
+            arm(running[i], first_chunk());
         atomic_fetch_add_explicit(&armed_total, 1, memory_order_relaxed);
     }
     seen = a;
@@ -103,7 +137,9 @@ int sh_budget_install(void)
 
 void sh_budget_begin(lua_State *L, uint64_t max)
 {
-    count = max > INT_MAX ? INT_MAX : (int)max;
+    count = max > LONG_MAX ? LONG_MAX : (long)max;
+    if (lua_gethook(L) == over_budget)
+        lua_sethook(L, NULL, 0, 0); /* left by an earlier run; not published yet */
     running[0] = L;
     depth = 1;
     armed = 0;
@@ -125,16 +161,45 @@ void sh_budget_end(lua_State *L)
     depth = 0;
 }
 
+/* Will co run code when resumed or closed? Not when it is running or
+ * waiting on a coroutine it resumed ("cannot resume non-suspended
+ * coroutine"): its hook is the count of the frame that called, and arming it
+ * again would start that count afresh on every such call. */
+static int will_run(lua_State *co)
+{
+    lua_Debug ar;
+    return lua_status(co) != LUA_OK || !lua_getstack(co, 0, &ar);
+}
+
+/* A coroutine not started yet: a hook it has came from its creator
+ * (lua_newthread copies it, count and all), with nothing of its own counted. */
+static int fresh(lua_State *co)
+{
+    lua_Debug ar;
+    return lua_status(co) == LUA_OK && !lua_getstack(co, 0, &ar) && lua_gettop(co) > 0;
+}
+
 int sh_budget_enter(lua_State *co)
 {
     if (depth >= MAX_DEPTH)
         return -1;
+    int runs = will_run(co);
+    /* not listed yet, so the tick does not touch it here: a hook left by an
+     * earlier run goes (it would count that run's instructions in this one) */
+    if (runs && !armed && lua_gethook(co) == over_budget)
+        lua_sethook(co, NULL, 0, 0);
     running[depth] = co;
     fence();
     depth = depth + 1;
     fence();
-    if (armed)
-        arm(co, exceeded ? 1 : count);
+    /* armed (by the tick just now, or before): a coroutine with a count of
+     * this run goes on with it; others start one */
+    if (runs && armed) {
+        if (exceeded)
+            arm(co, 1);
+        else if (lua_gethook(co) != over_budget || fresh(co) || lua_gethookcount(co) == 1)
+            arm(co, first_chunk());
+    }
     return 0;
 }
 

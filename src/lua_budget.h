@@ -6,12 +6,15 @@
  * SH_BUDGET_TICK_MS of the process's user time, SIGVTALRM) that finds the
  * same run still going as at the tick before arms the count hook, from the
  * signal handler, on every Lua thread the run has going (its own and the
- * coroutines it resumed). From then on the run has lua_max_instructions
- * instructions left: a run is stopped after between one and two ticks of CPU
- * plus that many instructions, and never before it has executed
- * lua_max_instructions of them. Once one thread of a run exceeds the budget,
- * every thread of the run raises at its next instruction, so a pcall or a
- * loop of fresh coroutines cannot outlast it.
+ * coroutines it resumed or closes). From then on the run has
+ * lua_max_instructions instructions left, for all its threads together
+ * (counted in chunks, lua_budget.c): a run is stopped after between one and
+ * two ticks of CPU plus about that many instructions, and never before it
+ * has executed lua_max_instructions of them. Once the run exceeds the
+ * budget, every thread of the run raises at its next instruction, so neither
+ * a pcall, a coroutine resumed again and again, nor a loop of fresh
+ * coroutines can outlast it. A hook an earlier run left on a coroutine
+ * counts nothing in a later run.
  *
  * Lua runs on the loop's thread only, and never nested: one run at a time.
  * lua_sethook may be called from a signal handler (the Lua manual says so;
@@ -34,7 +37,7 @@ void sh_budget_begin(lua_State *L, uint64_t max);
 /* ... and ends: any hook armed on L is removed. */
 void sh_budget_end(lua_State *L);
 
-/* The run resumes coroutine co (coroutine.resume / wrap): tracked until
+/* The run resumes or closes coroutine co (coroutine.resume / wrap / close): tracked until
  * sh_budget_leave. Returns 0, or -1 when nested too deep to track. */
 int sh_budget_enter(lua_State *co);
 void sh_budget_leave(void);

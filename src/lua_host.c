@@ -213,25 +213,23 @@ static int is_task_thread(lua_State *co)
     return t && t->co == co;
 }
 
-/* coroutine.resume and coroutine.close: refused on a task's coroutine; a
- * resume is tracked for the instruction budget (lua_budget.h), which must
- * reach the coroutine that runs. Upvalues: the original, its name, and for
- * resume true. */
+/* coroutine.resume and coroutine.close: refused on a task's coroutine; both
+ * are tracked for the instruction budget (lua_budget.h), which must reach the
+ * coroutine that runs (a close runs its pending __close handlers). Upvalues:
+ * the original and its name. */
 static int guarded_co(lua_State *L)
 {
+    luaL_checktype(L, 1, LUA_TTHREAD); /* here, where the error can name the function */
     lua_State *co = lua_tothread(L, 1);
-    if (co && is_task_thread(co))
+    if (is_task_thread(co))
         return luaL_error(L, "coroutine.%s: a hook's coroutine belongs to statushost "
                              "and cannot be resumed or closed from Lua",
                           lua_tostring(L, lua_upvalueindex(2)));
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
-    if (!co || !lua_toboolean(L, lua_upvalueindex(3))) {
-        lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-        return lua_gettop(L);
-    }
     if (sh_budget_enter(co) != 0)
-        return luaL_error(L, "coroutine.resume: coroutines nested too deep");
+        return luaL_error(L, "coroutine.%s: coroutines nested too deep",
+                          lua_tostring(L, lua_upvalueindex(2)));
     int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
     sh_budget_leave();
     if (st != LUA_OK)
@@ -244,16 +242,16 @@ static void guard_coroutine(lua_State *L, const char *name)
     lua_getglobal(L, "coroutine");
     lua_getfield(L, -1, name);
     lua_pushstring(L, name);
-    lua_pushboolean(L, strcmp(name, "resume") == 0);
-    lua_pushcclosure(L, guarded_co, 3);
+    lua_pushcclosure(L, guarded_co, 2);
     lua_setfield(L, -2, name);
     lua_pop(L, 1);
 }
 
-/* The function coroutine.wrap returns: the guarded resume (upvalue 2) of its
- * coroutine (upvalue 1); an error is raised in the caller, with the caller's
- * position in front of a message, and the dead coroutine's to-be-closed
- * variables closed. */
+/* The function coroutine.wrap returns, as Lua's own (lcorolib.c auxwrap)
+ * over the guarded resume (upvalue 2) of its coroutine (upvalue 1): an
+ * error is raised in the caller, after the dead coroutine's to-be-closed
+ * variables are closed (counted too: a __close runs code), with the
+ * caller's position in front of a message. */
 static int wrapped_call(lua_State *L)
 {
     lua_pushvalue(L, lua_upvalueindex(2));
@@ -267,11 +265,17 @@ static int wrapped_call(lua_State *L)
     lua_settop(L, 2);
     lua_State *co = lua_tothread(L, lua_upvalueindex(1));
     int st = lua_status(co);
-    if (st != LUA_OK && st != LUA_YIELD)
-        lua_resetthread(co);
-    if (lua_type(L, 2) == LUA_TSTRING) {
+    if (st != LUA_OK && st != LUA_YIELD) {
+        if (sh_budget_enter(co) != 0)
+            return luaL_error(L, "coroutine.wrap: coroutines nested too deep");
+        st = lua_resetthread(co);
+        sh_budget_leave();
+        lua_pop(L, 1);
+        lua_xmove(co, L, 1); /* the error, or a __close handler's */
+    }
+    if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
         luaL_where(L, 1);
-        lua_insert(L, 2);
+        lua_insert(L, -2);
         lua_concat(L, 2);
     }
     return lua_error(L);
@@ -288,6 +292,25 @@ static int guarded_wrap(lua_State *L)
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_pushcclosure(L, wrapped_call, 2);
     return 1;
+}
+
+/* setmetatable, refusing a metatable with __gc: Lua runs a finalizer with
+ * hooks off (lgc.c GCTM), so the instruction budget could not stop one that
+ * loops, and it would block the loop. Upvalue: the original. */
+static int no_gc_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        int gc = lua_rawget(L, 2) != LUA_TNIL;
+        lua_pop(L, 1);
+        if (gc)
+            return luaL_error(L, "setmetatable: __gc metamethods are not available to policies "
+                                 "(a finalizer runs outside the instruction budget)");
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
 }
 
 static int no_sethook(lua_State *L)
@@ -347,6 +370,9 @@ static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
     lua_getglobal(L, "load");
     lua_pushcclosure(L, text_load, 1);
     lua_setglobal(L, "load");
+    lua_getglobal(L, "setmetatable");
+    lua_pushcclosure(L, no_gc_setmetatable, 1);
+    lua_setglobal(L, "setmetatable");
     open_api(L, g);
 }
 
@@ -497,8 +523,8 @@ static int run_on_config(sh_gen *g, int policy, char *err, size_t errsz)
 {
     lua_State *L = g->L;
     lua_pushcfunction(L, msgh_traceback);
-    int base = lua_gettop(L);
-    lua_getfield(L, policy, "on_config");
+    lua_insert(L, -2); /* under on_config, which take_policy left at the top */
+    int base = lua_gettop(L) - 1;
     if (lua_isnil(L, -1)) {
         lua_settop(L, policy - 1);
         return 0;
@@ -556,7 +582,7 @@ static int take_real_ip(sh_gen *g, char *err, size_t errsz)
 }
 
 /* Resolve hooks, routes and config from the policy table at the top. */
-static int take_policy(sh_gen *g, const char *const *sets, size_t nsets, char *err, size_t errsz)
+static int take_fields(sh_gen *g, const char *const *sets, size_t nsets, char *err, size_t errsz)
 {
     lua_State *L = g->L;
     int policy = lua_gettop(L);
@@ -595,8 +621,62 @@ static int take_policy(sh_gen *g, const char *const *sets, size_t nsets, char *e
         lua_insert(L, -2);
         lua_rawset(L, -4);
     }
+    lua_settop(L, policy);
+    lua_getfield(L, policy, "on_config");
+    return 0;
+}
+
+struct take {
+    sh_gen *g;
+    const char *const *sets;
+    size_t nsets;
+    char *err;
+    size_t errsz;
+    int rc;
+};
+
+/* take_fields, called protected: the policy table's metamethods (__index,
+ * and its config table's) are policy code, which may raise or loop.
+ * Arguments: the struct take, the policy table. → its on_config. */
+static int take_protected(lua_State *L)
+{
+    struct take *t = lua_touserdata(L, 1);
+    lua_remove(L, 1);
+    t->rc = take_fields(t->g, t->sets, t->nsets, t->err, t->errsz);
+    return t->rc == 0 ? 1 : 0;
+}
+
+static uint64_t load_budget(const char *const *sets, size_t nsets);
+
+/* Resolve hooks, routes and config from the policy table at the top, under
+ * the main chunk's budget, then run on_config. */
+static int take_policy(sh_gen *g, const char *const *sets, size_t nsets, char *err, size_t errsz)
+{
+    lua_State *L = g->L;
+    int policy = lua_gettop(L);
+    struct take t = {g, sets, nsets, err, errsz, -1};
+    lua_pushcfunction(L, msgh_traceback);
+    lua_pushcfunction(L, take_protected);
+    lua_pushlightuserdata(L, &t);
+    lua_pushvalue(L, policy);
+    g->loading = 1;
+    g->capped = 1;
+    sh_budget_begin(L, load_budget(sets, nsets));
+    int rc = lua_pcall(L, 2, 1, policy + 1);
+    sh_budget_end(L);
+    g->capped = 0;
+    g->loading = 0;
+    if (rc != LUA_OK || t.rc != 0) {
+        if (rc != LUA_OK)
+            snprintf(err, errsz, "the policy table: %s", lua_tostring(L, -1));
+        lua_settop(L, policy - 1);
+        return -1;
+    }
+    lua_remove(L, policy + 1); /* the message handler: on_config is at the top */
     return run_on_config(g, policy, err, errsz);
 }
+
+
 
 /* The budget of the main chunk: lua_max_instructions as --set gives it, or
  * its default (the script's own config is not known before it has run). */

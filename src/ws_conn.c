@@ -398,6 +398,7 @@ static void held_add(sh_conn *c)
     else
         uv_timer_start(&tp->parker, sweep, SH_PARK_SWEEP_MS, SH_PARK_SWEEP_MS);
     tp->held = c;
+    tp->nheld++;
 }
 
 static void held_remove(sh_conn *c)
@@ -410,6 +411,7 @@ static void held_remove(sh_conn *c)
     if (c->held_next)
         c->held_next->held_prev = c->held_prev;
     c->held_prev = c->held_next = NULL;
+    tp->nheld--;
     if (!tp->held)
         uv_timer_stop(&tp->parker);
 }
@@ -445,6 +447,15 @@ static int at_rest(const sh_conn *c)
            !wslay_event_get_close_received(c->ws) && !wslay_event_get_close_sent(c->ws);
 }
 
+/* Free c's context ("park" it): c is at rest. */
+static void park(sh_conn *c)
+{
+    CLR(c, SH_CF_REST);
+    held_remove(c);
+    wslay_event_context_free(c->ws);
+    c->ws = NULL;
+}
+
 /* Free ("park") the context of each WebSocket found at rest at two sweeps
  * in a row, untouched in between. */
 static void sweep(uv_timer_t *t)
@@ -452,17 +463,20 @@ static void sweep(uv_timer_t *t)
     sh_transport *tp = t->data;
     for (sh_conn *c = tp->held, *next; c; c = next) {
         next = c->held_next;
-        if (!at_rest(c)) {
+        if (!at_rest(c))
             CLR(c, SH_CF_REST);
-        } else if (!HAS(c, SH_CF_REST)) {
+        else if (!HAS(c, SH_CF_REST))
             SET(c, SH_CF_REST);
-        } else {
-            CLR(c, SH_CF_REST);
-            held_remove(c);
-            wslay_event_context_free(c->ws);
-            c->ws = NULL;
-        }
+        else
+            park(c);
     }
+}
+
+/* After c's event: with too many contexts held, c's goes at once if at rest. */
+static void park_if_crowded(sh_conn *c)
+{
+    if (c->tp->nheld > SH_PARK_HELD_MAX && at_rest(c))
+        park(c);
 }
 
 /* A parked WebSocket reads. */
@@ -494,6 +508,7 @@ static int ws_start(sh_conn *c)
     }
     if (c->phase == SH_PHASE_WS && wants_read(c))
         sh_conn_start_reading(c);
+    park_if_crowded(c);
     return 0;
 }
 
@@ -586,6 +601,7 @@ static void ws_on_read(sh_conn *c, const char *data, size_t len)
     pump(c);
     if (!wslay_event_want_read(c->ws) && !ws_finished(c))
         sh_conn_stop_reading(c); /* finished: no stop, the linger phase reads on (for EOF) */
+    park_if_crowded(c);
 }
 
 /* The input that waited behind a message: go on with it. */
@@ -629,6 +645,7 @@ static void ws_on_timer(sh_conn *c)
         SET(c, SH_CF_PING_OUT);
         sh_conn_arm_timer(c, lim->ping_timeout_ms);
         pump(c);
+        park_if_crowded(c);
     }
 }
 

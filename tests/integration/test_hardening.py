@@ -929,16 +929,157 @@ def budget_reaches_the_coroutines_a_hook_resumes():
     fresh_cos loop ran for 7.7 s with --check at lua_max_instructions=100000,
     for hours at the default)."""
     with host(pol("hard_misc.lua"), sets=["lua_max_instructions=100000"]) as sh:
+        each_over_budget(sh, ("fresh_cos", "wrap_loop", "resume_loop"), timeout=5)
+        assert sh.metrics()["statushost_lua_runs_counted_total"] >= 3
+
+
+def each_over_budget(sh, whats, timeout):
+    """Each message of whats, on a connection of its own, closes it 1011 with
+    the budget's error logged; another connection still echoes."""
+    try:
+        b = ws(sh)
+        for what in whats:
+            a = ws(sh)
+            mark = sh.mark()
+            a.send_text(what)
+            expect_close(a, 1011, what, timeout=timeout)
+            sh.wait_log(r"lua error in on_message.*instruction budget", start=mark)
+            echo_ok(b, "unaffected by " + what)
+    except (AssertionError, OSError) as e:
+        kill_if_hung(sh, e)
+
+
+@S.test
+def budget_is_the_runs_not_each_coroutines():
+    """The budget holds whatever the coroutines do: a coroutine resuming
+    itself in a loop, a loop of fresh coroutines each just under the budget,
+    a loop resuming a generator that runs most of the budget each time, an
+    endless __close run by coroutine.close or by a wrapped coroutine's error:
+    each closes 1011 (the close ones, caught, still raise at their next
+    instruction) within seconds; the other connection is unaffected.
+    fails on old: yes (self_resume never ended: each coroutine.resume of
+    itself armed its count afresh; under_cos and gen_loop each got a new
+    count per coroutine.resume, --check of the same loops ran 4 s and 8.5 s at
+    lua_max_instructions=100000, hours at the default; a __close run by
+    coroutine.close or by coroutine.wrap's error ran with no count at all)."""
+    with host(pol("hard_misc.lua"), sets=["lua_max_instructions=100000"]) as sh:
+        each_over_budget(sh, ("self_resume", "under_cos", "gen_loop", "close_loop", "wrap_close"),
+                         timeout=3)
+
+
+@S.test
+def a_finalizer_cannot_run_outside_the_budget():
+    """setmetatable with a __gc metamethod raises (Lua runs finalizers with
+    hooks off, out of the budget's reach): a hook that made a table whose
+    __gc loops forever closes 1011 with that error; the loop carries on.
+    fails on old: yes (the finalizer looped with no count: the loop watchdog
+    aborted the process after loop_stall_ms)."""
+    with host(pol("hard_misc.lua"), sets=["loop_stall_ms=3000"]) as sh:
         try:
-            b = ws(sh)
-            for what in ("fresh_cos", "wrap_loop", "resume_loop"):
-                a = ws(sh)
+            a, b = ws(sh), ws(sh)
+            mark = sh.mark()
+            a.send_text("gc_loop")
+            expect_close(a, 1011, "gc_loop", timeout=2)
+            sh.wait_log(r"lua error in on_message.*setmetatable: __gc metamethods are not "
+                        r"available", start=mark)
+            echo_ok(b, "unaffected by gc_loop")
+        except (AssertionError, OSError) as e:
+            kill_if_hung(sh, e)
+
+
+@S.test
+def the_policy_tables_metamethods_run_protected_and_counted():
+    """A script whose returned table has an __index that raises, or that
+    loops forever (statushost reads the hooks through it): --check exits 2
+    with a one-line error within seconds, and a SIGHUP to such a script keeps
+    the old generation serving.
+    fails on old: yes (the raising __index ran unprotected: "fatal: Lua error
+    outside a hook", abort() — at --check, at start and at a reload; the
+    looping one ran with no count: --check never ended)."""
+    tmp = tempfile.mkdtemp(prefix="sh-hard-")
+    try:
+        bad = {
+            "raises": ('return setmetatable({}, {__index = function(_, k) '
+                       'error("no " .. k) end})\n', "the policy table: .*no on_"),
+            "loops": ("return setmetatable({}, {__index = function() while true do end end})\n",
+                      "the policy table: instruction budget exceeded"),
+        }
+        for what, (text, want) in bad.items():
+            script = write(os.path.join(tmp, what + ".lua"), text)
+            rc, out, err, took = run_bin("--check", "--set", "lua_max_instructions=100000",
+                                         "--redis", NO_REDIS, script, timeout=5)
+            assert rc == 2 and re.search(want, err) and len(err.strip().splitlines()) == 1, \
+                "--check of an __index that %s: exit %s, stderr %r" % (what, rc, err[-300:])
+        script = write(os.path.join(tmp, "policy.lua"), GOOD)
+        with host(script, sets=["lua_max_instructions=100000"]) as sh:
+            live = ws(sh)
+            for what, (text, want) in bad.items():
+                write(script, text)
                 mark = sh.mark()
-                a.send_text(what)
-                expect_close(a, 1011, what, timeout=5)
-                sh.wait_log(r"lua error in on_message.*instruction budget", start=mark)
-                echo_ok(b, "unaffected by " + what)
-            assert sh.metrics()["statushost_lua_runs_counted_total"] >= 3
+                sh.signal(signal.SIGHUP)
+                m = sh.wait_log(r"reload failed, keeping generation 1|reloaded", start=mark)
+                assert m.group(0).startswith("reload failed") and re.search(want, m.string), \
+                    m.string
+                live.send_text(what)
+                assert live.recv() == (OP_TEXT, ("gen1:" + what).encode())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@S.test
+def metamethods_an_on_handshake_puts_on_the_request_do_not_run_outside_it():
+    """on_handshake gives the request (and its headers) an __index that
+    raises, or loops, and accepts: statushost reads them raw afterwards (the
+    offered protocol, conn.ip), so the first answers 500 (the protocol was not
+    offered, as the headers now hold none), the second opens and echoes; the
+    process lives on.
+    fails on old: yes (the __index ran outside the hook, unprotected: "fatal:
+    Lua error outside a hook", abort())."""
+    with host(pol("hard_handshake.lua"), sets=["lua_max_instructions=100000"]) as sh:
+        try:
+            c = WsClient(sh.port, connect=False, timeout=5)
+            got = c.handshake("/meta_raise", {"Sec-WebSocket-Protocol": "chat.v2"})
+            assert got == 500, "/meta_raise answered %s" % got
+            c = WsClient(sh.port, path="/meta_loop", timeout=5)
+            assert c.status == 101, "/meta_loop answered %s" % c.status
+            echo_ok(c, "after meta_loop")
+            alive(sh, "after the request's metamethods")
+        except (AssertionError, OSError) as e:
+            kill_if_hung(sh, e)
+
+
+@S.test
+def coroutine_resume_and_close_name_themselves_in_bad_argument_errors():
+    """coroutine.resume() and coroutine.close(1) raise Lua's own message,
+    naming the function, as stock Lua does.
+    fails on old: yes ("bad argument #1 to '?' (thread expected, got no
+    value)": the guard called the original from C, where it has no name)."""
+    with host(pol("hard_misc.lua")) as sh:
+        a = ws(sh)
+        a.send_text("co_badarg")
+        assert a.recv_text() == (
+            "bad argument #1 to 'coroutine.resume' (thread expected, got no value)|"
+            "bad argument #1 to 'coroutine.close' (thread expected, got number)")
+
+
+@S.test
+def budget_count_of_an_earlier_run_does_not_carry_over():
+    """A generator that an earlier run left counted (its run outlasted a CPU
+    tick and it ran 40,000 instructions) runs 70,000 instructions in the next
+    run, which is not counted, at lua_max_instructions=100000: it answers.
+    fails on old: yes (the generator kept the earlier run's count: the second
+    run closed 1011 with "instruction budget exceeded" after 60,000)."""
+    with host(pol("hard_misc.lua"), sets=["lua_max_instructions=100000"]) as sh:
+        try:
+            a = ws(sh)
+            before = sh.metrics()["statushost_lua_runs_counted_total"]
+            a.send_text("gen_burn")
+            assert a.recv_text() == "gen:1"
+            assert sh.metrics()["statushost_lua_runs_counted_total"] > before, \
+                "the first run was not counted: the test proves nothing"
+            a.send_text("gen_again")
+            r = a.recv()
+            assert r == (OP_TEXT, b"gen:2"), "the second run got %r" % (r,)
         except (AssertionError, OSError) as e:
             kill_if_hung(sh, e)
 

@@ -8,11 +8,17 @@
 #include "config.h"
 #include "log.h"
 
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <float.h>
+#include <math.h>
 
 #include <uv.h>
 
@@ -281,12 +287,119 @@ static void test_numbers_as_printf(void)
     CHECK_INT(bad, 0);
 }
 
+/* Edge values in both formats, as printf writes them (%lld, %.3f; text
+ * writes a non-finite double as %g, JSON as null; a double whose %.3f is too
+ * long for the field, %.17g).
+ * fails on old: yes (-0.0 came out "0.000"; DBL_MAX as its first 63 digits,
+ * another number). */
+static void test_number_edges(void)
+{
+    const double ds[] = {-0.0, -1e-9, -2.5, -0.0004, 5e-324, 1e-4, 0.0005,
+                         nextafter(0.0005, 0), nextafter(0.0005, 1), 0.0015, 2.675,
+                         nextafter(1e9, 0), 1e9, DBL_MAX, -DBL_MAX, 4503599627370495.5,
+                         NAN, -NAN, INFINITY, -INFINITY};
+    for (int json = 0; json <= 1; json++) {
+        sh_log_set_format(json ? SH_LOG_JSON : SH_LOG_TEXT);
+        for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++) {
+            sh_log_kv(SH_LOG_WARN, NULL, "m", "d", SH_LOG_DBL, ds[i], NULL);
+            char num[400], want[500];
+            if (!isfinite(ds[i]))
+                snprintf(num, sizeof num, json ? "null" : "%g", ds[i]);
+            else if (snprintf(num, sizeof num, "%.3f", ds[i]) >= 64)
+                snprintf(num, sizeof num, "%.17g", ds[i]); /* the same number, shorter */
+            snprintf(want, sizeof want,
+                     json ? ",\"level\":\"warn\",\"conn\":null,\"msg\":\"m\",\"d\":%s}\n"
+                          : "warn  [-] m d=%s\n",
+                     num);
+            const char *got = after_ts(take());
+            CHECKF(strcmp(got, want) == 0, "%s %.17g: got %s", json ? "json" : "text", ds[i], got);
+        }
+        sh_log_kv(SH_LOG_WARN, NULL, "m", "i", SH_LOG_I64, INT64_MIN, "u", SH_LOG_U64, UINT64_MAX,
+                  "n", SH_LOG_INT, INT32_MIN, NULL);
+        const char *got = after_ts(take());
+        CHECKF(strstr(got, json ? "\"i\":-9223372036854775808,\"u\":18446744073709551615,"
+                                  "\"n\":-2147483648}"
+                                : "i=-9223372036854775808 u=18446744073709551615 n=-2147483648\n"),
+               "%s: %s", json ? "json" : "text", got);
+    }
+}
+
+static void on_sigusr1(int sig) { (void)sig; }
+
+struct eintr_reader {
+    pthread_t writer;
+    int rfd;
+    char got[200000];
+    size_t len;
+};
+
+/* Interrupts the writer blocked on a full pipe, then reads the pipe dry. */
+static void *eintr_read(void *arg)
+{
+    struct eintr_reader *r = arg;
+    usleep(100 * 1000);
+    pthread_kill(r->writer, SIGUSR1);
+    usleep(100 * 1000);
+    for (;;) {
+        struct pollfd pfd = {.fd = r->rfd, .events = POLLIN};
+        if (poll(&pfd, 1, 2000) != 1) /* the line never comes */
+            break;
+        ssize_t k = read(r->rfd, r->got + r->len, sizeof r->got - 1 - r->len);
+        if (k <= 0)
+            break;
+        r->len += (size_t)k;
+        r->got[r->len] = '\0';
+        if (strstr(r->got, "after the signal"))
+            break;
+    }
+    return NULL;
+}
+
+/* A signal (SA_RESTART, as the instruction budget's SIGVTALRM) landing while
+ * a line waits for a full pipe's reader loses nothing: poll() is not
+ * restarted by SA_RESTART and returns EINTR.
+ * fails on old: yes (the line was dropped at the first EINTR). */
+static void test_signal_while_waiting_for_the_reader(void)
+{
+    struct sigaction sa, old_sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigusr1;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, &old_sa);
+    int p[2];
+    CHECK(pipe(p) == 0);
+    fcntl(p[1], F_SETFL, fcntl(p[1], F_GETFL) | O_NONBLOCK);
+    static char fill[65536];
+    memset(fill, 'f', sizeof fill);
+    while (write(p[1], fill, sizeof fill) > 0) {
+    }
+    fcntl(p[1], F_SETFL, fcntl(p[1], F_GETFL) & ~O_NONBLOCK);
+    sh_log_set_fd(p[1]);
+    sh_log_set_format(SH_LOG_TEXT);
+    static struct eintr_reader r;
+    r.writer = pthread_self();
+    r.rfd = p[0];
+    pthread_t t;
+    pthread_create(&t, NULL, eintr_read, &r);
+    sh_log_kv(SH_LOG_WARN, NULL, "after the signal", NULL);
+    pthread_join(t, NULL);
+    sh_log_set_fd(fd);
+    close(p[1]);
+    CHECKF(strstr(r.got, "after the signal") != NULL, "the line was lost (%zu bytes read)",
+           r.len);
+    close(p[0]);
+    sigaction(SIGUSR1, &old_sa, NULL);
+}
+
 int main(void)
 {
     FILE *f = tmpfile();
     fd = fileno(f);
     sh_log_set_fd(fd);
     test_json_fields();
+    test_number_edges();
+    test_signal_while_waiting_for_the_reader();
     test_numbers_as_printf();
     test_json_utf8();
     test_text();

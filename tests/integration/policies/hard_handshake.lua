@@ -7,6 +7,9 @@
 --   /f401h     return false, 401, "no\n", {["WWW-Authenticate"] = "Bearer"}
 --   /v2        return true, "chat.v2"
 --   /v3        return true, "chat.v3"      (500 unless the client offered it)
+--   /meta_raise  req.headers and req itself get an __index that raises (client_ip removed),
+--                then return true, "chat.v2"
+--   /meta_loop   the same with an __index that loops forever
 --   /slow      logs "hard: handshake sleeping", sleeps 3 s, accepts (F15)
 --   else       accept
 local host = require "statushost"
@@ -20,6 +23,20 @@ local verdicts = {
   ["/f401h"] = function() return false, 401, "no\n", { ["WWW-Authenticate"] = "Bearer" } end,
   ["/v2"] = function() return true, "chat.v2" end,
   ["/v3"] = function() return true, "chat.v3" end,
+  ["/meta_raise"] = function(req)
+    local mt = {__index = function() error("hard: a metamethod ran outside the hook") end}
+    req.headers = setmetatable({}, mt)
+    req.client_ip = nil
+    setmetatable(req, mt)
+    return true, "chat.v2"
+  end,
+  ["/meta_loop"] = function(req)
+    local mt = {__index = function() while true do end end}
+    req.headers = setmetatable({}, mt)
+    req.client_ip = nil
+    setmetatable(req, mt)
+    return true
+  end,
   ["/slow"] = function()
     host.log.info("hard: handshake sleeping")
     local ok, err = host.sleep(3000)
@@ -30,7 +47,7 @@ local verdicts = {
 return {
   on_handshake = function(req)
     local f = verdicts[req.path]
-    if f then return f() end
+    if f then return f(req) end
   end,
   on_message = function(conn, text) conn:send(text) end,
 }
