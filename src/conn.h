@@ -99,7 +99,7 @@ enum {
 /* ... while at most this many hold one: past it, a WebSocket at rest is
  * parked at once (a ramp of thousands of connections would otherwise hold a
  * context each for a sweep or two, and the heap keeps that peak). */
-#define SH_PARK_HELD_MAX 64
+#define SH_PARK_HELD_MAX 128
 
 struct sh_transport;
 
