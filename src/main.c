@@ -25,9 +25,6 @@
 #include "notify.h"
 #include "redis_bus.h"
 #include "server.h"
-#ifdef SH_MIMALLOC
-#include <mimalloc.h>
-#endif
 
 static const char usage[] =
     "usage: statushost [options] SCRIPT.lua\n"
@@ -212,13 +209,7 @@ int main(int argc, char **argv)
             fputs(usage, stdout);
             return 0;
         } else if (!strcmp(a, "--version")) {
-#ifdef SH_MIMALLOC
-            int mv = mi_version();
-            printf("statushost %s (allocator: mimalloc %d.%d.%d)\n", SH_VERSION, mv / 100,
-                   mv / 10 % 10, mv % 10);
-#else
-            printf("statushost %s (allocator: system malloc)\n", SH_VERSION);
-#endif
+            printf("statushost %s\n", SH_VERSION);
             return 0;
         } else if (!strcmp(a, "--check")) {
             do_check = 1;

@@ -33,7 +33,7 @@ done
 
 # ------------------------------------------------------------------ packages
 PKGS=(build-essential cmake pkg-config libuv1-dev liblua5.4-dev libhiredis-dev libwslay-dev
-      lua-cjson-dev libmimalloc-dev node-llhttp libssl-dev uthash-dev libsystemd-dev redis-server redis-tools python3 clang
+      lua-cjson-dev node-llhttp libssl-dev uthash-dev libsystemd-dev redis-server redis-tools python3 clang
       libclang-rt-14-dev chromium nodejs npm valgrind dpkg-dev groff-base man-db)
 PKGS+=(zlib1g-dev python3-websockets) # permessage-deflate: zlib; a third-party client for it
 missing=()
@@ -98,7 +98,7 @@ fi
 
 if [ $VALGRIND -eq 1 ]; then
   echo "== integration suite under valgrind memcheck"
-  export SH_WRAPPER="valgrind --soname-synonyms=somalloc=libmimalloc.so* --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --quiet"
+  export SH_WRAPPER="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --quiet"
   (cd build && ctest --output-on-failure --timeout 1800 -L integration)
 fi
 echo "== all suites passed"
