@@ -30,6 +30,8 @@
 #include <arpa/inet.h>
 #include <string.h>
 
+#include <utlist.h>
+
 #include "conn.h"
 #include "log.h"
 #include "ws_deflate.h"
@@ -391,26 +393,16 @@ static void sweep(uv_timer_t *t);
 static void held_add(sh_conn *c)
 {
     sh_transport *tp = c->tp;
-    c->held_prev = NULL;
-    c->held_next = tp->held;
-    if (tp->held)
-        tp->held->held_prev = c;
-    else
+    if (!tp->held)
         uv_timer_start(&tp->parker, sweep, SH_PARK_SWEEP_MS, SH_PARK_SWEEP_MS);
-    tp->held = c;
+    DL_PREPEND2(tp->held, c, held_prev, held_next);
     tp->nheld++;
 }
 
 static void held_remove(sh_conn *c)
 {
     sh_transport *tp = c->tp;
-    if (c->held_prev)
-        c->held_prev->held_next = c->held_next;
-    else
-        tp->held = c->held_next;
-    if (c->held_next)
-        c->held_next->held_prev = c->held_prev;
-    c->held_prev = c->held_next = NULL;
+    DL_DELETE2(tp->held, c, held_prev, held_next);
     tp->nheld--;
     if (!tp->held)
         uv_timer_stop(&tp->parker);

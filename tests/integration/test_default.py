@@ -70,6 +70,16 @@ def conn_id(sh, mark):
     return sh.wait_log(r"\[([0-9a-f]+)\] websocket open from", start=mark).group(1)
 
 
+def start_job(sh, w, tasks):
+    """A new WebSocket sends tasks; once the worker has the job → (ws, channel)."""
+    mark = sh.mark()
+    ws = WsClient(sh.port)
+    ws.send_json(tasks)
+    channel = "ws:fid:" + conn_id(sh, mark)
+    w.wait_log(r"job for %s %d tasks" % (channel, len(tasks)))
+    return ws, channel
+
+
 def numsub(channel):
     r = redis().cmd("PUBSUB", "NUMSUB", channel)
     return int(r[1])
@@ -244,11 +254,7 @@ def undeliverable_update_does_not_finish_its_task():
     fails on old: yes (the update that was not UTF-8 was neither sent nor counted as
     dropped, but it counted b1 done: the job closed 1000 after b2's frame alone)."""
     with worker(TEST_WORKER, "mode=partial", "complete_count=0") as w, server(w.port) as sh:
-        mark = sh.mark()
-        ws = WsClient(sh.port)
-        ws.send_json([{"id": "b1"}, {"id": "b2"}])
-        channel = "ws:fid:" + conn_id(sh, mark)
-        w.wait_log(r"job for %s 2 tasks" % channel)
+        ws, channel = start_job(sh, w, [{"id": "b1"}, {"id": "b2"}])
         r = redis()
         bad = [b'{"id":"b1","status":"done","note":"\xff\xfe"}',  # a JSON string, not UTF-8
                b'{"id":"b1","status":"done"}\x00{"junk"']          # NUL: not JSON
@@ -271,11 +277,7 @@ def non_done_status_is_forwarded_but_not_counted():
     """An update with a status outside done_statuses is forwarded and does not finish
     the task; a later done update does."""
     with worker(TEST_WORKER, "mode=partial", "complete_count=0") as w, server(w.port) as sh:
-        mark = sh.mark()
-        ws = WsClient(sh.port)
-        ws.send_json([{"id": "a1"}, {"id": "a2"}])
-        channel = "ws:fid:" + conn_id(sh, mark)
-        w.wait_log(r"job for %s 2 tasks" % channel)
+        ws, channel = start_job(sh, w, [{"id": "a1"}, {"id": "a2"}])
         r = redis()
         seq = [b'{"id":"a1","status":"\xe8\xbf\x9b\xe8\xa1\x8c\xe4\xb8\xad"}',  # 进行中
                b'{"id":"a1","status":"done"}', b'{"id":"a1","status":"done"}',
@@ -525,12 +527,8 @@ def invalid_messages_stay_open_then_valid_batch_completes():
 def busy_while_a_job_runs():
     """A batch (valid or not) while a job runs → busy, stays open; the job still completes."""
     with worker(TEST_WORKER, "mode=partial", "complete_count=0") as w, server(w.port) as sh:
-        mark = sh.mark()
-        ws = WsClient(sh.port)
         tasks = batch(3)
-        ws.send_json(tasks)
-        channel = "ws:fid:" + conn_id(sh, mark)
-        w.wait_log(r"job for %s 3 tasks" % channel)
+        ws, channel = start_job(sh, w, tasks)
         ws.send_json(batch(2, base=50000))
         expect_error(ws, "busy")
         ws.send_json(tasks)
@@ -803,11 +801,7 @@ def publish_many(channel, payloads):
 
 def _flood(sh, w, n):
     """A job of one task; n updates for no task of it, then the task's → (ws, channel)."""
-    mark = sh.mark()
-    ws = WsClient(sh.port)
-    ws.send_json([{"id": "mine"}])
-    channel = "ws:fid:" + conn_id(sh, mark)
-    w.wait_log(r"job for %s 1 tasks" % channel)
+    ws, channel = start_job(sh, w, [{"id": "mine"}])
     publish_many(channel, [('{"id":"x%d","status":"%s"}' % (i, DONE)).encode() for i in range(n)])
     redis().cmd("PUBLISH", channel, done_payload("mine"))
     frames, code = ws.read_to_close()
