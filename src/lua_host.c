@@ -34,6 +34,64 @@ const char *sh_hook_name(enum sh_hook h) { return hook_names[h]; }
 
 /* ------------------------------------------------------------------ memory */
 
+/* The blocks of a generation's state. A small block (1..256 bytes) is taken whole
+ * from its 16-byte class: from the generation's free list when it has one, else from
+ * malloc at the class's size; freed, it goes back on the list while the lists hold less
+ * than SH_BLK_HELD_MAX bytes. Lua gives every block's size back when it frees or
+ * resizes it (osize), so no header is needed. Under AddressSanitizer every block is
+ * malloc's, so that a use after free in C that borrowed a Lua string is still caught. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SH_BLK_POOL 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SH_BLK_POOL 0
+#endif
+#endif
+#ifndef SH_BLK_POOL
+#define SH_BLK_POOL 1
+#endif
+#define BLK_MAX (SH_BLK_CLASSES * 16)
+#define BLK_CLASS(n) (((n) - 1) >> 4) /* n in 1..BLK_MAX */
+
+static void *blk_take(sh_gen *g, size_t n)
+{
+    if (!SH_BLK_POOL || n > BLK_MAX)
+        return malloc(n);
+    size_t c = BLK_CLASS(n);
+    void *p = g->blk_free[c];
+    if (p) {
+        memcpy(&g->blk_free[c], p, sizeof(void *));
+        g->blk_bytes -= (c + 1) << 4;
+        return p;
+    }
+    return malloc((c + 1) << 4);
+}
+
+static void blk_give(sh_gen *g, void *p, size_t n)
+{
+    if (!SH_BLK_POOL || n > BLK_MAX || g->blk_bytes >= SH_BLK_HELD_MAX) {
+        free(p);
+        return;
+    }
+    size_t c = BLK_CLASS(n);
+    memcpy(p, &g->blk_free[c], sizeof(void *));
+    g->blk_free[c] = p;
+    g->blk_bytes += (c + 1) << 4;
+}
+
+static void blk_drain(sh_gen *g)
+{
+    for (int c = 0; c < SH_BLK_CLASSES; c++) {
+        void *p = g->blk_free[c], *next;
+        for (; p; p = next) {
+            memcpy(&next, p, sizeof next);
+            free(p);
+        }
+        g->blk_free[c] = NULL;
+    }
+    g->blk_bytes = 0;
+}
+
 /* The allocator of a generation: counts its bytes; past mem_max, while a
  * task runs (or the script loads), an allocation fails, which Lua raises as
  * "not enough memory" in the code that asked. Outside (the host preparing a
@@ -43,13 +101,25 @@ static void *gen_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     sh_gen *g = ud;
     size_t old = ptr ? osize : 0;
     if (nsize == 0) {
-        free(ptr);
+        if (ptr)
+            blk_give(g, ptr, old);
         g->mem -= old;
         return NULL;
     }
     if (g->capped && g->mem_max && nsize > old && g->mem - old + nsize > g->mem_max)
         return NULL;
-    void *p = realloc(ptr, nsize);
+    void *p;
+    if (!ptr) {
+        p = blk_take(g, nsize);
+    } else if (old > BLK_MAX && nsize > BLK_MAX) {
+        p = realloc(ptr, nsize);
+    } else if (SH_BLK_POOL && old <= BLK_MAX && nsize <= BLK_MAX &&
+               BLK_CLASS(old) == BLK_CLASS(nsize)) {
+        p = ptr; /* the block already has the room */
+    } else if ((p = blk_take(g, nsize)) != NULL) {
+        memcpy(p, ptr, old < nsize ? old : nsize);
+        blk_give(g, ptr, old);
+    }
     if (p)
         g->mem = g->mem - old + nsize;
     return p;
@@ -709,6 +779,7 @@ static void gen_free(sh_gen *g)
 {
     if (g->L)
         lua_close(g->L);
+    blk_drain(g);
     sh_config_free(&g->cfg);
     free(g->real_ip);
     free(g->pool);

@@ -64,6 +64,7 @@
 #include "redis_bus.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,6 +91,11 @@ static int hash_oom; /* set by uthash when an insertion ran out of memory */
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000
 #define DEFAULT_READ_BUDGET (4u << 20)
 #define HIREDIS_READ_SIZE 16384 /* redisBufferRead's buffer */
+#define FAST_CAP HIREDIS_READ_SIZE /* the fast reader's buffer (see sub_fast_read) */
+
+/* Exported by libhiredis (0.14 and 1.x: redisAsyncHandleRead is redisBufferRead
+ * and then this), but declared in no installed header of 0.14. */
+void redisProcessCallbacks(redisAsyncContext *ac);
 
 /* At most one line per interval; counts what it held back. */
 struct ratelimit {
@@ -140,6 +146,9 @@ struct conn {
     redisAsyncContext *raw_ac; /* (cluster sub) ac once past the handshake: read raw */
     struct sreq *sq_head, *sq_tail; /* (cluster sub) SSUBSCRIBE/SUNSUBSCRIBE awaiting replies */
     int dormant;            /* (cluster sub) not started: no channel needs it */
+    char *fbuf;             /* (single-mode sub) the fast reader's buffer, FAST_CAP bytes */
+    size_t flen;            /* bytes of a message not yet complete at its start */
+    const redisAsyncContext *fast_ac; /* the context fbuf's bytes came from */
 };
 
 struct chan {
@@ -900,11 +909,131 @@ static void sub_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 
 /* Readable: hiredis' reading and callbacks, or (a cluster subscriber
  * connection past its handshake) our own reading of its pushes. */
+/* One bulk string at p[*i..n): $<len>\r\n<bytes>\r\n. 1 (*i past it, *s and
+ * *len set), 0 when its end is not here yet, -1 when it is not one or cannot fit
+ * in the fast reader's buffer. */
+static int fast_bulk(const char *p, size_t n, size_t *i, size_t *s, size_t *len)
+{
+    size_t j = *i, v = 0, digits = 0;
+    if (j >= n) return 0;
+    if (p[j++] != '$') return -1;
+    for (; j < n && p[j] >= '0' && p[j] <= '9'; j++) {
+        v = v * 10 + (size_t)(p[j] - '0');
+        if (++digits > 5 || v > FAST_CAP) return -1; /* hiredis takes big ones */
+    }
+    if (j == n) return 0;
+    if (digits == 0 || p[j] != '\r') return -1;
+    if (j + 1 == n) return 0;
+    if (p[j + 1] != '\n') return -1;
+    j += 2;
+    if (n - j < v + 2) return 0;
+    if (p[j + v] != '\r' || p[j + v + 1] != '\n') return -1;
+    *s = j;
+    *len = v;
+    *i = j + v + 2;
+    return 1;
+}
+
+/* A pub/sub message push at p[0..n): *3\r\n$7\r\nmessage\r\n, then the channel and the
+ * payload as bulk strings (>3 with RESP3). Its length (> 0), 0 when not all of it is
+ * here yet, -1 when p starts with anything else. */
+static long fast_message(const char *p, size_t n, size_t *chan, size_t *clen, size_t *pay,
+                         size_t *plen)
+{
+    static const char head[] = "*3\r\n$7\r\nmessage\r\n";
+    size_t h = sizeof head - 1, i = h, m = n < h ? n : h;
+    if (n == 0) return 0;
+    if ((p[0] != '*' && p[0] != '>') || memcmp(p + 1, head + 1, m - 1) != 0) return -1;
+    if (n < h) return 0;
+    int r = fast_bulk(p, n, &i, chan, clen);
+    if (r == 1) r = fast_bulk(p, n, &i, pay, plen);
+    return r == 1 ? (long)i : r;
+}
+
+/* A single-mode subscriber connection in subscribed mode: most of what it reads is
+ * message pushes, and hiredis makes three reply objects (four mallocs) of each and
+ * looks its callback up by channel name. So read here: deliver the complete message
+ * pushes at the start of what arrived, keep a message not yet complete (it fits
+ * FAST_CAP), and give hiredis everything from the first other reply on (a (UN)SUBSCRIBE
+ * confirmation, an error, a big message); while hiredis holds bytes of a reply, every
+ * read is its. Order is kept: a byte goes to hiredis only after all before it. */
+static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
+{
+    sh_redis_bus *b = c->bus;
+    redisReader *rd = ac->c.reader;
+    if (c->fast_ac != ac) {
+        c->fast_ac = ac;
+        c->flen = 0;
+    }
+    /* hiredis is amid a reply when it has bytes left or has begun one (its reader
+     * leaves rstack[0] set up, type -1, after finding no more bytes) */
+    if (c->flen == 0 && (rd->len > rd->pos || rd->ridx > 0 ||
+                         (rd->ridx == 0 && rd->rstack[0].type >= 0))) {
+        redisAsyncHandleRead(ac);
+        return;
+    }
+    if (!c->fbuf && !(c->fbuf = malloc(FAST_CAP))) {
+        redisAsyncHandleRead(ac);
+        return;
+    }
+    ssize_t got = read(ac->c.fd, c->fbuf + c->flen, FAST_CAP - c->flen);
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (got <= 0) { /* EOF or an error: hiredis reads again, sees it and disconnects */
+        if (c->flen && redisReaderFeed(rd, c->fbuf, c->flen) != REDIS_OK) {
+            redisAsyncDisconnect(ac);
+            return;
+        }
+        c->flen = 0;
+        redisAsyncHandleRead(ac);
+        return;
+    }
+    char *p = c->fbuf;
+    size_t n = c->flen + (size_t)got, off = 0;
+    while (off < n) {
+        size_t chan = 0, clen = 0, pay = 0, plen = 0;
+        long m = fast_message(p + off, n - off, &chan, &clen, &pay, &plen);
+        if (m == 0) { /* the start of a message: keep it for the next read */
+            memmove(p, p + off, n - off);
+            c->flen = n - off;
+            return;
+        }
+        if (m < 0) { /* something else: hiredis' from here on */
+            c->flen = 0;
+            if (redisReaderFeed(rd, p + off, n - off) != REDIS_OK) {
+                redisAsyncDisconnect(ac);
+                return;
+            }
+            redisProcessCallbacks(ac);
+            return;
+        }
+        char *name = p + off + chan, *payload = p + off + pay;
+        name[clen] = '\0'; /* over the \r that ends each: they are C strings, as hiredis' */
+        payload[plen] = '\0';
+        off += (size_t)m;
+        b->messages++;
+        if (!b->closing) {
+            struct chan *ch = NULL;
+            HASH_FIND(hh, b->chans, name, clen, ch);
+            if (ch) chan_deliver(b, ch, payload, plen);
+        }
+        if (c->ac != ac || b->closing) { /* what a delivery did ended this context */
+            c->flen = 0;
+            return;
+        }
+    }
+    c->flen = 0;
+}
+
 static void conn_read(redisAsyncContext *ac)
 {
     struct conn *c = ac->data;
     if (c->node && c->raw_ac == ac && c->ac == ac)
         csub_read(c, ac);
+    else if (!c->node && c->role == ROLE_SUB && c->ac == ac &&
+             (c->state == CONN_READY || c->state == CONN_SUBSCRIBING) &&
+             (ac->c.flags & REDIS_SUBSCRIBED))
+        sub_fast_read(c, ac);
     else
         redisAsyncHandleRead(ac);
 }
@@ -1511,6 +1640,8 @@ static void bus_handle_closed(uv_handle_t *h)
     void (*done)(void *) = b->done;
     void *arg = b->done_arg;
     free(b->name);
+    for (unsigned i = 0; i < b->nsubs; i++)
+        free(b->subs[i].fbuf);
     free(b->subs);
     cluster_free(b);
     free(b);

@@ -843,6 +843,96 @@ static int drain_iterations(size_t budget, double *ms)
     return iters;
 }
 
+/* ---- the subscriber connection's own reader of message pushes ------------ */
+
+#define FR_N 1200                /* messages on fr:a */
+#define FR_BIG (40 * 1024)        /* one bigger than the fast reader's 16 KiB buffer */
+
+/* Message i of fr:a: "<i>:" then bytes that look like RESP (CRLF, "*3", "$7",
+ * "message", NUL) in lengths that move every split point across 16 KiB reads. */
+static size_t fr_payload(int i, char *out)
+{
+    static const char junk[] = "\r\n*3\r\n$7\r\nmessage\r\n$5\r\nfr:a\r\n\0$-1\r\n>";
+    size_t n = (size_t)snprintf(out, 32, "%d:", i);
+    size_t len = i == 600 ? FR_BIG : i == 601 ? 16384 : (size_t)(i * 37 % 701);
+    for (size_t k = 0; k < len; k++)
+        out[n + k] = junk[(k + (size_t)i) % (sizeof junk - 1)];
+    return n + len;
+}
+
+static struct {
+    int got_a, got_b, bad; /* in order and byte for byte; any mismatch counts in bad */
+} FR;
+static char fr_buf[FR_BIG + 64];
+
+static void fr_msg(void *arg, const char *ch, size_t chlen, const char *p, size_t n)
+{
+    (void)arg;
+    if (chlen == 4 && memcmp(ch, "fr:b", 4) == 0) {
+        FR.got_b++;
+        if (n != 3 || memcmp(p, "bbb", 3) != 0 || p[n] != '\0') FR.bad++;
+        return;
+    }
+    size_t want = fr_payload(FR.got_a, fr_buf);
+    if (chlen != 4 || memcmp(ch, "fr:a", 4) != 0 || ch[chlen] != '\0' || n != want ||
+        memcmp(p, fr_buf, n) != 0 || p[n] != '\0')
+        FR.bad++;
+    FR.got_a++;
+}
+
+static void fr_confirm(void *arg, int err) { *(int *)arg = err ? -1 : 1; }
+
+/* Messages queued in the socket while the loop does not run, read in 16 KiB chunks:
+ * every split of a push (in its header, its lengths, its bytes, its CRLF), pushes
+ * bigger than the reader's buffer, and a SUBSCRIBE confirmation among them. Each
+ * arrives once, in order, byte for byte, NUL-terminated. */
+static void test_fast_reader(void)
+{
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", redis_port);
+    struct state_rec st = {0};
+    sh_redis_opts o = {.url = url, .client_name = "shfast", .sub_connections = 1,
+                       .on_state = on_state, .state_arg = &st};
+    sh_redis_bus *b;
+    sh_redis_sub *sa, *sb;
+    int ca = 0, cb = 0, closed = 0, expect_b = 0;
+    CHECK(sh_redis_bus_new(&loop, &o, &b) == 0);
+    CHECK(await_count(&st.ups, 1) == 0);
+    CHECK(sh_redis_subscribe(b, "fr:a", 4, fr_msg, fr_confirm, &ca, &sa) == 0);
+    CHECK(await_count(&ca, 1) == 0 && ca == 1);
+
+    redisContext *dc = direct();
+    char *buf = malloc(FR_BIG + 64);
+    CHECK(buf != NULL);
+    for (int i = 0; i < FR_N; i++) {
+        if (i == FR_N / 2) { /* fr:b's SUBSCRIBE goes out now; its confirmation lands among the messages */
+            CHECK(sh_redis_subscribe(b, "fr:b", 4, fr_msg, fr_confirm, &cb, &sb) == 0);
+            for (int k = 0; k < 3; k++) uv_run(&loop, UV_RUN_NOWAIT);
+        }
+        size_t n = fr_payload(i, buf);
+        redisReply *r = redisCommandArgv(dc, 3, (const char *[]){"PUBLISH", "fr:a", buf},
+                                         (const size_t[]){7, 4, n});
+        CHECK(r && r->type == REDIS_REPLY_INTEGER && r->integer == 1);
+        freeReplyObject(r);
+        if (i >= FR_N / 2 && i % 7 == 0) {
+            r = redisCommand(dc, "PUBLISH fr:b bbb");
+            CHECK(r && r->type == REDIS_REPLY_INTEGER);
+            expect_b += (int)r->integer; /* 1 once Redis ran the SUBSCRIBE */
+            freeReplyObject(r);
+        }
+    }
+    free(buf);
+    redisFree(dc);
+    CHECK(await_count(&FR.got_a, FR_N) == 0);
+    CHECK(await_count(&cb, 1) == 0 && cb == 1);
+    CHECK(await_count(&FR.got_b, expect_b) == 0);
+    CHECK(FR.bad == 0 && FR.got_a == FR_N && FR.got_b == expect_b);
+    sh_redis_unsubscribe(sa);
+    sh_redis_unsubscribe(sb);
+    sh_redis_bus_close(b, closed_cb, &closed);
+    CHECK(await_count(&closed, 1) == 0);
+}
+
 static void test_drain(void)
 {
     double ms1, ms2;
@@ -1207,6 +1297,7 @@ int main(int argc, char **argv)
     test_pubsub(b);
     test_refusal(b);
     test_flood();
+    test_fast_reader();
     test_drain();
     test_auth_and_unreachable(b);
     test_kill_restart(b, &st, name);
