@@ -118,7 +118,7 @@ typedef struct sh_owner {
                     const char *payload, size_t payload_len);
 } sh_owner;
 
-/* Small Lua blocks (up to 256 bytes, in 16-byte classes) freed by a state are kept
+/* Small Lua blocks (up to 264 bytes, in malloc's 16-byte classes) freed by a state are kept
  * for its next allocations, up to SH_BLK_HELD_MAX bytes: most of what Lua allocates
  * per event (strings, tables, closures) is this small and short-lived. */
 #define SH_BLK_CLASSES 16
@@ -142,7 +142,7 @@ struct sh_gen {
     int loading;                 /* the main chunk runs: no tasks, timers or waits */
     int closing;                 /* shutting down: new waits fail with "closed" */
     size_t mem, mem_max;         /* bytes the state uses; cap while tasks run (0: none) */
-    void *blk_free[SH_BLK_CLASSES]; /* freed small blocks of the state, per 16-byte class */
+    void *blk_free[SH_BLK_CLASSES]; /* freed small blocks of the state, per size class */
     size_t blk_bytes;            /* bytes held in blk_free (at most SH_BLK_HELD_MAX) */
     int capped;                  /* the cap applies now (a task runs) */
     uint64_t last_full_gc;       /* uv_hrtime() of the last collection forced near the cap */
