@@ -57,6 +57,8 @@ typedef struct jd {
     const char *end; /* one past the text's last byte */
     int depth;       /* arrays and objects open */
     int pending;     /* stack slots held by members not yet in their table */
+    size_t values;     /* values begun so far */
+    size_t max_values; /* more are refused (0: no limit) */
     char *err;       /* the caller's message buffer */
     size_t errsz;    /* its size */
 } jd;
@@ -531,6 +533,8 @@ static int parse_value(jd *d)
     d->p = p;
     if (p >= d->end)
         return fail(d, p, "Expected value but found end of input");
+    if (d->max_values && ++d->values > d->max_values)
+        return fail(d, p, "Found too many values (more than %zu)", d->max_values);
     switch (*p) {
     case '{':
         return parse_object(d);
@@ -568,8 +572,14 @@ static int parse_value(jd *d)
 
 int sh_json_decode(lua_State *L, const char *s, size_t len, char *err, size_t errsz)
 {
+    return sh_json_decode_max(L, s, len, 0, err, errsz);
+}
+
+int sh_json_decode_max(lua_State *L, const char *s, size_t len, size_t max_values, char *err,
+                       size_t errsz)
+{
     int top = lua_gettop(L);
-    jd d = {L, s, s, s + len, 0, 0, err, errsz};
+    jd d = {L, s, s, s + len, 0, 0, 0, max_values, err, errsz};
     if (errsz)
         err[0] = '\0';
     luaL_checkstack(L, 4, "json"); /* the value, a temporary (luaL_Buffer, number box) */

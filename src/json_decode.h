@@ -37,4 +37,11 @@
  * any Lua API call. */
 int sh_json_decode(lua_State *L, const char *s, size_t len, char *err, size_t errsz);
 
+/* The same, refusing a text of more than max_values values (0: no limit): every
+ * array, object, string, number, true, false and null counts, object keys do not.
+ * The message is then "Found too many values (more than N) at character P". It bounds
+ * what a small text can cost in Lua memory: "[]," is 3 bytes of text and 56 of table. */
+int sh_json_decode_max(lua_State *L, const char *s, size_t len, size_t max_values, char *err,
+                       size_t errsz);
+
 #endif

@@ -1358,8 +1358,13 @@ static int l_json_decode(lua_State *L)
 {
     size_t n;
     const char *s = check_str(L, 1, "host.json.decode", &n);
+    lua_Integer max = 0;
+    if (!lua_isnoneornil(L, 2) && (!lua_isinteger(L, 2) || (max = lua_tointeger(L, 2)) < 0))
+        return luaL_error(L, "host.json.decode: bad argument #2 (max_values: an integer >= 0 "
+                             "expected, 0 for no limit)");
+    lua_settop(L, 1);
     char err[160];
-    if (sh_json_decode(L, s, n, err, sizeof err) == 0)
+    if (sh_json_decode_max(L, s, n, (size_t)max, err, sizeof err) == 0)
         return 1;
     lua_pushnil(L);
     lua_pushstring(L, err);

@@ -736,7 +736,7 @@ def oversized_batch_is_refused_before_walking_it():
     stays open and a valid batch then runs.
     fails on old: yes (the walk over 524,287 keys ran past the budget: close 1011)."""
     with worker(SEED_WORKER, "tick_ms=20", "complete_probability=0.5") as w, \
-            server(w.port, "lua_max_instructions=1000") as sh:
+            server(w.port, "lua_max_instructions=1000", "max_batch_values=1000000") as sh:
         ws = WsClient(sh.port, timeout=30)
         for member in ("0", "{}"):
             n = (1 << 20) // (len(member) + 1) - 1
@@ -751,6 +751,37 @@ def oversized_batch_is_refused_before_walking_it():
         frames, code = ws.read_to_close()
         check_complete(tasks, frames, code)
         assert sh.metrics()["statushost_lua_errors_total"] == 0, sh.log_text()
+
+
+@S.test
+def batch_values_are_bounded_by_max_batch_values():
+    """A batch is decoded with at most max_batch_values JSON values (20,000): a batch of
+    exactly 20,000 runs, and the Lua memory its job holds stays under 3 MB; one more value,
+    or one task holding 1 MB of empty arrays, is invalid_message "too many JSON values"
+    and the connection stays open.
+    fails on old: yes (the 1 MB batch was accepted and held 27 MB of Lua memory for the
+    job's life, so ten such clients filled lua_max_memory and everyone else got 1013)."""
+    with worker(SEED_WORKER, "tick_ms=200", "complete_probability=0") as w, server(w.port) as sh:
+        before = sh.metrics()["statushost_lua_memory_bytes"]
+        mark = w.mark()
+        held_ws = WsClient(sh.port, timeout=30)
+        held_ws.send_text('[{"id":"a","x":[' + ",".join(["[]"] * (20000 - 4)) + ']}]')
+        w.wait_log(r"job for ws:fid:\S+ 1 tasks", start=mark)  # the job runs, holding its batch
+        held = sh.metrics()["statushost_lua_memory_bytes"] - before
+        print("     a batch of 20,000 values: %.2f MB of Lua memory held" % (held / 1e6), flush=True)
+        assert held < 3e6, held
+        ws = WsClient(sh.port, timeout=30)
+        ws.send_text('[{"id":"a","x":[' + ",".join(["[]"] * (20000 - 3)) + ']}]')
+        msg = expect_error(ws, "invalid_message")  # 20,001 values: one too many
+        assert msg["message"] == "too many JSON values (max_batch_values 20000)", msg
+        k = ((1 << 20) - 40) // 3
+        ws.send_text('[{"id":"a","x":[' + ",".join(["[]"] * k) + ']}]')
+        msg = expect_error(ws, "invalid_message")
+        assert msg["message"] == "too many JSON values (max_batch_values 20000)", msg
+        ws.send_json(batch(2))  # still open: a valid batch is taken
+        w.wait_log(r"job for ws:fid:\S+ 2 tasks", start=mark)
+        ws.shutdown()
+        held_ws.shutdown()
 
 
 @S.test
@@ -787,6 +818,11 @@ def check_refuses_a_malformed_remote_url():
     r = subprocess.run([BIN, "--check", "--set", "remote_url=http://127.0.0.1:1/x", POLICY],
                        cwd=ROOT, capture_output=True, text=True, timeout=20)
     assert r.returncode == 0, (r.returncode, r.stderr)
+    for bad in ("0", "-5", "1.5", "many"):  # max_batch_values: an integer >= 1
+        r = subprocess.run([BIN, "--check", "--set", "max_batch_values=" + bad, POLICY], cwd=ROOT,
+                           capture_output=True, text=True, timeout=20)
+        assert r.returncode == 2 and "max_batch_values" in r.stderr, (bad, r.returncode, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def publish_many(channel, payloads):

@@ -315,6 +315,30 @@ static void test_tables(lua_State *L)
     CHECK_STR(err, "Found too many nested data structures (129) at character 129");
     free(deep);
     CHECK_INT(lua_gettop(L), 0);
+
+    /* max_values: every value counts (containers and scalars), keys do not */
+    static const struct { const char *json; size_t values; size_t at; } counted[] = {
+        {"7", 1, 1},
+        {"[1,2,3]", 4, 6},
+        {"{\"a\":1,\"b\":[true,null]}", 5, 18},
+        {"[[],[],{}]", 4, 8},
+        {" [ \"x\" , {\"k\":\"v\"} ] ", 4, 15},
+    };
+    for (size_t i = 0; i < sizeof counted / sizeof counted[0]; i++) {
+        const char *js = counted[i].json;
+        size_t n = strlen(js), v = counted[i].values;
+        CHECKF(sh_json_decode_max(L, js, n, v, err, sizeof err) == 0, "%s max %zu: %s", js, v, err);
+        CHECKF(sh_json_decode_max(L, js, n, 0, err, sizeof err) == 0, "%s no max: %s", js, err);
+        lua_settop(L, 0);
+        char want[100];
+        snprintf(want, sizeof want, "Found too many values (more than %zu) at character %zu",
+                 v - 1, counted[i].at);
+        if (v > 1) {
+            CHECKF(sh_json_decode_max(L, js, n, v - 1, err, sizeof err) == -1 &&
+                       strcmp(err, want) == 0, "%s max %zu: \"%s\", want \"%s\"", js, v - 1, err, want);
+            CHECK_INT(lua_gettop(L), 0);
+        }
+    }
 }
 
 /* ------------------------------------------------------------ 2. big ones */

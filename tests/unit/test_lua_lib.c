@@ -656,6 +656,15 @@ static void test_json(lua_State *L)
         "r, err = j.decode(('['):rep(100000)) eq(r, nil)\n"
         "raises('host.json.decode: bad argument #1 (string expected, got nil)', j.decode, nil)\n"
         "raises('host.json.decode: bad argument #1 (string expected, got number)', j.decode, 5)\n"
+        /* max_values: values past it refused, keys not counted; 0 or nil: no limit */
+        "eq(#j.decode('[1,2,{\"k\":3}]', 5), 3)\n"
+        "r, err = j.decode('[1,2,{\"k\":3}]', 4) eq(r, nil)\n"
+        "eq(err, 'Found too many values (more than 4) at character 11')\n"
+        "eq(#j.decode('[' .. ('[]'):rep(3, ',') .. ']', 0), 3)\n"
+        "eq(#j.decode('[1]', nil), 1)\n"
+        "for _, bad in ipairs{-1, 1.5, '3', true} do\n"
+        "  raises('host.json.decode: bad argument #2 (max_values: an integer >= 0 expected, 0 for no limit)', j.decode, '[1]', bad)\n"
+        "end\n"
         /* the script's own cjson keeps its settings */
         "local cjson = require 'cjson.safe'\n"
         "check(cjson.decode('[NaN]') ~= nil, 'cjson.safe untouched')\n");
