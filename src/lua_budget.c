@@ -165,6 +165,19 @@ void sh_budget_end(lua_State *L)
  * waiting on a coroutine it resumed ("cannot resume non-suspended
  * coroutine"): its hook is the count of the frame that called, and arming it
  * again would start that count afresh on every such call. */
+void sh_budget_charge(uint64_t n)
+{
+    /* the tick writes `left` only while the run is not armed, and the hook runs on
+     * this thread, between instructions: no race with either */
+    if (!active || !armed || exceeded)
+        return;
+    long c = n > (uint64_t)LONG_MAX ? LONG_MAX : (long)n;
+    left = left > LONG_MIN + c ? left - c : LONG_MIN; /* ≤ 0: the next count raises */
+    if (left <= 0)
+        for (int i = 0; i < depth; i++)
+            arm(running[i], 1);
+}
+
 static int will_run(lua_State *co)
 {
     lua_Debug ar;

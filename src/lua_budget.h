@@ -42,6 +42,13 @@ void sh_budget_end(lua_State *L);
 int sh_budget_enter(lua_State *co);
 void sh_budget_leave(void);
 
+/* Charge the running run n instructions for work a C function did that the VM does
+ * not count (host.json.decode of a long text: SH_BUDGET_BYTES_PER_INSTRUCTION bytes
+ * each). Only a run whose count is armed pays: the others are not counted at all. Past
+ * the budget, the run raises at its next instruction. */
+void sh_budget_charge(uint64_t n);
+#define SH_BUDGET_BYTES_PER_INSTRUCTION 4
+
 /* Ticks seen and runs armed since start (tests, metrics). */
 uint64_t sh_budget_armed_total(void);
 

@@ -15,6 +15,7 @@
 #include "lua_lib.h"
 
 #include "json_decode.h"
+#include "lua_budget.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -1363,6 +1364,7 @@ static int l_json_decode(lua_State *L)
         return luaL_error(L, "host.json.decode: bad argument #2 (max_values: an integer >= 0 "
                              "expected, 0 for no limit)");
     lua_settop(L, 1);
+    sh_budget_charge(n / SH_BUDGET_BYTES_PER_INSTRUCTION); /* one VM instruction for all this */
     char err[160];
     if (sh_json_decode_max(L, s, n, (size_t)max, err, sizeof err) == 0)
         return 1;

@@ -968,6 +968,19 @@ def budget_is_the_runs_not_each_coroutines():
 
 
 @S.test
+def budget_charges_what_the_json_decoder_reads():
+    """host.json.decode is one VM instruction but reads the whole text: once the run's
+    count is armed, each decode charges a budget instruction per 4 bytes, so an endless
+    loop decoding a 100 KB text closes 1011 ("instruction budget exceeded") within
+    seconds; the other connection is unaffected.
+    fails on old: yes (about 5 instructions counted per 100 KB decoded: at
+    lua_max_instructions=100000 the loop ran ~20,000 decodes, 10 s of CPU, before its
+    budget ran out; at the default, until loop_stall_ms aborted the process)."""
+    with host(pol("hard_misc.lua"), sets=["lua_max_instructions=100000"]) as sh:
+        each_over_budget(sh, ("decode_loop",), timeout=3)
+
+
+@S.test
 def a_finalizer_cannot_run_outside_the_budget():
     """setmetatable with a __gc metamethod raises (Lua runs finalizers with
     hooks off, out of the budget's reach): a hook that made a table whose

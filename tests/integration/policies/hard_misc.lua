@@ -16,6 +16,7 @@
 --   "gen_again"   resumes G: 70,000 instructions, yield → "gen:2"
 --   "gc_loop"     a table whose __gc loops forever, then a full collection
 --   "co_badarg"   the errors of coroutine.resume() and coroutine.close(1), joined by "|"
+--   "decode_loop" host.json.decode of a 100 KB text in an endless loop (few VM instructions)
 --   else          echo
 local host = require "statushost"
 
@@ -52,6 +53,9 @@ return {
       local co = coroutine.create(function() while true do end end)
       coroutine.resume(co)
       while true do pcall(coroutine.resume, coroutine.create(function() end)) end
+    elseif text == "decode_loop" then
+      local big = "[" .. ("1,"):rep(50000) .. "1]"
+      while true do host.json.decode(big) end
     elseif text == "gc_loop" then
       setmetatable({}, {__gc = function() while true do end end})
       collectgarbage()
