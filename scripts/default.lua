@@ -178,11 +178,11 @@ lib.decode = host.json.decode
 -- The key of a task id in job.tasks: a string ("7" for 7, 7.0 and "7"); nil for an id
 -- that is neither a string nor an integral number.
 function lib.normalize_id(id)
+  if type(id) == "string" then return id end -- the usual case first: one call, not three
   if math.type(id) == "float" and id == math.floor(id) and math.abs(id) < 2^53 then
     id = math.tointeger(id)
   end
   if math.type(id) == "integer" then return tostring(id) end
-  if type(id) == "string" then return id end
   return nil
 end
 

@@ -319,16 +319,16 @@ static void materialize_request(lua_State *L, conn_ud *u, int fields)
     lua_setfield(L, fields, "ip");
 }
 
-/* conn.x: methods first, then the fields table (id, peer, request, state). */
+/* conn.x: methods first, then the fields table (id, peer, request, state). Only the VM
+ * calls it, and with a conn: CONN_MT is hidden from Lua (__metatable), so no policy can
+ * get hold of this function to call it with anything else. */
 static int conn_index(lua_State *L)
 {
-    if (!to_conn(L, 1, 1)) /* upvalue 1: CONN_MT */
-        luaL_checkudata(L, 1, CONN_MT); /* raises the usual error */
-    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_settop(L, 2);
     lua_pushvalue(L, 2);
-    lua_rawget(L, -2);
-    if (!lua_isnil(L, -1))
+    if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) /* upvalue 1: CONN_MT */
         return 1;
+    lua_pop(L, 1);
     lua_getiuservalue(L, 1, 1);
     lua_pushvalue(L, 2);
     lua_rawget(L, -2);
@@ -652,6 +652,8 @@ void sh_lua_api_open(lua_State *L, sh_gen *g)
     sh_io_open(L);
     luaL_newmetatable(L, CONN_MT);
     int mt = lua_gettop(L);
+    lua_pushboolean(L, 0); /* getmetatable(conn) is false: see conn_index */
+    lua_setfield(L, mt, "__metatable");
     lua_pushvalue(L, mt);
     lua_pushcclosure(L, conn_index, 1);
     lua_setfield(L, mt, "__index");

@@ -587,7 +587,8 @@ def lua_memory_cap_inside_the_json_decoder_closes_1011():
     r = shared_redis()
     with host("scripts/default.lua", redis=r,
               sets=["remote_url=http://127.0.0.1:%d/x" % free_port(),
-                    "lua_max_memory=%d" % (8 * 1024 * 1024)]) as sh:
+                    "lua_max_memory=%d" % (8 * 1024 * 1024),
+                    "max_batch_values=1000000"]) as sh:  # past the default's own bound
         a = ws(sh, timeout=30)
         a.send_text("[" + ",".join(["[]"] * ((1 << 20) // 3 - 1)) + "]")
         expect_close(a, 1011, "a batch that decodes past lua_max_memory")
@@ -1073,6 +1074,17 @@ def coroutine_resume_and_close_name_themselves_in_bad_argument_errors():
         assert a.recv_text() == (
             "bad argument #1 to 'coroutine.resume' (thread expected, got no value)|"
             "bad argument #1 to 'coroutine.close' (thread expected, got number)")
+
+
+@S.test
+def conn_metatable_is_hidden_and_fields_still_work():
+    """getmetatable(conn) is false (its __index trusts that only the VM calls it, with a
+    conn); a field a policy sets reads back, methods and conn.id are found, conn.id is
+    read-only."""
+    with host(pol("hard_misc.lua")) as sh:
+        a = ws(sh)
+        a.send_text("conn_fields")
+        assert a.recv_text() == "false|kept|function|string|false"
 
 
 @S.test

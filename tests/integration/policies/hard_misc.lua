@@ -17,6 +17,7 @@
 --   "gc_loop"     a table whose __gc loops forever, then a full collection
 --   "co_badarg"   the errors of coroutine.resume() and coroutine.close(1), joined by "|"
 --   "decode_loop" host.json.decode of a 100 KB text in an endless loop (few VM instructions)
+--   "conn_fields" getmetatable(conn), a field set and read back, a method, conn.id's type
 --   else          echo
 local host = require "statushost"
 
@@ -53,6 +54,10 @@ return {
       local co = coroutine.create(function() while true do end end)
       coroutine.resume(co)
       while true do pcall(coroutine.resume, coroutine.create(function() end)) end
+    elseif text == "conn_fields" then
+      conn.mine = "kept"
+      conn:send(("%s|%s|%s|%s|%s"):format(tostring(getmetatable(conn)), conn.mine,
+        type(conn.send), type(conn.id), tostring(pcall(function() conn.id = "x" end))))
     elseif text == "decode_loop" then
       local big = "[" .. ("1,"):rep(50000) .. "1]"
       while true do host.json.decode(big) end
