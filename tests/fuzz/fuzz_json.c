@@ -66,5 +66,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(lua_gettop(co) == held + (rc == 0), "on a coroutine holding %d values: top %d after %s",
           held, lua_gettop(co), rc == 0 ? "a decode" : "a refusal");
     lua_settop(L, top);
+
+    /* with max_values: never accepts what the unbounded decode refuses; what it refuses
+     * that the other accepts, it refuses for the count */
+    size_t max = size % 9 + 1;
+    char errm[256];
+    int rm = sh_json_decode_max(L, s, size, max, errm, sizeof errm);
+    CHECK(rm == 0 || rm == -1, "max %zu: returned %d", max, rm);
+    CHECK(lua_gettop(L) == top + (rm == 0), "max %zu: top %d", max, lua_gettop(L) - top);
+    CHECK(rm == -1 || r == 0, "max %zu: accepted what the unbounded decode refused", max);
+    CHECK(rm == 0 || r == -1 || strncmp(errm, "Found too many values", 21) == 0,
+          "max %zu: refused a valid text with: %s", max, errm);
+    lua_settop(L, top);
     return 0;
 }
