@@ -147,8 +147,8 @@ struct conn {
     struct sreq *sq_head, *sq_tail; /* (cluster sub) SSUBSCRIBE/SUNSUBSCRIBE awaiting replies */
     int dormant;            /* (cluster sub) not started: no channel needs it */
     char *fbuf;             /* (single-mode sub) the fast reader's buffer, FAST_CAP bytes */
-    size_t flen;            /* bytes of a message not yet complete at its start */
-    const redisAsyncContext *fast_ac; /* the context fbuf's bytes came from */
+    size_t flen;            /* bytes of a message not yet complete at its start (of c->ac:
+                               0 whenever a context is made) */
 };
 
 struct chan {
@@ -907,11 +907,10 @@ static void sub_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 
 /* ---- event loop glue ---------------------------------------------------- */
 
-/* Readable: hiredis' reading and callbacks, or (a cluster subscriber
- * connection past its handshake) our own reading of its pushes. */
 /* One bulk string at p[*i..n): $<len>\r\n<bytes>\r\n. 1 (*i past it, *s and
  * *len set), 0 when its end is not here yet, -1 when it is not one or cannot fit
- * in the fast reader's buffer. */
+ * in the fast reader's buffer. A length hiredis refuses (a leading zero, a sign)
+ * is not one: hiredis then reads it and drops the connection. */
 static int fast_bulk(const char *p, size_t n, size_t *i, size_t *s, size_t *len)
 {
     size_t j = *i, v = 0, digits = 0;
@@ -922,7 +921,7 @@ static int fast_bulk(const char *p, size_t n, size_t *i, size_t *s, size_t *len)
         if (++digits > 5 || v > FAST_CAP) return -1; /* hiredis takes big ones */
     }
     if (j == n) return 0;
-    if (digits == 0 || p[j] != '\r') return -1;
+    if (digits == 0 || p[j] != '\r' || (digits > 1 && p[*i + 1] == '0')) return -1;
     if (j + 1 == n) return 0;
     if (p[j + 1] != '\n') return -1;
     j += 2;
@@ -935,15 +934,16 @@ static int fast_bulk(const char *p, size_t n, size_t *i, size_t *s, size_t *len)
 }
 
 /* A pub/sub message push at p[0..n): *3\r\n$7\r\nmessage\r\n, then the channel and the
- * payload as bulk strings (>3 with RESP3). Its length (> 0), 0 when not all of it is
- * here yet, -1 when p starts with anything else. */
+ * payload as bulk strings. Its length (> 0), 0 when not all of it is here yet, -1 when p
+ * starts with anything else (a RESP3 '>' push too: hiredis 0.14 speaks RESP2 only and
+ * calls that a protocol error, whatever its size). */
 static long fast_message(const char *p, size_t n, size_t *chan, size_t *clen, size_t *pay,
                          size_t *plen)
 {
     static const char head[] = "*3\r\n$7\r\nmessage\r\n";
     size_t h = sizeof head - 1, i = h, m = n < h ? n : h;
     if (n == 0) return 0;
-    if ((p[0] != '*' && p[0] != '>') || memcmp(p + 1, head + 1, m - 1) != 0) return -1;
+    if (memcmp(p, head, m) != 0) return -1;
     if (n < h) return 0;
     int r = fast_bulk(p, n, &i, chan, clen);
     if (r == 1) r = fast_bulk(p, n, &i, pay, plen);
@@ -961,10 +961,6 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
 {
     sh_redis_bus *b = c->bus;
     redisReader *rd = ac->c.reader;
-    if (c->fast_ac != ac) {
-        c->fast_ac = ac;
-        c->flen = 0;
-    }
     /* hiredis is amid a reply when it has bytes left or has begun one (its reader
      * leaves rstack[0] set up, type -1, after finding no more bytes) */
     if (c->flen == 0 && (rd->len > rd->pos || rd->ridx > 0 ||
@@ -1025,6 +1021,9 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
     c->flen = 0;
 }
 
+/* Readable: hiredis' reading and callbacks, or our own reading of the pushes of a
+ * cluster subscriber connection past its handshake (csub_read) or of a single-mode
+ * subscriber connection in subscribed mode (sub_fast_read). */
 static void conn_read(redisAsyncContext *ac)
 {
     struct conn *c = ac->data;
@@ -1266,6 +1265,7 @@ static void conn_connect(struct conn *c)
     ac->ev.delWrite = ev_del_write;
     ac->data = c;
     c->ac = ac;
+    c->flen = 0; /* bytes of the last context (a watchdog may free it mid-message) are not this one's */
     c->state = CONN_CONNECTING;
     c->hs_left = 0;
     c->hs_failed = 0;
