@@ -54,6 +54,8 @@ static struct {
     int port;
     int sub_conns;          /* subscriber connections accepted so far */
     struct fconn *sub;      /* the current one (NULL once closed) */
+    int cmd_conns;          /* command connections accepted so far */
+    struct fconn *cmd;      /* the current one (NULL once closed) */
     int hold_subscribe;     /* do not answer SUBSCRIBE on the next subscriber connection */
     const char *hold_bytes; /* ... send these instead */
 } F;
@@ -68,6 +70,7 @@ static void fc_closed(uv_handle_t *h)
 static void fc_close(struct fconn *fc)
 {
     if (F.sub == fc) F.sub = NULL;
+    if (F.cmd == fc) F.cmd = NULL;
     if (!uv_is_closing((uv_handle_t *)&fc->h)) uv_close((uv_handle_t *)&fc->h, fc_closed);
 }
 
@@ -112,6 +115,10 @@ static void fc_request(struct fconn *fc, const redisReply *r)
         fc->is_sub = 1;
         F.sub = fc;
         F.sub_conns++;
+    } else if (strcasecmp(cmd, "CLIENT") == 0 && r->elements == 3 &&
+               strstr(r->element[2]->str, "-cmd")) {
+        F.cmd = fc;
+        F.cmd_conns++;
     }
     if (strcasecmp(cmd, "SUBSCRIBE") == 0) {
         if (F.hold_subscribe) {
@@ -355,6 +362,22 @@ static void test_splits(void)
     bus_stop(b, s1, s2);
 }
 
+/* Write `bad` to the subscriber connection: it drops and comes back (the bus up again),
+ * having delivered `want` (the log) first; a message then arrives as usual. */
+static void expect_drop(const char *bad, const char *want)
+{
+    int conns = F.sub_conns, ups = R.ups;
+    log_reset();
+    fc_write(F.sub, bad, strlen(bad));
+    CHECK(await_count(&F.sub_conns, conns + 1) == 0); /* dropped, reconnected */
+    CHECK(await_count(&R.ups, ups + 1) == 0);
+    if (strcmp(R.log, want) != 0) fprintf(stderr, "after %s: %s\n", bad, R.log);
+    CHECK(strcmp(R.log, want) == 0);
+    log_reset();
+    send_read(NEXT, sizeof NEXT - 1);
+    CHECK(R.msgs == 1 && strcmp(R.log, "c=next;") == 0);
+}
+
 /* What hiredis 0.14 refuses is a protocol error however it arrives: the messages
  * before it are delivered, the connection is dropped and comes back, and a message
  * then arrives as usual. (Before: the fast reader took "$05" and a RESP3 '>' push
@@ -373,21 +396,8 @@ static void test_protocol_errors(void)
     };
     sh_redis_sub *s1, *s2;
     sh_redis_bus *b = bus_start(&s1, &s2);
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        int conns = F.sub_conns, ups = R.ups;
-        log_reset();
-        fc_write(F.sub, bad[i], strlen(bad[i]));
-        CHECK(await_count(&F.sub_conns, conns + 1) == 0); /* dropped, reconnected */
-        CHECK(await_count(&R.ups, ups + 1) == 0);
-        if (R.msgs != (i == 6)) fprintf(stderr, "case %zu: %s\n", i, R.log);
-        if (i == 6)
-            CHECK(R.msgs == 1 && strcmp(R.log, "c=ok;") == 0);
-        else
-            CHECK(R.msgs == 0);
-        log_reset();
-        send_read(NEXT, sizeof NEXT - 1);
-        CHECK(R.msgs == 1 && strcmp(R.log, "c=next;") == 0);
-    }
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        expect_drop(bad[i], i == 6 ? "c=ok;" : "");
     bus_stop(b, s1, s2);
 }
 
@@ -413,6 +423,44 @@ static void test_no_carry_across_contexts(void)
         CHECK(strcmp(R.log, "c=next;") == 0 && R.msgs == 1);
         CHECK(F.sub_conns == conns + 2 && R.ups == ups + 1);
     }
+    bus_stop(b, s1, s2);
+}
+
+/* Replies on which hiredis 0.14 asserts (aborting the process) when no command awaits
+ * them: outside subscribed mode anything but an error (the command connection, idle),
+ * and in subscribed mode an array that is not [bulk kind, bulk name, ...], or an
+ * unsubscribe without an integer count (hiredis read element[2] past a 2-element
+ * array). Each is refused as it is read: the connection drops with a warning and
+ * comes back; nothing is delivered. A well-formed spontaneous reply that hiredis
+ * ignores (a status) does not drop it. (Before: abort.) */
+static void test_no_abort(void)
+{
+    static const char *bad[] = {
+        "*2\r\n:1\r\n:2\r\n",
+        "*0\r\n",
+        "*1\r\n$7\r\nmessage\r\n",
+        "*3\r\n+message\r\n$1\r\nc\r\n$1\r\nx\r\n",
+        "*3\r\n$7\r\nmessage\r\n*1\r\n$1\r\nc\r\n$1\r\nx\r\n",
+        "*3\r\n$7\r\nmessage\r\n:1\r\n$1\r\nx\r\n",
+        "*2\r\n$11\r\nunsubscribe\r\n$1\r\nc\r\n",
+        "*3\r\n$12\r\nPUNSUBSCRIBE\r\n$1\r\nc\r\n$1\r\n0\r\n",
+    };
+    sh_redis_sub *s1, *s2;
+    sh_redis_bus *b = bus_start(&s1, &s2);
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        expect_drop(bad[i], "");
+    /* the command connection, idle: a reply nobody asked for */
+    int conns = F.cmd_conns, ups = R.ups;
+    CHECK(F.cmd != NULL);
+    fc_write(F.cmd, "+OK\r\n", 5);
+    CHECK(await_count(&F.cmd_conns, conns + 1) == 0);
+    CHECK(await_count(&R.ups, ups + 1) == 0);
+    /* a status on the subscriber connection: hiredis passes it on, the bus ignores it */
+    conns = F.sub_conns;
+    log_reset();
+    send_read("+OK\r\n", 5);
+    send_read(NEXT, sizeof NEXT - 1);
+    CHECK(R.msgs == 1 && strcmp(R.log, "c=next;") == 0 && F.sub_conns == conns);
     bus_stop(b, s1, s2);
 }
 
@@ -453,6 +501,7 @@ int main(int argc, char **argv)
     RUN(test_protocol_errors);
     RUN(test_no_carry_across_contexts);
     RUN(test_flood_then_eof);
+    RUN(test_no_abort);
     if (F.sub) fc_close(F.sub);
     uv_close((uv_handle_t *)&F.listener, NULL);
     uv_close((uv_handle_t *)&failsafe, NULL);
