@@ -393,6 +393,7 @@ static void test_protocol_errors(void)
         "*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$99999999999999999999\r\n",
         "*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$-5\r\nhello\r\n",
         "*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$2\r\nok\r\n!garbage\r\n",
+        "-ERR hostile\r\n", /* hiredis: a spontaneous error ends the connection */
     };
     sh_redis_sub *s1, *s2;
     sh_redis_bus *b = bus_start(&s1, &s2);
@@ -455,10 +456,11 @@ static void test_no_abort(void)
     fc_write(F.cmd, "+OK\r\n", 5);
     CHECK(await_count(&F.cmd_conns, conns + 1) == 0);
     CHECK(await_count(&R.ups, ups + 1) == 0);
-    /* a status on the subscriber connection: hiredis passes it on, the bus ignores it */
+    /* a status, a push of an unknown kind: hiredis passes them on, the bus ignores them */
     conns = F.sub_conns;
     log_reset();
     send_read("+OK\r\n", 5);
+    send_read("*3\r\n$3\r\nfoo\r\n$1\r\nc\r\n$1\r\nx\r\n", 27);
     send_read(NEXT, sizeof NEXT - 1);
     CHECK(R.msgs == 1 && strcmp(R.log, "c=next;") == 0 && F.sub_conns == conns);
     bus_stop(b, s1, s2);
