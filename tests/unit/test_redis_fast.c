@@ -298,12 +298,13 @@ static void closed_cb(void *arg)
 
 /* A bus with one subscriber connection to the fake, subscribed to "a\0b" (binary)
  * and "c". */
-static sh_redis_bus *bus_start(sh_redis_sub **s1, sh_redis_sub **s2)
+static sh_redis_bus *bus_start(sh_redis_sub **s1, sh_redis_sub **s2, uint64_t connect_timeout_ms)
 {
     char url[64];
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", F.port);
     sh_redis_opts o = {.url = url, .client_name = "shf", .sub_connections = 1,
-                       .backoff_min_ms = 10, .backoff_max_ms = 20, .connect_timeout_ms = 150,
+                       .backoff_min_ms = 10, .backoff_max_ms = 20,
+                       .connect_timeout_ms = connect_timeout_ms,
                        .on_state = on_state};
     sh_redis_bus *b = NULL;
     memset(&R, 0, sizeof R);
@@ -346,7 +347,7 @@ static const char WANT[] = "a\\0b=x\\r\\ny\\0;c=;c=*3\\r\\n$7\\r\\nmessage\\r\\n
 static void test_splits(void)
 {
     sh_redis_sub *s1, *s2;
-    sh_redis_bus *b = bus_start(&s1, &s2);
+    sh_redis_bus *b = bus_start(&s1, &s2, 5000);
     size_t n = sizeof STREAM - 1;
     log_reset();
     for (size_t i = 0; i < n; i++) send_read(STREAM + i, 1);
@@ -398,7 +399,7 @@ static void test_protocol_errors(void)
         "*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$5\r\nhelloXY\r\n",
     };
     sh_redis_sub *s1, *s2;
-    sh_redis_bus *b = bus_start(&s1, &s2);
+    sh_redis_bus *b = bus_start(&s1, &s2, 5000);
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         expect_drop(bad[i], i == 6 ? "c=ok;" : i == 8 ? "c=hello;" : "");
     bus_stop(b, s1, s2);
@@ -412,7 +413,7 @@ static void test_protocol_errors(void)
 static void test_no_carry_across_contexts(void)
 {
     sh_redis_sub *s1, *s2;
-    sh_redis_bus *b = bus_start(&s1, &s2);
+    sh_redis_bus *b = bus_start(&s1, &s2, 400); /* the watchdog gives up on a connection */
     for (int k = 0; k < 12; k++) { /* malloc's reuse of the freed context is not certain */
         int conns = F.sub_conns, ups = R.ups;
         log_reset();
@@ -423,8 +424,7 @@ static void test_no_carry_across_contexts(void)
         CHECK(await_count(&R.ups, ups + 1) == 0);
         send_read(NEXT, sizeof NEXT - 1);
         if (strcmp(R.log, "c=next;") != 0) fprintf(stderr, "round %d: %s\n", k, R.log);
-        CHECK(strcmp(R.log, "c=next;") == 0 && R.msgs == 1);
-        CHECK(F.sub_conns == conns + 2 && R.ups == ups + 1);
+        CHECK(strcmp(R.log, "c=next;") == 0 && R.msgs == 1); /* nothing made up */
     }
     bus_stop(b, s1, s2);
 }
@@ -449,7 +449,7 @@ static void test_no_abort(void)
         "*3\r\n$12\r\nPUNSUBSCRIBE\r\n$1\r\nc\r\n$1\r\n0\r\n",
     };
     sh_redis_sub *s1, *s2;
-    sh_redis_bus *b = bus_start(&s1, &s2);
+    sh_redis_bus *b = bus_start(&s1, &s2, 5000);
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         expect_drop(bad[i], "");
     /* the command connection, idle: a reply nobody asked for */
@@ -472,7 +472,7 @@ static void test_no_abort(void)
 static void test_flood_then_eof(void)
 {
     sh_redis_sub *s1, *s2;
-    sh_redis_bus *b = bus_start(&s1, &s2);
+    sh_redis_bus *b = bus_start(&s1, &s2, 5000);
     static char buf[32 * 1024];
     size_t n = 0;
     int k = 0;
