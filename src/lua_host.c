@@ -36,8 +36,8 @@ const char *sh_hook_name(enum sh_hook h) { return hook_names[h]; }
 
 /* The blocks of a generation's state. A small block (1..264 bytes) is taken whole
  * from its class: from the generation's free list when it has one, else from malloc at
- * the class's size; freed, it goes back on the list while the lists hold less than
- * SH_BLK_HELD_MAX bytes. The classes are malloc's own chunk sizes (glibc: 16-byte steps
+ * the class's size; freed, it goes back on the list unless the lists would then hold
+ * more than SH_BLK_HELD_MAX bytes. The classes are malloc's own chunk sizes (glibc: 16-byte steps
  * with an 8-byte header, so 24, 40, 56, ... usable bytes): a block costs what malloc
  * would have charged for the size asked. Lua gives every block's size back when it
  * frees or resizes it (osize), so no header of ours is needed.
@@ -91,7 +91,7 @@ static void blk_give(sh_gen *g, void *p, size_t n)
     }
     size_t c = BLK_CLASS(n);
     BLK_UNPOISON(p, BLK_SIZE(c));
-    if (g->blk_bytes >= SH_BLK_HELD_MAX) {
+    if (g->blk_bytes + BLK_SIZE(c) > SH_BLK_HELD_MAX) { /* at most SH_BLK_HELD_MAX held */
         free(p);
         return;
     }

@@ -60,10 +60,15 @@
  *   redisBufferRead) per readiness event. A flooded subscriber connection then
  *   advances 16 KiB per loop iteration while Redis' output buffer for it grows
  *   towards `client-output-buffer-limit pubsub`. Our poll callback calls it
- *   again while FIONREAD says bytes are waiting, up to read_budget. */
+ *   again while FIONREAD says bytes are waiting, up to read_budget.
+ * - redisProcessCallbacks asserts (aborts the process) on a reply no command
+ *   awaits outside subscribed mode, and on a malformed push in it; such replies
+ *   are refused as they are read (reply_refused): a protocol error, as hiredis'
+ *   own, that drops the connection. */
 #include "redis_bus.h"
 
 #include <assert.h>
+#include <ctype.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -147,8 +152,9 @@ struct conn {
     struct sreq *sq_head, *sq_tail; /* (cluster sub) SSUBSCRIBE/SUNSUBSCRIBE awaiting replies */
     int dormant;            /* (cluster sub) not started: no channel needs it */
     char *fbuf;             /* (single-mode sub) the fast reader's buffer, FAST_CAP bytes */
-    size_t flen;            /* bytes of a message not yet complete at its start */
-    const redisAsyncContext *fast_ac; /* the context fbuf's bytes came from */
+    size_t flen;            /* bytes of a message not yet complete at its start (of c->ac:
+                               0 whenever a context is made) */
+    const char *refused;    /* why a reply of c->ac was refused (reply_refused), or NULL */
 };
 
 struct chan {
@@ -589,6 +595,8 @@ static const char *role_name(const struct conn *c, char buf[32])
 /* The reason hiredis gives for ac's failure. */
 static const char *ac_reason(const redisAsyncContext *ac)
 {
+    const struct conn *c = ac->data;
+    if (c && c->ac == ac && c->refused) return c->refused; /* hiredis says "Out of memory" */
     if (ac->err && ac->errstr && ac->errstr[0]) return ac->errstr;
     if (ac->c.err && ac->c.errstr[0]) return ac->c.errstr;
     return "connection closed";
@@ -907,11 +915,10 @@ static void sub_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 
 /* ---- event loop glue ---------------------------------------------------- */
 
-/* Readable: hiredis' reading and callbacks, or (a cluster subscriber
- * connection past its handshake) our own reading of its pushes. */
 /* One bulk string at p[*i..n): $<len>\r\n<bytes>\r\n. 1 (*i past it, *s and
  * *len set), 0 when its end is not here yet, -1 when it is not one or cannot fit
- * in the fast reader's buffer. */
+ * in the fast reader's buffer. A length hiredis refuses (a leading zero, a sign)
+ * is not one: hiredis then reads it and drops the connection. */
 static int fast_bulk(const char *p, size_t n, size_t *i, size_t *s, size_t *len)
 {
     size_t j = *i, v = 0, digits = 0;
@@ -922,7 +929,7 @@ static int fast_bulk(const char *p, size_t n, size_t *i, size_t *s, size_t *len)
         if (++digits > 5 || v > FAST_CAP) return -1; /* hiredis takes big ones */
     }
     if (j == n) return 0;
-    if (digits == 0 || p[j] != '\r') return -1;
+    if (digits == 0 || p[j] != '\r' || (digits > 1 && p[*i + 1] == '0')) return -1;
     if (j + 1 == n) return 0;
     if (p[j + 1] != '\n') return -1;
     j += 2;
@@ -935,15 +942,16 @@ static int fast_bulk(const char *p, size_t n, size_t *i, size_t *s, size_t *len)
 }
 
 /* A pub/sub message push at p[0..n): *3\r\n$7\r\nmessage\r\n, then the channel and the
- * payload as bulk strings (>3 with RESP3). Its length (> 0), 0 when not all of it is
- * here yet, -1 when p starts with anything else. */
+ * payload as bulk strings. Its length (> 0), 0 when not all of it is here yet, -1 when p
+ * starts with anything else (a RESP3 '>' push too: hiredis 0.14 speaks RESP2 only and
+ * calls that a protocol error, whatever its size). */
 static long fast_message(const char *p, size_t n, size_t *chan, size_t *clen, size_t *pay,
                          size_t *plen)
 {
     static const char head[] = "*3\r\n$7\r\nmessage\r\n";
     size_t h = sizeof head - 1, i = h, m = n < h ? n : h;
     if (n == 0) return 0;
-    if ((p[0] != '*' && p[0] != '>') || memcmp(p + 1, head + 1, m - 1) != 0) return -1;
+    if (memcmp(p, head, m) != 0) return -1;
     if (n < h) return 0;
     int r = fast_bulk(p, n, &i, chan, clen);
     if (r == 1) r = fast_bulk(p, n, &i, pay, plen);
@@ -961,10 +969,6 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
 {
     sh_redis_bus *b = c->bus;
     redisReader *rd = ac->c.reader;
-    if (c->fast_ac != ac) {
-        c->fast_ac = ac;
-        c->flen = 0;
-    }
     /* hiredis is amid a reply when it has bytes left or has begun one (its reader
      * leaves rstack[0] set up, type -1, after finding no more bytes) */
     if (c->flen == 0 && (rd->len > rd->pos || rd->ridx > 0 ||
@@ -1025,6 +1029,9 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
     c->flen = 0;
 }
 
+/* Readable: hiredis' reading and callbacks, or our own reading of the pushes of a
+ * cluster subscriber connection past its handshake (csub_read) or of a single-mode
+ * subscriber connection in subscribed mode (sub_fast_read). */
 static void conn_read(redisAsyncContext *ac)
 {
     struct conn *c = ac->data;
@@ -1153,6 +1160,60 @@ static void conn_timer_cb(uv_timer_t *t)
     conn_lost(c, "no answer within the connect timeout");
 }
 
+/* s[0..len) names an unsubscribe push for hiredis (strcasecmp on the C string, after
+ * a 'p' that makes it a pattern's). */
+static int unsub_kind(const char *s, size_t len)
+{
+    len = strnlen(s, len);
+    if (len && tolower((unsigned char)s[0]) == 'p') {
+        s++;
+        len--;
+    }
+    return len == 11 && strncasecmp(s, "unsubscribe", 11) == 0;
+}
+
+/* hiredis 0.14 asserts, aborting the process, on replies that a hostile or broken
+ * server can send when no command awaits one: outside subscribed mode anything but
+ * an error, and in subscribed mode an array that is not [bulk kind, bulk name, ...]
+ * or an (p)unsubscribe without an integer third element (it reads element[2] past a
+ * 2-element array). The reader's privdata is the context; each object of such a reply
+ * is looked at as it is made (the reply before it was already dispatched, so the
+ * awaited callbacks are the ones it will meet) and, when it is one of those, not
+ * made: hiredis takes that as a read error ("Out of memory") and disconnects, and
+ * ac_reason says why (c->refused). Replies we read ourselves (csub_read) are not
+ * looked at.
+ * 1 when the object of `task` (of type `type`; str[0..len) for a string) must not be made. */
+static int reply_refused(const redisReadTask *task, int type, const char *str, size_t len,
+                         int elements)
+{
+    const redisAsyncContext *ac = task->privdata;
+    struct conn *c = ac ? ac->data : NULL;
+    if (!c || c->ac != ac || (c->node && c->raw_ac == ac) || ac->replies.head ||
+        (ac->c.flags & REDIS_MONITORING))
+        return 0;
+    const redisReadTask *parent = task->parent;
+    const char *why = NULL;
+    if (!(ac->c.flags & REDIS_SUBSCRIBED)) {
+        if (!parent && type != REDIS_REPLY_ERROR) why = "protocol error: a reply to no command";
+    } else if (!parent) {
+        if (type == REDIS_REPLY_ARRAY && elements < 2)
+            why = "protocol error: a push of fewer than 2 elements";
+    } else if (!parent->parent && task->idx < 2) {
+        const redisReply *top = parent->obj;
+        if (type != REDIS_REPLY_STRING)
+            why = "protocol error: a push whose kind or channel is not a bulk string";
+        else if (task->idx == 0 && top->elements < 3 && unsub_kind(str, len))
+            why = "protocol error: an unsubscribe push without its count";
+    } else if (!parent->parent && task->idx == 2) {
+        const redisReply *kind = ((const redisReply *)parent->obj)->element[0];
+        if (type != REDIS_REPLY_INTEGER && kind && kind->type == REDIS_REPLY_STRING &&
+            unsub_kind(kind->str, kind->len))
+            why = "protocol error: an unsubscribe push whose count is not an integer";
+    }
+    if (why) c->refused = why;
+    return why != NULL;
+}
+
 /* Reply objects for our readers: malloc (glibc's per-thread cache) rather
  * than hiredis' calloc, and a string with its bytes in one block. Every
  * reply of these readers is freed through reply_free (hiredis calls
@@ -1177,6 +1238,8 @@ static redisReply *reply_new(int type, size_t extra)
 
 static void *reply_string(const redisReadTask *task, char *str, size_t len)
 {
+    if (reply_refused(task, task->type, str, len, 0))
+        return NULL;
     redisReply *r = reply_new(task->type, len + 1);
     if (!r)
         return NULL;
@@ -1189,6 +1252,8 @@ static void *reply_string(const redisReadTask *task, char *str, size_t len)
 
 static void *reply_array(const redisReadTask *task, int elements)
 {
+    if (reply_refused(task, REDIS_REPLY_ARRAY, NULL, 0, elements))
+        return NULL;
     redisReply *r = reply_new(REDIS_REPLY_ARRAY, 0);
     if (!r)
         return NULL;
@@ -1205,6 +1270,8 @@ static void *reply_array(const redisReadTask *task, int elements)
 
 static void *reply_integer(const redisReadTask *task, long long value)
 {
+    if (reply_refused(task, REDIS_REPLY_INTEGER, NULL, 0, 0))
+        return NULL;
     redisReply *r = reply_new(REDIS_REPLY_INTEGER, 0);
     if (!r)
         return NULL;
@@ -1214,6 +1281,8 @@ static void *reply_integer(const redisReadTask *task, long long value)
 
 static void *reply_nil(const redisReadTask *task)
 {
+    if (reply_refused(task, REDIS_REPLY_NIL, NULL, 0, 0))
+        return NULL;
     redisReply *r = reply_new(REDIS_REPLY_NIL, 0);
     return r ? reply_link(task, r) : NULL;
 }
@@ -1255,6 +1324,7 @@ static void conn_connect(struct conn *c)
         return;
     }
     ac->c.reader->fn = &reply_fns; /* nothing was read yet */
+    ac->c.reader->privdata = ac;   /* for reply_refused */
     if (redisLibuvAttach(ac, b->loop) != REDIS_OK) {
         redisAsyncFree(ac);
         conn_lost(c, "cannot attach to the event loop");
@@ -1266,6 +1336,8 @@ static void conn_connect(struct conn *c)
     ac->ev.delWrite = ev_del_write;
     ac->data = c;
     c->ac = ac;
+    c->flen = 0; /* bytes of the last context (a watchdog may free it mid-message) are not this one's */
+    c->refused = NULL;
     c->state = CONN_CONNECTING;
     c->hs_left = 0;
     c->hs_failed = 0;
