@@ -126,6 +126,15 @@ t.test("invalid_message: too many tasks (max_tasks)", function()
   c:expect_frame{ error = "invalid_message", message = "too many tasks: 3 (max 2)" }
 end)
 
+t.test("invalid_message: too many JSON values (max_batch_values)", function()
+  local p = start{ max_batch_values = 7 }
+  local c = p:open{}
+  c:send('[{"id":1,"x":[[],[]]},{"id":2}]') -- 8 values: the array, 2 objects, 2 ids, x and its 2
+  c:expect_frame{ error = "invalid_message", message = "too many JSON values (max_batch_values 7)" }
+  c:send('[{"id":1,"x":[[]]},{"id":2}]') -- 7: taken
+  t.eq(#p.requests, 1, "the batch at the bound is dispatched")
+end)
+
 t.test("invalid_message: an id over max_id_bytes", function()
   local p = start{ max_id_bytes = 4 }
   local c = p:open{}
