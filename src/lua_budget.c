@@ -161,10 +161,6 @@ void sh_budget_end(lua_State *L)
     depth = 0;
 }
 
-/* Will co run code when resumed or closed? Not when it is running or
- * waiting on a coroutine it resumed ("cannot resume non-suspended
- * coroutine"): its hook is the count of the frame that called, and arming it
- * again would start that count afresh on every such call. */
 void sh_budget_charge(uint64_t n)
 {
     /* the tick writes `left` only while the run is not armed, and the hook runs on
@@ -178,6 +174,10 @@ void sh_budget_charge(uint64_t n)
             arm(running[i], 1);
 }
 
+/* Will co run code when resumed or closed? Not when it is running or
+ * waiting on a coroutine it resumed ("cannot resume non-suspended
+ * coroutine"): its hook is the count of the frame that called, and arming it
+ * again would start that count afresh on every such call. */
 static int will_run(lua_State *co)
 {
     lua_Debug ar;

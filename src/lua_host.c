@@ -64,6 +64,14 @@ const char *sh_hook_name(enum sh_hook h) { return hook_names[h]; }
 #define BLK_MAX BLK_SIZE(SH_BLK_CLASSES - 1)
 #define BLK_CLASS(n) ((n) <= 24 ? 0 : (((n) + 7) >> 4) - 1) /* n in 1..BLK_MAX */
 
+/* p, a block of class c, now holds n bytes: under ASan the rest of it is poisoned. */
+static void *blk_fit(void *p, size_t c, size_t n)
+{
+    BLK_UNPOISON(p, n);
+    BLK_POISON((char *)p + n, BLK_SIZE(c) - n);
+    return p;
+}
+
 /* A block of n bytes (its class's, when small; usable up to n). */
 static void *blk_take(sh_gen *g, size_t n)
 {
@@ -77,9 +85,7 @@ static void *blk_take(sh_gen *g, size_t n)
     } else if (!(p = malloc(BLK_SIZE(c)))) {
         return NULL;
     }
-    BLK_UNPOISON(p, n);
-    BLK_POISON((char *)p + n, BLK_SIZE(c) - n);
-    return p;
+    return blk_fit(p, c, n);
 }
 
 /* Give back p, a block of n bytes from blk_take. */
@@ -138,9 +144,7 @@ static void *gen_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     } else if (old > BLK_MAX && nsize > BLK_MAX) {
         p = realloc(ptr, nsize);
     } else if (old <= BLK_MAX && nsize <= BLK_MAX && BLK_CLASS(old) == BLK_CLASS(nsize)) {
-        p = ptr; /* the block already has the room */
-        BLK_UNPOISON(p, nsize);
-        BLK_POISON((char *)p + nsize, BLK_SIZE(BLK_CLASS(nsize)) - nsize);
+        p = blk_fit(ptr, BLK_CLASS(nsize), nsize); /* the block already has the room */
     } else if ((p = blk_take(g, nsize)) != NULL) {
         memcpy(p, ptr, old < nsize ? old : nsize);
         blk_give(g, ptr, old);
