@@ -458,6 +458,29 @@ static int log_at(lua_State *L, enum sh_log_level level)
     if (!sh_log_enabled(level))
         return 0;
     int n = lua_gettop(L); /* before luaL_buffinit, which pushes a placeholder */
+    /* strings and numbers (the usual arguments) are joined here, without a Lua
+     * string for the line (and without luaL_tolstring's metafield lookups) */
+    char line[1024];
+    size_t used = 0;
+    int a = 1;
+    for (; a <= n; a++) {
+        int t = lua_type(L, a);
+        if (t != LUA_TSTRING && t != LUA_TNUMBER)
+            break;
+        size_t len;
+        const char *s = lua_tolstring(L, a, &len); /* a number becomes its text, in its slot */
+        if (used + len + 1 >= sizeof line)
+            break;
+        if (a > 1)
+            line[used++] = ' ';
+        memcpy(line + used, s, len);
+        used += len;
+    }
+    if (a > n) {
+        line[used] = '\0';
+        sh_log_kv(level, current_conn_id(L), line, NULL);
+        return 0;
+    }
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     for (int i = 1; i <= n; i++) {

@@ -665,6 +665,28 @@ int sh_realip(const char *peer_ip, const char *header_value, const sh_cidr *trus
     return found;
 }
 
+/* host.table_new(narray, nhash) → an empty table with room for narray array
+ * members and nhash other keys (LuaJIT's table.new, OpenResty's
+ * require "table.new"): a table filled to a known size skips the rehash of each
+ * doubling. The room is capped (SH_TABLE_NEW_MAX each) and counts against
+ * lua_max_memory like any table; the budget is charged for what it clears. */
+#define SH_TABLE_NEW_MAX (1 << 24)
+static int l_table_new(lua_State *L)
+{
+    static const char fn[] = "host.table_new";
+    lua_Integer n[2];
+    for (int i = 0; i < 2; i++) {
+        n[i] = opt_integer(L, i + 1, fn, 0);
+        if (n[i] < 0)
+            return arg_error(L, fn, i + 1, "must not be negative");
+        if (n[i] > SH_TABLE_NEW_MAX)
+            return arg_error(L, fn, i + 1, "too large (max 16777216)");
+    }
+    sh_budget_charge((uint64_t)(n[0] + n[1]) / SH_BUDGET_BYTES_PER_INSTRUCTION);
+    lua_createtable(L, (int)n[0], (int)n[1]);
+    return 1;
+}
+
 /* host.ip_in(ip, cidrs) → boolean: is the address in one of the blocks?
  * cidrs is one string or a list of strings ("10.0.0.0/8", "::1"); a bad block
  * raises; an ip that is not an address is in none. (nginx: the geo/allow
@@ -1566,6 +1588,7 @@ static const luaL_Reg lib_funcs[] = {
     {"unescape_uri", l_unescape_uri},
     {"decode_args", l_decode_args},
     {"ip_in", l_ip_in},
+    {"table_new", l_table_new},
     {"shared", l_shared},
     {NULL, NULL},
 };

@@ -269,5 +269,19 @@ def check_policy_without_binary_hook():
     assert "on_handshake" in hooks and "on_message" in hooks and "on_binary" not in hooks, hooks
 
 
+
+@suite.test
+def host_type_and_table_new_where_policies_run():
+    """policies/host_lib.lua asserts, in a script generation, that the host's type()
+    gives the base library's names and error, and that host.table_new makes plain
+    empty tables, refuses bad sizes and, under lua_max_memory (in on_config), raises
+    "not enough memory" for room past it. Without the cap the last check fails:
+    the test can tell."""
+    script = os.path.join(POL, "host_lib.lua")
+    rc, out, err = run("--check", script)
+    assert rc == 0, (rc, err)
+    rc, out, err = run("--check", "--set", "lua_max_memory=0", script)
+    assert rc == 2 and "room past lua_max_memory" in err, (rc, err)
+
 if __name__ == "__main__":
     suite.run()

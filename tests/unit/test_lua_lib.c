@@ -478,6 +478,30 @@ static void test_ip_in(lua_State *L)
         "raises('host.ip_in: bad argument #1 (string expected, got nil)', host.ip_in, nil, '10.0.0.0/8')\n");
 }
 
+static void test_table_new(lua_State *L)
+{
+    run(L, "table_new",
+        "local t = host.table_new(4, 2)\n"
+        "eq(type(t), 'table') eq(next(t), nil, 'empty') eq(#t, 0) eq(getmetatable(t), nil)\n"
+        "for i = 1, 100 do t[i] = i end t.a = 1 t.b = 2 t.c = 3\n"
+        "eq(#t, 100, 'grows past its room') eq(t.c, 3)\n"
+        "eq(next(host.table_new()), nil, 'no sizes: {}') eq(next(host.table_new(0, 0)), nil)\n"
+        "eq(type(host.table_new(16777216, 0)), 'table', 'the cap itself')\n"
+        "raises('host.table_new: bad argument #1 (must not be negative)', host.table_new, -1, 0)\n"
+        "raises('host.table_new: bad argument #2 (must not be negative)', host.table_new, 0, -1)\n"
+        "raises('host.table_new: bad argument #1 (too large (max 16777216))', host.table_new, 16777217)\n"
+        "raises('host.table_new: bad argument #2 (too large (max 16777216))', host.table_new, 0, math.maxinteger)\n"
+        "raises('host.table_new: bad argument #1 (integer expected, got number)', host.table_new, 1.5)\n"
+        "raises('host.table_new: bad argument #2 (number expected, got string)', host.table_new, 1, 'x')\n"
+        /* type(), the host's (names from upvalues): the base library's results and errors */
+        "eq(type(nil), 'nil') eq(type(false), 'boolean') eq(type(1), 'number') eq(type(1.5), 'number')\n"
+        "eq(type('s'), 'string') eq(type({}), 'table') eq(type(print), 'function')\n"
+        "eq(type(type), 'function') eq(type(coroutine.create(print)), 'thread')\n"
+        "eq(type(host.json.null), 'userdata', 'light userdata') eq(type(io.stdout), 'userdata')\n"
+        "eq(type(1, 2), 'number', 'extra arguments ignored')\n"
+        "raises(\"bad argument #1 to 'type' (value expected)\", type)\n");
+}
+
 /* ------------------------------------------------------------- Lua: shared */
 
 static void test_shared(lua_State *L)
@@ -713,6 +737,7 @@ int main(void)
     test_digests(L);
     test_uri(L);
     test_ip_in(L);
+    test_table_new(L);
     test_shared(L);
     test_json(L);
     lua_close(L);
