@@ -71,6 +71,11 @@ local config = {
 }
 
 local table_new = host.table_new
+-- host.json.decode as this file found it, if it is still the host's decoder in C (string.dump
+-- refuses C functions only): a policy that put a decoder of its own there before requiring
+-- this file gets the walk over a batch's keys in lib.validate, as with default.decode = f
+local stock_decode = host.json.decode
+if pcall(string.dump, stock_decode) then stock_decode = nil end
 local cfg = host.config -- the merged config (defaults ← script ← --set); filled once the script returns
 
 host.metrics.define("foreign_updates_dropped_total", "counter",
@@ -98,7 +103,7 @@ function lib.validate(text)
   if n > cfg.max_tasks then return nil, ("too many tasks: %d (max %d)"):format(n, cfg.max_tasks) end
   -- host.json.decode makes a JSON array 1..n and nothing else, and an object only string
   -- keys (#batch is 0): a decoder of the policy's own may mix them, so its table is walked
-  if lib.decode ~= host.json.decode then
+  if lib.decode ~= stock_decode then
     for k in pairs(batch) do
       if math.type(k) ~= "integer" or k < 1 or k > n then return nil, "not a JSON array" end
     end

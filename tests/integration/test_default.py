@@ -954,5 +954,67 @@ def default_as_a_module_with_replaced_decisions():
         shutil.rmtree(d)
 
 
+# A decoder of the policy's own, in Lua, that builds a batch key by key: for the text
+# "MIXED" a table of two tasks and a "note" key, its integer keys in the hash part with
+# "note" ahead of them in next's order, so that #t is 2 and next(t, 2) is nil: only the
+# walk over every key in validate sees "note". (Lua seeds its string hashes per state,
+# so the name of the key is searched for.) %s is where the decoder is put.
+OWN_DECODER = r"""
+local host = require "statushost"
+local stock = host.json.decode
+local function mixed()
+  for i = 1, 1000 do
+    local t = { a = 1, b = 1, c = 1, d = 1 }
+    t.a, t.b, t.c, t.d = nil, nil, nil, nil
+    t["note" .. i] = "x"
+    t[1] = { id = "a" }
+    t[2] = { id = "b" }
+    if #t == 2 and next(t, 2) == nil and t[3] == nil then return t end
+  end
+  error("no key order with the note first")
+end
+local function decode(text, max_values)
+  if text == "MIXED" then return mixed() end
+  return stock(text, max_values)
+end
+%s
+"""
+IN_HOST = 'host.json.decode = decode\nreturn require "statushost.default"'
+IN_DEFAULT = 'local default = require "statushost.default"\ndefault.decode = decode\nreturn default'
+
+
+@S.test
+def a_decoder_of_the_policys_own_gets_the_key_walk():
+    """validate skips the walk over a batch's keys only for the host's own decoder
+    (host.json.decode makes nothing but 1..n or string keys). A Lua decoder put in
+    default.decode, or in host.json.decode before the default is required, may make a
+    table with other keys, which is "not a JSON array"; a batch it decodes as usual runs.
+    Before, the skip compared default.decode with host.json.decode at each batch: with
+    the decoder in host.json.decode the two were the same function, the walk was skipped
+    and the "MIXED" table was accepted as a job of 2 tasks: dispatched, the remote
+    answered 400 (dispatch_failed) where invalid_message was due."""
+    d = tempfile.mkdtemp()
+    try:
+        with worker(SEED_WORKER, "tick_ms=20", "complete_probability=0.5") as w:
+            for where, tail in (("host.json.decode", IN_HOST), ("default.decode", IN_DEFAULT)):
+                path = os.path.join(d, "own_decoder.lua")
+                with open(path, "w") as f:
+                    f.write(OWN_DECODER % tail)
+                with ready(Statushost(path, redis=redis(), sets=[remote_url(w.port)])) as sh:
+                    ws = WsClient(sh.port)
+                    ws.send_text("MIXED")
+                    msg = ws.recv_json()
+                    assert msg == {"error": "invalid_message", "message": "not a JSON array"}, \
+                        (where, msg)
+                    tasks = batch(2)
+                    ws.send_json(tasks)
+                    frames, code = ws.read_to_close()
+                    assert sorted(frames) == sorted(done_payload(t["id"]) for t in tasks), \
+                        (where, frames)
+                    assert code == 1000, (where, code)
+                    assert sh.metrics()["statushost_jobs_started_total"] == 1, where
+    finally:
+        shutil.rmtree(d)
+
 if __name__ == "__main__":
     S.run()  # the shared redis-server is stopped at exit (harness)
