@@ -108,9 +108,13 @@ function lib.validate(text)
       if math.type(k) ~= "integer" or k < 1 or k > n then return nil, "not a JSON array" end
     end
   end
-  -- sized for n tasks at once: filled key by key, a table is rehashed at every doubling
-  local job = { tasks = table_new(0, n), order = table_new(n, 0), n = n, ndone = 0,
-                done = table_new(0, n) }
+  -- sized for n tasks at once: filled key by key, a table is rehashed at every doubling.
+  -- Up to 4096 (max_tasks is 1000 by default): past that they grow as they fill, so a batch
+  -- of a million members refused at its first task has not first taken 66 MB of room
+  -- (nor, past 2^24, met host.table_new's cap)
+  local room = n < 4096 and n or 4096
+  local job = { tasks = table_new(0, room), order = table_new(room, 0), n = n, ndone = 0,
+                done = table_new(0, room) }
   for i, task in ipairs(batch) do
     if type(task) ~= "table" then return nil, ("task %d is not an object"):format(i) end
     local id = lib.normalize_id(task.id)

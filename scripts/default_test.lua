@@ -126,6 +126,18 @@ t.test("invalid_message: too many tasks (max_tasks)", function()
   c:expect_frame{ error = "invalid_message", message = "too many tasks: 3 (max 2)" }
 end)
 
+t.test("invalid_message: a batch of 250,000 members refused at its first task, under lua_max_memory", function()
+  -- (before, validate sized the job's three tables for n tasks before it looked at one:
+  -- 16 MB of room for this 0.5 MB batch, past lua_max_memory, and the client got close
+  -- 1011 "internal error"; past 2^24 tasks, host.table_new's cap raised the same way)
+  local n = 250000
+  local p = start{ max_tasks = n, max_batch_values = n + 1, max_message_bytes = 2 * n + 1,
+                   lua_max_memory = 12 * 1048576 }
+  local c = p:open{}
+  c:send("[" .. ("0,"):rep(n - 1) .. "0]")
+  c:expect_frame{ error = "invalid_message", message = "task 1 is not an object" }
+end)
+
 t.test("invalid_message: too many JSON values (max_batch_values)", function()
   local p = start{ max_batch_values = 7 }
   local c = p:open{}
