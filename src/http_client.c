@@ -1145,21 +1145,12 @@ static void connect_cb(uv_connect_t *req, int status)
     uv_tcp_nodelay(&conn->tcp, 1);
     if (conn->host->tls) {
         conn->state = CONN_HANDSHAKING; /* the connect timeout runs on until it is done */
-        int rc = uv_read_start((uv_stream_t *)&conn->tcp, alloc_cb, read_cb);
-        if (rc < 0)
-            conn_io_error(conn, rc);
-        else if (tls_conn_start(conn) == 0)
+        if (tls_conn_start(conn) == 0)
             tls_handshake(conn);
         return;
     }
     uv_timer_stop(&conn->timer);
     conn->state = CONN_BUSY;
-    /* read for the socket's whole life: an idle socket must notice the peer closing it */
-    int rc = uv_read_start((uv_stream_t *)&conn->tcp, alloc_cb, read_cb);
-    if (rc < 0) {
-        conn_io_failed(conn, rc);
-        return;
-    }
     conn_send(conn);
 }
 
@@ -1168,8 +1159,17 @@ static void conn_connect(sh_http_conn *conn, const struct sockaddr *addr)
 {
     conn->state = CONN_CONNECTING;
     int rc = uv_tcp_connect(&conn->creq, &conn->tcp, addr, connect_cb);
-    if (rc < 0)
+    if (rc < 0) {
         conn_connect_failed(conn, rc);
+        return;
+    }
+    /* Read for the socket's whole life (an idle socket must notice the peer closing it),
+     * from now: libuv reports the connect before any read, and a watcher that still wants
+     * POLLIN when the connect's POLLOUT ends is modified in epoll, not added again (started
+     * in connect_cb, every new connection cost a failing EPOLL_CTL_ADD, EEXIST, and a MOD). */
+    rc = uv_read_start((uv_stream_t *)&conn->tcp, alloc_cb, read_cb);
+    if (rc < 0)
+        conn_connect_failed(conn, rc); /* closes the socket: connect_cb gets UV_ECANCELED */
 }
 
 /* Connects to the next usable resolved address, or fails the call. */
