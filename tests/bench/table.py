@@ -6,13 +6,15 @@ import os
 import sys
 
 
-def strace_total(path):
+def strace_calls(path, name):
+    """→ (calls, errors) of syscall `name` ("total": all) in an `strace -c` table, or None.
+    The errors column is blank when there were none."""
     try:
         with open(path) as f:
             for line in f:
                 fields = line.split()
-                if fields and fields[-1] == "total":
-                    return int(fields[3])
+                if fields and fields[-1] == name:
+                    return int(fields[3]), int(fields[4]) if len(fields) == 6 else 0
     except (OSError, ValueError, IndexError):
         pass
     return None
@@ -34,11 +36,14 @@ def main(results, strace):
                     "%.0f jobs/s, p50 %.2f ms, p99 %.2f ms, %d lost, %d failed (C=%d, T=%d)" % (
                         r["jobs_per_s"], r["latency_ms"]["p50"], r["latency_ms"]["p99"],
                         r["lost_updates"], r["jobs_failed"], r["connections"], r["tasks"])))
-    r, n = rows.get("syscalls"), strace_total(strace)
-    if r and n:
+    r, total = rows.get("syscalls"), strace_calls(strace, "total")
+    if r and total:
+        n = total[0]
+        epoll = strace_calls(strace, "epoll_ctl") or (0, 0)
         out.append(("seedflow: syscalls per job (strace -c -f)",
                     "%.1f" % (n / max(r["jobs_completed"], 1)),
-                    "%d syscalls, %d jobs, %d lost" % (n, r["jobs_completed"], r["lost_updates"])))
+                    "%d syscalls (%d epoll_ctl failing), %d jobs, %d lost" % (
+                        n, epoll[1], r["jobs_completed"], r["lost_updates"])))
     for label, what in (("fanout-c", "fan-out, max rate, forwarded from C"),
                         ("fanout-hook", "fan-out, max rate, on_publish hook"),
                         ("fanout-rate", "fan-out, fixed rate, forwarded from C")):
