@@ -256,7 +256,8 @@ static void push_conn(sh_pconn *p, lua_State *L)
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->ud_ref);
         return;
     }
-    conn_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
+    /* user value 1: the fields table; 2: the channel last given to conn:subscribe (below) */
+    conn_ud *u = lua_newuserdatauv(L, sizeof *u, 2);
     u->p = p;
     u->gen = p->gen;
     luaL_setmetatable(L, CONN_MT);
@@ -429,6 +430,10 @@ static int conn_subscribe(lua_State *L)
     if (!c || !sh_conn_open(c)) {
         sh_checklstring(L, 2, NULL);
         return fail(L, "closed");
+    }
+    if (lua_type(L, 2) == LUA_TSTRING) { /* kept for owner_deliver; no allocation */
+        lua_pushvalue(L, 2);
+        lua_setiuservalue(L, 1, 2);
     }
     return sh_io_subscribe_owner(L, &p->owner);
 }
@@ -800,6 +805,14 @@ static void owner_deliver(sh_owner *o, const char *channel, size_t channel_len,
     if (!t)
         return;
     sh_lstring s = {2, {{channel, channel_len}, {payload, payload_len}}};
+    /* the channel the conn last subscribed, kept with it (user value 2), when it is this
+     * one: the hook gets that string, not a new one hashed and interned per message */
+    if (lua_checkstack(t->co, 1) && lua_getiuservalue(t->co, -1, 2) == LUA_TSTRING &&
+        lua_rawlen(t->co, -1) == channel_len &&
+        memcmp(lua_tostring(t->co, -1), channel, channel_len) == 0)
+        s = (sh_lstring){1, {{payload, payload_len}}};
+    else
+        lua_settop(t->co, 2); /* the hook and the conn (the user value, if it was pushed) */
     if (sh_task_push_strings(t, &s) != 0) {
         sh_task_discard(t);
         count_drop(p, "out of memory");

@@ -1401,5 +1401,36 @@ def conn_request_read_after_the_connection_is_gone():
         assert (status, body) == (200, b"false /kept v3 127.0.0.1 127.0.0.1 true"), (status, body)
 
 
+
+@S.test
+def each_message_gets_its_own_channel_name():
+    """A conn keeps the channel string it last subscribed (handed to on_publish without a
+    new string per message); a message on any other of its channels, of the same length
+    and differing in one byte, numeric, or subscribed before, must still get its own
+    name: "a1", "a2", then 7 (a number: a string "7" for the hook), "a1" again after
+    "a2" was left and re-joined.
+    fails on old: no: it guards the cache added with it (with its byte comparison left
+    out, a1's first message came as "a2")."""
+    r = shared_redis()
+    with host(pol("pub_channels.lua"), redis=r) as sh:
+        c = ws(sh)
+        for cmd, want in (("sub a1", "subscribed a1"), ("sub a2", "subscribed a2"),
+                          ("subn 7", "subscribed 7")):
+            c.send_text(cmd)
+            assert c.recv() == (OP_TEXT, want.encode()), cmd
+        for ch, payload in (("a1", "x"), ("a2", "y"), ("7", "z"), ("a1", "w")):
+            assert r.cmd("PUBLISH", ch, payload) == 1, ch
+            got = c.recv()
+            assert got == (OP_TEXT, ("string|%s|%s" % (ch, payload)).encode()), (ch, got)
+        c.send_text("unsub a2")
+        assert c.recv() == (OP_TEXT, b"unsubscribed true")
+        c.send_text("sub a2")
+        assert c.recv() == (OP_TEXT, b"subscribed a2")
+        for ch, payload in (("a1", "v"), ("a2", "u"), ("7", "t")):
+            assert r.cmd("PUBLISH", ch, payload) == 1, ch
+            got = c.recv()
+            assert got == (OP_TEXT, ("string|%s|%s" % (ch, payload)).encode()), (ch, got)
+        c.shutdown()
+
 if __name__ == "__main__":
     S.run()
