@@ -191,16 +191,12 @@ int sh_io_timer(lua_State *L)
     if (cur && sh_task_doomed(cur))
         return fail(L, "closed");
     int n = lua_gettop(L);
+    /* the Lua side first: any of it may raise (lua_max_memory), and nothing is to be
+     * freed yet (a handle without a timer is garbage) */
     timer_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->t = NULL;
     luaL_setmetatable(L, TIMER_MT);
-    sh_timer *t = sh_zalloc(sizeof *t);
-    if (!t)
-        return fail(L, "out of memory");
-    t->gen = g;
-    t->owner = cur && cur->owner ? cur->owner : &g->detached;
-    t->nargs = n - 2;
-    if (t->nargs == 0) { /* the usual closure: no table around it (memory per connection) */
+    if (n == 2) { /* the usual closure: no table around it (memory per connection) */
         lua_pushvalue(L, 2);
     } else {
         lua_createtable(L, n - 1, 0);
@@ -209,7 +205,16 @@ int sh_io_timer(lua_State *L)
             lua_rawseti(L, -2, i - 1);
         }
     }
-    t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    int fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    sh_timer *t = sh_zalloc(sizeof *t);
+    if (!t) {
+        luaL_unref(L, LUA_REGISTRYINDEX, fn_ref);
+        return fail(L, "out of memory");
+    }
+    t->gen = g;
+    t->owner = cur && cur->owner ? cur->owner : &g->detached;
+    t->nargs = n - 2;
+    t->fn_ref = fn_ref;
     t->h = IO(g)->timer_start(IOCTX(g), (uint64_t)ms, timer_fired, t);
     if (!t->h) {
         luaL_unref(L, LUA_REGISTRYINDEX, t->fn_ref);
@@ -501,20 +506,29 @@ static int subscribe(lua_State *L, sh_owner *o, int ci, int fn_at)
         LL_PREPEND(have->followers, f);
         return sh_task_suspend(L, follower_cancel, f);
     }
-    sh_sub *s = sh_zalloc(sizeof *s + len + 1);
-    if (!s)
-        return fail(L, "out of memory");
-    s->gen = g;
-    s->owner = o;
-    s->len = len;
-    s->fn_ref = s->ud_ref = LUA_NOREF;
-    memcpy(s->channel, ch, len);
+    /* the handle and the callback's reference first: either may raise (lua_max_memory),
+     * and nothing is to be freed yet (a handle without a subscription is garbage) */
+    sub_ud *u = NULL;
+    int fn_ref = LUA_NOREF;
     if (fn_at) {
-        sub_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+        u = lua_newuserdatauv(L, sizeof *u, 0);
         u->s = NULL;
         luaL_setmetatable(L, SUB_MT);
         lua_pushvalue(L, fn_at);
-        s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    sh_sub *s = sh_zalloc(sizeof *s + len + 1);
+    if (!s) {
+        luaL_unref(L, LUA_REGISTRYINDEX, fn_ref);
+        return fail(L, "out of memory");
+    }
+    s->gen = g;
+    s->owner = o;
+    s->len = len;
+    s->fn_ref = fn_ref;
+    s->ud_ref = LUA_NOREF;
+    memcpy(s->channel, ch, len);
+    if (u) {
         u->s = s;
         s->ud = u;
     }

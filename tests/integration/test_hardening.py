@@ -1432,5 +1432,29 @@ def each_message_gets_its_own_channel_name():
             assert got == (OP_TEXT, ("string|%s|%s" % (ch, payload)).encode()), (ch, got)
         c.shutdown()
 
+
+@S.test
+def a_subscribe_or_timer_refused_for_memory_leaves_no_c_memory():
+    """With the Lua heap full (lua_max_memory), host.subscribe(ch, fn) and host.timer(ms,
+    fn) raise "not enough memory" (here 2,000 times each, in pcall): the hook carries on,
+    the server lives, and nothing of the refused calls stays allocated (ASan's leak check
+    at exit; the suite runs under it).
+    fails on old: yes, under ASan (host.subscribe took its C record before the handle's
+    userdata, whose allocation raised: LeakSanitizer reported each record, a hostile
+    policy could grow C memory without bound past lua_max_memory; host.timer's record
+    likewise when its callback's reference raised)."""
+    r = shared_redis()
+    with host(pol("hard_fill.lua"), redis=r, sets=["lua_max_memory=4194304"]) as sh:
+        c = ws(sh)
+        for what in ("fill_sub", "fill_timer"):
+            c.send_text("%s 2000" % what)
+            op, got = c.recv()
+            assert op == OP_TEXT and got.startswith(b"done "), (what, op, got)
+            # most calls met the full heap (a collection may let a few through)
+            assert int(got.split()[1]) >= 1000, (what, got)
+        echo_ok_after = ws(sh)
+        echo_ok_after.shutdown()
+        c.shutdown()
+
 if __name__ == "__main__":
     S.run()
