@@ -807,12 +807,15 @@ static void owner_deliver(sh_owner *o, const char *channel, size_t channel_len,
     sh_lstring s = {2, {{channel, channel_len}, {payload, payload_len}}};
     /* the channel the conn last subscribed, kept with it (user value 2), when it is this
      * one: the hook gets that string, not a new one hashed and interned per message */
-    if (lua_checkstack(t->co, 1) && lua_getiuservalue(t->co, -1, 2) == LUA_TSTRING &&
-        lua_rawlen(t->co, -1) == channel_len &&
-        memcmp(lua_tostring(t->co, -1), channel, channel_len) == 0)
-        s = (sh_lstring){1, {{payload, payload_len}}};
-    else
-        lua_settop(t->co, 2); /* the hook and the conn (the user value, if it was pushed) */
+    if (lua_checkstack(t->co, 1)) {
+        size_t kept_len;
+        const char *kept = lua_getiuservalue(t->co, -1, 2) == LUA_TSTRING
+                               ? lua_tolstring(t->co, -1, &kept_len) : NULL;
+        if (kept && kept_len == channel_len && memcmp(kept, channel, channel_len) == 0)
+            s = (sh_lstring){1, {{payload, payload_len}}};
+        else
+            lua_pop(t->co, 1); /* not this channel (or nil): pushed with the message below */
+    }
     if (sh_task_push_strings(t, &s) != 0) {
         sh_task_discard(t);
         count_drop(p, "out of memory");

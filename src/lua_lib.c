@@ -670,7 +670,9 @@ int sh_realip(const char *peer_ip, const char *header_value, const sh_cidr *trus
  * require "table.new"): a table filled to a known size skips the rehash of each
  * doubling. The room is capped (SH_TABLE_NEW_MAX each) and counts against
  * lua_max_memory like any table; the budget is charged for what it clears. */
-#define SH_TABLE_NEW_MAX (1 << 24)
+#define SH_TABLE_NEW_MAX 16777216 /* 2^24 */
+#define SH_STR_(x) #x
+#define SH_STR(x) SH_STR_(x)
 static int l_table_new(lua_State *L)
 {
     static const char fn[] = "host.table_new";
@@ -680,7 +682,7 @@ static int l_table_new(lua_State *L)
         if (n[i] < 0)
             return arg_error(L, fn, i + 1, "must not be negative");
         if (n[i] > SH_TABLE_NEW_MAX)
-            return arg_error(L, fn, i + 1, "too large (max 16777216)");
+            return arg_error(L, fn, i + 1, "too large (max " SH_STR(SH_TABLE_NEW_MAX) ")");
     }
     sh_budget_charge((uint64_t)(n[0] + n[1]) / SH_BUDGET_BYTES_PER_INSTRUCTION);
     lua_createtable(L, (int)n[0], (int)n[1]);

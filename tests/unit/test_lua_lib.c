@@ -493,7 +493,8 @@ static void test_table_new(lua_State *L)
         "raises('host.table_new: bad argument #2 (too large (max 16777216))', host.table_new, 0, math.maxinteger)\n"
         "raises('host.table_new: bad argument #1 (integer expected, got number)', host.table_new, 1.5)\n"
         "raises('host.table_new: bad argument #2 (number expected, got string)', host.table_new, 1, 'x')\n"
-        /* type(), the host's (names from upvalues): the base library's results and errors */
+        /* type() of the base library, which the host's (names from upvalues) must match:
+         * policies/host_lib.lua checks the host's own where policies run */
         "eq(type(nil), 'nil') eq(type(false), 'boolean') eq(type(1), 'number') eq(type(1.5), 'number')\n"
         "eq(type('s'), 'string') eq(type({}), 'table') eq(type(print), 'function')\n"
         "eq(type(type), 'function') eq(type(coroutine.create(print)), 'thread')\n"
