@@ -12,6 +12,10 @@
 
 #include <lua.h>
 
+/* defaults the script's loading needs before the merged config exists (lua_host.c) */
+#define SH_LUA_MAX_INSTRUCTIONS_DEFAULT 10000000
+#define SH_LUA_MAX_MEMORY_DEFAULT 268435456
+
 typedef struct sh_config {
     char listen_host[256];         /* from `listen` */
     int listen_port;

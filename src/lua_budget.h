@@ -48,6 +48,9 @@ void sh_budget_leave(void);
  * the budget, the run raises at its next instruction. */
 void sh_budget_charge(uint64_t n);
 #define SH_BUDGET_BYTES_PER_INSTRUCTION 4
+/* ... and Lua's full collection after an allocation lua_max_memory refused: by its time,
+ * a VM instruction per SH_BUDGET_NS_PER_INSTRUCTION nanoseconds (about the VM's pace) */
+#define SH_BUDGET_NS_PER_INSTRUCTION 4
 
 /* Ticks seen and runs armed since start (tests, metrics). */
 uint64_t sh_budget_armed_total(void);

@@ -126,6 +126,21 @@ static void blk_drain(sh_gen *g)
  * task runs (or the script loads), an allocation fails, which Lua raises as
  * "not enough memory" in the code that asked. Outside (the host preparing a
  * task) it never fails for the cap, since no Lua frame could catch it. */
+/* A refused allocation makes Lua collect in full (an emergency collection) and ask
+ * again for the same block. The instruction budget counts no collection, so a policy
+ * looping on refused allocations would run full collections until loop_stall_ms aborted
+ * the process: each one is charged to the run (lua_budget.h) by the time it took, at
+ * SH_BUDGET_NS_PER_INSTRUCTION, when Lua asks again. (A request that is not that retry,
+ * the collector being off, charges nothing: the time since was the VM's, counted.) */
+static void charge_collection(sh_gen *g, const void *ptr, size_t osize, size_t nsize)
+{
+    if (nsize == 0)
+        return; /* the collection frees: it is still going */
+    if (ptr == g->refused_ptr && osize == g->refused_osize && nsize == g->refused_nsize)
+        sh_budget_charge((uv_hrtime() - g->refused_ns) / SH_BUDGET_NS_PER_INSTRUCTION);
+    g->refused_ns = 0;
+}
+
 static void *gen_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     sh_gen *g = ud;
@@ -136,8 +151,15 @@ static void *gen_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         g->mem -= old;
         return NULL;
     }
-    if (g->capped && g->mem_max && nsize > old && g->mem - old + nsize > g->mem_max)
+    if (g->refused_ns)
+        charge_collection(g, ptr, osize, nsize);
+    if (g->capped && g->mem_max && nsize > old && g->mem - old + nsize > g->mem_max) {
+        g->refused_ns = uv_hrtime();
+        g->refused_ptr = ptr;
+        g->refused_osize = osize;
+        g->refused_nsize = nsize;
         return NULL;
+    }
     void *p;
     if (!ptr) {
         p = blk_take(g, nsize);
@@ -520,6 +542,12 @@ static int run_script(sh_gen *g, const char *script, uint64_t budget, char *err,
     sh_budget_end(L);
     g->capped = 0;
     g->loading = 0;
+    if (rc == LUA_ERRMEM && g->mem_max) {
+        snprintf(err, errsz, "%s: not enough memory (lua_max_memory %zu: the main chunk runs "
+                 "under the value --set gives, else the default)", script, g->mem_max);
+        lua_settop(L, base - 1);
+        return -1;
+    }
     if (rc != LUA_OK) {
         snprintf(err, errsz, "%s: %s", script, lua_tostring(L, -1));
         lua_settop(L, base - 1);
@@ -797,7 +825,7 @@ static int take_policy(sh_gen *g, const char *const *sets, size_t nsets, char *e
  * its default (the script's own config is not known before it has run). */
 static uint64_t load_budget(const char *const *sets, size_t nsets)
 {
-    uint64_t budget = 10000000;
+    uint64_t budget = SH_LUA_MAX_INSTRUCTIONS_DEFAULT;
     for (size_t i = 0; i < nsets; i++)
         if (strncmp(sets[i], "lua_max_instructions=", 21) == 0) {
             char *end;
@@ -806,6 +834,23 @@ static uint64_t load_budget(const char *const *sets, size_t nsets)
                 budget = v;
         }
     return budget;
+}
+
+/* lua_max_memory for the main chunk, the policy table's checks and on_config, which run
+ * before the merged config is known: as --set gives it, else the default (0: no cap).
+ * A value the config then refuses fails the load anyway. */
+static size_t load_memory(const char *const *sets, size_t nsets)
+{
+    size_t cap = SH_LUA_MAX_MEMORY_DEFAULT;
+    for (size_t i = 0; i < nsets; i++)
+        if (strncmp(sets[i], "lua_max_memory=", 15) == 0) {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(sets[i] + 15, &end, 10);
+            if (end != sets[i] + 15 && *end == '\0' && errno == 0 && v <= SIZE_MAX)
+                cap = (size_t)v;
+        }
+    return cap;
 }
 
 /* An error outside any protected call: the host's own Lua calls are
@@ -864,7 +909,7 @@ int sh_gen_load(sh_host *host, sh_api_open_fn open_api, const char *script,
     sh_host_module_paths(g->L, script);
     lua_newtable(g->L);
     g->pool_ref = luaL_ref(g->L, LUA_REGISTRYINDEX);
-    g->mem_max = 0;
+    g->mem_max = load_memory(sets, nsets);
     if (run_script(g, script, load_budget(sets, nsets), err, errsz) != 0 ||
         take_policy(g, sets, nsets, err, errsz) != 0) {
         gen_free(g);

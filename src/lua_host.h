@@ -145,6 +145,9 @@ struct sh_gen {
     void *blk_free[SH_BLK_CLASSES]; /* freed small blocks of the state, per size class */
     size_t blk_bytes;            /* bytes held in blk_free (at most SH_BLK_HELD_MAX) */
     int capped;                  /* the cap applies now (a task runs) */
+    uint64_t refused_ns;         /* uv_hrtime() of the allocation the cap refused (0: none): */
+    const void *refused_ptr;     /* Lua collects in full and asks again for the same block */
+    size_t refused_osize, refused_nsize;
     uint64_t last_full_gc;       /* uv_hrtime() of the last collection forced near the cap */
     sh_task *tasks;              /* live tasks */
     sh_gen *next_gen, *prev_gen; /* in host->gens */

@@ -481,6 +481,36 @@ static sh_sub *sub_find(sh_owner *o, const char *ch, size_t len)
 
 /* Subscribe o to the channel at index ci; fn_at: index of the callback or 0.
  * Returns like a Lua function: the result now, or a suspension. */
+/* The registry references of host.subscribe's callback and handle, taken together:
+ * if the second raises (lua_max_memory), the first is given back before the error goes
+ * on, so no reference outlives a refused call. Taken before Redis is asked: a reference
+ * that raised after would leave a subscription without its handle. */
+typedef struct sub_refs {
+    int fn, ud;
+} sub_refs;
+
+static int take_refs_p(lua_State *L)
+{
+    sub_refs *r = lua_touserdata(L, 3);
+    lua_settop(L, 2);                       /* fn, handle */
+    r->ud = luaL_ref(L, LUA_REGISTRYINDEX); /* pops the handle */
+    r->fn = luaL_ref(L, LUA_REGISTRYINDEX); /* pops fn */
+    return 0;
+}
+
+static void take_refs(lua_State *L, int fn_at, int ud_at, sub_refs *r)
+{
+    lua_pushcfunction(L, take_refs_p);
+    lua_pushvalue(L, fn_at);
+    lua_pushvalue(L, ud_at);
+    lua_pushlightuserdata(L, r);
+    if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+        luaL_unref(L, LUA_REGISTRYINDEX, r->fn);
+        luaL_unref(L, LUA_REGISTRYINDEX, r->ud);
+        lua_error(L);
+    }
+}
+
 static int subscribe(lua_State *L, sh_owner *o, int ci, int fn_at)
 {
     sh_gen *g = SH_GEN(L);
@@ -506,27 +536,27 @@ static int subscribe(lua_State *L, sh_owner *o, int ci, int fn_at)
         LL_PREPEND(have->followers, f);
         return sh_task_suspend(L, follower_cancel, f);
     }
-    /* the handle and the callback's reference first: either may raise (lua_max_memory),
-     * and nothing is to be freed yet (a handle without a subscription is garbage) */
+    /* the handle and its references first: each may raise (lua_max_memory), and nothing
+     * is to be freed yet (a handle without a subscription is garbage) */
     sub_ud *u = NULL;
-    int fn_ref = LUA_NOREF;
+    sub_refs refs = {LUA_NOREF, LUA_NOREF};
     if (fn_at) {
         u = lua_newuserdatauv(L, sizeof *u, 0);
         u->s = NULL;
         luaL_setmetatable(L, SUB_MT);
-        lua_pushvalue(L, fn_at);
-        fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        take_refs(L, fn_at, lua_gettop(L), &refs);
     }
     sh_sub *s = sh_zalloc(sizeof *s + len + 1);
     if (!s) {
-        luaL_unref(L, LUA_REGISTRYINDEX, fn_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, refs.fn);
+        luaL_unref(L, LUA_REGISTRYINDEX, refs.ud);
         return fail(L, "out of memory");
     }
     s->gen = g;
     s->owner = o;
     s->len = len;
-    s->fn_ref = fn_ref;
-    s->ud_ref = LUA_NOREF;
+    s->fn_ref = refs.fn;
+    s->ud_ref = refs.ud; /* the handle anchored until confirmed */
     memcpy(s->channel, ch, len);
     if (u) {
         u->s = s;
@@ -537,18 +567,19 @@ static int subscribe(lua_State *L, sh_owner *o, int ci, int fn_at)
         if (s->ud)
             s->ud->s = NULL;
         luaL_unref(L, LUA_REGISTRYINDEX, s->fn_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, s->ud_ref);
         free(s);
         return fail(L, rc == SH_REDIS_EUNAVAILABLE ? "unavailable" : sh_redis_strerror(rc));
     }
     sh_gen_ref(g);
     DL_APPEND(o->subs, s);
     if (rc == 1) { /* already confirmed: no wait */
+        luaL_unref(L, LUA_REGISTRYINDEX, s->ud_ref);
+        s->ud_ref = LUA_NOREF;
         if (!fn_at)
             lua_pushboolean(L, 1);
         return 1; /* for host.subscribe, the handle on the stack */
     }
-    if (fn_at)
-        s->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* anchored until confirmed */
     s->waiter = t;
     return sh_task_suspend(L, sub_cancel, s);
 }

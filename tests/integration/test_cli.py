@@ -283,5 +283,23 @@ def host_type_and_table_new_where_policies_run():
     rc, out, err = run("--check", "--set", "lua_max_memory=0", script)
     assert rc == 2 and "room past lua_max_memory" in err, (rc, err)
 
+@suite.test
+def the_main_chunk_runs_under_lua_max_memory():
+    """The main chunk (before the merged config exists) runs under lua_max_memory as
+    --set gives it, else the default: policies/load_big.lua takes 8 MiB while it loads,
+    which the default (256 MiB) lets through and --set lua_max_memory=4194304 does not,
+    with a one-line error naming the cap; 0 (no cap) lets it through.
+    fails on old: yes (the main chunk ran with no cap at all: host.table_new or
+    string.rep there could take 700 MB before any limit applied)."""
+    script = os.path.join(POL, "load_big.lua")
+    rc, out, err = run("--check", script)
+    assert rc == 0, (rc, err)
+    rc, out, err = run("--check", "--set", "lua_max_memory=4194304", script)
+    assert rc == 2 and "not enough memory (lua_max_memory 4194304" in err, (rc, err)
+    assert len(err.strip().splitlines()) == 1, err
+    rc, out, err = run("--check", "--set", "lua_max_memory=0", script)
+    assert rc == 0, (rc, err)
+
+
 if __name__ == "__main__":
     suite.run()

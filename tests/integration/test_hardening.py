@@ -1436,7 +1436,7 @@ def each_message_gets_its_own_channel_name():
 @S.test
 def a_subscribe_or_timer_refused_for_memory_leaves_no_c_memory():
     """With the Lua heap full (lua_max_memory), host.subscribe(ch, fn) and host.timer(ms,
-    fn) raise "not enough memory" (here 2,000 times each, in pcall): the hook carries on,
+    fn) raise "not enough memory" (here 1,000 times each, in pcall): the hook carries on,
     the server lives, and nothing of the refused calls stays allocated (ASan's leak check
     at exit; the suite runs under it).
     fails on old: yes, under ASan (host.subscribe took its C record before the handle's
@@ -1444,17 +1444,74 @@ def a_subscribe_or_timer_refused_for_memory_leaves_no_c_memory():
     policy could grow C memory without bound past lua_max_memory; host.timer's record
     likewise when its callback's reference raised)."""
     r = shared_redis()
-    with host(pol("hard_fill.lua"), redis=r, sets=["lua_max_memory=4194304"]) as sh:
+    # each refused call's full collection is charged to the run: the largest budget
+    # lets 1,000 of them through
+    with host(pol("hard_fill.lua"), redis=r,
+              sets=["lua_max_memory=4194304", "lua_max_instructions=2147483647"]) as sh:
         c = ws(sh)
         for what in ("fill_sub", "fill_timer"):
-            c.send_text("%s 2000" % what)
+            c.send_text("%s 1000" % what)
             op, got = c.recv()
             assert op == OP_TEXT and got.startswith(b"done "), (what, op, got)
             # most calls met the full heap (a collection may let a few through)
-            assert int(got.split()[1]) >= 1000, (what, got)
+            assert int(got.split()[1]) >= 500, (what, got)
         echo_ok_after = ws(sh)
         echo_ok_after.shutdown()
         c.shutdown()
+
+@S.test
+def a_hook_looping_on_refused_allocations_is_stopped_by_its_budget():
+    """With the Lua heap full, a hook calls host.subscribe 200,000 times in pcall, each
+    refused ("not enough memory"), each refusal making Lua collect in full. The
+    collections are charged to the hook's instruction budget: the hook is stopped (a Lua
+    error: close 1011; its message may be "not enough memory", the budget's own finding
+    no room) within seconds, the process lives, and the next connection works.
+    fails on old: yes (the budget counted no collection: the hook ran full collections
+    until the loop_stall_ms watchdog aborted the process)."""
+    r = shared_redis()
+    with host(pol("hard_fill.lua"), redis=r,
+              sets=["lua_max_memory=4194304", "loop_stall_ms=4000"]) as sh:
+        c = ws(sh, timeout=30)
+        c.send_text("fill_sub 200000")
+        expect_close(c, 1011, "the looping hook")
+        # "instruction budget exceeded", or "not enough memory" when even that message
+        # found no room
+        sh.wait_log("lua error in on_message: (instruction budget|not enough memory)", timeout=5)
+        c.shutdown()
+        alive(sh, "after the looping hook")
+        b = ws(sh)
+        b.send_text("fill_sub 3")
+        op, got = b.recv()
+        assert op == OP_TEXT and got.startswith(b"done "), (op, got)
+        b.shutdown()
+
+
+@S.test
+def a_subscribe_refused_for_memory_leaves_no_subscription_behind():
+    """With the Lua heap full, host.subscribe(ch, fn) on 400 new channels, a few bytes
+    given back before each call: calls fail at each of their allocations in turn (the
+    handle, the registry growing for its references). Every call that raised took no
+    subscription: Redis holds exactly as many sub:win:* channels as calls returned a
+    handle.
+    fails on old: yes, the process crashed (SIGSEGV; UBSan: null sh_task in
+    sub_confirmed). The handle's anchoring reference was taken after Redis had the
+    subscription; when it raised, the subscription was left with no task waiting for
+    its confirmation, which then woke a null task."""
+    r = shared_redis()
+    with host(pol("hard_subref.lua"), redis=r, sets=["lua_max_memory=4194304"]) as sh:
+        c = ws(sh, timeout=30)
+        c.send_text("win 400")
+        op, got = c.recv()
+        assert op == OP_TEXT and got.startswith(b"done "), (op, got)
+        handles = int(got.split()[1])
+        chans = [ch.decode() if isinstance(ch, bytes) else ch
+                 for ch in r.cmd("PUBSUB", "CHANNELS", "sub:win:*")]
+        subs = [ch for ch in chans if ch != "sub:win:end"]
+        assert len(subs) == handles, "%d channels subscribed, %d handles" % (
+            len(subs), handles)
+        c.shutdown()
+        alive(sh, "after the refused subscribes")
+
 
 if __name__ == "__main__":
     S.run()
