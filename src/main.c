@@ -103,9 +103,8 @@ static int load_checked(const sh_options *o, sh_gen **g)
         return 2;
     }
     sh_redis_addr addr;
-    if ((*g)->cfg.redis_cluster[0] && sh_redis_parse_seeds((*g)->cfg.redis_cluster, &addr, 1) < 0) {
-        fprintf(stderr, "statushost: redis_cluster \"%s\": expected host:port,host:port,...\n",
-                (*g)->cfg.redis_cluster);
+    if ((*g)->cfg.redis_cluster[0] && sh_redis_check_seeds((*g)->cfg.redis_cluster, err, sizeof err) != 0) {
+        fprintf(stderr, "statushost: %s\n", err);
         sh_gen_unref(*g);
         return 2;
     }

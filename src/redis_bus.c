@@ -70,6 +70,7 @@
 #include <assert.h>
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1368,7 +1369,8 @@ int sh_redis_bus_new(uv_loop_t *loop, const sh_redis_opts *o, sh_redis_bus **out
     char defname[64];
     int cluster = o && o->cluster && o->cluster[0];
     if (!loop || !o || !out || (!o->url && !cluster)) return SH_REDIS_EINVAL;
-    if (cluster ? sh_redis_parse_seeds(o->cluster, &addr, 1) < 0
+    if (cluster ? (unsigned)sh_redis_parse_seeds(o->cluster, &addr, 1) - 1 >=
+                      SH_REDIS_CLUSTER_SEEDS_MAX
                 : sh_redis_parse_url(o->url, &addr) < 0)
         return SH_REDIS_EBADURL;
     const char *name = o->client_name;
@@ -1798,7 +1800,6 @@ void sh_redis_bus_close(sh_redis_bus *b, void (*done)(void *), void *arg)
 
 /* ---- cluster: nodes ----------------------------------------------------- */
 
-#define CLUSTER_SEEDS_MAX 64
 #define CLUSTER_MAX_HOPS 5           /* MOVED/ASK redirections followed per command */
 #define MAP_MIN_INTERVAL_MS 100      /* between two slot map fetches */
 #define MAP_DOWN_INTERVAL_MS 500     /* map fetches while a master is not ready */
@@ -1866,7 +1867,21 @@ int sh_redis_parse_seeds(const char *list, sh_redis_addr *out, size_t max)
         p += len;
         while (*p && *p != ',') p++;
     }
-    return n ? (int)(n < max ? n : max) : SH_REDIS_EBADURL;
+    return n ? (n > INT_MAX ? INT_MAX : (int)n) : SH_REDIS_EBADURL;
+}
+
+/* Contract in redis_bus.h. */
+int sh_redis_check_seeds(const char *list, char *err, size_t errsz)
+{
+    sh_redis_addr addr;
+    int n = sh_redis_parse_seeds(list, &addr, 1);
+    if (n < 0)
+        snprintf(err, errsz, "redis_cluster \"%.200s\": expected host:port,host:port,...", list);
+    else if (n > SH_REDIS_CLUSTER_SEEDS_MAX)
+        snprintf(err, errsz, "redis_cluster: %d seed nodes, at most %d (a few of the cluster's "
+                 "nodes are enough: the others are learned from its map)", n,
+                 SH_REDIS_CLUSTER_SEEDS_MAX);
+    return n < 0 || n > SH_REDIS_CLUSTER_SEEDS_MAX ? -1 : 0;
 }
 
 /* Contract at the forward declaration: where n is, with the credentials. */
@@ -1956,10 +1971,10 @@ static void conn_wake(struct conn *c)
  * cluster and its seed nodes (no handle yet). 0 or -1 (out of memory). */
 static int cluster_new(sh_redis_bus *b, const char *seeds)
 {
-    sh_redis_addr addrs[CLUSTER_SEEDS_MAX], auth;
-    int n = sh_redis_parse_seeds(seeds, addrs, CLUSTER_SEEDS_MAX);
+    sh_redis_addr addrs[SH_REDIS_CLUSTER_SEEDS_MAX], auth;
+    int n = sh_redis_parse_seeds(seeds, addrs, SH_REDIS_CLUSTER_SEEDS_MAX);
     struct cluster *cl = calloc(1, sizeof *cl);
-    if (n < 1 || !cl) {
+    if (n < 1 || n > SH_REDIS_CLUSTER_SEEDS_MAX || !cl) {
         free(cl);
         return -1;
     }

@@ -137,8 +137,12 @@ typedef struct {
 
 /* Parse a comma-separated list of cluster seed nodes (host:port, [v6]:port,
  * or redis://... URLs without a database) into out[0..max). Returns how many
- * (≥ 1), or SH_REDIS_EBADURL. */
+ * the list has (≥ 1; only the first max are stored), or SH_REDIS_EBADURL. A
+ * bus takes at most SH_REDIS_CLUSTER_SEEDS_MAX: callers refuse longer lists. */
 int sh_redis_parse_seeds(const char *list, sh_redis_addr *out, size_t max);
+#define SH_REDIS_CLUSTER_SEEDS_MAX 64
+/* Check a redis_cluster value as the bus takes it: 0, or -1 with a one-line reason. */
+int sh_redis_check_seeds(const char *list, char *err, size_t errsz);
 
 /* Parse a Redis URL into *out:
  *   redis://[[user]:password@]host[:port][/db]   (IPv6 host as [::1])

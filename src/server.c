@@ -332,10 +332,8 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
         return -1;
     }
     const char *cluster = s->gen->cfg.redis_cluster;
-    if (cluster[0] && sh_redis_parse_seeds(cluster, &addr, 1) < 0) {
-        snprintf(err, errsz, "redis_cluster \"%s\": expected host:port,host:port,...", cluster);
+    if (cluster[0] && sh_redis_check_seeds(cluster, err, errsz) != 0)
         return -1;
-    }
     if (listen_on(s, &s->gen->cfg, err, errsz) != 0)
         return -1;
     char name[64];

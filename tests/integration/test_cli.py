@@ -207,6 +207,18 @@ def bad_redis_url():
     expect_usage_error(["--check", "--redis", "http://127.0.0.1:6379", ECHO], "redis")
 
 
+@suite.test
+def too_many_cluster_seeds():
+    """64 seed nodes are taken; a 65th is refused with a one-line reason, at --check and
+    at start. fails on old: yes (the seeds past 64 were silently left out)."""
+    seeds = ",".join("127.0.0.1:%d" % (7000 + i) for i in range(65))
+    for mode in (["--check"], ["--listen", "127.0.0.1:0"]):
+        expect_usage_error(mode + ["--set", "redis_cluster=" + seeds, ECHO],
+                           "redis_cluster", "65 seed nodes, at most 64")
+    rc, out, err = run("--check", "--set", "redis_cluster=" + seeds.rsplit(",", 1)[0], ECHO)
+    assert rc == 0, (rc, err)
+
+
 # ------------------------------------------------------------ --check
 
 def config_lines(out):

@@ -340,7 +340,19 @@ static void test_parse_seeds(void)
     CHECK(sh_redis_parse_seeds("redis://u:p%40@h:7001,h2", s, 4) == 2);
     CHECK(strcmp(s[0].user, "u") == 0 && strcmp(s[0].password, "p@") == 0 && s[0].port == 7001);
     CHECK(strcmp(s[1].host, "h2") == 0 && s[1].port == 6379);
-    CHECK(sh_redis_parse_seeds("a:1,b:2,c:3", s, 2) == 2); /* at most max */
+    CHECK(sh_redis_parse_seeds("a:1,b:2,c:3", s, 2) == 3); /* all counted, max stored */
+    /* a bus takes SH_REDIS_CLUSTER_SEEDS_MAX: one more is refused with a reason, not
+     * silently left out */
+    char list[2048] = "", err[256];
+    for (int i = 1; i <= SH_REDIS_CLUSTER_SEEDS_MAX; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%sh:%d", i > 1 ? "," : "", i);
+    CHECK(sh_redis_check_seeds(list, err, sizeof err) == 0);
+    strcat(list, ",h:65");
+    CHECK(sh_redis_check_seeds(list, err, sizeof err) == -1 && strstr(err, "65 seed nodes, at most 64"));
+    sh_redis_opts so = {.cluster = list};
+    sh_redis_bus *sb = NULL;
+    CHECK(sh_redis_bus_new(&loop, &so, &sb) == SH_REDIS_EBADURL && sb == NULL);
+    CHECK(sh_redis_check_seeds("a:0", err, sizeof err) == -1 && strstr(err, "expected host:port"));
     const char *bad[] = {NULL, "", ",", " , ", "a:0", "a:1,b:x", "redis://h:1/2",
                          "unix:///tmp/s", "a b:1"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
