@@ -187,13 +187,14 @@ static struct sh_saved_req *save_request(const sh_request *r)
     return q;
 }
 
-/* A request read from q, its header array malloc'ed (free r->headers), or -1 (out of memory). */
-static int saved_view(const struct sh_saved_req *q, sh_request *r)
+/* Push the request read from q as a table (push_request). Its header array is a Lua
+ * userdata, garbage once the table is made: any of these allocations may raise
+ * (lua_max_memory) and nothing is left to free. */
+static void push_saved(lua_State *L, sh_gen *g, const struct sh_saved_req *q, const char *peer)
 {
+    sh_request req, *r = &req;
     memset(r, 0, sizeof *r);
-    r->headers = malloc((q->nheaders ? q->nheaders : 1) * sizeof *r->headers);
-    if (!r->headers)
-        return -1;
+    r->headers = lua_newuserdatauv(L, (q->nheaders ? q->nheaders : 1) * sizeof *r->headers, 0);
     char *s = (char *)q->s;
     snprintf(r->method, sizeof r->method, "%s", s);
     s += strlen(s) + 1;
@@ -213,7 +214,8 @@ static int saved_view(const struct sh_saved_req *q, sh_request *r)
         r->headers[i].value = s;
         s += strlen(s) + 1;
     }
-    return 0;
+    push_request(L, g, r, peer);
+    lua_remove(L, -2); /* the header array */
 }
 
 /* The request table of p: made from the saved request on first use. Pushes it (nil when out
@@ -221,14 +223,10 @@ static int saved_view(const struct sh_saved_req *q, sh_request *r)
 static void push_request_of(sh_pconn *p, lua_State *L)
 {
     if (p->request_ref == LUA_NOREF && p->saved) {
-        sh_request r;
-        if (saved_view(p->saved, &r) == 0) {
-            push_request(L, p->gen, &r, p->c ? p->c->peer : "");
-            p->request_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-            free(r.headers);
-            free(p->saved);
-            p->saved = NULL;
-        }
+        push_saved(L, p->gen, p->saved, p->c ? p->c->peer : "");
+        p->request_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* may raise: saved is kept */
+        free(p->saved);
+        p->saved = NULL;
     }
     if (p->request_ref == LUA_NOREF)
         lua_pushnil(L);
@@ -288,36 +286,36 @@ static void push_conn(sh_pconn *p, lua_State *L)
 }
 
 /* conn.request (and conn.ip, its client_ip) made from the saved request, into
- * the fields table at index `fields`; pushes the request table (nil when out
- * of memory or when there is none). */
+ * the fields table at index `fields`; pushes the request table (nil when there
+ * is none). Each allocation may raise (lua_max_memory): the saved request goes
+ * only once both fields are in, so a later read makes them again. */
 static void materialize_request(lua_State *L, conn_ud *u, int fields)
 {
+    int from_saved = 0;
     if (u->p) {
         push_request_of(u->p, L);
     } else {
-        sh_request r;
         lua_rawgetp(L, fields, &saved_key);
         const struct sh_saved_req *q = lua_touserdata(L, -1);
-        if (q && saved_view(q, &r) == 0) {
+        if (q) {
             lua_getfield(L, fields, "peer");
             const char *peer = lua_tostring(L, -1);
-            push_request(L, u->gen, &r, peer ? peer : "");
+            push_saved(L, u->gen, q, peer ? peer : "");
             lua_replace(L, -3);
             lua_pop(L, 1);
-            free(r.headers);
-            lua_pushnil(L);
-            lua_rawsetp(L, fields, &saved_key);
-        } else {
-            lua_pop(L, 1);
-            lua_pushnil(L);
+            from_saved = 1;
         }
     }
     if (lua_isnil(L, -1))
         return;
-    lua_pushvalue(L, -1);
-    lua_setfield(L, fields, "request");
     lua_getfield(L, -1, "client_ip");
     lua_setfield(L, fields, "ip");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, fields, "request");
+    if (from_saved) { /* an existing key set to nil: no allocation */
+        lua_pushnil(L);
+        lua_rawsetp(L, fields, &saved_key);
+    }
 }
 
 /* conn.x: methods first, then the fields table (id, peer, request, state). Only the VM
@@ -335,7 +333,8 @@ static int conn_index(lua_State *L)
     lua_rawget(L, -2);
     conn_ud *u = lua_touserdata(L, 1);
     if (lua_isnil(L, -1) && lua_type(L, 2) == LUA_TSTRING &&
-        (u->p ? u->p->saved != NULL : lua_rawgetp(L, -2, &saved_key) != LUA_TNIL)) {
+        (u->p ? u->p->saved || u->p->request_ref != LUA_NOREF
+              : lua_rawgetp(L, -2, &saved_key) != LUA_TNIL)) {
         if (!u->p)
             lua_pop(L, 1);
         const char *k = lua_tostring(L, 2);
@@ -537,6 +536,10 @@ static int spawn(lua_State *L, int detached)
         return fail(L, "out of memory");
     if (cur && cur->log_id[0])
         snprintf(t->log_id, sizeof t->log_id, "%s", cur->log_id);
+    if (!lua_checkstack(t->co, n)) { /* a new coroutine has room for a few values only */
+        sh_task_discard(t);
+        return fail(L, "out of memory");
+    }
     lua_xmove(L, t->co, n);
     sh_task_start(t, n - 1, NULL, NULL);
     lua_pushboolean(L, 1);
@@ -1088,11 +1091,26 @@ static void on_free(sh_pconn *p)
     free(p);
 }
 
+static int policy_event(sh_pconn *p, sh_conn *c, const sh_conn_event *ev);
+
+/* The transport reports from the loop, or from inside a task's call (a close
+ * inside conn:send): either way the work below is the host's (sh_gen_uncap). */
 int sh_policy_event(sh_conn *c, const sh_conn_event *ev)
 {
     sh_pconn *p = c->app;
     if (!p)
         return 0;
+    sh_gen *g = p->gen;
+    sh_gen_ref(g); /* EV_FREE may let p (and the last other reference) go */
+    int capped = sh_gen_uncap(g);
+    int rc = policy_event(p, c, ev);
+    sh_gen_recap(g, capped);
+    sh_gen_unref(g);
+    return rc;
+}
+
+static int policy_event(sh_pconn *p, sh_conn *c, const sh_conn_event *ev)
+{
     switch (ev->type) {
     case SH_CONN_EV_UPGRADE:
         on_upgrade(p, ev->req);

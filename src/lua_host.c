@@ -470,6 +470,88 @@ static int fast_type(lua_State *L)
     return 1;
 }
 
+/* lua-cjson's decode mallocs a scratch buffer the size of its text and frees it when it
+ * returns or meets bad JSON; a Lua allocation lua_max_memory refuses inside it raises
+ * past that free (the buffer leaked at each refusal: C memory growing without bound past
+ * the cap). So the host's cjson modules decode with the cap lifted, and only when the
+ * room left could hold the most a text can make: CJSON_GROWTH bytes of Lua memory per
+ * byte (nested empty arrays make 36), plus CJSON_SLACK. With less room, after a full
+ * collection (charged to the budget), the call fails as a refused allocation would:
+ * "not enough memory" (cjson.safe: nil and that message).
+ * Upvalues: 1 the generation, 2 lua-cjson's decode, 3 true for cjson.safe's. */
+#define CJSON_GROWTH 40
+#define CJSON_SLACK 65536
+static int cjson_room(sh_gen *g, size_t len)
+{
+    size_t left = g->mem < g->mem_max ? g->mem_max - g->mem : 0;
+    return len <= (left - (left < CJSON_SLACK ? left : CJSON_SLACK)) / CJSON_GROWTH &&
+           left >= CJSON_SLACK;
+}
+
+static int cjson_decode(lua_State *L)
+{
+    sh_gen *g = lua_touserdata(L, lua_upvalueindex(1));
+    size_t len = 0;
+    if (lua_type(L, 1) == LUA_TSTRING)
+        lua_tolstring(L, 1, &len);
+    if (g->capped && g->mem_max && !cjson_room(g, len)) {
+        uint64_t t0 = uv_hrtime();
+        lua_gc(L, LUA_GCCOLLECT);
+        sh_budget_charge((uv_hrtime() - t0) / SH_BUDGET_NS_PER_INSTRUCTION);
+        if (!cjson_room(g, len)) {
+            if (!lua_toboolean(L, lua_upvalueindex(3)))
+                return luaL_error(L, "not enough memory");
+            lua_pushnil(L);
+            lua_pushliteral(L, "not enough memory");
+            return 2;
+        }
+    }
+    int capped = sh_gen_uncap(g);
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_insert(L, 1);
+    int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    sh_gen_recap(g, capped);
+    if (st != LUA_OK)
+        return lua_error(L);
+    return lua_gettop(L);
+}
+
+/* Replace the decode of the cjson module table at the top with cjson_decode. */
+static void cjson_guard(lua_State *L, int safe)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_getfield(L, -2, "decode");
+    lua_pushboolean(L, safe);
+    lua_pushcclosure(L, cjson_decode, 3);
+    lua_setfield(L, -2, "decode");
+}
+
+/* cjson.new() / cjson.safe.new(): an instance whose decode is guarded too.
+ * Upvalues: 1 the generation, 2 lua-cjson's new, 3 safe. */
+static int cjson_new(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_call(L, 0, 1);
+    cjson_guard(L, lua_toboolean(L, lua_upvalueindex(3)));
+    return 1;
+}
+
+/* require "cjson" / "cjson.safe". Upvalue 1: the generation. */
+static int open_cjson_as(lua_State *L, lua_CFunction open, int safe)
+{
+    lua_pushcfunction(L, open);
+    lua_call(L, 0, 1);
+    cjson_guard(L, safe);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_getfield(L, -2, "new");
+    lua_pushboolean(L, safe);
+    lua_pushcclosure(L, cjson_new, 3);
+    lua_setfield(L, -2, "new");
+    return 1;
+}
+static int open_cjson(lua_State *L) { return open_cjson_as(L, luaopen_cjson, 0); }
+static int open_cjson_safe(lua_State *L) { return open_cjson_as(L, luaopen_cjson_safe, 1); }
+
 static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
 {
     luaL_openlibs(L);
@@ -478,9 +560,11 @@ static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
     lua_pushcclosure(L, fast_type, LUA_NUMTYPES);
     lua_setglobal(L, "type");
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-    lua_pushcfunction(L, luaopen_cjson);
+    lua_pushlightuserdata(L, g);
+    lua_pushcclosure(L, open_cjson, 1);
     lua_setfield(L, -2, "cjson");
-    lua_pushcfunction(L, luaopen_cjson_safe);
+    lua_pushlightuserdata(L, g);
+    lua_pushcclosure(L, open_cjson_safe, 1);
     lua_setfield(L, -2, "cjson.safe");
     lua_pop(L, 1);
     guard_coroutine(L, "resume");
@@ -1261,8 +1345,13 @@ void sh_task_abort(sh_task *t, const char *reason)
     t->cancel = NULL;
     t->op = NULL;
     cancel(t, op);
+    /* often called from inside another task's run (conn:unsubscribe, a close
+     * inside conn:send): the pushes are the host's, onto a coroutine with no
+     * handler, so the cap must not make them raise */
+    int capped = sh_gen_uncap(t->gen);
     lua_pushnil(t->co);
     lua_pushstring(t->co, reason);
+    sh_gen_recap(t->gen, capped);
     post(t, 2);
 }
 

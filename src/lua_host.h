@@ -153,6 +153,18 @@ struct sh_gen {
     sh_gen *next_gen, *prev_gen; /* in host->gens */
 };
 
+/* Host work done while a task runs (a close the transport reports from inside
+ * conn:send, a task aborted by conn:unsubscribe): its Lua allocations are the
+ * host's, made where no handler could catch a raise, so lua_max_memory must not
+ * refuse them. sh_gen_uncap lifts the cap and returns what sh_gen_recap puts back. */
+static inline int sh_gen_uncap(sh_gen *g)
+{
+    int was = g->capped;
+    g->capped = 0;
+    return was;
+}
+static inline void sh_gen_recap(sh_gen *g, int was) { g->capped = was; }
+
 /* Called when a task ends. status is LUA_OK (results on t->co: nres of them)
  * or an error (already logged). */
 typedef void (*sh_task_done_fn)(sh_task *t, int status, int nres, void *arg);

@@ -164,6 +164,12 @@ static void timer_fired(void *arg)
         return;
     }
     lua_State *co = task->co;
+    if (!lua_checkstack(co, t->nargs + 2)) { /* the table, fn and its arguments */
+        sh_error(o->id[0] ? o->id : NULL, "out of memory: a timer callback was dropped");
+        sh_task_discard(task);
+        timer_release(t);
+        return;
+    }
     lua_rawgeti(co, LUA_REGISTRYINDEX, t->fn_ref);
     if (t->nargs > 0) {
         for (int i = 1; i <= t->nargs + 1; i++)

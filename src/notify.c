@@ -90,6 +90,8 @@ void sh_notify_watchdog_start(uv_loop_t *loop)
     if (ms == 0)
         ms = 1;
     uv_timer_init(loop, &wd_timer);
+    uv_update_time(loop); /* the loop's time is from before the start-up's work: a timer
+                           * due from it would ping again at once (seen under valgrind) */
     uv_timer_start(&wd_timer, on_watchdog, ms, ms);
     uv_unref((uv_handle_t *)&wd_timer);
     wd_open = 1;

@@ -5,29 +5,24 @@
 -- SUBSCRIBE has been answered) and answer "done <calls that returned a handle>".
 -- test_hardening.py checks that Redis holds exactly that many sub:win:* channels.
 local host = require "statushost"
+local heap_fill = require "heap_fill"
 
 local handles, names = {}, {}
+local function cb() end
 
 return {
   on_message = function(conn, text)
     local n = tonumber(text:match("^win (%d+)$"))
     for i = 1, n do names[i] = "sub:win:" .. i end
-    local keep = host.table_new(30000, 0) -- its slots are taken now: filling it allocates no more
-    local k, size = 0, 0
-    local function add() k = k + 1; keep[k] = string.rep("y", size) .. k end
-    for _, s in ipairs{ 1000000, 100000, 10000, 1000, 100, 20 } do
-      size = s
-      while k < 30000 and pcall(add) do end
-    end -- the heap is full; its last strings are short ones
-    local function cb() end
+    handles = host.table_new(n, 0) -- filled with the heap full: its room is taken now
+    local heap = heap_fill()
     local got = 0
     for i = 1, n do
-      if k > 0 then keep[k] = nil; k = k - 1 end -- about 60 bytes back, at the next collection
+      heap:give()
       local ok, h = pcall(host.subscribe, names[i], cb)
       if ok and h then got = got + 1; handles[got] = h end
     end
-    keep = nil -- luacheck: ignore
-    collectgarbage()
+    heap:free()
     assert(host.subscribe("sub:win:end", cb))
     conn:send("done " .. got)
   end,
