@@ -150,6 +150,8 @@ void sh_budget_begin(lua_State *L, uint64_t max)
     active = seq;
 }
 
+long sh_budget_run(void) { return (long)active; }
+
 void sh_budget_end(lua_State *L)
 {
     active = 0;

@@ -52,6 +52,9 @@ void sh_budget_charge(uint64_t n);
  * a VM instruction per SH_BUDGET_NS_PER_INSTRUCTION nanoseconds (about the VM's pace) */
 #define SH_BUDGET_NS_PER_INSTRUCTION 4
 
+/* The number of the run going on (never the same for two runs in a row), 0 between runs. */
+long sh_budget_run(void);
+
 /* Ticks seen and runs armed since start (tests, metrics). */
 uint64_t sh_budget_armed_total(void);
 

@@ -13,16 +13,15 @@
 #include <unistd.h>
 
 #include <lauxlib.h>
-#include <lua-cjson.h>
 #include <lualib.h>
 #include <utlist.h>
 
 #include "log.h"
 #include "lua_budget.h"
+#include "lua_cjson.h"
 #include "lua_lib.h"
 #include "watchdog.h"
 
-int luaopen_cjson_safe(lua_State *L); /* in liblua5.4-cjson, not in its header */
 
 #define POOL_MAX 256
 
@@ -130,15 +129,18 @@ static void blk_drain(sh_gen *g)
  * again for the same block. The instruction budget counts no collection, so a policy
  * looping on refused allocations would run full collections until loop_stall_ms aborted
  * the process: each one is charged to the run (lua_budget.h) by the time it took, at
- * SH_BUDGET_NS_PER_INSTRUCTION, when Lua asks again. (A request that is not that retry,
- * the collector being off, charges nothing: the time since was the VM's, counted.) */
-static void charge_collection(sh_gen *g, const void *ptr, size_t osize, size_t nsize)
+ * SH_BUDGET_NS_PER_INSTRUCTION, when Lua asks again, in the same run. A request that is
+ * not that retry (the collector being off, there was none) charges nothing: the time
+ * since was the VM's, counted, or another run's. A refused retry is not noted: Lua
+ * raises at once. → 1 when this request is Lua's retry. */
+static int charge_collection(sh_gen *g, const void *ptr, size_t osize, size_t nsize)
 {
-    if (nsize == 0)
-        return; /* the collection frees: it is still going */
-    if (ptr == g->refused_ptr && osize == g->refused_osize && nsize == g->refused_nsize)
+    int retry = ptr == g->refused_ptr && osize == g->refused_osize &&
+                nsize == g->refused_nsize && g->refused_run == sh_budget_run();
+    if (retry)
         sh_budget_charge((uv_hrtime() - g->refused_ns) / SH_BUDGET_NS_PER_INSTRUCTION);
     g->refused_ns = 0;
+    return retry;
 }
 
 static void *gen_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -151,13 +153,15 @@ static void *gen_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         g->mem -= old;
         return NULL;
     }
-    if (g->refused_ns)
-        charge_collection(g, ptr, osize, nsize);
+    int retry = g->refused_ns && charge_collection(g, ptr, osize, nsize);
     if (g->capped && g->mem_max && nsize > old && g->mem - old + nsize > g->mem_max) {
-        g->refused_ns = uv_hrtime();
-        g->refused_ptr = ptr;
-        g->refused_osize = osize;
-        g->refused_nsize = nsize;
+        if (!retry) {
+            g->refused_ns = uv_hrtime();
+            g->refused_ptr = ptr;
+            g->refused_osize = osize;
+            g->refused_nsize = nsize;
+            g->refused_run = sh_budget_run();
+        }
         return NULL;
     }
     void *p;
@@ -470,103 +474,20 @@ static int fast_type(lua_State *L)
     return 1;
 }
 
-/* lua-cjson's decode mallocs a scratch buffer the size of its text and frees it when it
- * returns or meets bad JSON; a Lua allocation lua_max_memory refuses inside it raises
- * past that free (the buffer leaked at each refusal: C memory growing without bound past
- * the cap). So the host's cjson modules decode with the cap lifted, and only when the
- * room left could hold the most a text can make: CJSON_GROWTH bytes of Lua memory per
- * byte (nested empty arrays make 36), plus CJSON_SLACK. With less room, after a full
- * collection (charged to the budget), the call fails as a refused allocation would:
- * "not enough memory" (cjson.safe: nil and that message).
- * Upvalues: 1 the generation, 2 lua-cjson's decode, 3 true for cjson.safe's. */
-#define CJSON_GROWTH 40
-#define CJSON_SLACK 65536
-static int cjson_room(sh_gen *g, size_t len)
-{
-    size_t left = g->mem < g->mem_max ? g->mem_max - g->mem : 0;
-    return len <= (left - (left < CJSON_SLACK ? left : CJSON_SLACK)) / CJSON_GROWTH &&
-           left >= CJSON_SLACK;
-}
-
-static int cjson_decode(lua_State *L)
-{
-    sh_gen *g = lua_touserdata(L, lua_upvalueindex(1));
-    size_t len = 0;
-    if (lua_type(L, 1) == LUA_TSTRING)
-        lua_tolstring(L, 1, &len);
-    if (g->capped && g->mem_max && !cjson_room(g, len)) {
-        uint64_t t0 = uv_hrtime();
-        lua_gc(L, LUA_GCCOLLECT);
-        sh_budget_charge((uv_hrtime() - t0) / SH_BUDGET_NS_PER_INSTRUCTION);
-        if (!cjson_room(g, len)) {
-            if (!lua_toboolean(L, lua_upvalueindex(3)))
-                return luaL_error(L, "not enough memory");
-            lua_pushnil(L);
-            lua_pushliteral(L, "not enough memory");
-            return 2;
-        }
-    }
-    int capped = sh_gen_uncap(g);
-    lua_pushvalue(L, lua_upvalueindex(2));
-    lua_insert(L, 1);
-    int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
-    sh_gen_recap(g, capped);
-    if (st != LUA_OK)
-        return lua_error(L);
-    return lua_gettop(L);
-}
-
-/* Replace the decode of the cjson module table at the top with cjson_decode. */
-static void cjson_guard(lua_State *L, int safe)
-{
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_getfield(L, -2, "decode");
-    lua_pushboolean(L, safe);
-    lua_pushcclosure(L, cjson_decode, 3);
-    lua_setfield(L, -2, "decode");
-}
-
-/* cjson.new() / cjson.safe.new(): an instance whose decode is guarded too.
- * Upvalues: 1 the generation, 2 lua-cjson's new, 3 safe. */
-static int cjson_new(lua_State *L)
-{
-    lua_pushvalue(L, lua_upvalueindex(2));
-    lua_call(L, 0, 1);
-    cjson_guard(L, lua_toboolean(L, lua_upvalueindex(3)));
-    return 1;
-}
-
-/* require "cjson" / "cjson.safe". Upvalue 1: the generation. */
-static int open_cjson_as(lua_State *L, lua_CFunction open, int safe)
-{
-    lua_pushcfunction(L, open);
-    lua_call(L, 0, 1);
-    cjson_guard(L, safe);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_getfield(L, -2, "new");
-    lua_pushboolean(L, safe);
-    lua_pushcclosure(L, cjson_new, 3);
-    lua_setfield(L, -2, "new");
-    return 1;
-}
-static int open_cjson(lua_State *L) { return open_cjson_as(L, luaopen_cjson, 0); }
-static int open_cjson_safe(lua_State *L) { return open_cjson_as(L, luaopen_cjson_safe, 1); }
-
 static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
 {
     luaL_openlibs(L);
+    /* io's file handles have a __gc: with their metatable in reach, a policy could put a
+     * finalizer of its own there (Lua runs them with hooks off: no budget stops one) */
+    luaL_getmetatable(L, LUA_FILEHANDLE);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
     for (int t = 0; t < LUA_NUMTYPES; t++)
         lua_pushstring(L, lua_typename(L, t));
     lua_pushcclosure(L, fast_type, LUA_NUMTYPES);
     lua_setglobal(L, "type");
-    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-    lua_pushlightuserdata(L, g);
-    lua_pushcclosure(L, open_cjson, 1);
-    lua_setfield(L, -2, "cjson");
-    lua_pushlightuserdata(L, g);
-    lua_pushcclosure(L, open_cjson_safe, 1);
-    lua_setfield(L, -2, "cjson.safe");
-    lua_pop(L, 1);
+    sh_cjson_preload(L, g); /* "cjson", "cjson.safe": lua-cjson, guarded (lua_cjson.h) */
     guard_coroutine(L, "resume");
     guard_coroutine(L, "close");
     lua_getglobal(L, "coroutine");

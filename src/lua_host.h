@@ -148,6 +148,7 @@ struct sh_gen {
     uint64_t refused_ns;         /* uv_hrtime() of the allocation the cap refused (0: none): */
     const void *refused_ptr;     /* Lua collects in full and asks again for the same block */
     size_t refused_osize, refused_nsize;
+    long refused_run;            /* sh_budget_run() of that refusal */
     uint64_t last_full_gc;       /* uv_hrtime() of the last collection forced near the cap */
     sh_task *tasks;              /* live tasks */
     sh_gen *next_gen, *prev_gen; /* in host->gens */

@@ -805,7 +805,11 @@ int sh_io_http_request(lua_State *L)
 
 void sh_io_open(lua_State *L)
 {
+    /* __metatable: a policy could otherwise replace a handle's __gc (the C side's
+     * pointer to the handle is cleared there) and have it written after it is freed */
     luaL_newmetatable(L, SUB_MT);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
     lua_pushcfunction(L, sub_gc);
     lua_setfield(L, -2, "__gc");
     lua_newtable(L);
@@ -815,6 +819,8 @@ void sh_io_open(lua_State *L)
     lua_pop(L, 1);
 
     luaL_newmetatable(L, TIMER_MT);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
     lua_pushcfunction(L, timer_gc);
     lua_setfield(L, -2, "__gc");
     lua_newtable(L);

@@ -1541,10 +1541,16 @@ static int l_json_encode(lua_State *L)
     return 1;
 }
 
-/* A private cjson.safe instance: its settings are not the script's. */
+/* A private cjson.safe instance: its settings are not the script's. It is made as
+ * `require "cjson.safe"` makes one (in a generation, guarded: lua_cjson.h). */
 static void json_open(lua_State *L, int module)
 {
-    lua_pushcfunction(L, luaopen_cjson_safe);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    if (lua_getfield(L, -1, "cjson.safe") != LUA_TFUNCTION) {
+        lua_pop(L, 1);
+        lua_pushcfunction(L, luaopen_cjson_safe);
+    }
+    lua_remove(L, -2);
     lua_call(L, 0, 1);
     int cj = lua_gettop(L);
     static const struct {

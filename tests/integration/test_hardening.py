@@ -1644,5 +1644,213 @@ def cjson_decode_refused_for_memory_leaves_no_c_memory():
         c.shutdown()
 
 
+
+@S.test
+def cjson_decode_of_unclosed_arrays_stays_within_lua_max_memory():
+    """A policy raises cjson.decode_max_depth; a text of 20,000 "[" (arrays never
+    closed) is decoded in pcall with lua_max_memory at 1 MiB and ~40 KB in use: the guard
+    lets it run uncapped (room >= 40 x 20,000 + 64 KiB), but lua-cjson makes 57 bytes of
+    Lua memory per byte (a table and a stack slot per "["), so the heap right after the
+    call must still be within lua_max_memory (or the decode refused).
+    fails on old: yes: heap 1,182,371 bytes after the call, the cap 1,048,576
+    (nested closed arrays make 47 bytes per byte, the guard assumes 40)."""
+    cap = 1048576
+    with host(pol("hard_cjson_deep.lua"),
+              sets=["lua_max_memory=%d" % cap, "lua_max_instructions=2147483647"]) as sh:
+        c = ws(sh, timeout=30)
+        c.send_text("deep 20000")
+        op, got = c.recv()
+        assert op == OP_TEXT and got.startswith(b"heap "), (op, got)
+        heap = int(got.split()[1])
+        assert heap <= cap, "Lua heap %d bytes after the decode, lua_max_memory %d" % (heap, cap)
+        c.shutdown()
+
+
+@S.test
+def a_finalizer_cannot_allocate_past_the_cap_inside_a_guarded_cjson_decode():
+    """A Lua finalizer on io's file metatable (getmetatable(io.stdout).__gc = f: the
+    setmetatable ban does not cover it) tries to allocate 4 MB each time it runs (at most
+    16 times). The hook makes garbage files and calls cjson.decode, whose lua-cjson call
+    runs with the cap lifted: the collector's steps there run the finalizers. The Lua
+    heap must stay within lua_max_memory (8 MiB).
+    fails on old: yes: statushost_lua_memory_bytes 67 MB (209 MB without the
+    policy's own limit of 16), RSS +204 MB; without cjson.decode the same finalizers get
+    nothing (refused)."""
+    cap = 8388608
+    with host(pol("hard_cjson_finalizer.lua"),
+              sets=["lua_max_memory=%d" % cap, "lua_max_instructions=2147483647"]) as sh:
+        c = ws(sh, timeout=30)
+        c.send_text("fin 20")
+        op, got = c.recv()  # "fin got=N", or a close 1011 when the heap is past the cap
+        assert op in (OP_TEXT, OP_CLOSE), (op, got)
+        mem = sh.metrics()["statushost_lua_memory_bytes"]
+        assert mem <= cap, "Lua memory %d bytes, lua_max_memory %d (%r)" % (mem, cap, got)
+
+
+@S.test
+def a_finalizer_put_on_a_library_metatable_cannot_block_the_loop():
+    """The __gc ban (a_finalizer_cannot_run_outside_the_budget) is on setmetatable only:
+    getmetatable(io.stdout).__gc = function() while true do end end, then a garbage file
+    and collectgarbage(), runs an endless finalizer with hooks off. The hook must end with
+    an error (close 1011) and the process live on.
+    fails on old: yes: "the event loop has been stuck for 3000ms (loop_stall_ms) in
+    on_message: aborting" (SIGABRT). (Also SUB_MT and TIMER_MT, host.subscribe's and
+    host.timer's handles, have no __metatable: their C __gc can be replaced the same way.)"""
+    with host(pol("hard_gc_loop_io.lua"), sets=["loop_stall_ms=3000"]) as sh:
+        try:
+            a = ws(sh)
+            a.send_text("gc_loop")
+            expect_close(a, 1011, "gc_loop", timeout=6)
+            alive(sh, "after gc_loop")
+        except (AssertionError, OSError) as e:
+            kill_if_hung(sh, e)
+
+
+@S.test
+def a_wait_between_two_refused_allocations_is_not_charged_to_the_budget():
+    """With the heap full (4 MiB), a hook's concatenation is refused (Lua collects, asks
+    again, refused again), the hook waits 1.5 s in host.sleep, computes ~50 ms without
+    allocating and asks for the same concatenation (refused again). Its instructions do
+    not depend on the wait: with lua_max_instructions 200,000,000 it answers "done" after
+    a wait of 0 ms, and must after 1,500 ms too.
+    fails on old: yes: the second request matched the noted refusal (same pointer
+    NULL, tag and size: charge_collection takes it for Lua's retry) and was charged the
+    1.5 s since, wall clock, at 4 ns per instruction (375,000,000): "instruction budget
+    exceeded" at the second pcall(cat), close 1011."""
+    r = shared_redis()
+    with host(pol("hard_charge_wait.lua"), redis=r,
+              sets=["lua_max_memory=4194304", "lua_max_instructions=200000000"]) as sh:
+        for ms in (0, 1500):
+            c = ws(sh, timeout=30)
+            c.send_text("charge %d" % ms)
+            op, got = c.recv()
+            assert op == OP_TEXT and got.startswith(b"done "), (ms, op, got,
+                                                                 sh.log_text()[-600:])
+            c.shutdown()
+
+
+@S.test
+def cjson_encode_past_the_cap_leaves_no_c_memory():
+    """lua-cjson's encode builds its text in a C buffer, then pushes it as a Lua string: a
+    table holding 80 times the same 64 KB string (64 KB of Lua memory) encodes to 5 MB,
+    past lua_max_memory (4 MiB): the push raises "not enough memory". With
+    encode_keep_buffer(false), 20 such calls; with the default (kept buffer), one call of
+    a table of 1,000 (64 MB). The resident memory must grow by less than 32 MB each.
+    fails on old: yes: nokeep +100 MB (LeakSanitizer: "Direct leak of 25141248
+    byte(s) in 3 object(s)" from strbuf_resize in liblua5.4-cjson.so for 3 calls), keep:
+    a 64 MB C buffer kept by the module (2,000 entries: +125 MB)."""
+    with host(pol("hard_cjson_encode.lua"),
+              sets=["lua_max_memory=4194304", "lua_max_instructions=2147483647"]) as sh:
+        c = ws(sh, timeout=60)
+        for msg in ("enc 20 80 nokeep", "enc 1 1000 keep"):
+            before = sh.rss_kb()
+            c.send_text(msg)
+            op, got = c.recv()
+            assert op == OP_TEXT and got.startswith(b"done "), (msg, op, got)
+            grown_mb = (sh.rss_kb() - before) / 1024
+            assert grown_mb < 32, "%s: resident memory grew by %.0f MB" % (msg, grown_mb)
+        c.shutdown()
+
+
+@S.test
+def cjson_decode_with_a_raised_depth_limit_does_not_crash():
+    """A policy raises cjson.decode_max_depth (to N + 1) and a text of 200,000 "[" is
+    decoded in pcall (lua_max_memory at its default: the guard lets the 200 KB text
+    through). lua-cjson recurses in C once per "[": the call must fail with an error (or
+    the depth be bounded by the host) and the process live on.
+    fails on old: yes: SIGSEGV (exit -11), C stack overflow in lua-cjson's
+    json_process_value / json_parse_array_context (not new today: lua-cjson's, but the
+    guard, which wraps every decode, bounds only memory)."""
+    with host(pol("hard_cjson_deep.lua"), sets=["lua_max_instructions=2147483647"]) as sh:
+        c = ws(sh, timeout=30)
+        try:
+            c.send_text("deep 200000")
+            op, got = c.recv()
+        except (OSError, WsClosed) as e:
+            op, got = None, repr(e)
+        alive(sh, "after the deep decode (%r)" % (got,))
+
+
+@S.test
+def cjson_decode_argument_errors_name_the_function():
+    """cjson.decode() and cjson.safe.decode() without an argument raise lua-cjson's
+    "bad argument #1 to 'cjson.decode' (expected 1 argument)" (lua5.4 with lua-cjson
+    names 'cjson.decode' / 'cjson.safe.decode'): the name must survive the guard.
+    fails on old: yes: "bad argument #1 to '?' (expected 1 argument)" for both (the
+    guard calls lua-cjson's decode through lua_pcall, where Lua finds no name)."""
+    with host(pol("hard_cjson_argerr.lua")) as sh:
+        c = ws(sh)
+        c.send_text("argerr")
+        op, got = c.recv()
+        assert op == OP_TEXT, (op, got)
+        for line in got.decode().split("\n"):
+            assert "expected 1 argument" in line and "'?'" not in line and "decode" in line, got
+        c.shutdown()
+
+
+@S.test
+def a_timer_handle_whose_gc_a_policy_replaced_is_not_written_after_it_is_freed():
+    """host.timer's handle metatable (TIMER_MT, as SUB_MT) has no __metatable: a policy
+    replaces its __gc (the host's timer_gc, which clears the C timer's pointer to the
+    handle) with a Lua function, drops the handle, collects, and lets the timer fire. The
+    hook must answer "survived" and the process live on.
+    fails on old (ASan build): yes: "AddressSanitizer: use-after-poison" WRITE of
+    size 8 in timer_release (lua_io.c:147) from timer_fired (lua_io.c:180): the C timer
+    clears u->t in the freed handle, a block the generation's pool hands out again (on the
+    optimized build a silent write into another Lua object). Not new today."""
+    with host(pol("hard_timer_gc.lua")) as sh:
+        c = ws(sh)
+        c.send_text("uaf")
+        try:
+            got = c.recv()
+        except (OSError, WsClosed) as e:
+            got = repr(e)
+        assert got == (OP_TEXT, b"survived"), (got, sh.log_text()[-1500:])
+        alive(sh, "after the timer fired")
+        c.shutdown()
+
+
+@S.test
+def cjson_decode_in_a_loop_is_stopped_by_the_budget():
+    """A hook calls cjson.decode 300 times on a 2 MB JSON array of numbers (~70 ms of C
+    work each, a few VM instructions per call). The decoder's work must count against
+    lua_max_instructions (10,000,000, the default), as the host's own decoder's does
+    (budget_charges_what_the_json_decoder_reads): the hook ends with an error (close
+    1011) and the process lives on.
+    fails on old: yes: nothing is counted, the hook runs on until "the event loop has
+    been stuck for 3000ms (loop_stall_ms) in on_message ...: aborting" (SIGABRT). Not new
+    today, but the guard that wraps every decode counts only its own collection."""
+    with host(pol("hard_cjson_spin.lua"), sets=["loop_stall_ms=3000"]) as sh:
+        try:
+            c = ws(sh, timeout=20)
+            c.send_text("spin 300")
+            expect_close(c, 1011, "spin", timeout=20)
+            alive(sh, "after the decode loop")
+        except (AssertionError, OSError) as e:
+            kill_if_hung(sh, e)
+
+
+@S.test
+def a_refusal_in_one_run_is_not_charged_to_a_later_run():
+    """With the heap full (4 MiB), a message hook's concatenation is refused and the hook
+    ends; a host.timer callback 1.5 s later (another run, another task) computes ~50 ms
+    without allocating and asks for a concatenation of the same size (refused). With
+    lua_max_instructions 200,000,000 it answers "done" for a delay of 0 ms, and must for
+    1,500 ms too.
+    fails on old: yes: the callback's request matched the refusal noted by the
+    message hook and was charged the 1.5 s since: "lua error in timer callback:
+    instruction budget exceeded", close 1011."""
+    r = shared_redis()
+    with host(pol("hard_charge_timer.lua"), redis=r,
+              sets=["lua_max_memory=4194304", "lua_max_instructions=200000000"]) as sh:
+        for ms in (0, 1500):
+            c = ws(sh, timeout=30)
+            c.send_text("charge %d" % ms)
+            op, got = c.recv()
+            assert op == OP_TEXT and got.startswith(b"done "), (ms, op, got,
+                                                                 sh.log_text()[-600:])
+            c.shutdown()
+
+
 if __name__ == "__main__":
     S.run()
