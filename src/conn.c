@@ -621,6 +621,13 @@ static void parse_requests(sh_conn *c)
         int rc = sh_http_parser_feed(c->hp, c->pending.p, c->pending.len, &consumed, &status);
         if (rc == SH_HTTP_NEED_MORE) {
             c->pending.len = 0;
+            if (sh_http_parser_take_continue(c->hp)) { /* the client waits for it to send */
+                if (sh_buf_append(&c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25) != 0) {
+                    sh_conn_close(c);
+                    return;
+                }
+                sh_conn_mark_dirty(c);
+            }
             return;
         }
         if (rc < 0) {

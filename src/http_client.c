@@ -174,6 +174,7 @@ struct sh_http_call {
     sh_http_blob *req;            /* serialized request */
     uint64_t connect_timeout_ms;  /* for a socket opened for this call */
     int is_head;                  /* HEAD: response has no body */
+    int idempotent;               /* GET, HEAD, OPTIONS, TRACE, PUT, DELETE: may be resent */
     int no_reuse;                 /* caller asked for Connection: close */
     int retried;                  /* already retried once on a fresh socket */
     int want_fresh;               /* the next socket must be a new one */
@@ -233,7 +234,7 @@ static void conn_send(sh_http_conn *conn);
 static void conn_connect(sh_http_conn *conn, const struct sockaddr *addr);
 static void conn_connect_next(sh_http_conn *conn);
 static void conn_resolve(sh_http_conn *conn);
-static void conn_io_failed(sh_http_conn *conn, int uverr);
+static void conn_io_failed(sh_http_conn *conn, int uverr, int writing);
 static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf);
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void conn_tcp_closed(uv_handle_t *handle);
@@ -908,7 +909,7 @@ static void conn_io_error(sh_http_conn *conn, int err)
         conn_fail_tls(conn, err == UV_EOF ? "connection closed during the handshake"
                                           : uv_strerror(err));
     else
-        conn_io_failed(conn, err);
+        conn_io_failed(conn, err, conn->wblob || conn->tls_writes);
 }
 
 /* Runs the handshake as far as the bytes received allow; once done, sends the call's request. */
@@ -1291,7 +1292,7 @@ static void conn_close(sh_http_conn *conn)
 /* An established socket failed (read or write error, or EOF before any response byte). A call on
  * a reused socket that has received nothing is retried once on a fresh socket: the peer most
  * likely closed the idle socket as we sent. Otherwise the call fails with "closed". */
-static void conn_io_failed(sh_http_conn *conn, int uverr)
+static void conn_io_failed(sh_http_conn *conn, int uverr, int writing)
 {
     sh_http_call *call = conn->call;
     sh_http_host *h = conn->host;
@@ -1299,7 +1300,11 @@ static void conn_io_failed(sh_http_conn *conn, int uverr)
         conn_close(conn);
         return;
     }
-    if (conn->reused && conn->rx_bytes == 0 && !call->retried && !conn->client->closing) {
+    /* A reused socket the remote had closed: the request goes again on a fresh one, once,
+     * if it never got there (its write failed) or may be repeated (RFC 9110 §9.2.2): a
+     * POST the remote read whole before closing may have been acted on */
+    if (conn->reused && conn->rx_bytes == 0 && !call->retried && !conn->client->closing &&
+        (writing || call->idempotent)) {
         sh_debug(NULL, "http: reused connection to %s:%u failed (%s), retrying on a new one",
                  h->name, h->port, uv_strerror(uverr));
         call->retried = 1;
@@ -1324,7 +1329,7 @@ static void write_cb(uv_write_t *req, int status)
     if (status == UV_ECANCELED || conn->state != CONN_BUSY)
         return;
     if (status < 0)
-        conn_io_failed(conn, status);
+        conn_io_failed(conn, status, 1);
 }
 
 /* Every read lands in the client's buffer, consumed by read_cb before the next read. */
@@ -1583,7 +1588,7 @@ static void conn_send(sh_http_conn *conn)
     if (n >= 0 && (size_t)n == call->req->len + call->req->body_len)
         return;
     if (n < 0 && n != UV_EAGAIN) {
-        conn_io_failed(conn, n);
+        conn_io_failed(conn, n, 1);
         return;
     }
     uv_buf_t *b = buf;
@@ -1603,7 +1608,7 @@ static void conn_send(sh_http_conn *conn)
     if (rc < 0) {
         blob_unref(conn->wblob);
         conn->wblob = NULL;
-        conn_io_failed(conn, rc);
+        conn_io_failed(conn, rc, 1);
     }
 }
 
@@ -1678,7 +1683,7 @@ static void conn_read_end(sh_http_conn *conn, ssize_t nread)
         conn_fail(conn, SH_HTTP_ECLOSED);
         return;
     }
-    conn_io_failed(conn, (int)nread);
+    conn_io_failed(conn, (int)nread, conn->wblob || conn->tls_writes); /* still writing? */
 }
 
 /* Response bytes (plain, or decrypted): feed the parser when busy, drop the socket when idle. */
@@ -1986,6 +1991,9 @@ int sh_http_request(sh_http_client *c, const sh_http_opts *o, sh_http_cb cb, voi
     call->cb = cb;
     call->arg = arg;
     call->is_head = strcmp(method, "HEAD") == 0;
+    static const char *const idempotent[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
+    for (size_t i = 0; i < sizeof idempotent / sizeof idempotent[0]; i++)
+        call->idempotent |= strcmp(method, idempotent[i]) == 0;
     call->connect_timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms
                                                      : DEFAULT_CONNECT_TIMEOUT_MS;
     uv_timer_init(c->loop, &call->timer);

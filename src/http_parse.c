@@ -431,8 +431,19 @@ static int finish_head(sh_http_parser *p, size_t used)
     if ((rc = build_request(p)) < 0 || (rc = check_headers(p)) < 0 ||
         (rc = check_framing(p)) < 0)
         return rc;
+    const char *expect = sh_request_header(&p->req, "Expect");
+    p->continue_due = expect && strcasecmp(expect, "100-continue") == 0 &&
+                      p->ll.http_minor == 1 && !p->ll.upgrade &&
+                      ((p->ll.flags & F_CHUNKED) || p->ll.content_length > 0);
     p->phase = PH_BODY;
     return 0;
+}
+
+int sh_http_parser_take_continue(sh_http_parser *p)
+{
+    int due = p->continue_due;
+    p->continue_due = 0;
+    return due;
 }
 
 /* The request just ended: terminate the body and hand it out. 0 or ENOMEM. */
@@ -517,6 +528,7 @@ void sh_http_parser_reset(sh_http_parser *p)
     p->buf_len = p->path_at = p->query_at = 0;
     p->nat = 0;
     p->in_name = 0;
+    p->continue_due = 0;
     p->body_len = 0;
     memset(&p->req, 0, sizeof p->req);
     llhttp_init(&p->ll, HTTP_REQUEST, &p->settings);

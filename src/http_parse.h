@@ -113,6 +113,7 @@ typedef struct sh_http_parser {
     struct sh_http_header_at *at; /* one per header, in order */
     size_t nat, at_cap;          /* entries used / allocated in at */
     int in_name;                 /* a header name is being received */
+    int continue_due;            /* "Expect: 100-continue" and a body still to come */
     sh_header *headers;          /* the request's header array */
     size_t headers_cap;          /* entries allocated in headers */
     char *body;                  /* the body, NUL-terminated */
@@ -143,6 +144,11 @@ int sh_http_parser_feed(sh_http_parser *p, const char *data, size_t len,
 
 /* The request after SH_HTTP_REQUEST was returned; NULL at any other time. */
 sh_request *sh_http_parser_request(sh_http_parser *p);
+
+/* 1 once, when the head just parsed asked "Expect: 100-continue" for a body that
+ * is acceptable and has not all arrived: the caller answers "100 Continue" now
+ * (RFC 9110 §10.1.1), before the client sends it. 0 otherwise. */
+int sh_http_parser_take_continue(sh_http_parser *p);
 
 /* Why the last error happened (a static string, for logs), or "". */
 const char *sh_http_parser_reason(const sh_http_parser *p);

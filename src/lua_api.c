@@ -1269,6 +1269,11 @@ int sh_policy_route(sh_conn *c, sh_request *r, int keep, int head_only)
     lua_rawgeti(L, LUA_REGISTRYINDEX, g->routes_ref);
     lua_pushfstring(L, "%s %s", r->method, r->path);
     lua_rawget(L, -2);
+    if (!lua_isfunction(L, -1) && head_only) { /* HEAD is GET without the body (RFC 9110 §9.3.2) */
+        lua_pop(L, 1);
+        lua_pushfstring(L, "GET %s", r->path);
+        lua_rawget(L, -2);
+    }
     if (!lua_isfunction(L, -1)) {
         lua_pop(L, 2);
         return 0;

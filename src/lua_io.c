@@ -641,17 +641,29 @@ static int http_result_p(lua_State *co)
     lua_pushlstring(co, res->body, res->body_len);
     lua_setfield(co, -2, "body");
     lua_createtable(co, 0, (int)res->nheaders);
+    int headers = lua_gettop(co);
     for (size_t i = 0; i < res->nheaders; i++) {
         const sh_http_hdr *h = &res->headers[i];
-        char name[256];
-        size_t n = h->name_len < sizeof name ? h->name_len : sizeof name;
-        for (size_t j = 0; j < n; j++) {
+        luaL_Buffer b; /* the name in lower case, whole */
+        char *name = luaL_buffinitsize(co, &b, h->name_len);
+        for (size_t j = 0; j < h->name_len; j++) {
             char ch = h->name[j];
             name[j] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
         }
-        lua_pushlstring(co, name, n);
-        lua_pushlstring(co, h->value, h->value_len);
-        lua_rawset(co, -3);
+        luaL_pushresultsize(&b, h->name_len);
+        lua_pushvalue(co, -1);
+        if (lua_rawget(co, headers) == LUA_TSTRING) {
+            /* a repeated field: one list, its values joined with ", " (RFC 9110 §5.3);
+             * set-cookie's with "\n", as its own values hold commas (RFC 6265 §3) */
+            int cookie = h->name_len == 10 && memcmp(lua_tostring(co, -2), "set-cookie", 10) == 0;
+            lua_pushstring(co, cookie ? "\n" : ", ");
+            lua_pushlstring(co, h->value, h->value_len);
+            lua_concat(co, 3);
+        } else {
+            lua_pop(co, 1);
+            lua_pushlstring(co, h->value, h->value_len);
+        }
+        lua_rawset(co, headers);
     }
     lua_setfield(co, -2, "headers");
     return 1;

@@ -1852,5 +1852,190 @@ def a_refusal_in_one_run_is_not_charged_to_a_later_run():
             c.shutdown()
 
 
+class _Remote(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with two Set-Cookie, two Link and two 300-byte header names that
+    differ only past byte 256."""
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Set-Cookie", "a=1")
+        self.send_header("Set-Cookie", "b=2")
+        self.send_header("Link", "</a>; rel=preload")
+        self.send_header("Link", "</b>; rel=preload")
+        self.send_header("X-" + "n" * 298 + "A", "first")
+        self.send_header("X-" + "n" * 298 + "B", "second")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *a):
+        pass
+
+
+@S.test
+def repeated_response_headers_of_http_request_are_all_kept():
+    """A remote answering two Set-Cookie (or two Link) headers: host.http.request's
+    res.headers is a table name → value, and lua_io.c http_result_p rawsets each header in
+    turn, so only the last value of a repeated name survives; header names are also cut at
+    255 bytes, so two long names that differ later become one. RFC 9110 §5.3: repeated
+    fields are one list, joined with ", " (Set-Cookie's with a newline: its values hold
+    commas).
+    fails on old: set-cookie is "b=2" (a=1 lost), link is "</b>; rel=preload", and the
+    two 300-byte names collapse into one 256-byte name with the value "second"."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Remote)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        remote = "http://127.0.0.1:%d/" % srv.server_address[1]
+        with Statushost(pol("hard_remote_routes.lua"), redis=shared_redis(),
+                        sets=["remote=" + remote, "shutdown_grace_ms=300"]) as sh:
+            status, _, body = http_request(sh.port, "GET", "/fetch")
+            assert status == 200, (status, body)
+            text = body.decode()
+            lines = dict(l.split(": ", 1) for l in text.splitlines())
+            # joined with ", " (RFC 9110 §5.3); set-cookie's with a newline (its values
+            # hold commas), written \\n by the route
+            assert lines.get("set-cookie") == "a=1\\nb=2", repr(text)
+            assert lines.get("link") == "</a>; rel=preload, </b>; rel=preload", repr(text)
+            long_names = [k for k in lines if k.startswith("x-nnn")]
+            assert len(long_names) == 2 and all(len(k) == 301 for k in long_names), long_names
+    finally:
+        srv.shutdown()
+
+
+def _second_request_dropped_remote(seen):
+    """A remote that answers the first request of each connection (keep-alive) and, on the
+    second, reads it whole and closes without answering (it crashed while handling it, or
+    its handler timed out). Every request body it read is appended to seen."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(16)
+
+    def read_one(s, buf):
+        while b"\r\n\r\n" not in buf:
+            d = s.recv(65536)
+            if not d:
+                return None, b""
+            buf += d
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        n = 0
+        for line in head.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"content-length":
+                n = int(v)
+        while len(rest) < n:
+            d = s.recv(65536)
+            if not d:
+                return None, b""
+            rest += d
+        return rest[:n], rest[n:]
+
+    def serve(s):
+        with s:
+            body, buf = read_one(s, b"")
+            if body is None:
+                return
+            seen.append(body)
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            body, buf = read_one(s, buf)
+            if body is not None:
+                seen.append(body)  # then closed: no answer
+
+    def accept():
+        while True:
+            try:
+                s, _ = ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(s,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return ls
+
+
+@S.test
+def a_post_is_not_sent_twice_when_a_reused_socket_closes_without_an_answer():
+    """host.http.request POSTs on a pooled keep-alive socket; the remote reads the whole
+    request and closes without a response byte. http_client.c conn_io_failed resends any
+    call whose reused socket failed before a response byte, whatever its method, on a fresh
+    socket: the remote gets the POST twice (a batch dispatched twice: with the default
+    policy's dispatch_retries=0, "no extra POSTs"). RFC 9110 §9.2.2: a client SHOULD NOT
+    automatically retry a non-idempotent request. Only a write that failed, or EOF before
+    the request was written, allows resending a POST.
+    fails on old: the remote reads [b"one", b"two", b"two"] and the second call
+    answers 200."""
+    seen = []
+    ls = _second_request_dropped_remote(seen)
+    try:
+        remote = "http://127.0.0.1:%d/" % ls.getsockname()[1]
+        with Statushost(pol("hard_remote_routes.lua"), redis=shared_redis(),
+                        sets=["remote=" + remote, "shutdown_grace_ms=300"]) as sh:
+            status, _, body = http_request(sh.port, "POST", "/post", body=b"one")
+            assert (status, body) == (200, b"200 ok"), (status, body)
+            status, _, body = http_request(sh.port, "POST", "/post", body=b"two")
+            assert seen == [b"one", b"two"], "the remote read %r" % seen
+            assert (status, body) == (502, b"closed"), (status, body)
+    finally:
+        ls.close()
+
+
+@S.test
+def expect_100_continue_is_answered_before_the_body():
+    """A POST to a route with "Expect: 100-continue" (curl sends it for bodies over 1 MB,
+    other clients for any body) gets no "100 Continue": the server waits for a body the
+    client holds back until it sees one; curl gives up waiting after 1 s, so every such
+    POST takes a second more (measured: curl --data-binary of 2 MB with
+    max_body_bytes=4194304: 1.03 s, against 0.02 s with "Expect:" removed). RFC 9110
+    §10.1.1: an origin server either answers at once with a final status or sends 100.
+    fails on old: nothing is sent before the body."""
+    with Statushost(pol("hard_remote_routes.lua"), redis=shared_redis(),
+                    sets=["remote=http://127.0.0.1:%d/" % free_port(),
+                          "shutdown_grace_ms=300"]) as sh:
+        with socket.create_connection(("127.0.0.1", sh.port), timeout=2) as s:
+            s.sendall(b"POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                      b"Expect: 100-continue\r\n\r\n")
+            got = b""
+            try:
+                while b"\r\n\r\n" not in got:
+                    d = s.recv(4096)
+                    if not d:
+                        break
+                    got += d
+            except socket.timeout:
+                pass
+            assert got.startswith(b"HTTP/1.1 100 "), "before the body the server sent %r" % got
+            s.sendall(b"hello")
+            s.settimeout(10)
+            rest = got.partition(b"\r\n\r\n")[2]
+            while b"\r\n\r\n" not in rest:
+                rest += s.recv(4096)
+            assert rest.startswith(b"HTTP/1.1 502 "), rest  # the remote refused: 502 "refused"
+
+
+@S.test
+def head_of_a_get_route_answers_as_get_without_the_body():
+    """HEAD /fetch where the policy has "GET /fetch": sh_policy_route (lua_api.c) looks up
+    "HEAD /fetch", finds nothing, and the request falls to the static files: 404 Not Found
+    for a resource that exists (RFC 9110 §9.3.2: HEAD is GET without the content; uptime
+    checkers use it). server.c already passes head_only to the route, which would drop the
+    body. fails on old: 404."""
+    with Statushost(pol("hard_remote_routes.lua"), redis=shared_redis(),
+                    sets=["remote=http://127.0.0.1:%d/" % free_port(),
+                          "shutdown_grace_ms=300"]) as sh:
+        status, headers, body = http_request(sh.port, "GET", "/fetch")
+        assert status == 502, (status, body)  # the remote refused: the route ran
+        with socket.create_connection(("127.0.0.1", sh.port), timeout=10) as s:
+            s.sendall(b"HEAD /fetch HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while got.count(b"HTTP/1.1 ") < 2 or not got.endswith(b"ok\n"):
+                d = s.recv(4096)
+                if not d:
+                    break
+                got += d
+        head, _, rest = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 502 "), head
+        assert b"content-length: %d" % len(body) in head.lower(), head
+        assert rest.startswith(b"HTTP/1.1 200 "), "HEAD answered with a body: %r" % rest[:40]
+
+
 if __name__ == "__main__":
     S.run()
