@@ -693,7 +693,10 @@ static int run_on_config(sh_gen *g, int policy, char *err, size_t errsz)
     g->capped = 0;
     g->loading = 0;
     int ok = 0;
-    if (rc != LUA_OK)
+    if (rc == LUA_ERRMEM && g->mem_max)
+        snprintf(err, errsz, "config: not enough memory (lua_max_memory %zu: on_config runs "
+                 "under the value --set gives, else the default)", g->mem_max);
+    else if (rc != LUA_OK)
         snprintf(err, errsz, "config: %s", lua_tostring(L, -1));
     else if (lua_isnil(L, -2) || (lua_isboolean(L, -2) && lua_toboolean(L, -2)))
         ok = 1;
@@ -852,7 +855,8 @@ static size_t load_memory(const char *const *sets, size_t nsets)
             char *end;
             errno = 0;
             unsigned long long v = strtoull(sets[i] + 15, &end, 10);
-            if (end != sets[i] + 15 && *end == '\0' && errno == 0 && v <= SIZE_MAX)
+            if (sets[i][15] >= '0' && sets[i][15] <= '9' && *end == '\0' && errno == 0 &&
+                v <= SIZE_MAX) /* strtoull would read "-5" as a huge value */
                 cap = (size_t)v;
         }
     return cap;

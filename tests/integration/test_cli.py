@@ -311,6 +311,13 @@ def the_main_chunk_runs_under_lua_max_memory():
     assert len(err.strip().splitlines()) == 1, err
     rc, out, err = run("--check", "--set", "lua_max_memory=0", script)
     assert rc == 0, (rc, err)
+    # on_config too, with the same one-line reason
+    script = os.path.join(POL, "load_big_config.lua")
+    rc, out, err = run("--check", script)
+    assert rc == 0, (rc, err)
+    rc, out, err = run("--check", "--set", "lua_max_memory=4194304", script)
+    assert rc == 2 and "config: not enough memory (lua_max_memory 4194304" in err, (rc, err)
+    assert len(err.strip().splitlines()) == 1, err
 
 
 if __name__ == "__main__":
