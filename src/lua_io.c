@@ -485,8 +485,6 @@ static sh_sub *sub_find(sh_owner *o, const char *ch, size_t len)
     return NULL;
 }
 
-/* Subscribe o to the channel at index ci; fn_at: index of the callback or 0.
- * Returns like a Lua function: the result now, or a suspension. */
 /* The registry references of host.subscribe's callback and handle, taken together:
  * if the second raises (lua_max_memory), the first is given back before the error goes
  * on, so no reference outlives a refused call. Taken before Redis is asked: a reference
@@ -517,6 +515,8 @@ static void take_refs(lua_State *L, int fn_at, int ud_at, sub_refs *r)
     }
 }
 
+/* Subscribe o to the channel at index ci; fn_at: index of the callback or 0.
+ * Returns like a Lua function: the result now, or a suspension. */
 static int subscribe(lua_State *L, sh_owner *o, int ci, int fn_at)
 {
     sh_gen *g = SH_GEN(L);
