@@ -32,6 +32,7 @@ static const struct core_key core_keys[] = {
     {"redis", SH_CT_STRING, "redis://127.0.0.1:6379", 0},
     {"redis_sub_connections", SH_CT_NUMBER, NULL, 1},
     {"redis_cluster", SH_CT_STRING, "", 0},
+    {"redis_timeout_ms", SH_CT_NUMBER, NULL, 5000},
     {"web_root", SH_CT_STRING, "", 0},
     {"log_level", SH_CT_STRING, "info", 0},
     {"log_format", SH_CT_STRING, "text", 0},
@@ -403,6 +404,7 @@ int sh_config_read(lua_State *L, int t, sh_config *cfg, char *err, size_t errsz)
     struct { const char *key; uint64_t lo, hi; void *dst; int is_size; } nums[] = {
         {"max_head_bytes", 256, 1024 * 1024, &cfg->max_head_bytes, 1},
         {"redis_sub_connections", 1, 64, &cfg->redis_sub_connections, 1},
+        {"redis_timeout_ms", 100, DAY, &cfg->redis_timeout_ms, 0},
         {"max_body_bytes", 0, GB, &cfg->max_body_bytes, 1},
         {"max_connections", 1, 10000000, &cfg->max_connections, 1},
         {"max_message_bytes", 125, GB, &cfg->max_message_bytes, 1},

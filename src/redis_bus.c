@@ -4,7 +4,8 @@
  *   sh_redis_bus   the process's bus: the command connection, K subscriber
  *                  connections, the channel registry, a timer that runs the
  *                  asynchronous part of close.
- *   struct conn    one hiredis async context plus its retry/watchdog timer.
+ *   struct conn    one hiredis async context plus its retry/watchdog timer and
+ *                  its liveness timer (conn_live_cb).
  *   struct chan    one channel (uthash, keyed by the channel bytes), the
  *                  subscriber connection it lives on (fixed: hash % K), and
  *                  its subs in subscription order.
@@ -95,6 +96,8 @@ static int hash_oom; /* set by uthash when an insertion ran out of memory */
 #define DEFAULT_BACKOFF_MIN_MS 100
 #define DEFAULT_BACKOFF_MAX_MS 5000
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000
+#define DEFAULT_TIMEOUT_MS 5000
+#define STABLE_MS 1000 /* up this long: the next loss retries from backoff_min_ms again */
 #define DEFAULT_READ_BUDGET (4u << 20)
 #define HIREDIS_READ_SIZE 16384 /* redisBufferRead's buffer */
 #define FAST_CAP HIREDIS_READ_SIZE /* the fast reader's buffer (see sub_fast_read) */
@@ -156,6 +159,17 @@ struct conn {
     size_t flen;            /* bytes of a message not yet complete at its start (of c->ac:
                                0 whenever a context is made) */
     const char *refused;    /* why a reply of c->ac was refused (reply_refused), or NULL */
+    int timed_out;          /* conn_live_cb is dropping it: no reply within timeout_ms */
+    uv_timer_t live;        /* while READY: the reply timeout and the idle PING (conn_live_cb) */
+    uint64_t live_due;      /* uv_now when `live` is due */
+    uint64_t up_ms;         /* uv_now when it last became READY */
+    uint64_t rx_ms;         /* uv_now of its last readiness to read (ev_read) */
+    uint64_t req_ms;        /* uv_now since when it owes replies (conn_sending) */
+    uint64_t reads;         /* readiness events to read (ev_read) */
+    uint64_t ping_reads;    /* `reads` when its last idle PING was sent */
+    int ping_out;           /* an idle PING was sent since it became READY (see conn_owed) */
+    size_t acks;            /* (single-mode sub) (UN)SUBSCRIBE replies owed: sum of its
+                               channels' inflight */
 };
 
 struct chan {
@@ -203,8 +217,10 @@ struct sh_redis_bus {
     uint64_t backoff_min_ms;         /* first retry delay */
     uint64_t backoff_max_ms;         /* retry delay cap */
     uint64_t connect_timeout_ms;     /* watchdog for connect + handshake */
+    uint64_t timeout_ms;             /* a ready connection owing replies, silent this long, is dropped */
     void (*on_state)(void *, int);   /* availability callback, may be NULL */
-    void *state_arg;                 /* passed to on_state */
+    void (*on_state_line)(void *, int, uint64_t); /* the owner's state line, may be NULL */
+    void *state_arg;                 /* passed to on_state and on_state_line */
     size_t read_budget;              /* bytes per readiness event, see the opts */
     struct conn cmd;                 /* command connection */
     struct conn *subs;               /* subscriber connections, nsubs of them */
@@ -212,7 +228,9 @@ struct sh_redis_bus {
     uint64_t sub_drops;              /* ready subscriber connections lost */
     uint64_t messages;               /* pub/sub messages received */
     uint64_t messages_dropped;       /* reported by consumers */
-    struct ratelimit state_rl;       /* for "bus up" / "bus down" lines */
+    uint64_t state_line_ms;          /* uv_now of the last state line, 0: none yet */
+    uint64_t state_changes;          /* availability changes since that line */
+    uv_timer_t state_timer;          /* logs the changes held back, a second after that line */
     struct chan *chans;              /* channel registry (uthash head) */
     struct chan *dirty;              /* channels to sweep once busy is 0 */
     unsigned busy;                   /* depth of user callbacks over the registry */
@@ -235,6 +253,7 @@ static void conn_timer_cb(uv_timer_t *t);
 static void sub_reply_cb(redisAsyncContext *ac, void *r, void *privdata);
 static void conn_lost(struct conn *c, const char *why);
 static void conn_ready(struct conn *c);
+static void conn_sending(struct conn *c);
 static void bus_update(sh_redis_bus *b);
 static void chan_settle(sh_redis_bus *b, struct chan *ch);
 static void chan_ack(sh_redis_bus *b, struct chan *ch);
@@ -462,10 +481,12 @@ static int chan_send_subscribe(sh_redis_bus *b, struct chan *ch)
     size_t lens[2] = {9, ch->len};
     (void)b;
     if (!sub_conn_writable(ch->conn)) return SH_REDIS_EUNAVAILABLE;
+    conn_sending(ch->conn);
     if (b->cl ? csub_send(ch->conn, ch, 0, 0) < 0
               : redisAsyncCommandArgv(ch->conn->ac, sub_reply_cb, ch->conn, 2, argv, lens) != REDIS_OK)
         return SH_REDIS_EUNAVAILABLE;
     ch->inflight++;
+    if (!b->cl) ch->conn->acks++;
     ch->sent = 1;
     ch->confirmed = 0;
     return 0;
@@ -480,9 +501,12 @@ static void chan_send_unsubscribe(sh_redis_bus *b, struct chan *ch)
     ch->confirmed = 0;
     ch->sent = 0;
     if (!was_sent || b->closing || !sub_conn_writable(ch->conn)) return;
+    conn_sending(ch->conn);
     if (b->cl ? csub_send(ch->conn, ch, 1, 0) == 0
-              : redisAsyncCommandArgv(ch->conn->ac, sub_reply_cb, ch->conn, 2, argv, lens) == REDIS_OK)
+              : redisAsyncCommandArgv(ch->conn->ac, sub_reply_cb, ch->conn, 2, argv, lens) == REDIS_OK) {
         ch->inflight++;
+        if (!b->cl) ch->conn->acks++;
+    }
 }
 
 /* Report confirmation to ch's pending subs (those present now: subs added
@@ -505,7 +529,10 @@ static void chan_confirm_pending(sh_redis_bus *b, struct chan *ch)
 /* A (un)subscribe reply for ch arrived. ch may be freed afterwards. */
 static void chan_ack(sh_redis_bus *b, struct chan *ch)
 {
-    if (ch->inflight) ch->inflight--;
+    if (ch->inflight) {
+        ch->inflight--;
+        if (!b->cl && ch->conn->acks) ch->conn->acks--;
+    }
     if (ch->inflight) return;
     if (ch->live > 0 && ch->sent && !ch->confirmed) {
         ch->confirmed = 1;
@@ -612,35 +639,75 @@ static unsigned subs_ready(const sh_redis_bus *b)
     return n;
 }
 
-/* Recompute availability; report a change through on_state. A subscriber
- * connection flapping under a flood would log two lines per cycle: they are
- * limited to one a second (the count held back is logged with the next). */
+/* Log the bus's state (b->up) now: its own line (unless own is 0: the first
+ * attempt's failure, which the connections logged) and the owner's
+ * (on_state_line), with the number of changes since the last line. */
+static void state_line(sh_redis_bus *b, int own)
+{
+    uint64_t n = b->state_changes, now = uv_now(b->loop);
+    char held[64] = "";
+    b->state_line_ms = now ? now : 1;
+    b->state_changes = 0;
+    if (n > 1)
+        snprintf(held, sizeof held, " (%llu up/down changes since the last line)",
+                 (unsigned long long)n);
+    if (own && b->up)
+        sh_info(NULL, "redis: bus up (%s, %u channels)%s", b->desc, HASH_COUNT(b->chans), held);
+    else if (own && b->cl)
+        sh_warn(NULL, "redis: bus down (%s): a master or the slot map is not ready; commands "
+                "and new subscriptions on its slots are refused until it is back%s", b->desc, held);
+    else if (own && b->cmd.state == CONN_READY)
+        sh_warn(NULL, "redis: bus down (%s): %u of %u subscriber connections ready; new "
+                "subscriptions on the others are refused until they are back%s", b->desc,
+                subs_ready(b), b->nsubs, held);
+    else if (own)
+        sh_warn(NULL, "redis: bus down (%s); commands and new subscriptions are refused "
+                "until it is back%s", b->desc, held);
+    if (b->on_state_line) {
+        busy_enter(b);
+        b->on_state_line(b->state_arg, b->up, n);
+        busy_leave(b);
+    }
+}
+
+/* The state timer: a second has passed since the last state line; log the
+ * changes held back meanwhile. */
+static void state_timer_cb(uv_timer_t *t)
+{
+    sh_redis_bus *b = t->data;
+    if (!b->closing && b->state_changes) state_line(b, 1);
+}
+
+/* Availability changed (b->up), or the first attempt failed (own 0). A
+ * flapping connection would log two lines per cycle: the state lines are
+ * limited to one a second, and what a second held back is logged at its end
+ * (the state of that moment and the number of changes). */
+static void state_change(sh_redis_bus *b, int own)
+{
+    uint64_t now = uv_now(b->loop);
+    b->state_changes++;
+    if (b->state_line_ms && now - b->state_line_ms < 1000) {
+        if (!uv_is_active((uv_handle_t *)&b->state_timer))
+            uv_timer_start(&b->state_timer, state_timer_cb, b->state_line_ms + 1000 - now, 0);
+        return;
+    }
+    state_line(b, own);
+}
+
+/* Recompute availability; report a change through on_state (and the state
+ * lines, at most one a second: state_change). */
 static void bus_update(sh_redis_bus *b)
 {
     int up = !b->closing && (b->cl ? cluster_up(b)
                                    : b->cmd.state == CONN_READY && subs_ready(b) == b->nsubs);
-    uint64_t held;
     if (up == b->up) return;
     b->up = up;
     if (up && b->cl) cluster_up_now(b);
     if (up) {
         if (b->ever_up) b->reconnects++;
         b->ever_up = 1;
-        if (ratelimit_ok(&b->state_rl, uv_now(b->loop), &held))
-            sh_info(NULL, "redis: bus up (%s, %u channels)%s", b->desc, HASH_COUNT(b->chans),
-                    held ? " (up/down lines held back in the last second)" : "");
-    } else if (ratelimit_ok(&b->state_rl, uv_now(b->loop), &held)) {
-        if (b->cl)
-            sh_warn(NULL, "redis: bus down (%s): a master or the slot map is not ready; commands "
-                    "and new subscriptions on its slots are refused until it is back", b->desc);
-        else if (b->cmd.state == CONN_READY)
-            sh_warn(NULL, "redis: bus down (%s): %u of %u subscriber connections ready; new "
-                    "subscriptions on the others are refused until they are back", b->desc,
-                    subs_ready(b), b->nsubs);
-        else
-            sh_warn(NULL, "redis: bus down (%s); commands and new subscriptions are refused "
-                    "until it is back", b->desc);
     }
+    if (!b->closing) state_change(b, 1);
     if (b->on_state && !b->closing) {
         busy_enter(b);
         b->on_state(b->state_arg, up);
@@ -655,12 +722,15 @@ static void conn_schedule_retry(struct conn *c)
     if (b->closing) return;
     if (c->node && !cluster_keep_retrying(c)) return;
     uv_timer_start(&c->timer, conn_timer_cb, c->backoff_ms, 0);
-    if (!b->ever_up && !b->first_down_reported && b->on_state) {
+    if (!b->ever_up && !b->first_down_reported) {
         /* the first attempt failed: say so once, so the owner knows where it stands */
         b->first_down_reported = 1;
-        busy_enter(b);
-        b->on_state(b->state_arg, 0);
-        busy_leave(b);
+        state_change(b, 0);
+        if (b->on_state) {
+            busy_enter(b);
+            b->on_state(b->state_arg, 0);
+            busy_leave(b);
+        }
     }
     c->backoff_ms = c->backoff_ms * 2 > b->backoff_max_ms ? b->backoff_max_ms : c->backoff_ms * 2;
 }
@@ -674,6 +744,94 @@ static size_t conn_channels(const sh_redis_bus *b, const struct conn *c)
     return n;
 }
 
+/* ---- liveness ------------------------------------------------------------ */
+
+/* 1 when the server owes c replies: hiredis awaits some (commands, a PING
+ * outside subscribed mode), or (a subscriber connection) (UN)SUBSCRIBE
+ * replies, or nothing arrived since its PING in subscribed mode (hiredis 0.14
+ * does not hand that answer back: any byte read after it counts). */
+static int conn_owed(const struct conn *c)
+{
+    if (c->ac && c->ac->replies.head) return 1;
+    if (c->role == ROLE_CMD) return 0;
+    if (c->acks || c->sq_head) return 1;
+    return c->ping_out && c->reads == c->ping_reads;
+}
+
+/* c is about to send a request that owes a reply: the wait starts now, unless
+ * replies are owed already (then it started with the first of them). */
+static void conn_sending(struct conn *c)
+{
+    if (!conn_owed(c)) c->req_ms = uv_now(c->bus->loop);
+}
+
+static void conn_live_cb(uv_timer_t *t);
+
+/* Run conn_live_cb in ms. */
+static void conn_live_arm(struct conn *c, uint64_t ms)
+{
+    c->live_due = uv_now(c->bus->loop) + ms;
+    uv_timer_start(&c->live, conn_live_cb, ms, 0);
+}
+
+/* An idle PING on c: its answer, or any byte, shows the server is alive. */
+static void conn_ping(struct conn *c)
+{
+    redisAsyncContext *ac = c->ac;
+    c->req_ms = uv_now(c->bus->loop);
+    c->ping_out = 1;
+    c->ping_reads = c->reads;
+    if (c->role == ROLE_SUB && (c->raw_ac == ac || (ac->c.flags & REDIS_SUBSCRIBED))) {
+        /* not through hiredis' callbacks: in subscribed mode hiredis 0.14 would take
+         * the next message push for its answer; the answer (["pong", ""]) is ignored
+         * as any push of no channel is */
+        if (redisAppendCommand(&ac->c, "PING") == REDIS_OK && ac->ev.addWrite)
+            ac->ev.addWrite(ac->ev.data);
+    } else {
+        redisAsyncCommand(ac, NULL, NULL, "PING");
+    }
+}
+
+/* c's liveness timer while READY. Lazy: reads and sends never touch it; when
+ * it fires it finds the next deadline from rx_ms and req_ms. Replies owed and
+ * nothing read for timeout_ms: the connection is dropped (a hung server);
+ * nothing owed and nothing read for timeout_ms / 2: a PING. */
+static void conn_live_cb(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    sh_redis_bus *b = c->bus;
+    uint64_t now = uv_now(b->loop), limit = b->timeout_ms, idle = limit / 2 ? limit / 2 : 1;
+    redisAsyncContext *ac = c->ac;
+    char why[80];
+    int avail = 0;
+    if (b->closing || !ac || c->state != CONN_READY) return;
+    if (now - c->live_due > idle)
+        c->rx_ms = now; /* this loop was held up: the silence was ours, not the server's */
+    if (!conn_owed(c)) {
+        if (now - c->rx_ms < idle) {
+            conn_live_arm(c, c->rx_ms + idle - now);
+        } else {
+            conn_ping(c);
+            conn_live_arm(c, idle);
+        }
+        return;
+    }
+    uint64_t since = c->rx_ms > c->req_ms ? c->rx_ms : c->req_ms;
+    if (now - since < limit) {
+        conn_live_arm(c, since + limit - now);
+        return;
+    }
+    if (ioctl(ac->c.fd, FIONREAD, &avail) == 0 && avail > 0) {
+        conn_live_arm(c, idle); /* an answer waits to be read: this loop is late */
+        return;
+    }
+    snprintf(why, sizeof why, "no reply within %llu ms (the server is hung or unreachable)",
+             (unsigned long long)limit);
+    c->timed_out = 1;
+    conn_lost(c, why);   /* c->ac is NULL from here on: hiredis' callbacks below see a foreign context */
+    redisAsyncFree(ac);  /* pending commands: (NULL, "closed") */
+}
+
 /* c's context is gone (hiredis is freeing it, or we freed it): mark the
  * connection idle, schedule a retry, update availability, and for a
  * subscriber connection fail its channels' pending confirmations. */
@@ -682,13 +840,19 @@ static void conn_lost(struct conn *c, const char *why)
     sh_redis_bus *b = c->bus;
     enum conn_state was = c->state;
     char rn[32];
-    uint64_t held;
+    uint64_t held, now = uv_now(b->loop);
+    int timed_out = c->timed_out;
     c->ac = NULL;
     c->state = CONN_IDLE;
     c->hs_left = 0;
     c->resub_left = 0;
+    c->acks = 0;
+    c->timed_out = 0;
+    uv_timer_stop(&c->live);
     if (c->node) cluster_conn_lost(c);
     if (b->closing) return;
+    if (was == CONN_READY && now - c->up_ms >= STABLE_MS)
+        c->backoff_ms = b->backoff_min_ms; /* else it keeps growing: a flapping connection */
     if (c->role == ROLE_SUB && was == CONN_READY) {
         /* messages on this connection's channels are lost until it is back */
         b->sub_drops++;
@@ -697,7 +861,7 @@ static void conn_lost(struct conn *c, const char *why)
                     "are lost until it is back%s (%llu subscriber connection losses so far%s); "
                     "retrying every %llu..%llu ms", role_name(c, rn), b->desc, why,
                     conn_channels(b, c),
-                    b->cmd.state == CONN_READY
+                    b->cmd.state == CONN_READY && !timed_out
                         ? "; the command connection is still up: if it stays up, Redis closed "
                           "this one itself, usually for client-output-buffer-limit pubsub (a "
                           "flood on one of its channels)"
@@ -727,7 +891,9 @@ static void conn_ready(struct conn *c)
     char rn[32];
     uv_timer_stop(&c->timer);
     c->state = CONN_READY;
-    c->backoff_ms = b->backoff_min_ms;
+    c->up_ms = c->rx_ms = c->req_ms = uv_now(b->loop);
+    c->ping_out = 0;
+    conn_live_arm(c, b->timeout_ms / 2 ? b->timeout_ms / 2 : 1);
     if (c->fails) { /* a flapping subscriber connection: only with its loss lines */
         if (c->rl.suppressed == 0)
             sh_info(NULL, "redis: %s connection to %s restored", role_name(c, rn), b->desc);
@@ -771,6 +937,7 @@ static void sub_resubscribe(struct conn *c)
         HASH_ITER(hh, b->chans, ch, tmp) {
             if (ch->conn != c || ch->live == 0) continue;
             ch->inflight++;
+            c->acks++;
             ch->sent = 1;
             ch->confirmed = 0;
         }
@@ -1052,8 +1219,10 @@ static void conn_read(redisAsyncContext *ac)
  * handle's close callback, a later loop iteration). */
 static void ev_read(redisLibuvEvents *p)
 {
-    const struct conn *c = p->context->data;
+    struct conn *c = p->context->data;
     size_t budget = c->bus->read_budget, done = HIREDIS_READ_SIZE;
+    c->rx_ms = uv_now(c->bus->loop); /* liveness: its one cost per readiness event */
+    c->reads++;
     conn_read(p->context);
     while (done < budget && p->context && (p->context->c.flags & REDIS_CONNECTED)) {
         int avail = 0;
@@ -1359,7 +1528,9 @@ static void conn_init(sh_redis_bus *b, struct conn *c, enum conn_role role, unsi
     c->backoff_ms = b->backoff_min_ms;
     uv_timer_init(b->loop, &c->timer);
     c->timer.data = c;
-    b->handles_open++;
+    uv_timer_init(b->loop, &c->live);
+    c->live.data = c;
+    b->handles_open += 2;
 }
 
 /* Contract in redis_bus.h. */
@@ -1415,13 +1586,17 @@ int sh_redis_bus_new(uv_loop_t *loop, const sh_redis_opts *o, sh_redis_bus **out
     if (b->backoff_max_ms < b->backoff_min_ms) b->backoff_max_ms = b->backoff_min_ms;
     b->connect_timeout_ms =
         o->connect_timeout_ms ? o->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
+    b->timeout_ms = o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS;
     b->on_state = o->on_state;
+    b->on_state_line = o->on_state_line;
     b->state_arg = o->state_arg;
     conn_init(b, &b->cmd, ROLE_CMD, 0);
     for (unsigned i = 0; i < nsubs; i++) conn_init(b, &b->subs[i], ROLE_SUB, i);
     uv_timer_init(loop, &b->close_timer);
     b->close_timer.data = b;
-    b->handles_open++;
+    uv_timer_init(loop, &b->state_timer);
+    b->state_timer.data = b;
+    b->handles_open += 2;
     if (cluster) cluster_start(b);
 
     struct sigaction sa;
@@ -1602,6 +1777,7 @@ int sh_redis_command(sh_redis_bus *b, int argc, const char **argv, const size_t 
     if (!cmd) return SH_REDIS_ENOMEM;
     cmd->cb = cb;
     cmd->arg = arg;
+    conn_sending(&b->cmd);
     if (redisAsyncCommandArgv(b->cmd.ac, cmd_reply_cb, cmd, argc, argv, argvlen) != REDIS_OK) {
         free(cmd);
         return SH_REDIS_EUNAVAILABLE;
@@ -1727,9 +1903,21 @@ static void conn_shutdown(struct conn *c)
 {
     redisAsyncContext *ac = c->ac;
     uv_timer_stop(&c->timer);
+    uv_timer_stop(&c->live);
     c->ac = NULL;
     c->state = CONN_IDLE;
     if (ac) redisAsyncFree(ac);
+}
+
+/* Close c's two timers (the close's last turn; each counts in handles_open). */
+static void conn_close_timers(struct conn *c)
+{
+    uv_timer_t *ts[2] = {&c->timer, &c->live};
+    for (int i = 0; i < 2; i++) {
+        uv_timer_stop(ts[i]);
+        ts[i]->data = c->bus;
+        uv_close((uv_handle_t *)ts[i], bus_handle_closed);
+    }
 }
 
 /* Detach every remaining live sub (its owner still unsubscribes it, which then
@@ -1774,15 +1962,11 @@ static void bus_close_cb(uv_timer_t *t)
         uv_timer_start(&b->close_timer, bus_close_cb, 0, 0);
         return;
     }
-    uv_timer_stop(&b->cmd.timer);
-    b->cmd.timer.data = b;
-    uv_close((uv_handle_t *)&b->cmd.timer, bus_handle_closed);
-    for (unsigned i = 0; i < b->nsubs; i++) {
-        uv_timer_stop(&b->subs[i].timer);
-        b->subs[i].timer.data = b;
-        uv_close((uv_handle_t *)&b->subs[i].timer, bus_handle_closed);
-    }
+    conn_close_timers(&b->cmd);
+    for (unsigned i = 0; i < b->nsubs; i++) conn_close_timers(&b->subs[i]);
     if (b->cl) cluster_close_turn(b, 1);
+    uv_timer_stop(&b->state_timer);
+    uv_close((uv_handle_t *)&b->state_timer, bus_handle_closed);
     uv_close((uv_handle_t *)&b->close_timer, bus_handle_closed);
 }
 
@@ -1946,6 +2130,7 @@ static void conn_retire(struct conn *c)
 {
     redisAsyncContext *ac = c->ac;
     uv_timer_stop(&c->timer);
+    uv_timer_stop(&c->live);
     c->ac = NULL;
     c->state = CONN_IDLE;
     c->fails = 0;
@@ -2374,6 +2559,7 @@ static void map_timer_cb(uv_timer_t *t)
         return;
     }
     const char *argv[2] = {"CLUSTER", cl->use_slots ? "SLOTS" : "SHARDS"};
+    conn_sending(&n->cmd);
     if (redisAsyncCommandArgv(n->cmd.ac, map_reply_cb, n, 2, argv, NULL) != REDIS_OK) {
         cluster_refresh_later(b);
         cl->map_down_retry = 0; /* wanted whether the bus is up or not */
@@ -2419,6 +2605,7 @@ static int ccmd_send(struct node *n, struct sh_redis_cmd *cmd)
 {
     redisAsyncContext *ac = n->cmd.ac;
     if (n->cmd.state != CONN_READY || !ac) return -1;
+    conn_sending(&n->cmd);
     if (cmd->asking && redisAsyncCommand(ac, NULL, NULL, "ASKING") != REDIS_OK) return -1;
     return redisAsyncFormattedCommand(ac, ccmd_reply_cb, cmd, cmd->fmt, cmd->fmtlen) == REDIS_OK
                ? 0 : -1;
@@ -2505,6 +2692,7 @@ static int csub_send(struct conn *c, struct chan *ch, int unsub, int resub)
     const char *argv[2] = {unsub ? "SUNSUBSCRIBE" : "SSUBSCRIBE", ch->name};
     size_t lens[2] = {unsub ? 12u : 10u, ch->len};
     struct sreq *q = malloc(sizeof *q);
+    if (q && ac && c->raw_ac == ac) conn_sending(c);
     if (!q || !ac || c->raw_ac != ac || redisAppendCommandArgv(&ac->c, 2, argv, lens) != REDIS_OK) {
         free(q);
         return -1;
@@ -2677,12 +2865,8 @@ static void cluster_close_turn(sh_redis_bus *b, int turn)
         return;
     }
     for (struct node *n = cl->nodes; n; n = n->next) {
-        struct conn *cs[2] = {&n->cmd, &n->sub};
-        for (int i = 0; i < 2; i++) {
-            uv_timer_stop(&cs[i]->timer);
-            cs[i]->timer.data = b;
-            uv_close((uv_handle_t *)&cs[i]->timer, bus_handle_closed);
-        }
+        conn_close_timers(&n->cmd);
+        conn_close_timers(&n->sub);
     }
     uv_close((uv_handle_t *)&cl->map_timer, bus_handle_closed);
 }

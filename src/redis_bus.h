@@ -11,6 +11,20 @@
  *                          ▲                                              │
  *                          └── capped exponential backoff ◄── server lost ┘
  *
+ * The backoff starts over only once a connection stayed up for a second: one
+ * that is lost again and again right after it is restored (a flood, a server
+ * or proxy that kills it, a reply that breaks the protocol at each
+ * re-subscription) is retried ever more slowly, up to the cap.
+ *
+ * Liveness (timeout_ms): a ready connection that owes replies (commands,
+ * (UN)SUBSCRIBE, a PING) and has received nothing for timeout_ms is dropped
+ * and reconnected like any lost one (a hung server: SIGSTOP, a frozen VM, a
+ * partition that drops packets; TCP alone notices none of them for minutes).
+ * A connection that received nothing for timeout_ms / 2 and owes nothing
+ * sends a PING. Cost on a busy connection: one store per readiness event.
+ * A late timer (this process's own loop held up) does not count against
+ * the server.
+ *
  * Why K subscriber connections: Redis closes a subscriber whose unread output
  * exceeds `client-output-buffer-limit pubsub` (default 32mb hard, 8mb for
  * 60 s). One flooded channel then used to take every channel of the process
@@ -102,10 +116,19 @@ typedef struct {
     uint64_t backoff_min_ms; /* first retry delay; 0 → 100 */
     uint64_t backoff_max_ms; /* cap of the doubling delay; 0 → 5000 */
     uint64_t connect_timeout_ms; /* connect + handshake must finish within this; 0 → 5000 */
+    uint64_t timeout_ms;     /* a ready connection owing replies that receives nothing for
+                                this long is dropped (see "Liveness"); 0 → 5000 */
     void (*on_state)(void *arg, int up); /* bus became available (1) or unavailable (0);
                                             also (0) once when the very first attempt
                                             fails; never called after sh_redis_bus_close() */
-    void *state_arg;         /* passed to on_state */
+    void (*on_state_line)(void *arg, int up, uint64_t changes);
+                             /* NULL, or the owner's log line of the bus's state, at most one
+                                a second: at a change of on_state when no line was logged in
+                                the last second, else at the end of that second with the
+                                state of that moment; changes: how many changes of on_state
+                                happened since the previous line (1 but for a flapping bus);
+                                never called after sh_redis_bus_close() */
+    void *state_arg;         /* passed to on_state and on_state_line */
 } sh_redis_opts;
 
 /* Cluster mode (sh_redis_opts.cluster). The bus keeps the same API over a

@@ -131,12 +131,22 @@ static void start_listening(sh_server *s);
 
 static void on_redis_state(void *arg, int up)
 {
-    sh_server *s = arg;
+    (void)up;
+    start_listening(arg);
+}
+
+/* At most one line a second, however often a connection flaps (redis_bus.h). */
+static void on_redis_state_line(void *arg, int up, uint64_t changes)
+{
+    char held[64] = "";
+    (void)arg;
+    if (changes > 1)
+        snprintf(held, sizeof held, " (%llu up/down changes since the last line)",
+                 (unsigned long long)changes);
     if (up)
-        sh_info(NULL, "redis up");
+        sh_info(NULL, "redis up%s", held);
     else
-        sh_warn(NULL, "redis unavailable: reconnecting");
-    start_listening(s);
+        sh_warn(NULL, "redis unavailable: reconnecting%s", held);
 }
 
 static int redis_up(const sh_server *s)
@@ -340,7 +350,9 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
     snprintf(name, sizeof name, "statushost-%s", s->instance);
     sh_redis_opts ro = {.url = s->gen->cfg.redis, .cluster = cluster, .client_name = name,
                         .sub_connections = (unsigned)s->gen->cfg.redis_sub_connections,
-                        .on_state = on_redis_state, .state_arg = s};
+                        .on_state = on_redis_state, .on_state_line = on_redis_state_line,
+                        .connect_timeout_ms = s->gen->cfg.redis_timeout_ms,
+                        .timeout_ms = s->gen->cfg.redis_timeout_ms, .state_arg = s};
     int rc = sh_redis_bus_new(loop, &ro, &s->host.bus);
     if (rc != 0) {
         snprintf(err, errsz, "redis%s \"%s\": %s", cluster[0] ? "_cluster" : "",
