@@ -14,8 +14,8 @@
  * So decode and encode run only when the room left under the cap could hold the most
  * they can make (decode: CJSON_GROWTH bytes per byte of text; encode: a bound of its text
  * from a walk of the value, sh_json_encode_bound), after a full collection if need be,
- * and then with the cap lifted and the collector stopped (no step, so no finalizer: no
- * Lua runs meanwhile): nothing inside can be refused. With less room the call fails as a
+ * and then with the cap lifted (no policy Lua can run meanwhile: no finalizer of a
+ * policy's is reachable): nothing inside can be refused. With less room the call fails as a
  * refused allocation does: "not enough memory" (cjson.safe: nil and that message). Both
  * charge the budget a VM instruction per SH_BUDGET_BYTES_PER_INSTRUCTION bytes of text.
  * Instances do not keep an encode buffer (encode_keep_buffer(true) is taken as false:
