@@ -415,6 +415,9 @@ static int conn_close(lua_State *L)
         return sh_argerror(L, 2, "not a close code an endpoint may send");
     if (rl > 123)
         return sh_argerror(L, 3, "close reason over 123 bytes");
+    /* RFC 6455 §5.5.1: UTF-8 (a browser fails the connection on one that is not) */
+    if (memchr(reason, '\0', rl) || !sh_utf8_valid((const uint8_t *)reason, rl))
+        return sh_argerror(L, 3, "close reason must be UTF-8 text without NUL bytes");
     if (!c || !sh_conn_open(c))
         return fail(L, "closed");
     sh_conn_ws_close(c, (uint16_t)code, reason);

@@ -1188,6 +1188,10 @@ static void post(sh_task *t, int nargs)
 
 void sh_host_run(sh_host *h)
 {
+    /* The tasks queued when this pass starts; those they queue run at the next pass, one
+     * loop iteration later (the waker keeps the loop from waiting meanwhile): a chain of
+     * tasks each starting the next (host.spawn) cannot hold the loop. */
+    sh_task *last = h->ready_tail;
     while (h->ready) {
         sh_task *t = h->ready;
         h->ready = t->ready_next;
@@ -1195,8 +1199,10 @@ void sh_host_run(sh_host *h)
             h->ready_tail = NULL;
         t->ready_next = NULL;
         task_run(t);
+        if (t == last)
+            break;
     }
-    if (h->started)
+    if (h->started && !h->ready)
         uv_idle_stop(&h->waker);
     if (h->started && h->closing) {
         h->started = 0;

@@ -268,12 +268,14 @@ int main(int argc, char **argv)
         return 2;
     }
     int rc;
+    /* a write to a pipe whose reader went away (the log's) fails with EPIPE instead of
+     * killing the process: the master's as a worker's */
+    signal(SIGPIPE, SIG_IGN);
     if (do_check) {
         rc = check(&o);
     } else if ((rc = maybe_master(&o)) >= 0) {
         /* the master's status, or a configuration error */
     } else {
-        signal(SIGPIPE, SIG_IGN);
         raise_fd_limit();
         uv_loop_t *loop = uv_default_loop();
         sh_server s;

@@ -165,7 +165,8 @@ char *sh_metrics_render(const sh_metrics *m, int redis_up, size_t *len)
     }
     put(&t, "statushost_dispatch_seconds_bucket{le=\"+Inf\"} %llu\n",
         (unsigned long long)m->dispatch_count);
-    put(&t, "statushost_dispatch_seconds_sum %.6f\n", m->dispatch_sum);
+    char v[32];
+    put(&t, "statushost_dispatch_seconds_sum %s\n", sh_prom_value(v, sizeof v, m->dispatch_sum));
     put(&t, "statushost_dispatch_seconds_count %llu\n", (unsigned long long)m->dispatch_count);
     process_gauge(&t, "process_resident_memory_bytes", "Resident memory size in bytes.",
                   resident_bytes());

@@ -3,6 +3,7 @@
 #define SH_METRICS_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #define SH_DISPATCH_BUCKETS 12
@@ -52,5 +53,19 @@ char *sh_metrics_render(const sh_metrics *m, int redis_up, size_t *len);
  * *text is replaced (malloc'd); returns 0, or -1 when out of memory (*text
  * unchanged). */
 int sh_metrics_add_label(char **text, size_t *len, const char *label);
+
+/* v as a Prometheus sample value in buf (n bytes): NaN, +Inf, -Inf or "%.17g" (C prints
+ * "-nan" for inf + -inf, which Prometheus' parser refuses: one such sum failed every
+ * later scrape). Returns buf. */
+static inline const char *sh_prom_value(char *buf, size_t n, double v)
+{
+    if (v != v)
+        snprintf(buf, n, "NaN");
+    else if (v > 1.7976931348623157e308 || v < -1.7976931348623157e308)
+        snprintf(buf, n, "%s", v > 0 ? "+Inf" : "-Inf");
+    else
+        snprintf(buf, n, "%.17g", v);
+    return buf;
+}
 
 #endif

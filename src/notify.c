@@ -1,5 +1,7 @@
-/* notify.c — see notify.h. libsystemd's sd_notify() does the datagram,
- * the abstract-namespace socket names and the credentials. */
+/* notify.c — see notify.h. The datagram to $NOTIFY_SOCKET is sent here, never
+ * blocking (libsystemd's sd_notify() waits when nobody reads the socket: the loop
+ * then stalled until the watchdog aborted the process); libsystemd parses
+ * WATCHDOG_USEC. */
 #include "notify.h"
 
 #include <errno.h>
@@ -7,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 
 #include <systemd/sd-daemon.h>
@@ -25,6 +29,31 @@ void sh_notify_to_master(int fd, int index)
     unsetenv("NOTIFY_SOCKET"); /* systemd hears the master only (NotifyAccess=main) */
     unsetenv("WATCHDOG_USEC");
     unsetenv("WATCHDOG_PID");
+}
+
+/* state as one datagram to $NOTIFY_SOCKET (a path, or "@name" in the abstract namespace),
+ * from a non-blocking socket made once: a socket nobody reads loses the message (EAGAIN)
+ * instead of holding the loop. 1 sent, 0 no NOTIFY_SOCKET, or -errno. */
+static int notify_send(const char *state)
+{
+    static int fd = -1;
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (!path || !*path)
+        return 0;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t n = strlen(path);
+    if ((path[0] != '/' && path[0] != '@') || n >= sizeof sa.sun_path)
+        return -EAFNOSUPPORT;
+    memcpy(sa.sun_path, path, n);
+    if (path[0] == '@')
+        sa.sun_path[0] = '\0';
+    if (fd < 0 && (fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0)
+        return -errno;
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+    if (sendto(fd, state, strlen(state), MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&sa,
+               len) < 0)
+        return -errno;
+    return 1;
 }
 
 int sh_notify(const char *state)
@@ -45,9 +74,9 @@ int sh_notify(const char *state)
                      (unsigned long long)ts.tv_nsec / 1000ull);
         state = buf;
     }
-    int rc = sd_notify(0, state);
+    int rc = notify_send(state);
     if (rc < 0) {
-        sh_debug(NULL, "sd_notify: %s", strerror(-rc));
+        sh_debug(NULL, "notify: %s", strerror(-rc));
         return -1;
     }
     return rc > 0;
@@ -78,7 +107,7 @@ static int wd_open;
 static void on_watchdog(uv_timer_t *h)
 {
     (void)h;
-    sd_notify(0, "WATCHDOG=1");
+    sh_notify("WATCHDOG=1");
 }
 
 void sh_notify_watchdog_start(uv_loop_t *loop)
@@ -95,7 +124,7 @@ void sh_notify_watchdog_start(uv_loop_t *loop)
     uv_timer_start(&wd_timer, on_watchdog, ms, ms);
     uv_unref((uv_handle_t *)&wd_timer);
     wd_open = 1;
-    sd_notify(0, "WATCHDOG=1");
+    sh_notify("WATCHDOG=1");
     sh_info(NULL, "systemd watchdog: pinging every %llums", (unsigned long long)ms);
 }
 

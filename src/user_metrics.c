@@ -9,6 +9,7 @@
 #include <lauxlib.h>
 
 #include "lua_io.h"
+#include "metrics.h"
 #include "utf8.h"
 
 #define MAX_METRICS 256
@@ -272,8 +273,9 @@ int sh_user_metrics_render(char **out, size_t *len, size_t *cap)
             series *s = &m->s[j];
             const char *l = s->labels;
             if (!m->histogram) {
-                bad |= put(out, len, cap, "statushost_%s%s%s%s %.17g\n", m->name, *l ? "{" : "",
-                           l, *l ? "}" : "", s->value);
+                char v[32];
+                bad |= put(out, len, cap, "statushost_%s%s%s%s %s\n", m->name, *l ? "{" : "",
+                           l, *l ? "}" : "", sh_prom_value(v, sizeof v, s->value));
                 continue;
             }
             for (int k = 0; k < NBUCKETS; k++)
@@ -281,8 +283,9 @@ int sh_user_metrics_render(char **out, size_t *len, size_t *cap)
                            *l ? "," : "", bounds[k], (unsigned long long)s->buckets[k]);
             bad |= put(out, len, cap, "statushost_%s_bucket{%s%sle=\"+Inf\"} %llu\n", m->name, l,
                        *l ? "," : "", (unsigned long long)s->count);
-            bad |= put(out, len, cap, "statushost_%s_sum%s%s%s %.17g\n", m->name, *l ? "{" : "", l,
-                       *l ? "}" : "", s->value);
+            char v[32];
+            bad |= put(out, len, cap, "statushost_%s_sum%s%s%s %s\n", m->name, *l ? "{" : "", l,
+                       *l ? "}" : "", sh_prom_value(v, sizeof v, s->value));
             bad |= put(out, len, cap, "statushost_%s_count%s%s%s %llu\n", m->name, *l ? "{" : "",
                        l, *l ? "}" : "", (unsigned long long)s->count);
         }
