@@ -458,6 +458,30 @@ static void json_str(struct lb *b, const char *str, size_t n)
         lb_put(b, "\"", 1);
 }
 
+/* The C1 control character at s[i] (of n bytes), as the bytes it takes: U+0080..U+009F
+ * in UTF-8 (C2 80..C2 9F: 2), or a byte 0x80..0x9F that no valid UTF-8 sequence holds (1);
+ * 0 when s[i] starts none. *seq gets the length of the valid UTF-8 sequence at i (1 for
+ * a byte that starts none), so a caller steps over a whole character at a time.
+ * Terminals that honour 8-bit controls take 0x9B (CSI) as an escape's start, and Unicode
+ * line readers U+0085 (NEL) as a line break. */
+static size_t c1_at(const unsigned char *s, size_t n, size_t i, size_t *seq)
+{
+    unsigned char c = s[i];
+    size_t len = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
+                 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    int ok = len > 0 && i + len <= n;
+    for (size_t k = 1; ok && k < len; k++)
+        ok = (s[i + k] & 0xC0) == 0x80;
+    if (ok && len == 3) /* no overlong form, no surrogate */
+        ok = !(c == 0xE0 && s[i + 1] < 0xA0) && !(c == 0xED && s[i + 1] >= 0xA0);
+    if (ok && len == 4)
+        ok = !(c == 0xF0 && s[i + 1] < 0x90) && !(c == 0xF4 && s[i + 1] >= 0x90);
+    *seq = ok ? len : 1;
+    if (ok)
+        return len == 2 && c == 0xC2 && s[i + 1] <= 0x9F ? 2 : 0;
+    return c >= 0x80 && c <= 0x9F ? 1 : 0;
+}
+
 /* A text-format field value: bare when safe, else quoted with \" \\ \n \r
  * \t and \xHH escapes. */
 static void text_value(struct lb *b, const char *s)
@@ -467,6 +491,11 @@ static void text_value(struct lb *b, const char *s)
     for (size_t i = 0; i < n && !quote; i++) {
         unsigned char c = (unsigned char)s[i];
         quote = c <= ' ' || c == '"' || c == '=' || c == '\\' || c == 0x7F;
+        if (c >= 0x80) {
+            size_t seq;
+            quote = c1_at((const unsigned char *)s, n, i, &seq) != 0;
+            i += seq - 1;
+        }
     }
     if (!quote) {
         lb_put(b, s, n);
@@ -482,13 +511,21 @@ static void text_value(struct lb *b, const char *s)
         case '\n': lb_put(b, "\\n", 2); break;
         case '\r': lb_put(b, "\\r", 2); break;
         case '\t': lb_put(b, "\\t", 2); break;
-        default:
-            if (c < 0x20 || c == 0x7F) {
-                snprintf(esc, sizeof esc, "\\x%02x", c);
-                lb_put(b, esc, 4);
+        default: {
+            size_t seq, c1 = c >= 0x80 ? c1_at((const unsigned char *)s, n, i, &seq) : 0;
+            if (c < 0x20 || c == 0x7F || c1) {
+                for (size_t k = 0; k < (c1 ? c1 : 1); k++) {
+                    snprintf(esc, sizeof esc, "\\x%02x", (unsigned char)s[i + k]);
+                    lb_put(b, esc, 4);
+                }
+                i += c1 ? c1 - 1 : 0;
+            } else if (c >= 0x80) {
+                lb_put(b, s + i, seq); /* the whole character */
+                i += seq - 1;
             } else {
                 lb_put(b, (const char *)&c, 1);
             }
+        }
         }
     }
     if (b->full)
@@ -644,9 +681,17 @@ static void build_and_emit(int level, const char *conn_id, const char *msg, size
         }
         /* one event, one line: fold any newline the message carries, and any
          * other control character (a client's terminal escapes, bells) */
-        for (size_t i = start; i < b.len; i++)
-            if (((unsigned char)b.p[i] < 0x20 && b.p[i] != '\t') || b.p[i] == 0x7F)
+        for (size_t i = start; i < b.len; i++) {
+            unsigned char c = (unsigned char)b.p[i];
+            if ((c < 0x20 && c != '\t') || c == 0x7F) {
                 b.p[i] = ' ';
+            } else if (c >= 0x80) { /* and the C1 controls (c1_at) */
+                size_t seq, c1 = c1_at((const unsigned char *)b.p, b.len, i, &seq);
+                if (c1)
+                    memset(b.p + i, ' ', c1);
+                i += (c1 ? c1 : seq) - 1;
+            }
+        }
         for (size_t i = 0; i < nf && !b.full; i++) {
             lb_puts(&b, " ");
             lb_puts(&b, f[i].key);

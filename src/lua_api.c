@@ -493,6 +493,10 @@ static int log_at(lua_State *L, enum sh_log_level level)
         used += len;
     }
     if (a > n) {
+        /* the line goes on as a C string: a NUL byte would end it there (a client could
+         * hide what follows); it reads as a space, as the other control characters */
+        for (char *z = memchr(line, '\0', used); z; z = memchr(z, '\0', used - (size_t)(z - line)))
+            *z = ' ';
         line[used] = '\0';
         sh_log_kv(level, current_conn_id(L), line, NULL);
         return 0;
@@ -506,7 +510,16 @@ static int log_at(lua_State *L, enum sh_log_level level)
         luaL_addvalue(&b);
     }
     luaL_pushresult(&b);
-    sh_log(level, current_conn_id(L), "%s", lua_tostring(L, -1));
+    size_t len;
+    const char *s = lua_tolstring(L, -1, &len);
+    char *copy = memchr(s, '\0', len) ? malloc(len + 1) : NULL; /* a Lua string stays as is */
+    if (copy) {
+        for (size_t i = 0; i <= len; i++)
+            copy[i] = i < len && s[i] == '\0' ? ' ' : s[i];
+        s = copy;
+    }
+    sh_log(level, current_conn_id(L), "%s", s);
+    free(copy);
     return 0;
 }
 

@@ -190,6 +190,9 @@ static void set_reason(sh_conn *c, const char *reason, size_t n)
     if (c->close_reason) {
         memcpy(c->close_reason, reason, n);
         c->close_reason[n] = '\0';
+        for (size_t i = 0; i < n; i++) /* kept as a C string: a NUL reads as a space */
+            if (c->close_reason[i] == '\0')
+                c->close_reason[i] = ' ';
     }
 }
 

@@ -165,6 +165,70 @@ def kit(path, timeout, prlimit_as=None):
 
 
 @S.test
+def log_lines_keep_what_follows_a_nul_byte():
+    """A policy logs a client's message and then the peer: host.log.info("client said:",
+    text, "peer=" .. conn.peer). A text message "before\\0after" (a NUL is valid UTF-8):
+    the line holds "after" and the peer, in text and in JSON (the NUL reads as a space).
+    The close reason "bye\\0hidden" reaches the access line whole (its NUL a space).
+    fails on old: yes (log_at joins the arguments with their NULs and hands the
+    line to sh_log_kv as a C string: everything after the NUL is lost, the peer too, so
+    a client hides the rest of any line that logs it; the close reason is kept as a C
+    string: "bye")."""
+    for fmt in ("text", "json"):
+        with Statushost(policy("ops_log_msg.lua"), redis=shared_redis(),
+                        sets=["log_format=" + fmt]) as sh:
+            mark = sh.mark()
+            c = WsClient(sh.port)
+            c.send_text("before\x00after")
+            assert c.recv() == (1, b"ok")
+            c.close(1000, b"bye\x00hidden")
+            c.expect_close()
+            line = sh.wait_log(r"client said: before", start=mark).string
+            assert "after" in line and "peer=127.0.0.1:" in line, (fmt, line)
+            acc = sh.wait_log(r"access", start=mark).string
+            assert "hidden" in acc, (fmt, acc)
+            c.shutdown()
+
+
+@S.test
+def text_log_lines_carry_no_c1_control_characters():
+    """log_format=text: a client's path and message hold C1 controls, U+009B (CSI: an
+    escape sequence's start in terminals that honour 8-bit controls) and U+0085 (NEL: a
+    line break for Unicode-aware readers, e.g. Python's str.splitlines), in UTF-8 and as
+    raw bytes 0x9B / 0x85. The README: "newlines and other control characters but tab
+    become spaces, so a client's terminal escapes never reach a terminal". No line the
+    server writes holds one, in the message or in a field.
+    fails on old: yes (only bytes < 0x20 and 0x7F are folded or escaped: the access
+    line's path=/p\\xc2\\x9b31mRED... and the messages "c1: \\xc2\\x9b31m ..." and
+    "raw: \\x9b31m" carry them as they came)."""
+    port = free_port()
+    p, rd, data = start_piped(["--listen", "127.0.0.1:%d" % port, "--redis", shared_redis().url,
+                               policy("ops_log_msg.lua")], 1)
+    try:
+        c = WsClient(port, path="/p%C2%9B31mRED%C2%85NEL%9B")
+        c.send_text("c1: \u009b31m red \u0085 nel")
+        assert c.recv() == (1, b"ok")
+        c.send(2, b"raw: \x9b31m \x85")
+        assert c.recv() == (1, b"ok")
+        c.close(1000, b"")
+        c.expect_close()
+        c.shutdown()
+        while b"access" not in data:
+            select.select([rd], [], [], 5)
+            data += os.read(rd, 65536)
+    finally:
+        p.kill()
+        p.wait()
+        os.close(rd)
+    bad = []
+    for line in data.split(b"\n"):
+        text = line.decode("utf-8", "surrogateescape")
+        if any(0x80 <= ord(ch) <= 0x9F or 0xDC80 <= ord(ch) <= 0xDC9F for ch in text):
+            bad.append(line)
+    assert not bad, "lines with C1 controls: %r" % bad[:3]
+
+
+@S.test
 def a_chain_of_spawned_tasks_does_not_stop_the_loop():
     """A policy's task spawns the next before it returns (host.spawn in a retry loop),
     for ever: each task is tiny, so no instruction budget is reached. The loop still
