@@ -1706,6 +1706,21 @@ def a_finalizer_put_on_a_library_metatable_cannot_block_the_loop():
             kill_if_hung(sh, e)
 
 
+def done_after_waits(policy):
+    """The policy's "charge <ms>" with the heap full (4 MiB) answers "done" after a wait of
+    0 ms and of 1,500 ms alike (lua_max_instructions 200,000,000)."""
+    r = shared_redis()
+    with host(policy, redis=r,
+              sets=["lua_max_memory=4194304", "lua_max_instructions=200000000"]) as sh:
+        for ms in (0, 1500):
+            c = ws(sh, timeout=30)
+            c.send_text("charge %d" % ms)
+            op, got = c.recv()
+            assert op == OP_TEXT and got.startswith(b"done "), (ms, op, got,
+                                                                 sh.log_text()[-600:])
+            c.shutdown()
+
+
 @S.test
 def a_wait_between_two_refused_allocations_is_not_charged_to_the_budget():
     """With the heap full (4 MiB), a hook's concatenation is refused (Lua collects, asks
@@ -1717,16 +1732,7 @@ def a_wait_between_two_refused_allocations_is_not_charged_to_the_budget():
     NULL, tag and size: charge_collection takes it for Lua's retry) and was charged the
     1.5 s since, wall clock, at 4 ns per instruction (375,000,000): "instruction budget
     exceeded" at the second pcall(cat), close 1011."""
-    r = shared_redis()
-    with host(pol("hard_charge_wait.lua"), redis=r,
-              sets=["lua_max_memory=4194304", "lua_max_instructions=200000000"]) as sh:
-        for ms in (0, 1500):
-            c = ws(sh, timeout=30)
-            c.send_text("charge %d" % ms)
-            op, got = c.recv()
-            assert op == OP_TEXT and got.startswith(b"done "), (ms, op, got,
-                                                                 sh.log_text()[-600:])
-            c.shutdown()
+    done_after_waits(pol("hard_charge_wait.lua"))
 
 
 @S.test
@@ -1840,16 +1846,7 @@ def a_refusal_in_one_run_is_not_charged_to_a_later_run():
     fails on old: yes: the callback's request matched the refusal noted by the
     message hook and was charged the 1.5 s since: "lua error in timer callback:
     instruction budget exceeded", close 1011."""
-    r = shared_redis()
-    with host(pol("hard_charge_timer.lua"), redis=r,
-              sets=["lua_max_memory=4194304", "lua_max_instructions=200000000"]) as sh:
-        for ms in (0, 1500):
-            c = ws(sh, timeout=30)
-            c.send_text("charge %d" % ms)
-            op, got = c.recv()
-            assert op == OP_TEXT and got.startswith(b"done "), (ms, op, got,
-                                                                 sh.log_text()[-600:])
-            c.shutdown()
+    done_after_waits(pol("hard_charge_timer.lua"))
 
 
 class _Remote(http.server.BaseHTTPRequestHandler):
