@@ -45,6 +45,7 @@
 #include <openssl/x509v3.h>
 
 #include "log.h"
+#include "str.h"
 
 #define DEFAULT_TIMEOUT_MS 30000
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000
@@ -487,8 +488,8 @@ static int request_build(const sh_http_opts *o, const char *method, const sh_url
         if (u->ipv6)
             rc |= buf_append(&b, "]", 1);
         if (u->port != (u->tls ? 443u : 80u)) {
-            snprintf(num, sizeof num, ":%u", u->port);
-            rc |= buf_puts(&b, num);
+            num[0] = ':';
+            rc |= buf_append(&b, num, 1 + sh_fmt_u64(num + 1, u->port));
         }
         rc |= buf_puts(&b, "\r\n");
     }
@@ -502,8 +503,9 @@ static int request_build(const sh_http_opts *o, const char *method, const sh_url
     int wants_len = o->body_len > 0 || strcmp(method, "POST") == 0 ||
                     strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0;
     if (!has_len && wants_len) {
-        snprintf(num, sizeof num, "Content-Length: %zu\r\n", o->body_len);
-        rc |= buf_puts(&b, num);
+        rc |= buf_puts(&b, "Content-Length: ");
+        rc |= buf_append(&b, num, sh_fmt_u64(num, o->body_len));
+        rc |= buf_puts(&b, "\r\n");
     }
     if (!has_conn)
         rc |= buf_puts(&b, "Connection: keep-alive\r\n");

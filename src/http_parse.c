@@ -18,6 +18,7 @@
 #include <openssl/evp.h>
 
 #include "static_files.h"
+#include "str.h"
 
 /* Where the parser is in the current request. */
 enum {
@@ -358,8 +359,7 @@ static int build_request(sh_http_parser *p)
         h[i].name = p->buf + p->at[i].name;
         h[i].value = p->buf + p->at[i].value;
     }
-    snprintf(r->method, sizeof r->method, "%s",
-             llhttp_method_name((llhttp_method_t)p->ll.method));
+    sh_strtrunc(r->method, sizeof r->method, llhttp_method_name((llhttp_method_t)p->ll.method));
     r->target = p->buf;
     r->path = p->buf + p->path_at;
     r->query = p->buf + p->query_at;

@@ -20,6 +20,7 @@
 #include "lua_io.h"
 #include "lua_lib.h"
 #include "metrics.h"
+#include "str.h"
 #include "user_metrics.h"
 #include "utf8.h"
 
@@ -560,7 +561,7 @@ static int spawn(lua_State *L, int detached)
     if (!t)
         return fail(L, "out of memory");
     if (cur && cur->log_id[0])
-        snprintf(t->log_id, sizeof t->log_id, "%s", cur->log_id);
+        sh_strtrunc(t->log_id, sizeof t->log_id, cur->log_id);
     if (!lua_checkstack(t->co, n)) { /* a new coroutine has room for a few values only */
         sh_task_discard(t);
         return fail(L, "out of memory");
@@ -861,7 +862,7 @@ int sh_policy_attach(sh_conn *c, sh_gen *g)
     p->gen = g;
     sh_gen_ref(g);
     p->ud_ref = p->request_ref = LUA_NOREF;
-    snprintf(p->owner.id, sizeof p->owner.id, "%s", c->id);
+    sh_strtrunc(p->owner.id, sizeof p->owner.id, c->id);
     p->owner.failed = owner_failed;
     p->owner.deliver = owner_deliver;
     c->app = p;
@@ -1087,7 +1088,7 @@ static void on_close(sh_pconn *p, const sh_conn_event *ev)
     sh_task *t = hook_task(p, SH_HOOK_CLOSE, NULL);
     if (!t)
         return;
-    snprintf(t->log_id, sizeof t->log_id, "%s", p->owner.id);
+    sh_strtrunc(t->log_id, sizeof t->log_id, p->owner.id);
     lua_pushinteger(t->co, ev->code);
     lua_pushstring(t->co, ev->reason);
     sh_task_start(t, 3, NULL, NULL);
