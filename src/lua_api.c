@@ -659,6 +659,15 @@ static int l_redis_up(lua_State *L)
     return 1;
 }
 
+/* host.exiting() → true once this script's generation serves no new connection: a
+ * reload replaced it, or the server is stopping (ngx.worker.exiting()). What it started
+ * lives on until it ends (a detached host.subscribe loop, say): this is how it learns to. */
+static int l_exiting(lua_State *L)
+{
+    lua_pushboolean(L, SH_GEN(L)->exiting);
+    return 1;
+}
+
 /* The policy surface. table: "" for host.NAME, "conn" for methods, else
  * host.TABLE.NAME. */
 static const struct api_fn {
@@ -672,6 +681,7 @@ static const struct api_fn {
     {"", "detach", l_detach},
     {"", "subscribe", sh_io_subscribe_fn},
     {"", "redis_up", l_redis_up},
+    {"", "exiting", l_exiting},
     {"", "random_hex", l_random_hex},
     {"", "secure_compare", l_secure_compare},
     {"redis", "call", sh_io_redis_call},

@@ -141,6 +141,8 @@ struct sh_gen {
     int pool_ref;                /* registry table: thread → true (anchors) */
     int loading;                 /* the main chunk runs: no tasks, timers or waits */
     int closing;                 /* shutting down: new waits fail with "closed" */
+    int exiting;                 /* serves no new connection (reloaded, or a graceful stop):
+                                  * host.exiting() */
     size_t mem, mem_max;         /* bytes the state uses; cap while tasks run (0: none) */
     void *blk_free[SH_BLK_CLASSES]; /* freed small blocks of the state, per size class */
     size_t blk_bytes;            /* bytes held in blk_free (at most SH_BLK_HELD_MAX) */

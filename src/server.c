@@ -415,6 +415,7 @@ void sh_server_reload(sh_server *s)
     if (sh_http_client_reconfigure(s->host.http, &ho, err, sizeof err) != 0)
         sh_error(NULL, "reload: http client keeps its previous TLS settings: %s", err);
     sh_gen *old = s->gen;
+    old->exiting = 1;
     s->gen = g;
     sh_gen_unref(old); /* it lives on while its connections and tasks do */
     sh_config_apply_log(&g->cfg);
@@ -454,6 +455,7 @@ void sh_server_shutdown(sh_server *s)
     if (s->stopping)
         return;
     s->stopping = 1;
+    s->gen->exiting = 1;
     sh_notify("STOPPING=1");
     stop_listening(s);
     sh_transport_stop(&s->tp);

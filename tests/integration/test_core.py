@@ -735,6 +735,8 @@ def sighup_reload_new_connections_get_new_policy():
             old = ws(sh)
             old.send_text("a")
             assert old.recv() == (OP_TEXT, b"v1:a")
+            old.send_text("exiting?")
+            assert old.recv() == (OP_TEXT, b"v1:exiting=false")
             versioned_script(tmp, "v2")
             mark = sh.mark()
             sh.signal(signal.SIGHUP)
@@ -744,6 +746,11 @@ def sighup_reload_new_connections_get_new_policy():
             assert new.recv() == (OP_TEXT, b"v2:b")
             old.send_text("c")
             assert old.recv() == (OP_TEXT, b"v1:c"), "a live connection keeps its policy"
+            # host.exiting(): the replaced generation knows it, the new one is not exiting
+            old.send_text("exiting?")
+            assert old.recv() == (OP_TEXT, b"v1:exiting=true")
+            new.send_text("exiting?")
+            assert new.recv() == (OP_TEXT, b"v2:exiting=false")
             m = sh.metrics()
             if "statushost_reloads_total" in m:
                 assert m["statushost_reloads_total"] == 1, m
@@ -751,6 +758,13 @@ def sighup_reload_new_connections_get_new_policy():
             assert old.recv()[0] == OP_CLOSE
             new.send_text("d")
             assert new.recv() == (OP_TEXT, b"v2:d")
+            sh.wait_log(r"v1 closed 1000 exiting=true")
+            # a graceful stop: the current generation is exiting too (its on_close says so)
+            mark = sh.mark()
+            sh.signal(signal.SIGTERM)
+            sh.wait_log(r"v2 closed 1001 exiting=true", start=mark)
+            assert sh.wait_exit(10) == 0
+            assert "exiting=false" not in sh.log_text(), sh.log_text()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
