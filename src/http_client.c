@@ -236,6 +236,9 @@ static void conn_connect(sh_http_conn *conn, const struct sockaddr *addr);
 static void conn_connect_next(sh_http_conn *conn);
 static void conn_resolve(sh_http_conn *conn);
 static void conn_io_failed(sh_http_conn *conn, int uverr, int writing);
+
+/* The request is still being written (a plain write or a TLS record in flight). */
+static int conn_writing(const sh_http_conn *conn) { return conn->wblob || conn->tls_writes; }
 static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf);
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void conn_tcp_closed(uv_handle_t *handle);
@@ -911,7 +914,7 @@ static void conn_io_error(sh_http_conn *conn, int err)
         conn_fail_tls(conn, err == UV_EOF ? "connection closed during the handshake"
                                           : uv_strerror(err));
     else
-        conn_io_failed(conn, err, conn->wblob || conn->tls_writes);
+        conn_io_failed(conn, err, conn_writing(conn));
 }
 
 /* Runs the handshake as far as the bytes received allow; once done, sends the call's request. */
@@ -1685,7 +1688,7 @@ static void conn_read_end(sh_http_conn *conn, ssize_t nread)
         conn_fail(conn, SH_HTTP_ECLOSED);
         return;
     }
-    conn_io_failed(conn, (int)nread, conn->wblob || conn->tls_writes); /* still writing? */
+    conn_io_failed(conn, (int)nread, conn_writing(conn));
 }
 
 /* Response bytes (plain, or decrypted): feed the parser when busy, drop the socket when idle. */
