@@ -946,6 +946,8 @@ static void dict_trim(sh_dict *d)
         item_free(d, d->tail);
 }
 
+size_t sh_lib_shared_bytes(void) { return g_total_used; }
+
 void sh_lib_shared_limits(size_t dict_bytes, size_t total_bytes)
 {
     int smaller = dict_bytes < g_default_bytes;

@@ -40,6 +40,10 @@ void sh_lib_shutdown(void);
  * sh_lib_shutdown puts back the defaults (config.h). */
 void sh_lib_shared_limits(size_t dict_bytes, size_t total_bytes);
 
+/* Bytes the shared dictionaries hold, items and headers (what
+ * shared_dict_total_bytes bounds): /metrics' shared_dict_bytes. */
+size_t sh_lib_shared_bytes(void);
+
 /* Tests only: move the shared dictionaries' monotonic clock forward. */
 void sh_lib_set_clock_offset_ms(int64_t offset_ms);
 /* Tests only (the policy test kit): the clock is the offset alone, so TTLs

@@ -2055,6 +2055,8 @@ def shared_dict_of_big_values_stays_within_its_byte_capacity():
         assert op == OP_TEXT and got == b"63 337 1048576", got
         if not SANITIZED:
             assert grown_mb < 64 + 32, "resident memory grew by %.0f MB" % grown_mb
+        held = metric(sh, "shared_dict_bytes")
+        assert 63 * 1048576 < held <= 64 * 1048576, "shared_dict_bytes %d" % held
         c.shutdown()
     with host(pol("hard_shdict.lua"), sets=["shared_dict_max_bytes=8388608"]) as sh:
         c = ws(sh, timeout=60)
