@@ -62,6 +62,8 @@ static const struct core_key core_keys[] = {
     {"http_ca_file", SH_CT_STRING, "", 0},
     {"http_tls_verify", SH_CT_BOOLEAN, NULL, 1},
     {"http_max_total_response_bytes", SH_CT_NUMBER, NULL, 67108864},
+    {"shared_dict_max_bytes", SH_CT_NUMBER, NULL, SH_SHARED_DICT_MAX_BYTES_DEFAULT},
+    {"shared_dict_total_bytes", SH_CT_NUMBER, NULL, SH_SHARED_DICT_TOTAL_BYTES_DEFAULT},
 };
 #define NCORE (sizeof core_keys / sizeof core_keys[0])
 
@@ -421,6 +423,8 @@ int sh_config_read(lua_State *L, int t, sh_config *cfg, char *err, size_t errsz)
         {"loop_stall_ms", 0, DAY, &cfg->loop_stall_ms, 0},
         {"workers", 1, 128, &cfg->workers, 1},
         {"http_max_total_response_bytes", 65536, 1024 * GB, &cfg->http_max_total_response_bytes, 1},
+        {"shared_dict_max_bytes", 8192, 1024 * GB, &cfg->shared_dict_max_bytes, 1},
+        {"shared_dict_total_bytes", 8192, 1024 * GB, &cfg->shared_dict_total_bytes, 1},
     };
     memset(cfg, 0, sizeof *cfg);
     t = lua_absindex(L, t);

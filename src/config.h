@@ -15,6 +15,9 @@
 /* defaults the script's loading needs before the merged config exists (lua_host.c) */
 #define SH_LUA_MAX_INSTRUCTIONS_DEFAULT 10000000
 #define SH_LUA_MAX_MEMORY_DEFAULT 268435456
+/* host.shared's byte caps until a configuration gives them (lua_lib.c) */
+#define SH_SHARED_DICT_MAX_BYTES_DEFAULT 67108864    /* a dict's capacity: 64 MiB */
+#define SH_SHARED_DICT_TOTAL_BYTES_DEFAULT 268435456 /* every dict together: 256 MiB */
 
 typedef struct sh_config {
     char listen_host[256];         /* from `listen` */
@@ -54,6 +57,8 @@ typedef struct sh_config {
     char *http_ca_file;            /* `http_ca_file`: PEM CAs for https; NULL: the system store */
     int http_tls_verify;           /* `http_tls_verify`: verify https certificates and names */
     size_t http_max_total_response_bytes; /* response memory of all outbound calls together */
+    size_t shared_dict_max_bytes;   /* host.shared capacity without max_bytes */
+    size_t shared_dict_total_bytes; /* every shared dict's items together */
 } sh_config;
 
 /* The type a key's value has, which decides how --set parses it. */

@@ -924,6 +924,8 @@ int sh_gen_load(sh_host *host, sh_api_open_fn open_api, const char *script,
         gen_free(g);
         return -1;
     }
+    /* the newest generation's config sets the shared dicts' caps */
+    sh_lib_shared_limits(g->cfg.shared_dict_max_bytes, g->cfg.shared_dict_total_bytes);
     if (host) {
         g->id = ++host->next_gen_id; /* failed loads take no number */
         DL_PREPEND2(host->gens, g, prev_gen, next_gen);

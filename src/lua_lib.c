@@ -5,7 +5,8 @@
  *   digests, hex       host.sha256/sha256_hex/hmac_sha256/to_hex/from_hex (libcrypto)
  *   URI                host.escape_uri/unescape_uri/decode_args
  *   addresses          sh_cidr_parse/sh_cidr_match/sh_peer_ip/sh_realip, host.ip_in
- *   shared dicts       host.shared(name): per-process C store (uthash + LRU list)
+ *   shared dicts       host.shared(name): per-process C store (uthash + LRU list),
+ *                      bounded in items and in bytes
  *   JSON               host.json.decode (json_decode.c), host.json.encode over a
  *                      private lua-cjson instance
  *
@@ -14,6 +15,7 @@
 #define _GNU_SOURCE /* memmem */
 #include "lua_lib.h"
 
+#include "config.h" /* the shared dicts' default byte caps */
 #include "json_decode.h"
 #include "lua_budget.h"
 
@@ -730,17 +732,31 @@ static int l_ip_in(lua_State *L)
 /* ============================================================ shared dicts */
 
 /* ngx.shared.DICT in one process: items in a uthash keyed by bytes, on an LRU
- * list (head = most recently used). Capacity is a count of items; a write
- * when full removes expired items from the LRU end, then the least recently
- * used live one (reported as `forcible`, as ngx does). Expiry is lazy (an
- * expired item is dropped when met) plus a bounded sweep from the LRU end on
- * every write. Times are milliseconds on CLOCK_MONOTONIC. */
+ * list (head = most recently used). Keys and values are C copies, outside
+ * every Lua state's lua_max_memory, so three caps bound them:
+ *   - a count of items (max_items);
+ *   - a capacity in bytes (max_bytes; without it shared_dict_max_bytes, which
+ *     follows the configuration), counting each item as DICT_ITEM_OVERHEAD +
+ *     its key + a string value's bytes (ngx's `lua_shared_dict name 10m`);
+ *   - the process total of every dict's items and headers
+ *     (shared_dict_total_bytes), so many dicts cannot add up without bound.
+ * A write that does not fit removes expired items from the LRU end, then the
+ * least recently used live ones (reported as `forcible`, as ngx does); the
+ * safe_ variants refuse instead ("no memory"), as does any write that would not
+ * fit even in an empty dict. Expiry is lazy (an expired item is dropped when
+ * met) plus a bounded sweep from the LRU end on every write. Times are
+ * milliseconds on CLOCK_MONOTONIC. */
 
 #define DICT_MT "statushost.shared_dict"
 #define DICT_DEFAULT_MAX 10000
 #define DICT_MAX_KEY 65535
 #define DICT_SWEEP 4           /* expired items checked per write */
 #define DICT_FULL_SCAN 32      /* LRU-end items checked for expiry when full */
+#define DICT_MIN_BYTES 8192    /* the smallest capacity (ngx's lua_shared_dict too) */
+#define DICT_MAX_BYTES (1ull << 40)
+/* What an item costs besides its key and value: its struct, the key's NUL,
+ * two malloc headers and its share of the hash's buckets. */
+#define DICT_ITEM_OVERHEAD (sizeof(dict_item) + 1 + 48)
 
 enum { V_STR, V_INT, V_NUM, V_BOOL };
 
@@ -765,6 +781,8 @@ typedef struct sh_dict {
     dict_item *items;
     dict_item *head, *tail;
     size_t count, max_items;
+    size_t used;      /* bytes of its items (item_size) */
+    size_t max_bytes; /* 0: g_default_bytes (shared_dict_max_bytes) */
     size_t nlen;
     char name[];
 } sh_dict;
@@ -779,6 +797,9 @@ static unsigned g_epoch = 1; /* bumped by sh_lib_shutdown: older handles are sta
 static int64_t g_clock_offset_ms;
 
 static int g_clock_virtual;
+static size_t g_default_bytes = SH_SHARED_DICT_MAX_BYTES_DEFAULT;
+static size_t g_total_max = SH_SHARED_DICT_TOTAL_BYTES_DEFAULT;
+static size_t g_total_used; /* every dict's items and headers */
 
 void sh_lib_set_clock_offset_ms(int64_t offset_ms) { g_clock_offset_ms = offset_ms; }
 void sh_lib_set_clock_virtual(int on) { g_clock_virtual = on; }
@@ -816,8 +837,27 @@ static void lru_push_head(sh_dict *d, dict_item *it)
         d->tail = it;
 }
 
+static size_t item_size(size_t klen, size_t vlen) { return DICT_ITEM_OVERHEAD + klen + vlen; }
+
+static size_t item_bytes(const dict_item *it)
+{
+    return item_size(it->klen, it->type == V_STR ? it->slen : 0);
+}
+
+static size_t dict_header(size_t nlen) { return sizeof(sh_dict) + nlen + 1 + 16; }
+
+static size_t dict_cap(const sh_dict *d) { return d->max_bytes ? d->max_bytes : g_default_bytes; }
+
+/* Item bytes in d: add, then take away sub (of what it already holds). */
+static void account(sh_dict *d, size_t add, size_t sub)
+{
+    d->used = d->used + add - sub;
+    g_total_used = g_total_used + add - sub;
+}
+
 static void item_free(sh_dict *d, dict_item *it)
 {
+    account(d, 0, item_bytes(it));
     HASH_DEL(d->items, it);
     lru_unlink(d, it);
     free(it->str);
@@ -863,49 +903,101 @@ static size_t sweep(sh_dict *d, int64_t now, size_t n)
     return freed;
 }
 
-/* Make room for one more item; *forcible = 1 when a live item was evicted. */
-static void make_room(sh_dict *d, int64_t now, int *forcible)
+/* Would an item of `size` bytes fit in d in place of `old` (the key's live
+ * item, or NULL)? */
+static int fits(const sh_dict *d, const dict_item *old, size_t size)
 {
-    if (d->count < d->max_items)
-        return;
-    sweep(d, now, DICT_FULL_SCAN);
-    while (d->count >= d->max_items && d->tail) {
-        item_free(d, d->tail);
-        *forcible = 1;
-    }
+    size_t old_size = old ? item_bytes(old) : 0;
+    return d->count - (old != NULL) < d->max_items && d->used - old_size + size <= dict_cap(d) &&
+           g_total_used - old_size + size <= g_total_max;
 }
 
+/* Make room in d for an item of `size` bytes replacing `old` (the key's live
+ * item, or NULL; never evicted here). Expired items at the LRU end go first,
+ * then, unless `safe`, the least recently used live ones (*forcible = 1).
+ * → 0, or -1 when it cannot fit: bigger than the capacity, or than what the
+ * other dicts leave of the process total, or (safe) no expired item to spare.
+ * Nothing live is evicted for a write that fails. */
+static int make_room(sh_dict *d, dict_item *old, size_t size, int64_t now, int safe, int *forcible)
+{
+    if (fits(d, old, size))
+        return 0;
+    if (size > dict_cap(d) || g_total_used - d->used + size > g_total_max)
+        return -1;
+    sweep(d, now, DICT_FULL_SCAN);
+    if (safe)
+        return fits(d, old, size) ? 0 : -1;
+    while (!fits(d, old, size)) {
+        dict_item *victim = d->tail == old ? old->prev : d->tail;
+        if (!victim)
+            return -1; /* cannot be: the checks above */
+        item_free(d, victim);
+        *forcible = 1;
+    }
+    return 0;
+}
+
+/* After a cap went down: expired items go, then LRU ones until d fits. */
 static void dict_trim(sh_dict *d)
 {
     int64_t now = dict_now();
     sweep(d, now, d->count);
-    while (d->count > d->max_items && d->tail)
+    while ((d->count > d->max_items || d->used > dict_cap(d)) && d->tail)
         item_free(d, d->tail);
 }
 
-static sh_dict *dict_get_or_create(const char *name, size_t nlen, size_t max_items, int set_max)
+size_t sh_lib_shared_bytes(void) { return g_total_used; }
+
+void sh_lib_shared_limits(size_t dict_bytes, size_t total_bytes)
+{
+    int smaller = dict_bytes < g_default_bytes;
+    g_default_bytes = dict_bytes;
+    g_total_max = total_bytes;
+    sh_dict *d, *tmp;
+    if (smaller)
+        HASH_ITER(hh, g_dicts, d, tmp)
+        {
+            if (!d->max_bytes)
+                dict_trim(d);
+        }
+}
+
+/* The dict `name`, created with the caps given (0: not given; max_items then
+ * DICT_DEFAULT_MAX, max_bytes the default), or changed to them. → NULL with
+ * *err when out of memory or when the process total has no room for it. */
+static sh_dict *dict_get_or_create(const char *name, size_t nlen, size_t max_items,
+                                   size_t max_bytes, const char **err)
 {
     sh_dict *d = NULL;
     HASH_FIND(hh, g_dicts, name, nlen, d);
     if (d) {
-        if (set_max && d->max_items != max_items) {
+        size_t cap = dict_cap(d), items = d->max_items;
+        if (max_items)
             d->max_items = max_items;
+        if (max_bytes)
+            d->max_bytes = max_bytes;
+        if (d->max_items < items || dict_cap(d) < cap)
             dict_trim(d);
-        }
         return d;
     }
+    *err = "shared_dict_total_bytes reached";
+    if (g_total_used + dict_header(nlen) > g_total_max)
+        return NULL;
+    *err = "out of memory";
     d = calloc(1, sizeof *d + nlen + 1);
     if (!d)
         return NULL;
     memcpy(d->name, name, nlen);
     d->nlen = nlen;
-    d->max_items = max_items;
+    d->max_items = max_items ? max_items : DICT_DEFAULT_MAX;
+    d->max_bytes = max_bytes;
     hash_oom = 0;
     HASH_ADD_KEYPTR(hh, g_dicts, d->name, d->nlen, d);
     if (hash_oom) {
         free(d);
         return NULL;
     }
+    g_total_used += dict_header(nlen);
     return d;
 }
 
@@ -926,11 +1018,33 @@ void sh_lib_shutdown(void)
     }
     g_dicts = NULL;
     g_epoch++;
+    g_total_used = 0;
+    g_default_bytes = SH_SHARED_DICT_MAX_BYTES_DEFAULT;
+    g_total_max = SH_SHARED_DICT_TOTAL_BYTES_DEFAULT;
 }
 
-/* host.shared(name [, max_items]) → dict — ngx.shared[name]. Created on first
- * use with max_items (default 10000); a later call that passes max_items
- * changes the cap (the newest script generation wins; excess LRU items go). */
+/* One cap of host.shared's options, the value at the top (nil: 0, not given):
+ * an integer lo..hi, else raises naming it. Pops it. */
+static size_t shared_cap(lua_State *L, const char *what, lua_Integer lo, lua_Integer hi)
+{
+    lua_Integer v = 0;
+    if (!lua_isnil(L, -1)) {
+        int ok = 0;
+        v = lua_tointegerx(L, -1, &ok);
+        if (!ok || v < lo || v > hi)
+            sh_lib_argerror(L, "host.shared", 2,
+                            lua_pushfstring(L, "%s must be %I..%I", what, (LUAI_UACINT)lo,
+                                            (LUAI_UACINT)hi));
+    }
+    lua_pop(L, 1);
+    return (size_t)v;
+}
+
+/* host.shared(name [, max_items | {max_items=, max_bytes=}]) → dict —
+ * ngx.shared[name]. Created on first use with the caps given (max_items
+ * default 10000; max_bytes default shared_dict_max_bytes, following the
+ * configuration); a later call that passes a cap changes it (the newest
+ * script generation wins; excess LRU items go). */
 static int l_shared(lua_State *L)
 {
     static const char fn[] = "host.shared";
@@ -938,13 +1052,32 @@ static int l_shared(lua_State *L)
     const char *name = check_str(L, 1, fn, &nlen);
     if (nlen == 0)
         return arg_error(L, fn, 1, "empty name");
-    int set_max = !lua_isnoneornil(L, 2);
-    lua_Integer max = opt_integer(L, 2, fn, DICT_DEFAULT_MAX);
-    if (max < 1 || max > 100000000)
-        return arg_error(L, fn, 2, "max_items must be 1..100000000");
-    sh_dict *d = dict_get_or_create(name, nlen, (size_t)max, set_max);
+    size_t max_items = 0, max_bytes = 0;
+    lua_settop(L, 2);
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, 2)) {
+            lua_pop(L, 1);
+            const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+            if (!k || (strcmp(k, "max_items") && strcmp(k, "max_bytes")))
+                return arg_error(L, fn, 2,
+                                 lua_pushfstring(L, "unknown option %s (max_items, max_bytes)",
+                                                 luaL_tolstring(L, -1, NULL)));
+        }
+        lua_getfield(L, 2, "max_items");
+        max_items = shared_cap(L, "max_items", 1, 100000000);
+        lua_getfield(L, 2, "max_bytes");
+        max_bytes = shared_cap(L, "max_bytes", DICT_MIN_BYTES, (lua_Integer)DICT_MAX_BYTES);
+    } else if (!lua_isnoneornil(L, 2) && !lua_isnumber(L, 2)) {
+        return type_error(L, fn, 2, "number or table");
+    } else {
+        lua_pushvalue(L, 2);
+        max_items = shared_cap(L, "max_items", 1, 100000000);
+    }
+    const char *err = NULL;
+    sh_dict *d = dict_get_or_create(name, nlen, max_items, max_bytes, &err);
     if (!d)
-        return luaL_error(L, "%s: out of memory", fn);
+        return luaL_error(L, "%s: %s", fn, err);
     dict_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->d = d;
     u->epoch = g_epoch;
@@ -1020,9 +1153,11 @@ static int push_ok(lua_State *L, int forcible)
     return 3;
 }
 
-/* Store the value at idx into it (the type was checked). → 0 or -1 (memory). */
-static int item_store(dict_item *it, lua_State *L, int idx)
+/* Store the value at idx into it (the type was checked), accounting the
+ * change of its size (make_room made room). → 0 or -1 (memory). */
+static int item_store(sh_dict *d, dict_item *it, lua_State *L, int idx)
 {
+    size_t before = item_bytes(it);
     switch (lua_type(L, idx)) {
     case LUA_TSTRING: {
         size_t n;
@@ -1035,6 +1170,7 @@ static int item_store(dict_item *it, lua_State *L, int idx)
         it->str = p;
         it->slen = n;
         it->type = V_STR;
+        account(d, item_bytes(it), before);
         return 0;
     }
     case LUA_TNUMBER:
@@ -1054,6 +1190,7 @@ static int item_store(dict_item *it, lua_State *L, int idx)
     free(it->str);
     it->str = NULL;
     it->slen = 0;
+    account(d, item_bytes(it), before);
     return 0;
 }
 
@@ -1067,10 +1204,10 @@ static void item_push(lua_State *L, const dict_item *it)
     }
 }
 
-/* A new item for key, at the LRU head; NULL when out of memory. */
-static dict_item *item_new(sh_dict *d, const char *key, size_t klen, int64_t now, int *forcible)
+/* A new item for key (a boolean until item_store), at the LRU head; NULL when
+ * out of memory. make_room made room. */
+static dict_item *item_new(sh_dict *d, const char *key, size_t klen)
 {
-    make_room(d, now, forcible);
     dict_item *it = calloc(1, sizeof *it + klen + 1);
     if (!it)
         return NULL;
@@ -1085,13 +1222,15 @@ static dict_item *item_new(sh_dict *d, const char *key, size_t klen, int64_t now
     }
     lru_push_head(d, it);
     d->count++;
+    account(d, item_bytes(it), 0);
     return it;
 }
 
 enum { OP_SET, OP_ADD, OP_REPLACE };
 
-/* set / add / replace (key, value [, ttl]) → ok, err, forcible */
-static int dict_store(lua_State *L, const char *fname, int op)
+/* set / add / replace (key, value [, ttl]) → ok, err, forcible; `safe`
+ * (safe_set, safe_add): nil, "no memory" rather than evicting live items */
+static int dict_store(lua_State *L, const char *fname, int op, int safe)
 {
     sh_dict *d = check_dict(L, fname);
     size_t klen;
@@ -1117,23 +1256,35 @@ static int dict_store(lua_State *L, const char *fname, int op)
         return push_ok(L, 0);
     }
     int forcible = 0;
-    if (!it && !(it = item_new(d, key, klen, now, &forcible)))
-        return push_fail(L, 0, "no memory", forcible);
-    if (item_store(it, L, 3) < 0) {
-        item_free(d, it);
-        return push_fail(L, 0, "no memory", forcible);
+    size_t size = item_size(klen, vt == LUA_TSTRING ? lua_rawlen(L, 3) : 0);
+    if (make_room(d, it, size, now, safe, &forcible) != 0)
+        return push_fail(L, 1, "no memory", forcible);
+    int fresh = !it;
+    if (!it && !(it = item_new(d, key, klen)))
+        return push_fail(L, 1, "no memory", forcible);
+    if (item_store(d, it, L, 3) < 0) {
+        if (fresh)
+            item_free(d, it);
+        return push_fail(L, 1, "no memory", forcible);
     }
     it->expires = ttl ? now + ttl : 0;
     item_touch(d, it);
     return push_ok(L, forcible);
 }
 
-/* dict:set(key, value [, ttl]) → true, nil, forcible — value nil deletes */
-static int d_set(lua_State *L) { return dict_store(L, "dict:set", OP_SET); }
+/* dict:set(key, value [, ttl]) → true, nil, forcible — value nil deletes;
+ * nil, "no memory" for an item bigger than the dict can hold */
+static int d_set(lua_State *L) { return dict_store(L, "dict:set", OP_SET, 0); }
 /* dict:add(key, value [, ttl]) → like set, or false, "exists" */
-static int d_add(lua_State *L) { return dict_store(L, "dict:add", OP_ADD); }
+static int d_add(lua_State *L) { return dict_store(L, "dict:add", OP_ADD, 0); }
 /* dict:replace(key, value [, ttl]) → like set, or false, "not found" */
-static int d_replace(lua_State *L) { return dict_store(L, "dict:replace", OP_REPLACE); }
+static int d_replace(lua_State *L) { return dict_store(L, "dict:replace", OP_REPLACE, 0); }
+/* dict:safe_set(key, value [, ttl]) → like set, but nil, "no memory" where
+ * set would evict a live item */
+static int d_safe_set(lua_State *L) { return dict_store(L, "dict:safe_set", OP_SET, 1); }
+/* dict:safe_add(key, value [, ttl]) → like add, but nil, "no memory" where
+ * add would evict a live item */
+static int d_safe_add(lua_State *L) { return dict_store(L, "dict:safe_add", OP_ADD, 1); }
 
 /* dict:get(key) → value | nil (nil, err for a nil/empty/long key) */
 static int d_get(lua_State *L)
@@ -1197,11 +1348,12 @@ static int d_incr(lua_State *L)
     lua_arith(L, LUA_OPADD);
     int res = lua_gettop(L);
     if (!it) {
-        if (!(it = item_new(d, key, klen, now, &forcible)))
+        if (make_room(d, NULL, item_size(klen, 0), now, 0, &forcible) != 0 ||
+            !(it = item_new(d, key, klen)))
             return push_fail(L, 1, "no memory", forcible);
         it->expires = init_ttl ? now + init_ttl : 0;
     }
-    item_store(it, L, res); /* a number: cannot fail */
+    item_store(d, it, L, res); /* a number: cannot fail, nor grow */
     item_touch(d, it);
     lua_pushnil(L);
     lua_pushboolean(L, forcible);
@@ -1336,6 +1488,27 @@ static int d_get_keys(lua_State *L)
     return 1;
 }
 
+/* dict:capacity() → the capacity in bytes (max_bytes, or shared_dict_max_bytes) */
+static int d_capacity(lua_State *L)
+{
+    sh_dict *d = check_dict(L, "dict:capacity");
+    lua_pushinteger(L, (lua_Integer)dict_cap(d));
+    return 1;
+}
+
+/* dict:free_space() → bytes a write can still take without evicting: what the
+ * capacity leaves, or less when the process total (shared_dict_total_bytes)
+ * leaves less. An item costs its key, its value and DICT_ITEM_OVERHEAD. */
+static int d_free_space(lua_State *L)
+{
+    sh_dict *d = check_dict(L, "dict:free_space");
+    size_t cap = dict_cap(d);
+    size_t in_dict = d->used < cap ? cap - d->used : 0;
+    size_t in_total = g_total_used < g_total_max ? g_total_max - g_total_used : 0;
+    lua_pushinteger(L, (lua_Integer)(in_dict < in_total ? in_dict : in_total));
+    return 1;
+}
+
 static int d_tostring(lua_State *L)
 {
     dict_ud *u = luaL_checkudata(L, 1, DICT_MT);
@@ -1351,6 +1524,8 @@ static const luaL_Reg dict_methods[] = {
     {"set", d_set},
     {"add", d_add},
     {"replace", d_replace},
+    {"safe_set", d_safe_set},
+    {"safe_add", d_safe_add},
     {"incr", d_incr},
     {"delete", d_delete},
     {"ttl", d_ttl},
@@ -1358,6 +1533,8 @@ static const luaL_Reg dict_methods[] = {
     {"flush_all", d_flush_all},
     {"flush_expired", d_flush_expired},
     {"get_keys", d_get_keys},
+    {"capacity", d_capacity},
+    {"free_space", d_free_space},
     {NULL, NULL},
 };
 

@@ -32,6 +32,18 @@ void sh_lib_register(lua_State *L, int module);
  * touching freed memory. */
 void sh_lib_shutdown(void);
 
+/* The shared dictionaries' byte caps, from the configuration of the script
+ * generation just loaded: dict_bytes (shared_dict_max_bytes) is the capacity
+ * of every dict created without max_bytes (those already made follow it:
+ * their least recently used items go when it shrinks), total_bytes
+ * (shared_dict_total_bytes) bounds every dict's items and headers together.
+ * sh_lib_shutdown puts back the defaults (config.h). */
+void sh_lib_shared_limits(size_t dict_bytes, size_t total_bytes);
+
+/* Bytes the shared dictionaries hold, items and headers (what
+ * shared_dict_total_bytes bounds): /metrics' shared_dict_bytes. */
+size_t sh_lib_shared_bytes(void);
+
 /* Tests only: move the shared dictionaries' monotonic clock forward. */
 void sh_lib_set_clock_offset_ms(int64_t offset_ms);
 /* Tests only (the policy test kit): the clock is the offset alone, so TTLs

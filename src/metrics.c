@@ -153,6 +153,9 @@ char *sh_metrics_render(const sh_metrics *m, int redis_up, size_t *len)
             "against lua_max_instructions.", "counter", m->lua_runs_counted);
     counter(&t, "lua_memory_bytes", "Bytes used by the Lua states of every live generation.",
             "gauge", m->lua_memory_bytes);
+    counter(&t, "shared_dict_bytes",
+            "Bytes held by the shared dictionaries (items and headers), against "
+            "shared_dict_total_bytes.", "gauge", m->shared_dict_bytes);
     counter(&t, "max_connections", "The max_connections limit in force.", "gauge",
             m->max_connections);
     put(&t, "# HELP statushost_dispatch_seconds Time from dispatch to the remote's answer.\n"

@@ -20,6 +20,7 @@
 #include "notify.h"
 #include "lua_api.h"
 #include "lua_io.h"
+#include "lua_lib.h"
 #include "redis_bus.h"
 #include "static_files.h"
 #include "user_metrics.h"
@@ -204,6 +205,7 @@ static void serve_metrics(sh_server *s, sh_conn *c, int keep, int head_only)
     if (s->host.bus)
         m.redis_reconnects = sh_redis_bus_reconnects(s->host.bus);
     m.lua_memory_bytes = sh_host_lua_memory(&s->host);
+    m.shared_dict_bytes = sh_lib_shared_bytes();
     m.lua_runs_counted = sh_host_runs_counted();
     char *text = sh_metrics_render(&m, redis_up(s), &len);
     size_t cap = len + 1;

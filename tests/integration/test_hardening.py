@@ -2034,5 +2034,37 @@ def head_of_a_get_route_answers_as_get_without_the_body():
         assert rest.startswith(b"HTTP/1.1 200 "), "HEAD answered with a body: %r" % rest[:40]
 
 
+
+@S.test
+def shared_dict_of_big_values_stays_within_its_byte_capacity():
+    """A policy stores 400 values of 1 MiB in host.shared("big") (no max_bytes: the
+    default capacity, shared_dict_max_bytes = 64 MiB): the dict keeps the newest 63,
+    the other 337 sets report forcible (LRU eviction), and the process' resident memory
+    grows by less than 64 + 32 MiB. With shared_dict_max_bytes=8388608 on the command
+    line a new process keeps 7 values of 1 MiB.
+    fails on b52a5fb: yes: 400 keys, no forcible set, +400 MiB resident (the dict was
+    bounded by item count only, 10000; keys and values are C copies outside
+    lua_max_memory)."""
+    with host(pol("hard_shdict.lua")) as sh:
+        c = ws(sh, timeout=60)
+        before = sh.rss_kb()
+        c.send_text("fill big 400 1048576")
+        op, got = c.recv()
+        grown_mb = (sh.rss_kb() - before) / 1024
+        print("     %s; RSS grew by %.0f MB" % (got.decode(), grown_mb), flush=True)
+        assert op == OP_TEXT and got == b"63 337 1048576", got
+        if not SANITIZED:
+            assert grown_mb < 64 + 32, "resident memory grew by %.0f MB" % grown_mb
+        held = metric(sh, "shared_dict_bytes")
+        assert 63 * 1048576 < held <= 64 * 1048576, "shared_dict_bytes %d" % held
+        c.shutdown()
+    with host(pol("hard_shdict.lua"), sets=["shared_dict_max_bytes=8388608"]) as sh:
+        c = ws(sh, timeout=60)
+        c.send_text("fill small 100 1048576")
+        op, got = c.recv()
+        assert op == OP_TEXT and got == b"7 93 1048576", got
+        c.shutdown()
+
+
 if __name__ == "__main__":
     S.run()

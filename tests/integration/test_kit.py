@@ -448,6 +448,36 @@ end)
 
 
 @suite.test
+def shared_dicts_take_their_byte_caps_from_the_loaded_policy():
+    # host.shared had no byte capacity (item count only): a policy test could not see
+    # its dict fill up. The capacity is shared_dict_max_bytes of the policy loaded (as
+    # --set gives it), and each test starts again from the defaults
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "echo.lua", ECHO_POLICY)
+        f = write(d, "bytes_test.lua", """
+local t = require "statushost.test"
+t.test("a full dict", function()
+  local p = t.policy("echo.lua", { shared_dict_max_bytes = 65536 })
+  local d = t.lib.shared("d")
+  t.eq(d:capacity(), 65536); t.eq(d:free_space(), 65536)
+  local v = ("x"):rep(10000)
+  for i = 1, 6 do local ok, err, forcible = d:set(i, v); t.ok(ok); t.eq(forcible, false) end
+  local ok, err, forcible = d:safe_set(7, v); t.eq(ok, nil); t.eq(err, "no memory")
+  ok, err, forcible = d:set(7, v); t.ok(ok); t.eq(forcible, true); t.eq(d:get("1"), nil)
+  ok, err = d:set("huge", ("x"):rep(65536)); t.eq(ok, nil); t.eq(err, "no memory")
+  t.eq(#d:get_keys(0), 6)
+end)
+t.test("the next test", function()
+  local d = t.lib.shared("d")
+  t.eq(#d:get_keys(0), 0); t.eq(d:capacity(), 64 * 1024 * 1024, "the default again")
+end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 0, (rc, out, err)
+        assert "ok 2 - the next test" in out, out
+
+
+@suite.test
 def tap_names_stay_one_line_and_directives_are_escaped():
     # a test name with a newline broke the TAP line; "# TODO" in a name made prove take a
     # failure as a TODO (the suite passed)

@@ -623,6 +623,125 @@ static void test_shared(lua_State *L)
         "eq(big:flush_expired(), 10000 - 4, 'the write swept 4')\n");
 }
 
+/* Bytes: keys and values are C memory outside lua_max_memory, so a dict is
+ * bounded by its capacity (max_bytes / shared_dict_max_bytes) and all dicts
+ * by the process total (shared_dict_total_bytes), as ngx's lua_shared_dict. */
+static void test_shared_bytes(void)
+{
+    sh_lib_shutdown(); /* the defaults, no dict */
+    lua_State *L = new_state();
+    run(L, "shared bytes: capacity, free_space",
+        "local d = host.shared('b', {max_bytes = 65536})\n"
+        "eq(d:capacity(), 65536) eq(d:free_space(), 65536, 'empty')\n"
+        "eq(d:set('k', ('v'):rep(1000)), true)\n"
+        "local per = 65536 - d:free_space() - 1 - 1000 eq(per, 169, 'the overhead of an item')\n"
+        "d:set('n', 42) eq(d:free_space(), 65536 - 2 * per - 2 - 1000, 'a number adds nothing')\n"
+        "d:set('k', 'w') eq(d:free_space(), 65536 - 2 * per - 3, 'a smaller value gives back')\n"
+        "d:delete('k') d:delete('n') eq(d:free_space(), 65536, 'delete gives back all')\n"
+        "d:set('t', ('v'):rep(100), 1) advance(1000) eq(d:flush_expired(), 1)\n"
+        "eq(d:free_space(), 65536, 'expired items give back')\n"
+        "for i = 1, 5 do d:set(i, ('v'):rep(100)) end d:flush_all()\n"
+        "eq(d:free_space(), 65536, 'flush_all gives back')\n"
+        "eq(d:incr('c', 1, 0), 1) eq(d:free_space(), 65536 - per - 1, 'incr init')\n"
+        "eq(d:incr('c', 0.5), 1.5) eq(d:free_space(), 65536 - per - 1, 'incr in place')\n"
+        "eq(host.shared('dflt'):capacity(), 64 * 1024 * 1024, 'shared_dict_max_bytes: 64 MiB')\n"
+        "eq(host.shared('dflt'):free_space(), 64 * 1024 * 1024)\n");
+
+    run(L, "shared bytes: LRU eviction, no memory",
+        "local d = host.shared('lru_b', {max_bytes = 65536})\n"
+        "local v = ('x'):rep(10000)\n" /* 10,170 bytes an item: 6 fit in 64 KiB */
+        "for i = 1, 6 do local ok, err, f = d:set('k' .. i, v) eq(ok, true) eq(f, false, i) end\n"
+        "eq(#d:get_keys(0), 6) check(d:free_space() < 10170, 'full')\n"
+        "d:get('k1')\n" /* k2 is the least recently used */
+        "local ok, err, f = d:set('k7', v) eq(ok, true) eq(err, nil) eq(f, true, 'evicted')\n"
+        "eq(d:get('k2'), nil, 'the LRU one went') eq(d:get('k1'), v) eq(#d:get_keys(0), 6)\n"
+        "ok, err, f = d:set('k8', v .. v) eq(ok, true) eq(f, true)\n"
+        "eq(d:get('k3'), nil) eq(d:get('k4'), nil) eq(#d:get_keys(0), 5, 'two went for one')\n"
+        /* replacing a value with a bigger one evicts others, never itself */
+        "d:get('k5') d:get('k6') d:get('k7') d:get('k1')\n" /* k8 is the LRU one */
+        "ok, err, f = d:set('k8', v .. v .. v) eq(ok, true) eq(f, true)\n"
+        "eq(d:get('k8'), v .. v .. v, 'the item being replaced stays') eq(d:get('k5'), nil)\n"
+        /* safe_set / safe_add refuse rather than evict */
+        "local keys = #d:get_keys(0) check(d:free_space() < 10170, 'full again')\n"
+        "ok, err, f = d:safe_set('s', v) eq(ok, nil) eq(err, 'no memory') eq(f, false)\n"
+        "ok, err, f = d:safe_add('s', v) eq(ok, nil) eq(err, 'no memory') eq(f, false)\n"
+        "eq(d:get('s'), nil) eq(#d:get_keys(0), keys, 'nothing evicted')\n"
+        "ok, err = d:safe_add('k1', 1) eq(ok, false) eq(err, 'exists')\n"
+        "eq(d:safe_set('k1', ('y'):rep(10000)), true, 'same size: no room needed')\n"
+        "eq(d:safe_set('small', 1), true, 'what fits goes in')\n"
+        "d:set('e', ('z'):rep(5000), 1) advance(1000)\n"
+        "ok, err, f = d:safe_set('s', ('z'):rep(3000)) eq(ok, true, 'an expired item made room')\n"
+        "eq(f, false)\n"
+        /* an item bigger than the capacity: refused, nothing evicted */
+        "keys = #d:get_keys(0)\n"
+        "ok, err, f = d:set('huge', ('h'):rep(65536)) eq(ok, nil) eq(err, 'no memory') eq(f, false)\n"
+        "ok, err = d:add('huge', ('h'):rep(65536)) eq(ok, nil) eq(err, 'no memory')\n"
+        "ok, err = d:replace('k1', ('h'):rep(65536)) eq(ok, nil) eq(err, 'no memory')\n"
+        "eq(d:get('k1'), ('y'):rep(10000), 'a failed replace keeps the old value')\n"
+        "eq(#d:get_keys(0), keys, 'nothing evicted for it')\n"
+        "eq(d:set(('k'):rep(65536 - 168), 1), nil, 'a key counts too')\n"
+        "ok, err, f = d:set('fits', ('h'):rep(65536 - 169 - 4)) eq(ok, true) eq(f, true)\n"
+        "eq(#d:get_keys(0), 1, 'exactly the capacity: everything else went')\n"
+        "eq(d:free_space(), 0)\n"
+        /* 1,000 items of 1 MiB: the dict never holds more than its capacity */
+        "local m = host.shared('mib', {max_bytes = 4 * 1024 * 1024})\n"
+        "local mib = ('m'):rep(1024 * 1024)\n"
+        "for i = 1, 1000 do assert(m:set(i, mib)) end\n"
+        "eq(#m:get_keys(0), 3, '3 MiB values in 4 MiB') eq(m:get('1000'), mib)\n");
+
+    run(L, "shared bytes: options, the old form",
+        "local d = host.shared('opt', 3) eq(d:capacity(), 64 * 1024 * 1024, 'old form: bytes by default')\n"
+        "for i = 1, 4 do d:set(i, i) end eq(#d:get_keys(0), 3, 'old form: max_items')\n"
+        "host.shared('opt', {max_bytes = 8192}) eq(d:capacity(), 8192) eq(#d:get_keys(0), 3, 'max_items kept')\n"
+        "host.shared('opt', 5) eq(d:capacity(), 8192, 'max_bytes kept') for i = 1, 9 do d:set(i, i) end\n"
+        "eq(#d:get_keys(0), 5)\n"
+        "host.shared('opt', {max_items = 100}) for i = 1, 100 do d:set(i, ('v'):rep(100)) end\n"
+        "eq(#d:get_keys(0), 30, '8192 bytes hold 30 items of 100 + 2..3 key bytes')\n"
+        "host.shared('opt', {max_bytes = 4 * 1024 * 1024}) eq(#d:get_keys(0), 30, 'grown: all kept')\n"
+        "host.shared('opt', {max_bytes = 8192, max_items = 10}) eq(#d:get_keys(0), 10, 'shrunk')\n"
+        "eq(d:get('100'), ('v'):rep(100), 'kept the most recent')\n"
+        "host.shared('opt', {}) eq(d:capacity(), 8192, 'an empty table changes nothing')\n"
+        "raises('host.shared: bad argument #2 (max_bytes must be 8192..1099511627776)', host.shared, 'z', {max_bytes = 8191})\n"
+        "raises('host.shared: bad argument #2 (max_bytes must be 8192..1099511627776)', host.shared, 'z', {max_bytes = 2^41})\n"
+        "raises('host.shared: bad argument #2 (max_bytes must be 8192..1099511627776)', host.shared, 'z', {max_bytes = 'lots'})\n"
+        "raises('host.shared: bad argument #2 (max_items must be 1..100000000)', host.shared, 'z', {max_items = 0})\n"
+        "raises('host.shared: bad argument #2 (max_items must be 1..100000000)', host.shared, 'z', 1.5)\n"
+        "raises('host.shared: bad argument #2 (unknown option max_byte (max_items, max_bytes))', host.shared, 'z', {max_byte = 1})\n"
+        "raises('host.shared: bad argument #2 (unknown option 1 (max_items, max_bytes))', host.shared, 'z', {8192})\n"
+        "raises('host.shared: bad argument #2 (number or table expected, got boolean)', host.shared, 'z', true)\n"
+        "eq(host.shared('z', '7'):capacity(), 64 * 1024 * 1024, 'a numeric string, as before')\n");
+    lua_close(L);
+
+    /* the process total (shared_dict_total_bytes) and the default following the config */
+    sh_lib_shutdown();
+    L = new_state();
+    sh_lib_shared_limits(65536, 100000);
+    run(L, "shared bytes: the process total",
+        "local a = host.shared('a') eq(a:capacity(), 65536, 'shared_dict_max_bytes as configured')\n"
+        "local b = host.shared('b', {max_bytes = 1024 * 1024})\n"
+        "local v = ('x'):rep(10000)\n"
+        "for i = 1, 6 do a:set(i, v) end eq(#a:get_keys(0), 6)\n"
+        "local left = b:free_space() check(left < 100000 - 6 * 10170, 'the total leaves ' .. left)\n"
+        "check(left > 100000 - 6 * 10170 - 400, 'two dict headers: ' .. left)\n"
+        "local ok, err, f = b:set('big', ('y'):rep(left)) eq(ok, nil) eq(err, 'no memory')\n"
+        "eq(#a:get_keys(0), 6, 'another dict is never evicted')\n"
+        "for i = 1, 3 do eq(b:set(i, v), true) end\n"
+        "ok, err, f = b:set(4, v) eq(ok, true) eq(f, true, 'b made room in itself')\n"
+        "eq(#b:get_keys(0), 3) eq(b:get('1'), nil) eq(#a:get_keys(0), 6)\n"
+        "ok, err = b:safe_set(5, v) eq(ok, nil) eq(err, 'no memory')\n"
+        "ok, err, f = b:set('last', ('f'):rep(b:free_space() - 169 - 4)) eq(ok, true) eq(f, false)\n"
+        "eq(b:free_space(), 0, 'the total is reached') eq(a:free_space(), 0)\n"
+        "raises('host.shared: shared_dict_total_bytes reached', host.shared, 'c')\n"
+        "b:flush_all() eq(host.shared('c'):capacity(), 65536, 'room again')\n");
+    sh_lib_shared_limits(8192, 100000);
+    run(L, "shared bytes: the default shrinks",
+        "local a = host.shared('a') eq(a:capacity(), 8192, 'followed the config')\n"
+        "eq(#a:get_keys(0), 0, 'none of its 10 KB items fits in 8 KiB')\n"
+        "eq(host.shared('b'):capacity(), 1024 * 1024, 'an explicit max_bytes stays')\n");
+    lua_close(L);
+    sh_lib_shutdown();
+}
+
 /* Dicts live in C: a second state (a reloaded script) sees the same data. */
 static void test_shared_reload(void)
 {
@@ -742,6 +861,7 @@ int main(void)
     test_shared(L);
     test_json(L);
     lua_close(L);
+    test_shared_bytes();
     test_shared_reload(); /* last: it frees every dict */
     return unit_done("test_lua_lib");
 }
