@@ -27,6 +27,7 @@ typedef struct sh_config {
     size_t redis_sub_connections;  /* Redis subscriber connections, 1..64 (channels are
                                       spread over them: a flood costs 1/K of them) */
     uint64_t redis_timeout_ms;     /* connect + handshake, and a reply owed, within → dropped */
+    size_t redis_max_reply_bytes;  /* a bigger Redis reply or message is not read: reconnect */
     char *web_root;                /* resolved directory, or NULL: no static files */
     int log_level;                 /* enum sh_log_level */
     int log_format;                /* enum sh_log_format: text or json */

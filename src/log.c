@@ -602,11 +602,24 @@ static void number_text(const struct field *f, char *out, size_t n, int json)
     }
 }
 
-/* Build the line for msg and fields in `line` and emit it. Called locked. */
+/* Build the line for msg and fields in `line` and emit it. Called locked.
+ *
+ * On a pipe a line is cut at PIPE_BUF bytes (newline and truncation marker included),
+ * not LINE_CAP: only a write of at most PIPE_BUF bytes to a pipe is atomic, and the
+ * workers of --workers N (and the master) share one stderr pipe, so a longer line,
+ * written in one write(2) that the kernel may split or in several, could interleave with
+ * another process's (a JSON line that no longer parses). The alternative, the master
+ * relaying its workers' lines over a pipe each, keeps long lines but puts every line
+ * through a second process and buffer (lost or stalled when the master is), and the
+ * master's own writes to the shared pipe would still need this cut: the kernel's
+ * guarantee needs nothing. Files and terminals, written by one process at a time as far
+ * as lines go, keep LINE_CAP. */
 static void build_and_emit(int level, const char *conn_id, const char *msg, size_t msglen,
                            const struct field *f, size_t nf)
 {
-    struct lb b = {line, 0, LINE_CAP, 0};
+    if (out_is_pipe < 0)
+        probe_out();
+    struct lb b = {line, 0, out_is_pipe ? PIPE_BUF - LINE_RESERVE : LINE_CAP, 0};
     static char day_sec[80]; /* "YYYY-MM-DDTHH:MM:SS" of day_sec_of: made once a second */
     static time_t day_sec_of = (time_t)-1;
     char ts[96]; /* room for any int the compiler imagines */

@@ -15,8 +15,9 @@
  * soon as it passes 64 KiB, at exit (atexit) and on a fatal signal (SIGSEGV,
  * SIGBUS, SIGILL, SIGFPE, SIGABRT, unless a sanitizer already handles it).
  * main() calls sh_log_flush() after uv_run returns. When stderr is a pipe,
+ * a line is cut (and marked, as at 16 KiB elsewhere) at PIPE_BUF bytes and
  * writes are cut at line boundaries to at most PIPE_BUF bytes, so processes
- * sharing a pipe never interleave within a line.
+ * sharing a pipe (--workers) never interleave within a line.
  *
  * The loop never waits for the log reader: a pipe is written through a
  * non-blocking second open of it (/proc/self/fd/N), a socket with

@@ -101,6 +101,10 @@ static int hash_oom; /* set by uthash when an insertion ran out of memory */
 #define DEFAULT_READ_BUDGET (4u << 20)
 #define HIREDIS_READ_SIZE 16384 /* redisBufferRead's buffer */
 #define FAST_CAP HIREDIS_READ_SIZE /* the fast reader's buffer (see sub_fast_read) */
+#define DEFAULT_MAX_REPLY (64u << 20)
+/* What a reply is charged per value it holds (reply_charge): its object and its
+ * pointer in the array above it; a string adds its bytes and a NUL. */
+#define REPLY_SLOT (sizeof(redisReply) + sizeof(redisReply *))
 
 /* Exported by libhiredis (0.14 and 1.x: redisAsyncHandleRead is redisBufferRead
  * and then this), but declared in no installed header of 0.14. */
@@ -170,6 +174,10 @@ struct conn {
     int ping_out;           /* an idle PING was sent since it became READY (see conn_owed) */
     size_t acks;            /* (single-mode sub) (UN)SUBSCRIBE replies owed: sum of its
                                channels' inflight */
+    size_t rbytes;          /* charge of the top-level reply being read (reply_charge) */
+    const redisAsyncContext *big_ac; /* the context whose oldest awaited reply went over
+                               max_reply: its command's callback gets `toobig` (cmd_why) */
+    char toobig[96];        /* "reply too large (redis_max_reply_bytes N)" */
 };
 
 struct chan {
@@ -222,6 +230,7 @@ struct sh_redis_bus {
     void (*on_state_line)(void *, int, uint64_t); /* the owner's state line, may be NULL */
     void *state_arg;                 /* passed to on_state and on_state_line */
     size_t read_budget;              /* bytes per readiness event, see the opts */
+    size_t max_reply;                /* a reply charged more is not read, see the opts */
     struct conn cmd;                 /* command connection */
     struct conn *subs;               /* subscriber connections, nsubs of them */
     unsigned nsubs;                  /* K */
@@ -262,6 +271,8 @@ static int sub_conn_writable(const struct conn *c);
 static size_t conn_channels(const sh_redis_bus *b, const struct conn *c);
 static void busy_enter(sh_redis_bus *b);
 static void busy_leave(sh_redis_bus *b);
+static void reply_too_large(struct conn *c, const redisAsyncContext *ac);
+static int reply_over(const struct conn *c, const redisAsyncContext *ac);
 /* the cluster layer (end of file) */
 static int cluster_new(sh_redis_bus *b, const char *seeds);
 static void cluster_start(sh_redis_bus *b);
@@ -861,7 +872,7 @@ static void conn_lost(struct conn *c, const char *why)
                     "are lost until it is back%s (%llu subscriber connection losses so far%s); "
                     "retrying every %llu..%llu ms", role_name(c, rn), b->desc, why,
                     conn_channels(b, c),
-                    b->cmd.state == CONN_READY && !timed_out
+                    b->cmd.state == CONN_READY && !timed_out && why != c->toobig
                         ? "; the command connection is still up: if it stays up, Redis closed "
                           "this one itself, usually for client-output-buffer-limit pubsub (a "
                           "flood on one of its channels)"
@@ -1213,6 +1224,18 @@ static void conn_read(redisAsyncContext *ac)
         redisAsyncHandleRead(ac);
 }
 
+/* After a read of c's context ac: when the reply it is amid goes over the bound, drop
+ * the connection (its oldest awaited command gets c->toobig) and return 1. */
+static int conn_read_over(struct conn *c, redisAsyncContext *ac)
+{
+    if (c->ac != ac || !reply_over(c, ac)) return 0;
+    reply_too_large(c, ac);
+    conn_lost(c, c->toobig); /* c->ac is NULL from here on */
+    redisAsyncFree(ac);      /* awaited commands: the oldest c->toobig, the others "closed" */
+    c->big_ac = NULL;
+    return 1;
+}
+
 /* Readable: let hiredis read (16 KiB) and process, and again while the socket
  * has bytes waiting, up to the bus's read budget. Stops when the context goes
  * away (the adapter's cleanup clears p->context; p itself lives until its
@@ -1224,7 +1247,8 @@ static void ev_read(redisLibuvEvents *p)
     c->rx_ms = uv_now(c->bus->loop); /* liveness: its one cost per readiness event */
     c->reads++;
     conn_read(p->context);
-    while (done < budget && p->context && (p->context->c.flags & REDIS_CONNECTED)) {
+    while (p->context && !conn_read_over(c, p->context) && done < budget &&
+           (p->context->c.flags & REDIS_CONNECTED)) {
         int avail = 0;
         if (ioctl(p->context->c.fd, FIONREAD, &avail) < 0 || avail <= 0) break;
         conn_read(p->context);
@@ -1384,6 +1408,60 @@ static int reply_refused(const redisReadTask *task, int type, const char *str, s
     return why != NULL;
 }
 
+/* Bounded replies (max_reply). hiredis 0.14's reader has no bound (its `maxbuf` is
+ * only when to shrink an empty buffer; `maxelements` came with 1.0): a 500 MB string or
+ * a 10-million-element LRANGE would be held whole before anyone could refuse it. So a
+ * top-level reply is charged as it is read: REPLY_SLOT per value (an array pays for all
+ * of its elements when its header arrives, before they exist), plus the bytes of each
+ * string; and, between reads, the bytes hiredis holds of it not parsed yet, or the whole
+ * length a bulk string's header announces (reply_over). Over max_reply the reply is not
+ * read on: the connection is dropped (a reader cannot stop amid a reply and go on), its
+ * oldest awaited command gets c->toobig, and it reconnects as after any loss. */
+
+/* Say that ac's reply in progress is over the bound (c->toobig, c->refused). */
+static void reply_too_large(struct conn *c, const redisAsyncContext *ac)
+{
+    snprintf(c->toobig, sizeof c->toobig, "%s too large (redis_max_reply_bytes %zu)",
+             c->role == ROLE_SUB && c->state == CONN_READY ? "pub/sub message" : "reply",
+             c->bus->max_reply);
+    c->refused = c->toobig;
+    c->big_ac = ac;
+}
+
+/* Charge `cost` bytes to the reply `task` belongs to (a top-level task starts a new one,
+ * charged its own object). 1 when that takes it over the bound (then the object must not
+ * be made: hiredis drops the connection, see reply_refused). */
+static int reply_charge(const redisReadTask *task, size_t cost)
+{
+    const redisAsyncContext *ac = task->privdata;
+    struct conn *c = ac ? ac->data : NULL;
+    if (!c || c->ac != ac) return 0;
+    if (!task->parent) c->rbytes = sizeof(redisReply);
+    if (cost > c->bus->max_reply - c->rbytes) { /* rbytes ≤ max_reply, always */
+        reply_too_large(c, ac);
+        return 1;
+    }
+    c->rbytes += cost;
+    return 0;
+}
+
+/* Between reads: 1 when the reply ac's reader is amid is known to go over the bound,
+ * by the bytes it holds of it or by the length its bulk string announces. */
+static int reply_over(const struct conn *c, const redisAsyncContext *ac)
+{
+    const redisReader *rd = ac->c.reader;
+    size_t max = c->bus->max_reply, have = rd->ridx > 0 ? c->rbytes : sizeof(redisReply);
+    size_t held = rd->len > rd->pos ? rd->len - rd->pos : 0;
+    if (held > max - have) return 1;
+    if (rd->ridx < 0 || rd->rstack[rd->ridx].type != REDIS_REPLY_STRING) return 0;
+    /* a bulk string: its header "<len>\r\n" (the '$' read) starts at pos */
+    size_t len = 0, i = 0;
+    for (; i < held && i < 19 && rd->buf[rd->pos + i] >= '0' && rd->buf[rd->pos + i] <= '9'; i++)
+        len = len * 10 + (size_t)(rd->buf[rd->pos + i] - '0');
+    if (i == 0 || i == held || rd->buf[rd->pos + i] != '\r') return 0; /* nil, or not all here */
+    return len >= max - have;                                           /* + its NUL */
+}
+
 /* Reply objects for our readers: malloc (glibc's per-thread cache) rather
  * than hiredis' calloc, and a string with its bytes in one block. Every
  * reply of these readers is freed through reply_free (hiredis calls
@@ -1408,7 +1486,7 @@ static redisReply *reply_new(int type, size_t extra)
 
 static void *reply_string(const redisReadTask *task, char *str, size_t len)
 {
-    if (reply_refused(task, task->type, str, len, 0))
+    if (reply_refused(task, task->type, str, len, 0) || reply_charge(task, len + 1))
         return NULL;
     redisReply *r = reply_new(task->type, len + 1);
     if (!r)
@@ -1422,12 +1500,13 @@ static void *reply_string(const redisReadTask *task, char *str, size_t len)
 
 static void *reply_array(const redisReadTask *task, int elements)
 {
-    if (reply_refused(task, REDIS_REPLY_ARRAY, NULL, 0, elements))
+    size_t n = elements > 0 ? (size_t)elements : 0;
+    if (reply_refused(task, REDIS_REPLY_ARRAY, NULL, 0, elements) ||
+        reply_charge(task, n * REPLY_SLOT))
         return NULL;
     redisReply *r = reply_new(REDIS_REPLY_ARRAY, 0);
     if (!r)
         return NULL;
-    size_t n = elements > 0 ? (size_t)elements : 0;
     /* a huge header (a hostile server) gets calloc's untouched pages, not a memset */
     if (n && !(r->element = n > 1024 ? calloc(n, sizeof *r->element)
                                      : sh_zalloc(n * sizeof *r->element))) {
@@ -1440,7 +1519,7 @@ static void *reply_array(const redisReadTask *task, int elements)
 
 static void *reply_integer(const redisReadTask *task, long long value)
 {
-    if (reply_refused(task, REDIS_REPLY_INTEGER, NULL, 0, 0))
+    if (reply_refused(task, REDIS_REPLY_INTEGER, NULL, 0, 0) || reply_charge(task, 0))
         return NULL;
     redisReply *r = reply_new(REDIS_REPLY_INTEGER, 0);
     if (!r)
@@ -1451,7 +1530,7 @@ static void *reply_integer(const redisReadTask *task, long long value)
 
 static void *reply_nil(const redisReadTask *task)
 {
-    if (reply_refused(task, REDIS_REPLY_NIL, NULL, 0, 0))
+    if (reply_refused(task, REDIS_REPLY_NIL, NULL, 0, 0) || reply_charge(task, 0))
         return NULL;
     redisReply *r = reply_new(REDIS_REPLY_NIL, 0);
     return r ? reply_link(task, r) : NULL;
@@ -1508,6 +1587,7 @@ static void conn_connect(struct conn *c)
     c->ac = ac;
     c->flen = 0; /* bytes of the last context (a watchdog may free it mid-message) are not this one's */
     c->refused = NULL;
+    c->big_ac = NULL;
     c->state = CONN_CONNECTING;
     c->hs_left = 0;
     c->hs_failed = 0;
@@ -1573,6 +1653,8 @@ int sh_redis_bus_new(uv_loop_t *loop, const sh_redis_opts *o, sh_redis_bus **out
     }
     b->nsubs = nsubs;
     b->read_budget = o->read_budget ? o->read_budget : DEFAULT_READ_BUDGET;
+    b->max_reply = o->max_reply_bytes ? o->max_reply_bytes : DEFAULT_MAX_REPLY;
+    if (b->max_reply < 4 * REPLY_SLOT) b->max_reply = 4 * REPLY_SLOT;
     b->loop = loop;
     b->addr = addr;
     if (addr.is_unix)
@@ -1751,13 +1833,23 @@ const char *sh_redis_refusal(int argc, const char **argv, const size_t *argvlen)
 #undef ARG
 }
 
+/* Why a command of c's context ac got no reply: c->toobig for the oldest one when its
+ * reply went over the bound, else "closed". */
+static const char *cmd_why(struct conn *c, const redisAsyncContext *ac)
+{
+    if (c->big_ac != ac) return "closed";
+    c->big_ac = NULL;
+    return c->toobig;
+}
+
 /* hiredis callback for a user command. */
 static void cmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 {
     struct sh_redis_cmd *cmd = privdata;
     struct conn *c = ac->data;
     if (!r && c->ac == ac) conn_lost(c, ac_reason(ac));
-    if (cmd->cb) cmd->cb(cmd->arg, r, r ? NULL : "closed");
+    const char *why = r ? NULL : cmd_why(c, ac);
+    if (cmd->cb) cmd->cb(cmd->arg, r, why);
     free(cmd->fmt);
     free(cmd);
 }
@@ -2677,7 +2769,8 @@ static void ccmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
         cluster_refresh(b);
         return;
     }
-    if (cmd->cb) cmd->cb(cmd->arg, r, r ? NULL : "closed");
+    const char *why = r ? NULL : cmd_why(c, ac);
+    if (cmd->cb) cmd->cb(cmd->arg, r, why);
     free(cmd->fmt);
     free(cmd);
 }

@@ -113,6 +113,11 @@ typedef struct {
                                 16 KiB at a time, hiredis' read size, while
                                 data is waiting); 0 → 4 MiB; 1 → a single
                                 16 KiB read (hiredis' own behaviour) */
+    size_t max_reply_bytes;  /* a reply (or pub/sub message) charged more than this is not
+                                read on: the connection is dropped and reconnected, and the
+                                command gets errstr "reply too large (...)"; charged: 56
+                                bytes per value it holds plus its strings' bytes, known
+                                from an array's or a bulk string's header; 0 → 64 MiB */
     uint64_t backoff_min_ms; /* first retry delay; 0 → 100 */
     uint64_t backoff_max_ms; /* cap of the doubling delay; 0 → 5000 */
     uint64_t connect_timeout_ms; /* connect + handshake must finish within this; 0 → 5000 */
@@ -226,7 +231,9 @@ size_t sh_redis_bus_channels(const sh_redis_bus *b);
  * always from the loop, never from sh_redis_command itself. Either `reply` is
  * the hiredis reply (valid during the callback only; an error reply has
  * type REDIS_REPLY_ERROR) and errstr is NULL, or reply is NULL and errstr is
- * "closed" (the connection dropped or the bus closed before the reply). */
+ * "closed" (the connection dropped or the bus closed before the reply) or
+ * "reply too large (redis_max_reply_bytes N)" (its reply went over
+ * max_reply_bytes: the connection was dropped for it). */
 typedef void (*sh_redis_reply_cb)(void *arg, const redisReply *reply, const char *errstr);
 
 /* Why the command argv[0..argc) may not run on the shared command

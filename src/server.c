@@ -354,7 +354,8 @@ int sh_server_start(sh_server *s, uv_loop_t *loop, const sh_options *opts, char 
                         .sub_connections = (unsigned)s->gen->cfg.redis_sub_connections,
                         .on_state = on_redis_state, .on_state_line = on_redis_state_line,
                         .connect_timeout_ms = s->gen->cfg.redis_timeout_ms,
-                        .timeout_ms = s->gen->cfg.redis_timeout_ms, .state_arg = s};
+                        .timeout_ms = s->gen->cfg.redis_timeout_ms, .state_arg = s,
+                        .max_reply_bytes = s->gen->cfg.redis_max_reply_bytes};
     int rc = sh_redis_bus_new(loop, &ro, &s->host.bus);
     if (rc != 0) {
         snprintf(err, errsz, "redis%s \"%s\": %s", cluster[0] ? "_cluster" : "",

@@ -280,5 +280,90 @@ def a_hung_cluster_master_is_noticed_and_its_waits_end():
         c.shutdown()
 
 
+# ---- redis_max_reply_bytes: a reply or a message over it is not read
+
+BOUND = 1 << 20
+TOO_LARGE = "reply too large (redis_max_reply_bytes %d)" % BOUND
+
+
+def call(c, *words):
+    c.send_text("call " + " ".join(words))
+    return c.recv_text()
+
+
+def commands_work_again(c):
+    """A command succeeds again (on the command connection made after the drop)."""
+    wait_until(lambda: call(c, "SET", "after", "1") == "reply OK", timeout=15,
+               what="SET on the restored command connection")
+    assert call(c, "GET", "after") == "reply 1"
+
+
+def big_reply_refused(r, sh, c, words, what):
+    """The command `words` (its reply over the bound) gets nil, TOO_LARGE; the reply is
+    not held (RSS does not grow by its size); one line says why the command connection
+    was dropped; the next command works."""
+    mark, rss0 = sh.mark(), sh.rss_kb()
+    got = call(c, *words)
+    assert got == "error " + TOO_LARGE, got[:200]
+    grew = sh.rss_kb() - rss0
+    assert grew < 8 * 1024, "RSS grew by %d KiB reading %s" % (grew, what)
+    sh.wait_log(r"redis: command connection to \S+ lost: " + re.escape(TOO_LARGE), start=mark)
+    commands_work_again(c)
+
+
+@S.test
+def a_get_over_redis_max_reply_bytes_gets_an_error_not_the_value():
+    """GET of a 32 MiB string with redis_max_reply_bytes at 1 MiB: nil, "reply too large
+    (redis_max_reply_bytes 1048576)", decided from the bulk string's header (statushost's
+    RSS does not grow by the value); the connection is dropped (one line) and the next
+    command, on a new connection, works. A value under the bound is still read whole.
+    Before: the 32 MiB were read whole and handed to the policy."""
+    with subscribed("unused", "redis_max_reply_bytes=%d" % BOUND) as (r, sh, c):
+        r.cmd("SETRANGE", "big", 32 * BOUND - 1, "x")
+        r.cmd("SETRANGE", "fits", BOUND // 2 - 1, "y")
+        big_reply_refused(r, sh, c, ["GET", "big"], "a 32 MiB GET")
+        got = call(c, "GET", "fits")
+        assert got == "reply " + "\0" * (BOUND // 2 - 1) + "y", len(got)
+
+
+@S.test
+def an_aggregate_reply_of_a_million_elements_is_refused_at_its_header():
+    """LRANGE of a 1,000,000-element list (a few MiB on the wire, over 50 MiB as reply
+    objects) with redis_max_reply_bytes at 1 MiB: refused when the array header arrives
+    (56 bytes charged per element), nothing of it held; a 100-element LRANGE still works.
+    Before: the million elements were read, made into objects and pushed into Lua."""
+    with subscribed("unused", "redis_max_reply_bytes=%d" % BOUND) as (r, sh, c):
+        r.cmd("EVAL", "for i = 1, 1000000, 1000 do local t = {} for j = i, i + 999 do "
+              "t[#t + 1] = j end redis.call('RPUSH', KEYS[1], unpack(t)) end", "1", "many")
+        assert r.cmd("LLEN", "many") == 1000000
+        big_reply_refused(r, sh, c, ["LRANGE", "many", "0", "-1"], "a million elements")
+        # many small elements add up too: 20,000 of them are 1.1 MiB of reply objects
+        big_reply_refused(r, sh, c, ["LRANGE", "many", "0", "19999"], "20,000 elements")
+        assert call(c, "LRANGE", "many", "0", "99").startswith("reply table")
+
+
+@S.test
+def a_publish_over_redis_max_reply_bytes_is_not_read_and_later_messages_arrive():
+    """A 16 MiB PUBLISH on a subscribed channel with redis_max_reply_bytes at 1 MiB (Redis
+    itself drops a subscriber owed 32 MiB: client-output-buffer-limit pubsub): the
+    subscriber connection stops reading it at its header (statushost's RSS does not grow
+    by it), is dropped with one line naming the bound, re-subscribes, and the messages
+    published after it are delivered; the big one is not. Before: the 16 MiB were read
+    whole and delivered."""
+    with subscribed("big", "redis_max_reply_bytes=%d" % BOUND) as (r, sh, c):
+        mark, rss0 = sh.mark(), sh.rss_kb()
+        r.cmd("EVAL", "return redis.call('PUBLISH', KEYS[1], string.rep('x', ARGV[1]))",
+              "1", "big", 16 * BOUND)
+        sh.wait_log(r"redis: subscriber \S* ?connection to \S+ lost: pub/sub message too "
+                    r"large \(redis_max_reply_bytes %d\)" % BOUND, start=mark)
+        grew = sh.rss_kb() - rss0
+        assert grew < 8 * 1024, "RSS grew by %d KiB for a 16 MiB message" % grew
+        wait_until(lambda: numsub(r, "big") == 1, what="'big' re-subscribed")
+        sh.wait_log(r"\[-\] redis up", start=mark, timeout=15)
+        r.cmd("PUBLISH", "big", "after")
+        got = c.recv_text()
+        assert got == "big|after", got[:100]
+
+
 if __name__ == "__main__":
     S.run()

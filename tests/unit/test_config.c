@@ -102,6 +102,7 @@ static void test_defaults(void)
     CHECK_INT(cfg.listen_port, 9999);
     CHECK_STR(cfg.redis, "redis://127.0.0.1:6379");
     CHECK_INT(cfg.redis_sub_connections, 1);
+    CHECK_INT(cfg.redis_max_reply_bytes, 67108864);
     CHECK_INT(cfg.log_level, SH_LOG_INFO);
     CHECK_INT(cfg.max_head_bytes, 8192);
     CHECK_INT(cfg.max_body_bytes, 1048576);
@@ -420,6 +421,7 @@ static void test_validation(void)
         {"redis_sub_connections=0", "redis_sub_connections"},
         {"redis_sub_connections=65", "redis_sub_connections"},
         {"redis_sub_connections=1.5", "redis_sub_connections"},
+        {"redis_max_reply_bytes=1048575", "redis_max_reply_bytes"},
         {"http_ca_file=/nonexistent/ca.pem", "http_ca_file"},
         {"http_ca_file=/tmp", "http_ca_file"},
         {"http_tls_verify=maybe", "http_tls_verify"},
@@ -456,6 +458,10 @@ static void test_validation(void)
 
     CHECKF(read_one("redis_sub_connections=64", &cfg) == 0, "%s", err);
     CHECK_INT(cfg.redis_sub_connections, 64);
+    sh_config_free(&cfg);
+
+    CHECKF(read_one("redis_max_reply_bytes=1048576", &cfg) == 0, "%s", err);
+    CHECK_INT(cfg.redis_max_reply_bytes, 1048576);
     sh_config_free(&cfg);
 
     CHECKF(read_one("ping_interval_ms=0", &cfg) == 0, "%s", err); /* 0: never ping */

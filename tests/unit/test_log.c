@@ -138,6 +138,35 @@ static void test_cut_lines(void)
     free(big);
 }
 
+/* On a pipe (shared by the processes of --workers) a line is at most PIPE_BUF bytes, cut
+ * and marked as at 16 KiB: only such a write is atomic.
+ * fails on old: yes (a 16 KiB line, written in one non-atomic write). */
+static void test_cut_lines_on_a_pipe(void)
+{
+    size_t n = 10240;
+    char *big = malloc(n + 1), got[2 * PIPE_BUF];
+    memset(big, 'x', n);
+    big[n] = '\0';
+    int p[2];
+    CHECK(pipe(p) == 0);
+    sh_log_set_fd(p[1]);
+    for (int json = 1; json >= 0; json--) {
+        sh_log_set_format(json ? SH_LOG_JSON : SH_LOG_TEXT);
+        sh_log_kv(SH_LOG_INFO, NULL, big, "after", SH_LOG_INT, 1, NULL);
+        ssize_t len = read(p[0], got, sizeof got);
+        const char *end = json ? "x\",\"truncated\":true}\n" : "x ...\n";
+        size_t el = strlen(end);
+        CHECKF(len > PIPE_BUF - 100 && len <= PIPE_BUF, "len %zd", len);
+        CHECKF(len > (ssize_t)el && memcmp(got + len - el, end, el) == 0, "%.40s",
+               got + (len > 40 ? len - 40 : 0));
+        CHECK(memchr(got, '\n', (size_t)len) == got + len - 1);
+    }
+    sh_log_set_fd(fd);
+    close(p[0]);
+    close(p[1]);
+    free(big);
+}
+
 static void test_access(void)
 {
     sh_access a = {.conn_id = "c9", .peer = "127.0.0.1:5000", .method = "GET", .path = "/ws",
@@ -404,6 +433,7 @@ int main(void)
     test_json_utf8();
     test_text();
     test_cut_lines();
+    test_cut_lines_on_a_pipe();
     test_access();
     test_configure();
     test_buffering();

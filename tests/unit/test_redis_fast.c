@@ -298,6 +298,7 @@ static void closed_cb(void *arg)
 
 /* A bus with one subscriber connection to the fake, subscribed to "a\0b" (binary)
  * and "c". */
+static size_t max_reply; /* the bus's max_reply_bytes (0: its default) */
 static sh_redis_bus *bus_start(sh_redis_sub **s1, sh_redis_sub **s2, uint64_t connect_timeout_ms)
 {
     char url[64];
@@ -305,7 +306,7 @@ static sh_redis_bus *bus_start(sh_redis_sub **s1, sh_redis_sub **s2, uint64_t co
     sh_redis_opts o = {.url = url, .client_name = "shf", .sub_connections = 1,
                        .backoff_min_ms = 10, .backoff_max_ms = 20,
                        .connect_timeout_ms = connect_timeout_ms,
-                       .on_state = on_state};
+                       .on_state = on_state, .max_reply_bytes = max_reply};
     sh_redis_bus *b = NULL;
     memset(&R, 0, sizeof R);
     CHECK(sh_redis_bus_new(&loop, &o, &b) == 0);
@@ -491,6 +492,41 @@ static void test_flood_then_eof(void)
     bus_stop(b, s1, s2);
 }
 
+/* max_reply_bytes (1 MiB here) against what a real Redis does not send: a push whose
+ * payload announces 2 MiB is refused at its header (no byte of it follows: the bus would
+ * wait for them), an array of 20,000 elements at its header (56 bytes charged each), a
+ * status line that never ends once 1 MiB of it is held; each drops the connection, which
+ * comes back. Pushes under the bound pass, however many arrive at once: the charge is per
+ * reply. (Before: the first two were awaited whole, the third grew without end.) */
+static void test_reply_bound(void)
+{
+    size_t big = 600 * 1024, n = 0;
+    char *buf = malloc(3 * (big + 64) + 1);
+    CHECK(buf != NULL);
+    max_reply = 1 << 20;
+    sh_redis_sub *s1, *s2;
+    sh_redis_bus *b = bus_start(&s1, &s2, 5000);
+    log_reset();
+    for (int k = 0; k < 3; k++) {
+        n += (size_t)sprintf(buf + n, "*3\r\n$7\r\nmessage\r\n$3\r\na%cb\r\n$%zu\r\n", 0, big);
+        memset(buf + n, 'a' + k, big);
+        n += big;
+        n += (size_t)sprintf(buf + n, "\r\n");
+    }
+    int conns = F.sub_conns;
+    send_read(buf, n);
+    CHECK(R.msgs == 3 && F.sub_conns == conns);
+    expect_drop("*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$2097152\r\n", "");
+    expect_drop("*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n*20000\r\n", "");
+    memset(buf, 'x', (1 << 20) + 1);
+    buf[0] = '+';
+    buf[(1 << 20) + 1] = '\0';
+    expect_drop(buf, "");
+    bus_stop(b, s1, s2);
+    max_reply = 0;
+    free(buf);
+}
+
 int main(int argc, char **argv)
 {
     const char *only = argc > 1 ? argv[1] : NULL; /* run one test (by name) */
@@ -506,6 +542,7 @@ int main(int argc, char **argv)
     RUN(test_no_carry_across_contexts);
     RUN(test_flood_then_eof);
     RUN(test_no_abort);
+    RUN(test_reply_bound);
     if (F.sub) fc_close(F.sub);
     uv_close((uv_handle_t *)&F.listener, NULL);
     uv_close((uv_handle_t *)&failsafe, NULL);
