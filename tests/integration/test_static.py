@@ -15,6 +15,7 @@ import email.utils
 import http.client
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -229,6 +230,33 @@ def readers_that_do_not_read_hold_little_memory():
 
 
 @suite.test
+def a_stalled_download_is_dropped_and_its_file_closed():
+    """A client that stops reading an 8 MiB file: once nothing has moved for
+    keepalive_timeout_ms (500) the server drops it, says so, and closes the
+    file; the client, reading again, gets fewer bytes than announced and the
+    end of the connection.
+    fails on old: yes (no such log line: the keep-alive timer closed the
+    connection, the file had been read and closed long before)."""
+    with WebRoot() as web:
+        data = web.write("big.bin", os.urandom(8 * MIB))
+        with host(web.dir, sets=["keepalive_timeout_ms=500"]) as sh:
+            base_fds, mark = sh.fd_count(), sh.mark()
+            s = connect(sh.port, rcvbuf=16384)
+            try:
+                s.sendall(request("/big.bin"))
+                r = Reader(s)
+                status, headers = r.head()
+                assert status == 200, status
+                sh.wait_log(r"response body: no progress within 500ms: dropped", start=mark)
+                wait_until(lambda: sh.fd_count() <= base_fds, timeout=5,
+                           what="the file closed with its connection")
+                body = r.to_close()
+                assert len(body) < len(data) and body == data[:len(body)], len(body)
+            finally:
+                s.close()
+
+
+@suite.test
 def keep_alive_after_a_slowly_read_streamed_body():
     """One connection. GET a file and read its first 6 MiB slowly (64 KiB every
     20 ms: about 2 s, over keepalive_timeout_ms=1000, while no pause is), the
@@ -323,6 +351,36 @@ def file_growing_while_sent_sends_what_was_announced():
                 assert r.body(len(data) + MIB) == data + b"X" * MIB
             finally:
                 s.close()
+
+
+@suite.test
+def a_download_in_progress_finishes_at_sigterm():
+    """SIGTERM while a client reads a 6 MiB file (64 KiB every 5 ms): the
+    download completes within shutdown_grace_ms, byte for byte, then the
+    server exits 0.
+    fails on old: yes (stopping closed every HTTP connection not waiting for
+    a route: the client got part of the file)."""
+    with WebRoot() as web:
+        data = web.write("big.bin", os.urandom(6 * MIB))
+        sh = host(web.dir, sets=["shutdown_grace_ms=20000"])
+        with sh:
+            s = connect(sh.port, rcvbuf=65536)
+            try:
+                s.sendall(request("/big.bin"))
+                r = Reader(s)
+                status, headers = r.head()
+                assert status == 200, status
+                sh.signal(signal.SIGTERM)
+                sh.wait_log("shutting down")
+                try:
+                    body = r.body(len(data), pace=(65536, 0.005))
+                except (EOFError, ConnectionResetError) as e:
+                    raise AssertionError("cut at SIGTERM after %d bytes: %s" % (len(r.buf), e))
+                assert body == data, "the body differs"
+                assert r.to_close() == b"", "bytes after the body"
+            finally:
+                s.close()
+            assert sh.wait_exit(30) == 0
 
 
 # ================================================================ validators
