@@ -4,6 +4,7 @@
 #include "conn.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +15,7 @@
 #include "str.h"
 #include "ws_deflate.h"
 
-enum timer_mode { TM_NONE, TM_HEAD, TM_KEEPALIVE, TM_DECIDE, TM_LINGER };
+enum timer_mode { TM_NONE, TM_HEAD, TM_KEEPALIVE, TM_DECIDE, TM_LINGER, TM_SEND };
 
 #define HAS SH_HAS
 #define SET SH_SET
@@ -23,6 +24,8 @@ enum timer_mode { TM_NONE, TM_HEAD, TM_KEEPALIVE, TM_DECIDE, TM_LINGER };
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static void process_input(sh_conn *c);
 static void linger(sh_conn *c);
+static int pull_body(sh_conn *c);
+static void end_body(sh_conn *c);
 
 int sh_conn_emit(sh_conn *c, const sh_conn_event *ev)
 {
@@ -52,6 +55,9 @@ static void on_timer(uv_timer_t *h)
     else if (c->timer_mode == TM_DECIDE)
         sh_warn(c->id, "the upgrade was not decided within %llums: dropped",
                 (unsigned long long)c->lim->handshake_timeout_ms);
+    else if (c->timer_mode == TM_SEND)
+        sh_info(c->id, "response body: no progress within %llums: dropped",
+                (unsigned long long)c->lim->keepalive_timeout_ms);
     sh_conn_close(c);
 }
 
@@ -187,6 +193,8 @@ void sh_conn_flush(sh_conn *c)
 {
     if (c->phase == SH_PHASE_CLOSED || HAS(c, SH_CF_WRITING))
         return;
+    if (c->body && pull_body(c) != 0)
+        return;
     if (c->out.len > 0) {
         uv_buf_t b = uv_buf_init(c->out.p, (unsigned)c->out.len);
         int n = (int)c->out.len;
@@ -224,6 +232,10 @@ void sh_conn_flush(sh_conn *c)
             return;
         }
         sh_buf_free(&c->out);
+    }
+    if (c->body) { /* all written: the next piece in the next iteration (fairness) */
+        sh_conn_mark_dirty(c);
+        return;
     }
     if (HAS(c, SH_CF_END_AFTER_WRITE) || (c->phase == SH_PHASE_WS && c->tp->ws->finished(c)))
         linger(c);
@@ -413,6 +425,68 @@ int sh_conn_respond(sh_conn *c, int status, const char *ctype, const char *body,
     return 0;
 }
 
+int sh_conn_respond_body(sh_conn *c, int status, const char *ctype, uint64_t len,
+                         const char *extra, int keep, sh_body_source *src)
+{
+    assert(!c->body);
+    if (c->phase != SH_PHASE_HTTP)
+        return -1;
+    if ((extra ? strlen(extra) : 0) + (ctype ? strlen(ctype) : 0) > MAX_HEAD_OUT) {
+        sh_conn_respond(c, status, ctype, NULL, 0, extra, keep, 0); /* answers 500 */
+        return -1;
+    }
+    if (sh_conn_respond(c, status, ctype, NULL, (size_t)len, extra, keep, 1) != 0)
+        return -1;
+    src->left = len;
+    c->body = src; /* pulled by sh_conn_flush */
+    arm(c, TM_SEND, c->lim->keepalive_timeout_ms);
+    return 0;
+}
+
+/* Top the output up to SH_BODY_CHUNK bytes with the body's next piece (the
+ * previous ones are written: nothing is in flight); at its end, release the
+ * source and go on with the next request. Returns 0, or -1 when the
+ * connection was closed. */
+static int pull_body(sh_conn *c)
+{
+    sh_body_source *src = c->body;
+    if (src->left > 0 && c->out.len < SH_BODY_CHUNK) {
+        size_t want = SH_BODY_CHUNK - c->out.len;
+        if (want > src->left)
+            want = (size_t)src->left;
+        long n = sh_buf_reserve(&c->out, want) == 0 ? src->read(src, c->out.p + c->out.len, want)
+                                                    : -ENOMEM;
+        if (n <= 0) { /* the peer sees fewer bytes than announced, never other ones */
+            sh_warn(c->id, "response body ends %llu bytes short (%s): closed",
+                    (unsigned long long)src->left, n == 0 ? "source ended" : strerror((int)-n));
+            sh_conn_close(c);
+            return -1;
+        }
+        assert((size_t)n <= want);
+        c->out.len += (size_t)n;
+        src->left -= (uint64_t)n;
+        arm(c, TM_SEND, c->lim->keepalive_timeout_ms); /* progress */
+    }
+    if (src->left == 0) {
+        end_body(c);
+        if (c->tp->stopping)
+            SET(c, SH_CF_END_AFTER_WRITE);
+        if (!HAS(c, SH_CF_BUSY)) /* else sh_conn_request_done, when called, goes on */
+            sh_conn_request_done(c);
+    }
+    return c->phase == SH_PHASE_CLOSED ? -1 : 0;
+}
+
+/* Give the body's source back: taken whole, or the connection goes. */
+static void end_body(sh_conn *c)
+{
+    sh_body_source *src = c->body;
+    if (src) {
+        c->body = NULL;
+        src->release(src);
+    }
+}
+
 /* A short plain-text answer that ends the connection. */
 static void refuse(sh_conn *c, int status, const char *extra)
 {
@@ -430,6 +504,8 @@ void sh_conn_request_done(sh_conn *c)
     if (c->phase != SH_PHASE_HTTP)
         return;
     sh_http_parser_reset(c->hp);
+    if (c->body)
+        return; /* the next request once the body is taken (pull_body) */
     if (!HAS(c, SH_CF_END_AFTER_WRITE | SH_CF_LINGERING)) {
         arm(c, c->pending.len ? TM_HEAD : TM_KEEPALIVE,
             c->pending.len ? c->lim->handshake_timeout_ms : c->lim->keepalive_timeout_ms);
@@ -613,7 +689,7 @@ static void remember_request(sh_conn *c, const sh_request *r)
 /* Parse and answer the requests in pending, one at a time. */
 static void parse_requests(sh_conn *c)
 {
-    while (c->phase == SH_PHASE_HTTP &&
+    while (c->phase == SH_PHASE_HTTP && !c->body &&
            !HAS(c, SH_CF_BUSY | SH_CF_END_AFTER_WRITE | SH_CF_LINGERING) && c->pending.len > 0 &&
            !output_full(c)) {
         size_t consumed = 0;
@@ -662,7 +738,7 @@ static void process_input(sh_conn *c)
     /* While a request is answered later (a route), reading goes on so the
      * peer's going away is noticed; pipelined input beyond one read's worth
      * waits in the socket instead of in memory. */
-    if ((HAS(c, SH_CF_BUSY) && c->pending.len > SH_READ_BUF_SIZE) ||
+    if (((HAS(c, SH_CF_BUSY) || c->body) && c->pending.len > SH_READ_BUF_SIZE) ||
         (c->phase == SH_PHASE_HTTP && output_full(c)))
         sh_conn_stop_reading(c);
     if (c->pending.len == 0)
@@ -883,6 +959,7 @@ void sh_conn_close(sh_conn *c)
         return;
     int was_ws = c->phase == SH_PHASE_WS;
     c->phase = SH_PHASE_CLOSED;
+    end_body(c);
     uncount(c);
     undirty(c);
     if (HAS(c, SH_CF_PAUSED)) {
@@ -961,7 +1038,7 @@ void sh_transport_stop(sh_transport *tp)
         next = c->next;
         if (c->phase == SH_PHASE_WS)
             c->tp->ws->close(c, 1001, "server shutting down");
-        else if (c->phase == SH_PHASE_HTTP && !HAS(c, SH_CF_BUSY))
-            sh_conn_close(c);
+        else if (c->phase == SH_PHASE_HTTP && !HAS(c, SH_CF_BUSY) && !c->body)
+            sh_conn_close(c); /* a body being sent ends the connection when taken */
     }
 }

@@ -152,6 +152,7 @@ typedef struct sh_conn {
     char method[16];             /* the last request's method and path (cut at 512 bytes; */
     char *path;                  /* no query: it may hold tokens), for the access line */
     struct sh_pmd *pmd;          /* NULL, or permessage-deflate's state once negotiated */
+    struct sh_body_source *body; /* NULL, or the response body being sent (HTTP phase) */
 
     void *app;                   /* the handler's per-connection state */
 } sh_conn;
@@ -275,6 +276,34 @@ void sh_conn_ws_close(sh_conn *c, uint16_t code, const char *reason);
  * the head does not fit (over 16 KiB). */
 int sh_conn_respond(sh_conn *c, int status, const char *ctype, const char *body, size_t len,
                     const char *extra, int keep, int head_only);
+/* A response body produced in pieces (a file), pulled by the transport: the
+ * next piece is asked for only once the previous one has been handed to the
+ * socket, so a connection holds at most SH_BODY_CHUNK bytes of it however
+ * large the body and however slow the reader. Embedded in the producer's own
+ * struct (the callbacks get it back). */
+typedef struct sh_body_source sh_body_source;
+struct sh_body_source {
+    /* Copy the next bytes of the body, at most max (> 0), to dst. Returns the
+     * number copied (> 0), 0 when the source ended early (a file that shrank),
+     * or a negative errno; either of the last two closes the connection: the
+     * peer sees fewer bytes than announced, never other ones. */
+    long (*read)(sh_body_source *src, char *dst, size_t max);
+    /* Called once, when the body has been taken whole or the connection went
+     * away first: free src and what it holds. */
+    void (*release)(sh_body_source *src);
+    uint64_t left; /* the transport's: body bytes still to read */
+};
+#define SH_BODY_CHUNK (64 * 1024)
+
+/* Answer a plain request with a body of exactly len bytes pulled from src
+ * (as sh_conn_respond otherwise; no HEAD: that is sh_conn_respond with
+ * head_only). Returns 0: src is the transport's until its release; -1 (the
+ * connection is closing, or the head is too large: answered 500): src was
+ * not taken, release it yourself. While the body is sent, further requests
+ * on the connection wait; a body that makes no progress for
+ * keepalive_timeout_ms ends the connection. */
+int sh_conn_respond_body(sh_conn *c, int status, const char *ctype, uint64_t len,
+                         const char *extra, int keep, sh_body_source *src);
 /* The request of EV_REQUEST is answered: go on with the next one. */
 void sh_conn_request_done(sh_conn *c);
 

@@ -1,6 +1,7 @@
 /* server.c — the top-level object; see server.h. */
 #include "server.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <openssl/rand.h>
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -25,8 +27,6 @@
 #include "static_files.h"
 #include "user_metrics.h"
 #include "watchdog.h"
-
-#define MAX_STATIC_BYTES (16u * 1024 * 1024)
 
 static void finish(sh_server *s);
 
@@ -157,45 +157,113 @@ static int redis_up(const sh_server *s)
 
 /* ------------------------------------------------------------ requests */
 
-/* Serve a file from the web root: regular files only, opened without
+/* A file sent as a response body (conn.h's sh_body_source). It is read with
+ * pread on the loop, one SH_BODY_CHUNK at a time, when the transport has
+ * written the previous one, not with uv_fs_read in the thread pool: a read
+ * from the page cache takes microseconds, less than the hand-off to a thread
+ * and back; a cold disk stalls the loop for one 64 KiB read at most (nginx's
+ * default without "aio threads"); and the pool's four threads also do the
+ * HTTP client's name lookups, which a slow disk would starve. */
+typedef struct static_body {
+    sh_body_source src; /* first: the transport hands it back */
+    int fd;
+    off_t off;          /* of the next byte to read */
+} static_body;
+
+static long static_body_read(sh_body_source *src, char *dst, size_t max)
+{
+    static_body *b = (static_body *)src;
+    ssize_t n;
+    do
+        n = pread(b->fd, dst, max, b->off);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    b->off += n;
+    return (long)n;
+}
+
+static void static_body_release(sh_body_source *src)
+{
+    static_body *b = (static_body *)src;
+    close(b->fd);
+    free(b);
+}
+
+/* Open the file a request path names: regular files only, opened without
  * blocking (a FIFO is refused, not waited on); symbolic links are followed
  * (nginx's default, disable_symlinks off) but the path itself cannot leave
- * the root (sh_static_normalise). */
+ * the root (sh_static_normalise). Returns the fd with *st and rel (the path
+ * under the root), or -1: answer 404. */
+static int open_static(const sh_config *cfg, const char *path, char *rel, size_t relsz,
+                       struct stat *st)
+{
+    char full[2048];
+    if (!cfg->web_root || sh_static_normalise(path, rel, relsz) != 0)
+        return -1;
+    snprintf(full, sizeof full, "%s/%s", cfg->web_root, rel);
+    int fd = open(full, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd >= 0 && (fstat(fd, st) != 0 || !S_ISREG(st->st_mode))) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+/* 1 when the client's copy is current (RFC 9110 §13.2.2): If-None-Match,
+ * on any of its lines, decides when present; else If-Modified-Since, to the
+ * second of Last-Modified. */
+static int not_modified(const sh_request *r, const char *etag, int64_t mtime)
+{
+    int asked = 0;
+    for (size_t i = 0; i < r->nheaders; i++)
+        if (strcasecmp(r->headers[i].name, "If-None-Match") == 0) {
+            if (sh_etag_match(r->headers[i].value, etag))
+                return 1;
+            asked = 1;
+        }
+    const char *since = asked ? NULL : sh_request_header(r, "If-Modified-Since");
+    int64_t t;
+    return since && sh_http_date_parse(since, &t) == 0 && mtime <= t;
+}
+
+/* Serve a file from the web root (open_static), streamed (static_body): a
+ * connection holds one chunk of it, whatever its size. ETag and
+ * Last-Modified on every answer; a conditional request that matches gets 304
+ * (its Content-Length is the file's, as RFC 9110 §8.6 allows, and no body). */
 static void serve_static(sh_conn *c, const sh_config *cfg, const sh_request *r, int keep,
                          int head_only)
 {
-    char rel[1024], full[2048];
-    if (!cfg->web_root || sh_static_normalise(r->path, rel, sizeof rel) != 0)
-        goto not_found;
-    snprintf(full, sizeof full, "%s/%s", cfg->web_root, rel);
-    int fd = open(full, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0)
-        goto not_found;
+    char rel[1024], etag[40], date[30], extra[192];
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > MAX_STATIC_BYTES) {
-        close(fd);
-        goto not_found;
+    int fd = open_static(cfg, r->path, rel, sizeof rel, &st);
+    if (fd < 0) {
+        sh_conn_respond(c, 404, "text/plain; charset=utf-8", "404 Not Found\n", 14, NULL, keep,
+                        head_only);
+        return;
     }
-    char *data = malloc((size_t)st.st_size + 1);
-    ssize_t got = data ? read(fd, data, (size_t)st.st_size) : -1;
+    sh_static_etag(st.st_mtim.tv_sec, st.st_mtim.tv_nsec, (uint64_t)st.st_size, etag);
+    sh_http_date(st.st_mtim.tv_sec, date);
+    snprintf(extra, sizeof extra,
+             "X-Content-Type-Options: nosniff\r\nCache-Control: no-cache\r\nETag: %s\r\n"
+             "Last-Modified: %s\r\n", etag, date);
+    static_body *b = NULL;
+    if (not_modified(r, etag, st.st_mtim.tv_sec)) {
+        sh_conn_respond(c, 304, NULL, NULL, (size_t)st.st_size, extra, keep, 1);
+    } else if (head_only || st.st_size == 0) {
+        sh_conn_respond(c, 200, sh_mime_type(rel), NULL, (size_t)st.st_size, extra, keep, 1);
+    } else if (!(b = malloc(sizeof *b))) {
+        sh_conn_respond(c, 503, "text/plain; charset=utf-8", "503 Service Unavailable\n", 24,
+                        "Retry-After: 1\r\n", 0, 0);
+    } else {
+        *b = (static_body){.src = {.read = static_body_read, .release = static_body_release},
+                           .fd = fd};
+        if (sh_conn_respond_body(c, 200, sh_mime_type(rel), (uint64_t)st.st_size, extra, keep,
+                                 &b->src) == 0)
+            return; /* the fd is the transport's until static_body_release */
+        free(b);
+    }
     close(fd);
-    if (got != st.st_size) {
-        free(data);
-        if (!data) {
-            sh_conn_respond(c, 503, "text/plain; charset=utf-8", "503 Service Unavailable\n",
-                            24, "Retry-After: 1\r\n", 0, head_only);
-            return;
-        }
-        goto not_found;
-    }
-    sh_conn_respond(c, 200, sh_mime_type(rel), data, (size_t)got,
-                    "X-Content-Type-Options: nosniff\r\nCache-Control: no-cache\r\n", keep,
-                    head_only);
-    free(data);
-    return;
-not_found:
-    sh_conn_respond(c, 404, "text/plain; charset=utf-8", "404 Not Found\n", 14, NULL, keep,
-                    head_only);
 }
 
 static void serve_metrics(sh_server *s, sh_conn *c, int keep, int head_only)

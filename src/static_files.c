@@ -1,8 +1,10 @@
 /* static_files.c — see static_files.h. */
 #include "static_files.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 /* 1 for a byte that may not appear in a served path: control bytes and the
  * backslash (a separator on other systems, never needed here). */
@@ -145,4 +147,110 @@ const char *sh_mime_type(const char *path)
             if (strcasecmp(dot + 1, mime_table[i].ext) == 0)
                 return mime_table[i].type;
     return "application/octet-stream";
+}
+
+/* ------------------------------------------------------------ validators */
+
+static const char wdays[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+
+void sh_http_date(int64_t t, char out[30])
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    if (!gmtime_r(&tt, &tm) || tm.tm_year + 1900 > 9999 || tm.tm_year + 1900 < 0) {
+        tt = 0; /* out of the format's range: the epoch */
+        gmtime_r(&tt, &tm);
+    }
+    /* the remainders only tell the compiler the widths (the values fit already) */
+    snprintf(out, 30, "%s, %02u %s %04u %02u:%02u:%02u GMT", wdays[tm.tm_wday % 7],
+             (unsigned)tm.tm_mday % 100, months[tm.tm_mon % 12],
+             (unsigned)(tm.tm_year + 1900) % 10000, (unsigned)tm.tm_hour % 100,
+             (unsigned)tm.tm_min % 100, (unsigned)tm.tm_sec % 100);
+}
+
+/* 0..11 for a month's three-letter name (case-sensitive, RFC 9110), else -1. */
+static int month_index(const char *m)
+{
+    for (int i = 0; i < 12; i++)
+        if (strcmp(m, months[i]) == 0)
+            return i;
+    return -1;
+}
+
+/* The time of a broken-down UTC date, -1 when it names no real moment (Feb
+ * 30, 25:00): timegm would move it to another day instead. */
+static int date_time(int year, int mon, int day, int h, int m, int sec, int64_t *t)
+{
+    struct tm tm = {.tm_year = year - 1900, .tm_mon = mon, .tm_mday = day,
+                    .tm_hour = h, .tm_min = m, .tm_sec = sec};
+    if (year < 0 || mon < 0 || day < 1 || day > 31 || h < 0 || h > 23 || m < 0 || m > 59 ||
+        sec < 0 || sec > 60)
+        return -1;
+    time_t tt = timegm(&tm);
+    if (tm.tm_mday != day || tm.tm_mon != mon)
+        return -1;
+    *t = (int64_t)tt;
+    return 0;
+}
+
+int sh_http_date_parse(const char *s, int64_t *t)
+{
+    char wd[10], mon[4];
+    int day, year, h, m, sec, end = -1;
+    /* %n only where the whole pattern matched; each form must use up s */
+    if (sscanf(s, "%3[A-Za-z], %2d %3[A-Za-z] %4d %2d:%2d:%2d GMT%n", wd, &day, mon, &year, &h,
+               &m, &sec, &end) == 7 && end > 0 && s[end] == '\0' && strlen(wd) == 3)
+        return date_time(year, month_index(mon), day, h, m, sec, t);
+    end = -1;
+    if (sscanf(s, "%9[A-Za-z], %2d-%3[A-Za-z]-%2d %2d:%2d:%2d GMT%n", wd, &day, mon, &year, &h,
+               &m, &sec, &end) == 7 && end > 0 && s[end] == '\0')
+        return date_time(year < 70 ? 2000 + year : 1900 + year, month_index(mon), day, h, m, sec,
+                         t);
+    end = -1;
+    if (sscanf(s, "%3[A-Za-z] %3[A-Za-z] %2d %2d:%2d:%2d %4d%n", wd, mon, &day, &h, &m, &sec,
+               &year, &end) == 7 && end > 0 && s[end] == '\0')
+        return date_time(year, month_index(mon), day, h, m, sec, t);
+    return -1;
+}
+
+void sh_static_etag(int64_t mtime_sec, long mtime_nsec, uint64_t size, char out[40])
+{
+    uint64_t ns = (uint64_t)mtime_sec * 1000000000u + (uint64_t)mtime_nsec;
+    snprintf(out, 40, "\"%llx-%llx\"", (unsigned long long)ns, (unsigned long long)size);
+}
+
+/* Skip optional white space and commas (empty list elements are allowed). */
+static const char *skip_list_space(const char *p)
+{
+    while (*p == ' ' || *p == '\t' || *p == ',')
+        p++;
+    return p;
+}
+
+int sh_etag_match(const char *v, const char *etag)
+{
+    const char *p = skip_list_space(v);
+    if (strncmp(etag, "W/", 2) == 0)
+        etag += 2;
+    size_t elen = strlen(etag);
+    if (*p == '*') /* alone: any current representation */
+        return *skip_list_space(p + 1) == '\0';
+    while (*p != '\0') {
+        if (strncmp(p, "W/", 2) == 0)
+            p += 2;
+        if (*p != '"')
+            return 0;
+        const char *close = strchr(p + 1, '"');
+        if (!close)
+            return 0;
+        if ((size_t)(close + 1 - p) == elen && memcmp(p, etag, elen) == 0)
+            return 1;
+        p = close + 1;
+        if (*p != '\0' && *p != ',' && *p != ' ' && *p != '\t')
+            return 0;
+        p = skip_list_space(p);
+    }
+    return 0;
 }

@@ -13,6 +13,7 @@
 #define SH_STATIC_FILES_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Errors (negative). */
 #define SH_STATIC_EREFUSED (-1) /* must not be served: answer 404 */
@@ -43,5 +44,32 @@ int sh_url_decode(const char *in, size_t n, char *out, size_t outsz,
  * no extension. The text types carry "; charset=utf-8". Never NULL; the string
  * is static. */
 const char *sh_mime_type(const char *path);
+
+/* Validators (RFC 9110 §8.8) and conditional requests (§13). */
+
+/* out = the IMF-fixdate of t (seconds since the epoch, UTC), e.g.
+ * "Sun, 06 Nov 1994 08:49:37 GMT": 29 characters and a NUL, whatever the
+ * locale. */
+void sh_http_date(int64_t t, char out[30]);
+
+/* Parse an HTTP-date in any of the three forms a recipient must accept
+ * (RFC 9110 §5.6.7): IMF-fixdate, RFC 850 ("Sunday, 06-Nov-94 08:49:37 GMT";
+ * a two-digit year below 70 is 20xx) and asctime ("Sun Nov  6 08:49:37
+ * 1994"). The weekday is not checked. Returns 0 with *t, or -1 when s is no
+ * such date (a nonexistent day such as Feb 30 included). */
+int sh_http_date_parse(const char *s, int64_t *t);
+
+/* out = the entity tag of a file of size bytes last modified at mtime_sec +
+ * mtime_nsec: "\"<mtime in ns, hex>-<size, hex>\"" (quotes included; at most
+ * 36 bytes with the NUL). Like nginx's (mtime-size) but with nanoseconds, so
+ * a file rewritten in the same second with the same size gets a new tag;
+ * unlike Apache's of old, no inode number (it would tell it). */
+void sh_static_etag(int64_t mtime_sec, long mtime_nsec, uint64_t size, char out[40]);
+
+/* 1 when the If-None-Match field value v ("*", or a comma-separated list of
+ * entity tags, weak or strong) matches etag by the weak comparison (the one
+ * GET and HEAD use, RFC 9110 §13.1.2): the client's copy is current. 0
+ * otherwise, a malformed list included. */
+int sh_etag_match(const char *v, const char *etag);
 
 #endif

@@ -1,5 +1,5 @@
-/* test_static_files.c — path safety, percent-decoding and content types
- * (src/static_files.c).
+/* test_static_files.c — path safety, percent-decoding, content types and
+ * validators (src/static_files.c).
  *
  * Build: gcc -Wall -Wextra -fsanitize=address,undefined -Isrc
  *            src/static_files.c tests/unit/test_static_files.c -o test_static */
@@ -171,6 +171,93 @@ static void test_mime(void)
     CHECK_STR(sh_mime_type(NULL), "application/octet-stream");
 }
 
+/* HTTP-dates: the one form written, the three read. */
+static void test_http_date(void)
+{
+    char out[30];
+    sh_http_date(784111777, out);
+    CHECK_STR(out, "Sun, 06 Nov 1994 08:49:37 GMT");
+    sh_http_date(0, out);
+    CHECK_STR(out, "Thu, 01 Jan 1970 00:00:00 GMT");
+    sh_http_date(951782400, out); /* a leap day */
+    CHECK_STR(out, "Tue, 29 Feb 2000 00:00:00 GMT");
+
+    static const struct {
+        const char *s;
+        long long t; /* -1: refused */
+    } cases[] = {
+        {"Sun, 06 Nov 1994 08:49:37 GMT", 784111777},
+        {"Sunday, 06-Nov-94 08:49:37 GMT", 784111777},
+        {"Sun Nov  6 08:49:37 1994", 784111777},
+        {"Sun Nov 6 08:49:37 1994", 784111777},
+        {"Monday, 01-Jan-01 00:00:00 GMT", 978307200}, /* two digits below 70: 20xx */
+        {"Tue, 29 Feb 2000 00:00:00 GMT", 951782400},
+        {"Mon, 06 Nov 1994 08:49:37 GMT", 784111777}, /* the weekday is not checked */
+        {"Sun, 06 Nov 1994 08:49:37 UTC", -1},
+        {"Sun, 06 Nov 1994 08:49:37 GMT extra", -1},
+        {"Sun, 06 nov 1994 08:49:37 GMT", -1}, /* month names are case-sensitive */
+        {"Sun, 30 Feb 1994 08:49:37 GMT", -1},
+        {"Sun, 06 Nov 1994 24:00:00 GMT", -1},
+        {"Sun, 06 Nov 1994 08:60:00 GMT", -1},
+        {"Sun, 06 Nov 1994 -8:49:37 GMT", -1},
+        {"Sun, 06 Nov 1994", -1},
+        {"784111777", -1},
+        {"", -1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int64_t t = -7;
+        int rc = sh_http_date_parse(cases[i].s, &t);
+        if (cases[i].t < 0)
+            CHECKF(rc == -1, "\"%s\": accepted as %lld", cases[i].s, (long long)t);
+        else
+            CHECKF(rc == 0 && t == cases[i].t, "\"%s\": rc %d, %lld", cases[i].s, rc,
+                   (long long)t);
+    }
+    /* what is written reads back */
+    for (int64_t t = 0; t < 4102444800; t += 86399 * 397) {
+        int64_t back = -1;
+        sh_http_date(t, out);
+        CHECKF(sh_http_date_parse(out, &back) == 0 && back == t, "%s", out);
+    }
+}
+
+/* Entity tags and If-None-Match. */
+static void test_etag(void)
+{
+    char tag[40];
+    sh_static_etag(1, 5, 10, tag);
+    CHECK_STR(tag, "\"3b9aca05-a\"");
+    sh_static_etag(1, 6, 10, tag); /* a nanosecond later: another tag */
+    CHECK_STR(tag, "\"3b9aca06-a\"");
+    sh_static_etag(4102444800, 999999999, UINT64_MAX, tag);
+    CHECK(strlen(tag) < 40);
+
+    static const struct {
+        const char *v;
+        int match;
+    } cases[] = {
+        {"\"abc\"", 1},
+        {"W/\"abc\"", 1}, /* weak comparison */
+        {"\"x\", \"abc\"", 1},
+        {"\"x\",\"abc\"", 1},
+        {" \"x\" ,\t W/\"abc\" ", 1},
+        {",,\"abc\",", 1},
+        {"*", 1},
+        {" * ", 1},
+        {"\"abcd\"", 0},
+        {"\"ab\"", 0},
+        {"abc", 0},         /* not quoted */
+        {"\"abc", 0},       /* unterminated */
+        {"\"x\"y, \"abc\"", 0}, /* malformed before it */
+        {"*, \"abc\"", 0},  /* "*" only alone */
+        {"", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        CHECKF(sh_etag_match(cases[i].v, "\"abc\"") == cases[i].match, "[%s]", cases[i].v);
+        CHECKF(sh_etag_match(cases[i].v, "W/\"abc\"") == cases[i].match, "W/ [%s]", cases[i].v);
+    }
+}
+
 int main(void)
 {
     test_normalise_ok();
@@ -178,5 +265,7 @@ int main(void)
     test_url_decode();
     test_normalise_sizes();
     test_mime();
+    test_http_date();
+    test_etag();
     return unit_done("test_static_files");
 }
