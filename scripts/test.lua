@@ -165,6 +165,7 @@ end
 
 -- Run the file's tests (the kit calls this once), numbered from first: → the number that failed
 function M._run(first)
+  if started then error("t._run: the kit's own (it runs the file's tests once)", 2) end
   started = true
   local failed = 0
   for i, tc in ipairs(tests) do
