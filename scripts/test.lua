@@ -90,11 +90,17 @@ local function show(v, depth)
 end
 M.show = show
 
--- deep equality; numbers compare by value (1 == 1.0)
-local function equal(a, b)
+-- deep equality; numbers compare by value (1 == 1.0). A pair of tables met again while
+-- compared (a cycle) counts as equal there: the rest of the walk decides.
+local function equal(a, b, seen)
   if a == b then return true end
   if type(a) ~= "table" or type(b) ~= "table" then return false end
-  for k, v in pairs(a) do if not equal(v, b[k]) then return false end end
+  seen = seen or {}
+  local with = seen[a]
+  if with and with[b] then return true end
+  if not with then with = {}; seen[a] = with end
+  with[b] = true
+  for k, v in pairs(a) do if not equal(v, b[k], seen) then return false end end
   for k in pairs(b) do if a[k] == nil then return false end end
   return true
 end

@@ -868,5 +868,23 @@ end)
         assert "ok 6 - written\n1..1\n" in err and "ok 9 - from the policy's io.write\n" in err, err
 
 
+
+@suite.test
+def eq_compares_cyclic_tables():
+    # t.eq on two tables that hold themselves recursed until "stack overflow"
+    with tempfile.TemporaryDirectory() as d:
+        f = write(d, "cyc_test.lua", """
+local t = require "statushost.test"
+local function ring(v) local a = { v = v }; a.self = a; a.list = { a, { a } }; return a end
+t.test("equal", function() t.eq(ring(1), ring(1.0)) end)
+t.test("differ", function() t.eq(ring(1), ring(2)) end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 1, (rc, out, err)
+        plan, results, diags = tap(out)
+        assert [ok for ok, _ in results.values()] == [True, False], out
+        assert diags[2][1] == "values differ", diags[2]
+
+
 if __name__ == "__main__":
     suite.run()
