@@ -38,6 +38,9 @@
 #define KIT_INSTANCE "7e57000000000000"
 #define SETTLE_MAX 100000 /* loop iterations before a world is said never to go idle */
 #define SETTLE_CLOCK 64   /* iterations between two looks at the test's CPU time */
+/* Worlds open at once: each holds a loop (two descriptors) and about 100 KB
+ * outside the test file's Lua state, which --max-memory does not see. */
+#define KIT_MAX_WORLDS 1000
 /* The virtual clock ends at 2^53 ms (285,000 years; exact in a double, as
  * p:time() needs); the shared dictionaries' offset, which every world's clock
  * adds to, stops at 2^62 ms, so their arithmetic cannot overflow. */
@@ -521,11 +524,14 @@ static int settle_or_raise(lua_State *L, kit_world *w)
     return 0;
 }
 
+static int live_worlds; /* open */
+
 static void world_close(kit_world *w)
 {
     if (!w->open)
         return;
     w->open = 0;
+    live_worlds--;
     sh_transport_close(&w->tp);
     for (sh_gen *g = w->host.gens; g; g = g->next_gen)
         sh_gen_ref(g);
@@ -601,6 +607,12 @@ static int l_load(lua_State *L)
     size_t nsets = (size_t)luaL_len(L, 2);
     if (nsets > 256)
         return luaL_error(L, "at most 256 config overrides");
+    if (live_worlds >= KIT_MAX_WORLDS) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%d policies are open: the most a test may have open at once "
+                           "(p:close() the ones it is done with)", KIT_MAX_WORLDS);
+        return 2;
+    }
     const char *sets[256];
     for (size_t i = 0; i < nsets; i++) {
         lua_rawgeti(L, 2, (lua_Integer)i + 1);
@@ -627,6 +639,7 @@ static int l_load(lua_State *L)
     }
     sh_transport_set_capture(&w->tp, on_capture);
     w->open = 1;
+    live_worlds++;
     char err[1024];
     if (sh_gen_load(&w->host, kit_api_open, script, sets, nsets, &w->gen, err, sizeof err) != 0) {
         world_close(w);

@@ -886,5 +886,33 @@ t.test("differ", function() t.eq(ring(1), ring(2)) end)
         assert diags[2][1] == "values differ", diags[2]
 
 
+
+@suite.test
+def a_test_opens_at_most_1000_policies_at_once():
+    # each policy holds a loop (two descriptors) and about 100 KB the memory cap does not
+    # see: a test opening them in a loop took the machine's memory (or its descriptors)
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "echo.lua", ECHO_POLICY)
+        f = write(d, "many_test.lua", """
+local t = require "statushost.test"
+t.test("opens 1001", function() for i = 1, 1001 do t.policy("echo.lua") end end) -- OPENS
+t.test("closes each", function()
+  for i = 1, 1500 do
+    local p = t.policy("echo.lua")
+    local c = p:open{}
+    c:send("x"); c:expect_frame("x")
+    p:close()
+  end
+end)
+""")
+        rc, out, err, _ = run_files([f], timeout=120)
+        assert rc == 1, (rc, out, err)
+        plan, results, diags = tap(out)
+        assert [ok for ok, _ in results.values()] == [False, True], out
+        assert diags[1][0] == ("at %s:%d" % (f, line_of(f, "OPENS"))), diags[1]
+        assert diags[1][1].endswith("1000 policies are open: the most a test may have open at "
+                                    "once (p:close() the ones it is done with)"), diags[1]
+
+
 if __name__ == "__main__":
     suite.run()
