@@ -1106,15 +1106,51 @@ static int w_drop(lua_State *L)
     return 0;
 }
 
-/* __gc and __close: not through kit_call (a finalizer must not raise) */
+#define DEFERRED "statushost.kit.deferred" /* registry: worlds to close after a kit call */
+
+static void close_deferred(lua_State *L);
+
+/* __gc and __close: not through kit_call (a finalizer must not raise). A
+ * finalizer that runs inside a kit call (a collection step there) would
+ * close a world in the middle of the simulation: the world is kept (listed,
+ * so alive) and closed when the call ends. */
 static int w_gc(lua_State *L)
 {
     kit_world *w = luaL_checkudata(L, 1, WORLD_MT);
+    if (w->open && sh_kit_guard_inside(L)) {
+        luaL_getsubtable(L, LUA_REGISTRYINDEX, DEFERRED);
+        lua_pushvalue(L, 1);
+        lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+        return 0;
+    }
     w->L = L;
     sh_kit_guard_enter(L);
     world_close(w);
     sh_kit_guard_leave(L);
+    close_deferred(L); /* a finalizer that ran inside world_close */
     return 0;
+}
+
+/* Close the worlds w_gc deferred, each anchored on the stack while it closes
+ * (and those deferred meanwhile). */
+static void close_deferred(lua_State *L)
+{
+    if (lua_getfield(L, LUA_REGISTRYINDEX, DEFERRED) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return;
+    }
+    for (lua_Integer n; (n = (lua_Integer)lua_rawlen(L, -1)) > 0;) {
+        lua_rawgeti(L, -1, n);
+        lua_pushnil(L);
+        lua_rawseti(L, -3, n);
+        kit_world *w = lua_touserdata(L, -1);
+        w->L = L;
+        sh_kit_guard_enter(L);
+        world_close(w);
+        sh_kit_guard_leave(L);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
 }
 
 static const luaL_Reg world_methods[] = {
@@ -1137,16 +1173,21 @@ static int l_reset_shared(lua_State *L)
 }
 
 /* A kit function or world method, upvalue 1, called as a kit call: the test
- * state's memory cap and collector are off while it runs policies (their
- * requests become tables of that state from inside the simulation, where an
- * error or a finalizer running the test's Lua would break it). */
+ * state's memory cap is off while it runs policies (their requests become
+ * tables of that state from inside the simulation, where an error would break
+ * it), and a finalizer of the test's that runs meanwhile cannot call the kit
+ * again (it would free what the call is using). */
 static int kit_call(lua_State *L)
 {
+    if (sh_kit_guard_inside(L)) /* only a finalizer runs the test's Lua inside a kit call */
+        return luaL_error(L, "the test kit is busy: a finalizer (__gc) that runs inside one "
+                             "of its calls cannot call it");
     sh_kit_guard_enter(L);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
     sh_kit_guard_leave(L);
+    close_deferred(L);
     if (st != LUA_OK)
         return lua_error(L);
     return lua_gettop(L);
@@ -1331,7 +1372,8 @@ static int l_run(lua_State *L)
     lua_Integer i = luaL_checkinteger(L, 1);
     luaL_checktype(L, 2, LUA_TFUNCTION);
     luaL_checktype(L, 3, LUA_TTABLE);
-    if (!run.file || run.in_test || i != run.last + 1 || i > run.file->ntests)
+    if (!run.file || run.in_test || sh_kit_guard_inside(L) || i != run.last + 1 ||
+        i > run.file->ntests)
         return luaL_error(L, "kit.run: the kit's own (it runs each test once, in order)");
     run.last = i;
     lua_settop(L, 3);

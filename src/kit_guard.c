@@ -26,8 +26,7 @@
 
 typedef struct guard_state {
     size_t mem;     /* bytes the state holds */
-    int inside;     /* depth of sh_kit_guard_enter: no cap, no collection */
-    int gc_stopped; /* the outermost enter stopped a running collector */
+    int inside;     /* depth of sh_kit_guard_enter: no cap */
 } guard_state;
 
 static const sh_kit_limits *limits;    /* every state's (one set per run) */
@@ -210,19 +209,21 @@ static guard_state *state_of(lua_State *L)
 void sh_kit_guard_enter(lua_State *L)
 {
     guard_state *s = state_of(L);
-    if (s && s->inside++ == 0 && lua_gc(L, LUA_GCISRUNNING) == 1) {
-        lua_gc(L, LUA_GCSTOP);
-        s->gc_stopped = 1;
-    }
+    if (s)
+        s->inside++;
 }
 
 void sh_kit_guard_leave(lua_State *L)
 {
     guard_state *s = state_of(L);
-    if (s && --s->inside == 0 && s->gc_stopped) {
-        s->gc_stopped = 0;
-        lua_gc(L, LUA_GCRESTART);
-    }
+    if (s)
+        s->inside--;
+}
+
+int sh_kit_guard_inside(lua_State *L)
+{
+    guard_state *s = state_of(L);
+    return s && s->inside;
 }
 
 size_t sh_kit_memory(lua_State *L)

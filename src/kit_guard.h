@@ -58,11 +58,12 @@ void sh_kit_phase(const char *what, const char *ctx);
  * the hook raises from now on. */
 const char *sh_kit_overtime(void);
 
-/* Around a kit C call that runs a policy: the memory cap and the state's
- * collector (whose finalizers could run the test's Lua in the middle of the
- * simulation) are off until the matching leave. */
+/* Around a kit C call that runs a policy: the memory cap is off until the
+ * matching leave. inside: in such a call (where a finalizer of the test's
+ * may run, and must not call the kit again). */
 void sh_kit_guard_enter(lua_State *L);
 void sh_kit_guard_leave(lua_State *L);
+int sh_kit_guard_inside(lua_State *L);
 
 /* Bytes the state holds; its cap. */
 size_t sh_kit_memory(lua_State *L);

@@ -914,5 +914,44 @@ end)
                                     "once (p:close() the ones it is done with)"), diags[1]
 
 
+
+@suite.test
+def a_finalizer_inside_a_kit_call_cannot_call_the_kit():
+    # a __gc of the test's ran by a collection step inside a kit call (w:take making a
+    # request's table, say) could call the kit again: a settle inside a settle (libuv's
+    # loop run inside itself), a request answered while it was being answered
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "reent.lua", """
+local host = require "statushost"
+return { on_message = function(conn, text)
+  local r, e = host.http.request{ url = "http://r.test/x", timeout_ms = 1000 }
+  conn:send(r and tostring(r.status) or e)
+end }
+""")
+        f = write(d, "reent_test.lua", """local t = require "statushost.test"
+t.test("a finalizer inside a kit call cannot call the kit", function()
+  local p = t.policy("reent.lua")
+  local c = p:open{}
+  local ran, refused = 0, 0
+  local function arm()
+    setmetatable({}, { __gc = function()
+      ran = ran + 1
+      
+      local ok, err = pcall(p.w.settle, p.w)
+      if not ok and err:find("the test kit is busy", 1, true) then refused = refused + 1 end
+    end })
+  end
+  p:route("GET /x", function() for _ = 1, 100 do arm() end; return 200, "ok", { ["X-A"] = "1" } end)
+  collectgarbage("generational", 1, 100) -- a collection (its finalizers run) at about every allocation
+  for _ = 1, 20 do c:send("go"); c:expect_frame("200") end
+  collectgarbage("incremental", 200, 100)
+  collectgarbage()
+  t.ok(refused > 0 and refused < ran, ("%d finalizers ran, %d refused"):format(ran, refused))
+end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 0, (rc, out, err)
+
+
 if __name__ == "__main__":
     suite.run()
