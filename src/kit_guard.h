@@ -12,7 +12,9 @@
  *    report after it, closing a file), each allowed --cpu-ms of the
  *    process's CPU time. A count hook on the state (every coroutine inherits
  *    it) raises once the phase is past it, and from then on at every
- *    instruction of a thread that catches it. The kit's settle loop checks
+ *    instruction of a thread that catches it. (A hook set makes Lua 5.4 trap
+ *    every instruction: the test file's own Lua runs about half as fast; its
+ *    tests' time is mostly the policies', which run in states of their own.) The kit's settle loop checks
  *    too (a policy kept busy by the test). A phase still running at twice its
  *    time (at least one second more) is stuck where no hook runs — one long C
  *    call, a finalizer —: a CPU-time signal (SIGPROF) ends the run with a
