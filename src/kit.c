@@ -1329,16 +1329,19 @@ static int outcome(lua_State *L, lua_State *co, int st, const char *over, int fa
         lua_pushstring(L, over);
         return 2;
     }
+    /* the room to say it, past the cap: no code of the test's runs here, but for a
+     * __tostring (error_text) */
+    sh_kit_guard_enter(L);
     if (st == LUA_YIELD) {
         luaL_traceback(L, co, "the test yielded (coroutine.yield outside a coroutine of its "
                               "own): a test runs to its end", 0);
+        sh_kit_guard_leave(L);
         return 2;
     }
     if (st == LUA_ERRMEM) {
         char msg[200];
         snprintf(msg, sizeof msg, "not enough memory: past --max-memory %zu (the test file's "
                  "Lua state held %zu bytes)", sh_kit_memory_cap(L), sh_kit_memory(L));
-        sh_kit_guard_enter(L); /* the room to say it */
         luaL_traceback(L, co, msg, 0);
         sh_kit_guard_leave(L);
         return 2;
@@ -1354,13 +1357,17 @@ static int outcome(lua_State *L, lua_State *co, int st, const char *over, int fa
         if (failure && lua_type(L, -2) == LUA_TSTRING &&
             (lua_type(L, -1) == LUA_TSTRING || lua_isnil(L, -1))) {
             lua_remove(L, -3);
+            sh_kit_guard_leave(L);
             return 3;
         }
         lua_pop(L, 2);
     }
-    error_text(L);
+    sh_kit_guard_leave(L);
+    error_text(L); /* under the cap: a __tostring may run */
+    sh_kit_guard_enter(L);
     luaL_traceback(L, co, lua_tostring(L, -1), 0);
     lua_remove(L, -2);
+    sh_kit_guard_leave(L);
     return 2;
 }
 
@@ -1393,6 +1400,7 @@ static int l_run(lua_State *L)
         lua_gc(L, LUA_GCCOLLECT); /* what the test held, for the report and the next one */
     run.in_test = 0;
     sh_kit_phase("the kit, closing a test's policies and reporting it", ctx);
+    close_deferred(L); /* collected while the outcome was made */
     return n;
 }
 
@@ -1559,6 +1567,7 @@ int sh_kit_main(int nargs, char **args)
             else
                 failed += n;
             next += f[i].ntests;
+            close_deferred(f[i].L);
             sh_kit_state_close(f[i].L, "closing the file", f[i].path); /* its worlds close with it */
             f[i].L = NULL;
         }
@@ -1568,8 +1577,10 @@ int sh_kit_main(int nargs, char **args)
             rc = failed ? 1 : 0;
     }
     for (int i = 0; i < nfiles; i++)
-        if (f[i].L)
+        if (f[i].L) {
+            close_deferred(f[i].L);
             sh_kit_state_close(f[i].L, "closing the file", f[i].path);
+        }
     free(f);
     return rc;
 }

@@ -948,9 +948,23 @@ t.test("a finalizer inside a kit call cannot call the kit", function()
   collectgarbage()
   t.ok(refused > 0 and refused < ran, ("%d finalizers ran, %d refused"):format(ran, refused))
 end)
+t.test("a policy collected inside a kit call closes after it", function()
+  local kit = require "statushost.kit"
+  local p = t.policy("reent.lua")
+  local c = p:open{}
+  p:route("GET /x", { status = 200 })
+  collectgarbage("generational", 1, 100)
+  for _ = 1, 30 do
+    assert(kit.load(kit.dir .. "/reent.lua", {}, false)) -- dropped: collected
+    c:send("go"); c:expect_frame("200")
+  end
+  collectgarbage("incremental", 200, 100)
+end)
 """)
         rc, out, err, _ = run_files([f])
         assert rc == 0, (rc, out, err)
+        assert out.splitlines()[-2:] == ["ok 1 - a finalizer inside a kit call cannot call the kit",
+                                         "ok 2 - a policy collected inside a kit call closes after it"], out
 
 
 if __name__ == "__main__":
