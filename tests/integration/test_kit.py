@@ -831,6 +831,15 @@ t.test("last", function() end)
         assert first[9] == "at %s:%d" % (f, line_of(f, "HUGE")), first
         assert len(out) < 100 * 1024, len(out)
         assert "more bytes not shown" in out, out[-500:]
+        # while the file loads: a bail-out names the value; its traceback is comments
+        for value, text in (("nil", "(error object is a nil value)"),
+                            ('setmetatable({}, { __tostring = function() return "mine" end })', "mine")):
+            f = write(d, "load_test.lua", 'local t = require "statushost.test"\nerror(%s)\n' % value)
+            rc, out, err, _ = run_files([f])
+            assert rc == 2, (rc, out, err)
+            lines = out.splitlines()
+            assert lines[0] == "Bail out! %s: %s" % (f, text), out
+            assert lines[1:] and all(line.startswith("# ") for line in lines[1:]), out
 
 
 @suite.test
