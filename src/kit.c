@@ -1391,10 +1391,18 @@ static int l_run(lua_State *L)
     char ctx[300];
     snprintf(ctx, sizeof ctx, "%s, test %lld", run.file->path, (long long)i);
     sh_kit_phase("the test", ctx);
-    int nres, st = lua_resume(co, L, 0, &nres);
+    int nres, st = LUA_ERRRUN;
+    if (sh_kit_guard_resume(co) == 0) {
+        st = lua_resume(co, L, 0, &nres);
+        sh_kit_guard_resumed();
+    } else {
+        lua_pushliteral(co, "coroutines nested too deep");
+    }
     int n = outcome(L, co, st, sh_kit_overtime(), 3);
-    if (st != LUA_OK)
+    if (st != LUA_OK && sh_kit_guard_resume(co) == 0) {
         lua_resetthread(co); /* its pending __close handlers run, in the test's time */
+        sh_kit_guard_resumed();
+    }
     lua_remove(L, 4);
     if (st == LUA_ERRMEM)
         lua_gc(L, LUA_GCCOLLECT); /* what the test held, for the report and the next one */
@@ -1467,6 +1475,7 @@ static int load_file(kit_file *f, const sh_kit_limits *lim)
     lua_pop(L, 1);
     sh_host_module_paths(L, f->path);
     sh_kit_phase("loading the file", f->path);
+    sh_kit_guard_running(L);
     lua_pushcfunction(L, traceback);
     char buf[200];
     int st = luaL_loadfilex(L, f->path, "t");
@@ -1474,6 +1483,7 @@ static int load_file(kit_file *f, const sh_kit_limits *lim)
         st = lua_pcall(L, 0, 0, -2);
     if (st != LUA_OK) {
         sh_kit_phase(NULL, NULL);
+        sh_kit_guard_running(NULL);
         bail_out(f->path, pcall_error(L, st, buf, sizeof buf));
         return -1;
     }
@@ -1481,6 +1491,7 @@ static int load_file(kit_file *f, const sh_kit_limits *lim)
     if (test_module_fn(L, "_count") && (st = lua_pcall(L, 0, 1, 0)) == LUA_OK)
         f->ntests = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : -1;
     sh_kit_phase(NULL, NULL);
+    sh_kit_guard_running(NULL);
     if (st != LUA_OK || f->ntests < 0) {
         f->ntests = 0;
         printf("Bail out! %s: no tests (it must require \"statushost.test\")\n", f->path);
@@ -1502,6 +1513,7 @@ static lua_Integer run_file(kit_file *f, lua_Integer first)
     run.last = 0;
     run.in_test = 0;
     sh_kit_phase("the kit, starting the file's tests", f->path);
+    sh_kit_guard_running(L);
     lua_pushcfunction(L, traceback);
     int st = LUA_ERRRUN;
     if (test_module_fn(L, "_run")) {
@@ -1512,6 +1524,7 @@ static lua_Integer run_file(kit_file *f, lua_Integer first)
     }
     run.file = NULL;
     sh_kit_phase(NULL, NULL);
+    sh_kit_guard_running(NULL);
     if (st != LUA_OK) {
         bail_out(f->path, pcall_error(L, st, buf, sizeof buf));
         return -1;

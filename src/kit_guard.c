@@ -19,8 +19,8 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-#define HOOK_COUNT 10000       /* instructions between two looks at the clock */
-#define BACKSTOP_TICK_MS 100   /* the SIGPROF period */
+#define TICK_MS 20             /* the SIGPROF period */
+#define MAX_DEPTH 256          /* Lua's C stack limit (LUAI_MAXCCALLS, 200) comes first */
 #define CPU_MS_MAX 86400000ULL /* one day */
 #define MAX_MEMORY_MAX ((size_t)64 << 30)
 
@@ -36,6 +36,13 @@ static char overtime_msg[256];
 static _Atomic int64_t hard_ns;        /* the backstop's, 0: none */
 static char bail_out[512], bail_err[512];
 static size_t bail_out_len, bail_err_len;
+/* The threads running now: the state's main thread, then each coroutine resumed
+ * (by kit.run, coroutine.resume, wrap or close) until it returns. */
+static lua_State *volatile running[MAX_DEPTH];
+static volatile sig_atomic_t depth;
+static volatile sig_atomic_t armed; /* the hook is set on every running thread */
+
+static void arm(lua_State *L);
 
 static int64_t cpu_ns(void)
 {
@@ -97,6 +104,7 @@ void sh_kit_phase(const char *what, const char *ctx)
 {
     atomic_store(&hard_ns, 0);
     atomic_signal_fence(memory_order_seq_cst);
+    armed = 0; /* hooks left armed remove themselves */
     exceeded = 0;
     soft_ns = 0;
     if (!what || !limits || !limits->cpu_ms)
@@ -126,27 +134,65 @@ const char *sh_kit_overtime(void)
     if (!exceeded && cpu_ns() < soft_ns)
         return NULL;
     exceeded = 1;
+    if (!armed) { /* the tick has not seen it yet */
+        armed = 1;
+        for (int i = 0; i < depth; i++)
+            arm(running[i]);
+    }
     return overtime_msg;
 }
 
-/* The count hook: past the phase's time, it raises, and counts 1 from then
- * on, so that a pcall catching the error cannot keep the thread going. A
- * thread left counting 1 by an earlier phase goes back to HOOK_COUNT. */
+/* The hook, set on the running threads once the phase is past its time (by
+ * the tick): it raises at every instruction, so that a pcall catching the
+ * error cannot keep a thread going. One left on a thread by an earlier phase
+ * removes itself. */
 static void hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     const char *over = sh_kit_overtime();
-    int want = over ? 1 : HOOK_COUNT;
-    if (lua_gethookcount(L) != want)
-        lua_sethook(L, hook, LUA_MASKCOUNT, want);
-    if (over) {
-        luaL_where(L, 0); /* the line that runs */
-        lua_pushstring(L, over);
-        lua_concat(L, 2);
-        lua_error(L);
+    if (!over) {
+        lua_sethook(L, NULL, 0, 0);
+        return;
     }
+    luaL_where(L, 0); /* the line that runs */
+    lua_pushstring(L, over);
+    lua_concat(L, 2);
+    lua_error(L);
 }
 
+static void arm(lua_State *L) { lua_sethook(L, hook, LUA_MASKCOUNT, 1); }
+
+void sh_kit_guard_running(lua_State *L)
+{
+    depth = 0;
+    atomic_signal_fence(memory_order_seq_cst);
+    running[0] = L;
+    atomic_signal_fence(memory_order_seq_cst);
+    depth = L ? 1 : 0;
+}
+
+int sh_kit_guard_resume(lua_State *co)
+{
+    if (depth >= MAX_DEPTH)
+        return -1;
+    running[depth] = co;
+    atomic_signal_fence(memory_order_seq_cst);
+    depth = depth + 1;
+    atomic_signal_fence(memory_order_seq_cst);
+    if (armed)
+        arm(co);
+    return 0;
+}
+
+void sh_kit_guard_resumed(void)
+{
+    if (depth > 1)
+        depth = depth - 1;
+}
+
+/* The tick: a phase past its time has the hook armed on its running threads
+ * (lua_sethook may be called from a signal handler: the Lua manual says so);
+ * one past twice its time is stuck where no hook runs. */
 static void on_prof(int sig)
 {
     (void)sig;
@@ -154,7 +200,14 @@ static void on_prof(int sig)
     if (!hard)
         return;
     int saved = errno;
-    if (cpu_ns() >= hard) {
+    int64_t now = cpu_ns();
+    if (now >= soft_ns && !armed) {
+        armed = 1;
+        atomic_signal_fence(memory_order_seq_cst);
+        for (int i = 0; i < depth; i++)
+            arm(running[i]);
+    }
+    if (now >= hard) {
         atomic_signal_fence(memory_order_seq_cst);
         ssize_t w = write(1, bail_out, bail_out_len);
         w = write(2, bail_err, bail_err_len);
@@ -174,8 +227,8 @@ int sh_kit_backstop_install(void)
     if (sigaction(SIGPROF, &sa, NULL) != 0)
         return -1;
     struct itimerval it = {
-        .it_interval = {0, BACKSTOP_TICK_MS * 1000},
-        .it_value = {0, BACKSTOP_TICK_MS * 1000},
+        .it_interval = {0, TICK_MS * 1000},
+        .it_value = {0, TICK_MS * 1000},
     };
     return setitimer(ITIMER_PROF, &it, NULL);
 }
@@ -312,6 +365,81 @@ static void warn_stderr(void *ud, const char *msg, int tocont)
     *cont = tocont;
 }
 
+/* coroutine.resume and coroutine.close (upvalue 1, the original): the
+ * coroutine is a running thread while it runs (its __close handlers, for a
+ * close). */
+static int guarded_co(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTHREAD);
+    if (sh_kit_guard_resume(lua_tothread(L, 1)) != 0)
+        return luaL_error(L, "coroutines nested too deep");
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    sh_kit_guard_resumed();
+    if (st != LUA_OK)
+        return lua_error(L);
+    return lua_gettop(L);
+}
+
+/* The function coroutine.wrap returns (upvalues: its coroutine, the guarded
+ * resume), as Lua's own (lcorolib.c auxwrap): an error closes the dead
+ * coroutine (its __close handlers run as a running thread) and is raised in
+ * the caller, a string with the caller's position in front. */
+static int wrapped_call(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_rotate(L, 1, 2);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    if (lua_toboolean(L, 1)) {
+        lua_remove(L, 1);
+        return lua_gettop(L);
+    }
+    lua_settop(L, 2);
+    lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+    int st = lua_status(co);
+    if (st != LUA_OK && st != LUA_YIELD && sh_kit_guard_resume(co) == 0) {
+        st = lua_resetthread(co);
+        sh_kit_guard_resumed();
+        lua_pop(L, 1);
+        lua_xmove(co, L, 1); /* the error, or a __close handler's */
+    }
+    if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+        luaL_where(L, 1);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+    }
+    return lua_error(L);
+}
+
+/* coroutine.wrap (upvalue 1: the guarded resume) */
+static int guarded_wrap(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_State *co = lua_newthread(L);
+    lua_pushvalue(L, 1);
+    lua_xmove(L, co, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushcclosure(L, wrapped_call, 2);
+    return 1;
+}
+
+static void guard_coroutines(lua_State *L)
+{
+    lua_getglobal(L, "coroutine");
+    for (int i = 0; i < 2; i++) {
+        const char *name = i ? "close" : "resume";
+        lua_getfield(L, -1, name);
+        lua_pushcclosure(L, guarded_co, 1);
+        lua_setfield(L, -2, name);
+    }
+    lua_getfield(L, -1, "resume");
+    lua_pushcclosure(L, guarded_wrap, 1);
+    lua_setfield(L, -2, "wrap");
+    lua_pop(L, 1);
+}
+
 lua_State *sh_kit_state_new(const sh_kit_limits *lim)
 {
     static int warn_cont;
@@ -327,8 +455,8 @@ lua_State *sh_kit_state_new(const sh_kit_limits *lim)
     }
     lua_atpanic(L, panic);
     lua_setwarnf(L, warn_stderr, &warn_cont);
-    lua_sethook(L, hook, LUA_MASKCOUNT, HOOK_COUNT); /* every coroutine inherits it */
     luaL_openlibs(L);
+    guard_coroutines(L);
     sh_kit_guard_stdout(L);
     lua_getglobal(L, "debug");
     lua_pushcfunction(L, no_sethook);
@@ -342,7 +470,9 @@ void sh_kit_state_close(lua_State *L, const char *what, const char *ctx)
 {
     guard_state *s = state_of(L);
     sh_kit_phase(what, ctx); /* the finalizers run */
+    sh_kit_guard_running(L);
     lua_close(L);
+    sh_kit_guard_running(NULL);
     sh_kit_phase(NULL, NULL);
     free(s);
 }

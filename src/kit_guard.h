@@ -10,11 +10,13 @@
  *    to raise into.
  *  - CPU: the run is a sequence of phases (loading a file, a test, the
  *    report after it, closing a file), each allowed --cpu-ms of the
- *    process's CPU time. A count hook on the state (every coroutine inherits
- *    it) raises once the phase is past it, and from then on at every
- *    instruction of a thread that catches it. (A hook set makes Lua 5.4 trap
- *    every instruction: the test file's own Lua runs about half as fast; its
- *    tests' time is mostly the policies', which run in states of their own.) The kit's settle loop checks
+ *    process's CPU time. Once the phase is past it, a CPU-time tick (SIGPROF,
+ *    every 20 ms of the process's CPU) arms a count hook on the threads the
+ *    state is running (its main thread, and the coroutines resumed: kit.run,
+ *    and coroutine.resume/wrap/close, which the state's are guarded for),
+ *    which raises at their every instruction from then on, so a pcall that
+ *    catches the error cannot keep a thread going. Until then no hook is set
+ *    (a hook makes Lua 5.4 trap every instruction: twice the time). The kit's settle loop checks
  *    too (a policy kept busy by the test). A phase still running at twice its
  *    time (at least one second more) is stuck where no hook runs — one long C
  *    call, a finalizer —: a CPU-time signal (SIGPROF) ends the run with a
@@ -59,6 +61,12 @@ void sh_kit_phase(const char *what, const char *ctx);
 /* NULL while the running phase is within its CPU time; else the reason, and
  * the hook raises from now on. */
 const char *sh_kit_overtime(void);
+
+/* The state whose main thread runs now (NULL: none), and a coroutine of it
+ * resumed (-1: nested too deep) until resumed() (its resume returned). */
+void sh_kit_guard_running(lua_State *L);
+int sh_kit_guard_resume(lua_State *co);
+void sh_kit_guard_resumed(void);
 
 /* Around a kit C call that runs a policy: the memory cap is off until the
  * matching leave. inside: in such a call (where a finalizer of the test's

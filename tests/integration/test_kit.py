@@ -976,5 +976,34 @@ end)
                                          "ok 2 - a policy collected inside a kit call closes after it"], out
 
 
+
+@suite.test
+def coroutines_keep_their_semantics_under_the_cpu_bound():
+    # coroutine.resume, wrap and close are the kit's in a test file (it tracks the threads
+    # that run, to stop them past --cpu-ms): errors, yields, <close> as Lua's own
+    with tempfile.TemporaryDirectory() as d:
+        f = write(d, "co_test.lua", """local t = require "statushost.test"
+t.test("wrap errors", function()
+  local f = coroutine.wrap(function() error("inner") end)
+  local ok, err = pcall(f); t.ok(not ok); t.eq(err, "co_test.lua:3: inner")
+  local g = coroutine.wrap(function(a) local b = coroutine.yield(a + 1); return b * 2 end)
+  t.eq(g(1), 2); t.eq(g(5), 10)
+  local closed = false
+  local h = coroutine.wrap(function() local x <close> = setmetatable({}, { __close = function() closed = true end }); error({}) end)
+  t.ok(not pcall(h)); t.ok(closed)
+  local co = coroutine.create(function() local x <close> = setmetatable({}, { __close = function() closed = "c" end }); coroutine.yield() end)
+  coroutine.resume(co); t.ok(coroutine.close(co)); t.eq(closed, "c")
+  t.ok(not pcall(coroutine.resume, 1))
+end)
+t.test("spinning coroutine left suspended, resumed in the next test after it timed out", function()
+  _G.spin = coroutine.wrap(function() while true do coroutine.yield() end end)
+  _G.spin()
+end)
+t.test("resumes it", function() for i = 1, 1000 do _G.spin() end end)
+""")
+        rc, out, err, _ = run_files(["co_test.lua"], cwd=d)
+        assert rc == 0, (rc, out, err)
+
+
 if __name__ == "__main__":
     suite.run()
