@@ -186,7 +186,7 @@ int sh_kit_guard_resume(lua_State *co)
 
 void sh_kit_guard_resumed(void)
 {
-    if (depth > 1)
+    if (depth > 0)
         depth = depth - 1;
 }
 
