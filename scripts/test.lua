@@ -38,6 +38,7 @@
 
 local kit = require "statushost.kit"
 local json = require("cjson.safe").new()
+local tap = kit.take_writer() -- stdout: print and io.write in a test file do not reach it
 
 local M = {}
 local tests = {}    -- {name, fn}, in file order
@@ -89,11 +90,17 @@ local function show(v, depth)
 end
 M.show = show
 
--- deep equality; numbers compare by value (1 == 1.0)
-local function equal(a, b)
+-- deep equality; numbers compare by value (1 == 1.0). A pair of tables met again while
+-- compared (a cycle) counts as equal there: the rest of the walk decides.
+local function equal(a, b, seen)
   if a == b then return true end
   if type(a) ~= "table" or type(b) ~= "table" then return false end
-  for k, v in pairs(a) do if not equal(v, b[k]) then return false end end
+  seen = seen or {}
+  local with = seen[a]
+  if with and with[b] then return true end
+  if not with then with = {}; seen[a] = with end
+  with[b] = true
+  for k, v in pairs(a) do if not equal(v, b[k], seen) then return false end end
   for k in pairs(b) do if a[k] == nil then return false end end
   return true
 end
@@ -130,38 +137,58 @@ function M.pattern(p) return setmetatable({ p = p }, Pattern) end
 
 -- ------------------------------------------------------------ tests
 
+local running     -- the name of the test that runs
+local started     -- the file's tests have started
+
 function M.test(name, fn)
   assert(type(name) == "string" and type(fn) == "function", "t.test(name, function)")
+  if running then
+    error(("t.test(%q): inside the running test %q: tests do not nest (declare each one at "
+      .. "the file's top level)"):format(name, running), 2)
+  elseif started then
+    error(("t.test(%q): the tests have started (declare each one when the file loads)"):format(name), 2)
+  end
   tests[#tests + 1] = { name = name, fn = fn }
 end
 
 function M._count() return #tests end
 
-local function on_error(e)
-  if getmetatable(e) == Failure then return e end
-  local tb = debug.traceback(tostring(e), 2)
-  tb = tb:gsub("\n%s*%[C%]: in function 'xpcall'.*$", "") -- the kit's own frames
-  return { msg = tb, where = nil }
+local DIAG_MAX = 64 * 1024 -- bytes of a failure's diagnostic shown
+
+-- a TAP name: one line, and a '#' would start a directive (prove's skip/todo directives
+-- hide a failure)
+local function tap_name(name)
+  return (name:gsub("[\\#]", "\\%0"):gsub("\r?\n", "\\n"):gsub("\r", "\\r"))
 end
 
+local function diagnostic(msg, where)
+  if where then tap("#   at " .. where .. "\n") end
+  if #msg > DIAG_MAX then
+    msg = ("%s\n... (%d more bytes not shown)"):format(msg:sub(1, DIAG_MAX), #msg - DIAG_MAX)
+  end
+  for line in (msg .. "\n"):gmatch("(.-)\n") do tap("#   " .. line .. "\n") end
+end
+
+-- Run the file's tests (the kit calls this once), numbered from first: → the number that failed
 function M._run(first)
+  if started then error("t._run: the kit's own (it runs the file's tests once)", 2) end
+  started = true
   local failed = 0
   for i, tc in ipairs(tests) do
     worlds = {}
-    local ok, err = xpcall(tc.fn, on_error)
+    running = tc.name
+    local ok, msg, where = kit.run(i, tc.fn, Failure)
+    running = nil
     for _, w in ipairs(worlds) do w:close() end
     worlds = {}
     kit.reset_shared()
     local n = first + i - 1
-    -- TAP: one line, and a '#' would start a directive (prove's skip/todo directives hide a failure)
-    local name = tc.name:gsub("[\\#]", "\\%0"):gsub("\r?\n", "\\n")
     if ok then
-      io.write(("ok %d - %s\n"):format(n, name))
+      tap(("ok %d - %s\n"):format(n, tap_name(tc.name)))
     else
       failed = failed + 1
-      io.write(("not ok %d - %s\n"):format(n, name))
-      if err.where then io.write("#   at ", err.where, "\n") end
-      for line in (tostring(err.msg) .. "\n"):gmatch("(.-)\n") do io.write("#   ", line, "\n") end
+      tap(("not ok %d - %s\n"):format(n, tap_name(tc.name)))
+      diagnostic(msg, where)
     end
   end
   return failed
@@ -236,7 +263,9 @@ local function answer_http(self, req)
   self.requests[#self.requests + 1] = req
   local r = route_for(self, req)
   if not r then
-    io.write(("# no route for %s %s: answered \"refused\"\n"):format(req.method, req.url))
+    -- a method or URL with a line break would end the comment (a forged TAP line): quoted
+    local function text(s) return s:find("%c") and show(s) or s end
+    tap(("# no route for %s %s: answered \"refused\"\n"):format(text(req.method), text(req.url)))
     return self.w:fail_http(req.id, "refused")
   end
   local h = r.handler

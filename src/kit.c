@@ -13,6 +13,7 @@
  * route table and Redis store. */
 #include "kit.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@
 #include <utlist.h>
 
 #include "conn.h"
+#include "kit_guard.h"
 #include "log.h"
 #include "lua_api.h"
 #include "lua_host.h"
@@ -35,6 +37,10 @@
  * counter, hex as in production ("7e57": test) */
 #define KIT_INSTANCE "7e57000000000000"
 #define SETTLE_MAX 100000 /* loop iterations before a world is said never to go idle */
+#define SETTLE_CLOCK 64   /* iterations between two looks at the test's CPU time */
+/* Worlds open at once: each holds a loop (two descriptors) and about 100 KB
+ * outside the test file's Lua state, which --max-memory does not see. */
+#define KIT_MAX_WORLDS 1000
 /* The virtual clock ends at 2^53 ms (285,000 years; exact in a double, as
  * p:time() needs); the shared dictionaries' offset, which every world's clock
  * adds to, stops at 2^62 ms, so their arithmetic cannot overflow. */
@@ -483,6 +489,11 @@ static int settle(kit_world *w, char *err, size_t errsz)
 {
     int idle = 0;
     for (long i = 0; i < SETTLE_MAX; i++) {
+        const char *over = i % SETTLE_CLOCK ? NULL : sh_kit_overtime();
+        if (over) { /* a policy the test keeps busy */
+            snprintf(err, errsz, "%s", over);
+            return -1;
+        }
         int moved = feed_clients(w);
         moved |= confirm_subs(w);
         moved |= fire_one(w, w->now);
@@ -513,11 +524,14 @@ static int settle_or_raise(lua_State *L, kit_world *w)
     return 0;
 }
 
+static int live_worlds; /* open */
+
 static void world_close(kit_world *w)
 {
     if (!w->open)
         return;
     w->open = 0;
+    live_worlds--;
     sh_transport_close(&w->tp);
     for (sh_gen *g = w->host.gens; g; g = g->next_gen)
         sh_gen_ref(g);
@@ -581,6 +595,7 @@ static void kit_api_open(lua_State *L, sh_gen *g)
 {
     sh_lua_api_open(L, g);
     replace_os_exit(L);
+    sh_kit_guard_stdout(L); /* its print and io.write stay off the TAP stream */
 }
 
 /* kit.load(script, {"key=value", ...}, log) → world | nil, err */
@@ -592,6 +607,12 @@ static int l_load(lua_State *L)
     size_t nsets = (size_t)luaL_len(L, 2);
     if (nsets > 256)
         return luaL_error(L, "at most 256 config overrides");
+    if (live_worlds >= KIT_MAX_WORLDS) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%d policies are open: the most a test may have open at once "
+                           "(p:close() the ones it is done with)", KIT_MAX_WORLDS);
+        return 2;
+    }
     const char *sets[256];
     for (size_t i = 0; i < nsets; i++) {
         lua_rawgeti(L, 2, (lua_Integer)i + 1);
@@ -618,6 +639,7 @@ static int l_load(lua_State *L)
     }
     sh_transport_set_capture(&w->tp, on_capture);
     w->open = 1;
+    live_worlds++;
     char err[1024];
     if (sh_gen_load(&w->host, kit_api_open, script, sets, nsets, &w->gen, err, sizeof err) != 0) {
         world_close(w);
@@ -1084,12 +1106,51 @@ static int w_drop(lua_State *L)
     return 0;
 }
 
+#define DEFERRED "statushost.kit.deferred" /* registry: worlds to close after a kit call */
+
+static void close_deferred(lua_State *L);
+
+/* __gc and __close: not through kit_call (a finalizer must not raise). A
+ * finalizer that runs inside a kit call (a collection step there) would
+ * close a world in the middle of the simulation: the world is kept (listed,
+ * so alive) and closed when the call ends. */
 static int w_gc(lua_State *L)
 {
     kit_world *w = luaL_checkudata(L, 1, WORLD_MT);
+    if (w->open && sh_kit_guard_inside(L)) {
+        luaL_getsubtable(L, LUA_REGISTRYINDEX, DEFERRED);
+        lua_pushvalue(L, 1);
+        lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+        return 0;
+    }
     w->L = L;
+    sh_kit_guard_enter(L);
     world_close(w);
+    sh_kit_guard_leave(L);
+    close_deferred(L); /* a finalizer that ran inside world_close */
     return 0;
+}
+
+/* Close the worlds w_gc deferred, each anchored on the stack while it closes
+ * (and those deferred meanwhile). */
+static void close_deferred(lua_State *L)
+{
+    if (lua_getfield(L, LUA_REGISTRYINDEX, DEFERRED) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return;
+    }
+    for (lua_Integer n; (n = (lua_Integer)lua_rawlen(L, -1)) > 0;) {
+        lua_rawgeti(L, -1, n);
+        lua_pushnil(L);
+        lua_rawseti(L, -3, n);
+        kit_world *w = lua_touserdata(L, -1);
+        w->L = L;
+        sh_kit_guard_enter(L);
+        world_close(w);
+        sh_kit_guard_leave(L);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
 }
 
 static const luaL_Reg world_methods[] = {
@@ -1111,19 +1172,61 @@ static int l_reset_shared(lua_State *L)
     return 0;
 }
 
+/* A kit function or world method, upvalue 1, called as a kit call: the test
+ * state's memory cap is off while it runs policies (their requests become
+ * tables of that state from inside the simulation, where an error would break
+ * it), and a finalizer of the test's that runs meanwhile cannot call the kit
+ * again (it would free what the call is using). */
+static int kit_call(lua_State *L)
+{
+    if (sh_kit_guard_inside(L)) /* only a finalizer runs the test's Lua inside a kit call */
+        return luaL_error(L, "the test kit is busy: a finalizer (__gc) that runs inside one "
+                             "of its calls cannot call it");
+    sh_kit_guard_enter(L);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    sh_kit_guard_leave(L);
+    close_deferred(L);
+    if (st != LUA_OK)
+        return lua_error(L);
+    return lua_gettop(L);
+}
+
+/* luaL_setfuncs, each function through kit_call */
+static void set_kit_calls(lua_State *L, const luaL_Reg *r)
+{
+    for (; r->name; r++) {
+        lua_pushcfunction(L, r->func);
+        lua_pushcclosure(L, kit_call, 1);
+        lua_setfield(L, -2, r->name);
+    }
+}
+
+static int l_run(lua_State *L);
+static int l_take_writer(lua_State *L);
+
 static int luaopen_kit(lua_State *L)
 {
     luaL_newmetatable(L, WORLD_MT);
-    luaL_newlib(L, world_methods);
+    lua_newtable(L);
+    set_kit_calls(L, world_methods);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, w_gc);
     lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, w_gc);
     lua_setfield(L, -2, "__close");
+    lua_pushboolean(L, 0); /* the methods cannot be replaced from a test file */
+    lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
     lua_newtable(L);
-    lua_pushcfunction(L, l_load);
-    lua_setfield(L, -2, "load");
+    static const luaL_Reg calls[] = {{"load", l_load}, {"reset_shared", l_reset_shared},
+                                     {NULL, NULL}};
+    set_kit_calls(L, calls);
+    lua_pushcfunction(L, l_run);
+    lua_setfield(L, -2, "run");
+    lua_pushcfunction(L, l_take_writer);
+    lua_setfield(L, -2, "take_writer");
     lua_getfield(L, LUA_REGISTRYINDEX, "statushost.script_dir");
     lua_setfield(L, -2, "dir"); /* the test file's directory */
     lua_pushlightuserdata(L, NULL);
@@ -1131,8 +1234,6 @@ static int luaopen_kit(lua_State *L)
     lua_newtable(L);
     sh_lib_register(L, -1); /* the policies' helpers: base64, hmac, sha256, json... */
     lua_setfield(L, -2, "lib");
-    lua_pushcfunction(L, l_reset_shared);
-    lua_setfield(L, -2, "reset_shared");
     return 1;
 }
 
@@ -1144,22 +1245,225 @@ typedef struct kit_file {
     lua_Integer ntests;
 } kit_file;
 
+/* What runs: the file whose tests run (NULL while the files load), the
+ * tests kit.run ran of it, and whether one is running. */
+static struct {
+    kit_file *file;
+    lua_Integer last;
+    int in_test;
+} run;
+
+static int tap_write(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    fwrite(s, 1, len, stdout);
+    return 0;
+}
+
+/* kit.take_writer() → write(s): s on stdout, the TAP stream (print and
+ * io.write do not reach it: kit_guard.h). Once per state: scripts/test.lua
+ * takes it. */
+static int l_take_writer(lua_State *L)
+{
+    if (lua_getfield(L, LUA_REGISTRYINDEX, "statushost.kit.writer") != LUA_TNIL)
+        return luaL_error(L, "kit.take_writer: taken already (by scripts/test.lua)");
+    lua_pushboolean(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "statushost.kit.writer");
+    lua_pushcfunction(L, tap_write);
+    return 1;
+}
+
+static int tostring_call(lua_State *L)
+{
+    luaL_tolstring(L, 1, NULL);
+    return 1;
+}
+
+/* The error value at the top of L replaced by its text: a string or a
+ * number as it is; a value with __tostring by what that gives, when it
+ * gives a string; else what it is, as lua.c says it. */
+static void error_text(lua_State *L)
+{
+    int t = lua_type(L, -1);
+    if (t == LUA_TSTRING)
+        return;
+    if (t == LUA_TNUMBER) {
+        lua_tolstring(L, -1, NULL);
+        return;
+    }
+    if (luaL_getmetafield(L, -1, "__tostring") != LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_pushcfunction(L, tostring_call);
+        lua_pushvalue(L, -2);
+        if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING) {
+            lua_replace(L, -2);
+            return;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, -1));
+    lua_replace(L, -2);
+}
+
 static int traceback(lua_State *L)
 {
+    lua_settop(L, 1);
+    error_text(L);
     luaL_traceback(L, L, lua_tostring(L, 1), 1);
     return 1;
 }
 
+/* Push what test coroutine co ended with (st, the resume's status; over,
+ * the phase's overtime): true, or false and a message, and for a Failure
+ * (a table whose metatable is at failure_idx, with a string msg) its where.
+ * → the number of values pushed */
+static int outcome(lua_State *L, lua_State *co, int st, const char *over, int failure_idx)
+{
+    if (st == LUA_OK && !over) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    if (st == LUA_OK) { /* its last call was to C, past the time */
+        lua_pushstring(L, over);
+        return 2;
+    }
+    /* the room to say it, past the cap: no code of the test's runs here, but for a
+     * __tostring (error_text) */
+    sh_kit_guard_enter(L);
+    if (st == LUA_YIELD) {
+        luaL_traceback(L, co, "the test yielded (coroutine.yield outside a coroutine of its "
+                              "own): a test runs to its end", 0);
+        sh_kit_guard_leave(L);
+        return 2;
+    }
+    if (st == LUA_ERRMEM) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "not enough memory: past --max-memory %zu (the test file's "
+                 "Lua state held %zu bytes)", sh_kit_memory_cap(L), sh_kit_memory(L));
+        luaL_traceback(L, co, msg, 0);
+        sh_kit_guard_leave(L);
+        return 2;
+    }
+    lua_xmove(co, L, 1); /* the error value */
+    if (lua_type(L, -1) == LUA_TTABLE && lua_getmetatable(L, -1)) {
+        int failure = lua_rawequal(L, -1, failure_idx);
+        lua_pop(L, 1);
+        lua_pushliteral(L, "msg");
+        lua_rawget(L, -2);
+        lua_pushliteral(L, "where");
+        lua_rawget(L, -3);
+        if (failure && lua_type(L, -2) == LUA_TSTRING &&
+            (lua_type(L, -1) == LUA_TSTRING || lua_isnil(L, -1))) {
+            lua_remove(L, -3);
+            sh_kit_guard_leave(L);
+            return 3;
+        }
+        lua_pop(L, 2);
+    }
+    sh_kit_guard_leave(L);
+    error_text(L); /* under the cap: a __tostring may run */
+    sh_kit_guard_enter(L);
+    luaL_traceback(L, co, lua_tostring(L, -1), 0);
+    lua_remove(L, -2);
+    sh_kit_guard_leave(L);
+    return 2;
+}
+
+/* kit.run(i, fn, Failure) → true | false, message [, where]: the running
+ * file's test i (each once, in order; none inside another), fn, on a
+ * coroutine of its own, as a phase with its own CPU time. */
+static int l_run(lua_State *L)
+{
+    lua_Integer i = luaL_checkinteger(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    if (!run.file || run.in_test || sh_kit_guard_inside(L) || i != run.last + 1 ||
+        i > run.file->ntests)
+        return luaL_error(L, "kit.run: the kit's own (it runs each test once, in order)");
+    run.last = i;
+    lua_settop(L, 3);
+    lua_State *co = lua_newthread(L);
+    lua_pushvalue(L, 2);
+    lua_xmove(L, co, 1);
+    run.in_test = 1;
+    char ctx[300];
+    snprintf(ctx, sizeof ctx, "%s, test %lld", run.file->path, (long long)i);
+    sh_kit_phase("the test", ctx);
+    int nres, st = LUA_ERRRUN;
+    if (sh_kit_guard_resume(co) == 0) {
+        st = lua_resume(co, L, 0, &nres);
+        sh_kit_guard_resumed();
+    } else {
+        lua_pushliteral(co, "coroutines nested too deep");
+    }
+    int n = outcome(L, co, st, sh_kit_overtime(), 3);
+    if (st != LUA_OK && sh_kit_guard_resume(co) == 0) {
+        lua_resetthread(co); /* its pending __close handlers run, in the test's time */
+        sh_kit_guard_resumed();
+    }
+    lua_remove(L, 4);
+    if (st == LUA_ERRMEM)
+        lua_gc(L, LUA_GCCOLLECT); /* what the test held, for the report and the next one */
+    run.in_test = 0;
+    sh_kit_phase("the kit, closing a test's policies and reporting it", ctx);
+    close_deferred(L); /* collected while the outcome was made */
+    return n;
+}
+
+/* "Bail out!" with the first line of why; the rest as comments; all of it on stderr */
+static void bail_out(const char *path, const char *why)
+{
+    if (!why)
+        why = "?";
+    size_t first = strcspn(why, "\n");
+    printf("Bail out! %s: %.*s\n", path, (int)first, why);
+    for (const char *p = why + first; *p;) {
+        p++;
+        size_t n = strcspn(p, "\n");
+        printf("# %.*s\n", (int)n, p);
+        p += n;
+    }
+    fprintf(stderr, "statushost --test: %s: %s\n", path, why);
+}
+
+/* The error of a pcall that returned st (at the top of L), for bail_out */
+static const char *pcall_error(lua_State *L, int st, char *buf, size_t bufsz)
+{
+    if (st == LUA_ERRMEM) {
+        snprintf(buf, bufsz, "not enough memory: past --max-memory %zu (the test file's Lua "
+                 "state held %zu bytes)", sh_kit_memory_cap(L), sh_kit_memory(L));
+        return buf;
+    }
+    return lua_tostring(L, -1);
+}
+
+/* The statushost.test module's function `name` pushed; 0 when it is none. */
+static int test_module_fn(lua_State *L, const char *name)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    int ok = lua_getfield(L, -1, "statushost.test") == LUA_TTABLE;
+    if (ok) {
+        lua_pushstring(L, name);
+        ok = lua_rawget(L, -2) == LUA_TFUNCTION;
+        lua_replace(L, -3);
+    }
+    lua_pop(L, 1);
+    if (!ok)
+        lua_pop(L, 1);
+    return ok;
+}
+
 /* Load a test file: its state, the kit preloaded, the file run (it
  * registers its tests). Returns 0, or -1 with the reason printed. */
-static int load_file(kit_file *f)
+static int load_file(kit_file *f, const sh_kit_limits *lim)
 {
-    lua_State *L = f->L = luaL_newstate();
+    lua_State *L = f->L = sh_kit_state_new(lim);
     if (!L) {
         fprintf(stderr, "statushost --test: out of memory\n");
         return -1;
     }
-    luaL_openlibs(L);
     replace_os_exit(L);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
     lua_pushcfunction(L, luaopen_kit);
@@ -1170,45 +1474,85 @@ static int load_file(kit_file *f)
     lua_setfield(L, -2, "cjson.safe");
     lua_pop(L, 1);
     sh_host_module_paths(L, f->path);
+    sh_kit_phase("loading the file", f->path);
+    sh_kit_guard_running(L);
     lua_pushcfunction(L, traceback);
-    if (luaL_loadfilex(L, f->path, "t") != LUA_OK ||
-        lua_pcall(L, 0, 0, -2) != LUA_OK) {
-        printf("Bail out! %s: %s\n", f->path, lua_tostring(L, -1));
-        fprintf(stderr, "statushost --test: %s: %s\n", f->path, lua_tostring(L, -1));
+    char buf[200];
+    int st = luaL_loadfilex(L, f->path, "t");
+    if (st == LUA_OK)
+        st = lua_pcall(L, 0, 0, -2);
+    if (st != LUA_OK) {
+        sh_kit_phase(NULL, NULL);
+        sh_kit_guard_running(NULL);
+        bail_out(f->path, pcall_error(L, st, buf, sizeof buf));
         return -1;
     }
-    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-    lua_getfield(L, -1, "statushost.test");
-    if (!lua_istable(L, -1) || lua_getfield(L, -1, "_count") != LUA_TFUNCTION) {
+    st = -1;
+    if (test_module_fn(L, "_count") && (st = lua_pcall(L, 0, 1, 0)) == LUA_OK)
+        f->ntests = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : -1;
+    sh_kit_phase(NULL, NULL);
+    sh_kit_guard_running(NULL);
+    if (st != LUA_OK || f->ntests < 0) {
+        f->ntests = 0;
         printf("Bail out! %s: no tests (it must require \"statushost.test\")\n", f->path);
         fprintf(stderr, "statushost --test: %s: no tests (it must require "
                         "\"statushost.test\" and call test())\n", f->path);
         return -1;
     }
-    lua_call(L, 0, 1);
-    f->ntests = lua_tointeger(L, -1);
     lua_settop(L, 0);
     return 0;
 }
 
-/* Run a loaded file's tests numbered from first: the number that failed. */
+/* Run a loaded file's tests numbered from first: the number that failed,
+ * or -1 when the run bailed out. */
 static lua_Integer run_file(kit_file *f, lua_Integer first)
 {
     lua_State *L = f->L;
+    char buf[200];
+    run.file = f;
+    run.last = 0;
+    run.in_test = 0;
+    sh_kit_phase("the kit, starting the file's tests", f->path);
+    sh_kit_guard_running(L);
     lua_pushcfunction(L, traceback);
-    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-    lua_getfield(L, -1, "statushost.test");
-    lua_getfield(L, -1, "_run");
-    lua_pushinteger(L, first);
-    if (lua_pcall(L, 1, 1, 1) != LUA_OK) {
-        printf("Bail out! %s: %s\n", f->path, lua_tostring(L, -1));
-        return f->ntests ? f->ntests : 1;
+    int st = LUA_ERRRUN;
+    if (test_module_fn(L, "_run")) {
+        lua_pushinteger(L, first);
+        st = lua_pcall(L, 1, 1, 1);
+    } else {
+        lua_pushliteral(L, "the statushost.test module is gone");
+    }
+    run.file = NULL;
+    sh_kit_phase(NULL, NULL);
+    sh_kit_guard_running(NULL);
+    if (st != LUA_OK) {
+        bail_out(f->path, pcall_error(L, st, buf, sizeof buf));
+        return -1;
+    }
+    if (run.last != f->ntests) {
+        snprintf(buf, sizeof buf, "%lld of its %lld tests ran", (long long)run.last,
+                 (long long)f->ntests);
+        bail_out(f->path, buf);
+        return -1;
     }
     return lua_tointeger(L, -1);
 }
 
-int sh_kit_main(int nfiles, char **files)
+int sh_kit_main(int nargs, char **args)
 {
+    static sh_kit_limits lim;
+    char err[256];
+    int skip = sh_kit_parse_limits(nargs, args, &lim, err, sizeof err);
+    if (skip < 0 || skip == nargs) {
+        fprintf(stderr, "statushost: %s\n", skip < 0 ? err : "--test needs one or more FILE.lua");
+        return 2;
+    }
+    int nfiles = nargs - skip;
+    char **files = args + skip;
+    if (lim.cpu_ms && sh_kit_backstop_install() != 0) {
+        fprintf(stderr, "statushost --test: the CPU-time signal: %s\n", strerror(errno));
+        return 2;
+    }
     sh_log_set_level(SH_LOG_WARN);
     sh_log_set_access(0);
     sh_lib_set_clock_virtual(1); /* host.shared TTLs follow the virtual clocks only */
@@ -1220,28 +1564,36 @@ int sh_kit_main(int nfiles, char **files)
     lua_Integer total = 0, failed = 0;
     for (int i = 0; i < nfiles && rc == 0; i++) {
         f[i].path = files[i];
-        if (load_file(&f[i]) != 0)
+        if (load_file(&f[i], &lim) != 0)
             rc = 2;
         total += f[i].ntests;
     }
     if (rc == 0) {
         printf("1..%lld\n", (long long)total);
         lua_Integer next = 1;
-        for (int i = 0; i < nfiles; i++) {
+        for (int i = 0; i < nfiles && rc == 0; i++) {
             if (nfiles > 1)
                 printf("# %s\n", f[i].path);
-            failed += run_file(&f[i], next);
+            lua_Integer n = run_file(&f[i], next);
+            if (n < 0)
+                rc = 2;
+            else
+                failed += n;
             next += f[i].ntests;
-            lua_close(f[i].L); /* its worlds close with it */
+            close_deferred(f[i].L);
+            sh_kit_state_close(f[i].L, "closing the file", f[i].path); /* its worlds close with it */
             f[i].L = NULL;
         }
-        if (failed)
+        if (failed && rc == 0)
             printf("# %lld of %lld tests failed\n", (long long)failed, (long long)total);
-        rc = failed ? 1 : 0;
+        if (rc == 0)
+            rc = failed ? 1 : 0;
     }
     for (int i = 0; i < nfiles; i++)
-        if (f[i].L)
-            lua_close(f[i].L);
+        if (f[i].L) {
+            close_deferred(f[i].L);
+            sh_kit_state_close(f[i].L, "closing the file", f[i].path);
+        }
     free(f);
     return rc;
 }

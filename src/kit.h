@@ -15,8 +15,10 @@
 #ifndef SH_KIT_H
 #define SH_KIT_H
 
-/* Run the test files; TAP on stdout. Returns the exit status: 0 when every
- * test passed, 1 when one failed, 2 when a file did not load. */
-int sh_kit_main(int nfiles, char **files);
+/* Run the test files (args: the kit's options, kit_guard.h, then the files);
+ * TAP on stdout. Returns the exit status: 0 when every test passed, 1 when
+ * one failed, 2 when an option was wrong, a file did not load or the run
+ * bailed out. */
+int sh_kit_main(int nargs, char **args);
 
 #endif

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -25,17 +26,32 @@ return {
 """
 
 
-def run_files(files, cwd=None, timeout=30):
-    """→ (exit status, stdout, stderr, seconds) of statushost --test files."""
+def run_files(files, cwd=None, timeout=30, opts=(), rusage=None):
+    """→ (exit status, stdout, stderr, seconds) of statushost --test [opts] files; rusage,
+    a dict, gets the run's resource usage (ru_maxrss: its peak RSS in KiB)."""
     start = time.monotonic()
-    try:
-        p = subprocess.run([BIN, "--test"] + list(files), stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=timeout, cwd=cwd or ROOT)
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError("statushost --test %s did not exit within %ss (stdout %r)" % (
-            " ".join(files), timeout, e.stdout))
-    return (p.returncode, p.stdout.decode("utf-8", "replace"),
-            p.stderr.decode("utf-8", "replace"), time.monotonic() - start)
+    argv = [BIN, "--test"] + list(opts) + list(files)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                             cwd=cwd or ROOT)
+        timed_out = []
+        killer = threading.Timer(timeout, lambda: (timed_out.append(1), p.kill()))
+        killer.start()
+        try:
+            _, status, ru = os.wait4(p.pid, 0)  # wait4: the child's own resource usage
+        finally:
+            killer.cancel()
+        if timed_out:
+            out.seek(0)
+            raise AssertionError("statushost --test %s did not exit within %ss (stdout %r)" % (
+                " ".join(argv[2:]), timeout, out.read()[-2000:]))
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if rusage is not None:
+            rusage["ru_maxrss"] = ru.ru_maxrss
+        out.seek(0)
+        err.seek(0)
+        return (p.returncode, out.read().decode("utf-8", "replace"),
+                err.read().decode("utf-8", "replace"), time.monotonic() - start)
 
 
 def write(d, name, text):
@@ -645,6 +661,378 @@ def several_files_number_their_tests_in_one_plan():
     plan, results, _ = tap(out)
     assert plan == len(results) and sorted(results) == list(range(1, plan + 1)), out
     assert "# %s" % files[0] in out and "# %s" % files[1] in out, out
+
+
+@suite.test
+def a_test_that_spins_fails_on_its_cpu_time_and_the_run_goes_on():
+    # the test file's state had no CPU bound: `while true do end` in a test (or a test
+    # keeping a policy busy forever) hung the kit
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "echo.lua", ECHO_POLICY)
+        f = write(d, "spin_test.lua", """
+local t = require "statushost.test"
+t.test("spins", function() while true do end end) -- SPINS
+t.test("catches the error and spins", function()
+  while true do pcall(function() while true do end end) end -- CATCHES
+end)
+t.test("spins in a coroutine", function()
+  coroutine.wrap(function() while true do pcall(string.rep, "x", 10) end end)()
+end)
+t.test("keeps a policy busy", function()
+  local p = t.policy("echo.lua")
+  while true do p:advance(1) end
+end)
+t.test("passes", function() t.eq(1, 1) end)
+""")
+        rc, out, err, _ = run_files([f], opts=["--cpu-ms", "300"])
+        assert rc == 1, (rc, out, err)
+        plan, results, diags = tap(out)
+        assert plan == 5 and len(results) == 5, out
+        assert [ok for ok, _ in results.values()] == [False, False, False, False, True], out
+        for n in (1, 2, 3, 4):
+            assert any("used more than its CPU time (--cpu-ms 300)" in line for line in diags[n]), out
+        assert diags[1][0] == "%s:%d: the test used more than its CPU time (--cpu-ms 300)" % (
+            f, line_of(f, "SPINS")), diags[1]
+        assert any("spin_test.lua:%d:" % line_of(f, "CATCHES") in line for line in diags[2]), diags[2]
+
+
+@suite.test
+def a_file_that_spins_while_loading_bails_out():
+    with tempfile.TemporaryDirectory() as d:
+        f = write(d, "spin_test.lua", """
+local t = require "statushost.test"
+t.test("never runs", function() end)
+while true do end
+""")
+        rc, out, err, _ = run_files([f], opts=["--cpu-ms", "300"])
+        assert rc == 2, (rc, out, err)
+        assert re.search(r"^Bail out! .*spin_test\.lua:4: loading the file used more than its CPU "
+                         r"time \(--cpu-ms 300\)$", out, re.M), out
+        assert "ok" not in out, out
+
+
+@suite.test
+def a_test_stuck_where_no_hook_runs_bails_out():
+    # one long C call (a pathological pattern) or a finalizer that loops (Lua runs __gc
+    # with hooks off): the count hook cannot stop them; the CPU-time signal ends the run
+    with tempfile.TemporaryDirectory() as d:
+        for name, body in (("pattern", 'local s = ("a"):rep(40); s:find(("a*"):rep(40) .. "b")'),
+                           ("finalizer", "setmetatable({}, { __gc = function() while true do end end }); "
+                                         "collectgarbage()")):
+            f = write(d, "stuck_test.lua", """
+local t = require "statushost.test"
+t.test("passes", function() end)
+t.test("%s", function() %s end)
+t.test("never runs", function() end)
+""" % (name, body))
+            rc, out, err, secs = run_files([f], opts=["--cpu-ms", "200"])
+            assert rc == 2, (name, rc, out, err)
+            assert out.splitlines() == [
+                "1..3", "ok 1 - passes",
+                "Bail out! %s, test 2: the test is stuck past its CPU time (--cpu-ms 200) where the "
+                "kit cannot stop it (one long C call, a finalizer)" % f], (name, out)
+            assert "stuck past twice its CPU time" in err, (name, err)
+
+
+@suite.test
+def a_memory_hungry_test_fails_with_a_clear_error():
+    # the test file's state had no memory cap: a test filling a table took all the
+    # machine's memory (here 1 GiB: it stops at 64 MiB)
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "echo.lua", ECHO_POLICY)
+        f = write(d, "mem_test.lua", """
+local t = require "statushost.test"
+t.test("fills a table", function() local t = {} for i = 1, 2^26 do t[i] = i end end)
+t.test("doubles a string", function() local s = "x" for _ = 1, 30 do s = s .. s end end)
+t.test("catches it and goes on", function()
+  for i = 1, 100 do t.eq(pcall(string.rep, "y", 2^26 + i), false) end
+  local p = t.policy("echo.lua")
+  local c = p:open{}
+  c:send("after"); c:expect_frame("after")
+end)
+t.test("the memory is back", function()
+  local p = t.policy("echo.lua")
+  local c = p:open{}
+  c:send(("z"):rep(2^20)); c:expect_frame(("z"):rep(2^20))
+end)
+""")
+        ru = {}
+        rc, out, err, _ = run_files([f], opts=["--max-memory", str(64 << 20)], rusage=ru)
+        assert rc == 1, (rc, out, err)
+        plan, results, diags = tap(out)
+        assert [ok for ok, _ in results.values()] == [False, False, True, True], out
+        for n in (1, 2):
+            assert diags[n][0].startswith("not enough memory: past --max-memory 67108864 "
+                                          "(the test file's Lua state held "), diags[n]
+        assert diags[1][2].startswith("\t%s:3:" % f), diags[1]
+        limit = 800 << 10 if os.environ.get("SH_SANITIZED") else 400 << 10
+        assert ru["ru_maxrss"] < limit, "peak RSS %d KiB" % ru["ru_maxrss"]
+        # the main chunk too
+        f = write(d, "mem_test.lua", """
+local t = require "statushost.test"
+local s = "x" for _ = 1, 30 do s = s .. s end
+""")
+        rc, out, err, _ = run_files([f], opts=["--max-memory", str(64 << 20)])
+        assert rc == 2, (rc, out, err)
+        assert re.search(r"^Bail out! .*mem_test\.lua: not enough memory: past --max-memory "
+                         r"67108864", out, re.M), out
+
+
+@suite.test
+def the_kits_options_are_checked():
+    with tempfile.TemporaryDirectory() as d:
+        f = write(d, "ok_test.lua", 'local t = require "statushost.test"\nt.test("x", function() end)\n')
+        for opts, why in ((["--cpu-ms", "abc"], "--cpu-ms: a number of milliseconds 0..86400000"),
+                          (["--cpu-ms", "86400001"], "--cpu-ms: a number of milliseconds"),
+                          (["--max-memory", "1000"], "--max-memory: a number of bytes 1048576.."),
+                          (["--bogus"], "--test: unknown option --bogus"),
+                          (["--cpu-ms"], "--cpu-ms: a number")):
+            rc, out, err, _ = run_files([f], opts=opts)
+            assert rc == 2 and out == "", (opts, rc, out, err)
+            assert err.startswith("statushost: " + why) and err.count("\n") == 1, (opts, err)
+        rc, out, err, _ = run_files([f], opts=["--cpu-ms", "0", "--max-memory", "0", "--"])
+        assert rc == 0 and out == "1..1\nok 1 - x\n", (rc, out, err)
+
+
+@suite.test
+def nested_tests_are_refused_and_the_plan_holds():
+    # t.test inside a running test was run after the others, numbered past the plan
+    with tempfile.TemporaryDirectory() as d:
+        f = write(d, "nest_test.lua", """
+local t = require "statushost.test"
+t.test("outer", function()
+  t.test("inner", function() end) -- NESTED
+end)
+t.test("catches it", function()
+  local ok, err = pcall(t.test, "inner", function() end)
+  t.ok(not ok); t.like(err, "tests do not nest")
+end)
+t.test("last", function() end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 1, (rc, out, err)
+        plan, results, diags = tap(out)
+        assert plan == 3 and sorted(results) == [1, 2, 3], out
+        assert [ok for ok, _ in results.values()] == [False, True, True], out
+        assert diags[1][0] == ('%s:%d: t.test("inner"): inside the running test "outer": tests do '
+                               "not nest (declare each one at the file's top level)"
+                               % (f, line_of(f, "NESTED"))), diags[1]
+
+
+@suite.test
+def errors_of_any_value_are_reported():
+    # error(nil) read "nil"; a __tostring that raised lost the message; a t.fail error
+    # with a table for its msg ended the run; a yield ended the test as a pass of what
+    # ran so far; a huge message was printed whole
+    with tempfile.TemporaryDirectory() as d:
+        f = write(d, "err_test.lua", """
+local t = require "statushost.test"
+t.test("nil", function() error(nil) end)
+t.test("table", function() error({}) end)
+t.test("number", function() error(42) end)
+t.test("tostring", function() error(setmetatable({}, { __tostring = function() return "custom" end })) end)
+t.test("tostring raises", function() error(setmetatable({}, { __tostring = function() error("no") end })) end)
+t.test("a failure with a table msg", function()
+  local _, f = pcall(t.fail, "x")
+  error(setmetatable({ msg = {}, where = {} }, getmetatable(f)))
+end)
+t.test("__close raises", function()
+  local x <close> = setmetatable({}, { __close = function() error("in close") end }) -- CLOSE
+end)
+t.test("yields", function() coroutine.yield("x"); t.fail("after the yield") end)
+t.test("huge", function() t.fail(("x"):rep(10 * 1024 * 1024)) end) -- HUGE
+t.test("last", function() end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 1, (rc, out, err)
+        plan, results, diags = tap(out)
+        assert plan == 10 and sorted(results) == list(range(1, 11)), out[:3000]
+        assert [ok for ok, _ in results.values()] == [False] * 9 + [True], out[:3000]
+        first = {n: diags[n][0] for n in range(1, 10)}
+        assert first[1] == "(error object is a nil value)", first
+        assert first[2] == "(error object is a table value)", first
+        assert first[3] == "42", first
+        assert first[4] == "custom", first
+        assert first[5] == "(error object is a table value)", first
+        assert first[6] == "(error object is a table value)", first
+        assert first[7] == "%s:%d: in close" % (f, line_of(f, "CLOSE")), first
+        assert first[8].startswith("the test yielded"), first
+        assert "after the yield" not in out, out[:3000]
+        assert first[9] == "at %s:%d" % (f, line_of(f, "HUGE")), first
+        assert len(out) < 100 * 1024, len(out)
+        assert "more bytes not shown" in out, out[-500:]
+        # while the file loads: a bail-out names the value; its traceback is comments
+        for value, text in (("nil", "(error object is a nil value)"),
+                            ('setmetatable({}, { __tostring = function() return "mine" end })', "mine")):
+            f = write(d, "load_test.lua", 'local t = require "statushost.test"\nerror(%s)\n' % value)
+            rc, out, err, _ = run_files([f])
+            assert rc == 2, (rc, out, err)
+            lines = out.splitlines()
+            assert lines[0] == "Bail out! %s: %s" % (f, text), out
+            assert lines[1:] and all(line.startswith("# ") for line in lines[1:]), out
+
+
+@suite.test
+def print_and_io_write_cannot_forge_tap_lines():
+    # print and io.write in a test file or a policy under test wrote to the TAP stream:
+    # "ok 9 - ..." there was read as a result, "1..1" as a plan
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "chatty.lua", """
+local host = require "statushost"
+return { on_message = function(conn, text)
+  print("ok 8 - from the policy")
+  io.write("ok 9 - from the policy's io.write\\n")
+  host.http.request{ method = "GET\\nok 10 - from a method", url = "http://nowhere.test/" }
+  conn:send(text)
+end }
+""")
+        f = write(d, "chatty_test.lua", """
+local t = require "statushost.test"
+t.test("chats", function()
+  print("ok 5 - printed", 2)
+  io.write("ok 6 - written\\n")
+  io.stdout:write("1..1\\n")
+  local p = t.policy("chatty.lua")
+  local c = p:open{}
+  c:send("x"); c:expect_frame("x")
+end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 0, (rc, out, err)
+        lines = out.splitlines()
+        assert lines[0] == "1..1" and lines[-1] == "ok 1 - chats", out
+        assert all(line.startswith("# ") for line in lines[1:-1]), out
+        assert "# ok 5 - printed\t2" in lines and "# ok 8 - from the policy" in lines, out
+        assert '# no route for "GET\\nok 10 - from a method" http://nowhere.test/: answered "refused"' in lines, out
+        assert "ok 6 - written\n1..1\n" in err and "ok 9 - from the policy's io.write\n" in err, err
+
+
+
+@suite.test
+def eq_compares_cyclic_tables():
+    # t.eq on two tables that hold themselves recursed until "stack overflow"
+    with tempfile.TemporaryDirectory() as d:
+        f = write(d, "cyc_test.lua", """
+local t = require "statushost.test"
+local function ring(v) local a = { v = v }; a.self = a; a.list = { a, { a } }; return a end
+t.test("equal", function() t.eq(ring(1), ring(1.0)) end)
+t.test("differ", function() t.eq(ring(1), ring(2)) end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 1, (rc, out, err)
+        plan, results, diags = tap(out)
+        assert [ok for ok, _ in results.values()] == [True, False], out
+        assert diags[2][1] == "values differ", diags[2]
+
+
+
+@suite.test
+def a_test_opens_at_most_1000_policies_at_once():
+    # each policy holds a loop (two descriptors) and about 100 KB the memory cap does not
+    # see: a test opening them in a loop took the machine's memory (or its descriptors)
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "echo.lua", ECHO_POLICY)
+        f = write(d, "many_test.lua", """
+local t = require "statushost.test"
+t.test("opens 1001", function() for i = 1, 1001 do t.policy("echo.lua") end end) -- OPENS
+t.test("closes each", function()
+  for i = 1, 1500 do
+    local p = t.policy("echo.lua")
+    local c = p:open{}
+    c:send("x"); c:expect_frame("x")
+    p:close()
+  end
+end)
+""")
+        rc, out, err, _ = run_files([f], timeout=120)
+        assert rc == 1, (rc, out, err)
+        plan, results, diags = tap(out)
+        assert [ok for ok, _ in results.values()] == [False, True], out
+        assert diags[1][0] == ("at %s:%d" % (f, line_of(f, "OPENS"))), diags[1]
+        assert diags[1][1].endswith("1000 policies are open: the most a test may have open at "
+                                    "once (p:close() the ones it is done with)"), diags[1]
+
+
+
+@suite.test
+def a_finalizer_inside_a_kit_call_cannot_call_the_kit():
+    # a __gc of the test's ran by a collection step inside a kit call (w:take making a
+    # request's table, say) could call the kit again: a settle inside a settle (libuv's
+    # loop run inside itself), a request answered while it was being answered
+    with tempfile.TemporaryDirectory() as d:
+        write(d, "reent.lua", """
+local host = require "statushost"
+return { on_message = function(conn, text)
+  local r, e = host.http.request{ url = "http://r.test/x", timeout_ms = 1000 }
+  conn:send(r and tostring(r.status) or e)
+end }
+""")
+        f = write(d, "reent_test.lua", """local t = require "statushost.test"
+t.test("a finalizer inside a kit call cannot call the kit", function()
+  local p = t.policy("reent.lua")
+  local c = p:open{}
+  local ran, refused = 0, 0
+  local function arm()
+    setmetatable({}, { __gc = function()
+      ran = ran + 1
+      
+      local ok, err = pcall(p.w.settle, p.w)
+      if not ok and err:find("the test kit is busy", 1, true) then refused = refused + 1 end
+    end })
+  end
+  p:route("GET /x", function() for _ = 1, 100 do arm() end; return 200, "ok", { ["X-A"] = "1" } end)
+  collectgarbage("generational", 1, 100) -- a collection (its finalizers run) at about every allocation
+  for _ = 1, 20 do c:send("go"); c:expect_frame("200") end
+  collectgarbage("incremental", 200, 100)
+  collectgarbage()
+  t.ok(refused > 0 and refused < ran, ("%d finalizers ran, %d refused"):format(ran, refused))
+end)
+t.test("a policy collected inside a kit call closes after it", function()
+  local kit = require "statushost.kit"
+  local p = t.policy("reent.lua")
+  local c = p:open{}
+  p:route("GET /x", { status = 200 })
+  collectgarbage("generational", 1, 100)
+  for _ = 1, 30 do
+    assert(kit.load(kit.dir .. "/reent.lua", {}, false)) -- dropped: collected
+    c:send("go"); c:expect_frame("200")
+  end
+  collectgarbage("incremental", 200, 100)
+end)
+""")
+        rc, out, err, _ = run_files([f])
+        assert rc == 0, (rc, out, err)
+        assert out.splitlines()[-2:] == ["ok 1 - a finalizer inside a kit call cannot call the kit",
+                                         "ok 2 - a policy collected inside a kit call closes after it"], out
+
+
+
+@suite.test
+def coroutines_keep_their_semantics_under_the_cpu_bound():
+    # coroutine.resume, wrap and close are the kit's in a test file (it tracks the threads
+    # that run, to stop them past --cpu-ms): errors, yields, <close> as Lua's own
+    with tempfile.TemporaryDirectory() as d:
+        f = write(d, "co_test.lua", """local t = require "statushost.test"
+t.test("wrap errors", function()
+  local f = coroutine.wrap(function() error("inner") end)
+  local ok, err = pcall(f); t.ok(not ok); t.eq(err, "co_test.lua:3: inner")
+  local g = coroutine.wrap(function(a) local b = coroutine.yield(a + 1); return b * 2 end)
+  t.eq(g(1), 2); t.eq(g(5), 10)
+  local closed = false
+  local h = coroutine.wrap(function() local x <close> = setmetatable({}, { __close = function() closed = true end }); error({}) end)
+  t.ok(not pcall(h)); t.ok(closed)
+  local co = coroutine.create(function() local x <close> = setmetatable({}, { __close = function() closed = "c" end }); coroutine.yield() end)
+  coroutine.resume(co); t.ok(coroutine.close(co)); t.eq(closed, "c")
+  t.ok(not pcall(coroutine.resume, 1))
+end)
+t.test("spinning coroutine left suspended, resumed in the next test after it timed out", function()
+  _G.spin = coroutine.wrap(function() while true do coroutine.yield() end end)
+  _G.spin()
+end)
+t.test("resumes it", function() for i = 1, 1000 do _G.spin() end end)
+""")
+        rc, out, err, _ = run_files(["co_test.lua"], cwd=d)
+        assert rc == 0, (rc, out, err)
 
 
 if __name__ == "__main__":
