@@ -228,6 +228,20 @@ static int on_body(llhttp_t *ll, const char *at, size_t len)
     return 0;
 }
 
+/* A chunk's size line is in: a chunk that cannot fit the body limit is 413
+ * now, as a Content-Length over it is, not once its bytes have come (or,
+ * when they never come, a drop at the head timeout without an answer). */
+static int on_chunk_header(llhttp_t *ll)
+{
+    sh_http_parser *p = ll->data;
+
+    if (ll->content_length > p->max_body - p->body_len) {
+        fail(p, SH_PARSE_EBODYSIZE, 413, "request body too large");
+        return HPE_USER;
+    }
+    return 0;
+}
+
 /* Pause so feed() can say where the request ended. */
 static int on_message_complete(llhttp_t *ll)
 {
@@ -491,6 +505,7 @@ int sh_http_parser_init(sh_http_parser *p, size_t max_head_bytes,
     p->settings.on_header_value_complete = on_header_value_complete;
     p->settings.on_headers_complete = on_headers_complete;
     p->settings.on_body = on_body;
+    p->settings.on_chunk_header = on_chunk_header;
     p->settings.on_message_complete = on_message_complete;
     llhttp_init(&p->ll, HTTP_REQUEST, &p->settings);
     p->ll.data = p;

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Regression tests for the findings of an attack over the wire: statushost
+as a hostile WebSocket/HTTP client and a hostile remote HTTP service see it.
+Each test fails on the code before its fix (the docstring says how).
+
+    python3 tests/integration/test_attack_wire.py [test_name ...]
+    SH_BIN=build-asan/statushost SH_SANITIZED=1 python3 tests/integration/test_attack_wire.py
+
+The real binary, real sockets; a hostile remote is a raw socket server in
+this process. Every wait is on an event (a response, a TCP close); the
+compressed-message pinning finding is in test_deflate.py
+(test_unfinished_compressed_messages_hold_what_was_sent).
+"""
+import os
+import socket
+import sys
+import threading
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (ROOT, Statushost, Suite, free_port, http_request,  # noqa: E402
+                     raw_exchange)
+
+S = Suite("attack_wire")
+POL = os.path.join(ROOT, "tests", "integration", "policies")
+NO_REDIS = "redis://127.0.0.1:%d" % free_port()  # nothing listens there: routes need none
+
+
+def routes_host(sets=()):
+    """tests/integration/policies/hard_remote_routes.lua: POST /post relays
+    the body to config.remote, GET /fetch gets config.remote."""
+    return Statushost(os.path.join(POL, "hard_remote_routes.lua"), redis=NO_REDIS,
+                      sets=["shutdown_grace_ms=300"] + list(sets))
+
+
+class HostileRemote:
+    """A raw socket server answering every request with `answer` and then
+    holding the socket open (its bytes stop) until the test ends."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(8)
+        self.port = self.ls.getsockname()[1]
+        self.done = threading.Event()
+        self.socks = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while not self.done.is_set():
+            try:
+                s, _ = self.ls.accept()
+            except OSError:
+                return
+            self.socks.append(s)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                head += chunk
+            s.sendall(self.answer)
+
+    def close(self):
+        self.done.set()
+        self.ls.close()
+        for s in self.socks:
+            s.close()
+
+
+@S.test
+def a_chunk_over_max_body_bytes_is_413_at_once():
+    """A chunked request body whose chunk size line announces more than
+    max_body_bytes is answered 413 when the line is in, as a Content-Length
+    over the limit is. Failed before: the server waited for the chunk's bytes
+    and, when they did not come, dropped the connection at the head timeout
+    without an answer (the client saw only a close). Two chunks that each fit
+    but not together: 413 at the second size line."""
+    remote = HostileRemote(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    try:
+        with routes_host(["max_body_bytes=1048576", "handshake_timeout_ms=60000",
+                          "remote=http://127.0.0.1:%d/x" % remote.port]) as sh:
+            for body in (b"200000\r\n",  # 2 MiB announced, nothing sent
+                         b"90000\r\n" + b"a" * 0x90000 + b"\r\n90000\r\n",
+                         b"ffffffffffffffff\r\n"):
+                mark = sh.mark()
+                out = raw_exchange(sh.port, b"POST /post HTTP/1.1\r\nHost: x\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\n" + body, timeout=20)
+                assert out.startswith(b"HTTP/1.1 413 "), (body[:20], out[:200])
+                sh.wait_log(r"bad request from .*: 413 \(request body too large\)", start=mark)
+            # a chunked body within the limit still reaches the route
+            status, _, answer = http_request(sh.port, "POST", "/post", body=iter([b"x" * 1000]),
+                                             timeout=20)
+            assert (status, answer) == (200, b"200 ok"), (status, answer)
+    finally:
+        remote.close()
+
+
+if __name__ == "__main__":
+    S.run()
