@@ -96,5 +96,31 @@ def a_chunk_over_max_body_bytes_is_413_at_once():
         remote.close()
 
 
+@S.test
+def a_remote_chunk_over_the_response_limit_fails_at_once():
+    """A remote announces a chunk larger than the response limit (16 MiB)
+    and then sends nothing: host.http.request fails "too large" when the size
+    line is in, as for a Content-Length over it. Failed before: the call
+    waited for the chunk's bytes until its timeout_ms ("timeout", 5 s here)."""
+    for size in (b"1000001", b"ffffffffffffffff"):
+        remote = HostileRemote(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                               size + b"\r\nabc")
+        try:
+            with routes_host(["remote=http://127.0.0.1:%d/x" % remote.port]) as sh:
+                status, _, body = http_request(sh.port, "GET", "/fetch", timeout=20)
+                assert (status, body) == (502, b"too large"), (size, status, body)
+        finally:
+            remote.close()
+    # a chunk within the limit is read as before
+    remote = HostileRemote(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                           b"Connection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    try:
+        with routes_host(["remote=http://127.0.0.1:%d/x" % remote.port]) as sh:
+            status, _, body = http_request(sh.port, "POST", "/post", body=b"q", timeout=20)
+            assert (status, body) == (200, b"200 abc"), (status, body)
+    finally:
+        remote.close()
+
+
 if __name__ == "__main__":
     S.run()
