@@ -11,14 +11,15 @@ this process. Every wait is on an event (a response, a TCP close); the
 compressed-message pinning finding is in test_deflate.py
 (test_unfinished_compressed_messages_hold_what_was_sent).
 """
+import base64
 import os
 import socket
 import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (ROOT, Statushost, Suite, free_port, http_request,  # noqa: E402
-                     raw_exchange)
+from harness import (OP_TEXT, ROOT, Statushost, Suite, WsClient, free_port,  # noqa: E402
+                     http_request, raw_exchange)
 
 S = Suite("attack_wire")
 POL = os.path.join(ROOT, "tests", "integration", "policies")
@@ -120,6 +121,37 @@ def a_remote_chunk_over_the_response_limit_fails_at_once():
             assert (status, body) == (200, b"200 abc"), (status, body)
     finally:
         remote.close()
+
+@S.test
+def frames_sent_before_a_slow_upgrade_decision_are_all_read():
+    """A client sends its upgrade and, without waiting for the 101, 320 KiB
+    of messages, while the policy's on_handshake takes 3 s to decide
+    (policies/hard_handshake.lua, /slow). Every message is echoed, in order.
+    Failed before: past 64 KiB waiting, a read's bytes were dropped (reading
+    stopped, but the bytes just read were not kept): the stream lost bytes
+    mid-frame, and the connection closed 1002 (or garbled messages) after a
+    few echoes."""
+    with Statushost(os.path.join(POL, "hard_handshake.lua"), redis=NO_REDIS,
+                    sets=["shutdown_grace_ms=300", "handshake_timeout_ms=20000"]) as sh:
+        c = WsClient(sh.port, connect=False, timeout=20)
+        key = base64.b64encode(os.urandom(16)).decode()
+        msgs = [("%03d" % i).encode() * 2730 for i in range(40)]  # 8,190 bytes each
+        c.sock.sendall(("GET /slow HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                        "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                        "Sec-WebSocket-Version: 13\r\n\r\n" % key).encode() +
+                       b"".join(WsClient.frame(OP_TEXT, m) for m in msgs))
+        while b"\r\n\r\n" not in c.buf:
+            chunk = c.sock.recv(65536)
+            assert chunk, c.buf
+            c.buf += chunk
+        head, c.buf = c.buf.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        for i, m in enumerate(msgs):
+            op, payload = c.recv()
+            assert (op, payload) == (OP_TEXT, m), (i, op, payload[:40])
+        c.close(1000)
+        assert c.expect_close(reply=False)[0] == 1000
+        c.shutdown()
 
 
 if __name__ == "__main__":
