@@ -30,6 +30,11 @@ enum {
 
 /* Bodies larger than this are not kept allocated across requests. */
 #define KEEP_BODY_CAP 65536
+/* Nor heads past these (bytes of buf; entries of at and headers): a request
+ * of 2,000 empty header lines (8 KiB) left its idle keep-alive connection
+ * holding 70 KiB for as long as a request came every keepalive_timeout_ms. */
+#define KEEP_HEAD_CAP 4096
+#define KEEP_HEADERS 64
 
 /* ---------- errors and buffers ---------- */
 
@@ -534,6 +539,18 @@ void sh_http_parser_reset(sh_http_parser *p)
         free(p->body);
         p->body = NULL;
         p->body_cap = 0;
+    }
+    if (p->buf_cap > KEEP_HEAD_CAP) {
+        free(p->buf);
+        p->buf = NULL;
+        p->buf_cap = 0;
+    }
+    if (p->at_cap > KEEP_HEADERS || p->headers_cap > KEEP_HEADERS) {
+        free(p->at);
+        free(p->headers);
+        p->at = NULL;
+        p->headers = NULL;
+        p->at_cap = p->headers_cap = 0;
     }
     p->phase = PH_HEAD;
     p->err = p->status = 0;

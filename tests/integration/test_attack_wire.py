@@ -24,6 +24,7 @@ from harness import (OP_TEXT, ROOT, Statushost, Suite, WsClient, free_port,  # n
 S = Suite("attack_wire")
 POL = os.path.join(ROOT, "tests", "integration", "policies")
 NO_REDIS = "redis://127.0.0.1:%d" % free_port()  # nothing listens there: routes need none
+SANITIZED = bool(os.environ.get("SH_SANITIZED") or os.environ.get("SH_WRAPPER"))
 
 
 def routes_host(sets=()):
@@ -152,6 +153,45 @@ def frames_sent_before_a_slow_upgrade_decision_are_all_read():
         c.close(1000)
         assert c.expect_close(reply=False)[0] == 1000
         c.shutdown()
+
+
+@S.test
+def an_idle_keep_alive_connection_does_not_keep_a_huge_heads_buffers():
+    """100 keep-alive connections each send one request of 2,000 empty
+    header lines (8 KiB, within max_head_bytes), get the answer and stay
+    idle (a client keeps one so with a request every keepalive_timeout_ms).
+    Failed before: each idle connection kept that head's buffers, 70 KiB
+    (18 times a plain idle keep-alive connection): 8 KiB sent once pinned
+    70 KiB for as long as the client liked. Now the RSS grows by the idle
+    connections themselves (memory figures are skipped under ASan)."""
+    with routes_host(["max_head_bytes=16384"]) as sh:
+        req = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"A:\r\n" * 2000 + b"\r\n"
+        socks = []
+        before = sh.rss_kb()
+        for _ in range(100):
+            s = socket.create_connection(("127.0.0.1", sh.port), timeout=20)
+            s.sendall(req)
+            got = b""
+            while b"\r\n\r\n" not in got:
+                chunk = s.recv(65536)
+                assert chunk, got
+                got += chunk
+            assert got.startswith(b"HTTP/1.1 503 ") and b"Connection: keep-alive" in got, got
+            socks.append(s)
+        grown = sh.rss_kb() - before
+        if not SANITIZED:
+            assert grown < 100 * 24, "RSS grew by %d KiB for 100 idle connections" % grown
+        s = socks[0]  # the connection still serves
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        got = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 503 "), got
+        for s in socks:
+            s.close()
 
 
 if __name__ == "__main__":
