@@ -131,21 +131,16 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
         c->tp->ws->on_read(c, buf->base, (size_t)n);
         return;
     }
-    if (c->phase == SH_PHASE_HANDSHAKE) {
-        /* the upgrade is being decided: more bytes wait (they are the
-         * WebSocket's), but not without bound */
-        if (c->pending.len > SH_READ_BUF_SIZE) {
-            sh_conn_stop_reading(c);
-            return;
-        }
-    } else if (c->timer_mode == TM_KEEPALIVE) {
+    if (c->phase != SH_PHASE_HANDSHAKE && c->timer_mode == TM_KEEPALIVE)
         arm(c, TM_HEAD, c->lim->handshake_timeout_ms);
-    }
     if (sh_buf_append(&c->pending, buf->base, (size_t)n) != 0) {
         sh_warn(c->id, "out of memory reading a request: closed");
         sh_conn_close(c);
         return;
     }
+    if (c->phase == SH_PHASE_HANDSHAKE && c->pending.len > SH_READ_BUF_SIZE)
+        sh_conn_stop_reading(c); /* the upgrade is being decided: the bytes are the
+                                    WebSocket's, kept (every one), but not without bound */
     if (c->phase == SH_PHASE_HTTP)
         process_input(c);
 }

@@ -1517,6 +1517,19 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* A chunk's size line is in: a chunk that cannot fit max_response_bytes fails now, as a
+ * Content-Length over it does, not once its bytes have come (or at the timeout, when they never
+ * come). */
+static int on_chunk_header(llhttp_t *p)
+{
+    sh_http_conn *conn = p->data;
+    if (p->content_length > conn->client->opts.max_response_bytes - conn->call->resp_bytes) {
+        conn->too_large = 1;
+        return -1;
+    }
+    return 0;
+}
+
 /* The end of a message: a 1xx is forgotten, a final response pauses the parser. */
 static int on_message_complete(llhttp_t *p)
 {
@@ -1541,6 +1554,7 @@ static const llhttp_settings_t parser_settings = {
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
+    .on_chunk_header = on_chunk_header,
 };
 
 /* ---- the exchange --------------------------------------------------------------------------- */

@@ -31,6 +31,11 @@ enum {
 
 /* Bodies larger than this are not kept allocated across requests. */
 #define KEEP_BODY_CAP 65536
+/* Nor heads past these (bytes of buf; entries of at and headers): a request
+ * of 2,000 empty header lines (8 KiB) left its idle keep-alive connection
+ * holding 70 KiB for as long as a request came every keepalive_timeout_ms. */
+#define KEEP_HEAD_CAP 4096
+#define KEEP_HEADERS 64
 
 /* ---------- errors and buffers ---------- */
 
@@ -226,6 +231,20 @@ static int on_body(llhttp_t *ll, const char *at, size_t len)
     p->body = b;
     memcpy(p->body + p->body_len, at, len);
     p->body_len += len;
+    return 0;
+}
+
+/* A chunk's size line is in: a chunk that cannot fit the body limit is 413
+ * now, as a Content-Length over it is, not once its bytes have come (or,
+ * when they never come, a drop at the head timeout without an answer). */
+static int on_chunk_header(llhttp_t *ll)
+{
+    sh_http_parser *p = ll->data;
+
+    if (ll->content_length > p->max_body - p->body_len) {
+        fail(p, SH_PARSE_EBODYSIZE, 413, "request body too large");
+        return HPE_USER;
+    }
     return 0;
 }
 
@@ -491,6 +510,7 @@ int sh_http_parser_init(sh_http_parser *p, size_t max_head_bytes,
     p->settings.on_header_value_complete = on_header_value_complete;
     p->settings.on_headers_complete = on_headers_complete;
     p->settings.on_body = on_body;
+    p->settings.on_chunk_header = on_chunk_header;
     p->settings.on_message_complete = on_message_complete;
     llhttp_init(&p->ll, HTTP_REQUEST, &p->settings);
     p->ll.data = p;
@@ -519,6 +539,18 @@ void sh_http_parser_reset(sh_http_parser *p)
         free(p->body);
         p->body = NULL;
         p->body_cap = 0;
+    }
+    if (p->buf_cap > KEEP_HEAD_CAP) {
+        free(p->buf);
+        p->buf = NULL;
+        p->buf_cap = 0;
+    }
+    if (p->at_cap > KEEP_HEADERS || p->headers_cap > KEEP_HEADERS) {
+        free(p->at);
+        free(p->headers);
+        p->at = NULL;
+        p->headers = NULL;
+        p->at_cap = p->headers_cap = 0;
     }
     p->phase = PH_HEAD;
     p->err = p->status = 0;

@@ -246,8 +246,8 @@ static void on_frame_start(wslay_event_context_ptr ctx,
     }
 }
 
-/* Compressed payload of the message arriving (last: its final frame ended):
- * inflate it onto c->msg, and validate the new text. */
+/* Compressed payload of the message arriving: kept by sh_pmd_inflate until
+ * its final frame ends (last), then inflated onto c->msg; validate the text. */
 static void take_compressed(sh_conn *c, const uint8_t *p, size_t n, int last)
 {
     size_t old = c->msg.len, max = c->lim->max_message_bytes;

@@ -243,6 +243,7 @@ void sh_pmd_free(sh_pmd *d)
         return;
     end_inflater(d);
     end_deflater(d);
+    sh_buf_free(&d->zin);
     free(d);
 }
 
@@ -250,6 +251,7 @@ void sh_pmd_begin(sh_pmd *d, int rsv1)
 {
     d->receiving = rsv1 != 0;
     d->ended = 0;
+    d->zin.len = 0;
 }
 
 /* ------------------------------------------------------------ inflating */
@@ -273,8 +275,10 @@ static int grow_output(sh_buf *out, size_t max)
     return 0;
 }
 
-int sh_pmd_inflate(sh_pmd *d, sh_buf *out, const uint8_t *in, size_t n, int last, size_t max,
-                   const char **why)
+/* Inflate n bytes of payload onto out (last: the tail, then the inflater is
+ * released). Returns as sh_pmd_inflate. */
+static int inflate_span(sh_pmd *d, sh_buf *out, const uint8_t *in, size_t n, int last,
+                        size_t max, const char **why)
 {
     static const uint8_t tail[4] = {0x00, 0x00, 0xff, 0xff}; /* RFC 7692 §7.2.2 */
     if (last) {
@@ -351,6 +355,29 @@ int sh_pmd_inflate(sh_pmd *d, sh_buf *out, const uint8_t *in, size_t n, int last
     z->avail_in = 0;
     if (code || last)
         end_inflater(d); /* client_no_context_takeover: a fresh one per message */
+    return code;
+}
+
+int sh_pmd_inflate(sh_pmd *d, sh_buf *out, const uint8_t *in, size_t n, int last, size_t max,
+                   const char **why)
+{
+    int code = 0;
+    if (!last) {
+        if (n > SH_PMD_ZIN_MAX(max) - d->zin.len) {
+            *why = "compressed message over max_message_bytes";
+            code = 1009;
+        } else if (sh_buf_append(&d->zin, in, n) != 0) {
+            *why = "out of memory for a compressed message";
+            code = 1011;
+        } else {
+            return 0;
+        }
+    } else {
+        code = inflate_span(d, out, (const uint8_t *)d->zin.p, d->zin.len, 0, max, why);
+        if (!code)
+            code = inflate_span(d, out, NULL, 0, 1, max, why);
+    }
+    sh_buf_free(&d->zin);
     return code;
 }
 

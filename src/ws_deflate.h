@@ -58,7 +58,8 @@ typedef struct sh_pmd {
     sh_pmd_params prm;
     uint8_t receiving;  /* the data message arriving is compressed (RSV1 on its first frame) */
     uint8_t ended;      /* its deflate stream had a final block: nothing may follow */
-    struct z_stream_s *inf; /* NULL, or the inflater of the message arriving */
+    struct z_stream_s *inf; /* NULL, or the inflater, while a message is inflated */
+    sh_buf zin;         /* the compressed payload of the message arriving, kept until its end */
     struct z_stream_s *def; /* NULL, or the deflater (kept between messages with takeover) */
 } sh_pmd;
 
@@ -78,11 +79,17 @@ void sh_pmd_free(sh_pmd *d);
 /* A data message begins: rsv1 says whether it is compressed. */
 void sh_pmd_begin(sh_pmd *d, int rsv1);
 
-/* Inflate n bytes of a compressed message's payload onto out; last: the
- * message's final frame has ended (the 0x00 0x00 0xff 0xff tail of §7.2.2 is
- * fed, and the inflater is released). out never grows past max + 1 bytes.
- * Returns 0, or a close code: 1009 (inflated size over max), 1007 (not
- * valid deflate data), 1011 (out of memory); *why says what. */
+/* Take n bytes of a compressed message's payload: they are kept (at most
+ * SH_PMD_ZIN_MAX(max) in all) until last, when the message's final frame has
+ * ended: then the whole payload and the 0x00 0x00 0xff 0xff tail of §7.2.2 are
+ * inflated onto out by an inflater made for it and released after it. So a
+ * message still arriving holds what the peer sent, never what it inflates to
+ * (a few KiB that inflate to max_message_bytes would otherwise pin that much
+ * for as long as the peer waits). out never grows past max + 1 bytes.
+ * Returns 0, or a close code: 1009 (inflated or compressed size over the
+ * limit), 1007 (not valid deflate data), 1011 (out of memory); *why says what. */
+#define SH_PMD_ZIN_MAX(max) ((max) + (max) / 16 + 1024) /* deflate's overhead on data it
+                                                            cannot shrink, with room to spare */
 int sh_pmd_inflate(sh_pmd *d, sh_buf *out, const uint8_t *in, size_t n, int last, size_t max,
                    const char **why);
 

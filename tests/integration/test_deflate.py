@@ -9,7 +9,8 @@
 - the default policy (scripts/default.lua, a real redis-server and a real
   HTTP remote) runs a job to completion over a compressed connection;
 - a zip bomb gets 1009 while it inflates, and the server's RSS stays
-  bounded by max_message_bytes, not by the inflated size;
+  bounded by max_message_bytes, not by the inflated size; a compressed
+  message still arriving holds its compressed bytes, not what they inflate to;
 - permessage_deflate=false (the default) answers no extension, and a client
   that sets RSV1 anyway gets 1002.
 The RFC's frame-level rules (RSV1 misuse, bad data, every parameter
@@ -22,7 +23,7 @@ import sys
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import OP_BIN, OP_TEXT, Statushost, Suite, WsClient  # noqa: E402
+from harness import OP_BIN, OP_PING, OP_PONG, OP_TEXT, Statushost, Suite, WsClient  # noqa: E402
 
 import websockets  # noqa: E402  (python3-websockets)
 from websockets.extensions.permessage_deflate import (  # noqa: E402
@@ -151,18 +152,63 @@ def test_zip_bomb_1009_bounded_memory():
 
 @S.test
 def test_fragmented_bomb_1009():
-    """The same bomb in 4 KiB fragments: 1009 before the last fragment
-    (the inflated total, not the compressed frames, is what counts)."""
+    """The same bomb in 4 KiB fragments: 1009 once the last one ends (the
+    inflated total, not the compressed frames, is what counts); compressed
+    fragments past the limit (and deflate's overhead) are 1009 as they come."""
     with echo_server(["max_message_bytes=65536"]) as sh:
         c = WsClient(sh.port, headers={"Sec-WebSocket-Extensions": "permessage-deflate"})
         z = zlib.compressobj(9, zlib.DEFLATED, -15)
         data = (z.compress(b"a" * (8 << 20)) + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
         frames = [data[i:i + 4096] for i in range(0, len(data), 4096)]
         assert len(frames) >= 2
-        c.send_raw(WsClient.frame(OP_TEXT, frames[0], fin=False, rsv=4))
+        c.send_raw(WsClient.frame(OP_TEXT, frames[0], fin=False, rsv=4) +
+                   b"".join(WsClient.frame(0, f, fin=False) for f in frames[1:-1]) +
+                   WsClient.frame(0, frames[-1]))
         code, _ = c.expect_close()
         assert code == 1009, code
         c.shutdown()
+        c = WsClient(sh.port, headers={"Sec-WebSocket-Extensions": "permessage-deflate"})
+        c.send_raw(WsClient.frame(OP_BIN, os.urandom(60000), fin=False, rsv=4) +
+                   WsClient.frame(0, os.urandom(60000), fin=False))
+        code, _ = c.expect_close()
+        assert code == 1009, code
+        sh.wait_log(r"closing 1009: compressed message over max_message_bytes")
+        c.shutdown()
+
+
+@S.test
+def test_unfinished_compressed_messages_hold_what_was_sent():
+    """A client sends the first kilobyte of a compressed message that
+    inflates to 1 MiB, then waits (answering pings). The server keeps the
+    compressed bytes until the message ends, not the inflated ones: 40 such
+    connections grew the RSS by 40 MiB (1,000 bytes pinned 1 MiB each, for
+    as long as the client liked; max_connections of them: 10 GiB)."""
+    with echo_server() as sh:
+        z = zlib.compressobj(9, zlib.DEFLATED, -15)
+        data = (z.compress(b"a" * (1048576 - 64)) + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        assert len(data) < 2048, len(data)
+        conns = [WsClient(sh.port, headers={"Sec-WebSocket-Extensions": "permessage-deflate"})
+                 for _ in range(40)]
+        before = sh.rss_kb()
+        for c in conns:
+            c.send_raw(WsClient.frame(OP_TEXT, data, fin=False, rsv=4) +
+                       WsClient.frame(OP_PING, b"sync"))
+        for c in conns:  # the pong follows the fragment: it was read
+            assert c.recv() == (OP_PONG, b"sync")
+        grown = sh.rss_kb() - before
+        assert grown < 40 * 128, "RSS grew by %d KiB for 40 unfinished messages" % grown
+        c = conns[0]  # the message still ends as it should
+        c.send_raw(WsClient.frame(0, b"\xff"))  # a block of the reserved type: 1007
+        assert c.expect_close()[0] == 1007
+        c = conns[1]
+        c.send_raw(WsClient.frame(0, b""))
+        fin, rsv, op, payload = c.recv_frame()
+        assert (fin, op) == (True, OP_TEXT), (fin, op)
+        if rsv & 4:
+            payload = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+        assert payload == b"a" * (1048576 - 64), len(payload)
+        for c in conns[1:]:
+            c.shutdown()
 
 
 @S.test

@@ -452,6 +452,23 @@ static void test_body_limit(void)
     CHECK_INT(sh_http_parser_request(&p)->body_len, MAX_BODY);
     sh_http_parser_reset(&p); /* gives the large body buffer back */
     CHECK_INT(p.body_cap, 0);
+    CHECK(p.buf_cap > 0 && p.at_cap > 0); /* a small head's buffers are kept */
+    sh_http_parser_free(&p);
+    free(s);
+
+    /* a head of 2,000 header lines: its buffers go back at reset too */
+    s = malloc(64 + 4 * 2000);
+    hl = (size_t)snprintf(s, 64, "GET / HTTP/1.1\r\nHost: h\r\n");
+    for (int i = 0; i < 2000; i++, hl += 4)
+        memcpy(s + hl, "A:\r\n", 4);
+    memcpy(s + hl, "\r\n", 3);
+    sh_http_parser_init(&p, 16384, MAX_BODY);
+    o = feed_pieces(&p, s, strlen(s), 4096);
+    CHECK_INT(o.rc, SH_HTTP_REQUEST);
+    CHECK_INT(sh_http_parser_request(&p)->nheaders, 2001);
+    sh_http_parser_reset(&p);
+    CHECK(p.buf == NULL && p.at == NULL && p.headers == NULL);
+    CHECK_INT(p.buf_cap + p.at_cap + p.headers_cap, 0);
     sh_http_parser_free(&p);
     free(s);
 

@@ -171,7 +171,9 @@ static void test_inflate(void)
     {
         sh_buf out = {0};
         sh_pmd_begin(d, 1);
-        CHECK_INT(sh_pmd_inflate(d, &out, z, zn, 0, sizeof plain - 1, &why), 1009);
+        CHECK_INT(sh_pmd_inflate(d, &out, z, zn, 0, sizeof plain - 1, &why), 0);
+        CHECK(out.len == 0 && d->inf == NULL); /* kept compressed until the message ends */
+        CHECK_INT(sh_pmd_inflate(d, &out, NULL, 0, 1, sizeof plain - 1, &why), 1009);
         CHECK_STR(why, "inflated message over max_message_bytes");
         CHECK(out.cap <= sizeof plain); /* never past max + 1 */
         CHECK(d->inf == NULL);
@@ -186,7 +188,8 @@ static void test_inflate(void)
         free(zeros);
         sh_buf out = {0};
         sh_pmd_begin(d, 1);
-        CHECK_INT(sh_pmd_inflate(d, &out, bomb, bn, 0, 1u << 20, &why), 1009);
+        CHECK_INT(sh_pmd_inflate(d, &out, bomb, bn, 0, 1u << 20, &why), 0);
+        CHECK_INT(sh_pmd_inflate(d, &out, NULL, 0, 1, 1u << 20, &why), 1009);
         CHECK(out.cap <= (1u << 20) + 1);
         sh_buf_free(&out);
         free(bomb);
@@ -197,7 +200,19 @@ static void test_inflate(void)
         sh_buf out = {0};
         static const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0xff};
         sh_pmd_begin(d, 1);
-        CHECK_INT(sh_pmd_inflate(d, &out, junk, sizeof junk, 0, 1000, &why), 1007);
+        CHECK_INT(sh_pmd_inflate(d, &out, junk, sizeof junk, 0, 1000, &why), 0);
+        CHECK_INT(sh_pmd_inflate(d, &out, NULL, 0, 1, 1000, &why), 1007);
+        sh_buf_free(&out);
+    }
+
+    /* compressed bytes past SH_PMD_ZIN_MAX(max) → 1009 as they come, nothing kept */
+    {
+        sh_buf out = {0};
+        sh_pmd_begin(d, 1);
+        CHECK_INT(sh_pmd_inflate(d, &out, z, SH_PMD_ZIN_MAX(1000), 0, 1000, &why), 0);
+        CHECK_INT(sh_pmd_inflate(d, &out, z, 1, 0, 1000, &why), 1009);
+        CHECK_STR(why, "compressed message over max_message_bytes");
+        CHECK(d->zin.p == NULL && out.len == 0);
         sh_buf_free(&out);
     }
 
@@ -221,7 +236,8 @@ static void test_inflate(void)
         out.len = 0;
         sh_pmd_begin(d, 1);
         CHECK_INT(sh_pmd_inflate(d, &out, fin, fn, 0, 1000, &why), 0);
-        CHECK_INT(sh_pmd_inflate(d, &out, (const uint8_t *)"x", 1, 0, 1000, &why), 1007);
+        CHECK_INT(sh_pmd_inflate(d, &out, (const uint8_t *)"x", 1, 0, 1000, &why), 0);
+        CHECK_INT(sh_pmd_inflate(d, &out, NULL, 0, 1, 1000, &why), 1007);
         sh_buf_free(&out);
     }
     sh_pmd_free(d);
