@@ -1254,6 +1254,8 @@ static void route_done(sh_task *t, int status, int nres, void *arg)
                 err = "a route's body must be a string";
             else
                 body = lua_tolstring(co, base + 1, &len);
+            if (body && len && (code == 204 || code == 304))
+                err = "a 204 or 304 response has no body (RFC 9110 §6.4.1)";
         }
         if (!err && nres >= 3 && !lua_isnil(co, base + 2))
             err = route_headers(co, base + 2, &extra, &ctype, &owned);
