@@ -882,6 +882,9 @@ static int header_ok(const char *k, size_t kl, const char *v, size_t vl)
     return 1;
 }
 
+static const char *route_headers(lua_State *co, int i, sh_buf *out, const char **ctype,
+                                 char **owned);
+
 /* on_handshake's verdict. Accepted shapes: nothing, nil or true (accept);
  * true, protocol (accept, answering one of the offered subprotocols);
  * false, status[, body[, headers]] (refuse). Anything else is an error:
@@ -945,37 +948,18 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
         body = lua_tolstring(co, base + 2, &len);
     }
     sh_buf extra = {0};
-    const char *ctype = NULL; /* the policy's Content-Type: anchored in its headers table */
+    const char *ctype = NULL;
+    char *owned = NULL; /* the policy's Content-Type */
     if (nres >= 4 && !lua_isnil(co, base + 3)) {
-        int ht = base + 3;
-        if (!lua_istable(co, ht))
+        if (!lua_istable(co, base + 3))
             return "on_handshake: a refusal's headers must be a table";
-        lua_pushnil(co);
-        while (lua_next(co, ht)) {
-            size_t kl = 0, vl = 0;
-            const char *k = lua_type(co, -2) == LUA_TSTRING ? lua_tolstring(co, -2, &kl) : NULL;
-            const char *v = lua_type(co, -1) == LUA_TSTRING ? lua_tolstring(co, -1, &vl) : NULL;
-            if (!header_ok(k, kl, v, vl)) {
-                lua_pop(co, 2);
-                sh_buf_free(&extra);
-                return "on_handshake: refusal headers map token names to strings without control "
-                       "characters";
-            }
-            if (!strcasecmp(k, "content-type"))
-                ctype = v;
-            if (strcasecmp(k, "content-length") && strcasecmp(k, "connection") &&
-                strcasecmp(k, "content-type") && strcasecmp(k, "transfer-encoding") &&
-                (sh_buf_append(&extra, k, kl) || sh_buf_append(&extra, ": ", 2) ||
-                 sh_buf_append(&extra, v, vl) || sh_buf_append(&extra, "\r\n", 2))) {
-                lua_pop(co, 2);
-                sh_buf_free(&extra);
-                return "out of memory";
-            }
-            lua_pop(co, 1);
-        }
-        if (sh_buf_append(&extra, "", 1)) {
+        const char *err = route_headers(co, base + 3, &extra, &ctype, &owned); /* a route's rules */
+        if (err) {
             sh_buf_free(&extra);
-            return "out of memory";
+            free(owned);
+            return strcmp(err, "out of memory") ? "on_handshake: refusal headers map token names "
+                                                  "to strings or numbers without control characters"
+                                                : err;
         }
     }
     char dflt[32];
@@ -986,6 +970,7 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
     sh_info(p->owner.id, "handshake refused by policy: %d", (int)status);
     sh_conn_refuse_as(c, (int)status, ctype, body, len, extra.len > 1 ? extra.p : NULL);
     sh_buf_free(&extra);
+    free(owned);
     return NULL;
 }
 

@@ -75,5 +75,38 @@ def a_204_or_304_route_answer_ends_at_its_head():
         sh.wait_log(r"lua error in route: a 204 or 304 response has no body")
 
 
+def upgrade(port, path):
+    """A WebSocket upgrade request to path → (status, headers) of the answer."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+               % path).encode())
+    status, headers, _ = read_responses(s, 1)[0]
+    s.close()
+    return status, headers
+
+
+@S.test
+def a_refusals_headers_follow_a_routes_rules():
+    """on_handshake refuses with header values that are numbers (`Retry-After = 30`), which
+    a route may return and the README says "the same rules hold for the headers of an
+    on_handshake refusal": the refusal is sent with them, as the route's answer is. A value
+    with CR LF or a boolean is still a Lua error (500, logged).
+    fails on old: yes (the refusal with `Retry-After = 30` answered 500, "lua error in
+    on_handshake: on_handshake: refusal headers map token names to strings without control
+    characters", while the route returning the same headers answered 429)."""
+    with host(pol("attack_handshake.lua")) as sh:
+        status, headers, _ = http_request(sh.port, "GET", "/retry")
+        assert status == 429 and headers.get("retry-after") == "30", (status, headers)
+        status, headers = upgrade(sh.port, "/retry")
+        assert status == 429, (status, headers, sh.log_text()[-600:])
+        assert headers.get("retry-after") == "30" and headers.get("x-limit") == "1.5", headers
+        for path in ("/crlf", "/bool"):
+            m = sh.mark()
+            status, headers = upgrade(sh.port, path)
+            assert status == 500 and "set-cookie" not in headers, (path, status, headers)
+            sh.wait_log(r"lua error in on_handshake: .*refusal headers map token names", start=m)
+
+
 if __name__ == "__main__":
     S.run()
