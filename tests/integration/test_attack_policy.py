@@ -10,11 +10,13 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (ROOT, Statushost, Suite, WsClient, free_port, http_request,  # noqa: E402
+from harness import (BIN, ROOT, Statushost, Suite, WsClient, free_port, http_request,  # noqa: E402
                      shared_redis, wait_until)
 
 S = Suite("attack_policy")
@@ -106,6 +108,42 @@ def a_refusals_headers_follow_a_routes_rules():
             status, headers = upgrade(sh.port, path)
             assert status == 500 and "set-cookie" not in headers, (path, status, headers)
             sh.wait_log(r"lua error in on_handshake: .*refusal headers map token names", start=m)
+
+
+def check(source):
+    """statushost --check on a script of this text → (exit status, stderr)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(source)
+    try:
+        p = subprocess.run([BIN, "--check", f.name], capture_output=True, text=True, timeout=60)
+        return p.returncode, p.stderr
+    finally:
+        os.unlink(f.name)
+
+
+@S.test
+def a_metric_cannot_take_the_name_of_another():
+    """host.metrics.define of a name whose samples /metrics already writes: the server's own
+    (connections_current, a gauge; dispatch_seconds, a histogram, and its _count), or a
+    histogram's _bucket/_sum/_count of the policy's own: a load error that names the other
+    metric (--check exits 2). A name next to them is fine.
+    fails on old: yes (each loaded: /metrics then had two TYPE lines for
+    statushost_connections_current, gauge and counter, and two samples of that name, or a
+    counter statushost_lat_count beside the histogram lat's, which Prometheus refuses)."""
+    head = 'local host = require "statushost"\n'
+    for defs, other in [
+            (['"connections_current", "counter"'], "the server's own statushost_connections_current"),
+            (['"dispatch_seconds", "histogram"'], "the server's own statushost_dispatch_seconds"),
+            (['"dispatch_seconds_count", "counter"'], "the server's own statushost_dispatch_seconds"),
+            (['"lat", "histogram"', '"lat_count", "counter"'], "the policy's statushost_lat"),
+            (['"lat_sum", "counter"', '"lat", "histogram"'], "the policy's statushost_lat_sum")]:
+        src = head + "".join('host.metrics.define(%s, "help")\n' % d for d in defs) + "return {}\n"
+        rc, err = check(src)
+        assert rc == 2 and "would clash with %s in /metrics" % other in err, (defs, rc, err)
+    rc, err = check(head + 'host.metrics.define("lat", "histogram", "h")\n'
+                    'host.metrics.define("lat_total", "counter", "c")\n'
+                    'host.metrics.define("connections_now", "counter", "c")\nreturn {}\n')
+    assert rc == 0, (rc, err)
 
 
 if __name__ == "__main__":
