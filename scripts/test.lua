@@ -130,8 +130,10 @@ function M.pattern(p) return setmetatable({ p = p }, Pattern) end
 
 -- ------------------------------------------------------------ tests
 
+local running = false -- the tests run: a t.test now would be run but not in the plan (1..N)
 function M.test(name, fn)
   assert(type(name) == "string" and type(fn) == "function", "t.test(name, function)")
+  if running then error("t.test: tests are declared at the file's top level, not inside a test", 2) end
   tests[#tests + 1] = { name = name, fn = fn }
 end
 
@@ -146,6 +148,7 @@ end
 
 function M._run(first)
   local failed = 0
+  running = true
   for i, tc in ipairs(tests) do
     worlds = {}
     local ok, err = xpcall(tc.fn, on_error)

@@ -146,5 +146,25 @@ def a_metric_cannot_take_the_name_of_another():
     assert rc == 0, (rc, err)
 
 
+@S.test
+def a_test_declared_inside_a_test_fails_that_test():
+    """A kit test file whose test calls t.test: that test fails naming the mistake, and the
+    TAP stream keeps to its plan (1..2: two results, numbered 1 and 2), exit 1.
+    fails on old: yes (the inner test was appended while the tests ran and run after them:
+    "1..2" then three results, "ok 3 - inner" past the plan, and exit status 0)."""
+    d = tempfile.mkdtemp(prefix="sh-attack-kit-")
+    path = os.path.join(d, "nest_test.lua")
+    with open(path, "w") as f:
+        f.write('local t = require "statushost.test"\n'
+                't.test("outer", function() t.test("inner", function() end) end)\n'
+                't.test("second", function() end)\n')
+    p = subprocess.run([BIN, "--test", path], capture_output=True, text=True, timeout=60)
+    results = re.findall(r"^(not ok|ok) (\d+) - (.*)$", p.stdout, re.M)
+    assert p.stdout.startswith("1..2\n"), p.stdout
+    assert results == [("not ok", "1", "outer"), ("ok", "2", "second")], p.stdout
+    assert "t.test: tests are declared at the file's top level, not inside a test" in p.stdout
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+
+
 if __name__ == "__main__":
     S.run()
