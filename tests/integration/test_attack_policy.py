@@ -166,5 +166,20 @@ def a_test_declared_inside_a_test_fails_that_test():
     assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
 
 
+@S.test
+def a_huge_log_call_takes_only_what_the_line_keeps():
+    """A route logs 40 references to one 8 MiB string (and a table whose __tostring gives
+    it): the log keeps 16 KiB of a line, so the call takes about that much, answers 200
+    and logs both lines, cut.
+    fails on old: yes (the arguments were joined in full first: a 320 MiB Lua string past
+    lua_max_memory, "not enough memory" in the route, 500; a single 64 MiB string took
+    0.3 s of the loop to log, over loop_stall_ms under ASan)."""
+    with host(pol("attack_routes.lua")) as sh:
+        status, _, body = http_request(sh.port, "GET", "/log-big", timeout=60)
+        assert (status, body) == (200, b"logged"), (status, body, sh.log_text()[-800:])
+        sh.wait_log(r"warn .*big: aaaaaaaa")
+        sh.wait_log(r"warn .*\] aaaaaaaa")
+
+
 if __name__ == "__main__":
     S.run()
