@@ -85,6 +85,11 @@ static const char *clashing(const char *name, int hist, int *own, char *buf, siz
         }
     sh_metrics zero;
     memset(&zero, 0, sizeof zero);
+    if (sh_metrics_inc(&zero, name, 0) == 0) { /* host.metrics.inc's name for one of the server's */
+        snprintf(buf, bufsz, "%s_total", name);
+        *own = 1;
+        return buf;
+    }
     size_t len;
     char *text = sh_metrics_render(&zero, 0, &len), *found = NULL;
     for (const char *p = text; p && (p = strstr(p, "# TYPE statushost_")); p++) {

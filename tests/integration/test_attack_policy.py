@@ -125,8 +125,9 @@ def check(source):
 def a_metric_cannot_take_the_name_of_another():
     """host.metrics.define of a name whose samples /metrics already writes: the server's own
     (connections_current, a gauge; dispatch_seconds, a histogram, and its _count), or a
-    histogram's _bucket/_sum/_count of the policy's own: a load error that names the other
-    metric (--check exits 2). A name next to them is fine.
+    histogram's _bucket/_sum/_count of the policy's own, or a name host.metrics.inc takes for
+    the server's (jobs_started: the policy's counter would never move): a load error that
+    names the other metric (--check exits 2). A name next to them is fine.
     fails on old: yes (each loaded: /metrics then had two TYPE lines for
     statushost_connections_current, gauge and counter, and two samples of that name, or a
     counter statushost_lat_count beside the histogram lat's, which Prometheus refuses)."""
@@ -136,7 +137,8 @@ def a_metric_cannot_take_the_name_of_another():
             (['"dispatch_seconds", "histogram"'], "the server's own statushost_dispatch_seconds"),
             (['"dispatch_seconds_count", "counter"'], "the server's own statushost_dispatch_seconds"),
             (['"lat", "histogram"', '"lat_count", "counter"'], "the policy's statushost_lat"),
-            (['"lat_sum", "counter"', '"lat", "histogram"'], "the policy's statushost_lat_sum")]:
+            (['"lat_sum", "counter"', '"lat", "histogram"'], "the policy's statushost_lat_sum"),
+            (['"jobs_started", "counter"'], "the server's own statushost_jobs_started_total")]:
         src = head + "".join('host.metrics.define(%s, "help")\n' % d for d in defs) + "return {}\n"
         rc, err = check(src)
         assert rc == 2 and "would clash with %s in /metrics" % other in err, (defs, rc, err)
