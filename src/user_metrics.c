@@ -348,9 +348,11 @@ int sh_user_metrics_render(char **out, size_t *len, size_t *cap)
     return bad ? -1 : 0;
 }
 
-void sh_user_metrics_free(void)
+size_t sh_user_metrics_count(void) { return nmetrics; }
+
+void sh_user_metrics_forget_from(size_t keep)
 {
-    for (size_t i = 0; i < nmetrics; i++) {
+    for (size_t i = keep; i < nmetrics; i++) {
         metric *m = &metrics[i];
         for (size_t j = 0; j < m->ns; j++)
             free(m->s[j].labels);
@@ -360,5 +362,7 @@ void sh_user_metrics_free(void)
         free(m->name);
         free(m->help);
     }
-    nmetrics = 0;
+    nmetrics = keep < nmetrics ? keep : nmetrics;
 }
+
+void sh_user_metrics_free(void) { sh_user_metrics_forget_from(0); }

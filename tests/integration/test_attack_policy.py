@@ -183,5 +183,44 @@ def a_huge_log_call_takes_only_what_the_line_keeps():
         sh.wait_log(r"warn .*\] aaaaaaaa")
 
 
+@S.test
+def a_reload_that_fails_leaves_no_metric_behind():
+    """SIGHUP with a script that defines a histogram at its top and is then refused by its
+    on_config: the reload fails, and /metrics has no such histogram (no generation defined
+    it); the next script, which defines that name as a counter, reloads, and its counter is
+    exported and counts.
+    fails on old: yes (the refused load's histogram stayed in the process's registry: it
+    was exported, and every later reload that defined the name as a counter failed, "metric
+    attack_foo is already defined with another kind or labels", until a restart)."""
+    d = tempfile.mkdtemp(prefix="sh-attack-reload-")
+    script = os.path.join(d, "policy.lua")
+    versions = [
+        'return { routes = { ["GET /x"] = function() return 200 end } }\n',
+        'local host = require "statushost"\n'
+        'host.metrics.define("attack_foo", "histogram", "h")\n'
+        'return { on_config = function() return false, "not yet" end }\n',
+        'local host = require "statushost"\n'
+        'host.metrics.define("attack_foo", "counter", "c")\n'
+        'return { routes = { ["GET /x"] = function() host.metrics.inc("attack_foo") '
+        'return 200 end } }\n']
+    with open(script, "w") as f:
+        f.write(versions[0])
+    with host(script) as sh:
+        for v, want in ((versions[1], r"reload failed, keeping generation 1: config: not yet"),
+                        (versions[2], r"reloaded .*generation 2 serves")):
+            with open(script, "w") as f:
+                f.write(v)
+            m = sh.mark()
+            sh.signal(signal.SIGHUP)
+            sh.wait_log(r"reloaded|reload failed", start=m)
+            sh.wait_log(want, start=m, timeout=1)
+            if v is versions[1]:
+                text = http_request(sh.port, "GET", "/metrics")[2].decode()
+                assert "attack_foo" not in text, [l for l in text.splitlines() if "attack_foo" in l]
+        assert http_request(sh.port, "GET", "/x")[0] == 200
+        text = http_request(sh.port, "GET", "/metrics")[2].decode()
+        assert "# TYPE statushost_attack_foo counter\nstatushost_attack_foo 1\n" in text, text
+
+
 if __name__ == "__main__":
     S.run()
