@@ -474,6 +474,21 @@ static int fast_type(lua_State *L)
     return 1;
 }
 
+/* os.setlocale only reads the locale: it is the process's, and a policy's "de_DE" made every
+ * number a decimal comma in /metrics ("0,005": refused by Prometheus) and in lua-cjson's JSON
+ * ({"a":1,5}), for every generation */
+static int query_setlocale(lua_State *L)
+{
+    if (!lua_isnoneornil(L, 1))
+        return luaL_error(L, "os.setlocale: the locale is the process's and stays \"C\" (numbers "
+                             "in /metrics, JSON and logs are written with it); call "
+                             "os.setlocale() or os.setlocale(nil, category) to read it");
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
 static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
 {
     luaL_openlibs(L);
@@ -515,6 +530,11 @@ static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
     lua_getglobal(L, "setmetatable");
     lua_pushcclosure(L, no_gc_setmetatable, 1);
     lua_setglobal(L, "setmetatable");
+    lua_getglobal(L, "os");
+    lua_getfield(L, -1, "setlocale");
+    lua_pushcclosure(L, query_setlocale, 1);
+    lua_setfield(L, -2, "setlocale");
+    lua_pop(L, 1);
     open_api(L, g);
 }
 

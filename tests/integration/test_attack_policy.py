@@ -222,5 +222,40 @@ def a_reload_that_fails_leaves_no_metric_behind():
         assert "# TYPE statushost_attack_foo counter\nstatushost_attack_foo 1\n" in text, text
 
 
+def decimal_comma_locale():
+    """A directory with a de_DE.UTF-8 locale (decimal comma) for LOCPATH, or None when
+    localedef cannot make one here."""
+    d = tempfile.mkdtemp(prefix="sh-attack-locale-")
+    try:
+        subprocess.run(["localedef", "-i", "de_DE", "-f", "UTF-8", os.path.join(d, "de_DE.UTF-8")],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    except OSError:
+        return None
+    return d if os.path.isdir(os.path.join(d, "de_DE.UTF-8")) else None
+
+
+@S.test
+def a_policy_cannot_change_the_process_locale():
+    """A route calls os.setlocale("de_DE.UTF-8") (with LOCPATH holding that locale, whose
+    decimal separator is a comma): the call raises, naming why; os.setlocale() still reads
+    "C". Numbers then stay as JSON and Prometheus want them: lua-cjson and host.json write
+    1.5, /metrics' buckets le="0.005".
+    fails on old: yes (the call succeeded, for the whole process: lua-cjson then wrote
+    {"a":1,5} — not JSON — tostring gave 3,5, and /metrics' bucket bounds read le="0,005",
+    which Prometheus refuses: every scrape failed)."""
+    locpath = decimal_comma_locale()
+    env = {"LOCPATH": locpath} if locpath else {}
+    with host(pol("attack_locale.lua"), env=env) as sh:
+        status, _, body = http_request(sh.port, "GET", "/setlocale")
+        lines = body.decode().split("\n")
+        assert status == 200 and lines[0] == "false" and lines[2] == "false", (status, lines)
+        assert "os.setlocale: the locale is the process's and stays \"C\"" in lines[1], lines
+        assert lines[4:] == ["C", "C"], lines
+        status, _, body = http_request(sh.port, "GET", "/numbers")
+        assert (status, body) == (200, b'{"a":1.5} {"b":2.5} 3.5'), (status, body)
+        text = http_request(sh.port, "GET", "/metrics")[2].decode()
+        assert 'statushost_dispatch_seconds_bucket{le="0.005"}' in text, text[:2000]
+
+
 if __name__ == "__main__":
     S.run()
