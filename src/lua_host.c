@@ -489,6 +489,18 @@ static int query_setlocale(lua_State *L)
     return lua_gettop(L);
 }
 
+/* os.exit from a policy ends the process: one line says so (it ended with no other), then
+ * it exits as Lua's would, without closing the state (a hook's coroutine runs inside it) */
+static int logged_exit(lua_State *L)
+{
+    int status = lua_isboolean(L, 1) ? (lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE)
+                                     : (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+    sh_task *t = sh_task_current(L);
+    sh_error(t && t->log_id[0] ? t->log_id : NULL, "the policy called os.exit(%d)%s%s: exiting",
+             status, t ? " in " : " while the script loads", t ? t->what : "");
+    exit(status);
+}
+
 static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
 {
     luaL_openlibs(L);
@@ -534,6 +546,8 @@ static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
     lua_getfield(L, -1, "setlocale");
     lua_pushcclosure(L, query_setlocale, 1);
     lua_setfield(L, -2, "setlocale");
+    lua_pushcfunction(L, logged_exit);
+    lua_setfield(L, -2, "exit");
     lua_pop(L, 1);
     open_api(L, g);
 }

@@ -257,5 +257,22 @@ def a_policy_cannot_change_the_process_locale():
         assert 'statushost_dispatch_seconds_bucket{le="0.005"}' in text, text[:2000]
 
 
+@S.test
+def a_policy_that_calls_os_exit_says_so():
+    """A route calls os.exit(3, true): the process exits 3, and its last line names the
+    cause (the policy's os.exit, in which hook, for which connection).
+    fails on old: yes (the process ended with status 3 and no line at all: the log ended
+    at "listening on ...")."""
+    with host(pol("attack_routes.lua")) as sh:
+        try:
+            http_request(sh.port, "GET", "/exit", timeout=10)
+        except OSError:
+            pass  # the connection ends with the process
+        assert sh.wait_exit() == 3, sh.log_text()[-600:]
+        sh.killed = True  # its exit status is the test's subject
+        sh.wait_log(r"error \[[0-9a-f]{24}\] the policy called os.exit\(3\) in route: exiting",
+                    timeout=1)
+
+
 if __name__ == "__main__":
     S.run()

@@ -6,6 +6,7 @@ return {
     ["GET /no-content-body"] = function() return 204, "a body a 204 cannot have" end,
     ["GET /not-modified"] = function() return 304, "", {ETag = '"v1"'} end,
     ["GET /ok"] = function() return 200, "ok" end,
+    ["GET /exit"] = function() os.exit(3, true) end,
     -- 40 references to one 8 MiB string: a line of 320 MiB, of which the log keeps 16 KiB
     ["GET /log-big"] = function()
       local s = string.rep("a", 8 * 1024 * 1024)
