@@ -910,8 +910,13 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
                "headers]]";
     if (lua_toboolean(co, base)) {
         if (nres >= 2 && !lua_isnil(co, base + 1)) {
-            const char *proto = lua_type(co, base + 1) == LUA_TSTRING ? lua_tostring(co, base + 1)
-                                                                       : NULL;
+            size_t plen = 0;
+            const char *proto = lua_type(co, base + 1) == LUA_TSTRING
+                                    ? lua_tolstring(co, base + 1, &plen) : NULL;
+            /* a token (RFC 6455 §4.1), whatever the hook made of req.headers: else the
+             * transport left it out of the 101 (CR LF), or cut it (NUL), and said nothing */
+            if (proto && !header_ok(proto, plen, "", 0))
+                proto = NULL;
             const char *offered = NULL;
             lua_State *L = p->gen->L;
             /* raw: the hook may have put metamethods on the request, and no
@@ -922,7 +927,7 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
             offered = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
             int ok = 0;
             if (proto && offered) { /* one of the comma-separated tokens */
-                size_t pl = strlen(proto);
+                size_t pl = plen;
                 for (const char *s = offered; *s;) {
                     while (*s == ' ' || *s == ',')
                         s++;

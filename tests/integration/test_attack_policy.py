@@ -77,12 +77,12 @@ def a_204_or_304_route_answer_ends_at_its_head():
         sh.wait_log(r"lua error in route: a 204 or 304 response has no body")
 
 
-def upgrade(port, path):
+def upgrade(port, path, extra=""):
     """A WebSocket upgrade request to path → (status, headers) of the answer."""
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-               % path).encode())
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n"
+               % (path, extra)).encode())
     status, headers, _ = read_responses(s, 1)[0]
     s.close()
     return status, headers
@@ -272,6 +272,26 @@ def a_policy_that_calls_os_exit_says_so():
         sh.killed = True  # its exit status is the test's subject
         sh.wait_log(r"error \[[0-9a-f]{24}\] the policy called os.exit\(3\) in route: exiting",
                     timeout=1)
+
+
+@S.test
+def a_chosen_subprotocol_is_a_token_or_an_error():
+    """on_handshake rewrites req.headers["sec-websocket-protocol"] (the offer its choice is
+    checked against) to "a\\r\\nSet-Cookie:x=1" or "a\\0b" and returns true with it: a Lua
+    error (500, logged), as any protocol the client did not offer. A token it offered ("q")
+    is answered in the 101.
+    fails on old: yes (both were accepted: the 101 went out without Sec-WebSocket-Protocol
+    (the transport leaves out a value with CR LF) or with "a" (cut at the NUL), a protocol
+    the client never offered, and nothing was logged)."""
+    offer = "Sec-WebSocket-Protocol: p, q\r\n"
+    with host(pol("attack_handshake.lua")) as sh:
+        status, headers = upgrade(sh.port, "/proto", offer)
+        assert status == 101 and headers.get("sec-websocket-protocol") == "q", (status, headers)
+        for path in ("/proto-crlf", "/proto-nul"):
+            m = sh.mark()
+            status, headers = upgrade(sh.port, path, offer)
+            assert status == 500 and "set-cookie" not in headers, (path, status, headers)
+            sh.wait_log(r"lua error in on_handshake: .*not one the client offered", start=m)
 
 
 if __name__ == "__main__":

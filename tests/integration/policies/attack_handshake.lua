@@ -5,6 +5,13 @@ return {
       return false, 429, "slow down\n", {["Retry-After"] = 30, ["X-Limit"] = 1.5}
     elseif req.path == "/crlf" then
       return false, 403, "no\n", {["X-A"] = "a\r\nSet-Cookie: x=1"}
+    elseif req.path == "/proto" then
+      return true, "q"
+    elseif req.path == "/proto-crlf" or req.path == "/proto-nul" then
+      -- the hook rewrites the offer it is checked against, then "chooses" from it
+      local p = req.path == "/proto-crlf" and "a\r\nSet-Cookie:x=1" or "a\0b"
+      req.headers["sec-websocket-protocol"] = p
+      return true, p
     elseif req.path == "/bool" then
       return false, 403, "no\n", {["X-A"] = true}
     end
