@@ -465,7 +465,7 @@ static int conn_unsubscribe(lua_State *L)
 /* The connection of the running task, for log lines. */
 static const char *current_conn_id(lua_State *L)
 {
-    sh_task *t = sh_task_current(L);
+    sh_task *t = sh_task_running(SH_GEN(L), L);
     return t && t->log_id[0] ? t->log_id : NULL;
 }
 
@@ -560,7 +560,7 @@ static int spawn(lua_State *L, int detached)
     if (g->loading || !g->host)
         return luaL_error(L, "%s: tasks cannot start while the script loads (start them from "
                              "a hook)", SH_FNAME(L));
-    sh_task *cur = sh_task_current(L);
+    sh_task *cur = sh_task_running(g, L);
     if (cur && sh_task_doomed(cur))
         return fail(L, "closed");
     int n = lua_gettop(L);

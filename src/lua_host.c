@@ -1179,7 +1179,9 @@ static void task_run(sh_task *t)
     sh_budget_begin(co, g->cfg.lua_max_instructions);
     g->capped = 1;
     sh_watchdog_note(t->what, t->log_id);
+    g->running = t;
     int st = lua_resume(co, g->L, t->nargs, &nres);
+    g->running = NULL;
     sh_watchdog_note(NULL, NULL);
     sh_budget_end(co);
     g->capped = 0;
@@ -1287,6 +1289,12 @@ sh_task *sh_task_current(lua_State *L)
 {
     sh_task *t = *(sh_task **)lua_getextraspace(L);
     return t && t->co == L ? t : NULL;
+}
+
+sh_task *sh_task_running(sh_gen *g, lua_State *L)
+{
+    sh_task *t = sh_task_current(L);
+    return t ? t : g->running;
 }
 
 int sh_task_suspend(lua_State *L, sh_task_cancel_fn cancel, void *op)

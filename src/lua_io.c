@@ -193,7 +193,7 @@ int sh_io_timer(lua_State *L)
     if (g->loading || !g->host)
         return luaL_error(L, "%s: cannot start while the script loads (start it from a hook)",
                           SH_FNAME(L));
-    sh_task *cur = sh_task_current(L);
+    sh_task *cur = sh_task_running(g, L);
     if (cur && sh_task_doomed(cur))
         return fail(L, "closed");
     int n = lua_gettop(L);

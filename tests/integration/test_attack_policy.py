@@ -294,5 +294,25 @@ def a_chosen_subprotocol_is_a_token_or_an_error():
             sh.wait_log(r"lua error in on_handshake: .*not one the client offered", start=m)
 
 
+@S.test
+def what_a_wrapped_coroutine_starts_belongs_to_the_connection():
+    """on_message starts a timer (200 ms) and a task that sleeps (400 ms) from inside a
+    coroutine.wrap, then closes the connection: as for a timer and a task started by the
+    hook itself, the timer is released with the connection (it never fires), the task's
+    sleep returns nil, "closed" at once, and the lines logged inside the wrap carry the
+    connection's id. A detached task logs "marker" 700 ms later, after either.
+    fails on old: yes (inside a coroutine of the policy's own there was no current task:
+    the timer and the task were detached — the timer fired after the connection had ended,
+    the sleep returned true 400 ms later — and their lines had no connection id, "[-]")."""
+    with host(pol("attack_wrap.lua")) as sh:
+        c = WsClient(sh.port)
+        c.send_text("go")
+        assert c.expect_close()[0] == 1000
+        cid = re.escape(sh.wait_log(r"\[([0-9a-f]{24})\] inside the wrap").group(1))
+        sh.wait_log(r"\[%s\] wrapped task woke: nil closed" % cid)
+        sh.wait_log(r"marker")
+        assert "wrapped timer fired" not in sh.log_text(), sh.log_text()[-1500:]
+
+
 if __name__ == "__main__":
     S.run()
