@@ -6,6 +6,7 @@ docstring says how the test failed on the code before ("fails on old: ...").
     python3 tests/integration/test_attack_policy.py [test_name ...]
     SH_BIN=build-asan/statushost SH_SANITIZED=1 ASAN_OPTIONS=detect_leaks=1 python3 ...
 """
+import http.server
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -312,6 +314,53 @@ def what_a_wrapped_coroutine_starts_belongs_to_the_connection():
         sh.wait_log(r"\[%s\] wrapped task woke: nil closed" % cid)
         sh.wait_log(r"marker")
         assert "wrapped timer fired" not in sh.log_text(), sh.log_text()[-1500:]
+
+
+class RecordingRemote(http.server.BaseHTTPRequestHandler):
+    """A real HTTP/1.1 remote (keep-alive) that records each request's headers and body
+    (read by its Content-Length, waiting 1 s at most) and answers 200."""
+    protocol_version = "HTTP/1.1"
+    timeout = 1
+    requests = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.requests.append((self.headers, body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+@S.test
+def a_requests_content_length_is_its_bodys():
+    """host.http.request with a Content-Length header that is not the body's length (5 or 1
+    for "abc") raises an argument error, and nothing is sent; the body's own length (3) is
+    sent once; a header value with a NUL byte raises as one with CR LF does.
+    fails on old: yes (each was sent as given: "Content-Length: 5" before 3 bytes left the
+    remote waiting for 2 more ("nil, closed" after its timeout), "Content-Length: 1" made
+    it read "bc" as the start of the next request on that kept-alive socket (the next
+    call, a well-formed one, got that garbage's answer: 501), and "a\\0b" went out as
+    "a")."""
+    remote = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RecordingRemote)
+    threading.Thread(target=remote.serve_forever, daemon=True).start()
+    try:
+        with host(pol("attack_http.lua"),
+                  sets=["attack_remote=http://127.0.0.1:%d/" % remote.server_address[1]]) as sh:
+            status, _, body = http_request(sh.port, "GET", "/cases", timeout=30)
+            lines = body.decode().split("\n")
+            assert status == 200, (status, body)
+            for i in (0, 1, 3):
+                assert lines[i].startswith("raised: ") and "invalid argument" in lines[i], lines
+            assert lines[2] == "200", lines
+            got = RecordingRemote.requests
+            assert len(got) == 1, got
+            assert got[0][1] == b"abc" and got[0][0].get_all("Content-Length") == ["3"], got
+    finally:
+        remote.shutdown()
+        remote.server_close()
 
 
 if __name__ == "__main__":
