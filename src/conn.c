@@ -388,11 +388,17 @@ int sh_conn_respond(sh_conn *c, int status, const char *ctype, const char *body,
         extra = NULL;
         keep = 0;
     }
+    /* 204 and 304 end at the head (RFC 9110 §6.4.1): a body would be read as the next
+     * response; a 204 has no Content-Length (§8.6) */
+    char clen[48] = "";
+    if (status == 204 || status == 304)
+        head_only = 1;
+    if (status != 204)
+        snprintf(clen, sizeof clen, "Content-Length: %zu\r\n", len);
     char head[256];
     int n = snprintf(head, sizeof head,
-                     "HTTP/1.1 %d %s\r\nServer: statushost\r\nContent-Length: %zu\r\n"
-                     "Connection: %s\r\n",
-                     status, sh_http_status_text(status), len,
+                     "HTTP/1.1 %d %s\r\nServer: statushost\r\n%sConnection: %s\r\n", status,
+                     sh_http_status_text(status), clen,
                      keep && !c->tp->stopping ? "keep-alive" : "close");
     assert(n > 0 && (size_t)n < sizeof head);
     int bad = sh_buf_append(&c->out, head, (size_t)n);

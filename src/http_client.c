@@ -551,6 +551,13 @@ static int opts_check(const sh_http_opts *o, const char *method)
         if (!h->name || !is_token(h->name, h->name_len) || (h->value_len && !h->value) ||
             !is_header_value(h->value, h->value_len))
             return SH_HTTP_EINVAL;
+        /* the caller's Content-Length is sent instead of ours: it must be the body's, or
+         * the remote reads past the body into the next request on the socket, or waits */
+        char num[24];
+        int n = snprintf(num, sizeof num, "%zu", o->body_len);
+        if (hdr_is(h, "content-length") &&
+            (h->value_len != (size_t)n || memcmp(h->value, num, (size_t)n) != 0))
+            return SH_HTTP_EINVAL;
     }
     return 0;
 }

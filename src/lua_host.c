@@ -474,6 +474,33 @@ static int fast_type(lua_State *L)
     return 1;
 }
 
+/* os.setlocale only reads the locale: it is the process's, and a policy's "de_DE" made every
+ * number a decimal comma in /metrics ("0,005": refused by Prometheus) and in lua-cjson's JSON
+ * ({"a":1,5}), for every generation */
+static int query_setlocale(lua_State *L)
+{
+    if (!lua_isnoneornil(L, 1))
+        return luaL_error(L, "os.setlocale: the locale is the process's and stays \"C\" (numbers "
+                             "in /metrics, JSON and logs are written with it); call "
+                             "os.setlocale() or os.setlocale(nil, category) to read it");
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* os.exit from a policy ends the process: one line says so (it ended with no other), then
+ * it exits as Lua's would, without closing the state (a hook's coroutine runs inside it) */
+static int logged_exit(lua_State *L)
+{
+    int status = lua_isboolean(L, 1) ? (lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE)
+                                     : (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+    sh_task *t = sh_task_current(L);
+    sh_error(t && t->log_id[0] ? t->log_id : NULL, "the policy called os.exit(%d)%s%s: exiting",
+             status, t ? " in " : " while the script loads", t ? t->what : "");
+    exit(status);
+}
+
 static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
 {
     luaL_openlibs(L);
@@ -515,6 +542,13 @@ static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
     lua_getglobal(L, "setmetatable");
     lua_pushcclosure(L, no_gc_setmetatable, 1);
     lua_setglobal(L, "setmetatable");
+    lua_getglobal(L, "os");
+    lua_getfield(L, -1, "setlocale");
+    lua_pushcclosure(L, query_setlocale, 1);
+    lua_setfield(L, -2, "setlocale");
+    lua_pushcfunction(L, logged_exit);
+    lua_setfield(L, -2, "exit");
+    lua_pop(L, 1);
     open_api(L, g);
 }
 
@@ -1147,7 +1181,9 @@ static void task_run(sh_task *t)
     sh_budget_begin(co, g->cfg.lua_max_instructions);
     g->capped = 1;
     sh_watchdog_note(t->what, t->log_id);
+    g->running = t;
     int st = lua_resume(co, g->L, t->nargs, &nres);
+    g->running = NULL;
     sh_watchdog_note(NULL, NULL);
     sh_budget_end(co);
     g->capped = 0;
@@ -1255,6 +1291,12 @@ sh_task *sh_task_current(lua_State *L)
 {
     sh_task *t = *(sh_task **)lua_getextraspace(L);
     return t && t->co == L ? t : NULL;
+}
+
+sh_task *sh_task_running(sh_gen *g, lua_State *L)
+{
+    sh_task *t = sh_task_current(L);
+    return t ? t : g->running;
 }
 
 int sh_task_suspend(lua_State *L, sh_task_cancel_fn cancel, void *op)

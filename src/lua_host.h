@@ -153,6 +153,7 @@ struct sh_gen {
     long refused_run;            /* sh_budget_run() of that refusal */
     uint64_t last_full_gc;       /* uv_hrtime() of the last collection forced near the cap */
     sh_task *tasks;              /* live tasks */
+    sh_task *running;            /* the task whose run is under way (NULL between runs) */
     sh_gen *next_gen, *prev_gen; /* in host->gens */
 };
 
@@ -250,6 +251,10 @@ int sh_task_push_strings(sh_task *t, const sh_lstring *s);
 
 /* From a host C function running in task coroutine L: the task, or NULL. */
 sh_task *sh_task_current(lua_State *L);
+/* The task of the run under way in g: L's, or, in a coroutine of the policy's own that the
+ * run resumed (coroutine.wrap), the run's — what it starts (host.spawn, host.timer) is that
+ * task's connection's. NULL outside any run. */
+sh_task *sh_task_running(sh_gen *g, lua_State *L);
 /* Suspend: `return sh_task_suspend(L, cancel, op);` from a host C function. */
 int sh_task_suspend(lua_State *L, sh_task_cancel_fn cancel, void *op);
 /* 1 when a wait started now must fail at once with nil, "closed". */

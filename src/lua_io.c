@@ -193,7 +193,7 @@ int sh_io_timer(lua_State *L)
     if (g->loading || !g->host)
         return luaL_error(L, "%s: cannot start while the script loads (start it from a hook)",
                           SH_FNAME(L));
-    sh_task *cur = sh_task_current(L);
+    sh_task *cur = sh_task_running(g, L);
     if (cur && sh_task_doomed(cur))
         return fail(L, "closed");
     int n = lua_gettop(L);
@@ -768,7 +768,9 @@ int sh_io_http_request(lua_State *L)
                 return luaL_error(L, "%s: at most 64 headers", SH_FNAME(L));
             lua_pushvalue(L, -2);
             lua_rawseti(L, anchor, ++k);
-            lua_pushstring(L, lua_tostring(L, -1)); /* a string copy of the value */
+            size_t vl;
+            const char *v = lua_tolstring(L, -1, &vl);
+            lua_pushlstring(L, v, vl); /* a string copy of the value (a NUL is checked) */
             lua_rawseti(L, anchor, ++k);
             lua_pop(L, 1);
         }

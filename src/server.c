@@ -470,9 +470,11 @@ void sh_server_reload(sh_server *s)
     if (s->stopping)
         return;
     sh_notify("RELOADING=1");
+    size_t metrics_before = sh_user_metrics_count();
     if (sh_options_refresh(&s->opts, err, sizeof err) != 0 ||
         sh_gen_load(&s->host, sh_lua_api_open, s->opts.script, s->opts.sets, s->opts.nsets, &g, err,
                     sizeof err) != 0) {
+        sh_user_metrics_forget_from(metrics_before); /* what the failed script defined */
         sh_cfgfile_explain(err, sizeof err);
         sh_error(NULL, "reload failed, keeping generation %u: %s", s->gen->id, err);
         sh_notify("READY=1");

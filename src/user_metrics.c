@@ -57,6 +57,55 @@ static int valid_name(const char *s)
     return 1;
 }
 
+/* Whether metrics a and b would write a sample of the same name (a histogram's are its
+ * _bucket, _sum and _count): /metrics would then hold two TYPE lines for it, or one sample
+ * twice, which Prometheus refuses. */
+static int clash(const char *a, int ahist, const char *b, int bhist)
+{
+    static const char *const sfx[] = {"", "_bucket", "_sum", "_count"};
+    char x[128], y[128];
+    for (int i = 0; i < (ahist ? 4 : 1); i++)
+        for (int j = 0; j < (bhist ? 4 : 1); j++) {
+            snprintf(x, sizeof x, "%s%s", a, sfx[i]);
+            snprintf(y, sizeof y, "%s%s", b, sfx[j]);
+            if (strcmp(x, y) == 0)
+                return 1;
+        }
+    return 0;
+}
+
+/* The metric, the server's own or defined before, that name would clash with, or NULL;
+ * *own tells which. The server's are read from its exposition (its TYPE lines). */
+static const char *clashing(const char *name, int hist, int *own, char *buf, size_t bufsz)
+{
+    for (size_t i = 0; i < nmetrics; i++)
+        if (clash(name, hist, metrics[i].name, metrics[i].histogram)) {
+            *own = 0;
+            return metrics[i].name;
+        }
+    sh_metrics zero;
+    memset(&zero, 0, sizeof zero);
+    if (sh_metrics_inc(&zero, name, 0) == 0) { /* host.metrics.inc's name for one of the server's */
+        snprintf(buf, bufsz, "%s_total", name);
+        *own = 1;
+        return buf;
+    }
+    size_t len;
+    char *text = sh_metrics_render(&zero, 0, &len), *found = NULL;
+    for (const char *p = text; p && (p = strstr(p, "# TYPE statushost_")); p++) {
+        const char *n = p + 18;
+        size_t nl = strcspn(n, " \n");
+        snprintf(buf, bufsz, "%.*s", (int)nl, n);
+        if (clash(name, hist, buf, strncmp(n + nl, " histogram", 10) == 0)) {
+            found = buf;
+            break;
+        }
+    }
+    free(text);
+    *own = 1;
+    return found;
+}
+
 int sh_user_metric_define_lua(lua_State *L)
 {
     const char *name = sh_checklstring(L, 1, NULL);
@@ -106,6 +155,12 @@ int sh_user_metric_define_lua(lua_State *L)
     }
     if (nmetrics == MAX_METRICS)
         return luaL_error(L, "%s: at most %d metrics", SH_FNAME(L), MAX_METRICS);
+    char buf[128];
+    int own;
+    const char *other = clashing(name, hist, &own, buf, sizeof buf);
+    if (other)
+        return luaL_error(L, "%s: metric %s would clash with %s statushost_%s in /metrics",
+                          SH_FNAME(L), name, own ? "the server's own" : "the policy's", other);
     m = &metrics[nmetrics];
     memset(m, 0, sizeof *m);
     m->name = strdup(name);
@@ -293,9 +348,11 @@ int sh_user_metrics_render(char **out, size_t *len, size_t *cap)
     return bad ? -1 : 0;
 }
 
-void sh_user_metrics_free(void)
+size_t sh_user_metrics_count(void) { return nmetrics; }
+
+void sh_user_metrics_forget_from(size_t keep)
 {
-    for (size_t i = 0; i < nmetrics; i++) {
+    for (size_t i = keep; i < nmetrics; i++) {
         metric *m = &metrics[i];
         for (size_t j = 0; j < m->ns; j++)
             free(m->s[j].labels);
@@ -305,5 +362,7 @@ void sh_user_metrics_free(void)
         free(m->name);
         free(m->help);
     }
-    nmetrics = 0;
+    nmetrics = keep < nmetrics ? keep : nmetrics;
 }
+
+void sh_user_metrics_free(void) { sh_user_metrics_forget_from(0); }

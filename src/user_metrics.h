@@ -24,6 +24,10 @@ int sh_user_metric_lua(lua_State *L, sh_metrics *m, const char *name, double v, 
 /* Append the exposition text of every user metric to *out (malloc'd,
  * growing len and cap). Returns 0, or -1 when out of memory. */
 int sh_user_metrics_render(char **out, size_t *len, size_t *cap);
+/* How many metrics are defined; forget those defined after the first keep (a script
+ * that failed to load defined them: no generation has them). */
+size_t sh_user_metrics_count(void);
+void sh_user_metrics_forget_from(size_t keep);
 /* Release the registry (at exit). */
 void sh_user_metrics_free(void);
 
