@@ -211,12 +211,15 @@ function lib.update_of(payload)
 end
 
 local done_status, done_statuses -- set of cfg.done_statuses, rebuilt if the list changes
-function lib.is_done(update)
+local function done_set()
   if done_statuses ~= cfg.done_statuses then
     done_status, done_statuses = {}, cfg.done_statuses
     for _, s in ipairs(done_statuses) do done_status[s] = true end
   end
-  return type(update) == "table" and done_status[update.status] == true
+  return done_status
+end
+function lib.is_done(update)
+  return type(update) == "table" and done_set()[update.status] == true
 end
 
 function lib.job_of(conn)
@@ -316,6 +319,7 @@ function lib.finish(conn, job, why, detail)
   if job.timer then job.timer:cancel() end
   if job.channel then conn:unsubscribe(job.channel) end
   if conn.state.job == job then conn.state.job = nil end
+  conn:track(nil)
   flush_foreign(conn)
   if not job.uncounted then host.metrics.inc(counters[why] or "jobs_failed") end
   if why == "timeout" then
@@ -335,6 +339,20 @@ end
 
 -- ---------------------------------------------------------------- hooks
 
+-- The core forwards a job's plain updates itself, in on_publish's place, while the
+-- decisions on_publish makes are the ones above (conn:track, README "The connection"):
+-- an update of a task of the job, a JSON object of plain scalars with a string id, is sent
+-- as on_publish would send it, and counted in job.done and job.ndone. Every other message
+-- (foreign, not such an object, not UTF-8, the one that completes the job) still comes
+-- here. With a decision or hook of the policy's own, on_publish gets them all.
+local stock, stock_on_publish = {}, nil -- filled at the end
+local function stock_updates()
+  return lib.job_of == stock.job_of and lib.update_of == stock.update_of
+    and lib.decode == stock_decode and stock_decode ~= nil and lib.normalize_id == stock.normalize_id
+    and lib.is_complete == stock.is_complete and lib.is_done == stock.is_done
+    and lib.finish == stock.finish
+end
+
 function policy.on_message(conn, text)
   if lib.job_of(conn) then
     return lib.send_error(conn, "busy", "a job is already running on this connection")
@@ -352,6 +370,7 @@ function policy.on_message(conn, text)
   end
   host.metrics.inc("jobs_started")
   job.timer = host.timer(cfg.job_timeout_ms, function() lib.finish(conn, job, "timeout") end)
+  if stock_updates() then conn:track(job, done_set(), stock_on_publish) end
   local sent, failure = lib.dispatch(conn, job)
   if not sent and not job.finished and conn:is_open() then
     lib.finish(conn, job, "dispatch_failed", failure)
@@ -383,6 +402,11 @@ function policy.on_close(conn, code)
 end
 
 -- ---------------------------------------------------------------- the module's shape
+
+for _, k in ipairs({ "job_of", "update_of", "normalize_id", "is_complete", "is_done", "finish" }) do
+  stock[k] = lib[k]
+end
+stock_on_publish = policy.on_publish
 
 -- on_config: the merged config is checked at every load (start, --check, reload)
 function policy.on_config(c)

@@ -595,3 +595,111 @@ int sh_json_decode_max(lua_State *L, const char *s, size_t len, size_t max_value
     }
     return 0;
 }
+
+/* ------------------------------------------------------------ flat objects */
+
+/* The string at *pp (its opening quote): → its content's length, *esc set when it has
+ * one of the short escapes, *pp past the closing quote; -1 for what the scan leaves to
+ * the decoder (a \u escape, a control byte, an invalid escape, the end of the text). */
+static long flat_string(const char **pp, const char *end, int *esc)
+{
+    const char *p = *pp + 1, *start = p;
+    *esc = 0;
+    for (;;) {
+        while (p < end && !str_special(*p))
+            p++;
+        if (p >= end || (unsigned char)*p < 0x20)
+            return -1;
+        if (*p == '"')
+            break;
+        if (p + 1 >= end || !strchr("\"\\/bfnrt", p[1]) || p[1] == '\0')
+            return -1;
+        *esc = 1;
+        p += 2;
+    }
+    *pp = p + 1;
+    return (long)(p - start);
+}
+
+/* A number without exponent and of at most 300 characters (no overflow possible) */
+static const char *flat_number(const char *p, const char *end)
+{
+    const char *a = p;
+    if (p < end && *p == '-')
+        p++;
+    if (p < end && *p == '0')
+        p++;
+    else if (p < end && *p >= '1' && *p <= '9')
+        while (p < end && is_digit(*p))
+            p++;
+    else
+        return NULL;
+    if (p < end && *p == '.') {
+        if (++p >= end || !is_digit(*p))
+            return NULL;
+        while (p < end && is_digit(*p))
+            p++;
+    }
+    if (p < end && (*p == 'e' || *p == 'E'))
+        return NULL;
+    return p - a <= 300 ? p : NULL;
+}
+
+int sh_json_flat(const char *s, size_t len, const char *const *names, size_t n,
+                 sh_json_field *out)
+{
+    const char *p = s, *end = s + len;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (sh_json_field){NULL, 0, SH_JSON_ABSENT};
+    p = skip_ws(p, end);
+    if (p >= end || *p++ != '{')
+        return -1;
+    p = skip_ws(p, end);
+    if (p < end && *p == '}')
+        return skip_ws(p + 1, end) == end ? 0 : -1;
+    for (;;) {
+        int esc;
+        if (p >= end || *p != '"')
+            return -1;
+        const char *key = p + 1;
+        long klen = flat_string(&p, end, &esc);
+        if (klen < 0 || esc)
+            return -1;
+        p = skip_ws(p, end);
+        if (p >= end || *p++ != ':')
+            return -1;
+        p = skip_ws(p, end);
+        if (p >= end)
+            return -1;
+        sh_json_field v = {p, 0, SH_JSON_OTHER};
+        if (*p == '"') {
+            long vlen = flat_string(&p, end, &esc);
+            if (vlen < 0)
+                return -1;
+            v = (sh_json_field){v.p + 1, (size_t)vlen, esc ? SH_JSON_ESCAPED : SH_JSON_STRING};
+        } else if (*p == 't' && lit(p, end, "true", 4)) {
+            p += 4;
+        } else if (*p == 'f' && lit(p, end, "false", 5)) {
+            p += 5;
+        } else if (*p == 'n' && lit(p, end, "null", 4)) {
+            p += 4;
+        } else if (!(p = flat_number(p, end))) {
+            return -1; /* a container, or what the decoder alone judges */
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (strlen(names[i]) != (size_t)klen || memcmp(names[i], key, (size_t)klen) != 0)
+                continue;
+            if (out[i].kind != SH_JSON_ABSENT || v.kind == SH_JSON_ESCAPED)
+                return -1; /* twice (the last wins), or a value to unescape */
+            out[i] = v;
+        }
+        p = skip_ws(p, end);
+        if (p < end && *p == ',') {
+            p = skip_ws(p + 1, end);
+            continue;
+        }
+        if (p < end && *p == '}')
+            return skip_ws(p + 1, end) == end ? 0 : -1;
+        return -1;
+    }
+}

@@ -44,4 +44,23 @@ int sh_json_decode(lua_State *L, const char *s, size_t len, char *err, size_t er
 int sh_json_decode_max(lua_State *L, const char *s, size_t len, size_t max_values, char *err,
                        size_t errsz);
 
+/* A JSON value found by sh_json_flat. */
+enum { SH_JSON_ABSENT, SH_JSON_STRING, SH_JSON_ESCAPED, SH_JSON_OTHER };
+typedef struct sh_json_field {
+    const char *p; /* a STRING's content (between the quotes), else where the value starts */
+    size_t len;    /* a STRING's length */
+    int kind;      /* ABSENT; STRING (no escape); OTHER: a number, true, false or null */
+} sh_json_field;
+
+/* A quick look at the common case, without Lua: when s is one JSON object whose
+ * values are all plain scalars, → 0 and out[i] is the value of the member named
+ * names[i] (ABSENT when there is none). Whatever the scan does not settle → -1: a
+ * nested value, a \u escape anywhere, an escape in a key or in a named member's
+ * value, a number with an exponent or of over 300 characters, a named member
+ * given twice, or text that is not JSON. Every text that gives 0 is one that
+ * sh_json_decode decodes to a table with those members; the caller decodes the
+ * others to know. UTF-8 is not checked (as by the decoder). */
+int sh_json_flat(const char *s, size_t len, const char *const *names, size_t n,
+                 sh_json_field *out);
+
 #endif

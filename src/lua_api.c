@@ -21,6 +21,7 @@
 #include "lua_lib.h"
 #include "metrics.h"
 #include "str.h"
+#include "json_decode.h"
 #include "user_metrics.h"
 #include "utf8.h"
 
@@ -255,8 +256,9 @@ static void push_conn(sh_pconn *p, lua_State *L)
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->ud_ref);
         return;
     }
-    /* user value 1: the fields table; 2: the channel last given to conn:subscribe (below) */
-    conn_ud *u = lua_newuserdatauv(L, sizeof *u, 2);
+    /* user value 1: the fields table; 2: the channel last given to conn:subscribe (below);
+     * 3 and 4: the job and the done statuses given to conn:track */
+    conn_ud *u = lua_newuserdatauv(L, sizeof *u, 4);
     u->p = p;
     u->gen = p->gen;
     luaL_setmetatable(L, CONN_MT);
@@ -458,6 +460,39 @@ static int conn_unsubscribe(lua_State *L)
     size_t len;
     const char *ch = sh_checklstring(L, 2, &len);
     lua_pushboolean(L, p && sh_io_unsubscribe_owner(&p->owner, ch, len));
+    return 1;
+}
+
+/* conn:track(job, done, on_publish) → true | nil, why; conn:track(nil) → true.
+ * The core handles the plain updates of job itself in on_publish's place (track_update):
+ * only while the policy's on_publish is the function given, the one they stand in for. */
+static int conn_track(lua_State *L)
+{
+    sh_pconn *p = check_conn(L);
+    if (lua_isnoneornil(L, 2)) { /* works on a closed conn too: lets go of the job */
+        lua_settop(L, 2);
+        lua_pushnil(L);
+        lua_setiuservalue(L, 1, 3);
+        lua_pushnil(L);
+        lua_setiuservalue(L, 1, 4);
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    luaL_checktype(L, 4, LUA_TFUNCTION);
+    lua_settop(L, 4);
+    if (!live(p))
+        return fail(L, "closed");
+    int ref = p->gen->hook_ref[SH_HOOK_PUBLISH];
+    if (ref == LUA_NOREF || lua_rawgeti(L, LUA_REGISTRYINDEX, ref) != LUA_TFUNCTION ||
+        !lua_rawequal(L, 4, 5))
+        return fail(L, "not the policy's on_publish");
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, 1, 3);
+    lua_pushvalue(L, 3);
+    lua_setiuservalue(L, 1, 4);
+    lua_pushboolean(L, 1);
     return 1;
 }
 
@@ -708,6 +743,7 @@ static const struct api_fn {
     {"conn", "is_open", conn_is_open},
     {"conn", "subscribe", conn_subscribe},
     {"conn", "unsubscribe", conn_unsubscribe},
+    {"conn", "track", conn_track},
 };
 
 static int preload_module(lua_State *L)
@@ -828,6 +864,109 @@ static void count_drop(sh_pconn *p, const char *why)
     sh_debug(p->owner.id, "update dropped: %s", why);
 }
 
+/* An update of a job given to conn:track, as the default policy's on_publish would
+ * handle it (see its stock decisions). */
+typedef struct track_arg {
+    sh_pconn *p;
+    sh_conn *c;
+    const char *channel, *payload;
+    size_t channel_len, payload_len;
+    sh_json_field f[2]; /* id, status */
+    int handled;
+} track_arg;
+
+/* rawget of the field named k of the table at t (absolute index); pushes it */
+static int raw_get(lua_State *L, int t, const char *k)
+{
+    lua_pushstring(L, k);
+    return lua_rawget(L, t);
+}
+
+/* Protected: the strings pushed and the job.done entry made may raise a memory error.
+ * Leaves a->handled 0 for on_publish to decide (a finished job, another channel, an id
+ * that is no task of it, the update that completes it, fields not shaped as the
+ * default policy's). */
+static int track_update_p(lua_State *L)
+{
+    track_arg *a = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, a->p->ud_ref); /* 2: conn */
+    lua_getiuservalue(L, 2, 3);                       /* 3: job */
+    lua_getiuservalue(L, 2, 4);                       /* 4: done statuses */
+    size_t chlen;
+    const char *ch;
+    if (lua_type(L, 3) != LUA_TTABLE || lua_type(L, 4) != LUA_TTABLE ||
+        raw_get(L, 3, "finished") != LUA_TNIL || raw_get(L, 3, "channel") != LUA_TSTRING ||
+        !(ch = lua_tolstring(L, -1, &chlen)) || chlen != a->channel_len ||
+        memcmp(ch, a->channel, chlen) != 0 || raw_get(L, 3, "tasks") != LUA_TTABLE ||
+        raw_get(L, 3, "n") != LUA_TNUMBER || !lua_isinteger(L, -1) ||
+        raw_get(L, 3, "ndone") != LUA_TNUMBER || !lua_isinteger(L, -1))
+        return 0;
+    /* 5 finished, 6 channel, 7 tasks, 8 n, 9 ndone */
+    lua_Integer n = lua_tointeger(L, 8), ndone = lua_tointeger(L, 9);
+    lua_pushlstring(L, a->f[0].p, a->f[0].len); /* 10: id */
+    lua_pushvalue(L, 10);
+    lua_rawget(L, 7);
+    if (!lua_toboolean(L, -1))
+        return 0; /* not a task of the job: a foreign update */
+    int newly = 0, done = 0;
+    if (a->f[1].kind == SH_JSON_STRING) {
+        lua_pushlstring(L, a->f[1].p, a->f[1].len);
+        if (lua_rawget(L, 4) == LUA_TBOOLEAN && lua_toboolean(L, -1)) { /* a done status */
+            if (raw_get(L, 3, "done") != LUA_TTABLE)
+                return 0;
+            done = lua_gettop(L);
+            lua_pushvalue(L, 10);
+            lua_rawget(L, done);
+            newly = !lua_toboolean(L, -1);
+        }
+    }
+    if (ndone + newly == n)
+        return 0; /* complete: on_publish finishes the job */
+    if (newly) { /* the new entry first (it may raise), then the count (an existing key) */
+        lua_pushvalue(L, 10);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, done);
+        lua_pushliteral(L, "ndone");
+        lua_pushinteger(L, ndone + 1);
+        lua_rawset(L, 3);
+    }
+    if (sh_conn_send(a->c, a->payload, a->payload_len, 0) != 0 && newly) {
+        lua_pushvalue(L, 10); /* not sent: not done, as when conn:send fails in on_publish */
+        lua_pushnil(L);
+        lua_rawset(L, done);
+        lua_pushliteral(L, "ndone");
+        lua_pushinteger(L, ndone);
+        lua_rawset(L, 3);
+    }
+    a->handled = 1;
+    return 0;
+}
+
+/* → 1 when the core handled the update of a tracked job itself, 0 for on_publish. */
+static int track_update(sh_pconn *p, sh_conn *c, const char *channel, size_t channel_len,
+                        const char *payload, size_t payload_len)
+{
+    static const char *const names[2] = {"id", "status"};
+    lua_State *L = p->gen->L;
+    /* not while a task of the conn is ready to run: its frames go first */
+    if (p->ud_ref == LUA_NOREF || p->owner.ntasks != p->owner.nwaiting || !lua_checkstack(L, 16))
+        return 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->ud_ref);
+    int tracked = lua_getiuservalue(L, -1, 3) == LUA_TTABLE;
+    lua_pop(L, 2);
+    track_arg a = {p, c, channel, payload, channel_len, payload_len, {{0}}, 0};
+    if (!tracked || sh_json_flat(payload, payload_len, names, 2, a.f) != 0 ||
+        a.f[0].kind != SH_JSON_STRING || !sh_utf8_valid((const uint8_t *)payload, payload_len))
+        return 0;
+    int top = lua_gettop(L);
+    lua_pushcfunction(L, track_update_p);
+    lua_pushlightuserdata(L, &a);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+        a.handled = 0; /* out of memory: on_publish decides (and fails the same way) */
+    lua_settop(L, top);
+    return a.handled;
+}
+
 /* A message on one of p's subscriptions: to on_publish, or straight out. */
 static void owner_deliver(sh_owner *o, const char *channel, size_t channel_len,
                           const char *payload, size_t payload_len)
@@ -844,6 +983,8 @@ static void owner_deliver(sh_owner *o, const char *channel, size_t channel_len,
         sh_conn_send(c, payload, payload_len, 0);
         return;
     }
+    if (track_update(p, c, channel, channel_len, payload, payload_len))
+        return;
     if (o->nwaiting >= p->gen->cfg.max_tasks_per_conn) {
         sh_warn(o->id, "%zu tasks waiting (max_tasks_per_conn): closing 1008", o->nwaiting);
         sh_conn_ws_close(c, 1008, "too many tasks");

@@ -111,7 +111,7 @@ for mode in "${MODES[@]}"; do
             examples/remote_worker.lua >"$TMP/worker.log" 2>&1 &
         PIDS+=($!)
         wait_http "http://127.0.0.1:$WP/healthz" "${PIDS[-1]}"
-        start_front seedflow scripts/default.lua "$WP"
+        start_front seedflow "${SEED_SCRIPT:-scripts/default.lua}" "$WP"
         "$LG" --url "ws://127.0.0.1:$FP/" --json --connections 10 --tasks 10 --duration 600 \
             --max-jobs 200 >/dev/null
         callgrind_control -i on "$FPID" >/dev/null 2>&1
