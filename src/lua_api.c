@@ -938,6 +938,7 @@ static int track_update_p(lua_State *L)
         lua_pushinteger(L, ndone);
         lua_rawset(L, 3);
     }
+    a->p->gen->host->metrics->updates_tracked++;
     a->handled = 1;
     return 0;
 }

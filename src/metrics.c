@@ -148,6 +148,9 @@ char *sh_metrics_render(const sh_metrics *m, int redis_up, size_t *len)
     counter(&t, "reloads_total", "Script reloads (SIGHUP) that succeeded.", "counter", m->reloads);
     counter(&t, "updates_dropped_total", "Published payloads not delivered (not UTF-8).",
             "counter", m->updates_dropped);
+    counter(&t, "updates_tracked_total",
+            "Updates of a job given to conn:track that the core forwarded without on_publish.",
+            "counter", m->updates_tracked);
     counter(&t, "lua_runs_counted_total",
             "Lua runs that outlasted a CPU tick, so their instructions were counted "
             "against lua_max_instructions.", "counter", m->lua_runs_counted);

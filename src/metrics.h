@@ -27,6 +27,7 @@ typedef struct sh_metrics {
     uint64_t lua_tasks_current;     /* suspended or running hook coroutines */
     uint64_t reloads;
     uint64_t updates_dropped;       /* published payloads not delivered (not UTF-8) */
+    uint64_t updates_tracked;       /* updates of a conn:track job forwarded without on_publish */
     uint64_t lua_memory_bytes;      /* set at render time: every generation's Lua memory */
     uint64_t shared_dict_bytes;     /* set at render time: what host.shared's dicts hold */
     uint64_t lua_runs_counted;      /* set at render time: runs whose instructions were counted */

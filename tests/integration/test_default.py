@@ -1016,5 +1016,158 @@ def a_decoder_of_the_policys_own_gets_the_key_walk():
     finally:
         shutil.rmtree(d)
 
+
+# ---------------------------------------------------------------- the core's fast path
+
+def publish_pipelined(channel, payloads):
+    """PUBLISH every payload in one write: Redis pushes them to the subscriber together,
+    so statushost reads them in one go (one loop iteration)."""
+    r = redis()
+    sock = socket.create_connection(("127.0.0.1", r.port), timeout=10)
+    try:
+        sock.sendall(b"".join(_resp_encode(("PUBLISH", channel, p)) for p in payloads))
+        f = sock.makefile("rb")
+        return [_resp_read(f) for _ in payloads]
+    finally:
+        sock.close()
+
+
+@S.test
+def tracked_updates_skip_on_publish_and_keep_the_job_right():
+    """While its update decisions are stock, the default policy hands its job to the core
+    (conn:track): plain updates of the job's tasks go out and are counted without running
+    on_publish (statushost_updates_tracked_total); a foreign id, an escaped or numeric id,
+    a nested value and the update that completes the job still go through on_publish.
+    Every update reaches the client verbatim and in publish order, a done task counts
+    once whichever path saw it, and the job ends 1000 only at its last task."""
+    with worker(TEST_WORKER, "mode=partial", "complete_count=0") as w, server(w.port) as sh:
+        ws, channel = start_job(sh, w, [{"id": "a1"}, {"id": "a2"}, {"id": 7}, {"id": "a3"}])
+        seq = [b'{"id":"a1","status":"\xe8\xbf\x9b\xe8\xa1\x8c\xe4\xb8\xad"}',  # core, not done
+               b'{"id":"a1","status":"done"}',                               # core, done
+               b'{"id":"a1", "status" : "done"}',                            # core, done again
+               b'{"id":"a\\u0032","status":"done"}',                         # on_publish: a2
+               b'{"id":7.0,"status":"completed"}',                           # on_publish: 7
+               b'{"id":"a3","status":"x","trace":{"at":1}}',                 # on_publish
+               b'{"status":"\xe5\xb7\xb2\xe5\xae\x8c\xe6\x88\x90","id":"a1"}', # core, done again
+               b'{"id":"a3","status":"done"}']                               # on_publish: last
+        foreign = b'{"id":"zz","status":"done"}'
+        r = redis()
+        # one at a time, each awaited: an update that arrives while on_publish has a task
+        # queued for this connection is left to on_publish (the next test), not counted here
+        for p in seq[:3]:
+            assert r.cmd("PUBLISH", channel, p) == 1
+            assert ws.recv() == (OP_TEXT, p)
+        assert r.cmd("PUBLISH", channel, foreign) == 1
+        wait_until(lambda: sh.metrics()["statushost_foreign_updates_dropped_total"] == 1,
+                   what="the foreign update dropped")
+        for p in seq[3:-1]:
+            assert r.cmd("PUBLISH", channel, p) == 1
+            assert ws.recv() == (OP_TEXT, p)
+        assert r.cmd("PUBLISH", channel, seq[-1]) == 1
+        frames, code = ws.read_to_close()
+        assert frames == seq[-1:] and code == 1000, (frames, code)
+        m = sh.metrics()
+        assert m["statushost_updates_tracked_total"] == 4, m
+        assert m["statushost_foreign_updates_dropped_total"] == 1, m
+        assert m["statushost_jobs_completed_total"] == 1, m
+        assert m["statushost_lua_errors_total"] == 0, sh.log_text()
+        sh.wait_log(r"job completed 4/4 tasks done")
+        ws.shutdown()
+
+
+@S.test
+def tracked_updates_keep_their_order_behind_on_publish():
+    """An update that on_publish handles (here an escaped id) is queued as a task; plain
+    updates read with it in the same loop iteration must not overtake it: the core leaves
+    them to on_publish too while a task of the connection is ready to run."""
+    with worker(TEST_WORKER, "mode=partial", "complete_count=0") as w, server(w.port) as sh:
+        tasks = [{"id": "o%d" % i} for i in range(6)]
+        ws, channel = start_job(sh, w, tasks)
+        seq = [b'{"id":"o\\u0030","status":"done"}'] + \
+            [('{"id":"o%d","status":"done"}' % i).encode() for i in range(1, 6)]
+        assert publish_pipelined(channel, seq) == [1] * len(seq)
+        frames, code = ws.read_to_close()
+        assert frames == seq and code == 1000, (frames, code)
+        ws.shutdown()
+
+
+@S.test
+def timeout_lists_pending_after_tracked_updates():
+    """Tasks the core counted done (without on_publish) are not pending at the timeout;
+    the client who leaves mid-job is told how many were done."""
+    with worker(TEST_WORKER, "mode=partial", "complete_count=0") as w, \
+            server(w.port, "job_timeout_ms=1000") as sh:
+        ws, channel = start_job(sh, w, [{"id": "p1"}, {"id": "p2"}, {"id": "p3"}])
+        r = redis()
+        r.cmd("PUBLISH", channel, b'{"id":"p2","status":"done"}')
+        assert ws.recv() == (OP_TEXT, b'{"id":"p2","status":"done"}')
+        msg = expect_error(ws, "timeout")
+        assert msg["pending"] == ["p1", "p3"], msg
+        assert msg["message"].startswith("2 of 3 tasks"), msg
+        code, _ = ws.expect_close()
+        assert code == 4408, code
+        assert sh.metrics()["statushost_updates_tracked_total"] == 1
+        ws.shutdown()
+        mark = sh.mark()
+        ws, channel = start_job(sh, w, [{"id": "q1"}, {"id": "q2"}])
+        r.cmd("PUBLISH", channel, b'{"id":"q1","status":"done"}')
+        assert ws.recv() == (OP_TEXT, b'{"id":"q1","status":"done"}')
+        ws.close(1000)
+        sh.wait_log(r"client left mid-job \(1/2 tasks done\)", start=mark)
+        ws.shutdown()
+
+
+OWN_ON_PUBLISH = r"""
+local host = require "statushost"
+local default = require "statushost.default"
+local policy = { config = default.config, on_message = default.on_message,
+                 on_close = default.on_close, on_config = default.on_config }
+function policy.on_publish(conn, channel, payload)
+  host.log.info("own on_publish:", payload)
+  return default.on_publish(conn, channel, payload)
+end
+return policy
+"""
+OWN_IS_DONE = r"""
+local default = require "statushost.default"
+default.is_done = function(update) return update.status == "fin" end
+return default
+"""
+
+
+@S.test
+def an_own_on_publish_or_decision_gets_every_update():
+    """A policy with an on_publish of its own (the default's hooks reused in a table of
+    its own), or with a replaced update decision, is not bypassed: conn:track refuses a
+    function that is not the policy's on_publish, and the default tracks only with its
+    stock decisions. Every update runs their code; statushost_updates_tracked_total
+    stays 0."""
+    d = tempfile.mkdtemp()
+    try:
+        with worker(TEST_WORKER, "mode=partial", "complete_count=0") as w:
+            for name, src, seq in (
+                    ("own_on_publish", OWN_ON_PUBLISH,
+                     [b'{"id":"u1","status":"done"}', b'{"id":"u2","status":"done"}']),
+                    ("own_is_done", OWN_IS_DONE,
+                     [b'{"id":"u1","status":"fin"}', b'{"id":"u2","status":"done"}',
+                      b'{"id":"u2","status":"fin"}'])):
+                path = os.path.join(d, name + ".lua")
+                with open(path, "w") as f:
+                    f.write(src)
+                with ready(Statushost(path, redis=redis(), sets=[remote_url(w.port)])) as sh:
+                    ws, channel = start_job(sh, w, [{"id": "u1"}, {"id": "u2"}])
+                    r = redis()
+                    for p in seq:
+                        r.cmd("PUBLISH", channel, p)
+                    frames, code = ws.read_to_close()
+                    assert frames == seq and code == 1000, (name, frames, code)
+                    assert sh.metrics()["statushost_updates_tracked_total"] == 0, name
+                    if name == "own_on_publish":
+                        assert len(re.findall("own on_publish:", sh.log_text())) == 2
+                    ws.shutdown()
+    finally:
+        shutil.rmtree(d)
+
+
 if __name__ == "__main__":
     S.run()  # the shared redis-server is stopped at exit (harness)

@@ -737,6 +737,127 @@ static void test_random(lua_State *L, uint64_t seed, int docs, int mutations)
            docs, errors, overwritten_overflows, docs * mutations, decoded_mutants, failed_mutants);
 }
 
+/* ------------------------------------------------------------ 4b. the flat scan */
+
+/* sh_json_flat(text) against the decoder: a 0 must be a text the decoder makes a table of,
+ * with each named member's value as the scan reported it. → 1 when the scan gave 0. */
+static int flat_agrees(lua_State *L, const char *s, size_t n)
+{
+    static const char *const names[2] = {"id", "status"};
+    sh_json_field f[2];
+    if (sh_json_flat(s, n, names, 2, f) != 0)
+        return 0;
+    char err[200];
+    int top = lua_gettop(L);
+    int r = sh_json_decode(L, s, n, err, sizeof err);
+    CHECKF(r == 0 && lua_type(L, -1) == LUA_TTABLE, "scan 0, decoder: %s: %.*s",
+           r ? err : "not a table", (int)n, s);
+    if (r == 0 && lua_type(L, -1) == LUA_TTABLE) {
+        for (int i = 0; i < 2; i++) {
+            int t = lua_getfield(L, -1, names[i]);
+            size_t len;
+            const char *v = t == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+            if (f[i].kind == SH_JSON_STRING)
+                CHECKF(v && len == f[i].len && memcmp(v, f[i].p, len) == 0, "%s of %.*s",
+                       names[i], (int)n, s);
+            else if (f[i].kind == SH_JSON_ABSENT)
+                CHECKF(t == LUA_TNIL, "%s absent in %.*s", names[i], (int)n, s);
+            else
+                CHECKF(f[i].kind == SH_JSON_OTHER && t != LUA_TNIL && t != LUA_TSTRING &&
+                       t != LUA_TTABLE, "%s of %.*s", names[i], (int)n, s);
+            lua_pop(L, 1);
+        }
+    }
+    lua_settop(L, top);
+    return 1;
+}
+
+/* A flat object: members named id, status or else, scalar values, sometimes escapes,
+ * duplicates, a nested value or a \u escape (each of which the scan leaves alone). */
+static void gen_flat(sbuf *b)
+{
+    static const char *const keys[] = {"\"id\"", "\"status\"", "\"seq\"", "\"i\\u0064\"",
+                                       "\"st\\\"x\""};
+    static const char *const vals[] = {"\"t-1\"", "\"已完成\"", "\"a\\nb\"", "\"\\u00e9\"",
+                                       "17", "-0.5", "1e2", "true", "false", "null", "[1]", "{}",
+                                       "\"\"", "0", "\"\xff\xfe\""};
+    gen_ws(b);
+    puts_(b, "{");
+    uint32_t n = below(5);
+    for (uint32_t i = 0; i < n; i++) {
+        if (i)
+            puts_(b, ",");
+        gen_ws(b);
+        if (below(4) == 0)
+            gen_string(b);
+        else
+            puts_(b, keys[below(sizeof keys / sizeof *keys)]);
+        gen_ws(b);
+        puts_(b, ":");
+        gen_ws(b);
+        if (below(4) == 0)
+            gen_value(b, 1);
+        else
+            puts_(b, vals[below(sizeof vals / sizeof *vals)]);
+        gen_ws(b);
+    }
+    puts_(b, "}");
+    gen_ws(b);
+}
+
+static void test_flat(lua_State *L, int docs)
+{
+    static const char *const names[2] = {"id", "status"};
+    static const struct { const char *text; int r; int id_kind; } cases[] = {
+        {"{\"id\":\"a\",\"status\":\"done\"}", 0, SH_JSON_STRING},
+        {" {\"seq\":1.5,\"id\":\"a\"} ", 0, SH_JSON_STRING},
+        {"{}", 0, SH_JSON_ABSENT},
+        {"{\"id\":7}", 0, SH_JSON_OTHER},
+        {"{\"id\":null}", 0, SH_JSON_OTHER},
+        {"{\"x\":\"a\\\"b\",\"id\":\"a\"}", 0, SH_JSON_STRING}, /* an escape elsewhere */
+        {"{\"id\":\"a\",\"id\":\"b\"}", -1, 0},                    /* twice: the last wins */
+        {"{\"i\\u0064\":\"a\"}", -1, 0},                           /* a key spelled with \u */
+        {"{\"id\":\"a\\nb\"}", -1, 0},                              /* a value to unescape */
+        {"{\"id\":\"a\",\"x\":[]}", -1, 0},                           /* nested */
+        {"{\"id\":\"a\",\"x\":1e400}", -1, 0},                        /* exponent */
+        {"{\"id\":\"a\",}", -1, 0},
+        {"{\"id\":\"a\"} x", -1, 0},
+        {"{\"id\":\"a\x01\"}", -1, 0},
+        {"[\"id\"]", -1, 0},
+        {"{\"id\":\"a\",\"x\":01}", -1, 0},
+        {"{\"id\":\"a\",\"x\":tru}", -1, 0},
+        {"{\"id\":\"a\"", -1, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        sh_json_field f[2];
+        int r = sh_json_flat(cases[i].text, strlen(cases[i].text), names, 2, f);
+        CHECKF(r == cases[i].r, "%s: %d", cases[i].text, r);
+        if (r == 0)
+            CHECKF(f[0].kind == cases[i].id_kind, "%s: id kind %d", cases[i].text, f[0].kind);
+        flat_agrees(L, cases[i].text, strlen(cases[i].text));
+    }
+    /* a NUL inside: the decoder refuses it, and so must the scan */
+    CHECK_INT(sh_json_flat("{\"id\":\"a\0\"}", 10, names, 2, (sh_json_field[2]){0}), -1);
+    CHECK_INT(sh_json_flat("{\"id\":\"a\"}\0", 11, names, 2, (sh_json_field[2]){0}), -1);
+    int scanned = 0;
+    sbuf b = {0};
+    for (int i = 0; i < docs; i++) {
+        b.n = 0;
+        gen_flat(&b);
+        scanned += flat_agrees(L, b.p, b.n);
+        for (int m = 0; m < 4; m++) {
+            sbuf c = {0};
+            put(&c, b.p, b.n);
+            mutate(&c);
+            scanned += flat_agrees(L, c.p, c.n);
+            free(c.p);
+        }
+    }
+    free(b.p);
+    CHECKF(scanned > docs / 4, "only %d of %d texts scanned", scanned, docs * 5);
+    printf("flat: %d texts, %d settled by the scan\n", docs * 5, scanned);
+}
+
 /* ------------------------------------------------------------ 5. memory errors */
 
 static long alloc_budget; /* allocations left before failing; < 0: no limit */
@@ -946,6 +1067,7 @@ int main(int argc, char **argv)
     test_tables(L);
     test_big(L);
     test_random(L, seed, docs, 8);
+    test_flat(L, docs);
     test_locale(L);
     lua_close(L);
     test_memory_errors();
