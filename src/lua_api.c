@@ -759,9 +759,21 @@ static int config_not_yet(lua_State *L)
                          "table at load time)", lua_tostring(L, 2));
 }
 
+/* track_update_p's upvalues: the names of the job's fields, made once per state */
+enum { K_FINISHED = 1, K_CHANNEL, K_TASKS, K_N, K_NDONE, K_DONE, K_COUNT = K_DONE };
+static const char *const track_keys[K_COUNT] = {"finished", "channel", "tasks", "n", "ndone",
+                                                "done"};
+static char track_fn_key; /* registry: track_update_p with its upvalues */
+
+static int track_update_p(lua_State *L);
+
 void sh_lua_api_open(lua_State *L, sh_gen *g)
 {
     sh_io_open(L);
+    for (int k = 0; k < K_COUNT; k++)
+        lua_pushstring(L, track_keys[k]);
+    lua_pushcclosure(L, track_update_p, K_COUNT);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &track_fn_key);
     luaL_newmetatable(L, CONN_MT);
     int mt = lua_gettop(L);
     lua_pushboolean(L, 0); /* getmetatable(conn) is false: see conn_index */
@@ -875,10 +887,10 @@ typedef struct track_arg {
     int handled;
 } track_arg;
 
-/* rawget of the field named k of the table at t (absolute index); pushes it */
-static int raw_get(lua_State *L, int t, const char *k)
+/* rawget of the field of the table at t (absolute index) named by upvalue k; pushes it */
+static int raw_get(lua_State *L, int t, int k)
 {
-    lua_pushstring(L, k);
+    lua_pushvalue(L, lua_upvalueindex(k));
     return lua_rawget(L, t);
 }
 
@@ -895,11 +907,11 @@ static int track_update_p(lua_State *L)
     size_t chlen;
     const char *ch;
     if (lua_type(L, 3) != LUA_TTABLE || lua_type(L, 4) != LUA_TTABLE ||
-        raw_get(L, 3, "finished") != LUA_TNIL || raw_get(L, 3, "channel") != LUA_TSTRING ||
+        raw_get(L, 3, K_FINISHED) != LUA_TNIL || raw_get(L, 3, K_CHANNEL) != LUA_TSTRING ||
         !(ch = lua_tolstring(L, -1, &chlen)) || chlen != a->channel_len ||
-        memcmp(ch, a->channel, chlen) != 0 || raw_get(L, 3, "tasks") != LUA_TTABLE ||
-        raw_get(L, 3, "n") != LUA_TNUMBER || !lua_isinteger(L, -1) ||
-        raw_get(L, 3, "ndone") != LUA_TNUMBER || !lua_isinteger(L, -1))
+        memcmp(ch, a->channel, chlen) != 0 || raw_get(L, 3, K_TASKS) != LUA_TTABLE ||
+        raw_get(L, 3, K_N) != LUA_TNUMBER || !lua_isinteger(L, -1) ||
+        raw_get(L, 3, K_NDONE) != LUA_TNUMBER || !lua_isinteger(L, -1))
         return 0;
     /* 5 finished, 6 channel, 7 tasks, 8 n, 9 ndone */
     lua_Integer n = lua_tointeger(L, 8), ndone = lua_tointeger(L, 9);
@@ -912,7 +924,7 @@ static int track_update_p(lua_State *L)
     if (a->f[1].kind == SH_JSON_STRING) {
         lua_pushlstring(L, a->f[1].p, a->f[1].len);
         if (lua_rawget(L, 4) == LUA_TBOOLEAN && lua_toboolean(L, -1)) { /* a done status */
-            if (raw_get(L, 3, "done") != LUA_TTABLE)
+            if (raw_get(L, 3, K_DONE) != LUA_TTABLE)
                 return 0;
             done = lua_gettop(L);
             lua_pushvalue(L, 10);
@@ -926,7 +938,7 @@ static int track_update_p(lua_State *L)
         lua_pushvalue(L, 10);
         lua_pushboolean(L, 1);
         lua_rawset(L, done);
-        lua_pushliteral(L, "ndone");
+        lua_pushvalue(L, lua_upvalueindex(K_NDONE));
         lua_pushinteger(L, ndone + 1);
         lua_rawset(L, 3);
     }
@@ -934,7 +946,7 @@ static int track_update_p(lua_State *L)
         lua_pushvalue(L, 10); /* not sent: not done, as when conn:send fails in on_publish */
         lua_pushnil(L);
         lua_rawset(L, done);
-        lua_pushliteral(L, "ndone");
+        lua_pushvalue(L, lua_upvalueindex(K_NDONE));
         lua_pushinteger(L, ndone);
         lua_rawset(L, 3);
     }
@@ -960,7 +972,7 @@ static int track_update(sh_pconn *p, sh_conn *c, const char *channel, size_t cha
         a.f[0].kind != SH_JSON_STRING || !sh_utf8_valid((const uint8_t *)payload, payload_len))
         return 0;
     int top = lua_gettop(L);
-    lua_pushcfunction(L, track_update_p);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &track_fn_key);
     lua_pushlightuserdata(L, &a);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK)
         a.handled = 0; /* out of memory: on_publish decides (and fails the same way) */
