@@ -963,8 +963,10 @@ static int track_update(sh_pconn *p, sh_conn *c, const char *channel, size_t cha
     static const char *const names[2] = {"id", "status"};
     sh_gen *g = p->gen;
     lua_State *L = g->L;
-    /* not while a task of the conn is ready to run: its frames go first */
-    if (p->ud_ref == LUA_NOREF || p->owner.ntasks != p->owner.nwaiting || !lua_checkstack(L, 16))
+    /* not while a task of the conn, or of no connection (a host.subscribe callback, a
+     * timer of a detached task: they may end the job), is ready to run: it goes first */
+    if (p->ud_ref == LUA_NOREF || p->owner.ntasks != p->owner.nwaiting ||
+        g->detached.ntasks != g->detached.nwaiting || !lua_checkstack(L, 16))
         return 0;
     lua_rawgeti(L, LUA_REGISTRYINDEX, p->ud_ref);
     int tracked = lua_getiuservalue(L, -1, 3) == LUA_TTABLE;

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (ROOT, OP_TEXT, Statushost, Suite, WsClient, shared_redis,  # noqa: E402
                      wait_until)
 from test_default import publish_pipelined as publish  # noqa: E402 (one write, read together)
+from harness import _resp_encode, _resp_read  # noqa: E402
 
 S = Suite("attack_track")
 PROBE = os.path.join(ROOT, "tests", "integration", "policies", "attack_track.lua")
@@ -201,6 +202,63 @@ def the_cores_job_done_entries_count_against_lua_max_memory():
         sh.wait_log(r"lua error in on_publish: not enough memory")
         assert 0 < sh.metrics()["statushost_updates_tracked_total"] <= len(frames)
         ws.shutdown()
+
+
+# ---------------------------------------------------------------- a hostile remote
+
+CANCEL_CHANNEL = r"""
+local host = require "statushost"
+local default = require "statushost.default"
+local base = default.on_message
+-- the remote may cancel a job with a message on cancel:<fid>: a process subscription, whose
+-- callbacks are tasks of no connection
+default.on_message = function(conn, text)
+  conn.state.cancel = host.subscribe("cancel:" .. conn.id, function(_, reason)
+    local job = default.job_of(conn)
+    if job then default.finish(conn, job, "cancelled", reason) end
+  end)
+  return base(conn, text)
+end
+return default
+"""
+
+
+def publish_each(messages):
+    """PUBLISH each (channel, payload) of messages, all in one write → receivers."""
+    sock = socket.create_connection(("127.0.0.1", shared_redis().port), timeout=30)
+    try:
+        sock.sendall(b"".join(_resp_encode(("PUBLISH",) + m) for m in messages))
+        f = sock.makefile("rb")
+        return [_resp_read(f) for _ in messages]
+    finally:
+        sock.close()
+
+
+@S.test
+def an_update_does_not_overtake_a_queued_task_of_no_connection():
+    """The remote cancels the job (a message on a control channel, whose host.subscribe
+    callback finishes the job) and publishes an update right behind it, read in the same
+    go: the cancel's task is queued first, so the job is finished when the update's turn
+    comes and the update is not sent, as with on_publish. The core forwards nothing while a
+    detached task (a host.subscribe callback, a timer or host.detach of no connection) is
+    ready to run.
+    fails on old: yes (the core sent the update before the cancel's error frame, and
+    counted it done)."""
+    d = tempfile.mkdtemp()
+    try:
+        with worker() as w, host(policy_file(d, "cancel", CANCEL_CHANNEL), remote_url(w)) as sh:
+            ws, channel = start_job(sh, w, [{"id": "c1"}, {"id": "c2"}])
+            fid = channel[len("ws:fid:"):]
+            assert publish_each([("cancel:" + fid, "by the remote"),
+                                 (channel, '{"id":"c1","status":"done"}')]) == [1, 1]
+            frames, code = read_to_close(ws, "the cancel")
+            assert code == 1011 and len(frames) == 1, (frames, code)
+            assert json.loads(frames[0])["error"] == "cancelled", frames
+            assert sh.metrics()["statushost_updates_tracked_total"] == 0
+            sh.wait_log(r"job cancelled 0/2 tasks done")
+            ws.shutdown()
+    finally:
+        shutil.rmtree(d)
 
 
 if __name__ == "__main__":
