@@ -16,8 +16,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (ROOT, OP_TEXT, Statushost, Suite, WsClient, shared_redis,  # noqa: E402
-                     wait_until)
+from harness import (ROOT, OP_TEXT, Statushost, Suite, WsClient, shared_redis)  # noqa: E402
 from test_default import publish_pipelined as publish  # noqa: E402 (one write, read together)
 from harness import _resp_encode, _resp_read  # noqa: E402
 
@@ -259,6 +258,128 @@ def an_update_does_not_overtake_a_queued_task_of_no_connection():
             ws.shutdown()
     finally:
         shutil.rmtree(d)
+
+
+DONE_STATUSES = ("已完成", "done", "completed")
+
+
+def update_mix(rng, tasks, k):
+    """k updates of the default policy's job of tasks (ids: strings, and integers), of every
+    shape a remote may publish: plain ones (the core's), and escaped, nested, numeric-id,
+    duplicate-key, non-UTF-8, foreign and non-JSON ones (on_publish's) → [(payload,
+    task key or None, status, sendable)], as on_publish judges each."""
+    out = []
+    for _ in range(k):
+        t = rng.choice(tasks + ["nope"])
+        key = str(t)
+        st = rng.choice(DONE_STATUSES if rng.random() < 0.1 else ("进行中", "queued"))
+        sid = json.dumps(t)
+        sst = json.dumps(st, ensure_ascii=False)
+        form = rng.randrange(10) if rng.random() < 0.4 else rng.randrange(2)  # mostly plain
+        if isinstance(t, int):
+            form = rng.choice((0, 1, 6))
+        if form == 0:
+            p = '{"id":%s,"status":%s}' % (sid, sst)
+        elif form == 1:
+            p = '{ "status" : %s ,\t"id" :%s , "n": -1.25, "ok": true, "z": null }' % (sst, sid)
+        elif form == 2:  # an escaped id: on_publish
+            p = '{"id":"%s\\u00%02x","status":%s}' % (key[:-1], ord(key[-1]), sst)
+        elif form == 3:  # an escaped status: on_publish
+            p = '{"id":%s,"status":%s}' % (sid, json.dumps(st))
+        elif form == 4:  # a nested value: on_publish
+            p = '{"id":%s,"status":%s,"trace":{"at":[1,2]}}' % (sid, sst)
+        elif form == 5:  # the last id wins: on_publish
+            p = '{"id":"nope","id":%s,"status":%s}' % (sid, sst)
+        elif form == 6:  # an integral float id: on_publish (the task "7" for 7.0)
+            p = '{"id":%s,"status":%s}' % (("%d.0" % t) if isinstance(t, int) else sid, sst)
+        elif form == 7:  # not UTF-8: not sendable, not counted
+            p = '{"id":%s,"status":%s,"m":"\udcff"}' % (sid, sst)  # the byte 0xff
+        elif form == 8:  # not JSON
+            p = '{"id":%s,"status":%s' % (sid, sst)
+            key = None
+        else:  # the id not a string
+            p = '{"id":[%s],"status":%s}' % (sid, sst)
+            key = None
+        raw = p.encode("utf-8", "surrogateescape")
+        if key == "nope":
+            key = None
+        out.append((raw, key, st, form != 7))
+    return out
+
+
+def expected(tasks, updates):
+    """What the default policy's on_publish sends for updates, in order, and whether the
+    job completes: → (frames, completed)."""
+    keys, done, frames = {str(t) for t in tasks}, set(), []
+    for raw, key, st, sendable in updates:
+        if key not in keys or not sendable:
+            continue
+        frames.append(raw)
+        if st in DONE_STATUSES:
+            done.add(key)
+        if done == keys:
+            return frames, True
+    return frames, False
+
+
+@S.test
+def a_mixed_flood_is_sent_as_on_publish_would():
+    """Three jobs of the default policy, each fed 400 updates of every shape (plain ones
+    the core forwards, and escaped, nested, numeric-id, duplicate-key, non-UTF-8, foreign
+    and non-JSON ones on_publish sees), published in bursts of random size (so that core
+    and on_publish interleave, behind queued on_publish tasks or not), then every task's
+    done update: the client gets exactly the frames on_publish alone would send, in
+    publish order, and the close 1000 right after the update that completes the job."""
+    rng = random.Random(20261127)
+    with worker() as w, host("scripts/default.lua", remote_url(w)) as sh:
+        for _ in range(3):
+            tasks = ["t%d" % i for i in range(60)] + [7, 8]
+            ws, channel = start_job(sh, w, [{"id": t} for t in tasks])
+            ups = update_mix(rng, tasks, 400)
+            ups += [(('{"id":%s,"status":"done"}' % json.dumps(t)).encode(), str(t), "done", True)
+                    for t in tasks]
+            want, completed = expected(tasks, ups)
+            assert completed
+            i = 0
+            while i < len(ups):
+                n = rng.choice((1, 1, 2, 5, 20, 60))
+                publish(channel, [u[0] for u in ups[i:i + n]])
+                i += n
+            frames, code = read_to_close(ws, "the job's completion")
+            assert code == 1000, (code, frames[-3:])
+            assert frames == want, next((j, frames[j], want[j]) for j in range(len(want))
+                                        if j >= len(frames) or frames[j] != want[j])
+            ws.shutdown()
+        m = sh.metrics()
+        assert m["statushost_updates_tracked_total"] > 30, m["statushost_updates_tracked_total"]
+        assert m["statushost_jobs_completed_total"] == 3
+        assert m["statushost_lua_errors_total"] == 0
+
+
+
+@S.test
+def a_job_tracked_before_a_reload_ends_on_its_generation():
+    """SIGHUP while a job is tracked: the job's connection stays on the old generation,
+    whose Lua state the core goes on updating (job.done, job.ndone); the last update runs
+    the old generation's on_publish, which completes the job 1000."""
+    with worker() as w, host("scripts/default.lua", remote_url(w)) as sh:
+        ws, channel = start_job(sh, w, [{"id": "h1"}, {"id": "h2"}, {"id": "h3"}])
+        seq = [('{"id":"h%d","status":"done"}' % i).encode() for i in (1, 2, 3)]
+        assert publish(channel, seq[:1]) == [1]
+        assert ws.recv() == (OP_TEXT, seq[0])
+        mark = sh.mark()
+        sh.signal(signal.SIGHUP)
+        sh.wait_log(r"reloaded .*: generation 2 serves new connections", start=mark)
+        assert publish(channel, seq[1:2]) == [1]
+        assert ws.recv() == (OP_TEXT, seq[1])
+        assert publish(channel, seq[2:]) == [1]
+        frames, code = read_to_close(ws, "the job's completion")
+        assert frames == seq[2:] and code == 1000, (frames, code)
+        m = sh.metrics()
+        assert m["statushost_updates_tracked_total"] == 2, m["statushost_updates_tracked_total"]
+        assert m["statushost_jobs_completed_total"] == 1
+        sh.wait_log(r"job completed 3/3 tasks done", start=mark)
+        ws.shutdown()
 
 
 if __name__ == "__main__":
