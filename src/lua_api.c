@@ -956,6 +956,22 @@ static int track_update_p(lua_State *L)
     return 3;
 }
 
+/* Is a task of no connection ready to run, but for an on_close (of a connection that
+ * ended)? Such a task (a host.subscribe callback, the timer of a detached task) may end a
+ * job. The on_close tasks of a busy server are left out, not to stop every job's tracking
+ * at each close. Past 32 ready tasks looked at, the answer is yes. */
+static int detached_ready(sh_gen *g)
+{
+    if (g->detached.ntasks == g->detached.nwaiting)
+        return 0;
+    const char *on_close = sh_hook_name(SH_HOOK_CLOSE);
+    int seen = 0;
+    for (const sh_task *t = g->host->ready; t; t = t->ready_next)
+        if ((t->owner == &g->detached && strcmp(t->what, on_close) != 0) || ++seen == 32)
+            return 1;
+    return 0;
+}
+
 /* → 1 when the core handled the update of a tracked job itself, 0 for on_publish. */
 static int track_update(sh_pconn *p, sh_conn *c, const char *channel, size_t channel_len,
                         const char *payload, size_t payload_len)
@@ -963,10 +979,10 @@ static int track_update(sh_pconn *p, sh_conn *c, const char *channel, size_t cha
     static const char *const names[2] = {"id", "status"};
     sh_gen *g = p->gen;
     lua_State *L = g->L;
-    /* not while a task of the conn, or of no connection (a host.subscribe callback, a
-     * timer of a detached task: they may end the job), is ready to run: it goes first */
-    if (p->ud_ref == LUA_NOREF || p->owner.ntasks != p->owner.nwaiting ||
-        g->detached.ntasks != g->detached.nwaiting || !lua_checkstack(L, 16))
+    /* not while a task of the conn, or one of no connection that may end the job, is
+     * ready to run: it goes first */
+    if (p->ud_ref == LUA_NOREF || p->owner.ntasks != p->owner.nwaiting || detached_ready(g) ||
+        !lua_checkstack(L, 16))
         return 0;
     lua_rawgeti(L, LUA_REGISTRYINDEX, p->ud_ref);
     int tracked = lua_getiuservalue(L, -1, 3) == LUA_TTABLE;
