@@ -962,7 +962,7 @@ static int track_update_p(lua_State *L)
  * at each close. Past 32 ready tasks looked at, the answer is yes. */
 static int detached_ready(sh_gen *g)
 {
-    if (g->detached.ntasks == g->detached.nwaiting)
+    if (g->detached.ntasks == g->detached.nwaiting || !g->host)
         return 0;
     const char *on_close = sh_hook_name(SH_HOOK_CLOSE);
     int seen = 0;
