@@ -880,11 +880,12 @@ static void count_drop(sh_pconn *p, const char *why)
  * handle it (see its stock decisions). */
 typedef struct track_arg {
     sh_pconn *p;
-    sh_conn *c;
-    const char *channel, *payload;
-    size_t channel_len, payload_len;
+    const char *channel;
+    size_t channel_len;
     sh_json_field f[2]; /* id, status */
-    int handled;
+    lua_Integer ndone;  /* job.ndone before the update */
+    int handled;        /* the core sends it */
+    int newly;          /* and it made job.done[id] (undone if the send fails) */
 } track_arg;
 
 /* rawget of the field of the table at t (absolute index) named by upvalue k; pushes it */
@@ -894,10 +895,23 @@ static int raw_get(lua_State *L, int t, int k)
     return lua_rawget(L, t);
 }
 
-/* Protected: the strings pushed and the job.done entry made may raise a memory error.
- * Leaves a->handled 0 for on_publish to decide (a finished job, another channel, an id
- * that is no task of it, the update that completes it, fields not shaped as the
- * default policy's). */
+/* Is the value at i a table without a metatable? (its metamethods are on_publish's to
+ * run: an index or an assignment of the core's would go around them) */
+static int plain_table(lua_State *L, int i)
+{
+    if (lua_type(L, i) != LUA_TTABLE)
+        return 0;
+    if (!lua_getmetatable(L, i))
+        return 1;
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* Protected, under the generation's lua_max_memory (the strings pushed and the job.done
+ * entry made are the policy's memory, and may raise). Leaves a->handled 0 for on_publish
+ * to decide (a finished job, another channel, an id that is no task of it, the update
+ * that completes it, tables not shaped as the default policy's or with metatables).
+ * → job, job.done, id (for track_update to undo the entry). */
 static int track_update_p(lua_State *L)
 {
     track_arg *a = lua_touserdata(L, 1);
@@ -906,12 +920,11 @@ static int track_update_p(lua_State *L)
     lua_getiuservalue(L, 2, 4);                       /* 4: done statuses */
     size_t chlen;
     const char *ch;
-    if (lua_type(L, 3) != LUA_TTABLE || lua_type(L, 4) != LUA_TTABLE ||
-        raw_get(L, 3, K_FINISHED) != LUA_TNIL || raw_get(L, 3, K_CHANNEL) != LUA_TSTRING ||
-        !(ch = lua_tolstring(L, -1, &chlen)) || chlen != a->channel_len ||
-        memcmp(ch, a->channel, chlen) != 0 || raw_get(L, 3, K_TASKS) != LUA_TTABLE ||
-        raw_get(L, 3, K_N) != LUA_TNUMBER || !lua_isinteger(L, -1) ||
-        raw_get(L, 3, K_NDONE) != LUA_TNUMBER || !lua_isinteger(L, -1))
+    if (!plain_table(L, 3) || !plain_table(L, 4) || raw_get(L, 3, K_FINISHED) != LUA_TNIL ||
+        raw_get(L, 3, K_CHANNEL) != LUA_TSTRING || !(ch = lua_tolstring(L, -1, &chlen)) ||
+        chlen != a->channel_len || memcmp(ch, a->channel, chlen) != 0 ||
+        (raw_get(L, 3, K_TASKS), !plain_table(L, -1)) || raw_get(L, 3, K_N) != LUA_TNUMBER ||
+        !lua_isinteger(L, -1) || raw_get(L, 3, K_NDONE) != LUA_TNUMBER || !lua_isinteger(L, -1))
         return 0;
     /* 5 finished, 6 channel, 7 tasks, 8 n, 9 ndone */
     lua_Integer n = lua_tointeger(L, 8), ndone = lua_tointeger(L, 9);
@@ -920,38 +933,54 @@ static int track_update_p(lua_State *L)
     lua_rawget(L, 7);
     if (!lua_toboolean(L, -1))
         return 0; /* not a task of the job: a foreign update */
-    int newly = 0, done = 0;
+    int newly = 0;
+    lua_pushnil(L); /* 12: job.done, when the update is a done status */
     if (a->f[1].kind == SH_JSON_STRING) {
         lua_pushlstring(L, a->f[1].p, a->f[1].len);
         if (lua_rawget(L, 4) == LUA_TBOOLEAN && lua_toboolean(L, -1)) { /* a done status */
-            if (raw_get(L, 3, K_DONE) != LUA_TTABLE)
+            raw_get(L, 3, K_DONE);
+            if (!plain_table(L, -1))
                 return 0;
-            done = lua_gettop(L);
+            lua_replace(L, 12);
             lua_pushvalue(L, 10);
-            lua_rawget(L, done);
+            lua_rawget(L, 12);
             newly = !lua_toboolean(L, -1);
         }
     }
-    if (ndone + newly == n)
+    /* job.ndone + 1 as Lua counts it: wrapping around (C's signed overflow is undefined) */
+    lua_Integer next = (lua_Integer)((lua_Unsigned)ndone + (lua_Unsigned)newly);
+    if (next == n)
         return 0; /* complete: on_publish finishes the job */
     if (newly) { /* the new entry first (it may raise), then the count (an existing key) */
         lua_pushvalue(L, 10);
         lua_pushboolean(L, 1);
-        lua_rawset(L, done);
+        lua_rawset(L, 12);
         lua_pushvalue(L, lua_upvalueindex(K_NDONE));
-        lua_pushinteger(L, ndone + 1);
+        lua_pushinteger(L, next);
         lua_rawset(L, 3);
     }
-    if (sh_conn_send(a->c, a->payload, a->payload_len, 0) != 0 && newly) {
-        lua_pushvalue(L, 10); /* not sent: not done, as when conn:send fails in on_publish */
-        lua_pushnil(L);
-        lua_rawset(L, done);
-        lua_pushvalue(L, lua_upvalueindex(K_NDONE));
-        lua_pushinteger(L, ndone);
-        lua_rawset(L, 3);
-    }
-    a->p->gen->host->metrics->updates_tracked++;
+    a->ndone = ndone;
+    a->newly = newly;
     a->handled = 1;
+    lua_pushvalue(L, 3);
+    lua_pushvalue(L, 12);
+    lua_pushvalue(L, 10);
+    return 3;
+}
+
+/* Is a task of no connection ready to run, but for an on_close (of a connection that
+ * ended)? Such a task (a host.subscribe callback, the timer of a detached task) may end a
+ * job. The on_close tasks of a busy server are left out, not to stop every job's tracking
+ * at each close. Past 32 ready tasks looked at, the answer is yes. */
+static int detached_ready(sh_gen *g)
+{
+    if (g->detached.ntasks == g->detached.nwaiting || !g->host)
+        return 0;
+    const char *on_close = sh_hook_name(SH_HOOK_CLOSE);
+    int seen = 0;
+    for (const sh_task *t = g->host->ready; t; t = t->ready_next)
+        if ((t->owner == &g->detached && strcmp(t->what, on_close) != 0) || ++seen == 32)
+            return 1;
     return 0;
 }
 
@@ -960,22 +989,45 @@ static int track_update(sh_pconn *p, sh_conn *c, const char *channel, size_t cha
                         const char *payload, size_t payload_len)
 {
     static const char *const names[2] = {"id", "status"};
-    lua_State *L = p->gen->L;
-    /* not while a task of the conn is ready to run: its frames go first */
-    if (p->ud_ref == LUA_NOREF || p->owner.ntasks != p->owner.nwaiting || !lua_checkstack(L, 16))
+    sh_gen *g = p->gen;
+    lua_State *L = g->L;
+    /* not while a task of the conn, or one of no connection that may end the job, is
+     * ready to run: it goes first */
+    if (p->ud_ref == LUA_NOREF || p->owner.ntasks != p->owner.nwaiting || detached_ready(g) ||
+        !lua_checkstack(L, 16))
         return 0;
     lua_rawgeti(L, LUA_REGISTRYINDEX, p->ud_ref);
     int tracked = lua_getiuservalue(L, -1, 3) == LUA_TTABLE;
     lua_pop(L, 2);
-    track_arg a = {p, c, channel, payload, channel_len, payload_len, {{0}}, 0};
+    track_arg a = {p, channel, channel_len, {{0}}, 0, 0, 0};
+    /* a status that is no plain string (a number, true, false, null) may be done too: a
+     * done set can hold any key (done_statuses = {"done", 7}), on_publish looks it up */
     if (!tracked || sh_json_flat(payload, payload_len, names, 2, a.f) != 0 ||
-        a.f[0].kind != SH_JSON_STRING || !sh_utf8_valid((const uint8_t *)payload, payload_len))
+        a.f[0].kind != SH_JSON_STRING || a.f[1].kind == SH_JSON_OTHER ||
+        !sh_utf8_valid((const uint8_t *)payload, payload_len))
         return 0;
     int top = lua_gettop(L);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &track_fn_key);
     lua_pushlightuserdata(L, &a);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+    int capped = g->capped;
+    g->capped = 1;
+    if (lua_pcall(L, 1, 3, 0) != LUA_OK)
         a.handled = 0; /* out of memory: on_publish decides (and fails the same way) */
+    g->capped = capped;
+    /* sent outside the protected call: a close inside it (a slow consumer) is the host's
+     * work, and no error can unwind the transport's frames */
+    if (a.handled && sh_conn_send(c, payload, payload_len, 0) == 0) {
+        g->host->metrics->updates_tracked++;
+    } else if (a.handled && a.newly) {
+        /* not sent: not done, as when conn:send fails in on_publish (an existing key of
+         * each table set again: no allocation) */
+        lua_pushvalue(L, top + 3);
+        lua_pushnil(L);
+        lua_rawset(L, top + 2);
+        lua_pushliteral(L, "ndone");
+        lua_pushinteger(L, a.ndone);
+        lua_rawset(L, top + 1);
+    }
     lua_settop(L, top);
     return a.handled;
 }

@@ -15,6 +15,10 @@
  *   nearly full: a to-be-closed luaL_Buffer box closed by lua_settop once
  *   left the top in the freed stack, Lua 5.4.4): the same result, the
  *   stack top exactly one value (or none) above those;
+ * - sh_json_flat (conn:track's scan, for "id" and "status"): a text it accepts the
+ *   decoder decodes, to an object of no nested value whose "id" and "status" are
+ *   what the scan found (absent: nil; a string: its bytes; other: a number, a
+ *   boolean or null);
  * - no crash, leak or undefined behaviour (ASan, LSan, UBSan).
  *
  * Build and run: tests/fuzz/run.sh (see there). */
@@ -30,6 +34,46 @@
 #include "fuzz_check.h"
 
 static lua_State *L;
+
+/* sh_json_flat never accepts a text the decoder (whose result r is) refuses or decodes
+ * otherwise. */
+static void check_flat(const char *s, size_t size, int r)
+{
+    static const char *const names[2] = {"id", "status"};
+    sh_json_field f[2];
+    if (sh_json_flat(s, size, names, 2, f) != 0)
+        return;
+    CHECK(r == 0, "flat: accepted a text the decoder refuses");
+    int top = lua_gettop(L);
+    CHECK(sh_json_decode(L, s, size, NULL, 0) == 0 && lua_type(L, -1) == LUA_TTABLE,
+          "flat: accepted a text that is no object");
+    for (lua_pushnil(L); lua_next(L, top + 1); lua_pop(L, 1))
+        CHECK(lua_type(L, -1) != LUA_TTABLE, "flat: accepted a nested value");
+    for (int i = 0; i < 2; i++) {
+        lua_getfield(L, top + 1, names[i]);
+        size_t len;
+        const char *v;
+        switch (f[i].kind) {
+        case SH_JSON_ABSENT:
+            CHECK(lua_isnil(L, -1), "flat: %s absent, decoded", names[i]);
+            break;
+        case SH_JSON_STRING:
+            v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+            CHECK(v && len == f[i].len && memcmp(v, f[i].p, len) == 0,
+                  "flat: %s another string than the decoded one", names[i]);
+            break;
+        case SH_JSON_OTHER:
+            CHECK(lua_type(L, -1) == LUA_TNUMBER || lua_type(L, -1) == LUA_TBOOLEAN ||
+                      lua_type(L, -1) == LUA_TLIGHTUSERDATA,
+                  "flat: %s a scalar, decoded as %s", names[i], luaL_typename(L, -1));
+            break;
+        default:
+            CHECK(0, "flat: %s of kind %d", names[i], f[i].kind);
+        }
+        lua_pop(L, 1);
+    }
+    lua_settop(L, top);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -56,6 +100,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
     lua_settop(L, top);
+    check_flat(s, size, r);
 
     lua_State *co = lua_newthread(L);
     int held = (int)(size % 24);

@@ -1,0 +1,58 @@
+-- attack_track.lua — a policy that hands the core (conn:track) a job of the shape the
+-- client asks for, and whose on_publish does in Lua what the core stands in for (the
+-- default policy's handling of an update). For tests/integration/test_attack_track.py.
+--
+-- The client's first message, a JSON object: {"count": N, "prefix": P, "n": N,
+-- "ndone": K | "maxinteger", "ballast_to": BYTES} → a job of the tasks P1..PN (n and
+-- ndone as given, integers), tracked; with ballast_to, Lua memory is first filled up to
+-- that many bytes (kept in conn.state). The answer: {"channel": ..., "track": true | why}.
+-- Any later message "state" → {"ndone": job.ndone (as a string: it may be past 2^53)}.
+local host = require "statushost"
+local json = require "cjson.safe"
+
+local policy = {}
+local done_status = { done = true }
+
+local function ballast(conn, to)
+  local b = host.table_new(8192, 0) -- sized first: no array to grow near the cap
+  conn.state.ballast = b
+  repeat -- until what is counted after a full collection is held
+    while collectgarbage("count") * 1024 < to do b[#b + 1] = ("x"):rep(900) .. #b end
+    collectgarbage()
+  until collectgarbage("count") * 1024 >= to - 4096
+end
+
+function policy.on_message(conn, text)
+  local job = conn.state.job
+  if job then return conn:send(json.encode({ ndone = tostring(job.ndone) })) end
+  local spec = json.decode(text)
+  job = { channel = "trk:" .. conn.id, tasks = {}, done = {},
+          n = math.tointeger(spec.n or spec.count), ndone = math.tointeger(spec.ndone) or 0 }
+  if spec.ndone == "maxinteger" then job.ndone = math.maxinteger end
+  for i = 1, spec.count do job.tasks[spec.prefix .. i] = true end
+  conn.state.job = job
+  assert(conn:subscribe(job.channel))
+  if type(spec.ballast_to) == "number" then ballast(conn, spec.ballast_to) end
+  local ok, why = conn:track(job, done_status, policy.on_publish)
+  conn:send(json.encode({ channel = job.channel, track = ok or why }))
+end
+
+function policy.on_publish(conn, channel, payload)
+  local job = conn.state.job
+  if not job or job.finished or channel ~= job.channel then return end
+  local u = host.json.decode(payload)
+  local id = type(u) == "table" and u.id
+  if type(id) ~= "string" or not job.tasks[id] then return end
+  if not conn:send(payload) then return end
+  if done_status[u.status] == true and not job.done[id] then
+    job.done[id] = true
+    job.ndone = job.ndone + 1
+  end
+  if job.ndone == job.n then
+    job.finished = true
+    conn:track(nil)
+    conn:close(1000, "done")
+  end
+end
+
+return policy
