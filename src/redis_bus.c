@@ -162,6 +162,8 @@ struct conn {
     char *fbuf;             /* (single-mode sub) the fast reader's buffer, FAST_CAP bytes */
     size_t flen;            /* bytes of a message not yet complete at its start (of c->ac:
                                0 whenever a context is made) */
+    size_t skip;            /* bytes still to skip of a message over max_reply (of c->ac,
+                               as flen) */
     const char *refused;    /* why a reply of c->ac was refused (reply_refused), or NULL */
     int timed_out;          /* conn_live_cb is dropping it: no reply within timeout_ms */
     uv_timer_t live;        /* while READY: the reply timeout and the idle PING (conn_live_cb) */
@@ -237,6 +239,8 @@ struct sh_redis_bus {
     uint64_t sub_drops;              /* ready subscriber connections lost */
     uint64_t messages;               /* pub/sub messages received */
     uint64_t messages_dropped;       /* reported by consumers */
+    uint64_t messages_too_large;     /* message pushes over max_reply, skipped */
+    struct ratelimit big_rl;         /* for their lines (message_too_large) */
     uint64_t state_line_ms;          /* uv_now of the last state line, 0: none yet */
     uint64_t state_changes;          /* availability changes since that line */
     uv_timer_t state_timer;          /* logs the changes held back, a second after that line */
@@ -1120,12 +1124,43 @@ static int fast_bulk(const char *p, size_t n, size_t *i, size_t *s, size_t *len)
     return 1;
 }
 
+/* What a message push with a channel of clen bytes and a payload of plen is charged
+ * against max_reply by hiredis' reader (reply_charge): its array and its three
+ * strings, each with a NUL. 1 when that is over max. */
+static int message_over(size_t max, size_t clen, size_t plen)
+{
+    size_t fixed = sizeof(redisReply) + 3 * REPLY_SLOT + 8 + clen + 1;
+    return fixed > max || plen + 1 > max - fixed;
+}
+
+/* The payload of a message push at p[i..n) when it is over max (its channel clen bytes
+ * long): -2 once its header "$<len>\r\n" is all here (*pay: where its bytes start,
+ * *plen: how many), 0 when the header is not all here yet, -1 when it is not a bulk
+ * string's header or the message is not over max (hiredis then reads it, as any big one).
+ * A length of 19 digits or more is not one (hiredis refuses it). */
+static long fast_over(const char *p, size_t n, size_t i, size_t max, size_t clen,
+                      size_t *pay, size_t *plen)
+{
+    size_t j = i + 1, v = 0;
+    if (p[i] != '$' || (j < n && p[j] == '0')) return -1; /* "$0" fits, "$05" is refused */
+    for (; j < n && p[j] >= '0' && p[j] <= '9'; j++) {
+        v = v * 10 + (size_t)(p[j] - '0');
+        if (j - i > 18) return -1;
+    }
+    if (j == n || (j + 1 == n && p[j] == '\r')) return 0;
+    if (j == i + 1 || p[j] != '\r' || p[j + 1] != '\n' || !message_over(max, clen, v)) return -1;
+    *pay = j + 2;
+    *plen = v;
+    return -2;
+}
+
 /* A pub/sub message push at p[0..n): *3\r\n$7\r\nmessage\r\n, then the channel and the
  * payload as bulk strings. Its length (> 0), 0 when not all of it is here yet, -1 when p
  * starts with anything else (a RESP3 '>' push too: hiredis 0.14 speaks RESP2 only and
- * calls that a protocol error, whatever its size). */
-static long fast_message(const char *p, size_t n, size_t *chan, size_t *clen, size_t *pay,
-                         size_t *plen)
+ * calls that a protocol error, whatever its size), -2 when it is a message over max
+ * whose bytes up to its payload are here (see fast_over). */
+static long fast_message(const char *p, size_t n, size_t max, size_t *chan, size_t *clen,
+                         size_t *pay, size_t *plen)
 {
     static const char head[] = "*3\r\n$7\r\nmessage\r\n";
     size_t h = sizeof head - 1, i = h, m = n < h ? n : h;
@@ -1133,16 +1168,37 @@ static long fast_message(const char *p, size_t n, size_t *chan, size_t *clen, si
     if (memcmp(p, head, m) != 0) return -1;
     if (n < h) return 0;
     int r = fast_bulk(p, n, &i, chan, clen);
-    if (r == 1) r = fast_bulk(p, n, &i, pay, plen);
-    return r == 1 ? (long)i : r;
+    if (r != 1) return r;
+    size_t at = i;
+    r = fast_bulk(p, n, &i, pay, plen);
+    if (r >= 0) return r == 1 ? (long)i : 0;
+    return fast_over(p, n, at, max, *clen, pay, plen); /* too big for FAST_CAP: over max? */
+}
+
+/* A message push over max_reply (its header ends at p[pay], its payload is plen bytes,
+ * its channel name[0..clen)): counted and said (at most one line a second); its payload
+ * and CRLF are skipped as they arrive (c->skip), never held. */
+static void message_too_large(struct conn *c, const char *name, size_t clen, size_t plen)
+{
+    sh_redis_bus *b = c->bus;
+    uint64_t held;
+    char rn[32];
+    b->messages_too_large++;
+    c->skip = plen + 2;
+    if (ratelimit_ok(&b->big_rl, uv_now(b->loop), &held))
+        sh_warn(NULL, "redis: pub/sub message on channel \"%.*s\" (%zu bytes) skipped: over "
+                "redis_max_reply_bytes (%zu); %s connection kept (%llu skipped so far%s)",
+                clen > 200 ? 200 : (int)clen, name, plen, b->max_reply, role_name(c, rn),
+                (unsigned long long)b->messages_too_large, held ? ", lines held back" : "");
 }
 
 /* A single-mode subscriber connection in subscribed mode: most of what it reads is
  * message pushes, and hiredis makes three reply objects (four mallocs) of each and
  * looks its callback up by channel name. So read here: deliver the complete message
  * pushes at the start of what arrived, keep a message not yet complete (it fits
- * FAST_CAP), and give hiredis everything from the first other reply on (a (UN)SUBSCRIBE
- * confirmation, an error, a big message); while hiredis holds bytes of a reply, every
+ * FAST_CAP), skip a message over max_reply as it arrives (message_too_large), and give
+ * hiredis everything from the first other reply on (a (UN)SUBSCRIBE confirmation, an
+ * error, a big message under the bound); while hiredis holds bytes of a reply, every
  * read is its. Order is kept: a byte goes to hiredis only after all before it. */
 static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
 {
@@ -1150,8 +1206,8 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
     redisReader *rd = ac->c.reader;
     /* hiredis is amid a reply when it has bytes left or has begun one (its reader
      * leaves rstack[0] set up, type -1, after finding no more bytes) */
-    if (c->flen == 0 && (rd->len > rd->pos || rd->ridx > 0 ||
-                         (rd->ridx == 0 && rd->rstack[0].type >= 0))) {
+    if (c->flen == 0 && c->skip == 0 && (rd->len > rd->pos || rd->ridx > 0 ||
+                                         (rd->ridx == 0 && rd->rstack[0].type >= 0))) {
         redisAsyncHandleRead(ac);
         return;
     }
@@ -1172,10 +1228,19 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
         return;
     }
     char *p = c->fbuf;
-    size_t n = c->flen + (size_t)got, off = 0;
+    size_t n = c->flen + (size_t)got, off = c->skip < n ? c->skip : n; /* flen is 0 then */
+    c->skip -= off;
     while (off < n) {
         size_t chan = 0, clen = 0, pay = 0, plen = 0;
-        long m = fast_message(p + off, n - off, &chan, &clen, &pay, &plen);
+        long m = fast_message(p + off, n - off, b->max_reply, &chan, &clen, &pay, &plen);
+        if (m == -2) { /* over the bound: skip its payload, here and in the next reads */
+            message_too_large(c, p + off + chan, clen, plen);
+            off += pay;
+            size_t here = c->skip < n - off ? c->skip : n - off;
+            c->skip -= here;
+            off += here;
+            continue;
+        }
         if (m == 0) { /* the start of a message: keep it for the next read */
             memmove(p, p + off, n - off);
             c->flen = n - off;
@@ -1416,7 +1481,11 @@ static int reply_refused(const redisReadTask *task, int type, const char *str, s
  * string; and, between reads, the bytes hiredis holds of it not parsed yet, or the whole
  * length a bulk string's header announces (reply_over). Over max_reply the reply is not
  * read on: the connection is dropped (a reader cannot stop amid a reply and go on), its
- * oldest awaited command gets c->toobig, and it reconnects as after any loss. */
+ * oldest awaited command gets c->toobig, and it reconnects as after any loss. A message
+ * push a single-mode subscriber connection reads itself (sub_fast_read) is charged the
+ * same from its header (message_over) and, over the bound, skipped without dropping
+ * anything (message_too_large); one that reaches hiredis' reader (after another reply in
+ * the same read) still drops its connection. */
 
 /* Say that ac's reply in progress is over the bound (c->toobig, c->refused). */
 static void reply_too_large(struct conn *c, const redisAsyncContext *ac)
@@ -1585,7 +1654,7 @@ static void conn_connect(struct conn *c)
     ac->ev.delWrite = ev_del_write;
     ac->data = c;
     c->ac = ac;
-    c->flen = 0; /* bytes of the last context (a watchdog may free it mid-message) are not this one's */
+    c->flen = c->skip = 0; /* bytes of the last context (a watchdog may free it mid-message) are not this one's */
     c->refused = NULL;
     c->big_ac = NULL;
     c->state = CONN_CONNECTING;
@@ -1713,6 +1782,7 @@ void sh_redis_bus_stats(const sh_redis_bus *b, sh_redis_stats *out)
     out->sub_drops = b->sub_drops;
     out->messages = b->messages;
     out->messages_dropped = b->messages_dropped;
+    out->messages_too_large = b->messages_too_large;
     out->sub_connections = b->nsubs;
     out->sub_ready = subs_ready(b);
     out->cmd_ready = b->cmd.state == CONN_READY;
