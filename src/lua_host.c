@@ -953,13 +953,16 @@ int sh_gen_load(sh_host *host, sh_api_open_fn open_api, const char *script,
     lua_newtable(g->L);
     g->pool_ref = luaL_ref(g->L, LUA_REGISTRYINDEX);
     g->mem_max = load_memory(sets, nsets);
+    sh_lib_shared_begin();
     if (run_script(g, script, load_budget(sets, nsets), err, errsz) != 0 ||
         take_policy(g, sets, nsets, err, errsz) != 0) {
+        sh_lib_shared_end(0); /* a failed load changes no cap */
         gen_free(g);
         return -1;
     }
-    /* the newest generation's config sets the shared dicts' caps */
+    /* the newest generation's config sets the shared dicts' caps, then its host.shared's */
     sh_lib_shared_limits(g->cfg.shared_dict_max_bytes, g->cfg.shared_dict_total_bytes);
+    sh_lib_shared_end(1);
     if (host) {
         g->id = ++host->next_gen_id; /* failed loads take no number */
         DL_PREPEND2(host->gens, g, prev_gen, next_gen);

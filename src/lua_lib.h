@@ -40,6 +40,15 @@ void sh_lib_shutdown(void);
  * sh_lib_shutdown puts back the defaults (config.h). */
 void sh_lib_shared_limits(size_t dict_bytes, size_t total_bytes);
 
+/* A script generation starts loading: the caps host.shared is asked for (its
+ * second argument) are held back until sh_lib_shared_end(1) (the generation is
+ * committed: they apply, in order, as if asked then) or sh_lib_shared_end(0) (it
+ * failed: they are dropped, so a failed reload changes no dict's caps). A dict
+ * first made meanwhile is made with the default caps. Outside a load, caps apply
+ * at once. */
+void sh_lib_shared_begin(void);
+void sh_lib_shared_end(int commit);
+
 /* Bytes the shared dictionaries hold, items and headers (what
  * shared_dict_total_bytes bounds): /metrics' shared_dict_bytes. */
 size_t sh_lib_shared_bytes(void);

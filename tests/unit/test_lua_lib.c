@@ -755,6 +755,24 @@ static void test_shared_reload(void)
     run(b, "reload B after A closed",
         "local d = host.shared('gen') eq(d:get('who'), 'B') eq(d:get('n'), 2)\n"
         "for i = 1, 60 do d:set(i, i) end eq(#d:get_keys(0), 50, 'max_items from the first creation')");
+    /* a generation loading (sh_lib_shared_begin): its caps wait for its commit */
+    sh_lib_shared_begin();
+    run(b, "caps held while loading",
+        "local d = host.shared('gen', {max_items = 5, max_bytes = 16384})\n"
+        "host.shared('gen', 7) eq(#d:get_keys(0), 50, 'nothing evicted')\n"
+        "eq(d:capacity(), host.shared('other'):capacity(), 'the default capacity')\n"
+        "eq(host.shared('new', {max_bytes = 8192}):capacity(), d:capacity(), 'made with the defaults')");
+    sh_lib_shared_end(0); /* it failed: nothing changes */
+    run(b, "a failed load changed no cap",
+        "local d = host.shared('gen') for i = 1, 60 do d:set(i, i) end eq(#d:get_keys(0), 50)\n"
+        "eq(host.shared('new'):capacity(), d:capacity())");
+    sh_lib_shared_begin();
+    run(b, "loading again", "host.shared('gen', {max_items = 5, max_bytes = 16384}) host.shared('gen', 7)");
+    sh_lib_shared_end(1); /* committed: the caps apply, in order */
+    run(b, "a committed load's caps",
+        "local d = host.shared('gen') eq(#d:get_keys(0), 5, 'trimmed to 5, then 7 allowed')\n"
+        "for i = 1, 60 do d:set(i, i) end eq(#d:get_keys(0), 7) eq(d:capacity(), 16384)\n"
+        "host.shared('gen', 3) eq(#d:get_keys(0), 3, 'outside a load: at once')");
     run(b, "shutdown", "d = host.shared('gen')");
     sh_lib_shutdown();
     run(b, "after shutdown",
