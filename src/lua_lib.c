@@ -89,6 +89,62 @@ static lua_Integer opt_integer(lua_State *L, int idx, const char *fname, lua_Int
     return v;
 }
 
+/* ============================================================ coroutine.wrap */
+
+/* The function coroutine.wrap returns (upvalues: its coroutine, the guarded resume,
+ * the guard): see sh_lib_guard_wrap. */
+static int wrapped_call(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_rotate(L, 1, 2);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    if (lua_toboolean(L, 1)) {
+        lua_remove(L, 1);
+        return lua_gettop(L);
+    }
+    lua_settop(L, 2);
+    lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+    const sh_lib_co_guard *g = lua_touserdata(L, lua_upvalueindex(3));
+    int st = lua_status(co);
+    if (st != LUA_OK && st != LUA_YIELD) {
+        if (g->enter(co) != 0)
+            return luaL_error(L, "coroutine.wrap: coroutines nested too deep");
+        st = lua_resetthread(co);
+        g->leave();
+        lua_pop(L, 1);
+        lua_xmove(co, L, 1); /* the error, or a __close handler's */
+    }
+    if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+        luaL_where(L, 1);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+    }
+    return lua_error(L);
+}
+
+/* coroutine.wrap (upvalues: the guarded resume, the guard) */
+static int guarded_wrap(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_State *co = lua_newthread(L);
+    lua_pushvalue(L, 1);
+    lua_xmove(L, co, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_pushcclosure(L, wrapped_call, 3);
+    return 1;
+}
+
+void sh_lib_guard_wrap(lua_State *L, int coroutine, const sh_lib_co_guard *g)
+{
+    coroutine = lua_absindex(L, coroutine);
+    lua_getfield(L, coroutine, "resume");
+    lua_pushlightuserdata(L, (void *)g);
+    lua_pushcclosure(L, guarded_wrap, 2);
+    lua_setfield(L, coroutine, "wrap");
+}
+
 /* ============================================================ base64 */
 
 static const char b64_std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -67,6 +67,21 @@ int sh_lib_argerror(lua_State *L, const char *fname, int arg, const char *msg);
  * "FNAME: bad argument #ARG (string expected, got TYPE)". */
 const char *sh_lib_checklstring(lua_State *L, int arg, const char *fname, size_t *len);
 
+/* What runs a coroutine under a guard (the instruction budget's, the test kit's):
+ * enter(co) before it runs, 0, or -1 when it may not (nested too deep); leave()
+ * after it ran, when enter said 0. */
+typedef struct sh_lib_co_guard {
+    int (*enter)(lua_State *co);
+    void (*leave)(void);
+} sh_lib_co_guard;
+
+/* Set coroutine.wrap, in the table at index `coroutine`, to Lua's own (lcorolib.c
+ * auxwrap) over that table's "resume" (guarded already): an error in the coroutine
+ * closes it, its __close handlers running between g->enter and g->leave (they run
+ * code), and is raised in the caller, a string with the caller's position in front.
+ * g must live as long as the state. */
+void sh_lib_guard_wrap(lua_State *L, int coroutine, const sh_lib_co_guard *g);
+
 /* ------------------------------------------------------------- addresses */
 
 /* A CIDR block. IPv4 is kept as IPv4-mapped IPv6 (::ffff:a.b.c.d, prefix + 96),
