@@ -164,6 +164,8 @@ struct conn {
                                0 whenever a context is made) */
     size_t skip;            /* bytes still to skip of a message over max_reply (of c->ac,
                                as flen) */
+    size_t pass;            /* bytes still to hand hiredis of a reply it has the start of
+                               (sub_fast_read; of c->ac, as flen) */
     const char *refused;    /* why a reply of c->ac was refused (reply_refused), or NULL */
     int timed_out;          /* conn_live_cb is dropping it: no reply within timeout_ms */
     uv_timer_t live;        /* while READY: the reply timeout and the idle PING (conn_live_cb) */
@@ -1192,22 +1194,98 @@ static void message_too_large(struct conn *c, const char *name, size_t clen, siz
                 (unsigned long long)b->messages_too_large, held ? ", lines held back" : "");
 }
 
+/* A RESP integer as hiredis writes it at p[*i..n), after its type byte: "0", or digits
+ * without a leading zero, or "-1" (nil), then CRLF. 1 (*i past it, *v set), 0 when not
+ * all here yet, -1 for anything else (hiredis would read some other forms). */
+static int resp_int(const char *p, size_t n, size_t *i, long *v)
+{
+    size_t j = *i + 1, s = j;
+    long x = 0;
+    if (j < n && p[j] == '-') {
+        if (++j < n && p[j] != '1') return -1;
+        x = -1;
+        s = ++j;
+    }
+    for (; x >= 0 && j < n && p[j] >= '0' && p[j] <= '9' && j - s < 18; j++)
+        x = x * 10 + (p[j] - '0');
+    if (j + 2 > n) return j - s < 18 ? 0 : -1;
+    if ((j == s && x == 0) || (j - s > 1 && p[s] == '0') || p[j] != '\r' || p[j + 1] != '\n')
+        return -1;
+    *i = j + 2;
+    *v = x;
+    return 1;
+}
+
+/* The length of the one reply at p[0..n) that the fast reader hands to hiredis whole (a
+ * (un)subscribe confirmation, a pong, an error, a message too big for FAST_CAP): > 0
+ * once known (it may pass n: a last bulk string not all here yet), 0 when not known yet,
+ * -1 when it is not a flat RESP2 reply of at most 16 values in canonical form (hiredis
+ * then takes all that follows). Where it answers, hiredis would cut the same reply. */
+static long resp_extent(const char *p, size_t n)
+{
+    size_t i = 0, items = 1;
+    long v = 0;
+    int r;
+    if (n > 0 && p[0] == '*') {
+        if ((r = resp_int(p, n, &i, &v)) <= 0) return r;
+        if (v <= 0) return (long)i; /* empty or nil */
+        if (v > 16) return -1;
+        items = (size_t)v;
+    }
+    for (size_t k = 0; k < items; k++) {
+        if (i >= n) return 0;
+        if (p[i] == '+' || p[i] == '-' || p[i] == ':') {
+            const char *nl = memchr(p + i, '\n', n - i);
+            if (!nl) return n - i < FAST_CAP ? 0 : -1;
+            if (nl == p + i || nl[-1] != '\r') return -1;
+            i = (size_t)(nl - p) + 1;
+            continue;
+        }
+        if (p[i] != '$' || (r = resp_int(p, n, &i, &v)) < 0) return -1;
+        if (r == 0) return 0;
+        if (v < 0) continue; /* nil */
+        if (k + 1 == items) return (long)(i + (size_t)v + 2);
+        if (n - i < (size_t)v + 2) return 0;
+        i += (size_t)v + 2;
+    }
+    return (long)i;
+}
+
+/* Hand p[0..n) to hiredis' reader and, when `done` (a reply is complete), let it run the
+ * callbacks. 0; 1 when that took ac out of subscribed mode (an unsubscribe left no
+ * channel: what follows is hiredis' to read); -1 when c's context ac went away or the
+ * bus is closing (ac is not to be touched then). */
+static int fast_feed(struct conn *c, redisAsyncContext *ac, const char *p, size_t n, int done)
+{
+    if (n && redisReaderFeed(ac->c.reader, p, n) != REDIS_OK) {
+        redisAsyncDisconnect(ac);
+        return -1;
+    }
+    if (!done) return 0;
+    redisProcessCallbacks(ac);
+    if (c->ac != ac || c->bus->closing) return -1;
+    return (ac->c.flags & REDIS_SUBSCRIBED) ? 0 : 1;
+}
+
 /* A single-mode subscriber connection in subscribed mode: most of what it reads is
  * message pushes, and hiredis makes three reply objects (four mallocs) of each and
  * looks its callback up by channel name. So read here: deliver the complete message
- * pushes at the start of what arrived, keep a message not yet complete (it fits
- * FAST_CAP), skip a message over max_reply as it arrives (message_too_large), and give
- * hiredis everything from the first other reply on (a (UN)SUBSCRIBE confirmation, an
- * error, a big message under the bound); while hiredis holds bytes of a reply, every
- * read is its. Order is kept: a byte goes to hiredis only after all before it. */
+ * pushes, keep a reply not yet complete when it fits FAST_CAP, skip a message over
+ * max_reply as it arrives (message_too_large, c->skip), and hand hiredis each other
+ * reply (a (UN)SUBSCRIBE confirmation, a pong, an error, a message too big for FAST_CAP
+ * but under the bound) cut to its length (resp_extent; the rest of a long one as it
+ * arrives: c->pass), so that the stream is ours again after it. Only a reply whose
+ * length cannot be known (not flat, or a header longer than FAST_CAP) gives hiredis all
+ * that follows; while hiredis holds bytes of such a reply, every read is its. Order is
+ * kept: a byte goes to hiredis only after all before it. */
 static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
 {
     sh_redis_bus *b = c->bus;
     redisReader *rd = ac->c.reader;
     /* hiredis is amid a reply when it has bytes left or has begun one (its reader
      * leaves rstack[0] set up, type -1, after finding no more bytes) */
-    if (c->flen == 0 && c->skip == 0 && (rd->len > rd->pos || rd->ridx > 0 ||
-                                         (rd->ridx == 0 && rd->rstack[0].type >= 0))) {
+    if (c->flen == 0 && c->skip == 0 && c->pass == 0 &&
+        (rd->len > rd->pos || rd->ridx > 0 || (rd->ridx == 0 && rd->rstack[0].type >= 0))) {
         redisAsyncHandleRead(ac);
         return;
     }
@@ -1229,7 +1307,17 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
     }
     char *p = c->fbuf;
     size_t n = c->flen + (size_t)got, off = c->skip < n ? c->skip : n; /* flen is 0 then */
+    c->flen = 0;
     c->skip -= off;
+    if (c->pass) { /* the rest of a reply hiredis has the start of */
+        off = c->pass < n ? c->pass : n;
+        c->pass -= off;
+        int r = fast_feed(c, ac, p, off, c->pass == 0);
+        if (r != 0) {
+            if (r > 0) fast_feed(c, ac, p + off, n - off, 1);
+            return;
+        }
+    }
     while (off < n) {
         size_t chan = 0, clen = 0, pay = 0, plen = 0;
         long m = fast_message(p + off, n - off, b->max_reply, &chan, &clen, &pay, &plen);
@@ -1241,18 +1329,24 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
             off += here;
             continue;
         }
-        if (m == 0) { /* the start of a message: keep it for the next read */
+        if (m < 0 && (m = resp_extent(p + off, n - off)) > 0) { /* a reply for hiredis */
+            size_t here = (size_t)m < n - off ? (size_t)m : n - off;
+            c->pass = (size_t)m - here;
+            int r = fast_feed(c, ac, p + off, here, c->pass == 0);
+            off += here;
+            if (r != 0) {
+                if (r > 0) fast_feed(c, ac, p + off, n - off, 1);
+                return;
+            }
+            continue;
+        }
+        if (m == 0 && n - off < FAST_CAP) { /* the start of a reply: keep it for the next read */
             memmove(p, p + off, n - off);
             c->flen = n - off;
             return;
         }
-        if (m < 0) { /* something else: hiredis' from here on */
-            c->flen = 0;
-            if (redisReaderFeed(rd, p + off, n - off) != REDIS_OK) {
-                redisAsyncDisconnect(ac);
-                return;
-            }
-            redisProcessCallbacks(ac);
+        if (m <= 0) { /* its length unknown: hiredis' from here on */
+            fast_feed(c, ac, p + off, n - off, 1);
             return;
         }
         char *name = p + off + chan, *payload = p + off + pay;
@@ -1265,12 +1359,9 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
             HASH_FIND(hh, b->chans, name, clen, ch);
             if (ch) chan_deliver(b, ch, payload, plen);
         }
-        if (c->ac != ac || b->closing) { /* what a delivery did ended this context */
-            c->flen = 0;
+        if (c->ac != ac || b->closing) /* what a delivery did ended this context */
             return;
-        }
     }
-    c->flen = 0;
 }
 
 /* Readable: hiredis' reading and callbacks, or our own reading of the pushes of a
@@ -1484,8 +1575,8 @@ static int reply_refused(const redisReadTask *task, int type, const char *str, s
  * oldest awaited command gets c->toobig, and it reconnects as after any loss. A message
  * push a single-mode subscriber connection reads itself (sub_fast_read) is charged the
  * same from its header (message_over) and, over the bound, skipped without dropping
- * anything (message_too_large); one that reaches hiredis' reader (after another reply in
- * the same read) still drops its connection. */
+ * anything (message_too_large); one that reaches hiredis' reader (after a reply whose
+ * length resp_extent cannot tell, or in cluster mode) still drops its connection. */
 
 /* Say that ac's reply in progress is over the bound (c->toobig, c->refused). */
 static void reply_too_large(struct conn *c, const redisAsyncContext *ac)
@@ -1654,7 +1745,7 @@ static void conn_connect(struct conn *c)
     ac->ev.delWrite = ev_del_write;
     ac->data = c;
     c->ac = ac;
-    c->flen = c->skip = 0; /* bytes of the last context (a watchdog may free it mid-message) are not this one's */
+    c->flen = c->skip = c->pass = 0; /* bytes of the last context (a watchdog may free it mid-message) are not this one's */
     c->refused = NULL;
     c->big_ac = NULL;
     c->state = CONN_CONNECTING;

@@ -121,7 +121,8 @@ typedef struct {
                                 message push read by a single-mode subscriber connection
                                 is skipped instead (its bytes discarded as they arrive,
                                 counted in sh_redis_stats.messages_too_large): the
-                                connection and its subscriptions stay */
+                                connection and its subscriptions stay (not in cluster
+                                mode) */
     uint64_t backoff_min_ms; /* first retry delay; 0 → 100 */
     uint64_t backoff_max_ms; /* cap of the doubling delay; 0 → 5000 */
     uint64_t connect_timeout_ms; /* connect + handshake must finish within this; 0 → 5000 */
