@@ -159,7 +159,7 @@ struct conn {
     redisAsyncContext *raw_ac; /* (cluster sub) ac once past the handshake: read raw */
     struct sreq *sq_head, *sq_tail; /* (cluster sub) SSUBSCRIBE/SUNSUBSCRIBE awaiting replies */
     int dormant;            /* (cluster sub) not started: no channel needs it */
-    char *fbuf;             /* (single-mode sub) the fast reader's buffer, FAST_CAP bytes */
+    char *fbuf;             /* (sub) the fast reader's buffer, FAST_CAP bytes */
     size_t flen;            /* bytes of a message not yet complete at its start (of c->ac:
                                0 whenever a context is made) */
     size_t skip;            /* bytes still to skip of a message over max_reply (of c->ac,
@@ -290,6 +290,9 @@ static int cluster_chan_start(sh_redis_bus *b, struct chan *ch);
 static int csub_send(struct conn *c, struct chan *ch, int unsub, int resub);
 static void csub_resubscribe(struct conn *c, redisAsyncContext *ac);
 static void csub_read(struct conn *c, redisAsyncContext *ac);
+/* Handle each reply c's reader (of ac) holds whole (csub_reply); a protocol error
+ * disconnects. */
+static void csub_drain(struct conn *c, redisAsyncContext *ac);
 static void cluster_conn_lost(struct conn *c);
 static void cluster_conn_ready(struct conn *c);
 static int cluster_keep_retrying(struct conn *c);
@@ -1156,16 +1159,20 @@ static long fast_over(const char *p, size_t n, size_t i, size_t max, size_t clen
     return -2;
 }
 
-/* A pub/sub message push at p[0..n): *3\r\n$7\r\nmessage\r\n, then the channel and the
- * payload as bulk strings. Its length (> 0), 0 when not all of it is here yet, -1 when p
- * starts with anything else (a RESP3 '>' push too: hiredis 0.14 speaks RESP2 only and
- * calls that a protocol error, whatever its size), -2 when it is a message over max
- * whose bytes up to its payload are here (see fast_over). */
-static long fast_message(const char *p, size_t n, size_t max, size_t *chan, size_t *clen,
-                         size_t *pay, size_t *plen)
+/* The start of a message push: "message" (SUBSCRIBE), or "smessage" (SSUBSCRIBE, what a
+ * cluster subscriber connection receives). */
+static const char MSG_HEAD[] = "*3\r\n$7\r\nmessage\r\n";
+static const char SMSG_HEAD[] = "*3\r\n$8\r\nsmessage\r\n";
+
+/* A pub/sub message push at p[0..n): head (MSG_HEAD or SMSG_HEAD, h bytes), then the
+ * channel and the payload as bulk strings. Its length (> 0), 0 when not all of it is here
+ * yet, -1 when p starts with anything else (a RESP3 '>' push too: hiredis 0.14 speaks
+ * RESP2 only and calls that a protocol error, whatever its size), -2 when it is a message
+ * over max whose bytes up to its payload are here (see fast_over). */
+static long fast_message(const char *p, size_t n, const char *head, size_t h, size_t max,
+                         size_t *chan, size_t *clen, size_t *pay, size_t *plen)
 {
-    static const char head[] = "*3\r\n$7\r\nmessage\r\n";
-    size_t h = sizeof head - 1, i = h, m = n < h ? n : h;
+    size_t i = h, m = n < h ? n : h;
     if (n == 0) return 0;
     if (memcmp(p, head, m) != 0) return -1;
     if (n < h) return 0;
@@ -1251,10 +1258,11 @@ static long resp_extent(const char *p, size_t n)
     return (long)i;
 }
 
-/* Hand p[0..n) to hiredis' reader and, when `done` (a reply is complete), let it run the
- * callbacks. 0; 1 when that took ac out of subscribed mode (an unsubscribe left no
- * channel: what follows is hiredis' to read); -1 when c's context ac went away or the
- * bus is closing (ac is not to be touched then). */
+/* Hand p[0..n) to hiredis' reader and, when `done` (a reply is complete), handle it: by
+ * hiredis' callbacks, or for a cluster subscriber connection by csub_drain. 0; 1 when
+ * that took ac out of subscribed mode (an unsubscribe left no channel: what follows is
+ * hiredis' to read); -1 when c's context ac went away or the bus is closing (ac is not
+ * to be touched then). */
 static int fast_feed(struct conn *c, redisAsyncContext *ac, const char *p, size_t n, int done)
 {
     if (n && redisReaderFeed(ac->c.reader, p, n) != REDIS_OK) {
@@ -1262,14 +1270,28 @@ static int fast_feed(struct conn *c, redisAsyncContext *ac, const char *p, size_
         return -1;
     }
     if (!done) return 0;
-    redisProcessCallbacks(ac);
-    if (c->ac != ac || c->bus->closing) return -1;
-    return (ac->c.flags & REDIS_SUBSCRIBED) ? 0 : 1;
+    if (c->node)
+        csub_drain(c, ac);
+    else
+        redisProcessCallbacks(ac);
+    if (c->ac != ac || c->bus->closing || (c->node && c->raw_ac != ac)) return -1;
+    return c->node || (ac->c.flags & REDIS_SUBSCRIBED) ? 0 : 1;
 }
 
-/* A single-mode subscriber connection in subscribed mode: most of what it reads is
- * message pushes, and hiredis makes three reply objects (four mallocs) of each and
- * looks its callback up by channel name. So read here: deliver the complete message
+/* The fast reader's way out: hiredis reads what follows itself (with its callbacks, or
+ * for a cluster subscriber connection csub_read). */
+static void sub_slow_read(struct conn *c, redisAsyncContext *ac)
+{
+    if (c->node)
+        csub_read(c, ac);
+    else
+        redisAsyncHandleRead(ac);
+}
+
+/* A subscriber connection in subscribed mode (single mode), or past its handshake (a
+ * cluster one: its pushes are smessage): most of what it reads is message pushes, and
+ * hiredis makes three reply objects (four mallocs) of each and looks its callback up by
+ * channel name. So read here: deliver the complete message
  * pushes, keep a reply not yet complete when it fits FAST_CAP, skip a message over
  * max_reply as it arrives (message_too_large, c->skip), and hand hiredis each other
  * reply (a (UN)SUBSCRIBE confirmation, a pong, an error, a message too big for FAST_CAP
@@ -1286,11 +1308,11 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
      * leaves rstack[0] set up, type -1, after finding no more bytes) */
     if (c->flen == 0 && c->skip == 0 && c->pass == 0 &&
         (rd->len > rd->pos || rd->ridx > 0 || (rd->ridx == 0 && rd->rstack[0].type >= 0))) {
-        redisAsyncHandleRead(ac);
+        sub_slow_read(c, ac);
         return;
     }
     if (!c->fbuf && !(c->fbuf = malloc(FAST_CAP))) {
-        redisAsyncHandleRead(ac);
+        sub_slow_read(c, ac);
         return;
     }
     ssize_t got = read(ac->c.fd, c->fbuf + c->flen, FAST_CAP - c->flen);
@@ -1302,9 +1324,11 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
             return;
         }
         c->flen = 0;
-        redisAsyncHandleRead(ac);
+        sub_slow_read(c, ac);
         return;
     }
+    const char *head = c->node ? SMSG_HEAD : MSG_HEAD;
+    size_t hlen = c->node ? sizeof SMSG_HEAD - 1 : sizeof MSG_HEAD - 1;
     char *p = c->fbuf;
     size_t n = c->flen + (size_t)got, off = c->skip < n ? c->skip : n; /* flen is 0 then */
     c->flen = 0;
@@ -1320,7 +1344,8 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
     }
     while (off < n) {
         size_t chan = 0, clen = 0, pay = 0, plen = 0;
-        long m = fast_message(p + off, n - off, b->max_reply, &chan, &clen, &pay, &plen);
+        long m = fast_message(p + off, n - off, head, hlen, b->max_reply, &chan, &clen, &pay,
+                              &plen);
         if (m == -2) { /* over the bound: skip its payload, here and in the next reads */
             message_too_large(c, p + off + chan, clen, plen);
             off += pay;
@@ -1357,24 +1382,23 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
         if (!b->closing) {
             struct chan *ch = NULL;
             HASH_FIND(hh, b->chans, name, clen, ch);
-            if (ch) chan_deliver(b, ch, payload, plen);
+            if (ch && (!c->node || ch->conn == c)) chan_deliver(b, ch, payload, plen);
         }
-        if (c->ac != ac || b->closing) /* what a delivery did ended this context */
+        if (c->ac != ac || b->closing || (c->node && c->raw_ac != ac)) /* a delivery ended it */
             return;
     }
 }
 
 /* Readable: hiredis' reading and callbacks, or our own reading of the pushes of a
- * cluster subscriber connection past its handshake (csub_read) or of a single-mode
- * subscriber connection in subscribed mode (sub_fast_read). */
+ * cluster subscriber connection past its handshake or of a single-mode subscriber
+ * connection in subscribed mode (sub_fast_read). */
 static void conn_read(redisAsyncContext *ac)
 {
     struct conn *c = ac->data;
-    if (c->node && c->raw_ac == ac && c->ac == ac)
-        csub_read(c, ac);
-    else if (!c->node && c->role == ROLE_SUB && c->ac == ac &&
-             (c->state == CONN_READY || c->state == CONN_SUBSCRIBING) &&
-             (ac->c.flags & REDIS_SUBSCRIBED))
+    if (c->node ? c->raw_ac == ac && c->ac == ac
+                : c->role == ROLE_SUB && c->ac == ac &&
+                      (c->state == CONN_READY || c->state == CONN_SUBSCRIBING) &&
+                      (ac->c.flags & REDIS_SUBSCRIBED))
         sub_fast_read(c, ac);
     else
         redisAsyncHandleRead(ac);
@@ -1530,8 +1554,8 @@ static int unsub_kind(const char *s, size_t len)
  * is looked at as it is made (the reply before it was already dispatched, so the
  * awaited callbacks are the ones it will meet) and, when it is one of those, not
  * made: hiredis takes that as a read error ("Out of memory") and disconnects, and
- * ac_reason says why (c->refused). Replies we read ourselves (csub_read) are not
- * looked at.
+ * ac_reason says why (c->refused). Replies a cluster subscriber connection reads raw
+ * are not looked at.
  * 1 when the object of `task` (of type `type`; str[0..len) for a string) must not be made. */
 static int reply_refused(const redisReadTask *task, int type, const char *str, size_t len,
                          int elements)
@@ -1573,10 +1597,10 @@ static int reply_refused(const redisReadTask *task, int type, const char *str, s
  * length a bulk string's header announces (reply_over). Over max_reply the reply is not
  * read on: the connection is dropped (a reader cannot stop amid a reply and go on), its
  * oldest awaited command gets c->toobig, and it reconnects as after any loss. A message
- * push a single-mode subscriber connection reads itself (sub_fast_read) is charged the
- * same from its header (message_over) and, over the bound, skipped without dropping
- * anything (message_too_large); one that reaches hiredis' reader (after a reply whose
- * length resp_extent cannot tell, or in cluster mode) still drops its connection. */
+ * push a subscriber connection reads itself (sub_fast_read: single and cluster mode) is
+ * charged the same from its header (message_over) and, over the bound, skipped without
+ * dropping anything (message_too_large); one that reaches hiredis' reader (after a reply
+ * whose length resp_extent cannot tell) still drops its connection. */
 
 /* Say that ac's reply in progress is over the bound (c->toobig, c->refused). */
 static void reply_too_large(struct conn *c, const redisAsyncContext *ac)
@@ -1625,7 +1649,7 @@ static int reply_over(const struct conn *c, const redisAsyncContext *ac)
 /* Reply objects for our readers: malloc (glibc's per-thread cache) rather
  * than hiredis' calloc, and a string with its bytes in one block. Every
  * reply of these readers is freed through reply_free (hiredis calls
- * reader->fn->freeObject; csub_read calls it too). */
+ * reader->fn->freeObject; csub_drain calls it too). */
 static void *reply_link(const redisReadTask *task, redisReply *r)
 {
     if (task->parent) {
@@ -3084,11 +3108,17 @@ static void csub_reply(struct conn *c, const redisReply *reply)
  * calls on_disconnect). */
 static void csub_read(struct conn *c, redisAsyncContext *ac)
 {
-    void *reply = NULL;
     if (redisBufferRead(&ac->c) == REDIS_ERR) {
         redisAsyncDisconnect(ac);
         return;
     }
+    csub_drain(c, ac);
+}
+
+/* Contract at the forward declaration. */
+static void csub_drain(struct conn *c, redisAsyncContext *ac)
+{
+    void *reply = NULL;
     while (c->raw_ac == ac && c->ac == ac) {
         reply = NULL;
         if (redisGetReplyFromReader(&ac->c, &reply) == REDIS_ERR) {
@@ -3133,6 +3163,7 @@ static void cluster_free(sh_redis_bus *b)
     while (cl->nodes) {
         struct node *n = cl->nodes;
         cl->nodes = n->next;
+        free(n->sub.fbuf);
         free(n);
     }
     sh_redis_slots_free(cl->map);

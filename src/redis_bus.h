@@ -121,8 +121,8 @@ typedef struct {
                                 message push read by a single-mode subscriber connection
                                 is skipped instead (its bytes discarded as they arrive,
                                 counted in sh_redis_stats.messages_too_large): the
-                                connection and its subscriptions stay (not in cluster
-                                mode) */
+                                connection and its subscriptions stay (cluster mode
+                                too: smessage) */
     uint64_t backoff_min_ms; /* first retry delay; 0 → 100 */
     uint64_t backoff_max_ms; /* cap of the doubling delay; 0 → 5000 */
     uint64_t connect_timeout_ms; /* connect + handshake must finish within this; 0 → 5000 */
@@ -201,8 +201,7 @@ typedef struct sh_redis_stats {
     uint64_t sub_drops;        /* as sh_redis_bus_sub_drops() */
     uint64_t messages;         /* pub/sub messages received, every channel */
     uint64_t messages_dropped; /* reported by consumers (sh_redis_sub_dropped) */
-    uint64_t messages_too_large; /* message pushes over max_reply_bytes, skipped (single
-                                    mode; in cluster mode such a push drops its connection) */
+    uint64_t messages_too_large; /* message pushes over max_reply_bytes, skipped */
     unsigned sub_connections;  /* K (cluster: subscriber connections wanted) */
     unsigned sub_ready;        /* subscriber connections ready now */
     int cmd_ready;             /* the command connection is ready now (cluster: every
