@@ -5,6 +5,7 @@
  * hard_ns is set (with a signal fence between), and does nothing but
  * write(2) and _exit. Everything else runs on the kit's one thread. */
 #include "kit_guard.h"
+#include "lua_lib.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -382,48 +383,8 @@ static int guarded_co(lua_State *L)
     return lua_gettop(L);
 }
 
-/* The function coroutine.wrap returns (upvalues: its coroutine, the guarded
- * resume), as Lua's own (lcorolib.c auxwrap): an error closes the dead
- * coroutine (its __close handlers run as a running thread) and is raised in
- * the caller, a string with the caller's position in front. */
-static int wrapped_call(lua_State *L)
-{
-    lua_pushvalue(L, lua_upvalueindex(2));
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_rotate(L, 1, 2);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    if (lua_toboolean(L, 1)) {
-        lua_remove(L, 1);
-        return lua_gettop(L);
-    }
-    lua_settop(L, 2);
-    lua_State *co = lua_tothread(L, lua_upvalueindex(1));
-    int st = lua_status(co);
-    if (st != LUA_OK && st != LUA_YIELD && sh_kit_guard_resume(co) == 0) {
-        st = lua_resetthread(co);
-        sh_kit_guard_resumed();
-        lua_pop(L, 1);
-        lua_xmove(co, L, 1); /* the error, or a __close handler's */
-    }
-    if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
-        luaL_where(L, 1);
-        lua_insert(L, -2);
-        lua_concat(L, 2);
-    }
-    return lua_error(L);
-}
-
-/* coroutine.wrap (upvalue 1: the guarded resume) */
-static int guarded_wrap(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TFUNCTION);
-    lua_State *co = lua_newthread(L);
-    lua_pushvalue(L, 1);
-    lua_xmove(L, co, 1);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_pushcclosure(L, wrapped_call, 2);
-    return 1;
-}
+/* coroutine.wrap closes a dead coroutine as a running thread (sh_lib_guard_wrap). */
+static const sh_lib_co_guard kit_co_guard = {sh_kit_guard_resume, sh_kit_guard_resumed};
 
 static void guard_coroutines(lua_State *L)
 {
@@ -434,9 +395,7 @@ static void guard_coroutines(lua_State *L)
         lua_pushcclosure(L, guarded_co, 1);
         lua_setfield(L, -2, name);
     }
-    lua_getfield(L, -1, "resume");
-    lua_pushcclosure(L, guarded_wrap, 1);
-    lua_setfield(L, -2, "wrap");
+    sh_lib_guard_wrap(L, -1, &kit_co_guard);
     lua_pop(L, 1);
 }
 

@@ -372,52 +372,8 @@ static void guard_coroutine(lua_State *L, const char *name)
     lua_pop(L, 1);
 }
 
-/* The function coroutine.wrap returns, as Lua's own (lcorolib.c auxwrap)
- * over the guarded resume (upvalue 2) of its coroutine (upvalue 1): an
- * error is raised in the caller, after the dead coroutine's to-be-closed
- * variables are closed (counted too: a __close runs code), with the
- * caller's position in front of a message. */
-static int wrapped_call(lua_State *L)
-{
-    lua_pushvalue(L, lua_upvalueindex(2));
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_rotate(L, 1, 2);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    if (lua_toboolean(L, 1)) {
-        lua_remove(L, 1);
-        return lua_gettop(L);
-    }
-    lua_settop(L, 2);
-    lua_State *co = lua_tothread(L, lua_upvalueindex(1));
-    int st = lua_status(co);
-    if (st != LUA_OK && st != LUA_YIELD) {
-        if (sh_budget_enter(co) != 0)
-            return luaL_error(L, "coroutine.wrap: coroutines nested too deep");
-        st = lua_resetthread(co);
-        sh_budget_leave();
-        lua_pop(L, 1);
-        lua_xmove(co, L, 1); /* the error, or a __close handler's */
-    }
-    if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
-        luaL_where(L, 1);
-        lua_insert(L, -2);
-        lua_concat(L, 2);
-    }
-    return lua_error(L);
-}
-
-/* coroutine.wrap over the guarded resume (upvalue 1), so that the budget
- * tracks the coroutines it runs too. */
-static int guarded_wrap(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TFUNCTION);
-    lua_State *co = lua_newthread(L);
-    lua_pushvalue(L, 1);
-    lua_xmove(L, co, 1);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_pushcclosure(L, wrapped_call, 2);
-    return 1;
-}
+/* coroutine.wrap runs its coroutine under the budget too (sh_lib_guard_wrap). */
+static const sh_lib_co_guard budget_guard = {sh_budget_enter, sh_budget_leave};
 
 /* setmetatable, refusing a metatable with __gc: Lua runs a finalizer with
  * hooks off (lgc.c GCTM), so the instruction budget could not stop one that
@@ -518,9 +474,7 @@ static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
     guard_coroutine(L, "resume");
     guard_coroutine(L, "close");
     lua_getglobal(L, "coroutine");
-    lua_getfield(L, -1, "resume");
-    lua_pushcclosure(L, guarded_wrap, 1);
-    lua_setfield(L, -2, "wrap");
+    sh_lib_guard_wrap(L, -1, &budget_guard);
     lua_pop(L, 1);
     /* debug: traceback only, and sethook raises */
     lua_createtable(L, 0, 2);
@@ -953,13 +907,16 @@ int sh_gen_load(sh_host *host, sh_api_open_fn open_api, const char *script,
     lua_newtable(g->L);
     g->pool_ref = luaL_ref(g->L, LUA_REGISTRYINDEX);
     g->mem_max = load_memory(sets, nsets);
+    sh_lib_shared_begin();
     if (run_script(g, script, load_budget(sets, nsets), err, errsz) != 0 ||
         take_policy(g, sets, nsets, err, errsz) != 0) {
+        sh_lib_shared_end(0); /* a failed load changes no cap */
         gen_free(g);
         return -1;
     }
-    /* the newest generation's config sets the shared dicts' caps */
+    /* the newest generation's config sets the shared dicts' caps, then its host.shared's */
     sh_lib_shared_limits(g->cfg.shared_dict_max_bytes, g->cfg.shared_dict_total_bytes);
+    sh_lib_shared_end(1);
     if (host) {
         g->id = ++host->next_gen_id; /* failed loads take no number */
         DL_PREPEND2(host->gens, g, prev_gen, next_gen);

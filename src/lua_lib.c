@@ -89,6 +89,62 @@ static lua_Integer opt_integer(lua_State *L, int idx, const char *fname, lua_Int
     return v;
 }
 
+/* ============================================================ coroutine.wrap */
+
+/* The function coroutine.wrap returns (upvalues: its coroutine, the guarded resume,
+ * the guard): see sh_lib_guard_wrap. */
+static int wrapped_call(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_rotate(L, 1, 2);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    if (lua_toboolean(L, 1)) {
+        lua_remove(L, 1);
+        return lua_gettop(L);
+    }
+    lua_settop(L, 2);
+    lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+    const sh_lib_co_guard *g = lua_touserdata(L, lua_upvalueindex(3));
+    int st = lua_status(co);
+    if (st != LUA_OK && st != LUA_YIELD) {
+        if (g->enter(co) != 0)
+            return luaL_error(L, "coroutine.wrap: coroutines nested too deep");
+        st = lua_resetthread(co);
+        g->leave();
+        lua_pop(L, 1);
+        lua_xmove(co, L, 1); /* the error, or a __close handler's */
+    }
+    if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+        luaL_where(L, 1);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+    }
+    return lua_error(L);
+}
+
+/* coroutine.wrap (upvalues: the guarded resume, the guard) */
+static int guarded_wrap(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_State *co = lua_newthread(L);
+    lua_pushvalue(L, 1);
+    lua_xmove(L, co, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_pushcclosure(L, wrapped_call, 3);
+    return 1;
+}
+
+void sh_lib_guard_wrap(lua_State *L, int coroutine, const sh_lib_co_guard *g)
+{
+    coroutine = lua_absindex(L, coroutine);
+    lua_getfield(L, coroutine, "resume");
+    lua_pushlightuserdata(L, (void *)g);
+    lua_pushcclosure(L, guarded_wrap, 2);
+    lua_setfield(L, coroutine, "wrap");
+}
+
 /* ============================================================ base64 */
 
 static const char b64_std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -962,29 +1018,75 @@ void sh_lib_shared_limits(size_t dict_bytes, size_t total_bytes)
         }
 }
 
-/* The dict `name`, created with the caps given (0: not given; max_items then
- * DICT_DEFAULT_MAX, max_bytes the default), or changed to them. → NULL with
- * *err when out of memory or when the process total has no room for it. */
-static sh_dict *dict_get_or_create(const char *name, size_t nlen, size_t max_items,
-                                   size_t max_bytes, const char **err)
+/* Change d's caps to those given (0: not given, kept); excess items go. */
+static void dict_set_caps(sh_dict *d, size_t max_items, size_t max_bytes)
 {
-    sh_dict *d = NULL;
-    HASH_FIND(hh, g_dicts, name, nlen, d);
-    if (d) {
-        size_t cap = dict_cap(d), items = d->max_items;
-        if (max_items)
-            d->max_items = max_items;
-        if (max_bytes)
-            d->max_bytes = max_bytes;
-        if (d->max_items < items || dict_cap(d) < cap)
-            dict_trim(d);
-        return d;
+    size_t cap = dict_cap(d), items = d->max_items;
+    if (max_items)
+        d->max_items = max_items;
+    if (max_bytes)
+        d->max_bytes = max_bytes;
+    if (d->max_items < items || dict_cap(d) < cap)
+        dict_trim(d);
+}
+
+/* Caps host.shared asked for while a generation loads (sh_lib_shared_begin), in
+ * order: applied when it is committed, dropped when it fails. */
+typedef struct cap_req {
+    struct cap_req *next;
+    size_t max_items, max_bytes; /* 0: not given */
+    size_t nlen;
+    char name[]; /* the dict's, nlen bytes */
+} cap_req;
+
+static int g_loading;                      /* a generation loads: caps are held back */
+static cap_req *g_reqs, **g_reqs_end = &g_reqs; /* what it asked for */
+
+/* Hold back the caps asked for d while a generation loads. 0, or -1 out of memory. */
+static int cap_hold(const sh_dict *d, size_t max_items, size_t max_bytes)
+{
+    cap_req *r = malloc(sizeof *r + d->nlen);
+    if (!r)
+        return -1;
+    *r = (cap_req){NULL, max_items, max_bytes, d->nlen};
+    memcpy(r->name, d->name, d->nlen);
+    *g_reqs_end = r;
+    g_reqs_end = &r->next;
+    return 0;
+}
+
+void sh_lib_shared_begin(void)
+{
+    sh_lib_shared_end(0);
+    g_loading = 1;
+}
+
+void sh_lib_shared_end(int commit)
+{
+    while (g_reqs) {
+        cap_req *r = g_reqs;
+        sh_dict *d = NULL;
+        g_reqs = r->next;
+        if (commit)
+            HASH_FIND(hh, g_dicts, r->name, r->nlen, d);
+        if (d)
+            dict_set_caps(d, r->max_items, r->max_bytes);
+        free(r);
     }
+    g_reqs_end = &g_reqs;
+    g_loading = 0;
+}
+
+/* A new dict `name` with the caps given (0: the defaults). → NULL with *err when out
+ * of memory or when the process total has no room for it. */
+static sh_dict *dict_create(const char *name, size_t nlen, size_t max_items, size_t max_bytes,
+                            const char **err)
+{
     *err = "shared_dict_total_bytes reached";
     if (g_total_used + dict_header(nlen) > g_total_max)
         return NULL;
     *err = "out of memory";
-    d = calloc(1, sizeof *d + nlen + 1);
+    sh_dict *d = calloc(1, sizeof *d + nlen + 1);
     if (!d)
         return NULL;
     memcpy(d->name, name, nlen);
@@ -998,6 +1100,27 @@ static sh_dict *dict_get_or_create(const char *name, size_t nlen, size_t max_ite
         return NULL;
     }
     g_total_used += dict_header(nlen);
+    return d;
+}
+
+/* The dict `name`, created with the caps given (0: not given; max_items then
+ * DICT_DEFAULT_MAX, max_bytes the default), or changed to them; while a generation
+ * loads, created with the defaults and the caps held back (cap_hold). → NULL with
+ * *err when out of memory or when the process total has no room for it. */
+static sh_dict *dict_get_or_create(const char *name, size_t nlen, size_t max_items,
+                                   size_t max_bytes, const char **err)
+{
+    sh_dict *d = NULL;
+    HASH_FIND(hh, g_dicts, name, nlen, d);
+    if (g_loading) {
+        if (!d && !(d = dict_create(name, nlen, 0, 0, err)))
+            return NULL;
+        *err = "out of memory";
+        return (max_items || max_bytes) && cap_hold(d, max_items, max_bytes) != 0 ? NULL : d;
+    }
+    if (!d)
+        return dict_create(name, nlen, max_items, max_bytes, err);
+    dict_set_caps(d, max_items, max_bytes);
     return d;
 }
 
@@ -1017,6 +1140,7 @@ void sh_lib_shutdown(void)
         free(d);
     }
     g_dicts = NULL;
+    sh_lib_shared_end(0);
     g_epoch++;
     g_total_used = 0;
     g_default_bytes = SH_SHARED_DICT_MAX_BYTES_DEFAULT;
@@ -1044,7 +1168,8 @@ static size_t shared_cap(lua_State *L, const char *what, lua_Integer lo, lua_Int
  * ngx.shared[name]. Created on first use with the caps given (max_items
  * default 10000; max_bytes default shared_dict_max_bytes, following the
  * configuration); a later call that passes a cap changes it (the newest
- * script generation wins; excess LRU items go). */
+ * script generation wins; excess LRU items go). Caps asked for while a
+ * generation loads take effect when it is committed (sh_lib_shared_end). */
 static int l_shared(lua_State *L)
 {
     static const char fn[] = "host.shared";

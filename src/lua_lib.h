@@ -40,6 +40,15 @@ void sh_lib_shutdown(void);
  * sh_lib_shutdown puts back the defaults (config.h). */
 void sh_lib_shared_limits(size_t dict_bytes, size_t total_bytes);
 
+/* A script generation starts loading: the caps host.shared is asked for (its
+ * second argument) are held back until sh_lib_shared_end(1) (the generation is
+ * committed: they apply, in order, as if asked then) or sh_lib_shared_end(0) (it
+ * failed: they are dropped, so a failed reload changes no dict's caps). A dict
+ * first made meanwhile is made with the default caps. Outside a load, caps apply
+ * at once. */
+void sh_lib_shared_begin(void);
+void sh_lib_shared_end(int commit);
+
 /* Bytes the shared dictionaries hold, items and headers (what
  * shared_dict_total_bytes bounds): /metrics' shared_dict_bytes. */
 size_t sh_lib_shared_bytes(void);
@@ -57,6 +66,21 @@ int sh_lib_argerror(lua_State *L, const char *fname, int arg, const char *msg);
 /* A string (or number, converted as Lua does) at `arg`; else raises
  * "FNAME: bad argument #ARG (string expected, got TYPE)". */
 const char *sh_lib_checklstring(lua_State *L, int arg, const char *fname, size_t *len);
+
+/* What runs a coroutine under a guard (the instruction budget's, the test kit's):
+ * enter(co) before it runs, 0, or -1 when it may not (nested too deep); leave()
+ * after it ran, when enter said 0. */
+typedef struct sh_lib_co_guard {
+    int (*enter)(lua_State *co);
+    void (*leave)(void);
+} sh_lib_co_guard;
+
+/* Set coroutine.wrap, in the table at index `coroutine`, to Lua's own (lcorolib.c
+ * auxwrap) over that table's "resume" (guarded already): an error in the coroutine
+ * closes it, its __close handlers running between g->enter and g->leave (they run
+ * code), and is raised in the caller, a string with the caller's position in front.
+ * g must live as long as the state. */
+void sh_lib_guard_wrap(lua_State *L, int coroutine, const sh_lib_co_guard *g);
 
 /* ------------------------------------------------------------- addresses */
 

@@ -139,6 +139,9 @@ char *sh_metrics_render(const sh_metrics *m, int redis_up, size_t *len)
             m->jobs_failed);
     counter(&t, "redis_reconnects_total", "Redis reconnections.", "counter",
             m->redis_reconnects);
+    counter(&t, "redis_messages_too_large_total",
+            "Pub/sub messages over redis_max_reply_bytes, skipped (their subscriber "
+            "connection kept).", "counter", m->redis_messages_too_large);
     counter(&t, "redis_up", "1 when both Redis connections are ready.", "gauge",
             (uint64_t)redis_up);
     counter(&t, "slow_consumer_closes_total", "Connections closed 1008 for a full send buffer.",

@@ -22,6 +22,8 @@ typedef struct sh_metrics {
     uint64_t dispatch_count;
     double dispatch_sum;            /* seconds */
     uint64_t redis_reconnects;      /* copied from the bus at render time */
+    uint64_t redis_messages_too_large; /* the same: pub/sub messages over
+                                          redis_max_reply_bytes, skipped */
     uint64_t slow_consumer_closes;
     uint64_t lua_errors;
     uint64_t lua_tasks_current;     /* suspended or running hook coroutines */

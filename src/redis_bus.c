@@ -159,9 +159,13 @@ struct conn {
     redisAsyncContext *raw_ac; /* (cluster sub) ac once past the handshake: read raw */
     struct sreq *sq_head, *sq_tail; /* (cluster sub) SSUBSCRIBE/SUNSUBSCRIBE awaiting replies */
     int dormant;            /* (cluster sub) not started: no channel needs it */
-    char *fbuf;             /* (single-mode sub) the fast reader's buffer, FAST_CAP bytes */
+    char *fbuf;             /* (sub) the fast reader's buffer, FAST_CAP bytes */
     size_t flen;            /* bytes of a message not yet complete at its start (of c->ac:
                                0 whenever a context is made) */
+    size_t skip;            /* bytes still to skip of a message over max_reply (of c->ac,
+                               as flen) */
+    size_t pass;            /* bytes still to hand hiredis of a reply it has the start of
+                               (sub_fast_read; of c->ac, as flen) */
     const char *refused;    /* why a reply of c->ac was refused (reply_refused), or NULL */
     int timed_out;          /* conn_live_cb is dropping it: no reply within timeout_ms */
     uv_timer_t live;        /* while READY: the reply timeout and the idle PING (conn_live_cb) */
@@ -237,6 +241,8 @@ struct sh_redis_bus {
     uint64_t sub_drops;              /* ready subscriber connections lost */
     uint64_t messages;               /* pub/sub messages received */
     uint64_t messages_dropped;       /* reported by consumers */
+    uint64_t messages_too_large;     /* message pushes over max_reply, skipped */
+    struct ratelimit big_rl;         /* for their lines (message_too_large) */
     uint64_t state_line_ms;          /* uv_now of the last state line, 0: none yet */
     uint64_t state_changes;          /* availability changes since that line */
     uv_timer_t state_timer;          /* logs the changes held back, a second after that line */
@@ -284,6 +290,9 @@ static int cluster_chan_start(sh_redis_bus *b, struct chan *ch);
 static int csub_send(struct conn *c, struct chan *ch, int unsub, int resub);
 static void csub_resubscribe(struct conn *c, redisAsyncContext *ac);
 static void csub_read(struct conn *c, redisAsyncContext *ac);
+/* Handle each reply c's reader (of ac) holds whole (csub_reply); a protocol error
+ * disconnects. */
+static void csub_drain(struct conn *c, redisAsyncContext *ac);
 static void cluster_conn_lost(struct conn *c);
 static void cluster_conn_ready(struct conn *c);
 static int cluster_keep_retrying(struct conn *c);
@@ -1120,43 +1129,190 @@ static int fast_bulk(const char *p, size_t n, size_t *i, size_t *s, size_t *len)
     return 1;
 }
 
-/* A pub/sub message push at p[0..n): *3\r\n$7\r\nmessage\r\n, then the channel and the
- * payload as bulk strings. Its length (> 0), 0 when not all of it is here yet, -1 when p
- * starts with anything else (a RESP3 '>' push too: hiredis 0.14 speaks RESP2 only and
- * calls that a protocol error, whatever its size). */
-static long fast_message(const char *p, size_t n, size_t *chan, size_t *clen, size_t *pay,
-                         size_t *plen)
+/* What a message push with a channel of clen bytes and a payload of plen is charged
+ * against max_reply by hiredis' reader (reply_charge): its array and its three
+ * strings, each with a NUL. 1 when that is over max. */
+static int message_over(size_t max, size_t clen, size_t plen)
 {
-    static const char head[] = "*3\r\n$7\r\nmessage\r\n";
-    size_t h = sizeof head - 1, i = h, m = n < h ? n : h;
+    size_t fixed = sizeof(redisReply) + 3 * REPLY_SLOT + 8 + clen + 1;
+    return fixed > max || plen + 1 > max - fixed;
+}
+
+/* The payload of a message push at p[i..n) when it is over max (its channel clen bytes
+ * long): -2 once its header "$<len>\r\n" is all here (*pay: where its bytes start,
+ * *plen: how many), 0 when the header is not all here yet, -1 when it is not a bulk
+ * string's header or the message is not over max (hiredis then reads it, as any big one).
+ * A length of 19 digits or more is not one (hiredis refuses it). */
+static long fast_over(const char *p, size_t n, size_t i, size_t max, size_t clen,
+                      size_t *pay, size_t *plen)
+{
+    size_t j = i + 1, v = 0;
+    if (p[i] != '$' || (j < n && p[j] == '0')) return -1; /* "$0" fits, "$05" is refused */
+    for (; j < n && p[j] >= '0' && p[j] <= '9'; j++) {
+        v = v * 10 + (size_t)(p[j] - '0');
+        if (j - i > 18) return -1;
+    }
+    if (j == n || (j + 1 == n && p[j] == '\r')) return 0;
+    if (j == i + 1 || p[j] != '\r' || p[j + 1] != '\n' || !message_over(max, clen, v)) return -1;
+    *pay = j + 2;
+    *plen = v;
+    return -2;
+}
+
+/* The start of a message push: "message" (SUBSCRIBE), or "smessage" (SSUBSCRIBE, what a
+ * cluster subscriber connection receives). */
+static const char MSG_HEAD[] = "*3\r\n$7\r\nmessage\r\n";
+static const char SMSG_HEAD[] = "*3\r\n$8\r\nsmessage\r\n";
+
+/* A pub/sub message push at p[0..n): head (MSG_HEAD or SMSG_HEAD, h bytes), then the
+ * channel and the payload as bulk strings. Its length (> 0), 0 when not all of it is here
+ * yet, -1 when p starts with anything else (a RESP3 '>' push too: hiredis 0.14 speaks
+ * RESP2 only and calls that a protocol error, whatever its size), -2 when it is a message
+ * over max whose bytes up to its payload are here (see fast_over). */
+static long fast_message(const char *p, size_t n, const char *head, size_t h, size_t max,
+                         size_t *chan, size_t *clen, size_t *pay, size_t *plen)
+{
+    size_t i = h, m = n < h ? n : h;
     if (n == 0) return 0;
     if (memcmp(p, head, m) != 0) return -1;
     if (n < h) return 0;
     int r = fast_bulk(p, n, &i, chan, clen);
-    if (r == 1) r = fast_bulk(p, n, &i, pay, plen);
-    return r == 1 ? (long)i : r;
+    if (r != 1) return r;
+    size_t at = i;
+    r = fast_bulk(p, n, &i, pay, plen);
+    if (r >= 0) return r == 1 ? (long)i : 0;
+    return fast_over(p, n, at, max, *clen, pay, plen); /* too big for FAST_CAP: over max? */
 }
 
-/* A single-mode subscriber connection in subscribed mode: most of what it reads is
- * message pushes, and hiredis makes three reply objects (four mallocs) of each and
- * looks its callback up by channel name. So read here: deliver the complete message
- * pushes at the start of what arrived, keep a message not yet complete (it fits
- * FAST_CAP), and give hiredis everything from the first other reply on (a (UN)SUBSCRIBE
- * confirmation, an error, a big message); while hiredis holds bytes of a reply, every
- * read is its. Order is kept: a byte goes to hiredis only after all before it. */
+/* A message push over max_reply (its header ends at p[pay], its payload is plen bytes,
+ * its channel name[0..clen)): counted and said (at most one line a second); its payload
+ * and CRLF are skipped as they arrive (c->skip), never held. */
+static void message_too_large(struct conn *c, const char *name, size_t clen, size_t plen)
+{
+    sh_redis_bus *b = c->bus;
+    uint64_t held;
+    char rn[32];
+    b->messages_too_large++;
+    c->skip = plen + 2;
+    if (ratelimit_ok(&b->big_rl, uv_now(b->loop), &held))
+        sh_warn(NULL, "redis: pub/sub message on channel \"%.*s\" (%zu bytes) skipped: over "
+                "redis_max_reply_bytes (%zu); %s connection kept (%llu skipped so far%s)",
+                clen > 200 ? 200 : (int)clen, name, plen, b->max_reply, role_name(c, rn),
+                (unsigned long long)b->messages_too_large, held ? ", lines held back" : "");
+}
+
+/* A RESP integer as hiredis writes it at p[*i..n), after its type byte: "0", or digits
+ * without a leading zero, or "-1" (nil), then CRLF. 1 (*i past it, *v set), 0 when not
+ * all here yet, -1 for anything else (hiredis would read some other forms). */
+static int resp_int(const char *p, size_t n, size_t *i, long *v)
+{
+    size_t j = *i + 1, s = j;
+    long x = 0;
+    if (j < n && p[j] == '-') {
+        if (++j < n && p[j] != '1') return -1;
+        x = -1;
+        s = ++j;
+    }
+    for (; x >= 0 && j < n && p[j] >= '0' && p[j] <= '9' && j - s < 18; j++)
+        x = x * 10 + (p[j] - '0');
+    if (j + 2 > n) return j - s < 18 ? 0 : -1;
+    if ((j == s && x == 0) || (j - s > 1 && p[s] == '0') || p[j] != '\r' || p[j + 1] != '\n')
+        return -1;
+    *i = j + 2;
+    *v = x;
+    return 1;
+}
+
+/* The length of the one reply at p[0..n) that the fast reader hands to hiredis whole (a
+ * (un)subscribe confirmation, a pong, an error, a message too big for FAST_CAP): > 0
+ * once known (it may pass n: a last bulk string not all here yet), 0 when not known yet,
+ * -1 when it is not a flat RESP2 reply of at most 16 values in canonical form (hiredis
+ * then takes all that follows). Where it answers, hiredis would cut the same reply. */
+static long resp_extent(const char *p, size_t n)
+{
+    size_t i = 0, items = 1;
+    long v = 0;
+    int r;
+    if (n > 0 && p[0] == '*') {
+        if ((r = resp_int(p, n, &i, &v)) <= 0) return r;
+        if (v <= 0) return (long)i; /* empty or nil */
+        if (v > 16) return -1;
+        items = (size_t)v;
+    }
+    for (size_t k = 0; k < items; k++) {
+        if (i >= n) return 0;
+        if (p[i] == '+' || p[i] == '-' || p[i] == ':') {
+            const char *nl = memchr(p + i, '\n', n - i);
+            if (!nl) return n - i < FAST_CAP ? 0 : -1;
+            if (nl == p + i || nl[-1] != '\r') return -1;
+            i = (size_t)(nl - p) + 1;
+            continue;
+        }
+        if (p[i] != '$' || (r = resp_int(p, n, &i, &v)) < 0) return -1;
+        if (r == 0) return 0;
+        if (v < 0) continue; /* nil */
+        if (k + 1 == items) return (long)(i + (size_t)v + 2);
+        if (n - i < (size_t)v + 2) return 0;
+        i += (size_t)v + 2;
+    }
+    return (long)i;
+}
+
+/* Hand p[0..n) to hiredis' reader and, when `done` (a reply is complete), handle it: by
+ * hiredis' callbacks, or for a cluster subscriber connection by csub_drain. 0; 1 when
+ * that took ac out of subscribed mode (an unsubscribe left no channel: what follows is
+ * hiredis' to read); -1 when c's context ac went away or the bus is closing (ac is not
+ * to be touched then). */
+static int fast_feed(struct conn *c, redisAsyncContext *ac, const char *p, size_t n, int done)
+{
+    if (n && redisReaderFeed(ac->c.reader, p, n) != REDIS_OK) {
+        redisAsyncDisconnect(ac);
+        return -1;
+    }
+    if (!done) return 0;
+    if (c->node)
+        csub_drain(c, ac);
+    else
+        redisProcessCallbacks(ac);
+    if (c->ac != ac || c->bus->closing || (c->node && c->raw_ac != ac)) return -1;
+    return c->node || (ac->c.flags & REDIS_SUBSCRIBED) ? 0 : 1;
+}
+
+/* The fast reader's way out: hiredis reads what follows itself (with its callbacks, or
+ * for a cluster subscriber connection csub_read). */
+static void sub_slow_read(struct conn *c, redisAsyncContext *ac)
+{
+    if (c->node)
+        csub_read(c, ac);
+    else
+        redisAsyncHandleRead(ac);
+}
+
+/* A subscriber connection in subscribed mode (single mode), or past its handshake (a
+ * cluster one: its pushes are smessage): most of what it reads is message pushes, and
+ * hiredis makes three reply objects (four mallocs) of each and looks its callback up by
+ * channel name. So read here: deliver the complete message
+ * pushes, keep a reply not yet complete when it fits FAST_CAP, skip a message over
+ * max_reply as it arrives (message_too_large, c->skip), and hand hiredis each other
+ * reply (a (UN)SUBSCRIBE confirmation, a pong, an error, a message too big for FAST_CAP
+ * but under the bound) cut to its length (resp_extent; the rest of a long one as it
+ * arrives: c->pass), so that the stream is ours again after it. Only a reply whose
+ * length cannot be known (not flat, or a header longer than FAST_CAP) gives hiredis all
+ * that follows; while hiredis holds bytes of such a reply, every read is its. Order is
+ * kept: a byte goes to hiredis only after all before it. */
 static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
 {
     sh_redis_bus *b = c->bus;
     redisReader *rd = ac->c.reader;
     /* hiredis is amid a reply when it has bytes left or has begun one (its reader
      * leaves rstack[0] set up, type -1, after finding no more bytes) */
-    if (c->flen == 0 && (rd->len > rd->pos || rd->ridx > 0 ||
-                         (rd->ridx == 0 && rd->rstack[0].type >= 0))) {
-        redisAsyncHandleRead(ac);
+    if (c->flen == 0 && c->skip == 0 && c->pass == 0 &&
+        (rd->len > rd->pos || rd->ridx > 0 || (rd->ridx == 0 && rd->rstack[0].type >= 0))) {
+        sub_slow_read(c, ac);
         return;
     }
     if (!c->fbuf && !(c->fbuf = malloc(FAST_CAP))) {
-        redisAsyncHandleRead(ac);
+        sub_slow_read(c, ac);
         return;
     }
     ssize_t got = read(ac->c.fd, c->fbuf + c->flen, FAST_CAP - c->flen);
@@ -1168,26 +1324,54 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
             return;
         }
         c->flen = 0;
-        redisAsyncHandleRead(ac);
+        sub_slow_read(c, ac);
         return;
     }
+    const char *head = c->node ? SMSG_HEAD : MSG_HEAD;
+    size_t hlen = c->node ? sizeof SMSG_HEAD - 1 : sizeof MSG_HEAD - 1;
     char *p = c->fbuf;
-    size_t n = c->flen + (size_t)got, off = 0;
+    size_t n = c->flen + (size_t)got, off = c->skip < n ? c->skip : n; /* flen is 0 then */
+    c->flen = 0;
+    c->skip -= off;
+    if (c->pass) { /* the rest of a reply hiredis has the start of */
+        off = c->pass < n ? c->pass : n;
+        c->pass -= off;
+        int r = fast_feed(c, ac, p, off, c->pass == 0);
+        if (r != 0) {
+            if (r > 0) fast_feed(c, ac, p + off, n - off, 1);
+            return;
+        }
+    }
     while (off < n) {
         size_t chan = 0, clen = 0, pay = 0, plen = 0;
-        long m = fast_message(p + off, n - off, &chan, &clen, &pay, &plen);
-        if (m == 0) { /* the start of a message: keep it for the next read */
+        long m = fast_message(p + off, n - off, head, hlen, b->max_reply, &chan, &clen, &pay,
+                              &plen);
+        if (m == -2) { /* over the bound: skip its payload, here and in the next reads */
+            message_too_large(c, p + off + chan, clen, plen);
+            off += pay;
+            size_t here = c->skip < n - off ? c->skip : n - off;
+            c->skip -= here;
+            off += here;
+            continue;
+        }
+        if (m < 0 && (m = resp_extent(p + off, n - off)) > 0) { /* a reply for hiredis */
+            size_t here = (size_t)m < n - off ? (size_t)m : n - off;
+            c->pass = (size_t)m - here;
+            int r = fast_feed(c, ac, p + off, here, c->pass == 0);
+            off += here;
+            if (r != 0) {
+                if (r > 0) fast_feed(c, ac, p + off, n - off, 1);
+                return;
+            }
+            continue;
+        }
+        if (m == 0 && n - off < FAST_CAP) { /* the start of a reply: keep it for the next read */
             memmove(p, p + off, n - off);
             c->flen = n - off;
             return;
         }
-        if (m < 0) { /* something else: hiredis' from here on */
-            c->flen = 0;
-            if (redisReaderFeed(rd, p + off, n - off) != REDIS_OK) {
-                redisAsyncDisconnect(ac);
-                return;
-            }
-            redisProcessCallbacks(ac);
+        if (m <= 0) { /* its length unknown: hiredis' from here on */
+            fast_feed(c, ac, p + off, n - off, 1);
             return;
         }
         char *name = p + off + chan, *payload = p + off + pay;
@@ -1198,27 +1382,23 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
         if (!b->closing) {
             struct chan *ch = NULL;
             HASH_FIND(hh, b->chans, name, clen, ch);
-            if (ch) chan_deliver(b, ch, payload, plen);
+            if (ch && (!c->node || ch->conn == c)) chan_deliver(b, ch, payload, plen);
         }
-        if (c->ac != ac || b->closing) { /* what a delivery did ended this context */
-            c->flen = 0;
+        if (c->ac != ac || b->closing || (c->node && c->raw_ac != ac)) /* a delivery ended it */
             return;
-        }
     }
-    c->flen = 0;
 }
 
 /* Readable: hiredis' reading and callbacks, or our own reading of the pushes of a
- * cluster subscriber connection past its handshake (csub_read) or of a single-mode
- * subscriber connection in subscribed mode (sub_fast_read). */
+ * cluster subscriber connection past its handshake or of a single-mode subscriber
+ * connection in subscribed mode (sub_fast_read). */
 static void conn_read(redisAsyncContext *ac)
 {
     struct conn *c = ac->data;
-    if (c->node && c->raw_ac == ac && c->ac == ac)
-        csub_read(c, ac);
-    else if (!c->node && c->role == ROLE_SUB && c->ac == ac &&
-             (c->state == CONN_READY || c->state == CONN_SUBSCRIBING) &&
-             (ac->c.flags & REDIS_SUBSCRIBED))
+    if (c->node ? c->raw_ac == ac && c->ac == ac
+                : c->role == ROLE_SUB && c->ac == ac &&
+                      (c->state == CONN_READY || c->state == CONN_SUBSCRIBING) &&
+                      (ac->c.flags & REDIS_SUBSCRIBED))
         sub_fast_read(c, ac);
     else
         redisAsyncHandleRead(ac);
@@ -1374,8 +1554,8 @@ static int unsub_kind(const char *s, size_t len)
  * is looked at as it is made (the reply before it was already dispatched, so the
  * awaited callbacks are the ones it will meet) and, when it is one of those, not
  * made: hiredis takes that as a read error ("Out of memory") and disconnects, and
- * ac_reason says why (c->refused). Replies we read ourselves (csub_read) are not
- * looked at.
+ * ac_reason says why (c->refused). Replies a cluster subscriber connection reads raw
+ * are not looked at.
  * 1 when the object of `task` (of type `type`; str[0..len) for a string) must not be made. */
 static int reply_refused(const redisReadTask *task, int type, const char *str, size_t len,
                          int elements)
@@ -1416,7 +1596,11 @@ static int reply_refused(const redisReadTask *task, int type, const char *str, s
  * string; and, between reads, the bytes hiredis holds of it not parsed yet, or the whole
  * length a bulk string's header announces (reply_over). Over max_reply the reply is not
  * read on: the connection is dropped (a reader cannot stop amid a reply and go on), its
- * oldest awaited command gets c->toobig, and it reconnects as after any loss. */
+ * oldest awaited command gets c->toobig, and it reconnects as after any loss. A message
+ * push a subscriber connection reads itself (sub_fast_read: single and cluster mode) is
+ * charged the same from its header (message_over) and, over the bound, skipped without
+ * dropping anything (message_too_large); one that reaches hiredis' reader (after a reply
+ * whose length resp_extent cannot tell) still drops its connection. */
 
 /* Say that ac's reply in progress is over the bound (c->toobig, c->refused). */
 static void reply_too_large(struct conn *c, const redisAsyncContext *ac)
@@ -1465,7 +1649,7 @@ static int reply_over(const struct conn *c, const redisAsyncContext *ac)
 /* Reply objects for our readers: malloc (glibc's per-thread cache) rather
  * than hiredis' calloc, and a string with its bytes in one block. Every
  * reply of these readers is freed through reply_free (hiredis calls
- * reader->fn->freeObject; csub_read calls it too). */
+ * reader->fn->freeObject; csub_drain calls it too). */
 static void *reply_link(const redisReadTask *task, redisReply *r)
 {
     if (task->parent) {
@@ -1585,7 +1769,7 @@ static void conn_connect(struct conn *c)
     ac->ev.delWrite = ev_del_write;
     ac->data = c;
     c->ac = ac;
-    c->flen = 0; /* bytes of the last context (a watchdog may free it mid-message) are not this one's */
+    c->flen = c->skip = c->pass = 0; /* bytes of the last context (a watchdog may free it mid-message) are not this one's */
     c->refused = NULL;
     c->big_ac = NULL;
     c->state = CONN_CONNECTING;
@@ -1713,6 +1897,7 @@ void sh_redis_bus_stats(const sh_redis_bus *b, sh_redis_stats *out)
     out->sub_drops = b->sub_drops;
     out->messages = b->messages;
     out->messages_dropped = b->messages_dropped;
+    out->messages_too_large = b->messages_too_large;
     out->sub_connections = b->nsubs;
     out->sub_ready = subs_ready(b);
     out->cmd_ready = b->cmd.state == CONN_READY;
@@ -2923,11 +3108,17 @@ static void csub_reply(struct conn *c, const redisReply *reply)
  * calls on_disconnect). */
 static void csub_read(struct conn *c, redisAsyncContext *ac)
 {
-    void *reply = NULL;
     if (redisBufferRead(&ac->c) == REDIS_ERR) {
         redisAsyncDisconnect(ac);
         return;
     }
+    csub_drain(c, ac);
+}
+
+/* Contract at the forward declaration. */
+static void csub_drain(struct conn *c, redisAsyncContext *ac)
+{
+    void *reply = NULL;
     while (c->raw_ac == ac && c->ac == ac) {
         reply = NULL;
         if (redisGetReplyFromReader(&ac->c, &reply) == REDIS_ERR) {
@@ -2972,6 +3163,7 @@ static void cluster_free(sh_redis_bus *b)
     while (cl->nodes) {
         struct node *n = cl->nodes;
         cl->nodes = n->next;
+        free(n->sub.fbuf);
         free(n);
     }
     sh_redis_slots_free(cl->map);

@@ -117,7 +117,12 @@ typedef struct {
                                 read on: the connection is dropped and reconnected, and the
                                 command gets errstr "reply too large (...)"; charged: 56
                                 bytes per value it holds plus its strings' bytes, known
-                                from an array's or a bulk string's header; 0 → 64 MiB */
+                                from an array's or a bulk string's header; 0 → 64 MiB. A
+                                message push read by a single-mode subscriber connection
+                                is skipped instead (its bytes discarded as they arrive,
+                                counted in sh_redis_stats.messages_too_large): the
+                                connection and its subscriptions stay (cluster mode
+                                too: smessage) */
     uint64_t backoff_min_ms; /* first retry delay; 0 → 100 */
     uint64_t backoff_max_ms; /* cap of the doubling delay; 0 → 5000 */
     uint64_t connect_timeout_ms; /* connect + handshake must finish within this; 0 → 5000 */
@@ -196,6 +201,7 @@ typedef struct sh_redis_stats {
     uint64_t sub_drops;        /* as sh_redis_bus_sub_drops() */
     uint64_t messages;         /* pub/sub messages received, every channel */
     uint64_t messages_dropped; /* reported by consumers (sh_redis_sub_dropped) */
+    uint64_t messages_too_large; /* message pushes over max_reply_bytes, skipped */
     unsigned sub_connections;  /* K (cluster: subscriber connections wanted) */
     unsigned sub_ready;        /* subscriber connections ready now */
     int cmd_ready;             /* the command connection is ready now (cluster: every

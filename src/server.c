@@ -270,8 +270,12 @@ static void serve_metrics(sh_server *s, sh_conn *c, int keep, int head_only)
 {
     size_t len;
     sh_metrics m = s->metrics;
-    if (s->host.bus)
-        m.redis_reconnects = sh_redis_bus_reconnects(s->host.bus);
+    if (s->host.bus) {
+        sh_redis_stats rs;
+        sh_redis_bus_stats(s->host.bus, &rs);
+        m.redis_reconnects = rs.reconnects;
+        m.redis_messages_too_large = rs.messages_too_large;
+    }
     m.lua_memory_bytes = sh_host_lua_memory(&s->host);
     m.shared_dict_bytes = sh_lib_shared_bytes();
     m.lua_runs_counted = sh_host_runs_counted();

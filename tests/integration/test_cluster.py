@@ -442,6 +442,49 @@ def resharding_moves_channels_and_commands():
             shutil.rmtree(d, ignore_errors=True)
 
 
+HEALTH = "tests/integration/policies/redis_health.lua"
+
+
+@S.test
+def an_spublish_over_redis_max_reply_bytes_is_skipped_and_its_connection_kept():
+    """Two clients subscribed to two channels of one slot (one master's subscriber
+    connection), redis_max_reply_bytes at 1 MiB, that master's pubsub output limit off: a
+    32 MiB SPUBLISH to one channel is skipped as it arrives (RSS up less than 2 MiB, one
+    line, counted in statushost_redis_messages_too_large_total), the connection is kept
+    (the same Redis client) and the next SPUBLISH to each channel reaches its client.
+    Before: the subscriber connection was dropped and reconnected."""
+    big, small, bound = "{skip}big", "{skip}small", 1 << 20
+    with Cluster(replicas=0) as cl, ready(Statushost(HEALTH, sets=[
+            "redis_cluster=" + cl.seeds, "redis_max_reply_bytes=%d" % bound])) as sh:
+        clients = []
+        for ch in (big, small):
+            c = WsClient(sh.port, timeout=15)
+            c.send_text("sub " + ch)
+            assert c.recv_text() == "subscribed " + ch
+            clients.append(c)
+        owner = next(n for n in cl.nodes
+                     if int(n.cmd("PUBSUB", "SHARDNUMSUB", big, small)[3]) == 1)
+        owner.cmd("CONFIG", "SET", "client-output-buffer-limit", "pubsub 0 0 0")
+        ids = owner.cmd("CLIENT", "LIST", "TYPE", "pubsub")
+        mark, rss0 = sh.mark(), sh.rss_kb()
+        assert owner.cmd("EVAL", "return redis.call('SPUBLISH', KEYS[1], string.rep('x', "
+                         "ARGV[1]))", "1", big, 32 * bound) == 1
+        assert owner.cmd("SPUBLISH", big, "after") == 1
+        assert owner.cmd("SPUBLISH", small, "hello") == 1
+        assert clients[0].recv_text() == big + "|after"
+        assert clients[1].recv_text() == small + "|hello"
+        grew = sh.rss_kb() - rss0
+        assert grew < 2 * 1024, "RSS grew by %d KiB for a 32 MiB message" % grew
+        sh.wait_log(r'pub/sub message on channel "\{skip\}big" \(%d bytes\) skipped'
+                    % (32 * bound), start=mark)
+        assert sh.metrics()["statushost_redis_messages_too_large_total"] == 1
+        assert [l.split()[0] for l in owner.cmd("CLIENT", "LIST", "TYPE", "pubsub").splitlines()] \
+            == [l.split()[0] for l in ids.splitlines()], "the subscriber connection was replaced"
+        assert " lost: " not in "\n".join(sh.log_text().splitlines()[mark:])
+        for c in clients:
+            c.shutdown()
+
+
 @S.test
 def bad_seed_list_is_a_one_line_error():
     """A redis_cluster value that is not host:port,... : exit 2 and one line naming it,

@@ -747,6 +747,13 @@ def sigterm_with_a_client_that_never_answers_exits_0():
         sh.stop()
 
 
+def sighup(sh, log_pattern):
+    """Send SIGHUP and await the log line that says how the reload went."""
+    mark = sh.mark()
+    sh.signal(signal.SIGHUP)
+    sh.wait_log(log_pattern, start=mark)
+
+
 def versioned_script(tmp, version):
     with open(pol("versioned.lua")) as f:
         src = f.read().replace("VERSION", version)
@@ -769,9 +776,7 @@ def sighup_reload_new_connections_get_new_policy():
             old.send_text("exiting?")
             assert old.recv() == (OP_TEXT, b"v1:exiting=false")
             versioned_script(tmp, "v2")
-            mark = sh.mark()
-            sh.signal(signal.SIGHUP)
-            sh.wait_log(r"reloaded", start=mark)
+            sighup(sh, r"reloaded")
             new = ws(sh)
             new.send_text("b")
             assert new.recv() == (OP_TEXT, b"v2:b")
@@ -809,9 +814,7 @@ def sighup_broken_script_keeps_old_policy():
             live = ws(sh)
             with open(script, "w") as f:
                 f.write("return {\n  on_message = function(conn, text)\n")  # unfinished
-            mark = sh.mark()
-            sh.signal(signal.SIGHUP)
-            sh.wait_log(r"reload failed.*policy\.lua", start=mark)
+            sighup(sh, r"reload failed.*policy\.lua")
             live.send_text("a")
             assert live.recv() == (OP_TEXT, b"v1:a")
             fresh = ws(sh)
@@ -820,12 +823,83 @@ def sighup_broken_script_keeps_old_policy():
             # a script that loads but is invalid fails the same way
             with open(script, "w") as f:
                 f.write("return { on_message = 42 }\n")
-            mark = sh.mark()
-            sh.signal(signal.SIGHUP)
-            sh.wait_log(r"reload failed.*on_message", start=mark)
+            sighup(sh, r"reload failed.*on_message")
             fresh2 = ws(sh)
             fresh2.send_text("c")
             assert fresh2.recv() == (OP_TEXT, b"v1:c")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+CAPS_PROBE = r"""
+local host = require "statushost"
+%s
+local d = host.shared("caps")
+return {
+  on_message = function(conn, text)
+    -- how many items "caps" keeps (at most 10 tried), its capacity, and that of
+    -- "fresh" as this generation sees it (made with the defaults when missing)
+    for i = 1, 10 do d:set("f" .. i, "x") end
+    local kept = #d:get_keys(0)
+    d:flush_all()
+    conn:send(string.format("%%s items=%%d bytes=%%d fresh=%%d", VERSION, kept, d:capacity(),
+                            host.shared("fresh"):capacity()))
+  end,
+%s
+}
+"""
+
+
+def caps_script(path, version, main, extra=""):
+    with open(path + ".new", "w") as f:
+        f.write(CAPS_PROBE.replace("VERSION", '"%s"' % version) % (main, extra))
+    os.replace(path + ".new", path)
+
+
+@suite.test
+def a_failed_reload_changes_no_shared_dict_cap():
+    """host.shared("caps", {max_items = 3, max_bytes = 65536}) in the running script; a
+    reload whose script asks for other caps (and a cap for a dict it makes, "fresh")
+    and then fails (an error in its main chunk; on_config refusing; the number form
+    too) changes no cap: the running generation still sees 3 items, 65536 bytes, and
+    "fresh" at the default capacity. A reload that succeeds applies its caps. Before:
+    the failed script's caps stayed in force (items evicted to fit them)."""
+    tmp = tempfile.mkdtemp(prefix="sh-reload-")
+    try:
+        script = os.path.join(tmp, "policy.lua")
+        caps_script(script, "v1", 'host.shared("caps", {max_items = 3, max_bytes = 65536})')
+        with host(script) as sh:
+            live = ws(sh)
+            live.send_text("probe")
+            first = live.recv()
+            assert first[0] == OP_TEXT and first[1].startswith(b"v1 items=3 bytes=65536 fresh="), first
+            fresh_default = first[1].split(b"fresh=")[1]
+            assert int(fresh_default) > 16384, first
+            failing = [
+                ('host.shared("caps", {max_items = 1, max_bytes = 8192})\n'
+                 'host.shared("fresh", {max_bytes = 16384})\nerror("broken on purpose")', "",
+                 r"broken on purpose"),
+                ('host.shared("caps", {max_items = 2, max_bytes = 16384})\n'
+                 'host.shared("fresh", {max_bytes = 16384})',
+                 '  on_config = function(cfg) return false, "refused on purpose" end,',
+                 r"refused on purpose"),
+                ('host.shared("caps", 1)', '  on_config = function() error("raised") end,',
+                 r"policy\.lua:\d+: raised"),
+            ]
+            for main, extra, why in failing:
+                caps_script(script, "v2", main, extra)
+                sighup(sh, r"reload failed.*" + why)
+                for c in (live, ws(sh)):
+                    c.send_text("probe")
+                    assert c.recv() == first, (main, extra)
+            caps_script(script, "v3", 'host.shared("caps", {max_items = 5, max_bytes = 32768})\n'
+                        'host.shared("fresh", {max_bytes = 16384})')
+            sighup(sh, r"reloaded")
+            new = ws(sh)
+            new.send_text("probe")
+            assert new.recv() == (OP_TEXT, b"v3 items=5 bytes=32768 fresh=16384")
+            live.send_text("probe")  # the caps are the dicts': the old generation sees them too
+            assert live.recv() == (OP_TEXT, b"v1 items=5 bytes=32768 fresh=16384")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

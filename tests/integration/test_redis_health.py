@@ -342,27 +342,49 @@ def an_aggregate_reply_of_a_million_elements_is_refused_at_its_header():
         assert call(c, "LRANGE", "many", "0", "99").startswith("reply table")
 
 
+def pubsub_clients(r):
+    """Redis' ids of its subscriber clients (CLIENT LIST TYPE pubsub)."""
+    return sorted(re.findall(r"\bid=(\d+)", r.cmd("CLIENT", "LIST", "TYPE", "pubsub")))
+
+
 @S.test
-def a_publish_over_redis_max_reply_bytes_is_not_read_and_later_messages_arrive():
-    """A 16 MiB PUBLISH on a subscribed channel with redis_max_reply_bytes at 1 MiB (Redis
-    itself drops a subscriber owed 32 MiB: client-output-buffer-limit pubsub): the
-    subscriber connection stops reading it at its header (statushost's RSS does not grow
-    by it), is dropped with one line naming the bound, re-subscribes, and the messages
-    published after it are delivered; the big one is not. Before: the 16 MiB were read
-    whole and delivered."""
-    with subscribed("big", "redis_max_reply_bytes=%d" % BOUND) as (r, sh, c):
+def a_publish_over_redis_max_reply_bytes_is_skipped_and_its_connection_kept():
+    """Two clients subscribed to two channels of statushost's one subscriber connection
+    (redis_sub_connections=1), redis_max_reply_bytes at 1 MiB, Redis' pubsub output limit
+    off: a 32 MiB PUBLISH to one channel is skipped as it arrives (statushost's RSS grows
+    by less than 2 MiB; one line names the channel and the size;
+    statushost_redis_messages_too_large_total counts it) and the connection is kept (the
+    same Redis client, no reconnect, no loss line): the next PUBLISH to each channel
+    reaches its client. Before: the connection was dropped at the big message's header,
+    and the other channel's messages were lost until it was back."""
+    with subscribed("big", "redis_max_reply_bytes=%d" % BOUND,
+                    "redis_sub_connections=1") as (r, sh, c):
+        other = ws(sh, timeout=15)
+        subscribe(other, "small")
+        r.cmd("CONFIG", "SET", "client-output-buffer-limit", "pubsub 0 0 0")
+        ids, m0 = pubsub_clients(r), sh.metrics()
+        assert len(ids) == 1, ids
+        assert m0["statushost_redis_messages_too_large_total"] == 0, m0
         mark, rss0 = sh.mark(), sh.rss_kb()
-        r.cmd("EVAL", "return redis.call('PUBLISH', KEYS[1], string.rep('x', ARGV[1]))",
-              "1", "big", 16 * BOUND)
-        sh.wait_log(r"redis: subscriber \S* ?connection to \S+ lost: pub/sub message too "
-                    r"large \(redis_max_reply_bytes %d\)" % BOUND, start=mark)
-        grew = sh.rss_kb() - rss0
-        assert grew < 8 * 1024, "RSS grew by %d KiB for a 16 MiB message" % grew
-        wait_until(lambda: numsub(r, "big") == 1, what="'big' re-subscribed")
-        sh.wait_log(r"\[-\] redis up", start=mark, timeout=15)
-        r.cmd("PUBLISH", "big", "after")
+        assert r.cmd("EVAL", "return redis.call('PUBLISH', KEYS[1], string.rep('x', ARGV[1]))",
+                     "1", "big", 32 * BOUND) == 1
+        assert r.cmd("PUBLISH", "big", "after") == 1
+        assert r.cmd("PUBLISH", "small", "hello") == 1
         got = c.recv_text()
         assert got == "big|after", got[:100]
+        got = other.recv_text()
+        assert got == "small|hello", got[:100]
+        grew = sh.rss_kb() - rss0
+        assert grew < 2 * 1024, "RSS grew by %d KiB for a 32 MiB message" % grew
+        sh.wait_log(r'redis: pub/sub message on channel "big" \(%d bytes\) skipped: over '
+                    r"redis_max_reply_bytes \(%d\)" % (32 * BOUND, BOUND), start=mark)
+        m = sh.metrics()
+        assert m["statushost_redis_messages_too_large_total"] == 1, m
+        assert m["statushost_redis_reconnects_total"] == m0["statushost_redis_reconnects_total"]
+        assert pubsub_clients(r) == ids, (pubsub_clients(r), ids)
+        log = "\n".join(sh.log_text().splitlines()[mark:])
+        assert " lost: " not in log and "redis unavailable" not in log, log
+        other.shutdown()
 
 
 if __name__ == "__main__":

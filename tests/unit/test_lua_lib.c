@@ -755,6 +755,24 @@ static void test_shared_reload(void)
     run(b, "reload B after A closed",
         "local d = host.shared('gen') eq(d:get('who'), 'B') eq(d:get('n'), 2)\n"
         "for i = 1, 60 do d:set(i, i) end eq(#d:get_keys(0), 50, 'max_items from the first creation')");
+    /* a generation loading (sh_lib_shared_begin): its caps wait for its commit */
+    sh_lib_shared_begin();
+    run(b, "caps held while loading",
+        "local d = host.shared('gen', {max_items = 5, max_bytes = 16384})\n"
+        "host.shared('gen', 7) eq(#d:get_keys(0), 50, 'nothing evicted')\n"
+        "eq(d:capacity(), host.shared('other'):capacity(), 'the default capacity')\n"
+        "eq(host.shared('new', {max_bytes = 8192}):capacity(), d:capacity(), 'made with the defaults')");
+    sh_lib_shared_end(0); /* it failed: nothing changes */
+    run(b, "a failed load changed no cap",
+        "local d = host.shared('gen') for i = 1, 60 do d:set(i, i) end eq(#d:get_keys(0), 50)\n"
+        "eq(host.shared('new'):capacity(), d:capacity())");
+    sh_lib_shared_begin();
+    run(b, "loading again", "host.shared('gen', {max_items = 5, max_bytes = 16384}) host.shared('gen', 7)");
+    sh_lib_shared_end(1); /* committed: the caps apply, in order */
+    run(b, "a committed load's caps",
+        "local d = host.shared('gen') eq(#d:get_keys(0), 5, 'trimmed to 5, then 7 allowed')\n"
+        "for i = 1, 60 do d:set(i, i) end eq(#d:get_keys(0), 7) eq(d:capacity(), 16384)\n"
+        "host.shared('gen', 3) eq(#d:get_keys(0), 3, 'outside a load: at once')");
     run(b, "shutdown", "d = host.shared('gen')");
     sh_lib_shutdown();
     run(b, "after shutdown",
@@ -763,6 +781,63 @@ static void test_shared_reload(void)
         "eq(host.shared('gen'):get('who'), nil, 'a new, empty store')");
     lua_close(b);
     sh_lib_shutdown();
+}
+
+/* ------------------------------------------------------------- Lua: coroutine.wrap */
+
+static struct {
+    int enters, leaves, refuse; /* refuse: enter says -1 */
+    lua_State *co;              /* the coroutine enter was given */
+} wg;
+
+static int wg_enter(lua_State *co)
+{
+    wg.enters++;
+    wg.co = co;
+    return wg.refuse ? -1 : 0;
+}
+
+static void wg_leave(void) { wg.leaves++; }
+
+static const sh_lib_co_guard test_guard = {wg_enter, wg_leave};
+
+/* sh_lib_guard_wrap: Lua's coroutine.wrap (values in and out, yields, the caller's
+ * position in front of a string error, a table error as it is), and the guard around
+ * the close of a coroutine that failed, where its __close handlers run: entered and
+ * left once, or, when enter refuses, "coroutines nested too deep" and no close. */
+/* Lines 1-2 of a snippet: f, a wrapped coroutine that fails with a __close pending. */
+#define FAILING_WRAP                                                                   \
+    "closed = 0\n"                                                                    \
+    "local f = coroutine.wrap(function() local x <close> = setmetatable({}, {__close = " \
+    "function() closed = closed + 1 end}) error('inner') end)\n"
+
+static void test_guard_wrap(void)
+{
+    lua_State *L = new_state();
+    lua_getglobal(L, "coroutine");
+    sh_lib_guard_wrap(L, -1, &test_guard);
+    lua_pop(L, 1);
+    run(L, "wrap: values and yields",
+        "local g = coroutine.wrap(function(a) local b = coroutine.yield(a + 1) return b * 2, 'x' end)\n"
+        "eq(g(1), 2) local r, s = g(5) eq(r, 10) eq(s, 'x')\n"
+        "local ok, err = pcall(g) eq(ok, false) eq(err, 'cannot resume dead coroutine')");
+    CHECK_INT(wg.enters, 0); /* no error: nothing to close */
+    run(L, "wrap: an error closes the coroutine under the guard",
+        FAILING_WRAP
+        "local ok, err = pcall(function() f() end) eq(ok, false) eq(closed, 1)\n"
+        "check(err:find('^%[string \".-\"%]:3: %[string \".-\"%]:2: inner$'), err) -- caller's, then its\n"
+        "local t = {} ok, err = pcall(coroutine.wrap(function() error(t) end)) eq(err, t)");
+    CHECK_INT(wg.enters, 2);
+    CHECK_INT(wg.leaves, 2);
+    CHECK(wg.co != NULL && wg.co != L);
+    wg.refuse = 1;
+    run(L, "wrap: the guard refuses",
+        FAILING_WRAP
+        "local ok, err = pcall(f) eq(ok, false) eq(closed, 0)\n"
+        "check(err:find('coroutine.wrap: coroutines nested too deep', 1, true), err)");
+    CHECK_INT(wg.enters, 3);
+    CHECK_INT(wg.leaves, 2);
+    lua_close(L);
 }
 
 /* ------------------------------------------------------------- Lua: JSON */
@@ -862,6 +937,7 @@ int main(void)
     test_json(L);
     lua_close(L);
     test_shared_bytes();
+    test_guard_wrap();
     test_shared_reload(); /* last: it frees every dict */
     return unit_done("test_lua_lib");
 }
