@@ -73,6 +73,9 @@ if [ $BROWSER = ON ]; then
 fi
 
 JOBS=$(nproc 2>/dev/null || echo 2)
+# tests run in parallel: most wait on sockets; the ones measuring time or load are
+# RUN_SERIAL in tests/CMakeLists.txt. SH_TEST_JOBS=1 runs one at a time.
+TEST_JOBS=${SH_TEST_JOBS:-$((JOBS * 2))}
 export CTEST_OUTPUT_ON_FAILURE=1
 
 run_suite() { # build-dir, extra cmake args...
@@ -83,7 +86,7 @@ run_suite() { # build-dir, extra cmake args...
   cmake --build "$dir" -j"$JOBS" 2>&1 | grep -E "warning|error" | grep -v "^/usr/share/llhttp" || true
   cmake --build "$dir" -j"$JOBS" >/dev/null
   echo "== test $dir"
-  (cd "$dir" && ctest --output-on-failure --timeout 900 "${CTEST_ARGS[@]}")
+  (cd "$dir" && ctest --output-on-failure --timeout 900 -j"$TEST_JOBS" "${CTEST_ARGS[@]}")
 }
 
 run_suite build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSH_SANITIZE=OFF

@@ -6,6 +6,7 @@ fixed free port (port 0 is refused with workers).
 
     python3 tests/integration/test_workers.py [test_name ...]
 """
+import fcntl
 import json
 import os
 import re
@@ -139,6 +140,9 @@ def long_lines_stay_whole(fmt):
     interleaved mid-line (JSON that does not parse, letters mixed)."""
     sh = Master("tests/integration/policies/ops_log_long.lua", n=2,
                 sets=["log_format=" + fmt, "access_log=false"])
+    # The pipe holds 1 MiB (256 lines cut at 4 KiB), so that at least half the lines are
+    # read however slowly this (loaded) test process reads them; the rest may be dropped.
+    fcntl.fcntl(sh.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
     letters, per_client = "abcdefgh", 40
 
     def client(i):
