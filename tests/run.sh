@@ -73,8 +73,8 @@ if [ $BROWSER = ON ]; then
 fi
 
 JOBS=$(nproc 2>/dev/null || echo 2)
-# tests run in parallel: most wait on sockets; the ones measuring time or load are
-# RUN_SERIAL in tests/CMakeLists.txt. SH_TEST_JOBS=1 runs one at a time.
+# tests run in parallel: most wait on sockets; the suites bounding the time of CPU-heavy
+# work take turns (RESOURCE_LOCK in tests/CMakeLists.txt). SH_TEST_JOBS=1: one at a time.
 TEST_JOBS=${SH_TEST_JOBS:-$((JOBS * 2))}
 export CTEST_OUTPUT_ON_FAILURE=1
 
