@@ -8,6 +8,7 @@
 #   tests/run.sh --valgrind    also run the integration suite with statushost under valgrind memcheck
 #   tests/run.sh --no-browser  leave out the Chromium test (else missing browser tooling fails the run)
 #   tests/run.sh -R REGEX      only the ctest tests matching REGEX (passed to ctest), e.g. -R integration
+#   SH_TEST_JOBS=N tests/run.sh  N tests at once (default: 2 per core)
 #
 # Every server a test needs (redis-server, the remote worker, statushost) is
 # started by the test itself on a free port and stopped when it ends.
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
     --valgrind) VALGRIND=1 ;;
     --no-browser) BROWSER=OFF ;;
     -R) CTEST_ARGS+=(-R "$2"); shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "tests/run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
