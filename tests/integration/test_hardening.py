@@ -597,7 +597,8 @@ def lua_memory_cap_inside_the_json_decoder_closes_1011():
         b.send_text("[]")
         got = json.loads(b.recv_text())
         assert got["error"] == "invalid_message", got
-        assert metric(sh, "lua_errors_total") == 1
+        errors = metric(sh, "lua_errors_total")
+        assert errors == 1, "lua_errors_total %s:\n%s" % (errors, sh.log_text()[-4000:])
         alive(sh, "after the decoder ran out of Lua memory")
 
 
