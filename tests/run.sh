@@ -8,6 +8,7 @@
 #   tests/run.sh --valgrind    also run the integration suite with statushost under valgrind memcheck
 #   tests/run.sh --no-browser  leave out the Chromium test (else missing browser tooling fails the run)
 #   tests/run.sh -R REGEX      only the ctest tests matching REGEX (passed to ctest), e.g. -R integration
+#   SH_TEST_JOBS=N tests/run.sh  N tests at once (default: 2 per core)
 #
 # Every server a test needs (redis-server, the remote worker, statushost) is
 # started by the test itself on a free port and stopped when it ends.
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
     --valgrind) VALGRIND=1 ;;
     --no-browser) BROWSER=OFF ;;
     -R) CTEST_ARGS+=(-R "$2"); shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "tests/run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -73,6 +74,9 @@ if [ $BROWSER = ON ]; then
 fi
 
 JOBS=$(nproc 2>/dev/null || echo 2)
+# tests run in parallel: most wait on sockets; the suites bounding the time of CPU-heavy
+# work take turns (RESOURCE_LOCK in tests/CMakeLists.txt). SH_TEST_JOBS=1: one at a time.
+TEST_JOBS=${SH_TEST_JOBS:-$((JOBS * 2))}
 export CTEST_OUTPUT_ON_FAILURE=1
 
 run_suite() { # build-dir, extra cmake args...
@@ -83,7 +87,7 @@ run_suite() { # build-dir, extra cmake args...
   cmake --build "$dir" -j"$JOBS" 2>&1 | grep -E "warning|error" | grep -v "^/usr/share/llhttp" || true
   cmake --build "$dir" -j"$JOBS" >/dev/null
   echo "== test $dir"
-  (cd "$dir" && ctest --output-on-failure --timeout 900 "${CTEST_ARGS[@]}")
+  (cd "$dir" && ctest --output-on-failure --timeout 900 -j"$TEST_JOBS" "${CTEST_ARGS[@]}")
 }
 
 run_suite build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSH_SANITIZE=OFF

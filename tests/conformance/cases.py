@@ -742,20 +742,22 @@ def _pmd_text(n, seed):
     out = []
     size = 0
     while size <= n:
-        w = r.choice(_WORDS)
-        out.append(w)
-        size += len(w) + 1
+        for w in r.choices(_WORDS, k=(n - size) // 5 + 1):  # words of 4.5 octets on average
+            out.append(w)
+            size += len(w) + 1
     return " ".join(out).encode()[:n]
 
 
 def _pmd_json(n, seed):
     r = random.Random(seed)
-    out = b""
-    while len(out) < n:
-        out += ('{"task":"t%d","state":"%s","progress":%d,"note":"\u00e9t\u00e9 %d"}\n'
+    out, size = [], 0
+    while size < n:
+        line = ('{"task":"t%d","state":"%s","progress":%d,"note":"\u00e9t\u00e9 %d"}\n'
                 % (r.randrange(10000), r.choice(["queued", "running", "done", "failed"]),
                    r.randrange(101), r.randrange(1000))).encode()
-    out = out[:n]
+        out.append(line)
+        size += len(line)
+    out = b"".join(out)[:n]
     while True:  # never cut inside a UTF-8 sequence
         try:
             out.decode()
@@ -766,15 +768,14 @@ def _pmd_json(n, seed):
 
 def _pmd_records(n, seed):
     r = random.Random(seed)
-    out = b""
-    while len(out) < n:
-        out += struct.pack("!IHB", r.randrange(1 << 20), r.randrange(64), r.randrange(4)) + b"\x00" * 9
-    return out[:n]
+    out = [struct.pack("!IHB", r.randrange(1 << 20), r.randrange(64), r.randrange(4)) + b"\x00" * 9
+           for _ in range(n // 16 + 1)]
+    return b"".join(out)[:n]
 
 
 def _pmd_mixed(n, seed):
     r = random.Random(seed)
-    return bytes(r.choice(b"\x00\x01\x02\x03abcdefgh\xff\xfe") for _ in range(n))
+    return bytes(r.choices(b"\x00\x01\x02\x03abcdefgh\xff\xfe", k=n))
 
 
 def _pmd_random(n, seed):
@@ -848,7 +849,8 @@ def pmd_echo(offer, want, opcode, gen, size, frag, seed):
             check_pmd_answer(c, offer, want)
             n = ctx.pmd_count
             # the same payload repeated (as Autobahn) alternates with fresh ones
-            payloads = [gen(size, seed + (i // 2)) for i in range(n)]
+            made = [gen(size, seed + k) for k in range((n + 1) // 2)]
+            payloads = [made[i // 2] for i in range(n)]
             for p in payloads:
                 if not c.send_message_z(opcode, p, frag):
                     break

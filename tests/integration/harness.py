@@ -20,6 +20,7 @@ import json
 import os
 import queue
 import re
+import select
 import signal
 import socket
 import struct
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 
 ROOT = os.environ.get("SH_ROOT") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -306,6 +308,7 @@ class Statushost:
 
     def stop(self):
         if self.proc.poll() is None:
+            _close_finished_clients(self.port)
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(20)
@@ -381,6 +384,8 @@ class WsClient:
         self.buf = b""
         self.status = None
         self.response_headers = {}
+        self.eof = False  # EOF read (and the socket closed) when the server was stopped
+        _clients.add(self)
         if connect:
             self.handshake(path, headers)
 
@@ -446,6 +451,8 @@ class WsClient:
     # -- receiving
     def _need(self, n):
         while len(self.buf) < n:
+            if self.eof:
+                raise WsClosed("tcp closed")
             chunk = self.sock.recv(65536)
             if not chunk:
                 raise WsClosed("tcp closed")
@@ -527,6 +534,8 @@ class WsClient:
 
     def wait_tcp_close(self):
         """Await the server closing the TCP connection (EOF or reset)."""
+        if self.eof:
+            return True
         try:
             while True:
                 chunk = self.sock.recv(65536)
@@ -538,6 +547,31 @@ class WsClient:
     def shutdown(self):
         try:
             self.sock.close()
+        except OSError:
+            pass
+
+
+_clients = weakref.WeakSet()
+
+
+def _close_finished_clients(port):
+    """Before a server on `port` is stopped: what its clients (this test's WsClients) have
+    been sent is read into their buffers, and a client that reads EOF closes its socket,
+    as a real client does. (Otherwise the server lingers up to 2 s at shutdown for the
+    EOF of each connection it has closed.) Later reads get the buffered frames, then
+    WsClosed, as before. Clients the server has not closed stay connected: a shutdown
+    with live connections is what those tests test."""
+    for c in list(_clients):
+        if c.port != port or c.eof:
+            continue
+        try:
+            while c.sock.fileno() >= 0 and select.select([c.sock], [], [], 0)[0]:
+                chunk = c.sock.recv(65536)
+                if not chunk:
+                    c.eof = True
+                    c.sock.close()
+                    break
+                c.buf += chunk
         except OSError:
             pass
 

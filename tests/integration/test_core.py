@@ -754,6 +754,31 @@ def sighup(sh, log_pattern):
     sh.wait_log(log_pattern, start=mark)
 
 
+@suite.test
+def sigterm_while_a_closed_connection_lingers_exits_0():
+    """A client that completed the close handshake and read the server's FIN but keeps its
+    socket open (the server lingers up to 2 s for its EOF, so as not to reset what the
+    client has not read): a SIGTERM then exits 0 (under ASan: nothing leaked) once the
+    linger ends, well before the 10 s grace period. (The harness closes such clients
+    before it stops a server, as a real client would: this is the one test of it.)"""
+    sh = host(sets=["shutdown_grace_ms=10000"])
+    try:
+        a = ws(sh)
+        a.close(1000)
+        code, _ = a.expect_close(reply=False)
+        assert code == 1000, code
+        assert a.wait_tcp_close()
+        t0 = time.monotonic()
+        sh.signal(signal.SIGTERM)
+        rc = sh.wait_exit(15)
+        took = time.monotonic() - t0
+        assert rc == 0, "exit status %s after SIGTERM:\n%s" % (rc, sh.log_text())
+        assert took < 8, "exit took %.1fs: the linger (2 s) did not end the wait" % took
+        a.shutdown()
+    finally:
+        sh.stop()
+
+
 def versioned_script(tmp, version):
     with open(pol("versioned.lua")) as f:
         src = f.read().replace("VERSION", version)

@@ -890,6 +890,7 @@ def remote_4xx_is_not_retried():
         msg = _dispatch_failed(sh)
         assert "409" in msg["message"], msg
         assert sh.metrics()["statushost_dispatch_seconds_count"] == 1
+        w.wait_log(r"job for ws:fid:")  # logged before it answered: read by now, or soon
         assert w.log_text().count("job for ws:fid:") == 1, w.log_text()
 
 

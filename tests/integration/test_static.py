@@ -86,7 +86,7 @@ class Client:
 
     def __init__(self, port, rcvbuf=None):
         self.sock = connect(port, rcvbuf)
-        self.buf = b""
+        self.buf = bytearray()  # appended to in place: a body of megabytes is not copied per read
 
     def __enter__(self):
         return self
@@ -107,7 +107,9 @@ class Client:
         """→ (status, headers with lower-case names)."""
         while b"\r\n\r\n" not in self.buf:
             self._more()
-        raw, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        i = self.buf.index(b"\r\n\r\n")
+        raw = bytes(self.buf[:i])
+        del self.buf[:i + 4]
         lines = raw.decode("latin-1").split("\r\n")
         headers = {}
         for line in lines[1:]:
@@ -122,7 +124,8 @@ class Client:
             if pace:
                 time.sleep(pace[1])
             self._more(min(pace[0] if pace else 1 << 20, n - len(self.buf)))
-        out, self.buf = self.buf[:n], self.buf[n:]
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
         return out
 
     def to_close(self):
@@ -131,7 +134,8 @@ class Client:
             try:
                 self._more()
             except (EOFError, ConnectionResetError):
-                out, self.buf = self.buf, b""
+                out = bytes(self.buf)
+                self.buf.clear()
                 return out
 
 

@@ -6,6 +6,7 @@ fixed free port (port 0 is refused with workers).
 
     python3 tests/integration/test_workers.py [test_name ...]
 """
+import fcntl
 import json
 import os
 import re
@@ -139,6 +140,9 @@ def long_lines_stay_whole(fmt):
     interleaved mid-line (JSON that does not parse, letters mixed)."""
     sh = Master("tests/integration/policies/ops_log_long.lua", n=2,
                 sets=["log_format=" + fmt, "access_log=false"])
+    # The pipe holds 1 MiB (256 lines cut at 4 KiB), so that at least half the lines are
+    # read however slowly this (loaded) test process reads them; the rest may be dropped.
+    fcntl.fcntl(sh.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
     letters, per_client = "abcdefgh", 40
 
     def client(i):
@@ -504,7 +508,10 @@ def a_worker_dying_young_is_restarted_with_a_growing_delay():
     for _ in range(4):
         pid = [p for (i, p) in sh.workers().values() if i == 1][-1]
         m2 = sh.mark()
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # seen once under load (ASan pass): say what the log says
+            raise AssertionError("worker 1 (pid %d) was already gone:\n%s" % (pid, sh.log_text()))
         sh.wait_log(r"master: worker 1 started \(pid \d+\)", start=m2, timeout=20)
         sh.wait_log(r"listening on [^ ]+ \(worker 1\)", start=m2)
     deaths = [(int(m.group(1)), int(m.group(2)), int(m.group(3))) for m in re.finditer(
