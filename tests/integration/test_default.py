@@ -1164,7 +1164,9 @@ def an_own_on_publish_or_decision_gets_every_update():
                     assert frames == seq and code == 1000, (name, frames, code)
                     assert sh.metrics()["statushost_updates_tracked_total"] == 0, name
                     if name == "own_on_publish":
-                        assert len(re.findall("own on_publish:", sh.log_text())) == 2
+                        # log lines are written once per loop iteration: await them
+                        wait_until(lambda: len(re.findall("own on_publish:", sh.log_text())) == 2,
+                                   what="both updates through the policy's own on_publish")
                     ws.shutdown()
     finally:
         shutil.rmtree(d)
