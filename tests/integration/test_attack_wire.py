@@ -194,5 +194,37 @@ def an_idle_keep_alive_connection_does_not_keep_a_huge_heads_buffers():
             s.close()
 
 
+@S.test
+def a_client_that_answers_the_servers_close_and_keeps_sending():
+    """The server closes (lifecycle.lua "close:4001:bye"); the client answers
+    and, in the same write, goes on sending: a 70 kB text frame, a ping,
+    garbage. The answer ends the socket at once (SH_CF_ANSWERED), with bytes
+    still unread: the client sees the TCP close, on_close runs once with the
+    server's code, the gauges fall back, and the server serves on. An attack
+    on the immediate close of an answered close: it found nothing (no crash,
+    leak, double on_close or miscount under ASan); it guards that path."""
+    with Statushost(os.path.join(POL, "lifecycle.lua"), redis=NO_REDIS) as sh:
+        for _ in range(3):
+            mark = sh.mark()
+            c = WsClient(sh.port)
+            c.send_text("close:4001:bye")
+            assert c.expect_close(reply=False) == (4001, b"bye")
+            c.send_raw(WsClient.frame(0x8, b"\x03\xe8") + WsClient.frame(0x1, b"x" * 70000)
+                       + WsClient.frame(0x9, b"p") + b"\xff" * 5000)
+            assert c.wait_tcp_close()
+            c.shutdown()
+            sh.wait_log(r"on_close \S+ code=4001 reason=\[bye\]", start=mark)
+        m = sh.metrics()  # only the /metrics request itself is open
+        assert m["statushost_connections_current"] == 1, m
+        assert m["statushost_websockets_current"] == 0, m
+        assert sh.log_text().count("lifecycle: on_close") == 3, sh.log_text()
+        c = WsClient(sh.port)
+        c.send_text("still here")
+        assert c.recv() == (OP_TEXT, b"still here")
+        c.close(1000)
+        assert c.expect_close(reply=False)[0] == 1000
+        c.shutdown()
+
+
 if __name__ == "__main__":
     S.run()
