@@ -308,12 +308,7 @@ static void linger(sh_conn *c)
     uncount(c);
     if (c->phase == SH_PHASE_WS)
         report_close(c, 1); /* the close handshake is complete */
-    /* a virtual peer: no FIN to send, nothing to linger for. A peer whose close frame
-     * answered ours has read everything we sent, our close frame last: nothing of ours
-     * can be lost to a reset, whatever it sends after; close now (RFC 6455 §7.1.1: the
-     * server closes the TCP connection first), without the FIN's round trip and the
-     * read of its EOF */
-    if (c->tp->capture || (HAS(c, SH_CF_ANSWERED) && !HAS(c, SH_CF_WRITING))) {
+    if (c->tp->capture) { /* a virtual peer: no FIN to send, nothing to linger for */
         sh_conn_close(c);
         return;
     }

@@ -90,8 +90,6 @@ enum {
     SH_CF_PAUSED = 1u << 16,        /* a message was reported: the rest of the input waits
                                        in pending until the next loop iteration */
     SH_CF_REST = 1u << 17,          /* its wslay context was at rest at the last sweep */
-    SH_CF_ANSWERED = 1u << 18,      /* the peer's close frame answered ours, written before
-                                       it came: it read all we sent (no linger needed) */
 };
 
 /* A WebSocket's wslay context (9.2 KiB) is freed once the connection has been

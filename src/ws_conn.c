@@ -298,8 +298,6 @@ static void on_frame_chunk(wslay_event_context_ptr ctx,
 /* A close frame arrived whole: check its reason, remember code and reason. */
 static void close_frame_end(sh_conn *c)
 {
-    if (wslay_event_get_close_sent(c->ws) && c->out.len == 0 && !HAS(c, SH_CF_WRITING))
-        SET(c, SH_CF_ANSWERED); /* our close left before: this is the peer's answer */
     if (c->ctrl.len < 2) {
         if (!c->close_code)
             c->close_code = 1005; /* RFC 6455 §7.1.5: no status code was present */

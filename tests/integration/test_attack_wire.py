@@ -226,5 +226,40 @@ def a_client_that_answers_the_servers_close_and_keeps_sending():
         c.shutdown()
 
 
+@S.test
+def a_simultaneous_close_then_a_ping_loses_nothing_unread():
+    """The client asks for 4 echoes of 50 kB and the server's close, reads
+    nothing, sends its own close (a simultaneous close: no answer) and then,
+    as conformance 7.1.6 does, a ping. Failed before: the server took that
+    close for the answer to its own (its close frame had left for the kernel)
+    and closed the socket at once with 100+ kB still in the kernel's send
+    queue; the late ping drew a reset that dropped them: the client read 2
+    echoes and no close frame. Now the server closes at once only when its
+    send queue is empty, else lingers: all 4 echoes and its close arrive."""
+    with Statushost(os.path.join(POL, "lifecycle.lua"), redis=NO_REDIS) as sh:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the echoes stay queued
+        s.settimeout(10)
+        s.connect(("127.0.0.1", sh.port))
+        c = WsClient(sh.port, connect=False)
+        c.sock.close()
+        c.sock = s
+        c.handshake()
+        mark = sh.mark()
+        c.send_raw(b"".join(WsClient.frame(0x1, b"z" * 50000) for _ in range(4))
+                   + WsClient.frame(0x1, b"close:4001:bye"))
+        sh.wait_log(r"lifecycle: conn:close -> true", start=mark)  # its close is queued
+        c.send_raw(WsClient.frame(0x8, b"\x03\xe8"))
+        sh.wait_log(r"on_close \S+ code=4001", start=mark)  # our close was read
+        try:
+            c.send_raw(WsClient.frame(0x9, b"late"))
+        except OSError:
+            pass  # a reset already: the reads below say what it cost
+        for i in range(4):
+            assert c.recv() == (OP_TEXT, b"z" * 50000), i
+        assert c.recv() == (0x8, b"\x0f\xa1bye")
+        c.shutdown()
+
+
 if __name__ == "__main__":
     S.run()

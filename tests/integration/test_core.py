@@ -324,37 +324,6 @@ def policy_close_then_nothing_more_is_sent():
         assert not problems, "; ".join(problems)
 
 
-@suite.test
-def server_initiated_close_ends_tcp_at_the_answer():
-    """When the client's close frame answers the server's (its close left first), the
-    client has read all the server sent: the server closes the socket at once, without
-    a FIN and a wait for the client's EOF (two syscalls and a wake-up less per
-    connection); the client sees EOF right after its answer. When the client closes
-    first, the server still half-closes and reads on until the client's FIN (a client
-    that sends after its close frame, conformance 7.1.6, must not get a reset that
-    could drop the server's close frame unread)."""
-    with host(pol("lifecycle.lua")) as sh:
-        c = ws(sh)
-        c.send_text("close:4001:asked to")
-        code, _ = c.expect_close()  # answered, and no FIN from the client
-        assert code == 4001, code
-        assert c.wait_tcp_close()
-        # gone already: only the /metrics request itself is open
-        assert sh.metrics()["statushost_connections_current"] == 1
-        c.shutdown()
-
-        c = ws(sh)
-        echo_ok(c, "x")
-        c.close(1000)
-        op, payload = c.recv()
-        assert op == OP_CLOSE, (op, payload)
-        assert c.wait_tcp_close()  # the server's FIN, after its close frame
-        assert sh.metrics()["statushost_connections_current"] == 2  # lingering for ours
-        c.shutdown()
-        wait_until(lambda: sh.metrics()["statushost_connections_current"] == 1,
-                   what="the lingering connection gone at the client's FIN")
-
-
 # ================================================================ handshake
 
 @suite.test
