@@ -915,9 +915,7 @@ static int plain_table(lua_State *L, int i)
 static int track_update_p(lua_State *L)
 {
     track_arg *a = lua_touserdata(L, 1);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, a->p->ud_ref); /* 2: conn */
-    lua_getiuservalue(L, 2, 3);                       /* 3: job */
-    lua_getiuservalue(L, 2, 4);                       /* 4: done statuses */
+    /* 2: conn, 3: job, 4: done statuses (track_update's arguments) */
     size_t chlen;
     const char *ch;
     if (!plain_table(L, 3) || !plain_table(L, 4) || raw_get(L, 3, K_FINISHED) != LUA_TNIL ||
@@ -996,22 +994,25 @@ static int track_update(sh_pconn *p, sh_conn *c, const char *channel, size_t cha
     if (p->ud_ref == LUA_NOREF || p->owner.ntasks != p->owner.nwaiting || detached_ready(g) ||
         !lua_checkstack(L, 16))
         return 0;
+    int top = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, p->ud_ref);
-    int tracked = lua_getiuservalue(L, -1, 3) == LUA_TTABLE;
-    lua_pop(L, 2);
+    int tracked = lua_getiuservalue(L, top + 1, 3) == LUA_TTABLE; /* the job */
     track_arg a = {p, channel, channel_len, {{0}}, 0, 0, 0};
     /* a status that is no plain string (a number, true, false, null) may be done too: a
      * done set can hold any key (done_statuses = {"done", 7}), on_publish looks it up */
     if (!tracked || sh_json_flat(payload, payload_len, names, 2, a.f) != 0 ||
         a.f[0].kind != SH_JSON_STRING || a.f[1].kind == SH_JSON_OTHER ||
-        !sh_utf8_valid((const uint8_t *)payload, payload_len))
+        !sh_utf8_valid((const uint8_t *)payload, payload_len)) {
+        lua_settop(L, top);
         return 0;
-    int top = lua_gettop(L);
+    }
+    lua_getiuservalue(L, top + 1, 4); /* the done statuses */
     lua_rawgetp(L, LUA_REGISTRYINDEX, &track_fn_key);
     lua_pushlightuserdata(L, &a);
+    lua_rotate(L, top + 1, 2); /* track_update_p(a, conn, job, done) */
     int capped = g->capped;
     g->capped = 1;
-    if (lua_pcall(L, 1, 3, 0) != LUA_OK)
+    if (lua_pcall(L, 4, 3, 0) != LUA_OK)
         a.handled = 0; /* out of memory: on_publish decides (and fails the same way) */
     g->capped = capped;
     /* sent outside the protected call: a close inside it (a slow consumer) is the host's

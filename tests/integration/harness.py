@@ -171,6 +171,19 @@ def shared_redis():
     return _shared_redis
 
 
+def publish_in_one_write(port, messages):
+    """PUBLISH each (channel, payload) of messages in one write to the redis-server on
+    port: Redis pushes them to a subscriber together, so statushost reads them in one go
+    (one loop iteration). → the receivers of each."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        sock.sendall(b"".join(_resp_encode(("PUBLISH",) + tuple(m)) for m in messages))
+        f = sock.makefile("rb")
+        return [_resp_read(f) for _ in messages]
+    finally:
+        sock.close()
+
+
 class RedisSubscriber:
     """A real subscriber connection, for tests that watch a channel."""
 

@@ -16,9 +16,9 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (ROOT, OP_TEXT, Statushost, Suite, WsClient, shared_redis)  # noqa: E402
+from harness import (ROOT, OP_TEXT, Statushost, Suite, WsClient, shared_redis,  # noqa: E402
+                     publish_in_one_write)
 from test_default import publish_pipelined as publish  # noqa: E402 (one write, read together)
-from harness import _resp_encode, _resp_read  # noqa: E402
 
 S = Suite("attack_track")
 PROBE = os.path.join(ROOT, "tests", "integration", "policies", "attack_track.lua")
@@ -222,17 +222,6 @@ return default
 """
 
 
-def publish_each(messages):
-    """PUBLISH each (channel, payload) of messages, all in one write → receivers."""
-    sock = socket.create_connection(("127.0.0.1", shared_redis().port), timeout=30)
-    try:
-        sock.sendall(b"".join(_resp_encode(("PUBLISH",) + m) for m in messages))
-        f = sock.makefile("rb")
-        return [_resp_read(f) for _ in messages]
-    finally:
-        sock.close()
-
-
 @S.test
 def an_update_does_not_overtake_a_queued_task_of_no_connection():
     """The remote cancels the job (a message on a control channel, whose host.subscribe
@@ -248,8 +237,9 @@ def an_update_does_not_overtake_a_queued_task_of_no_connection():
         with worker() as w, host(policy_file(d, "cancel", CANCEL_CHANNEL), remote_url(w)) as sh:
             ws, channel = start_job(sh, w, [{"id": "c1"}, {"id": "c2"}])
             fid = channel[len("ws:fid:"):]
-            assert publish_each([("cancel:" + fid, "by the remote"),
-                                 (channel, '{"id":"c1","status":"done"}')]) == [1, 1]
+            assert publish_in_one_write(shared_redis().port, [
+                ("cancel:" + fid, "by the remote"),
+                (channel, '{"id":"c1","status":"done"}')]) == [1, 1]
             frames, code = read_to_close(ws, "the cancel")
             assert code == 1011 and len(frames) == 1, (frames, code)
             assert json.loads(frames[0])["error"] == "cancelled", frames

@@ -18,7 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (shared_redis, Redis, Statushost, WsClient, WsClosed, Suite, http_get, http_request,  # noqa: E402
-                     free_port, wait_until, _resp_encode, _resp_read, BIN, ROOT, OP_TEXT, OP_CLOSE)
+                     free_port, wait_until, _resp_encode, _resp_read, publish_in_one_write, BIN, ROOT,
+                     OP_TEXT, OP_CLOSE)
 
 S = Suite("test_default")
 POLICY = "scripts/default.lua"
@@ -1021,16 +1022,8 @@ def a_decoder_of_the_policys_own_gets_the_key_walk():
 # ---------------------------------------------------------------- the core's fast path
 
 def publish_pipelined(channel, payloads):
-    """PUBLISH every payload in one write: Redis pushes them to the subscriber together,
-    so statushost reads them in one go (one loop iteration)."""
-    r = redis()
-    sock = socket.create_connection(("127.0.0.1", r.port), timeout=10)
-    try:
-        sock.sendall(b"".join(_resp_encode(("PUBLISH", channel, p)) for p in payloads))
-        f = sock.makefile("rb")
-        return [_resp_read(f) for _ in payloads]
-    finally:
-        sock.close()
+    """PUBLISH every payload on channel in one write (read together: one loop iteration)."""
+    return publish_in_one_write(redis().port, [(channel, p) for p in payloads])
 
 
 @S.test
