@@ -38,6 +38,7 @@
 
 #define JSON_CHUNK 4096   /* members a container holds on the stack before flushing */
 #define JSON_BUDGET 16384 /* stack slots all open containers may hold before flushing */
+#define JSON_KEYS 4       /* keys kept for reuse (jd.kp) */
 #define JSON_ROOM 16      /* slots reserved every 4 members: 4 pairs + temporaries (a small
                            * reserve: a coroutine's stack starts at 40 slots, and growing
                            * it costs more than the check) */
@@ -61,6 +62,12 @@ typedef struct jd {
     size_t max_values; /* more are refused (0: no limit) */
     char *err;       /* the caller's message buffer */
     size_t errsz;    /* its size */
+    /* The first JSON_KEYS distinct keys without escapes, each kept in a stack slot from
+     * kbase on: a key seen again (the same names in every object of an array) is pushed
+     * from there, not hashed and looked up in the string table again. */
+    int kbase, nkeys;
+    const char *kp[JSON_KEYS]; /* its bytes in the text */
+    size_t kl[JSON_KEYS];
 } jd;
 
 /* Write "<message> at character N" (N: 1-based position of at). → -1 */
@@ -479,6 +486,32 @@ static void flush_object(jd *d, int base, int *made, int *n)
     *n = 0;
 }
 
+/* An object key: one kept (jd.kp) pushed again, or parsed (and kept if there is room). */
+static int parse_key(jd *d)
+{
+    const char *run = d->p + 1, *p = run, *end = d->end;
+    while (p < end && !str_special(*p))
+        p++;
+    if (p >= end || *p != '"')
+        return parse_string(d, "object key string"); /* an escape, or an error */
+    size_t len = (size_t)(p - run);
+    for (int i = 0; i < d->nkeys; i++)
+        if (d->kl[i] == len && memcmp(d->kp[i], run, len) == 0) {
+            lua_pushvalue(d->L, d->kbase + i);
+            d->p = p + 1;
+            return 0;
+        }
+    lua_pushlstring(d->L, run, len);
+    d->p = p + 1;
+    if (d->nkeys < JSON_KEYS && len <= 40) {
+        lua_pushvalue(d->L, -1);
+        lua_replace(d->L, d->kbase + d->nkeys);
+        d->kp[d->nkeys] = run;
+        d->kl[d->nkeys++] = len;
+    }
+    return 0;
+}
+
 static int parse_object(jd *d)
 {
     lua_State *L = d->L;
@@ -496,7 +529,7 @@ static int parse_object(jd *d)
             if (p >= d->end || *p != '"')
                 return fail(d, p, "Expected object key string but found %s", found(d, p));
             d->p = p;
-            if (parse_string(d, "object key string") < 0)
+            if (parse_key(d) < 0)
                 return -1;
             p = skip_ws(d->p, d->end);
             if (p >= d->end || *p != ':')
@@ -579,10 +612,12 @@ int sh_json_decode_max(lua_State *L, const char *s, size_t len, size_t max_value
                        size_t errsz)
 {
     int top = lua_gettop(L);
-    jd d = {L, s, s, s + len, 0, 0, 0, max_values, err, errsz};
+    jd d = {L, s, s, s + len, 0, 0, 0, max_values, err, errsz, top + 1, 0, {0}, {0}};
     if (errsz)
         err[0] = '\0';
-    luaL_checkstack(L, 4, "json"); /* the value, a temporary (luaL_Buffer, number box) */
+    /* the kept keys, the value, a temporary (luaL_Buffer, number box) */
+    luaL_checkstack(L, JSON_KEYS + 4, "json");
+    lua_settop(L, top + JSON_KEYS);
     int r = parse_value(&d);
     if (r == 0) {
         const char *p = skip_ws(d.p, d.end);
@@ -593,6 +628,8 @@ int sh_json_decode_max(lua_State *L, const char *s, size_t len, size_t max_value
         lua_settop(L, top);
         return -1;
     }
+    lua_replace(L, top + 1); /* the value, over the kept keys */
+    lua_settop(L, top + 1);
     return 0;
 }
 

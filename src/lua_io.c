@@ -644,13 +644,20 @@ static int http_result_p(lua_State *co)
     int headers = lua_gettop(co);
     for (size_t i = 0; i < res->nheaders; i++) {
         const sh_http_hdr *h = &res->headers[i];
-        luaL_Buffer b; /* the name in lower case, whole */
-        char *name = luaL_buffinitsize(co, &b, h->name_len);
+        /* the name in lower case, whole: the usual short one made on the C stack (a
+         * luaL_Buffer costs a box and a copy), a long one in a buffer */
+        char small[64];
+        luaL_Buffer b;
+        char *name = h->name_len <= sizeof small ? small
+                                                 : luaL_buffinitsize(co, &b, h->name_len);
         for (size_t j = 0; j < h->name_len; j++) {
             char ch = h->name[j];
             name[j] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
         }
-        luaL_pushresultsize(&b, h->name_len);
+        if (name == small)
+            lua_pushlstring(co, small, h->name_len);
+        else
+            luaL_pushresultsize(&b, h->name_len);
         lua_pushvalue(co, -1);
         if (lua_rawget(co, headers) == LUA_TSTRING) {
             /* a repeated field: one list, its values joined with ", " (RFC 9110 §5.3);
