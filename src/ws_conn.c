@@ -576,20 +576,24 @@ static void pump(sh_conn *c)
  * the 9 KiB context: its batch, its updates (put_frame), our close
  * (sh_conn_ws_close) and the client's answer all go without. */
 
-/* dst = src unmasked with key (dst may not overlap src). */
-static void unmask(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t key[4])
+/* dst = src unmasked with key (dst may not overlap src). Returns 1 when
+ * every byte of dst is ASCII (and so the text valid UTF-8). */
+static int unmask(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t key[4])
 {
     uint32_t k4;
     memcpy(&k4, key, 4);
-    uint64_t k8 = ((uint64_t)k4 << 32) | k4, w;
+    uint64_t k8 = ((uint64_t)k4 << 32) | k4, w, all = 0;
     size_t i = 0;
     for (; n - i >= 8; i += 8) {
         memcpy(&w, src + i, 8);
         w ^= k8;
+        all |= w;
         memcpy(dst + i, &w, 8);
     }
+    uint8_t tail = 0;
     for (; i < n; i++)
-        dst[i] = src[i] ^ key[i & 3];
+        tail |= dst[i] = src[i] ^ key[i & 3];
+    return !(all & UINT64_C(0x8080808080808080)) && !(tail & 0x80);
 }
 
 /* The peer's close frame (unmasked payload p, n bytes) answers ours: taken
@@ -645,8 +649,9 @@ static size_t light_frame(sh_conn *c, const uint8_t *p, size_t n)
     }
     if (sh_buf_reserve(&c->msg, (size_t)len) != 0)
         return 0; /* wslay's way says so */
-    unmask((uint8_t *)c->msg.p, p + hl, (size_t)len, key);
-    if (op == WSLAY_TEXT_FRAME && !sh_utf8_valid((const uint8_t *)c->msg.p, (size_t)len)) {
+    int ascii = unmask((uint8_t *)c->msg.p, p + hl, (size_t)len, key);
+    if (op == WSLAY_TEXT_FRAME && !ascii &&
+        !sh_utf8_valid((const uint8_t *)c->msg.p, (size_t)len)) {
         sh_buf_free(&c->msg);
         return 0;
     }

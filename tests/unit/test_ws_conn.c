@@ -717,6 +717,46 @@ static void test_parks_at_rest(void)
     CHECKF(tp.held == NULL, "[parks at rest] held list not empty after the end");
 }
 
+/* One-frame text messages taken without wslay: the UTF-8 check sees every
+ * byte, whatever its place in the 8-byte steps of the unmasking (a bad byte
+ * first, last, in the tail); valid non-ASCII text is echoed. */
+static void test_one_frame_utf8(void)
+{
+    static const size_t lens[] = {1, 7, 8, 9, 15, 16, 17, 40};
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        size_t n = lens[i];
+        for (int at = 0; at < 3; at++) {
+            char t[64], name[64], want[80];
+            memset(t, 'a', n);
+            size_t pos = at == 0 ? 0 : at == 1 ? n - 1 : n / 2;
+            snprintf(name, sizeof name, "one-frame UTF-8 %zu bytes, 0xff at %zu", n, pos);
+            begin(name, limits());
+            open_ws();
+            t[pos] = (char)0xff;
+            send_frame(0x81, t, n);
+            expect("close 1007", "\x88\x02\x03\xef", 4);
+            CHECK_INT(count(SH_CONN_EV_MESSAGE), 0);
+            end();
+            if (n < 2)
+                continue;
+            snprintf(name, sizeof name, "one-frame UTF-8 %zu bytes, U+00E9 at %zu", n, pos);
+            begin(name, limits());
+            open_ws();
+            memset(t, 'a', n);
+            pos = pos == n - 1 ? n - 2 : pos;
+            t[pos] = (char)0xc3;
+            t[pos + 1] = (char)0xa9;
+            send_frame(0x81, t, n);
+            want[0] = (char)0x81;
+            want[1] = (char)n;
+            memcpy(want + 2, t, n);
+            expect("echo", want, n + 2);
+            CHECKF(T.c && !T.c->ws, "[%s] a wslay context for valid text", T.name);
+            end();
+        }
+    }
+}
+
 /* The server closes a connection at rest: its close frame goes out without
  * a wslay context, and the client's answer is taken without one too; what
  * the client sends instead (a message, a ping, an invalid close) goes to a
@@ -852,6 +892,7 @@ int main(void)
     test_upgrade_without_connection();
     test_parks_at_rest();
     test_server_close_without_context();
+    test_one_frame_utf8();
     test_crowd_parks_at_once();
 
     sh_transport_close(&tp);
