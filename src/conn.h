@@ -90,6 +90,9 @@ enum {
     SH_CF_PAUSED = 1u << 16,        /* a message was reported: the rest of the input waits
                                        in pending until the next loop iteration */
     SH_CF_REST = 1u << 17,          /* its wslay context was at rest at the last sweep */
+    SH_CF_CLOSE_OUT = 1u << 18,     /* our close frame went out without a wslay context */
+    SH_CF_CLOSE_IN = 1u << 19,      /* ... and the peer's close answered it: handshake done */
+    SH_CF_MUTE = 1u << 20,          /* wslay's output is dropped (a context told of CLOSE_OUT) */
 };
 
 /* A WebSocket's wslay context (9.2 KiB) is freed once the connection has been

@@ -365,6 +365,30 @@ static void lb_put(struct lb *b, const char *s, size_t n)
 }
 
 static void lb_puts(struct lb *b, const char *s) { lb_put(b, s, strlen(s)); }
+#define LB_LIT(b, lit) lb_put(b, lit, sizeof lit - 1)
+
+/* Byte tests on 8 bytes at once (all exact as "any byte"): */
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+#define ANY_BELOW(w, n) (((w) - ONES * (n)) & ~(w) & HIGHS) /* a byte < n (n <= 128) */
+#define ANY_EQ(w, c) ANY_BELOW((w) ^ (ONES * (c)), 1)       /* a byte == c */
+
+/* The 8 bytes at p are printable ASCII (20..7E): nothing to fold. */
+static int word_printable(const char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return !((w & HIGHS) | ANY_BELOW(w, 0x20) | ANY_EQ(w, 0x7F));
+}
+
+/* ... and none needs a text value quoted (blank, '"', '=', '\\'). */
+static int word_bare(const char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return !((w & HIGHS) | ANY_BELOW(w, 0x21) | ANY_EQ(w, '"') | ANY_EQ(w, '=') |
+             ANY_EQ(w, '\\') | ANY_EQ(w, 0x7F));
+}
 
 /* Past cap, into the reserve: to close a cut line. */
 static void lb_force(struct lb *b, const char *s)
@@ -489,6 +513,10 @@ static void text_value(struct lb *b, const char *s)
     size_t n = strlen(s);
     int quote = n == 0;
     for (size_t i = 0; i < n && !quote; i++) {
+        if (n - i >= 8 && word_bare(s + i)) {
+            i += 7;
+            continue;
+        }
         unsigned char c = (unsigned char)s[i];
         quote = c <= ' ' || c == '"' || c == '=' || c == '\\' || c == 0x7F;
         if (c >= 0x80) {
@@ -642,27 +670,27 @@ static void build_and_emit(int level, const char *conn_id, const char *msg, size
     ts[dl + 4] = 'Z';
     ts[dl + 5] = '\0';
     if (format == SH_LOG_JSON) {
-        lb_puts(&b, "{\"ts\":\"");
-        lb_puts(&b, ts);
-        lb_puts(&b, "\",\"level\":\"");
+        LB_LIT(&b, "{\"ts\":\"");
+        lb_put(&b, ts, dl + 5);
+        LB_LIT(&b, "\",\"level\":\"");
         lb_puts(&b, level_names[level]);
-        lb_puts(&b, "\",\"conn\":");
+        LB_LIT(&b, "\",\"conn\":");
         if (conn_id)
             json_str(&b, conn_id, strlen(conn_id));
         else
-            lb_puts(&b, "null");
-        lb_puts(&b, ",\"msg\":");
+            LB_LIT(&b, "null");
+        LB_LIT(&b, ",\"msg\":");
         json_str(&b, msg, msglen); /* a cut message is still a closed string */
         size_t good = b.len;       /* the end of the last complete member */
         for (size_t i = 0; i < nf && !b.full; i++) {
-            lb_puts(&b, ",");
+            LB_LIT(&b, ",");
             json_str(&b, f[i].key, strlen(f[i].key));
-            lb_puts(&b, ":");
+            LB_LIT(&b, ":");
             if (f[i].type == SH_LOG_STR) {
                 if (f[i].v.s)
                     json_str(&b, f[i].v.s, strlen(f[i].v.s));
                 else
-                    lb_puts(&b, "null");
+                    LB_LIT(&b, "null");
             } else {
                 char num[64];
                 number_text(&f[i], num, sizeof num, 1);
@@ -679,12 +707,12 @@ static void build_and_emit(int level, const char *conn_id, const char *msg, size
             lb_put(&b, "}\n", 2);
         }
     } else {
-        lb_puts(&b, ts);
-        lb_puts(&b, " ");
+        lb_put(&b, ts, dl + 5);
+        LB_LIT(&b, " ");
         lb_puts(&b, level_text[level]);
-        lb_puts(&b, " [");
+        LB_LIT(&b, " [");
         lb_puts(&b, conn_id ? conn_id : "-");
-        lb_puts(&b, "] ");
+        LB_LIT(&b, "] ");
         size_t start = b.len;
         lb_put(&b, msg, msglen);
         if (b.full) { /* the message alone is too long: keep what fits */
@@ -695,6 +723,10 @@ static void build_and_emit(int level, const char *conn_id, const char *msg, size
         /* one event, one line: fold any newline the message carries, and any
          * other control character (a client's terminal escapes, bells) */
         for (size_t i = start; i < b.len; i++) {
+            if (b.len - i >= 8 && word_printable(b.p + i)) {
+                i += 7;
+                continue;
+            }
             unsigned char c = (unsigned char)b.p[i];
             if ((c < 0x20 && c != '\t') || c == 0x7F) {
                 b.p[i] = ' ';
@@ -706,9 +738,9 @@ static void build_and_emit(int level, const char *conn_id, const char *msg, size
             }
         }
         for (size_t i = 0; i < nf && !b.full; i++) {
-            lb_puts(&b, " ");
+            LB_LIT(&b, " ");
             lb_puts(&b, f[i].key);
-            lb_puts(&b, "=");
+            LB_LIT(&b, "=");
             if (f[i].type == SH_LOG_STR) {
                 text_value(&b, f[i].v.s ? f[i].v.s : "-");
             } else {
@@ -726,6 +758,91 @@ static void build_and_emit(int level, const char *conn_id, const char *msg, size
 
 /* ------------------------------------------------------------ entry points */
 
+/* Append s[0..n) to out[*len..cap - 1), cut at its end. */
+static void fmt_put(char *out, size_t cap, size_t *len, const char *s, size_t n)
+{
+    if (n > cap - 1 - *len)
+        n = cap - 1 - *len;
+    memcpy(out + *len, s, n);
+    *len += n;
+}
+
+/* vsnprintf(out, cap, fmt, ap) for the formats of most lines (%s %d %u, with
+ * l, ll or z, and %%), without stdio's cost: → the length written (cut to
+ * cap - 1 as sh_log cuts), or -1 with ap untouched when fmt has another
+ * conversion (a width, a precision, a flag, %x, %g ...). */
+static int fmt_simple(char *out, size_t cap, const char *fmt, va_list ap)
+{
+    for (const char *f = fmt; *f; f++) {
+        if (*f != '%')
+            continue;
+        if (*++f == '%')
+            continue;
+        if (*f == 'z')
+            f++;
+        else if (*f == 'l' && *++f == 'l')
+            f++;
+        if (*f != 'd' && *f != 'u' && !(*f == 's' && f[-1] == '%'))
+            return -1;
+    }
+    size_t len = 0;
+    for (const char *f = fmt; *f;) {
+        if (*f != '%') {
+            const char *q = f;
+            while (*q && *q != '%')
+                q++;
+            fmt_put(out, cap, &len, f, (size_t)(q - f));
+            f = q;
+            continue;
+        }
+        if (*++f == '%') {
+            fmt_put(out, cap, &len, "%", 1);
+            f++;
+            continue;
+        }
+        int mod = 0; /* int, long, long long, size_t */
+        if (*f == 'z') {
+            mod = 3;
+            f++;
+        } else if (*f == 'l') {
+            mod = *++f == 'l' ? 2 : 1;
+            f += mod == 2;
+        }
+        char num[24], *p = num + sizeof num;
+        if (*f == 's') {
+            const char *s = va_arg(ap, const char *);
+            if (!s)
+                s = "(null)";
+            fmt_put(out, cap, &len, s, strlen(s));
+        } else {
+            unsigned long long u;
+            int neg = 0;
+            if (*f == 'd') {
+                long long v = mod == 0 ? va_arg(ap, int)
+                              : mod == 1 ? va_arg(ap, long)
+                              : mod == 2 ? va_arg(ap, long long)
+                                         : (long long)va_arg(ap, ssize_t);
+                neg = v < 0;
+                u = neg ? 0 - (unsigned long long)v : (unsigned long long)v;
+            } else {
+                u = mod == 0 ? va_arg(ap, unsigned)
+                    : mod == 1 ? va_arg(ap, unsigned long)
+                    : mod == 2 ? va_arg(ap, unsigned long long)
+                               : (unsigned long long)va_arg(ap, size_t);
+            }
+            do
+                *--p = (char)('0' + u % 10);
+            while ((u /= 10) != 0);
+            if (neg)
+                *--p = '-';
+            fmt_put(out, cap, &len, p, (size_t)(num + sizeof num - p));
+        }
+        f++;
+    }
+    out[len] = '\0';
+    return (int)len;
+}
+
 void sh_log(enum sh_log_level level, const char *conn_id, const char *fmt, ...)
 {
     if (level < min_level)
@@ -733,8 +850,13 @@ void sh_log(enum sh_log_level level, const char *conn_id, const char *fmt, ...)
     char msg[LINE_CAP];
     va_list ap;
     va_start(ap, fmt);
-    int m = vsnprintf(msg, sizeof msg, fmt, ap);
+    int m = fmt_simple(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (m < 0) {
+        va_start(ap, fmt);
+        m = vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+    }
     size_t len = m < 0 ? 0 : (size_t)m;
     if (len >= sizeof msg)
         len = sizeof msg - 1;

@@ -132,6 +132,19 @@ int sh_utf8_feed(sh_utf8 *u, const uint8_t *p, size_t n)
             i = skip_ascii(p, i, n);
             if (i == n)
                 break;
+            /* a whole 2-byte sequence, or a 3-byte one whose lead puts no
+             * bound on its second byte (not E0, ED), at once: CJK text is
+             * mostly these */
+            uint8_t c = p[i];
+            if (c >= 0xE1 && c != 0xED && c <= 0xEF && n - i >= 3 &&
+                (p[i + 1] & 0xC0) == 0x80 && (p[i + 2] & 0xC0) == 0x80) {
+                i += 3;
+                continue;
+            }
+            if (c >= 0xC2 && c <= 0xDF && n - i >= 2 && (p[i + 1] & 0xC0) == 0x80) {
+                i += 2;
+                continue;
+            }
         }
         s = next_state[s][byte_class[p[i++]]];
     }

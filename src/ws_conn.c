@@ -20,9 +20,11 @@
  * read, nothing queued for wslay, no close under way) keeps no wslay context
  * (9.2 KiB with wslay 1.1) for long: a sweep every SH_PARK_SWEEP_MS frees
  * ("parks") the context of each one found at rest, untouched, at two sweeps
- * in a row, and it is made again when bytes arrive or a control frame must go
- * out. Data frames need none (put_frame). A busy connection (a job's batch,
- * its close) keeps its context meanwhile instead of making one per event.
+ * in a row, and it is made again when a frame arrives that needs it or a
+ * control frame must go out. A connection starts without one, and the common
+ * case needs none: whole one-frame messages in, data frames out (put_frame),
+ * our close and the peer's answer ("without wslay" below). A busy connection
+ * keeps its context meanwhile instead of making one per event.
  *
  * Closing: wslay answers a peer's close; once neither side has anything to
  * read or write, the close handshake is complete: EV_CLOSE is reported and
@@ -42,6 +44,8 @@
 
 /* ------------------------------------------------------------ callbacks */
 
+static int unpark(sh_conn *c);
+
 /* The peer does not read: more than max_send_buffer bytes wait to be
  * written. Drop them, close 1008, and stop reading (its input could only add
  * more output, e.g. pongs). A single message may take the queue past the
@@ -49,7 +53,8 @@
 static int slow_consumer(sh_conn *c)
 {
     size_t pending = c->out.len + c->inflight.len;
-    if (pending <= c->lim->max_send_buffer || (c->ws && wslay_event_get_close_sent(c->ws)))
+    if (pending <= c->lim->max_send_buffer || HAS(c, SH_CF_CLOSE_OUT) ||
+        (c->ws && wslay_event_get_close_sent(c->ws)))
         return 0; /* under the limit, or our close frame is in out: out is final */
     /* output waits for the end of the loop iteration: what the socket takes
      * now is not unsent */
@@ -63,6 +68,10 @@ static int slow_consumer(sh_conn *c)
     sh_warn(c->id, "slow consumer: %zu bytes unsent (max_send_buffer %zu): closing 1008", pending,
             c->lim->max_send_buffer);
     sh_buf_free(&c->out); /* unsent frames are dropped; out never holds a partial frame */
+    if (unpark(c) != 0) { /* (wslay's close: input stops at once) */
+        sh_conn_close(c);
+        return 1;
+    }
     sh_conn_ws_close(c, 1008, "slow consumer");
     if (c->ws)
         wslay_event_shutdown_read(c->ws);
@@ -163,6 +172,8 @@ static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
 {
     sh_conn *c = user;
     (void)flags;
+    if (HAS(c, SH_CF_MUTE))
+        return (ssize_t)len; /* went out already (unpark) */
     int bad;
     if (c->fix_empty_close && len == 2 && data[0] == 0x88 && data[1] == 0x00) {
         /* wslay closes a frame-level protocol error without a status code;
@@ -324,6 +335,8 @@ static void close_frame_end(sh_conn *c)
     }
 }
 
+static void message_done(sh_conn *c, uint8_t op);
+
 static void on_frame_end(wslay_event_context_ptr ctx, void *user)
 {
     sh_conn *c = user;
@@ -346,7 +359,12 @@ static void on_frame_end(wslay_event_context_ptr ctx, void *user)
         fail(c, 1007, "text message ends inside a UTF-8 sequence");
         return;
     }
-    uint8_t op = c->msg_opcode;
+    message_done(c, c->msg_opcode);
+}
+
+/* The data message in c->msg (opcode op) is complete: report it. */
+static void message_done(sh_conn *c, uint8_t op)
+{
     c->msg_opcode = 0;
     c->tp->metrics->messages_in++;
     c->msgs_in++;
@@ -354,7 +372,9 @@ static void on_frame_end(wslay_event_context_ptr ctx, void *user)
                         .len = c->msg.len, .binary = op == WSLAY_BINARY_FRAME};
     int code = sh_conn_emit(c, &ev);
     sh_buf_free(&c->msg); /* an idle connection keeps no message buffer */
-    if (code && c->phase == SH_PHASE_WS)
+    if (code && c->phase == SH_PHASE_WS && unpark(c) != 0)
+        sh_conn_close(c); /* (taken without wslay: failing needs its context) */
+    else if (code && c->phase == SH_PHASE_WS)
         fail(c, (uint16_t)code, code == 1003 ? (op == WSLAY_BINARY_FRAME
                                                     ? "binary messages are not accepted"
                                                     : "text messages are not accepted")
@@ -425,6 +445,14 @@ static int unpark(sh_conn *c)
     wslay_event_config_set_max_recv_msg_length(c->ws, c->lim->max_message_bytes);
     if (c->pmd)
         wslay_event_config_set_allowed_rsv_bits(c->ws, WSLAY_RSV1_BIT);
+    if (HAS(c, SH_CF_CLOSE_OUT)) {
+        /* our close went out without a context (sh_conn_ws_close): this one
+         * is told, its copy dropped, so it stands where the connection does */
+        SET(c, SH_CF_MUTE);
+        wslay_event_queue_close(c->ws, c->close_code, NULL, 0);
+        wslay_event_send(c->ws);
+        CLR(c, SH_CF_MUTE | SH_CF_CLOSE_OUT);
+    }
     held_add(c);
     return 0;
 }
@@ -474,17 +502,15 @@ static void park_if_crowded(sh_conn *c)
         park(c);
 }
 
-/* A parked WebSocket reads. */
+/* A parked WebSocket reads, until the peer's close answered ours. */
 static int wants_read(const sh_conn *c)
 {
-    return !c->ws || wslay_event_want_read(c->ws);
+    return c->ws ? wslay_event_want_read(c->ws) : !HAS(c, SH_CF_CLOSE_IN);
 }
 
 /* The 101 is in the output; bytes after the request head wait in pending. */
 static int ws_start(sh_conn *c)
 {
-    if (unpark(c) != 0)
-        return -1;
     sh_transport *tp = c->tp;
     tp->metrics->websockets_current++;
     tp->metrics->websockets_total++;
@@ -538,11 +564,178 @@ static void pump(sh_conn *c)
     sh_conn_mark_dirty(c);
 }
 
+/* ------------------------------------------------------- without wslay */
+
+/* A WebSocket without a wslay context (from the upgrade on, or parked) takes
+ * the frames of the common case itself: a whole masked text or binary message
+ * in one frame, and the peer's valid close answering ours. Anything else (a
+ * frame cut by TCP, a fragment, a control frame, RSV bits, compression, bad
+ * UTF-8, a length over the limit or not in its shortest form) goes to wslay in
+ * a fresh context, which takes over exactly where the connection stands
+ * (unpark) and so decides it as before. A job's connection thus never makes
+ * the 9 KiB context: its batch, its updates (put_frame), our close
+ * (sh_conn_ws_close) and the client's answer all go without. */
+
+/* dst = src unmasked with key (dst may not overlap src). Returns 1 when
+ * every byte of dst is ASCII (and so the text valid UTF-8). */
+static int unmask(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t key[4])
+{
+    uint32_t k4;
+    memcpy(&k4, key, 4);
+    uint64_t k8 = ((uint64_t)k4 << 32) | k4, w, all = 0;
+    size_t i = 0;
+    for (; n - i >= 8; i += 8) {
+        memcpy(&w, src + i, 8);
+        w ^= k8;
+        all |= w;
+        memcpy(dst + i, &w, 8);
+    }
+    uint8_t tail = 0;
+    for (; i < n; i++)
+        tail |= dst[i] = src[i] ^ key[i & 3];
+    return !(all & UINT64_C(0x8080808080808080)) && !(tail & 0x80);
+}
+
+/* The peer's close frame (unmasked payload p, n bytes) answers ours: taken
+ * when wslay would take it without a word (a valid code, UTF-8 reason). */
+static int light_close(sh_conn *c, const uint8_t *p, size_t n)
+{
+    if (n >= 2) {
+        unsigned code = ((unsigned)p[0] << 8) | p[1];
+        if (!((code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1011) ||
+              (code >= 3000 && code <= 4999)) ||
+            !sh_utf8_valid(p + 2, n - 2))
+            return 0;
+    }
+    /* the code we sent stays the connection's (close_frame_end) */
+    SET(c, SH_CF_CLOSE_IN);
+    return 1;
+}
+
+/* The frame at the start of p (n bytes), when whole and of the common case:
+ * taken. Returns its size, or 0 when it is left to wslay. */
+static size_t light_frame(sh_conn *c, const uint8_t *p, size_t n)
+{
+    if (n < 6 || (p[0] & 0xf0) != 0x80 || !(p[1] & 0x80)) /* FIN, no RSV, masked */
+        return 0;
+    uint8_t op = p[0] & 0x0f;
+    uint64_t len = p[1] & 0x7f;
+    size_t hl = 6;
+    if (len == 126) {
+        if (n < 8 || (len = ((uint64_t)p[2] << 8) | p[3]) < 126)
+            return 0;
+        hl = 8;
+    } else if (len == 127) {
+        if (n < 14)
+            return 0;
+        len = 0;
+        for (int i = 0; i < 8; i++)
+            len = (len << 8) | p[2 + i];
+        if (len < 65536 || (len >> 63))
+            return 0;
+        hl = 14;
+    }
+    if (HAS(c, SH_CF_CLOSE_OUT) ? op != WSLAY_CONNECTION_CLOSE || len > 125
+                                : (op != WSLAY_TEXT_FRAME && op != WSLAY_BINARY_FRAME) ||
+                                      len > c->lim->max_message_bytes)
+        return 0;
+    if (n - hl < len)
+        return 0;
+    const uint8_t *key = p + hl - 4;
+    if (op == WSLAY_CONNECTION_CLOSE) {
+        uint8_t b[125];
+        unmask(b, p + hl, (size_t)len, key);
+        return len != 1 && light_close(c, b, (size_t)len) ? hl + (size_t)len : 0;
+    }
+    if (sh_buf_reserve(&c->msg, (size_t)len) != 0)
+        return 0; /* wslay's way says so */
+    int ascii = unmask((uint8_t *)c->msg.p, p + hl, (size_t)len, key);
+    if (op == WSLAY_TEXT_FRAME && !ascii &&
+        !sh_utf8_valid((const uint8_t *)c->msg.p, (size_t)len)) {
+        sh_buf_free(&c->msg);
+        return 0;
+    }
+    c->msg.len = (size_t)len;
+    message_done(c, op);
+    return hl + (size_t)len;
+}
+
+/* After a read's frames: the input behind a reported message waits, wslay's
+ * output (an answer, a close) is sent, reading stops when nothing more is
+ * wanted. r: wslay_event_recv's result (0 when wslay had none of it). */
+static void read_done(sh_conn *c, int r)
+{
+    if (c->phase == SH_PHASE_CLOSED) { /* closed from inside a callback */
+        c->in_len = 0;
+        ws_free(c);
+        return;
+    }
+    if (HAS(c, SH_CF_PAUSED)) {
+        if (c->in_len == 0 || HAS(c, SH_CF_FAILED)) {
+            CLR(c, SH_CF_PAUSED); /* nothing waits */
+        } else if (sh_buf_append(&c->pending, c->in, c->in_len) != 0) {
+            CLR(c, SH_CF_PAUSED);
+            if (unpark(c) != 0) {
+                c->in_len = 0;
+                sh_conn_close(c);
+                return;
+            }
+            fail(c, 1011, "out of memory for input");
+        } else {
+            /* the rest is read once the message's hook has run (the next
+             * loop iteration): a reply it sends goes out before anything
+             * the later frames cause, a protocol error included */
+            sh_conn_stop_reading(c);
+            c->tp->npaused++;
+            sh_conn_mark_dirty(c); /* resumed by the flusher */
+        }
+    }
+    c->in_len = 0;
+    if (!c->ws) { /* taken without wslay: nothing queued; a finished close ends at the flush */
+        sh_conn_mark_dirty(c);
+        return;
+    }
+    if (r == WSLAY_ERR_CALLBACK_FAILURE && !HAS(c, SH_CF_FAILED)) {
+        /* the frame layer rejected the input (bad length encoding, control
+         * frame too long or fragmented) and queued a status-less close */
+        SET(c, SH_CF_FAILED);
+        c->fix_empty_close = 1002;
+        if (!c->close_code)
+            c->close_code = 1002;
+        sh_info(c->id, "closing 1002: malformed frame");
+    } else if (r != 0 && r != WSLAY_ERR_CALLBACK_FAILURE) {
+        sh_conn_close(c);
+        return;
+    }
+    pump(c);
+    if (!wslay_event_want_read(c->ws) && !ws_finished(c))
+        sh_conn_stop_reading(c); /* finished: no stop, the linger phase reads on (for EOF) */
+    park_if_crowded(c);
+}
+
 static void ws_on_read(sh_conn *c, const char *data, size_t len)
 {
     if (data == NULL) { /* EOF */
         sh_conn_close(c);
         return;
+    }
+    if (!c->ws && !c->pmd) {
+        if (HAS(c, SH_CF_CLOSE_IN)) { /* the handshake is complete: nothing more is read */
+            sh_conn_stop_reading(c);
+            return;
+        }
+        SET(c, SH_CF_IN_WSLAY); /* (the message buffer stays while its hook is told) */
+        size_t n = light_frame(c, (const uint8_t *)data, len);
+        CLR(c, SH_CF_IN_WSLAY);
+        if (n > 0) {
+            /* after a message its hook runs first (PAUSED), or the
+             * connection failed or closed; after the peer's close the
+             * rest is not read (wslay reads nothing after a close) */
+            c->in = (const uint8_t *)data + n;
+            c->in_len = HAS(c, SH_CF_CLOSE_IN) ? 0 : len - n;
+            read_done(c, 0);
+            return;
+        }
     }
     if (unpark(c) != 0) {
         sh_warn(c->id, "out of memory for the WebSocket state: dropped");
@@ -560,43 +753,7 @@ static void ws_on_read(sh_conn *c, const char *data, size_t len)
     SET(c, SH_CF_IN_WSLAY);
     int r = wslay_event_recv(c->ws);
     CLR(c, SH_CF_IN_WSLAY);
-    if (c->phase == SH_PHASE_CLOSED) { /* closed from inside a callback */
-        c->in_len = 0;
-        ws_free(c);
-        return;
-    }
-    if (HAS(c, SH_CF_PAUSED)) {
-        if (c->in_len == 0 || HAS(c, SH_CF_FAILED)) {
-            CLR(c, SH_CF_PAUSED); /* nothing waits */
-        } else if (sh_buf_append(&c->pending, c->in, c->in_len) != 0) {
-            CLR(c, SH_CF_PAUSED);
-            fail(c, 1011, "out of memory for input");
-        } else {
-            /* the rest is read once the message's hook has run (the next
-             * loop iteration): a reply it sends goes out before anything
-             * the later frames cause, a protocol error included */
-            sh_conn_stop_reading(c);
-            c->tp->npaused++;
-            sh_conn_mark_dirty(c); /* resumed by the flusher */
-        }
-    }
-    c->in_len = 0;
-    if (r == WSLAY_ERR_CALLBACK_FAILURE && !HAS(c, SH_CF_FAILED)) {
-        /* the frame layer rejected the input (bad length encoding, control
-         * frame too long or fragmented) and queued a status-less close */
-        SET(c, SH_CF_FAILED);
-        c->fix_empty_close = 1002;
-        if (!c->close_code)
-            c->close_code = 1002;
-        sh_info(c->id, "closing 1002: malformed frame");
-    } else if (r != 0 && r != WSLAY_ERR_CALLBACK_FAILURE) {
-        sh_conn_close(c);
-        return;
-    }
-    pump(c);
-    if (!wslay_event_want_read(c->ws) && !ws_finished(c))
-        sh_conn_stop_reading(c); /* finished: no stop, the linger phase reads on (for EOF) */
-    park_if_crowded(c);
+    read_done(c, r);
 }
 
 /* The input that waited behind a message: go on with it. */
@@ -618,7 +775,9 @@ static void ws_resume(sh_conn *c)
 /* Called by sh_conn_flush when everything is written. */
 static int ws_finished(const sh_conn *c)
 {
-    return c->ws && !wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws);
+    if (!c->ws)
+        return HAS(c, SH_CF_CLOSE_IN);
+    return !wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws);
 }
 
 static void ws_on_timer(sh_conn *c)
@@ -694,14 +853,35 @@ void sh_conn_ws_close(sh_conn *c, uint16_t code, const char *reason)
 {
     if (c->phase != SH_PHASE_WS)
         return;
+    size_t rl = reason ? strlen(reason) : 0;
+    if (rl > 123)
+        rl = 123;
+    if (!c->ws && HAS(c, SH_CF_CLOSE_OUT)) { /* ours is out: as wslay, nothing more */
+        sh_conn_mark_dirty(c);
+        return;
+    }
+    if (!c->ws && code && !c->close_code && !HAS(c, SH_CF_FAILED)) {
+        /* at rest, nothing queued: the frame wslay would send, without it */
+        uint8_t payload[125] = {(uint8_t)(code >> 8), (uint8_t)(code & 0xff)};
+        if (rl)
+            memcpy(payload + 2, reason, rl);
+        if (put_frame(c, WSLAY_CONNECTION_CLOSE, (const char *)payload, rl + 2) != 0) {
+            sh_warn(c->id, "out of memory for the WebSocket state: dropped");
+            sh_conn_close(c);
+            return;
+        }
+        SET(c, SH_CF_CLOSE_QUEUED | SH_CF_CLOSE_OUT | SH_CF_CLOSE_WAIT);
+        c->close_code = code;
+        set_reason(c, reason, rl);
+        sh_conn_arm_timer(c, c->lim->close_timeout_ms); /* as pump */
+        sh_conn_mark_dirty(c);
+        return;
+    }
     if (unpark(c) != 0) {
         sh_warn(c->id, "out of memory for the WebSocket state: dropped");
         sh_conn_close(c);
         return;
     }
-    size_t rl = reason ? strlen(reason) : 0;
-    if (rl > 123)
-        rl = 123;
     SET(c, SH_CF_CLOSE_QUEUED);
     if (wslay_event_queue_close(c->ws, code, (const uint8_t *)reason, rl) == 0 && !c->close_code) {
         c->close_code = code;

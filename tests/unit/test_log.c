@@ -18,6 +18,8 @@
 #include <unistd.h>
 
 #include <float.h>
+#include <limits.h>
+#include <sys/types.h>
 #include <math.h>
 
 #include <uv.h>
@@ -421,6 +423,58 @@ static void test_signal_while_waiting_for_the_reader(void)
     sigaction(SIGUSR1, &old_sa, NULL);
 }
 
+/* A line's message as printf makes it (sh_log formats %s %d %u with l, ll or
+ * z, and %%, itself), folded as ever: control characters anywhere in a long
+ * message, at every offset of the 8-byte steps, become spaces; a text value
+ * is quoted whatever the position of the byte that needs it. */
+static void test_message_as_printf(void)
+{
+    sh_log_set_format(SH_LOG_TEXT);
+    char want[512], msg[400];
+    const long long ll[] = {0, 7, -7, 4294967296LL, LLONG_MAX, LLONG_MIN};
+    for (size_t i = 0; i < sizeof ll / sizeof ll[0]; i++) {
+        int d = (int)ll[i];
+        unsigned u = (unsigned)ll[i];
+        long l = (long)ll[i];
+        size_t z = (size_t)ll[i];
+        sh_log(SH_LOG_INFO, "c", "a%db%uc%ldd%lue%llde%llu f%zu%%g%zd %s|%s", d, u, l,
+               (unsigned long)l, ll[i], (unsigned long long)ll[i], z, (ssize_t)z, "str",
+               (const char *)NULL);
+        snprintf(msg, sizeof msg, "a%db%uc%ldd%lue%llde%llu f%zu%%g%zd %s|%s", d, u, l,
+                 (unsigned long)l, ll[i], (unsigned long long)ll[i], z, (ssize_t)z, "str",
+                 "(null)");
+        snprintf(want, sizeof want, "info  [c] %s\n", msg);
+        CHECK_STR(after_ts(take()), want);
+    }
+    /* other conversions go to vsnprintf */
+    sh_log(SH_LOG_INFO, "c", "%5d|%-3s|%x|%.2f|%c|%08llx", 42, "a", 255u, 1.5, 'z', 0xabcULL);
+    CHECK_STR(after_ts(take()), "info  [c]    42|a  |ff|1.50|z|00000abc\n");
+    const char bad[] = {'\n', '\x1b', '\x7f', '\x01', '\xc2'};
+    for (size_t at = 0; at < 24; at++)
+        for (size_t k = 0; k < sizeof bad; k++) {
+            memset(msg, 'x', 40);
+            msg[40] = '\0';
+            msg[at] = bad[k];
+            if (bad[k] == '\xc2')
+                msg[at + 1] = '\x85'; /* U+0085 (NEL): a C1 control */
+            sh_log(SH_LOG_INFO, "c", "%s", msg);
+            memset(msg, 'x', 40);
+            msg[at] = ' ';
+            if (bad[k] == '\xc2')
+                msg[at + 1] = ' ';
+            snprintf(want, sizeof want, "info  [c] %s\n", msg);
+            CHECK_STR(after_ts(take()), want);
+            const char plain[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+            const char needs[] = {' ', '"', '=', '\\', '\x7f', '\x01'};
+            char v[64];
+            memcpy(v, plain, sizeof plain);
+            v[at] = needs[k];
+            sh_log_kv(SH_LOG_INFO, "c", "m", "v", SH_LOG_STR, v, NULL);
+            const char *got = after_ts(take());
+            CHECKF(strncmp(got, "info  [c] m v=\"", 15) == 0, "unquoted at %zu: %s", at, got);
+        }
+}
+
 int main(void)
 {
     FILE *f = tmpfile();
@@ -432,6 +486,7 @@ int main(void)
     test_numbers_as_printf();
     test_json_utf8();
     test_text();
+    test_message_as_printf();
     test_cut_lines();
     test_cut_lines_on_a_pipe();
     test_access();

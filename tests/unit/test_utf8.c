@@ -490,11 +490,12 @@ static void test_fast_path_offsets(void)
         "\x80", "\xc0\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xff",
         "\xe1\x80", "\xf1\x80\x80",
     };
-    uint8_t buf[64];
+    uint8_t buf[160];
     long first_bad = -1;
+    /* past 64 on either side: the 32- and 8-byte steps, at every offset */
     for (size_t k = 0; k < sizeof seqs / sizeof seqs[0]; k++)
-        for (size_t pre = 0; pre <= 20; pre++)
-            for (size_t post = 0; post <= 20; post++) {
+        for (size_t pre = 0; pre <= 70; pre++)
+            for (size_t post = 0; post <= 70; post++) {
                 size_t m = strlen(seqs[k]), n = pre + m + post;
                 memset(buf, 'x', sizeof buf);
                 memcpy(buf + pre, seqs[k], m);

@@ -685,9 +685,14 @@ static void test_parks_at_rest(void)
     open_ws();
     send_frame(0x81, "one", 3);
     expect("echo", "\x81\x03one", 5);
-    /* busy: the context made for the message stays (the next frames of a job
-     * do not pay for a new one each) */
-    CHECKF(T.c && T.c->ws, "[parks at rest] no wslay context right after a message");
+    /* a whole one-frame message is taken without wslay: no context made */
+    CHECKF(T.c && !T.c->ws, "[parks at rest] a wslay context made for a one-frame message");
+    CHECKF(tp.held == NULL, "[parks at rest] held list not empty after a one-frame message");
+    /* a frame that needs wslay (a ping) makes one; busy, it stays (the next
+     * frames do not pay for a new one each) */
+    send_frame(0x89, "q", 1);
+    expect("pong", "\x8a\x01q", 3);
+    CHECKF(T.c && T.c->ws, "[parks at rest] no wslay context right after a ping");
     CHECKF(tp.held == T.c, "[parks at rest] the connection is not in the held list");
     uint64_t took = until_parked(20 * SH_PARK_SWEEP_MS);
     CHECKF(T.c && !T.c->ws, "[parks at rest] context still held after %llums",
@@ -710,6 +715,95 @@ static void test_parks_at_rest(void)
     CHECK_INT(count(SH_CONN_EV_MESSAGE), 3);
     end();
     CHECKF(tp.held == NULL, "[parks at rest] held list not empty after the end");
+}
+
+/* One-frame text messages taken without wslay: the UTF-8 check sees every
+ * byte, whatever its place in the 8-byte steps of the unmasking (a bad byte
+ * first, last, in the tail); valid non-ASCII text is echoed. */
+static void test_one_frame_utf8(void)
+{
+    static const size_t lens[] = {1, 7, 8, 9, 15, 16, 17, 40};
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        size_t n = lens[i];
+        for (int at = 0; at < 3; at++) {
+            char t[64], name[64], want[80];
+            memset(t, 'a', n);
+            size_t pos = at == 0 ? 0 : at == 1 ? n - 1 : n / 2;
+            snprintf(name, sizeof name, "one-frame UTF-8 %zu bytes, 0xff at %zu", n, pos);
+            begin(name, limits());
+            open_ws();
+            t[pos] = (char)0xff;
+            send_frame(0x81, t, n);
+            expect("close 1007", "\x88\x02\x03\xef", 4);
+            CHECK_INT(count(SH_CONN_EV_MESSAGE), 0);
+            end();
+            if (n < 2)
+                continue;
+            snprintf(name, sizeof name, "one-frame UTF-8 %zu bytes, U+00E9 at %zu", n, pos);
+            begin(name, limits());
+            open_ws();
+            memset(t, 'a', n);
+            pos = pos == n - 1 ? n - 2 : pos;
+            t[pos] = (char)0xc3;
+            t[pos + 1] = (char)0xa9;
+            send_frame(0x81, t, n);
+            want[0] = (char)0x81;
+            want[1] = (char)n;
+            memcpy(want + 2, t, n);
+            expect("echo", want, n + 2);
+            CHECKF(T.c && !T.c->ws, "[%s] a wslay context for valid text", T.name);
+            end();
+        }
+    }
+}
+
+/* The server closes a connection at rest: its close frame goes out without
+ * a wslay context, and the client's answer is taken without one too; what
+ * the client sends instead (a message, a ping, an invalid close) goes to a
+ * context made then, told that our close is out: it never sends a second
+ * close, and the connection ends as it did with a context all along. */
+static void test_server_close_without_context(void)
+{
+    static const struct {
+        const char *name;
+        const char *pre; /* a frame before the answer: "msg", "ping", or NULL */
+        uint16_t answer; /* the client's close code (0: an empty close) */
+        int context;     /* a wslay context is made on the way */
+    } v[] = {
+        {"server close, answered 1000", NULL, 1000, 0},
+        {"server close, answered empty", NULL, 0, 0},
+        {"server close, a message first", "msg", 1000, 1},
+        {"server close, a ping first", "ping", 1000, 1},
+        {"server close, answered 5000", NULL, 5000, 1},
+    };
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        begin(v[i].name, limits());
+        open_ws();
+        send_frame(0x81, "hi", 2);
+        expect("echo", "\x81\x02hi", 4);
+        sh_conn_ws_close(T.c, 4001, "done");
+        expect("close 4001", "\x88\x06\x0f\xa1" "done", 8);
+        CHECKF(T.c && !T.c->ws, "[%s] a wslay context for the close", T.name);
+        CHECKF(!sh_conn_open(T.c), "[%s] still open after the close", T.name);
+        CHECKF(sh_conn_send(T.c, "late", 4, 0) == -1, "[%s] a send after the close", T.name);
+        if (v[i].pre && strcmp(v[i].pre, "msg") == 0)
+            send_frame(0x81, "late", 4);
+        else if (v[i].pre)
+            send_frame(0x89, "p", 1);
+        if (v[i].answer)
+            send_close(v[i].answer, "");
+        else
+            send_frame(0x88, "", 0);
+        expect("nothing more (no second close, no pong)", "", 0);
+        CHECKF(T.eof, "[%s] no FIN after the close handshake", T.name);
+        CHECKF(!T.fin_before_close, "[%s] the FIN came before EV_CLOSE", T.name);
+        CHECK_INT(count(SH_CONN_EV_MESSAGE), v[i].pre && !strcmp(v[i].pre, "msg") ? 2 : 1);
+        expect_close_event(4001, "done");
+        CHECKF(T.c == NULL || !T.c->ws || v[i].context, "[%s] a wslay context was made",
+               T.name);
+        end();
+        CHECKF(tp.held == NULL, "[%s] held list not empty after the end", T.name);
+    }
 }
 
 #ifndef SH_PARK_HELD_MAX
@@ -797,6 +891,8 @@ int main(void)
     test_decision_timeout();
     test_upgrade_without_connection();
     test_parks_at_rest();
+    test_server_close_without_context();
+    test_one_frame_utf8();
     test_crowd_parks_at_once();
 
     sh_transport_close(&tp);
