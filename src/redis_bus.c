@@ -253,7 +253,7 @@ struct sh_redis_bus {
     uint64_t state_changes;          /* availability changes since that line */
     uv_timer_t state_timer;          /* logs the changes held back, a second after that line */
     struct chan *chans;              /* channel registry (uthash head) */
-    struct chan *last;               /* the channel chan_find found last, or NULL */
+    struct chan *recent[64];         /* chan_find's cache, by chan_slot; NULL: none */
     struct chan *dirty;              /* channels to sweep once busy is 0 */
     unsigned busy;                   /* depth of user callbacks over the registry */
     int up;                          /* every connection ready */
@@ -432,15 +432,27 @@ int sh_redis_parse_url(const char *url, sh_redis_addr *out)
 
 /* ---- registry: sweeping ------------------------------------------------- */
 
-/* The channel name[0..len) of the registry, or NULL. Messages come in runs on one
- * channel (a job's updates, its confirmations): the one found last is tried first,
- * saving the hash of the name. */
+/* The slot of channel name[0..len) in b->recent: from its length and its last 8 bytes
+ * (where names of one prefix differ), not from all of it. */
+static unsigned chan_slot(const char *name, size_t len)
+{
+    uint64_t t = 0;
+    size_t k = len < 8 ? len : 8;
+    memcpy(&t, name + len - k, k);
+    t = (t ^ len) * 0x9E3779B97F4A7C15u;
+    return (unsigned)(t >> 58); /* 0..63 */
+}
+
+/* The channel name[0..len) of the registry, or NULL. Each message and confirmation
+ * looks its channel up: the channels found lately are tried first (b->recent),
+ * which saves hashing all of the name. */
 static struct chan *chan_find(sh_redis_bus *b, const char *name, size_t len)
 {
-    struct chan *ch = b->last;
+    unsigned i = chan_slot(name, len);
+    struct chan *ch = b->recent[i];
     if (ch && ch->len == len && memcmp(ch->name, name, len) == 0) return ch;
     HASH_FIND(hh, b->chans, name, len, ch);
-    if (ch) b->last = ch;
+    if (ch) b->recent[i] = ch;
     return ch;
 }
 
@@ -468,7 +480,8 @@ static void chan_settle_now(sh_redis_bus *b, struct chan *ch)
         s = next;
     }
     if (ch->live == 0 && ch->inflight == 0 && ch->head == NULL && !ch->dirty) {
-        if (b->last == ch) b->last = NULL;
+        unsigned i = chan_slot(ch->name, ch->len);
+        if (b->recent[i] == ch) b->recent[i] = NULL;
         HASH_DEL(b->chans, ch);
         free(ch);
     }
@@ -1137,6 +1150,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 static void sub_ack(struct conn *c, int unsub, const char *name, size_t len)
 {
     sh_redis_bus *b = c->bus;
+    if (b->closing) return;
     struct chan *ch = chan_find(b, name, len);
     if (ch && ch->conn == c) chan_ack(b, ch);
     if (!unsub && c->state == CONN_SUBSCRIBING && c->resub_left > 0 && --c->resub_left == 0)
@@ -1526,7 +1540,7 @@ static void conn_read(redisAsyncContext *ac)
         return;
     }
     redisAsyncHandleRead(ac);
-    if (c->ac == ac && c->raw_ac == ac && c->flen) /* what followed the handshake (raw_take_over) */
+    if (c->ac == ac && c->raw_ac == ac && c->flen && !c->bus->closing) /* raw_take_over's */
         sub_fast_parse(c, ac, c->flen);
 }
 
@@ -2230,8 +2244,8 @@ void sh_redis_cmd_cancel(sh_redis_cmd *c)
  * chan_hash, which the caller has), NULL in cluster mode. NULL when out of memory. */
 static struct chan *chan_get(sh_redis_bus *b, const char *name, size_t len, struct conn *home)
 {
-    struct chan *ch = b->last;
-    unsigned hv;
+    unsigned slot = chan_slot(name, len), hv;
+    struct chan *ch = b->recent[slot];
     if (ch && ch->len == len && memcmp(ch->name, name, len) == 0) return ch;
     HASH_VALUE(name, len, hv); /* once for the look-up and the insertion */
     HASH_FIND_BYHASHVALUE(hh, b->chans, name, len, hv, ch);
@@ -2247,7 +2261,7 @@ static struct chan *chan_get(sh_redis_bus *b, const char *name, size_t len, stru
         free(ch);
         return NULL;
     }
-    return b->last = ch;
+    return b->recent[slot] = ch;
 }
 
 /* Contract in redis_bus.h. */
@@ -2379,7 +2393,7 @@ static void registry_orphan_all(sh_redis_bus *b)
         free(ch);
     }
     b->dirty = NULL;
-    b->last = NULL;
+    memset(b->recent, 0, sizeof b->recent);
 }
 
 /* The asynchronous part of sh_redis_bus_close, run from the loop (outside
