@@ -3140,16 +3140,12 @@ static void ccmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
  * ch to c's output and remember that a reply is due. 0 or -1. */
 static int csub_send(struct conn *c, struct chan *ch, int unsub, int resub)
 {
-    redisAsyncContext *ac = c->ac;
-    const char *argv[2] = {unsub ? "SUNSUBSCRIBE" : "SSUBSCRIBE", ch->name};
-    size_t lens[2] = {unsub ? 12u : 10u, ch->len};
     struct sreq *q = malloc(sizeof *q);
-    if (q && ac && c->raw_ac == ac) conn_sending(c);
-    if (!q || !ac || c->raw_ac != ac || redisAppendCommandArgv(&ac->c, 2, argv, lens) != REDIS_OK) {
+    if (q && c->ac && c->raw_ac == c->ac) conn_sending(c);
+    if (!q || sub_append(c, unsub ? "SUNSUBSCRIBE" : "SSUBSCRIBE", ch->name, ch->len) < 0) {
         free(q);
         return -1;
     }
-    if (ac->ev.addWrite) ac->ev.addWrite(ac->ev.data);
     q->next = NULL;
     q->ch = ch;
     q->unsub = unsub;

@@ -356,13 +356,15 @@ static void bus_stop(sh_redis_bus *b, sh_redis_sub *s1, sh_redis_sub *s2)
 
 /* Messages (binary channel and payloads with NUL, CR, LF, RESP-looking bytes, an empty
  * one, one for a channel nobody subscribed to, one spelled "MESSAGE" that only hiredis
- * reads) and a SUBSCRIBE confirmation among them, cut at every byte and at every
+ * reads) and a SUBSCRIBE and an UNSUBSCRIBE confirmation among them (read in place:
+ * fast_ack), cut at every byte and at every
  * single split point: each delivered once, in order, byte for byte; no reconnect. */
 static const char STREAM[] =
     "*3\r\n$7\r\nmessage\r\n$3\r\na\0b\r\n$5\r\nx\r\ny\0\r\n"
     "*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$0\r\n\r\n"
     "*3\r\n$7\r\nmessage\r\n$1\r\nz\r\n$2\r\nno\r\n"
     "*3\r\n$9\r\nsubscribe\r\n$1\r\nq\r\n:3\r\n"
+    "*3\r\n$11\r\nunsubscribe\r\n$1\r\nq\r\n:2\r\n"
     "*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$21\r\n*3\r\n$7\r\nmessage\r\n$1\r\n\r\n"
     "*3\r\n$7\r\nMESSAGE\r\n$1\r\nc\r\n$1\r\nM\r\n"
     "*3\r\n$7\r\nmessage\r\n$3\r\na\0b\r\n$3\r\nend\r\n";
