@@ -88,6 +88,29 @@
 static int hash_oom; /* set by uthash when an insertion ran out of memory */
 #define HASH_NONFATAL_OOM 1
 #define uthash_nonfatal_oom(obj) (hash_oom = 1)
+
+/* The registry's hash of a channel name (every message and confirmation looks its
+ * channel up): 8 bytes a step, each mixed by a multiply and a shift, where uthash's
+ * default (Jenkins) costs several instructions a byte. Names that differ only in their
+ * last bytes (a prefix and a connection id) spread over the buckets as random ones do
+ * (uthash takes the low bits). */
+static unsigned name_hash(const void *key, size_t len)
+{
+    const unsigned char *p = key;
+    uint64_t h = 0x9E3779B97F4A7C15u ^ len, w;
+    for (; len >= 8; p += 8, len -= 8) {
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdu;
+        h ^= h >> 32;
+    }
+    w = 0;
+    memcpy(&w, p, len);
+    h = (h ^ w) * 0xff51afd7ed558ccdu;
+    h ^= h >> 32; /* the high bits, which depend on every byte, down to the bucket bits */
+    h *= 0xc4ceb9fe1a85ec53u;
+    return (unsigned)(h ^ (h >> 32));
+}
+#define HASH_FUNCTION(keyptr, keylen, hashv) ((hashv) = name_hash((keyptr), (keylen)))
 #include <uthash.h>
 
 #include "buf.h"
@@ -253,7 +276,6 @@ struct sh_redis_bus {
     uint64_t state_changes;          /* availability changes since that line */
     uv_timer_t state_timer;          /* logs the changes held back, a second after that line */
     struct chan *chans;              /* channel registry (uthash head) */
-    struct chan *recent[64];         /* chan_find's cache, by chan_slot; NULL: none */
     struct chan *dirty;              /* channels to sweep once busy is 0 */
     unsigned busy;                   /* depth of user callbacks over the registry */
     int up;                          /* every connection ready */
@@ -432,27 +454,11 @@ int sh_redis_parse_url(const char *url, sh_redis_addr *out)
 
 /* ---- registry: sweeping ------------------------------------------------- */
 
-/* The slot of channel name[0..len) in b->recent: from its length and its last 8 bytes
- * (where names of one prefix differ), not from all of it. */
-static unsigned chan_slot(const char *name, size_t len)
-{
-    uint64_t t = 0;
-    size_t k = len < 8 ? len : 8;
-    memcpy(&t, name + len - k, k);
-    t = (t ^ len) * 0x9E3779B97F4A7C15u;
-    return (unsigned)(t >> 58); /* 0..63 */
-}
-
-/* The channel name[0..len) of the registry, or NULL. Each message and confirmation
- * looks its channel up: the channels found lately are tried first (b->recent),
- * which saves hashing all of the name. */
+/* The channel name[0..len) of the registry, or NULL (hashed by name_hash). */
 static struct chan *chan_find(sh_redis_bus *b, const char *name, size_t len)
 {
-    unsigned i = chan_slot(name, len);
-    struct chan *ch = b->recent[i];
-    if (ch && ch->len == len && memcmp(ch->name, name, len) == 0) return ch;
+    struct chan *ch;
     HASH_FIND(hh, b->chans, name, len, ch);
-    if (ch) b->recent[i] = ch;
     return ch;
 }
 
@@ -480,8 +486,6 @@ static void chan_settle_now(sh_redis_bus *b, struct chan *ch)
         s = next;
     }
     if (ch->live == 0 && ch->inflight == 0 && ch->head == NULL && !ch->dirty) {
-        unsigned i = chan_slot(ch->name, ch->len);
-        if (b->recent[i] == ch) b->recent[i] = NULL;
         HASH_DEL(b->chans, ch);
         free(ch);
     }
@@ -2244,9 +2248,8 @@ void sh_redis_cmd_cancel(sh_redis_cmd *c)
  * chan_hash, which the caller has), NULL in cluster mode. NULL when out of memory. */
 static struct chan *chan_get(sh_redis_bus *b, const char *name, size_t len, struct conn *home)
 {
-    unsigned slot = chan_slot(name, len), hv;
-    struct chan *ch = b->recent[slot];
-    if (ch && ch->len == len && memcmp(ch->name, name, len) == 0) return ch;
+    struct chan *ch;
+    unsigned hv;
     HASH_VALUE(name, len, hv); /* once for the look-up and the insertion */
     HASH_FIND_BYHASHVALUE(hh, b->chans, name, len, hv, ch);
     if (ch) return ch;
@@ -2261,7 +2264,7 @@ static struct chan *chan_get(sh_redis_bus *b, const char *name, size_t len, stru
         free(ch);
         return NULL;
     }
-    return b->recent[slot] = ch;
+    return ch;
 }
 
 /* Contract in redis_bus.h. */
@@ -2393,7 +2396,6 @@ static void registry_orphan_all(sh_redis_bus *b)
         free(ch);
     }
     b->dirty = NULL;
-    memset(b->recent, 0, sizeof b->recent);
 }
 
 /* The asynchronous part of sh_redis_bus_close, run from the loop (outside
