@@ -46,15 +46,17 @@
  *   connect calls onConnect(REDIS_ERR) and frees the context right after.
  *   redisAsyncConnect() may also fail at once (ECONNREFUSED on loopback,
  *   ENOENT for a unix path) and returns a context with err set, which we free.
- * - in subscribed mode every reply hiredis cannot match goes to the last
- *   callback it used (redisProcessCallbacks keeps `cb` across replies), and a
- *   spontaneous error reply disconnects: so the subscriber connection sends
- *   SUBSCRIBE only after every handshake reply (AUTH/SELECT/SETNAME) arrived,
- *   and one callback (sub_reply_cb) handles all subscribed-mode replies by
- *   looking at their content.
- * - UNSUBSCRIBE is refused by hiredis unless the context is in subscribed
- *   mode; we only send it for channels whose SUBSCRIBE went out on the same
- *   connection.
+ * - hiredis' subscribed mode costs a dict entry (an sds name) per channel, an
+ *   argv formatting per (UN)SUBSCRIBE and a look-up per push, and in it every
+ *   reply hiredis cannot match goes to the last callback it used
+ *   (redisProcessCallbacks keeps `cb` across replies). So a subscriber
+ *   connection goes through hiredis' callbacks for its handshake
+ *   (AUTH/SELECT/SETNAME) only; from its last reply on, the context is "raw"
+ *   (c->raw_ac, raw_take_over): (UN)SUBSCRIBE (cluster: SSUBSCRIBE/SUNSUBSCRIBE)
+ *   are formatted here and appended to its output (sub_append), and what it
+ *   reads is parsed here (sub_fast_read) or by hiredis' reader alone
+ *   (raw_drain, by the rules hiredis applied: reply_refused). hiredis never
+ *   enters subscribed mode.
  * - redisLibuvAttach leaks its small event struct if uv_poll_init fails (not
  *   reachable with a valid socket; noted, not worked around).
  * - redisAsyncHandleRead reads at most 16 KiB (a stack buffer in
@@ -86,6 +88,29 @@
 static int hash_oom; /* set by uthash when an insertion ran out of memory */
 #define HASH_NONFATAL_OOM 1
 #define uthash_nonfatal_oom(obj) (hash_oom = 1)
+
+/* The registry's hash of a channel name (every message and confirmation looks its
+ * channel up): 8 bytes a step, each mixed by a multiply and a shift, where uthash's
+ * default (Jenkins) costs several instructions a byte. Names that differ only in their
+ * last bytes (a prefix and a connection id) spread over the buckets as random ones do
+ * (uthash takes the low bits). */
+static unsigned name_hash(const void *key, size_t len)
+{
+    const unsigned char *p = key;
+    uint64_t h = 0x9E3779B97F4A7C15u ^ len, w;
+    for (; len >= 8; p += 8, len -= 8) {
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdu;
+        h ^= h >> 32;
+    }
+    w = 0;
+    memcpy(&w, p, len);
+    h = (h ^ w) * 0xff51afd7ed558ccdu;
+    h ^= h >> 32; /* the high bits, which depend on every byte, down to the bucket bits */
+    h *= 0xc4ceb9fe1a85ec53u;
+    return (unsigned)(h ^ (h >> 32));
+}
+#define HASH_FUNCTION(keyptr, keylen, hashv) ((hashv) = name_hash((keyptr), (keylen)))
 #include <uthash.h>
 
 #include "buf.h"
@@ -156,7 +181,11 @@ struct conn {
     size_t resub_left;      /* (sub) confirmations of the re-subscribe batch awaited */
     struct ratelimit rl;    /* for this connection's loss/restore lines */
     struct node *node;      /* (cluster) its node; NULL in single mode */
-    redisAsyncContext *raw_ac; /* (cluster sub) ac once past the handshake: read raw */
+    redisAsyncContext *raw_ac; /* (sub) ac once past the handshake: read and written raw
+                               (sub_fast_read, raw_drain, sub_append), never through
+                               hiredis' callbacks */
+    int raw_reading;        /* (sub) raw_drain is taking replies from ac's reader */
+    char errline[128];      /* (single-mode sub) the error reply that ended ac (reply_refused) */
     struct sreq *sq_head, *sq_tail; /* (cluster sub) SSUBSCRIBE/SUNSUBSCRIBE awaiting replies */
     int dormant;            /* (cluster sub) not started: no channel needs it */
     char *fbuf;             /* (sub) the fast reader's buffer, FAST_CAP bytes */
@@ -265,18 +294,23 @@ struct sh_redis_bus {
 /* Forward declarations (contracts at the definitions). */
 static void conn_connect(struct conn *c);
 static void conn_timer_cb(uv_timer_t *t);
-static void sub_reply_cb(redisAsyncContext *ac, void *r, void *privdata);
 static void conn_lost(struct conn *c, const char *why);
 static void conn_ready(struct conn *c);
 static void conn_sending(struct conn *c);
 static void bus_update(sh_redis_bus *b);
 static void chan_settle(sh_redis_bus *b, struct chan *ch);
 static void chan_ack(sh_redis_bus *b, struct chan *ch);
+static void raw_read(struct conn *c, redisAsyncContext *ac);
+static void raw_take_over(struct conn *c, redisAsyncContext *ac);
+/* Handle each reply the reader of c's raw context ac holds whole (sub_reply, or for a
+ * cluster subscriber connection csub_reply); a protocol error disconnects. */
+static void raw_drain(struct conn *c, redisAsyncContext *ac);
 static void chan_deliver(sh_redis_bus *b, struct chan *ch, const char *payload, size_t len);
 static int sub_conn_writable(const struct conn *c);
 static size_t conn_channels(const sh_redis_bus *b, const struct conn *c);
 static void busy_enter(sh_redis_bus *b);
 static void busy_leave(sh_redis_bus *b);
+static void reply_free(void *p);
 static void reply_too_large(struct conn *c, const redisAsyncContext *ac);
 static int reply_over(const struct conn *c, const redisAsyncContext *ac);
 /* the cluster layer (end of file) */
@@ -289,10 +323,7 @@ static int cluster_home_usable(const sh_redis_bus *b, const char *name, size_t l
 static int cluster_chan_start(sh_redis_bus *b, struct chan *ch);
 static int csub_send(struct conn *c, struct chan *ch, int unsub, int resub);
 static void csub_resubscribe(struct conn *c, redisAsyncContext *ac);
-static void csub_read(struct conn *c, redisAsyncContext *ac);
-/* Handle each reply c's reader (of ac) holds whole (csub_reply); a protocol error
- * disconnects. */
-static void csub_drain(struct conn *c, redisAsyncContext *ac);
+static void csub_reply(struct conn *c, const redisReply *reply);
 static void cluster_conn_lost(struct conn *c);
 static void cluster_conn_ready(struct conn *c);
 static int cluster_keep_retrying(struct conn *c);
@@ -423,6 +454,14 @@ int sh_redis_parse_url(const char *url, sh_redis_addr *out)
 
 /* ---- registry: sweeping ------------------------------------------------- */
 
+/* The channel name[0..len) of the registry, or NULL (hashed by name_hash). */
+static struct chan *chan_find(sh_redis_bus *b, const char *name, size_t len)
+{
+    struct chan *ch;
+    HASH_FIND(hh, b->chans, name, len, ch);
+    return ch;
+}
+
 /* Put ch on the dirty list (idempotent). */
 static void chan_mark_dirty(sh_redis_bus *b, struct chan *ch)
 {
@@ -494,16 +533,57 @@ static int sub_conn_writable(const struct conn *c)
     return c->ac && (c->state == CONN_SUBSCRIBING || c->state == CONN_READY);
 }
 
+/* "$<v>\r\n" at p; returns the end. */
+static char *put_len(char *p, size_t v)
+{
+    char d[24];
+    int k = 0;
+    do d[k++] = (char)('0' + v % 10); while ((v /= 10) > 0);
+    *p++ = '$';
+    while (k > 0) *p++ = d[--k];
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* Append the command `cmd name` (cmd: a C string, e.g. "SUBSCRIBE"; name binary, len
+ * bytes) in RESP to the output of c's raw context and have it written (at the next
+ * loop iteration when c is ready: ev_add_write). Formatted here, not by hiredis' argv
+ * formatter (sds growth per argument). 0, or -1 when c has no raw context or that
+ * context is going away (nothing appended) or out of memory. */
+static int sub_append(struct conn *c, const char *cmd, const char *name, size_t len)
+{
+    redisAsyncContext *ac = c->ac;
+    size_t clen = strlen(cmd), cap = 4 + clen + len + 2 * 26;
+    char stack[256], *buf = cap <= sizeof stack ? stack : malloc(cap), *p = buf;
+    int rc = -1;
+    if (!buf) return -1;
+    if (ac && c->raw_ac == ac && !(ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING))) {
+        memcpy(p, "*2\r\n", 4);
+        p = put_len(p + 4, clen);
+        memcpy(p, cmd, clen);
+        p += clen;
+        *p++ = '\r';
+        *p++ = '\n';
+        p = put_len(p, len);
+        memcpy(p, name, len);
+        p += len;
+        *p++ = '\r';
+        *p++ = '\n';
+        rc = redisAppendFormattedCommand(&ac->c, buf, (size_t)(p - buf)) == REDIS_OK ? 0 : -1;
+        if (rc == 0 && ac->ev.addWrite) ac->ev.addWrite(ac->ev.data);
+    }
+    if (buf != stack) free(buf);
+    return rc;
+}
+
 /* Send SUBSCRIBE for ch. 0 or SH_REDIS_EUNAVAILABLE (nothing sent). */
 static int chan_send_subscribe(sh_redis_bus *b, struct chan *ch)
 {
-    const char *argv[2] = {"SUBSCRIBE", ch->name};
-    size_t lens[2] = {9, ch->len};
-    (void)b;
     if (!sub_conn_writable(ch->conn)) return SH_REDIS_EUNAVAILABLE;
     conn_sending(ch->conn);
     if (b->cl ? csub_send(ch->conn, ch, 0, 0) < 0
-              : redisAsyncCommandArgv(ch->conn->ac, sub_reply_cb, ch->conn, 2, argv, lens) != REDIS_OK)
+              : sub_append(ch->conn, "SUBSCRIBE", ch->name, ch->len) < 0)
         return SH_REDIS_EUNAVAILABLE;
     ch->inflight++;
     if (!b->cl) ch->conn->acks++;
@@ -515,15 +595,13 @@ static int chan_send_subscribe(sh_redis_bus *b, struct chan *ch)
 /* The last live sub left ch: tell Redis, if Redis knows of it. */
 static void chan_send_unsubscribe(sh_redis_bus *b, struct chan *ch)
 {
-    const char *argv[2] = {"UNSUBSCRIBE", ch->name};
-    size_t lens[2] = {11, ch->len};
     int was_sent = ch->sent;
     ch->confirmed = 0;
     ch->sent = 0;
     if (!was_sent || b->closing || !sub_conn_writable(ch->conn)) return;
     conn_sending(ch->conn);
     if (b->cl ? csub_send(ch->conn, ch, 1, 0) == 0
-              : redisAsyncCommandArgv(ch->conn->ac, sub_reply_cb, ch->conn, 2, argv, lens) == REDIS_OK) {
+              : sub_append(ch->conn, "UNSUBSCRIBE", ch->name, ch->len) == 0) {
         ch->inflight++;
         if (!b->cl) ch->conn->acks++;
     }
@@ -863,6 +941,7 @@ static void conn_lost(struct conn *c, const char *why)
     uint64_t held, now = uv_now(b->loop);
     int timed_out = c->timed_out;
     c->ac = NULL;
+    c->raw_ac = NULL;
     c->state = CONN_IDLE;
     c->hs_left = 0;
     c->resub_left = 0;
@@ -925,13 +1004,17 @@ static void conn_ready(struct conn *c)
     bus_update(b);
 }
 
-/* Send one SUBSCRIBE naming every live channel of c (after a reconnect). */
+/* c's handshake is done: from now on its context is read and written raw (see
+ * sub_fast_read). Send one SUBSCRIBE naming every live channel of c (after a
+ * reconnect). */
 static void sub_resubscribe(struct conn *c)
 {
     sh_redis_bus *b = c->bus;
+    redisAsyncContext *ac = c->ac;
     size_t n = conn_channels(b, c), i = 1;
     char rn[32];
     struct chan *ch, *tmp;
+    c->raw_ac = ac;
     if (n == 0) {
         conn_ready(c);
         return;
@@ -952,7 +1035,8 @@ static void sub_resubscribe(struct conn *c)
         lens[i++] = ch->len;
     }
     c->state = CONN_SUBSCRIBING;
-    if (redisAsyncCommandArgv(c->ac, sub_reply_cb, c, (int)(n + 1), argv, lens) == REDIS_OK) {
+    if (redisAppendCommandArgv(&ac->c, (int)(n + 1), argv, lens) == REDIS_OK) {
+        if (ac->ev.addWrite) ac->ev.addWrite(ac->ev.data);
         c->resub_left = n;
         HASH_ITER(hh, b->chans, ch, tmp) {
             if (ch->conn != c || ch->live == 0) continue;
@@ -996,6 +1080,7 @@ static void hs_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
         redisAsyncDisconnect(ac);
         return;
     }
+    if (c->role == ROLE_SUB) raw_take_over(c, ac);
     if (c->role == ROLE_SUB && c->node)
         csub_resubscribe(c, ac);
     else if (c->role == ROLE_SUB)
@@ -1063,41 +1148,42 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     conn_lost(c, why);
 }
 
-/* Every reply on the subscriber connection in subscribed mode. */
-static void sub_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
+/* A subscribe (unsub 0) or unsubscribe (1) confirmation of channel name[0..len) on
+ * single-mode subscriber connection c (a channel of another connection is not
+ * touched). */
+static void sub_ack(struct conn *c, int unsub, const char *name, size_t len)
 {
-    struct conn *c = privdata;
     sh_redis_bus *b = c->bus;
-    const redisReply *reply = r;
-    struct chan *ch = NULL;
-    if (c->ac != ac) return;
-    if (!reply) {
-        conn_lost(c, ac_reason(ac));
-        return;
-    }
     if (b->closing) return;
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+    struct chan *ch = chan_find(b, name, len);
+    if (ch && ch->conn == c) chan_ack(b, ch);
+    if (!unsub && c->state == CONN_SUBSCRIBING && c->resub_left > 0 && --c->resub_left == 0)
+        conn_ready(c);
+}
+
+/* One reply on a single-mode subscriber connection that its reader made (raw_drain;
+ * reply_refused dropped the connection for those hiredis would have refused or
+ * aborted on, and for an error): a message push, a (un)subscribe confirmation, or
+ * anything else, ignored (a pong, a push of an unknown kind, a status). */
+static void sub_reply(struct conn *c, const redisReply *reply)
+{
+    sh_redis_bus *b = c->bus;
+    if (b->closing || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
         reply->element[0]->type != REDIS_REPLY_STRING ||
-        reply->element[1]->type != REDIS_REPLY_STRING) {
-        if (reply->type == REDIS_REPLY_ERROR)
-            sh_warn(NULL, "redis: subscriber connection: %.*s", (int)reply->len, reply->str);
+        reply->element[1]->type != REDIS_REPLY_STRING)
         return;
-    }
     const char *kind = reply->element[0]->str;
     const redisReply *name = reply->element[1];
-    HASH_FIND(hh, b->chans, name->str, name->len, ch);
-    if ((reply->element[0]->len == 7 && memcmp(kind, "message", 7) == 0) || /* as Redis sends it */
-        strcasecmp(kind, "message") == 0) {
+    if (strcasecmp(kind, "message") == 0) {
         const redisReply *payload = reply->element[2];
+        struct chan *ch = chan_find(b, name->str, name->len);
         b->messages++;
         if (ch && payload->type == REDIS_REPLY_STRING)
             chan_deliver(b, ch, payload->str, payload->len);
     } else if (strcasecmp(kind, "subscribe") == 0) {
-        if (ch) chan_ack(b, ch);
-        if (c->state == CONN_SUBSCRIBING && c->resub_left > 0 && --c->resub_left == 0)
-            conn_ready(c);
+        sub_ack(c, 0, name->str, name->len);
     } else if (strcasecmp(kind, "unsubscribe") == 0) {
-        if (ch) chan_ack(b, ch);
+        sub_ack(c, 1, name->str, name->len);
     }
 }
 
@@ -1258,10 +1344,48 @@ static long resp_extent(const char *p, size_t n)
     return (long)i;
 }
 
-/* Hand p[0..n) to hiredis' reader and, when `done` (a reply is complete), handle it: by
- * hiredis' callbacks, or for a cluster subscriber connection by csub_drain. 0; 1 when
- * that took ac out of subscribed mode (an unsubscribe left no channel: what follows is
- * hiredis' to read); -1 when c's context ac went away or the bus is closing (ac is not
+/* Read what the socket of c's raw context ac has, and handle each reply
+ * (raw_drain). A read or protocol error disconnects (hiredis then calls
+ * on_disconnect). */
+static void raw_read(struct conn *c, redisAsyncContext *ac)
+{
+    if (redisBufferRead(&ac->c) == REDIS_ERR) {
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    raw_drain(c, ac);
+}
+
+/* Contract at the forward declaration. */
+static void raw_drain(struct conn *c, redisAsyncContext *ac)
+{
+    void *reply = NULL;
+    while (c->raw_ac == ac && c->ac == ac) {
+        reply = NULL;
+        c->raw_reading = 1;
+        int rc = redisGetReplyFromReader(&ac->c, &reply);
+        c->raw_reading = 0;
+        if (rc == REDIS_ERR) {
+            redisAsyncDisconnect(ac);
+            return;
+        }
+        if (!reply) break;
+        if (c->node)
+            csub_reply(c, reply);
+        else
+            sub_reply(c, reply);
+        reply_free(reply);
+    }
+}
+
+/* 1 when c's raw context ac is gone or the bus is closing (ac is not to be touched). */
+static int raw_gone(const struct conn *c, const redisAsyncContext *ac)
+{
+    return c->ac != ac || c->raw_ac != ac || c->bus->closing;
+}
+
+/* Hand p[0..n) to hiredis' reader and, when `done` (a reply is complete), handle it
+ * (raw_drain). 0, or -1 when c's context ac went away or the bus is closing (ac is not
  * to be touched then). */
 static int fast_feed(struct conn *c, redisAsyncContext *ac, const char *p, size_t n, int done)
 {
@@ -1269,50 +1393,62 @@ static int fast_feed(struct conn *c, redisAsyncContext *ac, const char *p, size_
         redisAsyncDisconnect(ac);
         return -1;
     }
-    if (!done) return 0;
-    if (c->node)
-        csub_drain(c, ac);
-    else
-        redisProcessCallbacks(ac);
-    if (c->ac != ac || c->bus->closing || (c->node && c->raw_ac != ac)) return -1;
-    return c->node || (ac->c.flags & REDIS_SUBSCRIBED) ? 0 : 1;
+    if (done) raw_drain(c, ac);
+    return raw_gone(c, ac) ? -1 : 0;
 }
 
-/* The fast reader's way out: hiredis reads what follows itself (with its callbacks, or
- * for a cluster subscriber connection csub_read). */
-static void sub_slow_read(struct conn *c, redisAsyncContext *ac)
+/* A (un)subscribe confirmation as Redis writes it at p[0..n): "*3\r\n$9\r\nsubscribe\r\n"
+ * or "...$11\r\nunsubscribe\r\n", the channel as fast_bulk takes it, the count as
+ * resp_int does. Its length (> 0; *unsub, *chan, *clen set), 0 when not all of it is
+ * here yet, -1 for anything else (hiredis' reader then reads it, and sub_reply handles
+ * it alike). */
+static const char SUB_HEAD[] = "*3\r\n$9\r\nsubscribe\r\n";
+static const char UNSUB_HEAD[] = "*3\r\n$11\r\nunsubscribe\r\n";
+static long fast_ack(const char *p, size_t n, int *unsub, size_t *chan, size_t *clen)
 {
-    if (c->node)
-        csub_read(c, ac);
-    else
-        redisAsyncHandleRead(ac);
+    size_t i, m;
+    long v;
+    if (n < 6) return memcmp(p, SUB_HEAD, n) == 0 ? 0 : -1; /* both start "*3\r\n$" */
+    *unsub = p[5] == '1';
+    const char *head = *unsub ? UNSUB_HEAD : SUB_HEAD;
+    i = *unsub ? sizeof UNSUB_HEAD - 1 : sizeof SUB_HEAD - 1;
+    m = n < i ? n : i;
+    if (memcmp(p, head, m) != 0) return -1;
+    if (n < i) return 0;
+    int r = fast_bulk(p, n, &i, chan, clen);
+    if (r != 1) return r;
+    if (i >= n) return 0;
+    if (p[i] != ':' || (r = resp_int(p, n, &i, &v)) < 0) return -1;
+    return r == 0 ? 0 : (long)i;
 }
 
-/* A subscriber connection in subscribed mode (single mode), or past its handshake (a
- * cluster one: its pushes are smessage): most of what it reads is message pushes, and
- * hiredis makes three reply objects (four mallocs) of each and looks its callback up by
- * channel name. So read here: deliver the complete message
- * pushes, keep a reply not yet complete when it fits FAST_CAP, skip a message over
- * max_reply as it arrives (message_too_large, c->skip), and hand hiredis each other
- * reply (a (UN)SUBSCRIBE confirmation, a pong, an error, a message too big for FAST_CAP
- * but under the bound) cut to its length (resp_extent; the rest of a long one as it
- * arrives: c->pass), so that the stream is ours again after it. Only a reply whose
- * length cannot be known (not flat, or a header longer than FAST_CAP) gives hiredis all
- * that follows; while hiredis holds bytes of such a reply, every read is its. Order is
- * kept: a byte goes to hiredis only after all before it. */
+/* A subscriber connection past its handshake (c->raw_ac; a cluster one's pushes are
+ * smessage): most of what it reads is message pushes, and hiredis' reader makes three
+ * reply objects (four mallocs) of each. So read here: deliver the complete message
+ * pushes and (single mode) handle the (un)subscribe confirmations in place (fast_ack),
+ * keep a reply not yet complete when it fits FAST_CAP, skip a message over max_reply
+ * as it arrives (message_too_large, c->skip), and hand hiredis' reader each other reply
+ * (a confirmation not in Redis' own form, a cluster one, a pong, an error, a message
+ * too big for FAST_CAP but under the bound) cut to its length (resp_extent; the rest
+ * of a long one as it arrives: c->pass), so that the stream is ours again after it;
+ * raw_drain handles what the reader makes of it. Only a reply whose length cannot be
+ * known (not flat, or a header longer than FAST_CAP) gives the reader all that
+ * follows; while the reader holds bytes of such a reply, every read is its (raw_read).
+ * Order is kept: a byte goes to the reader only after all before it. */
+static void sub_fast_parse(struct conn *c, redisAsyncContext *ac, size_t n);
+
 static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
 {
-    sh_redis_bus *b = c->bus;
     redisReader *rd = ac->c.reader;
     /* hiredis is amid a reply when it has bytes left or has begun one (its reader
      * leaves rstack[0] set up, type -1, after finding no more bytes) */
     if (c->flen == 0 && c->skip == 0 && c->pass == 0 &&
         (rd->len > rd->pos || rd->ridx > 0 || (rd->ridx == 0 && rd->rstack[0].type >= 0))) {
-        sub_slow_read(c, ac);
+        raw_read(c, ac);
         return;
     }
     if (!c->fbuf && !(c->fbuf = malloc(FAST_CAP))) {
-        sub_slow_read(c, ac);
+        raw_read(c, ac);
         return;
     }
     ssize_t got = read(ac->c.fd, c->fbuf + c->flen, FAST_CAP - c->flen);
@@ -1324,23 +1460,26 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
             return;
         }
         c->flen = 0;
-        sub_slow_read(c, ac);
+        raw_read(c, ac);
         return;
     }
+    sub_fast_parse(c, ac, c->flen + (size_t)got);
+}
+
+/* sub_fast_read's handling of the n bytes at c->fbuf (c->flen of them held from before). */
+static void sub_fast_parse(struct conn *c, redisAsyncContext *ac, size_t n)
+{
+    sh_redis_bus *b = c->bus;
     const char *head = c->node ? SMSG_HEAD : MSG_HEAD;
     size_t hlen = c->node ? sizeof SMSG_HEAD - 1 : sizeof MSG_HEAD - 1;
     char *p = c->fbuf;
-    size_t n = c->flen + (size_t)got, off = c->skip < n ? c->skip : n; /* flen is 0 then */
+    size_t off = c->skip < n ? c->skip : n; /* flen is 0 then */
     c->flen = 0;
     c->skip -= off;
     if (c->pass) { /* the rest of a reply hiredis has the start of */
         off = c->pass < n ? c->pass : n;
         c->pass -= off;
-        int r = fast_feed(c, ac, p, off, c->pass == 0);
-        if (r != 0) {
-            if (r > 0) fast_feed(c, ac, p + off, n - off, 1);
-            return;
-        }
+        if (fast_feed(c, ac, p, off, c->pass == 0) < 0) return;
     }
     while (off < n) {
         size_t chan = 0, clen = 0, pay = 0, plen = 0;
@@ -1354,15 +1493,22 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
             off += here;
             continue;
         }
+        if (m < 0 && !c->node) { /* a (un)subscribe confirmation: ours too */
+            int unsub = 0;
+            m = fast_ack(p + off, n - off, &unsub, &chan, &clen);
+            if (m > 0) {
+                off += (size_t)m;
+                sub_ack(c, unsub, p + off - (size_t)m + chan, clen);
+                if (raw_gone(c, ac)) return;
+                continue;
+            }
+        }
         if (m < 0 && (m = resp_extent(p + off, n - off)) > 0) { /* a reply for hiredis */
             size_t here = (size_t)m < n - off ? (size_t)m : n - off;
             c->pass = (size_t)m - here;
             int r = fast_feed(c, ac, p + off, here, c->pass == 0);
             off += here;
-            if (r != 0) {
-                if (r > 0) fast_feed(c, ac, p + off, n - off, 1);
-                return;
-            }
+            if (r < 0) return;
             continue;
         }
         if (m == 0 && n - off < FAST_CAP) { /* the start of a reply: keep it for the next read */
@@ -1380,28 +1526,43 @@ static void sub_fast_read(struct conn *c, redisAsyncContext *ac)
         off += (size_t)m;
         b->messages++;
         if (!b->closing) {
-            struct chan *ch = NULL;
-            HASH_FIND(hh, b->chans, name, clen, ch);
+            struct chan *ch = chan_find(b, name, clen);
             if (ch && (!c->node || ch->conn == c)) chan_deliver(b, ch, payload, plen);
         }
-        if (c->ac != ac || b->closing || (c->node && c->raw_ac != ac)) /* a delivery ended it */
+        if (raw_gone(c, ac)) /* a delivery ended it */
             return;
     }
 }
 
-/* Readable: hiredis' reading and callbacks, or our own reading of the pushes of a
- * cluster subscriber connection past its handshake or of a single-mode subscriber
- * connection in subscribed mode (sub_fast_read). */
+/* Readable: hiredis' reading and callbacks, or our own reading of a subscriber
+ * connection past its handshake (sub_fast_read). */
 static void conn_read(redisAsyncContext *ac)
 {
     struct conn *c = ac->data;
-    if (c->node ? c->raw_ac == ac && c->ac == ac
-                : c->role == ROLE_SUB && c->ac == ac &&
-                      (c->state == CONN_READY || c->state == CONN_SUBSCRIBING) &&
-                      (ac->c.flags & REDIS_SUBSCRIBED))
+    if (c->raw_ac == ac && c->ac == ac) {
         sub_fast_read(c, ac);
-    else
-        redisAsyncHandleRead(ac);
+        return;
+    }
+    redisAsyncHandleRead(ac);
+    if (c->ac == ac && c->raw_ac == ac && c->flen && !c->bus->closing) /* raw_take_over's */
+        sub_fast_parse(c, ac, c->flen);
+}
+
+/* c's context ac goes raw at the end of its handshake, inside hiredis' reading (its
+ * last handshake reply's callback): what the reader holds past that reply (bytes the
+ * server sent ahead of any SUBSCRIBE) moves to the fast reader's buffer, to be read
+ * raw as soon as hiredis returns (conn_read); hiredis, finding nothing more, stops.
+ * More than FAST_CAP bytes stay: hiredis reads them as replies to no command (then
+ * the connection drops: reply_refused). Before, hiredis read them on: a message push
+ * then went to the last callback it used, or aborted the process (a cluster one). */
+static void raw_take_over(struct conn *c, redisAsyncContext *ac)
+{
+    redisReader *rd = ac->c.reader;
+    size_t left = rd->len > rd->pos ? rd->len - rd->pos : 0;
+    if (left == 0 || left > FAST_CAP || (!c->fbuf && !(c->fbuf = malloc(FAST_CAP)))) return;
+    memcpy(c->fbuf, rd->buf + rd->pos, left);
+    c->flen = left;
+    rd->pos = rd->len;
 }
 
 /* After a read of c's context ac: when the reply it is amid goes over the bound, drop
@@ -1490,7 +1651,8 @@ static void ev_add_write(void *pd)
         /* a command of a ready connection: written at the start of the next loop
          * iteration with the others queued meanwhile, without polling for POLLOUT
          * (two epoll_ctl per command) */
-        uv_timer_start(&c->timer, conn_flush_cb, 0, 0);
+        if (!uv_is_active((uv_handle_t *)&c->timer)) /* else a flush is pending already */
+            uv_timer_start(&c->timer, conn_flush_cb, 0, 0);
         return;
     }
     int old = p->events;
@@ -1554,24 +1716,33 @@ static int unsub_kind(const char *s, size_t len)
  * is looked at as it is made (the reply before it was already dispatched, so the
  * awaited callbacks are the ones it will meet) and, when it is one of those, not
  * made: hiredis takes that as a read error ("Out of memory") and disconnects, and
- * ac_reason says why (c->refused). Replies a cluster subscriber connection reads raw
- * are not looked at.
+ * ac_reason says why (c->refused). A single-mode subscriber connection past its
+ * handshake is read raw (raw_drain: c->raw_reading), never through hiredis'
+ * callbacks, but by the same rules as hiredis' subscribed mode, so that the same
+ * bytes end it as before: those shapes, and an error reply (hiredis ended the
+ * connection with its text: c->errline). Replies a cluster subscriber connection
+ * reads raw are not looked at (csub_reply takes any shape).
  * 1 when the object of `task` (of type `type`; str[0..len) for a string) must not be made. */
 static int reply_refused(const redisReadTask *task, int type, const char *str, size_t len,
                          int elements)
 {
     const redisAsyncContext *ac = task->privdata;
     struct conn *c = ac ? ac->data : NULL;
-    if (!c || c->ac != ac || (c->node && c->raw_ac == ac) || ac->replies.head ||
-        (ac->c.flags & REDIS_MONITORING))
+    if (!c || c->ac != ac) return 0;
+    int raw = c->raw_reading; /* raw_drain's: a single-mode subscriber connection's */
+    if (raw ? c->node != NULL : ac->replies.head || (ac->c.flags & REDIS_MONITORING))
         return 0;
     const redisReadTask *parent = task->parent;
     const char *why = NULL;
-    if (!(ac->c.flags & REDIS_SUBSCRIBED)) {
+    if (!raw) {
         if (!parent && type != REDIS_REPLY_ERROR) why = "protocol error: a reply to no command";
     } else if (!parent) {
         if (type == REDIS_REPLY_ARRAY && elements < 2)
             why = "protocol error: a push of fewer than 2 elements";
+        if (type == REDIS_REPLY_ERROR) { /* hiredis ends the connection with its text */
+            snprintf(c->errline, sizeof c->errline, "%.*s", len > 120 ? 120 : (int)len, str);
+            why = c->errline;
+        }
     } else if (!parent->parent && task->idx < 2) {
         const redisReply *top = parent->obj;
         if (type != REDIS_REPLY_STRING)
@@ -1649,7 +1820,7 @@ static int reply_over(const struct conn *c, const redisAsyncContext *ac)
 /* Reply objects for our readers: malloc (glibc's per-thread cache) rather
  * than hiredis' calloc, and a string with its bytes in one block. Every
  * reply of these readers is freed through reply_free (hiredis calls
- * reader->fn->freeObject; csub_drain calls it too). */
+ * reader->fn->freeObject; raw_drain calls it too). */
 static void *reply_link(const redisReadTask *task, redisReply *r)
 {
     if (task->parent) {
@@ -1770,6 +1941,8 @@ static void conn_connect(struct conn *c)
     ac->data = c;
     c->ac = ac;
     c->flen = c->skip = c->pass = 0; /* bytes of the last context (a watchdog may free it mid-message) are not this one's */
+    c->raw_ac = NULL; /* read through hiredis' callbacks until its handshake is done (even
+                         when it has the address of the last context) */
     c->refused = NULL;
     c->big_ac = NULL;
     c->state = CONN_CONNECTING;
@@ -2071,19 +2244,22 @@ void sh_redis_cmd_cancel(sh_redis_cmd *c)
 
 /* ---- subscriptions ------------------------------------------------------ */
 
-/* Find or create the channel. NULL when out of memory. */
-static struct chan *chan_get(sh_redis_bus *b, const char *name, size_t len)
+/* Find or create the channel; home: its subscriber connection in single mode (by
+ * chan_hash, which the caller has), NULL in cluster mode. NULL when out of memory. */
+static struct chan *chan_get(sh_redis_bus *b, const char *name, size_t len, struct conn *home)
 {
     struct chan *ch;
-    HASH_FIND(hh, b->chans, name, len, ch);
+    unsigned hv;
+    HASH_VALUE(name, len, hv); /* once for the look-up and the insertion */
+    HASH_FIND_BYHASHVALUE(hh, b->chans, name, len, hv, ch);
     if (ch) return ch;
     ch = sh_zalloc(sizeof *ch + len + 1);
     if (!ch) return NULL;
     memcpy(ch->name, name, len);
     ch->len = len;
-    ch->conn = b->cl ? cluster_home(b, name, len) : &b->subs[chan_hash(name, len) % b->nsubs];
+    ch->conn = home ? home : cluster_home(b, name, len);
     hash_oom = 0;
-    HASH_ADD_KEYPTR(hh, b->chans, ch->name, ch->len, ch);
+    HASH_ADD_KEYPTR_BYHASHVALUE(hh, b->chans, ch->name, ch->len, hv, ch);
     if (hash_oom) {
         free(ch);
         return NULL;
@@ -2099,10 +2275,10 @@ int sh_redis_subscribe(sh_redis_bus *b, const char *channel, size_t len,
     if (!b || (!channel && len) || !out) return SH_REDIS_EINVAL;
     if (b->closing) return SH_REDIS_ECLOSED;
     if (!channel) channel = "";
-    if (b->cl ? !cluster_home_usable(b, channel, len)
-              : b->subs[chan_hash(channel, len) % b->nsubs].state != CONN_READY)
+    struct conn *home = b->cl ? NULL : &b->subs[chan_hash(channel, len) % b->nsubs];
+    if (b->cl ? !cluster_home_usable(b, channel, len) : home->state != CONN_READY)
         return SH_REDIS_EUNAVAILABLE;
-    struct chan *ch = chan_get(b, channel, len);
+    struct chan *ch = chan_get(b, channel, len, home);
     if (!ch) return SH_REDIS_ENOMEM;
     sh_redis_sub *s = sh_zalloc(sizeof *s);
     if (!s) {
@@ -2966,16 +3142,12 @@ static void ccmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
  * ch to c's output and remember that a reply is due. 0 or -1. */
 static int csub_send(struct conn *c, struct chan *ch, int unsub, int resub)
 {
-    redisAsyncContext *ac = c->ac;
-    const char *argv[2] = {unsub ? "SUNSUBSCRIBE" : "SSUBSCRIBE", ch->name};
-    size_t lens[2] = {unsub ? 12u : 10u, ch->len};
     struct sreq *q = malloc(sizeof *q);
-    if (q && ac && c->raw_ac == ac) conn_sending(c);
-    if (!q || !ac || c->raw_ac != ac || redisAppendCommandArgv(&ac->c, 2, argv, lens) != REDIS_OK) {
+    if (q && c->ac && c->raw_ac == c->ac) conn_sending(c);
+    if (!q || sub_append(c, unsub ? "SUNSUBSCRIBE" : "SSUBSCRIBE", ch->name, ch->len) < 0) {
         free(q);
         return -1;
     }
-    if (ac->ev.addWrite) ac->ev.addWrite(ac->ev.data);
     q->next = NULL;
     q->ch = ch;
     q->unsub = unsub;
@@ -3073,7 +3245,7 @@ static void csub_reply(struct conn *c, const redisReply *reply)
                reply->element[1]->type == REDIS_REPLY_STRING) {
         const char *kind = reply->element[0]->str;
         const redisReply *name = reply->element[1];
-        HASH_FIND(hh, b->chans, name->str, name->len, ch);
+        ch = chan_find(b, name->str, name->len);
         if (strcasecmp(kind, "smessage") == 0) {
             const redisReply *payload = reply->element[2];
             b->messages++;
@@ -3101,34 +3273,6 @@ static void csub_reply(struct conn *c, const redisReply *reply)
         --c->resub_left == 0)
         conn_ready(c);
     free(q);
-}
-
-/* Contract at the forward declaration: read what c's socket has, and
- * handle each reply. A read or protocol error disconnects (hiredis then
- * calls on_disconnect). */
-static void csub_read(struct conn *c, redisAsyncContext *ac)
-{
-    if (redisBufferRead(&ac->c) == REDIS_ERR) {
-        redisAsyncDisconnect(ac);
-        return;
-    }
-    csub_drain(c, ac);
-}
-
-/* Contract at the forward declaration. */
-static void csub_drain(struct conn *c, redisAsyncContext *ac)
-{
-    void *reply = NULL;
-    while (c->raw_ac == ac && c->ac == ac) {
-        reply = NULL;
-        if (redisGetReplyFromReader(&ac->c, &reply) == REDIS_ERR) {
-            redisAsyncDisconnect(ac);
-            return;
-        }
-        if (!reply) break;
-        csub_reply(c, reply);
-        reply_free(reply);
-    }
 }
 
 /* ---- cluster: close ------------------------------------------------------ */

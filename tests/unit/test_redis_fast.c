@@ -58,6 +58,8 @@ static struct {
     struct fconn *cmd;      /* the current one (NULL once closed) */
     int hold_subscribe;     /* do not answer SUBSCRIBE on the next subscriber connection */
     const char *hold_bytes; /* ... send these instead */
+    const char *after_setname; /* bytes sent right after the next subscriber connection's
+                                  CLIENT SETNAME reply (in the same write), or NULL */
 } F;
 
 static void fc_closed(uv_handle_t *h)
@@ -120,6 +122,22 @@ static void fc_request(struct fconn *fc, const redisReply *r)
         F.cmd = fc;
         F.cmd_conns++;
     }
+    if (strcasecmp(cmd, "CLUSTER") == 0) { /* SHARDS: one master, this server, every slot */
+        char out[512], port[8];
+        int pl = snprintf(port, sizeof port, "%d", F.port);
+        int k = snprintf(out, sizeof out,
+                         "*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n"
+                         "*1\r\n*6\r\n$4\r\nport\r\n$%d\r\n%s\r\n$2\r\nip\r\n"
+                         "$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n", pl, port);
+        fc_write(fc, out, (size_t)k);
+        return;
+    }
+    if (strcasecmp(cmd, "SSUBSCRIBE") == 0 || strcasecmp(cmd, "SUNSUBSCRIBE") == 0) {
+        int unsub = cmd[1] == 'U' || cmd[1] == 'u';
+        for (size_t i = 1; i < r->elements; i++)
+            fc_confirm(fc, unsub ? "sunsubscribe" : "ssubscribe", r->element[i], unsub ? 0 : i);
+        return;
+    }
     if (strcasecmp(cmd, "SUBSCRIBE") == 0) {
         if (F.hold_subscribe) {
             F.hold_subscribe = 0;
@@ -138,6 +156,10 @@ static void fc_request(struct fconn *fc, const redisReply *r)
         return;
     }
     fc_write(fc, "+OK\r\n", 5);
+    if (fc->is_sub && strcasecmp(cmd, "CLIENT") == 0 && F.after_setname) {
+        fc_write(fc, F.after_setname, strlen(F.after_setname));
+        F.after_setname = NULL;
+    }
 }
 
 static void fc_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
@@ -327,19 +349,22 @@ static void bus_stop(sh_redis_bus *b, sh_redis_sub *s1, sh_redis_sub *s2)
 }
 
 #define NEXT "*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$4\r\nnext\r\n"
+#define SNEXT "*3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$4\r\nnext\r\n" /* cluster mode's */
 #define HALF "*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$9\r\nhal"
 
 /* ---- tests ------------------------------------------------------------------------ */
 
 /* Messages (binary channel and payloads with NUL, CR, LF, RESP-looking bytes, an empty
  * one, one for a channel nobody subscribed to, one spelled "MESSAGE" that only hiredis
- * reads) and a SUBSCRIBE confirmation among them, cut at every byte and at every
+ * reads) and a SUBSCRIBE and an UNSUBSCRIBE confirmation among them (read in place:
+ * fast_ack), cut at every byte and at every
  * single split point: each delivered once, in order, byte for byte; no reconnect. */
 static const char STREAM[] =
     "*3\r\n$7\r\nmessage\r\n$3\r\na\0b\r\n$5\r\nx\r\ny\0\r\n"
     "*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$0\r\n\r\n"
     "*3\r\n$7\r\nmessage\r\n$1\r\nz\r\n$2\r\nno\r\n"
     "*3\r\n$9\r\nsubscribe\r\n$1\r\nq\r\n:3\r\n"
+    "*3\r\n$11\r\nunsubscribe\r\n$1\r\nq\r\n:2\r\n"
     "*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$21\r\n*3\r\n$7\r\nmessage\r\n$1\r\n\r\n"
     "*3\r\n$7\r\nMESSAGE\r\n$1\r\nc\r\n$1\r\nM\r\n"
     "*3\r\n$7\r\nmessage\r\n$3\r\na\0b\r\n$3\r\nend\r\n";
@@ -629,6 +654,55 @@ static void test_big_message_skipped(void)
     free(st.buf);
 }
 
+/* A server that sends more right after its reply to the subscriber connection's last
+ * handshake command (CLIENT SETNAME), in the same write, before any SUBSCRIBE: a status
+ * and a message push. The bus reads them as any reply past its handshake: the status
+ * ignored, the push delivered, the connection kept. In cluster mode (SSUBSCRIBE,
+ * smessage) too. (Before: in cluster mode hiredis took the status for a reply to no
+ * command and aborted the process, an assertion in redisProcessCallbacks; in single
+ * mode it handed it to the handshake's callback, which sent the re-subscription a
+ * second time.) */
+static void after_handshake(int cluster)
+{
+    char url[64];
+    snprintf(url, sizeof url, cluster ? "127.0.0.1:%d" : "redis://127.0.0.1:%d", F.port);
+    sh_redis_opts o = {.url = cluster ? NULL : url, .cluster = cluster ? url : NULL,
+                       .client_name = "shf", .sub_connections = 1, .backoff_min_ms = 10,
+                       .backoff_max_ms = 20, .on_state = on_state};
+    sh_redis_bus *b = NULL;
+    sh_redis_sub *s = NULL;
+    memset(&R, 0, sizeof R);
+    CHECK(sh_redis_bus_new(&loop, &o, &b) == 0);
+    CHECK(await_count(&R.ups, 1) == 0);
+    CHECK(sh_redis_subscribe(b, "c", 1, on_msg, on_confirm, NULL, &s) == 0);
+    CHECK(await_count(&R.confirms, 1) == 0);
+    int conns = F.sub_conns, ups = R.ups;
+    F.after_setname = cluster ? "+OK\r\n" SNEXT : "+OK\r\n" NEXT;
+    log_reset();
+    fc_close(F.sub);
+    CHECK(await_count(&F.sub_conns, conns + 1) == 0);
+    CHECK(await_count(&R.msgs, 1) == 0);
+    CHECK(await_count(&R.ups, ups + 1) == 0);
+    CHECK(strcmp(R.log, "c=next;") == 0);
+    log_reset();
+    fc_write(F.sub, cluster ? SNEXT : NEXT, cluster ? sizeof SNEXT - 1 : sizeof NEXT - 1);
+    CHECK(await_count(&R.msgs, 1) == 0 && strcmp(R.log, "c=next;") == 0);
+    CHECK(F.sub_conns == conns + 1 && R.ups == ups + 1); /* no drop */
+    sh_redis_stats st;
+    sh_redis_bus_stats(b, &st);
+    CHECK(st.sub_drops == 1 && sh_redis_bus_channels(b) == 1);
+    sh_redis_unsubscribe(s);
+    int want = closed + 1;
+    sh_redis_bus_close(b, closed_cb, NULL);
+    CHECK(await_count(&closed, want) == 0);
+}
+
+static void test_after_handshake(void)
+{
+    after_handshake(0);
+    after_handshake(1);
+}
+
 int main(int argc, char **argv)
 {
     const char *only = argc > 1 ? argv[1] : NULL; /* run one test (by name) */
@@ -646,6 +720,7 @@ int main(int argc, char **argv)
     RUN(test_no_abort);
     RUN(test_reply_bound);
     RUN(test_big_message_skipped);
+    RUN(test_after_handshake);
     if (F.sub) fc_close(F.sub);
     uv_close((uv_handle_t *)&F.listener, NULL);
     uv_close((uv_handle_t *)&failsafe, NULL);
