@@ -527,8 +527,8 @@ static int ws_start(sh_conn *c)
         ws_on_read(c, early.p, early.len);
         sh_buf_free(&early);
     }
-    if (c->phase == SH_PHASE_WS && wants_read(c))
-        sh_conn_start_reading(c);
+    if (c->phase == SH_PHASE_WS && !HAS(c, SH_CF_PAUSED) && wants_read(c))
+        sh_conn_start_reading(c); /* (paused: resumed after the message's hook, ws_resume) */
     park_if_crowded(c);
     return 0;
 }
@@ -717,6 +717,17 @@ static void ws_on_read(sh_conn *c, const char *data, size_t len)
 {
     if (data == NULL) { /* EOF */
         sh_conn_close(c);
+        return;
+    }
+    if (HAS(c, SH_CF_PAUSED)) {
+        /* a message's hook has yet to run: this input waits behind what
+         * already waits for it (taken now, a whole frame would overtake
+         * them) */
+        sh_conn_stop_reading(c);
+        if (sh_buf_append(&c->pending, data, len) != 0) {
+            sh_warn(c->id, "out of memory for input: dropped");
+            sh_conn_close(c);
+        }
         return;
     }
     if (!c->ws && !c->pmd) {

@@ -440,6 +440,39 @@ static void test_big(lua_State *L)
         lua_settop(L, 0);
     }
 
+    /* 5,000 objects with the same keys (kept by parse_key and pushed again
+     * across the array's flushes), some spelled with escapes, nested objects
+     * reusing them one level down; then the same text cut in its last
+     * object: an error there leaves the stack as it was */
+    luaL_buffinit(L, &b);
+    luaL_addchar(&b, '[');
+    for (int i = 0; i < 5000; i++)
+        lua_pushfstring(L, "%s{\"id\":%d,\"i\\u0064x\":1,\"idx\":{\"id\":\"in%d\",\"\":0},"
+                           "\"\":[],\"i\":%d,\"id\":%d}", i ? "," : "", i, i, -i, i + 1),
+            luaL_addvalue(&b);
+    luaL_addchar(&b, ']');
+    luaL_pushresult(&b);
+    {
+        size_t len;
+        const char *s = lua_tolstring(L, -1, &len);
+        int decoded;
+        CHECKF(agree(L, s, len, &decoded) && decoded, "5000 objects with kept keys");
+        char err[100];
+        int top = lua_gettop(L);
+        CHECK_INT(sh_json_decode(L, s, len - 3, err, sizeof err), -1);
+        CHECK_INT(lua_gettop(L), top);
+        CHECK_INT(sh_json_decode(L, s, len, err, sizeof err), 0);
+        lua_rawgeti(L, -1, 4321);
+        lua_getfield(L, -1, "idx");
+        lua_getfield(L, -1, "id");
+        CHECK_STR(lua_tostring(L, -1), "in4320");
+        lua_getfield(L, -3, "id"); /* the duplicate: the last wins */
+        CHECK_INT(lua_tointeger(L, -1), 4321);
+        lua_getfield(L, -4, "idx");
+        CHECK(lua_istable(L, -1));
+        lua_settop(L, 0);
+    }
+
     /* a long string with and without escapes, a long number */
     luaL_buffinit(L, &b);
     luaL_addchar(&b, '"');
@@ -645,6 +678,21 @@ static void gen_value(sbuf *b, int depth)
                 char k[8];
                 snprintf(k, sizeof k, "\"%c\"", 'a' + below(3));
                 puts_(b, k);
+            } else if (below(3) == 0) {
+                /* a key of a small pool: the decoder keeps the first four
+                 * distinct ones and pushes them again (parse_key); these share
+                 * prefixes, differ only in length or in the last byte, are
+                 * empty, carry escapes spelling another pool key, or are
+                 * 40 and 41 bytes long (kept or not) */
+                static const char *const pool[] = {
+                    "\"\"", "\"i\"", "\"id\"", "\"idx\"", "\"i\\u0064\"", "\"\\u0069d\"",
+                    "\"di\"", "\"ie\"",
+                    "\"0123456789012345678901234567890123456789\"",
+                    "\"0123456789012345678901234567890123456788\"",
+                    "\"01234567890123456789012345678901234567890\"",
+                    "\"0123456789012345678901234567890123456789\\u0030\"",
+                };
+                puts_(b, pool[below(sizeof pool / sizeof pool[0])]);
             } else {
                 gen_string(b);
             }

@@ -863,6 +863,48 @@ static void test_crowd_parks_at_once(void)
     T.crowd = 0;
 }
 
+/* The upgrade request, a message, and one that ends the server's first read
+ * (exactly SH_READ_BUF_SIZE bytes), with a third message and a close already
+ * waiting in the socket. The upgrade is decided inside that read, the first
+ * message taken at once (its event pauses the input behind it); libuv reads
+ * on in the same callback (the buffer came back full). Failed before:
+ * ws_start read again while paused, and the third message, whole in that
+ * read, was taken without wslay before the second: echoed out of order; and
+ * the paused count went up once more, never down (the loop then never slept
+ * again). */
+static void test_input_waits_behind_a_paused_message(void)
+{
+    begin("input behind a paused message", limits());
+    start();
+    static uint8_t in[SH_READ_BUF_SIZE + 64], want[SH_READ_BUF_SIZE + 64];
+    static char big[SH_READ_BUF_SIZE];
+    size_t rl = sizeof upgrade_req - 1, n = rl;
+    memcpy(in, upgrade_req, rl);
+    n += frame(in + n, 0x81, "one", 3);
+    size_t bl = SH_READ_BUF_SIZE - n - 8; /* header 4, mask 4 */
+    memset(big, 'b', bl);
+    n += frame(in + n, 0x81, big, bl);
+    CHECK_INT(n, SH_READ_BUF_SIZE);
+    n += frame(in + n, 0x81, "three", 5);
+    n += frame(in + n, 0x88, "\x03\xe8", 2);
+    csend(in, n); /* all of it in the socket before the server reads */
+    size_t w = sizeof switching - 1;
+    memcpy(want, switching, w);
+    memcpy(want + w, "\x81\x03one\x81\x7e", 7);
+    w += 7;
+    want[w++] = (uint8_t)(bl >> 8);
+    want[w++] = (uint8_t)bl;
+    memcpy(want + w, big, bl);
+    w += bl;
+    memcpy(want + w, "\x81\x05three\x88\x02\x03\xe8", 11);
+    w += 11;
+    expect("echoes in order, then the close", want, w);
+    CHECK_INT(count(SH_CONN_EV_MESSAGE), 3);
+    CHECK_INT(tp.npaused, 0);
+    end();
+    expect_close_event(1000, "");
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -894,6 +936,7 @@ int main(void)
     test_server_close_without_context();
     test_one_frame_utf8();
     test_crowd_parks_at_once();
+    test_input_waits_behind_a_paused_message();
 
     sh_transport_close(&tp);
     uv_close((uv_handle_t *)&listener, NULL);
