@@ -15,6 +15,7 @@
 #include "redis_bus.h"
 
 #include <arpa/inet.h>
+#include <stdint.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,7 @@
 #include <strings.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -703,6 +705,76 @@ static void test_after_handshake(void)
     after_handshake(1);
 }
 
+/* CPU seconds of this process. */
+static double cpu_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Subscribe b to n names of 16 bytes made by name_of(i, out) and await their confirmations;
+ * the CPU seconds it took. subs[0..n) are set. */
+static double subscribe_many(sh_redis_bus *b, sh_redis_sub **subs, int n,
+                             void (*name_of)(int i, char out[16]))
+{
+    double t0 = cpu_now();
+    int want = R.confirms + n;
+    for (int i = 0; i < n; i++) {
+        char name[16];
+        name_of(i, name);
+        CHECK(sh_redis_subscribe(b, name, 16, on_msg, on_confirm, NULL, &subs[i]) == 0);
+    }
+    CHECK(await_count(&R.confirms, want) == 0);
+    return cpu_now() - t0;
+}
+
+/* A name whose first 8 bytes carry i, the last 8 made up. */
+static void plain_name(int i, char out[16])
+{
+    uint64_t w1 = 0x3a6469663a7377u ^ ((uint64_t)i << 32), w2 = (uint64_t)i * 0x9E3779B97F4A7C15u;
+    memcpy(out, &w1, 8);
+    memcpy(out + 8, &w2, 8);
+}
+
+/* A name that the registry's hash before this fix (a fixed function, 8 bytes a step:
+ * h = (h ^ w) * K, h ^= h >> 32) brought to the same state after 16 bytes whatever i:
+ * the second 8 bytes cancel what the first made of the state. */
+static void colliding_name(int i, char out[16])
+{
+    uint64_t w1 = 0x3a6469663a7377u ^ ((uint64_t)i << 32);
+    uint64_t h = (0x9E3779B97F4A7C15u ^ 16) ^ w1;
+    h *= 0xff51afd7ed558ccdu;
+    h ^= h >> 32;
+    uint64_t w2 = h ^ 0x1234567890abcdefu;
+    memcpy(out, &w1, 8);
+    memcpy(out + 8, &w2, 8);
+}
+
+/* Hash flooding: whoever chooses channel names (a policy subscribing to names a client
+ * sent) must not make the registry's look-ups slow. 20,000 names that collide under a
+ * fixed hash cost about what as many plain names cost (subscribing, and the look-up of
+ * each confirmation). (Before: name_hash was a fixed function; such names all went to
+ * one bucket, uthash stopped expanding, every look-up walked the chain: quadratic, the
+ * colliding names took ~100 times the plain ones' CPU.) */
+static void test_hash_flood(void)
+{
+    enum { N = 20000 };
+    static sh_redis_sub *plain[N], *coll[N];
+    sh_redis_sub *s1, *s2;
+    sh_redis_bus *b = bus_start(&s1, &s2, 5000);
+    double tp = subscribe_many(b, plain, N, plain_name);
+    double tc = subscribe_many(b, coll, N, colliding_name);
+    if (tc > 3 * tp + 0.2) fprintf(stderr, "plain names %.3f s, colliding names %.3f s\n", tp, tc);
+    CHECK(tc <= 3 * tp + 0.2);
+    CHECK(sh_redis_bus_channels(b) == 2 * N + 2);
+    for (int i = 0; i < N; i++) {
+        sh_redis_unsubscribe(plain[i]);
+        sh_redis_unsubscribe(coll[i]);
+    }
+    bus_stop(b, s1, s2);
+}
+
 int main(int argc, char **argv)
 {
     const char *only = argc > 1 ? argv[1] : NULL; /* run one test (by name) */
@@ -721,6 +793,7 @@ int main(int argc, char **argv)
     RUN(test_reply_bound);
     RUN(test_big_message_skipped);
     RUN(test_after_handshake);
+    RUN(test_hash_flood);
     if (F.sub) fc_close(F.sub);
     uv_close((uv_handle_t *)&F.listener, NULL);
     uv_close((uv_handle_t *)&failsafe, NULL);
