@@ -1545,6 +1545,13 @@ static void sub_fast_parse(struct conn *c, redisAsyncContext *ac, size_t n)
             }
         }
         if (m < 0 && (m = resp_extent(p + off, n - off)) > 0) { /* a reply for hiredis */
+            if ((size_t)m > b->max_reply) { /* its header says it is over: refuse it now,
+                                               not once max_reply of its bytes are held
+                                               (hiredis parses it only when all is here) */
+                reply_too_large(c, ac);
+                redisAsyncDisconnect(ac);
+                return;
+            }
             size_t here = (size_t)m < n - off ? (size_t)m : n - off;
             c->pass = (size_t)m - here;
             int r = fast_feed(c, ac, p + off, here, c->pass == 0);

@@ -567,6 +567,12 @@ static void test_reply_bound(void)
     strcpy(buf + n + 20000, "\r\n$2097152\r\n");
     expect_drop(buf, "");
     expect_drop("*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n*20000\r\n", "");
+    /* a reply that is not a message push, announced over the bound (a status-like bulk,
+     * a confirmation of a 2 MiB channel name): refused at its header, nothing of it
+     * awaited. (Before: its bytes were awaited, up to 1 MiB of them held, the
+     * messages behind it never read.) */
+    expect_drop("$2097152\r\n", "");
+    expect_drop("*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n$2097152\r\nabc", "c=x;");
     memset(buf, 'x', (1 << 20) + 1);
     buf[0] = '+';
     buf[(1 << 20) + 1] = '\0';
