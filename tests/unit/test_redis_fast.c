@@ -305,10 +305,18 @@ static void log_bytes(const char *p, size_t n)
     R.log[R.len] = '\0';
 }
 
+static int flood_on; /* (test_flood_then_eof) messages "%05d" checked in order */
+static int flood_next;
 static void on_msg(void *arg, const char *ch, size_t chlen, const char *p, size_t n)
 {
     (void)arg;
     CHECK(ch[chlen] == '\0' && p[n] == '\0');
+    if (flood_on) {
+        CHECK(n == 5 && atoi(p) == flood_next);
+        flood_next++;
+        R.msgs++;
+        return;
+    }
     R.msgs++;
     log_bytes(ch, chlen);
     log_bytes("=", 1);
@@ -513,6 +521,8 @@ static void test_no_abort(void)
     bus_stop(b, s1, s2);
 }
 
+static void send_read_big(const char *p, size_t n);
+
 /* Many tiny messages in one write, then a disconnect with half a message read. */
 static void test_flood_then_eof(void)
 {
@@ -526,6 +536,21 @@ static void test_flood_then_eof(void)
     send_read(buf, n);
     CHECK(R.msgs == k);
     for (int i = 0; i < k; i++) CHECK(R.log[i * 4 + 2] == 'a' + i % 26);
+    /* 100,000 pipelined, a confirmation every 1,000 (fast_ack amid fast_message), in
+     * writes of 256 KiB that cut them anywhere: each delivered once, in order */
+    size_t cap = 100000 * 48, m = 0;
+    char *big = malloc(cap);
+    CHECK(big != NULL);
+    for (int i = 0; i < 100000; i++) {
+        m += (size_t)sprintf(big + m, "*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$5\r\n%05d\r\n", i);
+        if (i % 1000 == 999) m += (size_t)sprintf(big + m, "*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:2\r\n");
+    }
+    log_reset();
+    flood_on = 1;
+    send_read_big(big, m);
+    flood_on = 0;
+    free(big);
+    CHECK(R.msgs == 100000 && flood_next == 100000);
     int conns = F.sub_conns;
     send_read(HALF, sizeof HALF - 1);
     fc_close(F.sub);
