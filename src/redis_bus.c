@@ -80,6 +80,8 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/ioctl.h>
+#include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <hiredis/async.h>
@@ -90,25 +92,64 @@ static int hash_oom; /* set by uthash when an insertion ran out of memory */
 #define uthash_nonfatal_oom(obj) (hash_oom = 1)
 
 /* The registry's hash of a channel name (every message and confirmation looks its
- * channel up): 8 bytes a step, each mixed by a multiply and a shift, where uthash's
- * default (Jenkins) costs several instructions a byte. Names that differ only in their
- * last bytes (a prefix and a connection id) spread over the buckets as random ones do
- * (uthash takes the low bits). */
+ * channel up): SipHash-1-3 (Aumasson and Bernstein's keyed hash, the rounds Rust's and
+ * Python's tables use) under a key drawn at random once per process (name_hash_seed).
+ * Channel names can come from outside (a policy subscribing to names a client sent):
+ * under a fixed function, even a strong one, names chosen to collide go to one bucket,
+ * uthash stops expanding and every look-up walks the chain (quadratic: 20,000 such names
+ * cost 50 times as many plain ones; test_redis_fast test_hash_flood). A multiply-xorshift
+ * step is not enough even with a key: flipping a word's top bit changes its state by a
+ * constant whatever the key. */
+static uint64_t hash_k0, hash_k1;
+#define SIP_ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define SIP_ROUND                                                                      \
+    do {                                                                               \
+        v0 += v1, v1 = SIP_ROTL(v1, 13), v1 ^= v0, v0 = SIP_ROTL(v0, 32);              \
+        v2 += v3, v3 = SIP_ROTL(v3, 16), v3 ^= v2;                                     \
+        v0 += v3, v3 = SIP_ROTL(v3, 21), v3 ^= v0;                                     \
+        v2 += v1, v1 = SIP_ROTL(v1, 17), v1 ^= v2, v2 = SIP_ROTL(v2, 32);              \
+    } while (0)
 static unsigned name_hash(const void *key, size_t len)
 {
     const unsigned char *p = key;
-    uint64_t h = 0x9E3779B97F4A7C15u ^ len, w;
+    uint64_t v0 = hash_k0 ^ 0x736f6d6570736575u, v1 = hash_k1 ^ 0x646f72616e646f6du;
+    uint64_t v2 = hash_k0 ^ 0x6c7967656e657261u, v3 = hash_k1 ^ 0x7465646279746573u;
+    uint64_t m, last = (uint64_t)len << 56;
     for (; len >= 8; p += 8, len -= 8) {
-        memcpy(&w, p, 8);
-        h = (h ^ w) * 0xff51afd7ed558ccdu;
-        h ^= h >> 32;
+        memcpy(&m, p, 8); /* little-endian hosts: SipHash's word order */
+        v3 ^= m;
+        SIP_ROUND;
+        v0 ^= m;
     }
-    w = 0;
-    memcpy(&w, p, len);
-    h = (h ^ w) * 0xff51afd7ed558ccdu;
-    h ^= h >> 32; /* the high bits, which depend on every byte, down to the bucket bits */
-    h *= 0xc4ceb9fe1a85ec53u;
-    return (unsigned)(h ^ (h >> 32));
+    m = 0;
+    memcpy(&m, p, len);
+    last |= m;
+    v3 ^= last;
+    SIP_ROUND;
+    v0 ^= last;
+    v2 ^= 0xff;
+    SIP_ROUND;
+    SIP_ROUND;
+    SIP_ROUND;
+    m = v0 ^ v1 ^ v2 ^ v3;
+    return (unsigned)(m ^ (m >> 32));
+}
+
+/* Draw name_hash's key (once per process: every bus's registry uses it). */
+static void name_hash_seed(void)
+{
+    static int seeded;
+    uint64_t k[2];
+    if (seeded) return;
+    if (getrandom(k, sizeof k, GRND_NONBLOCK) != (ssize_t)sizeof k) { /* not seeded yet: boot */
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        k[0] = ((uint64_t)t.tv_sec << 32) ^ (uint64_t)t.tv_nsec ^ (uint64_t)(uintptr_t)&t;
+        k[1] = ((uint64_t)getpid() << 40) ^ (uint64_t)(uintptr_t)k ^ 0x9E3779B97F4A7C15u;
+    }
+    hash_k0 = k[0];
+    hash_k1 = k[1];
+    seeded = 1;
 }
 #define HASH_FUNCTION(keyptr, keylen, hashv) ((hashv) = name_hash((keyptr), (keylen)))
 #include <uthash.h>
@@ -1504,6 +1545,13 @@ static void sub_fast_parse(struct conn *c, redisAsyncContext *ac, size_t n)
             }
         }
         if (m < 0 && (m = resp_extent(p + off, n - off)) > 0) { /* a reply for hiredis */
+            if ((size_t)m > b->max_reply) { /* its header says it is over: refuse it now,
+                                               not once max_reply of its bytes are held
+                                               (hiredis parses it only when all is here) */
+                reply_too_large(c, ac);
+                redisAsyncDisconnect(ac);
+                return;
+            }
             size_t here = (size_t)m < n - off ? (size_t)m : n - off;
             c->pass = (size_t)m - here;
             int r = fast_feed(c, ac, p + off, here, c->pass == 0);
@@ -1987,6 +2035,7 @@ int sh_redis_bus_new(uv_loop_t *loop, const sh_redis_opts *o, sh_redis_bus **out
         name = defname;
     }
     if (!name[0] || strlen(name) > 200) return SH_REDIS_EINVAL;
+    name_hash_seed();
     unsigned nsubs = o->sub_connections ? o->sub_connections : SH_REDIS_SUB_CONNECTIONS_DEFAULT;
     if (nsubs > SH_REDIS_SUB_CONNECTIONS_MAX) return SH_REDIS_EINVAL;
     if (cluster) nsubs = 0; /* subscriber connections are per master */

@@ -15,6 +15,7 @@
 #include "redis_bus.h"
 
 #include <arpa/inet.h>
+#include <stdint.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,7 @@
 #include <strings.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -58,6 +60,9 @@ static struct {
     struct fconn *cmd;      /* the current one (NULL once closed) */
     int hold_subscribe;     /* do not answer SUBSCRIBE on the next subscriber connection */
     const char *hold_bytes; /* ... send these instead */
+    int hold_all;           /* answer no (UN)SUBSCRIBE on subscriber connections */
+    char cmdlog[4096];      /* (UN)SUBSCRIBE the subscriber connections received: "SUBSCRIBE a b;" */
+    size_t cmdlen;
     const char *after_setname; /* bytes sent right after the next subscriber connection's
                                   CLIENT SETNAME reply (in the same write), or NULL */
 } F;
@@ -99,12 +104,14 @@ static void fc_alloc(uv_handle_t *h, size_t want, uv_buf_t *b)
 /* A (un)subscribe confirmation of channel ch (binary) with count n. */
 static void fc_confirm(struct fconn *fc, const char *kind, const redisReply *ch, size_t n)
 {
-    char out[512];
-    int k = snprintf(out, sizeof out, "*3\r\n$%zu\r\n%s\r\n$%zu\r\n", strlen(kind), kind, ch->len);
+    char *out = malloc(ch->len + 128);
+    CHECK(out != NULL);
+    int k = sprintf(out, "*3\r\n$%zu\r\n%s\r\n$%zu\r\n", strlen(kind), kind, ch->len);
     memcpy(out + k, ch->str, ch->len);
     k += (int)ch->len;
-    k += snprintf(out + k, sizeof out - (size_t)k, "\r\n:%zu\r\n", n);
+    k += sprintf(out + k, "\r\n:%zu\r\n", n);
     fc_write(fc, out, (size_t)k);
+    free(out);
 }
 
 /* One request of the bus: +OK, or SUBSCRIBE's confirmations. */
@@ -137,6 +144,15 @@ static void fc_request(struct fconn *fc, const redisReply *r)
         for (size_t i = 1; i < r->elements; i++)
             fc_confirm(fc, unsub ? "sunsubscribe" : "ssubscribe", r->element[i], unsub ? 0 : i);
         return;
+    }
+    if (fc->is_sub && (strcasecmp(cmd, "SUBSCRIBE") == 0 || strcasecmp(cmd, "UNSUBSCRIBE") == 0)) {
+        for (size_t i = 0; i < r->elements && F.cmdlen + r->element[i]->len + 2 < sizeof F.cmdlog; i++) {
+            memcpy(F.cmdlog + F.cmdlen, r->element[i]->str, r->element[i]->len);
+            F.cmdlen += r->element[i]->len;
+            F.cmdlog[F.cmdlen++] = i + 1 < r->elements ? ' ' : ';';
+        }
+        F.cmdlog[F.cmdlen] = '\0';
+        if (F.hold_all) return;
     }
     if (strcasecmp(cmd, "SUBSCRIBE") == 0) {
         if (F.hold_subscribe) {
@@ -187,6 +203,9 @@ static void f_accept(uv_stream_t *l, int status)
     uv_tcp_init(&loop, &fc->h);
     fc->h.data = fc;
     CHECK(uv_accept(l, (uv_stream_t *)&fc->h) == 0);
+    /* each write at once in the bus's socket (send_read's FIONREAD sees it), never held
+     * back by Nagle behind an unacknowledged one */
+    CHECK(uv_tcp_nodelay(&fc->h, 1) == 0);
     struct sockaddr_in sa;
     int len = sizeof sa;
     CHECK(uv_tcp_getpeername(&fc->h, (struct sockaddr *)&sa, &len) == 0);
@@ -286,10 +305,18 @@ static void log_bytes(const char *p, size_t n)
     R.log[R.len] = '\0';
 }
 
+static int flood_on; /* (test_flood_then_eof) messages "%05d" checked in order */
+static int flood_next;
 static void on_msg(void *arg, const char *ch, size_t chlen, const char *p, size_t n)
 {
     (void)arg;
     CHECK(ch[chlen] == '\0' && p[n] == '\0');
+    if (flood_on) {
+        CHECK(n == 5 && atoi(p) == flood_next);
+        flood_next++;
+        R.msgs++;
+        return;
+    }
     R.msgs++;
     log_bytes(ch, chlen);
     log_bytes("=", 1);
@@ -494,6 +521,8 @@ static void test_no_abort(void)
     bus_stop(b, s1, s2);
 }
 
+static void send_read_big(const char *p, size_t n);
+
 /* Many tiny messages in one write, then a disconnect with half a message read. */
 static void test_flood_then_eof(void)
 {
@@ -507,6 +536,21 @@ static void test_flood_then_eof(void)
     send_read(buf, n);
     CHECK(R.msgs == k);
     for (int i = 0; i < k; i++) CHECK(R.log[i * 4 + 2] == 'a' + i % 26);
+    /* 100,000 pipelined, a confirmation every 1,000 (fast_ack amid fast_message), in
+     * writes of 256 KiB that cut them anywhere: each delivered once, in order */
+    size_t cap = 100000 * 48, m = 0;
+    char *big = malloc(cap);
+    CHECK(big != NULL);
+    for (int i = 0; i < 100000; i++) {
+        m += (size_t)sprintf(big + m, "*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$5\r\n%05d\r\n", i);
+        if (i % 1000 == 999) m += (size_t)sprintf(big + m, "*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:2\r\n");
+    }
+    log_reset();
+    flood_on = 1;
+    send_read_big(big, m);
+    flood_on = 0;
+    free(big);
+    CHECK(R.msgs == 100000 && flood_next == 100000);
     int conns = F.sub_conns;
     send_read(HALF, sizeof HALF - 1);
     fc_close(F.sub);
@@ -548,6 +592,12 @@ static void test_reply_bound(void)
     strcpy(buf + n + 20000, "\r\n$2097152\r\n");
     expect_drop(buf, "");
     expect_drop("*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n*20000\r\n", "");
+    /* a reply that is not a message push, announced over the bound (a status-like bulk,
+     * a confirmation of a 2 MiB channel name): refused at its header, nothing of it
+     * awaited. (Before: its bytes were awaited, up to 1 MiB of them held, the
+     * messages behind it never read.) */
+    expect_drop("$2097152\r\n", "");
+    expect_drop("*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n$2097152\r\nabc", "c=x;");
     memset(buf, 'x', (1 << 20) + 1);
     buf[0] = '+';
     buf[(1 << 20) + 1] = '\0';
@@ -703,6 +753,309 @@ static void test_after_handshake(void)
     after_handshake(1);
 }
 
+/* CPU seconds of this process. */
+static double cpu_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Subscribe b to n names of 16 bytes made by name_of(i, out) and await their confirmations;
+ * the CPU seconds it took. subs[0..n) are set. */
+static double subscribe_many(sh_redis_bus *b, sh_redis_sub **subs, int n,
+                             void (*name_of)(int i, char out[16]))
+{
+    double t0 = cpu_now();
+    int want = R.confirms + n;
+    for (int i = 0; i < n; i++) {
+        char name[16];
+        name_of(i, name);
+        CHECK(sh_redis_subscribe(b, name, 16, on_msg, on_confirm, NULL, &subs[i]) == 0);
+    }
+    CHECK(await_count(&R.confirms, want) == 0);
+    return cpu_now() - t0;
+}
+
+/* A name whose first 8 bytes carry i, the last 8 made up. */
+static void plain_name(int i, char out[16])
+{
+    uint64_t w1 = 0x3a6469663a7377u ^ ((uint64_t)i << 32), w2 = (uint64_t)i * 0x9E3779B97F4A7C15u;
+    memcpy(out, &w1, 8);
+    memcpy(out + 8, &w2, 8);
+}
+
+/* A name that the registry's hash before this fix (a fixed function, 8 bytes a step:
+ * h = (h ^ w) * K, h ^= h >> 32) brought to the same state after 16 bytes whatever i:
+ * the second 8 bytes cancel what the first made of the state. */
+static void colliding_name(int i, char out[16])
+{
+    uint64_t w1 = 0x3a6469663a7377u ^ ((uint64_t)i << 32);
+    uint64_t h = (0x9E3779B97F4A7C15u ^ 16) ^ w1;
+    h *= 0xff51afd7ed558ccdu;
+    h ^= h >> 32;
+    uint64_t w2 = h ^ 0x1234567890abcdefu;
+    memcpy(out, &w1, 8);
+    memcpy(out + 8, &w2, 8);
+}
+
+/* Hash flooding: whoever chooses channel names (a policy subscribing to names a client
+ * sent) must not make the registry's look-ups slow. 20,000 names that collide under a
+ * fixed hash cost about what as many plain names cost (subscribing, and the look-up of
+ * each confirmation). (Before: name_hash was a fixed function; such names all went to
+ * one bucket, uthash stopped expanding, every look-up walked the chain: quadratic, the
+ * colliding names took ~100 times the plain ones' CPU.) */
+static void test_hash_flood(void)
+{
+    enum { N = 20000 };
+    static sh_redis_sub *plain[N], *coll[N];
+    sh_redis_sub *s1, *s2;
+    sh_redis_bus *b = bus_start(&s1, &s2, 5000);
+    double tp = subscribe_many(b, plain, N, plain_name);
+    double tc = subscribe_many(b, coll, N, colliding_name);
+    if (tc > 3 * tp + 0.2) fprintf(stderr, "plain names %.3f s, colliding names %.3f s\n", tp, tc);
+    CHECK(tc <= 3 * tp + 0.2);
+    CHECK(sh_redis_bus_channels(b) == 2 * N + 2);
+    for (int i = 0; i < N; i++) {
+        sh_redis_unsubscribe(plain[i]);
+        sh_redis_unsubscribe(coll[i]);
+    }
+    bus_stop(b, s1, s2);
+}
+
+/* Write bad then a message on "c": 'K' when the connection kept going (the message
+ * delivered, nothing else), 'D' when it dropped and came back (the message lost with it);
+ * a message then arrives either way. */
+static char try_one(const char *bad)
+{
+    int conns = F.sub_conns, ups = R.ups;
+    log_reset();
+    fc_write(F.sub, bad, strlen(bad));
+    fc_write(F.sub, NEXT, sizeof NEXT - 1);
+    timed_out = 0;
+    uv_timer_start(&failsafe, failsafe_cb, WAIT_MS, 0);
+    while (!timed_out && R.msgs == 0 && F.sub_conns == conns) uv_run(&loop, UV_RUN_ONCE);
+    uv_timer_stop(&failsafe);
+    CHECK(!timed_out);
+    if (F.sub_conns == conns) {
+        CHECK(R.msgs == 1 && strcmp(R.log, "c=next;") == 0);
+        return 'K';
+    }
+    CHECK(await_count(&R.ups, ups + 1) == 0);
+    log_reset();
+    send_read(NEXT, sizeof NEXT - 1);
+    CHECK(R.msgs == 1 && strcmp(R.log, "c=next;") == 0);
+    return 'D';
+}
+
+/* Confirmations and replies a hostile server sends between messages (confirmations
+ * read in place by fast_ack, or by hiredis' reader: raw_drain, reply_refused): for
+ * channels never subscribed, with counts of the wrong type or sign, names nil or
+ * arrays, RESP3 types, huge or negative array lengths, nesting past hiredis' depth,
+ * pushes of the other modes (pmessage, smessage, ssubscribe), an error between
+ * confirmations, a confirmation cut by a bad CRLF. Each is taken or ignored ('K') or
+ * drops the connection, which comes back ('D'), as hiredis 0.14's rules say; no crash,
+ * no sanitizer report, no stall. */
+static void test_hostile_replies(void)
+{
+    static const struct { const char *bad; char want; } cases[] = {
+        {"*3\r\n$9\r\nsubscribe\r\n$5\r\nnever\r\n:1\r\n", 'K'},
+        {"*3\r\n$11\r\nunsubscribe\r\n$5\r\nnever\r\n:0\r\n", 'K'},
+        {"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n$1\r\n1\r\n", 'K'},
+        {"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:-5\r\n", 'K'},
+        {"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n$-1\r\n", 'K'},
+        {"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n*-1\r\n", 'K'},
+        {"*3\r\n$9\r\nsubscribe\r\n$-1\r\n:1\r\n", 'D'},
+        {"*3\r\n$9\r\nsubscribe\r\n*-1\r\n:1\r\n", 'D'},
+        {"*2\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n", 'K'},
+        {"*4\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n:2\r\n", 'K'},
+        {"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:99999999999999999999999\r\n", 'D'},
+        {"$-1\r\n", 'K'}, {"*-1\r\n", 'K'}, {":5\r\n", 'K'}, {"$3\r\nabc\r\n", 'K'},
+        {"*-2\r\n", 'D'}, {"_\r\n", 'D'}, {">3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n", 'D'},
+        {"*2147483648\r\n", 'D'}, {"*9223372036854775807\r\n", 'D'},
+        {"*99999999999999999999\r\n", 'D'}, {"$9223372036854775807\r\n", 'D'},
+        {"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n*1\r\n$1\r\nx\r\n", 'K'},
+        {"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n$1\r\nx\r\n", 'D'},
+        {"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n$1\r\nx\r\n", 'D'},
+        {"*4\r\n$8\r\npmessage\r\n$1\r\nc\r\n$1\r\nc\r\n$1\r\nx\r\n", 'K'},
+        {"*3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$1\r\nx\r\n", 'K'},
+        {"*3\r\n$10\r\nssubscribe\r\n$1\r\nc\r\n:1\r\n", 'K'},
+        {"*3\r\n$12\r\nsunsubscribe\r\n$1\r\nc\r\n:1\r\n", 'K'},
+        {"*3\r\n$10\r\npsubscribe\r\n$1\r\nc\r\n:1\r\n", 'K'},
+        {"*3\r\n$12\r\npunsubscribe\r\n$1\r\nc\r\n:1\r\n", 'K'},
+        {"*3\r\n$12\r\npunsubscribe\r\n$1\r\nc\r\n$1\r\nx\r\n", 'D'},
+        {"*3\r\n$11\r\nunsubscribe\r\n$1\r\nc\r\n$1\r\nx\r\n", 'D'},
+        {"*3\r\n$11\r\nunsubscribe\r\n*1\r\n$1\r\nc\r\n:1\r\n", 'D'},
+        {"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n-ERR x\r\n", 'D'},
+        {"*3\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n:1\r\n", 'K'},
+        {"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r", 'D'},
+        {"+PONG\r\n", 'K'}, {"*2\r\n$4\r\npong\r\n$0\r\n\r\n", 'K'},
+        {"*3\r\n$9\r\nsubscribe\r\n$0\r\n\r\n:0\r\n", 'K'},
+        {"*17\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n", 'D'},
+    };
+    sh_redis_sub *s1, *s2;
+    sh_redis_bus *b = bus_start(&s1, &s2, 5000);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char got = try_one(cases[i].bad);
+        if (got != cases[i].want) fprintf(stderr, "case %zu: %c, want %c\n", i, got, cases[i].want);
+        CHECK(got == cases[i].want);
+    }
+    CHECK(sh_redis_bus_channels(b) == 2);
+    bus_stop(b, s1, s2);
+}
+static int confirm_errs;
+static void on_confirm_any(void *arg, int err)
+{
+    (void)arg;
+    if (err) confirm_errs++;
+    else R.confirms++;
+}
+
+/* F.cmdlog is want[0..n) (binary). */
+static int cmdlog_is(const char *want, size_t n)
+{
+    if (F.cmdlen != n || memcmp(F.cmdlog, want, n) != 0) {
+        fprintf(stderr, "cmdlog: ");
+        for (size_t i = 0; i < F.cmdlen; i++) fputc(F.cmdlog[i] ? F.cmdlog[i] : '0', stderr);
+        fputc('\n', stderr);
+        return 0;
+    }
+    return 1;
+}
+#define RESUB "SUBSCRIBE a\0b c;" /* the re-subscription of bus_start's channels */
+
+/* Subscriptions against the connection's losses and the bus's close: a SUBSCRIBE
+ * written and the connection lost before its confirmation (its sub fails once; the
+ * re-subscription names each live channel once, not the failed one); SUBSCRIBE,
+ * UNSUBSCRIBE, SUBSCRIBE of one channel in one go (confirmed once, its messages
+ * delivered); an unsubscribe while disconnected (nothing sent, not re-subscribed); the
+ * bus closed with a confirmation in flight (the sub fails once, nothing leaks). */
+static void test_subscribe_races(void)
+{
+    sh_redis_sub *s1, *s2, *q = NULL, *t = NULL;
+    sh_redis_bus *b = bus_start(&s1, &s2, 5000);
+    confirm_errs = 0;
+    F.cmdlen = 0;
+    F.hold_all = 1;
+    CHECK(sh_redis_subscribe(b, "q", 1, on_msg, on_confirm_any, NULL, &q) == 0);
+    int conns = F.sub_conns, ups = R.ups, cf = R.confirms;
+    while (F.cmdlen == 0) uv_run(&loop, UV_RUN_ONCE);
+    F.hold_all = 0;
+    fc_close(F.sub);
+    CHECK(await_count(&F.sub_conns, conns + 1) == 0);
+    CHECK(await_count(&R.ups, ups + 1) == 0);
+    CHECK(confirm_errs == 1 && R.confirms == cf);
+    CHECK(cmdlog_is("SUBSCRIBE q;" RESUB, sizeof "SUBSCRIBE q;" RESUB - 1));
+    CHECK(sh_redis_bus_channels(b) == 2);
+
+    F.cmdlen = 0;
+    CHECK(sh_redis_subscribe(b, "q", 1, on_msg, on_confirm_any, NULL, &q) == 0);
+    sh_redis_unsubscribe(q);
+    CHECK(sh_redis_subscribe(b, "q", 1, on_msg, on_confirm_any, NULL, &q) == 0);
+    CHECK(await_count(&R.confirms, cf + 1) == 0);
+    log_reset();
+    static const char QMSG[] = "*3\r\n$7\r\nmessage\r\n$1\r\nq\r\n$1\r\nx\r\n";
+    send_read(QMSG, sizeof QMSG - 1);
+    CHECK(R.confirms == cf + 1 && R.msgs == 1 && strcmp(R.log, "q=x;") == 0);
+    CHECK(cmdlog_is("SUBSCRIBE q;UNSUBSCRIBE q;SUBSCRIBE q;", 38));
+
+    F.cmdlen = 0;
+    conns = F.sub_conns;
+    ups = R.ups;
+    fc_close(F.sub);
+    while (R.ups == ups) { /* down: unsubscribe q then */
+        uv_run(&loop, UV_RUN_ONCE);
+        if (q && F.sub == NULL) {
+            sh_redis_unsubscribe(q);
+            q = NULL;
+        }
+    }
+    CHECK(q == NULL && F.sub_conns == conns + 1);
+    CHECK(cmdlog_is(RESUB, sizeof RESUB - 1) && sh_redis_bus_channels(b) == 2);
+
+    F.hold_all = 1;
+    CHECK(sh_redis_subscribe(b, "t", 1, on_msg, on_confirm_any, NULL, &t) == 0);
+    F.cmdlen = 0;
+    while (F.cmdlen == 0) uv_run(&loop, UV_RUN_ONCE);
+    fc_write(F.sub, "*3\r\n$9\r\nsubscribe\r\n$1\r\nt\r\n:1\r\n", 30);
+    sh_redis_unsubscribe(s1);
+    sh_redis_unsubscribe(s2);
+    int want = closed + 1, errs = confirm_errs;
+    sh_redis_bus_close(b, closed_cb, NULL);
+    CHECK(await_count(&closed, want) == 0);
+    F.hold_all = 0;
+    CHECK(confirm_errs == errs + 1 && R.confirms == cf + 1);
+}
+
+/* ---- names ---- */
+enum { NAMES = 2 * 18 + 4 };
+static char *names[NAMES];
+static size_t name_lens[NAMES];
+static int got_by[NAMES];
+
+static void on_msg_named(void *arg, const char *ch, size_t chlen, const char *p, size_t n)
+{
+    size_t i = (size_t)(uintptr_t)arg;
+    CHECK(chlen == name_lens[i] && memcmp(ch, names[i], chlen) == 0);
+    CHECK(n == sizeof(size_t) && memcmp(p, &i, n) == 0);
+    got_by[i]++;
+}
+
+/* Channel names of every length from 0 to 17 in pairs that differ only in their last
+ * byte (the registry hashes 8 bytes a step), and "\r\n", "\0", 64 KiB names (longer than
+ * the fast reader's buffer: their confirmations and messages go through hiredis' reader)
+ * differing in their last byte: each confirmed, each message delivered to its own
+ * channel's subscriber only, once. */
+static void test_names(void)
+{
+    sh_redis_sub *s1, *s2, *subs[NAMES];
+    sh_redis_bus *b = bus_start(&s1, &s2, 5000);
+    size_t k = 0;
+    for (size_t len = 0; len < 18; len++)
+        for (int v = 0; v < 2 && (len > 0 || v == 0); v++) {
+            names[k] = malloc(len + 1);
+            memset(names[k], 'x', len);
+            if (len) names[k][len - 1] = (char)('0' + v);
+            name_lens[k++] = len;
+        }
+    names[k] = strdup("\r\n"), name_lens[k++] = 2;
+    names[k] = calloc(1, 1), name_lens[k++] = 1;
+    for (int v = 0; v < 2; v++) {
+        names[k] = malloc(65536);
+        memset(names[k], 'n', 65536);
+        names[k][65535] = (char)('0' + v);
+        name_lens[k++] = 65536;
+    }
+    CHECK(k == NAMES - 1);
+    int want = R.confirms + (int)k;
+    for (size_t i = 0; i < k; i++)
+        CHECK(sh_redis_subscribe(b, names[i], name_lens[i], on_msg_named, on_confirm,
+                                 (void *)(uintptr_t)i, &subs[i]) == 0);
+    CHECK(await_count(&R.confirms, want) == 0);
+    CHECK(sh_redis_bus_channels(b) == k + 2);
+    memset(got_by, 0, sizeof got_by);
+    for (size_t i = 0; i < k; i++) {
+        char *m = malloc(name_lens[i] + 128);
+        int n = sprintf(m, "*3\r\n$7\r\nmessage\r\n$%zu\r\n", name_lens[i]);
+        memcpy(m + n, names[i], name_lens[i]);
+        n += (int)name_lens[i];
+        n += sprintf(m + n, "\r\n$%zu\r\n", sizeof i);
+        memcpy(m + n, &i, sizeof i);
+        n += (int)sizeof i;
+        memcpy(m + n, "\r\n", 2);
+        send_read(m, (size_t)n + 2);
+        free(m);
+        if (got_by[i] != 1) fprintf(stderr, "name %zu (%zu bytes): %d deliveries\n", i, name_lens[i], got_by[i]);
+        CHECK(got_by[i] == 1);
+    }
+    for (size_t i = 0; i < k; i++) {
+        CHECK(got_by[i] == 1);
+        sh_redis_unsubscribe(subs[i]);
+        free(names[i]);
+    }
+    bus_stop(b, s1, s2);
+}
+
 int main(int argc, char **argv)
 {
     const char *only = argc > 1 ? argv[1] : NULL; /* run one test (by name) */
@@ -721,6 +1074,10 @@ int main(int argc, char **argv)
     RUN(test_reply_bound);
     RUN(test_big_message_skipped);
     RUN(test_after_handshake);
+    RUN(test_hash_flood);
+    RUN(test_names);
+    RUN(test_hostile_replies);
+    RUN(test_subscribe_races);
     if (F.sub) fc_close(F.sub);
     uv_close((uv_handle_t *)&F.listener, NULL);
     uv_close((uv_handle_t *)&failsafe, NULL);
