@@ -2108,6 +2108,17 @@ uint64_t sh_redis_bus_reconnects(const sh_redis_bus *b) { return b ? b->reconnec
 size_t sh_redis_bus_channels(const sh_redis_bus *b) { return b ? HASH_COUNT(b->chans) : 0; }
 
 /* Contract in redis_bus.h. */
+size_t sh_redis_bus_longest_chain(const sh_redis_bus *b)
+{
+    size_t most = 0;
+    if (b && b->chans)
+        for (unsigned i = 0; i < b->chans->hh.tbl->num_buckets; i++)
+            if (b->chans->hh.tbl->buckets[i].count > most)
+                most = b->chans->hh.tbl->buckets[i].count;
+    return most;
+}
+
+/* Contract in redis_bus.h. */
 uint64_t sh_redis_bus_sub_drops(const sh_redis_bus *b) { return b ? b->sub_drops : 0; }
 
 /* Contract in redis_bus.h. */

@@ -232,6 +232,9 @@ uint64_t sh_redis_bus_reconnects(const sh_redis_bus *b);
 /* Channels in the registry: subscribed, being subscribed, or awaiting the
  * confirmation of their UNSUBSCRIBE (0 means Redis knows of none of ours). */
 size_t sh_redis_bus_channels(const sh_redis_bus *b);
+/* The most channels in one bucket of the bus's channel table (a look-up walks them):
+ * a handful with a sound hash, whatever the names. */
+size_t sh_redis_bus_longest_chain(const sh_redis_bus *b);
 
 /* Reply callback: called exactly once per accepted command (unless cancelled),
  * always from the loop, never from sh_redis_command itself. Either `reply` is
