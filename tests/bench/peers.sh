@@ -9,7 +9,8 @@
 #   tests/bench/peers.sh [node] [openresty] [statushost]      (default: all three)
 #
 # Environment: PEERS (../shared/peers from the project root), STATUSHOST (build/statushost),
-# DURATION (10 s), OUT (a temporary directory: the harness's JSON lines and logs).
+# SCRIPT (statushost's policy: scripts/default.lua), DURATION (10 s), OUT (a temporary
+# directory: the harness's JSON lines and logs).
 # The peers' set-up (nginx, the Lua module, Node packages) is in PEERS/README.md.
 set -euo pipefail
 
@@ -49,7 +50,7 @@ for s in "${SERVERS[@]}"; do
     esac
     sample "$pat" "$OUT/$s.ticks" &
     (cd "$PEERS" && REPEAT=1 DURATION=${DURATION:-10} RESULTS_JSONL="$OUT/results.jsonl" \
-        STATUSHOST_BIN="$SH" STATUSHOST_ARGS="$ARGS $ROOT/scripts/default.lua" \
+        STATUSHOST_BIN="$SH" STATUSHOST_ARGS="$ARGS $(realpath "${SCRIPT:-$ROOT/scripts/default.lua}")" \
         ./run.sh "$s-seedflow" >"$OUT/$s.log" 2>&1) || { echo "peers.sh: $s failed (see $OUT/$s.log)" >&2; exit 1; }
     wait
 done
