@@ -26,6 +26,8 @@
 
 #include <uv.h>
 
+#include "str.h"
+
 #define LINE_CAP 16384           /* a longer line is cut (and marked) */
 #define LINE_RESERVE 64          /* room kept to close a cut line */
 #define FLUSH_AT (64 * 1024)     /* write as soon as the buffer holds this much */
@@ -808,7 +810,7 @@ static int fmt_simple(char *out, size_t cap, const char *fmt, va_list ap)
             mod = *++f == 'l' ? 2 : 1;
             f += mod == 2;
         }
-        char num[24], *p = num + sizeof num;
+        char num[24], *p = num;
         if (*f == 's') {
             const char *s = va_arg(ap, const char *);
             if (!s)
@@ -830,12 +832,10 @@ static int fmt_simple(char *out, size_t cap, const char *fmt, va_list ap)
                     : mod == 2 ? va_arg(ap, unsigned long long)
                                : (unsigned long long)va_arg(ap, size_t);
             }
-            do
-                *--p = (char)('0' + u % 10);
-            while ((u /= 10) != 0);
             if (neg)
-                *--p = '-';
-            fmt_put(out, cap, &len, p, (size_t)(num + sizeof num - p));
+                *p++ = '-';
+            p += sh_fmt_u64(p, u);
+            fmt_put(out, cap, &len, num, (size_t)(p - num));
         }
         f++;
     }

@@ -158,6 +158,7 @@ static void name_hash_seed(void)
 #include "log.h"
 #include "redis_slots.h"
 #include "static_files.h"
+#include "str.h"
 
 #define DEFAULT_BACKOFF_MIN_MS 100
 #define DEFAULT_BACKOFF_MAX_MS 5000
@@ -577,11 +578,8 @@ static int sub_conn_writable(const struct conn *c)
 /* "$<v>\r\n" at p; returns the end. */
 static char *put_len(char *p, size_t v)
 {
-    char d[24];
-    int k = 0;
-    do d[k++] = (char)('0' + v % 10); while ((v /= 10) > 0);
     *p++ = '$';
-    while (k > 0) *p++ = d[--k];
+    p += sh_fmt_u64(p, v);
     *p++ = '\r';
     *p++ = '\n';
     return p;

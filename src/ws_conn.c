@@ -46,6 +46,13 @@
 
 static int unpark(sh_conn *c);
 
+/* No memory for what c needs next: said, and c dropped. */
+static void drop_oom(sh_conn *c)
+{
+    sh_warn(c->id, "out of memory for the WebSocket state: dropped");
+    sh_conn_close(c);
+}
+
 /* The peer does not read: more than max_send_buffer bytes wait to be
  * written. Drop them, close 1008, and stop reading (its input could only add
  * more output, e.g. pongs). A single message may take the queue past the
@@ -749,8 +756,7 @@ static void ws_on_read(sh_conn *c, const char *data, size_t len)
         }
     }
     if (unpark(c) != 0) {
-        sh_warn(c->id, "out of memory for the WebSocket state: dropped");
-        sh_conn_close(c);
+        drop_oom(c);
         return;
     }
     if (!wslay_event_want_read(c->ws)) {
@@ -877,8 +883,7 @@ void sh_conn_ws_close(sh_conn *c, uint16_t code, const char *reason)
         if (rl)
             memcpy(payload + 2, reason, rl);
         if (put_frame(c, WSLAY_CONNECTION_CLOSE, (const char *)payload, rl + 2) != 0) {
-            sh_warn(c->id, "out of memory for the WebSocket state: dropped");
-            sh_conn_close(c);
+            drop_oom(c);
             return;
         }
         SET(c, SH_CF_CLOSE_QUEUED | SH_CF_CLOSE_OUT | SH_CF_CLOSE_WAIT);
@@ -889,8 +894,7 @@ void sh_conn_ws_close(sh_conn *c, uint16_t code, const char *reason)
         return;
     }
     if (unpark(c) != 0) {
-        sh_warn(c->id, "out of memory for the WebSocket state: dropped");
-        sh_conn_close(c);
+        drop_oom(c);
         return;
     }
     SET(c, SH_CF_CLOSE_QUEUED);
