@@ -15,8 +15,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-PEERS=$(cd "${PEERS:-$ROOT/../shared/peers}" 2>/dev/null && pwd) ||
-    { echo "peers.sh: no peers' harness at ${PEERS:-$ROOT/../shared/peers} (set PEERS)" >&2; exit 1; }
+WANT=${PEERS:-$ROOT/../shared/peers}
+PEERS=$(cd "$WANT" 2>/dev/null && pwd) || { echo "peers.sh: no peers' harness at $WANT (set PEERS)" >&2; exit 1; }
 SH=$(realpath "${STATUSHOST:-$ROOT/build/statushost}")
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/sh-peers.XXXXXX")}
 SERVERS=("$@")
