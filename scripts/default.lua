@@ -138,7 +138,9 @@ end
 function lib.dispatch(conn, job)
   local ok, problem = lib.validate_config(cfg)
   if not ok then return nil, "misconfigured: " .. problem end
-  local body = '{"data":' .. job.text .. ',"fid":' .. json.encode(conn.id) .. '}'
+  -- conn.id is 24 hex characters (README, "The connection"): quoted, it is a JSON string
+  -- as it is (json.encode took a buffer of its own for it, per job)
+  local body = '{"data":' .. job.text .. ',"fid":"' .. conn.id .. '"}'
   -- the body is the one copy of the batch kept for the job's life (the HTTP client
   -- borrows it, it does not copy it): the text it was made from can go
   job.text = nil
@@ -296,8 +298,8 @@ local function drop_foreign(conn, payload)
   f.n, f.at = 0, now
 end
 
-local function flush_foreign(conn)
-  local f = conn.state.foreign
+local function flush_foreign(state) -- conn.state
+  local f = state.foreign
   if f and f.n > 0 then
     host.log.warn(("dropped %d more updates that were not for this job"):format(f.n))
     f.n = 0
@@ -318,9 +320,10 @@ function lib.finish(conn, job, why, detail)
   job.finished = true
   if job.timer then job.timer:cancel() end
   if job.channel then conn:unsubscribe(job.channel) end
-  if conn.state.job == job then conn.state.job = nil end
+  local state = conn.state
+  if state.job == job then state.job = nil end
   conn:track(nil)
-  flush_foreign(conn)
+  flush_foreign(state)
   if not job.uncounted then host.metrics.inc(counters[why] or "jobs_failed") end
   if why == "timeout" then
     local pending = {}
@@ -332,7 +335,7 @@ function lib.finish(conn, job, why, detail)
   elseif why ~= "completed" then
     lib.send_error(conn, why, detail or why)
   end
-  host.log.info("job", why, ("%d/%d tasks done"):format(job.ndone, job.n), detail or "")
+  host.log.info("job", why, job.ndone .. "/" .. job.n .. " tasks done", detail or "")
   local code, reason = lib.close_policy(conn, job, why)
   if code then conn:close(code, reason) end
 end
@@ -393,7 +396,7 @@ function policy.on_publish(conn, channel, payload)
 end
 
 function policy.on_close(conn, code)
-  flush_foreign(conn)
+  flush_foreign(conn.state)
   local job = lib.job_of(conn)
   if job and not job.finished then
     job.finished = true
