@@ -256,31 +256,6 @@ static void conn_fail_tls(sh_http_conn *conn, const char *reason);
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
-/* Appends n bytes to b. Returns 0 or SH_HTTP_ENOMEM (b unchanged). */
-static int buf_append(sh_buf *b, const char *data, size_t n)
-{
-    if (b->cap - b->len < n) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap - b->len < n) {
-            if (cap > SIZE_MAX / 2)
-                return SH_HTTP_ENOMEM;
-            cap *= 2;
-        }
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return SH_HTTP_ENOMEM;
-        b->p = p;
-        b->cap = cap;
-    }
-    if (n)
-        memcpy(b->p + b->len, data, n);
-    b->len += n;
-    return 0;
-}
-
-/* Appends a NUL-terminated string. */
-static int buf_puts(sh_buf *b, const char *s) { return buf_append(b, s, strlen(s)); }
-
 /* Frees b's memory and empties it. */
 static void buf_free(sh_buf *b)
 {
@@ -439,24 +414,72 @@ static int url_parse(const char *url, sh_url *u)
     return 0;
 }
 
-/* Appends the request target: path+query, "/" when empty, spaces and non-ASCII bytes
- * percent-encoded. */
-static int put_target(sh_buf *b, const sh_url *u)
+/* The request head of o (already validated) written at w, or only measured when w is NULL: both
+ * passes run this same code, so the blob is allocated once, at its exact size. Returns its length.
+ * The target is path+query ("/" when empty) with spaces and non-ASCII bytes percent-encoded. */
+static size_t request_head(const sh_http_opts *o, const char *method, const sh_url *u,
+                           const unsigned has[4], char *w)
 {
     static const char hex[] = "0123456789ABCDEF";
-    int rc = 0;
+    size_t n = 0;
+#define PUT(s, len)                                                                            \
+    do {                                                                                       \
+        size_t put_len_ = (len);                                                               \
+        if (w && put_len_)                                                                     \
+            memcpy(w + n, (s), put_len_);                                                      \
+        n += put_len_;                                                                         \
+    } while (0)
+#define PUTS(lit) PUT(lit, sizeof lit - 1)
+    char num[24];
+    PUT(method, strlen(method));
+    PUTS(" ");
     if (u->path_len == 0 || u->path[0] == '?')
-        rc = buf_append(b, "/", 1);
-    for (size_t i = 0; i < u->path_len && rc == 0; i++) {
+        PUTS("/");
+    size_t run = 0; /* bytes of the path that go as they are, not yet written */
+    for (size_t i = 0; i < u->path_len; i++) {
         unsigned char c = (unsigned char)u->path[i];
-        if (c == ' ' || c >= 0x80) {
-            char esc[3] = {'%', hex[c >> 4], hex[c & 15]};
-            rc = buf_append(b, esc, 3);
-        } else {
-            rc = buf_append(b, (const char *)&c, 1);
+        if (c != ' ' && c < 0x80) {
+            run++;
+            continue;
         }
+        PUT(u->path + i - run, run);
+        run = 0;
+        char esc[3] = {'%', hex[c >> 4], hex[c & 15]};
+        PUT(esc, 3);
     }
-    return rc;
+    PUT(u->path + u->path_len - run, run);
+    PUTS(" HTTP/1.1\r\n");
+    if (!has[0]) {
+        PUTS("Host: ");
+        if (u->ipv6)
+            PUTS("[");
+        PUT(u->host, u->host_len);
+        if (u->ipv6)
+            PUTS("]");
+        if (u->port != (u->tls ? 443u : 80u)) {
+            num[0] = ':';
+            PUT(num, 1 + sh_fmt_u64(num + 1, u->port));
+        }
+        PUTS("\r\n");
+    }
+    for (size_t i = 0; i < o->nheaders; i++) {
+        const sh_http_hdr *h = &o->headers[i];
+        PUT(h->name, h->name_len);
+        PUTS(": ");
+        PUT(h->value, h->value_len);
+        PUTS("\r\n");
+    }
+    if (!has[1] && has[3]) {
+        PUTS("Content-Length: ");
+        PUT(num, sh_fmt_u64(num, o->body_len));
+        PUTS("\r\n");
+    }
+    if (!has[2])
+        PUTS("Connection: keep-alive\r\n");
+    PUTS("\r\n");
+#undef PUTS
+#undef PUT
+    return n;
 }
 
 /* Serialises the request of o (already validated) into a new blob with one reference.
@@ -464,67 +487,33 @@ static int put_target(sh_buf *b, const sh_url *u)
 static int request_build(const sh_http_opts *o, const char *method, const sh_url *u,
                          sh_http_blob **out, int *no_reuse)
 {
-    sh_buf b = {0};
-    int has_host = 0, has_len = 0, has_conn = 0, rc = 0;
-    char num[64];
+    /* given: Host; Content-Length or Transfer-Encoding; Connection. Then: a length is sent */
+    unsigned has[4] = {0, 0, 0, 0};
+    has[3] = o->body_len > 0 || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
+             strcmp(method, "PATCH") == 0;
     *no_reuse = 0;
     for (size_t i = 0; i < o->nheaders; i++) {
         const sh_http_hdr *h = &o->headers[i];
-        has_host |= hdr_is(h, "host");
-        has_len |= hdr_is(h, "content-length") || hdr_is(h, "transfer-encoding");
+        has[0] |= hdr_is(h, "host");
+        has[1] |= hdr_is(h, "content-length") || hdr_is(h, "transfer-encoding");
         if (hdr_is(h, "connection")) {
-            has_conn = 1;
+            has[2] = 1;
             for (size_t k = 0; k + 5 <= h->value_len; k++)
                 if (strncasecmp(h->value + k, "close", 5) == 0)
                     *no_reuse = 1;
         }
     }
-    rc |= buf_puts(&b, method);
-    rc |= buf_append(&b, " ", 1);
-    rc |= put_target(&b, u);
-    rc |= buf_puts(&b, " HTTP/1.1\r\n");
-    if (!has_host) {
-        rc |= buf_puts(&b, "Host: ");
-        if (u->ipv6)
-            rc |= buf_append(&b, "[", 1);
-        rc |= buf_append(&b, u->host, u->host_len);
-        if (u->ipv6)
-            rc |= buf_append(&b, "]", 1);
-        if (u->port != (u->tls ? 443u : 80u)) {
-            num[0] = ':';
-            rc |= buf_append(&b, num, 1 + sh_fmt_u64(num + 1, u->port));
-        }
-        rc |= buf_puts(&b, "\r\n");
-    }
-    for (size_t i = 0; i < o->nheaders; i++) {
-        const sh_http_hdr *h = &o->headers[i];
-        rc |= buf_append(&b, h->name, h->name_len);
-        rc |= buf_append(&b, ": ", 2);
-        rc |= buf_append(&b, h->value, h->value_len);
-        rc |= buf_append(&b, "\r\n", 2);
-    }
-    int wants_len = o->body_len > 0 || strcmp(method, "POST") == 0 ||
-                    strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0;
-    if (!has_len && wants_len) {
-        rc |= buf_puts(&b, "Content-Length: ");
-        rc |= buf_append(&b, num, sh_fmt_u64(num, o->body_len));
-        rc |= buf_puts(&b, "\r\n");
-    }
-    if (!has_conn)
-        rc |= buf_puts(&b, "Connection: keep-alive\r\n");
-    rc |= buf_append(&b, "\r\n", 2);
+    size_t len = request_head(o, method, u, has, NULL);
     sh_http_blob *blob = NULL;
     size_t copied = o->body_release ? 0 : o->body_len;
-    if (rc == 0 && b.len <= SIZE_MAX - sizeof *blob - copied)
-        blob = malloc(sizeof *blob + b.len + copied);
-    if (!blob) {
-        buf_free(&b);
+    if (len <= SIZE_MAX - sizeof *blob - copied)
+        blob = malloc(sizeof *blob + len + copied);
+    if (!blob)
         return SH_HTTP_ENOMEM;
-    }
-    *blob = (sh_http_blob){.refs = 1, .len = b.len + copied};
-    memcpy(blob->data, b.p, b.len);
+    *blob = (sh_http_blob){.refs = 1, .len = len + copied};
+    request_head(o, method, u, has, blob->data);
     if (copied)
-        memcpy(blob->data + b.len, o->body, copied);
+        memcpy(blob->data + len, o->body, copied);
     if (o->body_release && o->body_len) {
         blob->body = o->body;
         blob->body_len = o->body_len;
@@ -532,7 +521,6 @@ static int request_build(const sh_http_opts *o, const char *method, const sh_url
     /* the release goes with the blob (even for an empty body): from here the call owns it */
     blob->release = o->body_release;
     blob->release_arg = o->body_release_arg;
-    buf_free(&b);
     *out = blob;
     return 0;
 }
@@ -553,11 +541,12 @@ static int opts_check(const sh_http_opts *o, const char *method)
             return SH_HTTP_EINVAL;
         /* the caller's Content-Length is sent instead of ours: it must be the body's, or
          * the remote reads past the body into the next request on the socket, or waits */
-        char num[24];
-        int n = snprintf(num, sizeof num, "%zu", o->body_len);
-        if (hdr_is(h, "content-length") &&
-            (h->value_len != (size_t)n || memcmp(h->value, num, (size_t)n) != 0))
-            return SH_HTTP_EINVAL;
+        if (hdr_is(h, "content-length")) {
+            char num[24];
+            size_t n = sh_fmt_u64(num, o->body_len);
+            if (h->value_len != n || memcmp(h->value, num, n) != 0)
+                return SH_HTTP_EINVAL;
+        }
     }
     return 0;
 }
@@ -1843,10 +1832,12 @@ static void call_deliver_cb(uv_timer_t *t)
 {
     sh_http_call *call = t->data;
     sh_http_response res;
-    sh_http_hdr *hdrs = NULL;
+    sh_http_hdr few[16]; /* the usual response's headers: no malloc */
+    sh_http_hdr *hdrs = few;
     int err = call->err;
     call->state = CALL_DELIVERING;
-    if (err == 0 && call->nhdrs && !(hdrs = malloc(call->nhdrs * sizeof *hdrs)))
+    if (err == 0 && call->nhdrs > sizeof few / sizeof few[0] &&
+        !(hdrs = malloc(call->nhdrs * sizeof *hdrs)))
         err = SH_HTTP_ENOMEM;
     if (err == 0) {
         for (size_t i = 0; i < call->nhdrs; i++) {
@@ -1869,7 +1860,8 @@ static void call_deliver_cb(uv_timer_t *t)
     const char *errstr = err == SH_HTTP_ETLS && call->errbuf[0] ? call->errbuf
                                                                  : sh_http_strerror(err);
     call->cb(call->arg, err, err ? errstr : NULL, err ? NULL : &res);
-    free(hdrs);
+    if (hdrs != few)
+        free(hdrs);
     call_release(call);
     call->state = CALL_GONE;
     uv_close((uv_handle_t *)&call->timer, call_timer_closed);

@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <lauxlib.h>
 #include <utlist.h>
@@ -631,6 +632,20 @@ static int sub_gc(lua_State *L)
 
 /* ------------------------------------------------------------ http */
 
+/* Whether the name of header i of res came before it (in any case). Compared in C for the first
+ * HDR_SEEN_MAX headers (cheaper than a look-up in the Lua table), which a long list of
+ * headers cannot make quadratic: those after them are looked up in the table. */
+#define HDR_SEEN_MAX 32
+static int hdr_seen(const sh_http_response *res, size_t i)
+{
+    const sh_http_hdr *h = &res->headers[i];
+    for (size_t j = 0; j < i; j++)
+        if (res->headers[j].name_len == h->name_len &&
+            strncasecmp(res->headers[j].name, h->name, h->name_len) == 0)
+            return 1;
+    return 0;
+}
+
 /* The response as {status, body, headers} (run protected: it allocates). */
 static int http_result_p(lua_State *co)
 {
@@ -658,6 +673,12 @@ static int http_result_p(lua_State *co)
             lua_pushlstring(co, small, h->name_len);
         else
             luaL_pushresultsize(&b, h->name_len);
+        if (i < HDR_SEEN_MAX && !hdr_seen(res, i)) {
+            /* a first name, as most are: no look-up in the table */
+            lua_pushlstring(co, h->value, h->value_len);
+            lua_rawset(co, headers);
+            continue;
+        }
         lua_pushvalue(co, -1);
         if (lua_rawget(co, headers) == LUA_TSTRING) {
             /* a repeated field: one list, its values joined with ", " (RFC 9110 §5.3);
@@ -761,32 +782,24 @@ int sh_io_http_request(lua_State *L)
     lua_getfield(L, 1, "headers");
     int ht = lua_gettop(L);
     if (lua_istable(L, ht)) {
-        /* names and values (numbers converted) go into an anchor table, so
-         * every pointer taken stays valid until the request has copied it */
-        lua_newtable(L);
-        int anchor = lua_gettop(L);
-        int k = 0;
+        /* the names and string values are held by the headers table, which nothing changes
+         * before the request has copied them; a number's string form is kept on the stack */
         lua_pushnil(L);
         while (lua_next(L, ht)) {
-            if (lua_type(L, -2) != LUA_TSTRING ||
-                (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
+            int vt = lua_type(L, -1);
+            if (lua_type(L, -2) != LUA_TSTRING || (vt != LUA_TSTRING && vt != LUA_TNUMBER))
                 return luaL_error(L, "%s: headers must map names to strings", SH_FNAME(L));
-            if (k == 2 * 64)
+            if (nh == sizeof hdrs / sizeof hdrs[0])
                 return luaL_error(L, "%s: at most 64 headers", SH_FNAME(L));
-            lua_pushvalue(L, -2);
-            lua_rawseti(L, anchor, ++k);
-            size_t vl;
-            const char *v = lua_tolstring(L, -1, &vl);
-            lua_pushlstring(L, v, vl); /* a string copy of the value (a NUL is checked) */
-            lua_rawseti(L, anchor, ++k);
-            lua_pop(L, 1);
-        }
-        for (int i = 1; i <= k; i += 2, nh++) {
-            lua_rawgeti(L, anchor, i);
-            hdrs[nh].name = lua_tolstring(L, -1, &hdrs[nh].name_len);
-            lua_rawgeti(L, anchor, i + 1);
-            hdrs[nh].value = lua_tolstring(L, -1, &hdrs[nh].value_len);
-            lua_pop(L, 2);
+            hdrs[nh].name = lua_tolstring(L, -2, &hdrs[nh].name_len);
+            hdrs[nh].value = lua_tolstring(L, -1, &hdrs[nh].value_len); /* a number: converted */
+            nh++;
+            if (vt == LUA_TNUMBER) {
+                luaL_checkstack(L, 2, "too many headers");
+                lua_insert(L, -2); /* the converted value stays, below the key */
+            } else {
+                lua_pop(L, 1);
+            }
         }
     } else if (!lua_isnil(L, ht)) {
         return luaL_error(L, "%s: headers must be a table", SH_FNAME(L));

@@ -183,6 +183,8 @@ static void slow_cb(uv_timer_t *t)
     swrite_s(t->data, HELLO, 0);
 }
 
+#define MANY_HEADERS 40 /* headers of /many's answer, besides its Content-Length */
+
 /* Answers one complete request (head + body of len bytes) by its path. */
 static void srv_answer(sconn *sc, const char *req, size_t len)
 {
@@ -218,6 +220,13 @@ static void srv_answer(sconn *sc, const char *req, size_t len)
         snprintf(head_buf, sizeof head_buf, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", len);
         swrite_s(sc, head_buf, 0);
         swrite_n(sc, req, len, 0);
+    } else if (strcmp(path, "/many") == 0) { /* more headers than the delivery's stack array */
+        char buf[2048];
+        int h = snprintf(buf, sizeof buf, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+        for (int i = 0; i < MANY_HEADERS; i++)
+            h += snprintf(buf + h, sizeof buf - (size_t)h, "X-H%d: v%d\r\n", i, i);
+        h += snprintf(buf + h, sizeof buf - (size_t)h, "\r\nok");
+        swrite_n(sc, buf, (size_t)h, 0);
     } else if (strcmp(path, "/drop2") == 0) {
         if (sc->nreq >= 2)
             sconn_close(sc); /* as if it timed the idle socket out just as the request came */
@@ -792,6 +801,82 @@ static void test_post_echo(void)
     CHECK(strstr(e.s.last, "\r\nhost: example.test\r\n") != NULL);
     CHECK(strstr(e.s.last, "\r\nHost:") == NULL);
     CHECK(strstr(e.s.last, "\r\nContent-Length: 0\r\n") != NULL);
+    env_fini(&e);
+}
+
+/* The request's bytes, exactly, as request_build measures then writes them in one buffer: the
+ * target's escapes, an empty header value, the caller's Host, Content-Length and Connection (in
+ * any case) instead of ours, a length for an empty PATCH, none for a GET. */
+static void test_request_bytes(void)
+{
+    env e;
+    env_init(&e, NULL);
+    char url[160], want[512];
+    result r[3] = {{0}};
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/echo/a b\xc3\xa9?q= x#frag", e.s.port);
+    sh_http_hdr h0[] = {{"X-Empty", 7, NULL, 0}, {"X-N", 3, "42", 2}};
+    sh_http_opts o0 = {.url = url, .headers = h0, .nheaders = 2};
+    CHECK(sh_http_request(e.c, &o0, on_result, &r[0], NULL) == 0);
+    RUN_UNTIL(&e, r[0].called);
+    snprintf(want, sizeof want,
+             "GET /echo/a%%20b%%C3%%A9?q=%%20x HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Empty: \r\n"
+             "X-N: 42\r\nConnection: keep-alive\r\n\r\n", e.s.port);
+    CHECK(r[0].err == 0 && strcmp(r[0].body, want) == 0);
+
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/echo", e.s.port);
+    sh_http_hdr h1[] = {{"content-length", 14, "3", 1}, {"CONNECTION", 10, "Close", 5}};
+    sh_http_opts o1 = {.method = "PUT", .url = url, .headers = h1, .nheaders = 2,
+                       .body = "abc", .body_len = 3};
+    CHECK(sh_http_request(e.c, &o1, on_result, &r[1], NULL) == 0);
+    RUN_UNTIL(&e, r[1].called);
+    CHECK(r[1].err == 0);
+    snprintf(want, sizeof want,
+             "PUT /echo HTTP/1.1\r\nHost: 127.0.0.1:%d\r\ncontent-length: 3\r\n"
+             "CONNECTION: Close\r\n\r\nabc", e.s.port);
+    CHECK(strcmp(r[1].body, want) == 0);
+
+    sh_http_hdr h2[] = {{"HOST", 4, "h.test", 6}};
+    sh_http_opts o2 = {.method = "PATCH", .url = url, .headers = h2, .nheaders = 1};
+    CHECK(sh_http_request(e.c, &o2, on_result, &r[2], NULL) == 0);
+    RUN_UNTIL(&e, r[2].called);
+    CHECK(r[2].err == 0 && strcmp(r[2].body, "PATCH /echo HTTP/1.1\r\nHOST: h.test\r\n"
+                                             "Content-Length: 0\r\nConnection: keep-alive\r\n"
+                                             "\r\n") == 0);
+    env_fini(&e);
+}
+
+/* Headers seen by on_many: each X-H<i> in order, with its value. */
+static int many_ok, many_called;
+
+static void on_many(void *arg, int err, const char *errstr, const sh_http_response *res)
+{
+    (void)arg;
+    (void)errstr;
+    many_called++;
+    if (err || res->nheaders != MANY_HEADERS + 1)
+        return;
+    char name[16], value[16];
+    for (int i = 0; i < MANY_HEADERS; i++) {
+        const sh_http_hdr *h = &res->headers[i + 1];
+        int nl = snprintf(name, sizeof name, "X-H%d", i), vl = snprintf(value, sizeof value, "v%d", i);
+        if (h->name_len != (size_t)nl || memcmp(h->name, name, (size_t)nl) != 0 ||
+            h->value_len != (size_t)vl || memcmp(h->value, value, (size_t)vl) != 0)
+            return;
+    }
+    many_ok = res->body_len == 2 && strcmp(res->body, "ok") == 0;
+}
+
+/* More headers than call_deliver_cb's array on the stack: they come from the heap, all of them. */
+static void test_many_headers(void)
+{
+    env e;
+    env_init(&e, NULL);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/many", e.s.port);
+    sh_http_opts o = {.url = url};
+    CHECK(sh_http_request(e.c, &o, on_many, NULL, NULL) == 0);
+    RUN_UNTIL(&e, many_called);
+    CHECK(many_ok);
     env_fini(&e);
 }
 
@@ -1750,6 +1835,8 @@ int main(void)
         {"bad_args", test_bad_args},
         {"resolve", test_resolve},
         {"ipv6_literal", test_ipv6_literal},
+        {"request_bytes", test_request_bytes},
+        {"many_headers", test_many_headers},
         {"tls_good", test_tls_good},
         {"tls_verify", test_tls_verify},
         {"tls_mid_record", test_tls_mid_record},
