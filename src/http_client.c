@@ -65,7 +65,7 @@ typedef struct sh_http_host sh_http_host;
 
 /* A growable byte buffer. */
 typedef struct {
-    char *p;    /* NULL until the first append */
+    char *p;    /* its room in the call until it outgrows it, then the heap */
     size_t len; /* bytes used */
     size_t cap; /* bytes allocated */
 } sh_buf;
@@ -190,7 +190,12 @@ struct sh_http_call {
     sh_buf body;                  /* response body; capacity always one past len (the NUL) */
     size_t resp_bytes;            /* accounted toward max_response_bytes */
     uint64_t body_hint;           /* announced Content-Length, 0 when unknown */
-    size_t held;                  /* capacity of hbuf, hdrs and body: in client->resp_total */
+    size_t held;                  /* heap capacity of hbuf, hdrs and body: in client->resp_total */
+    /* where hbuf, hdrs and body start: the usual response fits, with no malloc; a buffer that
+     * outgrows its room moves to the heap, where its capacity is accounted (held) */
+    sh_hdr_ref hdrs_small[8];
+    char hbuf_small[256];
+    char body_small[256];
 };
 
 struct sh_http_conn {
@@ -255,14 +260,6 @@ static void tls_reason(sh_http_conn *conn, int se, char *buf, size_t n);
 static void conn_fail_tls(sh_http_conn *conn, const char *reason);
 
 /* ---- small helpers ---------------------------------------------------------------------- */
-
-/* Frees b's memory and empties it. */
-static void buf_free(sh_buf *b)
-{
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
 
 /* Drops one reference; frees on the last. Accepts NULL. */
 static void blob_unref(sh_http_blob *b)
@@ -1360,16 +1357,19 @@ static int account(llhttp_t *p, size_t n)
     return 0;
 }
 
-/* Grows one of conn's call's response buffers (*p, *cap bytes) to hold need bytes: by half, but
- * never past hint when hint suffices (the announced length, the per-call limit), and to exactly
- * need when more would pass the client's budget. The capacity is what is accounted: the total of
- * every call's buffers never passes max_total_response_bytes. Returns 0, or -1 with
- * conn->over_budget or conn->nomem set (*p unchanged). */
-static int resp_grow(sh_http_conn *conn, void **p, size_t *cap, size_t need, size_t hint)
+/* Grows one of conn's call's response buffers (*p, *cap bytes; at first its room in the call,
+ * `small`) to hold need bytes: by half, but never past hint when hint suffices (the announced
+ * length, the per-call limit), and to exactly need when more would pass the client's budget. The
+ * heap capacity is what is accounted: the total of every call's buffers never passes
+ * max_total_response_bytes. Returns 0, or -1 with conn->over_budget or conn->nomem set (*p
+ * unchanged). */
+static int resp_grow(sh_http_conn *conn, void **p, size_t *cap, size_t need, size_t hint,
+                     const void *small)
 {
     sh_http_client *c = conn->client;
     if (need <= *cap)
         return 0;
+    size_t had = *p == small ? 0 : *cap; /* heap bytes held now */
     size_t room = c->opts.max_total_response_bytes - c->resp_total;
     size_t want = *cap + *cap / 2;
     if (want < 256)
@@ -1378,19 +1378,21 @@ static int resp_grow(sh_http_conn *conn, void **p, size_t *cap, size_t need, siz
         want = hint;
     if (want < need)
         want = need;
-    if (want - *cap > room)
+    if (want - had > room)
         want = need;
-    if (want - *cap > room) {
+    if (want - had > room) {
         conn->over_budget = 1;
         return -1;
     }
-    void *np = realloc(*p, want);
+    void *np = had ? realloc(*p, want) : malloc(want);
     if (!np) {
         conn->nomem = 1;
         return -1;
     }
-    c->resp_total += want - *cap;
-    conn->call->held += want - *cap;
+    if (!had)
+        memcpy(np, *p, *cap);
+    c->resp_total += want - had;
+    conn->call->held += want - had;
     *p = np;
     *cap = want;
     return 0;
@@ -1399,10 +1401,10 @@ static int resp_grow(sh_http_conn *conn, void **p, size_t *cap, size_t need, siz
 /* Appends n response bytes (already accounted by account()) to b, one of conn's call's buffers,
  * keeping `spare` bytes free after them. Returns 0 or -1 (flags set by resp_grow). */
 static int resp_append(sh_http_conn *conn, sh_buf *b, const char *data, size_t n, size_t spare,
-                       size_t hint)
+                       size_t hint, const void *small)
 {
     void *p = b->p;
-    if (resp_grow(conn, &p, &b->cap, b->len + n + spare, hint) < 0)
+    if (resp_grow(conn, &p, &b->cap, b->len + n + spare, hint, small) < 0)
         return -1;
     b->p = p;
     if (n)
@@ -1411,14 +1413,26 @@ static int resp_append(sh_http_conn *conn, sh_buf *b, const char *data, size_t n
     return 0;
 }
 
+/* Points call's response buffers, empty, at their room in the call. */
+static void call_buffers_small(sh_http_call *call)
+{
+    call->hbuf = (sh_buf){.p = call->hbuf_small, .cap = sizeof call->hbuf_small};
+    call->body = (sh_buf){.p = call->body_small, .cap = sizeof call->body_small};
+    call->hdrs = call->hdrs_small;
+    call->hcap = sizeof call->hdrs_small / sizeof call->hdrs_small[0];
+    call->nhdrs = 0;
+}
+
 /* Frees call's response buffers and gives their capacity back to the client's budget. */
 static void call_release(sh_http_call *call)
 {
-    buf_free(&call->hbuf);
-    buf_free(&call->body);
-    free(call->hdrs);
-    call->hdrs = NULL;
-    call->nhdrs = call->hcap = 0;
+    if (call->hbuf.p != call->hbuf_small)
+        free(call->hbuf.p);
+    if (call->body.p != call->body_small)
+        free(call->body.p);
+    if (call->hdrs != call->hdrs_small)
+        free(call->hdrs);
+    call_buffers_small(call);
     call->client->resp_total -= call->held;
     call->held = 0;
 }
@@ -1435,7 +1449,8 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
         if (call->nhdrs == call->hcap) {
             void *h = call->hdrs;
             size_t bytes = call->hcap * sizeof(sh_hdr_ref);
-            if (resp_grow(p->data, &h, &bytes, (call->nhdrs + 1) * sizeof(sh_hdr_ref), 0) < 0)
+            if (resp_grow(p->data, &h, &bytes, (call->nhdrs + 1) * sizeof(sh_hdr_ref), 0,
+                          call->hdrs_small) < 0)
                 return -1;
             call->hdrs = h;
             call->hcap = bytes / sizeof(sh_hdr_ref);
@@ -1445,7 +1460,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
         r->name_len = r->value_off = r->value_len = 0;
         call->in_field = 1;
     }
-    if (account(p, len) < 0 || resp_append(p->data, &call->hbuf, at, len, 0, 0) < 0)
+    if (account(p, len) < 0 || resp_append(p->data, &call->hbuf, at, len, 0, 0, call->hbuf_small) < 0)
         return -1;
     call->hdrs[call->nhdrs - 1].name_len += len;
     return 0;
@@ -1471,7 +1486,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     sh_hdr_ref *r = &call->hdrs[call->nhdrs - 1];
     if (r->value_len == 0)
         r->value_off = call->hbuf.len;
-    if (account(p, len) < 0 || resp_append(p->data, &call->hbuf, at, len, 0, 0) < 0)
+    if (account(p, len) < 0 || resp_append(p->data, &call->hbuf, at, len, 0, 0, call->hbuf_small) < 0)
         return -1;
     r->value_len += len;
     return 0;
@@ -1508,7 +1523,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     sh_http_conn *conn = p->data;
     sh_http_call *call = conn->call;
     size_t hint = call->body_hint ? call->body_hint : conn->client->opts.max_response_bytes + 1;
-    if (account(p, len) < 0 || resp_append(conn, &call->body, at, len, 1, hint) < 0)
+    if (account(p, len) < 0 || resp_append(conn, &call->body, at, len, 1, hint, call->body_small) < 0)
         return -1;
     return 0;
 }
@@ -1850,12 +1865,9 @@ static void call_deliver_cb(uv_timer_t *t)
         res.status = call->status;
         res.headers = hdrs;
         res.nheaders = call->nhdrs;
-        res.body = "";
         res.body_len = call->body.len;
-        if (call->body.p) { /* the body buffer always has room for the NUL */
-            call->body.p[call->body.len] = '\0';
-            res.body = call->body.p;
-        }
+        call->body.p[call->body.len] = '\0'; /* the body buffer always has room for it */
+        res.body = call->body.p;
     }
     const char *errstr = err == SH_HTTP_ETLS && call->errbuf[0] ? call->errbuf
                                                                  : sh_http_strerror(err);
@@ -1995,6 +2007,7 @@ int sh_http_request(sh_http_client *c, const sh_http_opts *o, sh_http_cb cb, voi
     sh_http_call *call = calloc(1, sizeof *call);
     if (!call)
         return SH_HTTP_ENOMEM;
+    call_buffers_small(call);
     sh_http_host *h = NULL;
     if ((rc = request_build(o, method, &u, &call->req, &call->no_reuse)) < 0 ||
         !(h = host_get(c, &u))) {

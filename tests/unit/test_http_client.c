@@ -227,6 +227,16 @@ static void srv_answer(sconn *sc, const char *req, size_t len)
             h += snprintf(buf + h, sizeof buf - (size_t)h, "X-H%d: v%d\r\n", i, i);
         h += snprintf(buf + h, sizeof buf - (size_t)h, "\r\nok");
         swrite_n(sc, buf, (size_t)h, 0);
+    } else if (strcmp(path, "/chunkbig") == 0) { /* 3 x 200 bytes, no length announced */
+        char chunk[256];
+        swrite_s(sc, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 0);
+        for (int i = 0; i < 3; i++) {
+            int h = snprintf(chunk, sizeof chunk, "c8\r\n");
+            memset(chunk + h, 'a' + i, 200);
+            memcpy(chunk + h + 200, "\r\n", 2);
+            swrite_n(sc, chunk, (size_t)h + 202, 0);
+        }
+        swrite_s(sc, "0\r\n\r\n", 0);
     } else if (strcmp(path, "/drop2") == 0) {
         if (sc->nreq >= 2)
             sconn_close(sc); /* as if it timed the idle socket out just as the request came */
@@ -866,8 +876,11 @@ static void on_many(void *arg, int err, const char *errstr, const sh_http_respon
     many_ok = res->body_len == 2 && strcmp(res->body, "ok") == 0;
 }
 
-/* More headers than call_deliver_cb's array on the stack: they come from the heap, all of them. */
-static void test_many_headers(void)
+/* A response's buffers start in the call and move to the heap once outgrown: more headers than
+ * their room (and than call_deliver_cb's array on the stack), more header bytes, a chunked body
+ * of no announced length longer than its room. All of them arrive whole, and their heap memory
+ * is given back to the budget. */
+static void test_outgrown_buffers(void)
 {
     env e;
     env_init(&e, NULL);
@@ -877,6 +890,14 @@ static void test_many_headers(void)
     CHECK(sh_http_request(e.c, &o, on_many, NULL, NULL) == 0);
     RUN_UNTIL(&e, many_called);
     CHECK(many_ok);
+    CHECK(stats(&e).response_bytes == 0);
+    result r = {0};
+    CHECK(req(&e, NULL, "/chunkbig", 0, &r, NULL) == 0);
+    RUN_UNTIL(&e, r.called);
+    CHECK(r.err == 0 && r.status == 200 && r.body_len == 600);
+    CHECK(strspn(r.body, "a") == 200 && strspn(r.body + 200, "b") == 200 &&
+          strspn(r.body + 400, "c") == 111); /* result.body keeps 511 bytes */
+    CHECK(stats(&e).response_bytes == 0);
     env_fini(&e);
 }
 
@@ -1836,7 +1857,7 @@ int main(void)
         {"resolve", test_resolve},
         {"ipv6_literal", test_ipv6_literal},
         {"request_bytes", test_request_bytes},
-        {"many_headers", test_many_headers},
+        {"outgrown_buffers", test_outgrown_buffers},
         {"tls_good", test_tls_good},
         {"tls_verify", test_tls_verify},
         {"tls_mid_record", test_tls_mid_record},
