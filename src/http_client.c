@@ -33,6 +33,7 @@
 #include "http_client.h"
 
 #include <assert.h>
+#include <stddef.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -2004,9 +2005,10 @@ int sh_http_request(sh_http_client *c, const sh_http_opts *o, sh_http_cb cb, voi
         rc = opts_check(o, method);
     if (rc < 0)
         return rc;
-    sh_http_call *call = calloc(1, sizeof *call);
+    sh_http_call *call = malloc(sizeof *call);
     if (!call)
         return SH_HTTP_ENOMEM;
+    memset(call, 0, offsetof(sh_http_call, hdrs_small)); /* the rooms need no zeroing */
     call_buffers_small(call);
     sh_http_host *h = NULL;
     if ((rc = request_build(o, method, &u, &call->req, &call->no_reuse)) < 0 ||

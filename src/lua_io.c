@@ -837,8 +837,26 @@ int sh_io_http_request(lua_State *L)
 
 /* ------------------------------------------------------------ lifecycle */
 
+/* Lower-case header names, and values, that most responses carry: held by the registry, they stay
+ * interned, so that http_result_p's lua_pushlstring finds them instead of allocating each anew
+ * for every response (and the GC freeing it). Short strings only (40 bytes at most). */
+static const char *const common_http_strings[] = {
+    "content-type", "content-length", "connection", "server", "date", "transfer-encoding",
+    "cache-control", "set-cookie", "location", "etag", "last-modified", "vary", "expires",
+    "keep-alive", "close", "chunked", "application/json", "text/plain; charset=utf-8",
+    "text/html; charset=utf-8", "no-cache",
+};
+
 void sh_io_open(lua_State *L)
 {
+    int n = (int)(sizeof common_http_strings / sizeof common_http_strings[0]);
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushstring(L, common_http_strings[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, LUA_REGISTRYINDEX, "statushost.http_strings");
+
     /* __metatable: a policy could otherwise replace a handle's __gc (the C side's
      * pointer to the handle is cleared there) and have it written after it is freed */
     luaL_newmetatable(L, SUB_MT);
