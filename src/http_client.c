@@ -275,8 +275,9 @@ static void blob_unref(sh_http_blob *b)
 /* 1 when c may appear in an HTTP token (method, header name). */
 static int is_tchar(unsigned char c)
 {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+    /* bit c of these: 0-9 A-Z a-z and !#$%&'*+-.^_`|~ */
+    static const uint64_t map[2] = {0x03ff6cfa00000000u, 0x57ffffffc7fffffeu};
+    return c < 128 && (map[c >> 6] >> (c & 63) & 1);
 }
 
 /* 1 when s[0..n) is a non-empty token. */
@@ -299,11 +300,16 @@ static int is_header_value(const char *s, size_t n)
     return 1;
 }
 
+/* 1 when s[0..n) is name, in any case. */
+static int name_is(const char *s, size_t n, const char *name)
+{
+    return n == strlen(name) && strncasecmp(s, name, n) == 0;
+}
+
 /* 1 when header h is named name (case-insensitive). */
 static int hdr_is(const sh_http_hdr *h, const char *name)
 {
-    size_t n = strlen(name);
-    return h->name_len == n && strncasecmp(h->name, name, n) == 0;
+    return name_is(h->name, h->name_len, name);
 }
 
 /* Contract in http_client.h. */
@@ -412,9 +418,21 @@ static int url_parse(const char *url, sh_url *u)
     return 0;
 }
 
-/* The request head of o (already validated) written at w, or only measured when w is NULL: both
- * passes run this same code, so the blob is allocated once, at its exact size. Returns its length.
- * The target is path+query ("/" when empty) with spaces and non-ASCII bytes percent-encoded. */
+/* The most bytes request_head() writes for o: every path byte escaped, every optional line. */
+static size_t request_head_max(const sh_http_opts *o, const char *method, const sh_url *u)
+{
+    size_t n = strlen(method) + 2 + 3 * u->path_len + sizeof " HTTP/1.1\r\n" +
+               sizeof "Host: []:65535\r\n" + u->host_len +
+               sizeof "Content-Length: 18446744073709551615\r\n" +
+               sizeof "Connection: keep-alive\r\n" + 2;
+    for (size_t i = 0; i < o->nheaders; i++)
+        n += o->headers[i].name_len + o->headers[i].value_len + 4;
+    return n;
+}
+
+/* Writes the request head of o (already validated) at w, which has room for request_head_max()
+ * bytes, and returns its length. The target is path+query ("/" when empty) with spaces and
+ * non-ASCII bytes percent-encoded. */
 static size_t request_head(const sh_http_opts *o, const char *method, const sh_url *u,
                            const unsigned has[4], char *w)
 {
@@ -423,7 +441,7 @@ static size_t request_head(const sh_http_opts *o, const char *method, const sh_u
 #define PUT(s, len)                                                                            \
     do {                                                                                       \
         size_t put_len_ = (len);                                                               \
-        if (w && put_len_)                                                                     \
+        if (put_len_)                                                                          \
             memcpy(w + n, (s), put_len_);                                                      \
         n += put_len_;                                                                         \
     } while (0)
@@ -501,15 +519,17 @@ static int request_build(const sh_http_opts *o, const char *method, const sh_url
                     *no_reuse = 1;
         }
     }
-    size_t len = request_head(o, method, u, has, NULL);
+    size_t max = request_head_max(o, method, u);
     sh_http_blob *blob = NULL;
     size_t copied = o->body_release ? 0 : o->body_len;
-    if (len <= SIZE_MAX - sizeof *blob - copied)
-        blob = malloc(sizeof *blob + len + copied);
+    if (max <= SIZE_MAX - sizeof *blob - copied)
+        blob = malloc(sizeof *blob + max + copied);
     if (!blob)
         return SH_HTTP_ENOMEM;
-    *blob = (sh_http_blob){.refs = 1, .len = len + copied};
-    request_head(o, method, u, has, blob->data);
+    *blob = (sh_http_blob){.refs = 1};
+    size_t len = request_head(o, method, u, has, blob->data);
+    assert(len <= max);
+    blob->len = len + copied;
     if (copied)
         memcpy(blob->data + len, o->body, copied);
     if (o->body_release && o->body_len) {
@@ -1583,6 +1603,117 @@ static void call_reset_response(sh_http_call *call)
     call->body_hint = 0;
 }
 
+/* ---- the usual response, parsed without llhttp ---------------------------------------------- */
+
+#define FAST_MAX_HDRS 16 /* a response with more goes to llhttp */
+
+/* 1 when c may be in a reason phrase or header value the fast path takes: visible ASCII, SP, HTAB
+ * (no obs-text, no control byte: those go to llhttp). */
+static int fast_vchar(unsigned char c) { return (c >= 0x20 && c < 0x7f) || c == '\t'; }
+
+/* The usual response, whole in data[0..n), the first bytes read for conn's call: "HTTP/1.1", a
+ * status 200..599 but 204 and 304, at most FAST_MAX_HDRS headers of plain visible ASCII (values
+ * neither empty nor ending in white space) among them exactly one Content-Length, no
+ * Transfer-Encoding, Upgrade, or Connection but "keep-alive", then exactly that many body bytes,
+ * within max_response_bytes (the header lines are accounted whole) and the budget. Such a
+ * response is parsed here (llhttp's state machine and callbacks cost several times more): the
+ * header lines are copied in one piece, the names and values being offsets into it, and the call
+ * is complete: returns 0. Anything else returns -1 with the call's response state as it was, for
+ * llhttp to parse (and accept or refuse) from the first byte. */
+static int fast_response(sh_http_conn *conn, const char *data, size_t n)
+{
+    sh_http_call *call = conn->call;
+    const char *p = data + 9, *end = data + n;
+    if (call->is_head || n < 19 || memcmp(data, "HTTP/1.1 ", 9) != 0 || p[0] < '2' ||
+        p[0] > '5' || p[1] < '0' || p[1] > '9' || p[2] < '0' || p[2] > '9' || p[3] != ' ')
+        return -1;
+    int status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
+    if (status == 204 || status == 304)
+        return -1;
+    for (p += 4; p < end && fast_vchar((unsigned char)*p); p++)
+        ;
+    if (end - p < 2 || p[0] != '\r' || p[1] != '\n')
+        return -1;
+    p += 2;
+    sh_http_hdr h[FAST_MAX_HDRS];
+    const char *block = p; /* the header lines, copied whole: names and values point into it */
+    size_t nh = 0;
+    int has_len = 0;
+    uint64_t clen = 0;
+    for (;;) {
+        if (end - p >= 2 && p[0] == '\r' && p[1] == '\n') {
+            p += 2;
+            break;
+        }
+        if (nh == FAST_MAX_HDRS)
+            return -1;
+        const char *name = p;
+        while (p < end && is_tchar((unsigned char)*p))
+            p++;
+        if (p == name || p == end || *p != ':')
+            return -1;
+        size_t name_len = (size_t)(p - name);
+        for (p++; p < end && (*p == ' ' || *p == '\t'); p++)
+            ;
+        const char *value = p;
+        while (p < end && fast_vchar((unsigned char)*p))
+            p++;
+        if (p == value || p[-1] == ' ' || p[-1] == '\t' || end - p < 2 || p[0] != '\r' ||
+            p[1] != '\n')
+            return -1;
+        size_t value_len = (size_t)(p - value);
+        p += 2;
+        /* the names that change how the message ends or the socket's fate */
+        if (name_is(name, name_len, "content-length")) {
+            if (has_len || value_len > 15)
+                return -1;
+            for (size_t i = 0; i < value_len; i++) {
+                if (value[i] < '0' || value[i] > '9')
+                    return -1;
+                clen = clen * 10 + (uint64_t)(value[i] - '0');
+            }
+            has_len = 1;
+        } else if (name_is(name, name_len, "transfer-encoding") ||
+                   name_is(name, name_len, "upgrade") ||
+                   name_is(name, name_len, "proxy-connection") ||
+                   (name_is(name, name_len, "connection") &&
+                    !name_is(value, value_len, "keep-alive"))) {
+            return -1;
+        }
+        h[nh++] = (sh_http_hdr){name, name_len, value, value_len};
+    }
+    size_t block_len = (size_t)(p - block), bytes = block_len + nh * sizeof(sh_hdr_ref);
+    if (!has_len || clen != (uint64_t)(end - p))
+        return -1;
+    sh_http_client *c = conn->client;
+    if (bytes + clen > c->opts.max_response_bytes - call->resp_bytes)
+        return -1; /* llhttp says which limit, as it would */
+    void *hp = call->hdrs;
+    size_t cap = call->hcap * sizeof(sh_hdr_ref);
+    if (resp_grow(conn, &hp, &cap, nh * sizeof(sh_hdr_ref), 0, call->hdrs_small) < 0)
+        goto undo;
+    call->hdrs = hp;
+    call->hcap = cap / sizeof(sh_hdr_ref);
+    size_t base = call->hbuf.len; /* 0: nothing came before */
+    if (resp_append(conn, &call->hbuf, block, block_len, 0, 0, call->hbuf_small) < 0 ||
+        resp_append(conn, &call->body, p, (size_t)clen, 1, (size_t)clen + 1, call->body_small) < 0)
+        goto undo;
+    for (size_t i = 0; i < nh; i++)
+        call->hdrs[i] = (sh_hdr_ref){base + (size_t)(h[i].name - block), h[i].name_len,
+                                     base + (size_t)(h[i].value - block), h[i].value_len};
+    call->nhdrs = nh;
+    call->resp_bytes += bytes + (size_t)clen;
+    call->status = status;
+    call->headers_done = 1;
+    conn->msg_done = 1;
+    conn->keep_alive = 1;
+    return 0;
+undo: /* out of budget or memory: llhttp meets it again and says so */
+    call_reset_response(call);
+    conn->over_budget = conn->nomem = 0;
+    return -1;
+}
+
 /* Sends conn's call's request on conn (connected, busy). Failures go through conn_io_failed(). */
 static void conn_send(sh_http_conn *conn)
 {
@@ -1725,6 +1856,11 @@ static void conn_input(sh_http_conn *conn, const char *data, size_t n)
         sh_debug(NULL, "http: idle connection to %s:%u got unsolicited bytes", conn->host->name,
                  conn->host->port);
         conn_close(conn);
+        return;
+    }
+    if (conn->rx_bytes == 0 && fast_response(conn, data, n) == 0) {
+        conn->rx_bytes = n;
+        conn_complete(conn);
         return;
     }
     conn->rx_bytes += n;

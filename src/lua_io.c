@@ -719,13 +719,13 @@ static void http_cancel(sh_task *t, void *op)
  * anchored in the table's stack slot), or absent. */
 static const char *opt_string(lua_State *L, const char *key, size_t *len, const char *def)
 {
-    lua_getfield(L, 1, key);
-    if (lua_isnil(L, -1)) {
+    int t = lua_getfield(L, 1, key);
+    if (t == LUA_TNIL) {
         if (len)
             *len = def ? strlen(def) : 0;
         return def;
     }
-    if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+    if (t != LUA_TSTRING && t != LUA_TNUMBER)
         luaL_error(L, "%s: %s must be a string, got %s", SH_FNAME(L), key, luaL_typename(L, -1));
     return lua_tolstring(L, -1, len); /* stays on the stack: anchored */
 }
@@ -751,10 +751,10 @@ static void body_release(void *arg)
  * or def when absent. A negative timeout became 2^64 - 1 ms: never. */
 static uint64_t opt_ms(lua_State *L, const char *key, uint64_t def)
 {
-    lua_getfield(L, 1, key);
-    if (lua_isnil(L, -1))
+    int t = lua_getfield(L, 1, key);
+    if (t == LUA_TNIL)
         return def;
-    lua_Number ms = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : -1;
+    lua_Number ms = t == LUA_TNUMBER ? lua_tonumber(L, -1) : -1;
     if (!(ms >= 0 && ms < 1e12))
         luaL_error(L, "%s: %s must be a number of milliseconds (0..1e12), got %s", SH_FNAME(L), key,
                    lua_type(L, -1) == LUA_TNUMBER ? lua_tostring(L, -1) : luaL_typename(L, -1));
@@ -779,9 +779,9 @@ int sh_io_http_request(lua_State *L)
     int body_at = lua_gettop(L); /* the body string, anchored on the stack */
     o.timeout_ms = opt_ms(L, "timeout_ms", 30000);
     o.connect_timeout_ms = opt_ms(L, "connect_timeout_ms", 0);
-    lua_getfield(L, 1, "headers");
+    int htype = lua_getfield(L, 1, "headers");
     int ht = lua_gettop(L);
-    if (lua_istable(L, ht)) {
+    if (htype == LUA_TTABLE) {
         /* the names and string values are held by the headers table, which nothing changes
          * before the request has copied them; a number's string form is kept on the stack */
         lua_pushnil(L);
@@ -801,7 +801,7 @@ int sh_io_http_request(lua_State *L)
                 lua_pop(L, 1);
             }
         }
-    } else if (!lua_isnil(L, ht)) {
+    } else if (htype != LUA_TNIL) {
         return luaL_error(L, "%s: headers must be a table", SH_FNAME(L));
     }
     o.headers = hdrs;

@@ -227,6 +227,44 @@ static void srv_answer(sconn *sc, const char *req, size_t len)
             h += snprintf(buf + h, sizeof buf - (size_t)h, "X-H%d: v%d\r\n", i, i);
         h += snprintf(buf + h, sizeof buf - (size_t)h, "\r\nok");
         swrite_n(sc, buf, (size_t)h, 0);
+    } else if (strncmp(path, "/f-", 3) == 0) { /* canned answers for test_fast_path */
+        static const struct {
+            const char *path, *answer;
+        } canned[] = {
+            {"/f-fast", "HTTP/1.1 201 Created\r\nX-Test: a\r\nContent-Type: text/plain\r\n"
+                        "Connection: Keep-Alive\r\nContent-Length: 5\r\n\r\nhello"},
+            {"/f-close", "HTTP/1.1 200 OK\r\nX-Test: c\r\nConnection: close\r\n"
+                         "Content-Length: 5\r\n\r\nhello"},
+            {"/f-10", "HTTP/1.0 200 OK\r\nX-Test: d\r\nContent-Length: 5\r\n\r\nhello"},
+            {"/f-twolen", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"
+                          "hello"},
+            {"/f-te", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n"
+                      "\r\n5\r\nhello\r\n0\r\n\r\n"},
+            {"/f-space", "HTTP/1.1 200 OK\r\nX-Test:  a b \t\r\nContent-Length: 5\r\n\r\nhello"},
+            {"/f-empty", "HTTP/1.1 200 OK\r\nX-Test:\r\nContent-Length: 5\r\n\r\nhello"},
+            {"/f-obs", "HTTP/1.1 200 OK\r\nX-Test: \xc3\xa9t\xc3\xa9\r\nContent-Length: 5\r\n\r\n"
+                       "hello"},
+            {"/f-nolen", "HTTP/1.1 200 OK\r\nX-Test: e\r\nContent-Length: 0\r\n\r\n"},
+            {"/f-cl", "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello"},
+            {"/f-lf", "HTTP/1.1 200 OK\nX-Test: f\nContent-Length: 5\n\nhello"},
+            {"/f-12", "HTTP/1.1 200 OK\r\nX-A1: 0123456789012345678901234567890123456789\r\n"
+                      "X-A2: 0123456789012345678901234567890123456789\r\n"
+                      "X-A3: 0123456789012345678901234567890123456789\r\n"
+                      "X-A4: 0123456789012345678901234567890123456789\r\n"
+                      "X-A5: 0123456789012345678901234567890123456789\r\n"
+                      "X-A6: 0123456789012345678901234567890123456789\r\n"
+                      "X-A7: 0123456789012345678901234567890123456789\r\n"
+                      "X-A8: 0123456789012345678901234567890123456789\r\n"
+                      "X-A9: 0123456789012345678901234567890123456789\r\n"
+                      "X-A10: 0123456789012345678901234567890123456789\r\n"
+                      "X-A11: 0123456789012345678901234567890123456789\r\n"
+                      "X-Test: twelve\r\nContent-Length: 5\r\n\r\nhello"},
+        };
+        const char *answer = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+        for (size_t i = 0; i < sizeof canned / sizeof canned[0]; i++)
+            if (strcmp(path, canned[i].path) == 0)
+                answer = canned[i].answer;
+        swrite_s(sc, answer, 0);
     } else if (strcmp(path, "/chunkbig") == 0) { /* 3 x 200 bytes, no length announced */
         char chunk[256];
         swrite_s(sc, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 0);
@@ -899,6 +937,74 @@ static void test_outgrown_buffers(void)
           strspn(r.body + 400, "c") == 111); /* result.body keeps 511 bytes */
     CHECK(stats(&e).response_bytes == 0);
     env_fini(&e);
+}
+
+/* One request of path on a fresh client; its result and the client's counters after it. */
+static void fast_one(const char *path, const sh_http_client_opts *opts, result *r,
+                     sh_http_client_stats *st)
+{
+    env e;
+    env_init(&e, opts);
+    CHECK(req(&e, NULL, path, 0, r, NULL) == 0);
+    RUN_UNTIL(&e, r->called);
+    *st = stats(&e);
+    env_fini(&e);
+}
+
+/* The usual response (whole in one read) is parsed without llhttp; anything else goes to llhttp
+ * from its first byte: both give what llhttp alone gave. */
+static void test_fast_path(void)
+{
+    result r;
+    sh_http_client_stats st;
+    struct {
+        const char *path;
+        int err, status;
+        const char *x_test, *body;
+        int pooled; /* the socket went back to the pool */
+    } cases[] = {
+        {"/f-fast", 0, 201, "a", "hello", 1},
+        {"/f-close", 0, 200, "c", "hello", 0},
+        {"/f-10", 0, 200, "d", "hello", 0},
+        {"/f-twolen", SH_HTTP_EBADRESPONSE, 0, "", "", 0},
+        {"/f-te", SH_HTTP_EBADRESPONSE, 0, "", "", 0},
+        {"/f-space", 0, 200, "a b \t", "hello", 1}, /* llhttp keeps trailing OWS */
+        {"/f-empty", 0, 200, "", "hello", 1},
+        {"/f-obs", 0, 200, "\xc3\xa9t\xc3\xa9", "hello", 1},
+        {"/f-nolen", 0, 200, "e", "", 1},
+        {"/f-cl", SH_HTTP_EBADRESPONSE, 0, "", "", 0},
+        {"/f-lf", SH_HTTP_EBADRESPONSE, 0, "", "", 0}, /* a bare LF */
+        {"/f-12", 0, 200, "twelve", "hello", 1},
+        {"/big", 0, 200, "", NULL, 1}, /* a body over several reads */
+        {"/100", 0, 200, "a", "hello", 1},
+        {"/204", 0, 204, "", "", 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        memset(&r, 0, sizeof r);
+        fast_one(cases[i].path, NULL, &r, &st);
+        if (r.err != cases[i].err || r.status != cases[i].status ||
+            strcmp(r.x_test, cases[i].x_test) != 0 ||
+            (cases[i].body && strcmp(r.body, cases[i].body) != 0) ||
+            (int)st.idle != cases[i].pooled || st.response_bytes != 0)
+            fprintf(stderr, "  %s: err %d status %d x-test \"%s\" body \"%s\" idle %zu held %zu\n",
+                    cases[i].path, r.err, r.status, r.x_test, r.body, st.idle,
+                    st.response_bytes);
+        CHECK(r.err == cases[i].err && r.status == cases[i].status);
+        CHECK(strcmp(r.x_test, cases[i].x_test) == 0);
+        CHECK(!cases[i].body || strcmp(r.body, cases[i].body) == 0);
+        CHECK((int)st.idle == cases[i].pooled && st.response_bytes == 0);
+    }
+    CHECK(r.body_len == 0); /* the 204 */
+    /* a response over max_response_bytes, and one whose headers outgrow their room past the
+     * budget: llhttp takes them and fails them "too large", as before */
+    sh_http_client_opts small = {.max_response_bytes = 100};
+    memset(&r, 0, sizeof r);
+    fast_one("/f-fast", &small, &r, &st);
+    CHECK(r.err == SH_HTTP_ETOOLARGE && st.response_bytes == 0);
+    sh_http_client_opts budget = {.max_total_response_bytes = 400};
+    memset(&r, 0, sizeof r);
+    fast_one("/f-12", &budget, &r, &st);
+    CHECK(r.err == SH_HTTP_ETOOLARGE && st.response_bytes == 0);
 }
 
 static void test_refused(void)
@@ -1858,6 +1964,7 @@ int main(void)
         {"ipv6_literal", test_ipv6_literal},
         {"request_bytes", test_request_bytes},
         {"outgrown_buffers", test_outgrown_buffers},
+        {"fast_path", test_fast_path},
         {"tls_good", test_tls_good},
         {"tls_verify", test_tls_verify},
         {"tls_mid_record", test_tls_mid_record},
