@@ -193,10 +193,11 @@ struct sh_http_call {
     uint64_t body_hint;           /* announced Content-Length, 0 when unknown */
     size_t held;                  /* heap capacity of hbuf, hdrs and body: in client->resp_total */
     /* where hbuf, hdrs and body start: the usual response fits, with no malloc; a buffer that
-     * outgrows its room moves to the heap, where its capacity is accounted (held) */
-    sh_hdr_ref hdrs_small[8];
-    char hbuf_small[256];
-    char body_small[256];
+     * outgrows its room moves to the heap, where its capacity is accounted (held). Sized so that
+     * the whole call is 1032 bytes at most, the largest allocation malloc's tcache serves fast */
+    sh_hdr_ref hdrs_small[6];
+    char hbuf_small[192];
+    char body_small[128];
 };
 
 struct sh_http_conn {
@@ -234,6 +235,8 @@ struct sh_http_conn {
     int peer_closed;              /* the socket read EOF or an error: nothing more is written */
     int tls_failed;               /* a TLS error: its session is not to be resumed */
 };
+
+_Static_assert(sizeof(void *) != 8 || sizeof(sh_http_call) <= 1032, "a call outgrows the tcache");
 
 static void host_pump(sh_http_host *h);
 static void conn_close(sh_http_conn *conn);
@@ -2160,9 +2163,11 @@ int sh_http_request(sh_http_client *c, const sh_http_opts *o, sh_http_cb cb, voi
     call->cb = cb;
     call->arg = arg;
     call->is_head = strcmp(method, "HEAD") == 0;
+    /* POST, the usual method, is not: no look through the list */
     static const char *const idempotent[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
-    for (size_t i = 0; i < sizeof idempotent / sizeof idempotent[0]; i++)
+    for (size_t i = 0; i < sizeof idempotent / sizeof idempotent[0] && method[0] != 'P'; i++)
         call->idempotent |= strcmp(method, idempotent[i]) == 0;
+    call->idempotent |= strcmp(method, "PUT") == 0;
     call->connect_timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms
                                                      : DEFAULT_CONNECT_TIMEOUT_MS;
     uv_timer_init(c->loop, &call->timer);

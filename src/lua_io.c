@@ -632,6 +632,54 @@ static int sub_gc(lua_State *L)
 
 /* ------------------------------------------------------------ http */
 
+/* Lower-case header names, and values, that most responses carry: held by the registry (a table
+ * at key common_http_strings, the same order), http_result_p takes them from there instead of
+ * interning (hashing, and allocating when the GC has freed it) each anew for every response. */
+static const char *const common_http_strings[] = {
+    "content-type", "content-length", "connection", "server", "date", "transfer-encoding",
+    "cache-control", "set-cookie", "location", "etag", "last-modified", "vary", "expires",
+    "keep-alive", "close", "chunked", "application/json", "text/plain; charset=utf-8",
+    "text/html; charset=utf-8", "no-cache",
+};
+
+/* Slots of a hash of (length, first byte, last byte): the 1-based index of the string in
+ * common_http_strings, 0 for none. Built once (the list is constant); 64 slots for 20 strings. */
+static unsigned char common_slots[64];
+
+static size_t common_hash(const char *s, size_t n)
+{
+    return (n * 31u + (unsigned char)s[0] * 7u + (unsigned char)s[n - 1]) & 63u;
+}
+
+static void common_slots_fill(void)
+{
+    if (common_slots[common_hash("date", 4)])
+        return; /* done */
+    for (size_t i = 0; i < sizeof common_http_strings / sizeof common_http_strings[0]; i++) {
+        const char *str = common_http_strings[i];
+        size_t h = common_hash(str, strlen(str));
+        while (common_slots[h])
+            h = (h + 1) & 63u;
+        common_slots[h] = (unsigned char)(i + 1);
+    }
+}
+
+/* Pushes s[0..n) from the table at index `common` (0: none) when it is one of
+ * common_http_strings, else interns it (lua_pushlstring). */
+static void push_common(lua_State *co, int common, const char *s, size_t n)
+{
+    if (common && n > 0) {
+        for (size_t h = common_hash(s, n); common_slots[h]; h = (h + 1) & 63u) {
+            const char *c = common_http_strings[common_slots[h] - 1];
+            if (strlen(c) == n && memcmp(c, s, n) == 0) {
+                lua_rawgeti(co, common, common_slots[h]);
+                return;
+            }
+        }
+    }
+    lua_pushlstring(co, s, n);
+}
+
 /* Whether the name of header i of res came before it (in any case). Compared in C for the first
  * HDR_SEEN_MAX headers (cheaper than a look-up in the Lua table), which a long list of
  * headers cannot make quadratic: those after them are looked up in the table. */
@@ -657,6 +705,8 @@ static int http_result_p(lua_State *co)
     lua_setfield(co, -2, "body");
     lua_createtable(co, 0, (int)res->nheaders);
     int headers = lua_gettop(co);
+    int common = lua_rawgetp(co, LUA_REGISTRYINDEX, common_http_strings) == LUA_TTABLE
+                     ? lua_gettop(co) : 0;
     for (size_t i = 0; i < res->nheaders; i++) {
         const sh_http_hdr *h = &res->headers[i];
         /* the name in lower case, whole: the usual short one made on the C stack (a
@@ -670,12 +720,12 @@ static int http_result_p(lua_State *co)
             name[j] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
         }
         if (name == small)
-            lua_pushlstring(co, small, h->name_len);
+            push_common(co, common, small, h->name_len);
         else
             luaL_pushresultsize(&b, h->name_len);
         if (i < HDR_SEEN_MAX && !hdr_seen(res, i)) {
             /* a first name, as most are: no look-up in the table */
-            lua_pushlstring(co, h->value, h->value_len);
+            push_common(co, common, h->value, h->value_len);
             lua_rawset(co, headers);
             continue;
         }
@@ -693,6 +743,7 @@ static int http_result_p(lua_State *co)
         }
         lua_rawset(co, headers);
     }
+    lua_pop(co, 1); /* common */
     lua_setfield(co, -2, "headers");
     return 1;
 }
@@ -837,16 +888,6 @@ int sh_io_http_request(lua_State *L)
 
 /* ------------------------------------------------------------ lifecycle */
 
-/* Lower-case header names, and values, that most responses carry: held by the registry, they stay
- * interned, so that http_result_p's lua_pushlstring finds them instead of allocating each anew
- * for every response (and the GC freeing it). Short strings only (40 bytes at most). */
-static const char *const common_http_strings[] = {
-    "content-type", "content-length", "connection", "server", "date", "transfer-encoding",
-    "cache-control", "set-cookie", "location", "etag", "last-modified", "vary", "expires",
-    "keep-alive", "close", "chunked", "application/json", "text/plain; charset=utf-8",
-    "text/html; charset=utf-8", "no-cache",
-};
-
 void sh_io_open(lua_State *L)
 {
     int n = (int)(sizeof common_http_strings / sizeof common_http_strings[0]);
@@ -855,7 +896,8 @@ void sh_io_open(lua_State *L)
         lua_pushstring(L, common_http_strings[i]);
         lua_rawseti(L, -2, i + 1);
     }
-    lua_setfield(L, LUA_REGISTRYINDEX, "statushost.http_strings");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, common_http_strings);
+    common_slots_fill();
 
     /* __metatable: a policy could otherwise replace a handle's __gc (the C side's
      * pointer to the handle is cleared there) and have it written after it is freed */

@@ -1965,6 +1965,9 @@ def http_request_fast_paths_and_their_fall_backs():
                   "\r\nContent-Length: 2\r\n\r\nok").encode(),
         "/chunked": b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n" + body,
         "/reset": ("reset", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789"),
+        "/common": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nSERVER: close\r\n"
+                   b"X-Case: Keep-Alive\r\nX-Near: application/jsoN\r\nEtag: chunked\r\n"
+                   b"Connection: keep-alive\r\nContent-Length: 2\r\n\r\n{}",
     })
     try:
         with Statushost(pol("hard_remote_routes.lua"), redis=shared_redis(),
@@ -1990,6 +1993,14 @@ def http_request_fast_paths_and_their_fall_backs():
             lines = text.decode().split("\n")
             assert "status 503" in lines and "body 100000 aaaa zzzz" in lines, lines
             assert "h transfer-encoding: chunked" in lines, lines
+
+            # names and values statushost keeps interned, beside near misses: as sent
+            status, _, text = http_request(sh.port, "GET", "/probe?/common")
+            assert status == 200, (status, text)
+            assert sorted(text.decode().split("\n")) == sorted([
+                "status 200", "body 2 {} {}", "h content-type: application/json",
+                "h server: close", "h x-case: Keep-Alive", "h x-near: application/jsoN",
+                "h etag: chunked", "h connection: keep-alive", "h content-length: 2"]), text
 
             status, _, text = http_request(sh.port, "GET", "/probe?/reset")
             assert (status, text) == (502, b"closed"), (status, text)
