@@ -33,6 +33,7 @@
 #include "http_client.h"
 
 #include <assert.h>
+#include <stddef.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,7 +66,7 @@ typedef struct sh_http_host sh_http_host;
 
 /* A growable byte buffer. */
 typedef struct {
-    char *p;    /* NULL until the first append */
+    char *p;    /* its room in the call until it outgrows it, then the heap */
     size_t len; /* bytes used */
     size_t cap; /* bytes allocated */
 } sh_buf;
@@ -190,7 +191,13 @@ struct sh_http_call {
     sh_buf body;                  /* response body; capacity always one past len (the NUL) */
     size_t resp_bytes;            /* accounted toward max_response_bytes */
     uint64_t body_hint;           /* announced Content-Length, 0 when unknown */
-    size_t held;                  /* capacity of hbuf, hdrs and body: in client->resp_total */
+    size_t held;                  /* heap capacity of hbuf, hdrs and body: in client->resp_total */
+    /* where hbuf, hdrs and body start: the usual response fits, with no malloc; a buffer that
+     * outgrows its room moves to the heap, where its capacity is accounted (held). Sized so that
+     * the whole call is 1032 bytes at most, the largest allocation malloc's tcache serves fast */
+    sh_hdr_ref hdrs_small[6];
+    char hbuf_small[192];
+    char body_small[128];
 };
 
 struct sh_http_conn {
@@ -229,6 +236,8 @@ struct sh_http_conn {
     int tls_failed;               /* a TLS error: its session is not to be resumed */
 };
 
+_Static_assert(sizeof(void *) != 8 || sizeof(sh_http_call) <= 1032, "a call outgrows the tcache");
+
 static void host_pump(sh_http_host *h);
 static void conn_close(sh_http_conn *conn);
 static void conn_send(sh_http_conn *conn);
@@ -256,39 +265,6 @@ static void conn_fail_tls(sh_http_conn *conn, const char *reason);
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
-/* Appends n bytes to b. Returns 0 or SH_HTTP_ENOMEM (b unchanged). */
-static int buf_append(sh_buf *b, const char *data, size_t n)
-{
-    if (b->cap - b->len < n) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap - b->len < n) {
-            if (cap > SIZE_MAX / 2)
-                return SH_HTTP_ENOMEM;
-            cap *= 2;
-        }
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return SH_HTTP_ENOMEM;
-        b->p = p;
-        b->cap = cap;
-    }
-    if (n)
-        memcpy(b->p + b->len, data, n);
-    b->len += n;
-    return 0;
-}
-
-/* Appends a NUL-terminated string. */
-static int buf_puts(sh_buf *b, const char *s) { return buf_append(b, s, strlen(s)); }
-
-/* Frees b's memory and empties it. */
-static void buf_free(sh_buf *b)
-{
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
-
 /* Drops one reference; frees on the last. Accepts NULL. */
 static void blob_unref(sh_http_blob *b)
 {
@@ -302,8 +278,9 @@ static void blob_unref(sh_http_blob *b)
 /* 1 when c may appear in an HTTP token (method, header name). */
 static int is_tchar(unsigned char c)
 {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+    /* bit c of these: 0-9 A-Z a-z and !#$%&'*+-.^_`|~ */
+    static const uint64_t map[2] = {0x03ff6cfa00000000u, 0x57ffffffc7fffffeu};
+    return c < 128 && (map[c >> 6] >> (c & 63) & 1);
 }
 
 /* 1 when s[0..n) is a non-empty token. */
@@ -326,11 +303,16 @@ static int is_header_value(const char *s, size_t n)
     return 1;
 }
 
+/* 1 when s[0..n) is name, in any case. */
+static int name_is(const char *s, size_t n, const char *name)
+{
+    return n == strlen(name) && strncasecmp(s, name, n) == 0;
+}
+
 /* 1 when header h is named name (case-insensitive). */
 static int hdr_is(const sh_http_hdr *h, const char *name)
 {
-    size_t n = strlen(name);
-    return h->name_len == n && strncasecmp(h->name, name, n) == 0;
+    return name_is(h->name, h->name_len, name);
 }
 
 /* Contract in http_client.h. */
@@ -439,24 +421,84 @@ static int url_parse(const char *url, sh_url *u)
     return 0;
 }
 
-/* Appends the request target: path+query, "/" when empty, spaces and non-ASCII bytes
- * percent-encoded. */
-static int put_target(sh_buf *b, const sh_url *u)
+/* The most bytes request_head() writes for o: every path byte escaped, every optional line. */
+static size_t request_head_max(const sh_http_opts *o, const char *method, const sh_url *u)
+{
+    size_t n = strlen(method) + 2 + 3 * u->path_len + sizeof " HTTP/1.1\r\n" +
+               sizeof "Host: []:65535\r\n" + u->host_len +
+               sizeof "Content-Length: 18446744073709551615\r\n" +
+               sizeof "Connection: keep-alive\r\n" + 2;
+    for (size_t i = 0; i < o->nheaders; i++)
+        n += o->headers[i].name_len + o->headers[i].value_len + 4;
+    return n;
+}
+
+/* Writes the request head of o (already validated) at w, which has room for request_head_max()
+ * bytes, and returns its length. The target is path+query ("/" when empty) with spaces and
+ * non-ASCII bytes percent-encoded. */
+static size_t request_head(const sh_http_opts *o, const char *method, const sh_url *u,
+                           const unsigned has[4], char *w)
 {
     static const char hex[] = "0123456789ABCDEF";
-    int rc = 0;
+    size_t n = 0;
+#define PUT(s, len)                                                                            \
+    do {                                                                                       \
+        size_t put_len_ = (len);                                                               \
+        if (put_len_)                                                                          \
+            memcpy(w + n, (s), put_len_);                                                      \
+        n += put_len_;                                                                         \
+    } while (0)
+#define PUTS(lit) PUT(lit, sizeof lit - 1)
+    char num[24];
+    PUT(method, strlen(method));
+    PUTS(" ");
     if (u->path_len == 0 || u->path[0] == '?')
-        rc = buf_append(b, "/", 1);
-    for (size_t i = 0; i < u->path_len && rc == 0; i++) {
+        PUTS("/");
+    size_t run = 0; /* bytes of the path that go as they are, not yet written */
+    for (size_t i = 0; i < u->path_len; i++) {
         unsigned char c = (unsigned char)u->path[i];
-        if (c == ' ' || c >= 0x80) {
-            char esc[3] = {'%', hex[c >> 4], hex[c & 15]};
-            rc = buf_append(b, esc, 3);
-        } else {
-            rc = buf_append(b, (const char *)&c, 1);
+        if (c != ' ' && c < 0x80) {
+            run++;
+            continue;
         }
+        PUT(u->path + i - run, run);
+        run = 0;
+        char esc[3] = {'%', hex[c >> 4], hex[c & 15]};
+        PUT(esc, 3);
     }
-    return rc;
+    PUT(u->path + u->path_len - run, run);
+    PUTS(" HTTP/1.1\r\n");
+    if (!has[0]) {
+        PUTS("Host: ");
+        if (u->ipv6)
+            PUTS("[");
+        PUT(u->host, u->host_len);
+        if (u->ipv6)
+            PUTS("]");
+        if (u->port != (u->tls ? 443u : 80u)) {
+            num[0] = ':';
+            PUT(num, 1 + sh_fmt_u64(num + 1, u->port));
+        }
+        PUTS("\r\n");
+    }
+    for (size_t i = 0; i < o->nheaders; i++) {
+        const sh_http_hdr *h = &o->headers[i];
+        PUT(h->name, h->name_len);
+        PUTS(": ");
+        PUT(h->value, h->value_len);
+        PUTS("\r\n");
+    }
+    if (!has[1] && has[3]) {
+        PUTS("Content-Length: ");
+        PUT(num, sh_fmt_u64(num, o->body_len));
+        PUTS("\r\n");
+    }
+    if (!has[2])
+        PUTS("Connection: keep-alive\r\n");
+    PUTS("\r\n");
+#undef PUTS
+#undef PUT
+    return n;
 }
 
 /* Serialises the request of o (already validated) into a new blob with one reference.
@@ -464,67 +506,35 @@ static int put_target(sh_buf *b, const sh_url *u)
 static int request_build(const sh_http_opts *o, const char *method, const sh_url *u,
                          sh_http_blob **out, int *no_reuse)
 {
-    sh_buf b = {0};
-    int has_host = 0, has_len = 0, has_conn = 0, rc = 0;
-    char num[64];
+    /* given: Host; Content-Length or Transfer-Encoding; Connection. Then: a length is sent */
+    unsigned has[4] = {0, 0, 0, 0};
+    has[3] = o->body_len > 0 || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
+             strcmp(method, "PATCH") == 0;
     *no_reuse = 0;
     for (size_t i = 0; i < o->nheaders; i++) {
         const sh_http_hdr *h = &o->headers[i];
-        has_host |= hdr_is(h, "host");
-        has_len |= hdr_is(h, "content-length") || hdr_is(h, "transfer-encoding");
+        has[0] |= hdr_is(h, "host");
+        has[1] |= hdr_is(h, "content-length") || hdr_is(h, "transfer-encoding");
         if (hdr_is(h, "connection")) {
-            has_conn = 1;
+            has[2] = 1;
             for (size_t k = 0; k + 5 <= h->value_len; k++)
                 if (strncasecmp(h->value + k, "close", 5) == 0)
                     *no_reuse = 1;
         }
     }
-    rc |= buf_puts(&b, method);
-    rc |= buf_append(&b, " ", 1);
-    rc |= put_target(&b, u);
-    rc |= buf_puts(&b, " HTTP/1.1\r\n");
-    if (!has_host) {
-        rc |= buf_puts(&b, "Host: ");
-        if (u->ipv6)
-            rc |= buf_append(&b, "[", 1);
-        rc |= buf_append(&b, u->host, u->host_len);
-        if (u->ipv6)
-            rc |= buf_append(&b, "]", 1);
-        if (u->port != (u->tls ? 443u : 80u)) {
-            num[0] = ':';
-            rc |= buf_append(&b, num, 1 + sh_fmt_u64(num + 1, u->port));
-        }
-        rc |= buf_puts(&b, "\r\n");
-    }
-    for (size_t i = 0; i < o->nheaders; i++) {
-        const sh_http_hdr *h = &o->headers[i];
-        rc |= buf_append(&b, h->name, h->name_len);
-        rc |= buf_append(&b, ": ", 2);
-        rc |= buf_append(&b, h->value, h->value_len);
-        rc |= buf_append(&b, "\r\n", 2);
-    }
-    int wants_len = o->body_len > 0 || strcmp(method, "POST") == 0 ||
-                    strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0;
-    if (!has_len && wants_len) {
-        rc |= buf_puts(&b, "Content-Length: ");
-        rc |= buf_append(&b, num, sh_fmt_u64(num, o->body_len));
-        rc |= buf_puts(&b, "\r\n");
-    }
-    if (!has_conn)
-        rc |= buf_puts(&b, "Connection: keep-alive\r\n");
-    rc |= buf_append(&b, "\r\n", 2);
+    size_t max = request_head_max(o, method, u);
     sh_http_blob *blob = NULL;
     size_t copied = o->body_release ? 0 : o->body_len;
-    if (rc == 0 && b.len <= SIZE_MAX - sizeof *blob - copied)
-        blob = malloc(sizeof *blob + b.len + copied);
-    if (!blob) {
-        buf_free(&b);
+    if (max <= SIZE_MAX - sizeof *blob - copied)
+        blob = malloc(sizeof *blob + max + copied);
+    if (!blob)
         return SH_HTTP_ENOMEM;
-    }
-    *blob = (sh_http_blob){.refs = 1, .len = b.len + copied};
-    memcpy(blob->data, b.p, b.len);
+    *blob = (sh_http_blob){.refs = 1};
+    size_t len = request_head(o, method, u, has, blob->data);
+    assert(len <= max);
+    blob->len = len + copied;
     if (copied)
-        memcpy(blob->data + b.len, o->body, copied);
+        memcpy(blob->data + len, o->body, copied);
     if (o->body_release && o->body_len) {
         blob->body = o->body;
         blob->body_len = o->body_len;
@@ -532,7 +542,6 @@ static int request_build(const sh_http_opts *o, const char *method, const sh_url
     /* the release goes with the blob (even for an empty body): from here the call owns it */
     blob->release = o->body_release;
     blob->release_arg = o->body_release_arg;
-    buf_free(&b);
     *out = blob;
     return 0;
 }
@@ -553,11 +562,12 @@ static int opts_check(const sh_http_opts *o, const char *method)
             return SH_HTTP_EINVAL;
         /* the caller's Content-Length is sent instead of ours: it must be the body's, or
          * the remote reads past the body into the next request on the socket, or waits */
-        char num[24];
-        int n = snprintf(num, sizeof num, "%zu", o->body_len);
-        if (hdr_is(h, "content-length") &&
-            (h->value_len != (size_t)n || memcmp(h->value, num, (size_t)n) != 0))
-            return SH_HTTP_EINVAL;
+        if (hdr_is(h, "content-length")) {
+            char num[24];
+            size_t n = sh_fmt_u64(num, o->body_len);
+            if (h->value_len != n || memcmp(h->value, num, n) != 0)
+                return SH_HTTP_EINVAL;
+        }
     }
     return 0;
 }
@@ -1371,16 +1381,19 @@ static int account(llhttp_t *p, size_t n)
     return 0;
 }
 
-/* Grows one of conn's call's response buffers (*p, *cap bytes) to hold need bytes: by half, but
- * never past hint when hint suffices (the announced length, the per-call limit), and to exactly
- * need when more would pass the client's budget. The capacity is what is accounted: the total of
- * every call's buffers never passes max_total_response_bytes. Returns 0, or -1 with
- * conn->over_budget or conn->nomem set (*p unchanged). */
-static int resp_grow(sh_http_conn *conn, void **p, size_t *cap, size_t need, size_t hint)
+/* Grows one of conn's call's response buffers (*p, *cap bytes; at first its room in the call,
+ * `small`) to hold need bytes: by half, but never past hint when hint suffices (the announced
+ * length, the per-call limit), and to exactly need when more would pass the client's budget. The
+ * heap capacity is what is accounted: the total of every call's buffers never passes
+ * max_total_response_bytes. Returns 0, or -1 with conn->over_budget or conn->nomem set (*p
+ * unchanged). */
+static int resp_grow(sh_http_conn *conn, void **p, size_t *cap, size_t need, size_t hint,
+                     const void *small)
 {
     sh_http_client *c = conn->client;
     if (need <= *cap)
         return 0;
+    size_t had = *p == small ? 0 : *cap; /* heap bytes held now */
     size_t room = c->opts.max_total_response_bytes - c->resp_total;
     size_t want = *cap + *cap / 2;
     if (want < 256)
@@ -1389,19 +1402,21 @@ static int resp_grow(sh_http_conn *conn, void **p, size_t *cap, size_t need, siz
         want = hint;
     if (want < need)
         want = need;
-    if (want - *cap > room)
+    if (want - had > room)
         want = need;
-    if (want - *cap > room) {
+    if (want - had > room) {
         conn->over_budget = 1;
         return -1;
     }
-    void *np = realloc(*p, want);
+    void *np = had ? realloc(*p, want) : malloc(want);
     if (!np) {
         conn->nomem = 1;
         return -1;
     }
-    c->resp_total += want - *cap;
-    conn->call->held += want - *cap;
+    if (!had)
+        memcpy(np, *p, *cap);
+    c->resp_total += want - had;
+    conn->call->held += want - had;
     *p = np;
     *cap = want;
     return 0;
@@ -1410,10 +1425,10 @@ static int resp_grow(sh_http_conn *conn, void **p, size_t *cap, size_t need, siz
 /* Appends n response bytes (already accounted by account()) to b, one of conn's call's buffers,
  * keeping `spare` bytes free after them. Returns 0 or -1 (flags set by resp_grow). */
 static int resp_append(sh_http_conn *conn, sh_buf *b, const char *data, size_t n, size_t spare,
-                       size_t hint)
+                       size_t hint, const void *small)
 {
     void *p = b->p;
-    if (resp_grow(conn, &p, &b->cap, b->len + n + spare, hint) < 0)
+    if (resp_grow(conn, &p, &b->cap, b->len + n + spare, hint, small) < 0)
         return -1;
     b->p = p;
     if (n)
@@ -1422,14 +1437,26 @@ static int resp_append(sh_http_conn *conn, sh_buf *b, const char *data, size_t n
     return 0;
 }
 
+/* Points call's response buffers, empty, at their room in the call. */
+static void call_buffers_small(sh_http_call *call)
+{
+    call->hbuf = (sh_buf){.p = call->hbuf_small, .cap = sizeof call->hbuf_small};
+    call->body = (sh_buf){.p = call->body_small, .cap = sizeof call->body_small};
+    call->hdrs = call->hdrs_small;
+    call->hcap = sizeof call->hdrs_small / sizeof call->hdrs_small[0];
+    call->nhdrs = 0;
+}
+
 /* Frees call's response buffers and gives their capacity back to the client's budget. */
 static void call_release(sh_http_call *call)
 {
-    buf_free(&call->hbuf);
-    buf_free(&call->body);
-    free(call->hdrs);
-    call->hdrs = NULL;
-    call->nhdrs = call->hcap = 0;
+    if (call->hbuf.p != call->hbuf_small)
+        free(call->hbuf.p);
+    if (call->body.p != call->body_small)
+        free(call->body.p);
+    if (call->hdrs != call->hdrs_small)
+        free(call->hdrs);
+    call_buffers_small(call);
     call->client->resp_total -= call->held;
     call->held = 0;
 }
@@ -1446,7 +1473,8 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
         if (call->nhdrs == call->hcap) {
             void *h = call->hdrs;
             size_t bytes = call->hcap * sizeof(sh_hdr_ref);
-            if (resp_grow(p->data, &h, &bytes, (call->nhdrs + 1) * sizeof(sh_hdr_ref), 0) < 0)
+            if (resp_grow(p->data, &h, &bytes, (call->nhdrs + 1) * sizeof(sh_hdr_ref), 0,
+                          call->hdrs_small) < 0)
                 return -1;
             call->hdrs = h;
             call->hcap = bytes / sizeof(sh_hdr_ref);
@@ -1456,7 +1484,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
         r->name_len = r->value_off = r->value_len = 0;
         call->in_field = 1;
     }
-    if (account(p, len) < 0 || resp_append(p->data, &call->hbuf, at, len, 0, 0) < 0)
+    if (account(p, len) < 0 || resp_append(p->data, &call->hbuf, at, len, 0, 0, call->hbuf_small) < 0)
         return -1;
     call->hdrs[call->nhdrs - 1].name_len += len;
     return 0;
@@ -1482,7 +1510,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     sh_hdr_ref *r = &call->hdrs[call->nhdrs - 1];
     if (r->value_len == 0)
         r->value_off = call->hbuf.len;
-    if (account(p, len) < 0 || resp_append(p->data, &call->hbuf, at, len, 0, 0) < 0)
+    if (account(p, len) < 0 || resp_append(p->data, &call->hbuf, at, len, 0, 0, call->hbuf_small) < 0)
         return -1;
     r->value_len += len;
     return 0;
@@ -1519,7 +1547,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     sh_http_conn *conn = p->data;
     sh_http_call *call = conn->call;
     size_t hint = call->body_hint ? call->body_hint : conn->client->opts.max_response_bytes + 1;
-    if (account(p, len) < 0 || resp_append(conn, &call->body, at, len, 1, hint) < 0)
+    if (account(p, len) < 0 || resp_append(conn, &call->body, at, len, 1, hint, call->body_small) < 0)
         return -1;
     return 0;
 }
@@ -1576,6 +1604,117 @@ static void call_reset_response(sh_http_call *call)
     call->body.len = 0;
     call->resp_bytes = 0;
     call->body_hint = 0;
+}
+
+/* ---- the usual response, parsed without llhttp ---------------------------------------------- */
+
+#define FAST_MAX_HDRS 16 /* a response with more goes to llhttp */
+
+/* 1 when c may be in a reason phrase or header value the fast path takes: visible ASCII, SP, HTAB
+ * (no obs-text, no control byte: those go to llhttp). */
+static int fast_vchar(unsigned char c) { return (c >= 0x20 && c < 0x7f) || c == '\t'; }
+
+/* The usual response, whole in data[0..n), the first bytes read for conn's call: "HTTP/1.1", a
+ * status 200..599 but 204 and 304, at most FAST_MAX_HDRS headers of plain visible ASCII (values
+ * neither empty nor ending in white space) among them exactly one Content-Length, no
+ * Transfer-Encoding, Upgrade, or Connection but "keep-alive", then exactly that many body bytes,
+ * within max_response_bytes (the header lines are accounted whole) and the budget. Such a
+ * response is parsed here (llhttp's state machine and callbacks cost several times more): the
+ * header lines are copied in one piece, the names and values being offsets into it, and the call
+ * is complete: returns 0. Anything else returns -1 with the call's response state as it was, for
+ * llhttp to parse (and accept or refuse) from the first byte. */
+static int fast_response(sh_http_conn *conn, const char *data, size_t n)
+{
+    sh_http_call *call = conn->call;
+    const char *p = data + 9, *end = data + n;
+    if (call->is_head || n < 19 || memcmp(data, "HTTP/1.1 ", 9) != 0 || p[0] < '2' ||
+        p[0] > '5' || p[1] < '0' || p[1] > '9' || p[2] < '0' || p[2] > '9' || p[3] != ' ')
+        return -1;
+    int status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
+    if (status == 204 || status == 304)
+        return -1;
+    for (p += 4; p < end && fast_vchar((unsigned char)*p); p++)
+        ;
+    if (end - p < 2 || p[0] != '\r' || p[1] != '\n')
+        return -1;
+    p += 2;
+    sh_http_hdr h[FAST_MAX_HDRS];
+    const char *block = p; /* the header lines, copied whole: names and values point into it */
+    size_t nh = 0;
+    int has_len = 0;
+    uint64_t clen = 0;
+    for (;;) {
+        if (end - p >= 2 && p[0] == '\r' && p[1] == '\n') {
+            p += 2;
+            break;
+        }
+        if (nh == FAST_MAX_HDRS)
+            return -1;
+        const char *name = p;
+        while (p < end && is_tchar((unsigned char)*p))
+            p++;
+        if (p == name || p == end || *p != ':')
+            return -1;
+        size_t name_len = (size_t)(p - name);
+        for (p++; p < end && (*p == ' ' || *p == '\t'); p++)
+            ;
+        const char *value = p;
+        while (p < end && fast_vchar((unsigned char)*p))
+            p++;
+        if (p == value || p[-1] == ' ' || p[-1] == '\t' || end - p < 2 || p[0] != '\r' ||
+            p[1] != '\n')
+            return -1;
+        size_t value_len = (size_t)(p - value);
+        p += 2;
+        /* the names that change how the message ends or the socket's fate */
+        if (name_is(name, name_len, "content-length")) {
+            if (has_len || value_len > 15)
+                return -1;
+            for (size_t i = 0; i < value_len; i++) {
+                if (value[i] < '0' || value[i] > '9')
+                    return -1;
+                clen = clen * 10 + (uint64_t)(value[i] - '0');
+            }
+            has_len = 1;
+        } else if (name_is(name, name_len, "transfer-encoding") ||
+                   name_is(name, name_len, "upgrade") ||
+                   name_is(name, name_len, "proxy-connection") ||
+                   (name_is(name, name_len, "connection") &&
+                    !name_is(value, value_len, "keep-alive"))) {
+            return -1;
+        }
+        h[nh++] = (sh_http_hdr){name, name_len, value, value_len};
+    }
+    size_t block_len = (size_t)(p - block), bytes = block_len + nh * sizeof(sh_hdr_ref);
+    if (!has_len || clen != (uint64_t)(end - p))
+        return -1;
+    sh_http_client *c = conn->client;
+    if (bytes + clen > c->opts.max_response_bytes - call->resp_bytes)
+        return -1; /* llhttp says which limit, as it would */
+    void *hp = call->hdrs;
+    size_t cap = call->hcap * sizeof(sh_hdr_ref);
+    if (resp_grow(conn, &hp, &cap, nh * sizeof(sh_hdr_ref), 0, call->hdrs_small) < 0)
+        goto undo;
+    call->hdrs = hp;
+    call->hcap = cap / sizeof(sh_hdr_ref);
+    size_t base = call->hbuf.len; /* 0: nothing came before */
+    if (resp_append(conn, &call->hbuf, block, block_len, 0, 0, call->hbuf_small) < 0 ||
+        resp_append(conn, &call->body, p, (size_t)clen, 1, (size_t)clen + 1, call->body_small) < 0)
+        goto undo;
+    for (size_t i = 0; i < nh; i++)
+        call->hdrs[i] = (sh_hdr_ref){base + (size_t)(h[i].name - block), h[i].name_len,
+                                     base + (size_t)(h[i].value - block), h[i].value_len};
+    call->nhdrs = nh;
+    call->resp_bytes += bytes + (size_t)clen;
+    call->status = status;
+    call->headers_done = 1;
+    conn->msg_done = 1;
+    conn->keep_alive = 1;
+    return 0;
+undo: /* out of budget or memory: llhttp meets it again and says so */
+    call_reset_response(call);
+    conn->over_budget = conn->nomem = 0;
+    return -1;
 }
 
 /* Sends conn's call's request on conn (connected, busy). Failures go through conn_io_failed(). */
@@ -1722,6 +1861,11 @@ static void conn_input(sh_http_conn *conn, const char *data, size_t n)
         conn_close(conn);
         return;
     }
+    if (conn->rx_bytes == 0 && fast_response(conn, data, n) == 0) {
+        conn->rx_bytes = n;
+        conn_complete(conn);
+        return;
+    }
     conn->rx_bytes += n;
     llhttp_errno_t err = llhttp_execute(&conn->parser, data, n);
     conn_parsed(conn, err, data, n);
@@ -1843,10 +1987,12 @@ static void call_deliver_cb(uv_timer_t *t)
 {
     sh_http_call *call = t->data;
     sh_http_response res;
-    sh_http_hdr *hdrs = NULL;
+    sh_http_hdr few[16]; /* the usual response's headers: no malloc */
+    sh_http_hdr *hdrs = few;
     int err = call->err;
     call->state = CALL_DELIVERING;
-    if (err == 0 && call->nhdrs && !(hdrs = malloc(call->nhdrs * sizeof *hdrs)))
+    if (err == 0 && call->nhdrs > sizeof few / sizeof few[0] &&
+        !(hdrs = malloc(call->nhdrs * sizeof *hdrs)))
         err = SH_HTTP_ENOMEM;
     if (err == 0) {
         for (size_t i = 0; i < call->nhdrs; i++) {
@@ -1859,17 +2005,15 @@ static void call_deliver_cb(uv_timer_t *t)
         res.status = call->status;
         res.headers = hdrs;
         res.nheaders = call->nhdrs;
-        res.body = "";
         res.body_len = call->body.len;
-        if (call->body.p) { /* the body buffer always has room for the NUL */
-            call->body.p[call->body.len] = '\0';
-            res.body = call->body.p;
-        }
+        call->body.p[call->body.len] = '\0'; /* the body buffer always has room for it */
+        res.body = call->body.p;
     }
     const char *errstr = err == SH_HTTP_ETLS && call->errbuf[0] ? call->errbuf
                                                                  : sh_http_strerror(err);
     call->cb(call->arg, err, err ? errstr : NULL, err ? NULL : &res);
-    free(hdrs);
+    if (hdrs != few)
+        free(hdrs);
     call_release(call);
     call->state = CALL_GONE;
     uv_close((uv_handle_t *)&call->timer, call_timer_closed);
@@ -2000,9 +2144,11 @@ int sh_http_request(sh_http_client *c, const sh_http_opts *o, sh_http_cb cb, voi
         rc = opts_check(o, method);
     if (rc < 0)
         return rc;
-    sh_http_call *call = calloc(1, sizeof *call);
+    sh_http_call *call = malloc(sizeof *call);
     if (!call)
         return SH_HTTP_ENOMEM;
+    memset(call, 0, offsetof(sh_http_call, hdrs_small)); /* the rooms need no zeroing */
+    call_buffers_small(call);
     sh_http_host *h = NULL;
     if ((rc = request_build(o, method, &u, &call->req, &call->no_reuse)) < 0 ||
         !(h = host_get(c, &u))) {
@@ -2017,9 +2163,11 @@ int sh_http_request(sh_http_client *c, const sh_http_opts *o, sh_http_cb cb, voi
     call->cb = cb;
     call->arg = arg;
     call->is_head = strcmp(method, "HEAD") == 0;
+    /* POST, the usual method, is not: no look through the list */
     static const char *const idempotent[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
-    for (size_t i = 0; i < sizeof idempotent / sizeof idempotent[0]; i++)
+    for (size_t i = 0; i < sizeof idempotent / sizeof idempotent[0] && method[0] != 'P'; i++)
         call->idempotent |= strcmp(method, idempotent[i]) == 0;
+    call->idempotent |= strcmp(method, "PUT") == 0;
     call->connect_timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms
                                                      : DEFAULT_CONNECT_TIMEOUT_MS;
     uv_timer_init(c->loop, &call->timer);

@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <lauxlib.h>
 #include <utlist.h>
@@ -631,6 +632,68 @@ static int sub_gc(lua_State *L)
 
 /* ------------------------------------------------------------ http */
 
+/* Lower-case header names, and values, that most responses carry: held by the registry (a table
+ * at key common_http_strings, the same order), http_result_p takes them from there instead of
+ * interning (hashing, and allocating when the GC has freed it) each anew for every response. */
+static const char *const common_http_strings[] = {
+    "content-type", "content-length", "connection", "server", "date", "transfer-encoding",
+    "cache-control", "set-cookie", "location", "etag", "last-modified", "vary", "expires",
+    "keep-alive", "close", "chunked", "application/json", "text/plain; charset=utf-8",
+    "text/html; charset=utf-8", "no-cache",
+};
+
+/* Slots of a hash of (length, first byte, last byte): the 1-based index of the string in
+ * common_http_strings, 0 for none. Built once (the list is constant); 64 slots for 20 strings. */
+static unsigned char common_slots[64];
+
+static size_t common_hash(const char *s, size_t n)
+{
+    return (n * 31u + (unsigned char)s[0] * 7u + (unsigned char)s[n - 1]) & 63u;
+}
+
+static void common_slots_fill(void)
+{
+    if (common_slots[common_hash("date", 4)])
+        return; /* done */
+    for (size_t i = 0; i < sizeof common_http_strings / sizeof common_http_strings[0]; i++) {
+        const char *str = common_http_strings[i];
+        size_t h = common_hash(str, strlen(str));
+        while (common_slots[h])
+            h = (h + 1) & 63u;
+        common_slots[h] = (unsigned char)(i + 1);
+    }
+}
+
+/* Pushes s[0..n) from the table at index `common` (0: none) when it is one of
+ * common_http_strings, else interns it (lua_pushlstring). */
+static void push_common(lua_State *co, int common, const char *s, size_t n)
+{
+    if (common && n > 0) {
+        for (size_t h = common_hash(s, n); common_slots[h]; h = (h + 1) & 63u) {
+            const char *c = common_http_strings[common_slots[h] - 1];
+            if (strlen(c) == n && memcmp(c, s, n) == 0) {
+                lua_rawgeti(co, common, common_slots[h]);
+                return;
+            }
+        }
+    }
+    lua_pushlstring(co, s, n);
+}
+
+/* Whether the name of header i of res came before it (in any case). Compared in C for the first
+ * HDR_SEEN_MAX headers (cheaper than a look-up in the Lua table), which a long list of
+ * headers cannot make quadratic: those after them are looked up in the table. */
+#define HDR_SEEN_MAX 32
+static int hdr_seen(const sh_http_response *res, size_t i)
+{
+    const sh_http_hdr *h = &res->headers[i];
+    for (size_t j = 0; j < i; j++)
+        if (res->headers[j].name_len == h->name_len &&
+            strncasecmp(res->headers[j].name, h->name, h->name_len) == 0)
+            return 1;
+    return 0;
+}
+
 /* The response as {status, body, headers} (run protected: it allocates). */
 static int http_result_p(lua_State *co)
 {
@@ -642,6 +705,8 @@ static int http_result_p(lua_State *co)
     lua_setfield(co, -2, "body");
     lua_createtable(co, 0, (int)res->nheaders);
     int headers = lua_gettop(co);
+    int common = lua_rawgetp(co, LUA_REGISTRYINDEX, common_http_strings) == LUA_TTABLE
+                     ? lua_gettop(co) : 0;
     for (size_t i = 0; i < res->nheaders; i++) {
         const sh_http_hdr *h = &res->headers[i];
         /* the name in lower case, whole: the usual short one made on the C stack (a
@@ -655,9 +720,15 @@ static int http_result_p(lua_State *co)
             name[j] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
         }
         if (name == small)
-            lua_pushlstring(co, small, h->name_len);
+            push_common(co, common, small, h->name_len);
         else
             luaL_pushresultsize(&b, h->name_len);
+        if (i < HDR_SEEN_MAX && !hdr_seen(res, i)) {
+            /* a first name, as most are: no look-up in the table */
+            push_common(co, common, h->value, h->value_len);
+            lua_rawset(co, headers);
+            continue;
+        }
         lua_pushvalue(co, -1);
         if (lua_rawget(co, headers) == LUA_TSTRING) {
             /* a repeated field: one list, its values joined with ", " (RFC 9110 §5.3);
@@ -672,6 +743,7 @@ static int http_result_p(lua_State *co)
         }
         lua_rawset(co, headers);
     }
+    lua_pop(co, 1); /* common */
     lua_setfield(co, -2, "headers");
     return 1;
 }
@@ -698,13 +770,13 @@ static void http_cancel(sh_task *t, void *op)
  * anchored in the table's stack slot), or absent. */
 static const char *opt_string(lua_State *L, const char *key, size_t *len, const char *def)
 {
-    lua_getfield(L, 1, key);
-    if (lua_isnil(L, -1)) {
+    int t = lua_getfield(L, 1, key);
+    if (t == LUA_TNIL) {
         if (len)
             *len = def ? strlen(def) : 0;
         return def;
     }
-    if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+    if (t != LUA_TSTRING && t != LUA_TNUMBER)
         luaL_error(L, "%s: %s must be a string, got %s", SH_FNAME(L), key, luaL_typename(L, -1));
     return lua_tolstring(L, -1, len); /* stays on the stack: anchored */
 }
@@ -730,10 +802,10 @@ static void body_release(void *arg)
  * or def when absent. A negative timeout became 2^64 - 1 ms: never. */
 static uint64_t opt_ms(lua_State *L, const char *key, uint64_t def)
 {
-    lua_getfield(L, 1, key);
-    if (lua_isnil(L, -1))
+    int t = lua_getfield(L, 1, key);
+    if (t == LUA_TNIL)
         return def;
-    lua_Number ms = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : -1;
+    lua_Number ms = t == LUA_TNUMBER ? lua_tonumber(L, -1) : -1;
     if (!(ms >= 0 && ms < 1e12))
         luaL_error(L, "%s: %s must be a number of milliseconds (0..1e12), got %s", SH_FNAME(L), key,
                    lua_type(L, -1) == LUA_TNUMBER ? lua_tostring(L, -1) : luaL_typename(L, -1));
@@ -758,37 +830,29 @@ int sh_io_http_request(lua_State *L)
     int body_at = lua_gettop(L); /* the body string, anchored on the stack */
     o.timeout_ms = opt_ms(L, "timeout_ms", 30000);
     o.connect_timeout_ms = opt_ms(L, "connect_timeout_ms", 0);
-    lua_getfield(L, 1, "headers");
+    int htype = lua_getfield(L, 1, "headers");
     int ht = lua_gettop(L);
-    if (lua_istable(L, ht)) {
-        /* names and values (numbers converted) go into an anchor table, so
-         * every pointer taken stays valid until the request has copied it */
-        lua_newtable(L);
-        int anchor = lua_gettop(L);
-        int k = 0;
+    if (htype == LUA_TTABLE) {
+        /* the names and string values are held by the headers table, which nothing changes
+         * before the request has copied them; a number's string form is kept on the stack */
         lua_pushnil(L);
         while (lua_next(L, ht)) {
-            if (lua_type(L, -2) != LUA_TSTRING ||
-                (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
+            int vt = lua_type(L, -1);
+            if (lua_type(L, -2) != LUA_TSTRING || (vt != LUA_TSTRING && vt != LUA_TNUMBER))
                 return luaL_error(L, "%s: headers must map names to strings", SH_FNAME(L));
-            if (k == 2 * 64)
+            if (nh == sizeof hdrs / sizeof hdrs[0])
                 return luaL_error(L, "%s: at most 64 headers", SH_FNAME(L));
-            lua_pushvalue(L, -2);
-            lua_rawseti(L, anchor, ++k);
-            size_t vl;
-            const char *v = lua_tolstring(L, -1, &vl);
-            lua_pushlstring(L, v, vl); /* a string copy of the value (a NUL is checked) */
-            lua_rawseti(L, anchor, ++k);
-            lua_pop(L, 1);
+            hdrs[nh].name = lua_tolstring(L, -2, &hdrs[nh].name_len);
+            hdrs[nh].value = lua_tolstring(L, -1, &hdrs[nh].value_len); /* a number: converted */
+            nh++;
+            if (vt == LUA_TNUMBER) {
+                luaL_checkstack(L, 2, "too many headers");
+                lua_insert(L, -2); /* the converted value stays, below the key */
+            } else {
+                lua_pop(L, 1);
+            }
         }
-        for (int i = 1; i <= k; i += 2, nh++) {
-            lua_rawgeti(L, anchor, i);
-            hdrs[nh].name = lua_tolstring(L, -1, &hdrs[nh].name_len);
-            lua_rawgeti(L, anchor, i + 1);
-            hdrs[nh].value = lua_tolstring(L, -1, &hdrs[nh].value_len);
-            lua_pop(L, 2);
-        }
-    } else if (!lua_isnil(L, ht)) {
+    } else if (htype != LUA_TNIL) {
         return luaL_error(L, "%s: headers must be a table", SH_FNAME(L));
     }
     o.headers = hdrs;
@@ -826,6 +890,15 @@ int sh_io_http_request(lua_State *L)
 
 void sh_io_open(lua_State *L)
 {
+    int n = (int)(sizeof common_http_strings / sizeof common_http_strings[0]);
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushstring(L, common_http_strings[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_rawsetp(L, LUA_REGISTRYINDEX, common_http_strings);
+    common_slots_fill();
+
     /* __metatable: a policy could otherwise replace a handle's __gc (the C side's
      * pointer to the handle is cleared there) and have it written after it is freed */
     luaL_newmetatable(L, SUB_MT);

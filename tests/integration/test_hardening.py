@@ -1902,6 +1902,112 @@ def repeated_response_headers_of_http_request_are_all_kept():
         srv.shutdown()
 
 
+class _CannedRemote:
+    """A raw socket remote answering each request (keep-alive) by its path from `answers`:
+    bytes to send, or ("reset", bytes): send them, then reset the connection (SO_LINGER 0).
+    The head of every request read is appended to `heads`."""
+
+    def __init__(self, answers):
+        self.answers, self.heads = answers, []
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(8)
+        self.port = self.ls.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                s, _ = self.ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, s):
+        buf = b""
+        with s:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = s.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                self.heads.append(head.decode("latin-1"))
+                answer = self.answers[head.split(b" ")[1].decode()]
+                if isinstance(answer, tuple):
+                    s.sendall(answer[1])
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
+                s.sendall(answer)
+
+    def close(self):
+        self.ls.close()
+
+
+@S.test
+def http_request_fast_paths_and_their_fall_backs():
+    """host.http.request's fast paths, each with its edges: request header values taken from
+    the policy's table as they are (a number converted), the request serialised in one
+    measured buffer; the response's buffers in the call until outgrown (40 headers, a
+    100,000-byte chunked body); a header name set without a table look-up when the first 32
+    headers have not seen it (in any case), looked up after them: repeats in the first 32, a
+    repeat after them of one of them, two after them, upper-case names, set-cookie's own
+    joiner; a 5xx; a reset mid-answer. The answers are those README documents."""
+    many = ["X-H%d: v%d" % (i, i) for i in range(40)]
+    many[1], many[5] = "CONTENT-TYPE: a", "Content-Type: b"
+    many[2], many[7] = "Set-Cookie: c=1", "SET-COOKIE: d=2"
+    many[33], many[34], many[35] = "x-h0: again", "X-Late: 1", "X-LATE: 2"
+    body = b"".join(b"%x\r\n%s\r\n" % (7000, bytes([97 + i]) * 7000) for i in range(14))
+    body += b"%x\r\n%s\r\n0\r\n\r\n" % (2000, b"z" * 2000)
+    remote = _CannedRemote({
+        "/many": ("HTTP/1.1 200 OK\r\n" + "\r\n".join(many) +
+                  "\r\nContent-Length: 2\r\n\r\nok").encode(),
+        "/chunked": b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n" + body,
+        "/reset": ("reset", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789"),
+        "/common": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nSERVER: close\r\n"
+                   b"X-Case: Keep-Alive\r\nX-Near: application/jsoN\r\nEtag: chunked\r\n"
+                   b"Connection: keep-alive\r\nContent-Length: 2\r\n\r\n{}",
+    })
+    try:
+        with Statushost(pol("hard_remote_routes.lua"), redis=shared_redis(),
+                        sets=["remote=http://127.0.0.1:%d" % remote.port,
+                              "shutdown_grace_ms=300"]) as sh:
+            status, _, text = http_request(sh.port, "GET", "/probe?/many")
+            assert status == 200, (status, text)
+            lines = text.decode().split("\n")
+            want = ["body 2 ok ok", "status 200", "h content-length: 2",
+                    "h content-type: a, b", "h set-cookie: c=1\\nd=2", "h x-h0: v0, again",
+                    "h x-late: 1, 2"]
+            want += ["h x-h%d: v%d" % (i, i) for i in range(40)
+                     if i not in (0, 1, 2, 5, 7, 33, 34, 35)]
+            assert sorted(lines) == sorted(want), lines
+            head = remote.heads[-1]
+            assert head.startswith("GET /many HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % remote.port)
+            for h in ("X-Int: 42", "X-Float: 1.5", "X-Str: s", "Connection: keep-alive"):
+                assert "\r\n" + h in head, head
+            assert "Content-Length" not in head, head
+
+            status, _, text = http_request(sh.port, "GET", "/probe?/chunked")
+            assert status == 200, (status, text)
+            lines = text.decode().split("\n")
+            assert "status 503" in lines and "body 100000 aaaa zzzz" in lines, lines
+            assert "h transfer-encoding: chunked" in lines, lines
+
+            # names and values statushost keeps interned, beside near misses: as sent
+            status, _, text = http_request(sh.port, "GET", "/probe?/common")
+            assert status == 200, (status, text)
+            assert sorted(text.decode().split("\n")) == sorted([
+                "status 200", "body 2 {} {}", "h content-type: application/json",
+                "h server: close", "h x-case: Keep-Alive", "h x-near: application/jsoN",
+                "h etag: chunked", "h connection: keep-alive", "h content-length: 2"]), text
+
+            status, _, text = http_request(sh.port, "GET", "/probe?/reset")
+            assert (status, text) == (502, b"closed"), (status, text)
+    finally:
+        remote.close()
+
+
 def _second_request_dropped_remote(seen):
     """A remote that answers the first request of each connection (keep-alive) and, on the
     second, reads it whole and closes without answering (it crashed while handling it, or

@@ -183,6 +183,8 @@ static void slow_cb(uv_timer_t *t)
     swrite_s(t->data, HELLO, 0);
 }
 
+#define MANY_HEADERS 40 /* headers of /many's answer, besides its Content-Length */
+
 /* Answers one complete request (head + body of len bytes) by its path. */
 static void srv_answer(sconn *sc, const char *req, size_t len)
 {
@@ -218,6 +220,61 @@ static void srv_answer(sconn *sc, const char *req, size_t len)
         snprintf(head_buf, sizeof head_buf, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", len);
         swrite_s(sc, head_buf, 0);
         swrite_n(sc, req, len, 0);
+    } else if (strcmp(path, "/many") == 0) { /* more headers than the delivery's stack array */
+        char buf[2048];
+        int h = snprintf(buf, sizeof buf, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+        for (int i = 0; i < MANY_HEADERS; i++)
+            h += snprintf(buf + h, sizeof buf - (size_t)h, "X-H%d: v%d\r\n", i, i);
+        h += snprintf(buf + h, sizeof buf - (size_t)h, "\r\nok");
+        swrite_n(sc, buf, (size_t)h, 0);
+    } else if (strncmp(path, "/f-", 3) == 0) { /* canned answers for test_fast_path */
+        static const struct {
+            const char *path, *answer;
+        } canned[] = {
+            {"/f-fast", "HTTP/1.1 201 Created\r\nX-Test: a\r\nContent-Type: text/plain\r\n"
+                        "Connection: Keep-Alive\r\nContent-Length: 5\r\n\r\nhello"},
+            {"/f-close", "HTTP/1.1 200 OK\r\nX-Test: c\r\nConnection: close\r\n"
+                         "Content-Length: 5\r\n\r\nhello"},
+            {"/f-10", "HTTP/1.0 200 OK\r\nX-Test: d\r\nContent-Length: 5\r\n\r\nhello"},
+            {"/f-twolen", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"
+                          "hello"},
+            {"/f-te", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n"
+                      "\r\n5\r\nhello\r\n0\r\n\r\n"},
+            {"/f-space", "HTTP/1.1 200 OK\r\nX-Test:  a b \t\r\nContent-Length: 5\r\n\r\nhello"},
+            {"/f-empty", "HTTP/1.1 200 OK\r\nX-Test:\r\nContent-Length: 5\r\n\r\nhello"},
+            {"/f-obs", "HTTP/1.1 200 OK\r\nX-Test: \xc3\xa9t\xc3\xa9\r\nContent-Length: 5\r\n\r\n"
+                       "hello"},
+            {"/f-nolen", "HTTP/1.1 200 OK\r\nX-Test: e\r\nContent-Length: 0\r\n\r\n"},
+            {"/f-cl", "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello"},
+            {"/f-lf", "HTTP/1.1 200 OK\nX-Test: f\nContent-Length: 5\n\nhello"},
+            {"/f-12", "HTTP/1.1 200 OK\r\nX-A1: 0123456789012345678901234567890123456789\r\n"
+                      "X-A2: 0123456789012345678901234567890123456789\r\n"
+                      "X-A3: 0123456789012345678901234567890123456789\r\n"
+                      "X-A4: 0123456789012345678901234567890123456789\r\n"
+                      "X-A5: 0123456789012345678901234567890123456789\r\n"
+                      "X-A6: 0123456789012345678901234567890123456789\r\n"
+                      "X-A7: 0123456789012345678901234567890123456789\r\n"
+                      "X-A8: 0123456789012345678901234567890123456789\r\n"
+                      "X-A9: 0123456789012345678901234567890123456789\r\n"
+                      "X-A10: 0123456789012345678901234567890123456789\r\n"
+                      "X-A11: 0123456789012345678901234567890123456789\r\n"
+                      "X-Test: twelve\r\nContent-Length: 5\r\n\r\nhello"},
+        };
+        const char *answer = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+        for (size_t i = 0; i < sizeof canned / sizeof canned[0]; i++)
+            if (strcmp(path, canned[i].path) == 0)
+                answer = canned[i].answer;
+        swrite_s(sc, answer, 0);
+    } else if (strcmp(path, "/chunkbig") == 0) { /* 3 x 200 bytes, no length announced */
+        char chunk[256];
+        swrite_s(sc, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 0);
+        for (int i = 0; i < 3; i++) {
+            int h = snprintf(chunk, sizeof chunk, "c8\r\n");
+            memset(chunk + h, 'a' + i, 200);
+            memcpy(chunk + h + 200, "\r\n", 2);
+            swrite_n(sc, chunk, (size_t)h + 202, 0);
+        }
+        swrite_s(sc, "0\r\n\r\n", 0);
     } else if (strcmp(path, "/drop2") == 0) {
         if (sc->nreq >= 2)
             sconn_close(sc); /* as if it timed the idle socket out just as the request came */
@@ -793,6 +850,161 @@ static void test_post_echo(void)
     CHECK(strstr(e.s.last, "\r\nHost:") == NULL);
     CHECK(strstr(e.s.last, "\r\nContent-Length: 0\r\n") != NULL);
     env_fini(&e);
+}
+
+/* The request's bytes, exactly, as request_build measures then writes them in one buffer: the
+ * target's escapes, an empty header value, the caller's Host, Content-Length and Connection (in
+ * any case) instead of ours, a length for an empty PATCH, none for a GET. */
+static void test_request_bytes(void)
+{
+    env e;
+    env_init(&e, NULL);
+    char url[160], want[512];
+    result r[3] = {{0}};
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/echo/a b\xc3\xa9?q= x#frag", e.s.port);
+    sh_http_hdr h0[] = {{"X-Empty", 7, NULL, 0}, {"X-N", 3, "42", 2}};
+    sh_http_opts o0 = {.url = url, .headers = h0, .nheaders = 2};
+    CHECK(sh_http_request(e.c, &o0, on_result, &r[0], NULL) == 0);
+    RUN_UNTIL(&e, r[0].called);
+    snprintf(want, sizeof want,
+             "GET /echo/a%%20b%%C3%%A9?q=%%20x HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Empty: \r\n"
+             "X-N: 42\r\nConnection: keep-alive\r\n\r\n", e.s.port);
+    CHECK(r[0].err == 0 && strcmp(r[0].body, want) == 0);
+
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/echo", e.s.port);
+    sh_http_hdr h1[] = {{"content-length", 14, "3", 1}, {"CONNECTION", 10, "Close", 5}};
+    sh_http_opts o1 = {.method = "PUT", .url = url, .headers = h1, .nheaders = 2,
+                       .body = "abc", .body_len = 3};
+    CHECK(sh_http_request(e.c, &o1, on_result, &r[1], NULL) == 0);
+    RUN_UNTIL(&e, r[1].called);
+    CHECK(r[1].err == 0);
+    snprintf(want, sizeof want,
+             "PUT /echo HTTP/1.1\r\nHost: 127.0.0.1:%d\r\ncontent-length: 3\r\n"
+             "CONNECTION: Close\r\n\r\nabc", e.s.port);
+    CHECK(strcmp(r[1].body, want) == 0);
+
+    sh_http_hdr h2[] = {{"HOST", 4, "h.test", 6}};
+    sh_http_opts o2 = {.method = "PATCH", .url = url, .headers = h2, .nheaders = 1};
+    CHECK(sh_http_request(e.c, &o2, on_result, &r[2], NULL) == 0);
+    RUN_UNTIL(&e, r[2].called);
+    CHECK(r[2].err == 0 && strcmp(r[2].body, "PATCH /echo HTTP/1.1\r\nHOST: h.test\r\n"
+                                             "Content-Length: 0\r\nConnection: keep-alive\r\n"
+                                             "\r\n") == 0);
+    env_fini(&e);
+}
+
+/* Headers seen by on_many: each X-H<i> in order, with its value. */
+static int many_ok, many_called;
+
+static void on_many(void *arg, int err, const char *errstr, const sh_http_response *res)
+{
+    (void)arg;
+    (void)errstr;
+    many_called++;
+    if (err || res->nheaders != MANY_HEADERS + 1)
+        return;
+    char name[16], value[16];
+    for (int i = 0; i < MANY_HEADERS; i++) {
+        const sh_http_hdr *h = &res->headers[i + 1];
+        int nl = snprintf(name, sizeof name, "X-H%d", i), vl = snprintf(value, sizeof value, "v%d", i);
+        if (h->name_len != (size_t)nl || memcmp(h->name, name, (size_t)nl) != 0 ||
+            h->value_len != (size_t)vl || memcmp(h->value, value, (size_t)vl) != 0)
+            return;
+    }
+    many_ok = res->body_len == 2 && strcmp(res->body, "ok") == 0;
+}
+
+/* A response's buffers start in the call and move to the heap once outgrown: more headers than
+ * their room (and than call_deliver_cb's array on the stack), more header bytes, a chunked body
+ * of no announced length longer than its room. All of them arrive whole, and their heap memory
+ * is given back to the budget. */
+static void test_outgrown_buffers(void)
+{
+    env e;
+    env_init(&e, NULL);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/many", e.s.port);
+    sh_http_opts o = {.url = url};
+    CHECK(sh_http_request(e.c, &o, on_many, NULL, NULL) == 0);
+    RUN_UNTIL(&e, many_called);
+    CHECK(many_ok);
+    CHECK(stats(&e).response_bytes == 0);
+    result r = {0};
+    CHECK(req(&e, NULL, "/chunkbig", 0, &r, NULL) == 0);
+    RUN_UNTIL(&e, r.called);
+    CHECK(r.err == 0 && r.status == 200 && r.body_len == 600);
+    CHECK(strspn(r.body, "a") == 200 && strspn(r.body + 200, "b") == 200 &&
+          strspn(r.body + 400, "c") == 111); /* result.body keeps 511 bytes */
+    CHECK(stats(&e).response_bytes == 0);
+    env_fini(&e);
+}
+
+/* One request of path on a fresh client; its result and the client's counters after it. */
+static void fast_one(const char *path, const sh_http_client_opts *opts, result *r,
+                     sh_http_client_stats *st)
+{
+    env e;
+    env_init(&e, opts);
+    CHECK(req(&e, NULL, path, 0, r, NULL) == 0);
+    RUN_UNTIL(&e, r->called);
+    *st = stats(&e);
+    env_fini(&e);
+}
+
+/* The usual response (whole in one read) is parsed without llhttp; anything else goes to llhttp
+ * from its first byte: both give what llhttp alone gave. */
+static void test_fast_path(void)
+{
+    result r;
+    sh_http_client_stats st;
+    struct {
+        const char *path;
+        int err, status;
+        const char *x_test, *body;
+        int pooled; /* the socket went back to the pool */
+    } cases[] = {
+        {"/f-fast", 0, 201, "a", "hello", 1},
+        {"/f-close", 0, 200, "c", "hello", 0},
+        {"/f-10", 0, 200, "d", "hello", 0},
+        {"/f-twolen", SH_HTTP_EBADRESPONSE, 0, "", "", 0},
+        {"/f-te", SH_HTTP_EBADRESPONSE, 0, "", "", 0},
+        {"/f-space", 0, 200, "a b \t", "hello", 1}, /* llhttp keeps trailing OWS */
+        {"/f-empty", 0, 200, "", "hello", 1},
+        {"/f-obs", 0, 200, "\xc3\xa9t\xc3\xa9", "hello", 1},
+        {"/f-nolen", 0, 200, "e", "", 1},
+        {"/f-cl", SH_HTTP_EBADRESPONSE, 0, "", "", 0},
+        {"/f-lf", SH_HTTP_EBADRESPONSE, 0, "", "", 0}, /* a bare LF */
+        {"/f-12", 0, 200, "twelve", "hello", 1},
+        {"/big", 0, 200, "", NULL, 1}, /* a body over several reads */
+        {"/100", 0, 200, "a", "hello", 1},
+        {"/204", 0, 204, "", "", 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        memset(&r, 0, sizeof r);
+        fast_one(cases[i].path, NULL, &r, &st);
+        if (r.err != cases[i].err || r.status != cases[i].status ||
+            strcmp(r.x_test, cases[i].x_test) != 0 ||
+            (cases[i].body && strcmp(r.body, cases[i].body) != 0) ||
+            (int)st.idle != cases[i].pooled || st.response_bytes != 0)
+            fprintf(stderr, "  %s: err %d status %d x-test \"%s\" body \"%s\" idle %zu held %zu\n",
+                    cases[i].path, r.err, r.status, r.x_test, r.body, st.idle,
+                    st.response_bytes);
+        CHECK(r.err == cases[i].err && r.status == cases[i].status);
+        CHECK(strcmp(r.x_test, cases[i].x_test) == 0);
+        CHECK(!cases[i].body || strcmp(r.body, cases[i].body) == 0);
+        CHECK((int)st.idle == cases[i].pooled && st.response_bytes == 0);
+    }
+    CHECK(r.body_len == 0); /* the 204 */
+    /* a response over max_response_bytes, and one whose headers outgrow their room past the
+     * budget: llhttp takes them and fails them "too large", as before */
+    sh_http_client_opts small = {.max_response_bytes = 100};
+    memset(&r, 0, sizeof r);
+    fast_one("/f-fast", &small, &r, &st);
+    CHECK(r.err == SH_HTTP_ETOOLARGE && st.response_bytes == 0);
+    sh_http_client_opts budget = {.max_total_response_bytes = 400};
+    memset(&r, 0, sizeof r);
+    fast_one("/f-12", &budget, &r, &st);
+    CHECK(r.err == SH_HTTP_ETOOLARGE && st.response_bytes == 0);
 }
 
 static void test_refused(void)
@@ -1750,6 +1962,9 @@ int main(void)
         {"bad_args", test_bad_args},
         {"resolve", test_resolve},
         {"ipv6_literal", test_ipv6_literal},
+        {"request_bytes", test_request_bytes},
+        {"outgrown_buffers", test_outgrown_buffers},
+        {"fast_path", test_fast_path},
         {"tls_good", test_tls_good},
         {"tls_verify", test_tls_verify},
         {"tls_mid_record", test_tls_mid_record},
