@@ -75,7 +75,7 @@ typedef struct jd {
     const char *end; /* one past the text's last byte */
     int depth;       /* arrays and objects open */
     int pending;     /* stack slots held by members not yet in their table */
-    size_t values;     /* values begun so far */
+    size_t left;       /* values that may still begin (SIZE_MAX: no limit) */
     size_t max_values; /* more are refused (0: no limit) */
     char *err;       /* the caller's message buffer */
     size_t errsz;    /* its size */
@@ -398,6 +398,8 @@ static void push_text(jd *d, const char *s, size_t n, int col)
 
 /* The string whose opening quote is at d->p; `what` names it in messages; col: the kept
  * key whose value it is (-1: none, or not a value). */
+static int parse_escaped(jd *d, const char *what, const char *run, const char *p);
+
 static int parse_string(jd *d, const char *what, int col)
 {
     const char *run = d->p + 1, *end = d->end, *p = scan_plain(run, end);
@@ -406,6 +408,15 @@ static int parse_string(jd *d, const char *what, int col)
         d->p = p + 1;
         return 0;
     }
+    return parse_escaped(d, what, run, p);
+}
+
+/* The rest of a string with escapes (or an error) from p on, its plain start [run, p)
+ * (apart: its luaL_Buffer, a kilobyte of C stack, is no cost to plain strings). */
+static __attribute__((noinline)) int parse_escaped(jd *d, const char *what, const char *run,
+                                                   const char *p)
+{
+    const char *end = d->end;
     luaL_Buffer b;
     luaL_buffinit(d->L, &b);
     const char *at, *why;
@@ -472,6 +483,14 @@ bad:
 /* ------------------------------------------------------------ containers */
 
 static int parse_value(jd *d, int col);
+
+/* A value begins at p: → 0, or -1 when it is one more than max_values. */
+static int count_value(jd *d, const char *p)
+{
+    if (d->left-- == 0)
+        return fail(d, p, "Found too many values (more than %zu)", d->max_values);
+    return 0;
+}
 
 /* Before a member, with the stack's top at top: JSON_NEED free slots above it, asked of
  * Lua only when the last lua_checkstack does not already cover them (what it grants
@@ -631,9 +650,15 @@ static int parse_object(jd *d)
             p = skip_ws(d->p, d->end);
             if (p >= d->end || *p != ':')
                 return fail(d, p, "Expected colon but found %s", found(d, p));
-            d->p = p + 1;
-            if (parse_value(d, col) < 0)
+            /* a string, the usual value, without parse_value's dispatch */
+            p = skip_ws(p + 1, d->end);
+            d->p = p;
+            if (p < d->end && *p == '"') {
+                if (count_value(d, p) < 0 || parse_string(d, "value", col) < 0)
+                    return -1;
+            } else if (parse_value(d, col) < 0) {
                 return -1;
+            }
             n++;
             d->pending += 2;
             p = skip_ws(d->p, d->end);
@@ -665,8 +690,8 @@ static int parse_value(jd *d, int col)
     d->p = p;
     if (p >= d->end)
         return fail(d, p, "Expected value but found end of input");
-    if (d->max_values && ++d->values > d->max_values)
-        return fail(d, p, "Found too many values (more than %zu)", d->max_values);
+    if (count_value(d, p) < 0)
+        return -1;
     switch (*p) {
     case '{':
         return parse_object(d);
@@ -714,8 +739,8 @@ int sh_json_decode_max(lua_State *L, const char *s, size_t len, size_t max_value
     /* the kept keys and their values, then the value and what it needs */
     int kept = 2 * JSON_KEYS;
     luaL_checkstack(L, kept + JSON_NEED, "json");
-    jd d = {L, s, s, s + len, 0, 0, 0, max_values, err, errsz, top + kept + JSON_NEED,
-            top + 1, 0, {0}, {0}, {0}, {0}};
+    jd d = {L, s, s, s + len, 0, 0, max_values ? max_values : SIZE_MAX, max_values, err, errsz,
+            top + kept + JSON_NEED, top + 1, 0, {0}, {0}, {0}, {0}};
     if (errsz)
         err[0] = '\0';
     lua_settop(L, top + kept);
