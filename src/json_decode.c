@@ -9,6 +9,16 @@
  * flushes what it holds into its table early, so the Lua stack stays bounded
  * whatever the input: only such tables are grown after creation.
  *
+ * Lua API calls per value, the decoder's main cost: an array's members and an
+ * object's pairs are moved into the table from the top of the stack down, each
+ * lua_rawseti / lua_rawset popping its own (an object whose keys may repeat
+ * is set in the text's order instead, so that the last wins: it pushes each
+ * pair again). The first JSON_KEYS distinct keys, and the last string value of
+ * each, are kept on the stack and pushed again when met again: an array of
+ * records interns its keys and its repeated values (a status) once, not once
+ * per record. Room on the stack is asked of Lua only when what it granted
+ * last is used up (need_room). Strings are scanned 16 bytes at a time (SSE2).
+ *
  * Memory: only Lua's. A string without escapes is pushed straight from the
  * input; one with escapes is assembled in a luaL_Buffer; a long number is
  * copied into a userdata. A parse error resets the stack to where it was; a
@@ -36,12 +46,19 @@
 
 #include <lauxlib.h>
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 #define JSON_CHUNK 4096   /* members a container holds on the stack before flushing */
 #define JSON_BUDGET 16384 /* stack slots all open containers may hold before flushing */
-#define JSON_KEYS 4       /* keys kept for reuse (jd.kp) */
-#define JSON_ROOM 16      /* slots reserved every 4 members: 4 pairs + temporaries (a small
-                           * reserve: a coroutine's stack starts at 40 slots, and growing
-                           * it costs more than the check) */
+#define JSON_KEYS 8       /* keys kept for reuse (jd.kp), each with its last value (jd.vp) */
+#define JSON_NEED 10      /* free stack slots a member may need: its key, its value, a
+                           * nested container's placeholder, a luaL_Buffer's or a long
+                           * number's temporaries */
+#define JSON_ROOM 16      /* slots asked of Lua when fewer than JSON_NEED are known free (a
+                           * small reserve: a coroutine's stack starts at 40 slots, and
+                           * growing it costs more than the check) */
 #define JSON_2_53 9007199254740992.0
 
 /* The fast path needs double arithmetic done in double precision. */
@@ -58,16 +75,22 @@ typedef struct jd {
     const char *end; /* one past the text's last byte */
     int depth;       /* arrays and objects open */
     int pending;     /* stack slots held by members not yet in their table */
-    size_t values;     /* values begun so far */
+    size_t left;       /* values that may still begin (SIZE_MAX: no limit) */
     size_t max_values; /* more are refused (0: no limit) */
     char *err;       /* the caller's message buffer */
     size_t errsz;    /* its size */
+    int limit;       /* the stack is known to have room up to this index (lua_checkstack) */
     /* The first JSON_KEYS distinct keys without escapes, each kept in a stack slot from
      * kbase on: a key seen again (the same names in every object of an array) is pushed
-     * from there, not hashed and looked up in the string table again. */
+     * from there, not hashed and looked up in the string table again. Key i also keeps
+     * the last string without escapes given as its value (slot kbase + JSON_KEYS + i):
+     * the same value again (a status, a type: the same few values in every record) is
+     * pushed from there too. */
     int kbase, nkeys;
     const char *kp[JSON_KEYS]; /* its bytes in the text */
     size_t kl[JSON_KEYS];
+    const char *vp[JSON_KEYS]; /* the value's bytes in the text (NULL: none yet) */
+    size_t vl[JSON_KEYS];
 } jd;
 
 /* Write "<message> at character N" (N: 1-based position of at). → -1 */
@@ -114,7 +137,9 @@ static const char *found(const jd *d, const char *at)
 
 static const char *skip_ws(const char *p, const char *end)
 {
-    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+    /* a byte above ' ' (the usual one: compact JSON) is never whitespace */
+    while (p < end && (unsigned char)*p <= ' ' &&
+           (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
         p++;
     return p;
 }
@@ -320,17 +345,78 @@ static const unsigned char str_special_tab[256] = {
 };
 static int str_special(char c) { return str_special_tab[(unsigned char)c]; }
 
-/* The string whose opening quote is at d->p; `what` names it in messages. */
-static int parse_string(jd *d, const char *what)
+/* The first byte from p on that ends a run of plain string content, or end. Sixteen
+ * bytes at a time where SSE2 is (every x86-64): a byte below 0x20 (at most 0x1F
+ * unsigned), '"' or '\\' sets its bit in the mask. */
+static inline __attribute__((always_inline)) const char *scan_plain(const char *p,
+                                                                    const char *end)
 {
-    const char *run = d->p + 1, *p = run, *end = d->end;
+#ifdef __SSE2__
+    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'),
+                  ctl = _mm_set1_epi8(0x1F);
+    while (end - p >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote),
+                                                _mm_cmpeq_epi8(x, bslash)),
+                                   _mm_cmpeq_epi8(_mm_max_epu8(x, ctl), ctl));
+        unsigned mask = (unsigned)_mm_movemask_epi8(hit);
+        if (mask)
+            return p + __builtin_ctz(mask);
+        p += 16;
+    }
+#endif
     while (p < end && !str_special(*p))
         p++;
+    return p;
+}
+
+/* n bytes at a and at b the same? (the last first: texts of one column, ids say, often
+ * differ only there) */
+static int same_bytes(const char *a, const char *b, size_t n)
+{
+    return n == 0 || (a[n - 1] == b[n - 1] && memcmp(a, b, n - 1) == 0);
+}
+
+/* Push the string of the n bytes at s, the value of kept key col (-1: none): the one
+ * kept for it when the same, else a new one, then kept. */
+static void push_text(jd *d, const char *s, size_t n, int col)
+{
+    if (col < 0) {
+        lua_pushlstring(d->L, s, n);
+        return;
+    }
+    int slot = d->kbase + JSON_KEYS + col;
+    if (d->vp[col] && d->vl[col] == n && same_bytes(d->vp[col], s, n)) {
+        lua_pushvalue(d->L, slot);
+        return;
+    }
+    lua_pushlstring(d->L, s, n);
+    lua_copy(d->L, -1, slot);
+    d->vp[col] = s;
+    d->vl[col] = n;
+}
+
+/* The string whose opening quote is at d->p; `what` names it in messages; col: the kept
+ * key whose value it is (-1: none, or not a value). */
+static int parse_escaped(jd *d, const char *what, const char *run, const char *p);
+
+static int parse_string(jd *d, const char *what, int col)
+{
+    const char *run = d->p + 1, *end = d->end, *p = scan_plain(run, end);
     if (p < end && *p == '"') { /* no escapes: straight from the input */
-        lua_pushlstring(d->L, run, (size_t)(p - run));
+        push_text(d, run, (size_t)(p - run), col);
         d->p = p + 1;
         return 0;
     }
+    return parse_escaped(d, what, run, p);
+}
+
+/* The rest of a string with escapes (or an error) from p on, its plain start [run, p)
+ * (apart: its luaL_Buffer, a kilobyte of C stack, is no cost to plain strings). */
+static __attribute__((noinline)) int parse_escaped(jd *d, const char *what, const char *run,
+                                                   const char *p)
+{
+    const char *end = d->end;
     luaL_Buffer b;
     luaL_buffinit(d->L, &b);
     const char *at, *why;
@@ -377,8 +463,7 @@ static int parse_string(jd *d, const char *what)
         p += 2;
     next:
         run = p;
-        while (p < end && !str_special(*p))
-            p++;
+        p = scan_plain(p, end);
     }
     luaL_pushresult(&b);
     d->p = p + 1;
@@ -397,7 +482,26 @@ bad:
 
 /* ------------------------------------------------------------ containers */
 
-static int parse_value(jd *d);
+static int parse_value(jd *d, int col);
+
+/* A value begins at p: → 0, or -1 when it is one more than max_values. */
+static int count_value(jd *d, const char *p)
+{
+    if (d->left-- == 0)
+        return fail(d, p, "Found too many values (more than %zu)", d->max_values);
+    return 0;
+}
+
+/* Before a member, with the stack's top at top: JSON_NEED free slots above it, asked of
+ * Lua only when the last lua_checkstack does not already cover them (what it grants
+ * stays granted until the C function returns). */
+static void need_room(jd *d, int top)
+{
+    if (top + JSON_NEED > d->limit) {
+        luaL_checkstack(d->L, JSON_ROOM, "json");
+        d->limit = top + JSON_ROOM;
+    }
+}
 
 /* A container starts at d->p: count it, check the depth and push its
  * placeholder (in the slot its parent reserved for it as a member). → the
@@ -434,7 +538,6 @@ static void flush_array(jd *d, int base, int *made, int *n, lua_Integer *done)
 
 static int parse_array(jd *d)
 {
-    lua_State *L = d->L;
     int base = open_container(d);
     if (base < 0)
         return -1;
@@ -445,9 +548,8 @@ static int parse_array(jd *d)
         d->p = p + 1;
     } else {
         for (;;) {
-            if ((n & 3) == 0)
-                luaL_checkstack(L, JSON_ROOM, "json");
-            if (parse_value(d) < 0)
+            need_room(d, base + n);
+            if (parse_value(d, -1) < 0)
                 return -1;
             n++;
             d->pending++;
@@ -470,80 +572,100 @@ static int parse_array(jd *d)
     return 0;
 }
 
-/* Set the n key/value pairs above base into its table, in order (the last of
- * duplicate keys wins), and drop them. */
-static void flush_object(jd *d, int base, int *made, int *n)
+/* Set the n key/value pairs above base into its table and drop them. ordered: some keys
+ * may be the same (the last must win), so they are set in the text's order; else the
+ * pairs are set from the top down, each lua_rawset popping its own. */
+static void flush_object(jd *d, int base, int *made, int *n, int ordered)
 {
     lua_State *L = d->L;
     make_table(L, base, made, 0, *n);
-    for (int i = 0; i < *n; i++) {
-        lua_pushvalue(L, base + 1 + 2 * i);
-        lua_pushvalue(L, base + 2 + 2 * i);
-        lua_rawset(L, base);
+    if (ordered) {
+        for (int i = 0; i < *n; i++) {
+            lua_pushvalue(L, base + 1 + 2 * i);
+            lua_pushvalue(L, base + 2 + 2 * i);
+            lua_rawset(L, base);
+        }
+        lua_settop(L, base);
+    } else {
+        for (int i = *n; i > 0; i--)
+            lua_rawset(L, base);
     }
-    lua_settop(L, base);
     d->pending -= 2 * *n;
     *n = 0;
 }
 
-/* An object key: one kept (jd.kp) pushed again, or parsed (and kept if there is room). */
-static int parse_key(jd *d)
+/* An object key: one kept (jd.kp) pushed again, or parsed (and kept if there is room).
+ * *col: the kept key's index, -1 for one not kept (with an escape, long, or past
+ * JSON_KEYS distinct ones). */
+static int parse_key(jd *d, int *col)
 {
-    const char *run = d->p + 1, *p = run, *end = d->end;
-    while (p < end && !str_special(*p))
-        p++;
+    const char *run = d->p + 1, *end = d->end, *p = scan_plain(run, end);
+    *col = -1;
     if (p >= end || *p != '"')
-        return parse_string(d, "object key string"); /* an escape, or an error */
+        return parse_string(d, "object key string", -1); /* an escape, or an error */
     size_t len = (size_t)(p - run);
+    d->p = p + 1;
     for (int i = 0; i < d->nkeys; i++)
         if (d->kl[i] == len && memcmp(d->kp[i], run, len) == 0) {
             lua_pushvalue(d->L, d->kbase + i);
-            d->p = p + 1;
+            *col = i;
             return 0;
         }
     lua_pushlstring(d->L, run, len);
-    d->p = p + 1;
     if (d->nkeys < JSON_KEYS && len <= 40) {
-        lua_pushvalue(d->L, -1);
-        lua_replace(d->L, d->kbase + d->nkeys);
+        lua_copy(d->L, -1, d->kbase + d->nkeys);
         d->kp[d->nkeys] = run;
-        d->kl[d->nkeys++] = len;
+        d->kl[d->nkeys] = len;
+        *col = d->nkeys++;
     }
     return 0;
 }
 
 static int parse_object(jd *d)
 {
-    lua_State *L = d->L;
     int base = open_container(d);
     if (base < 0)
         return -1;
     int made = 0, n = 0;
+    /* the kept keys seen in this object; ordered once a key may repeat one before it (a
+     * kept key seen again, or a key not kept: it may spell a kept one with escapes) */
+    unsigned seen = 0;
+    int ordered = 0;
     const char *p = skip_ws(d->p, d->end);
     if (p < d->end && *p == '}') {
         d->p = p + 1;
     } else {
         for (;;) {
-            if ((n & 3) == 0)
-                luaL_checkstack(L, JSON_ROOM, "json");
+            need_room(d, base + 2 * n);
             if (p >= d->end || *p != '"')
                 return fail(d, p, "Expected object key string but found %s", found(d, p));
             d->p = p;
-            if (parse_key(d) < 0)
+            int col;
+            if (parse_key(d, &col) < 0)
                 return -1;
+            if (col < 0 || seen >> col & 1)
+                ordered = 1;
+            else
+                seen |= 1u << col;
             p = skip_ws(d->p, d->end);
             if (p >= d->end || *p != ':')
                 return fail(d, p, "Expected colon but found %s", found(d, p));
-            d->p = p + 1;
-            if (parse_value(d) < 0)
+            /* a string, the usual value, without parse_value's dispatch */
+            p = skip_ws(p + 1, d->end);
+            d->p = p;
+            if (p < d->end && *p == '"') {
+                if (count_value(d, p) < 0 || parse_string(d, "value", col) < 0)
+                    return -1;
+            } else if (parse_value(d, col) < 0) {
                 return -1;
+            }
             n++;
             d->pending += 2;
             p = skip_ws(d->p, d->end);
             if (p < d->end && *p == ',') {
                 p = skip_ws(p + 1, d->end);
                 if (n >= JSON_CHUNK || d->pending >= JSON_BUDGET)
-                    flush_object(d, base, &made, &n);
+                    flush_object(d, base, &made, &n, ordered);
                 continue;
             }
             if (p < d->end && *p == '}') {
@@ -553,28 +675,30 @@ static int parse_object(jd *d)
             return fail(d, p, "Expected comma or object end but found %s", found(d, p));
         }
     }
-    flush_object(d, base, &made, &n);
+    flush_object(d, base, &made, &n, ordered);
     d->depth--;
     return 0;
 }
 
 /* ------------------------------------------------------------ values */
 
-static int parse_value(jd *d)
+/* The value at d->p; col: the kept key whose value it is (-1: none, an array's member or
+ * the document). */
+static int parse_value(jd *d, int col)
 {
     const char *p = skip_ws(d->p, d->end);
     d->p = p;
     if (p >= d->end)
         return fail(d, p, "Expected value but found end of input");
-    if (d->max_values && ++d->values > d->max_values)
-        return fail(d, p, "Found too many values (more than %zu)", d->max_values);
+    if (count_value(d, p) < 0)
+        return -1;
     switch (*p) {
     case '{':
         return parse_object(d);
     case '[':
         return parse_array(d);
     case '"':
-        return parse_string(d, "value");
+        return parse_string(d, "value", col);
     case 't':
         if (!lit(p, d->end, "true", 4))
             break;
@@ -612,13 +736,15 @@ int sh_json_decode_max(lua_State *L, const char *s, size_t len, size_t max_value
                        size_t errsz)
 {
     int top = lua_gettop(L);
-    jd d = {L, s, s, s + len, 0, 0, 0, max_values, err, errsz, top + 1, 0, {0}, {0}};
+    /* the kept keys and their values, then the value and what it needs */
+    int kept = 2 * JSON_KEYS;
+    luaL_checkstack(L, kept + JSON_NEED, "json");
+    jd d = {L, s, s, s + len, 0, 0, max_values ? max_values : SIZE_MAX, max_values, err, errsz,
+            top + kept + JSON_NEED, top + 1, 0, {0}, {0}, {0}, {0}};
     if (errsz)
         err[0] = '\0';
-    /* the kept keys, the value, a temporary (luaL_Buffer, number box) */
-    luaL_checkstack(L, JSON_KEYS + 4, "json");
-    lua_settop(L, top + JSON_KEYS);
-    int r = parse_value(&d);
+    lua_settop(L, top + kept);
+    int r = parse_value(&d, -1);
     if (r == 0) {
         const char *p = skip_ws(d.p, d.end);
         if (p < d.end)
@@ -643,8 +769,7 @@ static long flat_string(const char **pp, const char *end, int *esc)
     const char *p = *pp + 1, *start = p;
     *esc = 0;
     for (;;) {
-        while (p < end && !str_special(*p))
-            p++;
+        p = scan_plain(p, end);
         if (p >= end || (unsigned char)*p < 0x20)
             return -1;
         if (*p == '"')

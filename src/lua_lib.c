@@ -80,13 +80,13 @@ static const char *check_str(lua_State *L, int idx, const char *fname, size_t *l
 
 static lua_Integer opt_integer(lua_State *L, int idx, const char *fname, lua_Integer def)
 {
+    int ok = 0;
+    lua_Integer v = lua_tointegerx(L, idx, &ok); /* the usual case in one call */
+    if (ok)
+        return v;
     if (lua_isnoneornil(L, idx))
         return def;
-    int ok = 0;
-    lua_Integer v = lua_tointegerx(L, idx, &ok);
-    if (!ok)
-        type_error(L, fname, idx, lua_isnumber(L, idx) ? "integer" : "number");
-    return v;
+    return type_error(L, fname, idx, lua_isnumber(L, idx) ? "integer" : "number");
 }
 
 /* ============================================================ coroutine.wrap */

@@ -2,13 +2,18 @@
  *
  * 1. A table of valid texts with the Lua value each must give (types, the
  *    integer/float subtype, values, keys) and of invalid texts with the
- *    message each must give: every grammar rule of json_decode.h.
+ *    message each must give: every grammar rule of json_decode.h; and the
+ *    decoder's fast paths against their fall-backs: kept keys and kept
+ *    values (repeated, differing in one byte, empty, escaped, long), keys
+ *    past the kept ones, duplicate keys (kept, escaped, not kept),
+ *    max_values reached inside an object.
  * 2. Long arrays and objects (flushed into their tables in chunks), deep
  *    nesting with many members per level (the stack budget), duplicate keys
  *    across a chunk boundary.
  * 3. Differential: thousands of random valid documents (seeded PRNG: nested
  *    objects and arrays, strings with every escape, surrogate pairs, raw
- *    UTF-8 and raw invalid bytes, numbers of every shape) decoded by the new
+ *    UTF-8 and raw invalid bytes, numbers of every shape, arrays of records
+ *    whose keys and values repeat) decoded by the new
  *    decoder and by the old path of host.json.decode (lua-cjson's
  *    cjson.safe.decode, then integral floats below 2^53 → integers):
  *    exactly the same value.
@@ -134,6 +139,35 @@ static const struct {
     {"[{\"id\":7},{\"id\":7.0},{\"id\":\"7\"}]", "{{id = 7}, {id = 7}, {id = '7'}}"},
     {"{\"exp\":1795748474,\"f\":1.5,\"n\":null}", "{exp = 1795748474, f = 1.5, n = null}"},
     {"[[[[7]]]]", "{{{{7}}}}"},
+    /* kept keys (the first 8 distinct ones) and the last string value of each: the same
+     * value again, values differing in their first byte, their last, their length, an
+     * empty one, one spelled with an escape, one that is no string */
+    {"[{\"id\":\"a\",\"s\":\"x\"},{\"id\":\"b\",\"s\":\"x\"},{\"s\":\"x\",\"id\":\"b\"}]",
+     "{{id = 'a', s = 'x'}, {id = 'b', s = 'x'}, {s = 'x', id = 'b'}}"},
+    {"[{\"v\":\"abc\"},{\"v\":\"xbc\"},{\"v\":\"abx\"},{\"v\":\"ab\"},{\"v\":\"\"},{\"v\":\"\"},"
+     "{\"v\":\"a\\u0062\"},{\"v\":\"ab\"},{\"v\":1},{\"v\":\"1\"},{\"v\":\"abc\"}]",
+     "{{v = 'abc'}, {v = 'xbc'}, {v = 'abx'}, {v = 'ab'}, {v = ''}, {v = ''}, {v = 'ab'}, "
+     "{v = 'ab'}, {v = 1}, {v = '1'}, {v = 'abc'}}"},
+    {"[{\"a\":\"x\",\"b\":\"x\"},{\"b\":\"y\",\"a\":\"x\"}]", "{{a = 'x', b = 'x'}, {b = 'y', a = 'x'}}"},
+    /* duplicates: of a kept key, of a kept key spelled with an escape (either first), of
+     * a key past the 8 kept ones, of a key too long to keep (41 bytes) */
+    {"{\"id\":1,\"s\":2,\"id\":3}", "{id = 3, s = 2}"},
+    {"{\"id\":1,\"i\\u0064\":2}", "{id = 2}"},
+    {"{\"i\\u0064\":1,\"id\":2}", "{id = 2}"},
+    {"{\"k1\":1,\"k2\":2,\"k3\":3,\"k4\":4,\"k5\":5,\"k6\":6,\"k7\":7,\"k8\":8,\"k9\":9,"
+     "\"k10\":10,\"k9\":\"9b\",\"k1\":\"1b\"}",
+     "{k1 = '1b', k2 = 2, k3 = 3, k4 = 4, k5 = 5, k6 = 6, k7 = 7, k8 = 8, k9 = '9b', k10 = 10}"},
+    {"{\"01234567890123456789012345678901234567890\":1,\"a\":2,"
+     "\"01234567890123456789012345678901234567890\":3}",
+     "{['01234567890123456789012345678901234567890'] = 3, a = 2}"},
+    /* nested arrays under kept keys, long string values (not interned by Lua) again */
+    {"{\"a\":[[1,2],[3]],\"b\":[[],[[4]]],\"c\":{\"a\":[[5]]}}",
+     "{a = {{1, 2}, {3}}, b = {{}, {{4}}}, c = {a = {{5}}}}"},
+    {"[{\"t\":\"0123456789012345678901234567890123456789xx\"},"
+     "{\"t\":\"0123456789012345678901234567890123456789xx\"},"
+     "{\"t\":\"0123456789012345678901234567890123456789xy\"}]",
+     "{{t = ('0123456789'):rep(4) .. 'xx'}, {t = ('0123456789'):rep(4) .. 'xx'}, "
+     "{t = ('0123456789'):rep(4) .. 'xy'}}"},
 };
 
 static const struct {
@@ -323,6 +357,9 @@ static void test_tables(lua_State *L)
         {"{\"a\":1,\"b\":[true,null]}", 5, 18},
         {"[[],[],{}]", 4, 8},
         {" [ \"x\" , {\"k\":\"v\"} ] ", 4, 15},
+        /* reached inside an object, at a value kept for its key */
+        {"[{\"id\":\"a\",\"s\":\"x\"},{\"id\":\"b\",\"s\":\"x\"}]", 7, 35},
+        {"[{\"id\":\"a\",\"s\":\"x\"},{\"id\":\"b\",\"s\":[[\"x\"]]}]", 9, 37},
     };
     for (size_t i = 0; i < sizeof counted / sizeof counted[0]; i++) {
         const char *js = counted[i].json;
@@ -624,6 +661,45 @@ static void gen_string(sbuf *b)
     puts_(b, "\"");
 }
 
+static void gen_value(sbuf *b, int depth);
+
+/* A string value of a small pool: the decoder keeps the last string value of each kept
+ * key and pushes it again when the same (push_text); these repeat, differ in the first
+ * or the last byte or in length, are empty, spell another one with an escape, are long
+ * (not interned by Lua), are UTF-8 */
+static void gen_pooled(sbuf *b)
+{
+    static const char *const pool[] = {
+        "\"x\"", "\"y\"", "\"xy\"", "\"yy\"", "\"xx\"", "\"\"", "\"x\\u0079\"", "\"\\\"\"",
+        "\"进行中\"", "\"已完成\"", "\"0123456789012345678901234567890123456789xx\"",
+        "\"0123456789012345678901234567890123456789xy\"", "\"1\"", "1", "null",
+    };
+    puts_(b, pool[below(sizeof pool / sizeof pool[0])]);
+}
+
+/* An array of records: objects with keys of one small set, in any order, sometimes one
+ * twice, values mostly pooled (the common shape of a batch) */
+static void gen_records(sbuf *b, int depth)
+{
+    static const char *const keys[] = {"\"id\"", "\"status\"", "\"s\"", "\"i\\u0064\""};
+    puts_(b, "[");
+    for (uint32_t i = 0, n = below(12); i < n; i++) {
+        puts_(b, i ? ",{" : "{");
+        for (uint32_t k = 0, m = below(4); k < m; k++) {
+            if (k)
+                puts_(b, ",");
+            puts_(b, keys[below(sizeof keys / sizeof keys[0])]);
+            puts_(b, ":");
+            if (below(8) == 0)
+                gen_value(b, depth + 2);
+            else
+                gen_pooled(b);
+        }
+        puts_(b, "}");
+    }
+    puts_(b, "]");
+}
+
 static void gen_value(sbuf *b, int depth)
 {
     gen_ws(b);
@@ -656,6 +732,10 @@ static void gen_value(sbuf *b, int depth)
         break;
     case 6:
     case 7: {
+        if (below(4) == 0) {
+            gen_records(b, depth);
+            break;
+        }
         puts_(b, "[");
         uint32_t n = below(5) ? below(6) : below(40);
         for (uint32_t i = 0; i < n; i++) {
@@ -698,7 +778,10 @@ static void gen_value(sbuf *b, int depth)
             }
             gen_ws(b);
             puts_(b, ":");
-            gen_value(b, depth + 1);
+            if (below(4) == 0)
+                gen_pooled(b);
+            else
+                gen_value(b, depth + 1);
         }
         gen_ws(b);
         puts_(b, "}");

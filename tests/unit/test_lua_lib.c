@@ -486,6 +486,7 @@ static void test_table_new(lua_State *L)
         "for i = 1, 100 do t[i] = i end t.a = 1 t.b = 2 t.c = 3\n"
         "eq(#t, 100, 'grows past its room') eq(t.c, 3)\n"
         "eq(next(host.table_new()), nil, 'no sizes: {}') eq(next(host.table_new(0, 0)), nil)\n"
+        "eq(next(host.table_new(nil, 3)), nil, 'nil: 0') eq(next(host.table_new('2', 1.0)), nil)\n"
         "eq(type(host.table_new(16777216, 0)), 'table', 'the cap itself')\n"
         "raises('host.table_new: bad argument #1 (must not be negative)', host.table_new, -1, 0)\n"
         "raises('host.table_new: bad argument #2 (must not be negative)', host.table_new, 0, -1)\n"
