@@ -132,6 +132,9 @@ function lib.validate(text)
   return job
 end
 
+-- the POST's headers: one table for every job (host.http.request only reads it)
+local post_headers = { ["Content-Type"] = "application/json" }
+
 -- dispatch: hand the batch to the remote. → true | nil, "why"
 -- The seed's remote answers only when the whole job is done, so this may wait as long
 -- as the job; updates are forwarded meanwhile by on_publish.
@@ -150,7 +153,7 @@ function lib.dispatch(conn, job)
     -- host.http.request raises on a URL it cannot use: that is a failed dispatch too
     local called, res, err = pcall(host.http.request, {
       method = "POST", url = cfg.remote_url, body = body,
-      headers = { ["Content-Type"] = "application/json" },
+      headers = post_headers,
       timeout_ms = cfg.job_timeout_ms,
     })
     if not called then return nil, tostring(res) end
