@@ -996,7 +996,7 @@ static int read_job(lua_State *L, lua_Integer *n, lua_Integer *ndone, const char
  * entry made are the policy's memory, and may raise). Leaves a->handled 0 for on_publish
  * to decide (a finished job, another channel, an id that is no task of it, the update
  * that completes it, tables not shaped as the default policy's or with metatables).
- * → job, job.done, id (for track_update to undo the entry). */
+ * → job.done, id (for track_update to undo the entry). */
 static int track_update_p(lua_State *L)
 {
     track_arg *a = lua_touserdata(L, 1);
@@ -1064,10 +1064,9 @@ static int track_update_p(lua_State *L)
         m->p = NULL;
     else
         *m = (track_memo){a->p, g, seq, grows, ch, chlen, n, next, has_done};
-    lua_pushvalue(L, 3);
     lua_pushvalue(L, 10);
     lua_pushvalue(L, 5);
-    return 3;
+    return 2;
 }
 
 /* Is a task of no connection ready to run, but for an on_close (of a connection that
@@ -1100,10 +1099,8 @@ static int track_update(sh_pconn *p, sh_conn *c, const char *channel, size_t cha
         return 0;
     int top = lua_gettop(L);
     track_arg a = {p, channel, channel_len, {{0}}, 0, 0, 0};
-    lua_rawgeti(L, LUA_REGISTRYINDEX, g->track_ref); /* track_update_p(a, conn, job, done) */
-    lua_pushlightuserdata(L, &a);
     lua_rawgeti(L, LUA_REGISTRYINDEX, p->ud_ref);
-    int tracked = lua_getiuservalue(L, top + 3, 3) == LUA_TTABLE; /* the job */
+    int tracked = lua_getiuservalue(L, top + 1, 3) == LUA_TTABLE; /* the job, kept at top + 2 */
     /* a status that is no plain string (a number, true, false, null) may be done too: a
      * done set can hold any key (done_statuses = {"done", 7}), on_publish looks it up */
     if (!tracked || sh_json_flat(payload, payload_len, names, 2, a.f) != 0 ||
@@ -1112,10 +1109,14 @@ static int track_update(sh_pconn *p, sh_conn *c, const char *channel, size_t cha
         lua_settop(L, top);
         return 0;
     }
-    lua_getiuservalue(L, top + 3, 4); /* the done statuses */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->track_ref); /* track_update_p(a, conn, job, done) */
+    lua_pushlightuserdata(L, &a);
+    lua_pushvalue(L, top + 1);
+    lua_pushvalue(L, top + 2);
+    lua_getiuservalue(L, top + 1, 4); /* the done statuses */
     int capped = g->capped;
     g->capped = 1;
-    if (lua_pcall(L, 4, 3, 0) != LUA_OK)
+    if (lua_pcall(L, 4, 2, 0) != LUA_OK) /* → job.done (top + 3), id (top + 4) */
         a.handled = 0; /* out of memory: on_publish decides (and fails the same way) */
     g->capped = capped;
     /* sent outside the protected call: a close inside it (a slow consumer) is the host's
@@ -1125,12 +1126,12 @@ static int track_update(sh_pconn *p, sh_conn *c, const char *channel, size_t cha
     } else if (a.handled && a.newly) {
         /* not sent: not done, as when conn:send fails in on_publish (an existing key of
          * each table set again: no allocation) */
-        lua_pushvalue(L, top + 3);
+        lua_pushvalue(L, top + 4);
         lua_pushnil(L);
-        lua_rawset(L, top + 2);
+        lua_rawset(L, top + 3);
         lua_pushliteral(L, "ndone");
         lua_pushinteger(L, a.ndone);
-        lua_rawset(L, top + 1);
+        lua_rawset(L, top + 2);
         memo_of(p)->p = NULL;
     }
     lua_settop(L, top);
