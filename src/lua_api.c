@@ -17,6 +17,7 @@
 #include <openssl/rand.h>
 
 #include "log.h"
+#include "lua_budget.h"
 #include "lua_io.h"
 #include "lua_lib.h"
 #include "metrics.h"
@@ -759,21 +760,27 @@ static int config_not_yet(lua_State *L)
                          "table at load time)", lua_tostring(L, 2));
 }
 
-/* track_update_p's upvalues: the names of the job's fields, made once per state */
-enum { K_FINISHED = 1, K_CHANNEL, K_TASKS, K_N, K_NDONE, K_DONE, K_COUNT = K_DONE };
-static const char *const track_keys[K_COUNT] = {"finished", "channel", "tasks", "n", "ndone",
-                                                "done"};
-static char track_fn_key; /* registry: track_update_p with its upvalues */
+/* track_update_p's upvalues: the names of the job's fields, made once per state, then the
+ * status string of the last update it looked up (K_STATUS, nil at first): the next update
+ * with the same status, the usual case, pushes that string instead of hashing and looking
+ * up its bytes in Lua's string table again */
+enum { K_FINISHED = 1, K_CHANNEL, K_TASKS, K_N, K_NDONE, K_DONE, K_STATUS, K_UPVALUES = K_STATUS,
+       K_KEYS = K_DONE };
+static const char *const track_keys[K_KEYS] = {"finished", "channel", "tasks", "n", "ndone",
+                                               "done"};
+#define STATUS_KEPT_MAX 64 /* bytes: a longer status is not kept between updates */
 
 static int track_update_p(lua_State *L);
 
 void sh_lua_api_open(lua_State *L, sh_gen *g)
 {
     sh_io_open(L);
-    for (int k = 0; k < K_COUNT; k++)
+    for (int k = 0; k < K_KEYS; k++)
         lua_pushstring(L, track_keys[k]);
-    lua_pushcclosure(L, track_update_p, K_COUNT);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &track_fn_key);
+    for (int k = K_KEYS + 1; k <= K_UPVALUES; k++)
+        lua_pushnil(L); /* K_STATUS */
+    lua_pushcclosure(L, track_update_p, K_UPVALUES);
+    g->track_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* an integer key: no hashing per update */
     luaL_newmetatable(L, CONN_MT);
     int mt = lua_gettop(L);
     lua_pushboolean(L, 0); /* getmetatable(conn) is false: see conn_index */
@@ -907,42 +914,135 @@ static int plain_table(lua_State *L, int i)
     return 0;
 }
 
+/* Is the value lua_rawget answered (of type t, at the top) true as Lua counts it? */
+static int truthy(lua_State *L, int t)
+{
+    return t != LUA_TNIL && (t != LUA_TBOOLEAN || lua_toboolean(L, -1));
+}
+
+/* Push the status string s, the one kept in upvalue K_STATUS when it has these bytes (no
+ * hashing, no lookup in Lua's string table); else a new one, then kept (when short). */
+static void push_status(lua_State *L, const char *s, size_t len)
+{
+    size_t kl;
+    const char *k = lua_tolstring(L, lua_upvalueindex(K_STATUS), &kl); /* nil: NULL */
+    if (k && kl == len && memcmp(k, s, len) == 0) {
+        lua_pushvalue(L, lua_upvalueindex(K_STATUS));
+        return;
+    }
+    lua_pushlstring(L, s, len);
+    if (len <= STATUS_KEPT_MAX) {
+        lua_pushvalue(L, -1);
+        lua_replace(L, lua_upvalueindex(K_STATUS));
+    }
+}
+
+/* A job as the core left it after handling an update of it. Its fields can change only
+ * when Lua runs: a task, or a finalizer (__gc) run by a collection step. While no task has
+ * begun since (sh_budget_seq) and the state has not grown (g->grows: a step starts only
+ * once allocations have grown the state past the collector's debt, and track_update_p
+ * takes the memo right after a check that settles that debt, with no growth after it),
+ * the job is as read then: the next update of the same connection is decided on the memo,
+ * without checking the job's tables and fields again. One memo per connection, in a
+ * small table of slots (a connection that shares its slot with another is read in full). */
+typedef struct track_memo {
+    const sh_pconn *p;   /* NULL: none */
+    const sh_gen *g;
+    long seq;            /* sh_budget_seq() then */
+    uint64_t grows;      /* g->grows then */
+    const char *channel; /* job.channel's bytes (its string, kept by the unchanged job) */
+    size_t channel_len;
+    lua_Integer n, ndone; /* job.n, job.ndone as the core left them */
+    int has_done;        /* job.done was read: a plain table */
+} track_memo;
+
+#define MEMO_SLOTS 64
+static track_memo memos[MEMO_SLOTS];
+
+static track_memo *memo_of(const sh_pconn *p)
+{
+    return &memos[((uintptr_t)p / sizeof(void *)) * 2654435761u % MEMO_SLOTS];
+}
+
+/* Forget every memo (a full collection ran finalizers with no task begun). */
+static void memo_drop_all(void)
+{
+    memset(memos, 0, sizeof memos);
+}
+
+/* The fields of the job (3) read and checked as the default policy's shape, pushing job.tasks
+ * → 1, with *n, *ndone, *ch, *chlen; 0 when the job is left to on_publish. */
+static int read_job(lua_State *L, lua_Integer *n, lua_Integer *ndone, const char **ch,
+                    size_t *chlen)
+{
+    int top = lua_gettop(L);
+    /* lua_getmetatable pushes only when it returns 1 */
+    if (lua_getmetatable(L, 3) || lua_getmetatable(L, 4) ||
+        raw_get(L, 3, K_FINISHED) != LUA_TNIL || raw_get(L, 3, K_CHANNEL) != LUA_TSTRING ||
+        !(*ch = lua_tolstring(L, -1, chlen)) || raw_get(L, 3, K_N) != LUA_TNUMBER ||
+        !lua_isinteger(L, -1) || raw_get(L, 3, K_NDONE) != LUA_TNUMBER || !lua_isinteger(L, -1))
+        return 0;
+    *n = lua_tointeger(L, top + 3);
+    *ndone = lua_tointeger(L, top + 4);
+    raw_get(L, 3, K_TASKS);
+    if (!plain_table(L, -1))
+        return 0;
+    lua_replace(L, top + 1); /* over finished (nil); the channel's string stays below */
+    lua_settop(L, top + 2);
+    return 1;
+}
+
 /* Protected, under the generation's lua_max_memory (the strings pushed and the job.done
  * entry made are the policy's memory, and may raise). Leaves a->handled 0 for on_publish
  * to decide (a finished job, another channel, an id that is no task of it, the update
  * that completes it, tables not shaped as the default policy's or with metatables).
- * → job, job.done, id (for track_update to undo the entry). */
+ * → job.done, id (for track_update to undo the entry). */
 static int track_update_p(lua_State *L)
 {
     track_arg *a = lua_touserdata(L, 1);
-    /* 2: conn, 3: job, 4: done statuses (track_update's arguments) */
-    size_t chlen;
+    sh_gen *g = a->p->gen;
+    /* 2: conn, 3: job, 4: done statuses (track_update's arguments; both tables, as
+     * track_update and conn_track checked). The strings first: a collection step their
+     * allocation may start (and the finalizers it runs) comes before the job is read. */
+    lua_pushlstring(L, a->f[0].p, a->f[0].len); /* 5: id */
+    if (a->f[1].kind == SH_JSON_STRING)
+        push_status(L, a->f[1].p, a->f[1].len); /* 6: status */
+    else
+        lua_pushnil(L);
+    long seq = sh_budget_seq();
+    uint64_t grows = g->grows; /* the collector's debt is settled here (lua_pushlstring) */
+    lua_Integer n, ndone;
     const char *ch;
-    if (!plain_table(L, 3) || !plain_table(L, 4) || raw_get(L, 3, K_FINISHED) != LUA_TNIL ||
-        raw_get(L, 3, K_CHANNEL) != LUA_TSTRING || !(ch = lua_tolstring(L, -1, &chlen)) ||
-        chlen != a->channel_len || memcmp(ch, a->channel, chlen) != 0 ||
-        (raw_get(L, 3, K_TASKS), !plain_table(L, -1)) || raw_get(L, 3, K_N) != LUA_TNUMBER ||
-        !lua_isinteger(L, -1) || raw_get(L, 3, K_NDONE) != LUA_TNUMBER || !lua_isinteger(L, -1))
+    size_t chlen;
+    track_memo *m = memo_of(a->p);
+    int cached = m->p == a->p && m->g == g && m->seq == seq && m->grows == grows;
+    if (cached) { /* the job's tables are plain and its fields of the right types */
+        n = m->n;
+        ndone = m->ndone;
+        ch = m->channel;
+        chlen = m->channel_len;
+        raw_get(L, 3, K_TASKS); /* 7: job.tasks */
+        lua_pushnil(L);         /* 8: (job.channel) */
+    } else if (!read_job(L, &n, &ndone, &ch, &chlen)) { /* 7: job.tasks, 8: job.channel */
         return 0;
-    /* 5 finished, 6 channel, 7 tasks, 8 n, 9 ndone */
-    lua_Integer n = lua_tointeger(L, 8), ndone = lua_tointeger(L, 9);
-    lua_pushlstring(L, a->f[0].p, a->f[0].len); /* 10: id */
-    lua_pushvalue(L, 10);
-    lua_rawget(L, 7);
-    if (!lua_toboolean(L, -1))
+    }
+    if (chlen != a->channel_len || memcmp(ch, a->channel, chlen) != 0)
+        return 0;
+    lua_pushvalue(L, 5);
+    if (!truthy(L, lua_rawget(L, 7))) /* 9: job.tasks[id] */
         return 0; /* not a task of the job: a foreign update */
-    int newly = 0;
-    lua_pushnil(L); /* 12: job.done, when the update is a done status */
+    int newly = 0, has_done = cached && m->has_done;
+    lua_pushnil(L); /* 10: job.done, when the update is a done status */
     if (a->f[1].kind == SH_JSON_STRING) {
-        lua_pushlstring(L, a->f[1].p, a->f[1].len);
+        lua_pushvalue(L, 6);
         if (lua_rawget(L, 4) == LUA_TBOOLEAN && lua_toboolean(L, -1)) { /* a done status */
             raw_get(L, 3, K_DONE);
-            if (!plain_table(L, -1))
+            if (!has_done && !plain_table(L, -1))
                 return 0;
-            lua_replace(L, 12);
-            lua_pushvalue(L, 10);
-            lua_rawget(L, 12);
-            newly = !lua_toboolean(L, -1);
+            has_done = 1;
+            lua_replace(L, 10);
+            lua_pushvalue(L, 5);
+            newly = !truthy(L, lua_rawget(L, 10));
         }
     }
     /* job.ndone + 1 as Lua counts it: wrapping around (C's signed overflow is undefined) */
@@ -950,9 +1050,9 @@ static int track_update_p(lua_State *L)
     if (next == n)
         return 0; /* complete: on_publish finishes the job */
     if (newly) { /* the new entry first (it may raise), then the count (an existing key) */
-        lua_pushvalue(L, 10);
+        lua_pushvalue(L, 5);
         lua_pushboolean(L, 1);
-        lua_rawset(L, 12);
+        lua_rawset(L, 10);
         lua_pushvalue(L, lua_upvalueindex(K_NDONE));
         lua_pushinteger(L, next);
         lua_rawset(L, 3);
@@ -960,10 +1060,13 @@ static int track_update_p(lua_State *L)
     a->ndone = ndone;
     a->newly = newly;
     a->handled = 1;
-    lua_pushvalue(L, 3);
-    lua_pushvalue(L, 12);
+    if (g->grows != grows) /* the entry grew job.done: the debt may be due again */
+        m->p = NULL;
+    else
+        *m = (track_memo){a->p, g, seq, grows, ch, chlen, n, next, has_done};
     lua_pushvalue(L, 10);
-    return 3;
+    lua_pushvalue(L, 5);
+    return 2;
 }
 
 /* Is a task of no connection ready to run, but for an on_close (of a connection that
@@ -995,9 +1098,9 @@ static int track_update(sh_pconn *p, sh_conn *c, const char *channel, size_t cha
         !lua_checkstack(L, 16))
         return 0;
     int top = lua_gettop(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, p->ud_ref);
-    int tracked = lua_getiuservalue(L, top + 1, 3) == LUA_TTABLE; /* the job */
     track_arg a = {p, channel, channel_len, {{0}}, 0, 0, 0};
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->ud_ref);
+    int tracked = lua_getiuservalue(L, top + 1, 3) == LUA_TTABLE; /* the job, kept at top + 2 */
     /* a status that is no plain string (a number, true, false, null) may be done too: a
      * done set can hold any key (done_statuses = {"done", 7}), on_publish looks it up */
     if (!tracked || sh_json_flat(payload, payload_len, names, 2, a.f) != 0 ||
@@ -1006,13 +1109,14 @@ static int track_update(sh_pconn *p, sh_conn *c, const char *channel, size_t cha
         lua_settop(L, top);
         return 0;
     }
-    lua_getiuservalue(L, top + 1, 4); /* the done statuses */
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &track_fn_key);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->track_ref); /* track_update_p(a, conn, job, done) */
     lua_pushlightuserdata(L, &a);
-    lua_rotate(L, top + 1, 2); /* track_update_p(a, conn, job, done) */
+    lua_pushvalue(L, top + 1);
+    lua_pushvalue(L, top + 2);
+    lua_getiuservalue(L, top + 1, 4); /* the done statuses */
     int capped = g->capped;
     g->capped = 1;
-    if (lua_pcall(L, 4, 3, 0) != LUA_OK)
+    if (lua_pcall(L, 4, 2, 0) != LUA_OK) /* → job.done (top + 3), id (top + 4) */
         a.handled = 0; /* out of memory: on_publish decides (and fails the same way) */
     g->capped = capped;
     /* sent outside the protected call: a close inside it (a slow consumer) is the host's
@@ -1022,12 +1126,13 @@ static int track_update(sh_pconn *p, sh_conn *c, const char *channel, size_t cha
     } else if (a.handled && a.newly) {
         /* not sent: not done, as when conn:send fails in on_publish (an existing key of
          * each table set again: no allocation) */
-        lua_pushvalue(L, top + 3);
+        lua_pushvalue(L, top + 4);
         lua_pushnil(L);
-        lua_rawset(L, top + 2);
+        lua_rawset(L, top + 3);
         lua_pushliteral(L, "ndone");
         lua_pushinteger(L, a.ndone);
-        lua_rawset(L, top + 1);
+        lua_rawset(L, top + 2);
+        memo_of(p)->p = NULL;
     }
     lua_settop(L, top);
     return a.handled;
@@ -1258,6 +1363,7 @@ static void collect(sh_gen *g, uint64_t gap_ns)
     if (now - g->last_full_gc < gap_ns)
         return;
     g->last_full_gc = now;
+    memo_drop_all(); /* its finalizers are Lua code, run with no task begun */
     lua_gc(g->L, LUA_GCCOLLECT);
 }
 

@@ -152,6 +152,8 @@ void sh_budget_begin(lua_State *L, uint64_t max)
 
 long sh_budget_run(void) { return (long)active; }
 
+long sh_budget_seq(void) { return (long)seq; }
+
 void sh_budget_end(lua_State *L)
 {
     active = 0;

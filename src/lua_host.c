@@ -178,8 +178,10 @@ static void *gen_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         memcpy(p, ptr, old < nsize ? old : nsize);
         blk_give(g, ptr, old);
     }
-    if (p)
+    if (p) {
         g->mem = g->mem - old + nsize;
+        g->grows += nsize > old;
+    }
     return p;
 }
 

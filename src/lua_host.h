@@ -135,6 +135,7 @@ struct sh_gen {
     size_t nreal_ip;
     int hook_ref[SH_HOOK_COUNT]; /* registry refs, LUA_NOREF when absent */
     int routes_ref;              /* registry ref of `routes`, LUA_NOREF when absent */
+    int track_ref;               /* registry ref of lua_api.c's track_update_p closure */
     sh_owner detached;           /* owner of what belongs to no connection */
     lua_State **pool;            /* idle threads, anchored in pool_ref table */
     int npool;
@@ -144,6 +145,7 @@ struct sh_gen {
     int exiting;                 /* serves no new connection (reloaded, or a graceful stop):
                                   * host.exiting() */
     size_t mem, mem_max;         /* bytes the state uses; cap while tasks run (0: none) */
+    uint64_t grows;              /* allocations that grew the state, ever (lua_api.c's track memo) */
     void *blk_free[SH_BLK_CLASSES]; /* freed small blocks of the state, per size class */
     size_t blk_bytes;            /* bytes held in blk_free (at most SH_BLK_HELD_MAX) */
     int capped;                  /* the cap applies now (a task runs) */

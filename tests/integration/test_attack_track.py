@@ -203,6 +203,139 @@ def the_cores_job_done_entries_count_against_lua_max_memory():
         ws.shutdown()
 
 
+def op(ws, **m):
+    """A change of the probe's job (policies/attack_track.lua), done once "ok" arrives."""
+    ws.send_text(json.dumps(m))
+    assert ws.recv() == (OP_TEXT, b"ok")
+
+
+def state(ws):
+    ws.send_text("state")
+    op_, p = ws.recv()
+    assert op_ == OP_TEXT, (op_, p)
+    return json.loads(p)
+
+
+def done(prefix, *ids, status="done"):
+    return [('{"id":"%s%s","status":"%s"}' % (prefix, i, status)).encode() for i in ids]
+
+
+@S.test
+def the_jobs_changes_between_updates_are_seen():
+    """The core decides an update of a job it left unchanged on what it noted then (no Lua
+    ran since): a policy that removes a task, or sets job.ndone, between two updates has
+    the next update judged on the job as it now is. A removed task's update is dropped
+    (on_publish: a foreign id); after job.ndone = 3 of 5, the 2nd next done update
+    completes the job (close 1000).
+    fails on old: no (a memo kept past the policy's change would forward a3, and count a5
+    as the 4th of 5: no close)."""
+    with host(PROBE) as sh:
+        ws, channel = probe(sh, count=5, prefix="a")
+        seq = done("a", 1, 2)
+        assert publish(channel, seq) == [1, 1]  # one read: the 2nd on the core's note
+        assert [ws.recv(), ws.recv()] == [(OP_TEXT, p) for p in seq]
+        op(ws, op="untask", id="a3")
+        run = b'{"id":"a4","status":"running"}'
+        assert publish(channel, done("a", 3) + [run]) == [1, 1]
+        assert ws.recv() == (OP_TEXT, run)  # a3 is no task of the job any more
+        assert state(ws)["ndone"] == "2"
+        op(ws, op="ndone", v=3)
+        last = done("a", 4, 5)
+        assert publish(channel, last) == [1, 1]
+        frames, code = read_to_close(ws, "the job's completion at ndone 5")
+        assert frames == last and code == 1000, (frames, code)
+        # a1, a2, a4 done (a3 went to on_publish, and a4 running, behind it, with it)
+        assert sh.metrics()["statushost_updates_tracked_total"] == 3, sh.metrics()["statushost_updates_tracked_total"]
+        ws.shutdown()
+
+
+@S.test
+def a_finished_job_a_new_channel_or_new_tasks_table_are_seen():
+    """Between two updates the policy sets job.finished, or moves job.channel, or puts a
+    new table in job.tasks (then removes a task from it): the next update of the job on its
+    old channel is not sent (on_publish: finished, another channel), and the core reads
+    the new job.tasks, not the one it saw before."""
+    with host(PROBE) as sh:
+        for change in ({"op": "finish"}, {"op": "channel", "v": "elsewhere"}):
+            ws, channel = probe(sh, count=4, prefix="b")
+            seq = done("b", 1)
+            assert publish(channel, seq) == [1]
+            assert ws.recv() == (OP_TEXT, seq[0])
+            op(ws, **change)
+            assert publish(channel, done("b", 2)) == [1]
+            assert state(ws)["ndone"] == "1", change  # b2 neither sent nor counted
+            ws.shutdown()
+        ws, channel = probe(sh, count=4, prefix="c")
+        assert publish(channel, done("c", 1)) == [1]
+        assert ws.recv() == (OP_TEXT, done("c", 1)[0])
+        op(ws, op="newtasks")
+        op(ws, op="untask", id="c2")
+        seq = done("c", 2, 3)
+        assert publish(channel, seq) == [1, 1]
+        assert ws.recv() == (OP_TEXT, seq[1])
+        assert state(ws)["ndone"] == "2"
+        ws.shutdown()
+
+
+@S.test
+def a_metatable_set_between_updates_is_not_bypassed():
+    """A __newindex put on job.done after the core handled an update of the job: the next
+    done updates make their entries through it (on_publish), in a burst as one at a time."""
+    with host(PROBE) as sh:
+        ws, channel = probe(sh, count=5, prefix="d")
+        seq = done("d", 1)
+        assert publish(channel, seq) == [1]
+        assert ws.recv() == (OP_TEXT, seq[0])
+        op(ws, op="hook_done")
+        seq = done("d", 2, 3)
+        assert publish(channel, seq) == [1, 1]
+        assert [ws.recv(), ws.recv()] == [(OP_TEXT, p) for p in seq]
+        assert state(ws) == {"ndone": "3", "hooked": 2}
+        assert sh.metrics()["statushost_updates_tracked_total"] == 1
+        ws.shutdown()
+
+
+@S.test
+def the_done_statuses_are_read_at_each_update():
+    """The status string the core keeps between updates is only a string: a status taken out
+    of the done set between two updates no longer counts, put back it counts again; a
+    status of over 64 bytes (not kept) and one that is not done alternate with it."""
+    with host(PROBE) as sh:
+        ws, channel = probe(sh, count=6, prefix="e")
+        assert publish(channel, done("e", 1)) == [1]
+        assert ws.recv() == (OP_TEXT, done("e", 1)[0])
+        op(ws, op="undone", v="done")
+        assert publish(channel, done("e", 2)) == [1]
+        assert ws.recv() == (OP_TEXT, done("e", 2)[0])
+        assert state(ws)["ndone"] == "1"
+        op(ws, op="redone", v="done")
+        seq = (done("e", 2) + done("e", 3, status="x" * 100) + done("e", 3) +
+               done("e", 4, status="running") + done("e", 4))
+        assert publish(channel, seq) == [1] * len(seq)
+        assert [ws.recv() for _ in seq] == [(OP_TEXT, p) for p in seq]
+        assert state(ws)["ndone"] == "4"
+        assert sh.metrics()["statushost_updates_tracked_total"] == 7
+        ws.shutdown()
+
+
+@S.test
+def a_foreign_id_and_the_last_update_in_a_burst():
+    """In one read: a done update, one of no task of the job (a new string: the core reads
+    the job again), another done update; then the rest of the job's done updates, the last
+    completing it: the foreign one is dropped, the last goes to on_publish (close 1000)."""
+    with host(PROBE) as sh:
+        ws, channel = probe(sh, count=5, prefix="f")
+        seq = done("f", 1) + [b'{"id":"nope-not-a-task","status":"done"}'] + done("f", 2)
+        assert publish(channel, seq) == [1, 1, 1]
+        assert [ws.recv(), ws.recv()] == [(OP_TEXT, seq[0]), (OP_TEXT, seq[2])]
+        rest = done("f", 3, 4, 5)
+        assert publish(channel, rest) == [1, 1, 1]
+        frames, code = read_to_close(ws, "the job's completion")
+        assert frames == rest and code == 1000, (frames, code)
+        assert sh.metrics()["statushost_updates_tracked_total"] >= 3  # f1, f3, f4 at least
+        ws.shutdown()
+
+
 # ---------------------------------------------------------------- a hostile remote
 
 CANCEL_CHANNEL = r"""

@@ -6,7 +6,12 @@
 -- "ndone": K | "maxinteger", "ballast_to": BYTES} → a job of the tasks P1..PN (n and
 -- ndone as given, integers), tracked; with ballast_to, Lua memory is first filled up to
 -- that many bytes (kept in conn.state). The answer: {"channel": ..., "track": true | why}.
--- Any later message "state" → {"ndone": job.ndone (as a string: it may be past 2^53)}.
+-- Any later message "state" → {"ndone": job.ndone (as a string: it may be past 2^53)}; a
+-- later JSON object {"op": ...} changes the job between updates, as a policy may (the answer,
+-- "ok", comes once it is done): "untask" id (job.tasks[id] = nil), "ndone" v, "finish",
+-- "channel" v, "newtasks" (job.tasks a new table of the same tasks), "hook_done"
+-- (a __newindex on job.done that counts in job.hooked), "undone" v (done_status[v] = nil),
+-- "redone" v (done_status[v] = true).
 local host = require "statushost"
 local json = require "cjson.safe"
 
@@ -24,9 +29,33 @@ end
 
 function policy.on_message(conn, text)
   local job = conn.state.job
-  if job then return conn:send(json.encode({ ndone = tostring(job.ndone) })) end
+  if job then
+    local m = json.decode(text)
+    if type(m) ~= "table" then
+      return conn:send(json.encode({ ndone = tostring(job.ndone), hooked = job.hooked }))
+    end
+    if m.op == "untask" then job.tasks[m.id] = nil
+    elseif m.op == "ndone" then job.ndone = math.tointeger(m.v)
+    elseif m.op == "finish" then job.finished = true
+    elseif m.op == "channel" then job.channel = m.v
+    elseif m.op == "newtasks" then
+      local t = {}
+      for k, v in pairs(job.tasks) do t[k] = v end
+      job.tasks = t
+    elseif m.op == "hook_done" then
+      job.hooked = 0
+      setmetatable(job.done, { __newindex = function(t, k, v)
+        rawset(t, k, v)
+        job.hooked = job.hooked + 1
+      end })
+    elseif m.op == "undone" then done_status[m.v] = nil
+    elseif m.op == "redone" then done_status[m.v] = true
+    end
+    return conn:send("ok")
+  end
   local spec = json.decode(text)
-  job = { channel = "trk:" .. conn.id, tasks = {}, done = {},
+  -- job.done sized for every task (as the default policy does): no entry grows it
+  job = { channel = "trk:" .. conn.id, tasks = {}, done = host.table_new(0, spec.count),
           n = math.tointeger(spec.n or spec.count), ndone = math.tointeger(spec.ndone) or 0 }
   if spec.ndone == "maxinteger" then job.ndone = math.maxinteger end
   for i = 1, spec.count do job.tasks[spec.prefix .. i] = true end
