@@ -1711,7 +1711,9 @@ static int fast_response(sh_http_conn *conn, const char *data, size_t n)
     conn->msg_done = 1;
     conn->keep_alive = 1;
     return 0;
-undo: /* out of budget or memory: llhttp meets it again and says so */
+undo: /* out of budget or memory: llhttp meets it again and says so, from the buffers it would
+       * have had (the header lines held more than llhttp keeps of them) */
+    call_release(call);
     call_reset_response(call);
     conn->over_budget = conn->nomem = 0;
     return -1;
