@@ -938,15 +938,19 @@ static void push_status(lua_State *L, const char *s, size_t len)
 }
 
 /* A job as the core left it after handling an update of it. Its fields can change only
- * when Lua runs: a task, or a finalizer (__gc) run by a collection step. While no task has
- * begun since (sh_budget_seq) and the state has not grown (g->grows: a step starts only
- * once allocations have grown the state past the collector's debt, and track_update_p
+ * when Lua runs: a task, or a finalizer (__gc) run by a collection step; or when the core
+ * handles an update of it for another connection (two may track one job table). While no
+ * task has begun since (sh_budget_seq) and the state has not grown (g->grows: a step starts
+ * only once allocations have grown the state past the collector's debt, and track_update_p
  * takes the memo right after a check that settles that debt, with no growth after it),
- * the job is as read then: the next update of the same connection is decided on the memo,
- * without checking the job's tables and fields again. One memo per connection, in a
- * small table of slots (a connection that shares its slot with another is read in full). */
+ * the job is as read then: the next update of it is decided on the memo, without checking
+ * the job's tables and fields again. One memo per job table (whichever connection's update
+ * the core handled: its entry is the memo of every connection tracking the job), with the
+ * done set it was read with, in a small table of slots (a job that shares its slot with
+ * another, or tracked with another done set, is read in full). */
 typedef struct track_memo {
-    const sh_pconn *p;   /* NULL: none */
+    const void *job;     /* the job table; NULL: none */
+    const void *done;    /* the done statuses it was read with */
     const sh_gen *g;
     long seq;            /* sh_budget_seq() then */
     uint64_t grows;      /* g->grows then */
@@ -959,9 +963,10 @@ typedef struct track_memo {
 #define MEMO_SLOTS 64
 static track_memo memos[MEMO_SLOTS];
 
-static track_memo *memo_of(const sh_pconn *p)
+/* The slot of the job table at index i. */
+static track_memo *memo_of(lua_State *L, int i)
 {
-    return &memos[((uintptr_t)p / sizeof(void *)) * 2654435761u % MEMO_SLOTS];
+    return &memos[((uintptr_t)lua_topointer(L, i) / sizeof(void *)) * 2654435761u % MEMO_SLOTS];
 }
 
 /* Forget every memo (a full collection ran finalizers with no task begun). */
@@ -1014,8 +1019,10 @@ static int track_update_p(lua_State *L)
     lua_Integer n, ndone;
     const char *ch;
     size_t chlen;
-    track_memo *m = memo_of(a->p);
-    int cached = m->p == a->p && m->g == g && m->seq == seq && m->grows == grows;
+    track_memo *m = memo_of(L, 3);
+    const void *job = lua_topointer(L, 3), *dset = lua_topointer(L, 4);
+    int cached = m->job == job && m->done == dset && m->g == g && m->seq == seq &&
+                 m->grows == grows;
     if (cached) { /* the job's tables are plain and its fields of the right types */
         n = m->n;
         ndone = m->ndone;
@@ -1061,9 +1068,9 @@ static int track_update_p(lua_State *L)
     a->newly = newly;
     a->handled = 1;
     if (g->grows != grows) /* the entry grew job.done: the debt may be due again */
-        m->p = NULL;
+        m->job = NULL;
     else
-        *m = (track_memo){a->p, g, seq, grows, ch, chlen, n, next, has_done};
+        *m = (track_memo){job, dset, g, seq, grows, ch, chlen, n, next, has_done};
     lua_pushvalue(L, 10);
     lua_pushvalue(L, 5);
     return 2;
@@ -1132,7 +1139,7 @@ static int track_update(sh_pconn *p, sh_conn *c, const char *channel, size_t cha
         lua_pushliteral(L, "ndone");
         lua_pushinteger(L, a.ndone);
         lua_rawset(L, top + 2);
-        memo_of(p)->p = NULL;
+        memo_of(L, top + 2)->job = NULL;
     }
     lua_settop(L, top);
     return a.handled;

@@ -9,6 +9,7 @@ docstring says how the test failed on the code before ("fails on old: ...").
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import socket
@@ -334,6 +335,38 @@ def a_foreign_id_and_the_last_update_in_a_burst():
         assert frames == rest and code == 1000, (frames, code)
         assert sh.metrics()["statushost_updates_tracked_total"] >= 3  # f1, f3, f4 at least
         ws.shutdown()
+
+
+@S.test
+def a_job_tracked_by_two_connections_counts_each_done_task_once():
+    """Two connections track the same job table (a policy's watcher), each with its own done
+    set (A: done, fin; B: done, ok): every update of the job's channel reaches both, and the
+    one whose done set has its status counts it. Updates s1 ok, s2 fin, s3 ok, s4 fin, one
+    at a time: job.ndone is 4 whichever connection Redis delivers to first. The core's note
+    of the job after one connection's update must not outlive the other's entry in it.
+    fails on old: yes (the note was kept per connection: each counted from its own stale
+    job.ndone, overwriting the other's count: ndone 2, and the job never completes)."""
+    with host(PROBE) as sh:
+        a, channel = probe(sh, count=5, prefix="s", done=["done", "fin"])
+        b, _ = probe(sh, join=channel, done=["done", "ok"])
+        for i, st in ((1, "ok"), (2, "fin"), (3, "ok"), (4, "fin")):
+            p = done("s", i, status=st)
+            assert publish(channel, p) == [1]  # one subscription of statushost
+            assert a.recv() == (OP_TEXT, p[0]) and b.recv() == (OP_TEXT, p[0]), i
+        got = (state(a)["ndone"], state(b)["ndone"])
+        assert got == ("4", "4"), got
+        assert sh.metrics()["statushost_updates_tracked_total"] >= 4  # the core's, mostly
+        assert publish(channel, done("s", 5)) == [1]
+        # the first to see s5 completes the job (its frame, close 1000); the other's
+        # on_publish finds it finished and sends nothing
+        ready_, _, _ = select.select([a.sock, b.sock], [], [], 10)
+        assert len(ready_) == 1, ready_
+        first, other = (a, b) if ready_[0] is a.sock else (b, a)
+        frames, code = read_to_close(first, "the job's completion")
+        assert frames == done("s", 5) and code == 1000, (frames, code)
+        assert state(other)["ndone"] == "5"
+        a.shutdown()
+        b.shutdown()
 
 
 # ---------------------------------------------------------------- a hostile remote
