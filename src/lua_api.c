@@ -1067,7 +1067,9 @@ static int track_update_p(lua_State *L)
     a->ndone = ndone;
     a->newly = newly;
     a->handled = 1;
-    if (g->grows != grows) /* the entry grew job.done: the debt may be due again */
+    /* the entry grew job.done (the debt may be due again), or it was one of the job's own
+     * fields (job.done is the job: job.finished set, as on_publish's entry would) */
+    if (g->grows != grows || (newly && lua_rawequal(L, 3, 10)))
         m->job = NULL;
     else
         *m = (track_memo){job, dset, g, seq, grows, ch, chlen, n, next, has_done};

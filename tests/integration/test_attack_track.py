@@ -369,6 +369,28 @@ def a_job_tracked_by_two_connections_counts_each_done_task_once():
         b.shutdown()
 
 
+@S.test
+def a_done_entry_that_is_a_field_of_the_job_is_seen():
+    """A policy whose job.done is the job itself, with a task named "finished": the done
+    update of that task sets job.finished (job.done[id] = true), as on_publish's would, and
+    the job's later updates are not sent (on_publish: a finished job). The core must not
+    decide them on what it noted of the job before its own entry.
+    fails on old: yes (the note said job.finished was nil: g2 and g3 forwarded and counted)."""
+    with host(PROBE) as sh:
+        ws, channel = probe(sh, count=3, prefix="g", n=9)
+        op(ws, op="addtask", id="finished")
+        op(ws, op="selfdone")
+        seq = done("g", 1) + [b'{"id":"finished","status":"done"}']
+        after = done("g", 2) + [b'{"id":"g3","status":"running"}']
+        assert publish(channel, seq + after) == [1] * 4  # one read: no Lua between them
+        assert [ws.recv(), ws.recv()] == [(OP_TEXT, p) for p in seq]
+        ws.send_text("state")
+        nxt = ws.recv()  # g2's update neither sent nor counted
+        assert nxt[0] == OP_TEXT and json.loads(nxt[1]).get("ndone") == "2", nxt
+        assert sh.metrics()["statushost_updates_tracked_total"] == 2
+        ws.shutdown()
+
+
 # ---------------------------------------------------------------- a hostile remote
 
 CANCEL_CHANNEL = r"""

@@ -11,7 +11,8 @@
 -- "ok", comes once it is done): "untask" id (job.tasks[id] = nil), "ndone" v, "finish",
 -- "channel" v, "newtasks" (job.tasks a new table of the same tasks), "hook_done"
 -- (a __newindex on job.done that counts in job.hooked), "undone" v (done_status[v] = nil),
--- "redone" v (done_status[v] = true). With "join": the channel of another connection's job
+-- "redone" v (done_status[v] = true), "addtask" id (job.tasks[id] = true), "selfdone"
+-- (job.done = job). With "join": the channel of another connection's job
 -- (its first answer), this connection tracks that same job table; with "done": [statuses],
 -- its own done set (else the shared one).
 local host = require "statushost"
@@ -53,6 +54,8 @@ function policy.on_message(conn, text)
       end })
     elseif m.op == "undone" then done_status[m.v] = nil
     elseif m.op == "redone" then done_status[m.v] = true
+    elseif m.op == "addtask" then job.tasks[m.id] = true
+    elseif m.op == "selfdone" then job.done = job -- the done entries are the job's own fields
     end
     return conn:send("ok")
   end
