@@ -391,6 +391,29 @@ def a_done_entry_that_is_a_field_of_the_job_is_seen():
         ws.shutdown()
 
 
+@S.test
+def seventy_jobs_updated_in_turn_share_the_notes_slots():
+    """70 connections (more than the core's 64 note slots), each tracking a job of its own,
+    and their updates interleaved in one read (a done update of each job in turn, twice):
+    a job whose slot another job took is read in full, none is counted from another's note;
+    every job has ndone 2, then its last update completes it (close 1000)."""
+    with host(PROBE) as sh:
+        conns = [probe(sh, count=3, prefix="j%d-" % i) for i in range(70)]
+        for r in (1, 2):
+            batch = [(ch, done("j%d-" % i, r)[0]) for i, (_, ch) in enumerate(conns)]
+            assert publish_in_one_write(shared_redis().port, batch) == [1] * len(batch)
+            for i, (ws, _) in enumerate(conns):
+                assert ws.recv() == (OP_TEXT, done("j%d-" % i, r)[0]), (i, r)
+        assert [state(ws)["ndone"] for ws, _ in conns] == ["2"] * len(conns)
+        assert sh.metrics()["statushost_updates_tracked_total"] == 140
+        batch = [(ch, done("j%d-" % i, 3)[0]) for i, (_, ch) in enumerate(conns)]
+        assert publish_in_one_write(shared_redis().port, batch) == [1] * len(batch)
+        for i, (ws, _) in enumerate(conns):
+            frames, code = read_to_close(ws, "job %d's completion" % i)
+            assert frames == done("j%d-" % i, 3) and code == 1000, (i, frames, code)
+            ws.shutdown()
+
+
 # ---------------------------------------------------------------- a hostile remote
 
 CANCEL_CHANNEL = r"""
