@@ -963,10 +963,10 @@ typedef struct track_memo {
 #define MEMO_SLOTS 64
 static track_memo memos[MEMO_SLOTS];
 
-/* The slot of the job table at index i. */
-static track_memo *memo_of(lua_State *L, int i)
+/* The slot of a job table (lua_topointer). */
+static track_memo *memo_of(const void *job)
 {
-    return &memos[((uintptr_t)lua_topointer(L, i) / sizeof(void *)) * 2654435761u % MEMO_SLOTS];
+    return &memos[((uintptr_t)job / sizeof(void *)) * 2654435761u % MEMO_SLOTS];
 }
 
 /* Forget every memo (a full collection ran finalizers with no task begun). */
@@ -1019,8 +1019,8 @@ static int track_update_p(lua_State *L)
     lua_Integer n, ndone;
     const char *ch;
     size_t chlen;
-    track_memo *m = memo_of(L, 3);
     const void *job = lua_topointer(L, 3), *dset = lua_topointer(L, 4);
+    track_memo *m = memo_of(job);
     int cached = m->job == job && m->done == dset && m->g == g && m->seq == seq &&
                  m->grows == grows;
     if (cached) { /* the job's tables are plain and its fields of the right types */
@@ -1141,7 +1141,7 @@ static int track_update(sh_pconn *p, sh_conn *c, const char *channel, size_t cha
         lua_pushliteral(L, "ndone");
         lua_pushinteger(L, a.ndone);
         lua_rawset(L, top + 2);
-        memo_of(L, top + 2)->job = NULL;
+        memo_of(lua_topointer(L, top + 2))->job = NULL;
     }
     lua_settop(L, top);
     return a.handled;
