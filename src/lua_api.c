@@ -952,7 +952,7 @@ typedef struct track_memo {
     const void *job;     /* the job table; NULL: none */
     const void *done;    /* the done statuses it was read with */
     const sh_gen *g;
-    long seq;            /* sh_budget_seq() then */
+    uint64_t seq;        /* sh_budget_seq() then */
     uint64_t grows;      /* g->grows then */
     const char *channel; /* job.channel's bytes (its string, kept by the unchanged job) */
     size_t channel_len;
@@ -1014,7 +1014,7 @@ static int track_update_p(lua_State *L)
         push_status(L, a->f[1].p, a->f[1].len); /* 6: status */
     else
         lua_pushnil(L);
-    long seq = sh_budget_seq();
+    uint64_t seq = sh_budget_seq();
     uint64_t grows = g->grows; /* the collector's debt is settled here (lua_pushlstring) */
     lua_Integer n, ndone;
     const char *ch;
