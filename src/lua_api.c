@@ -938,17 +938,21 @@ static void push_status(lua_State *L, const char *s, size_t len)
 }
 
 /* A job as the core left it after handling an update of it. Its fields can change only
- * when Lua runs: a task, or a finalizer (__gc) run by a collection step. While no task has
- * begun since (sh_budget_seq) and the state has not grown (g->grows: a step starts only
- * once allocations have grown the state past the collector's debt, and track_update_p
+ * when Lua runs: a task, or a finalizer (__gc) run by a collection step; or when the core
+ * handles an update of it for another connection (two may track one job table). While no
+ * task has begun since (sh_budget_seq) and the state has not grown (g->grows: a step starts
+ * only once allocations have grown the state past the collector's debt, and track_update_p
  * takes the memo right after a check that settles that debt, with no growth after it),
- * the job is as read then: the next update of the same connection is decided on the memo,
- * without checking the job's tables and fields again. One memo per connection, in a
- * small table of slots (a connection that shares its slot with another is read in full). */
+ * the job is as read then: the next update of it is decided on the memo, without checking
+ * the job's tables and fields again. One memo per job table (whichever connection's update
+ * the core handled: its entry is the memo of every connection tracking the job), with the
+ * done set it was read with, in a small table of slots (a job that shares its slot with
+ * another, or tracked with another done set, is read in full). */
 typedef struct track_memo {
-    const sh_pconn *p;   /* NULL: none */
+    const void *job;     /* the job table; NULL: none */
+    const void *done;    /* the done statuses it was read with */
     const sh_gen *g;
-    long seq;            /* sh_budget_seq() then */
+    uint64_t seq;        /* sh_budget_seq() then */
     uint64_t grows;      /* g->grows then */
     const char *channel; /* job.channel's bytes (its string, kept by the unchanged job) */
     size_t channel_len;
@@ -959,9 +963,10 @@ typedef struct track_memo {
 #define MEMO_SLOTS 64
 static track_memo memos[MEMO_SLOTS];
 
-static track_memo *memo_of(const sh_pconn *p)
+/* The slot of a job table (lua_topointer). */
+static track_memo *memo_of(const void *job)
 {
-    return &memos[((uintptr_t)p / sizeof(void *)) * 2654435761u % MEMO_SLOTS];
+    return &memos[((uintptr_t)job / sizeof(void *)) * 2654435761u % MEMO_SLOTS];
 }
 
 /* Forget every memo (a full collection ran finalizers with no task begun). */
@@ -1009,13 +1014,15 @@ static int track_update_p(lua_State *L)
         push_status(L, a->f[1].p, a->f[1].len); /* 6: status */
     else
         lua_pushnil(L);
-    long seq = sh_budget_seq();
+    uint64_t seq = sh_budget_seq();
     uint64_t grows = g->grows; /* the collector's debt is settled here (lua_pushlstring) */
     lua_Integer n, ndone;
     const char *ch;
     size_t chlen;
-    track_memo *m = memo_of(a->p);
-    int cached = m->p == a->p && m->g == g && m->seq == seq && m->grows == grows;
+    const void *job = lua_topointer(L, 3), *dset = lua_topointer(L, 4);
+    track_memo *m = memo_of(job);
+    int cached = m->job == job && m->done == dset && m->g == g && m->seq == seq &&
+                 m->grows == grows;
     if (cached) { /* the job's tables are plain and its fields of the right types */
         n = m->n;
         ndone = m->ndone;
@@ -1060,10 +1067,12 @@ static int track_update_p(lua_State *L)
     a->ndone = ndone;
     a->newly = newly;
     a->handled = 1;
-    if (g->grows != grows) /* the entry grew job.done: the debt may be due again */
-        m->p = NULL;
+    /* the entry grew job.done (the debt may be due again), or it was one of the job's own
+     * fields (job.done is the job: job.finished set, as on_publish's entry would) */
+    if (g->grows != grows || (newly && lua_rawequal(L, 3, 10)))
+        m->job = NULL;
     else
-        *m = (track_memo){a->p, g, seq, grows, ch, chlen, n, next, has_done};
+        *m = (track_memo){job, dset, g, seq, grows, ch, chlen, n, next, has_done};
     lua_pushvalue(L, 10);
     lua_pushvalue(L, 5);
     return 2;
@@ -1132,7 +1141,7 @@ static int track_update(sh_pconn *p, sh_conn *c, const char *channel, size_t cha
         lua_pushliteral(L, "ndone");
         lua_pushinteger(L, a.ndone);
         lua_rawset(L, top + 2);
-        memo_of(p)->p = NULL;
+        memo_of(lua_topointer(L, top + 2))->job = NULL;
     }
     lua_settop(L, top);
     return a.handled;

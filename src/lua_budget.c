@@ -7,7 +7,7 @@
  * fences between them are enough; the orders chosen make every interleaving
  * safe:
  *
- *   begin:  running[0], depth, armed, exceeded  ─fence─►  active = seq
+ *   begin:  running[0], depth, armed, exceeded  ─fence─►  active = from seq
  *   end:    active = 0  ─fence─►  hooks removed, depth = 0
  *   enter:  an earlier run's hook removed  ─fence─►  running[depth]  ─fence─►
  *           depth + 1  ─fence─►  if armed: arm it (unless it counts already)
@@ -47,7 +47,7 @@ static volatile sig_atomic_t armed;  /* the hook is set on the run's threads */
 static volatile sig_atomic_t exceeded; /* the run went over its budget */
 static volatile long left;           /* instructions the run has left once armed */
 static volatile long count;          /* lua_max_instructions */
-static sig_atomic_t seq;
+static uint64_t seq; /* runs begun (the loop thread's only): 2^64 is never reached */
 static pthread_t loop_thread;
 static pid_t installed_pid;
 static _Atomic uint64_t armed_total;
@@ -145,14 +145,13 @@ void sh_budget_begin(lua_State *L, uint64_t max)
     armed = 0;
     exceeded = 0;
     fence();
-    if (++seq <= 0)
-        seq = 1;
-    active = seq;
+    seq++; /* a sig_atomic_t's ++ past its max was undefined, and wrapped back to an old value */
+    active = (sig_atomic_t)(seq % SIG_ATOMIC_MAX) + 1; /* nonzero, another than the last */
 }
 
 long sh_budget_run(void) { return (long)active; }
 
-long sh_budget_seq(void) { return (long)seq; }
+uint64_t sh_budget_seq(void) { return seq; }
 
 void sh_budget_end(lua_State *L)
 {

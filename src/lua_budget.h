@@ -55,9 +55,9 @@ void sh_budget_charge(uint64_t n);
 /* The number of the run going on (never the same for two runs in a row), 0 between runs. */
 long sh_budget_run(void);
 
-/* How many runs have begun (sh_budget_begin), wrapping to 1 past INT_MAX: two equal
- * readings mean that no Lua ran between them (lua_api.c's track memo). */
-long sh_budget_seq(void);
+/* How many runs have begun (sh_budget_begin), never wrapping: two equal readings mean that
+ * no Lua ran between them (lua_api.c's track memo). */
+uint64_t sh_budget_seq(void);
 
 /* Ticks seen and runs armed since start (tests, metrics). */
 uint64_t sh_budget_armed_total(void);

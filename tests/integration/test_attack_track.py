@@ -9,6 +9,7 @@ docstring says how the test failed on the code before ("fails on old: ...").
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import socket
@@ -334,6 +335,83 @@ def a_foreign_id_and_the_last_update_in_a_burst():
         assert frames == rest and code == 1000, (frames, code)
         assert sh.metrics()["statushost_updates_tracked_total"] >= 3  # f1, f3, f4 at least
         ws.shutdown()
+
+
+@S.test
+def a_job_tracked_by_two_connections_counts_each_done_task_once():
+    """Two connections track the same job table (a policy's watcher), each with its own done
+    set (A: done, fin; B: done, ok): every update of the job's channel reaches both, and the
+    one whose done set has its status counts it. Updates s1 ok, s2 fin, s3 ok, s4 fin, one
+    at a time: job.ndone is 4 whichever connection Redis delivers to first. The core's note
+    of the job after one connection's update must not outlive the other's entry in it.
+    fails on old: yes (the note was kept per connection: each counted from its own stale
+    job.ndone, overwriting the other's count: ndone 2, and the job never completes)."""
+    with host(PROBE) as sh:
+        a, channel = probe(sh, count=5, prefix="s", done=["done", "fin"])
+        b, _ = probe(sh, join=channel, done=["done", "ok"])
+        for i, st in ((1, "ok"), (2, "fin"), (3, "ok"), (4, "fin")):
+            p = done("s", i, status=st)
+            assert publish(channel, p) == [1]  # one subscription of statushost
+            assert a.recv() == (OP_TEXT, p[0]) and b.recv() == (OP_TEXT, p[0]), i
+        got = (state(a)["ndone"], state(b)["ndone"])
+        assert got == ("4", "4"), got
+        assert sh.metrics()["statushost_updates_tracked_total"] >= 4  # the core's, mostly
+        assert publish(channel, done("s", 5)) == [1]
+        # the first to see s5 completes the job (its frame, close 1000); the other's
+        # on_publish finds it finished and sends nothing
+        ready_, _, _ = select.select([a.sock, b.sock], [], [], 10)
+        assert len(ready_) == 1, ready_
+        first, other = (a, b) if ready_[0] is a.sock else (b, a)
+        frames, code = read_to_close(first, "the job's completion")
+        assert frames == done("s", 5) and code == 1000, (frames, code)
+        assert state(other)["ndone"] == "5"
+        a.shutdown()
+        b.shutdown()
+
+
+@S.test
+def a_done_entry_that_is_a_field_of_the_job_is_seen():
+    """A policy whose job.done is the job itself, with a task named "finished": the done
+    update of that task sets job.finished (job.done[id] = true), as on_publish's would, and
+    the job's later updates are not sent (on_publish: a finished job). The core must not
+    decide them on what it noted of the job before its own entry.
+    fails on old: yes (the note said job.finished was nil: g2 and g3 forwarded and counted)."""
+    with host(PROBE) as sh:
+        ws, channel = probe(sh, count=3, prefix="g", n=9)
+        op(ws, op="addtask", id="finished")
+        op(ws, op="selfdone")
+        seq = done("g", 1) + [b'{"id":"finished","status":"done"}']
+        after = done("g", 2) + [b'{"id":"g3","status":"running"}']
+        assert publish(channel, seq + after) == [1] * 4  # one read: no Lua between them
+        assert [ws.recv(), ws.recv()] == [(OP_TEXT, p) for p in seq]
+        ws.send_text("state")
+        nxt = ws.recv()  # g2's update neither sent nor counted
+        assert nxt[0] == OP_TEXT and json.loads(nxt[1]).get("ndone") == "2", nxt
+        assert sh.metrics()["statushost_updates_tracked_total"] == 2
+        ws.shutdown()
+
+
+@S.test
+def seventy_jobs_updated_in_turn_share_the_notes_slots():
+    """70 connections (more than the core's 64 note slots), each tracking a job of its own,
+    and their updates interleaved in one read (a done update of each job in turn, twice):
+    a job whose slot another job took is read in full, none is counted from another's note;
+    every job has ndone 2, then its last update completes it (close 1000)."""
+    with host(PROBE) as sh:
+        conns = [probe(sh, count=3, prefix="j%d-" % i) for i in range(70)]
+        for r in (1, 2):
+            batch = [(ch, done("j%d-" % i, r)[0]) for i, (_, ch) in enumerate(conns)]
+            assert publish_in_one_write(shared_redis().port, batch) == [1] * len(batch)
+            for i, (ws, _) in enumerate(conns):
+                assert ws.recv() == (OP_TEXT, done("j%d-" % i, r)[0]), (i, r)
+        assert [state(ws)["ndone"] for ws, _ in conns] == ["2"] * len(conns)
+        assert sh.metrics()["statushost_updates_tracked_total"] == 140
+        batch = [(ch, done("j%d-" % i, 3)[0]) for i, (_, ch) in enumerate(conns)]
+        assert publish_in_one_write(shared_redis().port, batch) == [1] * len(batch)
+        for i, (ws, _) in enumerate(conns):
+            frames, code = read_to_close(ws, "job %d's completion" % i)
+            assert frames == done("j%d-" % i, 3) and code == 1000, (i, frames, code)
+            ws.shutdown()
 
 
 # ---------------------------------------------------------------- a hostile remote

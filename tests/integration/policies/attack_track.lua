@@ -11,12 +11,16 @@
 -- "ok", comes once it is done): "untask" id (job.tasks[id] = nil), "ndone" v, "finish",
 -- "channel" v, "newtasks" (job.tasks a new table of the same tasks), "hook_done"
 -- (a __newindex on job.done that counts in job.hooked), "undone" v (done_status[v] = nil),
--- "redone" v (done_status[v] = true).
+-- "redone" v (done_status[v] = true), "addtask" id (job.tasks[id] = true), "selfdone"
+-- (job.done = job). With "join": the channel of another connection's job
+-- (its first answer), this connection tracks that same job table; with "done": [statuses],
+-- its own done set (else the shared one).
 local host = require "statushost"
 local json = require "cjson.safe"
 
 local policy = {}
 local done_status = { done = true }
+local jobs = setmetatable({}, { __mode = "v" }) -- job.channel → job, for "join"
 
 local function ballast(conn, to)
   local b = host.table_new(8192, 0) -- sized first: no array to grow near the cap
@@ -50,19 +54,35 @@ function policy.on_message(conn, text)
       end })
     elseif m.op == "undone" then done_status[m.v] = nil
     elseif m.op == "redone" then done_status[m.v] = true
+    elseif m.op == "addtask" then job.tasks[m.id] = true
+    elseif m.op == "selfdone" then job.done = job -- the done entries are the job's own fields
     end
     return conn:send("ok")
   end
   local spec = json.decode(text)
+  local dset = done_status
+  if type(spec.done) == "table" then
+    dset = {}
+    for _, s in ipairs(spec.done) do dset[s] = true end
+  end
+  conn.state.done_status = dset
+  if spec.join then -- another connection's job, tracked by this one too
+    job = assert(jobs[spec.join])
+    conn.state.job = job
+    assert(conn:subscribe(job.channel))
+    local ok, why = conn:track(job, dset, policy.on_publish)
+    return conn:send(json.encode({ channel = job.channel, track = ok or why }))
+  end
   -- job.done sized for every task (as the default policy does): no entry grows it
   job = { channel = "trk:" .. conn.id, tasks = {}, done = host.table_new(0, spec.count),
           n = math.tointeger(spec.n or spec.count), ndone = math.tointeger(spec.ndone) or 0 }
   if spec.ndone == "maxinteger" then job.ndone = math.maxinteger end
   for i = 1, spec.count do job.tasks[spec.prefix .. i] = true end
   conn.state.job = job
+  jobs[job.channel] = job
   assert(conn:subscribe(job.channel))
   if type(spec.ballast_to) == "number" then ballast(conn, spec.ballast_to) end
-  local ok, why = conn:track(job, done_status, policy.on_publish)
+  local ok, why = conn:track(job, dset, policy.on_publish)
   conn:send(json.encode({ channel = job.channel, track = ok or why }))
 end
 
@@ -73,7 +93,7 @@ function policy.on_publish(conn, channel, payload)
   local id = type(u) == "table" and u.id
   if type(id) ~= "string" or not job.tasks[id] then return end
   if not conn:send(payload) then return end
-  if done_status[u.status] == true and not job.done[id] then
+  if conn.state.done_status[u.status] == true and not job.done[id] then
     job.done[id] = true
     job.ndone = job.ndone + 1
   end
