@@ -133,6 +133,9 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     }
     if (c->phase != SH_PHASE_HANDSHAKE && c->timer_mode == TM_KEEPALIVE)
         arm(c, TM_HEAD, c->lim->handshake_timeout_ms);
+    if (c->phase == SH_PHASE_HTTP && HAS(c, SH_CF_END_AFTER_WRITE))
+        return; /* the last answer waits to be read: nothing more is parsed, so the
+                   input is discarded (kept, it grew without bound while unread) */
     if (sh_buf_append(&c->pending, buf->base, (size_t)n) != 0) {
         sh_warn(c->id, "out of memory reading a request: closed");
         sh_conn_close(c);
