@@ -669,8 +669,10 @@ static size_t light_frame(sh_conn *c, const uint8_t *p, size_t n)
 
 /* After a read's frames: the input behind a reported message waits, wslay's
  * output (an answer, a close) is sent, reading stops when nothing more is
- * wanted. r: wslay_event_recv's result (0 when wslay had none of it). */
-static void read_done(sh_conn *c, int r)
+ * wanted. r: wslay_event_recv's result (0 when wslay had none of it); full:
+ * the read filled the read buffer, so libuv reads the socket again at once,
+ * before the message's hook runs. */
+static void read_done(sh_conn *c, int r, int full)
 {
     if (c->phase == SH_PHASE_CLOSED) { /* closed from inside a callback */
         c->in_len = 0;
@@ -678,8 +680,8 @@ static void read_done(sh_conn *c, int r)
         return;
     }
     if (HAS(c, SH_CF_PAUSED)) {
-        if (c->in_len == 0 || HAS(c, SH_CF_FAILED)) {
-            CLR(c, SH_CF_PAUSED); /* nothing waits */
+        if ((c->in_len == 0 && !full) || HAS(c, SH_CF_FAILED)) {
+            CLR(c, SH_CF_PAUSED); /* nothing waits, and nothing is read before the hook */
         } else if (sh_buf_append(&c->pending, c->in, c->in_len) != 0) {
             CLR(c, SH_CF_PAUSED);
             if (unpark(c) != 0) {
@@ -751,7 +753,7 @@ static void ws_on_read(sh_conn *c, const char *data, size_t len)
              * rest is not read (wslay reads nothing after a close) */
             c->in = (const uint8_t *)data + n;
             c->in_len = HAS(c, SH_CF_CLOSE_IN) ? 0 : len - n;
-            read_done(c, 0);
+            read_done(c, 0, len == SH_READ_BUF_SIZE);
             return;
         }
     }
@@ -770,7 +772,7 @@ static void ws_on_read(sh_conn *c, const char *data, size_t len)
     SET(c, SH_CF_IN_WSLAY);
     int r = wslay_event_recv(c->ws);
     CLR(c, SH_CF_IN_WSLAY);
-    read_done(c, r);
+    read_done(c, r, len == SH_READ_BUF_SIZE);
 }
 
 /* The input that waited behind a message: go on with it. */

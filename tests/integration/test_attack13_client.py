@@ -14,7 +14,8 @@ import socket
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import ROOT, Statushost, Suite, free_port  # noqa: E402
+from harness import (OP_CLOSE, OP_TEXT, ROOT, Statushost, Suite, WsClient,  # noqa: E402
+                     WsClosed, free_port)
 
 S = Suite("attack13_client")
 POL = os.path.join(ROOT, "tests", "integration", "policies")
@@ -52,6 +53,40 @@ def input_behind_a_last_answer_that_waits_is_not_kept():
         grew = sh.rss_kb() - before
         s.close()
         assert grew < 48 * 1024, "RSS grew by %d kB while the input was unread" % grew
+
+
+@S.test
+def a_message_ending_a_full_read_is_answered_before_the_next_frame_is_read():
+    """The README promises a message's hook runs before the next frame of its
+    connection is read, so its reply goes out before a later protocol error's
+    close. The client sends a text message whose frame is exactly 65,536 bytes
+    (the read buffer) and then a frame of reserved opcode 3, both while the loop
+    is busy, so one read takes exactly the message. read_done found nothing
+    waiting behind it and let reading go on; libuv reads again at once after a
+    read that filled the buffer, so the bad frame was read (close 1002 queued)
+    before the hook ran, and the hook's reply was refused: the client got the
+    close without "re:aaaaaaaa". Now a message that ends a full read pauses the
+    input as one followed by more bytes does."""
+    with Statushost(os.path.join(POL, "attack13_spin.lua"), redis=NO_REDIS,
+                    sets=["shutdown_grace_ms=300"]) as sh:
+        c = WsClient(sh.port)
+        mark = sh.mark()
+        c.send(OP_TEXT, "spin")
+        sh.wait_log(r"spin: start", start=mark)
+        big = WsClient.frame(OP_TEXT, b"a" * (65536 - 8))
+        assert len(big) == 65536
+        c.send_raw(big + WsClient.frame(3, b"bad"))
+        got = []
+        try:
+            while True:
+                op, payload = c.recv()
+                got.append((op, payload[:12]))
+                if op == OP_CLOSE:
+                    break
+        except WsClosed:
+            got.append("eof")
+        assert got == [(OP_TEXT, b"re:spin"), (OP_TEXT, b"re:aaaaaaaa"),
+                       (OP_CLOSE, b"\x03\xea")], got
 
 
 if __name__ == "__main__":
