@@ -10,12 +10,14 @@ The real binary, real sockets; every wait is on an event (a log line, a
 response, a TCP close).
 """
 import os
+import shutil
 import socket
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (OP_CLOSE, OP_TEXT, ROOT, Statushost, Suite, WsClient,  # noqa: E402
-                     WsClosed, free_port)
+                     WsClosed, free_port, wait_until)
 
 S = Suite("attack13_client")
 POL = os.path.join(ROOT, "tests", "integration", "policies")
@@ -55,27 +57,28 @@ def input_behind_a_last_answer_that_waits_is_not_kept():
         assert grew < 48 * 1024, "RSS grew by %d kB while the input was unread" % grew
 
 
-@S.test
-def a_message_ending_a_full_read_is_answered_before_the_next_frame_is_read():
-    """The README promises a message's hook runs before the next frame of its
-    connection is read, so its reply goes out before a later protocol error's
-    close. The client sends a text message whose frame is exactly 65,536 bytes
-    (the read buffer) and then a frame of reserved opcode 3, both while the loop
-    is busy, so one read takes exactly the message. read_done found nothing
-    waiting behind it and let reading go on; libuv reads again at once after a
-    read that filled the buffer, so the bad frame was read (close 1002 queued)
-    before the hook ran, and the hook's reply was refused: the client got the
-    close without "re:aaaaaaaa". Now a message that ends a full read pauses the
-    input as one followed by more bytes does."""
-    with Statushost(os.path.join(POL, "attack13_spin.lua"), redis=NO_REDIS,
-                    sets=["shutdown_grace_ms=300"]) as sh:
-        c = WsClient(sh.port)
-        mark = sh.mark()
-        c.send(OP_TEXT, "spin")
-        sh.wait_log(r"spin: start", start=mark)
-        big = WsClient.frame(OP_TEXT, b"a" * (65536 - 8))
-        assert len(big) == 65536
-        c.send_raw(big + WsClient.frame(3, b"bad"))
+class Spinner:
+    """statushost on tests/integration/policies/attack13_spin.lua and a WebSocket
+    to it. spin(first, then) sends `first` (the "spin" message first), waits
+    until its hook keeps the loop busy, sends `then` and lets the hook end: the
+    server reads `then` whole, after the hook. → the messages and close the
+    client gets."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="attack13-")
+        self.sh = Statushost(os.path.join(POL, "attack13_spin.lua"), redis=NO_REDIS,
+                             sets=["shutdown_grace_ms=300"], env={"ATTACK13_DIR": self.dir})
+
+    def spin(self, first, then):
+        c = WsClient(self.sh.port)
+        for name in ("spinning", "go"):
+            if os.path.exists(os.path.join(self.dir, name)):
+                os.unlink(os.path.join(self.dir, name))
+        c.send_raw(first)
+        wait_until(lambda: os.path.exists(os.path.join(self.dir, "spinning")), timeout=10,
+                   what="the spin hook running")
+        c.send_raw(then)
+        open(os.path.join(self.dir, "go"), "w").close()
         got = []
         try:
             while True:
@@ -85,8 +88,42 @@ def a_message_ending_a_full_read_is_answered_before_the_next_frame_is_read():
                     break
         except WsClosed:
             got.append("eof")
+        c.shutdown()
+        return got
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.sh.__exit__(*a)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@S.test
+def a_message_is_answered_before_a_later_protocol_error_closes():
+    """The README promises a message's hook runs before the next frame of its
+    connection is read, so its reply goes out before a later protocol error's
+    close. read_done let reading go on after a message when no byte was left
+    behind it, but the hooks run in the loop's check phase, after the poll, and
+    the socket could be read before: (1) after a read that filled the 64 KiB read
+    buffer, which libuv follows with another read at once: a text frame of
+    exactly 65,536 bytes and then a frame of reserved opcode 3 arriving together;
+    (2) after a message taken from the input that waited behind another one
+    (ws_resume runs in the prepare phase, before the poll): "spin" and "two" in
+    one write and the bad frame while "spin"'s hook runs. Either way the bad
+    frame was read (close 1002 queued) before the hook ran, and the hook's reply
+    was refused: the client got the close without "re:aaaaaaaa" / "re:two". Now
+    such a message pauses the input until its hook ran."""
+    bad = WsClient.frame(3, b"bad")
+    with Spinner() as sp:
+        big = WsClient.frame(OP_TEXT, b"a" * (65536 - 8))
+        assert len(big) == 65536
+        got = sp.spin(WsClient.frame(OP_TEXT, "spin"), big + bad)
         assert got == [(OP_TEXT, b"re:spin"), (OP_TEXT, b"re:aaaaaaaa"),
-                       (OP_CLOSE, b"\x03\xea")], got
+                       (OP_CLOSE, b"\x03\xea")], ("full read", got)
+        got = sp.spin(WsClient.frame(OP_TEXT, "spin") + WsClient.frame(OP_TEXT, "two"), bad)
+        assert got == [(OP_TEXT, b"re:spin"), (OP_TEXT, b"re:two"),
+                       (OP_CLOSE, b"\x03\xea")], ("after waiting input", got)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,21 @@
--- attack13_spin.lua — "spin" logs "spin: start" and keeps the loop busy for
--- 300 ms (so what a client sends meanwhile waits whole in the socket); every
--- message is answered "re:<first 8 bytes>".
-local host = require "statushost"
-
+-- attack13_spin.lua — "spin" keeps the loop busy (so what a client sends
+-- meanwhile waits whole in the socket): it creates $ATTACK13_DIR/spinning,
+-- then spins until $ATTACK13_DIR/go exists (5 s of CPU at most). Every message
+-- is answered "re:<its first 8 bytes>".
 return {
   config = { lua_max_instructions = 2000000000 },
   on_message = function(conn, text)
     if text == "spin" then
-      host.log.info("spin: start")
+      local dir = assert(os.getenv("ATTACK13_DIR"))
+      assert(io.open(dir .. "/spinning", "w")):close()
       local t = os.clock()
-      while os.clock() - t < 0.3 do end
+      while os.clock() - t < 5 do
+        local go = io.open(dir .. "/go")
+        if go then
+          go:close()
+          break
+        end
+      end
     end
     conn:send("re:" .. text:sub(1, 8))
   end,
