@@ -112,8 +112,9 @@ def a_message_is_answered_before_a_later_protocol_error_closes():
     (ws_resume runs in the prepare phase, before the poll): "spin" and "two" in
     one write and the bad frame while "spin"'s hook runs. Either way the bad
     frame was read (close 1002 queued) before the hook ran, and the hook's reply
-    was refused: the client got the close without "re:aaaaaaaa" / "re:two". Now
-    such a message pauses the input until its hook ran."""
+    was refused: the client got the close without "re:aaaaaaaa" / "re:two". The
+    client's own close frame in place of the bad one lost "re:two" too. Now such
+    a message pauses the input until its hook ran."""
     bad = WsClient.frame(3, b"bad")
     with Spinner() as sp:
         big = WsClient.frame(OP_TEXT, b"a" * (65536 - 8))
@@ -124,6 +125,12 @@ def a_message_is_answered_before_a_later_protocol_error_closes():
         got = sp.spin(WsClient.frame(OP_TEXT, "spin") + WsClient.frame(OP_TEXT, "two"), bad)
         assert got == [(OP_TEXT, b"re:spin"), (OP_TEXT, b"re:two"),
                        (OP_CLOSE, b"\x03\xea")], ("after waiting input", got)
+        # the same with the client's own close instead of a bad frame: a normal
+        # client that sends two messages and closes lost the second reply
+        got = sp.spin(WsClient.frame(OP_TEXT, "spin") + WsClient.frame(OP_TEXT, "two"),
+                      WsClient.frame(OP_CLOSE, b"\x03\xe8"))
+        assert got == [(OP_TEXT, b"re:spin"), (OP_TEXT, b"re:two"),
+                       (OP_CLOSE, b"\x03\xe8")], ("client close", got)
 
 
 if __name__ == "__main__":
