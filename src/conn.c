@@ -723,9 +723,11 @@ static void parse_requests(sh_conn *c)
         SET(c, SH_CF_BUSY);
         uv_timer_stop(&c->timer);
         c->timer_mode = TM_NONE;
-        /* an Upgrade header without the Connection token is still an
-         * upgrade attempt: RFC 6455 §4.2.1 answers it 400, not a page */
-        if (r->upgrade || sh_request_header(r, "Upgrade"))
+        /* an Upgrade header naming websocket without the Connection token
+         * is still an upgrade attempt: RFC 6455 §4.2.1 answers it 400, not a
+         * page; an upgrade to another protocol (curl --http2's h2c) is
+         * ignored (RFC 9110 §7.8): the request is served in HTTP/1.1 */
+        if (sh_request_has_token(r, "Upgrade", "websocket"))
             handle_upgrade(c, r);
         else
             handle_plain(c, r);

@@ -306,6 +306,11 @@ static size_t list_count(const sh_request *r, const char *name,
     return hits;
 }
 
+int sh_request_has_token(const sh_request *r, const char *name, const char *token)
+{
+    return list_count(r, name, token, NULL) > 0;
+}
+
 const char *sh_request_header(const sh_request *r, const char *name)
 {
     for (size_t i = 0; i < r->nheaders; i++)

@@ -17,7 +17,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (OP_CLOSE, OP_TEXT, ROOT, Statushost, Suite, WsClient,  # noqa: E402
-                     WsClosed, free_port, wait_until)
+                     WsClosed, free_port, raw_exchange, wait_until)
 
 S = Suite("attack13_client")
 POL = os.path.join(ROOT, "tests", "integration", "policies")
@@ -55,6 +55,26 @@ def input_behind_a_last_answer_that_waits_is_not_kept():
         grew = sh.rss_kb() - before
         s.close()
         assert grew < 48 * 1024, "RSS grew by %d kB while the input was unread" % grew
+
+
+@S.test
+def an_upgrade_to_another_protocol_is_ignored_not_refused():
+    """curl --http2 on an http:// URL sends "Connection: Upgrade, HTTP2-Settings"
+    and "Upgrade: h2c". RFC 9110 §7.8 lets a server ignore an Upgrade it does not
+    take and answer in HTTP/1.1; statushost took any Upgrade header for a
+    WebSocket attempt and answered 400 (and closed), so `curl --http2 .../metrics`
+    failed. Now only an Upgrade naming websocket is one (without the Connection
+    token still 400, as before): the request is served, and the connection goes
+    on with the next request."""
+    with echo_host() as sh:
+        h2c = (b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+               b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+        out = raw_exchange(sh.port, h2c + b"GET /metrics HTTP/1.1\r\nHost: a\r\n"
+                                          b"Connection: close\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 200 OK\r\n"), out[:200]
+        assert out.count(b"HTTP/1.1 200 OK\r\n") == 2, out[:200]
+        out = raw_exchange(sh.port, b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 400 "), out[:200]
 
 
 class Spinner:
