@@ -50,8 +50,12 @@ def input_behind_a_last_answer_that_waits_is_not_kept():
         sh.wait_log(r"bad request from", start=mark, timeout=60)
         before = sh.rss_kb()
         junk = b"\0" * (1 << 20)
-        for _ in range(128):
-            s.sendall(junk)
+        s.settimeout(60)
+        try:
+            for _ in range(128):
+                s.sendall(junk)
+        except OSError:
+            pass  # the server may also end such a connection: what counts is its memory
         grew = sh.rss_kb() - before
         s.close()
         assert grew < 48 * 1024, "RSS grew by %d kB while the input was unread" % grew
