@@ -405,6 +405,17 @@ static int build_request(sh_http_parser *p)
 
 /* Header names with blanks ("Host : x") and Host rules (RFC 9112 §3.2,
  * §5.1): 0 or 400. */
+/* A Host value of RFC 9112 §3.2's grammar in its characters: uri-host (a
+ * reg-name, IPv4 or [IP-literal]) and an optional port. Empty is valid. */
+static int host_valid(const char *v)
+{
+    for (; *v; v++)
+        if (!(*v >= 'a' && *v <= 'z') && !(*v >= 'A' && *v <= 'Z') && !(*v >= '0' && *v <= '9') &&
+            !strchr("-._~%!$&'()*+,;=:[]", *v))
+            return 0;
+    return 1;
+}
+
 static int check_headers(sh_http_parser *p)
 {
     const sh_request *r = &p->req;
@@ -417,6 +428,8 @@ static int check_headers(sh_http_parser *p)
         return fail(p, SH_PARSE_EBADREQ, 400, "more than one Host header");
     if (hosts == 0 && r->http_minor == 1)
         return fail(p, SH_PARSE_EBADREQ, 400, "HTTP/1.1 request without Host");
+    if (hosts == 1 && !host_valid(sh_request_header(r, "Host")))
+        return fail(p, SH_PARSE_EBADREQ, 400, "invalid Host value");
     return 0;
 }
 

@@ -81,6 +81,23 @@ def an_upgrade_to_another_protocol_is_ignored_not_refused():
         assert out.startswith(b"HTTP/1.1 400 "), out[:200]
 
 
+@S.test
+def a_host_value_that_is_no_host_is_400():
+    """RFC 9112 §3.2: a server MUST answer 400 to a request whose Host field value is
+    invalid. "Host: a b", "Host: a/b@c", a tab or a non-ASCII byte were taken (a
+    policy reading req.headers.host for a virtual host or an auth check got them);
+    now 400. An empty Host, a port, an IPv6 literal stay valid."""
+    with echo_host() as sh:
+        for bad in (b"a b", b"a/b@c", b"a\tb", b"caf\xc3\xa9.test", b"a?b", b"a#b"):
+            out = raw_exchange(sh.port, b"GET /metrics HTTP/1.1\r\nHost: " + bad +
+                               b"\r\nConnection: close\r\n\r\n")
+            assert out.startswith(b"HTTP/1.1 400 "), (bad, out[:100])
+        for good in (b"", b"127.0.0.1:80", b"[::1]:8080", b"sub_x.example-1.test", b"xn--caf-dma.test"):
+            out = raw_exchange(sh.port, b"GET /metrics HTTP/1.1\r\nHost: " + good +
+                               b"\r\nConnection: close\r\n\r\n")
+            assert out.startswith(b"HTTP/1.1 200 "), (good, out[:100])
+
+
 class Spinner:
     """statushost on tests/integration/policies/attack13_spin.lua and a WebSocket
     to it. spin(first, then) sends `first` (the "spin" message first), waits
