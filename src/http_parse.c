@@ -403,8 +403,6 @@ static int build_request(sh_http_parser *p)
     return 0;
 }
 
-/* Header names with blanks ("Host : x") and Host rules (RFC 9112 §3.2,
- * §5.1): 0 or 400. */
 /* A Host value of RFC 9112 §3.2's grammar in its characters: uri-host (a
  * reg-name, IPv4 or [IP-literal]) and an optional port. Empty is valid. */
 static int host_valid(const char *v)
@@ -416,6 +414,8 @@ static int host_valid(const char *v)
     return 1;
 }
 
+/* Header names with blanks ("Host : x") and Host rules (RFC 9112 §3.2,
+ * §5.1): 0 or 400. */
 static int check_headers(sh_http_parser *p)
 {
     const sh_request *r = &p->req;
