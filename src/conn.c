@@ -133,6 +133,9 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     }
     if (c->phase != SH_PHASE_HANDSHAKE && c->timer_mode == TM_KEEPALIVE)
         arm(c, TM_HEAD, c->lim->handshake_timeout_ms);
+    if (c->phase == SH_PHASE_HTTP && HAS(c, SH_CF_END_AFTER_WRITE))
+        return; /* the last answer waits to be read: nothing more is parsed, so the
+                   input is discarded (kept, it grew without bound while unread) */
     if (sh_buf_append(&c->pending, buf->base, (size_t)n) != 0) {
         sh_warn(c->id, "out of memory reading a request: closed");
         sh_conn_close(c);
@@ -720,9 +723,11 @@ static void parse_requests(sh_conn *c)
         SET(c, SH_CF_BUSY);
         uv_timer_stop(&c->timer);
         c->timer_mode = TM_NONE;
-        /* an Upgrade header without the Connection token is still an
-         * upgrade attempt: RFC 6455 §4.2.1 answers it 400, not a page */
-        if (r->upgrade || sh_request_header(r, "Upgrade"))
+        /* an Upgrade header naming websocket without the Connection token
+         * is still an upgrade attempt: RFC 6455 §4.2.1 answers it 400, not a
+         * page; an upgrade to another protocol (curl --http2's h2c) is
+         * ignored (RFC 9110 §7.8): the request is served in HTTP/1.1 */
+        if (sh_request_has_token(r, "Upgrade", "websocket"))
             handle_upgrade(c, r);
         else
             handle_plain(c, r);

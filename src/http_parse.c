@@ -306,6 +306,11 @@ static size_t list_count(const sh_request *r, const char *name,
     return hits;
 }
 
+int sh_request_has_token(const sh_request *r, const char *name, const char *token)
+{
+    return list_count(r, name, token, NULL) > 0;
+}
+
 const char *sh_request_header(const sh_request *r, const char *name)
 {
     for (size_t i = 0; i < r->nheaders; i++)
@@ -398,6 +403,17 @@ static int build_request(sh_http_parser *p)
     return 0;
 }
 
+/* A Host value of RFC 9112 §3.2's grammar in its characters: uri-host (a
+ * reg-name, IPv4 or [IP-literal]) and an optional port. Empty is valid. */
+static int host_valid(const char *v)
+{
+    for (; *v; v++)
+        if (!(*v >= 'a' && *v <= 'z') && !(*v >= 'A' && *v <= 'Z') && !(*v >= '0' && *v <= '9') &&
+            !strchr("-._~%!$&'()*+,;=:[]", *v))
+            return 0;
+    return 1;
+}
+
 /* Header names with blanks ("Host : x") and Host rules (RFC 9112 §3.2,
  * §5.1): 0 or 400. */
 static int check_headers(sh_http_parser *p)
@@ -412,6 +428,8 @@ static int check_headers(sh_http_parser *p)
         return fail(p, SH_PARSE_EBADREQ, 400, "more than one Host header");
     if (hosts == 0 && r->http_minor == 1)
         return fail(p, SH_PARSE_EBADREQ, 400, "HTTP/1.1 request without Host");
+    if (hosts == 1 && !host_valid(sh_request_header(r, "Host")))
+        return fail(p, SH_PARSE_EBADREQ, 400, "invalid Host value");
     return 0;
 }
 

@@ -160,6 +160,10 @@ void sh_http_parser_reset(sh_http_parser *p);
 /* The value of the first header called name (case-insensitive), or NULL. */
 const char *sh_request_header(const sh_request *r, const char *name);
 
+/* 1 when a header line called name, read as a comma-separated list, holds
+ * token (case-insensitive), as sh_ws_handshake_check reads Upgrade. */
+int sh_request_has_token(const sh_request *r, const char *name, const char *token);
+
 /* 0 when r is a valid RFC 6455 version-13 opening handshake; otherwise the
  * status to answer:
  *   400 — method not GET; HTTP/1.0; Host missing or repeated; no "websocket"

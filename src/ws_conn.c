@@ -87,7 +87,7 @@ static int slow_consumer(sh_conn *c)
 }
 
 static void fail(sh_conn *c, uint16_t code, const char *why);
-static void ws_on_read(sh_conn *c, const char *data, size_t len);
+static void ws_input(sh_conn *c, const char *data, size_t len, int more);
 static int ws_finished(const sh_conn *c);
 
 /* The frame with first header byte b0 carries compressed payload: the
@@ -531,7 +531,7 @@ static int ws_start(sh_conn *c)
     if (c->pending.len) {
         sh_buf early = c->pending; /* the client did not wait for the 101 */
         c->pending = (sh_buf){0};
-        ws_on_read(c, early.p, early.len);
+        ws_input(c, early.p, early.len, 1);
         sh_buf_free(&early);
     }
     if (c->phase == SH_PHASE_WS && !HAS(c, SH_CF_PAUSED) && wants_read(c))
@@ -669,8 +669,9 @@ static size_t light_frame(sh_conn *c, const uint8_t *p, size_t n)
 
 /* After a read's frames: the input behind a reported message waits, wslay's
  * output (an answer, a close) is sent, reading stops when nothing more is
- * wanted. r: wslay_event_recv's result (0 when wslay had none of it). */
-static void read_done(sh_conn *c, int r)
+ * wanted. r: wslay_event_recv's result (0 when wslay had none of it); more:
+ * the socket may be read again before the message's hook runs (see ws_input). */
+static void read_done(sh_conn *c, int r, int more)
 {
     if (c->phase == SH_PHASE_CLOSED) { /* closed from inside a callback */
         c->in_len = 0;
@@ -678,8 +679,8 @@ static void read_done(sh_conn *c, int r)
         return;
     }
     if (HAS(c, SH_CF_PAUSED)) {
-        if (c->in_len == 0 || HAS(c, SH_CF_FAILED)) {
-            CLR(c, SH_CF_PAUSED); /* nothing waits */
+        if ((c->in_len == 0 && !more) || HAS(c, SH_CF_FAILED)) {
+            CLR(c, SH_CF_PAUSED); /* nothing waits, and nothing is read before the hook */
         } else if (sh_buf_append(&c->pending, c->in, c->in_len) != 0) {
             CLR(c, SH_CF_PAUSED);
             if (unpark(c) != 0) {
@@ -720,7 +721,13 @@ static void read_done(sh_conn *c, int r)
     park_if_crowded(c);
 }
 
-static void ws_on_read(sh_conn *c, const char *data, size_t len)
+/* Input of c: a read's bytes, or those that waited (ws_start, ws_resume).
+ * more: the socket may be read before a message's hook runs (the hooks run in
+ * the loop's check phase, after the poll): after a read that filled the read
+ * buffer (libuv reads again at once), or for input taken outside the poll (the
+ * next poll comes first). A message then pauses the input even when no byte
+ * waits behind it, until the flusher resumes it after the hook ran. */
+static void ws_input(sh_conn *c, const char *data, size_t len, int more)
 {
     if (data == NULL) { /* EOF */
         sh_conn_close(c);
@@ -751,7 +758,7 @@ static void ws_on_read(sh_conn *c, const char *data, size_t len)
              * rest is not read (wslay reads nothing after a close) */
             c->in = (const uint8_t *)data + n;
             c->in_len = HAS(c, SH_CF_CLOSE_IN) ? 0 : len - n;
-            read_done(c, 0);
+            read_done(c, 0, more);
             return;
         }
     }
@@ -770,7 +777,12 @@ static void ws_on_read(sh_conn *c, const char *data, size_t len)
     SET(c, SH_CF_IN_WSLAY);
     int r = wslay_event_recv(c->ws);
     CLR(c, SH_CF_IN_WSLAY);
-    read_done(c, r);
+    read_done(c, r, more);
+}
+
+static void ws_on_read(sh_conn *c, const char *data, size_t len)
+{
+    ws_input(c, data, len, len == SH_READ_BUF_SIZE);
 }
 
 /* The input that waited behind a message: go on with it. */
@@ -783,7 +795,7 @@ static void ws_resume(sh_conn *c)
     sh_buf rest = c->pending;
     c->pending = (sh_buf){0};
     if (c->phase == SH_PHASE_WS && rest.len)
-        ws_on_read(c, rest.p, rest.len);
+        ws_input(c, rest.p, rest.len, 1);
     sh_buf_free(&rest);
     if (c->phase == SH_PHASE_WS && !HAS(c, SH_CF_PAUSED) && wants_read(c))
         sh_conn_start_reading(c);

@@ -363,7 +363,8 @@ static void run(const char *data, size_t len, uint8_t seed, int small, transcrip
             rem -= used;
             tr_num(t, "request ending at ", (size_t)(p - data));
             check_request(&hp, r, t);
-            int stop = r->upgrade || !r->keep_alive;
+            /* an Upgrade to another protocol (h2c) is served in HTTP/1.1 */
+            int stop = sh_request_has_token(r, "Upgrade", "websocket") || !r->keep_alive;
             sh_http_parser_reset(&hp);
             CHECK(sh_http_parser_request(&hp) == NULL, "request after reset");
             if (stop) { /* conn.c parses no further: WebSocket bytes or close */
