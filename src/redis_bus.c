@@ -314,6 +314,8 @@ struct sh_redis_bus {
     uint64_t messages_dropped;       /* reported by consumers */
     uint64_t messages_too_large;     /* message pushes over max_reply, skipped */
     struct ratelimit big_rl;         /* for their lines (message_too_large) */
+    uint64_t server_unsubs;          /* wanted channels the server unsubscribed (sub_ack) */
+    struct ratelimit unsub_rl;       /* for their lines */
     uint64_t state_line_ms;          /* uv_now of the last state line, 0: none yet */
     uint64_t state_changes;          /* availability changes since that line */
     uv_timer_t state_timer;          /* logs the changes held back, a second after that line */
@@ -1195,6 +1197,25 @@ static void sub_ack(struct conn *c, int unsub, const char *name, size_t len)
     sh_redis_bus *b = c->bus;
     if (b->closing) return;
     struct chan *ch = chan_find(b, name, len);
+    if (ch && ch->conn == c && unsub && ch->live > 0 && ch->sent && ch->inflight <= 1) {
+        /* no UNSUBSCRIBE of ours is owed a reply (nothing is in flight, or only the
+         * SUBSCRIBE sent last): the server (or a proxy in front of it) dropped a channel
+         * still wanted. Subscribe it again (once in flight already: its confirmation
+         * follows), and say so. Before, this was taken for the reply to our SUBSCRIBE
+         * (which it then confirmed) or ignored: the channel stayed believed subscribed,
+         * its messages lost without a word until the connection was next lost. */
+        uint64_t held;
+        char rn[32];
+        b->server_unsubs++;
+        if (ratelimit_ok(&b->unsub_rl, uv_now(b->loop), &held))
+            sh_warn(NULL, "redis: %s connection: the server unsubscribed channel \"%.*s\", "
+                    "still wanted; subscribing it again (%llu so far%s)", role_name(c, rn),
+                    len > 200 ? 200 : (int)len, name, (unsigned long long)b->server_unsubs,
+                    held ? ", lines held back" : "");
+        if (ch->inflight == 0 && chan_send_subscribe(b, ch) < 0 && c->ac)
+            redisAsyncDisconnect(c->ac); /* out of memory: a reconnect re-subscribes it */
+        return;
+    }
     if (ch && ch->conn == c) chan_ack(b, ch);
     if (!unsub && c->state == CONN_SUBSCRIBING && c->resub_left > 0 && --c->resub_left == 0)
         conn_ready(c);

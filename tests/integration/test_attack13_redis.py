@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""Regression tests for the findings of an attack on statushost's Redis side, as a
+hostile or broken Redis server (or a proxy in front of one) sees it. Each test fails on
+the code before its fix (its docstring says how).
+
+    python3 tests/integration/test_attack13_redis.py [test_name ...]
+    SH_BIN=build-asan/statushost SH_SANITIZED=1 python3 tests/integration/test_attack13_redis.py
+
+The real binary against FakeRedis, a raw socket server in this process that answers
+the handshake (AUTH, SELECT, CLIENT SETNAME: +OK) and (UN)SUBSCRIBE as Redis does and
+keeps each connection's subscriptions (a PUBLISH reaches only the connections
+subscribed, as in Redis), so that a test can make it do what a real Redis does not.
+Every wait is on an event (a log line, a command the fake receives, a WebSocket frame).
+"""
+import os
+import socket
+import sys
+import threading
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import ROOT, Statushost, Suite, WsClient  # noqa: E402
+
+S = Suite("attack13_redis")
+POL = os.path.join(ROOT, "tests", "integration", "policies")
+
+
+def resp_cmd_parse(buf):
+    """One RESP array of bulk strings at buf: (args, rest) or (None, buf)."""
+    if not buf.startswith(b"*"):
+        nl = buf.find(b"\r\n")
+        if nl < 0:
+            return None, buf
+        return buf[:nl].split(), buf[nl + 2:]
+    nl = buf.find(b"\r\n")
+    if nl < 0:
+        return None, buf
+    n = int(buf[1:nl])
+    i = nl + 2
+    args = []
+    for _ in range(n):
+        nl = buf.find(b"\r\n", i)
+        if nl < 0:
+            return None, buf
+        ln = int(buf[i + 1:nl])
+        i = nl + 2
+        if len(buf) < i + ln + 2:
+            return None, buf
+        args.append(buf[i:i + ln])
+        i += ln + 2
+    return args, buf[i:]
+
+
+def bulk(b):
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def push(kind, ch, count):
+    return b"*3\r\n" + bulk(kind) + bulk(ch) + b":%d\r\n" % count
+
+
+class FakeConn:
+    def __init__(self, server, sock):
+        self.server = server
+        self.sock = sock
+        self.name = b""
+        self.subs = set()
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def send(self, data):
+        with self.lock:
+            if self.closed:
+                return
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                pass
+
+    def close(self):
+        with self.lock:
+            self.closed = True
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.sock.close()
+
+    def run(self):
+        buf = b""
+        while True:
+            try:
+                d = self.sock.recv(65536)
+            except OSError:
+                d = b""
+            if not d:
+                break
+            buf += d
+            while True:
+                args, buf = resp_cmd_parse(buf)
+                if args is None:
+                    break
+                self.handle(args)
+        with self.server.cv:
+            self.closed = True
+            self.server.cv.notify_all()
+
+    def handle(self, args):
+        cmd = args[0].upper() if args else b""
+        srv = self.server
+        with srv.cv:
+            srv.log.append((self, [a for a in args]))
+            srv.cv.notify_all()
+        if cmd == b"CLIENT" and len(args) >= 3 and args[1].upper() == b"SETNAME":
+            self.name = args[2]
+            reply = srv.setname_reply(self) if srv.setname_reply else b"+OK\r\n"
+            self.send(reply)
+            with srv.cv:
+                if b"-sub" in self.name:
+                    srv.sub = self
+                    srv.sub_conns += 1
+                else:
+                    srv.cmd = self
+                    srv.cmd_conns += 1
+                srv.cv.notify_all()
+            return
+        if cmd == b"SUBSCRIBE":
+            out = b""
+            for ch in args[1:]:
+                if ch in srv.hold:  # not answered, not subscribed
+                    continue
+                with srv.cv:
+                    self.subs.add(ch)
+                    n = len(self.subs)
+                out += push(b"subscribe", ch, n)
+            self.send(out)
+            return
+        if cmd == b"UNSUBSCRIBE":
+            out = b""
+            for ch in args[1:]:
+                with srv.cv:
+                    self.subs.discard(ch)
+                    n = len(self.subs)
+                out += push(b"unsubscribe", ch, n)
+            self.send(out)
+            return
+        if cmd == b"PING":
+            self.send(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n" if self.subs else b"+PONG\r\n")
+            return
+        if cmd in (b"GET",):
+            self.send(b"$-1\r\n")
+            return
+        if cmd == b"PUBLISH":
+            n = srv.publish(args[1], args[2])
+            self.send(b":%d\r\n" % n)
+            return
+        self.send(b"+OK\r\n")
+
+
+class FakeRedis:
+    def __init__(self):
+        self.ls = socket.socket()
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.cv = threading.Condition()
+        self.conns = []
+        self.log = []
+        self.sub = None
+        self.cmd = None
+        self.sub_conns = 0
+        self.cmd_conns = 0
+        self.setname_reply = None
+        self.hold = set()  # channels whose SUBSCRIBE is neither done nor answered
+        self.stopping = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self):
+        return "redis://127.0.0.1:%d" % self.port
+
+    def _accept(self):
+        while not self.stopping:
+            try:
+                s, _ = self.ls.accept()
+            except OSError:
+                return
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c = FakeConn(self, s)
+            with self.cv:
+                self.conns.append(c)
+            threading.Thread(target=c.run, daemon=True).start()
+
+    def publish(self, ch, payload):
+        n = 0
+        with self.cv:
+            targets = [c for c in self.conns if not c.closed and ch in c.subs]
+        for c in targets:
+            c.send(b"*3\r\n" + bulk(b"message") + bulk(ch) + bulk(payload))
+            n += 1
+        return n
+
+    def wait(self, pred, timeout=10, what="condition"):
+        with self.cv:
+            if not self.cv.wait_for(pred, timeout):
+                raise AssertionError("fake redis: timed out waiting for " + what)
+
+    def wait_cmd(self, want, start=0, timeout=10):
+        """Await a command (a list of bytes, upper-cased name) logged at index >= start."""
+        def seen():
+            return any(a and [a[0].upper()] + a[1:] == want for _, a in self.log[start:])
+        self.wait(seen, timeout, "command %r" % (want,))
+
+    def mark(self):
+        with self.cv:
+            return len(self.log)
+
+    def stop(self):
+        self.stopping = True
+        self.ls.close()
+        for c in list(self.conns):
+            c.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.stop()
+
+
+def pub_host(fake, sets=()):
+    """policies/pub_channels.lua on fake: "sub <ch>" answers "subscribed <ch>", each
+    message comes back as "string|<ch>|<payload>"."""
+    sh = Statushost(os.path.join(POL, "pub_channels.lua"), redis=fake.url,
+                    sets=["redis_timeout_ms=2000", "shutdown_grace_ms=300"] + list(sets))
+    fake.wait(lambda: fake.sub is not None and fake.cmd is not None, what="connections")
+    return sh
+
+
+@S.test
+def test_server_unsubscribe_of_a_wanted_channel():
+    """A server (or a proxy in front of it) that drops a channel still wanted, with an
+    unsubscribe push nobody asked for: the bus says so and subscribes it again, and the
+    next update reaches the client. Before: the push was taken for a reply to nothing
+    and ignored; the channel stayed believed subscribed, no SUBSCRIBE was sent, no line
+    was logged, and every later update of the channel was lost (the fake's PUBLISH
+    reached no subscriber) until the connection happened to be lost."""
+    with FakeRedis() as fake, pub_host(fake) as sh:
+        ws = WsClient(sh.port)
+        ws.send_text("sub c")
+        assert ws.recv() == (1, b"subscribed c")
+        assert fake.publish(b"c", b"one") == 1
+        assert ws.recv() == (1, b"string|c|one")
+        m, at = fake.mark(), sh.mark()
+        with fake.cv:
+            fake.sub.subs.discard(b"c")
+        fake.sub.send(push(b"unsubscribe", b"c", 0))
+        fake.wait_cmd([b"SUBSCRIBE", b"c"], start=m)
+        sh.wait_log(r'the server unsubscribed channel "c", still wanted; subscribing it '
+                    r'again \(1 so far\)', start=at)
+        fake.wait(lambda: b"c" in fake.sub.subs, what="c subscribed again")
+        assert fake.publish(b"c", b"two") == 1
+        assert ws.recv() == (1, b"string|c|two")
+        assert fake.sub_conns == 1  # no reconnect was needed
+
+
+@S.test
+def test_unsubscribe_push_does_not_confirm_a_subscribe():
+    """An unsubscribe push for a channel whose SUBSCRIBE is still unanswered is no
+    confirmation of it: conn:subscribe waits for the subscribe one. Before: it was
+    counted as the SUBSCRIBE's reply, conn:subscribe answered true although the server
+    had not subscribed the channel, and an update published right after that answer
+    (the lost-update race the confirmation exists to close) reached no subscriber."""
+    with FakeRedis() as fake, pub_host(fake) as sh:
+        ws = WsClient(sh.port)
+        m = fake.mark()
+        fake.hold.add(b"d")
+        ws.send_text("sub d")
+        fake.wait_cmd([b"SUBSCRIBE", b"d"], start=m)
+        fake.sub.send(push(b"unsubscribe", b"d", 0))
+        # a message on a channel subscribed after it: once it arrives, the push was read
+        ws.send_text("sub e")
+        assert ws.recv() == (1, b"subscribed e"), "d was confirmed by an unsubscribe push"
+        fake.hold.discard(b"d")
+        with fake.cv:
+            fake.sub.subs.add(b"d")
+        fake.sub.send(push(b"subscribe", b"d", 2))
+        assert ws.recv() == (1, b"subscribed d")
+        assert fake.publish(b"d", b"x") == 1
+        assert ws.recv() == (1, b"string|d|x")
+        assert fake.sub_conns == 1
+
+
+if __name__ == "__main__":
+    S.run()
