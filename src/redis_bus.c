@@ -2541,6 +2541,8 @@ struct sreq {
     struct chan *ch;       /* NULL once the channel moved elsewhere */
     int unsub;             /* SUNSUBSCRIBE */
     int resub;             /* part of the batch sent after the handshake */
+    size_t len;            /* the channel's name, kept when ch is NULL: an sunsubscribe */
+    char name[];           /* push is the reply to this request only when it names it */
 };
 
 struct cluster {
@@ -3221,7 +3223,7 @@ static void ccmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
  * ch to c's output and remember that a reply is due. 0 or -1. */
 static int csub_send(struct conn *c, struct chan *ch, int unsub, int resub)
 {
-    struct sreq *q = malloc(sizeof *q);
+    struct sreq *q = malloc(sizeof *q + ch->len);
     if (q && c->ac && c->raw_ac == c->ac) conn_sending(c);
     if (!q || sub_append(c, unsub ? "SUNSUBSCRIBE" : "SSUBSCRIBE", ch->name, ch->len) < 0) {
         free(q);
@@ -3231,6 +3233,8 @@ static int csub_send(struct conn *c, struct chan *ch, int unsub, int resub)
     q->ch = ch;
     q->unsub = unsub;
     q->resub = resub;
+    q->len = ch->len;
+    memcpy(q->name, ch->name, ch->len);
     if (c->sq_tail) c->sq_tail->next = q; else c->sq_head = q;
     c->sq_tail = q;
     return 0;
@@ -3334,8 +3338,13 @@ static void csub_reply(struct conn *c, const redisReply *reply)
         }
         int unsub = strcasecmp(kind, "sunsubscribe") == 0;
         if (!unsub && strcasecmp(kind, "ssubscribe") != 0) return;
-        if (unsub && !(c->sq_head && c->sq_head->unsub && (!c->sq_head->ch || c->sq_head->ch == ch))) {
-            /* spontaneous: its slot left this node (resharding, failover) */
+        const struct sreq *h = c->sq_head;
+        if (unsub && !(h && h->unsub && h->len == name->len &&
+                       memcmp(h->name, name->str, name->len) == 0)) {
+            /* spontaneous: its slot left this node (resharding, failover). By the name,
+             * not the channel: the head's is NULL once its channel moved, and any push
+             * then passed for its reply (a channel dropped meanwhile stayed believed
+             * subscribed, its updates lost) */
             if (ch && ch->conn == c && ch->sent && ch->live > 0) {
                 ch->sent = 0;
                 ch->confirmed = 0;

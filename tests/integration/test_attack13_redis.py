@@ -143,6 +143,25 @@ class FakeConn:
                 out += push(b"unsubscribe", ch, n)
             self.send(out)
             return
+        if cmd in (b"SSUBSCRIBE", b"SUNSUBSCRIBE"):
+            out = b""
+            for ch in args[1:]:
+                with srv.cv:
+                    if cmd == b"SSUBSCRIBE":
+                        self.subs.add(ch)
+                    else:
+                        self.subs.discard(ch)
+                    n = len(self.subs)
+                out += push(cmd.lower(), ch, n)
+            with srv.cv:
+                if srv.held is not None:  # answered by release()
+                    srv.held.append((self, out))
+                    return
+            self.send(out)
+            return
+        if cmd == b"CLUSTER" and srv.shards is not None:
+            self.send(srv.shards())
+            return
         if cmd == b"PING":
             self.send(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n" if self.subs else b"+PONG\r\n")
             return
@@ -172,6 +191,8 @@ class FakeRedis:
         self.cmd_conns = 0
         self.setname_reply = None
         self.hold = set()  # channels whose SUBSCRIBE is neither done nor answered
+        self.shards = None  # → the CLUSTER SHARDS reply (bytes), when a cluster node
+        self.held = None    # a list: (S)SUBSCRIBE replies held there until release()
         self.stopping = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -191,14 +212,21 @@ class FakeRedis:
                 self.conns.append(c)
             threading.Thread(target=c.run, daemon=True).start()
 
-    def publish(self, ch, payload):
+    def publish(self, ch, payload, kind=b"message"):
         n = 0
         with self.cv:
             targets = [c for c in self.conns if not c.closed and ch in c.subs]
         for c in targets:
-            c.send(b"*3\r\n" + bulk(b"message") + bulk(ch) + bulk(payload))
+            c.send(b"*3\r\n" + bulk(kind) + bulk(ch) + bulk(payload))
             n += 1
         return n
+
+    def release(self):
+        """Send the replies held (self.held) and answer at once from now on."""
+        with self.cv:
+            held, self.held = self.held or [], None
+        for c, out in held:
+            c.send(out)
 
     def wait(self, pred, timeout=10, what="condition"):
         with self.cv:
@@ -289,6 +317,76 @@ def test_unsubscribe_push_does_not_confirm_a_subscribe():
         assert fake.publish(b"d", b"x") == 1
         assert ws.recv() == (1, b"string|d|x")
         assert fake.sub_conns == 1
+
+
+def crc16(data):
+    """The cluster's key hash (CRC16-XMODEM)."""
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def shards_reply(shards):
+    """CLUSTER SHARDS as Redis 7 answers it (RESP2): shards is [(port, [start, end, ...])],
+    each shard one master on 127.0.0.1."""
+    out = b"*%d\r\n" % len(shards)
+    for port, ranges in shards:
+        out += b"*4\r\n" + bulk(b"slots") + b"*%d\r\n" % len(ranges)
+        out += b"".join(b":%d\r\n" % v for v in ranges)
+        out += bulk(b"nodes") + b"*1\r\n*8\r\n" + bulk(b"port") + b":%d\r\n" % port
+        out += bulk(b"ip") + bulk(b"127.0.0.1") + bulk(b"role") + bulk(b"master")
+        out += bulk(b"id") + bulk(b"%040d" % port)
+    return out
+
+
+@S.test
+def test_cluster_spontaneous_sunsubscribe_while_one_of_ours_is_owed():
+    """Cluster mode, resharding: a channel X moved to another master, so the bus sent
+    SUNSUBSCRIBE X to the old one; before that master answered it, it dropped another
+    channel Y (its slot leaving too: a spontaneous sunsubscribe Y). The push names Y: it is
+    no reply to our SUNSUBSCRIBE X; Y is fetched a new home and subscribed again. Before:
+    the request's channel had been forgotten when X moved (NULL), so any sunsubscribe then
+    passed for its reply: Y stayed believed subscribed, nothing was fetched or sent, and
+    every later update of Y was lost without a word."""
+    with FakeRedis() as a, FakeRedis() as b:
+        x = next(n for n in (b"x%d" % i for i in range(100)) if 0 < crc16(n) % 16384 < 16383)
+        sx = crc16(x) % 16384
+        moved = [False]
+
+        def shards():
+            if not moved[0]:
+                return shards_reply([(a.port, [0, 16383])])
+            return shards_reply([(a.port, [0, sx - 1, sx + 1, 16383]), (b.port, [sx, sx])])
+        a.shards = b.shards = shards
+        sh = Statushost(os.path.join(POL, "pub_channels.lua"), redis=a.url,
+                        sets=["redis_cluster=127.0.0.1:%d" % a.port, "redis_timeout_ms=2000",
+                              "shutdown_grace_ms=300"])
+        with sh:
+            ws = WsClient(sh.port)
+            for ch in (x, b"y", b"z"):  # x first: its SUNSUBSCRIBE heads the queue
+                ws.send_text("sub " + ch.decode())
+                assert ws.recv() == (1, b"subscribed " + ch)
+            m = a.mark()
+            moved[0] = True
+            with a.cv:
+                a.held = []
+                a.sub.subs.discard(b"z")
+            a.sub.send(push(b"sunsubscribe", b"z", 2))  # z's slot left: the map is fetched
+            a.wait_cmd([b"SUNSUBSCRIBE", x], start=m)   # x moved to b: its reply is held
+            b.wait_cmd([b"SSUBSCRIBE", x])
+            m = a.mark()
+            with a.cv:
+                a.sub.subs.discard(b"y")
+            a.sub.send(push(b"sunsubscribe", b"y", 1))  # before a answers SUNSUBSCRIBE x
+            a.release()
+            a.wait_cmd([b"SSUBSCRIBE", b"y"], start=m)
+            a.wait(lambda: b"y" in a.sub.subs, what="y subscribed again")
+            assert a.publish(b"y", b"after", b"smessage") == 1
+            assert ws.recv() == (1, b"string|y|after")
 
 
 if __name__ == "__main__":
