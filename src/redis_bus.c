@@ -70,10 +70,12 @@
  *   own, that drops the connection. */
 #include "redis_bus.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -250,6 +252,7 @@ struct conn {
     size_t acks;            /* (single-mode sub) (UN)SUBSCRIBE replies owed: sum of its
                                channels' inflight */
     size_t rbytes;          /* charge of the top-level reply being read (reply_charge) */
+    struct gai *gai;        /* its host name's resolution under way (conn_connect), or NULL */
     const redisAsyncContext *big_ac; /* the context whose oldest awaited reply went over
                                max_reply: its command's callback gets `toobig` (cmd_why) */
     char toobig[96];        /* "reply too large (redis_max_reply_bytes N)" */
@@ -1760,7 +1763,8 @@ static void conn_timer_cb(uv_timer_t *t)
     redisAsyncContext *ac = c->ac;
     c->ac = NULL; /* every callback redisAsyncFree runs now sees a foreign context */
     if (ac) redisAsyncFree(ac);
-    conn_lost(c, "no answer within the connect timeout");
+    conn_lost(c, ac ? "no answer within the connect timeout"
+                    : "the host name was not resolved within the connect timeout");
 }
 
 /* s[0..len) names an unsubscribe push for hiredis (strcasecmp on the C string, after
@@ -1975,22 +1979,109 @@ static redisReplyObjectFunctions reply_fns = {
     reply_string, reply_array, reply_integer, reply_nil, reply_free,
 };
 
-/* Start one connection attempt. Failures that hiredis reports at once are
- * handled here (retry scheduled); later ones arrive through on_connect. */
+/* A host name's resolution for conn_connect, on libuv's thread pool. hiredis resolves a
+ * name itself, with getaddrinfo on the loop's thread: a DNS server slow or unreachable
+ * (its timeout is seconds, times its attempts) then froze the whole process, every
+ * client, timer and connection, at each connection attempt, and attempts repeat while
+ * Redis is unreachable (or a subscriber connection flaps, or a cluster map names hosts). */
+struct gai {
+    uv_getaddrinfo_t req;
+    struct conn *c; /* NULL once the connection let go of it (the bus closing, a node retired) */
+};
+
+static void conn_connect_to(struct conn *c, const char *host, int watchdog);
+
+/* The resolution of c's host name is done: connect to its first IPv4 address (else its
+ * first IPv6 one), as hiredis 0.14 would have; unless the attempt it was for is over (the
+ * watchdog gave up on it: the next one resolves again). */
+static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct gai *g = (struct gai *)req;
+    struct conn *c = g->c;
+    const struct addrinfo *pick = NULL;
+    char ip[INET6_ADDRSTRLEN] = "", why[160];
+    for (int fam = 0; fam < 2 && !pick; fam++)
+        for (const struct addrinfo *r = status == 0 ? res : NULL; r && !pick; r = r->ai_next)
+            if (r->ai_family == (fam ? AF_INET6 : AF_INET)) pick = r;
+    if (pick && pick->ai_family == AF_INET)
+        uv_ip4_name((const struct sockaddr_in *)pick->ai_addr, ip, sizeof ip);
+    else if (pick)
+        uv_ip6_name((const struct sockaddr_in6 *)pick->ai_addr, ip, sizeof ip);
+    uv_freeaddrinfo(res);
+    free(g);
+    if (!c) return;
+    c->gai = NULL;
+    if (c->bus->closing || c->state != CONN_CONNECTING || c->ac) return;
+    if (!ip[0]) {
+        snprintf(why, sizeof why, "cannot resolve the host name: %s",
+                 status ? uv_strerror(status) : "no IPv4 or IPv6 address");
+        uv_timer_stop(&c->timer);
+        conn_lost(c, why);
+        return;
+    }
+    conn_connect_to(c, ip, 0);
+}
+
+/* Let go of c's resolution under way, if any (its result is then dropped). */
+static void conn_gai_detach(struct conn *c)
+{
+    if (!c->gai) return;
+    c->gai->c = NULL;
+    uv_cancel((uv_req_t *)&c->gai->req); /* its callback runs anyway, and frees it */
+    c->gai = NULL;
+}
+
+/* Start one connection attempt. A host name is resolved first, off the loop's thread
+ * (gai_cb), within the attempt's connect timeout; an address or a unix socket is
+ * connected to at once (conn_connect_to). */
 static void conn_connect(struct conn *c)
 {
     sh_redis_bus *b = c->bus;
     const sh_redis_addr *a = c->node ? node_addr(c->node) : &b->addr;
+    unsigned char addr[sizeof(struct in6_addr)];
+    if (a->is_unix || inet_pton(AF_INET, a->host, addr) == 1 ||
+        inet_pton(AF_INET6, a->host, addr) == 1) {
+        conn_connect_to(c, a->host, 1);
+        return;
+    }
+    c->state = CONN_CONNECTING;
+    uv_timer_start(&c->timer, conn_timer_cb, b->connect_timeout_ms, 0);
+    if (c->gai) return; /* the last attempt's, still under way: this one takes it over */
+    struct gai *g = malloc(sizeof *g);
+    const struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    int rc = g ? uv_getaddrinfo(b->loop, &g->req, gai_cb, a->host, NULL, &hints) : UV_ENOMEM;
+    if (rc != 0) {
+        char why[160];
+        free(g);
+        uv_timer_stop(&c->timer);
+        snprintf(why, sizeof why, "cannot resolve the host name: %s", uv_strerror(rc));
+        conn_lost(c, why);
+        return;
+    }
+    g->c = c;
+    c->gai = g;
+}
+
+/* Connect c to host (an address, resolved: hiredis' own getaddrinfo then needs no DNS)
+ * or to its unix socket. Failures that hiredis reports at once are handled here (retry
+ * scheduled); later ones arrive through on_connect. watchdog: start the connect timeout
+ * (0: the one started before the resolution goes on). */
+static void conn_connect_to(struct conn *c, const char *host, int watchdog)
+{
+    sh_redis_bus *b = c->bus;
+    const sh_redis_addr *a = c->node ? node_addr(c->node) : &b->addr;
     redisAsyncContext *ac = a->is_unix ? redisAsyncConnectUnix(a->path)
-                                       : redisAsyncConnect(a->host, a->port);
+                                       : redisAsyncConnect(host, a->port);
     char why[160];
     if (!ac) {
+        uv_timer_stop(&c->timer);
         conn_lost(c, "out of memory");
         return;
     }
     if (ac->err) {
         snprintf(why, sizeof why, "%s", ac_reason(ac));
         redisAsyncFree(ac);
+        uv_timer_stop(&c->timer);
         conn_lost(c, why);
         return;
     }
@@ -1998,6 +2089,7 @@ static void conn_connect(struct conn *c)
     ac->c.reader->privdata = ac;   /* for reply_refused */
     if (redisLibuvAttach(ac, b->loop) != REDIS_OK) {
         redisAsyncFree(ac);
+        uv_timer_stop(&c->timer);
         conn_lost(c, "cannot attach to the event loop");
         return;
     }
@@ -2017,7 +2109,7 @@ static void conn_connect(struct conn *c)
     c->hs_failed = 0;
     redisAsyncSetConnectCallback(ac, on_connect); /* starts watching for writability */
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    uv_timer_start(&c->timer, conn_timer_cb, b->connect_timeout_ms, 0);
+    if (watchdog) uv_timer_start(&c->timer, conn_timer_cb, b->connect_timeout_ms, 0);
 }
 
 /* ---- bus ---------------------------------------------------------------- */
@@ -2434,6 +2526,7 @@ static void bus_handle_closed(uv_handle_t *h)
 static void conn_shutdown(struct conn *c)
 {
     redisAsyncContext *ac = c->ac;
+    conn_gai_detach(c);
     uv_timer_stop(&c->timer);
     uv_timer_stop(&c->live);
     c->ac = NULL;
@@ -2663,6 +2756,7 @@ static struct node *node_add(sh_redis_bus *b, const char *host, int port)
 static void conn_retire(struct conn *c)
 {
     redisAsyncContext *ac = c->ac;
+    conn_gai_detach(c);
     uv_timer_stop(&c->timer);
     uv_timer_stop(&c->live);
     c->ac = NULL;

@@ -389,5 +389,78 @@ def test_cluster_spontaneous_sunsubscribe_while_one_of_ours_is_owed():
             assert ws.recv() == (1, b"string|y|after")
 
 
+def silent_dns():
+    """A DNS server that reads every query and answers none (a resolver's timeout then
+    decides), on a loopback address of its own; → (its address, the socket)."""
+    for last in range(1, 250):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(("127.13.53.%d" % last, 53))
+        except OSError:
+            sock.close()
+            continue
+        threading.Thread(target=lambda: [sock.recv(4096) for _ in iter(int, 1)],
+                         daemon=True).start()
+        return "127.13.53.%d" % last, sock
+    raise AssertionError("no loopback address for the silent DNS server")
+
+
+def resolver_wrapper(tmpdir, nameserver):
+    """A command prefix that runs statushost in a mount namespace of its own whose
+    /etc/resolv.conf names `nameserver` (2 s timeout, 1 attempt); None when this machine
+    cannot (not root, no unshare)."""
+    import shutil
+    import subprocess
+    conf = os.path.join(tmpdir, "resolv.conf")
+    with open(conf, "w") as f:
+        f.write("nameserver %s\noptions timeout:2 attempts:1\n" % nameserver)
+    wrapper = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"',
+               conf]
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return None
+    probe = subprocess.run(wrapper + ["cat", "/etc/resolv.conf"], capture_output=True)
+    return wrapper if probe.returncode == 0 and nameserver.encode() in probe.stdout else None
+
+
+@S.test
+def test_unreachable_dns_does_not_freeze_the_loop():
+    """A Redis named by a host name whose DNS server does not answer (down, partitioned):
+    each connection attempt waits for the name to be resolved, off the event loop, so that
+    clients are served meanwhile (an echo answers at once); the attempt fails with a line
+    saying why, and is retried. Before: hiredis resolved the name itself, with getaddrinfo
+    on the loop's thread, so the whole process froze for the resolver's timeout (2 s here,
+    5 s x attempts by default) at every attempt of every connection, again and again while
+    the name did not resolve: an echo waited seconds."""
+    import tempfile
+    import time
+    from harness import OP_TEXT  # noqa: F401 - the harness's frame kinds
+    addr, sock = silent_dns()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            wrapper = resolver_wrapper(tmp, addr)
+            if wrapper is None:
+                print("  (skipped: needs root and unshare for a resolv.conf of its own)")
+                return
+            sh = Statushost(os.path.join(POL, "echo_text.lua"),
+                            redis="redis://redis-s13.attack.example:6379", wrapper=wrapper,
+                            sets=["redis_timeout_ms=1000", "shutdown_grace_ms=300"])
+            with sh:
+                ws = WsClient(sh.port)
+                worst, n, t0 = 0.0, 0, time.monotonic()
+                # echoes for 4 s: several attempts of both connections fall in it
+                while time.monotonic() - t0 < 4:
+                    t = time.monotonic()
+                    ws.send_text("e%d" % n)
+                    assert ws.recv() == (1, b"e%d" % n)
+                    worst = max(worst, time.monotonic() - t)
+                    n += 1
+                sh.wait_log(r"redis: command connection to redis-s13\.attack\.example:6379 "
+                            r"failed: (the host name was not resolved within the connect "
+                            r"timeout|cannot resolve the host name)")
+                assert worst < 0.5, "an echo waited %.2f s: the loop was frozen" % worst
+    finally:
+        sock.close()
+
+
 if __name__ == "__main__":
     S.run()
