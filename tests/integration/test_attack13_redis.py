@@ -18,7 +18,7 @@ import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import ROOT, Statushost, Suite, WsClient  # noqa: E402
+from harness import ROOT, Redis, Statushost, Suite, WsClient, http_get  # noqa: E402
 
 S = Suite("attack13_redis")
 POL = os.path.join(ROOT, "tests", "integration", "policies")
@@ -433,7 +433,6 @@ def test_unreachable_dns_does_not_freeze_the_loop():
     the name did not resolve: an echo waited seconds."""
     import tempfile
     import time
-    from harness import OP_TEXT  # noqa: F401 - the harness's frame kinds
     addr, sock = silent_dns()
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -460,6 +459,32 @@ def test_unreachable_dns_does_not_freeze_the_loop():
                 assert worst < 0.5, "an echo waited %.2f s: the loop was frozen" % worst
     finally:
         sock.close()
+
+
+@S.test
+def test_host_names_resolved_off_the_loop_still_connect():
+    """The other side of test_unreachable_dns_does_not_freeze_the_loop: a Redis named
+    "localhost" (resolved on the thread pool, then connected to by address) is used as
+    before: subscribed, published to, delivered; a name that does not resolve fails its
+    attempts with a line saying so and /healthz answers 503, the process serving on."""
+    with Redis() as redis:
+        with Statushost(os.path.join(POL, "pub_channels.lua"),
+                        redis="redis://localhost:%d" % redis.port,
+                        sets=["shutdown_grace_ms=300"]) as sh:
+            sh.wait_log(r"redis: bus up \(localhost:%d" % redis.port)
+            ws = WsClient(sh.port)
+            ws.send_text("sub c")
+            assert ws.recv() == (1, b"subscribed c")
+            assert redis.cmd("PUBLISH", "c", "v") == 1
+            assert ws.recv() == (1, b"string|c|v")
+    with Statushost(os.path.join(POL, "echo_text.lua"), redis="redis://nosuchhost.invalid:6379",
+                    sets=["shutdown_grace_ms=300"]) as sh:
+        sh.wait_log(r"redis: command connection to nosuchhost\.invalid:6379 failed: "
+                    r"(cannot resolve the host name|the host name was not resolved)")
+        assert http_get(sh.port, "/healthz")[0] == 503
+        ws = WsClient(sh.port)
+        ws.send_text("hi")
+        assert ws.recv() == (1, b"hi")
 
 
 if __name__ == "__main__":
