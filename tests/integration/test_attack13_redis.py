@@ -487,5 +487,26 @@ def test_host_names_resolved_off_the_loop_still_connect():
         assert ws.recv() == (1, b"hi")
 
 
+@S.test
+def test_cluster_map_repeating_slots_is_refused():
+    """A cluster node whose CLUSTER SHARDS gives the same slots over and over (20,000
+    times 0-16383 here; 600,000 times fit in the default redis_max_reply_bytes) is no slot
+    map: it is refused with a line and fetched again, and a sound map is then taken. Before:
+    it was taken, each range's slots assigned one by one, a loop of 16,384 x ranges (about
+    2.5 s of a stalled event loop for 600,000 ranges, optimized; far more under a
+    sanitizer) at every fetch, which the node can have repeated by answering MOVED or
+    pushing an sunsubscribe after each."""
+    with FakeRedis() as a:
+        bad = [True]
+        a.shards = lambda: shards_reply([(a.port, [0, 16383] * (20000 if bad[0] else 1))])
+        sh = Statushost(os.path.join(POL, "echo_text.lua"), redis=a.url,
+                        sets=["redis_cluster=127.0.0.1:%d" % a.port, "shutdown_grace_ms=300"])
+        with sh:
+            sh.wait_log(r"redis: CLUSTER SHARDS on 127\.0\.0\.1:%d: not a slot map reply; "
+                        r"retrying" % a.port)
+            bad[0] = False
+            sh.wait_log(r"redis: bus up \(cluster")
+
+
 if __name__ == "__main__":
     S.run()
