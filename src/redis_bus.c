@@ -201,6 +201,17 @@ static int ratelimit_ok(struct ratelimit *r, uint64_t now, uint64_t *held)
 
 enum conn_role { ROLE_CMD, ROLE_SUB };
 
+/* A (S)SUBSCRIBE or (S)UNSUBSCRIBE of one channel sent on a subscriber connection, awaiting
+ * its reply (conn's sq_head..sq_tail, in the order sent: Redis answers in that order). */
+struct sreq {
+    struct sreq *next;
+    struct chan *ch;       /* NULL once the channel moved elsewhere (cluster) */
+    int unsub;             /* (S)UNSUBSCRIBE */
+    int resub;             /* part of the batch sent after the handshake */
+    size_t len;            /* the channel's name, kept when ch is NULL: an sunsubscribe */
+    char name[];           /* push is the reply to this request only when it names it */
+};
+
 enum conn_state {
     CONN_IDLE,        /* no context; the timer waits for the next attempt */
     CONN_CONNECTING,  /* connect(2) in progress; the timer is the watchdog */
@@ -230,7 +241,8 @@ struct conn {
                                hiredis' callbacks */
     int raw_reading;        /* (sub) raw_drain is taking replies from ac's reader */
     char errline[128];      /* (single-mode sub) the error reply that ended ac (reply_refused) */
-    struct sreq *sq_head, *sq_tail; /* (cluster sub) SSUBSCRIBE/SUNSUBSCRIBE awaiting replies */
+    struct sreq *sq_head, *sq_tail; /* (sub) (S)(UN)SUBSCRIBE awaiting replies (single mode:
+                               to tell which SUBSCRIBE an error reply refuses, sub_refused) */
     int dormant;            /* (cluster sub) not started: no channel needs it */
     char *fbuf;             /* (sub) the fast reader's buffer, FAST_CAP bytes */
     size_t flen;            /* bytes of a message not yet complete at its start (of c->ac:
@@ -319,6 +331,7 @@ struct sh_redis_bus {
     struct ratelimit big_rl;         /* for their lines (message_too_large) */
     uint64_t server_unsubs;          /* wanted channels the server unsubscribed (sub_ack) */
     struct ratelimit unsub_rl;       /* for their lines */
+    struct ratelimit refuse_rl;      /* for the lines of SUBSCRIBEs refused (sub_refused) */
     uint64_t state_line_ms;          /* uv_now of the last state line, 0: none yet */
     uint64_t state_changes;          /* availability changes since that line */
     uv_timer_t state_timer;          /* logs the changes held back, a second after that line */
@@ -621,13 +634,62 @@ static int sub_append(struct conn *c, const char *cmd, const char *name, size_t 
     return rc;
 }
 
+/* A request for ch, not queued yet; NULL when out of memory. */
+static struct sreq *sq_new(const struct chan *ch, int unsub, int resub)
+{
+    struct sreq *q = malloc(sizeof *q + ch->len);
+    if (!q) return NULL;
+    q->next = NULL;
+    q->ch = (struct chan *)ch;
+    q->unsub = unsub;
+    q->resub = resub;
+    q->len = ch->len;
+    memcpy(q->name, ch->name, ch->len);
+    return q;
+}
+
+/* Queue q on c, its reply awaited after those of the requests before it. */
+static void sq_append(struct conn *c, struct sreq *q)
+{
+    if (c->sq_tail) c->sq_tail->next = q; else c->sq_head = q;
+    c->sq_tail = q;
+}
+
+/* The oldest request awaiting its reply on c (detached), or NULL. */
+static struct sreq *sq_pop(struct conn *c)
+{
+    struct sreq *q = c->sq_head;
+    if (!q) return NULL;
+    c->sq_head = q->next;
+    if (!c->sq_head) c->sq_tail = NULL;
+    return q;
+}
+
+/* Forget every request awaiting its reply on c (its context is gone). */
+static void sq_clear(struct conn *c)
+{
+    while (c->sq_head) free(sq_pop(c));
+}
+
+/* (Single mode) append `SUBSCRIBE ch` (unsub 0) or `UNSUBSCRIBE ch` to c's output and
+ * queue its request. 0 or -1 (nothing sent). */
+static int ssub_send(struct conn *c, const struct chan *ch, int unsub)
+{
+    struct sreq *q = sq_new(ch, unsub, 0);
+    if (!q || sub_append(c, unsub ? "UNSUBSCRIBE" : "SUBSCRIBE", ch->name, ch->len) < 0) {
+        free(q);
+        return -1;
+    }
+    sq_append(c, q);
+    return 0;
+}
+
 /* Send SUBSCRIBE for ch. 0 or SH_REDIS_EUNAVAILABLE (nothing sent). */
 static int chan_send_subscribe(sh_redis_bus *b, struct chan *ch)
 {
     if (!sub_conn_writable(ch->conn)) return SH_REDIS_EUNAVAILABLE;
     conn_sending(ch->conn);
-    if (b->cl ? csub_send(ch->conn, ch, 0, 0) < 0
-              : sub_append(ch->conn, "SUBSCRIBE", ch->name, ch->len) < 0)
+    if (b->cl ? csub_send(ch->conn, ch, 0, 0) < 0 : ssub_send(ch->conn, ch, 0) < 0)
         return SH_REDIS_EUNAVAILABLE;
     ch->inflight++;
     if (!b->cl) ch->conn->acks++;
@@ -644,8 +706,7 @@ static void chan_send_unsubscribe(sh_redis_bus *b, struct chan *ch)
     ch->sent = 0;
     if (!was_sent || b->closing || !sub_conn_writable(ch->conn)) return;
     conn_sending(ch->conn);
-    if (b->cl ? csub_send(ch->conn, ch, 1, 0) == 0
-              : sub_append(ch->conn, "UNSUBSCRIBE", ch->name, ch->len) == 0) {
+    if (b->cl ? csub_send(ch->conn, ch, 1, 0) == 0 : ssub_send(ch->conn, ch, 1) == 0) {
         ch->inflight++;
         if (!b->cl) ch->conn->acks++;
     }
@@ -992,7 +1053,7 @@ static void conn_lost(struct conn *c, const char *why)
     c->acks = 0;
     c->timed_out = 0;
     uv_timer_stop(&c->live);
-    if (c->node) cluster_conn_lost(c);
+    if (c->node) cluster_conn_lost(c); else sq_clear(c);
     if (b->closing) return;
     if (was == CONN_READY && now - c->up_ms >= STABLE_MS)
         c->backoff_ms = b->backoff_min_ms; /* else it keeps growing: a flapping connection */
@@ -1073,14 +1134,34 @@ static void sub_resubscribe(struct conn *c)
     }
     argv[0] = "SUBSCRIBE";
     lens[0] = 9;
+    struct sreq *reqs = NULL, **rtail = &reqs; /* one per channel: n confirmations are due */
     HASH_ITER(hh, b->chans, ch, tmp) {
         if (ch->conn != c || ch->live == 0) continue;
         argv[i] = ch->name;
         lens[i++] = ch->len;
+        if (!(*rtail = sq_new(ch, 0, 1))) break;
+        rtail = &(*rtail)->next;
+    }
+    if (i <= n) { /* out of memory */
+        while (reqs) {
+            struct sreq *q = reqs;
+            reqs = q->next;
+            free(q);
+        }
+        free(argv);
+        free(lens);
+        sh_error(NULL, "redis: out of memory re-subscribing %zu channels", n);
+        return; /* the watchdog will retry the connection */
     }
     c->state = CONN_SUBSCRIBING;
     if (redisAppendCommandArgv(&ac->c, (int)(n + 1), argv, lens) == REDIS_OK) {
         if (ac->ev.addWrite) ac->ev.addWrite(ac->ev.data);
+        while (reqs) {
+            struct sreq *q = reqs;
+            reqs = q->next;
+            q->next = NULL;
+            sq_append(c, q);
+        }
         c->resub_left = n;
         HASH_ITER(hh, b->chans, ch, tmp) {
             if (ch->conn != c || ch->live == 0) continue;
@@ -1095,6 +1176,11 @@ static void sub_resubscribe(struct conn *c)
         else
             sh_debug(NULL, "redis: re-subscribing %zu channels (%s connection)", n,
                      role_name(c, rn));
+    }
+    while (reqs) { /* not sent */
+        struct sreq *q = reqs;
+        reqs = q->next;
+        free(q);
     }
     free(argv);
     free(lens);
@@ -1199,6 +1285,9 @@ static void sub_ack(struct conn *c, int unsub, const char *name, size_t len)
 {
     sh_redis_bus *b = c->bus;
     if (b->closing) return;
+    const struct sreq *h = c->sq_head;
+    if (h && h->unsub == unsub && h->len == len && memcmp(h->name, name, len) == 0)
+        free(sq_pop(c)); /* its reply (else one nobody asked for) */
     struct chan *ch = chan_find(b, name, len);
     if (ch && ch->conn == c && unsub && ch->live > 0 && ch->sent && ch->inflight <= 1) {
         /* no UNSUBSCRIBE of ours is owed a reply (nothing is in flight, or only the
@@ -1224,6 +1313,54 @@ static void sub_ack(struct conn *c, int unsub, const char *name, size_t len)
         conn_ready(c);
 }
 
+/* (Single mode) 1 when an error reply read now on c is the refusal of the SUBSCRIBE at the
+ * head of its requests (sq_head), one that can be refused alone: the channel's, its only
+ * request in flight, every live sub of it still waiting for the confirmation (an ACL's
+ * NOPERM for a channel it does not allow, a proxy's refusal). The error ends that
+ * subscription only (sub_refused). Any other error ends the connection, as hiredis
+ * would (reply_refused). */
+static int sub_refusal_ours(const struct conn *c)
+{
+    const struct sreq *h = c->sq_head;
+    struct chan *ch = h && !h->unsub && !h->resub ? chan_find(c->bus, h->name, h->len) : NULL;
+    if (!ch || ch->conn != c || ch->inflight != 1 || !ch->sent || ch->live == 0) return 0;
+    for (const sh_redis_sub *x = ch->head; x; x = x->next)
+        if (!x->dead && !x->pending) return 0; /* a confirmed one would lose its channel */
+    return 1;
+}
+
+/* (Single mode) the SUBSCRIBE at the head of c's requests was refused with the error
+ * `reply` (sub_refusal_ours said so): its subs fail (`unavailable`), the connection and
+ * every other channel stay. Before, any error reply ended the connection: one policy
+ * subscribing to a channel an ACL forbids (NOPERM) cost every channel of the connection
+ * its updates until it was back, and again at each such subscribe. */
+static void sub_refused(struct conn *c, const redisReply *reply)
+{
+    sh_redis_bus *b = c->bus;
+    struct sreq *q = sq_pop(c);
+    struct chan *ch = q ? chan_find(b, q->name, q->len) : NULL;
+    sh_redis_sub *fail = NULL;
+    uint64_t held;
+    char rn[32];
+    free(q);
+    if (!ch) return;
+    if (ratelimit_ok(&b->refuse_rl, uv_now(b->loop), &held))
+        sh_warn(NULL, "redis: %s connection: SUBSCRIBE \"%.*s\" refused: %.*s; its "
+                "subscriptions fail, the connection is kept%s", role_name(c, rn),
+                ch->len > 200 ? 200 : (int)ch->len, ch->name,
+                reply->len > 200 ? 200 : (int)reply->len, reply->str,
+                held ? " (lines held back)" : "");
+    if (ch->inflight) ch->inflight--;
+    if (c->acks) c->acks--;
+    ch->sent = 0;
+    ch->confirmed = 0;
+    busy_enter(b);
+    chan_take_pending(ch, &fail);
+    chan_mark_dirty(b, ch);
+    subs_fail(fail, SH_REDIS_EUNAVAILABLE);
+    busy_leave(b);
+}
+
 /* One reply on a single-mode subscriber connection that its reader made (raw_drain;
  * reply_refused dropped the connection for those hiredis would have refused or
  * aborted on, and for an error): a message push, a (un)subscribe confirmation, or
@@ -1231,6 +1368,10 @@ static void sub_ack(struct conn *c, int unsub, const char *name, size_t len)
 static void sub_reply(struct conn *c, const redisReply *reply)
 {
     sh_redis_bus *b = c->bus;
+    if (!b->closing && reply->type == REDIS_REPLY_ERROR) { /* reply_refused let it through */
+        sub_refused(c, reply);
+        return;
+    }
     if (b->closing || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
         reply->element[0]->type != REDIS_REPLY_STRING ||
         reply->element[1]->type != REDIS_REPLY_STRING)
@@ -1810,7 +1951,8 @@ static int reply_refused(const redisReadTask *task, int type, const char *str, s
     } else if (!parent) {
         if (type == REDIS_REPLY_ARRAY && elements < 2)
             why = "protocol error: a push of fewer than 2 elements";
-        if (type == REDIS_REPLY_ERROR) { /* hiredis ends the connection with its text */
+        if (type == REDIS_REPLY_ERROR && !sub_refusal_ours(c)) { /* hiredis ends the
+                                                                   connection with its text */
             snprintf(c->errline, sizeof c->errline, "%.*s", len > 120 ? 120 : (int)len, str);
             why = c->errline;
         }
@@ -2527,6 +2669,7 @@ static void conn_shutdown(struct conn *c)
 {
     redisAsyncContext *ac = c->ac;
     conn_gai_detach(c);
+    if (!c->node) sq_clear(c); /* (a cluster one's: cluster_close_turn) */
     uv_timer_stop(&c->timer);
     uv_timer_stop(&c->live);
     c->ac = NULL;
@@ -2629,14 +2772,6 @@ struct node {
 
 /* One SSUBSCRIBE/SUNSUBSCRIBE sent on a cluster subscriber connection,
  * awaiting its reply (Redis answers them in order). */
-struct sreq {
-    struct sreq *next;
-    struct chan *ch;       /* NULL once the channel moved elsewhere */
-    int unsub;             /* SUNSUBSCRIBE */
-    int resub;             /* part of the batch sent after the handshake */
-    size_t len;            /* the channel's name, kept when ch is NULL: an sunsubscribe */
-    char name[];           /* push is the reply to this request only when it names it */
-};
 
 struct cluster {
     struct node *nodes;           /* seeds first, then masters as maps name them */
@@ -3215,12 +3350,7 @@ static void cluster_conn_ready(struct conn *c)
 static void cluster_conn_lost(struct conn *c)
 {
     c->raw_ac = NULL;
-    while (c->sq_head) {
-        struct sreq *q = c->sq_head;
-        c->sq_head = q->next;
-        free(q);
-    }
-    c->sq_tail = NULL;
+    sq_clear(c);
     if (!c->bus->closing && c->node->in_map) cluster_refresh(c->bus);
 }
 
@@ -3317,31 +3447,14 @@ static void ccmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
  * ch to c's output and remember that a reply is due. 0 or -1. */
 static int csub_send(struct conn *c, struct chan *ch, int unsub, int resub)
 {
-    struct sreq *q = malloc(sizeof *q + ch->len);
+    struct sreq *q = sq_new(ch, unsub, resub);
     if (q && c->ac && c->raw_ac == c->ac) conn_sending(c);
     if (!q || sub_append(c, unsub ? "SUNSUBSCRIBE" : "SSUBSCRIBE", ch->name, ch->len) < 0) {
         free(q);
         return -1;
     }
-    q->next = NULL;
-    q->ch = ch;
-    q->unsub = unsub;
-    q->resub = resub;
-    q->len = ch->len;
-    memcpy(q->name, ch->name, ch->len);
-    if (c->sq_tail) c->sq_tail->next = q; else c->sq_head = q;
-    c->sq_tail = q;
+    sq_append(c, q);
     return 0;
-}
-
-/* The oldest request awaiting its reply on c (detached), or NULL. */
-static struct sreq *csub_pop(struct conn *c)
-{
-    struct sreq *q = c->sq_head;
-    if (!q) return NULL;
-    c->sq_head = q->next;
-    if (!c->sq_head) c->sq_tail = NULL;
-    return q;
 }
 
 /* Contract at the forward declaration: the handshake is done; from now on
@@ -3411,7 +3524,7 @@ static void csub_reply(struct conn *c, const redisReply *reply)
     char rn[32];
     if (b->closing) return;
     if (reply->type == REDIS_REPLY_ERROR) {
-        q = csub_pop(c);
+        q = sq_pop(c);
         if (q && !q->unsub)
             csub_refused(c, q->ch, reply);
         else
@@ -3448,7 +3561,7 @@ static void csub_reply(struct conn *c, const redisReply *reply)
             }
             return;
         }
-        q = csub_pop(c);
+        q = sq_pop(c);
         if (q && q->ch) chan_ack(b, q->ch);
     }
     if (q && q->resub && c->state == CONN_SUBSCRIBING && c->resub_left > 0 &&

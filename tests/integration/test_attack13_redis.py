@@ -508,5 +508,40 @@ def test_cluster_map_repeating_slots_is_refused():
             sh.wait_log(r"redis: bus up \(cluster")
 
 
+@S.test
+def test_subscribe_refused_by_an_acl_keeps_the_connection():
+    """Redis' ACLs can forbid channels (`&ws:*`): a policy subscribing to one outside
+    them (a name a client chose) gets NOPERM for that SUBSCRIBE. That subscription fails
+    (`unavailable`) with a line naming the channel and Redis' text; the subscriber
+    connection stays, and so do the other channels on it: the update published right
+    after on another client's channel reaches it, and nothing is reconnected. Before: any
+    error reply ended the subscriber connection, so every channel on it (1/K of all) lost
+    its updates until it was back (~100 ms, growing to 5 s when repeated: a client could
+    keep it down), /healthz went 503, and the log blamed client-output-buffer-limit."""
+    with Redis() as redis:
+        assert redis.cmd("ACL", "SETUSER", "sh", "on", ">pw", "~*", "+@all", "resetchannels",
+                         "&ws:*") in ("OK", b"OK")
+        with Statushost(os.path.join(POL, "pub_channels.lua"),
+                        redis="redis://sh:pw@127.0.0.1:%d" % redis.port,
+                        sets=["shutdown_grace_ms=300"]) as sh:
+            a = WsClient(sh.port)
+            a.send_text("sub ws:a")
+            assert a.recv() == (1, b"subscribed ws:a")
+            b = WsClient(sh.port)
+            for _ in range(3):
+                b.send_text("sub other")
+                assert b.recv() == (1, b"error unavailable")
+            sh.wait_log(r'redis: subscriber 0 connection: SUBSCRIBE "other" refused: NOPERM')
+            assert redis.cmd("PUBLISH", "ws:a", "x") == 1
+            assert a.recv() == (1, b"string|ws:a|x")
+            b.send_text("sub ws:b")
+            assert b.recv() == (1, b"subscribed ws:b")
+            assert redis.cmd("PUBLISH", "ws:b", "y") == 1
+            assert b.recv() == (1, b"string|ws:b|y")
+            assert " lost: " not in sh.log_text(), sh.log_text()
+            m = sh.metrics()
+            assert m["statushost_redis_reconnects_total"] == 0 and m["statushost_redis_up"] == 1
+
+
 if __name__ == "__main__":
     S.run()
