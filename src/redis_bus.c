@@ -214,7 +214,8 @@ struct sreq {
 
 enum conn_state {
     CONN_IDLE,        /* no context; the timer waits for the next attempt */
-    CONN_CONNECTING,  /* connect(2) in progress; the timer is the watchdog */
+    CONN_CONNECTING,  /* resolving its host name or connect(2) in progress; the timer is
+                         the watchdog */
     CONN_HANDSHAKE,   /* AUTH / SELECT / CLIENT SETNAME sent, replies awaited */
     CONN_SUBSCRIBING, /* (sub) re-subscribe batch sent, confirmations awaited */
     CONN_READY,       /* usable; the timer is stopped */
