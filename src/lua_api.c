@@ -1366,6 +1366,16 @@ static int near_cap(const sh_gen *g, size_t len)
 /* Near the cap, what ended jobs and connections left may only wait for the collector
  * (which runs as Lua allocates, and refused work allocates nothing): collect now, at
  * most once per gap_ns. */
+static void collect(sh_gen *g, uint64_t gap_ns);
+
+/* Contract in lua_api.h. */
+int sh_policy_no_room(sh_gen *g, size_t len)
+{
+    if (near_cap(g, len))
+        collect(g, 100000000ull);
+    return near_cap(g, len);
+}
+
 static void collect(sh_gen *g, uint64_t gap_ns)
 {
     uint64_t now = uv_hrtime();

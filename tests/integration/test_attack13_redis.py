@@ -18,7 +18,8 @@ import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import ROOT, Redis, Statushost, Suite, WsClient, http_get  # noqa: E402
+from harness import (ROOT, Redis, Statushost, Suite, WsClient, http_get,  # noqa: E402
+                     publish_in_one_write)
 
 S = Suite("attack13_redis")
 POL = os.path.join(ROOT, "tests", "integration", "policies")
@@ -541,6 +542,31 @@ def test_subscribe_refused_by_an_acl_keeps_the_connection():
             assert " lost: " not in sh.log_text(), sh.log_text()
             m = sh.metrics()
             assert m["statushost_redis_reconnects_total"] == 0 and m["statushost_redis_up"] == 1
+
+
+@S.test
+def test_host_subscribe_burst_at_the_memory_cap_drops_not_aborts():
+    """A burst on a host.subscribe channel whose callback waits (on Redis, a remote: the
+    shipped examples/resume.lua does) until the callbacks in flight hold lua_max_memory
+    (32 MiB here): the messages past 7/8 of it are dropped, counted in
+    updates_dropped_total and said in a line, and the process serves on. Before: a task was
+    made for each anyway; its allocation refused, Lua collected the whole heap, once per
+    message of the burst, in one turn of the loop, until the loop stall watchdog aborted
+    the process (SIGABRT after 5 s; the default 256 MiB takes ~90 ms per message)."""
+    with Redis() as redis, Statushost(os.path.join(POL, "attack13_hsub.lua"), redis=redis,
+                                      sets=["shutdown_grace_ms=300",
+                                            "lua_max_memory=33554432"]) as sh:
+        ws = WsClient(sh.port)
+        ws.send_text("go")
+        assert ws.recv() == (1, b"subscribed")
+        for _ in range(8):
+            publish_in_one_write(redis.port, [("burst", "x" * 100)] * 10000)
+        sh.wait_log(r'host\.subscribe message on channel "burst" dropped: Lua memory \d+ of '
+                    r'33554432 \(lua_max_memory\)')
+        assert http_get(sh.port, "/healthz")[0] == 200
+        m = sh.metrics()
+        assert m["statushost_updates_dropped_total"] > 0
+        assert m["statushost_updates_dropped_total"] + m["statushost_lua_tasks_current"] >= 80000
 
 
 if __name__ == "__main__":
