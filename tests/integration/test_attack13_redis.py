@@ -569,5 +569,31 @@ def test_host_subscribe_burst_at_the_memory_cap_drops_not_aborts():
         assert m["statushost_updates_dropped_total"] + m["statushost_lua_tasks_current"] >= 80000
 
 
+@S.test
+def test_updates_at_the_memory_cap_close_1013_not_abort():
+    """The same for conn:subscribe: 100 clients whose on_publish waits, a burst of updates
+    on their channel until the tasks in flight hold lua_max_memory (8 MiB here): a
+    connection whose update finds no room is closed 1013 (try again later, as a new message
+    would be), counted and said, and the process serves on. Before: an on_publish task was
+    made for each update anyway, each refused allocation collected the whole heap, and the
+    loop stall watchdog aborted the process (SIGABRT) in the middle of the burst."""
+    with Redis() as redis, Statushost(os.path.join(POL, "attack13_psleep.lua"), redis=redis,
+                                      sets=["shutdown_grace_ms=300", "lua_max_memory=8388608",
+                                            "max_tasks_per_conn=1000"]) as sh:
+        clients = []
+        for _ in range(100):
+            ws = WsClient(sh.port)
+            ws.send_text("c")
+            assert ws.recv() == (1, b"subscribed")
+            clients.append(ws)
+        for _ in range(4):
+            publish_in_one_write(redis.port, [("c", "x" * 100)] * 2000)
+        sh.wait_log(r"Lua memory \d+ of 8388608 \(lua_max_memory\): no room for an update: "
+                    r"closing 1013")
+        assert clients[-1].expect_close()[0] == 1013
+        assert http_get(sh.port, "/healthz")[0] == 200
+        assert sh.metrics()["statushost_updates_dropped_total"] > 0
+
+
 if __name__ == "__main__":
     S.run()
