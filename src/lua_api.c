@@ -1165,7 +1165,7 @@ static void owner_deliver(sh_owner *o, const char *channel, size_t channel_len,
     }
     if (track_update(p, c, channel, channel_len, payload, payload_len))
         return;
-    if (sh_policy_no_room(p->gen, channel_len + payload_len)) {
+    if (sh_gen_no_room(p->gen, channel_len + payload_len)) {
         /* as a new message would (on_message): no on_publish task now. Before, one was
          * made anyway; its allocation refused, Lua collected the whole heap for each update
          * of a burst, and the loop stall watchdog aborted the process */
@@ -1376,16 +1376,6 @@ static int near_cap(const sh_gen *g, size_t len)
 /* Near the cap, what ended jobs and connections left may only wait for the collector
  * (which runs as Lua allocates, and refused work allocates nothing): collect now, at
  * most once per gap_ns. */
-static void collect(sh_gen *g, uint64_t gap_ns);
-
-/* Contract in lua_api.h. */
-int sh_policy_no_room(sh_gen *g, size_t len)
-{
-    if (near_cap(g, len))
-        collect(g, 100000000ull);
-    return near_cap(g, len);
-}
-
 static void collect(sh_gen *g, uint64_t gap_ns)
 {
     uint64_t now = uv_hrtime();

@@ -30,11 +30,6 @@ typedef struct sh_pconn {
  * state. Returns 0, or -1 when out of memory (the caller closes c). */
 int sh_policy_attach(sh_conn *c, sh_gen *g);
 
-/* 1 when the work in flight holds 7/8 of g's lua_max_memory, even after a collection (at
- * most one per 100 ms), so that new work of len bytes is refused before it allocates: a
- * refused allocation collects in full, a cost of the whole heap per refusal. */
-int sh_policy_no_room(sh_gen *g, size_t len);
-
 /* Handle a transport event of a connection (see conn.h); REQUEST events go
  * to sh_policy_route. Returns what the transport expects (a close code for
  * a refused message, else 0). */

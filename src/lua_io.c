@@ -9,7 +9,6 @@
 #include <utlist.h>
 
 #include "log.h"
-#include "lua_api.h"
 
 #define TIMER_MT "statushost.timer"
 #define SUB_MT "statushost.subscription"
@@ -430,7 +429,7 @@ static void sub_message(void *arg, const char *channel, size_t channel_len, cons
             s->owner->deliver(s->owner, channel, channel_len, payload, payload_len);
         return;
     }
-    if (sh_policy_no_room(s->gen, channel_len + payload_len)) {
+    if (sh_gen_no_room(s->gen, channel_len + payload_len)) {
         /* the callbacks in flight hold 7/8 of lua_max_memory: dropped, counted, said at
          * most once a second. Before, a task was made for it anyway: its allocation
          * refused, Lua collected the whole heap for each message of a burst (~90 ms each
