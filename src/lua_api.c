@@ -1165,6 +1165,16 @@ static void owner_deliver(sh_owner *o, const char *channel, size_t channel_len,
     }
     if (track_update(p, c, channel, channel_len, payload, payload_len))
         return;
+    if (sh_gen_no_room(p->gen, channel_len + payload_len)) {
+        /* as a new message would (on_message): no on_publish task now. Before, one was
+         * made anyway; its allocation refused, Lua collected the whole heap for each update
+         * of a burst, and the loop stall watchdog aborted the process */
+        sh_warn(o->id, "Lua memory %zu of %zu (lua_max_memory): no room for an update: "
+                "closing 1013", p->gen->mem, p->gen->mem_max);
+        count_drop(p, "no room in lua_max_memory");
+        sh_conn_ws_close(c, 1013, "try again later");
+        return;
+    }
     if (o->nwaiting >= p->gen->cfg.max_tasks_per_conn) {
         sh_warn(o->id, "%zu tasks waiting (max_tasks_per_conn): closing 1008", o->nwaiting);
         sh_conn_ws_close(c, 1008, "too many tasks");

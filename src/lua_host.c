@@ -1318,3 +1318,17 @@ void sh_owner_release_tasks(sh_owner *o)
             sh_task_abort(t, "closed");
     }
 }
+
+/* Contract in lua_host.h. */
+int sh_gen_no_room(sh_gen *g, size_t len)
+{
+    if (!g->mem_max || g->mem + len <= g->mem_max - g->mem_max / 8)
+        return 0;
+    uint64_t now = uv_hrtime();
+    if (now - g->last_full_gc >= 100000000ull) {
+        g->last_full_gc = now;
+        g->grows++; /* lua_api.c's track memos are stale: finalizers (Lua code) run now */
+        lua_gc(g->L, LUA_GCCOLLECT);
+    }
+    return g->mem_max && g->mem + len > g->mem_max - g->mem_max / 8;
+}

@@ -171,6 +171,13 @@ static inline int sh_gen_uncap(sh_gen *g)
 }
 static inline void sh_gen_recap(sh_gen *g, int was) { g->capped = was; }
 
+/* 1 when the work in flight holds 7/8 of g's lua_max_memory (the rule of lua_api.c's
+ * near_cap), even after a full collection (at most one per 100 ms), so that new work of
+ * len bytes (an update for a hook or a host.subscribe callback) is refused before it
+ * allocates: a refused allocation collects in full, a cost of the whole heap per refusal,
+ * which a burst repeated until the loop stall watchdog aborted the process. */
+int sh_gen_no_room(sh_gen *g, size_t len);
+
 /* Called when a task ends. status is LUA_OK (results on t->co: nres of them)
  * or an error (already logged). */
 typedef void (*sh_task_done_fn)(sh_task *t, int status, int nres, void *arg);

@@ -429,6 +429,26 @@ static void sub_message(void *arg, const char *channel, size_t channel_len, cons
             s->owner->deliver(s->owner, channel, channel_len, payload, payload_len);
         return;
     }
+    if (sh_gen_no_room(s->gen, channel_len + payload_len)) {
+        /* the callbacks in flight hold 7/8 of lua_max_memory: dropped, counted, said at
+         * most once a second. Before, a task was made for it anyway: its allocation
+         * refused, Lua collected the whole heap for each message of a burst (~90 ms each
+         * at 256 MiB), and the loop stall watchdog aborted the process */
+        static uint64_t said_ms, held;
+        uint64_t now = uv_now(s->gen->host->loop);
+        s->gen->host->metrics->updates_dropped++;
+        if (said_ms && now - said_ms < 1000) {
+            held++;
+            return;
+        }
+        sh_warn(NULL, "host.subscribe message on channel \"%.*s\" dropped: Lua memory %zu of "
+                "%zu (lua_max_memory) held by the work in flight%s", channel_len > 200 ? 200 :
+                (int)channel_len, channel, s->gen->mem, s->gen->mem_max,
+                held ? " (more dropped since the last line)" : "");
+        said_ms = now ? now : 1;
+        held = 0;
+        return;
+    }
     sh_task *t = sh_task_new(s->gen, NULL, "subscription callback");
     if (!t) {
         sh_error(NULL, "out of memory: a subscription message was dropped");

@@ -70,10 +70,12 @@
  *   own, that drops the connection. */
 #include "redis_bus.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -199,9 +201,21 @@ static int ratelimit_ok(struct ratelimit *r, uint64_t now, uint64_t *held)
 
 enum conn_role { ROLE_CMD, ROLE_SUB };
 
+/* A (S)SUBSCRIBE or (S)UNSUBSCRIBE of one channel sent on a subscriber connection, awaiting
+ * its reply (conn's sq_head..sq_tail, in the order sent: Redis answers in that order). */
+struct sreq {
+    struct sreq *next;
+    struct chan *ch;       /* NULL once the channel moved elsewhere (cluster) */
+    int unsub;             /* (S)UNSUBSCRIBE */
+    int resub;             /* part of the batch sent after the handshake */
+    size_t len;            /* the channel's name, kept when ch is NULL: an sunsubscribe */
+    char name[];           /* push is the reply to this request only when it names it */
+};
+
 enum conn_state {
     CONN_IDLE,        /* no context; the timer waits for the next attempt */
-    CONN_CONNECTING,  /* connect(2) in progress; the timer is the watchdog */
+    CONN_CONNECTING,  /* resolving its host name or connect(2) in progress; the timer is
+                         the watchdog */
     CONN_HANDSHAKE,   /* AUTH / SELECT / CLIENT SETNAME sent, replies awaited */
     CONN_SUBSCRIBING, /* (sub) re-subscribe batch sent, confirmations awaited */
     CONN_READY,       /* usable; the timer is stopped */
@@ -228,7 +242,8 @@ struct conn {
                                hiredis' callbacks */
     int raw_reading;        /* (sub) raw_drain is taking replies from ac's reader */
     char errline[128];      /* (single-mode sub) the error reply that ended ac (reply_refused) */
-    struct sreq *sq_head, *sq_tail; /* (cluster sub) SSUBSCRIBE/SUNSUBSCRIBE awaiting replies */
+    struct sreq *sq_head, *sq_tail; /* (sub) (S)(UN)SUBSCRIBE awaiting replies (single mode:
+                               to tell which SUBSCRIBE an error reply refuses, sub_refused) */
     int dormant;            /* (cluster sub) not started: no channel needs it */
     char *fbuf;             /* (sub) the fast reader's buffer, FAST_CAP bytes */
     size_t flen;            /* bytes of a message not yet complete at its start (of c->ac:
@@ -250,6 +265,7 @@ struct conn {
     size_t acks;            /* (single-mode sub) (UN)SUBSCRIBE replies owed: sum of its
                                channels' inflight */
     size_t rbytes;          /* charge of the top-level reply being read (reply_charge) */
+    struct gai *gai;        /* its host name's resolution under way (conn_connect), or NULL */
     const redisAsyncContext *big_ac; /* the context whose oldest awaited reply went over
                                max_reply: its command's callback gets `toobig` (cmd_why) */
     char toobig[96];        /* "reply too large (redis_max_reply_bytes N)" */
@@ -314,6 +330,9 @@ struct sh_redis_bus {
     uint64_t messages_dropped;       /* reported by consumers */
     uint64_t messages_too_large;     /* message pushes over max_reply, skipped */
     struct ratelimit big_rl;         /* for their lines (message_too_large) */
+    uint64_t server_unsubs;          /* wanted channels the server unsubscribed (sub_ack) */
+    struct ratelimit unsub_rl;       /* for their lines */
+    struct ratelimit refuse_rl;      /* for the lines of SUBSCRIBEs refused (sub_refused) */
     uint64_t state_line_ms;          /* uv_now of the last state line, 0: none yet */
     uint64_t state_changes;          /* availability changes since that line */
     uv_timer_t state_timer;          /* logs the changes held back, a second after that line */
@@ -616,13 +635,62 @@ static int sub_append(struct conn *c, const char *cmd, const char *name, size_t 
     return rc;
 }
 
+/* A request for ch, not queued yet; NULL when out of memory. */
+static struct sreq *sq_new(const struct chan *ch, int unsub, int resub)
+{
+    struct sreq *q = malloc(sizeof *q + ch->len);
+    if (!q) return NULL;
+    q->next = NULL;
+    q->ch = (struct chan *)ch;
+    q->unsub = unsub;
+    q->resub = resub;
+    q->len = ch->len;
+    memcpy(q->name, ch->name, ch->len);
+    return q;
+}
+
+/* Queue q on c, its reply awaited after those of the requests before it. */
+static void sq_append(struct conn *c, struct sreq *q)
+{
+    if (c->sq_tail) c->sq_tail->next = q; else c->sq_head = q;
+    c->sq_tail = q;
+}
+
+/* The oldest request awaiting its reply on c (detached), or NULL. */
+static struct sreq *sq_pop(struct conn *c)
+{
+    struct sreq *q = c->sq_head;
+    if (!q) return NULL;
+    c->sq_head = q->next;
+    if (!c->sq_head) c->sq_tail = NULL;
+    return q;
+}
+
+/* Forget every request awaiting its reply on c (its context is gone). */
+static void sq_clear(struct conn *c)
+{
+    while (c->sq_head) free(sq_pop(c));
+}
+
+/* (Single mode) append `SUBSCRIBE ch` (unsub 0) or `UNSUBSCRIBE ch` to c's output and
+ * queue its request. 0 or -1 (nothing sent). */
+static int ssub_send(struct conn *c, const struct chan *ch, int unsub)
+{
+    struct sreq *q = sq_new(ch, unsub, 0);
+    if (!q || sub_append(c, unsub ? "UNSUBSCRIBE" : "SUBSCRIBE", ch->name, ch->len) < 0) {
+        free(q);
+        return -1;
+    }
+    sq_append(c, q);
+    return 0;
+}
+
 /* Send SUBSCRIBE for ch. 0 or SH_REDIS_EUNAVAILABLE (nothing sent). */
 static int chan_send_subscribe(sh_redis_bus *b, struct chan *ch)
 {
     if (!sub_conn_writable(ch->conn)) return SH_REDIS_EUNAVAILABLE;
     conn_sending(ch->conn);
-    if (b->cl ? csub_send(ch->conn, ch, 0, 0) < 0
-              : sub_append(ch->conn, "SUBSCRIBE", ch->name, ch->len) < 0)
+    if (b->cl ? csub_send(ch->conn, ch, 0, 0) < 0 : ssub_send(ch->conn, ch, 0) < 0)
         return SH_REDIS_EUNAVAILABLE;
     ch->inflight++;
     if (!b->cl) ch->conn->acks++;
@@ -639,8 +707,7 @@ static void chan_send_unsubscribe(sh_redis_bus *b, struct chan *ch)
     ch->sent = 0;
     if (!was_sent || b->closing || !sub_conn_writable(ch->conn)) return;
     conn_sending(ch->conn);
-    if (b->cl ? csub_send(ch->conn, ch, 1, 0) == 0
-              : sub_append(ch->conn, "UNSUBSCRIBE", ch->name, ch->len) == 0) {
+    if (b->cl ? csub_send(ch->conn, ch, 1, 0) == 0 : ssub_send(ch->conn, ch, 1) == 0) {
         ch->inflight++;
         if (!b->cl) ch->conn->acks++;
     }
@@ -987,7 +1054,7 @@ static void conn_lost(struct conn *c, const char *why)
     c->acks = 0;
     c->timed_out = 0;
     uv_timer_stop(&c->live);
-    if (c->node) cluster_conn_lost(c);
+    if (c->node) cluster_conn_lost(c); else sq_clear(c);
     if (b->closing) return;
     if (was == CONN_READY && now - c->up_ms >= STABLE_MS)
         c->backoff_ms = b->backoff_min_ms; /* else it keeps growing: a flapping connection */
@@ -1068,14 +1135,34 @@ static void sub_resubscribe(struct conn *c)
     }
     argv[0] = "SUBSCRIBE";
     lens[0] = 9;
+    struct sreq *reqs = NULL, **rtail = &reqs; /* one per channel: n confirmations are due */
     HASH_ITER(hh, b->chans, ch, tmp) {
         if (ch->conn != c || ch->live == 0) continue;
         argv[i] = ch->name;
         lens[i++] = ch->len;
+        if (!(*rtail = sq_new(ch, 0, 1))) break;
+        rtail = &(*rtail)->next;
+    }
+    if (i <= n) { /* out of memory */
+        while (reqs) {
+            struct sreq *q = reqs;
+            reqs = q->next;
+            free(q);
+        }
+        free(argv);
+        free(lens);
+        sh_error(NULL, "redis: out of memory re-subscribing %zu channels", n);
+        return; /* the watchdog will retry the connection */
     }
     c->state = CONN_SUBSCRIBING;
     if (redisAppendCommandArgv(&ac->c, (int)(n + 1), argv, lens) == REDIS_OK) {
         if (ac->ev.addWrite) ac->ev.addWrite(ac->ev.data);
+        while (reqs) {
+            struct sreq *q = reqs;
+            reqs = q->next;
+            q->next = NULL;
+            sq_append(c, q);
+        }
         c->resub_left = n;
         HASH_ITER(hh, b->chans, ch, tmp) {
             if (ch->conn != c || ch->live == 0) continue;
@@ -1090,6 +1177,11 @@ static void sub_resubscribe(struct conn *c)
         else
             sh_debug(NULL, "redis: re-subscribing %zu channels (%s connection)", n,
                      role_name(c, rn));
+    }
+    while (reqs) { /* not sent */
+        struct sreq *q = reqs;
+        reqs = q->next;
+        free(q);
     }
     free(argv);
     free(lens);
@@ -1194,10 +1286,80 @@ static void sub_ack(struct conn *c, int unsub, const char *name, size_t len)
 {
     sh_redis_bus *b = c->bus;
     if (b->closing) return;
+    const struct sreq *h = c->sq_head;
+    if (h && h->unsub == unsub && h->len == len && memcmp(h->name, name, len) == 0)
+        free(sq_pop(c)); /* its reply (else one nobody asked for) */
     struct chan *ch = chan_find(b, name, len);
+    if (ch && ch->conn == c && unsub && ch->live > 0 && ch->sent && ch->inflight <= 1) {
+        /* no UNSUBSCRIBE of ours is owed a reply (nothing is in flight, or only the
+         * SUBSCRIBE sent last): the server (or a proxy in front of it) dropped a channel
+         * still wanted. Subscribe it again (once in flight already: its confirmation
+         * follows), and say so. Before, this was taken for the reply to our SUBSCRIBE
+         * (which it then confirmed) or ignored: the channel stayed believed subscribed,
+         * its messages lost without a word until the connection was next lost. */
+        uint64_t held;
+        char rn[32];
+        b->server_unsubs++;
+        if (ratelimit_ok(&b->unsub_rl, uv_now(b->loop), &held))
+            sh_warn(NULL, "redis: %s connection: the server unsubscribed channel \"%.*s\", "
+                    "still wanted; subscribing it again (%llu so far%s)", role_name(c, rn),
+                    len > 200 ? 200 : (int)len, name, (unsigned long long)b->server_unsubs,
+                    held ? ", lines held back" : "");
+        if (ch->inflight == 0 && chan_send_subscribe(b, ch) < 0 && c->ac)
+            redisAsyncDisconnect(c->ac); /* out of memory: a reconnect re-subscribes it */
+        return;
+    }
     if (ch && ch->conn == c) chan_ack(b, ch);
     if (!unsub && c->state == CONN_SUBSCRIBING && c->resub_left > 0 && --c->resub_left == 0)
         conn_ready(c);
+}
+
+/* (Single mode) 1 when an error reply read now on c is the refusal of the SUBSCRIBE at the
+ * head of its requests (sq_head), one that can be refused alone: the channel's, its only
+ * request in flight, every live sub of it still waiting for the confirmation (an ACL's
+ * NOPERM for a channel it does not allow, a proxy's refusal). The error ends that
+ * subscription only (sub_refused). Any other error ends the connection, as hiredis
+ * would (reply_refused). */
+static int sub_refusal_ours(const struct conn *c)
+{
+    const struct sreq *h = c->sq_head;
+    struct chan *ch = h && !h->unsub && !h->resub ? chan_find(c->bus, h->name, h->len) : NULL;
+    if (!ch || ch->conn != c || ch->inflight != 1 || !ch->sent || ch->live == 0) return 0;
+    for (const sh_redis_sub *x = ch->head; x; x = x->next)
+        if (!x->dead && !x->pending) return 0; /* a confirmed one would lose its channel */
+    return 1;
+}
+
+/* (Single mode) the SUBSCRIBE at the head of c's requests was refused with the error
+ * `reply` (sub_refusal_ours said so): its subs fail (`unavailable`), the connection and
+ * every other channel stay. Before, any error reply ended the connection: one policy
+ * subscribing to a channel an ACL forbids (NOPERM) cost every channel of the connection
+ * its updates until it was back, and again at each such subscribe. */
+static void sub_refused(struct conn *c, const redisReply *reply)
+{
+    sh_redis_bus *b = c->bus;
+    struct sreq *q = sq_pop(c);
+    struct chan *ch = q ? chan_find(b, q->name, q->len) : NULL;
+    sh_redis_sub *fail = NULL;
+    uint64_t held;
+    char rn[32];
+    free(q);
+    if (!ch) return;
+    if (ratelimit_ok(&b->refuse_rl, uv_now(b->loop), &held))
+        sh_warn(NULL, "redis: %s connection: SUBSCRIBE \"%.*s\" refused: %.*s; its "
+                "subscriptions fail, the connection is kept%s", role_name(c, rn),
+                ch->len > 200 ? 200 : (int)ch->len, ch->name,
+                reply->len > 200 ? 200 : (int)reply->len, reply->str,
+                held ? " (lines held back)" : "");
+    if (ch->inflight) ch->inflight--;
+    if (c->acks) c->acks--;
+    ch->sent = 0;
+    ch->confirmed = 0;
+    busy_enter(b);
+    chan_take_pending(ch, &fail);
+    chan_mark_dirty(b, ch);
+    subs_fail(fail, SH_REDIS_EUNAVAILABLE);
+    busy_leave(b);
 }
 
 /* One reply on a single-mode subscriber connection that its reader made (raw_drain;
@@ -1207,6 +1369,10 @@ static void sub_ack(struct conn *c, int unsub, const char *name, size_t len)
 static void sub_reply(struct conn *c, const redisReply *reply)
 {
     sh_redis_bus *b = c->bus;
+    if (!b->closing && reply->type == REDIS_REPLY_ERROR) { /* reply_refused let it through */
+        sub_refused(c, reply);
+        return;
+    }
     if (b->closing || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
         reply->element[0]->type != REDIS_REPLY_STRING ||
         reply->element[1]->type != REDIS_REPLY_STRING)
@@ -1739,7 +1905,8 @@ static void conn_timer_cb(uv_timer_t *t)
     redisAsyncContext *ac = c->ac;
     c->ac = NULL; /* every callback redisAsyncFree runs now sees a foreign context */
     if (ac) redisAsyncFree(ac);
-    conn_lost(c, "no answer within the connect timeout");
+    conn_lost(c, ac ? "no answer within the connect timeout"
+                    : "the host name was not resolved within the connect timeout");
 }
 
 /* s[0..len) names an unsubscribe push for hiredis (strcasecmp on the C string, after
@@ -1785,7 +1952,8 @@ static int reply_refused(const redisReadTask *task, int type, const char *str, s
     } else if (!parent) {
         if (type == REDIS_REPLY_ARRAY && elements < 2)
             why = "protocol error: a push of fewer than 2 elements";
-        if (type == REDIS_REPLY_ERROR) { /* hiredis ends the connection with its text */
+        if (type == REDIS_REPLY_ERROR && !sub_refusal_ours(c)) { /* hiredis ends the
+                                                                   connection with its text */
             snprintf(c->errline, sizeof c->errline, "%.*s", len > 120 ? 120 : (int)len, str);
             why = c->errline;
         }
@@ -1954,22 +2122,109 @@ static redisReplyObjectFunctions reply_fns = {
     reply_string, reply_array, reply_integer, reply_nil, reply_free,
 };
 
-/* Start one connection attempt. Failures that hiredis reports at once are
- * handled here (retry scheduled); later ones arrive through on_connect. */
+/* A host name's resolution for conn_connect, on libuv's thread pool. hiredis resolves a
+ * name itself, with getaddrinfo on the loop's thread: a DNS server slow or unreachable
+ * (its timeout is seconds, times its attempts) then froze the whole process, every
+ * client, timer and connection, at each connection attempt, and attempts repeat while
+ * Redis is unreachable (or a subscriber connection flaps, or a cluster map names hosts). */
+struct gai {
+    uv_getaddrinfo_t req;
+    struct conn *c; /* NULL once the connection let go of it (the bus closing, a node retired) */
+};
+
+static void conn_connect_to(struct conn *c, const char *host, int watchdog);
+
+/* The resolution of c's host name is done: connect to its first IPv4 address (else its
+ * first IPv6 one), as hiredis 0.14 would have; unless the attempt it was for is over (the
+ * watchdog gave up on it: the next one resolves again). */
+static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct gai *g = (struct gai *)req;
+    struct conn *c = g->c;
+    const struct addrinfo *pick = NULL;
+    char ip[INET6_ADDRSTRLEN] = "", why[160];
+    for (int fam = 0; fam < 2 && !pick; fam++)
+        for (const struct addrinfo *r = status == 0 ? res : NULL; r && !pick; r = r->ai_next)
+            if (r->ai_family == (fam ? AF_INET6 : AF_INET)) pick = r;
+    if (pick && pick->ai_family == AF_INET)
+        uv_ip4_name((const struct sockaddr_in *)pick->ai_addr, ip, sizeof ip);
+    else if (pick)
+        uv_ip6_name((const struct sockaddr_in6 *)pick->ai_addr, ip, sizeof ip);
+    uv_freeaddrinfo(res);
+    free(g);
+    if (!c) return;
+    c->gai = NULL;
+    if (c->bus->closing || c->state != CONN_CONNECTING || c->ac) return;
+    if (!ip[0]) {
+        snprintf(why, sizeof why, "cannot resolve the host name: %s",
+                 status ? uv_strerror(status) : "no IPv4 or IPv6 address");
+        uv_timer_stop(&c->timer);
+        conn_lost(c, why);
+        return;
+    }
+    conn_connect_to(c, ip, 0);
+}
+
+/* Let go of c's resolution under way, if any (its result is then dropped). */
+static void conn_gai_detach(struct conn *c)
+{
+    if (!c->gai) return;
+    c->gai->c = NULL;
+    uv_cancel((uv_req_t *)&c->gai->req); /* its callback runs anyway, and frees it */
+    c->gai = NULL;
+}
+
+/* Start one connection attempt. A host name is resolved first, off the loop's thread
+ * (gai_cb), within the attempt's connect timeout; an address or a unix socket is
+ * connected to at once (conn_connect_to). */
 static void conn_connect(struct conn *c)
 {
     sh_redis_bus *b = c->bus;
     const sh_redis_addr *a = c->node ? node_addr(c->node) : &b->addr;
+    unsigned char addr[sizeof(struct in6_addr)];
+    if (a->is_unix || inet_pton(AF_INET, a->host, addr) == 1 ||
+        inet_pton(AF_INET6, a->host, addr) == 1) {
+        conn_connect_to(c, a->host, 1);
+        return;
+    }
+    c->state = CONN_CONNECTING;
+    uv_timer_start(&c->timer, conn_timer_cb, b->connect_timeout_ms, 0);
+    if (c->gai) return; /* the last attempt's, still under way: this one takes it over */
+    struct gai *g = malloc(sizeof *g);
+    const struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    int rc = g ? uv_getaddrinfo(b->loop, &g->req, gai_cb, a->host, NULL, &hints) : UV_ENOMEM;
+    if (rc != 0) {
+        char why[160];
+        free(g);
+        uv_timer_stop(&c->timer);
+        snprintf(why, sizeof why, "cannot resolve the host name: %s", uv_strerror(rc));
+        conn_lost(c, why);
+        return;
+    }
+    g->c = c;
+    c->gai = g;
+}
+
+/* Connect c to host (an address, resolved: hiredis' own getaddrinfo then needs no DNS)
+ * or to its unix socket. Failures that hiredis reports at once are handled here (retry
+ * scheduled); later ones arrive through on_connect. watchdog: start the connect timeout
+ * (0: the one started before the resolution goes on). */
+static void conn_connect_to(struct conn *c, const char *host, int watchdog)
+{
+    sh_redis_bus *b = c->bus;
+    const sh_redis_addr *a = c->node ? node_addr(c->node) : &b->addr;
     redisAsyncContext *ac = a->is_unix ? redisAsyncConnectUnix(a->path)
-                                       : redisAsyncConnect(a->host, a->port);
+                                       : redisAsyncConnect(host, a->port);
     char why[160];
     if (!ac) {
+        uv_timer_stop(&c->timer);
         conn_lost(c, "out of memory");
         return;
     }
     if (ac->err) {
         snprintf(why, sizeof why, "%s", ac_reason(ac));
         redisAsyncFree(ac);
+        uv_timer_stop(&c->timer);
         conn_lost(c, why);
         return;
     }
@@ -1977,6 +2232,7 @@ static void conn_connect(struct conn *c)
     ac->c.reader->privdata = ac;   /* for reply_refused */
     if (redisLibuvAttach(ac, b->loop) != REDIS_OK) {
         redisAsyncFree(ac);
+        uv_timer_stop(&c->timer);
         conn_lost(c, "cannot attach to the event loop");
         return;
     }
@@ -1996,7 +2252,7 @@ static void conn_connect(struct conn *c)
     c->hs_failed = 0;
     redisAsyncSetConnectCallback(ac, on_connect); /* starts watching for writability */
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    uv_timer_start(&c->timer, conn_timer_cb, b->connect_timeout_ms, 0);
+    if (watchdog) uv_timer_start(&c->timer, conn_timer_cb, b->connect_timeout_ms, 0);
 }
 
 /* ---- bus ---------------------------------------------------------------- */
@@ -2413,6 +2669,8 @@ static void bus_handle_closed(uv_handle_t *h)
 static void conn_shutdown(struct conn *c)
 {
     redisAsyncContext *ac = c->ac;
+    conn_gai_detach(c);
+    if (!c->node) sq_clear(c); /* (a cluster one's: cluster_close_turn) */
     uv_timer_stop(&c->timer);
     uv_timer_stop(&c->live);
     c->ac = NULL;
@@ -2515,12 +2773,6 @@ struct node {
 
 /* One SSUBSCRIBE/SUNSUBSCRIBE sent on a cluster subscriber connection,
  * awaiting its reply (Redis answers them in order). */
-struct sreq {
-    struct sreq *next;
-    struct chan *ch;       /* NULL once the channel moved elsewhere */
-    int unsub;             /* SUNSUBSCRIBE */
-    int resub;             /* part of the batch sent after the handshake */
-};
 
 struct cluster {
     struct node *nodes;           /* seeds first, then masters as maps name them */
@@ -2640,6 +2892,7 @@ static struct node *node_add(sh_redis_bus *b, const char *host, int port)
 static void conn_retire(struct conn *c)
 {
     redisAsyncContext *ac = c->ac;
+    conn_gai_detach(c);
     uv_timer_stop(&c->timer);
     uv_timer_stop(&c->live);
     c->ac = NULL;
@@ -3098,12 +3351,7 @@ static void cluster_conn_ready(struct conn *c)
 static void cluster_conn_lost(struct conn *c)
 {
     c->raw_ac = NULL;
-    while (c->sq_head) {
-        struct sreq *q = c->sq_head;
-        c->sq_head = q->next;
-        free(q);
-    }
-    c->sq_tail = NULL;
+    sq_clear(c);
     if (!c->bus->closing && c->node->in_map) cluster_refresh(c->bus);
 }
 
@@ -3200,29 +3448,14 @@ static void ccmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
  * ch to c's output and remember that a reply is due. 0 or -1. */
 static int csub_send(struct conn *c, struct chan *ch, int unsub, int resub)
 {
-    struct sreq *q = malloc(sizeof *q);
+    struct sreq *q = sq_new(ch, unsub, resub);
     if (q && c->ac && c->raw_ac == c->ac) conn_sending(c);
     if (!q || sub_append(c, unsub ? "SUNSUBSCRIBE" : "SSUBSCRIBE", ch->name, ch->len) < 0) {
         free(q);
         return -1;
     }
-    q->next = NULL;
-    q->ch = ch;
-    q->unsub = unsub;
-    q->resub = resub;
-    if (c->sq_tail) c->sq_tail->next = q; else c->sq_head = q;
-    c->sq_tail = q;
+    sq_append(c, q);
     return 0;
-}
-
-/* The oldest request awaiting its reply on c (detached), or NULL. */
-static struct sreq *csub_pop(struct conn *c)
-{
-    struct sreq *q = c->sq_head;
-    if (!q) return NULL;
-    c->sq_head = q->next;
-    if (!c->sq_head) c->sq_tail = NULL;
-    return q;
 }
 
 /* Contract at the forward declaration: the handshake is done; from now on
@@ -3292,7 +3525,7 @@ static void csub_reply(struct conn *c, const redisReply *reply)
     char rn[32];
     if (b->closing) return;
     if (reply->type == REDIS_REPLY_ERROR) {
-        q = csub_pop(c);
+        q = sq_pop(c);
         if (q && !q->unsub)
             csub_refused(c, q->ch, reply);
         else
@@ -3313,8 +3546,13 @@ static void csub_reply(struct conn *c, const redisReply *reply)
         }
         int unsub = strcasecmp(kind, "sunsubscribe") == 0;
         if (!unsub && strcasecmp(kind, "ssubscribe") != 0) return;
-        if (unsub && !(c->sq_head && c->sq_head->unsub && (!c->sq_head->ch || c->sq_head->ch == ch))) {
-            /* spontaneous: its slot left this node (resharding, failover) */
+        const struct sreq *h = c->sq_head;
+        if (unsub && !(h && h->unsub && h->len == name->len &&
+                       memcmp(h->name, name->str, name->len) == 0)) {
+            /* spontaneous: its slot left this node (resharding, failover). By the name,
+             * not the channel: the head's is NULL once its channel moved, and any push
+             * then passed for its reply (a channel dropped meanwhile stayed believed
+             * subscribed, its updates lost) */
             if (ch && ch->conn == c && ch->sent && ch->live > 0) {
                 ch->sent = 0;
                 ch->confirmed = 0;
@@ -3324,7 +3562,7 @@ static void csub_reply(struct conn *c, const redisReply *reply)
             }
             return;
         }
-        q = csub_pop(c);
+        q = sq_pop(c);
         if (q && q->ch) chan_ack(b, q->ch);
     }
     if (q && q->resub && c->state == CONN_SUBSCRIBING && c->resub_left > 0 &&

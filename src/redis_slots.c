@@ -10,7 +10,14 @@ struct sh_redis_slots {
     sh_redis_node *nodes;           /* distinct masters */
     size_t nnodes, cap;
     size_t assigned;                /* slots with an owner */
+    size_t given;                   /* slots given so far, a slot given twice counted twice */
 };
+
+/* The most slots a reply may give, counting a slot given twice twice. A node's map gives
+ * each slot once (its slot table has one owner per slot); a reply that repeats ranges (a
+ * hostile or broken node: 600,000 times 0-16383 fit in the default redis_max_reply_bytes) cost
+ * a loop over every slot of every range, seconds of the event loop at each map fetch. */
+#define SLOTS_GIVEN_MAX (2 * SH_REDIS_SLOTS)
 
 /* ---- hashing ------------------------------------------------------------ */
 
@@ -103,6 +110,8 @@ static int assign(sh_redis_slots *m, long long start, long long end, const sh_re
 {
     if (start < 0 || end < start || end >= SH_REDIS_SLOTS) return SH_SLOTS_EPROTO;
     if (n->port <= 0 || n->port > 65535) return SH_SLOTS_EPROTO;
+    if ((size_t)(end - start + 1) > SLOTS_GIVEN_MAX - m->given) return SH_SLOTS_EPROTO;
+    m->given += (size_t)(end - start + 1);
     int idx = node_index(m, n);
     if (idx < 0) return idx;
     for (long long s = start; s <= end; s++) {

@@ -186,7 +186,8 @@ def the_cores_job_done_entries_count_against_lua_max_memory():
     """A tracked job whose job.done grows (3,000 tasks with 100-byte ids) while the
     generation's Lua memory is near lua_max_memory: the entries the core makes are the
     policy's memory, refused past the cap as on_publish's are (the update then goes to
-    on_publish, whose run fails: "not enough memory", close 1011).
+    on_publish, which finds no room: close 1013, as a new message near the cap; before
+    session 13's fix its run was started and failed: "not enough memory", close 1011).
     fails on old: yes (the core allocated outside the cap: every update forwarded, no
     close, statushost_lua_memory_bytes 4,581,555 with lua_max_memory 4,194,304)."""
     cap = 4 << 20
@@ -197,9 +198,10 @@ def the_cores_job_done_entries_count_against_lua_max_memory():
         seq = [('{"id":"%s%d","status":"done"}' % (prefix, i)).encode() for i in range(1, 3000)]
         assert publish(channel, seq) == [1] * len(seq)
         frames, code = read_to_close(ws, "the job's memory refused")
-        assert code == 1011 and 0 < len(frames) < len(seq), (len(frames), code)
+        assert code == 1013 and 0 < len(frames) < len(seq), (len(frames), code)
         assert frames == seq[:len(frames)]
-        sh.wait_log(r"lua error in on_publish: not enough memory")
+        sh.wait_log(r"Lua memory \d+ of %d \(lua_max_memory\): no room for an update: "
+                    r"closing 1013" % cap)
         assert 0 < sh.metrics()["statushost_updates_tracked_total"] <= len(frames)
         ws.shutdown()
 
