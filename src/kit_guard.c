@@ -384,7 +384,7 @@ static int guarded_co(lua_State *L)
 }
 
 /* coroutine.wrap closes a dead coroutine as a running thread (sh_lib_guard_wrap). */
-static const sh_lib_co_guard kit_co_guard = {sh_kit_guard_resume, sh_kit_guard_resumed};
+static const sh_lib_co_guard kit_co_guard = {sh_kit_guard_resume, sh_kit_guard_resumed, NULL};
 
 static void guard_coroutines(lua_State *L)
 {

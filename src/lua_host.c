@@ -355,6 +355,14 @@ static int guarded_co(lua_State *L)
         return luaL_error(L, "coroutine.%s: a hook's coroutine belongs to statushost "
                              "and cannot be resumed or closed from Lua",
                           lua_tostring(L, lua_upvalueindex(2)));
+    int cst = lua_status(co);
+    if (cst != LUA_OK && cst != LUA_YIELD && sh_budget_spent(co) &&
+        strcmp(lua_tostring(L, lua_upvalueindex(2)), "close") == 0) {
+        lua_pushboolean(L, 0); /* as Lua's close of a coroutine that failed, its handlers */
+        lua_pushvalue(co, -1); /* left be: they would run uncounted (sh_budget_spent) */
+        lua_xmove(co, L, 1);
+        return 2;
+    }
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     if (sh_budget_enter(co) != 0)
@@ -378,7 +386,8 @@ static void guard_coroutine(lua_State *L, const char *name)
 }
 
 /* coroutine.wrap runs its coroutine under the budget too (sh_lib_guard_wrap). */
-static const sh_lib_co_guard budget_guard = {sh_budget_enter, sh_budget_leave};
+static const sh_lib_co_guard budget_guard = {sh_budget_enter, sh_budget_leave,
+                                              sh_budget_spent};
 
 /* setmetatable, refusing a metatable with __gc: Lua runs a finalizer with
  * hooks off (lgc.c GCTM), so the instruction budget could not stop one that
@@ -1133,6 +1142,46 @@ static void task_error(sh_task *t, const char *msg)
         t->owner->failed(t->owner);
 }
 
+/* A run that failed leaves the to-be-closed variables of its stack open (lua_resume
+ * unwinds nothing on an error), and a policy cannot coroutine.close a hook's coroutine:
+ * their __close handlers run here, after the error was logged, as a run of their own
+ * (budget, cap, watchdog) in which nothing may wait; an error they raise is logged too.
+ * Not after a run the budget stopped (spent: sh_budget_spent): they would run uncounted,
+ * and they are that run's code, which raises at its next instruction. */
+static void task_close(sh_task *t, int spent)
+{
+    lua_State *co = t->co;
+    sh_gen *g = t->gen;
+    if (spent)
+        return;
+    lua_State *L = g->L;
+    lua_pushvalue(co, -1); /* the run's error, to tell a handler's from it */
+    lua_xmove(co, L, 1);
+    t->state = SH_TASK_CLOSING;
+    sh_budget_begin(co, g->cfg.lua_max_instructions);
+    g->capped = 1;
+    sh_watchdog_note(t->what, t->log_id);
+    g->running = t;
+    int st = lua_resetthread(co); /* the run's error status when the handlers raise none */
+    g->running = NULL;
+    sh_watchdog_note(NULL, NULL);
+    sh_budget_end(co);
+    g->capped = 0;
+    if (st != LUA_OK) {
+        lua_xmove(co, L, 1);
+        if (!lua_rawequal(L, -1, -2)) {
+            const char *msg = lua_tostring(L, -1);
+            sh_error(t->log_id[0] ? t->log_id : NULL, "lua error in %s (a __close handler): %s",
+                     t->what, msg ? msg : luaL_typename(L, -1));
+            if (g->host)
+                g->host->metrics->lua_errors++;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    lua_settop(co, 0);
+}
+
 /* Resume t with its nargs values: the one place Lua runs after loading. */
 static void task_run(sh_task *t)
 {
@@ -1145,6 +1194,7 @@ static void task_run(sh_task *t)
     sh_watchdog_note(t->what, t->log_id);
     g->running = t;
     int st = lua_resume(co, g->L, t->nargs, &nres);
+    int spent = st != LUA_OK && st != LUA_YIELD && sh_budget_spent(co);
     g->running = NULL;
     sh_watchdog_note(NULL, NULL);
     sh_budget_end(co);
@@ -1162,6 +1212,7 @@ static void task_run(sh_task *t)
         const char *msg = lua_tostring(co, -1);
         task_error(t, msg ? msg : luaL_typename(co, -1));
         nres = 0;
+        task_close(t, spent);
     }
     task_finish(t, st, nres);
 }

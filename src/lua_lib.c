@@ -107,7 +107,7 @@ static int wrapped_call(lua_State *L)
     lua_State *co = lua_tothread(L, lua_upvalueindex(1));
     const sh_lib_co_guard *g = lua_touserdata(L, lua_upvalueindex(3));
     int st = lua_status(co);
-    if (st != LUA_OK && st != LUA_YIELD) {
+    if (st != LUA_OK && st != LUA_YIELD && !(g->spent && g->spent(co))) {
         if (g->enter(co) != 0)
             return luaL_error(L, "coroutine.wrap: coroutines nested too deep");
         st = lua_resetthread(co);

@@ -73,6 +73,8 @@ const char *sh_lib_checklstring(lua_State *L, int arg, const char *fname, size_t
 typedef struct sh_lib_co_guard {
     int (*enter)(lua_State *co);
     void (*leave)(void);
+    int (*spent)(lua_State *co); /* NULL, or: co's __close handlers may not run (they
+                                  * would run unguarded: sh_budget_spent) */
 } sh_lib_co_guard;
 
 /* Set coroutine.wrap, in the table at index `coroutine`, to Lua's own (lcorolib.c

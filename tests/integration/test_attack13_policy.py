@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""test_attack13_policy.py — session 13's attack as a hostile or careless policy author: what a
+policy's Lua can make of the host's runs. Each docstring says how the test failed on the code
+before ("fails on old: ...").
+
+    python3 tests/integration/test_attack13_policy.py [test_name ...]
+    SH_BIN=build-asan/statushost SH_SANITIZED=1 ASAN_OPTIONS=detect_leaks=1 python3 ...
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import ROOT, Statushost, Suite, WsClient, free_port, http_request  # noqa: E402
+
+S = Suite("attack13_policy")
+POL = os.path.join(ROOT, "tests", "integration", "policies")
+NO_REDIS = "redis://127.0.0.1:%d" % free_port()  # nothing listens there
+
+
+def pol(name):
+    return os.path.join(POL, name)
+
+
+def host(script, sets=(), redis=None, **kw):
+    sets = list(sets) + ["shutdown_grace_ms=300"]
+    return Statushost(script, redis=redis if redis is not None else NO_REDIS, sets=sets, **kw)
+
+
+def get(sh, path):
+    status, _, body = http_request(sh.port, "GET", path)
+    return status, body
+
+
+@S.test
+def a_failed_hooks_to_be_closed_variables_are_closed():
+    """A route and an on_message that hold a `local g <close>` guard and then raise: the
+    error is logged and answered (500, close 1011) as before, and the guard's __close
+    handler runs, with the error, as Lua runs it when a pcall'd function or a
+    coroutine.wrap fails (the policy cannot coroutine.close a hook's coroutine itself).
+    fails on old: yes (lua_resume unwinds nothing on an error and the host dropped the
+    coroutine: no handler ever ran, the count stayed 0 — a slot a guard was to give back,
+    an in-flight count, a lock in a shared dictionary, was held for ever)."""
+    with host(pol("attack13_close.lua")) as sh:
+        m = sh.mark()
+        assert get(sh, "/fail")[0] == 500
+        sh.wait_log(r"lua error in route: .*attack13 route failure", start=m)
+        sh.wait_log(r"attack13: route guard closed, error: .*attack13 route failure", start=m)
+        assert get(sh, "/count") == (200, b"1")
+        c = WsClient(sh.port)
+        c.send_text("x")
+        assert c.expect_close()[0] == 1011
+        sh.wait_log(r"attack13: message guard closed, send: ", start=m)
+        assert "a __close handler" not in sh.log_text()  # the handlers raised nothing
+
+
+@S.test
+def a_close_handler_of_a_coroutine_the_budget_stopped_cannot_hold_the_loop():
+    """coroutine.wrap of a body that loops and holds a <close> guard whose handler loops
+    too; and such a coroutine kept (its run stopped by the budget) and closed with
+    coroutine.close in a later run: each run ends (500, 200 false) and the server goes on.
+    fails on old: yes (the budget raises from Lua's count hook, which leaves the thread's
+    hooks off for good: the wrap's close, and a later coroutine.close, ran the handler
+    uncounted, until the loop_stall_ms watchdog aborted the process — every connection
+    lost)."""
+    with host(pol("attack13_close.lua"), sets=["loop_stall_ms=3000"]) as sh:
+        m = sh.mark()
+        assert get(sh, "/wrap")[0] == 500
+        sh.wait_log(r"lua error in route: .*instruction budget exceeded", start=m)
+        assert get(sh, "/ok") == (200, b"ok\n")
+        assert get(sh, "/saved")[0] == 500
+        assert get(sh, "/close") == (200, b"false")
+        assert get(sh, "/close") == (200, b"false")
+        assert get(sh, "/ok") == (200, b"ok\n")
+        assert "guard runs" not in sh.log_text()
+
+
+if __name__ == "__main__":
+    S.run()
