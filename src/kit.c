@@ -1399,7 +1399,7 @@ static int l_run(lua_State *L)
         lua_pushliteral(co, "coroutines nested too deep");
     }
     int n = outcome(L, co, st, sh_kit_overtime(), 3);
-    if (st != LUA_OK && sh_kit_guard_resume(co) == 0) {
+    if (st != LUA_OK && !sh_kit_guard_spent(co) && sh_kit_guard_resume(co) == 0) {
         lua_resetthread(co); /* its pending __close handlers run, in the test's time */
         sh_kit_guard_resumed();
     }

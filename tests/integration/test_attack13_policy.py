@@ -7,10 +7,12 @@ before ("fails on old: ...").
     SH_BIN=build-asan/statushost SH_SANITIZED=1 ASAN_OPTIONS=detect_leaks=1 python3 ...
 """
 import os
+import re
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import ROOT, Statushost, Suite, WsClient, free_port, http_request  # noqa: E402
+from harness import BIN, ROOT, Statushost, Suite, WsClient, free_port, http_request  # noqa: E402
 
 S = Suite("attack13_policy")
 POL = os.path.join(ROOT, "tests", "integration", "policies")
@@ -72,6 +74,24 @@ def a_close_handler_of_a_coroutine_the_budget_stopped_cannot_hold_the_loop():
         assert get(sh, "/close") == (200, b"false")
         assert get(sh, "/ok") == (200, b"ok\n")
         assert "guard runs" not in sh.log_text()
+
+
+@S.test
+def a_kit_test_over_its_time_with_a_looping_close_handler_fails_alone():
+    """statushost --test --cpu-ms 300: a test stopped over its CPU time while a <close>
+    variable's handler loops (in the test's own coroutine, in a coroutine.wrap, in a
+    coroutine kept and closed by the next test) fails, and the run goes on with the next test.
+    fails on old: yes (the kit's hook raised, which leaves the coroutine's hooks off: the
+    kit then ran the handler unbounded, stuck until twice the time — "Bail out! ... the test
+    is stuck past its CPU time", exit 2, the tests after it never ran)."""
+    p = subprocess.run([BIN, "--test", "--cpu-ms", "300", pol("attack13_close_test.lua")],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60, cwd=ROOT)
+    out = p.stdout.decode()
+    assert p.returncode == 1, (p.returncode, out, p.stderr.decode()[-2000:])
+    for i in (1, 2, 3):
+        assert re.search(r"(?m)^not ok %d - " % i, out), out
+    assert "ok 4 - the kept one closed" in out and "ok 5 - " in out, out
+    assert "Bail out" not in out, out
 
 
 if __name__ == "__main__":
