@@ -395,8 +395,10 @@ static int guarded_co(lua_State *L)
 }
 
 /* coroutine.wrap closes a dead coroutine as a running thread (sh_lib_guard_wrap). */
+static int kit_over(void) { return sh_kit_overtime() != NULL; }
+
 static const sh_lib_co_guard kit_co_guard = {sh_kit_guard_resume, sh_kit_guard_resumed,
-                                              sh_kit_guard_spent};
+                                              sh_kit_guard_spent, kit_over};
 
 static void guard_coroutines(lua_State *L)
 {
@@ -409,6 +411,7 @@ static void guard_coroutines(lua_State *L)
         lua_setfield(L, -2, name);
     }
     sh_lib_guard_wrap(L, -1, &kit_co_guard);
+    sh_lib_guard_xpcall(L, &kit_co_guard);
     lua_pop(L, 1);
 }
 

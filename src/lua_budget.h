@@ -47,6 +47,8 @@ void sh_budget_leave(void);
  * leaves its thread's allowhook off, and nothing sets it again), so a pending __close
  * handler of co would run uncounted: the closer (lua_resetthread) must leave them be. */
 int sh_budget_spent(lua_State *co);
+/* Is the run going on past its budget (every instruction of it raising)? */
+int sh_budget_over(void);
 
 /* Charge the running run n instructions for work a C function did that the VM does
  * not count (host.json.decode of a long text: SH_BUDGET_BYTES_PER_INSTRUCTION bytes

@@ -387,7 +387,7 @@ static void guard_coroutine(lua_State *L, const char *name)
 
 /* coroutine.wrap runs its coroutine under the budget too (sh_lib_guard_wrap). */
 static const sh_lib_co_guard budget_guard = {sh_budget_enter, sh_budget_leave,
-                                              sh_budget_spent};
+                                              sh_budget_spent, sh_budget_over};
 
 /* setmetatable, refusing a metatable with __gc: Lua runs a finalizer with
  * hooks off (lgc.c GCTM), so the instruction budget could not stop one that
@@ -489,6 +489,7 @@ static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
     guard_coroutine(L, "close");
     lua_getglobal(L, "coroutine");
     sh_lib_guard_wrap(L, -1, &budget_guard);
+    sh_lib_guard_xpcall(L, &budget_guard);
     lua_pop(L, 1);
     /* debug: traceback only, and sethook raises */
     lua_createtable(L, 0, 2);

@@ -145,6 +145,54 @@ void sh_lib_guard_wrap(lua_State *L, int coroutine, const sh_lib_co_guard *g)
     lua_setfield(L, coroutine, "wrap");
 }
 
+/* ============================================================ xpcall */
+
+/* The message handler xpcall is given (upvalues: the policy's handler, the guard). */
+static int guarded_msgh(lua_State *L)
+{
+    const sh_lib_co_guard *g = lua_touserdata(L, lua_upvalueindex(2));
+    if (g->over())
+        return 1; /* the error as raised */
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+/* lbaselib.c's finishpcall */
+static int finish_xpcall(lua_State *L, int status, lua_KContext extra)
+{
+    if (status != LUA_OK && status != LUA_YIELD) {
+        lua_pushboolean(L, 0);
+        lua_pushvalue(L, -2);
+        return 2;
+    }
+    return lua_gettop(L) - (int)extra;
+}
+
+/* xpcall (upvalue: the guard): lbaselib.c's, the handler wrapped */
+static int guarded_xpcall(lua_State *L)
+{
+    int n = lua_gettop(L);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushcclosure(L, guarded_msgh, 2);
+    lua_replace(L, 2);
+    lua_pushboolean(L, 1);
+    lua_pushvalue(L, 1);
+    lua_rotate(L, 3, 2);
+    int status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, finish_xpcall);
+    return finish_xpcall(L, status, 2);
+}
+
+void sh_lib_guard_xpcall(lua_State *L, const sh_lib_co_guard *g)
+{
+    lua_pushlightuserdata(L, (void *)g);
+    lua_pushcclosure(L, guarded_xpcall, 1);
+    lua_setglobal(L, "xpcall");
+}
+
 /* ============================================================ base64 */
 
 static const char b64_std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
