@@ -701,8 +701,13 @@ static int run_on_config(sh_gen *g, int policy, char *err, size_t errsz)
                  "under the value --set gives, else the default)", g->mem_max);
     else if (rc != LUA_OK)
         snprintf(err, errsz, "config: %s", lua_tostring(L, -1));
-    else if (lua_isnil(L, -2) || (lua_isboolean(L, -2) && lua_toboolean(L, -2)))
+    else if ((lua_isnil(L, -2) && lua_isnil(L, -1)) ||
+             (lua_isboolean(L, -2) && lua_toboolean(L, -2)))
         ok = 1;
+    else if (lua_isnil(L, -2)) /* Lua's nil, "why" of a failure: not an accept */
+        snprintf(err, errsz, "config: on_config must return nothing, true, or false, \"why\" "
+                 "(it returned nil, %s)", lua_isstring(L, -1) ? lua_tostring(L, -1)
+                                                              : luaL_typename(L, -1));
     else if (lua_isboolean(L, -2))
         snprintf(err, errsz, "config: %s",
                  lua_isstring(L, -1) ? lua_tostring(L, -1) : "refused by on_config");

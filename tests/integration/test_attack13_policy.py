@@ -114,5 +114,19 @@ def an_xpcall_handler_cannot_outlast_the_budget():
         assert "xpcall handler runs" not in sh.log_text()
 
 
+@S.test
+def on_config_returning_nil_and_a_reason_refuses_the_config():
+    """on_config returns nil, "why" (Lua's shape of a failure, as io.open's): --check exits 2
+    naming the shape and the reason, as on_handshake's nil, 401 is an error and not an accept.
+    fails on old: yes (only the first value was read: nil accepted the config, "oc.lua: ok",
+    exit 0, and the server started on a config its policy had refused)."""
+    p = subprocess.run([BIN, "--check", pol("attack13_config_nil.lua")], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=30, cwd=ROOT)
+    err = p.stderr.decode()
+    assert p.returncode == 2, (p.returncode, p.stdout, err)
+    assert re.search(r'on_config must return nothing, true, or false, "why" \(it returned nil, '
+                     r'attack13: port_ok must be set\)', err), err
+
+
 if __name__ == "__main__":
     S.run()
