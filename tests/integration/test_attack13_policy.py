@@ -128,5 +128,24 @@ def on_config_returning_nil_and_a_reason_refuses_the_config():
                      r'attack13: port_ok must be set\)', err), err
 
 
+@S.test
+def metric_label_names_are_a_list_of_names_prometheus_leaves_free():
+    """host.metrics.define with the label names {"__name__"}, {[1] = "job", [3] = "reason"} or
+    {"job", reason = true}: --check exits 2 naming the mistake; {"job", "reason"} loads.
+    fails on old: yes (all three loaded: a __name__ label went to /metrics as
+    statushost_x{__name__="..."}, which Prometheus reads as the sample's name — any metric's,
+    the server's own included; and the names past a hole, or under other keys, were left out
+    without a word, their values dropped from every sample)."""
+    for case, ok in (("reserved", False), ("hole", False), ("extra", False), ("ok", True)):
+        env = dict(os.environ, ATTACK13_LABELS=case)
+        p = subprocess.run([BIN, "--check", pol("attack13_labels.lua")], env=env, cwd=ROOT,
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        err = p.stderr.decode()
+        if ok:
+            assert p.returncode == 0, (case, p.returncode, err)
+        else:
+            assert p.returncode == 2 and "host.metrics.define: bad argument #4" in err, (case, err)
+
+
 if __name__ == "__main__":
     S.run()
