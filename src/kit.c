@@ -327,8 +327,8 @@ static int kit_http_request(void *ctx, const sh_http_opts *o, sh_http_cb cb, voi
     if (!((slen == 4 && strncasecmp(o->url, "http", 4) == 0) ||
           (slen == 5 && strncasecmp(o->url, "https", 5) == 0)))
         return SH_HTTP_EUNSUPPORTED;
-    if (!sep[3] || sep[3] == '/' || strpbrk(o->url, " \r\n"))
-        return SH_HTTP_EINVAL;
+    if (!sep[3] || sep[3] == '/' || strpbrk(o->url, " \r\n") || sh_http_opts_check(o) != 0)
+        return SH_HTTP_EINVAL; /* as the real client refuses them */
     kit_req *r = req_new(w, REQ_HTTP, arg);
     if (!r)
         return SH_HTTP_ENOMEM;

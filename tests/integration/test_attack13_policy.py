@@ -147,5 +147,26 @@ def metric_label_names_are_a_list_of_names_prometheus_leaves_free():
             assert p.returncode == 2 and "host.metrics.define: bad argument #4" in err, (case, err)
 
 
+@S.test
+def a_request_with_its_own_transfer_encoding_raises():
+    """host.http.request with a Transfer-Encoding header (a POST whose body is "0" CRLF CRLF
+    then a second request): the call raises invalid argument, as a Content-Length that is not
+    the body's does; and the test kit refuses both as the server does.
+    fails on old: yes (the client took the policy's Transfer-Encoding for its own framing and
+    sent no Content-Length: the remote read the body in chunks and the bytes after the "0"
+    chunk as the next request on the kept-alive socket — a request smuggled in, whose answer
+    the next call on that socket would read as its own; in the kit, neither was refused)."""
+    dead = "http://127.0.0.1:%d/jobs" % free_port()
+    with host(pol("attack13_http_te.lua"), env={"ATTACK13_REMOTE": dead}) as sh:
+        for path in ("/te", "/cl"):
+            status, body = get(sh, path)
+            assert status == 200 and body.startswith(b"raised: ") and \
+                b"invalid argument" in body, (path, body)
+        assert get(sh, "/ok") == (200, b"returned: refused")
+    p = subprocess.run([BIN, "--test", pol("attack13_http_te_test.lua")], cwd=ROOT,
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    assert p.returncode == 0, (p.returncode, p.stdout.decode(), p.stderr.decode()[-2000:])
+
+
 if __name__ == "__main__":
     S.run()
