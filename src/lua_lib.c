@@ -147,12 +147,20 @@ void sh_lib_guard_wrap(lua_State *L, int coroutine, const sh_lib_co_guard *g)
 
 /* ============================================================ xpcall */
 
-/* The message handler xpcall is given (upvalues: the policy's handler, the guard). */
+/* The message handler xpcall is given (upvalues: the policy's handler, the guard, Lua's
+ * debug.traceback). The commonest, debug.traceback, is done here, from the level it would
+ * start at (no line for this frame). */
 static int guarded_msgh(lua_State *L)
 {
     const sh_lib_co_guard *g = lua_touserdata(L, lua_upvalueindex(2));
     if (g->over())
         return 1; /* the error as raised */
+    if (lua_rawequal(L, lua_upvalueindex(1), lua_upvalueindex(3))) {
+        const char *msg = lua_tostring(L, 1);
+        if (msg || lua_isnoneornil(L, 1)) /* else the value as it is, as ldblib.c's */
+            luaL_traceback(L, L, msg, 1);
+        return 1;
+    }
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     lua_call(L, lua_gettop(L) - 1, 1);
@@ -170,14 +178,15 @@ static int finish_xpcall(lua_State *L, int status, lua_KContext extra)
     return lua_gettop(L) - (int)extra;
 }
 
-/* xpcall (upvalue: the guard): lbaselib.c's, the handler wrapped */
+/* xpcall (upvalues: the guard, Lua's debug.traceback): lbaselib.c's, the handler wrapped */
 static int guarded_xpcall(lua_State *L)
 {
     int n = lua_gettop(L);
     luaL_checktype(L, 2, LUA_TFUNCTION);
     lua_pushvalue(L, 2);
     lua_pushvalue(L, lua_upvalueindex(1));
-    lua_pushcclosure(L, guarded_msgh, 2);
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_pushcclosure(L, guarded_msgh, 3);
     lua_replace(L, 2);
     lua_pushboolean(L, 1);
     lua_pushvalue(L, 1);
@@ -189,7 +198,13 @@ static int guarded_xpcall(lua_State *L)
 void sh_lib_guard_xpcall(lua_State *L, const sh_lib_co_guard *g)
 {
     lua_pushlightuserdata(L, (void *)g);
-    lua_pushcclosure(L, guarded_xpcall, 1);
+    lua_getglobal(L, "debug");
+    if (lua_istable(L, -1))
+        lua_getfield(L, -1, "traceback");
+    else
+        lua_pushnil(L);
+    lua_remove(L, -2);
+    lua_pushcclosure(L, guarded_xpcall, 2);
     lua_setglobal(L, "xpcall");
 }
 

@@ -89,8 +89,9 @@ void sh_lib_guard_wrap(lua_State *L, int coroutine, const sh_lib_co_guard *g);
  * not run while g->over() says the running code is past its bound: that error is raised
  * from a count hook, where Lua runs no hook (the thread's allowhook is off until the hook
  * returns, and it does not), so a handler that looped ran unbounded. The error then comes
- * back as raised: a handler would raise at its first instruction. g must live as long as
- * the state. */
+ * back as raised: a handler would raise at its first instruction. The global debug.traceback
+ * of this moment, as the handler, is run as if called by Lua (its traceback has no line for
+ * the wrapper). g must live as long as the state. */
 void sh_lib_guard_xpcall(lua_State *L, const sh_lib_co_guard *g);
 
 /* ------------------------------------------------------------- addresses */

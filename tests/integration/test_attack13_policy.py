@@ -100,7 +100,8 @@ def a_kit_test_over_its_time_with_a_looping_close_handler_fails_alone():
 def an_xpcall_handler_cannot_outlast_the_budget():
     """xpcall of a loop the budget stops, whose message handler loops too: the route answers
     500 (the budget's error, logged) and the server goes on; xpcall is otherwise Lua's (a
-    handler shapes a plain error; a body that waits returns its results).
+    handler shapes a plain error; a body that waits returns its results; debug.traceback's
+    traceback starts at the function that raised).
     fails on old: yes (Lua calls the handler where the error is raised: inside the budget's
     count hook, where Lua runs no hook — the handler looped uncounted until the
     loop_stall_ms watchdog aborted the process)."""
@@ -111,6 +112,9 @@ def an_xpcall_handler_cannot_outlast_the_budget():
         assert get(sh, "/ok") == (200, b"ok\n")
         assert get(sh, "/err") == (200, b"false handled 7")
         assert get(sh, "/sleep") == (200, b"true true arg")
+        status, tb = get(sh, "/tb")
+        assert status == 200 and re.match(rb"[^\n]*boom\nstack traceback:\n\t\[C\]: in function "
+                                          rb"'error'\n", tb), tb
         assert "xpcall handler runs" not in sh.log_text()
 
 
