@@ -310,8 +310,35 @@ static int search_shipped(lua_State *L)
     return 1;
 }
 
+/* package.searchers' searcher of Lua files (loadlib.c's searcher_Lua), text chunks only:
+ * the file package.searchpath finds on package.path. */
+static int search_text(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_getfield(L, -1, LUA_LOADLIBNAME);
+    if (!lua_istable(L, -1))
+        return luaL_error(L, "'package' must be a table");
+    lua_getfield(L, -1, "searchpath");
+    lua_pushvalue(L, 1);
+    if (lua_getfield(L, -3, "path") != LUA_TSTRING)
+        return luaL_error(L, "'package.path' must be a string");
+    lua_call(L, 2, 2);
+    if (lua_isnil(L, -2))
+        return 1; /* where it looked */
+    const char *filename = lua_tostring(L, -2);
+    if (!filename)
+        return luaL_error(L, "'package.searchpath' must return a file name");
+    if (luaL_loadfilex(L, filename, "t") != LUA_OK)
+        return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s", name, filename,
+                          lua_tostring(L, -1));
+    lua_pushstring(L, filename);
+    return 2;
+}
+
 /* package.path starts with the script's directory; "statushost.NAME"
- * finds the shipped policies (search_shipped). */
+ * finds the shipped policies (search_shipped); Lua files load as text chunks only
+ * (search_text: a binary chunk can crash the VM). */
 void sh_host_module_paths(lua_State *L, const char *script)
 {
     char dir[4096];
@@ -331,6 +358,8 @@ void sh_host_module_paths(lua_State *L, const char *script)
     }
     lua_pushcfunction(L, search_shipped);
     lua_rawseti(L, -2, 2);
+    lua_pushcfunction(L, search_text); /* in place of Lua's, now the third */
+    lua_rawseti(L, -2, 3);
     lua_pop(L, 2);
 }
 
@@ -432,6 +461,42 @@ static int text_load(lua_State *L)
     return lua_gettop(L);
 }
 
+/* loadfile() of text chunks only, as load (upvalue: the original). */
+static int text_loadfile(lua_State *L)
+{
+    int n = lua_gettop(L);
+    if (n >= 2 && !lua_isnil(L, 2)) {
+        const char *mode = lua_tostring(L, 2);
+        if (!mode || strcmp(mode, "t") != 0)
+            return luaL_error(L, "loadfile: only text chunks (mode \"t\") are allowed");
+    }
+    lua_settop(L, n > 3 ? n : 3);
+    lua_pushstring(L, "t");
+    lua_replace(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 3, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* dofile() of text chunks only (lbaselib.c's, the mode "t"). */
+static int dofile_cont(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    return lua_gettop(L) - 1;
+}
+
+static int text_dofile(lua_State *L)
+{
+    const char *fname = luaL_optstring(L, 1, NULL);
+    lua_settop(L, 1);
+    if (luaL_loadfilex(L, fname, "t") != LUA_OK)
+        return lua_error(L);
+    lua_callk(L, 0, LUA_MULTRET, 0, dofile_cont);
+    return dofile_cont(L, 0, 0);
+}
+
 /* type(v), as the base library's, but the names are the closure's upvalues:
  * Lua's pushes its result with lua_pushstring, which hashes and looks the name
  * up in the string table at every call (a policy calls type a few times per
@@ -508,6 +573,11 @@ static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
     lua_getglobal(L, "load");
     lua_pushcclosure(L, text_load, 1);
     lua_setglobal(L, "load");
+    lua_getglobal(L, "loadfile");
+    lua_pushcclosure(L, text_loadfile, 1);
+    lua_setglobal(L, "loadfile");
+    lua_pushcfunction(L, text_dofile);
+    lua_setglobal(L, "dofile");
     lua_getglobal(L, "setmetatable");
     lua_pushcclosure(L, no_gc_setmetatable, 1);
     lua_setglobal(L, "setmetatable");

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import BIN, ROOT, Statushost, Suite, WsClient, free_port, http_request  # noqa: E402
@@ -170,6 +171,21 @@ def a_request_with_its_own_transfer_encoding_raises():
     p = subprocess.run([BIN, "--test", pol("attack13_http_te_test.lua")], cwd=ROOT,
                        stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
     assert p.returncode == 0, (p.returncode, p.stdout.decode(), p.stderr.decode()[-2000:])
+
+
+@S.test
+def loadfile_dofile_and_require_take_text_chunks_only():
+    """A binary chunk (string.dump) written to a file: loadfile, dofile and require of it fail
+    "attempt to load a binary chunk", as load() refuses one and the script itself is read.
+    fails on old: yes (only load was text-only: each of the three ran the bytecode — a chunk
+    a crafted or damaged file makes can crash the VM, every connection with it)."""
+    with tempfile.TemporaryDirectory() as d:
+        with host(pol("attack13_bytecode.lua"), env={"ATTACK13_DIR": d}) as sh:
+            status, body = get(sh, "/b")
+            lines = body.decode().split("\n")
+            assert status == 200 and len(lines) == 3, body
+            for line in lines:
+                assert line.startswith("error: ") and "attempt to load a binary chunk" in line, body
 
 
 if __name__ == "__main__":
