@@ -1228,11 +1228,11 @@ static void task_close(sh_task *t, int spent)
 {
     lua_State *co = t->co;
     sh_gen *g = t->gen;
-    if (spent)
-        return;
     lua_State *L = g->L;
-    lua_pushvalue(co, -1); /* the run's error, to tell a handler's from it */
-    lua_xmove(co, L, 1);
+    if (spent || !lua_checkstack(co, 1) || !lua_checkstack(L, 2))
+        return;
+    lua_pushvalue(co, -1); /* the run's error (it stays on co for the handlers), */
+    lua_xmove(co, L, 1);   /* to tell a handler's from it */
     t->state = SH_TASK_CLOSING;
     sh_budget_begin(co, g->cfg.lua_max_instructions);
     g->capped = 1;
