@@ -479,9 +479,9 @@ static int conn_track(lua_State *L)
         lua_pushboolean(L, 1);
         return 1;
     }
-    luaL_checktype(L, 2, LUA_TTABLE);
-    luaL_checktype(L, 3, LUA_TTABLE);
-    luaL_checktype(L, 4, LUA_TFUNCTION);
+    sh_checktype(L, 2, LUA_TTABLE); /* errors that name conn:track, as the other methods' */
+    sh_checktype(L, 3, LUA_TTABLE);
+    sh_checktype(L, 4, LUA_TFUNCTION);
     lua_settop(L, 4);
     if (!live(p))
         return fail(L, "closed");

@@ -188,5 +188,21 @@ def loadfile_dofile_and_require_take_text_chunks_only():
                 assert line.startswith("error: ") and "attempt to load a binary chunk" in line, body
 
 
+@S.test
+def conn_track_argument_errors_name_it():
+    """conn:track({}, {}, nil), conn:track("job", ...), conn:track({}, 5, ...): each raises
+    "conn:track: bad argument #N (T expected, got U)", as every other conn method's misuse
+    (README: an error that names the function; self not counted).
+    fails on old: yes ("bad argument #3 to 'track' (function expected, got nil)": Lua's own
+    form, which names neither conn nor the API)."""
+    with host(pol("attack13_track_args.lua")) as sh:
+        c = WsClient(sh.port)
+        for i, want in ((1, "#3 (function expected, got nil)"), (2, "#1 (table expected, got string)"),
+                        (3, "#2 (table expected, got number)")):
+            c.send_text(str(i))
+            text = c.recv_text()
+            assert text.startswith("false ") and text.endswith("conn:track: bad argument " + want), text
+
+
 if __name__ == "__main__":
     S.run()
