@@ -204,5 +204,20 @@ def conn_track_argument_errors_name_it():
             assert text.startswith("false ") and text.endswith("conn:track: bad argument " + want), text
 
 
+@S.test
+def a_job_counter_saturates_instead_of_wrapping():
+    """host.metrics.inc("jobs_started", math.maxinteger) three times: /metrics reads
+    18446744073709551615 (2^64 - 1, where it stays), never less than after the second.
+    fails on old: yes (the uint64_t wrapped: 18446744073709551614 after two, then
+    9223372036854775805 — a counter that went down, which Prometheus takes for a restart)."""
+    with host(pol("attack13_counter.lua")) as sh:
+        seen = []
+        for _ in range(3):
+            assert get(sh, "/inc")[0] == 200
+            body = get(sh, "/metrics")[1].decode()
+            seen.append(int(re.search(r"(?m)^statushost_jobs_started_total (\d+)$", body).group(1)))
+        assert seen == [2**63 - 1, 2**64 - 2, 2**64 - 1], seen
+
+
 if __name__ == "__main__":
     S.run()
