@@ -1258,12 +1258,12 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
             raw_field(L, "sec-websocket-protocol");
             offered = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
             int ok = 0;
-            if (proto && offered) { /* one of the comma-separated tokens */
+            if (proto && offered) { /* one of the comma-separated tokens (OWS: SP, HTAB) */
                 size_t pl = plen;
                 for (const char *s = offered; *s;) {
-                    while (*s == ' ' || *s == ',')
+                    while (*s == ' ' || *s == '\t' || *s == ',')
                         s++;
-                    size_t n = strcspn(s, ", ");
+                    size_t n = strcspn(s, ", \t");
                     if (n == pl && n && strncmp(s, proto, n) == 0)
                         ok = 1;
                     s += n;

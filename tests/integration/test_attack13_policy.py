@@ -8,6 +8,7 @@ before ("fails on old: ...").
 """
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -217,6 +218,29 @@ def a_job_counter_saturates_instead_of_wrapping():
             body = get(sh, "/metrics")[1].decode()
             seen.append(int(re.search(r"(?m)^statushost_jobs_started_total (\d+)$", body).group(1)))
         assert seen == [2**63 - 1, 2**64 - 2, 2**64 - 1], seen
+
+
+@S.test
+def a_subprotocol_offered_after_a_tab_can_be_chosen():
+    """The client offers "Sec-WebSocket-Protocol: x,<TAB>q" (a list whose optional white space
+    is a tab, RFC 9110 §5.6.1) and on_handshake returns true, "q": 101 with the protocol q.
+    fails on old: yes (the offer was split on commas and spaces only: the token read as
+    "<TAB>q", the choice was "not one the client offered", and the client got 500)."""
+    with host(pol("attack13_proto.lua")) as sh:
+        s = socket.create_connection(("127.0.0.1", sh.port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                  b"Sec-WebSocket-Protocol: x,\tq\r\n\r\n")
+        s.settimeout(10)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            assert chunk, head
+            head += chunk
+        s.close()
+        lines = head.split(b"\r\n")
+        assert lines[0] == b"HTTP/1.1 101 Switching Protocols", head
+        assert b"Sec-WebSocket-Protocol: q" in lines, head
 
 
 if __name__ == "__main__":
