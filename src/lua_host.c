@@ -240,8 +240,11 @@ static int take_routes(lua_State *L, int policy, int *ref, char *err, size_t err
     lua_pushnil(L);
     while (lua_next(L, -2)) {
         const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-        if (!k || !strchr(k, ' ') || k[strcspn(k, " ") + 1] != '/' || !lua_isfunction(L, -1)) {
-            snprintf(err, errsz, "routes: each key must be \"METHOD /path\" and each value a function");
+        /* the method as requests carry it (upper case: "get /x" could never match) */
+        size_t ml = k ? strspn(k, "ABCDEFGHIJKLMNOPQRSTUVWXYZ-") : 0;
+        if (!k || ml == 0 || k[ml] != ' ' || k[ml + 1] != '/' || !lua_isfunction(L, -1)) {
+            snprintf(err, errsz, "routes: each key must be \"METHOD /path\" (the method in upper "
+                                 "case, as requests send it) and each value a function");
             lua_pop(L, 3);
             return -1;
         }

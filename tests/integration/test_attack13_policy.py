@@ -243,5 +243,17 @@ def a_subprotocol_offered_after_a_tab_can_be_chosen():
         assert b"Sec-WebSocket-Protocol: q" in lines, head
 
 
+@S.test
+def a_route_whose_method_no_request_carries_is_refused():
+    """routes = {["get /status"] = ...}: --check exits 2 ("the method in upper case, as requests
+    send it"), as for any other key that is not "METHOD /path".
+    fails on old: yes ("ok", exit 0: the route loaded, and every GET /status got 404 — a
+    route that could never run, which nothing said)."""
+    p = subprocess.run([BIN, "--check", pol("attack13_route_lower.lua")], cwd=ROOT,
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    err = p.stderr.decode()
+    assert p.returncode == 2 and "the method in upper case" in err, (p.returncode, err)
+
+
 if __name__ == "__main__":
     S.run()
