@@ -14,7 +14,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import BIN, ROOT, Statushost, Suite, WsClient, free_port, http_request  # noqa: E402
+from harness import (BIN, ROOT, Statushost, Suite, WsClient, free_port, http_request,  # noqa: E402
+                     shared_redis)
 
 S = Suite("attack13_policy")
 POL = os.path.join(ROOT, "tests", "integration", "policies")
@@ -253,6 +254,27 @@ def a_route_whose_method_no_request_carries_is_refused():
                        stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     err = p.stderr.decode()
     assert p.returncode == 2 and "the method in upper case" in err, (p.returncode, err)
+
+
+@S.test
+def the_kits_redis_checks_integers_and_expiry_times_as_redis():
+    """INCRBY with "01", "-0" and "+1", SET ... PX 2^63-1 and EX 2^63/1000, EXPIRE and PEXPIRE
+    past 2^63 ms from now: a real redis-server refuses each (not an integer; invalid expire
+    time), and the kit's store answers the same replies (README: its arguments are checked as
+    Redis checks them).
+    fails on old: yes (the kit took "01" and "-0" for integers, and set the expiries: a test
+    passed in the kit on commands Redis refuses)."""
+    redis = shared_redis()
+    with host(pol("attack13_redis_args.lua"), redis=redis) as sh:
+        real = get(sh, "/r")[1].decode().split("\n")
+    p = subprocess.run([BIN, "--test", pol("attack13_redis_args_test.lua")], cwd=ROOT,
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    assert p.returncode == 0, (p.returncode, p.stdout.decode(), p.stderr.decode()[-2000:])
+    kit = ["err: ERR value is not an integer or out of range"] * 3 + [
+        "err: ERR invalid expire time in 'set' command"] * 2 + [
+        "OK", "err: ERR invalid expire time in 'expire' command",
+        "err: ERR invalid expire time in 'pexpire' command", "1"]
+    assert real == kit, (real, kit)
 
 
 if __name__ == "__main__":
