@@ -1841,10 +1841,19 @@ static int json_copy(lua_State *L, int idx, int depth)
             lua_pushliteral(L, "Cannot serialise string holding the encoder's reserved marker");
             return -1;
         }
-        if (lua_isinteger(L, k) && json_big(lua_tointeger(L, k)))
+        if (lua_isinteger(L, k) && json_big(lua_tointeger(L, k))) {
             lua_pushfstring(L, "%I", (LUAI_UACINT)lua_tointeger(L, k));
-        else
+            lua_pushvalue(L, -1);
+            if (lua_rawget(L, idx) != LUA_TNIL) { /* the same JSON key twice: one was lost */
+                lua_settop(L, t - 1);
+                lua_pushliteral(L, "Cannot serialise table: an integer key and a string key "
+                                   "are the same JSON key");
+                return -1;
+            }
+            lua_pop(L, 1);
+        } else {
             lua_pushvalue(L, k);
+        }
         if (json_copy(L, k + 1, depth + 1) < 0) {
             lua_replace(L, t); /* keep the message */
             lua_settop(L, t);

@@ -277,5 +277,17 @@ def the_kits_redis_checks_integers_and_expiry_times_as_redis():
     assert real == kit, (real, kit)
 
 
+@S.test
+def json_encode_refuses_an_integer_key_and_a_string_key_that_collide():
+    """host.json.encode({[10^15] = "int", ["1000000000000000"] = "str"}): nil and an error
+    saying the two keys are the same JSON key.
+    fails on old: yes ('{"1000000000000000":"str"}': writing integers of 15+ digits in full
+    made the integer key a string in a copy of the table, where it overwrote the other one —
+    a value lost without a word)."""
+    with host(pol("attack13_json_keys.lua")) as sh:
+        assert get(sh, "/j") == (200, b"nil Cannot serialise table: an integer key and a string "
+                                      b"key are the same JSON key")
+
+
 if __name__ == "__main__":
     S.run()
