@@ -317,9 +317,10 @@ local function alive(self, k)
   end
   return self.redis.data[k]
 end
--- an integer argument as Redis reads one ("12", "-3"; not "0x10", " 1", "1e3", "1.0"), or nil
+-- an integer argument as Redis reads one (string2ll: "12", "-3", "0"; not "0x10", " 1",
+-- "1e3", "1.0", "+1", "01", "-0"), or nil
 local function int(s)
-  if type(s) ~= "string" or not s:match("^%-?%d+$") then return nil end
+  if type(s) ~= "string" or not (s == "0" or s:match("^%-?[1-9]%d*$")) then return nil end
   return math.tointeger(tonumber(s))
 end
 local WRONGTYPE = { err = "WRONGTYPE Operation against a key holding the wrong kind of value" }
@@ -356,7 +357,10 @@ store.SET = function(self, a)
       if not n then return NOTINT end
       local ms = scale(n, (o == "EX" or o == "EXAT") and 1000 or 1)
       if n <= 0 or not ms then return invalid_expire("set") end
-      ttl = (o == "EXAT" or o == "PXAT") and ms - math.floor(self.w:wall_ms()) or ms
+      local wall = math.floor(self.w:wall_ms())
+      -- EX and PX count from Redis' clock, the wall's: past 2^63 ms from it, refused as there
+      if (o == "EX" or o == "PX") and not add(ms, wall) then return invalid_expire("set") end
+      ttl = (o == "EXAT" or o == "PXAT") and ms - wall or ms
       i = i + 1
     elseif o == "NX" and not xx then nx = true
     elseif o == "XX" and not nx then xx = true
@@ -412,8 +416,11 @@ local function expire_cmd(cmd, unit, at)
     local n = int(a[3])
     if not n then return NOTINT end
     local ms = scale(n, unit)
-    local base = at and math.floor(self.w:wall_ms()) or 0
+    local wall = math.floor(self.w:wall_ms())
+    local base = at and wall or 0
     if not ms or not add(ms - base, now_ms(self)) then return invalid_expire(cmd) end
+    -- a relative time counts from Redis' clock, the wall's: past 2^63 ms from it, refused
+    if not at and not add(ms, wall) then return invalid_expire(cmd) end
     return expire_at(self, a[2], now_ms(self) + ms - base)
   end
 end

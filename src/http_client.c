@@ -506,7 +506,8 @@ static size_t request_head(const sh_http_opts *o, const char *method, const sh_u
 static int request_build(const sh_http_opts *o, const char *method, const sh_url *u,
                          sh_http_blob **out, int *no_reuse)
 {
-    /* given: Host; Content-Length or Transfer-Encoding; Connection. Then: a length is sent */
+    /* given: Host; Content-Length (Transfer-Encoding is refused); Connection. Then: a length
+     * is sent */
     unsigned has[4] = {0, 0, 0, 0};
     has[3] = o->body_len > 0 || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
              strcmp(method, "PATCH") == 0;
@@ -514,7 +515,7 @@ static int request_build(const sh_http_opts *o, const char *method, const sh_url
     for (size_t i = 0; i < o->nheaders; i++) {
         const sh_http_hdr *h = &o->headers[i];
         has[0] |= hdr_is(h, "host");
-        has[1] |= hdr_is(h, "content-length") || hdr_is(h, "transfer-encoding");
+        has[1] |= hdr_is(h, "content-length");
         if (hdr_is(h, "connection")) {
             has[2] = 1;
             for (size_t k = 0; k + 5 <= h->value_len; k++)
@@ -562,6 +563,12 @@ static int opts_check(const sh_http_opts *o, const char *method)
             return SH_HTTP_EINVAL;
         /* the caller's Content-Length is sent instead of ours: it must be the body's, or
          * the remote reads past the body into the next request on the socket, or waits */
+        /* and the body is sent whole: the caller's Transfer-Encoding would have the remote
+         * frame it in chunks (a forwarded "chunked" over a decoded body, say) and read what
+         * follows a "0" chunk as the next request on the socket, whose answer would then
+         * be read as the next call's */
+        if (hdr_is(h, "transfer-encoding"))
+            return SH_HTTP_EINVAL;
         if (hdr_is(h, "content-length")) {
             char num[24];
             size_t n = sh_fmt_u64(num, o->body_len);
@@ -570,6 +577,11 @@ static int opts_check(const sh_http_opts *o, const char *method)
         }
     }
     return 0;
+}
+
+int sh_http_opts_check(const sh_http_opts *o)
+{
+    return opts_check(o, o->method ? o->method : "GET");
 }
 
 /* ---- client handle accounting ----------------------------------------------------------- */

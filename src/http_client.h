@@ -138,6 +138,11 @@ int sh_http_client_reconfigure(sh_http_client *c, const sh_http_client_opts *opt
 int sh_http_request(sh_http_client *c, const sh_http_opts *o, sh_http_cb cb, void *arg,
                     sh_http_call **out);
 
+/* The checks sh_http_request makes of o's method and headers (a token method; token names,
+ * values without control characters but TAB; a Content-Length that is the body's; no
+ * Transfer-Encoding), for a stand-in of the client (the test kit's): 0 or SH_HTTP_EINVAL. */
+int sh_http_opts_check(const sh_http_opts *o);
+
 /* cb will not be called; the socket it used is closed (not returned to the pool). Safe to call
  * from inside any callback of this client, including that call's own (then it does nothing).
  * Accepts NULL. */

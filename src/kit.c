@@ -327,8 +327,8 @@ static int kit_http_request(void *ctx, const sh_http_opts *o, sh_http_cb cb, voi
     if (!((slen == 4 && strncasecmp(o->url, "http", 4) == 0) ||
           (slen == 5 && strncasecmp(o->url, "https", 5) == 0)))
         return SH_HTTP_EUNSUPPORTED;
-    if (!sep[3] || sep[3] == '/' || strpbrk(o->url, " \r\n"))
-        return SH_HTTP_EINVAL;
+    if (!sep[3] || sep[3] == '/' || strpbrk(o->url, " \r\n") || sh_http_opts_check(o) != 0)
+        return SH_HTTP_EINVAL; /* as the real client refuses them */
     kit_req *r = req_new(w, REQ_HTTP, arg);
     if (!r)
         return SH_HTTP_ENOMEM;
@@ -1399,7 +1399,7 @@ static int l_run(lua_State *L)
         lua_pushliteral(co, "coroutines nested too deep");
     }
     int n = outcome(L, co, st, sh_kit_overtime(), 3);
-    if (st != LUA_OK && sh_kit_guard_resume(co) == 0) {
+    if (st != LUA_OK && !sh_kit_guard_spent(co) && sh_kit_guard_resume(co) == 0) {
         lua_resetthread(co); /* its pending __close handlers run, in the test's time */
         sh_kit_guard_resumed();
     }

@@ -185,6 +185,8 @@ int sh_kit_guard_resume(lua_State *co)
     return 0;
 }
 
+int sh_kit_guard_spent(lua_State *co) { return lua_gethook(co) == hook; }
+
 void sh_kit_guard_resumed(void)
 {
     if (depth > 0)
@@ -366,13 +368,22 @@ static void warn_stderr(void *ud, const char *msg, int tocont)
     *cont = tocont;
 }
 
-/* coroutine.resume and coroutine.close (upvalue 1, the original): the
+/* coroutine.resume and coroutine.close (upvalues: the original, its name): the
  * coroutine is a running thread while it runs (its __close handlers, for a
  * close). */
 static int guarded_co(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTHREAD);
-    if (sh_kit_guard_resume(lua_tothread(L, 1)) != 0)
+    lua_State *co = lua_tothread(L, 1);
+    int cst = lua_status(co);
+    if (cst != LUA_OK && cst != LUA_YIELD && sh_kit_guard_spent(co) &&
+        strcmp(lua_tostring(L, lua_upvalueindex(2)), "close") == 0) {
+        lua_pushboolean(L, 0); /* as Lua's close of a coroutine that failed, its handlers */
+        lua_pushvalue(co, -1); /* left be (sh_kit_guard_spent) */
+        lua_xmove(co, L, 1);
+        return 2;
+    }
+    if (sh_kit_guard_resume(co) != 0)
         return luaL_error(L, "coroutines nested too deep");
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
@@ -384,7 +395,10 @@ static int guarded_co(lua_State *L)
 }
 
 /* coroutine.wrap closes a dead coroutine as a running thread (sh_lib_guard_wrap). */
-static const sh_lib_co_guard kit_co_guard = {sh_kit_guard_resume, sh_kit_guard_resumed};
+static int kit_over(void) { return sh_kit_overtime() != NULL; }
+
+static const sh_lib_co_guard kit_co_guard = {sh_kit_guard_resume, sh_kit_guard_resumed,
+                                              sh_kit_guard_spent, kit_over};
 
 static void guard_coroutines(lua_State *L)
 {
@@ -392,10 +406,12 @@ static void guard_coroutines(lua_State *L)
     for (int i = 0; i < 2; i++) {
         const char *name = i ? "close" : "resume";
         lua_getfield(L, -1, name);
-        lua_pushcclosure(L, guarded_co, 1);
+        lua_pushstring(L, name);
+        lua_pushcclosure(L, guarded_co, 2);
         lua_setfield(L, -2, name);
     }
     sh_lib_guard_wrap(L, -1, &kit_co_guard);
+    sh_lib_guard_xpcall(L, &kit_co_guard);
     lua_pop(L, 1);
 }
 

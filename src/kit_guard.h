@@ -67,6 +67,11 @@ const char *sh_kit_overtime(void);
 void sh_kit_guard_running(lua_State *L);
 int sh_kit_guard_resume(lua_State *co);
 void sh_kit_guard_resumed(void);
+/* Did co (ended by an error) end with the hook armed, its phase past its time? Lua then
+ * runs no hook on co any more (a hook that raised leaves its thread's allowhook off), so
+ * its pending __close handlers would run unbounded: they are left be (they would raise at
+ * their first instruction). */
+int sh_kit_guard_spent(lua_State *co);
 
 /* Around a kit C call that runs a policy: the memory cap is off until the
  * matching leave. inside: in such a call (where a finalizer of the test's

@@ -479,9 +479,9 @@ static int conn_track(lua_State *L)
         lua_pushboolean(L, 1);
         return 1;
     }
-    luaL_checktype(L, 2, LUA_TTABLE);
-    luaL_checktype(L, 3, LUA_TTABLE);
-    luaL_checktype(L, 4, LUA_TFUNCTION);
+    sh_checktype(L, 2, LUA_TTABLE); /* errors that name conn:track, as the other methods' */
+    sh_checktype(L, 3, LUA_TTABLE);
+    sh_checktype(L, 4, LUA_TFUNCTION);
     lua_settop(L, 4);
     if (!live(p))
         return fail(L, "closed");
@@ -1268,12 +1268,12 @@ static const char *handshake_verdict(sh_pconn *p, lua_State *co, int base, int n
             raw_field(L, "sec-websocket-protocol");
             offered = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
             int ok = 0;
-            if (proto && offered) { /* one of the comma-separated tokens */
+            if (proto && offered) { /* one of the comma-separated tokens (OWS: SP, HTAB) */
                 size_t pl = plen;
                 for (const char *s = offered; *s;) {
-                    while (*s == ' ' || *s == ',')
+                    while (*s == ' ' || *s == '\t' || *s == ',')
                         s++;
-                    size_t n = strcspn(s, ", ");
+                    size_t n = strcspn(s, ", \t");
                     if (n == pl && n && strncmp(s, proto, n) == 0)
                         ok = 1;
                     s += n;

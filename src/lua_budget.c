@@ -91,6 +91,13 @@ static void over_budget(lua_State *L, lua_Debug *ar)
     luaL_error(L, "instruction budget exceeded (lua_max_instructions)");
 }
 
+int sh_budget_over(void) { return active && exceeded; }
+
+int sh_budget_spent(lua_State *co)
+{
+    return lua_gethook(co) == over_budget && lua_gethookcount(co) == 1; /* arm(co, 1) */
+}
+
 static void on_tick(int sig)
 {
     if (!pthread_equal(pthread_self(), loop_thread)) {

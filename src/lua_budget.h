@@ -42,6 +42,14 @@ void sh_budget_end(lua_State *L);
 int sh_budget_enter(lua_State *co);
 void sh_budget_leave(void);
 
+/* Did coroutine co (ended by an error) end over its run's budget, raised by the budget's
+ * count hook or about to be? Lua then runs no hook on co any more (a hook that raised
+ * leaves its thread's allowhook off, and nothing sets it again), so a pending __close
+ * handler of co would run uncounted: the closer (lua_resetthread) must leave them be. */
+int sh_budget_spent(lua_State *co);
+/* Is the run going on past its budget (every instruction of it raising)? */
+int sh_budget_over(void);
+
 /* Charge the running run n instructions for work a C function did that the VM does
  * not count (host.json.decode of a long text: SH_BUDGET_BYTES_PER_INSTRUCTION bytes
  * each). Only a run whose count is armed pays: the others are not counted at all. Past

@@ -240,8 +240,11 @@ static int take_routes(lua_State *L, int policy, int *ref, char *err, size_t err
     lua_pushnil(L);
     while (lua_next(L, -2)) {
         const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-        if (!k || !strchr(k, ' ') || k[strcspn(k, " ") + 1] != '/' || !lua_isfunction(L, -1)) {
-            snprintf(err, errsz, "routes: each key must be \"METHOD /path\" and each value a function");
+        /* the method as requests carry it (upper case: "get /x" could never match) */
+        size_t ml = k ? strspn(k, "ABCDEFGHIJKLMNOPQRSTUVWXYZ-") : 0;
+        if (!k || ml == 0 || k[ml] != ' ' || k[ml + 1] != '/' || !lua_isfunction(L, -1)) {
+            snprintf(err, errsz, "routes: each key must be \"METHOD /path\" (the method in upper "
+                                 "case, as requests send it) and each value a function");
             lua_pop(L, 3);
             return -1;
         }
@@ -310,8 +313,35 @@ static int search_shipped(lua_State *L)
     return 1;
 }
 
+/* package.searchers' searcher of Lua files (loadlib.c's searcher_Lua), text chunks only:
+ * the file package.searchpath finds on package.path. */
+static int search_text(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_getfield(L, -1, LUA_LOADLIBNAME);
+    if (!lua_istable(L, -1))
+        return luaL_error(L, "'package' must be a table");
+    lua_getfield(L, -1, "searchpath");
+    lua_pushvalue(L, 1);
+    if (lua_getfield(L, -3, "path") != LUA_TSTRING)
+        return luaL_error(L, "'package.path' must be a string");
+    lua_call(L, 2, 2);
+    if (lua_isnil(L, -2))
+        return 1; /* where it looked */
+    const char *filename = lua_tostring(L, -2);
+    if (!filename)
+        return luaL_error(L, "'package.searchpath' must return a file name");
+    if (luaL_loadfilex(L, filename, "t") != LUA_OK)
+        return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s", name, filename,
+                          lua_tostring(L, -1));
+    lua_pushstring(L, filename);
+    return 2;
+}
+
 /* package.path starts with the script's directory; "statushost.NAME"
- * finds the shipped policies (search_shipped). */
+ * finds the shipped policies (search_shipped); Lua files load as text chunks only
+ * (search_text: a binary chunk can crash the VM). */
 void sh_host_module_paths(lua_State *L, const char *script)
 {
     char dir[4096];
@@ -331,6 +361,8 @@ void sh_host_module_paths(lua_State *L, const char *script)
     }
     lua_pushcfunction(L, search_shipped);
     lua_rawseti(L, -2, 2);
+    lua_pushcfunction(L, search_text); /* in place of Lua's, now the third */
+    lua_rawseti(L, -2, 3);
     lua_pop(L, 2);
 }
 
@@ -355,6 +387,14 @@ static int guarded_co(lua_State *L)
         return luaL_error(L, "coroutine.%s: a hook's coroutine belongs to statushost "
                              "and cannot be resumed or closed from Lua",
                           lua_tostring(L, lua_upvalueindex(2)));
+    int cst = lua_status(co);
+    if (cst != LUA_OK && cst != LUA_YIELD && sh_budget_spent(co) &&
+        strcmp(lua_tostring(L, lua_upvalueindex(2)), "close") == 0) {
+        lua_pushboolean(L, 0); /* as Lua's close of a coroutine that failed, its handlers */
+        lua_pushvalue(co, -1); /* left be: they would run uncounted (sh_budget_spent) */
+        lua_xmove(co, L, 1);
+        return 2;
+    }
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     if (sh_budget_enter(co) != 0)
@@ -378,7 +418,8 @@ static void guard_coroutine(lua_State *L, const char *name)
 }
 
 /* coroutine.wrap runs its coroutine under the budget too (sh_lib_guard_wrap). */
-static const sh_lib_co_guard budget_guard = {sh_budget_enter, sh_budget_leave};
+static const sh_lib_co_guard budget_guard = {sh_budget_enter, sh_budget_leave,
+                                              sh_budget_spent, sh_budget_over};
 
 /* setmetatable, refusing a metatable with __gc: Lua runs a finalizer with
  * hooks off (lgc.c GCTM), so the instruction budget could not stop one that
@@ -421,6 +462,42 @@ static int text_load(lua_State *L)
     lua_insert(L, 1);
     lua_call(L, 4, LUA_MULTRET);
     return lua_gettop(L);
+}
+
+/* loadfile() of text chunks only, as load (upvalue: the original). */
+static int text_loadfile(lua_State *L)
+{
+    int n = lua_gettop(L);
+    if (n >= 2 && !lua_isnil(L, 2)) {
+        const char *mode = lua_tostring(L, 2);
+        if (!mode || strcmp(mode, "t") != 0)
+            return luaL_error(L, "loadfile: only text chunks (mode \"t\") are allowed");
+    }
+    lua_settop(L, n > 3 ? n : 3);
+    lua_pushstring(L, "t");
+    lua_replace(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 3, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* dofile() of text chunks only (lbaselib.c's, the mode "t"). */
+static int dofile_cont(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    return lua_gettop(L) - 1;
+}
+
+static int text_dofile(lua_State *L)
+{
+    const char *fname = luaL_optstring(L, 1, NULL);
+    lua_settop(L, 1);
+    if (luaL_loadfilex(L, fname, "t") != LUA_OK)
+        return lua_error(L);
+    lua_callk(L, 0, LUA_MULTRET, 0, dofile_cont);
+    return dofile_cont(L, 0, 0);
 }
 
 /* type(v), as the base library's, but the names are the closure's upvalues:
@@ -480,6 +557,7 @@ static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
     guard_coroutine(L, "close");
     lua_getglobal(L, "coroutine");
     sh_lib_guard_wrap(L, -1, &budget_guard);
+    sh_lib_guard_xpcall(L, &budget_guard);
     lua_pop(L, 1);
     /* debug: traceback only, and sethook raises */
     lua_createtable(L, 0, 2);
@@ -498,6 +576,11 @@ static void open_libs(lua_State *L, sh_gen *g, sh_api_open_fn open_api)
     lua_getglobal(L, "load");
     lua_pushcclosure(L, text_load, 1);
     lua_setglobal(L, "load");
+    lua_getglobal(L, "loadfile");
+    lua_pushcclosure(L, text_loadfile, 1);
+    lua_setglobal(L, "loadfile");
+    lua_pushcfunction(L, text_dofile);
+    lua_setglobal(L, "dofile");
     lua_getglobal(L, "setmetatable");
     lua_pushcclosure(L, no_gc_setmetatable, 1);
     lua_setglobal(L, "setmetatable");
@@ -691,8 +774,13 @@ static int run_on_config(sh_gen *g, int policy, char *err, size_t errsz)
                  "under the value --set gives, else the default)", g->mem_max);
     else if (rc != LUA_OK)
         snprintf(err, errsz, "config: %s", lua_tostring(L, -1));
-    else if (lua_isnil(L, -2) || (lua_isboolean(L, -2) && lua_toboolean(L, -2)))
+    else if ((lua_isnil(L, -2) && lua_isnil(L, -1)) ||
+             (lua_isboolean(L, -2) && lua_toboolean(L, -2)))
         ok = 1;
+    else if (lua_isnil(L, -2)) /* Lua's nil, "why" of a failure: not an accept */
+        snprintf(err, errsz, "config: on_config must return nothing, true, or false, \"why\" "
+                 "(it returned nil, %s)", lua_isstring(L, -1) ? lua_tostring(L, -1)
+                                                              : luaL_typename(L, -1));
     else if (lua_isboolean(L, -2))
         snprintf(err, errsz, "config: %s",
                  lua_isstring(L, -1) ? lua_tostring(L, -1) : "refused by on_config");
@@ -1133,6 +1221,46 @@ static void task_error(sh_task *t, const char *msg)
         t->owner->failed(t->owner);
 }
 
+/* A run that failed leaves the to-be-closed variables of its stack open (lua_resume
+ * unwinds nothing on an error), and a policy cannot coroutine.close a hook's coroutine:
+ * their __close handlers run here, after the error was logged, as a run of their own
+ * (budget, cap, watchdog) in which nothing may wait; an error they raise is logged too.
+ * Not after a run the budget stopped (spent: sh_budget_spent): they would run uncounted,
+ * and they are that run's code, which raises at its next instruction. */
+static void task_close(sh_task *t, int spent)
+{
+    lua_State *co = t->co;
+    sh_gen *g = t->gen;
+    lua_State *L = g->L;
+    if (spent || !lua_checkstack(co, 1) || !lua_checkstack(L, 2))
+        return;
+    lua_pushvalue(co, -1); /* the run's error (it stays on co for the handlers), */
+    lua_xmove(co, L, 1);   /* to tell a handler's from it */
+    t->state = SH_TASK_CLOSING;
+    sh_budget_begin(co, g->cfg.lua_max_instructions);
+    g->capped = 1;
+    sh_watchdog_note(t->what, t->log_id);
+    g->running = t;
+    int st = lua_resetthread(co); /* the run's error status when the handlers raise none */
+    g->running = NULL;
+    sh_watchdog_note(NULL, NULL);
+    sh_budget_end(co);
+    g->capped = 0;
+    if (st != LUA_OK) {
+        lua_xmove(co, L, 1);
+        if (!lua_rawequal(L, -1, -2)) {
+            const char *msg = lua_tostring(L, -1);
+            sh_error(t->log_id[0] ? t->log_id : NULL, "lua error in %s (a __close handler): %s",
+                     t->what, msg ? msg : luaL_typename(L, -1));
+            if (g->host)
+                g->host->metrics->lua_errors++;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    lua_settop(co, 0);
+}
+
 /* Resume t with its nargs values: the one place Lua runs after loading. */
 static void task_run(sh_task *t)
 {
@@ -1145,6 +1273,7 @@ static void task_run(sh_task *t)
     sh_watchdog_note(t->what, t->log_id);
     g->running = t;
     int st = lua_resume(co, g->L, t->nargs, &nres);
+    int spent = st != LUA_OK && st != LUA_YIELD && sh_budget_spent(co);
     g->running = NULL;
     sh_watchdog_note(NULL, NULL);
     sh_budget_end(co);
@@ -1162,6 +1291,7 @@ static void task_run(sh_task *t)
         const char *msg = lua_tostring(co, -1);
         task_error(t, msg ? msg : luaL_typename(co, -1));
         nres = 0;
+        task_close(t, spent);
     }
     task_finish(t, st, nres);
 }

@@ -184,7 +184,14 @@ typedef void (*sh_task_done_fn)(sh_task *t, int status, int nres, void *arg);
 /* Releases the I/O a suspended task waits for; must not wake the task. */
 typedef void (*sh_task_cancel_fn)(sh_task *t, void *op);
 
-enum sh_task_state { SH_TASK_NEW, SH_TASK_READY, SH_TASK_RUNNING, SH_TASK_SUSPENDED };
+/* CLOSING: a failed run's pending __close handlers run (task_close); nothing may wait */
+enum sh_task_state {
+    SH_TASK_NEW,
+    SH_TASK_READY,
+    SH_TASK_RUNNING,
+    SH_TASK_SUSPENDED,
+    SH_TASK_CLOSING
+};
 
 struct sh_task {
     sh_gen *gen;

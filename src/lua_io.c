@@ -83,6 +83,9 @@ sh_task *sh_io_need_task(lua_State *L)
     if (!t)
         luaL_error(L, "%s: this call waits, so it must run in a hook's coroutine "
                       "(not in a coroutine of your own)", SH_FNAME(L));
+    if (t->state == SH_TASK_CLOSING)
+        luaL_error(L, "%s: this call waits, and cannot in a __close handler run after an error",
+                   SH_FNAME(L));
     if (!lua_isyieldable(L))
         luaL_error(L, "%s: this call waits, and cannot inside a function called from C "
                       "(a table.sort comparator, a gsub callback, a metamethod)", SH_FNAME(L));

@@ -107,7 +107,7 @@ static int wrapped_call(lua_State *L)
     lua_State *co = lua_tothread(L, lua_upvalueindex(1));
     const sh_lib_co_guard *g = lua_touserdata(L, lua_upvalueindex(3));
     int st = lua_status(co);
-    if (st != LUA_OK && st != LUA_YIELD) {
+    if (st != LUA_OK && st != LUA_YIELD && !(g->spent && g->spent(co))) {
         if (g->enter(co) != 0)
             return luaL_error(L, "coroutine.wrap: coroutines nested too deep");
         st = lua_resetthread(co);
@@ -143,6 +143,69 @@ void sh_lib_guard_wrap(lua_State *L, int coroutine, const sh_lib_co_guard *g)
     lua_pushlightuserdata(L, (void *)g);
     lua_pushcclosure(L, guarded_wrap, 2);
     lua_setfield(L, coroutine, "wrap");
+}
+
+/* ============================================================ xpcall */
+
+/* The message handler xpcall is given (upvalues: the policy's handler, the guard, Lua's
+ * debug.traceback). The commonest, debug.traceback, is done here, from the level it would
+ * start at (no line for this frame). */
+static int guarded_msgh(lua_State *L)
+{
+    const sh_lib_co_guard *g = lua_touserdata(L, lua_upvalueindex(2));
+    if (g->over())
+        return 1; /* the error as raised */
+    if (lua_rawequal(L, lua_upvalueindex(1), lua_upvalueindex(3))) {
+        const char *msg = lua_tostring(L, 1);
+        if (msg || lua_isnoneornil(L, 1)) /* else the value as it is, as ldblib.c's */
+            luaL_traceback(L, L, msg, 1);
+        return 1;
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+/* lbaselib.c's finishpcall */
+static int finish_xpcall(lua_State *L, int status, lua_KContext extra)
+{
+    if (status != LUA_OK && status != LUA_YIELD) {
+        lua_pushboolean(L, 0);
+        lua_pushvalue(L, -2);
+        return 2;
+    }
+    return lua_gettop(L) - (int)extra;
+}
+
+/* xpcall (upvalues: the guard, Lua's debug.traceback): lbaselib.c's, the handler wrapped */
+static int guarded_xpcall(lua_State *L)
+{
+    int n = lua_gettop(L);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_pushcclosure(L, guarded_msgh, 3);
+    lua_replace(L, 2);
+    lua_pushboolean(L, 1);
+    lua_pushvalue(L, 1);
+    lua_rotate(L, 3, 2);
+    int status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, finish_xpcall);
+    return finish_xpcall(L, status, 2);
+}
+
+void sh_lib_guard_xpcall(lua_State *L, const sh_lib_co_guard *g)
+{
+    lua_pushlightuserdata(L, (void *)g);
+    lua_getglobal(L, "debug");
+    if (lua_istable(L, -1))
+        lua_getfield(L, -1, "traceback");
+    else
+        lua_pushnil(L);
+    lua_remove(L, -2);
+    lua_pushcclosure(L, guarded_xpcall, 2);
+    lua_setglobal(L, "xpcall");
 }
 
 /* ============================================================ base64 */
@@ -1778,10 +1841,19 @@ static int json_copy(lua_State *L, int idx, int depth)
             lua_pushliteral(L, "Cannot serialise string holding the encoder's reserved marker");
             return -1;
         }
-        if (lua_isinteger(L, k) && json_big(lua_tointeger(L, k)))
+        if (lua_isinteger(L, k) && json_big(lua_tointeger(L, k))) {
             lua_pushfstring(L, "%I", (LUAI_UACINT)lua_tointeger(L, k));
-        else
+            lua_pushvalue(L, -1);
+            if (lua_rawget(L, idx) != LUA_TNIL) { /* the same JSON key twice: one was lost */
+                lua_settop(L, t - 1);
+                lua_pushliteral(L, "Cannot serialise table: an integer key and a string key "
+                                   "are the same JSON key");
+                return -1;
+            }
+            lua_pop(L, 1);
+        } else {
             lua_pushvalue(L, k);
+        }
         if (json_copy(L, k + 1, depth + 1) < 0) {
             lua_replace(L, t); /* keep the message */
             lua_settop(L, t);

@@ -73,6 +73,9 @@ const char *sh_lib_checklstring(lua_State *L, int arg, const char *fname, size_t
 typedef struct sh_lib_co_guard {
     int (*enter)(lua_State *co);
     void (*leave)(void);
+    int (*spent)(lua_State *co); /* NULL, or: co's __close handlers may not run (they
+                                  * would run unguarded: sh_budget_spent) */
+    int (*over)(void);           /* the running code is past its bound (sh_lib_guard_xpcall) */
 } sh_lib_co_guard;
 
 /* Set coroutine.wrap, in the table at index `coroutine`, to Lua's own (lcorolib.c
@@ -81,6 +84,15 @@ typedef struct sh_lib_co_guard {
  * code), and is raised in the caller, a string with the caller's position in front.
  * g must live as long as the state. */
 void sh_lib_guard_wrap(lua_State *L, int coroutine, const sh_lib_co_guard *g);
+
+/* Set the global xpcall to Lua's own (lbaselib.c), but for its message handler, which is
+ * not run while g->over() says the running code is past its bound: that error is raised
+ * from a count hook, where Lua runs no hook (the thread's allowhook is off until the hook
+ * returns, and it does not), so a handler that looped ran unbounded. The error then comes
+ * back as raised: a handler would raise at its first instruction. The global debug.traceback
+ * of this moment, as the handler, is run as if called by Lua (its traceback has no line for
+ * the wrapper). g must live as long as the state. */
+void sh_lib_guard_xpcall(lua_State *L, const sh_lib_co_guard *g);
 
 /* ------------------------------------------------------------- addresses */
 

@@ -34,7 +34,8 @@ int sh_metrics_inc(sh_metrics *m, const char *name, uint64_t by)
     };
     for (size_t i = 0; i < sizeof named / sizeof named[0]; i++)
         if (strcmp(named[i].name, name) == 0) {
-            *named[i].v += by;
+            uint64_t *v = named[i].v; /* saturated: a counter that wrapped would read as reset */
+            *v = by > UINT64_MAX - *v ? UINT64_MAX : *v + by;
             return 0;
         }
     return -1;

@@ -132,16 +132,28 @@ int sh_user_metric_define_lua(lua_State *L)
             labels[nl] = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
             /* "le" is the histograms'; "worker" the one --workers adds to every sample
              * (a second one would make the whole exposition invalid) */
+            /* "__" starts the names Prometheus keeps for itself: a __name__ label renames
+             * the sample (a series of another metric's name, even the server's own) */
             if (!valid_name(labels[nl]) || strcmp(labels[nl], "le") == 0 ||
-                strcmp(labels[nl], "worker") == 0)
-                return sh_argerror(L, 4,
-                                   "label names are [a-z_][a-z0-9_]* (not \"le\" or \"worker\")");
+                strcmp(labels[nl], "worker") == 0 || strncmp(labels[nl], "__", 2) == 0)
+                return sh_argerror(L, 4, "label names are [a-z_][a-z0-9_]* (not \"le\" or "
+                                         "\"worker\", nor starting with \"__\")");
             for (int j = 0; j < nl; j++)
                 if (strcmp(labels[j], labels[nl]) == 0)
                     return sh_argerror(L, 4, "a label name appears twice");
             nl++;
             lua_pop(L, 1); /* still referenced by the table */
         }
+        /* a list, and nothing else: a name past a hole was left out without a word */
+        lua_Integer keys = 0;
+        lua_pushnil(L);
+        while (lua_next(L, 4)) {
+            keys++;
+            lua_pop(L, 1);
+        }
+        if (keys != n)
+            return sh_argerror(L, 4, "label names are a list of strings (1, 2, ... without "
+                                     "holes or other keys)");
     }
     metric *m = find(name);
     if (m) { /* defined by an earlier generation: it must be the same metric */

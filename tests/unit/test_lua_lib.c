@@ -800,7 +800,7 @@ static int wg_enter(lua_State *co)
 
 static void wg_leave(void) { wg.leaves++; }
 
-static const sh_lib_co_guard test_guard = {wg_enter, wg_leave};
+static const sh_lib_co_guard test_guard = {wg_enter, wg_leave, NULL, NULL};
 
 /* sh_lib_guard_wrap: Lua's coroutine.wrap (values in and out, yields, the caller's
  * position in front of a string error, a table error as it is), and the guard around
