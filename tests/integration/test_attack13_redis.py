@@ -457,7 +457,7 @@ def test_unreachable_dns_does_not_freeze_the_loop():
                 sh.wait_log(r"redis: command connection to redis-s13\.attack\.example:6379 "
                             r"failed: (the host name was not resolved within the connect "
                             r"timeout|cannot resolve the host name)")
-                assert worst < 0.5, "an echo waited %.2f s: the loop was frozen" % worst
+                assert worst < 1.5, "an echo waited %.2f s: the loop was frozen (the resolver waits 2 s)" % worst
     finally:
         sock.close()
 
